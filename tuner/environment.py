@@ -1,0 +1,71 @@
+"""The machine a trial ran on, attached to every record (pyperf-style metadata): GPU, driver,
+llama-cpp-python version, the library build and its flags, the model's size and hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import tuner
+from tuner.records import Environment
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def model_sha256(path: Path, cache_dir: Path) -> str:
+    """SHA-256 of the model file, cached by path, size and mtime (a 5 GB file takes seconds)."""
+    st = Path(path).stat()
+    key = f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache = Path(cache_dir) / ".model-hashes.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    known[key] = h.hexdigest()
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return known[key]
+
+
+def environment(hello: dict[str, Any], build_name: str, model_path: Path, model_bytes: int,
+                sha: str) -> Environment:
+    """From what a worker reported about its library and devices, plus this host."""
+    return Environment(
+        hostname=hello.get("hostname") or platform.node(),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        cpu=cpu_name(),
+        cpu_count=os.cpu_count() or 1,
+        llama_cpp_python=hello.get("llama_cpp_python", "unknown"),
+        tuner=tuner.__version__,
+        gpus=hello.get("gpus", []),
+        driver=hello.get("driver"),
+        build_name=build_name,
+        build_lib_dir=hello.get("lib_dir"),
+        system_info=(hello.get("system_info") or "").strip() or None,
+        model_path=str(Path(model_path).resolve()),
+        model_bytes=model_bytes,
+        model_sha256=sha,
+    )

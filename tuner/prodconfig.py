@@ -1,0 +1,307 @@
+"""The production config: the YAML file ``python -m llama_cpp.server --config_file FILE`` loads,
+built from one trial record, and the sidecar beside it holding what that format cannot (the
+kernel build to load, environment variables, provenance, measured figures).
+
+The server stops on any key its settings classes do not define, so the config is validated with
+the server's own ``ConfigFileSettings`` before anything is written. Both files are replaced
+atomically, the previous ones kept as ``.bak``: a reader (a server restarting, ``tuner verify``)
+never sees a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import tempfile
+from contextlib import suppress
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+import tuner
+from tuner.errors import BadInput, TunerError
+from tuner.records import Stat, TrialRecord
+from tuner.specs import KV_TYPES
+
+SIDECAR_SUFFIX = ".tuner.json"
+SIDECAR_FORMAT = "tuner-sidecar/1"
+YAML_SUFFIXES = (".yaml", ".yml")  # the server parses any other file name as JSON
+
+
+class WrittenConfig(BaseModel):
+    """Where ``write_production`` put the config, its sidecar, and the previous config if any."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: Path
+    sidecar: Path
+    backup: Path | None = None
+
+
+def server_config(record: TrialRecord, model_path: str, *, host: str = "127.0.0.1",
+                  port: int = 8000) -> dict[str, Any]:
+    """The content of the server's YAML for the record's settings, one model entry."""
+    ms, cs = record.spec.model, record.spec.context
+    model = os.path.abspath(os.path.expanduser(model_path))
+    entry: dict[str, Any] = {
+        "model": model,
+        "model_alias": Path(model).stem,
+        # The server's ModelSettings takes -1 for "every layer", the meaning the trial gave any
+        # negative count (llama.cpp's own default), and refuses anything below -1.
+        "n_gpu_layers": -1 if ms.n_gpu_layers < 0 else ms.n_gpu_layers,
+        "split_mode": ms.split_mode,
+        "main_gpu": ms.main_gpu,
+        "n_ctx": record.workload.n_ctx,
+        "n_batch": cs.n_batch,
+        "n_ubatch": cs.n_ubatch,
+    }
+    # The worker ran prompt and generation on the same thread count: its own setting, or every
+    # core of the machine it ran on. The server's defaults (half the cores for generation) would
+    # not be what was measured.
+    threads = cs.n_threads or (record.environment.cpu_count if record.environment else None)
+    if threads:
+        entry["n_threads"] = threads
+        entry["n_threads_batch"] = threads
+    entry.update(
+        flash_attn=bool(cs.flash_attn),
+        type_k=KV_TYPES[cs.type_k],
+        type_v=KV_TYPES[cs.type_v],
+        offload_kqv=True,
+        # Measured with logits for the last token only (as llama-bench); the server's default
+        # computes them for every prompt token, which is slower than what was measured.
+        logits_all=False,
+    )
+    return {"host": host, "port": int(port), "models": [entry]}
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Check the config the way the server reads it (JSON of the YAML, then
+    ``ConfigFileSettings.model_validate_json``), and refuse keys its settings do not define.
+    An invalid config here is tuner's bug, hence TunerError (exit 1)."""
+    from llama_cpp.server.settings import ConfigFileSettings, ModelSettings
+
+    if not isinstance(config, dict):
+        raise TunerError(f"production config must be a mapping, not {type(config).__name__}")
+    unknown = sorted(set(config) - set(ConfigFileSettings.model_fields))
+    if unknown:
+        raise TunerError(f"production config has keys the server does not accept: "
+                         f"{', '.join(map(str, unknown))}")
+    models = config.get("models")
+    if not isinstance(models, list) or not models:
+        raise TunerError("production config must list at least one model under 'models'")
+    for i, entry in enumerate(models):
+        if not isinstance(entry, dict):
+            raise TunerError(f"production config models[{i}] must be a mapping")
+        unknown = sorted(set(entry) - set(ModelSettings.model_fields))
+        if unknown:
+            raise TunerError(f"production config models[{i}] has keys the server does not "
+                             f"accept: {', '.join(map(str, unknown))}")
+    try:
+        blob = json.dumps(config)
+    except (TypeError, ValueError) as e:
+        raise TunerError(f"production config is not plain data: {e}") from None
+    try:
+        ConfigFileSettings.model_validate_json(blob)
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        errors = getattr(e, "errors", None)
+        if callable(errors) and errors():
+            err = errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise TunerError(f"production config is invalid at {where}: {err['msg']}") from None
+        raise TunerError(f"production config is invalid: {str(e).splitlines()[0]}") from None
+
+
+def sidecar_path(out: Path) -> Path:
+    """``configs/production.yaml`` -> ``configs/production.tuner.json``."""
+    out = Path(out)
+    stem = out.name[: -len(out.suffix)] if out.suffix in YAML_SUFFIXES else out.name
+    return out.with_name(stem + SIDECAR_SUFFIX)
+
+
+def launch_command(out: Path, env: dict[str, str]) -> str:
+    """The shell line that starts the server on this config with the build's environment."""
+    assigns = [f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+    cmd = ["python", "-m", "llama_cpp.server", "--config_file", shlex.quote(str(out))]
+    return " ".join(assigns + cmd)
+
+
+def sidecar(record: TrialRecord, out: Path, *, results_dir: Path, build_lib_dir: str | None,
+            env: dict[str, str]) -> dict[str, Any]:
+    """What the server's format cannot hold: build, environment, launch line, provenance,
+    figures, workload, verification and the machine the trial ran on."""
+    m = record.measurement
+    lib_dir = build_lib_dir or (record.environment.build_lib_dir if record.environment else None)
+    return {
+        "format": SIDECAR_FORMAT,
+        "config": str(out),
+        "build": {"name": record.spec.model.build, "lib_dir": lib_dir},
+        "env": dict(sorted(env.items())),
+        "launch": launch_command(out, env),
+        "provenance": {
+            "study": record.study,
+            "trial_id": record.trial_id,
+            "number": record.number,
+            "spec_key": record.spec_key,
+            "label": record.spec.label(),
+            "results_dir": str(Path(results_dir).absolute()),
+            "tuner_version": tuner.__version__,
+            "python": sys.executable,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        "spec": record.spec.model_dump(mode="json"),
+        "figures": {
+            "objective_request_s": record.objective,
+            "pp_tps": _stat(m.pp_tps) if m else None,
+            "tg_tps": _stat(m.tg_tps) if m and m.tg_tps else None,
+            "request_s": _stat(m.request_seconds) if m else None,
+            "gpu_peak_mib": m.gpu_peak_mib if m else None,
+            "gpu_total_mib": m.gpu_total_mib if m else None,
+            "load_s": m.load_seconds if m else None,
+            "unstable": m.unstable if m else None,
+        },
+        "workload": record.workload.model_dump(mode="json"),
+        "verification": record.verification.model_dump(mode="json"),
+        "environment": record.environment.model_dump(mode="json") if record.environment else None,
+    }
+
+
+def _stat(s: Stat) -> dict[str, float]:
+    return {"median": s.median, "min": s.min, "max": s.max}
+
+
+def _render_yaml(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+
+
+def _render_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+def write_production(record: TrialRecord, out: Path, *, model_path: str, results_dir: Path,
+                     build_lib_dir: str | None, env: dict[str, str], host: str = "127.0.0.1",
+                     port: int = 8000) -> WrittenConfig:
+    """Write the server config for ``record`` at ``out`` and its sidecar beside it, keeping the
+    files they replace as ``.bak``. Nothing on disk changes unless both render and validate."""
+    out = Path(out).absolute()
+    _check_out(out)
+    if not Path(model_path).is_file():
+        raise BadInput(f"model {model_path} not found; the server could not load it")
+    env = dict(env)
+    if not record.spec.model.cuda_graphs:
+        env.setdefault("GGML_CUDA_DISABLE_GRAPHS", "1")
+    if build_lib_dir and "LLAMA_CPP_LIB_PATH" not in env:
+        env["LLAMA_CPP_LIB_PATH"] = str(build_lib_dir)
+
+    config = server_config(record, model_path, host=host, port=port)
+    text = _render_yaml(config)
+    # Validate what the server will read back, not the dict we meant to write.
+    validate(yaml.safe_load(text))
+    side = sidecar_path(out)
+    side_text = _render_json(sidecar(record, out, results_dir=results_dir,
+                                     build_lib_dir=build_lib_dir, env=env))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        backups = _replace_atomically([(side, side_text.encode()), (out, text.encode())])
+    except OSError as e:
+        raise BadInput(f"cannot write the production config {out}: "
+                       f"{e.strerror or e}") from None
+    return WrittenConfig(path=out, sidecar=side, backup=backups[out])
+
+
+def _check_out(out: Path) -> None:
+    if out.is_dir():
+        raise BadInput(f"production config path {out} is a directory")
+    if out.suffix not in YAML_SUFFIXES:
+        raise BadInput(f"production config {out} must end in .yaml or .yml "
+                       "(llama_cpp.server reads any other name as JSON)")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BadInput(f"cannot write {out}: {parent} is not a directory")
+            break
+
+
+def _replace_atomically(files: list[tuple[Path, bytes]]) -> dict[Path, Path | None]:
+    """Write each ``(target, data)`` by rename, in order, once every temp file is whole; an
+    existing target is first kept as ``target.bak`` (itself replaced by rename). Returns each
+    target's backup path, or None where there was nothing to keep."""
+    temps: list[str] = []
+    backups: dict[Path, Path | None] = {}
+    done: list[Path] = []
+    try:
+        for target, data in files:
+            temps.append(_write_temp(target, data))
+        backups = {target: _backup(target) if target.exists() else None for target, _ in files}
+        for (target, _), tmp in zip(files, temps):
+            os.replace(tmp, target)
+            done.append(target)
+    except BaseException:
+        for tmp in temps:
+            with suppress(OSError):
+                os.unlink(tmp)
+        for target in done:  # put back what was already replaced: all files or none
+            _restore(target, backups[target])
+        raise
+    for folder in dict.fromkeys(target.parent for target, _ in files):
+        _fsync_dir(folder)
+    return backups
+
+
+def _write_temp(target: Path, data: bytes) -> str:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _backup(target: Path) -> Path:
+    """Keep ``target`` as ``target.bak``: a hard link renamed into place (a copy where links are
+    not supported), so the backup is always whole."""
+    bak = target.with_name(target.name + ".bak")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{bak.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        try:
+            os.link(target, tmp)
+        except OSError:
+            tmp = _write_temp(bak, target.read_bytes())
+        os.replace(tmp, bak)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return bak
+
+
+def _restore(target: Path, backup: Path | None) -> None:
+    """Best effort: bring back ``target`` as it was before this write (absent if it was)."""
+    with suppress(OSError):
+        if backup is None:
+            os.unlink(target)
+            return
+        tmp = _write_temp(target, backup.read_bytes())
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            os.unlink(tmp)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,135 @@
+"""Terminal rendering for the CLI: the sweep's progress bar, its closing summary, reports and
+build listings. No decisions here: everything shown comes from the library's results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tuner.errors import BadInput
+from tuner.records import TrialRecord
+from tuner.specs import TrialSpec
+
+
+def _fmt_best(best: TrialRecord | None) -> str:
+    if best is None or best.measurement is None:
+        return "best: none verified yet"
+    m = best.measurement
+    tg = f", tg {m.tg_tps.median:,.1f} t/s" if m.tg_tps else ""
+    return (f"best #{best.number}: {best.objective:.3f} s/request "
+            f"(pp {m.pp_tps.median:,.0f} t/s{tg}) {best.spec.label()}")
+
+
+class SweepProgress:
+    """A rich progress bar: trials done of those queued, the trial running, the best so far."""
+
+    def __init__(self, out: Path) -> None:
+        self.console = Console(stderr=True)
+        self.progress = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[now]}"),
+                                 console=self.console, transient=False)
+        self.task: Any = None
+        self.best_line = "best: none verified yet"
+
+    def __enter__(self) -> SweepProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def planned(self, total: int, pending: int, retried: int) -> None:
+        note = f" ({retried} interrupted trial(s) retried)" if retried else ""
+        self.console.print(f"{total} settings in the grid, {pending} to run{note}")
+        self.task = self.progress.add_task("sweep", total=max(pending, 1), now="")
+
+    def started(self, spec: TrialSpec) -> None:
+        self.progress.update(self.task, now=f"running {spec.label()} | {self.best_line}")
+
+    def finished(self, record: TrialRecord, best: TrialRecord | None) -> None:
+        self.best_line = _fmt_best(best)
+        mark = "ok" if record.usable else (
+            "unverified" if record.state.value == "complete" else record.state.value)
+        detail = ""
+        if record.measurement is not None:
+            m = record.measurement
+            detail = f"{record.objective:.3f} s, pp {m.pp_tps.median:,.0f} t/s"
+            if m.tg_tps:
+                detail += f", tg {m.tg_tps.median:,.1f} t/s"
+            if m.unstable:
+                detail += " (unstable)"
+        if not record.usable:
+            why = record.verification.reasons[0] if record.verification.reasons else record.error
+            detail = f"{detail} - {why}" if detail else str(why)
+        self.progress.console.print(f"  #{record.number:<4} {mark:<10} {record.spec.label()}: "
+                                    f"{detail}", markup=False, highlight=False)
+        self.progress.update(self.task, advance=1, now=self.best_line)
+
+
+def print_sweep_result(out: Path, result: Any) -> None:
+    c = Console(highlight=False)
+    c.print(f"study {result.study}: {len(result.ran)} trial(s) run now, {len(result.records)} "
+            f"stored in {result.store_path}", markup=False)
+    if result.written is None:
+        c.print(f"no production config written: {result.no_config_reason}", markup=False)
+        return
+    c.print(_fmt_best(result.best), markup=False)
+    c.print(f"verified: {result.best.verification.summary}", markup=False)
+    c.print(f"wrote {result.written.path} (details: {result.written.sidecar})", markup=False)
+    if result.written.backup:
+        c.print(f"previous config kept as {result.written.backup}", markup=False)
+
+
+def print_report(console: Console, results_dir: Path, study: str | None, fmt: str,
+                 output: Path | None) -> None:
+    from tuner.report import export, rich_table, rows
+    from tuner.store import Store, check_study_name, list_studies
+
+    studies = [check_study_name(study)] if study else list_studies(results_dir)
+    if study and not Store(results_dir, study).path.exists():
+        raise BadInput(f"no study {study!r} in {results_dir} (found: "
+                       f"{', '.join(list_studies(results_dir)) or 'none'})")
+    if not studies:
+        raise BadInput(f"no sweep results in {results_dir}; run `tuner sweep --model FILE` first")
+    all_rows: list[dict[str, Any]] = []
+    for name in studies:
+        r = rows(Store(results_dir, name).records())
+        if fmt == "table" and output is None:
+            console.print(rich_table(r, title=f"study {name}"))
+        all_rows.extend({"study": name, **row} for row in r)
+    if fmt == "table" and output is None:
+        return
+    text = export(all_rows, "md" if fmt == "table" else fmt)
+    if output is None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    else:
+        output.write_text(text)
+        console.print(f"wrote {output}", markup=False)
+
+
+def print_builds(console: Console, builds_dir: Path) -> None:
+    from rich.table import Table
+
+    from tuner.builds import list_builds
+
+    table = Table(title=f"kernel builds ({builds_dir})")
+    entries = list_builds(builds_dir)
+    for col in ("name", "variant", "flags", "lib_dir"):
+        table.add_column(col)
+    for b in entries:
+        table.add_row(*(str(b.get(k, "")) for k in ("name", "variant", "flags", "lib_dir")))
+    console.print(table)
+
+
+def run_build(console: Console, variant: str, source: Path | None, cuda_arch: str | None,
+              builds_dir: Path, jobs: int | None, dry_run: bool) -> None:
+    from tuner.builds import build_variant
+
+    info = build_variant(variant, source=source, builds_dir=builds_dir, cuda_arch=cuda_arch,
+                         jobs=jobs, dry_run=dry_run,
+                         log=lambda line: console.print(line, markup=False, highlight=False))
+    if not dry_run:
+        console.print(f"built {info.name}: {info.lib_dir}", markup=False)

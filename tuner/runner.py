@@ -1,0 +1,190 @@
+"""Spawns and feeds isolated trial workers. One worker serves every trial that shares its build
+and model settings, keeping the model loaded; it answers on its own pipe under a timeout. A
+worker that dies (abort, segfault, exit) or overruns its time is turned into an outcome, and the
+next trial gets a fresh worker: a crash inside llama.cpp never takes the sweep down."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuner.specs import ModelSettings, TrialSpec, Workload
+from tuner.worker.logcapture import read_tail
+from tuner.worker.main import worker_main
+
+SPAWN = mp.get_context("spawn")
+OOM_MARKERS = ("out of memory", "cudaMalloc failed", "failed to allocate", "unable to allocate")
+
+
+@dataclass
+class Outcome:
+    """What happened to one trial, as the parent saw it."""
+
+    kind: str  # complete | infeasible | crashed | timeout | failed
+    data: dict[str, Any] = field(default_factory=dict)  # the worker's answer when it gave one
+    error: str | None = None
+    signal: str | None = None
+    log_tail: list[str] = field(default_factory=list)
+    load_log: str = ""
+    hello: dict[str, Any] = field(default_factory=dict)
+
+
+class _Worker:
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        self.conn, child = SPAWN.Pipe()
+        self.proc = SPAWN.Process(target=worker_main, args=(child, job), daemon=True,
+                                  name="tuner-worker")
+        self.proc.start()
+        child.close()
+        self.hello: dict[str, Any] = {}
+
+    def call(self, msg: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+        """Send ``msg`` (if any) and wait for the answer. Raises EOFError when the worker died
+        and TimeoutError when it did not answer in time."""
+        if msg is not None:
+            self.conn.send(msg)
+        if not self.conn.poll(timeout):
+            raise TimeoutError
+        return self.conn.recv()
+
+    def death(self) -> tuple[str, str | None]:
+        """Wait for a dead worker and describe how it ended."""
+        self.proc.join(5)
+        code = self.proc.exitcode
+        if code is None:
+            return "did not exit", None
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"killed by {name}", name
+        return f"exited with status {code}", None
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send({"op": "stop"})
+            self.proc.join(10)
+        except (OSError, BrokenPipeError):
+            pass
+        self.kill()
+
+
+class Runner:
+    """Runs trials, reusing a worker while build and model settings stay the same."""
+
+    def __init__(self, model_path: Path, work_dir: Path, lib_dirs: dict[str, str | None],
+                 trial_timeout_s: float = 600.0, load_timeout_s: float = 600.0) -> None:
+        self.model_path = Path(model_path).resolve()
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.lib_dirs = lib_dirs
+        self.trial_timeout_s = trial_timeout_s
+        self.load_timeout_s = load_timeout_s
+        self._worker: _Worker | None = None
+        self._key: str | None = None
+        self._seq = 0
+        self.load_log = ""
+
+    def _job(self, ms: ModelSettings, probe_only: bool = False) -> dict[str, Any]:
+        self._seq += 1
+        name = f"worker-{ms.build}-{ms.worker_key()}-{os.getpid()}-{self._seq}.log"
+        return {"model_path": str(self.model_path), "model_settings": ms.model_dump(),
+                "lib_dir": self.lib_dirs.get(ms.build), "log_path": str(self.work_dir / name),
+                "probe_only": probe_only}
+
+    def probe(self, ms: ModelSettings) -> dict[str, Any]:
+        """Start a worker that only reports what its library is (no model load)."""
+        w = _Worker(self._job(ms, probe_only=True))
+        try:
+            return w.call(None, self.load_timeout_s)
+        except (EOFError, TimeoutError, OSError):
+            why, _ = w.death()
+            tail = read_tail(w.job["log_path"] + ".stdio", 5)
+            raise RuntimeError(f"probe worker {why}: {' | '.join(tail)}") from None
+        finally:
+            w.kill()
+
+    def _ensure_worker(self, ms: ModelSettings) -> Outcome | None:
+        """A worker with the model loaded, or the outcome of failing to get one."""
+        key = ms.worker_key()
+        if self._worker is not None and self._key == key and self._worker.proc.is_alive():
+            return None
+        self.close()
+        w = _Worker(self._job(ms))
+        try:
+            hello = w.call(None, self.load_timeout_s)
+        except TimeoutError:
+            w.kill()
+            return Outcome("timeout", error=f"model load took over {self.load_timeout_s:.0f}s",
+                           log_tail=read_tail(w.job["log_path"]))
+        except (EOFError, OSError):
+            return self._crash(w, "during model load")
+        if hello.get("event") != "ready":
+            w.stop()
+            return Outcome("infeasible", error=hello.get("error", "model load failed"),
+                           log_tail=hello.get("log", "").splitlines()[-30:],
+                           load_log=hello.get("log", ""), hello=hello)
+        self._worker, self._key = w, key
+        w.hello = hello
+        self.load_log = hello.get("log", "")
+        return None
+
+    def _crash(self, w: _Worker, when: str) -> Outcome:
+        why, sig = w.death()
+        w.kill()
+        tail = read_tail(w.job["log_path"]) + read_tail(w.job["log_path"] + ".stdio", 10)
+        text = "\n".join(tail)
+        kind = "infeasible" if any(m in text for m in OOM_MARKERS) else "crashed"
+        error = f"worker {why} {when}"
+        if kind == "infeasible":
+            error += " (out of memory)"
+        return Outcome(kind, error=error, signal=sig, log_tail=tail)
+
+    def run(self, spec: TrialSpec, workload: Workload) -> Outcome:
+        failed = self._ensure_worker(spec.model)
+        if failed is not None:
+            return failed
+        w = self._worker
+        assert w is not None
+        msg = {"op": "measure", "context": spec.context.model_dump(),
+               "workload": workload.model_dump()}
+        try:
+            answer = w.call(msg, self.trial_timeout_s)
+        except TimeoutError:
+            w.kill()
+            self._worker = None
+            return Outcome("timeout", error=f"trial ran over {self.trial_timeout_s:.0f}s; "
+                           "worker killed", log_tail=read_tail(w.job["log_path"]),
+                           load_log=self.load_log, hello=w.hello)
+        except (EOFError, OSError, BrokenPipeError):
+            self._worker = None
+            out = self._crash(w, "during the trial")
+            out.load_log, out.hello = self.load_log, w.hello
+            return out
+        kind = "complete" if answer.get("ok") else answer.get("kind", "failed")
+        tail = answer.get("log", "").splitlines()[-30:] if kind != "complete" else []
+        return Outcome(kind, data=answer, error=answer.get("error"), log_tail=tail,
+                       load_log=self.load_log, hello=w.hello)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+        self._worker, self._key = None, None
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

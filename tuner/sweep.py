@@ -1,0 +1,221 @@
+"""One sweep from start to end: check the model, probe the builds, plan the grid, run each trial
+in a worker, store its record as it ends, and write the production config from the best
+verified trial. Library code: the CLI renders, this module decides."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tuner import builds as builds_mod
+from tuner.buildinfo import BuildFlags, fa_supports, parse_system_info
+from tuner.environment import environment, model_sha256
+from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
+from tuner.modelcheck import ModelInfo, check_model
+from tuner.planner import Planner
+from tuner.prodconfig import WrittenConfig, write_production
+from tuner.records import Environment, TrialRecord
+from tuner.runner import Runner
+from tuner.space import Space, default_space, grid, load_space
+from tuner.specs import Device, ModelSettings, TrialSpec, Workload
+from tuner.store import Store, check_study_name
+from tuner.trialrecord import make_record, now
+
+
+class Events(Protocol):
+    def planned(self, total: int, pending: int, retried: int) -> None: ...
+    def started(self, spec: TrialSpec) -> None: ...
+    def finished(self, record: TrialRecord, best: TrialRecord | None) -> None: ...
+
+
+class _Quiet:
+    def planned(self, total: int, pending: int, retried: int) -> None: ...
+    def started(self, spec: TrialSpec) -> None: ...
+    def finished(self, record: TrialRecord, best: TrialRecord | None) -> None: ...
+
+
+@dataclass
+class SweepOptions:
+    model: Path
+    device: Device = "cuda"
+    trials: int | None = None
+    space: Path | None = None
+    workload: Workload = field(default_factory=Workload)
+    results_dir: Path = Path("results")
+    study: str | None = None
+    storage: str | None = None
+    out: Path = Path("configs/production.yaml")
+    builds_dir: Path = Path("builds")
+    trial_timeout_s: float = 600.0
+    load_timeout_s: float = 900.0
+
+
+@dataclass
+class BuildProbe:
+    name: str
+    lib_dir: str | None
+    expected_variant: str | None
+    hello: dict[str, Any]
+    flags: BuildFlags
+
+
+@dataclass
+class SweepResult:
+    study: str
+    ran: list[TrialRecord]
+    records: list[TrialRecord]
+    best: TrialRecord | None
+    written: WrittenConfig | None
+    no_config_reason: str | None
+    store_path: Path
+    retried: int = 0
+
+
+def default_study(info: ModelInfo, device: Device, wl: Workload) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(info.path).stem).strip("-._") or "model"
+    return f"{stem[:60]}-{device}-p{wl.prompt_tokens}-g{wl.gen_tokens}-c{wl.n_ctx}"
+
+
+def _probe_builds(runner: Runner, names: list[str], device: Device, explicit: bool,
+                  builds_dir: Path) -> list[BuildProbe]:
+    found: list[BuildProbe] = []
+    for name in names:
+        info = builds_mod.resolve_build(name, builds_dir)
+        runner.lib_dirs[name] = None if name == "installed" else info.lib_dir
+        try:
+            hello = runner.probe(ModelSettings(build=name, device=device))
+        except RuntimeError as e:
+            raise EnvironmentUnfit(f"build {name!r} cannot be loaded: {e}") from None
+        flags = parse_system_info(hello.get("system_info", ""))
+        expected = None if name == "installed" else info.variant
+        probe = BuildProbe(name, runner.lib_dirs[name], expected, hello, flags)
+        if device == "cuda" and not hello.get("supports_gpu_offload"):
+            if explicit:
+                raise EnvironmentUnfit(_no_cuda_message(name, flags), hint=CUDA_INSTALL_HINT)
+            continue
+        found.append(probe)
+    if not found:
+        raise EnvironmentUnfit(_no_cuda_message(names[0], None), hint=CUDA_INSTALL_HINT)
+    return found
+
+
+def _no_cuda_message(name: str, flags: BuildFlags | None) -> str:
+    if flags is not None and flags.cuda:
+        return f"build {name!r} has CUDA but found no CUDA device: check the driver and GPU"
+    return (f"llama-cpp-python build {name!r} cannot offload to a GPU (a CPU-only build, or no "
+            "CUDA device); use --device cpu to tune for the CPU on purpose")
+
+
+def _check_study_meta(store: Store, info: ModelInfo, sha: str, device: Device,
+                      wl: Workload) -> None:
+    meta = {"model_sha256": sha, "device": device, "workload": wl.model_dump()}
+    path = store.dir / "study.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old is not None and {k: old.get(k) for k in meta} != meta:
+            raise BadInput(f"study {store.study!r} was run with another model, device or "
+                           "workload; pick another --study to keep both")
+        return
+    store.ensure()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**meta, "model_path": str(info.path)}, indent=2))
+    tmp.replace(path)
+
+
+def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
+    events = events or _Quiet()
+    info = check_model(opts.model)
+    wl = opts.workload
+    if info.context_length and wl.n_ctx > info.context_length:
+        raise BadInput(f"n_ctx {wl.n_ctx} is above the model's trained context "
+                       f"{info.context_length}")
+    space_file = load_space(opts.space) if opts.space else None
+    study = check_study_name(opts.study or default_study(info, opts.device, wl))
+    store = Store(opts.results_dir, study)
+    store.ensure()
+    sha = model_sha256(Path(info.path), opts.results_dir)
+    _check_study_meta(store, info, sha, opts.device, wl)
+    storage = opts.storage or f"sqlite:///{(opts.results_dir / 'optuna.db').resolve()}"
+
+    with Runner(Path(info.path), store.dir / "logs", {}, opts.trial_timeout_s,
+                opts.load_timeout_s) as runner:
+        names = space_file.builds if space_file else (
+            ["installed"] if opts.device == "cpu"
+            else [b.name for b in builds_mod.discover_builds(opts.builds_dir)])
+        probes = {p.name: p for p in _probe_builds(runner, names, opts.device,
+                                                    space_file is not None, opts.builds_dir)}
+        space: Space = space_file or default_space(opts.device, list(probes))
+        specs = grid(space, opts.device, wl,
+                     lambda b, k, v: fa_supports(probes[b].flags, k, v))
+        if not specs:
+            raise BadInput("the search space has no valid combination (n_ubatch must be <= "
+                           "n_batch <= n_ctx; a quantized V cache needs flash attention with "
+                           "kernels compiled for that K/V pair)")
+        envs: dict[str, Environment] = {
+            name: environment(p.hello, name, Path(info.path), info.size_bytes, sha)
+            for name, p in probes.items()}
+
+        planner = Planner(study, storage)
+        existing = store.records()
+        retried = planner.reconcile(existing)
+        done = {r.spec_key for r in existing}
+        pending = planner.enqueue(specs, done)
+        events.planned(len(specs), pending, retried)
+        ran: list[TrialRecord] = []
+        best = _best(existing, set(planner.plan))
+        while opts.trials is None or len(ran) < opts.trials:
+            nxt = planner.ask()
+            if nxt is None:
+                break
+            number, spec = nxt
+            events.started(spec)
+            started = now()
+            outcome = runner.run(spec, wl)
+            probe = probes[spec.model.build]
+            record = make_record(study, number, spec, wl, outcome, probe.flags,
+                                 probe.expected_variant, envs[spec.model.build], started)
+            store.append(record)
+            planner.tell(number, record)
+            ran.append(record)
+            if record.usable and (best is None or record.objective < best.objective):
+                best = record
+            events.finished(record, best)
+
+    records = store.records()
+    best = _best(records, set(planner.plan))
+    written, reason = None, None
+    if best is None:
+        reason = _why_no_config(records)
+    else:
+        p = probes.get(best.spec.model.build)
+        env_vars = {}
+        if p is not None and p.lib_dir:
+            env_vars["LLAMA_CPP_LIB_PATH"] = p.lib_dir
+        if not best.spec.model.cuda_graphs:
+            env_vars["GGML_CUDA_DISABLE_GRAPHS"] = "1"
+        written = write_production(best, opts.out, model_path=str(info.path),
+                                   results_dir=opts.results_dir,
+                                   build_lib_dir=p.lib_dir if p else None, env=env_vars)
+    return SweepResult(study, ran, records, best, written, reason, store.path, retried)
+
+
+def _best(records: list[TrialRecord], planned: set[str]) -> TrialRecord | None:
+    usable = [r for r in records if r.usable and r.spec_key in planned]
+    return min(usable, key=lambda r: r.objective) if usable else None
+
+
+def _why_no_config(records: list[TrialRecord]) -> str:
+    if not records:
+        return "no trial has run yet"
+    complete = [r for r in records if r.state.value == "complete"]
+    if not complete:
+        states = sorted({r.state.value for r in records})
+        return f"no trial completed (states: {', '.join(states)})"
+    reasons = sorted({r.verification.reasons[0] for r in complete if r.verification.reasons})
+    return "no completed trial was verified: " + "; ".join(reasons[:3])

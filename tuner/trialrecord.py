@@ -1,0 +1,82 @@
+"""Turn a worker's outcome into a frozen trial record: statistics of the repetitions, the
+placement evidence read from llama.cpp's own log, and the verdict on it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from tuner.buildinfo import BuildFlags
+from tuner.placement import Expectation, parse_load_log, verify
+from tuner.records import Environment, Measurement, Stat, TrialRecord, TrialState, Verification
+from tuner.runner import Outcome
+from tuner.specs import TrialSpec, Workload
+
+UNSTABLE_SPREAD = 0.10  # repetitions more than 10% apart are flagged
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def measurement(data: dict, wl: Workload, load_seconds: float) -> Measurement:
+    pp, tg = data["pp_seconds"], data["tg_seconds"]
+    request = [a + b for a, b in zip(pp, tg)]
+    pp_stat = Stat.of(pp)
+    req_stat = Stat.of(request)
+    tg_stat = Stat.of(tg) if wl.gen_tokens else None
+    return Measurement(
+        prompt_tokens=wl.prompt_tokens,
+        gen_tokens=wl.gen_tokens,
+        pp_seconds=pp_stat,
+        tg_seconds=tg_stat,
+        request_seconds=req_stat,
+        pp_tps=Stat.of([wl.prompt_tokens / s for s in pp]) if wl.prompt_tokens else Stat.of([0.0]),
+        tg_tps=Stat.of([wl.gen_tokens / s for s in tg]) if wl.gen_tokens else None,
+        load_seconds=load_seconds,
+        context_seconds=data.get("context_seconds", 0.0),
+        gpu_peak_mib=data.get("gpu_peak_mib"),
+        gpu_total_mib=data.get("gpu_total_mib"),
+        unstable=req_stat.rel_spread > UNSTABLE_SPREAD,
+    )
+
+
+def make_record(study: str, number: int, spec: TrialSpec, wl: Workload, outcome: Outcome,
+                flags: BuildFlags, expected_variant: str | None, env: Environment,
+                started_at: str | None = None) -> TrialRecord:
+    state = TrialState(outcome.kind)
+    log = outcome.load_log + (outcome.data.get("log") or "")
+    evidence = parse_load_log(log) if log else None
+    verdict = Verification(verified=False, reasons=[outcome.error or f"trial {state.value}"])
+    meas = None
+    if state is TrialState.COMPLETE and evidence is not None:
+        expect = Expectation(device=spec.model.device, n_gpu_layers=spec.model.n_gpu_layers,
+                             build=expected_variant, type_k=spec.context.type_k,
+                             type_v=spec.context.type_v, flash_attn=spec.context.flash_attn)
+        v = verify(evidence, expect, flags)
+        verdict = Verification(verified=v.verified, summary=v.summary, reasons=list(v.reasons))
+        meas = measurement(outcome.data, wl, outcome.hello.get("load_seconds", 0.0))
+    buffers = {}
+    if evidence is not None:
+        buffers = {"model": evidence.model_buffers_mib, "kv": evidence.kv_buffers_mib,
+                   "compute": evidence.compute_buffers_mib}
+    return TrialRecord(
+        study=study,
+        trial_id=uuid.uuid4().hex,
+        number=number,
+        spec_key=spec.key(),
+        spec=spec,
+        workload=wl,
+        state=state,
+        objective=meas.request_seconds.median if meas else None,
+        measurement=meas,
+        verification=verdict,
+        placement=evidence.model_dump(mode="json", exclude={"build"}) if evidence else None,
+        buffers_mib=buffers,
+        error=outcome.error,
+        signal=outcome.signal,
+        log_tail=outcome.log_tail,
+        environment=env,
+        started_at=started_at or now(),
+        finished_at=now(),
+    )

@@ -1,0 +1,56 @@
+"""Capture llama.cpp's log through ``llama_log_set``: every line is kept in memory for the
+placement evidence and appended to a file, so the parent can read the tail after a crash."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+
+class LogCapture:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._chunks: list[str] = []
+        self._mark = 0
+        self._callback: Any = None  # keep the ctypes callback alive
+
+    def install(self, llama_cpp: Any) -> None:
+        @llama_cpp.llama_log_callback
+        def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            self.write(text.decode("utf-8", errors="replace") if text else "")
+
+        self._callback = _on_log
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def write(self, text: str) -> None:
+        self._chunks.append(text)
+        # Unbuffered: after an abort() the file must already hold what led to it.
+        os.write(self._fd, text.encode("utf-8", errors="replace"))
+
+    def text(self) -> str:
+        return "".join(self._chunks)
+
+    def mark(self) -> None:
+        """Start a new section: ``since_mark`` returns what was logged after this call."""
+        self._mark = len(self._chunks)
+
+    def since_mark(self) -> str:
+        return "".join(self._chunks[self._mark:])
+
+    def tail(self, n: int = 30) -> list[str]:
+        return self.text().splitlines()[-n:]
+
+
+def read_tail(path: str, n: int = 30, max_bytes: int = 256 * 1024) -> list[str]:
+    """The last lines of a worker's log file, read by the parent after the worker died."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line for line in data.splitlines() if line.strip()][-n:]

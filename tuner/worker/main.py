@@ -1,0 +1,138 @@
+"""Worker process entry. Started with the spawn method (a process forked after CUDA started
+cannot use CUDA), it sets its environment before llama_cpp is first imported, loads the model
+once, then serves measurement requests on its pipe until told to stop. llama.cpp's own output
+goes to the worker's log file, never to the pipe."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+from tuner.specs import ContextSettings, ModelSettings, Workload
+from tuner.worker import faults
+from tuner.worker.logcapture import LogCapture
+
+# Set in the parent by tests; a forked child would inherit it, a spawned one starts without it.
+FORK_CANARY: str | None = None
+
+
+def prepare_environment(ms: ModelSettings, lib_dir: str | None) -> None:
+    if lib_dir:
+        os.environ["LLAMA_CPP_LIB_PATH"] = lib_dir
+    else:
+        os.environ.pop("LLAMA_CPP_LIB_PATH", None)
+    if not ms.cuda_graphs:
+        os.environ["GGML_CUDA_DISABLE_GRAPHS"] = "1"
+    if ms.device == "cpu":
+        # A deliberate CPU run: hide the GPUs, or llama.cpp would still offload big matmuls.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def redirect_stdio(path: str) -> None:
+    """Anything llama.cpp prints directly (not through the log callback) lands in a file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def worker_main(conn: Any, job: dict[str, Any]) -> None:
+    ms = ModelSettings.model_validate(job["model_settings"])
+    prepare_environment(ms, job.get("lib_dir"))
+    redirect_stdio(job["log_path"] + ".stdio")
+    try:
+        _serve(conn, ms, job)
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass
+    finally:
+        conn.close()
+
+
+def _serve(conn: Any, ms: ModelSettings, job: dict[str, Any]) -> None:
+    log = LogCapture(job["log_path"])
+    import llama_cpp  # noqa: PLC0415 - only after the environment is set
+
+    log.install(llama_cpp)
+    llama_cpp.llama_backend_init()
+    system_info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
+    log.write(system_info.rstrip() + "\n")
+    from tuner.worker.gpumem import GpuMemory
+
+    gpu = GpuMemory(ms.main_gpu) if ms.device == "cuda" else None
+    hello = {
+        "event": "hello",
+        "pid": os.getpid(),
+        "system_info": system_info,
+        "supports_gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+        "llama_cpp_python": getattr(llama_cpp, "__version__", "unknown"),
+        "lib_dir": os.environ.get("LLAMA_CPP_LIB_PATH"),
+        "gpus": gpu.devices() if gpu else [],
+        "driver": gpu.driver() if gpu else None,
+        "hostname": socket.gethostname(),
+        "fork_canary": FORK_CANARY,
+    }
+    if job.get("probe_only"):
+        conn.send(hello)
+        return
+
+    faults.maybe_inject("load", None, log)
+    mp = llama_cpp.llama_model_default_params()
+    mp.n_gpu_layers = ms.n_gpu_layers
+    mp.split_mode = ms.split_mode
+    mp.main_gpu = ms.main_gpu
+    t0 = time.perf_counter()
+    model = llama_cpp.llama_model_load_from_file(job["model_path"].encode(), mp)
+    load_seconds = time.perf_counter() - t0
+    if not model:
+        conn.send({**hello, "event": "load_failed", "error": "llama.cpp could not load the model",
+                   "log": log.text()})
+        return
+    conn.send({**hello, "event": "ready", "load_seconds": load_seconds, "log": log.text(),
+               "n_layer": llama_cpp.llama_model_n_layer(model)})
+    threads = job.get("threads") or os.cpu_count() or 1
+    while True:
+        req = conn.recv()
+        if req.get("op") == "stop":
+            break
+        conn.send(_measure(llama_cpp, model, req, threads, gpu, log))
+    llama_cpp.llama_model_free(model)
+
+
+def _measure(lc: Any, model: Any, req: dict[str, Any], threads: int, gpu: Any,
+             log: LogCapture) -> dict[str, Any]:
+    from tuner.worker.bench import Bench, Infeasible, context_params
+
+    cs = ContextSettings.model_validate(req["context"])
+    wl = Workload.model_validate(req["workload"])
+    log.mark()
+    faults.maybe_inject("measure", cs.model_dump(), log)
+    if gpu:
+        gpu.start()
+    ctx = None
+    try:
+        t0 = time.perf_counter()
+        ctx = lc.llama_init_from_model(model, context_params(lc, cs, wl.n_ctx, threads))
+        context_seconds = time.perf_counter() - t0
+        if not ctx:
+            raise Infeasible("llama.cpp could not create the context (out of memory, or settings "
+                             "it refuses)")
+        samples = Bench(lc, model, ctx).run(wl, cs.n_batch)
+        return {"ok": True, "context_seconds": context_seconds, **samples,
+                "gpu_peak_mib": gpu.stop() if gpu else None,
+                "gpu_total_mib": gpu.total_mib if gpu else None, "log": log.since_mark()}
+    except Infeasible as e:
+        return {"ok": False, "kind": "infeasible", "error": str(e), "log": log.since_mark()}
+    except Exception as e:  # the trial failed, the worker and its model stay usable
+        return {"ok": False, "kind": "failed", "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(), "log": log.since_mark()}
+    finally:
+        if gpu:
+            gpu.stop()
+        if ctx:
+            lc.llama_free(ctx)
