@@ -6,18 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 import tuner
 from tests.records_factory import make_record
+from tests.server_run import complete, free_port, running_server
 from tuner import prodconfig
 from tuner.errors import BadInput, TunerError
 from tuner.prodconfig import server_config, sidecar_path, validate, write_production
@@ -192,59 +188,17 @@ def test_sidecar_holds_build_env_provenance_and_figures(tmp_path: Path, model: s
     assert side["environment"]["gpus"][0]["name"].startswith("NVIDIA H100")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_real_server_loads_the_config_and_answers(tmp_path: Path, model: str) -> None:
-    port = _free_port()
+    port = free_port()
     written = write(cpu_record(model), tmp_path / "production.yaml", model, port=port)
-    side = json.loads(written.sidecar.read_text())
-    env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT", "CONFIG_FILE")}
-    env.update(side["env"])
     log_path = tmp_path / "server.log"
-    base = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--config_file", str(written.path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    try:
-        models = _wait_ready(proc, f"{base}/v1/models", log_path, timeout=120)
+    with running_server(written.path, log_path, port) as (base, models):
         assert [m["id"] for m in models["data"]] == ["SmolLM2-135M-Instruct.Q4_1"]
-        reply = httpx.post(f"{base}/v1/completions", timeout=60, json={
-            "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0})
-        assert reply.status_code == 200, reply.text
-        text = reply.json()["choices"][0]["text"]
-        assert text.strip(), f"empty completion: {reply.json()}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        text = complete(base)
+        assert text.strip(), "empty completion"
     # The server ran the trial's settings, as its llama.cpp log reports them.
     log = log_path.read_text(errors="replace")
     for setting, value in (("n_ctx", "512"), ("n_batch", "256"), ("n_ubatch", "128"),
                            ("flash_attn", "enabled")):
         assert re.search(rf"llama_context: {setting}\s+= {value}\n", log), (setting, log[-3000:])
     assert re.search(r"K \(q8_0\).*V \(q8_0\)", log), log[-3000:]
-
-
-def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n"
-                        f"{log_path.read_text(errors='replace')[-3000:]}")
-        try:
-            r = httpx.get(url, timeout=2)
-            if r.status_code == 200:
-                return r.json()
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"server not ready after {timeout} s:\n"
-                f"{log_path.read_text(errors='replace')[-3000:]}")

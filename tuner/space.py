@@ -97,7 +97,8 @@ def grid(space: Space, device: Device, workload: Workload,
          fa_ok: Callable[[str, str, str], bool]) -> list[TrialSpec]:
     """Every valid combination, baseline first. ``fa_ok(build, type_k, type_v)`` tells whether a
     build compiled flash-attention kernels for that K/V pair. Combinations that would run the
-    same computation (n_batch beyond the prompt, n_ubatch beyond n_batch) are kept once."""
+    same computation (an n_batch beyond the prompt: llama.cpp decodes the prompt in one chunk
+    either way) are kept once, with the smallest values."""
     specs: list[TrialSpec] = []
     seen: set[tuple] = set()
     p = max(workload.prompt_tokens, 1)
@@ -106,7 +107,7 @@ def grid(space: Space, device: Device, workload: Workload,
         space.flash_attn, space.kv_cache, space.n_threads,
     ):
         tk, tv = kv.split("/")
-        if nu > nb or nb > workload.n_ctx:
+        if nu > nb:
             continue
         if tv not in UNQUANTIZED_KV and not fa:
             continue  # llama.cpp needs flash attention for a quantized V cache
