@@ -36,13 +36,14 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.option("--model", "model", required=True, type=click.Path(path_type=Path),
+@click.option("--model", "model", required=True,
+              type=click.Path(path_type=Path, readable=False),
               help="GGUF model file to tune.")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
               help="cpu tunes for the CPU on purpose (threads become a dimension).")
 @click.option("--trials", type=click.IntRange(min=1), default=None,
               help="Run at most N trials now (the rest stay queued for a later run).")
-@click.option("--space", type=click.Path(path_type=Path), default=None,
+@click.option("--space", type=click.Path(path_type=Path, readable=False), default=None,
               help="YAML search space (default: a built-in grid for the device).")
 @click.option("--prompt-tokens", type=click.IntRange(min=0), default=512, show_default=True)
 @click.option("--gen-tokens", type=click.IntRange(min=0), default=128, show_default=True)

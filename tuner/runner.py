@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,6 @@ class Runner:
                  trial_timeout_s: float = 600.0, load_timeout_s: float = 600.0) -> None:
         self.model_path = Path(model_path).resolve()
         self.work_dir = Path(work_dir)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
         self.lib_dirs = lib_dirs
         self.trial_timeout_s = trial_timeout_s
         self.load_timeout_s = load_timeout_s
@@ -98,6 +98,8 @@ class Runner:
         self.load_log = ""
 
     def _job(self, ms: ModelSettings, probe_only: bool = False) -> dict[str, Any]:
+        if not probe_only:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
         self._seq += 1
         name = f"worker-{ms.build}-{ms.worker_key()}-{os.getpid()}-{self._seq}.log"
         return {"model_path": str(self.model_path), "model_settings": ms.model_dump(),
@@ -105,16 +107,19 @@ class Runner:
                 "probe_only": probe_only}
 
     def probe(self, ms: ModelSettings) -> dict[str, Any]:
-        """Start a worker that only reports what its library is (no model load)."""
-        w = _Worker(self._job(ms, probe_only=True))
-        try:
-            return w.call(None, self.load_timeout_s)
-        except (EOFError, TimeoutError, OSError):
-            why, _ = w.death()
-            tail = read_tail(w.job["log_path"] + ".stdio", 5)
-            raise RuntimeError(f"probe worker {why}: {' | '.join(tail)}") from None
-        finally:
-            w.kill()
+        """Start a worker that only reports what its library is (no model load). Its log goes
+        to a temporary folder: a probe leaves nothing in the results."""
+        with tempfile.TemporaryDirectory(prefix="tuner-probe-") as tmp:
+            job = {**self._job(ms, probe_only=True), "log_path": str(Path(tmp) / "probe.log")}
+            w = _Worker(job)
+            try:
+                return w.call(None, self.load_timeout_s)
+            except (EOFError, TimeoutError, OSError):
+                why, _ = w.death()
+                tail = read_tail(job["log_path"] + ".stdio", 5)
+                raise RuntimeError(f"probe worker {why}: {' | '.join(tail)}") from None
+            finally:
+                w.kill()
 
     def _ensure_worker(self, ms: ModelSettings) -> Outcome | None:
         """A worker with the model loaded, or the outcome of failing to get one."""

@@ -111,7 +111,8 @@ def _no_cuda_message(name: str, flags: BuildFlags | None) -> str:
 
 def _check_study_meta(store: Store, info: ModelInfo, sha: str, device: Device,
                       wl: Workload) -> None:
-    meta = {"model_sha256": sha, "device": device, "workload": wl.model_dump()}
+    shape = wl.model_dump(include={"prompt_tokens", "gen_tokens", "n_ctx"})
+    meta = {"model_sha256": sha, "device": device, "workload": shape}
     path = store.dir / "study.json"
     if path.exists():
         try:
@@ -138,13 +139,12 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     space_file = load_space(opts.space) if opts.space else None
     study = check_study_name(opts.study or default_study(info, opts.device, wl))
     store = Store(opts.results_dir, study)
-    store.ensure()
-    sha = model_sha256(Path(info.path), opts.results_dir)
-    _check_study_meta(store, info, sha, opts.device, wl)
-    storage = opts.storage or f"sqlite:///{(opts.results_dir / 'optuna.db').resolve()}"
+    if opts.results_dir.exists() and not opts.results_dir.is_dir():
+        raise BadInput(f"results path {opts.results_dir} exists and is not a directory")
 
     with Runner(Path(info.path), store.dir / "logs", {}, opts.trial_timeout_s,
                 opts.load_timeout_s) as runner:
+        # Everything that can refuse the request runs before anything is written.
         names = space_file.builds if space_file else (
             ["installed"] if opts.device == "cpu"
             else [b.name for b in builds_mod.discover_builds(opts.builds_dir)])
@@ -155,8 +155,12 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                      lambda b, k, v: fa_supports(probes[b].flags, k, v))
         if not specs:
             raise BadInput("the search space has no valid combination (n_ubatch must be <= "
-                           "n_batch <= n_ctx; a quantized V cache needs flash attention with "
-                           "kernels compiled for that K/V pair)")
+                           "n_batch; a quantized V cache needs flash attention with kernels "
+                           "compiled for that K/V pair)")
+        store.ensure()
+        sha = model_sha256(Path(info.path), opts.results_dir)
+        _check_study_meta(store, info, sha, opts.device, wl)
+        storage = opts.storage or f"sqlite:///{(opts.results_dir / 'optuna.db').resolve()}"
         envs: dict[str, Environment] = {
             name: environment(p.hello, name, Path(info.path), info.size_bytes, sha)
             for name, p in probes.items()}

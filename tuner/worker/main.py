@@ -111,11 +111,11 @@ def _measure(lc: Any, model: Any, req: dict[str, Any], threads: int, gpu: Any,
     cs = ContextSettings.model_validate(req["context"])
     wl = Workload.model_validate(req["workload"])
     log.mark()
-    faults.maybe_inject("measure", cs.model_dump(), log)
     if gpu:
         gpu.start()
     ctx = None
     try:
+        faults.maybe_inject("measure", cs.model_dump(), log)
         t0 = time.perf_counter()
         ctx = lc.llama_init_from_model(model, context_params(lc, cs, wl.n_ctx, threads))
         context_seconds = time.perf_counter() - t0
