@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,8 @@ def llama_bench(model: Path, r: TrialRecord, builds: Path, work: Path) -> dict[s
     cmd = [str(binary), "-m", str(model), "-p", "512,2048", "-n", "128", "-b", str(c.n_batch),
            "-ub", str(c.n_ubatch), "-fa", "1" if c.flash_attn else "0", "-ctk", c.type_k,
            "-ctv", c.type_v, "-ngl", "99", "-r", str(REPS), "-o", "json"]
-    env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(builds / m.build / "lib")}
+    lib = str(builds / m.build / "lib")
+    env = {**os.environ, "LD_LIBRARY_PATH": lib + ":" + os.environ.get("LD_LIBRARY_PATH", "")}
     if not m.cuda_graphs:
         env["GGML_CUDA_DISABLE_GRAPHS"] = "1"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

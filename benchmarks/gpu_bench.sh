@@ -14,6 +14,8 @@ BENCH=${BENCH:-/tmp/bench}
 SDIST=${SDIST:-.carry/llama-cpp-python-0.3.36-src.tar.gz}
 ARCH=${CUDA_ARCH:-90}
 MODEL=$BENCH/llama3-8b-shape-q4_k_m.gguf
+VARIANTS=${VARIANTS:-default force-cublas}  # force-mmq too, if the device time allows
+JOBS=${JOBS:-8}
 export PYTHONUNBUFFERED=1
 
 phase() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$BENCH/phase"; }
@@ -33,8 +35,8 @@ run() {
   phase setup; setup || { phase FAILED setup; return 1; }
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$BENCH/out/gpu.txt"
   phase "build variants + write f16 model"
-  for v in default force-cublas force-mmq; do
-    python3 -m tuner.cli build --variant "$v" --source "$SDIST" --cuda-arch "$ARCH" -j 6 \
+  for v in $VARIANTS; do
+    python3 -m tuner.cli build --variant "$v" --source "$SDIST" --cuda-arch "$ARCH" -j "$JOBS" \
       > "$BENCH/build-$v.log" 2>&1 &
   done
   python3 -c "
@@ -42,7 +44,7 @@ import time; from tuner.modelgen import write_llama, SHAPES
 t = time.time(); write_llama('$BENCH/f16.gguf', **SHAPES['llama3-8b']); print('f16 written', round(time.time() - t), 's')
 " > "$BENCH/modelgen.log" 2>&1
   wait
-  for v in default force-cublas force-mmq; do
+  for v in $VARIANTS; do
     [ -f "builds/$v/build.json" ] || { phase "FAILED build $v"; tail -20 "$BENCH/build-$v.log"; return 1; }
   done
   python3 -m tuner.cli build --list | tee "$BENCH/out/builds.txt"
@@ -53,7 +55,7 @@ t = time.time(); quantize('$BENCH/f16.gguf', '$MODEL', 'q4_k_m'); print('quantiz
 " >> "$BENCH/modelgen.log" 2>&1 || { phase FAILED quantize; return 1; }
   rm -f "$BENCH/f16.gguf"
   phase sweep
-  python3 -m tuner.cli sweep --model "$MODEL" --space benchmarks/spaces/h100-8b.yaml \
+  python3 -m tuner.cli sweep --model "$MODEL" --space "${SPACE:-benchmarks/spaces/h100-8b.yaml}" \
     --prompt-tokens 2048 --gen-tokens 128 --results "$BENCH/results" \
     --out "$BENCH/out/production.yaml" --builds builds > "$BENCH/sweep.log" 2>&1
   echo "sweep exit $?" >> "$BENCH/sweep.log"
