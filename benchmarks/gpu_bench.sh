@@ -14,8 +14,8 @@ BENCH=${BENCH:-/tmp/bench}
 SDIST=${SDIST:-.carry/llama-cpp-python-0.3.36-src.tar.gz}
 ARCH=${CUDA_ARCH:-90}
 MODEL=$BENCH/llama3-8b-shape-q4_k_m.gguf
-VARIANTS=${VARIANTS:-default force-cublas}  # force-mmq too, if the device time allows
-JOBS=${JOBS:-8}
+VARIANTS=${VARIANTS:-default force-cublas force-mmq}
+JOBS=${JOBS:-6}
 export PYTHONUNBUFFERED=1
 
 phase() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$BENCH/phase"; }

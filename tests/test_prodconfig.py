@@ -16,6 +16,7 @@ from tests.records_factory import make_record
 from tests.server_run import complete, free_port, running_server
 from tuner import prodconfig
 from tuner.errors import BadInput, TunerError
+from tuner.builds import _installed_lib_dir
 from tuner.prodconfig import server_config, sidecar_path, validate, write_production
 from tuner.specs import Workload
 
@@ -159,16 +160,17 @@ def test_bad_output_paths_are_bad_input(tmp_path: Path, model: str) -> None:
 def test_sidecar_holds_build_env_provenance_and_figures(tmp_path: Path, model: str) -> None:
     record = make_record(5, build="cuda-fa-all", cuda_graphs=False, request_s=2.5)
     out = tmp_path / "configs" / "production.yaml"
-    written = write(record, out, model, build_lib_dir="/opt/builds/cuda-fa-all/lib",
-                    env={"LLAMA_CPP_LIB_PATH": "/opt/builds/cuda-fa-all/lib"})
+    # The config is validated by the server's settings loaded from this build's library: the
+    # installed package's real (CPU) library stands in for a kernel build here.
+    lib = str(_installed_lib_dir())
+    written = write(record, out, model, build_lib_dir=lib, env={"LLAMA_CPP_LIB_PATH": lib})
     assert written.sidecar == tmp_path / "configs" / "production.tuner.json"
     assert sidecar_path(out) == written.sidecar
     side = json.loads(written.sidecar.read_text())
-    assert side["build"] == {"name": "cuda-fa-all", "lib_dir": "/opt/builds/cuda-fa-all/lib"}
-    assert side["env"] == {"GGML_CUDA_DISABLE_GRAPHS": "1",
-                           "LLAMA_CPP_LIB_PATH": "/opt/builds/cuda-fa-all/lib"}
+    assert side["build"] == {"name": "cuda-fa-all", "lib_dir": lib}
+    assert side["env"] == {"GGML_CUDA_DISABLE_GRAPHS": "1", "LLAMA_CPP_LIB_PATH": lib}
     assert side["launch"] == (
-        "GGML_CUDA_DISABLE_GRAPHS=1 LLAMA_CPP_LIB_PATH=/opt/builds/cuda-fa-all/lib "
+        f"GGML_CUDA_DISABLE_GRAPHS=1 LLAMA_CPP_LIB_PATH={lib} "
         f"python -m llama_cpp.server --config_file {out}")
     prov = side["provenance"]
     assert (prov["study"], prov["trial_id"], prov["number"], prov["spec_key"]) == (

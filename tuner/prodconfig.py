@@ -10,6 +10,7 @@ never sees a half-written file."""
 from __future__ import annotations
 
 import json
+import subprocess
 import os
 import shlex
 import sys
@@ -78,10 +79,30 @@ def server_config(record: TrialRecord, model_path: str, *, host: str = "127.0.0.
     return {"host": host, "port": int(port), "models": [entry]}
 
 
-def validate(config: dict[str, Any]) -> None:
+def validate(config: dict[str, Any], lib_dir: str | None = None) -> None:
     """Check the config the way the server reads it (JSON of the YAML, then
     ``ConfigFileSettings.model_validate_json``), and refuse keys its settings do not define.
-    An invalid config here is tuner's bug, hence TunerError (exit 1)."""
+    An invalid config here is tuner's bug, hence TunerError (exit 1).
+
+    The server's settings import llama_cpp, which loads a llama library: that happens in a
+    child process with the chosen build's ``LLAMA_CPP_LIB_PATH``, never in this one (a
+    package installed without its own libraries has none to load without it)."""
+    try:
+        blob = json.dumps(config)
+    except (TypeError, ValueError) as e:
+        raise TunerError(f"production config is not plain data: {e}") from None
+    env = dict(os.environ)
+    if lib_dir:
+        env["LLAMA_CPP_LIB_PATH"] = lib_dir
+    proc = subprocess.run([sys.executable, "-m", "tuner.prodconfig"], input=blob, env=env,
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode == 0:
+        return
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    raise TunerError(lines[-1] if lines else f"config validation exited {proc.returncode}")
+
+
+def _validate_here(config: dict[str, Any]) -> None:
     from llama_cpp.server.settings import ConfigFileSettings, ModelSettings
 
     if not isinstance(config, dict):
@@ -199,7 +220,7 @@ def write_production(record: TrialRecord, out: Path, *, model_path: str, results
     config = server_config(record, model_path, host=host, port=port)
     text = _render_yaml(config)
     # Validate what the server will read back, not the dict we meant to write.
-    validate(yaml.safe_load(text))
+    validate(yaml.safe_load(text), build_lib_dir)
     side = sidecar_path(out)
     side_text = _render_json(sidecar(record, out, results_dir=results_dir,
                                      build_lib_dir=build_lib_dir, env=env))
@@ -305,3 +326,11 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+if __name__ == "__main__":  # the child process of validate()
+    try:
+        _validate_here(json.loads(sys.stdin.read()))
+    except TunerError as e:
+        print(e.message)
+        sys.exit(1)
