@@ -84,7 +84,7 @@ def _probe_builds(runner: Runner, names: list[str], device: Device, explicit: bo
     found: list[BuildProbe] = []
     for name in names:
         info = builds_mod.resolve_build(name, builds_dir)
-        runner.lib_dirs[name] = None if name == "installed" else info.lib_dir
+        runner.lib_dirs[name] = None if name == "installed" else str(Path(info.lib_dir).absolute())
         try:
             hello = runner.probe(ModelSettings(build=name, device=device))
         except RuntimeError as e:

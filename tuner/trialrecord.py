@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from tuner.buildinfo import BuildFlags
+from tuner.buildinfo import BuildFlags, find_system_info
 from tuner.placement import Expectation, parse_load_log, verify
 from tuner.records import Environment, Measurement, Stat, TrialRecord, TrialState, Verification
 from tuner.runner import Outcome
@@ -45,6 +45,9 @@ def make_record(study: str, number: int, spec: TrialSpec, wl: Workload, outcome:
                 flags: BuildFlags, expected_variant: str | None, env: Environment,
                 started_at: str | None = None) -> TrialRecord:
     state = TrialState(outcome.kind)
+    # The flags of the library this trial's worker loaded (not the probe's): a worker that
+    # loaded another build than the one asked for fails verification.
+    flags = find_system_info(outcome.hello.get("system_info") or "") or flags
     log = outcome.load_log + (outcome.data.get("log") or "")
     evidence = parse_load_log(log) if log else None
     verdict = Verification(verified=False, reasons=[outcome.error or f"trial {state.value}"])
