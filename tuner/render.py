@@ -116,11 +116,14 @@ def print_builds(console: Console, builds_dir: Path) -> None:
     from tuner.builds import list_builds
 
     table = Table(title=f"kernel builds ({builds_dir})")
-    entries = list_builds(builds_dir)
-    for col in ("name", "variant", "flags", "lib_dir"):
-        table.add_column(col)
-    for b in entries:
-        table.add_row(*(str(b.get(k, "")) for k in ("name", "variant", "flags", "lib_dir")))
+    for col in ("name", "variant", "library reports", "lib_dir"):
+        table.add_column(col, overflow="fold")
+    for b in list_builds(builds_dir):
+        reports = b.get("error") or b.get("flags_summary") or ""
+        if b.get("reported_variant") and b.get("variant") and b["reported_variant"] != b["variant"]:
+            reports = f"MISMATCH: library is {b['reported_variant']}; {reports}"
+        table.add_row(str(b.get("name")), str(b.get("variant") or "(installed)"), reports,
+                      str(b.get("lib_dir")))
     console.print(table)
 
 
@@ -131,5 +134,8 @@ def run_build(console: Console, variant: str, source: Path | None, cuda_arch: st
     info = build_variant(variant, source=source, builds_dir=builds_dir, cuda_arch=cuda_arch,
                          jobs=jobs, dry_run=dry_run,
                          log=lambda line: console.print(line, markup=False, highlight=False))
-    if not dry_run:
+    if dry_run:
+        for line in info.shell_lines():
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+    else:
         console.print(f"built {info.name}: {info.lib_dir}", markup=False)
