@@ -1,0 +1,69 @@
+"""Trial workers on real llama-cpp-python: spawned (not forked), one per build and model
+settings and reused across context settings, answering on their pipe with the measurement."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import tuner.worker.main as worker_main
+from tests.cli_run import REPO
+from tuner.runner import Runner
+from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
+
+CPU = ModelSettings(device="cpu", build="installed")
+WL = Workload(prompt_tokens=48, gen_tokens=4, repetitions=3)
+
+
+def spec(n_batch: int) -> TrialSpec:
+    return TrialSpec(model=CPU, context=ContextSettings(n_batch=n_batch, n_ubatch=16))
+
+
+def test_workers_are_spawned_not_forked(tiny_model: Path, tmp_path: Path,
+                                        monkeypatch) -> None:
+    # A forked child would inherit this module global; a spawned one imports the module anew.
+    monkeypatch.setattr(worker_main, "FORK_CANARY", "set in the parent")
+    with Runner(tiny_model, tmp_path, {"installed": None}) as runner:
+        out = runner.run(spec(16), WL)
+        assert out.kind == "complete", out.error
+        assert type(runner._worker.proc).__name__ == "SpawnProcess"
+        assert out.hello["fork_canary"] is None
+
+
+def test_one_worker_serves_context_changes_and_measures(smollm2_path: Path,
+                                                        tmp_path: Path) -> None:
+    with Runner(smollm2_path, tmp_path, {"installed": None}) as runner:
+        first = runner.run(spec(16), WL)
+        second = runner.run(spec(48), WL)
+        assert first.kind == second.kind == "complete", (first.error, second.error)
+        assert first.hello["pid"] == second.hello["pid"], "the model stayed loaded"
+        for out in (first, second):
+            assert len(out.data["pp_seconds"]) == WL.repetitions
+            assert len(out.data["tg_seconds"]) == WL.repetitions
+            assert all(t > 0 for t in out.data["pp_seconds"] + out.data["tg_seconds"])
+        assert "n_batch               = 48" in second.data["log"]
+        other = runner.run(TrialSpec(model=CPU.model_copy(update={"split_mode": 0}),
+                                     context=ContextSettings(n_batch=16, n_ubatch=16)), WL)
+        assert other.kind == "complete"
+        assert other.hello["pid"] != first.hello["pid"], "new model settings, new worker"
+    assert "llama_model_loader" in first.load_log
+
+
+def test_the_parent_never_imports_llama_cpp(tiny_model: Path, tmp_path: Path) -> None:
+    """A whole sweep in one process, which then reports whether llama_cpp was ever imported."""
+    code = f"""
+import sys
+from pathlib import Path
+from tuner.specs import Workload
+from tuner.sweep import SweepOptions, run_sweep
+r = run_sweep(SweepOptions(model=Path({str(tiny_model)!r}), device="cpu",
+              workload=Workload(prompt_tokens=16, gen_tokens=2, repetitions=1), trials=2,
+              results_dir=Path({str(tmp_path / 'r')!r}), out=Path({str(tmp_path / 'p.yaml')!r})))
+assert len(r.ran) == 2 and r.written is not None
+print("llama_cpp imported:", "llama_cpp" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "llama_cpp imported: False" in proc.stdout
