@@ -34,7 +34,7 @@ def run_sweep(model: Path, root: Path, faults: str, timeout: float = 60) -> tupl
     space = write_space(root / "space.yaml", n_batch=[16, 32, 48, 64], n_ubatch=[16])
     proc = tuner("sweep", "--model", model, "--device", "cpu", "--space", space,
                  "--prompt-tokens", 64, "--gen-tokens", 4, "--n-ctx", 128, "--repetitions", 1,
-                 "--trial-timeout", 5, "--results", root / "results",
+                 "--trial-timeout", 15, "--results", root / "results",
                  "--out", root / "production.yaml", env={"TUNER_FAULTS": faults},
                  timeout=timeout)
     studies = list_studies(root / "results")
