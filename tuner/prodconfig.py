@@ -105,22 +105,20 @@ def validate(config: dict[str, Any], lib_dir: str | None = None) -> None:
 def _validate_here(config: dict[str, Any]) -> None:
     from llama_cpp.server.settings import ConfigFileSettings, ModelSettings
 
-    if not isinstance(config, dict):
-        raise TunerError(f"production config must be a mapping, not {type(config).__name__}")
-    unknown = sorted(set(config) - set(ConfigFileSettings.model_fields))
-    if unknown:
-        raise TunerError(f"production config has keys the server does not accept: "
-                         f"{', '.join(map(str, unknown))}")
+    def refuse_unknown(mapping: Any, fields: dict[str, Any], where: str) -> None:
+        if not isinstance(mapping, dict):
+            raise TunerError(f"{where} must be a mapping, not {type(mapping).__name__}")
+        unknown = sorted(set(mapping) - set(fields))
+        if unknown:
+            raise TunerError(f"{where} has keys the server does not accept: "
+                             f"{', '.join(map(str, unknown))}")
+
+    refuse_unknown(config, ConfigFileSettings.model_fields, "production config")
     models = config.get("models")
     if not isinstance(models, list) or not models:
         raise TunerError("production config must list at least one model under 'models'")
     for i, entry in enumerate(models):
-        if not isinstance(entry, dict):
-            raise TunerError(f"production config models[{i}] must be a mapping")
-        unknown = sorted(set(entry) - set(ModelSettings.model_fields))
-        if unknown:
-            raise TunerError(f"production config models[{i}] has keys the server does not "
-                             f"accept: {', '.join(map(str, unknown))}")
+        refuse_unknown(entry, ModelSettings.model_fields, f"production config models[{i}]")
     try:
         blob = json.dumps(config)
     except (TypeError, ValueError) as e:

@@ -129,7 +129,7 @@ def print_builds(console: Console, builds_dir: Path) -> None:
 
 def run_build(console: Console, variant: str, source: Path | None, cuda_arch: str | None,
               builds_dir: Path, jobs: int | None, dry_run: bool) -> None:
-    from tuner.builds import build_variant
+    from tuner.buildmake import build_variant
 
     info = build_variant(variant, source=source, builds_dir=builds_dir, cuda_arch=cuda_arch,
                          jobs=jobs, dry_run=dry_run,
