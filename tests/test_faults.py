@@ -77,3 +77,24 @@ def test_load_crash_is_a_trial_outcome(tiny_model: Path, tmp_path: Path) -> None
         assert all(r.state.value == "crashed" and r.signal == "SIGSEGV" for r in records)
         assert all("during model load" in r.error for r in records)
         assert not (tmp_path / f"run{run}" / "production.yaml").exists()
+
+
+def test_model_llama_cpp_refuses_is_infeasible_not_a_crash(tiny_model: Path,
+                                                             tmp_path: Path) -> None:
+    """A real refusal, no fake: a well-formed GGUF (it passes the header check) whose
+    architecture llama.cpp does not know. The load fails in the worker; every trial of that
+    worker's settings is stored as infeasible with llama.cpp's reason in the log tail."""
+    data = bytearray(tiny_model.read_bytes())
+    key = data.index(b"general.architecture")
+    at = data.index(b"llama", key + len(b"general.architecture"))
+    data[at:at + 5] = b"llamX"
+    odd = tmp_path / "odd-arch.gguf"
+    odd.write_bytes(bytes(data))
+    proc, records = run_sweep(odd, tmp_path / "run", "")
+    fault_tally.record("unknown architecture", "Traceback" in proc.stderr, GRID - len(records))
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(records) == GRID
+    for r in records:
+        assert r.state.value == "infeasible" and r.signal is None, (r.state, r.error)
+        assert "could not load the model" in r.error
+        assert any("unknown model architecture" in line for line in r.log_tail), r.log_tail

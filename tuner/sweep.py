@@ -170,7 +170,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         retried = planner.reconcile(existing)
         done = {r.spec_key for r in existing}
         pending = planner.enqueue(specs, done)
-        events.planned(len(specs), pending, retried)
+        events.planned(len(specs), min(pending, opts.trials or pending), retried)
         ran: list[TrialRecord] = []
         best = _best(existing, set(planner.plan))
         while opts.trials is None or len(ran) < opts.trials:
