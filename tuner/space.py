@@ -65,7 +65,7 @@ def default_space(device: Device, builds: list[str]) -> Space:
     if device == "cpu":
         cores = os.cpu_count() or 1
         threads = sorted({cores, max(1, cores // 2)}, reverse=True)
-        return Space(builds=builds, n_gpu_layers=[0], n_batch=[256, 512], n_ubatch=[128, 256, 512],
+        return Space(builds=builds, n_gpu_layers=[0], n_batch=[256, 512], n_ubatch=[128, 512],
                      flash_attn=[False, True], kv_cache=["f16/f16", "q8_0/q8_0"],
                      n_threads=threads)
     return Space(builds=builds, n_gpu_layers=[-1], n_batch=[512, 1024, 2048, 4096],
