@@ -43,7 +43,7 @@ class SweepProgress:
 
     def planned(self, total: int, pending: int, retried: int) -> None:
         note = f" ({retried} interrupted trial(s) retried)" if retried else ""
-        self.console.print(f"{total} settings in the grid, {pending} to run{note}")
+        self.console.print(f"{total} settings in the grid, {pending} to run{note}", soft_wrap=True)
         self.task = self.progress.add_task("sweep", total=max(pending, 1), now="")
 
     def started(self, spec: TrialSpec) -> None:
@@ -65,12 +65,12 @@ class SweepProgress:
             why = record.verification.reasons[0] if record.verification.reasons else record.error
             detail = f"{detail} - {why}" if detail else str(why)
         self.progress.console.print(f"  #{record.number:<4} {mark:<10} {record.spec.label()}: "
-                                    f"{detail}", markup=False, highlight=False)
+                                    f"{detail}", markup=False, highlight=False, soft_wrap=True)
         self.progress.update(self.task, advance=1, now=self.best_line)
 
 
 def print_sweep_result(out: Path, result: Any) -> None:
-    c = Console(highlight=False)
+    c = Console(highlight=False, soft_wrap=True)
     c.print(f"study {result.study}: {len(result.ran)} trial(s) run now, {len(result.records)} "
             f"stored in {result.store_path}", markup=False)
     if result.written is None:
