@@ -16,7 +16,8 @@ from rich.console import Console
 from tuner.errors import BadInput, TunerError
 
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Piped output (a log, CI) gets wide lines rather than tables squeezed into 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
 DEBUG = {"on": False}
 
 
