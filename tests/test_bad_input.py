@@ -95,6 +95,17 @@ def test_bad_options(stored: dict, args: list[str], phrase: str) -> None:
     assert phrase in bad_sweep(stored, *args)
 
 
+def test_unwritable_production_config_path_is_refused_before_any_trial(stored: dict) -> None:
+    root = stored["root"]
+    assert "is a directory" in bad_sweep(stored, "--out", root)
+    assert "must end in .yaml" in bad_sweep(stored, "--out", root / "production.json")
+    (root / "afile").write_text("x")
+    try:
+        assert "not a directory" in bad_sweep(stored, "--out", root / "afile" / "p.yaml")
+    finally:
+        (root / "afile").unlink()
+
+
 def test_space_that_is_not_yaml_mapping(stored: dict, tmp_path: Path) -> None:
     (tmp_path / "s.yaml").write_text("- just\n- a list\n")
     assert "mapping" in bad_sweep(stored, "--space", tmp_path / "s.yaml")

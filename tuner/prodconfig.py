@@ -206,7 +206,7 @@ def write_production(record: TrialRecord, out: Path, *, model_path: str, results
     """Write the server config for ``record`` at ``out`` and its sidecar beside it, keeping the
     files they replace as ``.bak``. Nothing on disk changes unless both render and validate."""
     out = Path(out).absolute()
-    _check_out(out)
+    check_out(out)
     if not Path(model_path).is_file():
         raise BadInput(f"model {model_path} not found; the server could not load it")
     env = dict(env)
@@ -231,7 +231,7 @@ def write_production(record: TrialRecord, out: Path, *, model_path: str, results
     return WrittenConfig(path=out, sidecar=side, backup=backups[out])
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     if out.is_dir():
         raise BadInput(f"production config path {out} is a directory")
     if out.suffix not in YAML_SUFFIXES:

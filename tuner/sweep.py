@@ -16,7 +16,7 @@ from tuner.environment import environment, model_sha256
 from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
 from tuner.modelcheck import ModelInfo, check_model
 from tuner.planner import Planner
-from tuner.prodconfig import WrittenConfig, write_production
+from tuner.prodconfig import WrittenConfig, check_out, write_production
 from tuner.records import Environment, TrialRecord
 from tuner.runner import Runner
 from tuner.space import Space, default_space, grid, load_space
@@ -138,6 +138,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                        f"{info.context_length}")
     space_file = load_space(opts.space) if opts.space else None
     study = check_study_name(opts.study or default_study(info, opts.device, wl))
+    check_out(opts.out)  # a config path that cannot be written is refused before any trial
     store = Store(opts.results_dir, study)
     if opts.results_dir.exists() and not opts.results_dir.is_dir():
         raise BadInput(f"results path {opts.results_dir} exists and is not a directory")
