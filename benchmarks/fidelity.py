@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tuner.records import TrialRecord  # noqa: E402
-from tuner.space import BASELINE  # noqa: E402
+from tuner.report import is_baseline as measured_at_defaults  # noqa: E402
 from tuner.store import Store, list_studies  # noqa: E402
 
 TESTS = {"pp512": (512, 0), "pp2048": (2048, 0), "tg128": (0, 128)}
@@ -36,8 +36,8 @@ def sweep_records(results: Path) -> list[TrialRecord]:
 
 
 def is_baseline(r: TrialRecord) -> bool:
-    c = r.spec.context.model_copy(update={"n_threads": None})
-    return r.spec.model.build == "default" and c == BASELINE
+    """llama-cpp-python's defaults on the default kernel build."""
+    return r.spec.model.build == "default" and measured_at_defaults(r)
 
 
 def tuner_point(model: Path, r: TrialRecord, test: str, work: Path, builds: Path) -> dict:

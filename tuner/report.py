@@ -9,7 +9,7 @@ from typing import Any
 
 from tuner.exporters import EXPORTERS, Exporter, export, rich_table
 from tuner.records import TrialRecord, TrialState
-from tuner.space import BASELINE
+from tuner.space import is_baseline_context
 
 __all__ = ["COLUMNS", "EXPORTERS", "Exporter", "baseline_for", "export", "is_baseline",
            "rich_table", "row", "rows", "speedup", "summary"]
@@ -38,7 +38,7 @@ def is_baseline(record: TrialRecord) -> bool:
     """Measured at llama-cpp-python's defaults (n_batch 512, n_ubatch 512, no flash attention,
     f16 cache), whatever the thread count."""
     return (record.state is TrialState.COMPLETE and record.objective is not None
-            and record.spec.context.model_copy(update={"n_threads": None}) == BASELINE)
+            and is_baseline_context(record.spec.context))
 
 
 def baseline_for(record: TrialRecord, records: list[TrialRecord]) -> TrialRecord | None:

@@ -28,6 +28,11 @@ from tuner.specs import (
 BASELINE = ContextSettings(n_batch=512, n_ubatch=512, flash_attn=False, type_k="f16", type_v="f16")
 
 
+def is_baseline_context(cs: ContextSettings) -> bool:
+    """The baseline's settings, whatever the thread count."""
+    return cs.model_copy(update={"n_threads": None}) == BASELINE
+
+
 class Space(Frozen):
     """Lists of values per setting; the grid is their product minus invalid combinations."""
 
@@ -125,6 +130,5 @@ def grid(space: Space, device: Device, workload: Workload,
         ))
     # Grouped by worker settings (one model load each), the baseline first within each group.
     order = {k: i for i, k in enumerate(dict.fromkeys(s.model.worker_key() for s in specs))}
-    specs.sort(key=lambda s: (order[s.model.worker_key()],
-                              s.context.model_copy(update={"n_threads": None}) != BASELINE))
+    specs.sort(key=lambda s: (order[s.model.worker_key()], not is_baseline_context(s.context)))
     return specs

@@ -31,9 +31,13 @@ class Store:
         self.dir = self.results_dir / study
         self.path = self.dir / "trials.jsonl"
 
-    def ensure(self) -> None:
+    def check(self) -> None:
+        """Refuse a results path that is a file, before anything is written."""
         if self.results_dir.exists() and not self.results_dir.is_dir():
             raise BadInput(f"results path {self.results_dir} exists and is not a directory")
+
+    def ensure(self) -> None:
+        self.check()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -140,8 +140,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     study = check_study_name(opts.study or default_study(info, opts.device, wl))
     check_out(opts.out)  # a config path that cannot be written is refused before any trial
     store = Store(opts.results_dir, study)
-    if opts.results_dir.exists() and not opts.results_dir.is_dir():
-        raise BadInput(f"results path {opts.results_dir} exists and is not a directory")
+    store.check()
 
     with Runner(Path(info.path), store.dir / "logs", {}, opts.trial_timeout_s,
                 opts.load_timeout_s) as runner:
