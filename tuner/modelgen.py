@@ -29,6 +29,12 @@ SHAPES: dict[str, dict[str, int]] = {
                  context_length=2048),
     "llama3-8b": dict(n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336,
                       n_vocab=128256, context_length=8192),
+    # Qwen2.5's 1.5B and 7B dimensions written as llama-architecture models (a 12:2 and a 28:4
+    # grouped-query attention, 151k-token vocabularies): shapes unlike the Llama ones above.
+    "qwen2.5-1.5b": dict(n_layer=28, n_embd=1536, n_head=12, n_head_kv=2, n_ff=8960,
+                         n_vocab=151936, context_length=32768),
+    "qwen2.5-7b": dict(n_layer=28, n_embd=3584, n_head=28, n_head_kv=4, n_ff=18944,
+                       n_vocab=152064, context_length=32768),
     "llama2-7b": dict(n_layer=32, n_embd=4096, n_head=32, n_head_kv=32, n_ff=11008,
                       n_vocab=32000, context_length=4096),
 }

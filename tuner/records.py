@@ -57,9 +57,29 @@ class Measurement(Frozen):
     tg_tps: Stat | None
     load_seconds: float
     context_seconds: float
-    gpu_peak_mib: float | None = None  # NVML, this process, sampled during the trial
+    gpu_peak_mib: float | None = None  # NVML, this process, read outside the timed region
     gpu_total_mib: float | None = None
     unstable: bool = False  # repetitions spread over 10% of the median: flagged, not hidden
+    clocks: GpuClocks | None = None  # NVML at the start and end of the timed work; None: no GPU
+    throttled: bool = False  # a throttle reason was active at the start or end of timed work
+
+
+class ClockReading(Frozen):
+    """One NVML reading of the GPU a worker runs on."""
+
+    sm_clock_mhz: int | None = None
+    mem_clock_mhz: int | None = None
+    temperature_c: int | None = None
+    power_w: float | None = None
+    throttle_reasons: list[str] = Field(default_factory=list)  # NVML names, idle excluded
+
+
+class GpuClocks(Frozen):
+    """Clocks, temperature, power and throttle reasons just before and just after the timed
+    repetitions of one trial (read outside the timed region)."""
+
+    start: ClockReading
+    end: ClockReading
 
 
 class Verification(Frozen):
@@ -104,6 +124,7 @@ class TrialRecord(Frozen):
     signal: str | None = None
     log_tail: list[str] = Field(default_factory=list)
     environment: Environment | None = None
+    worker_id: str | None = None  # the worker process that measured it (drift is per worker)
     started_at: str
     finished_at: str
 
@@ -115,3 +136,65 @@ class TrialRecord(Frozen):
             and self.verification.verified
             and self.objective is not None
         )
+
+
+class Interval(Frozen):
+    """A point estimate with a confidence interval (``level``, e.g. 0.95)."""
+
+    value: float
+    low: float
+    high: float
+    level: float = 0.95
+
+
+class WorkerDrift(Frozen):
+    """The drift sentinel of one worker: its first trial's settings measured again at the end of
+    its life. ``significant`` when the change is beyond both runs' noise."""
+
+    study: str
+    worker_id: str
+    build: str
+    first_trial: int  # optuna number of the trial re-measured
+    trials: list[int]  # every trial this worker measured, in order
+    pp_tps_start: float | None
+    pp_tps_end: float | None
+    tg_tps_start: float | None
+    tg_tps_end: float | None
+    pp_drift: float | None  # (end - start) / start
+    tg_drift: float | None
+    noise: float  # the relative change below which a drift is not told apart from noise
+    significant: bool
+    measured_at: str
+
+
+class FinalistFigures(Frozen):
+    """One finalist re-measured in fresh workers, interleaved with the others."""
+
+    trial: int  # the search trial whose settings these are
+    spec_key: str
+    label: str
+    rounds: int  # fresh workers it was measured in
+    samples: int  # repetitions kept over every round
+    request_seconds: Interval
+    pp_tps: Interval
+    tg_tps: Interval | None
+    ratio_to_leader: Interval  # request seconds / the leader's (1.0 for the leader)
+    gpu_peak_mib: float | None
+    build: str
+    verified: bool
+    served: dict[str, Any] | None = None  # served-path figures when measured (see deploy)
+
+
+class FinalistReport(Frozen):
+    """The finalists of a study and the decision between them. ``tie``: the runner-up was not
+    slower beyond the interval, so the lighter config won (``reason`` says which and why)."""
+
+    study: str
+    objective: str = "request_seconds"
+    level: float = 0.95
+    finalists: list[FinalistFigures]
+    winner_trial: int
+    leader_trial: int  # fastest point estimate
+    tie: bool
+    reason: str
+    measured_at: str
