@@ -63,9 +63,18 @@ def cli(debug: bool) -> None:
               show_default=True, help="Folder of kernel builds made by `tuner build`.")
 @click.option("--trial-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="Seconds before a trial's worker is killed.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Discarded repetitions before the measured ones.")
+@click.option("--trials-per-worker", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Trials one worker process measures before a fresh one takes over.")
+@click.option("--sentinel/--no-sentinel", default=True, show_default=True,
+              help="Each worker measures its first trial again when it ends (drift check).")
+@click.option("--finalist-rounds", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Fresh-worker rounds re-measuring the leading configs (0: none).")
 def sweep(model: Path, device: str, trials: int | None, space: Path | None, prompt_tokens: int,
           gen_tokens: int, n_ctx: int, repetitions: int, results_dir: Path, study: str | None,
-          storage: str | None, out: Path, builds_dir: Path, trial_timeout: float) -> None:
+          storage: str | None, out: Path, builds_dir: Path, trial_timeout: float, warmup: int,
+          trials_per_worker: int, sentinel: bool, finalist_rounds: int) -> None:
     """Try llama.cpp settings on MODEL, verify each trial's placement from llama.cpp's load
     log, store every trial, and write the best verified settings to --out.
 
@@ -74,15 +83,18 @@ def sweep(model: Path, device: str, trials: int | None, space: Path | None, prom
       tuner sweep --model q4.gguf --prompt-tokens 2048 --gen-tokens 128 --n-ctx 4096
       tuner sweep --model q4.gguf --device cpu --trials 4
     """
+    from tuner.finalists import FinalistOptions
     from tuner.render import SweepProgress, print_sweep_result
     from tuner.specs import Workload
     from tuner.sweep import SweepOptions, run_sweep
 
     wl = _validated(Workload, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, n_ctx=n_ctx,
-                    repetitions=repetitions)
+                    repetitions=repetitions, warmup=warmup)
     opts = SweepOptions(model=model, device=device, trials=trials, space=space, workload=wl,
                         results_dir=results_dir, study=study, storage=storage, out=out,
-                        builds_dir=builds_dir, trial_timeout_s=trial_timeout)
+                        builds_dir=builds_dir, trial_timeout_s=trial_timeout,
+                        trials_per_worker=trials_per_worker, sentinel=sentinel,
+                        finalists=FinalistOptions(rounds=finalist_rounds))
     with SweepProgress(out) as progress:
         result = run_sweep(opts, progress)
     print_sweep_result(out, result)

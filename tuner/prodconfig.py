@@ -202,7 +202,7 @@ def _render_json(data: dict[str, Any]) -> str:
 
 def write_production(record: TrialRecord, out: Path, *, model_path: str, results_dir: Path,
                      build_lib_dir: str | None, env: dict[str, str], host: str = "127.0.0.1",
-                     port: int = 8000) -> WrittenConfig:
+                     port: int = 8000, extra: dict[str, Any] | None = None) -> WrittenConfig:
     """Write the server config for ``record`` at ``out`` and its sidecar beside it, keeping the
     files they replace as ``.bak``. Nothing on disk changes unless both render and validate."""
     out = Path(out).absolute()
@@ -220,8 +220,9 @@ def write_production(record: TrialRecord, out: Path, *, model_path: str, results
     # Validate what the server will read back, not the dict we meant to write.
     validate(yaml.safe_load(text), build_lib_dir)
     side = sidecar_path(out)
-    side_text = _render_json(sidecar(record, out, results_dir=results_dir,
-                                     build_lib_dir=build_lib_dir, env=env))
+    # ``extra``: sections the sweep adds (the finalists' intervals and decision).
+    side_text = _render_json({**sidecar(record, out, results_dir=results_dir,
+                                        build_lib_dir=build_lib_dir, env=env), **(extra or {})})
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         backups = _replace_atomically([(side, side_text.encode()), (out, text.encode())])

@@ -46,6 +46,9 @@ class SweepProgress:
         self.console.print(f"{total} settings in the grid, {pending} to run{note}", soft_wrap=True)
         self.task = self.progress.add_task("sweep", total=max(pending, 1), now="")
 
+    def note(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
     def started(self, spec: TrialSpec) -> None:
         self.progress.update(self.task, now=f"running {spec.label()} | {self.best_line}")
 
@@ -77,6 +80,18 @@ def print_sweep_result(out: Path, result: Any) -> None:
         c.print(f"no production config written: {result.no_config_reason}", markup=False)
         return
     c.print(_fmt_best(result.best), markup=False)
+    if result.finalists is not None:
+        f = result.finalists
+        win = next(x for x in f.finalists if x.trial == f.winner_trial)
+        ci = win.request_seconds
+        c.print(f"finalists re-measured in fresh workers: #{f.winner_trial} "
+                f"{ci.value:.4f} s/request ({f.level:.0%} interval {ci.low:.4f}-{ci.high:.4f}, "
+                f"{win.rounds} rounds); {f.reason}", markup=False)
+    drifted = [d for d in result.drifts if d.significant]
+    if result.drifts:
+        c.print(f"drift sentinel: {len(result.drifts)} worker(s) checked, {len(drifted)} drifted "
+                "beyond their noise" + (" (their trials are flagged unstable in the report)"
+                                        if drifted else ""), markup=False)
     c.print(f"verified: {result.best.verification.summary}", markup=False)
     c.print(f"wrote {result.written.path} (details: {result.written.sidecar})", markup=False)
     if result.written.backup:

@@ -1,14 +1,24 @@
-"""Spawns and feeds isolated trial workers. One worker serves every trial that shares its build
-and model settings, keeping the model loaded; it answers on its own pipe under a timeout. A
-worker that dies (abort, segfault, exit) or overruns its time is turned into an outcome, and the
-next trial gets a fresh worker: a crash inside llama.cpp never takes the sweep down."""
+"""Spawns and feeds isolated trial workers. A worker serves up to ``trials_per_worker`` trials
+that share its build and model settings, keeping the model loaded; it answers on its own pipe
+under a timeout. A worker that dies (abort, segfault, exit) or overruns its time is turned into
+an outcome, and the next trial gets a fresh worker: a crash inside llama.cpp never takes the
+sweep down.
+
+Why workers live short lives: on an H100, generation speed measured on the Nth context made by
+one process fell by 5-7% from about the 7th context on, with or without tuner's log callback and
+NVML reads (benchmarks/drift_probe.py, docs/benchmarks.md), while one context reused for as long
+did not drift: state that llama.cpp's CUDA backend keeps per process across ``llama_free``.
+A bounded life keeps every trial on one of a process's first contexts, and the drift sentinel
+(the first trial's settings measured again when the worker ends) checks that it held."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import signal
+import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +42,19 @@ class Outcome:
     log_tail: list[str] = field(default_factory=list)
     load_log: str = ""
     hello: dict[str, Any] = field(default_factory=dict)
+    worker_id: str | None = None
+
+
+@dataclass
+class SentinelResult:
+    """A worker's first complete trial, measured again when the worker ended."""
+
+    worker_id: str
+    build: str
+    first_number: int | None
+    numbers: list[int | None]
+    first: dict[str, Any]  # the worker's answer for the first trial
+    end: dict[str, Any]  # its answer for the same settings at the end of the worker's life
 
 
 class _Worker:
@@ -43,6 +66,8 @@ class _Worker:
         self.proc.start()
         child.close()
         self.hello: dict[str, Any] = {}
+        self.worker_id = f"{socket.gethostname()}:{self.proc.pid}"
+        self.served: list[tuple[int | None, TrialSpec, Workload, dict[str, Any]]] = []
 
     def call(self, msg: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
         """Send ``msg`` (if any) and wait for the answer. Raises EOFError when the worker died
@@ -86,12 +111,17 @@ class Runner:
     """Runs trials, reusing a worker while build and model settings stay the same."""
 
     def __init__(self, model_path: Path, work_dir: Path, lib_dirs: dict[str, str | None],
-                 trial_timeout_s: float = 600.0, load_timeout_s: float = 600.0) -> None:
+                 trial_timeout_s: float = 600.0, load_timeout_s: float = 600.0,
+                 trials_per_worker: int = 2, sentinel: bool = True,
+                 on_sentinel: Callable[[SentinelResult], None] | None = None) -> None:
         self.model_path = Path(model_path).resolve()
         self.work_dir = Path(work_dir)
         self.lib_dirs = lib_dirs
         self.trial_timeout_s = trial_timeout_s
         self.load_timeout_s = load_timeout_s
+        self.trials_per_worker = max(1, trials_per_worker)
+        self.sentinel = sentinel
+        self.on_sentinel = on_sentinel
         self._worker: _Worker | None = None
         self._key: str | None = None
         self._seq = 0
@@ -124,7 +154,9 @@ class Runner:
     def _ensure_worker(self, ms: ModelSettings) -> Outcome | None:
         """A worker with the model loaded, or the outcome of failing to get one."""
         key = ms.worker_key()
-        if self._worker is not None and self._key == key and self._worker.proc.is_alive():
+        w0 = self._worker
+        if (w0 is not None and self._key == key and w0.proc.is_alive()
+                and len(w0.served) < self.trials_per_worker):
             return None
         self.close()
         w = _Worker(self._job(ms))
@@ -157,7 +189,7 @@ class Runner:
             error += " (out of memory)"
         return Outcome(kind, error=error, signal=sig, log_tail=tail)
 
-    def run(self, spec: TrialSpec, workload: Workload) -> Outcome:
+    def run(self, spec: TrialSpec, workload: Workload, number: int | None = None) -> Outcome:
         failed = self._ensure_worker(spec.model)
         if failed is not None:
             return failed
@@ -180,11 +212,30 @@ class Runner:
             return out
         kind = "complete" if answer.get("ok") else answer.get("kind", "failed")
         tail = answer.get("log", "").splitlines()[-30:] if kind != "complete" else []
+        w.served.append((number, spec, workload, answer))
         return Outcome(kind, data=answer, error=answer.get("error"), log_tail=tail,
-                       load_log=self.load_log, hello=w.hello)
+                       load_log=self.load_log, hello=w.hello, worker_id=w.worker_id)
+
+    def _run_sentinel(self, w: _Worker) -> None:
+        """Measure the worker's first complete trial again, on a new context, before it stops."""
+        first = next(((n, s, wl, a) for n, s, wl, a in w.served if a.get("ok")), None)
+        if first is None or not self.sentinel or not w.proc.is_alive():
+            return
+        number, spec, wl, answer = first
+        try:
+            end = w.call({"op": "measure", "context": spec.context.model_dump(),
+                          "workload": wl.model_dump()}, self.trial_timeout_s)
+        except (TimeoutError, EOFError, OSError):
+            return  # the stop below reaps it; a sentinel never turns into a trial outcome
+        if not end.get("ok"):
+            return
+        if self.on_sentinel is not None:
+            self.on_sentinel(SentinelResult(w.worker_id, spec.model.build, number,
+                                            [n for n, *_ in w.served], answer, end))
 
     def close(self) -> None:
         if self._worker is not None:
+            self._run_sentinel(self._worker)
             self._worker.stop()
         self._worker, self._key = None, None
 

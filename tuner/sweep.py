@@ -13,12 +13,15 @@ from typing import Any, Protocol
 from tuner import builds as builds_mod
 from tuner.buildinfo import BuildFlags, fa_supports, parse_system_info
 from tuner.environment import environment, model_sha256
+from tuner.drift import worker_drift
 from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
+from tuner.finalists import FinalistOptions, decide, remeasure, select
+from tuner.finalists_store import append_drift, load_drift, load_finalists, save_finalists
 from tuner.modelcheck import ModelInfo, check_model
 from tuner.planner import Planner
 from tuner.prodconfig import WrittenConfig, check_out, write_production
-from tuner.records import Environment, TrialRecord
-from tuner.runner import Runner
+from tuner.records import Environment, FinalistReport, TrialRecord, WorkerDrift
+from tuner.runner import Outcome, Runner, SentinelResult
 from tuner.space import Space, default_space, grid, load_space
 from tuner.specs import Device, ModelSettings, TrialSpec, Workload
 from tuner.store import Store, check_study_name
@@ -29,12 +32,14 @@ class Events(Protocol):
     def planned(self, total: int, pending: int, retried: int) -> None: ...
     def started(self, spec: TrialSpec) -> None: ...
     def finished(self, record: TrialRecord, best: TrialRecord | None) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 class _Quiet:
     def planned(self, total: int, pending: int, retried: int) -> None: ...
     def started(self, spec: TrialSpec) -> None: ...
     def finished(self, record: TrialRecord, best: TrialRecord | None) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 @dataclass
@@ -51,6 +56,9 @@ class SweepOptions:
     builds_dir: Path = Path("builds")
     trial_timeout_s: float = 600.0
     load_timeout_s: float = 900.0
+    trials_per_worker: int = 2  # bounded worker life: see tuner/runner.py
+    sentinel: bool = True  # each worker re-measures its first trial when it ends
+    finalists: FinalistOptions = field(default_factory=FinalistOptions)  # rounds 0: none
 
 
 @dataclass
@@ -72,6 +80,8 @@ class SweepResult:
     no_config_reason: str | None
     store_path: Path
     retried: int = 0
+    finalists: FinalistReport | None = None
+    drifts: list[WorkerDrift] = field(default_factory=list)
 
 
 def default_study(info: ModelInfo, device: Device, wl: Workload) -> str:
@@ -142,8 +152,17 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     store = Store(opts.results_dir, study)
     store.check()
 
+    def on_sentinel(result: SentinelResult) -> None:
+        drift = worker_drift(study, result, wl)
+        append_drift(opts.results_dir, drift)
+        if drift.significant:
+            events.note(f"drift: worker {drift.worker_id} moved pp {_pct(drift.pp_drift)}, tg "
+                        f"{_pct(drift.tg_drift)} over its life (noise {drift.noise:.1%}); its "
+                        f"trials {drift.trials} are flagged")
+
     with Runner(Path(info.path), store.dir / "logs", {}, opts.trial_timeout_s,
-                opts.load_timeout_s) as runner:
+                opts.load_timeout_s, trials_per_worker=opts.trials_per_worker,
+                sentinel=opts.sentinel, on_sentinel=on_sentinel) as runner:
         # Everything that can refuse the request runs before anything is written.
         names = space_file.builds if space_file else (
             ["installed"] if opts.device == "cpu"
@@ -173,14 +192,16 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         events.planned(len(specs), min(pending, opts.trials or pending), retried)
         ran: list[TrialRecord] = []
         best = _best(existing, set(planner.plan))
+        searched = False  # every planned setting has been tried
         while opts.trials is None or len(ran) < opts.trials:
             nxt = planner.ask()
             if nxt is None:
+                searched = True
                 break
             number, spec = nxt
             events.started(spec)
             started = now()
-            outcome = runner.run(spec, wl)
+            outcome = runner.run(spec, wl, number)
             probe = probes[spec.model.build]
             record = make_record(study, number, spec, wl, outcome, probe.flags,
                                  probe.expected_variant, envs[spec.model.build], started)
@@ -193,6 +214,13 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
 
     records = store.records()
     best = _best(records, set(planner.plan))
+    drifts = load_drift(opts.results_dir, study)
+    final = None
+    if searched and opts.finalists.rounds > 0 and best is not None:
+        final = _final(opts, study, records, set(planner.plan), drifts, probes, envs, info, wl,
+                       store.dir / "logs", events)
+        if final is not None:
+            best = next((r for r in records if r.number == final.winner_trial), best)
     written, reason = None, None
     if best is None:
         reason = _why_no_config(records)
@@ -203,10 +231,53 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
             env_vars["LLAMA_CPP_LIB_PATH"] = p.lib_dir
         if not best.spec.model.cuda_graphs:
             env_vars["GGML_CUDA_DISABLE_GRAPHS"] = "1"
+        extra = {"finalists": final.model_dump(mode="json")} if final is not None else {}
         written = write_production(best, opts.out, model_path=str(info.path),
                                    results_dir=opts.results_dir,
-                                   build_lib_dir=p.lib_dir if p else None, env=env_vars)
-    return SweepResult(study, ran, records, best, written, reason, store.path, retried)
+                                   build_lib_dir=p.lib_dir if p else None, env=env_vars,
+                                   extra=extra)
+    return SweepResult(study, ran, records, best, written, reason, store.path, retried, final,
+                       drifts)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:+.1f}%"
+
+
+def _final(opts: SweepOptions, study: str, records: list[TrialRecord], planned: set[str],
+           drifts: list[WorkerDrift], probes: dict[str, BuildProbe],
+           envs: dict[str, Environment], info: ModelInfo, wl: Workload, logs: Path,
+           events: Events) -> FinalistReport | None:
+    """Re-measure the leaders in fresh workers, interleaved, and decide; a stored decision over
+    the same finalists is reused (a re-run of a finished study measures nothing again)."""
+    finalists = select(records, planned, drifts, opts.finalists)
+    if not finalists:
+        return None
+    keys = {f.spec_key for f in finalists}
+    stored = load_finalists(opts.results_dir, study)
+    if stored is not None and {f.spec_key for f in stored.finalists} == keys:
+        return stored
+    events.note(f"finalists: {len(finalists)} configs x {opts.finalists.rounds} rounds, each "
+                "in a fresh worker, interleaved")
+    by_number = {f.spec_key: f for f in finalists}
+    lib_dirs = {name: p.lib_dir for name, p in probes.items()}
+
+    def measure(spec: TrialSpec) -> tuple[Outcome, TrialRecord]:
+        source = by_number[spec.key()]
+        with Runner(Path(info.path), logs, dict(lib_dirs), opts.trial_timeout_s,
+                    opts.load_timeout_s, trials_per_worker=1, sentinel=False) as fresh:
+            started = now()
+            outcome = fresh.run(spec, wl, source.number)
+        probe = probes[spec.model.build]
+        return outcome, make_record(study, source.number, spec, wl, outcome, probe.flags,
+                                    probe.expected_variant, envs[spec.model.build], started)
+
+    report = decide(study, finalists, remeasure(finalists, measure, opts.finalists.rounds),
+                    opts.finalists.level)
+    if report is not None:
+        save_finalists(opts.results_dir, report)
+        events.note(f"winner #{report.winner_trial}: {report.reason}")
+    return report
 
 
 def _best(records: list[TrialRecord], planned: set[str]) -> TrialRecord | None:

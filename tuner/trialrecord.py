@@ -8,7 +8,15 @@ from datetime import datetime, timezone
 
 from tuner.buildinfo import BuildFlags, find_system_info
 from tuner.placement import Expectation, parse_load_log, verify
-from tuner.records import Environment, Measurement, Stat, TrialRecord, TrialState, Verification
+from tuner.records import (
+    Environment,
+    GpuClocks,
+    Measurement,
+    Stat,
+    TrialRecord,
+    TrialState,
+    Verification,
+)
 from tuner.runner import Outcome
 from tuner.specs import TrialSpec, Workload
 
@@ -25,6 +33,8 @@ def measurement(data: dict, wl: Workload, load_seconds: float) -> Measurement:
     pp_stat = Stat.of(pp)
     req_stat = Stat.of(request)
     tg_stat = Stat.of(tg) if wl.gen_tokens else None
+    clocks = GpuClocks.model_validate(data["clocks"]) if data.get("clocks") else None
+    throttled = bool(clocks and (clocks.start.throttle_reasons or clocks.end.throttle_reasons))
     return Measurement(
         prompt_tokens=wl.prompt_tokens,
         gen_tokens=wl.gen_tokens,
@@ -38,6 +48,8 @@ def measurement(data: dict, wl: Workload, load_seconds: float) -> Measurement:
         gpu_peak_mib=data.get("gpu_peak_mib"),
         gpu_total_mib=data.get("gpu_total_mib"),
         unstable=req_stat.rel_spread > UNSTABLE_SPREAD,
+        clocks=clocks,
+        throttled=throttled,
     )
 
 
@@ -80,6 +92,7 @@ def make_record(study: str, number: int, spec: TrialSpec, wl: Workload, outcome:
         signal=outcome.signal,
         log_tail=outcome.log_tail,
         environment=env,
+        worker_id=outcome.worker_id,
         started_at=started_at or now(),
         finished_at=now(),
     )

@@ -92,12 +92,20 @@ class Bench:
         t2 = time.perf_counter_ns()
         return (t1 - t0) / 1e9, (t2 - t1) / 1e9
 
-    def run(self, wl: Workload, n_batch: int) -> dict[str, list[float]]:
+    def warmup(self, wl: Workload, n_batch: int) -> None:
+        """Discarded repetitions: the first request on a context allocates and, with CUDA
+        graphs, captures (llama.cpp captures a graph once it has run twice unchanged)."""
         for _ in range(wl.warmup):
             self.repetition(wl, n_batch)
+
+    def timed(self, wl: Workload, n_batch: int) -> dict[str, list[float]]:
         pp, tg = [], []
         for _ in range(wl.repetitions):
             a, b = self.repetition(wl, n_batch)
             pp.append(a)
             tg.append(b)
         return {"pp_seconds": pp, "tg_seconds": tg}
+
+    def run(self, wl: Workload, n_batch: int) -> dict[str, list[float]]:
+        self.warmup(wl, n_batch)
+        return self.timed(wl, n_batch)

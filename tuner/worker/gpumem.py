@@ -1,23 +1,32 @@
-"""Peak GPU memory of this worker through NVML, sampled in a background thread while a trial
-runs. Absent (None) where there is no NVIDIA driver."""
+"""What NVML says about the GPU a worker runs on: this process's memory, and the SM clock,
+temperature, power and throttle reasons. Every read happens outside the timed region, as
+llama-bench reads memory outside its timings: an earlier version sampled memory from a thread
+during timed decodes, an observer inside the measurement. Absent (None) without an NVIDIA
+driver."""
 
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
+# NVML's clock-event reasons that mean the GPU ran slower than it could. GpuIdle, the
+# application/user clock settings, display and sync boost are not slowdowns.
+THROTTLE_REASONS: dict[str, str] = {
+    "nvmlClocksEventReasonSwPowerCap": "sw_power_cap",
+    "nvmlClocksEventReasonHwSlowdown": "hw_slowdown",
+    "nvmlClocksEventReasonSwThermalSlowdown": "sw_thermal",
+    "nvmlClocksEventReasonHwThermalSlowdown": "hw_thermal",
+    "nvmlClocksEventReasonHwPowerBrakeSlowdown": "hw_power_brake",
+}
 
-class GpuMemory:
-    def __init__(self, index: int = 0, interval_s: float = 0.01) -> None:
+
+class GpuMonitor:
+    def __init__(self, index: int = 0) -> None:
         self.available = False
         self.total_mib: float | None = None
         self._nvml: Any = None
         self._handle: Any = None
-        self._interval = interval_s
         self._peak = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         try:
             import pynvml
 
@@ -43,28 +52,41 @@ class GpuMemory:
         except Exception:
             return None
 
-    def start(self) -> None:
-        if not self.available:
-            return
-        self._peak = self.used_by_me_mib() or 0.0
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+    def reset_peak(self) -> None:
+        self._peak = 0.0
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            used = self.used_by_me_mib()
-            if used is not None and used > self._peak:
-                self._peak = used
-
-    def stop(self) -> float | None:
-        if not self.available or self._thread is None:
-            return None
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
+    def note_memory(self) -> None:
+        """Read memory now (between timed phases) and keep the highest reading."""
         used = self.used_by_me_mib()
-        return max(self._peak, used or 0.0)
+        if used is not None and used > self._peak:
+            self._peak = used
+
+    def peak_mib(self) -> float | None:
+        return self._peak if self.available and self._peak else None
+
+    def clocks(self) -> dict[str, Any] | None:
+        """SM and memory clock, temperature, power and active slowdown reasons, now."""
+        if not self.available:
+            return None
+        nv, h = self._nvml, self._handle
+        out: dict[str, Any] = {}
+        for key, call in (
+            ("sm_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
+            ("mem_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM)),
+            ("temperature_c", lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
+            ("power_w", lambda: round(nv.nvmlDeviceGetPowerUsage(h) / 1000.0, 1)),
+        ):
+            try:
+                out[key] = call()
+            except Exception:
+                out[key] = None
+        try:
+            mask = nv.nvmlDeviceGetCurrentClocksEventReasons(h)
+            out["throttle_reasons"] = [name for attr, name in THROTTLE_REASONS.items()
+                                       if mask & getattr(nv, attr, 0)]
+        except Exception:
+            out["throttle_reasons"] = []
+        return out
 
     def devices(self) -> list[dict[str, Any]]:
         if not self.available:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -23,6 +25,22 @@ class LogCapture:
 
         self._callback = _on_log
         llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    @contextmanager
+    def quiet(self, llama_cpp: Any) -> Iterator[None]:
+        """No Python callback inside a timed region. With CUDA, llama.cpp logs a debug line per
+        generated token (about 129 per 2048 + 128 request on an H100), and each call into
+        Python takes the GIL and a write: an observer inside the measurement. llama-bench
+        installs a null logger; here llama.cpp's own C logger takes over for the duration and
+        writes to the worker's stderr file, which keeps an abort's last words."""
+        if self._callback is None:
+            yield
+            return
+        llama_cpp.llama_log_set(llama_cpp.llama_log_callback(), ctypes.c_void_p(0))  # NULL
+        try:
+            yield
+        finally:
+            llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
 
     def write(self, text: str) -> None:
         self._chunks.append(text)

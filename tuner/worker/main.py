@@ -62,9 +62,9 @@ def _serve(conn: Any, ms: ModelSettings, job: dict[str, Any]) -> None:
     llama_cpp.llama_backend_init()
     system_info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
     log.write(system_info.rstrip() + "\n")
-    from tuner.worker.gpumem import GpuMemory
+    from tuner.worker.gpumem import GpuMonitor
 
-    gpu = GpuMemory(ms.main_gpu) if ms.device == "cuda" else None
+    gpu = GpuMonitor(ms.main_gpu) if ms.device == "cuda" else None
     hello = {
         "event": "hello",
         "pid": os.getpid(),
@@ -106,13 +106,15 @@ def _serve(conn: Any, ms: ModelSettings, job: dict[str, Any]) -> None:
 
 def _measure(lc: Any, model: Any, req: dict[str, Any], threads: int, gpu: Any,
              log: LogCapture) -> dict[str, Any]:
+    """One trial on a new context. NVML is read only between the timed phases, and llama.cpp's
+    per-token debug logging bypasses Python while the clock runs (see LogCapture.quiet)."""
     from tuner.worker.bench import Bench, Infeasible, context_params
 
     cs = ContextSettings.model_validate(req["context"])
     wl = Workload.model_validate(req["workload"])
     log.mark()
     if gpu:
-        gpu.start()
+        gpu.reset_peak()
     ctx = None
     try:
         faults.maybe_inject("measure", cs.model_dump(), log)
@@ -122,17 +124,27 @@ def _measure(lc: Any, model: Any, req: dict[str, Any], threads: int, gpu: Any,
         if not ctx:
             raise Infeasible("llama.cpp could not create the context (out of memory, or settings "
                              "it refuses)")
-        samples = Bench(lc, model, ctx).run(wl, cs.n_batch)
+        bench = Bench(lc, model, ctx)
+        if gpu:
+            gpu.note_memory()
+        bench.warmup(wl, cs.n_batch)
+        clocks_start = gpu.clocks() if gpu else None
+        with log.quiet(lc):
+            samples = bench.timed(wl, cs.n_batch)
+        clocks_end = gpu.clocks() if gpu else None
+        if gpu:
+            gpu.note_memory()
+        clocks = ({"start": clocks_start, "end": clocks_end}
+                  if clocks_start is not None and clocks_end is not None else None)
         return {"ok": True, "context_seconds": context_seconds, **samples,
-                "gpu_peak_mib": gpu.stop() if gpu else None,
-                "gpu_total_mib": gpu.total_mib if gpu else None, "log": log.since_mark()}
+                "gpu_peak_mib": gpu.peak_mib() if gpu else None,
+                "gpu_total_mib": gpu.total_mib if gpu else None, "clocks": clocks,
+                "log": log.since_mark()}
     except Infeasible as e:
         return {"ok": False, "kind": "infeasible", "error": str(e), "log": log.since_mark()}
     except Exception as e:  # the trial failed, the worker and its model stay usable
         return {"ok": False, "kind": "failed", "error": f"{type(e).__name__}: {e}",
                 "traceback": traceback.format_exc(), "log": log.since_mark()}
     finally:
-        if gpu:
-            gpu.stop()
         if ctx:
             lc.llama_free(ctx)

@@ -1,0 +1,99 @@
+"""Finalist selection, intervals and the decision between leaders (tuner/finalists.py), on
+records made by tests/records_factory.py and on rounds given directly: the statistics are what
+is tested here; tests/test_sentinel.py runs the re-measurement on real workers."""
+
+from __future__ import annotations
+
+from tests.records_factory import make_record
+from tuner.finalists import FinalistOptions, _Round, decide, select
+from tuner.records import WorkerDrift
+
+
+def rounds_of(request_s: list[float], gpu_mib: float | None = 1000.0) -> list[_Round]:
+    return [_Round(request_s=r, pp_tps=2048 / (0.2 * r), tg_tps=128 / (0.8 * r), gpu_mib=gpu_mib,
+                   verified=True) for r in request_s]
+
+
+def drift(pp: float, tg: float, significant: bool = True) -> WorkerDrift:
+    return WorkerDrift(study="s", worker_id="h:1", build="installed", first_trial=0, trials=[0, 1],
+                       pp_tps_start=1.0, pp_tps_end=1.0 + pp, tg_tps_start=1.0,
+                       tg_tps_end=1.0 + tg, pp_drift=pp, tg_drift=tg, noise=0.02,
+                       significant=significant, measured_at="t")
+
+
+def test_select_takes_the_top_and_everything_close_to_the_best() -> None:
+    recs = [make_record(i, request_s=t, n_batch=512 * (i + 1))
+            for i, t in enumerate([1.00, 1.02, 1.05, 1.10, 1.029, 1.50])]
+    recs.append(make_record(9, request_s=0.5, verified=False, n_batch=9999))  # unproven: out
+    planned = {r.spec_key for r in recs}
+    chosen = select(recs, planned, [], FinalistOptions(top=2, within=0.03))
+    assert [r.number for r in chosen] == [0, 1, 4]  # top 2, plus #4 within 3% of the best
+
+
+def test_a_drifted_worker_widens_the_margin() -> None:
+    recs = [make_record(i, request_s=t, n_batch=512 * (i + 1))
+            for i, t in enumerate([1.00, 1.05, 1.08, 1.20])]
+    planned = {r.spec_key for r in recs}
+    narrow = select(recs, planned, [], FinalistOptions(top=1, within=0.03))
+    wide = select(recs, planned, [drift(-0.01, -0.09)], FinalistOptions(top=1, within=0.03))
+    assert [r.number for r in narrow] == [0]
+    assert [r.number for r in wide] == [0, 1, 2]
+
+
+def test_select_ignores_settings_outside_the_plan_and_caps_the_count() -> None:
+    recs = [make_record(i, request_s=1.0 + i * 0.001, n_batch=512 * (i + 1)) for i in range(10)]
+    planned = {r.spec_key for r in recs[1:]}
+    chosen = select(recs, planned, [], FinalistOptions(top=3, within=0.05, most=4))
+    assert [r.number for r in chosen] == [1, 2, 3, 4]
+
+
+def test_a_clear_winner_beats_the_runner_up_beyond_the_interval() -> None:
+    a, b = make_record(0, request_s=1.0), make_record(1, request_s=1.1, n_batch=1024)
+    got = {a.spec_key: rounds_of([1.00, 1.01, 0.99, 1.00, 1.005]),
+           b.spec_key: rounds_of([1.10, 1.12, 1.09, 1.11, 1.10])}
+    rep = decide("s", [a, b], got)
+    assert rep is not None and not rep.tie
+    assert rep.winner_trial == rep.leader_trial == 0
+    second = rep.finalists[1]
+    assert second.trial == 1 and second.ratio_to_leader.low > 1.0
+    assert second.ratio_to_leader.low < second.ratio_to_leader.value < second.ratio_to_leader.high
+    first = rep.finalists[0]
+    assert first.request_seconds.low < 1.001 < first.request_seconds.high
+    assert "faster than the runner-up #1" in rep.reason
+
+
+def test_a_tie_goes_to_the_lighter_config() -> None:
+    fast_heavy = make_record(0, request_s=1.0, build="force-cublas")
+    light = make_record(1, request_s=1.01, n_batch=1024)
+    got = {fast_heavy.spec_key: rounds_of([1.00, 1.03, 0.98, 1.02, 0.99], gpu_mib=9000.0),
+           light.spec_key: rounds_of([1.02, 0.99, 1.03, 1.00, 1.01], gpu_mib=8000.0)}
+    rep = decide("s", [fast_heavy, light], got)
+    assert rep is not None and rep.tie
+    assert rep.leader_trial == 0 and rep.winner_trial == 1
+    assert rep.reason.startswith("tie:") and "#1 is the lighter config" in rep.reason
+
+
+def test_with_equal_memory_a_tie_prefers_the_plain_build() -> None:
+    special = make_record(0, request_s=1.0, build="force-mmq")
+    plain = make_record(1, request_s=1.0, build="default")
+    got = {special.spec_key: rounds_of([1.00, 1.02, 0.99, 1.01]),
+           plain.spec_key: rounds_of([1.01, 1.00, 1.02, 1.00])}
+    rep = decide("s", [special, plain], got)
+    assert rep is not None and rep.tie and rep.winner_trial == 1
+
+
+def test_no_rounds_no_decision_and_one_finalist_wins_alone() -> None:
+    a = make_record(0, request_s=1.0)
+    assert decide("s", [a], {a.spec_key: []}) is None
+    rep = decide("s", [a], {a.spec_key: rounds_of([1.0, 1.1, 0.9])})
+    assert rep is not None and rep.winner_trial == 0 and not rep.tie
+    assert rep.finalists[0].samples == 3 * a.workload.repetitions
+
+
+def test_an_unproven_remeasurement_never_leads() -> None:
+    a, b = make_record(0, request_s=1.0), make_record(1, request_s=1.2, n_batch=1024)
+    ra = rounds_of([0.9, 0.91, 0.9])
+    for r in ra:
+        r.verified = False
+    rep = decide("s", [a, b], {a.spec_key: ra, b.spec_key: rounds_of([1.2, 1.21, 1.19])})
+    assert rep is not None and rep.leader_trial == 1 and rep.winner_trial == 1
