@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
 # The GPU benchmark, for a CUDA machine (H100/H200), run from the repository root:
-#   bash benchmarks/gpu_bench.sh start     # starts the whole run in the background (setsid)
-#   bash benchmarks/gpu_bench.sh status    # phase and log tail
-#   bash benchmarks/gpu_bench.sh collect   # copies the results into $OUT (or $BENCH/out)
-# It builds the three kernel variants with `tuner build` from the llama-cpp-python sdist in
-# .carry/, writes a random-weight Llama-3-8B-shaped model quantized to Q4_K_M, runs
-# `tuner sweep` over builds x batch sizes x flash attention x KV types at 2048+128 tokens, then
-# benchmarks/fidelity.py (tuner vs llama-bench of the same build, chosen vs defaults).
-# Needs: nvcc, cmake, ninja, python3 with numpy/pandas/rich/pyyaml/scikit-build-core; missing
-# Python packages as wheels in .whl/ (see docs/benchmarks.md).
+#   bash benchmarks/gpu_bench.sh start     # the whole run in the background (setsid)
+#   bash benchmarks/gpu_bench.sh wait N    # wait up to N seconds for it, then print status
+#   bash benchmarks/gpu_bench.sh collect   # results into $OUT as one bench.tar.gz + summary.md
+# It builds the kernel variants ($VARIANTS) with `tuner build` from the llama-cpp-python sdist in
+# .carry/, writes random-weight models of real shapes ($MODELS: shape:quant ...), runs
+# `tuner sweep` with the DEFAULT space (every build found x n_batch x n_ubatch x flash attention x
+# KV type) at 2048 + 128 tokens, then benchmarks/fidelity_space.py: llama-bench of the same
+# builds over every setting the sweep measured, in the same machine session.
+# Needs: nvcc, cmake, ninja, python3 with numpy/pandas/rich/pyyaml/scipy/scikit-build-core and
+# nvidia-ml-py; missing Python packages as wheels in .whl/ (see docs/benchmarks.md).
 set -uo pipefail
 BENCH=${BENCH:-/tmp/bench}
 SDIST=${SDIST:-.carry/llama-cpp-python-0.3.36-src.tar.gz}
 ARCH=${CUDA_ARCH:-90}
-MODEL=$BENCH/llama3-8b-shape-q4_k_m.gguf
-VARIANTS=${VARIANTS:-default force-cublas force-mmq}
-JOBS=${JOBS:-6}
+VARIANTS=${VARIANTS:-default force-cublas}
+MODELS=${MODELS:-qwen2.5-1.5b:q8_0}
+JOBS=${JOBS:-8}
 export PYTHONUNBUFFERED=1
 
 phase() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$BENCH/phase"; }
+path_of() { echo "$BENCH/${1%%:*}-shape-${1##*:}.gguf"; }
 
 setup() {
   mkdir -p /tmp/site
@@ -33,55 +35,75 @@ run() {
   export PYTHONPATH=/tmp/site:$PWD
   mkdir -p "$BENCH/out"
   phase setup; setup || { phase FAILED setup; return 1; }
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$BENCH/out/gpu.txt"
-  phase "build variants + write f16 model"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
+    | tee "$BENCH/out/gpu.txt"
+  phase "build $VARIANTS + write models"
   for v in $VARIANTS; do
     python3 -m tuner.cli build --variant "$v" --source "$SDIST" --cuda-arch "$ARCH" -j "$JOBS" \
       > "$BENCH/build-$v.log" 2>&1 &
   done
-  python3 -c "
-import time; from tuner.modelgen import write_llama, SHAPES
-t = time.time(); write_llama('$BENCH/f16.gguf', **SHAPES['llama3-8b']); print('f16 written', round(time.time() - t), 's')
-" > "$BENCH/modelgen.log" 2>&1
+  for m in $MODELS; do
+    python3 -m tuner.modelgen --shape "${m%%:*}" --quant f16 --out "$(path_of "$m").f16" \
+      >> "$BENCH/modelgen.log" 2>&1
+  done
   wait
   for v in $VARIANTS; do
     [ -f "builds/$v/build.json" ] || { phase "FAILED build $v"; tail -20 "$BENCH/build-$v.log"; return 1; }
   done
   python3 -m tuner.cli build --list | tee "$BENCH/out/builds.txt"
   phase quantize
-  LLAMA_CPP_LIB_PATH=$PWD/builds/default/lib python3 -c "
+  for m in $MODELS; do
+    LLAMA_CPP_LIB_PATH=$PWD/builds/default/lib python3 -c "
 import time; from tuner.modelgen import quantize
-t = time.time(); quantize('$BENCH/f16.gguf', '$MODEL', 'q4_k_m'); print('quantized', round(time.time() - t), 's')
-" >> "$BENCH/modelgen.log" 2>&1 || { phase FAILED quantize; return 1; }
-  rm -f "$BENCH/f16.gguf"
-  phase sweep
-  python3 -m tuner.cli sweep --model "$MODEL" --space "${SPACE:-benchmarks/spaces/h100-8b.yaml}" \
-    --prompt-tokens 2048 --gen-tokens 128 --results "$BENCH/results" \
-    --out "$BENCH/out/production.yaml" --builds builds > "$BENCH/sweep.log" 2>&1
-  echo "sweep exit $?" >> "$BENCH/sweep.log"
-  python3 -m tuner.cli report --results "$BENCH/results" --format md -o "$BENCH/out/report.md"
-  phase fidelity
-  python3 benchmarks/fidelity.py --model "$MODEL" --sweep-results "$BENCH/results" \
-    --builds builds --work "$BENCH/fid" --out "$BENCH/out" > "$BENCH/fidelity.log" 2>&1
-  echo "fidelity exit $?" >> "$BENCH/fidelity.log"
+t = time.time(); quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}'); print('$m quantized', round(time.time() - t), 's')
+" >> "$BENCH/modelgen.log" 2>&1 || { phase "FAILED quantize $m"; return 1; }
+    rm -f "$(path_of "$m").f16"
+  done
+  for m in $MODELS; do
+    name=${m/:/-}
+    phase "sweep $m"
+    s=$SECONDS; python3 -m tuner.cli sweep --model "$(path_of "$m")" \
+      --prompt-tokens 2048 --gen-tokens 128 --results "$BENCH/results-$name" \
+      --out "$BENCH/out/$name/production.yaml" --builds builds ${SWEEP_ARGS:-} \
+      > "$BENCH/sweep-$name.log" 2>&1
+    echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name.log"
+    phase "llama-bench over the space $m"
+    python3 benchmarks/fidelity_space.py --model "$(path_of "$m")" \
+      --results "$BENCH/results-$name" --builds builds --out "$BENCH/out/$name" \
+      > "$BENCH/fidelity-$name.log" 2>&1
+    echo "fidelity exit $?" >> "$BENCH/fidelity-$name.log"
+    ${AFTER_SWEEP:+bash -c "$AFTER_SWEEP" _ "$(path_of "$m")" "$BENCH/out/$name"}
+  done
   phase done
+}
+
+status() {
+  cat "$BENCH/phase" 2>/dev/null; tail -n 3 "$BENCH/log" 2>/dev/null
+  for f in "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log; do
+    [ -f "$f" ] && echo "$f: $(tail -n 2 "$f" | cut -c1-160 | tr '\n' ' ')"
+  done
 }
 
 case "${1:-status}" in
   start)
     mkdir -p "$BENCH"; : > "$BENCH/phase"
     setsid nohup bash "$0" run > "$BENCH/log" 2>&1 < /dev/null &
-    echo "started; poll with: bash $0 status" ;;
+    echo "started; poll with: bash $0 wait 500" ;;
   run) run ;;
-  status)
-    cat "$BENCH/phase" 2>/dev/null; tail -n "${2:-5}" "$BENCH/log" 2>/dev/null
-    for f in "$BENCH"/build-*.log; do [ -f "$f" ] && echo "$f: $(tail -n 1 "$f" | cut -c1-150)"; done
-    tail -n 3 "$BENCH/modelgen.log" "$BENCH/sweep.log" "$BENCH/fidelity.log" 2>/dev/null ;;
+  wait)
+    end=$((SECONDS + ${2:-500}))
+    while [ $SECONDS -lt $end ] && ! grep -q "done\|FAILED" "$BENCH/phase" 2>/dev/null; do sleep 5; done
+    status ;;
+  status) status ;;
   collect)
-    dest=${OUT:-$BENCH/out}
-    mkdir -p "$dest"
-    [ "$dest" != "$BENCH/out" ] && cp "$BENCH"/out/* "$dest"/ 2>/dev/null
-    for s in "$BENCH"/results/*/trials.jsonl; do [ -f "$s" ] && cp "$s" "$dest/trials.jsonl"; done
-    tail -n 40 "$BENCH/sweep.log" 2>/dev/null
-    cat "$BENCH/out/summary.md" 2>/dev/null || tail -n 30 "$BENCH/fidelity.log" ;;
+    dest=${OUT:-$BENCH/collected}; mkdir -p "$dest"
+    for d in "$BENCH"/results-*; do
+      [ -d "$d" ] && for f in "$d"/*/trials.jsonl "$d"/*/finalists.json "$d"/*/drift.jsonl; do
+        [ -f "$f" ] && cp "$f" "$BENCH/out/$(basename "${d#*results-}")/" ; done
+    done
+    cp "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH/out/" 2>/dev/null
+    tar czf "$dest/bench.tar.gz" -C "$BENCH" out phase
+    cat "$BENCH"/out/*/fidelity-*.md > "$dest/summary.md" 2>/dev/null
+    for f in "$BENCH"/sweep-*.log; do tail -n 12 "$f"; done
+    cat "$dest/summary.md" ;;
 esac

@@ -20,7 +20,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict:
     proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space", space,
                  "--prompt-tokens", 32, "--gen-tokens", 4, "--repetitions", 1,
                  "--results", root / "results", "--out", root / "configs" / "production.yaml",
-                 "--study", "kept")
+                 "--study", "kept", "--finalist-rounds", 0)
     assert proc.returncode == 0, proc.stderr
     return {"root": root, "model": tiny_model}
 

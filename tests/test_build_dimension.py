@@ -27,7 +27,7 @@ def sweep(tmp_path: Path, model: Path, builds: list[str]):
     proc = tuner("sweep", "--model", model, "--device", "cpu", "--space", space,
                  "--prompt-tokens", 32, "--gen-tokens", 4, "--repetitions", 1, "--study", "b",
                  "--builds", tmp_path / "builds", "--results", tmp_path / "results",
-                 "--out", tmp_path / "production.yaml")
+                 "--out", tmp_path / "production.yaml", "--finalist-rounds", 0)
     return proc, Store(tmp_path / "results", "b").records()
 
 

@@ -15,6 +15,7 @@ import yaml
 from tests.cli_run import one_line_error, tuner
 from tests.server_run import complete, free_port, running_server
 from tests.spaces import write_space
+from tuner.finalists_store import load_finalists
 from tuner.store import Store, list_studies
 
 
@@ -26,7 +27,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> dict:
     proc = tuner("sweep", "--model", smollm2_path, "--device", "cpu", "--space", space,
                  "--prompt-tokens", 64, "--gen-tokens", 8, "--n-ctx", 256, "--repetitions", 2,
                  "--results", root / "results", "--out", root / "configs" / "production.yaml",
-                 cwd=root)
+                 "--finalist-rounds", 2, cwd=root)
     return {"root": root, "proc": proc, "model": smollm2_path}
 
 
@@ -55,10 +56,14 @@ def test_cpu_sweep_stores_verified_trials(swept: dict) -> None:
     assert first.spec.context.flash_attn is False and first.spec.context.type_k == "f16"
 
 
-def test_production_config_is_the_best_verified_trial(swept: dict) -> None:
+def test_production_config_is_the_finalists_winner(swept: dict) -> None:
     root = swept["root"]
-    records = Store(root / "results", list_studies(root / "results")[0]).records()
-    best = min((r for r in records if r.usable), key=lambda r: r.objective)
+    study = list_studies(root / "results")[0]
+    records = Store(root / "results", study).records()
+    final = load_finalists(root / "results", study)
+    assert final is not None and len(final.finalists) >= 3  # the top 3 at least
+    best = next(r for r in records if r.number == final.winner_trial)
+    assert best.usable
     config = yaml.safe_load((root / "configs" / "production.yaml").read_text())
     entry = config["models"][0]
     assert entry["model"] == str(swept["model"].resolve())
@@ -109,7 +114,7 @@ def test_rerun_resumes_and_runs_nothing_new(swept: dict) -> None:
     again = tuner("sweep", "--model", swept["model"], "--device", "cpu", "--space",
                   root / "space.yaml", "--prompt-tokens", 64, "--gen-tokens", 8, "--n-ctx", 256,
                   "--repetitions", 2, "--results", root / "results", "--out",
-                  root / "configs" / "production.yaml", cwd=root)
+                  root / "configs" / "production.yaml", "--finalist-rounds", 2, cwd=root)
     assert again.returncode == 0, again.stderr
     after = Store(root / "results", list_studies(root / "results")[0]).records()
     assert [r.trial_id for r in after] == [r.trial_id for r in before]

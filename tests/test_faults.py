@@ -35,7 +35,8 @@ def run_sweep(model: Path, root: Path, faults: str, timeout: float = 60) -> tupl
     proc = tuner("sweep", "--model", model, "--device", "cpu", "--space", space,
                  "--prompt-tokens", 64, "--gen-tokens", 4, "--n-ctx", 128, "--repetitions", 1,
                  "--trial-timeout", 15, "--results", root / "results",
-                 "--out", root / "production.yaml", env={"TUNER_FAULTS": faults},
+                 "--out", root / "production.yaml", "--finalist-rounds", 0,
+                 env={"TUNER_FAULTS": faults},
                  timeout=timeout)
     studies = list_studies(root / "results")
     records = Store(root / "results", studies[0]).records() if studies else []

@@ -28,7 +28,7 @@ def sweep_args(model: Path, root: Path) -> list[str]:
     return ["sweep", "--model", str(model), "--device", "cpu", "--space", str(space),
             "--prompt-tokens", "128", "--gen-tokens", "8", "--n-ctx", "256", "--repetitions",
             "1", "--results", str(root / "results"), "--out", str(root / "production.yaml"),
-            "--study", "resume"]
+            "--study", "resume", "--finalist-rounds", "0"]
 
 
 def start(args: list[str]) -> subprocess.Popen:

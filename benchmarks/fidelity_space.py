@@ -1,0 +1,149 @@
+"""The tuner against llama-bench over a whole sweep's space, on a CUDA machine, in the same
+machine session: for every setting the sweep measured, llama-bench of the same build runs
+pp<P> at depth 0 and tg<G> at depth P (the sweep's workload) with the same batch sizes, flash
+attention and KV types.
+
+    python benchmarks/fidelity_space.py --model M --results DIR --builds builds --out O
+
+Prints, last, three checks and a table: every config of the tuner's top 10 within 3% of
+llama-bench in prompt and generation speed; the tuner's final choice (the finalists' winner)
+within 2% of llama-bench's best request time over the space; the drift sentinel of every worker.
+Writes fidelity_space.json with every figure and the llama-bench command lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tuner.finalists_store import load_drift, load_finalists  # noqa: E402
+from tuner.records import TrialRecord  # noqa: E402
+from tuner.store import Store, list_studies  # noqa: E402
+
+Key = tuple[str, int, int, bool, str, str]
+
+
+def key_of(r: TrialRecord) -> Key:
+    c = r.spec.context
+    return (r.spec.model.build, c.n_batch, c.n_ubatch, c.flash_attn, c.type_k, c.type_v)
+
+
+def llama_bench(binary: Path, lib: Path, model: Path, batches: list[int], ubatches: list[int],
+                fa: bool, tk: str, tv: str, test: list[str], reps: int) -> tuple[list[dict], str]:
+    cmd = [str(binary), "-m", str(model), "-ngl", "99", "-b", ",".join(map(str, batches)),
+           "-ub", ",".join(map(str, ubatches)), "-fa", "1" if fa else "0", "-ctk", tk,
+           "-ctv", tv, "-r", str(reps), "-o", "json", *test]
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"llama-bench failed ({' '.join(cmd)}): {proc.stderr[-1500:]}")
+    return json.loads(proc.stdout), " ".join(cmd)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--results", type=Path, required=True)
+    ap.add_argument("--builds", type=Path, default=Path("builds"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--reps", type=int, default=3)
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    study = list_studies(a.results)[0]
+    records = [r for r in Store(a.results, study).records() if r.usable]
+    wl = records[0].workload
+    P, G = wl.prompt_tokens, wl.gen_tokens
+    groups: dict[tuple[str, bool, str, str], set[tuple[int, int]]] = defaultdict(set)
+    for r in records:
+        b, nb, nu, fa, tk, tv = key_of(r)
+        groups[(b, fa, tk, tv)].add((nb, nu))
+    bench: dict[Key, dict] = {}
+    commands = []
+    for (build, fa, tk, tv), pairs in sorted(groups.items()):
+        binary = a.builds / build / "bin" / "llama-bench"
+        lib = a.builds / build / "lib"
+        nbs, nus = sorted({p[0] for p in pairs}), sorted({p[1] for p in pairs})
+        for test in (["-p", str(P), "-n", "0", "-d", "0"], ["-p", "0", "-n", str(G), "-d", str(P)]):
+            rows, cmd = llama_bench(binary, lib, a.model, nbs, nus, fa, tk, tv, test, a.reps)
+            commands.append(cmd)
+            for row in rows:
+                pair = (row["n_batch"], row["n_ubatch"])
+                if pair not in pairs:
+                    continue  # n_ubatch above n_batch: llama.cpp clamps it, the sweep skips it
+                k = (build, *pair, fa, tk, tv)
+                ts = row.get("samples_ts") or [row["avg_ts"]]
+                side = "pp" if row["n_prompt"] else "tg"
+                bench.setdefault(k, {})[side] = statistics.median(ts)
+    table = []
+    for r in records:
+        lb = bench.get(key_of(r), {})
+        m = r.measurement
+        if m is None or "pp" not in lb or "tg" not in lb:
+            continue
+        lb_req = P / lb["pp"] + G / lb["tg"]
+        table.append({
+            "trial": r.number, "label": r.spec.label(), "objective": r.objective,
+            "tuner_pp": m.pp_tps.median, "lb_pp": lb["pp"],
+            "pp_diff": (m.pp_tps.median - lb["pp"]) / lb["pp"],
+            "tuner_tg": m.tg_tps.median if m.tg_tps else None, "lb_tg": lb["tg"],
+            "tg_diff": ((m.tg_tps.median - lb["tg"]) / lb["tg"]) if m.tg_tps else None,
+            "lb_request_s": lb_req, "worker": r.worker_id,
+            "throttled": m.throttled,
+            "clocks": m.clocks.model_dump() if m.clocks else None,
+        })
+    table.sort(key=lambda x: x["objective"])
+    top = table[:10]
+    worst_top = max(max(abs(t["pp_diff"]), abs(t["tg_diff"] or 0)) for t in top)
+    final = load_finalists(a.results, study)
+    lb_best = min(table, key=lambda t: t["lb_request_s"])
+    chosen = next(t for t in table if final and t["trial"] == final.winner_trial) if final \
+        else table[0]
+    choice_gap = chosen["lb_request_s"] / lb_best["lb_request_s"] - 1
+    drifts = load_drift(a.results, study)
+    lines = [f"## {study}: tuner vs llama-bench (same builds, same session), "
+             f"pp{P} @ depth 0 and tg{G} @ depth {P}, medians of {a.reps} repetitions", "",
+             "| rank | trial | settings | tuner pp t/s | llama-bench pp | diff | tuner tg t/s | "
+             "llama-bench tg | diff | tuner request s | llama-bench request s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, t in enumerate(table[:10], 1):
+        lines.append(f"| {i} | #{t['trial']} | {t['label']} | {t['tuner_pp']:,.0f} | "
+                     f"{t['lb_pp']:,.0f} | {t['pp_diff'] * 100:+.1f}% | {t['tuner_tg']:,.1f} | "
+                     f"{t['lb_tg']:,.1f} | {(t['tg_diff'] or 0) * 100:+.1f}% | "
+                     f"{t['objective']:.4f} | {t['lb_request_s']:.4f} |")
+    every = max(max(abs(t["pp_diff"]), abs(t["tg_diff"] or 0)) for t in table)
+    lines += ["", f"top 10: largest difference {worst_top * 100:.2f}% (goal <= 3%); over all "
+              f"{len(table)} configs: {every * 100:.2f}%",
+              f"final choice #{chosen['trial']} ({chosen['label']}): llama-bench request "
+              f"{chosen['lb_request_s']:.4f} s vs llama-bench's best over the space "
+              f"#{lb_best['trial']} ({lb_best['label']}) {lb_best['lb_request_s']:.4f} s: "
+              f"{choice_gap * 100:+.2f}% (goal <= 2%)"]
+    if final:
+        lines.append(f"finalists: {final.reason}")
+    lines += ["", "| worker | trials | first | pp start -> end | tg start -> end | drift pp / tg "
+              "| noise | significant |", "|---|---|---|---|---|---|---|---|"]
+    for d in drifts:
+        lines.append(f"| {d.worker_id} | {d.trials} | #{d.first_trial} | {d.pp_tps_start:,.0f} -> "
+                     f"{d.pp_tps_end:,.0f} | {d.tg_tps_start:,.1f} -> {d.tg_tps_end:,.1f} | "
+                     f"{(d.pp_drift or 0) * 100:+.1f}% / {(d.tg_drift or 0) * 100:+.1f}% | "
+                     f"{d.noise * 100:.1f}% | {'yes' if d.significant else 'no'} |")
+    throttled = sum(1 for t in table if t["throttled"])
+    lines += ["", f"{len(drifts)} workers, {sum(d.significant for d in drifts)} drifted beyond "
+              f"noise; {throttled} trials measured while throttled"]
+    (a.out / "fidelity_space.json").write_text(json.dumps({
+        "study": study, "table": table, "commands": commands, "top10_worst": worst_top,
+        "all_worst": every, "choice_gap": choice_gap, "chosen": chosen, "lb_best": lb_best,
+        "finalists": final.model_dump(mode="json") if final else None,
+        "drift": [d.model_dump(mode="json") for d in drifts]}, indent=1))
+    (a.out / f"fidelity-{study}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
