@@ -50,6 +50,34 @@ def _proc_status() -> dict[str, int]:
     return out
 
 
+class _Sampler:
+    """The observer the worker had until this probe: NVML memory read every 10 ms from a thread
+    while the timed decodes ran."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import pynvml
+
+        pynvml.nvmlInit()
+        self.nv, self.h = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
+        self.available, self._stop, self._t = True, threading.Event(), None
+        self._threading = threading
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.nv.nvmlDeviceGetComputeRunningProcesses(self.h)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._t = self._threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join()
+
+
 def run_condition(name: str, model_path: str, lib: str, n_ctx_i: int, prompt: int, gen: int,
                   out_path: str) -> None:
     cfg = CONDITIONS[name]
@@ -61,14 +89,13 @@ def run_condition(name: str, model_path: str, lib: str, n_ctx_i: int, prompt: in
 
     from tuner.specs import ContextSettings, Workload
     from tuner.worker.bench import Bench, context_params
-    from tuner.worker.gpumem import GpuMemory
     from tuner.worker.logcapture import LogCapture
 
     log = LogCapture(log_file + ".cb")
     if cfg["callback"]:
         log.install(llama_cpp)
     llama_cpp.llama_backend_init()
-    gpu = GpuMemory(0)
+    gpu = _Sampler()
     mp_ = llama_cpp.llama_model_default_params()
     mp_.n_gpu_layers = -1
     model = llama_cpp.llama_model_load_from_file(model_path.encode(), mp_)
@@ -88,7 +115,7 @@ def run_condition(name: str, model_path: str, lib: str, n_ctx_i: int, prompt: in
         if cfg["sampler"] and gpu.available:
             gpu.start()
         for _ in range(5):
-            reps.append(bench.repetition(wl, nb))
+            reps.append((bench.pp_run(wl, nb), bench.tg_run(wl, nb)))
         if cfg["sampler"] and gpu.available:
             gpu.stop()
         chunks_during = len(log._chunks) - chunks_before

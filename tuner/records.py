@@ -62,6 +62,7 @@ class Measurement(Frozen):
     unstable: bool = False  # repetitions spread over 10% of the median: flagged, not hidden
     clocks: GpuClocks | None = None  # NVML at the start and end of the timed work; None: no GPU
     throttled: bool = False  # a throttle reason was active at the start or end of timed work
+    warmups: dict[str, int] = Field(default_factory=dict)  # discarded runs per phase (pp, tg)
 
 
 class ClockReading(Frozen):

@@ -50,6 +50,7 @@ def measurement(data: dict, wl: Workload, load_seconds: float) -> Measurement:
         unstable=req_stat.rel_spread > UNSTABLE_SPREAD,
         clocks=clocks,
         throttled=throttled,
+        warmups=data.get("warmups") or {},
     )
 
 

@@ -127,7 +127,6 @@ def _measure(lc: Any, model: Any, req: dict[str, Any], threads: int, gpu: Any,
         bench = Bench(lc, model, ctx)
         if gpu:
             gpu.note_memory()
-        bench.warmup(wl, cs.n_batch)
         clocks_start = gpu.clocks() if gpu else None
         with log.quiet(lc):
             samples = bench.timed(wl, cs.n_batch)
