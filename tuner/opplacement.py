@@ -227,6 +227,8 @@ def check_ops(text: str | None, device: Literal["cuda", "cpu"], full_offload: bo
         summary += f"; {len(off)} node{'s' if len(off) != 1 else ''} not on {where}"
     elif not checked:
         summary += "; not checked (partial offload)"
+    if error:  # the reports taken before the failure still count
+        summary += f"; proof cut short: {error}"
     return OpSummary(
         reports=len(reports), nodes=len(last.nodes), splits=len(last.splits),
         backends=dict(counts),
