@@ -9,14 +9,18 @@ The report is a list of lines; the CLI decides how to render them.
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from collections import Counter
 from pathlib import Path
+from typing import BinaryIO
 
 from tuner.buildinfo import BuildFlags, variant_of
 from tuner.errors import CUDA_INSTALL_HINT, BadInput
+from tuner.opplacement import REPORT_HINT, OpSummary, check_ops
 from tuner.placement import (Expectation, PlacementEvidence, is_cpu_device, is_cuda_device,
-                             parse_load_log, verify)
+                             is_full_offload, parse_load_log, verify)
 from tuner.specs import Frozen
 
 _SNIFF_BYTES = 64 * 1024
@@ -43,16 +47,38 @@ def diagnose(text: str, n_gpu_layers: int = -1) -> Diagnosis:
         raise BadInput("the log shows no model load (no llama_model_loader or load_tensors "
                        "lines)", hint=_CAPTURE_HINT)
     verdict = verify(ev, Expectation(device="cuda", n_gpu_layers=n_gpu_layers))
-    lines = _facts(ev)
-    if verdict.verified:
+    # A saved log rarely holds the scheduler's report; when it does, operations count too.
+    ops = check_ops(text, "cuda", full_offload=is_full_offload(ev, n_gpu_layers),
+                    required=False)
+    verified = verdict.verified and ops.verified is not False
+    lines = [*_facts(ev), _ops_fact(ops)]
+    if verified:
         lines.append(f"Verdict: on the GPU as asked ({verdict.summary}).")
         lines += _reassurance(ev)
     else:
         lines.append(f"Verdict: NOT on the GPU as asked ({verdict.summary}):")
-        lines += [f"  - {r}" for r in verdict.reasons]
-        for meaning, fix in _advice(ev, n_gpu_layers):
+        lines += [f"  - {r}" for r in [*verdict.reasons, *ops.reasons]]
+        advice = _advice(ev, n_gpu_layers) if not verdict.verified else []
+        if ops.verified is False:
+            advice.append(_OPS_ADVICE)
+        for meaning, fix in advice:
             lines += [f"Meaning: {meaning}", f"Fix: {fix}"]
-    return Diagnosis(exit_code=0 if verdict.verified else 3, lines=lines)
+    return Diagnosis(exit_code=0 if verified else 3, lines=lines)
+
+
+_OPS_ADVICE = (
+    "llama.cpp's CUDA backend has no kernel for the operations named above with these "
+    "settings, so its scheduler runs them on the CPU and copies data across on every batch",
+    "use settings this build has kernels for (for FLASH_ATTN: a K/V cache type pair the build "
+    "lists under FA_QUANTS, or a build with GGML_CUDA_FA_ALL_QUANTS=ON), or turn flash "
+    "attention off")
+
+
+def _ops_fact(ops: OpSummary) -> str:
+    if not ops.reports:
+        return f"Operations: no scheduler report in the log ({REPORT_HINT})"
+    return (f"Operations: {ops.reports} scheduler reports; the last: "
+            f"{ops.summary.removeprefix('ops: ')}")
 
 
 def diagnose_file(path: str | os.PathLike[str], n_gpu_layers: int = -1) -> Diagnosis:
@@ -67,6 +93,9 @@ def diagnose_file(path: str | os.PathLike[str], n_gpu_layers: int = -1) -> Diagn
             raise BadInput(f"{p} is over {_MAX_BYTES // 2**20} MiB: not a llama.cpp load log")
         with p.open("rb") as f:
             head = f.read(_SNIFF_BYTES)
+            if head.startswith(b"\x1f\x8b"):  # a gzipped log (as saved logs often are)
+                f.seek(0)
+                head = _gunzip(f, p)
             if head.startswith(b"GGUF"):
                 raise BadInput(f"{p} is a GGUF model, not a log", hint=_CAPTURE_HINT)
             if _looks_binary(head):
@@ -80,6 +109,18 @@ def diagnose_file(path: str | os.PathLike[str], n_gpu_layers: int = -1) -> Diagn
         return diagnose(data.decode("utf-8", errors="replace"), n_gpu_layers)
     except BadInput as e:
         raise BadInput(f"{p}: {e.message}", hint=e.hint) from None
+
+
+def _gunzip(f: BinaryIO, p: Path) -> bytes:
+    """The whole text of a gzipped log, refused past _MAX_BYTES (a log never gets near)."""
+    try:
+        with gzip.GzipFile(fileobj=f) as z:
+            data = z.read(_MAX_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise BadInput(f"{p} is not a readable gzip file: {e}") from None
+    if len(data) > _MAX_BYTES:
+        raise BadInput(f"{p} unpacks to over {_MAX_BYTES // 2**20} MiB: not a llama.cpp log")
+    return data
 
 
 def _looks_binary(head: bytes) -> bool:

@@ -196,13 +196,19 @@ def verify(evidence: PlacementEvidence, expectation: Expectation,
     return Verdict(verified=not reasons, reasons=reasons, summary=summarize(evidence, flags))
 
 
+def is_full_offload(ev: PlacementEvidence, n_gpu_layers: int) -> bool:
+    """Whether ``n_gpu_layers`` asks for every layer of the model the log shows."""
+    total = ev.total_layers if ev.total_layers is not None else (len(ev.layer_devices) or None)
+    return n_gpu_layers < 0 or (total is not None and n_gpu_layers >= total)
+
+
 def _cuda_reasons(ev: PlacementEvidence, ex: Expectation, flags: BuildFlags | None) -> list[str]:
     out: list[str] = []
     if flags is not None and not flags.cuda:
         out.append("the library has no CUDA backend (a CPU-only build)")
     layers = ev.layer_devices
     total = ev.total_layers if ev.total_layers is not None else (len(layers) or None)
-    full = ex.n_gpu_layers < 0 or (total is not None and ex.n_gpu_layers >= total)
+    full = is_full_offload(ev, ex.n_gpu_layers)
     if full:
         want = total
     else:

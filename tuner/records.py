@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
+from tuner.opplacement import OpSummary
 from tuner.specs import Frozen, TrialSpec, Workload
 
 
@@ -121,6 +122,7 @@ class TrialRecord(Frozen):
     verification: Verification = Verification(verified=False, reasons=["not measured"])
     placement: dict[str, Any] | None = None  # PlacementEvidence as data
     buffers_mib: dict[str, dict[str, float]] = Field(default_factory=dict)
+    ops: OpSummary | None = None  # where each graph operation ran (scheduler report); None: old
     error: str | None = None
     signal: str | None = None
     log_tail: list[str] = Field(default_factory=list)

@@ -7,7 +7,8 @@ import uuid
 from datetime import datetime, timezone
 
 from tuner.buildinfo import BuildFlags, find_system_info
-from tuner.placement import Expectation, parse_load_log, verify
+from tuner.opplacement import OpSummary, check_ops
+from tuner.placement import Expectation, is_full_offload, parse_load_log, verify
 from tuner.records import (
     Environment,
     GpuClocks,
@@ -65,12 +66,19 @@ def make_record(study: str, number: int, spec: TrialSpec, wl: Workload, outcome:
     evidence = parse_load_log(log) if log else None
     verdict = Verification(verified=False, reasons=[outcome.error or f"trial {state.value}"])
     meas = None
+    ops: OpSummary | None = None
     if state is TrialState.COMPLETE and evidence is not None:
         expect = Expectation(device=spec.model.device, n_gpu_layers=spec.model.n_gpu_layers,
                              build=expected_variant, type_k=spec.context.type_k,
                              type_v=spec.context.type_v, flash_attn=spec.context.flash_attn)
         v = verify(evidence, expect, flags)
-        verdict = Verification(verified=v.verified, summary=v.summary, reasons=list(v.reasons))
+        # Layers are proven by the load log, operations by the scheduler's report: both count.
+        ops = check_ops(outcome.data.get("op_log"), spec.model.device,
+                        full_offload=is_full_offload(evidence, spec.model.n_gpu_layers),
+                        error=outcome.data.get("op_error"))
+        verdict = Verification(verified=v.verified and ops.verified is not False,
+                               summary=f"{v.summary}; {ops.summary}",
+                               reasons=[*v.reasons, *ops.reasons])
         meas = measurement(outcome.data, wl, outcome.hello.get("load_seconds", 0.0))
     buffers = {}
     if evidence is not None:
@@ -89,6 +97,7 @@ def make_record(study: str, number: int, spec: TrialSpec, wl: Workload, outcome:
         verification=verdict,
         placement=evidence.model_dump(mode="json", exclude={"build"}) if evidence else None,
         buffers_mib=buffers,
+        ops=ops,
         error=outcome.error,
         signal=outcome.signal,
         log_tail=outcome.log_tail,

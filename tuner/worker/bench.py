@@ -94,6 +94,19 @@ class Bench:
             self._decode(arr, n)
         self.lc.llama_synchronize(self.ctx)
 
+    def prompt(self, n_prompt: int, n_batch: int) -> None:
+        """Decode a prompt, untimed (the op proof's decode)."""
+        self._run_prompt(self._prompt_chunks(n_prompt, n_batch))
+
+    def generate(self, n_gen: int, first: int | None) -> None:
+        """Decode ``n_gen`` single tokens at the current depth, untimed."""
+        for i in range(n_gen):
+            arr = self._tokens(1)
+            if i == 0 and first is not None:
+                arr[0] = first
+            self._decode(arr, 1)
+            self.lc.llama_synchronize(self.ctx)
+
     def _clear(self) -> None:
         self.lc.llama_memory_clear(self.mem, False)
         self.lc.llama_synchronize(self.ctx)

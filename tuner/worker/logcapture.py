@@ -57,6 +57,13 @@ class LogCapture:
     def since_mark(self) -> str:
         return "".join(self._chunks[self._mark:])
 
+    def cut_since_mark(self) -> str:
+        """``since_mark``, then forget those lines (the file keeps them): for bulky sections a
+        worker needs once, such as the scheduler's operation report, so memory does not grow."""
+        text = self.since_mark()
+        del self._chunks[self._mark:]
+        return text
+
     def tail(self, n: int = 30) -> list[str]:
         return self.text().splitlines()[-n:]
 

@@ -15,6 +15,7 @@ from typing import Any
 from tuner.specs import ContextSettings, ModelSettings, Workload
 from tuner.worker import faults
 from tuner.worker.logcapture import LogCapture
+from tuner.worker.opproof import OP_PROOF
 
 # Set in the parent by tests; a forked child would inherit it, a spawned one starts without it.
 FORK_CANARY: str | None = None
@@ -27,6 +28,8 @@ def prepare_environment(ms: ModelSettings, lib_dir: str | None) -> None:
         os.environ.pop("LLAMA_CPP_LIB_PATH", None)
     if not ms.cuda_graphs:
         os.environ["GGML_CUDA_DISABLE_GRAPHS"] = "1"
+    # Only the proof context may print its schedule (tuner/worker/opproof.py), never a timed one.
+    os.environ.pop("GGML_SCHED_DEBUG", None)
     if ms.device == "cpu":
         # A deliberate CPU run: hide the GPUs, or llama.cpp would still offload big matmuls.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -112,6 +115,8 @@ def _measure(lc: Any, model: Any, req: dict[str, Any], threads: int, gpu: Any,
 
     cs = ContextSettings.model_validate(req["context"])
     wl = Workload.model_validate(req["workload"])
+    # Where every operation runs, from a separate context, before any clock or NVML sampling.
+    op_log, op_error = OP_PROOF.take(lc, model, cs, wl.n_ctx, threads, log)
     log.mark()
     if gpu:
         gpu.reset_peak()
@@ -138,7 +143,7 @@ def _measure(lc: Any, model: Any, req: dict[str, Any], threads: int, gpu: Any,
         return {"ok": True, "context_seconds": context_seconds, **samples,
                 "gpu_peak_mib": gpu.peak_mib() if gpu else None,
                 "gpu_total_mib": gpu.total_mib if gpu else None, "clocks": clocks,
-                "log": log.since_mark()}
+                "log": log.since_mark(), "op_log": op_log, "op_error": op_error}
     except Infeasible as e:
         return {"ok": False, "kind": "infeasible", "error": str(e), "log": log.since_mark()}
     except Exception as e:  # the trial failed, the worker and its model stay usable
