@@ -163,6 +163,43 @@ def build(variant: str | None, source: Path | None, cuda_arch: str | None, build
     run_build(out, variant, source, cuda_arch, builds_dir, jobs, dry_run)
 
 
+@cli.command("verify")
+@click.argument("config", type=click.Path(path_type=Path), default=Path("configs/production.yaml"))
+@click.option("--url", default=None,
+              help="Check a service already running at URL instead (speed only).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Loopback port for the server started here [default: a free one].")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Percent by which served speed may fall below the stored figures.")
+@click.option("--requests", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Measured requests (after one warm-up).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Seconds to wait for the server to load and for each request.")
+def verify_cmd(config: Path, url: str | None, port: int | None, tolerance: float,
+               requests: int, timeout: float) -> None:
+    """Start the real llama_cpp.server on CONFIG with the sidecar's environment, prove the
+    build and placement from its own log, send the sweep's workload over HTTP and compare time
+    to first token and generation speed with the sidecar's served figures. Exit 0 when all
+    hold, 3 when placement or speed does not.
+
+    \b
+    Example:
+      tuner verify configs/production.yaml
+      tuner verify configs/production.yaml --url http://127.0.0.1:8000
+    """
+    from tuner.verify import failure, result_lines, run_verify
+
+    result = run_verify(config, url=url, port=port, tolerance=tolerance / 100,
+                        requests=requests, timeout_s=timeout)
+    for line in result_lines(result):
+        out.print(line, markup=False, soft_wrap=True)
+    problem = failure(result)
+    if problem is not None:
+        raise problem
+    out.print("verified: the service runs what was measured, at the measured speed",
+              markup=False)
+
+
 def _validated(model: type, **kwargs: object) -> object:
     try:
         return model(**kwargs)

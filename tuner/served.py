@@ -81,13 +81,18 @@ def prompts_for(model_path: str, prompt_tokens: int, count: int, env: dict[str, 
 
 def measure_served(model_path: str | os.PathLike[str], spec: TrialSpec, workload: Workload,
                    lib_dir: str | None, requests: int = 5, threads: int | None = None,
-                   timeout_s: float = 900) -> ServedFigures:
+                   timeout_s: float = 900, via: str = "worker") -> ServedFigures:
     """Time ``requests`` streamed completions of ``workload`` (after one warm-up) on ``spec``'s
     settings, loaded as llama_cpp.server loads the production config, in a fresh process.
 
     ``threads`` sets n_threads and n_threads_batch of the served config (default: the trial's
     own, else every core): with every layer on the GPU they compete with the per-token Python
-    work, so a sweep of served figures over ``threads`` can pick the server's setting."""
+    work, so a sweep of served figures over ``threads`` can pick the server's setting.
+
+    ``via="server"`` times the same requests through a real ``llama_cpp.server`` over HTTP
+    instead (a fresh server process, the client in this one): what ``tuner verify`` measures,
+    event loop and per-chunk thread hand-offs included. On a machine whose cores the
+    llama.cpp threads fill, that path is markedly slower than the in-process one."""
     from tuner.prodconfig import model_entry
 
     if requests < 1:
@@ -95,6 +100,14 @@ def measure_served(model_path: str | os.PathLike[str], spec: TrialSpec, workload
     threads = threads or spec.context.n_threads or os.cpu_count() or 1
     entry = model_entry(spec, workload, str(model_path), threads)
     env = service_env(spec, lib_dir)
+    if via == "server":
+        from tuner.verify import serve_and_measure
+
+        served, log = serve_and_measure(entry, env, workload, requests, timeout_s)
+        check_placement(log, spec)
+        return served.model_copy(update={"n_threads": threads, "n_threads_batch": threads})
+    if via != "worker":
+        raise TunerError(f"via must be 'worker' or 'server', not {via!r}")
     answer, log = run_child({"op": "measure", "entry": entry, "env": env, "warmup": 1,
                              "requests": requests, "prompt_tokens": workload.prompt_tokens,
                              "gen_tokens": workload.gen_tokens}, timeout_s)
