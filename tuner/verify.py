@@ -231,8 +231,9 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout
 
 
 def _tail(log_path: Path, n: int = 3) -> str:
+    # The last statements, not the usage text or a traceback's frames.
     lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()
-             if ln.strip() and not ln.startswith(("usage:", "  ", "options:"))]
+             if ln.strip() and not ln.startswith(("usage:", "  ", "options:", "Traceback"))]
     return " | ".join(lines[-n:]) or "(no output)"
 
 

@@ -150,8 +150,9 @@ def _prompts(job: dict[str, Any]) -> dict[str, Any]:
     llm = llama_cpp.Llama(job["model_path"], vocab_only=True, verbose=False)
     tokenize = _tokenizer(llm)
     prompts = build_prompts(tokenize, job["prompt_tokens"], job["count"], _pieces(llm))
+    tokens = [tokenize(p) for p in prompts]
     return {"ok": True, "prompts": prompts, "eog": eog_tokens(llama_cpp, llm),
-            "max_prefix_reuse": prefix_reuse([tokenize(p) for p in prompts])}
+            "lengths": [len(t) for t in tokens], "max_prefix_reuse": prefix_reuse(tokens)}
 
 
 def _tokenizer(llm: Any) -> Callable[[str], list[int]]:
