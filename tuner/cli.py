@@ -112,18 +112,30 @@ def report(results_dir: Path, study: str | None, fmt: str, output: Path | None) 
 
 
 @cli.command()
-@click.option("--log", "log_path", required=True, type=click.Path(path_type=Path),
-              help="A saved llama.cpp load log.")
+@click.option("--log", "log_path", default=None, type=click.Path(path_type=Path),
+              help="A saved llama.cpp load log. Without it: check this machine.")
 @click.option("--n-gpu-layers", type=int, default=-1, show_default=True,
               help="What was asked (-1 = every layer on the GPU).")
-def doctor(log_path: Path, n_gpu_layers: int) -> None:
-    """Say where a llama.cpp load put the model's layers and KV cache, what that means, and
-    how to fix it. Exit 0 when everything asked for is on the GPU, 3 when not.
+@click.option("--builds", "builds_dir", type=click.Path(path_type=Path), default=Path("builds"),
+              show_default=True, help="Folder of kernel builds made by `tuner build`.")
+def doctor(log_path: Path | None, n_gpu_layers: int, builds_dir: Path) -> None:
+    """Without --log: check this machine for a CUDA sweep (llama-cpp-python, spawn, each
+    build's flags and GPU offload, the CUDA devices llama.cpp and NVML see, the driver), each
+    problem with its fix. With --log: say where a llama.cpp load put the model's layers and KV
+    cache, what that means, and how to fix it. Exit 0 when fit / on the GPU, 3 when not.
 
     \b
     Example:
+      tuner doctor
       python app.py 2> load.log; tuner doctor --log load.log
     """
+    if log_path is None:
+        from tuner.envdoctor import check_environment
+
+        report = check_environment(builds_dir)
+        for line in report.lines:
+            out.print(line, markup=False, soft_wrap=True)
+        sys.exit(report.exit_code)
     from tuner.doctor import diagnose_file
 
     diagnosis = diagnose_file(log_path, n_gpu_layers=n_gpu_layers)
