@@ -83,6 +83,7 @@ def test_verify_passes_from_another_directory(deployed: Path, tmp_path: Path) ->
     assert "served now: " in out and "[server, 3 requests]" in out
     assert "reference: the sidecar's served figures" in out
     assert "time to first token: " in out and "generation: " in out
+    assert "raw vs served: time to first token raw " in out
     assert "verified: the service runs what was measured" in out
     log = deployed.with_name("production.verify.log").read_text(errors="replace")
     assert "load_tensors" in log, "the server's own load log was captured"

@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from tuner.records import TrialRecord
+from tuner.records import Measurement, ServedFigures, TrialRecord
 
 ENV_SUFFIX = ".env"
 RAW_KIND = ("raw: llama.cpp decode loop in a worker (prompt in n_batch chunks, one decode per "
@@ -81,4 +81,19 @@ def deployment_notes(out: Path) -> dict[str, str]:
     return {
         "verify": f"tuner verify {shlex.quote(str(out))}",
         "rollback": f"{restore} && tuner verify {shlex.quote(str(out))}",
+    }
+
+
+def served_vs_raw(raw: Measurement, served: ServedFigures) -> dict[str, float | None]:
+    """The gap a user sizing a deployment from the sweep would miss: served over raw, as
+    relative changes (negative: the service is slower), with both numbers."""
+    # As tuner verify predicts it from the sidecar: the prompt at the median raw prompt speed.
+    raw_ttft = raw.prompt_tokens / raw.pp_tps.median if raw.prompt_tokens else None
+    raw_gen = raw.tg_tps.median if raw.tg_tps else None
+    gen = served.gen_tps.median if served.gen_tps else None
+    return {
+        "raw_ttft_s": raw_ttft, "served_ttft_s": served.ttft_s.median,
+        "ttft_change": (served.ttft_s.median - raw_ttft) / raw_ttft if raw_ttft else None,
+        "raw_gen_tps": raw_gen, "served_gen_tps": gen,
+        "gen_change": (gen - raw_gen) / raw_gen if raw_gen and gen else None,
     }

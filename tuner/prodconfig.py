@@ -24,12 +24,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 import tuner
-from tuner.errors import BadInput, TunerError
-from tuner.records import Stat, TrialRecord
 from tuner.deploy import (RAW_KIND, SERVED_KIND, deployment_notes, env_file_path,
-                          rebuild_command, render_env_file)
+                          rebuild_command, render_env_file, served_vs_raw)
+from tuner.errors import BadInput, TunerError
 from tuner.effective import SPEED_FIELDS, check_effective, trial_settings
-from tuner.records import ServedFigures
+from tuner.records import ServedFigures, Stat, TrialRecord
 from tuner.served import service_env
 from tuner.specs import TrialSpec, Workload
 
@@ -91,6 +90,9 @@ def validate(config: dict[str, Any], lib_dir: str | None = None,
     except (TypeError, ValueError) as e:
         raise TunerError(f"production config is not plain data: {e}") from None
     child_env = {**os.environ, **(env or {})}
+    # The child must run this tuner, whatever the working directory or another install holds.
+    here = str(Path(tuner.__file__).resolve().parent.parent)
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
     if lib_dir:
         child_env["LLAMA_CPP_LIB_PATH"] = lib_dir
     proc = subprocess.run([sys.executable, "-m", "tuner.prodconfig"], input=blob, env=child_env,
@@ -189,6 +191,7 @@ def sidecar(record: TrialRecord, out: Path, *, results_dir: Path, build_lib_dir:
             "unstable": m.unstable if m else None,
         },
         "served": {"kind": SERVED_KIND, **served.model_dump(mode="json")} if served else None,
+        "served_vs_raw": served_vs_raw(m, served) if m and served else None,
         "workload": record.workload.model_dump(mode="json"),
         "verification": record.verification.model_dump(mode="json"),
         "environment": record.environment.model_dump(mode="json") if record.environment else None,

@@ -64,6 +64,7 @@ class VerifyResult(Frozen):
     reference_kind: str = "served"  # served | raw
     reference_note: str = ""
     checks: list[SpeedCheck] = Field(default_factory=list)
+    gap: str | None = None  # raw (sweep) vs served (now), both numbers
     tolerance: float = 0.10
 
     @property
@@ -113,9 +114,14 @@ def load_deployment(config_path: Path) -> Deployment:
                             "rerun the sweep on this host")
     env_file = env_file_path(config_path)
     env = read_env_file(env_file) if env_file.is_file() else dict(side.get("env", {}))
+    try:
+        spec = TrialSpec.model_validate(side["spec"])
+        workload = Workload.model_validate(side["workload"])
+    except (KeyError, TypeError, ValueError):
+        raise BadInput(f"{side_path} is not a tuner sidecar (no valid spec and workload)",
+                       hint="write the config with tuner sweep") from None
     return Deployment(config_path=config_path, config=config, sidecar=side, env=env,
-                      model_path=model, spec=TrialSpec.model_validate(side["spec"]),
-                      workload=Workload.model_validate(side["workload"]))
+                      model_path=model, spec=spec, workload=workload)
 
 
 def run_verify(config_path: Path, *, url: str | None = None, port: int | None = None,
@@ -147,7 +153,7 @@ def run_verify(config_path: Path, *, url: str | None = None, port: int | None = 
     return VerifyResult(config=str(dep.config_path), url=url,
                         log_path=str(log_path) if log_path else None, measured=measured,
                         reference_kind=kind, reference_note=note, checks=checks,
-                        tolerance=tolerance, **facts)
+                        gap=gap_line(measured, dep.sidecar), tolerance=tolerance, **facts)
 
 
 def serve_and_measure(entry: dict[str, Any], env: dict[str, str], workload: Workload,
@@ -335,6 +341,30 @@ def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         yield json.loads(payload)
 
 
+def raw_reference(prompt_tokens: int, side: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(time to first token, generation tok/s) the sidecar's RAW figures predict: the prompt at
+    the raw prompt speed, generation at the raw decode speed."""
+    raw = side.get("figures") or {}
+    pp, tg = raw.get("pp_tps"), raw.get("tg_tps")
+    ttft = prompt_tokens / pp["median"] if pp and pp.get("median") else None
+    return ttft, (tg["median"] if tg else None)
+
+
+def gap_line(measured: ServedFigures, side: dict[str, Any]) -> str | None:
+    """"raw vs served: ..." with both numbers, or None without raw figures."""
+    ttft, gen = raw_reference(measured.prompt_tokens, side)
+    parts = []
+    if ttft:
+        m = measured.ttft_s.median
+        parts.append(f"time to first token raw {ttft:.3f} s vs served {m:.3f} s "
+                     f"({(m - ttft) / ttft:+.1%})")
+    if gen and measured.gen_tps is not None:
+        m = measured.gen_tps.median
+        parts.append(f"generation raw {gen:.1f} tok/s vs served {m:.1f} tok/s "
+                     f"({(m - gen) / gen:+.1%})")
+    return "raw vs served: " + "; ".join(parts) if parts else None
+
+
 def compare(measured: ServedFigures, side: dict[str, Any],
             tolerance: float) -> tuple[str, str, list[SpeedCheck]]:
     """Time to first token and generation speed against the sidecar's served figures, or its
@@ -347,13 +377,10 @@ def compare(measured: ServedFigures, side: dict[str, Any],
         ttft = ref.ttft_s.median
         gen = ref.gen_tps.median if ref.gen_tps else None
     else:
-        raw = side.get("figures") or {}
-        pp, tg = raw.get("pp_tps"), raw.get("tg_tps")
         kind = "raw"
         note = ("the sidecar has no served figures: compared with its RAW figures (decode loop, "
                 "no per-token sampling or streaming), which a service does not reach")
-        ttft = measured.prompt_tokens / pp["median"] if pp and pp.get("median") else None
-        gen = tg["median"] if tg else None
+        ttft, gen = raw_reference(measured.prompt_tokens, side)
     checks = []
     if ttft:
         m = measured.ttft_s.median
@@ -388,6 +415,8 @@ def result_lines(result: VerifyResult) -> list[str]:
             fmt = ".3f" if c.unit == "s" else ".1f"
             lines.append(f"{c.name}: {c.measured:{fmt}} {c.unit} vs {c.reference:{fmt}} "
                          f"{c.unit} ({c.change:+.1%}) {verdict}")
+        if result.gap:
+            lines.append(result.gap)
     return lines
 
 
