@@ -73,3 +73,13 @@ def test_an_environment_variable_cannot_change_a_written_field(smollm2_path: Pat
     assert (effective["n_threads"], effective["n_ctx"]) == (2, record.workload.n_ctx)
     del config["models"][0]["n_ctx"]
     assert validate(config, env={"N_CTX": "64"})["n_ctx"] == 64
+
+
+def test_measure_served_through_a_real_server(tiny_model: Path) -> None:
+    figures = measure_served(tiny_model, CPU_SPEC, WORKLOAD, None, requests=2, threads=1,
+                             via="server")
+    assert (figures.source, figures.requests, figures.n_threads) == ("server", 2, 1)
+    assert figures.gen_tps is not None and len(figures.gen_tps.samples) == 2
+    assert figures.max_prefix_reuse <= 1
+    with pytest.raises(TunerError, match="via must be"):
+        measure_served(tiny_model, CPU_SPEC, WORKLOAD, None, via="http")
