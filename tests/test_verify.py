@@ -154,6 +154,16 @@ def test_other_build_flags_than_measured_are_a_mismatch(deployed: Path, tmp_path
     assert "build mismatch: the server's library is cpu, the sweep measured force-cublas" in line
 
 
+def test_a_placement_other_than_measured_exits_3(deployed: Path, tmp_path: Path) -> None:
+    # The config was edited after the sweep: a q8_0 K cache the trial did not measure.
+    config = copy_of(deployed, tmp_path / "d", entry=lambda e: e.update(type_k=8))
+    proc = tuner("verify", config)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "K cache is q8_0, expected f16" in one_line_error(proc)
+    assert "placement: NOT as measured" in proc.stdout
+    assert "served now" not in proc.stdout, "no speed is measured on the wrong placement"
+
+
 def test_served_speed_below_tolerance_fails(deployed: Path, tmp_path: Path) -> None:
     # The sidecar claims served figures ten times faster than the ones measured.
     def faster(side: dict[str, Any]) -> None:
