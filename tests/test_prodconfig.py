@@ -104,8 +104,8 @@ def test_rewrite_keeps_the_previous_file_as_bak(tmp_path: Path, model: str) -> N
     assert json.loads(second.sidecar.read_text())["provenance"]["number"] == 2
     # No temp files left behind.
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "production.tuner.json", "production.tuner.json.bak", "production.yaml",
-        "production.yaml.bak"]
+        "production.env", "production.env.bak", "production.tuner.json",
+        "production.tuner.json.bak", "production.yaml", "production.yaml.bak"]
 
 
 def test_failing_serializer_leaves_the_existing_file_untouched(
@@ -167,7 +167,9 @@ def test_sidecar_holds_build_env_provenance_and_figures(tmp_path: Path, model: s
     assert written.sidecar == tmp_path / "configs" / "production.tuner.json"
     assert sidecar_path(out) == written.sidecar
     side = json.loads(written.sidecar.read_text())
-    assert side["build"] == {"name": "cuda-fa-all", "lib_dir": lib}
+    assert (side["build"]["name"], side["build"]["lib_dir"]) == ("cuda-fa-all", lib)
+    # No build.json beside this library: recreating it is reinstalling the same version.
+    assert side["build"]["rebuild"].endswith("'llama-cpp-python[server]==0.3.36'")
     assert side["env"] == {"GGML_CUDA_DISABLE_GRAPHS": "1", "LLAMA_CPP_LIB_PATH": lib}
     assert side["launch"] == (
         f"GGML_CUDA_DISABLE_GRAPHS=1 LLAMA_CPP_LIB_PATH={lib} "

@@ -124,18 +124,30 @@ def report(results_dir: Path, study: str | None, fmt: str, output: Path | None) 
 
 
 @cli.command()
-@click.option("--log", "log_path", required=True, type=click.Path(path_type=Path),
-              help="A saved llama.cpp load log.")
+@click.option("--log", "log_path", default=None, type=click.Path(path_type=Path),
+              help="A saved llama.cpp load log. Without it: check this machine.")
 @click.option("--n-gpu-layers", type=int, default=-1, show_default=True,
               help="What was asked (-1 = every layer on the GPU).")
-def doctor(log_path: Path, n_gpu_layers: int) -> None:
-    """Say where a llama.cpp load put the model's layers and KV cache, what that means, and
-    how to fix it. Exit 0 when everything asked for is on the GPU, 3 when not.
+@click.option("--builds", "builds_dir", type=click.Path(path_type=Path), default=Path("builds"),
+              show_default=True, help="Folder of kernel builds made by `tuner build`.")
+def doctor(log_path: Path | None, n_gpu_layers: int, builds_dir: Path) -> None:
+    """Without --log: check this machine for a CUDA sweep (llama-cpp-python, spawn, each
+    build's flags and GPU offload, the CUDA devices llama.cpp and NVML see, the driver), each
+    problem with its fix. With --log: say where a llama.cpp load put the model's layers and KV
+    cache, what that means, and how to fix it. Exit 0 when fit / on the GPU, 3 when not.
 
     \b
     Example:
+      tuner doctor
       python app.py 2> load.log; tuner doctor --log load.log
     """
+    if log_path is None:
+        from tuner.envdoctor import check_environment
+
+        report = check_environment(builds_dir)
+        for line in report.lines:
+            out.print(line, markup=False, soft_wrap=True)
+        sys.exit(report.exit_code)
     from tuner.doctor import diagnose_file
 
     diagnosis = diagnose_file(log_path, n_gpu_layers=n_gpu_layers)
@@ -173,6 +185,43 @@ def build(variant: str | None, source: Path | None, cuda_arch: str | None, build
     if variant is None:
         raise BadInput("give --variant (default, force-cublas, force-mmq or cpu) or --list")
     run_build(out, variant, source, cuda_arch, builds_dir, jobs, dry_run)
+
+
+@cli.command("verify")
+@click.argument("config", type=click.Path(path_type=Path), default=Path("configs/production.yaml"))
+@click.option("--url", default=None,
+              help="Check a service already running at URL instead (speed only).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Loopback port for the server started here [default: a free one].")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Percent by which served speed may fall below the stored figures.")
+@click.option("--requests", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Measured requests (after one warm-up).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Seconds to wait for the server to load and for each request.")
+def verify_cmd(config: Path, url: str | None, port: int | None, tolerance: float,
+               requests: int, timeout: float) -> None:
+    """Start the real llama_cpp.server on CONFIG with the sidecar's environment, prove the
+    build and placement from its own log, send the sweep's workload over HTTP and compare time
+    to first token and generation speed with the sidecar's served figures. Exit 0 when all
+    hold, 3 when placement or speed does not.
+
+    \b
+    Example:
+      tuner verify configs/production.yaml
+      tuner verify configs/production.yaml --url http://127.0.0.1:8000
+    """
+    from tuner.verify import failure, result_lines, run_verify
+
+    result = run_verify(config, url=url, port=port, tolerance=tolerance / 100,
+                        requests=requests, timeout_s=timeout)
+    for line in result_lines(result):
+        out.print(line, markup=False, soft_wrap=True)
+    problem = failure(result)
+    if problem is not None:
+        raise problem
+    out.print("verified: the service runs what was measured, at the measured speed",
+              markup=False)
 
 
 def _validated(model: type, **kwargs: object) -> object:

@@ -24,9 +24,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 import tuner
+from tuner.deploy import (RAW_KIND, SERVED_KIND, deployment_notes, env_file_path,
+                          rebuild_command, render_env_file, served_vs_raw)
 from tuner.errors import BadInput, TunerError
-from tuner.records import Stat, TrialRecord
-from tuner.specs import KV_TYPES
+from tuner.effective import SPEED_FIELDS, check_effective, trial_settings
+from tuner.records import ServedFigures, Stat, TrialRecord
+from tuner.served import service_env
+from tuner.specs import TrialSpec, Workload
 
 SIDECAR_SUFFIX = ".tuner.json"
 SIDECAR_FORMAT = "tuner-sidecar/1"
@@ -41,48 +45,42 @@ class WrittenConfig(BaseModel):
     path: Path
     sidecar: Path
     backup: Path | None = None
+    env_file: Path | None = None
+
+
+def model_entry(spec: TrialSpec, workload: Workload, model_path: str,
+                threads: int | None) -> dict[str, Any]:
+    """The server's model entry for ``spec``: the model (absolute path) and every speed-relevant
+    setting as the trial measured it (``tuner.effective``: the server's defaults differ)."""
+    model = os.path.abspath(os.path.expanduser(model_path))
+    return {"model": model, "model_alias": Path(model).stem,
+            **trial_settings(spec, workload, threads)}
+
+
+def record_threads(record: TrialRecord) -> int | None:
+    """The threads the worker ran prompt and generation on: its own setting, or every core of
+    the machine it ran on. The server's defaults (half the cores for generation) would not be
+    what was measured."""
+    cs = record.spec.context
+    return cs.n_threads or (record.environment.cpu_count if record.environment else None)
 
 
 def server_config(record: TrialRecord, model_path: str, *, host: str = "127.0.0.1",
-                  port: int = 8000) -> dict[str, Any]:
-    """The content of the server's YAML for the record's settings, one model entry."""
-    ms, cs = record.spec.model, record.spec.context
-    model = os.path.abspath(os.path.expanduser(model_path))
-    entry: dict[str, Any] = {
-        "model": model,
-        "model_alias": Path(model).stem,
-        # The server's ModelSettings takes -1 for "every layer", the meaning the trial gave any
-        # negative count (llama.cpp's own default), and refuses anything below -1.
-        "n_gpu_layers": -1 if ms.n_gpu_layers < 0 else ms.n_gpu_layers,
-        "split_mode": ms.split_mode,
-        "main_gpu": ms.main_gpu,
-        "n_ctx": record.workload.n_ctx,
-        "n_batch": cs.n_batch,
-        "n_ubatch": cs.n_ubatch,
-    }
-    # The worker ran prompt and generation on the same thread count: its own setting, or every
-    # core of the machine it ran on. The server's defaults (half the cores for generation) would
-    # not be what was measured.
-    threads = cs.n_threads or (record.environment.cpu_count if record.environment else None)
-    if threads:
-        entry["n_threads"] = threads
-        entry["n_threads_batch"] = threads
-    entry.update(
-        flash_attn=bool(cs.flash_attn),
-        type_k=KV_TYPES[cs.type_k],
-        type_v=KV_TYPES[cs.type_v],
-        offload_kqv=True,
-        # Measured with logits for the last token only (as llama-bench); the server's default
-        # computes them for every prompt token, which is slower than what was measured.
-        logits_all=False,
-    )
+                  port: int = 8000, threads: int | None = None) -> dict[str, Any]:
+    """The content of the server's YAML for the record's settings, one model entry.
+    ``threads`` overrides the measured thread count (a served-path sweep chose another)."""
+    entry = model_entry(record.spec, record.workload, model_path,
+                        threads or record_threads(record))
     return {"host": host, "port": int(port), "models": [entry]}
 
 
-def validate(config: dict[str, Any], lib_dir: str | None = None) -> None:
+def validate(config: dict[str, Any], lib_dir: str | None = None,
+             env: dict[str, str] | None = None) -> dict[str, Any]:
     """Check the config the way the server reads it (JSON of the YAML, then
     ``ConfigFileSettings.model_validate_json``), and refuse keys its settings do not define.
-    An invalid config here is tuner's bug, hence TunerError (exit 1).
+    An invalid config here is tuner's bug, hence TunerError (exit 1). Returns the effective
+    speed-relevant settings of its first model, as the server would run them in ``env`` (the
+    service's environment, added to this one).
 
     The server's settings import llama_cpp, which loads a llama library: that happens in a
     child process with the chosen build's ``LLAMA_CPP_LIB_PATH``, never in this one (a
@@ -91,18 +89,21 @@ def validate(config: dict[str, Any], lib_dir: str | None = None) -> None:
         blob = json.dumps(config)
     except (TypeError, ValueError) as e:
         raise TunerError(f"production config is not plain data: {e}") from None
-    env = dict(os.environ)
+    child_env = {**os.environ, **(env or {})}
+    # The child must run this tuner, whatever the working directory or another install holds.
+    here = str(Path(tuner.__file__).resolve().parent.parent)
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
     if lib_dir:
-        env["LLAMA_CPP_LIB_PATH"] = lib_dir
-    proc = subprocess.run([sys.executable, "-m", "tuner.prodconfig"], input=blob, env=env,
+        child_env["LLAMA_CPP_LIB_PATH"] = lib_dir
+    proc = subprocess.run([sys.executable, "-m", "tuner.prodconfig"], input=blob, env=child_env,
                           capture_output=True, text=True, timeout=120)
     if proc.returncode == 0:
-        return
+        return json.loads(proc.stdout.strip().splitlines()[-1])
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     raise TunerError(lines[-1] if lines else f"config validation exited {proc.returncode}")
 
 
-def _validate_here(config: dict[str, Any]) -> None:
+def _validate_here(config: dict[str, Any]) -> dict[str, Any]:
     from llama_cpp.server.settings import ConfigFileSettings, ModelSettings
 
     def refuse_unknown(mapping: Any, fields: dict[str, Any], where: str) -> None:
@@ -124,7 +125,7 @@ def _validate_here(config: dict[str, Any]) -> None:
     except (TypeError, ValueError) as e:
         raise TunerError(f"production config is not plain data: {e}") from None
     try:
-        ConfigFileSettings.model_validate_json(blob)
+        loaded = ConfigFileSettings.model_validate_json(blob)
     except ValueError as e:  # pydantic's ValidationError is a ValueError
         errors = getattr(e, "errors", None)
         if callable(errors) and errors():
@@ -132,6 +133,7 @@ def _validate_here(config: dict[str, Any]) -> None:
             where = ".".join(str(x) for x in err["loc"])
             raise TunerError(f"production config is invalid at {where}: {err['msg']}") from None
         raise TunerError(f"production config is invalid: {str(e).splitlines()[0]}") from None
+    return loaded.models[0].model_dump(include=set(SPEED_FIELDS))
 
 
 def sidecar_path(out: Path) -> Path:
@@ -149,17 +151,22 @@ def launch_command(out: Path, env: dict[str, str]) -> str:
 
 
 def sidecar(record: TrialRecord, out: Path, *, results_dir: Path, build_lib_dir: str | None,
-            env: dict[str, str]) -> dict[str, Any]:
-    """What the server's format cannot hold: build, environment, launch line, provenance,
-    figures, workload, verification and the machine the trial ran on."""
+            env: dict[str, str], served: ServedFigures | None = None) -> dict[str, Any]:
+    """What the server's format cannot hold: build (absolute library folder and the command
+    that recreates it on another host), environment, launch line, provenance, figures (raw and
+    served, named), workload, verification and the machine the trial ran on."""
     m = record.measurement
     lib_dir = build_lib_dir or (record.environment.build_lib_dir if record.environment else None)
+    lib_dir = os.path.abspath(lib_dir) if lib_dir else None
     return {
         "format": SIDECAR_FORMAT,
         "config": str(out),
-        "build": {"name": record.spec.model.build, "lib_dir": lib_dir},
+        "build": {"name": record.spec.model.build, "lib_dir": lib_dir,
+                  "rebuild": rebuild_command(lib_dir, record)},
         "env": dict(sorted(env.items())),
+        "env_file": str(env_file_path(out)),
         "launch": launch_command(out, env),
+        **deployment_notes(out),
         "provenance": {
             "study": record.study,
             "trial_id": record.trial_id,
@@ -173,6 +180,7 @@ def sidecar(record: TrialRecord, out: Path, *, results_dir: Path, build_lib_dir:
         },
         "spec": record.spec.model_dump(mode="json"),
         "figures": {
+            "kind": RAW_KIND,
             "objective_request_s": record.objective,
             "pp_tps": _stat(m.pp_tps) if m else None,
             "tg_tps": _stat(m.tg_tps) if m and m.tg_tps else None,
@@ -182,6 +190,8 @@ def sidecar(record: TrialRecord, out: Path, *, results_dir: Path, build_lib_dir:
             "load_s": m.load_seconds if m else None,
             "unstable": m.unstable if m else None,
         },
+        "served": {"kind": SERVED_KIND, **served.model_dump(mode="json")} if served else None,
+        "served_vs_raw": served_vs_raw(m, served) if m and served else None,
         "workload": record.workload.model_dump(mode="json"),
         "verification": record.verification.model_dump(mode="json"),
         "environment": record.environment.model_dump(mode="json") if record.environment else None,
@@ -202,34 +212,46 @@ def _render_json(data: dict[str, Any]) -> str:
 
 def write_production(record: TrialRecord, out: Path, *, model_path: str, results_dir: Path,
                      build_lib_dir: str | None, env: dict[str, str], host: str = "127.0.0.1",
-                     port: int = 8000, extra: dict[str, Any] | None = None) -> WrittenConfig:
-    """Write the server config for ``record`` at ``out`` and its sidecar beside it, keeping the
-    files they replace as ``.bak``. Nothing on disk changes unless both render and validate."""
+                     port: int = 8000, served: ServedFigures | None = None,
+                     threads: int | None = None,
+                     extra: dict[str, Any] | None = None) -> WrittenConfig:
+    """Write the server config for ``record`` at ``out``, its sidecar and the service's
+    environment file beside it, keeping the files they replace as ``.bak``. Nothing on disk
+    changes unless all render and validate, and the config as the server loads it (in the
+    service's environment) runs exactly what was measured. Every path written is absolute,
+    so the service works from any directory. ``served``: the served-path figures of this
+    config, when measured; ``threads``: a thread count chosen from them (default: the trial's);
+    ``extra``: sections the sweep adds to the sidecar (the finalists' intervals and decision)."""
     out = Path(out).absolute()
     check_out(out)
     if not Path(model_path).is_file():
         raise BadInput(f"model {model_path} not found; the server could not load it")
-    env = dict(env)
-    if not record.spec.model.cuda_graphs:
-        env.setdefault("GGML_CUDA_DISABLE_GRAPHS", "1")
-    if build_lib_dir and "LLAMA_CPP_LIB_PATH" not in env:
-        env["LLAMA_CPP_LIB_PATH"] = str(build_lib_dir)
+    build_lib_dir = os.path.abspath(build_lib_dir) if build_lib_dir else None
+    env = {**service_env(record.spec, build_lib_dir), **env}
+    if env.get("LLAMA_CPP_LIB_PATH"):
+        env["LLAMA_CPP_LIB_PATH"] = os.path.abspath(env["LLAMA_CPP_LIB_PATH"])
 
-    config = server_config(record, model_path, host=host, port=port)
+    config = server_config(record, model_path, host=host, port=port, threads=threads)
     text = _render_yaml(config)
-    # Validate what the server will read back, not the dict we meant to write.
-    validate(yaml.safe_load(text), build_lib_dir)
+    # Validate what the server will read back, not the dict we meant to write, in the
+    # environment the service gets, and check it runs what the trial measured.
+    effective = validate(yaml.safe_load(text), build_lib_dir, env)
+    check_effective(effective, trial_settings(record.spec, record.workload,
+                                              threads or record_threads(record)))
     side = sidecar_path(out)
-    # ``extra``: sections the sweep adds (the finalists' intervals and decision).
     side_text = _render_json({**sidecar(record, out, results_dir=results_dir,
-                                        build_lib_dir=build_lib_dir, env=env), **(extra or {})})
+                                        build_lib_dir=build_lib_dir, env=env, served=served),
+                              **(extra or {})})
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        backups = _replace_atomically([(side, side_text.encode()), (out, text.encode())])
+        backups = _replace_atomically([(side, side_text.encode()),
+                                       (env_file_path(out), render_env_file(env).encode()),
+                                       (out, text.encode())])
     except OSError as e:
         raise BadInput(f"cannot write the production config {out}: "
                        f"{e.strerror or e}") from None
-    return WrittenConfig(path=out, sidecar=side, backup=backups[out])
+    return WrittenConfig(path=out, sidecar=side, backup=backups[out],
+                         env_file=env_file_path(out))
 
 
 def check_out(out: Path) -> None:
@@ -329,7 +351,7 @@ def _fsync_dir(folder: Path) -> None:
 
 if __name__ == "__main__":  # the child process of validate()
     try:
-        _validate_here(json.loads(sys.stdin.read()))
+        print(json.dumps(_validate_here(json.loads(sys.stdin.read()))))
     except TunerError as e:
         print(e.message)
         sys.exit(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -168,6 +168,37 @@ class WorkerDrift(Frozen):
     noise: float  # the relative change below which a drift is not told apart from noise
     significant: bool
     measured_at: str
+
+
+class ServedFigures(Frozen):
+    """Speed through the code path llama_cpp.server runs (``Llama.__call__`` with ``stream=True``,
+    loaded by the server's own loader from the config's model entry), as a client sees it.
+    Unlike the raw decode loop (``Measurement``, comparable with llama-bench), this includes the
+    per-token Python work: sampling, detokenising, stop checks, streaming. ``source`` says where
+    it was measured: ``worker`` (a spawned process, no HTTP) or ``server`` (over HTTP)."""
+
+    source: Literal["worker", "server"]
+    requests: int  # measured requests, after ``warmup`` discarded ones
+    warmup: int = 1
+    prompt_tokens: int  # per request, BOS included, as the tokenizer counts them
+    gen_tokens: int  # per request, exactly (every end-of-generation token biased away)
+    n_threads: int | None = None  # the server-side thread settings these were measured with
+    n_threads_batch: int | None = None
+    ttft_s: Stat  # request sent -> first streamed token
+    gen_tps: Stat | None  # (gen_tokens - 1) / (last token - first token); None when gen < 2
+    request_s: Stat  # request sent -> last token, as a client sees it
+    max_prefix_reuse: int = 0  # longest token prefix a prompt shared with the one before it
+    unstable: bool = False  # a figure's (max - min) / median above 10%: flagged, not hidden
+    measured_at: str = ""
+
+    def summary(self) -> str:
+        """One line: "ttft 0.122 s, gen 171.5 tok/s (106.0-198.0), request 0.87 s"."""
+        parts = [f"ttft {self.ttft_s.median:.3f} s ({self.ttft_s.min:.3f}-{self.ttft_s.max:.3f})"]
+        if self.gen_tps is not None:
+            g = self.gen_tps
+            parts.append(f"gen {g.median:.1f} tok/s ({g.min:.1f}-{g.max:.1f})")
+        parts.append(f"request {self.request_s.median:.3f} s")
+        return ", ".join(parts) + f" [{self.source}, {self.requests} requests]"
 
 
 class FinalistFigures(Frozen):

@@ -81,7 +81,9 @@ def _serve(conn: Any, ms: ModelSettings, job: dict[str, Any]) -> None:
         "fork_canary": FORK_CANARY,
     }
     if job.get("probe_only"):
-        conn.send(hello)
+        # What the library said while loading its backends (ggml_cuda_init's device list
+        # goes to stderr before the log callback exists): `tuner doctor` reads the devices.
+        conn.send({**hello, "log": _read(job["log_path"] + ".stdio") + log.text()})
         return
 
     faults.maybe_inject("load", None, log)
@@ -105,6 +107,14 @@ def _serve(conn: Any, ms: ModelSettings, job: dict[str, Any]) -> None:
             break
         conn.send(_measure(llama_cpp, model, req, threads, gpu, log))
     llama_cpp.llama_model_free(model)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def _measure(lc: Any, model: Any, req: dict[str, Any], threads: int, gpu: Any,

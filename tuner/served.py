@@ -1,0 +1,157 @@
+"""Served-path figures, parent side: measure one config through the code path llama_cpp.server
+runs (``tuner.worker.served``, in a fresh spawned process), and turn timed requests into
+``ServedFigures`` (shared with ``tuner verify``, which times the same requests over HTTP).
+
+The raw figures of a trial (``Measurement``) come from a decode loop like llama-bench's; a
+service also samples, detokenises, checks stops and streams in Python for every token, and on a
+fast GPU that costs a quarter of the generation speed. Both are kept, named for what they are.
+This process never imports llama_cpp."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import TunerError
+from tuner.placement import Expectation, parse_load_log, verify
+from tuner.records import ServedFigures, Stat
+from tuner.specs import TrialSpec, Workload
+from tuner.worker.logcapture import read_tail
+from tuner.worker.served import served_main
+
+UNSTABLE_SPREAD = 0.10
+
+
+def service_env(spec: TrialSpec, lib_dir: str | None) -> dict[str, str]:
+    """The environment a service of ``spec`` needs: the build's library (absolute), CUDA graphs
+    off when the trial ran without them, no GPU for a deliberate CPU run."""
+    env: dict[str, str] = {}
+    if lib_dir:
+        env["LLAMA_CPP_LIB_PATH"] = os.path.abspath(lib_dir)
+    if not spec.model.cuda_graphs:
+        env["GGML_CUDA_DISABLE_GRAPHS"] = "1"
+    if spec.model.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def run_child(job: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], str]:
+    """Run one served-path job in a fresh spawned process; (answer, its stderr/stdout log).
+    Raises TunerError when the process dies, overruns, or reports an error."""
+    from tuner.runner import SPAWN
+
+    with tempfile.TemporaryDirectory(prefix="tuner-served-") as tmp:
+        log_path = str(Path(tmp) / "served.log")
+        conn, child = SPAWN.Pipe()
+        proc = SPAWN.Process(target=served_main, args=(child, {**job, "log_path": log_path}),
+                             daemon=True, name="tuner-served")
+        proc.start()
+        child.close()
+        try:
+            if not conn.poll(timeout_s):
+                raise TunerError(f"served-path {job['op']} ran over {timeout_s:.0f} s; killed")
+            answer = conn.recv()
+        except (EOFError, OSError):
+            proc.join(5)
+            tail = " | ".join(read_tail(log_path, 3))
+            raise TunerError(f"served-path process exited with {proc.exitcode} during "
+                             f"{job['op']}: {tail}") from None
+        finally:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+            conn.close()
+        log = Path(log_path).read_text(errors="replace") if Path(log_path).exists() else ""
+    if not answer.get("ok"):
+        raise TunerError(f"served-path {job['op']} failed: {answer.get('error')}")
+    return answer, log
+
+
+def prompts_for(model_path: str, prompt_tokens: int, count: int, env: dict[str, str],
+                timeout_s: float = 300) -> dict[str, Any]:
+    """Prompts of exactly ``prompt_tokens`` tokens, each starting with a new token, and the
+    model's end-of-generation tokens, from its vocabulary in a spawned process."""
+    answer, _ = run_child({"op": "prompts", "model_path": model_path, "env": env,
+                           "prompt_tokens": prompt_tokens, "count": count}, timeout_s)
+    return answer
+
+
+def measure_served(model_path: str | os.PathLike[str], spec: TrialSpec, workload: Workload,
+                   lib_dir: str | None, requests: int = 5, threads: int | None = None,
+                   timeout_s: float = 900, via: str = "worker") -> ServedFigures:
+    """Time ``requests`` streamed completions of ``workload`` (after one warm-up) on ``spec``'s
+    settings, loaded as llama_cpp.server loads the production config, in a fresh process.
+
+    ``threads`` sets n_threads and n_threads_batch of the served config (default: the trial's
+    own, else every core): with every layer on the GPU they compete with the per-token Python
+    work, so a sweep of served figures over ``threads`` can pick the server's setting.
+
+    ``via="server"`` times the same requests through a real ``llama_cpp.server`` over HTTP
+    instead (a fresh server process, the client in this one): what ``tuner verify`` measures,
+    event loop and per-chunk thread hand-offs included. On a machine whose cores the
+    llama.cpp threads fill, that path is markedly slower than the in-process one."""
+    from tuner.prodconfig import model_entry
+
+    if requests < 1:
+        raise TunerError("measure_served needs at least one request")
+    threads = threads or spec.context.n_threads or os.cpu_count() or 1
+    entry = model_entry(spec, workload, str(model_path), threads)
+    env = service_env(spec, lib_dir)
+    if via == "server":
+        from tuner.verify import serve_and_measure
+
+        served, log = serve_and_measure(entry, env, workload, requests, timeout_s)
+        check_placement(log, spec)
+        return served.model_copy(update={"n_threads": threads, "n_threads_batch": threads})
+    if via != "worker":
+        raise TunerError(f"via must be 'worker' or 'server', not {via!r}")
+    answer, log = run_child({"op": "measure", "entry": entry, "env": env, "warmup": 1,
+                             "requests": requests, "prompt_tokens": workload.prompt_tokens,
+                             "gen_tokens": workload.gen_tokens}, timeout_s)
+    check_placement(log, spec)
+    return figures(answer["runs"], source="worker", prompt_tokens=workload.prompt_tokens,
+                   gen_tokens=workload.gen_tokens, warmup=1,
+                   max_prefix_reuse=answer["max_prefix_reuse"],
+                   n_threads=answer["n_threads"], n_threads_batch=answer["n_threads_batch"])
+
+
+def check_placement(log: str, spec: TrialSpec) -> None:
+    """The served load must be placed as the trial was; a served figure of another placement
+    would be compared with the wrong thing."""
+    cs = spec.context
+    verdict = verify(parse_load_log(log), Expectation(
+        device=spec.model.device, n_gpu_layers=spec.model.n_gpu_layers, type_k=cs.type_k,
+        type_v=cs.type_v, flash_attn=cs.flash_attn))
+    if not verdict.verified:
+        raise TunerError("the served-path load is not placed as the trial was: "
+                         + "; ".join(verdict.reasons))
+
+
+def figures(runs: list[dict[str, Any]], *, source: str, prompt_tokens: int, gen_tokens: int,
+            warmup: int, max_prefix_reuse: int, n_threads: int | None = None,
+            n_threads_batch: int | None = None) -> ServedFigures:
+    """Medians and spreads of timed requests (``ttft_s``, ``gen_s``, ``request_s``,
+    ``finish_reason`` each). A request that stopped before ``gen_tokens`` is an error: its
+    speed would be of another workload."""
+    if not runs:
+        raise TunerError("no served request was timed")
+    early = [r.get("finish_reason") for r in runs if r.get("finish_reason") != "length"]
+    if gen_tokens and early:
+        raise TunerError(f"a served request ended with finish_reason {early[0]!r} before "
+                         f"{gen_tokens} tokens; every end-of-generation token should be "
+                         "biased away")
+    gen = None
+    if gen_tokens >= 2 and all(r["gen_s"] > 0 for r in runs):
+        gen = Stat.of([(gen_tokens - 1) / r["gen_s"] for r in runs])
+    ttft = Stat.of([r["ttft_s"] for r in runs])
+    request = Stat.of([r["request_s"] for r in runs])
+    spreads = [s.rel_spread for s in (ttft, gen, request) if s is not None]
+    return ServedFigures(
+        source=source, requests=len(runs), warmup=warmup, prompt_tokens=prompt_tokens,
+        gen_tokens=gen_tokens, n_threads=n_threads, n_threads_batch=n_threads_batch,
+        ttft_s=ttft, gen_tps=gen, request_s=request, max_prefix_reuse=max_prefix_reuse,
+        unstable=any(s > UNSTABLE_SPREAD for s in spreads),
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
