@@ -72,14 +72,20 @@ t = time.time(); quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}');
       --results "$BENCH/results-$name" --builds builds --out "$BENCH/out/$name" \
       > "$BENCH/fidelity-$name.log" 2>&1
     echo "fidelity exit $?" >> "$BENCH/fidelity-$name.log"
-    ${AFTER_SWEEP:+bash -c "$AFTER_SWEEP" _ "$(path_of "$m")" "$BENCH/out/$name"}
+    if [[ " ${VERIFY_MODELS:-} " == *" $m "* ]]; then
+      phase "served figures + tuner verify $m"
+      python3 benchmarks/served_verify.py --results "$BENCH/results-$name" \
+        --model "$(path_of "$m")" --out "$BENCH/out/$name/verified/production.yaml" \
+        --builds builds --threads "${THREADS:-4,8,16}" > "$BENCH/verify-$name.log" 2>&1
+      echo "verify exit $?" >> "$BENCH/verify-$name.log"
+    fi
   done
   phase done
 }
 
 status() {
   cat "$BENCH/phase" 2>/dev/null; tail -n 3 "$BENCH/log" 2>/dev/null
-  for f in "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log; do
+  for f in "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log "$BENCH"/verify-*.log; do
     [ -f "$f" ] && echo "$f: $(tail -n 2 "$f" | cut -c1-160 | tr '\n' ' ')"
   done
 }
@@ -101,7 +107,7 @@ case "${1:-status}" in
       [ -d "$d" ] && for f in "$d"/*/trials.jsonl "$d"/*/finalists.json "$d"/*/drift.jsonl; do
         [ -f "$f" ] && cp "$f" "$BENCH/out/$(basename "${d#*results-}")/" ; done
     done
-    cp "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH/out/" 2>/dev/null
+    cp "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH/out/" 2>/dev/null
     tar czf "$dest/bench.tar.gz" -C "$BENCH" out phase
     cat "$BENCH"/out/*/fidelity-*.md > "$dest/summary.md" 2>/dev/null
     for f in "$BENCH"/sweep-*.log; do tail -n 12 "$f"; done

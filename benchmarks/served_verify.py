@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from tuner.builds import resolve_build
+from tuner.finalists_store import load_finalists
 from tuner.prodconfig import write_production
 from tuner.served import measure_served
 from tuner.store import Store, list_studies
@@ -35,7 +36,9 @@ def main() -> int:
     args = ap.parse_args()
     records = [r for s in list_studies(args.results) for r in Store(args.results, s).records()
                if r.usable]
-    best = min(records, key=lambda r: r.objective)
+    final = load_finalists(args.results, list_studies(args.results)[0])
+    best = (next(r for r in records if r.number == final.winner_trial) if final
+            else min(records, key=lambda r: r.objective))
     build = best.spec.model.build
     lib_dir = None if build == "installed" else str(Path(resolve_build(build, args.builds)
                                                          .lib_dir).absolute())
@@ -51,7 +54,8 @@ def main() -> int:
     env = {"LLAMA_CPP_LIB_PATH": lib_dir} if lib_dir else {}
     written = write_production(best, args.out, model_path=args.model,
                                results_dir=args.results, build_lib_dir=lib_dir, env=env,
-                               served=fig, threads=threads)
+                               served=fig, threads=threads,
+                               extra={"finalists": final.model_dump(mode="json")} if final else None)
     with tempfile.TemporaryDirectory() as elsewhere:
         proc = subprocess.run([sys.executable, "-m", "tuner.cli", "verify", str(written.path)],
                               cwd=elsewhere, text=True, capture_output=True)
