@@ -34,6 +34,7 @@ setup() {
 run() {
   export PYTHONPATH=/tmp/site:$PWD
   mkdir -p "$BENCH/out"
+  if [ -z "${SKIP_BUILD:-}" ]; then  # SKIP_BUILD=1: setup, builds and f16 models are there
   phase setup; setup || { phase FAILED setup; return 1; }
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
     | tee "$BENCH/out/gpu.txt"
@@ -50,10 +51,13 @@ run() {
   for v in $VARIANTS; do
     [ -f "builds/$v/build.json" ] || { phase "FAILED build $v"; tail -20 "$BENCH/build-$v.log"; return 1; }
   done
+  fi
   python3 -m tuner.cli build --list | tee "$BENCH/out/builds.txt"
+  set -- $VARIANTS
   phase quantize
   for m in $MODELS; do
-    LLAMA_CPP_LIB_PATH=$PWD/builds/default/lib python3 -c "
+    [ -f "$(path_of "$m")" ] && continue
+    LLAMA_CPP_LIB_PATH=$PWD/builds/$1/lib python3 -c "
 import time; from tuner.modelgen import quantize
 t = time.time(); quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}'); print('$m quantized', round(time.time() - t), 's')
 " >> "$BENCH/modelgen.log" 2>&1 || { phase "FAILED quantize $m"; return 1; }
@@ -92,7 +96,7 @@ status() {
 
 case "${1:-status}" in
   start)
-    mkdir -p "$BENCH"; : > "$BENCH/phase"
+    mkdir -p "$BENCH"; [ -n "${SKIP_BUILD:-}" ] || : > "$BENCH/phase"
     setsid nohup bash "$0" run > "$BENCH/log" 2>&1 < /dev/null &
     echo "started; poll with: bash $0 wait 500" ;;
   run) run ;;

@@ -89,7 +89,11 @@ def validate(config: dict[str, Any], lib_dir: str | None = None,
         blob = json.dumps(config)
     except (TypeError, ValueError) as e:
         raise TunerError(f"production config is not plain data: {e}") from None
-    child_env = {**os.environ, **(env or {})}
+    # Only what a service would have, never the caller's other variables: llama_cpp.server's
+    # settings read any variable named like a field (MODELS, PORT, SEED, ...) and would judge
+    # a valid config by the caller's shell.
+    keep = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "PYTHONPATH")
+    child_env = {**{k: os.environ[k] for k in keep if k in os.environ}, **(env or {})}
     # The child must run this tuner, whatever the working directory or another install holds.
     here = str(Path(tuner.__file__).resolve().parent.parent)
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
