@@ -24,7 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 import tuner
-from tuner.errors import BadInput, TunerError
+from tuner.childenv import child_env, module_command
+from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.records import Stat, TrialRecord
 from tuner.specs import KV_TYPES
 
@@ -91,15 +92,20 @@ def validate(config: dict[str, Any], lib_dir: str | None = None) -> None:
         blob = json.dumps(config)
     except (TypeError, ValueError) as e:
         raise TunerError(f"production config is not plain data: {e}") from None
-    env = dict(os.environ)
-    if lib_dir:
-        env["LLAMA_CPP_LIB_PATH"] = lib_dir
-    proc = subprocess.run([sys.executable, "-m", "tuner.prodconfig"], input=blob, env=env,
-                          capture_output=True, text=True, timeout=120)
+    try:  # a clean, explicit environment: see tuner/childenv.py
+        proc = subprocess.run(module_command("tuner.prodconfig"), input=blob,
+                              env=child_env(lib_dir), capture_output=True, text=True,
+                              timeout=300)
+    except subprocess.TimeoutExpired:
+        raise EnvironmentUnfit("the server-config check took over 300 s") from None
     if proc.returncode == 0:
         return
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-    raise TunerError(lines[-1] if lines else f"config validation exited {proc.returncode}")
+    why = lines[-1] if lines else f"config validation exited {proc.returncode}"
+    if proc.returncode == 3:  # the build's library could not be loaded: not tuner's bug
+        raise EnvironmentUnfit(why, hint="check the build's library folder (`tuner build "
+                               "--list`) and the llama-cpp-python install")
+    raise TunerError(why)
 
 
 def _validate_here(config: dict[str, Any]) -> None:
@@ -332,3 +338,6 @@ if __name__ == "__main__":  # the child process of validate()
     except TunerError as e:
         print(e.message)
         sys.exit(1)
+    except (ImportError, OSError, RuntimeError) as e:  # llama_cpp's library did not load
+        print(f"llama_cpp could not load its library: {type(e).__name__}: {e}")
+        sys.exit(3)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuner.interrupt import sigint_ignored
 from tuner.specs import ModelSettings, TrialSpec, Workload
 from tuner.worker.logcapture import read_tail
 from tuner.worker.main import worker_main
@@ -40,7 +41,8 @@ class _Worker:
         self.conn, child = SPAWN.Pipe()
         self.proc = SPAWN.Process(target=worker_main, args=(child, job), daemon=True,
                                   name="tuner-worker")
-        self.proc.start()
+        with sigint_ignored():  # a Ctrl-C is the parent's to handle; it kills its workers
+            self.proc.start()
         child.close()
         self.hello: dict[str, Any] = {}
 
@@ -191,5 +193,8 @@ class Runner:
     def __enter__(self) -> Runner:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None and self._worker is not None:
+            self._worker.kill()  # interrupted or failed: no waiting for a busy worker
+            self._worker = None
         self.close()
