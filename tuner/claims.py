@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 HEARTBEAT_S = float(os.environ.get("TUNER_HEARTBEAT_S", "5"))
 STALE_S = float(os.environ.get("TUNER_STALE_S", "60"))
 HOST = socket.gethostname()
-CONFIG_KEY = "__production_config__"  # the row that lets one sweep write the config
+CONFIG_PREFIX = "config:"  # rows that let one sweep at a time write a production config
 
 _meta = sa.MetaData()
 CLAIMS = sa.Table(
@@ -103,7 +103,7 @@ class Claims:
         """Live claims of other sweeps on trials (not the config row)."""
         now = time.time()
         return [c for c in self.all() if c.state == "running" and c.owner != self.owner
-                and c.spec_key != CONFIG_KEY and not is_stale(c, now)]
+                and not c.spec_key.startswith(CONFIG_PREFIX) and not is_stale(c, now)]
 
     # -- claiming ----------------------------------------------------------------------------
     def claim(self, key: str) -> tuple[bool, Claim | None]:
@@ -128,6 +128,17 @@ class Claims:
                 CLAIMS.c.owner == old.owner, CLAIMS.c.heartbeat == old.heartbeat,
                 CLAIMS.c.state == "running").values(**values))
         return (res.rowcount == 1), old
+
+    def retake(self, old: Claim) -> bool:
+        """Take over a done row (compare-and-set: nobody else retook it meanwhile)."""
+        with self.engine.begin() as conn:
+            res = conn.execute(sa.update(CLAIMS).where(
+                CLAIMS.c.study == self.study, CLAIMS.c.spec_key == old.spec_key,
+                CLAIMS.c.owner == old.owner, CLAIMS.c.heartbeat == old.heartbeat,
+                CLAIMS.c.state == old.state).values(
+                state="running", owner=self.owner, host=HOST, pid=os.getpid(),
+                heartbeat=time.time()))
+        return res.rowcount == 1
 
     def set_number(self, key: str, number: int) -> None:
         self._update(key, None, trial_number=number)

@@ -11,15 +11,18 @@ for the whole study. No subprocess code here."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import optuna
 import sqlalchemy as sa
 from optuna.trial import TrialState as OptunaState
 
-from tuner.claims import CONFIG_KEY, Claims, is_stale
+from tuner.claims import CONFIG_PREFIX, Claims, is_stale
 from tuner.errors import BadInput, TunerError
 from tuner.records import TrialRecord
 from tuner.specs import TrialSpec
@@ -36,6 +39,8 @@ class Planner:
         self.study = self._guard(lambda: optuna.create_study(
             study_name=study, storage=self.storage, direction="minimize", load_if_exists=True))
         self.claims = self._guard(lambda: Claims(self.storage.engine, study))
+        self.started = time.time()
+        self._config_key: str | None = None
         self.plan: dict[str, TrialSpec] = {}
         self.space_id = ""
         self._order: list[str] = []
@@ -199,13 +204,35 @@ class Planner:
         """How many trials other live sweeps of this study are running now."""
         return len(self._guard(self.claims.others_running))
 
-    def claim_config(self) -> bool:
-        """Whether this sweep is the one to write the production config now (one at a time)."""
-        taken, _ = self._guard(lambda: self.claims.claim(CONFIG_KEY))
-        return taken
+    def claim_config(self, number: int, out: Path) -> Literal["write", "written", "busy"]:
+        """Whether this sweep writes the production config of best trial ``number`` at ``out``:
+        "write" (it holds the right to now), "written" (a sweep that ended after this one
+        started already wrote it), "busy" (another sweep is writing it)."""
+        where = hashlib.sha256(str(Path(out).absolute()).encode()).hexdigest()[:12]
+        key = f"{CONFIG_PREFIX}{where}:{number}"
+
+        def claim() -> Literal["write", "written", "busy"]:
+            taken, old = self.claims.claim(key)
+            if not taken and old is not None and old.state == "done":
+                if old.heartbeat >= self.started and Path(out).exists():
+                    return "written"
+                taken = self.claims.retake(old)
+            if taken:
+                self._config_key = key
+                return "write"
+            return "busy"
+        return self._guard(claim)
+
+    def config_written(self) -> None:
+        if self._config_key:
+            self._guard(lambda: self.claims.done(self._config_key))
+            self._config_key = None
 
     def release_config(self) -> None:
-        self._guard(lambda: self.claims.release(CONFIG_KEY))
+        """After a failed write: let another sweep (or the next) write it."""
+        if self._config_key:
+            self._guard(lambda: self.claims.release(self._config_key))
+            self._config_key = None
 
     def close(self) -> None:
         self.claims.stop_heartbeat()

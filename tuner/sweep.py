@@ -5,6 +5,7 @@ verified trial. Library code: the CLI renders, this module decides."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +130,7 @@ def _check_study_meta(store: Store, info: ModelInfo, sha: str, device: Device,
         check_records_identity(store.records(), store.study, sha, device, wl)
         return
     store.ensure()
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two sweeps may write it at once
     tmp.write_text(json.dumps({**meta, "model_path": str(info.path)}, indent=2))
     tmp.replace(path)
 
@@ -213,10 +214,14 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     written, reason, deferred = None, None, False
     if best is None:
         reason = _why_no_config(records)
-    elif planner.others_running() or not planner.claim_config():
+    elif planner.others_running():
         deferred = True
         reason = ("another sweep of this study is still running trials; the last one to end "
                   "writes the production config")
+    elif (verdict := planner.claim_config(best.number, opts.out)) != "write":
+        deferred = True
+        reason = (f"another sweep of this study wrote it to {opts.out}" if verdict == "written"
+                  else "another sweep of this study is writing it")
     else:
         p = probes.get(best.spec.model.build)
         env_vars = {}
@@ -228,6 +233,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
             written = write_production(best, opts.out, model_path=str(info.path),
                                        results_dir=opts.results_dir,
                                        build_lib_dir=p.lib_dir if p else None, env=env_vars)
+            planner.config_written()
         finally:
             planner.release_config()
     return SweepResult(study, ran, records, best, written, reason, store.path, retried,
