@@ -8,6 +8,7 @@ no trial of another model admitted."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +41,16 @@ def records(root: Path, study: str = "h") -> list:
 def states(root: Path, study: str = "h") -> list:
     s = optuna.load_study(study_name=study, storage=f"sqlite:///{root / 'results' / 'optuna.db'}")
     return [t.state for t in s.get_trials(deepcopy=False)]
+
+
+def last_error(proc: subprocess.CompletedProcess) -> str:
+    """A failure after progress lines: no traceback, one 'error:' line, only a hint after it."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [i for i, ln in enumerate(lines) if ln.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert all(ln.startswith("hint: ") for ln in lines[errors[0] + 1:]), proc.stderr
+    return lines[errors[0]]
 
 
 def assert_kept(before: list, after: list) -> None:
@@ -89,7 +100,7 @@ def other_model(tiny_model: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("damage", ["deleted", "invalid"])
 def test_records_refuse_another_model_without_study_json(damage: str, tiny_model: Path,
                                                           tmp_path: Path) -> None:
-    space = write_space(tmp_path / "s.yaml", n_batch=[16])
+    space = write_space(tmp_path / "s.yaml", n_batch=[16], n_ubatch=[16])
     assert sweep(tiny_model, tmp_path, "--space", space).returncode == 0
     meta = tmp_path / "results" / "h" / "study.json"
     if damage == "deleted":
@@ -101,14 +112,15 @@ def test_records_refuse_another_model_without_study_json(damage: str, tiny_model
     assert proc.returncode == 2
     assert "another model" in one_line_error(proc)
     after = digest_tree(tmp_path)
-    after.pop("other.gguf", None)
-    before.pop("other.gguf", None)
+    for cache in ("other.gguf", "results/.model-hashes.json"):  # the input, a hash cache
+        after.pop(cache, None)
+        before.pop(cache, None)
     assert after == before, "nothing stored changed; no trial of the other model admitted"
 
 
 def test_storage_refuses_another_model_when_records_are_gone(tiny_model: Path,
                                                               tmp_path: Path) -> None:
-    space = write_space(tmp_path / "s.yaml", n_batch=[16])
+    space = write_space(tmp_path / "s.yaml", n_batch=[16], n_ubatch=[16])
     assert sweep(tiny_model, tmp_path, "--space", space).returncode == 0
     store_dir = tmp_path / "results" / "h"
     (store_dir / "study.json").unlink()
@@ -122,7 +134,7 @@ def test_storage_refuses_another_model_when_records_are_gone(tiny_model: Path,
 # -- 4. the end checked at the start, in a clean environment -------------------------------------
 def test_callers_environment_does_not_reach_the_config_check(tiny_model: Path,
                                                              tmp_path: Path) -> None:
-    space = write_space(tmp_path / "s.yaml", n_batch=[16])
+    space = write_space(tmp_path / "s.yaml", n_batch=[16], n_ubatch=[16])
     hostile = {"LLAMA_CPP_LIB_PATH": str(tmp_path / "stale-lib"), "SEED": "not-a-number",
                "PORT": "eighty", "MODEL": "/nope.gguf", "VERBOSE": "maybe", "N_CTX": "huge",
                "HOST": "::nonsense::", "CACHE": "sometimes"}
@@ -144,18 +156,22 @@ def test_stale_build_library_stops_before_the_first_trial(tiny_model: Path,
 
 def test_unwritable_out_folder_refused_before_any_trial(tiny_model: Path) -> None:
     root = world_readable_tmpdir("tuner-out-")
-    space = write_space(root / "s.yaml", n_batch=[16])
+    model = root / "m.gguf"  # where the unprivileged user can read it
+    shutil.copyfile(tiny_model, model)
+    model.chmod(0o644)
+    space = write_space(root / "s.yaml", n_batch=[16], n_ubatch=[16])
     locked = root / "locked"
     locked.mkdir(mode=0o555)
     results = root / "results"
     results.mkdir(mode=0o777)
-    proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space", space,
+    proc = tuner("sweep", "--model", model, "--device", "cpu", "--space", space,
                  "--prompt-tokens", 32, "--gen-tokens", 2, "--results", results,
                  "--out", locked / "production.yaml", prefix=run_unprivileged_prefix(),
                  env={"PYTHONNOUSERSITE": "1", "HOME": str(root)})
     assert proc.returncode == 2, proc.stderr
     assert "not writable" in one_line_error(proc)
     assert not list(results.rglob("trials.jsonl")), "no trial ran"
+    shutil.rmtree(root, ignore_errors=True)
 
 
 # -- 5. damaged or unusable stores ---------------------------------------------------------------
@@ -228,7 +244,7 @@ def test_full_disk_stops_with_exit_3_and_resumes(tiny_model: Path, tmp_path: Pat
                      "--gen-tokens", 2, "--repetitions", 1, "--warmup", 0, "--results",
                      disk / "results", "--out", tmp_path / "p.yaml", "--study", "h", *args)
         assert full.returncode == 3, full.stderr
-        line = one_line_error(full)
+        line = last_error(full)
         assert "full" in line or "space" in line, line
         assert "free space" in full.stderr
         (disk / "filler").unlink()

@@ -85,8 +85,11 @@ def test_a_live_sweeps_trial_is_never_closed_by_another(tiny_model: Path,
     db = root / "results" / "optuna.db"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # until the first sweep holds a trial
-        if db.exists() and optuna_states(root).count(optuna.trial.TrialState.RUNNING):
-            break
+        try:
+            if db.exists() and optuna_states(root).count(optuna.trial.TrialState.RUNNING):
+                break
+        except KeyError:  # the study is not created yet
+            pass
         time.sleep(0.2)
     second = subprocess.run([sys.executable, "-m", "tuner.cli", *args],
                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
