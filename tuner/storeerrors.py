@@ -87,8 +87,10 @@ def storage_error(e: BaseException, url: str) -> TunerError:
                                 hint="check that the database is reachable, then run the same "
                                      "command to resume")
     if isinstance(e, ImportError):
-        return EnvironmentUnfit(f"--storage {url!r} needs a database driver that is not "
-                                f"installed: {getattr(e, 'name', None) or e}")
+        return EnvironmentUnfit(f"--storage {url!r}: the database driver for "
+                                f"{url.partition('://')[0]!r} is not installed",
+                                hint="e.g. pip install psycopg2-binary (postgresql) or pymysql "
+                                     "(mysql+pymysql)")
     if isinstance(e, (ValueError, RuntimeError, sa.exc.SQLAlchemyError)):
         return BadInput(f"storage {where} cannot be used: {text}",
                         hint="move it aside or give another --storage")
