@@ -218,6 +218,16 @@ def test_unknown_storage_scheme(done_study: Path, tiny_model: Path) -> None:
     assert digest_tree(done_study) == before
 
 
+def test_database_without_driver_or_unreachable_is_exit_3(done_study: Path,
+                                                          tiny_model: Path) -> None:
+    before = digest_tree(done_study)
+    proc = sweep(tiny_model, done_study, "--space", done_study / "s.yaml",
+                 "--storage", "postgresql://tuner@127.0.0.1:1/nowhere")
+    assert proc.returncode == 3, proc.stderr
+    assert "storage" in one_line_error(proc)
+    assert digest_tree(done_study) == before
+
+
 def test_full_disk_stops_with_exit_3_and_resumes(tiny_model: Path, tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     disk.mkdir()
