@@ -1,13 +1,14 @@
-"""Counts kept by the fault-injection tests and printed at the end of the test session
+"""Counts kept by the fault-injection and race tests and printed at the end of the test session
 (tests/conftest.py): for each case, how many runs, how many parent crashes, how many trials
-lost. The tests assert the last two are zero; the summary shows the evidence."""
+lost, how many run twice. The tests assert the last three are zero; the summary shows the
+evidence."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-TALLY: dict[str, dict[str, int]] = defaultdict(lambda: {"runs": 0, "parent_crashes": 0,
-                                                        "lost_trials": 0})
+COLUMNS = ("runs", "parent_crashes", "lost_trials", "duplicates")
+TALLY: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COLUMNS, 0))
 
 
 def record(case: str, parent_crashed: bool, lost: int) -> None:
@@ -17,14 +18,19 @@ def record(case: str, parent_crashed: bool, lost: int) -> None:
     t["lost_trials"] += lost
 
 
+def record_duplicates(case: str, duplicates: int) -> None:
+    """Trials run more than once in a run already counted by record()."""
+    TALLY[case]["duplicates"] += duplicates
+
+
 def lines() -> list[str]:
     if not TALLY:
         return []
-    out = [f"{'fault case':<28} {'runs':>5} {'parent crashes':>15} {'lost trials':>12}"]
-    for case, t in sorted(TALLY.items()):
-        out.append(f"{case:<28} {t['runs']:>5} {t['parent_crashes']:>15} {t['lost_trials']:>12}")
-    total = {k: sum(t[k] for t in TALLY.values()) for k in ("runs", "parent_crashes",
-                                                            "lost_trials")}
-    out.append(f"{'total':<28} {total['runs']:>5} {total['parent_crashes']:>15} "
-               f"{total['lost_trials']:>12}")
+    out = [f"{'fault case':<28} {'runs':>5} {'parent crashes':>15} {'lost trials':>12} "
+           f"{'duplicates':>11}"]
+    rows = sorted(TALLY.items())
+    rows.append(("total", {k: sum(t[k] for t in TALLY.values()) for k in COLUMNS}))
+    for case, t in rows:
+        out.append(f"{case:<28} {t['runs']:>5} {t['parent_crashes']:>15} "
+                   f"{t['lost_trials']:>12} {t['duplicates']:>11}")
     return out

@@ -5,6 +5,7 @@ Errors print one line (and a hint), never a traceback unless --debug."""
 
 from __future__ import annotations
 
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from tuner.errors import BadInput, TunerError
+from tuner.interrupt import MESSAGE as INTERRUPTED, Interrupted, terminable
 
 err = Console(stderr=True, highlight=False)
 # Piped output (a log, CI) gets wide lines rather than tables squeezed into 80 columns.
@@ -51,7 +53,9 @@ def cli(debug: bool) -> None:
 @click.option("--n-ctx", type=click.IntRange(min=0), default=0,
               help="Production context size; trials run at it. [default: prompt + gen]")
 @click.option("--repetitions", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Measured repetitions per trial (after one discarded warm-up).")
+              help="Measured repetitions per trial (after the discarded warm-up runs).")
+@click.option("--warmup", type=click.IntRange(min=0, max=100), default=1, show_default=True,
+              help="Discarded warm-up runs per trial.")
 @click.option("--results", "results_dir", type=click.Path(path_type=Path),
               default=Path("results"), show_default=True)
 @click.option("--study", default=None, help="Study name (default: from model, device, workload).")
@@ -61,10 +65,9 @@ def cli(debug: bool) -> None:
               show_default=True, help="Production config to write.")
 @click.option("--builds", "builds_dir", type=click.Path(path_type=Path), default=Path("builds"),
               show_default=True, help="Folder of kernel builds made by `tuner build`.")
-@click.option("--trial-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
-              help="Seconds before a trial's worker is killed.")
-@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Discarded repetitions before the measured ones.")
+@click.option("--trial-timeout", type=float, default=600.0, show_default=True,
+              callback=lambda _c, _p, v: _seconds("--trial-timeout", v),
+              help="Seconds before a trial's worker is killed (1 to 604800).")
 @click.option("--trials-per-worker", type=click.IntRange(min=1), default=2, show_default=True,
               help="Trials one worker process measures before a fresh one takes over.")
 @click.option("--sentinel/--no-sentinel", default=True, show_default=True,
@@ -72,9 +75,10 @@ def cli(debug: bool) -> None:
 @click.option("--finalist-rounds", type=click.IntRange(min=0), default=5, show_default=True,
               help="Fresh-worker rounds re-measuring the leading configs (0: none).")
 def sweep(model: Path, device: str, trials: int | None, space: Path | None, prompt_tokens: int,
-          gen_tokens: int, n_ctx: int, repetitions: int, results_dir: Path, study: str | None,
-          storage: str | None, out: Path, builds_dir: Path, trial_timeout: float, warmup: int,
-          trials_per_worker: int, sentinel: bool, finalist_rounds: int) -> None:
+          gen_tokens: int, n_ctx: int, repetitions: int, warmup: int, results_dir: Path,
+          study: str | None, storage: str | None, out: Path, builds_dir: Path,
+          trial_timeout: float, trials_per_worker: int, sentinel: bool,
+          finalist_rounds: int) -> None:
     """Try llama.cpp settings on MODEL, verify each trial's placement from llama.cpp's load
     log, store every trial, and write the best verified settings to --out.
 
@@ -95,10 +99,10 @@ def sweep(model: Path, device: str, trials: int | None, space: Path | None, prom
                         builds_dir=builds_dir, trial_timeout_s=trial_timeout,
                         trials_per_worker=trials_per_worker, sentinel=sentinel,
                         finalists=FinalistOptions(rounds=finalist_rounds))
-    with SweepProgress(out) as progress:
+    with terminable(), SweepProgress(out) as progress:
         result = run_sweep(opts, progress)
     print_sweep_result(out, result)
-    if result.written is None:
+    if result.written is None and not result.deferred:
         sys.exit(3)
 
 
@@ -118,8 +122,11 @@ def report(results_dir: Path, study: str | None, fmt: str, output: Path | None) 
     Example:
       tuner report --format md -o results/report.md
     """
+    from tuner.preflight import check_output_path
     from tuner.render import print_report
 
+    if output is not None:
+        check_output_path(output)
     print_report(out, results_dir, study, fmt, output)
 
 
@@ -231,6 +238,14 @@ def _validated(model: type, **kwargs: object) -> object:
         raise BadInput(e.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
+def _seconds(option: str, value: float) -> float:
+    """A finite duration from 1 s to a week (nan, inf and 1e300 are refused here)."""
+    if not math.isfinite(value) or not 1 <= value <= 604800:
+        raise click.BadParameter(f"{value} is not a number of seconds from 1 to 604800",
+                                 param_hint=option)
+    return value
+
+
 def _fail(code: int, message: str, hint: str | None = None) -> None:
     err.print(f"error: {message}", markup=False, soft_wrap=True)
     if hint:
@@ -243,8 +258,15 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="tuner", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        _fail(130, "interrupted")
+    except click.exceptions.NoArgsIsHelpError as e:  # bare `tuner`: the help, as --help shows it
+        click.echo(e.ctx.get_help())
+        sys.exit(0)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print(INTERRUPTED, markup=False)
+        sys.exit(130)
+    except Interrupted as e:
+        err.print(INTERRUPTED, markup=False)
+        sys.exit(e.exit_code)
     except click.UsageError as e:
         _fail(2, e.format_message().replace("\n", " "))
     except click.ClickException as e:
@@ -253,8 +275,6 @@ def main(argv: list[str] | None = None) -> None:
         if DEBUG["on"]:
             traceback.print_exc()
         _fail(e.exit_code, e.message, e.hint)
-    except KeyboardInterrupt:
-        _fail(130, "interrupted; finished trials are stored, run the same command to resume")
     except Exception as e:  # noqa: BLE001 - the contract: one line, exit 1
         if DEBUG["on"]:
             traceback.print_exc()

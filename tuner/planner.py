@@ -1,93 +1,163 @@
-"""The study: which trial runs next. An optuna study (ask / tell) holds the plan in its storage:
-grid points are enqueued once, asked one at a time and told their result, so a sweep killed at
-any moment resumes where it stopped. No subprocess code here."""
+"""The study: which trial runs next. The plan is the grid of the current search space, walked
+lazily in order; what is finished or running lives in the study's storage (optuna's trials and
+the claims of tuner/claims.py), so a sweep killed at any moment resumes where it stopped and any
+number of sweeps of one study share the grid: a setting runs once, by the sweep that claimed it.
+
+A study outlives its search space: trials of settings outside the current space stay as history
+(each optuna trial and record carries the ``space_id`` it was planned under) and are left out of
+the choice; settings the new space adds are planned. Optuna trials carry the setting in user
+attributes, never as categorical parameters, whose value sets optuna requires to stay the same
+for the whole study. No subprocess code here."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from typing import Any
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+import sqlalchemy as sa
 from optuna.trial import TrialState as OptunaState
 
-from tuner.errors import BadInput
+from tuner.claims import CONFIG_PREFIX, Claims, is_stale
+from tuner.errors import BadInput, TunerError
 from tuner.records import TrialRecord
 from tuner.specs import TrialSpec
+from tuner.storeerrors import open_storage, storage_error
 
 optuna.logging.set_verbosity(logging.WARNING)
-
-
-def _params(spec: TrialSpec) -> dict[str, Any]:
-    m, c = spec.model, spec.context
-    return {"build": m.build, "n_gpu_layers": m.n_gpu_layers, "cuda_graphs": m.cuda_graphs,
-            "n_batch": c.n_batch, "n_ubatch": c.n_ubatch, "flash_attn": c.flash_attn,
-            "kv_cache": f"{c.type_k}/{c.type_v}", "n_threads": c.n_threads or 0}
-
-
-def _distributions(specs: list[TrialSpec]) -> dict[str, CategoricalDistribution]:
-    values: dict[str, list[Any]] = {}
-    for s in specs:
-        for k, v in _params(s).items():
-            values.setdefault(k, [])
-            if v not in values[k]:
-                values[k].append(v)
-    return {k: CategoricalDistribution(v) for k, v in values.items()}
+T = TypeVar("T")
 
 
 class Planner:
     def __init__(self, study: str, storage: str) -> None:
-        try:
-            self.study = optuna.create_study(study_name=study, storage=storage,
-                                             direction="minimize", load_if_exists=True)
-        except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as e:
-            raise BadInput(f"cannot open study storage {storage}: {str(e).splitlines()[0]}") from None
+        self.url = storage
+        self.storage = open_storage(storage)
+        self.study = self._guard(lambda: optuna.create_study(
+            study_name=study, storage=self.storage, direction="minimize", load_if_exists=True))
+        self.claims = self._guard(lambda: Claims(self.storage.engine, study))
+        self.started = time.time()
+        self._config_key: str | None = None
         self.plan: dict[str, TrialSpec] = {}
-        self.distributions: dict[str, CategoricalDistribution] = {}
+        self.space_id = ""
+        self._order: list[str] = []
+        self._cursor = 0
+        self._done: set[str] = set()
 
+    def _guard(self, fn: Callable[[], T]) -> T:
+        """Run a storage operation; its failures become one-line TunerErrors."""
+        try:
+            return fn()
+        except (sa.exc.SQLAlchemyError, OSError, optuna.exceptions.OptunaError) as e:
+            raise storage_error(e, self.url) from None
+
+    # -- identity and consistency with the records -------------------------------------------
+    def check_identity(self, identity: dict[str, Any]) -> None:
+        """The study's model, device and workload, kept in the storage itself (shared by every
+        host): set by the first sweep, refused when another sweep differs."""
+        old = self._guard(lambda: self.study.user_attrs.get("tuner_identity"))
+        if old is None:
+            self._guard(lambda: self.study.set_user_attr("tuner_identity", identity))
+        elif old != identity:
+            raise BadInput(f"study {self.study.study_name!r} was run with another model, "
+                           "device or workload; pick another --study to keep both")
+
+    def check_numbers(self, records: list[TrialRecord]) -> None:
+        """Refuse a storage that lost trials the records already name (emptied, replaced):
+        a new study would reuse their numbers."""
+        if not records:
+            return
+        count = self._guard(lambda: len(self.study.get_trials(deepcopy=False)))
+        top = max(r.number for r in records)
+        if top >= count:
+            raise BadInput(f"the study's storage ({self.url}) holds {count} trial(s) but the "
+                           f"records of study {self.study.study_name!r} number up to #{top}: "
+                           "the storage was emptied or replaced",
+                           hint="restore the storage, or move the study's results folder aside "
+                                "to start over, or pick another --study")
+
+    # -- closing what dead sweeps left -------------------------------------------------------
     def reconcile(self, records: list[TrialRecord]) -> int:
-        """Close trials a killed sweep left RUNNING: told their result if the record reached the
-        store, failed (and so retried) if not. Returns how many will be retried."""
+        """Close trials left RUNNING by sweeps that are gone (never one of a live sweep): told
+        their result if the record reached the store, failed (and so run again) if not. Trials
+        queued by older tuner versions are failed as superseded. Returns how many will be
+        retried."""
+        return self._guard(lambda: self._reconcile(records))
+
+    def _reconcile(self, records: list[TrialRecord]) -> int:
         by_number = {r.number: r for r in records}
+        claims = {c.spec_key: c for c in self.claims.all()}
         retried = 0
         for t in self.study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
+            key, owner = t.user_attrs.get("spec_key"), t.user_attrs.get("owner")
+            c = claims.get(key)
+            if c is not None and c.owner == owner and c.state == "running" and not is_stale(c):
+                continue  # a live sweep runs it
             rec = by_number.get(t.number)
-            if rec is not None and rec.spec_key == t.user_attrs.get("spec_key"):
-                self.tell(t.number, rec)
-            else:
-                self.study.tell(t.number, state=OptunaState.FAIL)
-                retried += 1
+            if rec is not None and rec.spec_key == key:
+                self._tell(t.number, rec)
+                if c is not None and c.owner == owner:
+                    self.claims.done(key, owner)
+                continue
+            self._fail(t.number, "interrupted")
+            retried += 1
+            if c is not None and c.owner == owner and c.state == "running":
+                self.claims.release(key, owner)
+        for t in self.study.get_trials(deepcopy=False, states=(OptunaState.WAITING,)):
+            self._fail_waiting(t._trial_id)
         return retried
 
-    def enqueue(self, specs: list[TrialSpec], done_keys: set[str]) -> int:
-        """Queue every planned spec not yet done nor already queued; returns the queue length."""
+    # -- planning and asking -----------------------------------------------------------------
+    def enqueue(self, specs: Iterable[TrialSpec], done_keys: set[str], space_id: str = "") -> int:
+        """Plan ``specs`` (in order) under ``space_id``; returns how many are not done yet.
+        Nothing is written: settings are claimed one at a time when asked."""
         self.plan = {s.key(): s for s in specs}
-        self.distributions = _distributions(specs)
-        waiting = {t.user_attrs.get("spec_key")
-                   for t in self.study.get_trials(deepcopy=False, states=(OptunaState.WAITING,))}
-        for key, spec in self.plan.items():
-            if key in done_keys or key in waiting:
-                continue
-            self.study.enqueue_trial(_params(spec), user_attrs={"spec_key": key,
-                                                                 "spec": spec.model_dump_json()})
-        return sum(1 for t in self.study.get_trials(deepcopy=False, states=(OptunaState.WAITING,))
-                   if t.user_attrs.get("spec_key") in self.plan and
-                   t.user_attrs.get("spec_key") not in done_keys)
+        self.space_id = space_id
+        self._done = set(done_keys) | self._guard(self.claims.done_keys)
+        self._order = [k for k in self.plan if k not in self._done]
+        self._cursor = 0
+        self._guard(self.claims.start_heartbeat)
+        return len(self._order)
 
     def ask(self) -> tuple[int, TrialSpec] | None:
-        """The next queued spec of the current plan; queued specs of an older plan (another
-        search space) are failed as superseded."""
-        while self.study.get_trials(deepcopy=False, states=(OptunaState.WAITING,)):
-            trial = self.study.ask(self.distributions)
-            key = trial.user_attrs.get("spec_key")
-            if key in self.plan:
-                return trial.number, self.plan[key]
-            trial.set_user_attr("tuner_state", "superseded")
-            self.study.tell(trial, state=OptunaState.FAIL)
+        """The next setting of the plan that no sweep has done or is running, claimed for this
+        process, with its optuna trial created RUNNING."""
+        while self._cursor < len(self._order):
+            key = self._order[self._cursor]
+            self._cursor += 1
+            taken, old = self._guard(lambda: self.claims.claim(key))
+            if not taken:
+                if old is not None and old.state == "done":
+                    self._done.add(key)
+                continue
+            if old is not None and old.trial_number is not None:  # a dead sweep's trial
+                self._guard(lambda: self._fail(old.trial_number, "interrupted"))
+            number = self._guard(lambda: self._create(key))
+            return number, self.plan[key]
         return None
 
+    def _create(self, key: str) -> int:
+        spec = self.plan[key]
+        template = optuna.trial.create_trial(state=OptunaState.RUNNING, user_attrs={
+            "spec_key": key, "spec": spec.model_dump_json(), "space_id": self.space_id,
+            "owner": self.claims.owner})
+        trial_id = self.storage.create_new_trial(self.study._study_id, template)
+        number = self.storage.get_trial_number_from_id(trial_id)
+        self.claims.set_number(key, number)
+        return number
+
     def tell(self, number: int, record: TrialRecord) -> None:
-        storage = self.study._storage  # user attrs of a trial asked in another process
+        """Tell optuna the trial's result and mark its setting done for every sweep."""
+        def tell() -> None:
+            self._tell(number, record)
+            self.claims.done(record.spec_key)
+        self._guard(tell)
+
+    def _tell(self, number: int, record: TrialRecord) -> None:
+        storage = self.storage
         trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
         storage.set_trial_user_attr(trial_id, "tuner_state", record.state.value)
         storage.set_trial_user_attr(trial_id, "verified", record.verification.verified)
@@ -96,3 +166,73 @@ class Planner:
             self.study.tell(number, values=record.objective, skip_if_finished=True)
         else:
             self.study.tell(number, state=OptunaState.FAIL, skip_if_finished=True)
+
+    def _fail(self, number: int, why: str) -> None:
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+            self.study._study_id, number)
+        if self.storage.get_trial(trial_id).state.is_finished():
+            return
+        self.storage.set_trial_user_attr(trial_id, "tuner_state", why)
+        self.study.tell(number, state=OptunaState.FAIL, skip_if_finished=True)
+
+    def _fail_waiting(self, trial_id: int) -> None:
+        try:  # another sweep may take or close it at the same moment
+            self.storage.set_trial_user_attr(trial_id, "tuner_state", "superseded")
+            self.storage.set_trial_state_values(trial_id, state=OptunaState.FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            pass
+
+    # -- the end of a sweep ------------------------------------------------------------------
+    def release(self, records: list[TrialRecord]) -> None:
+        """On an interrupted sweep: each setting this process still holds is told its stored
+        record, or failed and released so the next sweep runs it again. Best effort."""
+        self.claims.stop_heartbeat()
+        by_number = {r.number: r for r in records}
+        for c in self.claims.mine():
+            try:
+                rec = by_number.get(c.trial_number) if c.trial_number is not None else None
+                if rec is not None and rec.spec_key == c.spec_key:
+                    self.tell(c.trial_number, rec)
+                    continue
+                if c.trial_number is not None:
+                    self._fail(c.trial_number, "interrupted")
+                self.claims.release(c.spec_key)
+            except (TunerError, sa.exc.SQLAlchemyError, RuntimeError, ValueError):
+                continue
+
+    def others_running(self) -> int:
+        """How many trials other live sweeps of this study are running now."""
+        return len(self._guard(self.claims.others_running))
+
+    def claim_config(self, number: int, out: Path) -> Literal["write", "written", "busy"]:
+        """Whether this sweep writes the production config of best trial ``number`` at ``out``:
+        "write" (it holds the right to now), "written" (a sweep that ended after this one
+        started already wrote it), "busy" (another sweep is writing it)."""
+        where = hashlib.sha256(str(Path(out).absolute()).encode()).hexdigest()[:12]
+        key = f"{CONFIG_PREFIX}{where}:{number}"
+
+        def claim() -> Literal["write", "written", "busy"]:
+            taken, old = self.claims.claim(key)
+            if not taken and old is not None and old.state == "done":
+                if old.heartbeat >= self.started and Path(out).exists():
+                    return "written"
+                taken = self.claims.retake(old)
+            if taken:
+                self._config_key = key
+                return "write"
+            return "busy"
+        return self._guard(claim)
+
+    def config_written(self) -> None:
+        if self._config_key:
+            self._guard(lambda: self.claims.done(self._config_key))
+            self._config_key = None
+
+    def release_config(self) -> None:
+        """After a failed write: let another sweep (or the next) write it."""
+        if self._config_key:
+            self._guard(lambda: self.claims.release(self._config_key))
+            self._config_key = None
+
+    def close(self) -> None:
+        self.claims.stop_heartbeat()

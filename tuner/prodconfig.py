@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict
 import tuner
 from tuner.deploy import (RAW_KIND, SERVED_KIND, deployment_notes, env_file_path,
                           rebuild_command, render_env_file, served_vs_raw)
-from tuner.errors import BadInput, TunerError
+from tuner.childenv import child_env, module_command
+from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.effective import SPEED_FIELDS, check_effective, trial_settings
 from tuner.records import ServedFigures, Stat, TrialRecord
 from tuner.served import service_env
@@ -89,22 +90,20 @@ def validate(config: dict[str, Any], lib_dir: str | None = None,
         blob = json.dumps(config)
     except (TypeError, ValueError) as e:
         raise TunerError(f"production config is not plain data: {e}") from None
-    # Only what a service would have, never the caller's other variables: llama_cpp.server's
-    # settings read any variable named like a field (MODELS, PORT, SEED, ...) and would judge
-    # a valid config by the caller's shell.
-    keep = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "PYTHONPATH")
-    child_env = {**{k: os.environ[k] for k in keep if k in os.environ}, **(env or {})}
-    # The child must run this tuner, whatever the working directory or another install holds.
-    here = str(Path(tuner.__file__).resolve().parent.parent)
-    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
-    if lib_dir:
-        child_env["LLAMA_CPP_LIB_PATH"] = lib_dir
-    proc = subprocess.run([sys.executable, "-m", "tuner.prodconfig"], input=blob, env=child_env,
-                          capture_output=True, text=True, timeout=120)
+    try:  # a clean, explicit environment (tuner/childenv.py) plus the service's own
+        proc = subprocess.run(module_command("tuner.prodconfig"), input=blob,
+                              env={**child_env(lib_dir), **(env or {})}, capture_output=True,
+                              text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise EnvironmentUnfit("the server-config check took over 300 s") from None
     if proc.returncode == 0:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-    raise TunerError(lines[-1] if lines else f"config validation exited {proc.returncode}")
+    why = lines[-1] if lines else f"config validation exited {proc.returncode}"
+    if proc.returncode == 3:  # the build's library could not be loaded: not tuner's bug
+        raise EnvironmentUnfit(why, hint="check the build's library folder (`tuner build "
+                               "--list`) and the llama-cpp-python install")
+    raise TunerError(why)
 
 
 def _validate_here(config: dict[str, Any]) -> dict[str, Any]:
@@ -359,3 +358,6 @@ if __name__ == "__main__":  # the child process of validate()
     except TunerError as e:
         print(e.message)
         sys.exit(1)
+    except (ImportError, OSError, RuntimeError) as e:  # llama_cpp's library did not load
+        print(f"llama_cpp could not load its library: {type(e).__name__}: {e}")
+        sys.exit(3)

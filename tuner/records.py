@@ -128,6 +128,7 @@ class TrialRecord(Frozen):
     log_tail: list[str] = Field(default_factory=list)
     environment: Environment | None = None
     worker_id: str | None = None  # the worker process that measured it (drift is per worker)
+    space_id: str | None = None  # the search space it was planned under (Space.space_id)
     started_at: str
     finished_at: str
 

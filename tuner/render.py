@@ -77,7 +77,9 @@ def print_sweep_result(out: Path, result: Any) -> None:
     c.print(f"study {result.study}: {len(result.ran)} trial(s) run now, {len(result.records)} "
             f"stored in {result.store_path}", markup=False)
     if result.written is None:
-        c.print(f"no production config written: {result.no_config_reason}", markup=False)
+        what = "production config" if getattr(result, "deferred", False) else \
+            "no production config written"
+        c.print(f"{what}: {result.no_config_reason}", markup=False)
         return
     c.print(_fmt_best(result.best), markup=False)
     if result.finalists is not None:

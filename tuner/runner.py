@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuner.interrupt import sigint_ignored
 from tuner.specs import ModelSettings, TrialSpec, Workload
 from tuner.worker.logcapture import read_tail
 from tuner.worker.main import worker_main
@@ -63,7 +64,8 @@ class _Worker:
         self.conn, child = SPAWN.Pipe()
         self.proc = SPAWN.Process(target=worker_main, args=(child, job), daemon=True,
                                   name="tuner-worker")
-        self.proc.start()
+        with sigint_ignored():  # a Ctrl-C is the parent's to handle; it kills its workers
+            self.proc.start()
         child.close()
         self.hello: dict[str, Any] = {}
         self.worker_id = f"{socket.gethostname()}:{self.proc.pid}"
@@ -242,5 +244,8 @@ class Runner:
     def __enter__(self) -> Runner:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None and self._worker is not None:
+            self._worker.kill()  # interrupted or failed: no waiting for a busy worker
+            self._worker = None
         self.close()

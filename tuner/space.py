@@ -21,7 +21,12 @@ from tuner.specs import (
     ModelSettings,
     TrialSpec,
     Workload,
+    _digest,
 )
+
+# Above this many combinations the grid is refused: planning it would take minutes and running
+# it years. Split the space into several --space files (one study each) instead.
+MAX_COMBINATIONS = 250_000
 
 # llama-cpp-python's own defaults (Llama(): n_batch 512, n_ubatch 512, no flash attention,
 # f16 cache) with every layer on the GPU: the baseline every sweep measures first.
@@ -51,6 +56,40 @@ class Space(Frozen):
         if not v or any(x < 1 for x in v):
             raise ValueError("must be a non-empty list of positive integers")
         return v
+
+    @field_validator("builds", "n_gpu_layers", "flash_attn", "kv_cache", "n_threads",
+                     "cuda_graphs")
+    @classmethod
+    def _not_empty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("must list at least one value")
+        return v
+
+    @field_validator("builds")
+    @classmethod
+    def _build_names(cls, v: list[str]) -> list[str]:
+        if any(not name.strip() for name in v):
+            raise ValueError("build names must not be empty")
+        return v
+
+    @field_validator("n_threads")
+    @classmethod
+    def _threads(cls, v: list[int | None]) -> list[int | None]:
+        if any(x is not None and x < 1 for x in v):
+            raise ValueError("thread counts must be positive integers (or null: llama.cpp's "
+                             "choice)")
+        return v
+
+    def space_id(self) -> str:
+        """Stable identity of the space, kept on every trial planned under it."""
+        return _digest(self.model_dump())[:12]
+
+    def combinations(self) -> int:
+        """How many settings the product of the lists holds, before invalid ones are dropped."""
+        n = 1
+        for name in type(self).model_fields:
+            n *= len(getattr(self, name))
+        return n
 
     @field_validator("kv_cache")
     @classmethod
@@ -104,6 +143,11 @@ def grid(space: Space, device: Device, workload: Workload,
     build compiled flash-attention kernels for that K/V pair. Combinations that would run the
     same computation (an n_batch beyond the prompt: llama.cpp decodes the prompt in one chunk
     either way) are kept once, with the smallest values."""
+    if space.combinations() > MAX_COMBINATIONS:
+        raise BadInput(f"the search space holds {space.combinations():,} combinations, above "
+                       f"the limit of {MAX_COMBINATIONS:,}",
+                       hint="narrow the lists, or split the space into several --space files "
+                            "with one --study each")
     specs: list[TrialSpec] = []
     seen: set[tuple] = set()
     p = max(workload.prompt_tokens, 1)

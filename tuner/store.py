@@ -5,6 +5,7 @@ dropped on the next append and never read as a record."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tuner.errors import BadInput
+from tuner.errors import BadInput, EnvironmentUnfit
 from tuner.records import TrialRecord
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -72,15 +73,24 @@ class Store:
             return
 
     def append(self, record: TrialRecord) -> None:
+        """Append one record. A write that fails (a full disk) leaves at most a torn line,
+        cut on the next append; the trial is then run again."""
         self.ensure()
-        self._repair_torn_tail()
         line = (record.model_dump_json() + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self._repair_torn_tail()
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                if os.write(fd, line) != len(line):
+                    raise OSError(errno.ENOSPC, "short write")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            hint = ("free space, then run the same command to resume"
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT) else None)
+            raise EnvironmentUnfit(f"cannot store a trial record in {self.path}: "
+                                   f"{e.strerror or e}", hint=hint) from None
 
     def records(self) -> list[TrialRecord]:
         """Every whole record, once each (the first of any repeated trial_id)."""

@@ -5,6 +5,7 @@ verified trial. Library code: the CLI renders, this module decides."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from tuner.finalists import FinalistOptions, decide, remeasure, select
 from tuner.finalists_store import append_drift, load_drift, load_finalists, save_finalists
 from tuner.modelcheck import ModelInfo, check_model
 from tuner.planner import Planner
+from tuner.preflight import check_records_identity, check_writable_folder, preflight_config
 from tuner.prodconfig import WrittenConfig, check_out, write_production
 from tuner.records import Environment, FinalistReport, TrialRecord, WorkerDrift
 from tuner.runner import Outcome, Runner, SentinelResult
@@ -82,6 +84,7 @@ class SweepResult:
     retried: int = 0
     finalists: FinalistReport | None = None
     drifts: list[WorkerDrift] = field(default_factory=list)
+    deferred: bool = False  # another live sweep of the study writes the config when it ends
 
 
 def default_study(info: ModelInfo, device: Device, wl: Workload) -> str:
@@ -124,6 +127,8 @@ def _check_study_meta(store: Store, info: ModelInfo, sha: str, device: Device,
     shape = wl.model_dump(include={"prompt_tokens", "gen_tokens", "n_ctx"})
     meta = {"model_sha256": sha, "device": device, "workload": shape}
     path = store.dir / "study.json"
+    if not path.exists():  # the records are the identity too: checked before study.json is made
+        check_records_identity(store.records(), store.study, sha, device, wl)
     if path.exists():
         try:
             old = json.loads(path.read_text())
@@ -132,9 +137,10 @@ def _check_study_meta(store: Store, info: ModelInfo, sha: str, device: Device,
         if old is not None and {k: old.get(k) for k in meta} != meta:
             raise BadInput(f"study {store.study!r} was run with another model, device or "
                            "workload; pick another --study to keep both")
+        check_records_identity(store.records(), store.study, sha, device, wl)
         return
     store.ensure()
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two sweeps may write it at once
     tmp.write_text(json.dumps({**meta, "model_path": str(info.path)}, indent=2))
     tmp.replace(path)
 
@@ -149,6 +155,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     space_file = load_space(opts.space) if opts.space else None
     study = check_study_name(opts.study or default_study(info, opts.device, wl))
     check_out(opts.out)  # a config path that cannot be written is refused before any trial
+    check_writable_folder(opts.out, "production config")
     store = Store(opts.results_dir, study)
     store.check()
 
@@ -176,6 +183,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
             raise BadInput("the search space has no valid combination (n_ubatch must be <= "
                            "n_batch; a quantized V cache needs flash attention with kernels "
                            "compiled for that K/V pair)")
+        preflight_config(specs[0], wl, str(info.path), {n: p.lib_dir for n, p in probes.items()})
         store.ensure()
         sha = model_sha256(Path(info.path), opts.results_dir)
         _check_study_meta(store, info, sha, opts.device, wl)
@@ -186,44 +194,65 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
 
         planner = Planner(study, storage)
         existing = store.records()
+        planner.check_identity({"model_sha256": sha, "device": opts.device,
+                                "workload": [wl.prompt_tokens, wl.gen_tokens, wl.n_ctx]})
+        planner.check_numbers(existing)
         retried = planner.reconcile(existing)
         done = {r.spec_key for r in existing}
-        pending = planner.enqueue(specs, done)
-        events.planned(len(specs), min(pending, opts.trials or pending), retried)
-        ran: list[TrialRecord] = []
-        best = _best(existing, set(planner.plan))
-        searched = False  # every planned setting has been tried
-        while opts.trials is None or len(ran) < opts.trials:
-            nxt = planner.ask()
-            if nxt is None:
-                searched = True
-                break
-            number, spec = nxt
-            events.started(spec)
-            started = now()
-            outcome = runner.run(spec, wl, number)
-            probe = probes[spec.model.build]
-            record = make_record(study, number, spec, wl, outcome, probe.flags,
-                                 probe.expected_variant, envs[spec.model.build], started)
-            store.append(record)
-            planner.tell(number, record)
-            ran.append(record)
-            if record.usable and (best is None or record.objective < best.objective):
-                best = record
-            events.finished(record, best)
+        space_id = space.space_id()
+        try:
+            pending = planner.enqueue(specs, done, space_id)
+            events.planned(len(specs), min(pending, opts.trials or pending), retried)
+            ran: list[TrialRecord] = []
+            best = _best(existing, set(planner.plan))
+            searched = False  # every planned setting has been tried
+            while opts.trials is None or len(ran) < opts.trials:
+                nxt = planner.ask()
+                if nxt is None:
+                    searched = True
+                    break
+                number, spec = nxt
+                events.started(spec)
+                started = now()
+                outcome = runner.run(spec, wl, number)
+                probe = probes[spec.model.build]
+                record = make_record(study, number, spec, wl, outcome, probe.flags,
+                                     probe.expected_variant, envs[spec.model.build], started)
+                record = record.model_copy(update={"space_id": space_id})
+                store.append(record)
+                planner.tell(number, record)
+                ran.append(record)
+                if record.usable and (best is None or record.objective < best.objective):
+                    best = record
+                events.finished(record, best)
+        except BaseException:  # interrupted or failed: hand back what this sweep holds
+            planner.release(store.records())
+            raise
+        planner.close()
 
     records = store.records()
     best = _best(records, set(planner.plan))
     drifts = load_drift(opts.results_dir, study)
     final = None
-    if searched and opts.finalists.rounds > 0 and best is not None:
+    written, reason, deferred = None, None, False
+    if (searched and opts.finalists.rounds > 0 and best is not None
+            and not planner.others_running()):
+        # The study is complete and no other sweep still runs trials: decide between the
+        # leaders, then write the winner.
         final = _final(opts, study, records, set(planner.plan), drifts, probes, envs, info, wl,
                        store.dir / "logs", events)
         if final is not None:
             best = next((r for r in records if r.number == final.winner_trial), best)
-    written, reason = None, None
     if best is None:
         reason = _why_no_config(records)
+    elif planner.others_running():
+        deferred = True
+        reason = ("another sweep of this study is still running trials; the last one to end "
+                  "writes the production config")
+    elif (verdict := planner.claim_config(best.number, opts.out)) != "write":
+        deferred = True
+        reason = (f"another sweep of this study wrote it to {opts.out}" if verdict == "written"
+                  else "another sweep of this study is writing it")
     else:
         p = probes.get(best.spec.model.build)
         env_vars = {}
@@ -232,12 +261,16 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         if not best.spec.model.cuda_graphs:
             env_vars["GGML_CUDA_DISABLE_GRAPHS"] = "1"
         extra = {"finalists": final.model_dump(mode="json")} if final is not None else {}
-        written = write_production(best, opts.out, model_path=str(info.path),
-                                   results_dir=opts.results_dir,
-                                   build_lib_dir=p.lib_dir if p else None, env=env_vars,
-                                   extra=extra)
+        try:
+            written = write_production(best, opts.out, model_path=str(info.path),
+                                       results_dir=opts.results_dir,
+                                       build_lib_dir=p.lib_dir if p else None, env=env_vars,
+                                       extra=extra)
+            planner.config_written()
+        finally:
+            planner.release_config()
     return SweepResult(study, ran, records, best, written, reason, store.path, retried, final,
-                       drifts)
+                       drifts, deferred)
 
 
 def _pct(x: float | None) -> str:

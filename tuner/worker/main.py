@@ -6,6 +6,7 @@ goes to the worker's log file, never to the pipe."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import time
@@ -46,6 +47,7 @@ def redirect_stdio(path: str) -> None:
 
 
 def worker_main(conn: Any, job: dict[str, Any]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it kills workers
     ms = ModelSettings.model_validate(job["model_settings"])
     prepare_environment(ms, job.get("lib_dir"))
     redirect_stdio(job["log_path"] + ".stdio")

@@ -1,0 +1,131 @@
+"""Several `tuner sweep` processes on one study at once (real CLI processes, one real SQLite file,
+the real tiny model on the CPU): every setting runs once, no process crashes, none closes
+another's live trial, the production config is written once. Each race is repeated and counted
+in the fault tally: duplicates, crashed runs and lost trials must all be 0."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy as sa
+
+from tests import fault_tally
+from tests.cli_run import REPO
+from tests.spaces import write_space
+from tuner import claims as claims_mod
+from tuner.store import Store
+
+REPS = 5
+GRID = 6  # n_batch 8, 16, 32 x flash attention off, on
+
+
+def race_args(model: Path, root: Path, *extra: str) -> list[str]:
+    space = write_space(root / "space.yaml", n_batch=[8, 16, 32], n_ubatch=[8],
+                        flash_attn=[False, True])
+    return ["sweep", "--model", str(model), "--device", "cpu", "--space", str(space),
+            "--prompt-tokens", "32", "--gen-tokens", "2", "--repetitions", "1", "--warmup", "0",
+            "--results", str(root / "results"), "--out", str(root / "production.yaml"),
+            "--study", "shared", *extra]
+
+
+def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    full = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def optuna_states(root: Path) -> list[optuna.trial.TrialState]:
+    study = optuna.load_study(study_name="shared",
+                              storage=f"sqlite:///{root / 'results' / 'optuna.db'}")
+    return [t.state for t in study.get_trials(deepcopy=False)]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_concurrent_sweeps_share_one_study(n: int, tiny_model: Path, tmp_path: Path) -> None:
+    for rep in range(REPS):
+        root = tmp_path / f"race{rep}"
+        args = race_args(tiny_model, root)
+        procs = [start(args) for _ in range(n)]  # started together: they race on creation too
+        outs = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+        records = Store(root / "results", "shared").records()
+        keys = [r.spec_key for r in records]
+        crashed = sum(1 for rc, so, se in outs if rc != 0 or "Traceback" in se)
+        duplicates = len(keys) - len(set(keys))
+        lost = GRID - len(set(keys))
+        fault_tally.record(f"{n} sweeps at once", crashed > 0, lost)
+        fault_tally.record_duplicates(f"{n} sweeps at once", duplicates)
+        assert crashed == 0, [se[-2000:] for rc, so, se in outs]
+        assert duplicates == 0 and lost == 0, keys
+        assert all(r.usable for r in records)
+        states = optuna_states(root)
+        assert optuna.trial.TrialState.RUNNING not in states
+        assert states.count(optuna.trial.TrialState.COMPLETE) == GRID, states
+        assert sum(int(so.split("trial(s) run now")[0].split()[-1]) for _, so, _ in outs) == GRID
+        writers = [so for _, so, _ in outs if "wrote " in so]
+        ran_some = [so for _, so, _ in outs if " 0 trial(s) run now" not in so]
+        # Among the sweeps that ran trials, exactly the last one to end wrote the config.
+        assert sum("wrote " in so for so in ran_some) == 1, [so for _, so, _ in outs]
+        assert writers and (root / "production.yaml").is_file()
+
+
+def test_a_live_sweeps_trial_is_never_closed_by_another(tiny_model: Path,
+                                                          tmp_path: Path) -> None:
+    """The first sweep hangs in its first trial (a FAKE hang, tuner/worker/faults.py) until its
+    timeout; a second sweep started meanwhile leaves that trial alone (its owner is alive and
+    beating) and runs the rest; the first then stores its timeout. Nothing runs twice."""
+    root = tmp_path / "live"
+    args = race_args(tiny_model, root, "--trial-timeout", "30")
+    first = start(args, env={"TUNER_FAULTS": "hang@measure:n_batch=8"})
+    db = root / "results" / "optuna.db"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the first sweep holds a trial
+        try:
+            if db.exists() and optuna_states(root).count(optuna.trial.TrialState.RUNNING):
+                break
+        except KeyError:  # the study is not created yet
+            pass
+        time.sleep(0.2)
+    second = subprocess.run([sys.executable, "-m", "tuner.cli", *args],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                            text=True, timeout=300)
+    rc = first.wait(timeout=300)
+    so, se = first.communicate()
+    records = Store(root / "results", "shared").records()
+    keys = [r.spec_key for r in records]
+    crashed = rc != 0 or second.returncode != 0 or "Traceback" in se + second.stderr
+    fault_tally.record("live trial + second sweep", crashed, GRID - len(set(keys)))
+    fault_tally.record_duplicates("live trial + second sweep", len(keys) - len(set(keys)))
+    assert not crashed, (se[-2000:], second.stderr[-2000:])
+    assert len(keys) == len(set(keys)) == GRID
+    hung = [r for r in records if r.spec.context.n_batch == 8 and not r.spec.context.flash_attn]
+    assert len(hung) == 1 and hung[0].state.value == "timeout"
+    assert "another sweep of this study is still running" in second.stdout
+    assert "wrote " in so
+    assert optuna.trial.TrialState.RUNNING not in optuna_states(root)
+
+
+def test_stale_claim_of_another_host_is_taken_over_only_when_stale(tmp_path: Path) -> None:
+    """Liveness across hosts is the heartbeat: a claim of another host with a fresh heartbeat
+    is left alone, one silent for longer than STALE_S is taken over (compare-and-set)."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    engine = sa.create_engine(url)
+    mine = claims_mod.Claims(engine, "s")
+    with engine.begin() as conn:
+        conn.execute(sa.insert(claims_mod.CLAIMS).values(
+            study="s", spec_key="k", state="running", owner="other:1:x", host="other-host",
+            pid=1, heartbeat=time.time(), trial_number=0))
+    taken, old = mine.claim("k")
+    assert not taken and old is not None and old.owner == "other:1:x"
+    with engine.begin() as conn:
+        conn.execute(sa.update(claims_mod.CLAIMS).values(
+            heartbeat=time.time() - claims_mod.STALE_S - 1))
+    taken, old = mine.claim("k")
+    assert taken and old is not None and old.host == "other-host"
+    again, _ = claims_mod.Claims(engine, "s").claim("k")  # now ours, and we are alive
+    assert not again
