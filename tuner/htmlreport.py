@@ -78,12 +78,10 @@ def _answer(ov: Overview) -> str:
         ]
         if ov.tie:
             items.append(("tie", _e(ov.tie_reason)))
-    r, g = ov.runner_up, ov.gap
-    if r is not None and g is not None:
-        verdict = "slower beyond the noise" if ov.gap_beyond_noise else "within the noise"
+    r = ov.runner_up
+    if r is not None and ov.gap_verdict:
         items.append(("runner-up", f"#{r.trial} {_e(r.label)}: {secs(r.request_s.value)} s, "
-                      f"{g.value:.3f}x the winner's time [{g.low:.3f} to {g.high:.3f}]: "
-                      f"{verdict}"))
+                      f"{_e(ov.gap_verdict)}"))
     b = ov.baseline
     if b is not None and ov.gain is not None:
         more = f"; prompt {ov.pp_gain:.2f}x as fast" if ov.pp_gain else ""
@@ -93,17 +91,21 @@ def _answer(ov: Overview) -> str:
     return _dl(items)
 
 
+def _bytes(n: float) -> str:
+    return f"{n / 1e9:,.3f} GB" if n >= 1e9 else f"{n / 1e6:,.3f} MB"
+
+
 def _roofline(r: Roofline | None) -> str:
     if r is None:
         return "<p class=muted>no measured trial</p>"
     rows = [
-        ["generation", f"{tps(r.tg_tps)} t/s x {r.bytes_per_token / 1e9:,.3f} GB per token",
-         f"{r.achieved_gbs:,.0f} GB/s" if r.achieved_gbs else "",
+        ["generation", f"{tps(r.tg_tps)} t/s x {_bytes(r.bytes_per_token)} per token",
+         f"{r.achieved_gbs:,.4g} GB/s" if r.achieved_gbs else "",
          f"{r.peak_bandwidth_gbs:,.0f} GB/s" if r.peak_bandwidth_gbs else "unknown",
          f"{r.bandwidth_share * 100:.1f}%" if r.bandwidth_share is not None else "n/a"],
-        ["prompt", (f"{tps(r.pp_tps)} t/s x {r.flops_per_token / 1e9:,.2f} GFLOP per token"
+        ["prompt", (f"{tps(r.pp_tps)} t/s x {r.flops_per_token / 1e9:,.4g} GFLOP per token"
                     if r.flops_per_token else f"parameters {r.parameters_source}"),
-         f"{r.achieved_tflops:,.1f} TFLOPS" if r.achieved_tflops else "",
+         f"{r.achieved_tflops:,.4g} TFLOPS" if r.achieved_tflops else "",
          f"{r.peak_tflops:,.0f} TFLOPS" if r.peak_tflops else "unknown",
          f"{r.tflops_share * 100:.1f}%" if r.tflops_share is not None else "n/a"],
     ]

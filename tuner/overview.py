@@ -55,6 +55,7 @@ class Overview(Frozen):
     runner_up: Pick | None
     gap: Interval | None  # runner-up request time / winner's
     gap_beyond_noise: bool | None
+    gap_verdict: str | None  # the gap in words
     tie: bool = False
     tie_reason: str | None = None
     baseline: Pick | None
@@ -100,6 +101,20 @@ def _ratio(slow: Interval, fast: Interval) -> Interval:
     """slow / fast with the widest interval the two allow (conservative)."""
     return Interval(value=slow.value / fast.value, low=slow.low / fast.high,
                     high=slow.high / fast.low, level=min(slow.level, fast.level))
+
+
+def _gap_words(gap: Interval | None) -> str | None:
+    """The runner-up's request time against the winner's, e.g. '1.021x the winner's time
+    [1.017-1.033]: slower beyond the noise'. A runner-up faster by its point estimate (the
+    winner was picked on a tie) is said so."""
+    if gap is None:
+        return None
+    span = f"[{gap.low:.3f}-{gap.high:.3f}]"
+    if gap.value >= 1.0:
+        verdict = "slower beyond the noise" if gap.low > 1.0 else "within the noise"
+        return f"{gap.value:.3f}x the winner's time {span}: {verdict}"
+    verdict = "faster beyond the noise" if gap.high < 1.0 else "not beyond the noise"
+    return f"{gap.value:.3f}x the winner's time {span}: faster by its point estimate, {verdict}"
 
 
 def _workload(records: list[TrialRecord]) -> str:
@@ -197,7 +212,8 @@ def overview(study: str, records: list[TrialRecord], finalists: FinalistReport |
         verified=sum(1 for r in records if r.state is TrialState.COMPLETE
                      and r.verification.verified),
         winner=winner, winner_note=note if winner else "", runner_up=runner, gap=gap,
-        gap_beyond_noise=None if gap is None else gap.low > 1.0,
+        gap_beyond_noise=None if gap is None else (gap.low > 1.0 or gap.high < 1.0),
+        gap_verdict=_gap_words(gap),
         tie=tie, tie_reason=tie_reason,
         baseline=_from_record(base) if base is not None else None,
         gain=gain, pp_gain=pp_gain,

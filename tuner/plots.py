@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 plt.rcParams.update({
     "svg.hashsalt": "tuner-report", "svg.fonttype": "none", "font.size": 9,
@@ -83,6 +84,7 @@ def tg_vs_kv(df: pd.DataFrame) -> str:
                            label=f"flash_attn {fa}" if i == 0 or kv == kvs[0] else None)
                 ax.hlines(g["tg_tps"].max(), x - 0.12, x + 0.12, color=COLORS[j], lw=2)
         ax.set_xticks(range(len(kvs)), kvs)
+        ax.set_xlim(-0.6, len(kvs) - 0.4)
         ax.set_xlabel("KV cache type (K/V)")
         handles, labels = ax.get_legend_handles_labels()
         uniq = dict(zip(labels, handles))
@@ -167,6 +169,7 @@ def history(records_df: pd.DataFrame, failed: list[int] | None = None) -> str:
         low = float(d["request_s"].min()) * 0.95 if not d.empty else 0.0
         ax.scatter(failed, [low] * len(failed), color=COLORS[3], marker="v", s=26,
                    label="no measurement (failed, infeasible, crashed, timeout)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial number")
     ax.set_ylabel("request seconds (lower is better)")
     ax.set_title("trial history")

@@ -60,13 +60,13 @@ def _grid() -> Table:
 def _roofline_lines(r: Roofline) -> list[str]:
     out = []
     if r.bandwidth_share is not None:
-        out.append(f"generation: {r.achieved_gbs:,.0f} GB/s read = {r.bandwidth_share * 100:.0f}%"
+        out.append(f"generation: {r.achieved_gbs:,.4g} GB/s read = {r.bandwidth_share * 100:.0f}%"
                    f" of {r.peak_bandwidth_gbs:,.0f} GB/s ({r.peak_name or 'given'})")
     else:
         out.append(f"generation: no share ({r.peak_source})" if r.achieved_gbs else
                    "generation: not measured")
     if r.tflops_share is not None:
-        out.append(f"prompt: {r.achieved_tflops:,.1f} TFLOPS = {r.tflops_share * 100:.1f}% of "
+        out.append(f"prompt: {r.achieved_tflops:,.4g} TFLOPS = {r.tflops_share * 100:.1f}% of "
                    f"{r.peak_tflops:,.0f} TFLOPS")
     elif r.parameters is None:
         out.append(f"prompt: parameters {r.parameters_source}")
@@ -101,10 +101,8 @@ def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
             body.add_row("tie", ov.tie_reason or "")
     r = ov.runner_up
     if r is not None and ov.gap is not None:
-        g = ov.gap
-        verdict = "slower beyond the noise" if ov.gap_beyond_noise else "within the noise"
         body.add_row("runner-up", f"#{r.trial} {r.label}: {secs(r.request_s.value)} s, "
-                     f"{g.value:.3f}x the winner's time [{g.low:.3f}-{g.high:.3f}]: {verdict}")
+                     f"{ov.gap_verdict}")
     b = ov.baseline
     if b is not None and ov.gain is not None:
         more = f", prompt {ov.pp_gain:.2f}x" if ov.pp_gain else ""
