@@ -13,8 +13,8 @@ from tuner.report import order
 from tuner.specs import Frozen
 
 COMPARE_COLUMNS = ("what", "settings", "a", "a_range", "b", "b_range", "b_over_a", "beyond_noise")
-METRICS = (("request_s", "request s", True), ("pp_tps", "prompt t/s", False),
-           ("tg_tps", "gen t/s", False), ("gpu_mib", "GPU MiB", True))
+METRICS = (("request_s", "request s"), ("pp_tps", "prompt t/s"), ("tg_tps", "gen t/s"),
+           ("gpu_mib", "GPU MiB"))
 
 
 class Side(Frozen):
@@ -90,7 +90,7 @@ def compare(a: tuple[str, str, list[TrialRecord], FinalistReport | None, list[Wo
     if wa is not None and wb is not None:
         figs_a, figs_b = _figures(wa, fa), _figures(wb, fb)
         same = wa.spec.label() == wb.spec.label()
-        for key, label, _ in METRICS:
+        for key, label in METRICS:
             rows.append(_row(f"winner {label}", wa.spec.label() if same else
                              f"A: {wa.spec.label()} / B: {wb.spec.label()}",
                              figs_a[key], figs_b[key]))

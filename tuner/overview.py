@@ -7,8 +7,6 @@ Decisions only; ``tuner.views`` and ``tuner.htmlreport`` show them."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
-
 from tuner.analysis import EffectRow, effects, importance
 from tuner.records import (
     FinalistFigures,
@@ -85,7 +83,7 @@ def _from_record(r: TrialRecord, remeasured: bool = False) -> Pick:
 
 
 def _from_finalist(f: FinalistFigures, rec: TrialRecord | None, level: float) -> Pick:
-    proof = f"verified in the re-measurement" if f.verified else "not verified"
+    proof = "verified in the re-measurement" if f.verified else "not verified"
     if rec is not None:
         proof = rec.verification.summary if rec.verification.verified and f.verified else (
             (rec.verification.reasons or [proof])[0])
@@ -220,8 +218,3 @@ def overview(study: str, records: list[TrialRecord], finalists: FinalistReport |
         no_winner_reason=None if winner else _no_winner_reason(records),
         warnings=warnings, effects=effects(records), importance=importance(records),
     )
-
-
-def as_data(ov: Overview) -> dict[str, Any]:
-    """The overview as plain JSON data (for ``--format json`` consumers of the summary)."""
-    return ov.model_dump(mode="json")

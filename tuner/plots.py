@@ -20,6 +20,7 @@ plt.rcParams.update({
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
     "grid.alpha": 0.3, "figure.dpi": 96,
 })
+STYLES = ["-", "--", ":"]
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
 
@@ -50,7 +51,8 @@ def pp_vs_ubatch(df: pd.DataFrame) -> str:
         c = COLORS[i % len(COLORS)]
         ax.scatter(g["n_ubatch"], g["pp_tps"], color=c, alpha=0.25, s=14)
         best = g.groupby("n_ubatch")["pp_tps"].max()
-        ax.plot(best.index, best.values, marker="o", color=c, label=f"{build} (best)")
+        ax.plot(best.index, best.values, marker="os^Dv"[i % 5], linestyle=STYLES[i % 3],
+                color=c, label=f"{build} (best)")
     ax.set_xscale("log", base=2)
     ticks = sorted(df["n_ubatch"].unique())
     ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -78,10 +80,11 @@ def tg_vs_kv(df: pd.DataFrame) -> str:
     else:
         kvs = sorted(d["kv_cache"].unique())
         for i, kv in enumerate(kvs):
-            for j, (fa, g) in enumerate(d[d["kv_cache"] == kv].groupby("flash_attn")):
+            for fa, g in d[d["kv_cache"] == kv].groupby("flash_attn"):
+                j = 0 if fa == "off" else 1  # the same colour and side for a setting throughout
                 x = i + (j - 0.5) * 0.3
                 ax.scatter([x] * len(g), g["tg_tps"], color=COLORS[j], alpha=0.5, s=16,
-                           label=f"flash_attn {fa}" if i == 0 or kv == kvs[0] else None)
+                           label=f"flash_attn {fa}")
                 ax.hlines(g["tg_tps"].max(), x - 0.12, x + 0.12, color=COLORS[j], lw=2)
         ax.set_xticks(range(len(kvs)), kvs)
         ax.set_xlim(-0.6, len(kvs) - 0.4)

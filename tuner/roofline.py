@@ -141,7 +141,9 @@ def _parameters(record: TrialRecord, model_file: Path | None) -> tuple[ModelShap
         shape = read_shape(path)
     except TunerError as e:
         return None, f"unavailable: {e.message}"
-    return shape, f"counted from the GGUF header of {path} ({shape.parameters:,} in all)"
+    given = " (given with --model-file)" if model_file else ""
+    return shape, (f"counted from the GGUF header of {path}{given}: {shape.matmul_parameters:,} "
+                   f"in matrix multiplies, {shape.parameters:,} in all")
 
 
 def roofline(record: TrialRecord, *, peak_bandwidth_gbs: float | None = None,
