@@ -216,6 +216,9 @@ def test_compare_two_studies(sweep: dict, enriched: dict, h200: dict) -> None:
     rows = json.loads(cross.stdout)
     assert rows[0]["what"] == "winner request s" and rows[0]["beyond_noise"] == "yes"
     assert rows[0]["b_over_a"] == pytest.approx(rows[0]["b"] / rows[0]["a"], rel=1e-2)
+    as_csv = tuner("report", "--results", h200["results"], "--format", "csv", "--compare",
+                   h200["study"], sweep["results"] / sweep["study"]).stdout
+    assert list(csv.DictReader(io.StringIO(as_csv)))[0]["beyond_noise"] == "yes"
     missing = tuner("report", "--results", sweep["results"], "--compare", sweep["study"], "nope")
     assert missing.returncode == 2 and "no study 'nope'" in one_line_error(missing)
 
@@ -234,3 +237,29 @@ def test_cli_offers_every_format() -> None:
 
     fmt = next(p for p in report.params if p.name == "fmt")
     assert tuple(fmt.type.choices) == FORMATS
+
+
+def test_a_study_where_nothing_was_verified() -> None:
+    """TEST DATA records (tests/records_factory.py): every view still renders and says why."""
+    from tests.records_factory import make_record
+    from tuner.htmlreport import study_html
+    from tuner.records import TrialState
+    from tuner.report import rows
+    from tuner.views import overview_view, render_text, trials_view
+
+    recs = [make_record(0, state=TrialState.INFEASIBLE),
+            make_record(1, request_s=1.0, verified=False, reason="2 of 31 layers on CPU"),
+            make_record(2, request_s=1.2, verified=False, reason="2 of 31 layers on CPU",
+                        n_batch=1024)]
+    ov = overview("test-study", recs)
+    assert ov.winner is None
+    assert ov.no_winner_reason == ("no trial verified; most often: 2 of 31 layers on CPU "
+                                   "(2 of 2 measured)")
+    text = render_text(overview_view(ov))
+    lines_fit(text)
+    assert "winner      none: no trial verified" in text
+    lines_fit(render_text(trials_view(rows(recs))))
+    html = study_html(ov, recs, rows(recs), None, None, [])
+    assert "none: no trial verified" in html and html.count("<svg") == 6
+    empty = overview("test-study", [make_record(0, state=TrialState.CRASHED)])
+    assert empty.no_winner_reason == "no trial measured (1 crashed)" and empty.effects == []

@@ -42,16 +42,14 @@ def resolve_study(spec: str, results_dir: Path) -> StudyData:
     if p.name == "trials.jsonl" and p.is_file():
         p = p.parent
     if p.is_dir() and (p / "trials.jsonl").is_file():
-        return load_study(p.parent, p.name) if STUDY_NAME.match(p.name) else _bad(spec)
+        if not STUDY_NAME.match(p.name):
+            raise BadInput(f"study folder {spec!r} has a name that is not a study name")
+        return load_study(p.parent, p.name)
     if STUDY_NAME.match(spec) and (Path(results_dir) / spec / "trials.jsonl").is_file():
         return load_study(results_dir, spec)
     found = ", ".join(list_studies(results_dir)) or "none"
     raise BadInput(f"no study {spec!r}: not a study in {results_dir} (found: {found}) nor a "
                    "folder holding trials.jsonl")
-
-
-def _bad(spec: str) -> StudyData:
-    raise BadInput(f"study folder {spec!r} has a name that is not a study name")
 
 
 def studies_to_show(results_dir: Path, study: str | None) -> list[StudyData]:
