@@ -71,7 +71,7 @@ def _roofline_lines(r: Roofline) -> list[str]:
     elif r.parameters is None:
         out.append(f"prompt: parameters {r.parameters_source}")
     else:
-        out.append(f"prompt: {r.achieved_tflops or 0:,.2f} TFLOPS; no share ({r.peak_source})")
+        out.append(f"prompt: {r.achieved_tflops or 0:,.4g} TFLOPS; no share ({r.peak_source})")
     return out
 
 
