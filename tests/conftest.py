@@ -52,3 +52,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("fault injection")
         for line in table:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def cpu_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict:
+    """One small real CPU sweep (4 trials of the tiny model) for the report tests."""
+    from tests.report_data import run_cpu_sweep
+
+    return run_cpu_sweep(tmp_path_factory.mktemp("cpu-sweep"), tiny_model)

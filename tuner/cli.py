@@ -110,24 +110,44 @@ def sweep(model: Path, device: str, trials: int | None, space: Path | None, prom
 @click.option("--results", "results_dir", type=click.Path(path_type=Path),
               default=Path("results"), show_default=True)
 @click.option("--study", default=None, help="Study to show (default: every study found).")
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]),
-              default="table", show_default=True)
+@click.option("--format", "fmt",
+              type=click.Choice(["table", "trials", "md", "csv", "json", "html"]),
+              default="table", show_default=True,
+              help="table: the answer and each setting's effect; trials: every trial; "
+                   "md/csv/json: every trial as data; html: one self-contained page with plots.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-              help="Write the export to this file instead of the terminal.")
-def report(results_dir: Path, study: str | None, fmt: str, output: Path | None) -> None:
-    """Trials sorted by request time, with prompt and generation speed, whether each was
-    verified on the device it asked for, and why not.
+              help="Write the report to this file instead of the terminal.")
+@click.option("--compare", nargs=2, default=None, metavar="A B",
+              help="Two studies side by side: names under --results, or study folders.")
+@click.option("--peak-bandwidth-gbs", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Roofline: the device's peak memory bandwidth in GB/s (default: by GPU name).")
+@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Roofline: the device's peak dense FP16 tensor TFLOPS (default: by GPU name).")
+@click.option("--model-file", type=click.Path(path_type=Path), default=None,
+              help="Roofline: a copy of the GGUF to count parameters from, when the recorded "
+                   "model path is gone.")
+def report(results_dir: Path, study: str | None, fmt: str, output: Path | None,
+           compare: tuple[str, str] | None, peak_bandwidth_gbs: float | None,
+           peak_tflops: float | None, model_file: Path | None) -> None:
+    """The winner and how sure it is, the runner-up, the gain over llama-cpp-python's
+    defaults, whether it was verified, and what each setting did; or every trial, or an HTML
+    page with plots, a roofline and the placement proof.
 
     \b
     Example:
-      tuner report --format md -o results/report.md
+      tuner report
+      tuner report --format trials
+      tuner report --format html -o report.html
+      tuner report --compare h100-study h200-study
     """
     from tuner.preflight import check_output_path
     from tuner.render import print_report
+    from tuner.reporting import Peaks
 
     if output is not None:
         check_output_path(output)
-    print_report(out, results_dir, study, fmt, output)
+    print_report(out, results_dir, study, fmt, output, compare,
+                 Peaks(peak_bandwidth_gbs, peak_tflops, model_file))
 
 
 @cli.command()

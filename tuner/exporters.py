@@ -1,6 +1,7 @@
 """Report exporters: one per format behind one interface, as hyperfine does. Each renders the
 rows of ``tuner.report.rows`` (dicts with the same keys, None for a blank cell) to text; the
-``table`` format is a rich Table, which the CLI prints itself or renders to plain text here."""
+``table`` format is the terminal's per-trial table (``tuner.views.trials_view``) as plain
+text, 100 columns wide."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import io
 import json
 from typing import Any, Protocol
 
-from rich.console import Console
-from rich.table import Table
-
 from tuner.errors import BadInput
+from tuner.report import COLUMNS
+from tuner.views import render_text, trials_view
 
 Row = dict[str, Any]
 NUMERIC = {"rank", "trial", "ngl", "n_batch", "n_ubatch", "threads", "pp_tps", "pp_spread_pct",
@@ -26,8 +26,6 @@ class Exporter(Protocol):
 
 
 def _columns(rows: list[Row]) -> list[str]:
-    from tuner.report import COLUMNS  # here: tuner.report re-exports this module's functions
-
     return list(rows[0]) if rows else list(COLUMNS)
 
 
@@ -78,40 +76,17 @@ class JsonExporter:
         return json.dumps(rows, indent=2) + "\n"
 
 
-def rich_table(rows: list[Row], title: str | None = None) -> Table:
-    """The rows as a rich Table: usable trials plain, unproven ones yellow, failed ones dim."""
-    table = Table(title=title, header_style="bold")
-    for c in _columns(rows):
-        if c == "why":
-            table.add_column(c, overflow="fold", min_width=24, ratio=1)
-        else:
-            table.add_column(c, justify="right" if c in NUMERIC else "left", no_wrap=True,
-                             min_width=len(c))
-    for r in rows:
-        if r.get("rank") is not None:
-            style = None
-        elif r.get("state") == "complete":
-            style = "yellow"
-        else:
-            style = "dim"
-        table.add_row(*(_cell(r.get(c)) for c in _columns(rows)), style=style)
-    return table
-
-
 class TableExporter:
-    """The rich table rendered to plain text (no colour), for files and pipes."""
+    """The terminal's per-trial table as plain text (no colour), for files and pipes."""
 
     name = "table"
 
-    def __init__(self, title: str | None = None, width: int = 240) -> None:
+    def __init__(self, title: str | None = None, width: int = 100) -> None:
         self.title = title
         self.width = width
 
     def render(self, rows: list[Row]) -> str:
-        buf = io.StringIO()
-        Console(file=buf, width=self.width, color_system=None, no_color=True,
-                force_terminal=False).print(rich_table(rows, self.title))
-        return buf.getvalue()
+        return render_text(trials_view(rows, self.title), self.width)
 
 
 EXPORTERS: dict[str, Exporter] = {

@@ -101,29 +101,32 @@ def print_sweep_result(out: Path, result: Any) -> None:
 
 
 def print_report(console: Console, results_dir: Path, study: str | None, fmt: str,
-                 output: Path | None) -> None:
-    from tuner.report import export, rich_table, rows
-    from tuner.store import Store, check_study_name, list_studies
+                 output: Path | None, compare: tuple[str, str] | None = None,
+                 peaks: Any = None) -> None:
+    """Show (or write to ``output``) the report the library renders: the terminal views keep
+    their colours on a terminal and are laid out at most 100 columns wide."""
+    from tuner.reporting import TERMINAL, Peaks, compare_report, renderable, report
+    from tuner.studydata import check_output, resolve_study, studies_to_show, write_output
+    from tuner.views import WIDTH
 
-    studies = [check_study_name(study)] if study else list_studies(results_dir)
-    if study and not Store(results_dir, study).path.exists():
-        raise BadInput(f"no study {study!r} in {results_dir} (found: "
-                       f"{', '.join(list_studies(results_dir)) or 'none'})")
-    if not studies:
-        raise BadInput(f"no sweep results in {results_dir}; run `tuner sweep --model FILE` first")
-    all_rows: list[dict[str, Any]] = []
-    for name in studies:
-        r = rows(Store(results_dir, name).records())
-        if fmt == "table" and output is None:
-            console.print(rich_table(r, title=f"study {name}"))
-        all_rows.extend({"study": name, **row} for row in r)
-    if fmt == "table" and output is None:
-        return
-    text = export(all_rows, "md" if fmt == "table" else fmt)
-    if output is None:
-        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    if output is not None:
+        check_output(output)
+    if compare and study:
+        raise BadInput("give either --study or --compare A B, not both")
+    peaks = peaks or Peaks()
+    if compare:
+        a, b = (resolve_study(x, results_dir) for x in compare)
+        text = compare_report(a, b, fmt)
     else:
-        output.write_text(text)
+        studies = studies_to_show(results_dir, study)
+        if output is None and fmt in TERMINAL:
+            console.print(renderable(studies, fmt, peaks), width=min(console.width, WIDTH))
+            return
+        text = report(studies, fmt, peaks)
+    if output is None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
+    else:
+        write_output(output, text)
         console.print(f"wrote {output}", markup=False)
 
 

@@ -1,18 +1,19 @@
 """Comparison rows from stored trial records: one row per record, the usable ones (measured and
 proven where they were asked to run) ranked first by request time, then measured-but-unproven
 ones, then the trials that never measured. Reads records only; rendering is the exporters'
-(``tuner.exporters``, whose ``export`` and ``rich_table`` are re-exported here)."""
+(``tuner.exporters``) and the views' (``tuner.views``), which import this module, never the
+other way round."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tuner.exporters import EXPORTERS, Exporter, export, rich_table
-from tuner.records import TrialRecord, TrialState
+from tuner.records import TrialRecord, TrialState, WorkerDrift
 from tuner.space import is_baseline_context
+from tuner.stability import instability
 
-__all__ = ["COLUMNS", "EXPORTERS", "Exporter", "baseline_for", "export", "is_baseline",
-           "rich_table", "row", "rows", "speedup", "summary"]
+__all__ = ["COLUMNS", "baseline_for", "is_baseline", "order", "row", "rows", "speedup",
+           "summary"]
 
 COLUMNS: tuple[str, ...] = (
     "rank", "trial", "build", "ngl", "n_batch", "n_ubatch", "fa", "kv", "threads",
@@ -23,7 +24,7 @@ SPEEDUP = "speedup_vs_baseline"  # added after request_s when any record has a b
 WHY_MAX = 160
 
 
-def _order(records: list[TrialRecord]) -> list[TrialRecord]:
+def order(records: list[TrialRecord]) -> list[TrialRecord]:
     usable = sorted((r for r in records if r.usable), key=lambda r: (r.objective, r.number))
     unproven = sorted(
         (r for r in records if r.state is TrialState.COMPLETE and not r.usable),
@@ -68,7 +69,7 @@ def _round(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
 
 
-def _why(record: TrialRecord) -> str:
+def _why(record: TrialRecord, drifts: list[WorkerDrift] | None = None) -> str:
     parts: list[str] = []
     if record.state is not TrialState.COMPLETE:
         text = record.error or (f"signal {record.signal}" if record.signal else record.state.value)
@@ -76,16 +77,13 @@ def _why(record: TrialRecord) -> str:
     elif not record.verification.verified:
         v = record.verification
         parts.append(v.reasons[0] if v.reasons else (v.summary or "not verified"))
-    m = record.measurement
-    if m is not None and m.unstable:
-        spread = max(m.request_seconds.rel_spread, m.pp_tps.rel_spread,
-                     m.tg_tps.rel_spread if m.tg_tps else 0.0)
-        parts.append(f"unstable: repetitions spread {spread * 100:.0f}% (rerun on a quiet machine)")
+    parts += instability(record, drifts)
     why = "; ".join(parts)
     return why if len(why) <= WHY_MAX else why[: WHY_MAX - 1] + "…"
 
 
-def row(record: TrialRecord, rank: int | None) -> dict[str, Any]:
+def row(record: TrialRecord, rank: int | None,
+        drifts: list[WorkerDrift] | None = None) -> dict[str, Any]:
     ms, cs, m = record.spec.model, record.spec.context, record.measurement
     return {
         "rank": rank,
@@ -106,21 +104,23 @@ def row(record: TrialRecord, rank: int | None) -> dict[str, Any]:
         "state": record.state.value,
         "verified": "yes" if record.state is TrialState.COMPLETE and record.verification.verified
         else "no",
-        "why": _why(record),
+        "why": _why(record, drifts),
     }
 
 
-def rows(records: list[TrialRecord]) -> list[dict[str, Any]]:
+def rows(records: list[TrialRecord],
+         drifts: list[WorkerDrift] | None = None) -> list[dict[str, Any]]:
     """One row per record, in report order (see the module docstring). Blank cells are None.
-    The speedup column appears, after request_s, only when some baseline trial was measured."""
-    ordered = _order(records)
+    The speedup column appears, after request_s, only when some baseline trial was measured.
+    ``drifts`` (the study's drift sentinel records) mark the trials of a drifting worker."""
+    ordered = order(records)
     with_speedup = any(is_baseline(r) for r in records)
     out: list[dict[str, Any]] = []
     rank = 0
     for r in ordered:
         if r.usable:
             rank += 1
-        cells = row(r, rank if r.usable else None)
+        cells = row(r, rank if r.usable else None, drifts)
         if with_speedup:
             cells = _insert_after(cells, "request_s", SPEEDUP, _round(speedup(r, records), 3))
         out.append(cells)
