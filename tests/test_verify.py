@@ -75,7 +75,10 @@ def copy_of(config: Path, dest: Path, *, entry: Callable[[dict], None] | None = 
 def test_verify_passes_from_another_directory(deployed: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = tuner("verify", deployed, "--tolerance", LOOSE, "--requests", 3, cwd=elsewhere)
+    # Variables named like the server's settings fields in the caller's shell (a GPU run's
+    # script exported MODELS) must not reach the server tuner starts.
+    proc = tuner("verify", deployed, "--tolerance", LOOSE, "--requests", 3, cwd=elsewhere,
+                 env={"MODELS": "qwen2.5-7b:q4_0", "PORT": "1", "N_CTX": "junk"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "placement: proven: 31/31 layers on CPU, KV cache on CPU, build cpu" in out

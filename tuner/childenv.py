@@ -27,6 +27,20 @@ def child_env(lib_dir: str | None) -> dict[str, str]:
     return env
 
 
+# A server process also keeps where its Python packages are and which GPUs it may use.
+SERVICE_PASSED = PASSED + ("PYTHONPATH", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES")
+
+
+def service_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a real llama_cpp.server started by tuner: the variables a service
+    needs plus ``extra`` (the deployment's own), never the caller's others. The server's
+    settings read variables named like their fields (MODELS, PORT, ...): a benchmark script's
+    MODELS variable once stopped a GPU run's server."""
+    env = {k: os.environ[k] for k in SERVICE_PASSED if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    return {**env, **extra}
+
+
 def _llama_cpp_root() -> str | None:
     """Where this process would import llama_cpp from, found without importing it (the parent
     never imports llama_cpp): an install reached through PYTHONPATH must stay reachable."""

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from tuner.buildinfo import BuildFlags, find_system_info, variant_of
 from tuner.deploy import env_file_path, read_env_file
+from tuner.childenv import service_env
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.placement import Expectation, parse_load_log, verify
 from tuner.prodconfig import sidecar_path
@@ -37,7 +38,6 @@ from tuner.specs import Frozen, TrialSpec, Workload
 from tuner.worker.served import request_body
 
 # The server lets these override the config file; a deployment check must read the file.
-_SERVER_OVERRIDES = ("HOST", "PORT", "CONFIG_FILE")
 # Build facts that must match between what was measured and what the server loaded (CPU
 # feature flags may differ between hosts without changing the kernels that run on the GPU).
 _BUILD_FACTS = ("cuda", "archs", "force_cublas", "force_mmq", "cuda_graphs", "fa_quants",
@@ -129,9 +129,7 @@ def run_verify(config_path: Path, *, url: str | None = None, port: int | None = 
                log_dir: Path | None = None) -> VerifyResult:
     """Verify the deployment of ``config_path``; see the module docstring."""
     dep = load_deployment(config_path)
-    server_env = {k: v for k, v in os.environ.items()
-                  if k not in _SERVER_OVERRIDES and k != "LLAMA_CPP_LIB_PATH"}
-    server_env.update(dep.env)
+    server_env = service_env(dep.env)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-verify-")))
         log_path: Path | None = None
@@ -161,9 +159,7 @@ def serve_and_measure(entry: dict[str, Any], env: dict[str, str], workload: Work
     """Start a real server on one model entry (a fresh process), time the workload over HTTP,
     stop it; (figures, the server's log). For served figures taken the way ``tuner verify``
     takes them: the event loop, the streaming threads and the client are all in the picture."""
-    server_env = {k: v for k, v in os.environ.items()
-                  if k not in _SERVER_OVERRIDES and k != "LLAMA_CPP_LIB_PATH"}
-    server_env.update(env)
+    server_env = service_env(env)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-served-")))
         port, log_path = _port(None), tmp / "server.log"
