@@ -151,10 +151,10 @@ def decide(study: str, finalists: list[TrialRecord], rounds: dict[str, list[_Rou
     tied = [f for f in figures if f is lead or (f.ratio_to_leader.low <= 1.0
                                                  and f.verified >= lead.verified)]
     winner = min(tied, key=lambda f: _lightness(f, specs[f.spec_key]))
-    others = ", ".join(f"#{f.trial}" for f in tied if f is not winner)
-    reason = (f"tie: {others} not slower than #{lead.trial} beyond the {level:.0%} interval; "
-              f"#{winner.trial} is the lighter config (GPU memory, then kernel build, then "
-              "speed)")
+    others = ", ".join(f"#{f.trial}" for f in tied if f is not lead)
+    reason = (f"tie: {others} not slower than the fastest, #{lead.trial}, beyond the "
+              f"{level:.0%} interval; #{winner.trial} is the lighter config (GPU memory, then "
+              "kernel build, then speed)")
     return FinalistReport(study=study, level=level, finalists=figures, winner_trial=winner.trial,
                           leader_trial=lead.trial, tie=True, reason=reason, measured_at=now())
 
