@@ -97,3 +97,10 @@ def test_an_unproven_remeasurement_never_leads() -> None:
         r.verified = False
     rep = decide("s", [a, b], {a.spec_key: ra, b.spec_key: rounds_of([1.2, 1.21, 1.19])})
     assert rep is not None and rep.leader_trial == 1 and rep.winner_trial == 1
+
+
+def test_one_round_gives_no_interval_and_so_no_clear_winner() -> None:
+    a, b = make_record(0, request_s=1.0), make_record(1, request_s=1.5, n_batch=1024)
+    rep = decide("s", [a, b], {a.spec_key: rounds_of([1.0], gpu_mib=2000.0),
+                               b.spec_key: rounds_of([1.5], gpu_mib=1000.0)})
+    assert rep is not None and rep.tie and rep.winner_trial == 1

@@ -77,7 +77,8 @@ def test_a_sweep_remeasures_its_leaders_and_writes_the_decision(tiny_model: Path
     out = tmp_path / "prod.yaml"
     args = ("sweep", "--model", tiny_model, "--device", "cpu", "--space", space,
             "--prompt-tokens", 32, "--gen-tokens", 4, "--repetitions", 2, "--results",
-            tmp_path / "r", "--study", "fin", "--out", out, "--finalist-rounds", 2)
+            tmp_path / "r", "--study", "fin", "--out", out, "--finalist-rounds", 2,
+            "--served-requests", 0)
     proc = tuner(*args)
     assert proc.returncode == 0, proc.stderr
     report = load_finalists(tmp_path / "r", "fin")

@@ -74,11 +74,14 @@ def cli(debug: bool) -> None:
               help="Each worker measures its first trial again when it ends (drift check).")
 @click.option("--finalist-rounds", type=click.IntRange(min=0), default=5, show_default=True,
               help="Fresh-worker rounds re-measuring the leading configs (0: none).")
+@click.option("--served-requests", type=click.IntRange(min=0, max=1000), default=5,
+              show_default=True,
+              help="Requests per finalist through a real llama_cpp.server (0: raw figures only).")
 def sweep(model: Path, device: str, trials: int | None, space: Path | None, prompt_tokens: int,
           gen_tokens: int, n_ctx: int, repetitions: int, warmup: int, results_dir: Path,
           study: str | None, storage: str | None, out: Path, builds_dir: Path,
           trial_timeout: float, trials_per_worker: int, sentinel: bool,
-          finalist_rounds: int) -> None:
+          finalist_rounds: int, served_requests: int) -> None:
     """Try llama.cpp settings on MODEL, verify each trial's placement from llama.cpp's load
     log, store every trial, and write the best verified settings to --out.
 
@@ -98,7 +101,8 @@ def sweep(model: Path, device: str, trials: int | None, space: Path | None, prom
                         results_dir=results_dir, study=study, storage=storage, out=out,
                         builds_dir=builds_dir, trial_timeout_s=trial_timeout,
                         trials_per_worker=trials_per_worker, sentinel=sentinel,
-                        finalists=FinalistOptions(rounds=finalist_rounds))
+                        finalists=FinalistOptions(rounds=finalist_rounds),
+                        served_requests=served_requests)
     with terminable(), SweepProgress(out) as progress:
         result = run_sweep(opts, progress)
     print_sweep_result(out, result)

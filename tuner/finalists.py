@@ -140,7 +140,8 @@ def decide(study: str, finalists: list[TrialRecord], rounds: dict[str, list[_Rou
                               winner_trial=lead.trial, leader_trial=lead.trial, tie=False,
                               reason="the only finalist", measured_at=now())
     runner_up = figures[1]
-    if runner_up.ratio_to_leader.low > 1.0:
+    # One round gives no interval: nothing can be "beyond" it, so it is decided as a tie.
+    if runner_up.rounds >= 2 and lead.rounds >= 2 and runner_up.ratio_to_leader.low > 1.0:
         gap = (runner_up.ratio_to_leader.value - 1) * 100
         reason = (f"#{lead.trial} is faster than the runner-up #{runner_up.trial} by {gap:.1f}% "
                   f"({level:.0%} interval of the ratio {runner_up.ratio_to_leader.low:.3f}-"

@@ -22,8 +22,10 @@ from tuner.modelcheck import ModelInfo, check_model
 from tuner.planner import Planner
 from tuner.preflight import check_records_identity, check_writable_folder, preflight_config
 from tuner.prodconfig import WrittenConfig, check_out, write_production
-from tuner.records import Environment, FinalistReport, TrialRecord, WorkerDrift
+from tuner.records import Environment, FinalistReport, ServedFigures, TrialRecord, WorkerDrift
 from tuner.runner import Outcome, Runner, SentinelResult
+from tuner.served import measure_served
+from tuner.servedfinal import choose
 from tuner.space import Space, default_space, grid, load_space
 from tuner.specs import Device, ModelSettings, TrialSpec, Workload
 from tuner.store import Store, check_study_name
@@ -61,6 +63,7 @@ class SweepOptions:
     trials_per_worker: int = 2  # bounded worker life: see tuner/runner.py
     sentinel: bool = True  # each worker re-measures its first trial when it ends
     finalists: FinalistOptions = field(default_factory=FinalistOptions)  # rounds 0: none
+    served_requests: int = 5  # served-path requests per finalist (0: raw figures only)
 
 
 @dataclass
@@ -233,14 +236,15 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     records = store.records()
     best = _best(records, set(planner.plan))
     drifts = load_drift(opts.results_dir, study)
-    final = None
+    final, served_fig, served_threads = None, None, None
     written, reason, deferred = None, None, False
     if (searched and opts.finalists.rounds > 0 and best is not None
             and not planner.others_running()):
         # The study is complete and no other sweep still runs trials: decide between the
         # leaders, then write the winner.
-        final = _final(opts, study, records, set(planner.plan), drifts, probes, envs, info, wl,
-                       store.dir / "logs", events)
+        final, served_fig, served_threads = _final(
+            opts, study, records, set(planner.plan), drifts, probes, envs, info, wl,
+            store.dir / "logs", events)
         if final is not None:
             best = next((r for r in records if r.number == final.winner_trial), best)
     if best is None:
@@ -265,7 +269,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
             written = write_production(best, opts.out, model_path=str(info.path),
                                        results_dir=opts.results_dir,
                                        build_lib_dir=p.lib_dir if p else None, env=env_vars,
-                                       extra=extra)
+                                       extra=extra, served=served_fig, threads=served_threads)
             planner.config_written()
         finally:
             planner.release_config()
@@ -280,16 +284,18 @@ def _pct(x: float | None) -> str:
 def _final(opts: SweepOptions, study: str, records: list[TrialRecord], planned: set[str],
            drifts: list[WorkerDrift], probes: dict[str, BuildProbe],
            envs: dict[str, Environment], info: ModelInfo, wl: Workload, logs: Path,
-           events: Events) -> FinalistReport | None:
-    """Re-measure the leaders in fresh workers, interleaved, and decide; a stored decision over
-    the same finalists is reused (a re-run of a finished study measures nothing again)."""
+           events: Events) -> tuple[FinalistReport | None, ServedFigures | None, int | None]:
+    """Re-measure the leaders in fresh workers, interleaved, and decide; then serve them
+    (tuner/servedfinal.py). A stored decision over the same finalists is reused: a re-run of a
+    finished study measures nothing again. Returns the decision and the winner's served figures
+    and server thread count (None, None when not served)."""
     finalists = select(records, planned, drifts, opts.finalists)
     if not finalists:
-        return None
+        return None, None, None
     keys = {f.spec_key for f in finalists}
     stored = load_finalists(opts.results_dir, study)
     if stored is not None and {f.spec_key for f in stored.finalists} == keys:
-        return stored
+        return (stored, *_stored_served(stored))
     events.note(f"finalists: {len(finalists)} configs x {opts.finalists.rounds} rounds, each "
                 "in a fresh worker, interleaved")
     by_number = {f.spec_key: f for f in finalists}
@@ -307,10 +313,31 @@ def _final(opts: SweepOptions, study: str, records: list[TrialRecord], planned: 
 
     report = decide(study, finalists, remeasure(finalists, measure, opts.finalists.rounds),
                     opts.finalists.level)
-    if report is not None:
-        save_finalists(opts.results_dir, report)
-        events.note(f"winner #{report.winner_trial}: {report.reason}")
-    return report
+    if report is None:
+        return None, None, None
+    fig, threads = None, None
+    if opts.served_requests > 0:
+        events.note(f"serving the finalists through llama_cpp.server ({opts.served_requests} "
+                    "requests each) and the winner at several server thread counts")
+
+        def serve(record: TrialRecord, n_threads: int | None) -> ServedFigures:
+            return measure_served(info.path, record.spec, wl, lib_dirs.get(record.spec.model.build),
+                                  requests=opts.served_requests, threads=n_threads,
+                                  timeout_s=opts.load_timeout_s, via="server")
+
+        choice = choose(report, {f.number: f for f in finalists}, serve)
+        report, fig, threads = choice.report, choice.served, choice.threads
+    save_finalists(opts.results_dir, report)
+    events.note(f"winner #{report.winner_trial}: {report.reason}")
+    return report, fig, threads
+
+
+def _stored_served(report: FinalistReport) -> tuple[ServedFigures | None, int | None]:
+    win = next((f for f in report.finalists if f.trial == report.winner_trial), None)
+    if win is None or not win.served or "error" in win.served:
+        return None, None
+    fig = ServedFigures.model_validate(win.served)
+    return fig, fig.n_threads
 
 
 def _best(records: list[TrialRecord], planned: set[str]) -> TrialRecord | None:
