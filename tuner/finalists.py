@@ -149,8 +149,9 @@ def decide(study: str, finalists: list[TrialRecord], rounds: dict[str, list[_Rou
         return FinalistReport(study=study, level=level, finalists=figures,
                               winner_trial=lead.trial, leader_trial=lead.trial, tie=False,
                               reason=reason, measured_at=now())
-    tied = [f for f in figures if f is lead or (f.ratio_to_leader.low <= 1.0
-                                                 and f.verified >= lead.verified)]
+    tied = [f for f in figures if f is lead or (
+        (f.ratio_to_leader.low <= 1.0 or f.rounds < 2 or lead.rounds < 2)
+        and f.verified >= lead.verified)]
     winner = min(tied, key=lambda f: _lightness(f, specs[f.spec_key]))
     others = ", ".join(f"#{f.trial}" for f in tied if f is not lead)
     reason = (f"tie: {others} not slower than the fastest, #{lead.trial}, beyond the "
