@@ -41,7 +41,7 @@ def test_usable_first_by_objective_then_unproven_then_the_rest_by_number() -> No
 
 def test_columns_and_cells() -> None:
     out = rows(sample_records())
-    assert list(out[0]) == [*COLUMNS[:14], "speedup_vs_baseline", *COLUMNS[14:]]
+    assert list(out[0]) == [*COLUMNS[:15], "speedup_vs_baseline", *COLUMNS[15:]]
     best = out[0]
     assert (best["fa"], best["kv"], best["n_batch"], best["threads"]) == ("on", "f16/f16", 2048,
                                                                           "auto")

@@ -137,7 +137,7 @@ def test_exports_parse_back(sweep: dict, tmp_path: Path) -> None:
 
 def test_output_to_a_missing_folder_or_onto_a_folder(sweep: dict, tmp_path: Path) -> None:
     for target, words in ((tmp_path / "no" / "r.html", "does not exist"),
-                          (tmp_path, "it is a directory")):
+                          (tmp_path, "is a directory")):
         for fmt in ("table", "html", "csv"):
             proc = tuner("report", "--results", sweep["results"], "--format", fmt, "-o", target)
             assert proc.returncode == 2, proc.stderr

@@ -16,7 +16,7 @@ __all__ = ["COLUMNS", "baseline_for", "is_baseline", "order", "row", "rows", "sp
            "summary"]
 
 COLUMNS: tuple[str, ...] = (
-    "rank", "trial", "build", "ngl", "n_batch", "n_ubatch", "fa", "kv", "threads",
+    "rank", "trial", "build", "ngl", "n_batch", "n_ubatch", "fa", "kv", "threads", "space",
     "pp_tps", "pp_spread_pct", "tg_tps", "tg_spread_pct", "request_s", "gpu_mib",
     "state", "verified", "why",
 )
@@ -95,6 +95,9 @@ def row(record: TrialRecord, rank: int | None,
         "fa": "on" if cs.flash_attn else "off",
         "kv": f"{cs.type_k}/{cs.type_v}",
         "threads": cs.n_threads if cs.n_threads is not None else "auto",
+        # The search space the trial was planned under: a study whose space changed keeps the
+        # older trials as history, and this says which is which.
+        "space": record.space_id[:8] if record.space_id else None,
         "pp_tps": _round(m.pp_tps.median, 1) if m else None,
         "pp_spread_pct": _round(m.pp_tps.rel_spread * 100, 1) if m else None,
         "tg_tps": _round(m.tg_tps.median, 1) if m and m.tg_tps else None,
