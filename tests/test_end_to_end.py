@@ -73,6 +73,14 @@ def test_production_config_is_the_finalists_winner(swept: dict) -> None:
     assert entry["n_ctx"] == 256 and entry["n_gpu_layers"] == 0
     side = json.loads((root / "configs" / "production.tuner.json").read_text())
     assert side["provenance"]["trial_id"] == best.trial_id
+    # The finalists went through a real llama_cpp.server: both kinds of figures, named.
+    assert side["served"]["kind"] and side["served"]["source"] == "server"
+    assert side["served"]["requests"] == 5 and side["served"]["gen_tokens"] == 8
+    assert side["figures"]["kind"] != side["served"]["kind"]
+    win = next(f for f in final.finalists if f.trial == final.winner_trial)
+    assert win.served is not None and win.served["n_threads"] == side["served"]["n_threads"]
+    report = tuner("report", "--results", root / "results")
+    assert report.returncode == 0 and "served" in report.stdout, report.stderr
     assert f"wrote {root / 'configs' / 'production.yaml'}" in swept["proc"].stdout
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from tuner.analysis import frame, pareto, ranked_frame
 from tuner.compare import Comparison
 from tuner.overview import Overview
-from tuner.records import FinalistReport, TrialRecord, WorkerDrift
+from tuner.records import FinalistReport, ServedFigures, TrialRecord, WorkerDrift
 from tuner.roofline import Roofline
 from tuner.views import secs, tps
 
@@ -195,6 +195,17 @@ def _trials(rows: list[dict[str, Any]]) -> str:
     return table(TRIAL_HEADERS, cells, TRIAL_NUMERIC, classes)
 
 
+def _served_cells(served: dict | None) -> list[str]:
+    """The finalist through llama_cpp.server (raw figures are the columns before)."""
+    if not served:
+        return ["", "", ""]
+    if "error" in served:
+        return [f"not served: {served['error']}", "", ""]
+    fig = ServedFigures.model_validate(served)
+    return [secs(fig.ttft_s.median), tps(fig.gen_tps.median) if fig.gen_tps else "",
+            secs(fig.request_s.median)]
+
+
 def _finalists(f: FinalistReport | None) -> str:
     if f is None:
         return ("<p class=muted>No finalist re-measurement stored (finalists.json): the winner "
@@ -204,12 +215,14 @@ def _finalists(f: FinalistReport | None) -> str:
              f"{secs(x.request_seconds.high)}]",
              f"{x.ratio_to_leader.value:.3f} [{x.ratio_to_leader.low:.3f}-"
              f"{x.ratio_to_leader.high:.3f}]", tps(x.pp_tps.value),
-             tps(x.tg_tps.value) if x.tg_tps else "", "yes" if x.verified else "no"]
+             tps(x.tg_tps.value) if x.tg_tps else "", "yes" if x.verified else "no",
+             *_served_cells(x.served)]
             for x in f.finalists]
     return (f"<p>Decision: trial #{f.winner_trial} (fastest point estimate #{f.leader_trial})"
             f"{'; tie' if f.tie else ''}: {_e(f.reason)}</p>"
             + table(["#", "settings", "rounds", "samples", f"request s ({f.level:.0%})",
-                     "ratio to leader", "pp t/s", "tg t/s", "verified"], rows,
+                     "ratio to leader", "pp t/s", "tg t/s", "verified", "served ttft s",
+                     "served gen t/s", "served request s"], rows,
                     {"#", "rounds", "samples", "pp t/s", "tg t/s"}))
 
 

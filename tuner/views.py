@@ -99,6 +99,8 @@ def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
         body.add_row("verified", ("yes: " if w.verified else "NO: ") + w.proof)
         if ov.tie:
             body.add_row("tie", ov.tie_reason or "")
+        if ov.served:
+            body.add_row("served", ov.served)
     r = ov.runner_up
     if r is not None and ov.gap is not None:
         body.add_row("runner-up", f"#{r.trial} {r.label}: {secs(r.request_s.value)} s, "
