@@ -104,11 +104,13 @@ def enriched_copy(sweep: dict, dest: Path) -> dict:
     store = Store(dest / "results", study)
     store.ensure()
     worst = max((r for r in records if r.measurement), key=lambda r: r.objective)
+    drifted = sorted((r for r in records if r.usable), key=lambda r: r.objective)[2].number
     for r in records:
+        if r.number == drifted:  # TEST DATA: measured by the worker the drift record names
+            r = r.model_copy(update={"worker_id": "w-test-1"})
         store.append(throttled(r) if r.number == worst.number else r)
     fin = finalists_from(records, study)
     save_finalists(dest / "results", fin)
-    drifted = sorted((r for r in records if r.usable), key=lambda r: r.objective)[2].number
     append_drift(dest / "results", drift_from(records, study, drifted))
     return {"results": dest / "results", "study": study, "finalists": fin,
             "drifted": drifted, "throttled": worst.number}
