@@ -69,7 +69,7 @@ def _row(what: str, settings: str, a: Interval | None, b: Interval | None) -> di
     return {"what": what, "settings": settings,
             "a": None if a is None else round(a.value, 4), "a_range": rng(a),
             "b": None if b is None else round(b.value, 4), "b_range": rng(b),
-            "b_over_a": None if ratio is None else round(ratio, 3), "beyond_noise": beyond}
+            "b_over_a": None if ratio is None else float(f"{ratio:.4g}"), "beyond_noise": beyond}
 
 
 def compare(a: tuple[str, str, list[TrialRecord], FinalistReport | None, list[WorkerDrift]],

@@ -204,12 +204,14 @@ class Planner:
         """How many trials other live sweeps of this study are running now."""
         return len(self._guard(self.claims.others_running))
 
-    def claim_config(self, number: int, out: Path) -> Literal["write", "written", "busy"]:
-        """Whether this sweep writes the production config of best trial ``number`` at ``out``:
-        "write" (it holds the right to now), "written" (a sweep that ended after this one
-        started already wrote it), "busy" (another sweep is writing it)."""
+    def claim_config(self, out: Path) -> Literal["write", "written", "busy"]:
+        """Whether this sweep decides the finalists and writes the production config at
+        ``out``: "write" (it holds the right to now), "written" (a sweep that ended after this
+        one started already wrote it), "busy" (another sweep is deciding or writing it). One
+        right per config path, whatever the winner: two sweeps ending together could otherwise
+        crown different finalists and both write."""
         where = hashlib.sha256(str(Path(out).absolute()).encode()).hexdigest()[:12]
-        key = f"{CONFIG_PREFIX}{where}:{number}"
+        key = f"{CONFIG_PREFIX}{where}"
 
         def claim() -> Literal["write", "written", "busy"]:
             taken, old = self.claims.claim(key)

@@ -230,34 +230,50 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                 events.finished(record, best)
         except BaseException:  # interrupted or failed: hand back what this sweep holds
             planner.release(store.records())
+            planner.close()
             raise
+
+    try:  # the heartbeat keeps this sweep's config claim alive through the finalists
+        return _decide_and_write(opts, study, store, planner, probes, envs, info, wl, ran,
+                                 retried, searched, events)
+    finally:
         planner.close()
 
+
+def _decide_and_write(opts: SweepOptions, study: str, store: Store, planner: Planner,
+                      probes: dict[str, BuildProbe], envs: dict[str, Environment],
+                      info: ModelInfo, wl: Workload, ran: list[TrialRecord], retried: int,
+                      searched: bool, events: Events) -> SweepResult:
+    """After the trials: the finalists (by the one sweep holding the config claim) and the
+    production config, or the reason there is none."""
     records = store.records()
     best = _best(records, set(planner.plan))
     drifts = load_drift(opts.results_dir, study)
     final, served_fig, served_threads = None, None, None
     written, reason, deferred = None, None, False
-    if (searched and opts.finalists.rounds > 0 and best is not None
-            and not planner.others_running()):
-        # The study is complete and no other sweep still runs trials: decide between the
-        # leaders, then write the winner.
-        final, served_fig, served_threads = _final(
-            opts, study, records, set(planner.plan), drifts, probes, envs, info, wl,
-            store.dir / "logs", events)
-        if final is not None:
-            best = next((r for r in records if r.number == final.winner_trial), best)
     if best is None:
         reason = _why_no_config(records)
     elif planner.others_running():
         deferred = True
         reason = ("another sweep of this study is still running trials; the last one to end "
                   "writes the production config")
-    elif (verdict := planner.claim_config(best.number, opts.out)) != "write":
+    elif (verdict := planner.claim_config(opts.out)) != "write":
         deferred = True
         reason = (f"another sweep of this study wrote it to {opts.out}" if verdict == "written"
                   else "another sweep of this study is writing it")
-    else:
+    elif searched and opts.finalists.rounds > 0:
+        # This sweep holds the right to write the config, the study is complete and no other
+        # sweep runs trials: decide between the leaders (once), then write the winner.
+        try:
+            final, served_fig, served_threads = _final(
+                opts, study, records, set(planner.plan), drifts, probes, envs, info, wl,
+                store.dir / "logs", events)
+        except BaseException:
+            planner.release_config()
+            raise
+        if final is not None:
+            best = next((r for r in records if r.number == final.winner_trial), best)
+    if best is not None and not deferred:
         p = probes.get(best.spec.model.build)
         env_vars = {}
         if p is not None and p.lib_dir:
