@@ -36,8 +36,10 @@ def key_of(r: TrialRecord) -> Key:
 
 
 def llama_bench(binary: Path, lib: Path, model: Path, batches: list[int], ubatches: list[int],
-                fa: bool, tk: str, tv: str, test: list[str], reps: int) -> tuple[list[dict], str]:
+                fa: bool, tk: str, tv: str, test: list[str], reps: int,
+                threads: int | None) -> tuple[list[dict], str]:
     cmd = [str(binary), "-m", str(model), "-ngl", "99", "-b", ",".join(map(str, batches)),
+           *(["-t", str(threads)] if threads else []),
            "-ub", ",".join(map(str, ubatches)), "-fa", "1" if fa else "0", "-ctk", tk,
            "-ctv", tv, "-r", str(reps), "-o", "json", *test]
     env = {**os.environ, "LD_LIBRARY_PATH": f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
@@ -61,6 +63,9 @@ def main() -> None:
     wl = records[0].workload
     P, G = wl.prompt_tokens, wl.gen_tokens
     groups: dict[tuple[str, bool, str, str], set[tuple[int, int]]] = defaultdict(set)
+    # llama-bench runs with the CPU threads the tuner's workers ran with (they record them).
+    threads = next((r.measurement.threads for r in records
+                    if r.measurement and r.measurement.threads), None)
     for r in records:
         b, nb, nu, fa, tk, tv = key_of(r)
         groups[(b, fa, tk, tv)].add((nb, nu))
@@ -76,7 +81,7 @@ def main() -> None:
             for test in (["-p", str(P), "-n", "0", "-d", "0"],
                          ["-p", "0", "-n", str(G), "-d", str(P)]):
                 rows, cmd = llama_bench(binary, lib, a.model, [nb], [nu], fa, tk, tv, test,
-                                        a.reps)
+                                        a.reps, threads)
                 commands.append(cmd)
                 for row in rows:
                     ts = row.get("samples_ts") or [row["avg_ts"]]
@@ -110,7 +115,8 @@ def main() -> None:
     choice_gap = chosen["lb_request_s"] / lb_best["lb_request_s"] - 1
     drifts = load_drift(a.results, study)
     lines = [f"## {study}: tuner vs llama-bench (same builds, same session), "
-             f"pp{P} @ depth 0 and tg{G} @ depth {P}, medians of {a.reps} repetitions", "",
+             f"pp{P} @ depth 0 and tg{G} @ depth {P}, medians of {a.reps} repetitions, "
+             f"{threads or 'default'} CPU threads", "",
              "| rank | trial | settings | tuner pp t/s | llama-bench pp | diff | tuner tg t/s | "
              "llama-bench tg | diff | tuner request s | llama-bench request s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

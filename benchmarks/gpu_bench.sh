@@ -38,6 +38,7 @@ run() {
   phase setup; setup || { phase FAILED setup; return 1; }
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
     | tee "$BENCH/out/gpu.txt"
+  lscpu >> "$BENCH/out/gpu.txt"
   phase "build $VARIANTS + write models"
   for v in $VARIANTS; do
     python3 -m tuner.cli build --variant "$v" --source "$SDIST" --cuda-arch "$ARCH" -j "$JOBS" \
@@ -63,6 +64,22 @@ t = time.time(); quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}');
 " >> "$BENCH/modelgen.log" 2>&1 || { phase "FAILED quantize $m"; return 1; }
     rm -f "$(path_of "$m").f16"
   done
+  if [ -n "${PROBE_THREADS:-}" ]; then  # prompt-time spread against llama.cpp's CPU threads
+    set -- $MODELS; phase "threads probe ${1} ($PROBE_THREADS)"
+    for t in $PROBE_THREADS; do for fa in 0 1; do
+      LD_LIBRARY_PATH=$PWD/builds/${VARIANTS%% *}/lib builds/${VARIANTS%% *}/bin/llama-bench \
+        -m "$(path_of "$1")" -ngl 99 -b 2048 -ub 1024 -fa $fa -t "$t" -p 2048 -n 0 -r 10 -o jsonl \
+        >> "$BENCH/out/threads-probe.jsonl" 2>> "$BENCH/threads-probe.log"
+    done; done
+    python3 - "$BENCH/out/threads-probe.jsonl" <<'PY' | tee "$BENCH/out/threads-probe.md"
+import json, statistics, sys
+print("| threads | fa | pp t/s median | min | max | samples |")
+for line in open(sys.argv[1]):
+    r = json.loads(line); ts = r["samples_ts"]
+    print(f"| {r['n_threads']} | {int(r['flash_attn'])} | {statistics.median(ts):,.0f} | {min(ts):,.0f} | "
+          f"{max(ts):,.0f} | {' '.join(f'{x:,.0f}' for x in ts)} |")
+PY
+  fi
   for m in $MODELS; do
     name=${m/:/-}
     phase "sweep $m"
@@ -113,7 +130,7 @@ case "${1:-status}" in
     done
     cp "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH/out/" 2>/dev/null
     tar czf "$dest/bench.tar.gz" -C "$BENCH" out phase
-    cat "$BENCH"/out/*/fidelity-*.md > "$dest/summary.md" 2>/dev/null
+    cat "$BENCH"/out/threads-probe.md "$BENCH"/out/*/fidelity-*.md > "$dest/summary.md" 2>/dev/null
     for f in "$BENCH"/sweep-*.log; do tail -n 12 "$f"; done
     cat "$dest/summary.md" ;;
 esac

@@ -60,6 +60,10 @@ def test_server_config_maps_the_record(model: str) -> None:
     threaded = server_config(make_record(2, device="cpu", n_threads=6), model)["models"][0]
     assert (threaded["n_threads"], threaded["n_threads_batch"]) == (6, 6)
     assert threaded["n_gpu_layers"] == 0
+    # A measurement that recorded its threads (the worker's default: physical cores) wins.
+    rec = make_record(3)
+    rec = rec.model_copy(update={"measurement": rec.measurement.model_copy(update={"threads": 5})})
+    assert server_config(rec, model)["models"][0]["n_threads"] == 5
 
 
 def test_written_yaml_validates_with_the_servers_settings(tmp_path: Path, model: str) -> None:

@@ -59,11 +59,13 @@ def model_entry(spec: TrialSpec, workload: Workload, model_path: str,
 
 
 def record_threads(record: TrialRecord) -> int | None:
-    """The threads the worker ran prompt and generation on: its own setting, or every core of
-    the machine it ran on. The server's defaults (half the cores for generation) would not be
-    what was measured."""
+    """The threads the worker ran prompt and generation on, as its measurement recorded them
+    (older records: the trial's setting, else every core of the machine it ran on). The
+    server's defaults (half the cores for generation) would not be what was measured."""
     cs = record.spec.context
-    return cs.n_threads or (record.environment.cpu_count if record.environment else None)
+    measured = record.measurement.threads if record.measurement else None
+    return cs.n_threads or measured or (record.environment.cpu_count if record.environment
+                                        else None)
 
 
 def server_config(record: TrialRecord, model_path: str, *, host: str = "127.0.0.1",

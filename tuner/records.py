@@ -64,6 +64,7 @@ class Measurement(Frozen):
     clocks: GpuClocks | None = None  # NVML at the start and end of the timed work; None: no GPU
     throttled: bool = False  # a throttle reason was active at the start or end of timed work
     warmups: dict[str, int] = Field(default_factory=dict)  # discarded runs per phase (pp, tg)
+    threads: int | None = None  # CPU threads llama.cpp ran with (None: records before this field)
 
 
 class ClockReading(Frozen):

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tuner.cpus import default_threads
 from tuner.errors import TunerError
 from tuner.placement import Expectation, parse_load_log, verify
 from tuner.records import ServedFigures, Stat
@@ -97,7 +98,7 @@ def measure_served(model_path: str | os.PathLike[str], spec: TrialSpec, workload
 
     if requests < 1:
         raise TunerError("measure_served needs at least one request")
-    threads = threads or spec.context.n_threads or os.cpu_count() or 1
+    threads = threads or spec.context.n_threads or default_threads()
     entry = model_entry(spec, workload, str(model_path), threads)
     env = service_env(spec, lib_dir)
     if via == "server":

@@ -13,7 +13,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tuner.cpus import default_threads
 from tuner.errors import TunerError
+from tuner.prodconfig import record_threads
 from tuner.records import FinalistReport, ServedFigures, TrialRecord
 
 Serve = Callable[[TrialRecord, int | None], ServedFigures]
@@ -32,9 +34,10 @@ def thread_candidates(record: TrialRecord) -> list[int]:
     with the per-token Python work (4 of 16 served fastest on an H100); a CPU trial keeps the
     thread count it measured."""
     if record.spec.model.device == "cpu":
-        return [record.spec.context.n_threads or os.cpu_count() or 1]
+        return [record_threads(record) or default_threads()]
     cores = os.cpu_count() or 1
-    return sorted({cores, max(1, cores // 2), max(1, cores // 4)}, reverse=True)
+    return sorted({cores, default_threads(), max(1, cores // 2), max(1, cores // 4)},
+                  reverse=True)
 
 
 def _beats(a: ServedFigures, b: ServedFigures) -> bool:

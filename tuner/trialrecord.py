@@ -52,6 +52,7 @@ def measurement(data: dict, wl: Workload, load_seconds: float) -> Measurement:
         clocks=clocks,
         throttled=throttled,
         warmups=data.get("warmups") or {},
+        threads=data.get("threads"),
     )
 
 

@@ -13,6 +13,7 @@ import time
 import traceback
 from typing import Any
 
+from tuner.cpus import default_threads
 from tuner.specs import ContextSettings, ModelSettings, Workload
 from tuner.worker import faults
 from tuner.worker.logcapture import LogCapture
@@ -102,7 +103,7 @@ def _serve(conn: Any, ms: ModelSettings, job: dict[str, Any]) -> None:
         return
     conn.send({**hello, "event": "ready", "load_seconds": load_seconds, "log": log.text(),
                "n_layer": llama_cpp.llama_model_n_layer(model)})
-    threads = job.get("threads") or os.cpu_count() or 1
+    threads = job.get("threads") or default_threads()
     while True:
         req = conn.recv()
         if req.get("op") == "stop":
@@ -153,6 +154,7 @@ def _measure(lc: Any, model: Any, req: dict[str, Any], threads: int, gpu: Any,
         clocks = ({"start": clocks_start, "end": clocks_end}
                   if clocks_start is not None and clocks_end is not None else None)
         return {"ok": True, "context_seconds": context_seconds, **samples,
+                "threads": cs.n_threads or threads,
                 "gpu_peak_mib": gpu.peak_mib() if gpu else None,
                 "gpu_total_mib": gpu.total_mib if gpu else None, "clocks": clocks,
                 "log": log.since_mark(), "op_log": op_log, "op_error": op_error}
