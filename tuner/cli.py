@@ -101,7 +101,8 @@ def sweep(model: Path, device: str, trials: int | None, space: Path | None, prom
                         results_dir=results_dir, study=study, storage=storage, out=out,
                         builds_dir=builds_dir, trial_timeout_s=trial_timeout,
                         trials_per_worker=trials_per_worker, sentinel=sentinel,
-                        finalists=FinalistOptions(rounds=finalist_rounds),
+                        finalists=FinalistOptions(rounds=finalist_rounds,
+                                                   max_rounds=2 * finalist_rounds),
                         served_requests=served_requests)
     with terminable(), SweepProgress(out) as progress:
         result = run_sweep(opts, progress)

@@ -2,9 +2,15 @@
 fresh worker per config, interleaved (A B C, A B C, ...), so that a noisy first measurement or a
 worker's history cannot crown the wrong config. Each finalist gets a confidence interval of its
 request time, prompt and generation speed, and of its ratio to the leader (paired by round, which
-cancels what a round shares: clocks, temperature, the neighbours' load). The leader wins only if
-the runner-up is slower beyond that interval; otherwise it is a tie and the lighter config (less
-GPU memory, no special kernel build, smaller batches) wins, and the decision says so."""
+cancels what a round shares: clocks, temperature, the neighbours' load).
+
+The decision: the fastest mean leads. A finalist whose ratio interval lies above 1 is slower. One
+whose interval's top is at most 1 + ``equivalent`` (2%) is proven as fast for practical
+purposes: leader and such finalists tie, and the lightest (less GPU memory, no special kernel
+build) wins. Any other finalist is undecided: more rounds run, for the leader and the undecided
+only, up to ``max_rounds``; still undecided then, the fastest mean is kept. A lighter config
+never wins on an interval that allows it to be more than 2% slower: on an H100 (run 5 of
+docs/benchmarks.md) that rule would have picked configs 2.5-4% behind the best."""
 
 from __future__ import annotations
 
@@ -37,6 +43,8 @@ class FinalistOptions:
     most: int = 6  # at most this many finalists
     rounds: int = 5  # fresh-worker rounds per finalist
     level: float = 0.95
+    equivalent: float = 0.02  # a lighter config may win only when proven at most 2% slower
+    max_rounds: int = 10  # extra rounds for the leader and the undecided, up to this many
 
 
 def select(records: list[TrialRecord], planned: set[str], drifts: list[WorkerDrift],
@@ -87,11 +95,14 @@ def _interval(xs: list[float], level: float) -> Interval:
 Measure = Callable[[TrialSpec], tuple[Outcome, TrialRecord]]
 
 
-def remeasure(finalists: list[TrialRecord], measure: Measure,
-              rounds: int) -> dict[str, list[_Round]]:
+def remeasure(finalists: list[TrialRecord], measure: Measure, rounds: int,
+              got: dict[str, list[_Round]] | None = None) -> dict[str, list[_Round]]:
     """Interleaved rounds: every finalist once per round, in the same order, each in a fresh
-    worker (``measure`` spawns one). A round a finalist fails in is left out for it."""
-    got: dict[str, list[_Round]] = {r.spec_key: [] for r in finalists}
+    worker (``measure`` spawns one), appended to ``got``. A round a finalist fails in is left
+    out for it."""
+    got = got if got is not None else {}
+    for f in finalists:
+        got.setdefault(f.spec_key, [])
     for _ in range(rounds):
         for f in finalists:
             _, record = measure(f.spec)
@@ -101,6 +112,22 @@ def remeasure(finalists: list[TrialRecord], measure: Measure,
     return got
 
 
+def settle(study: str, finalists: list[TrialRecord], measure: Measure,
+           opts: FinalistOptions) -> FinalistReport | None:
+    """``opts.rounds`` interleaved rounds of every finalist, then one more round at a time of
+    the leader and the undecided finalists while any is undecided, up to ``opts.max_rounds``."""
+    got = remeasure(finalists, measure, opts.rounds)
+    by_trial = {f.number: f for f in finalists}
+    while True:
+        report = decide(study, finalists, got, opts.level, opts.equivalent)
+        if report is None or not report.undecided:
+            return report
+        leader = by_trial[report.leader_trial]
+        if len(got[leader.spec_key]) >= opts.max_rounds:
+            return report
+        remeasure([leader] + [by_trial[t] for t in report.undecided], measure, 1, got)
+
+
 def _lightness(f: FinalistFigures, spec: TrialSpec) -> tuple[float, int, float]:
     """Less GPU memory first, then no special kernel build, then the faster point estimate."""
     return (f.gpu_peak_mib if f.gpu_peak_mib is not None else math.inf,
@@ -108,14 +135,16 @@ def _lightness(f: FinalistFigures, spec: TrialSpec) -> tuple[float, int, float]:
 
 
 def decide(study: str, finalists: list[TrialRecord], rounds: dict[str, list[_Round]],
-           level: float = 0.95) -> FinalistReport | None:
+           level: float = 0.95, equivalent: float = 0.02) -> FinalistReport | None:
     """Intervals, the leader, and the winner; None when no finalist measured in any round."""
     measured = [f for f in finalists if rounds.get(f.spec_key)]
     if not measured:
         return None
     mean_req = {f.spec_key: statistics.fmean(x.request_s for x in rounds[f.spec_key])
                 for f in measured}
-    leader = min(measured, key=lambda f: mean_req[f.spec_key])
+    verified = {f.spec_key: all(x.verified for x in rounds[f.spec_key]) for f in measured}
+    # An unproven re-measurement never leads a proven one.
+    leader = min(measured, key=lambda f: (not verified[f.spec_key], mean_req[f.spec_key]))
     lead_rounds = rounds[leader.spec_key]
     figures: list[FinalistFigures] = []
     for f in measured:
@@ -131,32 +160,40 @@ def decide(study: str, finalists: list[TrialRecord], rounds: dict[str, list[_Rou
             tg_tps=_interval(tg, level) if tg else None,
             ratio_to_leader=_interval(paired or [1.0], level),
             gpu_peak_mib=max(mibs) if mibs else None,
-            build=f.spec.model.build, verified=all(x.verified for x in rs)))
+            build=f.spec.model.build, verified=verified[f.spec_key]))
     figures.sort(key=lambda x: (not x.verified, x.request_seconds.value))
     specs = {f.spec_key: f.spec for f in measured}
-    lead = figures[0]  # an unproven re-measurement never leads a proven one
-    if len(figures) == 1:
-        return FinalistReport(study=study, level=level, finalists=figures,
-                              winner_trial=lead.trial, leader_trial=lead.trial, tie=False,
-                              reason="the only finalist", measured_at=now())
-    runner_up = figures[1]
-    # One round gives no interval: nothing can be "beyond" it, so it is decided as a tie.
-    if runner_up.rounds >= 2 and lead.rounds >= 2 and runner_up.ratio_to_leader.low > 1.0:
-        gap = (runner_up.ratio_to_leader.value - 1) * 100
-        reason = (f"#{lead.trial} is faster than the runner-up #{runner_up.trial} by {gap:.1f}% "
-                  f"({level:.0%} interval of the ratio {runner_up.ratio_to_leader.low:.3f}-"
-                  f"{runner_up.ratio_to_leader.high:.3f}, above 1)")
-        return FinalistReport(study=study, level=level, finalists=figures,
-                              winner_trial=lead.trial, leader_trial=lead.trial, tie=False,
-                              reason=reason, measured_at=now())
-    tied = [f for f in figures if f is lead or (
-        (f.ratio_to_leader.low <= 1.0 or f.rounds < 2 or lead.rounds < 2)
-        and f.verified >= lead.verified)]
-    winner = min(tied, key=lambda f: _lightness(f, specs[f.spec_key]))
-    others = ", ".join(f"#{f.trial}" for f in tied if f is not lead)
-    reason = (f"tie: {others} not slower than the fastest, #{lead.trial}, beyond the "
-              f"{level:.0%} interval; #{winner.trial} is the lighter config (GPU memory, then "
-              "kernel build, then speed)")
-    return FinalistReport(study=study, level=level, finalists=figures, winner_trial=winner.trial,
-                          leader_trial=lead.trial, tie=True, reason=reason, measured_at=now())
-
+    lead = figures[0]
+    common = dict(study=study, level=level, finalists=figures, leader_trial=lead.trial,
+                  equivalent=equivalent, measured_at=now())
+    others = [f for f in figures[1:] if f.verified >= lead.verified]
+    if not others:
+        reason = "the only finalist" if len(figures) == 1 else "the only proven finalist"
+        return FinalistReport(**common, winner_trial=lead.trial, tie=False, reason=reason)
+    # One round gives no interval: nothing is slower or equivalent beyond it.
+    paired_ok = [f for f in others if f.rounds >= 2 and lead.rounds >= 2]
+    slower = [f for f in paired_ok if f.ratio_to_leader.low > 1.0]
+    same = [f for f in paired_ok if f not in slower and f.ratio_to_leader.high <= 1 + equivalent]
+    undecided = [f for f in others if f not in slower and f not in same]
+    band = f"{level:.0%} interval of the ratio"
+    if same:
+        winner = min([lead, *same], key=lambda f: _lightness(f, specs[f.spec_key]))
+        names = ", ".join(f"#{f.trial}" for f in same)
+        reason = (f"tie: {names} within {equivalent:.0%} of the fastest, #{lead.trial} ({band} "
+                  f"at most {1 + equivalent:.2f}); #{winner.trial} is the lighter config (GPU "
+                  "memory, then kernel build, then speed)")
+        return FinalistReport(**common, winner_trial=winner.trial, tie=True, reason=reason,
+                              undecided=[f.trial for f in undecided])
+    if undecided:
+        names = ", ".join(f"#{f.trial}" for f in undecided)
+        reason = (f"#{lead.trial} has the fastest mean; {names} neither slower beyond the {band} "
+                  f"nor proven within {equivalent:.0%} after {lead.rounds} rounds: the fastest "
+                  "mean is kept")
+        return FinalistReport(**common, winner_trial=lead.trial, tie=False, reason=reason,
+                              undecided=[f.trial for f in undecided])
+    runner_up = slower[0]
+    gap = (runner_up.ratio_to_leader.value - 1) * 100
+    reason = (f"#{lead.trial} is faster than the runner-up #{runner_up.trial} by {gap:.1f}% "
+              f"({band} {runner_up.ratio_to_leader.low:.3f}-"
+              f"{runner_up.ratio_to_leader.high:.3f}, above 1)")
+    return FinalistReport(**common, winner_trial=lead.trial, tie=False, reason=reason)

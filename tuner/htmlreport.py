@@ -76,8 +76,8 @@ def _answer(ov: Overview) -> str:
             ("verified", ('yes: ' if w.verified else '<span class="bad">NO</span>: ')
              + _e(w.proof)),
         ]
-        if ov.tie:
-            items.append(("tie", _e(ov.tie_reason)))
+        if ov.tie or ov.undecided:
+            items.append(("tie" if ov.tie else "undecided", _e(ov.tie_reason)))
     r = ov.runner_up
     if r is not None and ov.gap_verdict:
         items.append(("runner-up", f"#{r.trial} {_e(r.label)}: {secs(r.request_s.value)} s, "
@@ -219,7 +219,7 @@ def _finalists(f: FinalistReport | None) -> str:
              *_served_cells(x.served)]
             for x in f.finalists]
     return (f"<p>Decision: trial #{f.winner_trial} (fastest point estimate #{f.leader_trial})"
-            f"{'; tie' if f.tie else ''}: {_e(f.reason)}</p>"
+            f"{'; tie' if f.tie else '; undecided' if f.undecided else ''}: {_e(f.reason)}</p>"
             + table(["#", "settings", "rounds", "samples", f"request s ({f.level:.0%})",
                      "ratio to leader", "pp t/s", "tg t/s", "verified", "served ttft s",
                      "served gen t/s", "served request s"], rows,

@@ -56,6 +56,7 @@ class Overview(Frozen):
     gap_beyond_noise: bool | None
     gap_verdict: str | None  # the gap in words
     tie: bool = False
+    undecided: bool = False  # finalists neither slower nor proven equivalent: fastest kept
     tie_reason: str | None = None
     baseline: Pick | None
     gain: float | None  # baseline request time / winner's: above 1 is faster than the defaults
@@ -183,7 +184,7 @@ def overview(study: str, records: list[TrialRecord], finalists: FinalistReport |
     env = next((r.environment for r in records if r.environment is not None), None)
     winner = runner = None
     gap = None
-    tie, tie_reason = False, None
+    tie, tie_reason, undecided = False, None, False
     finalist_ok = finalists is not None and any(
         f.trial == finalists.winner_trial for f in finalists.finalists)
     if finalist_ok:
@@ -200,6 +201,7 @@ def overview(study: str, records: list[TrialRecord], finalists: FinalistReport |
             gap = (r2.ratio_to_leader if w.trial == finalists.leader_trial
                    else _ratio(r2.request_seconds, w.request_seconds))
         tie, tie_reason = finalists.tie, finalists.reason
+        undecided = bool(finalists.undecided)
         note = (f"re-measured with {len(finalists.finalists)} finalists in fresh workers "
                 f"({finalists.measured_at})")
         win_rec = by_number.get(w.trial)
@@ -236,7 +238,7 @@ def overview(study: str, records: list[TrialRecord], finalists: FinalistReport |
         winner=winner, winner_note=note if winner else "", runner_up=runner, gap=gap,
         gap_beyond_noise=None if gap is None else (gap.low > 1.0 or gap.high < 1.0),
         gap_verdict=_gap_words(gap),
-        tie=tie, tie_reason=tie_reason,
+        tie=tie, tie_reason=tie_reason, undecided=undecided,
         baseline=_from_record(base) if base is not None else None,
         gain=gain, pp_gain=pp_gain,
         no_winner_reason=None if winner else _no_winner_reason(records),

@@ -222,8 +222,11 @@ class FinalistFigures(Frozen):
 
 
 class FinalistReport(Frozen):
-    """The finalists of a study and the decision between them. ``tie``: the runner-up was not
-    slower beyond the interval, so the lighter config won (``reason`` says which and why)."""
+    """The finalists of a study and the decision between them. ``tie``: some finalist was
+    proven within ``equivalent`` of the fastest (its ratio interval's top at most 1 +
+    equivalent), so the lightest of those won. ``undecided``: finalists neither slower beyond
+    the interval nor proven equivalent when the rounds ran out; the fastest mean was kept.
+    ``reason`` says which and why."""
 
     study: str
     objective: str = "request_seconds"
@@ -233,4 +236,6 @@ class FinalistReport(Frozen):
     leader_trial: int  # fastest point estimate
     tie: bool
     reason: str
+    undecided: list[int] = Field(default_factory=list)
+    equivalent: float | None = None  # the margin a lighter config may lose by (None: older)
     measured_at: str

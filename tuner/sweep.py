@@ -16,7 +16,7 @@ from tuner.buildinfo import BuildFlags, fa_supports, parse_system_info
 from tuner.environment import environment, model_sha256
 from tuner.drift import worker_drift
 from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
-from tuner.finalists import FinalistOptions, decide, remeasure, select
+from tuner.finalists import FinalistOptions, select, settle
 from tuner.finalists_store import append_drift, load_drift, load_finalists, save_finalists
 from tuner.modelcheck import ModelInfo, check_model
 from tuner.planner import Planner
@@ -313,7 +313,8 @@ def _final(opts: SweepOptions, study: str, records: list[TrialRecord], planned: 
     if stored is not None and {f.spec_key for f in stored.finalists} == keys:
         return (stored, *_stored_served(stored))
     events.note(f"finalists: {len(finalists)} configs x {opts.finalists.rounds} rounds, each "
-                "in a fresh worker, interleaved")
+                "in a fresh worker, interleaved (more rounds, up to "
+                f"{opts.finalists.max_rounds}, while any is undecided)")
     by_number = {f.spec_key: f for f in finalists}
     lib_dirs = {name: p.lib_dir for name, p in probes.items()}
 
@@ -327,8 +328,7 @@ def _final(opts: SweepOptions, study: str, records: list[TrialRecord], planned: 
         return outcome, make_record(study, source.number, spec, wl, outcome, probe.flags,
                                     probe.expected_variant, envs[spec.model.build], started)
 
-    report = decide(study, finalists, remeasure(finalists, measure, opts.finalists.rounds),
-                    opts.finalists.level)
+    report = settle(study, finalists, measure, opts.finalists)
     if report is None:
         return None, None, None
     fig, threads = None, None

@@ -97,8 +97,8 @@ def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
         body.add_row("", _pick_line(w))
         body.add_row("", ov.winner_note)
         body.add_row("verified", ("yes: " if w.verified else "NO: ") + w.proof)
-        if ov.tie:
-            body.add_row("tie", ov.tie_reason or "")
+        if ov.tie or ov.undecided:
+            body.add_row("tie" if ov.tie else "undecided", ov.tie_reason or "")
         if ov.served:
             body.add_row("served", ov.served)
     r = ov.runner_up
