@@ -160,8 +160,8 @@ def main() -> None:
         results[name] = {"rows": json.loads(Path(path).read_text()),
                          "wall_s": round(time.time() - t0, 1)}
     (a.out / "drift_probe.json").write_text(json.dumps(results, indent=1))
-    print(f"| condition | tg t/s first 3 | tg t/s last 3 | drift | pp drift | threads first/last "
-          f"| log lines while timing | rep0 tg vs rest |")
+    print("| condition | tg t/s first 3 | tg t/s last 3 | drift | pp drift | threads first/last "
+          "| log lines while timing | rep0 tg vs rest |")
     print("|---|---|---|---|---|---|---|---|")
     for name, res in results.items():
         if "rows" not in res:

@@ -93,6 +93,18 @@ PY
       --results "$BENCH/results-$name" --builds builds --out "$BENCH/out/$name" \
       > "$BENCH/fidelity-$name.log" 2>&1
     echo "fidelity exit $?" >> "$BENCH/fidelity-$name.log"
+    if [ -n "${SEARCH_COMPARE:-}" ]; then  # the model-based sampler against this grid
+      phase "tpe sweep $m"
+      s=$SECONDS; python3 -m tuner.cli sweep --model "$(path_of "$m")" --sampler tpe \
+        --prompt-tokens 2048 --gen-tokens 128 --results "$BENCH/results-$name-tpe" \
+        --out "$BENCH/out/$name-tpe/production.yaml" --builds builds > "$BENCH/sweep-$name-tpe.log" 2>&1
+      echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name-tpe.log"
+      python3 benchmarks/search_compare.py --grid-results "$BENCH/results-$name" \
+        --grid-fidelity "$BENCH/out/$name/fidelity_space.json" --grid-log "$BENCH/sweep-$name.log" \
+        --tpe-results "$BENCH/results-$name-tpe" --tpe-log "$BENCH/sweep-$name-tpe.log" \
+        --out "$BENCH/out/$name" > "$BENCH/compare-$name.log" 2>&1
+      echo "compare exit $?" >> "$BENCH/compare-$name.log"
+    fi
     if [[ " ${VERIFY_MODELS:-} " == *" $m "* ]]; then
       phase "served figures + tuner verify $m"
       python3 benchmarks/served_verify.py --results "$BENCH/results-$name" \
@@ -106,7 +118,7 @@ PY
 
 status() {
   cat "$BENCH/phase" 2>/dev/null; tail -n 3 "$BENCH/log" 2>/dev/null
-  for f in "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log "$BENCH"/verify-*.log; do
+  for f in "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/verify-*.log; do
     [ -f "$f" ] && echo "$f: $(tail -n 2 "$f" | cut -c1-160 | tr '\n' ' ')"
   done
 }
@@ -128,9 +140,9 @@ case "${1:-status}" in
       [ -d "$d" ] && for f in "$d"/*/trials.jsonl "$d"/*/finalists.json "$d"/*/drift.jsonl; do
         [ -f "$f" ] && cp "$f" "$BENCH/out/$(basename "${d#*results-}")/" ; done
     done
-    cp "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH/out/" 2>/dev/null
+    cp "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH/out/" 2>/dev/null
     tar czf "$dest/bench.tar.gz" -C "$BENCH" out phase
-    cat "$BENCH"/out/threads-probe.md "$BENCH"/out/*/fidelity-*.md > "$dest/summary.md" 2>/dev/null
+    cat "$BENCH"/out/threads-probe.md "$BENCH"/out/*/fidelity-*.md "$BENCH"/out/*/search-compare.md > "$dest/summary.md" 2>/dev/null
     for f in "$BENCH"/sweep-*.log; do tail -n 12 "$f"; done
     cat "$dest/summary.md" ;;
 esac

@@ -74,6 +74,17 @@ def cli(debug: bool) -> None:
               help="Each worker measures its first trial again when it ends (drift check).")
 @click.option("--finalist-rounds", type=click.IntRange(min=0), default=5, show_default=True,
               help="Fresh-worker rounds re-measuring the leading configs (0: none).")
+@click.option("--sampler", type=click.Choice(["auto", "grid", "tpe"]), default="auto",
+              show_default=True,
+              help="grid: every setting; tpe: optuna's model-based TPE sampler; auto: grid up "
+                   "to 16 settings, tpe above.")
+@click.option("--patience", type=click.IntRange(min=0), default=None,
+              help="Stop after N finished trials without a 1% gain [default: 10 with tpe, "
+                   "never with grid; 0: never].")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=None,
+              help="Seconds of search before no new trial starts (finalists still run).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The model-based sampler's seed.")
 @click.option("--served-requests", type=click.IntRange(min=0, max=1000), default=5,
               show_default=True,
               help="Requests per finalist through a real llama_cpp.server (0: raw figures only).")
@@ -81,6 +92,7 @@ def sweep(model: Path, device: str, trials: int | None, space: Path | None, prom
           gen_tokens: int, n_ctx: int, repetitions: int, warmup: int, results_dir: Path,
           study: str | None, storage: str | None, out: Path, builds_dir: Path,
           trial_timeout: float, trials_per_worker: int, sentinel: bool,
+          sampler: str, patience: int | None, timeout_s: float | None, seed: int,
           finalist_rounds: int, served_requests: int) -> None:
     """Try llama.cpp settings on MODEL, verify each trial's placement from llama.cpp's load
     log, store every trial, and write the best verified settings to --out.
@@ -92,6 +104,7 @@ def sweep(model: Path, device: str, trials: int | None, space: Path | None, prom
     """
     from tuner.finalists import FinalistOptions
     from tuner.render import SweepProgress, print_sweep_result
+    from tuner.sampler import StopRule
     from tuner.specs import Workload
     from tuner.sweep import SweepOptions, run_sweep
 
@@ -103,7 +116,8 @@ def sweep(model: Path, device: str, trials: int | None, space: Path | None, prom
                         trials_per_worker=trials_per_worker, sentinel=sentinel,
                         finalists=FinalistOptions(rounds=finalist_rounds,
                                                    max_rounds=2 * finalist_rounds),
-                        served_requests=served_requests)
+                        served_requests=served_requests, sampler=sampler, seed=seed,
+                        stop=StopRule(patience=patience, timeout_s=timeout_s))
     with terminable(), SweepProgress(out) as progress:
         result = run_sweep(opts, progress)
     print_sweep_result(out, result)

@@ -25,6 +25,7 @@ from optuna.trial import TrialState as OptunaState
 from tuner.claims import CONFIG_PREFIX, Claims, is_stale
 from tuner.errors import BadInput, TunerError
 from tuner.records import TrialRecord
+from tuner.sampler import Finished, TpeOrder
 from tuner.specs import TrialSpec
 from tuner.storeerrors import open_storage, storage_error
 
@@ -46,6 +47,8 @@ class Planner:
         self._order: list[str] = []
         self._cursor = 0
         self._done: set[str] = set()
+        self._tpe: TpeOrder | None = None
+        self._taken: set[str] = set()  # claimed by another sweep when this one asked
 
     def _guard(self, fn: Callable[[], T]) -> T:
         """Run a storage operation; its failures become one-line TunerErrors."""
@@ -111,10 +114,14 @@ class Planner:
         return retried
 
     # -- planning and asking -----------------------------------------------------------------
-    def enqueue(self, specs: Iterable[TrialSpec], done_keys: set[str], space_id: str = "") -> int:
+    def enqueue(self, specs: Iterable[TrialSpec], done_keys: set[str], space_id: str = "",
+                sampler: Literal["grid", "tpe"] = "grid", seed: int = 0) -> int:
         """Plan ``specs`` (in order) under ``space_id``; returns how many are not done yet.
-        Nothing is written: settings are claimed one at a time when asked."""
+        Nothing is written: settings are claimed one at a time when asked, in plan order
+        (grid) or as the TPE sampler proposes from the study's finished trials (tpe)."""
         self.plan = {s.key(): s for s in specs}
+        self._tpe = TpeOrder(self.plan, seed) if sampler == "tpe" else None
+        self._taken = set()
         self.space_id = space_id
         self._done = set(done_keys) | self._guard(self.claims.done_keys)
         self._order = [k for k in self.plan if k not in self._done]
@@ -122,20 +129,48 @@ class Planner:
         self._guard(self.claims.start_heartbeat)
         return len(self._order)
 
+    def history(self) -> list[Finished]:
+        """The plan's finished trials in the order they were created: objectives, or None for
+        settings that ran out of memory, crashed, timed out or failed (interrupted and
+        superseded trials are left out: they say nothing of the setting)."""
+        def read() -> list[Finished]:
+            out = []
+            for t in self.study.get_trials(deepcopy=False,
+                                           states=(OptunaState.COMPLETE, OptunaState.FAIL)):
+                key = t.user_attrs.get("spec_key")
+                if key not in self.plan:
+                    continue
+                if t.state == OptunaState.COMPLETE:
+                    out.append(Finished(key, t.value))
+                elif t.user_attrs.get("tuner_state") in ("infeasible", "crashed", "timeout",
+                                                         "failed"):
+                    out.append(Finished(key, None))
+            return out
+        return self._guard(read)
+
+    def _next_key(self) -> str | None:
+        if self._tpe is None:
+            if self._cursor >= len(self._order):
+                return None
+            self._cursor += 1
+            return self._order[self._cursor - 1]
+        open_keys = [k for k in self._order if k not in self._done and k not in self._taken]
+        return self._tpe.pick(open_keys, self.history())
+
     def ask(self) -> tuple[int, TrialSpec] | None:
         """The next setting of the plan that no sweep has done or is running, claimed for this
         process, with its optuna trial created RUNNING."""
-        while self._cursor < len(self._order):
-            key = self._order[self._cursor]
-            self._cursor += 1
+        while (key := self._next_key()) is not None:
             taken, old = self._guard(lambda: self.claims.claim(key))
             if not taken:
                 if old is not None and old.state == "done":
                     self._done.add(key)
+                self._taken.add(key)
                 continue
             if old is not None and old.trial_number is not None:  # a dead sweep's trial
                 self._guard(lambda: self._fail(old.trial_number, "interrupted"))
             number = self._guard(lambda: self._create(key))
+            self._done.add(key)
             return number, self.plan[key]
         return None
 

@@ -76,6 +76,11 @@ def print_sweep_result(out: Path, result: Any) -> None:
     c = Console(highlight=False, soft_wrap=True)
     c.print(f"study {result.study}: {len(result.ran)} trial(s) run now, {len(result.records)} "
             f"stored in {result.store_path}", markup=False)
+    if getattr(result, "stop_reason", ""):
+        times = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+        c.print(f"search ({result.sampler}): {result.stop_reason}; saw {result.seen} of "
+                f"{result.planned} settings" + (f"; time: {times}" if times else ""),
+                markup=False)
     if result.written is None:
         what = "production config" if getattr(result, "deferred", False) else \
             "no production config written"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from tuner.preflight import check_records_identity, check_writable_folder, prefl
 from tuner.prodconfig import WrittenConfig, check_out, write_production
 from tuner.records import Environment, FinalistReport, ServedFigures, TrialRecord, WorkerDrift
 from tuner.runner import Outcome, Runner, SentinelResult
+from tuner.sampler import SamplerName, StopRule, resolve, stagnation
 from tuner.served import measure_served
 from tuner.servedfinal import choose
 from tuner.space import Space, default_space, grid, load_space
@@ -64,6 +66,17 @@ class SweepOptions:
     sentinel: bool = True  # each worker re-measures its first trial when it ends
     finalists: FinalistOptions = field(default_factory=FinalistOptions)  # rounds 0: none
     served_requests: int = 5  # served-path requests per finalist (0: raw figures only)
+    sampler: SamplerName = "auto"  # tuner/sampler.py
+    stop: StopRule = field(default_factory=StopRule)  # patience None: 10 for tpe, off for grid
+    seed: int = 0
+
+    def patience(self, kind: str) -> int | None:
+        if self.stop.patience is not None:
+            return self.stop.patience or None  # 0: never stop early
+        return DEFAULT_PATIENCE if kind == "tpe" else None
+
+
+DEFAULT_PATIENCE = 10
 
 
 @dataclass
@@ -88,6 +101,11 @@ class SweepResult:
     finalists: FinalistReport | None = None
     drifts: list[WorkerDrift] = field(default_factory=list)
     deferred: bool = False  # another live sweep of the study writes the config when it ends
+    sampler: str = "grid"
+    stop_reason: str = ""  # why the search ended (or paused)
+    seen: int = 0  # settings of the plan with a finished trial
+    planned: int = 0  # settings in the plan
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase
 
 
 def default_study(info: ModelInfo, device: Device, wl: Workload) -> str:
@@ -203,16 +221,37 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         retried = planner.reconcile(existing)
         done = {r.spec_key for r in existing}
         space_id = space.space_id()
+        kind = resolve(opts.sampler, len(specs))
+        patience = opts.patience(kind)
+        t0 = time.monotonic()
         try:
-            pending = planner.enqueue(specs, done, space_id)
+            pending = planner.enqueue(specs, done, space_id, sampler=kind, seed=opts.seed)
             events.planned(len(specs), min(pending, opts.trials or pending), retried)
+            if kind == "tpe":
+                events.note(f"sampler tpe (model-based) over {len(specs)} settings; stops after "
+                            f"{patience} trials without a {opts.stop.min_gain:.0%} gain"
+                            if patience else f"sampler tpe over {len(specs)} settings")
             ran: list[TrialRecord] = []
             best = _best(existing, set(planner.plan))
-            searched = False  # every planned setting has been tried
-            while opts.trials is None or len(ran) < opts.trials:
+            searched = False  # the search ended: every setting tried, or a stop rule
+            stop_reason = ""
+            while True:
+                if opts.trials is not None and len(ran) >= opts.trials:
+                    stop_reason = f"paused: --trials {opts.trials} reached (a re-run continues)"
+                    break
+                if opts.stop.timeout_s is not None and time.monotonic() - t0 >= opts.stop.timeout_s:
+                    searched, stop_reason = True, f"stopped: --timeout {opts.stop.timeout_s:g} s"
+                    break
+                if patience and (stale := stagnation(
+                        [h.objective for h in planner.history()],
+                        opts.stop.min_gain)) >= patience:
+                    searched = True
+                    stop_reason = (f"stopped: {stale} trials without a gain above "
+                                   f"{opts.stop.min_gain:.0%} (patience {patience})")
+                    break
                 nxt = planner.ask()
                 if nxt is None:
-                    searched = True
+                    searched, stop_reason = True, "every planned setting measured"
                     break
                 number, spec = nxt
                 events.started(spec)
@@ -233,11 +272,17 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
             planner.close()
             raise
 
+    seen = len({h.spec_key for h in planner.history()})
+    search_s = time.monotonic() - t0
     try:  # the heartbeat keeps this sweep's config claim alive through the finalists
-        return _decide_and_write(opts, study, store, planner, probes, envs, info, wl, ran,
-                                 retried, searched, events)
+        result = _decide_and_write(opts, study, store, planner, probes, envs, info, wl, ran,
+                                   retried, searched, events)
     finally:
         planner.close()
+    result.sampler, result.stop_reason, result.seen, result.planned = (
+        kind, stop_reason, seen, len(specs))
+    result.seconds = {"search": search_s, **result.seconds}
+    return result
 
 
 def _decide_and_write(opts: SweepOptions, study: str, store: Store, planner: Planner,
@@ -251,6 +296,7 @@ def _decide_and_write(opts: SweepOptions, study: str, store: Store, planner: Pla
     drifts = load_drift(opts.results_dir, study)
     final, served_fig, served_threads = None, None, None
     written, reason, deferred = None, None, False
+    seconds: dict[str, float] = {}
     if best is None:
         reason = _why_no_config(records)
     elif planner.others_running():
@@ -267,7 +313,7 @@ def _decide_and_write(opts: SweepOptions, study: str, store: Store, planner: Pla
         try:
             final, served_fig, served_threads = _final(
                 opts, study, records, set(planner.plan), drifts, probes, envs, info, wl,
-                store.dir / "logs", events)
+                store.dir / "logs", events, seconds)
         except BaseException:
             planner.release_config()
             raise
@@ -290,7 +336,7 @@ def _decide_and_write(opts: SweepOptions, study: str, store: Store, planner: Pla
         finally:
             planner.release_config()
     return SweepResult(study, ran, records, best, written, reason, store.path, retried, final,
-                       drifts, deferred)
+                       drifts, deferred, seconds=seconds)
 
 
 def _pct(x: float | None) -> str:
@@ -300,7 +346,8 @@ def _pct(x: float | None) -> str:
 def _final(opts: SweepOptions, study: str, records: list[TrialRecord], planned: set[str],
            drifts: list[WorkerDrift], probes: dict[str, BuildProbe],
            envs: dict[str, Environment], info: ModelInfo, wl: Workload, logs: Path,
-           events: Events) -> tuple[FinalistReport | None, ServedFigures | None, int | None]:
+           events: Events, seconds: dict[str, float],
+           ) -> tuple[FinalistReport | None, ServedFigures | None, int | None]:
     """Re-measure the leaders in fresh workers, interleaved, and decide; then serve them
     (tuner/servedfinal.py). A stored decision over the same finalists is reused: a re-run of a
     finished study measures nothing again. Returns the decision and the winner's served figures
@@ -328,7 +375,9 @@ def _final(opts: SweepOptions, study: str, records: list[TrialRecord], planned: 
         return outcome, make_record(study, source.number, spec, wl, outcome, probe.flags,
                                     probe.expected_variant, envs[spec.model.build], started)
 
+    t0 = time.monotonic()
     report = settle(study, finalists, measure, opts.finalists)
+    seconds["finalists"] = time.monotonic() - t0
     if report is None:
         return None, None, None
     fig, threads = None, None
@@ -341,7 +390,9 @@ def _final(opts: SweepOptions, study: str, records: list[TrialRecord], planned: 
                                   requests=opts.served_requests, threads=n_threads,
                                   timeout_s=opts.load_timeout_s, via="server")
 
+        t0 = time.monotonic()
         choice = choose(report, {f.number: f for f in finalists}, serve)
+        seconds["served"] = time.monotonic() - t0
         report, fig, threads = choice.report, choice.served, choice.threads
     save_finalists(opts.results_dir, report)
     events.note(f"winner #{report.winner_trial}: {report.reason}")

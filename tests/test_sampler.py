@@ -1,0 +1,148 @@
+"""The search order and the stop rule (tuner/sampler.py, tuner/planner.py): the model-based
+sampler's choices and seeds, the mapping of its proposals onto the plan, the penalty that lets
+failed settings teach it, the stop rule; then real CPU sweeps of the tiny model: a TPE sweep
+that stops on its rule and says why, and a paused one that a re-run continues from the study's
+history."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from tests.cli_run import tuner
+from tuner.sampler import AUTO_GRID, Finished, TpeOrder, dimensions, resolve, stagnation
+from tuner.specs import ContextSettings, ModelSettings, TrialSpec
+
+
+def spec(nb: int, nu: int, fa: bool, tk: str = "f16", build: str = "installed") -> TrialSpec:
+    return TrialSpec(model=ModelSettings(build=build, device="cuda"),
+                     context=ContextSettings(n_batch=nb, n_ubatch=nu, flash_attn=fa, type_k=tk,
+                                             type_v=tk))
+
+
+PLAN = {s.key(): s for s in [spec(nb, nu, fa, tk) for nb in (512, 1024, 2048)
+                            for nu in (256, 512, 1024) if nu <= nb
+                            for fa in (False, True) for tk in ("f16", "q8_0")
+                            if fa or tk == "f16"]}
+
+
+def test_auto_is_grid_for_small_plans_and_tpe_above() -> None:
+    assert resolve("auto", AUTO_GRID) == "grid" and resolve("auto", AUTO_GRID + 1) == "tpe"
+    assert resolve("grid", 1000) == "grid" and resolve("tpe", 2) == "tpe"
+
+
+def test_dimensions_are_the_fields_that_vary() -> None:
+    dims = dimensions(PLAN.values())
+    assert set(dims) == {"context.n_batch", "context.n_ubatch", "context.flash_attn",
+                         "context.type_k", "context.type_v"}
+    assert dims["context.n_batch"] == [512, 1024, 2048]
+
+
+def test_seeds_are_the_baseline_then_llama_cpp_defaults() -> None:
+    order = TpeOrder(PLAN)
+    keys = list(PLAN)
+    first = order.pick(keys, [])
+    assert first == keys[0]  # the plan's first setting: the baseline
+    second = order.pick(keys[1:], [Finished(first, 1.0)])
+    c = PLAN[second].context
+    assert (c.n_batch, c.n_ubatch, c.flash_attn, c.type_k) == (2048, 512, True, "f16")
+
+
+def test_proposals_land_on_open_settings_only_and_are_deterministic() -> None:
+    order = TpeOrder(PLAN, seed=3)
+    keys = list(PLAN)
+    history = [Finished(k, 1.0 + i / 10) for i, k in enumerate(keys[:8])]
+    open_keys = keys[8:]
+    got = order.pick(open_keys, history)
+    assert got in open_keys
+    assert TpeOrder(PLAN, seed=3).pick(open_keys, history) == got  # same history, same choice
+    assert order.pick([keys[-1]], history) == keys[-1]
+    assert order.pick([], history) is None
+
+
+def test_the_model_follows_the_fast_region() -> None:
+    # Objective falls with n_ubatch and is far worse without flash attention: after enough
+    # history, proposals come from flash-attention settings with large micro-batches.
+    def objective(k: str) -> float:
+        c = PLAN[k].context
+        return (1.0 if c.flash_attn else 3.0) * 1024 / c.n_ubatch
+    order = TpeOrder(PLAN, seed=0)
+    keys = list(PLAN)
+    history = [Finished(k, objective(k)) for k in keys[::2]]
+    picks = []
+    open_keys = [k for k in keys if k not in set(keys[::2])]
+    for _ in range(4):
+        k = order.pick(open_keys, history)
+        assert k is not None
+        picks.append(k)
+        open_keys.remove(k)
+        history.append(Finished(k, objective(k)))
+    assert sum(PLAN[k].context.flash_attn for k in picks) >= 3
+
+
+def test_failed_settings_teach_the_sampler_as_the_worst_times_the_penalty() -> None:
+    keys = list(PLAN)
+    order = TpeOrder(PLAN, seed=1)
+    # Every q8_0 setting failed (out of memory, say): none of the next picks is q8_0.
+    history = [Finished(k, None if PLAN[k].context.type_k == "q8_0" else 1.0 + i / 100)
+               for i, k in enumerate(keys[:12])]
+    open_keys = keys[12:]
+    for _ in range(3):
+        k = order.pick(open_keys, history)
+        open_keys.remove(k)
+        history.append(Finished(k, 2.0 if PLAN[k].context.type_k == "f16" else None))
+    assert len(open_keys) == len(keys) - 15
+
+
+def test_stagnation_counts_trials_since_the_last_real_gain() -> None:
+    assert stagnation([], 0.01) == 0
+    assert stagnation([1.0, 0.9, 0.899, 0.95, None], 0.01) == 3  # 0.899 is no 1% gain
+    assert stagnation([1.0, 0.9, 0.8], 0.01) == 0
+    assert stagnation([None, None], 0.01) == 2
+
+
+SPACE = {"n_gpu_layers": [0], "n_batch": [32, 64, 128], "n_ubatch": [32, 64, 128],
+         "flash_attn": [False, True], "n_threads": [1, 2]}  # 24 settings
+
+
+def _sweep(model: Path, tmp: Path, *extra: object):  # type: ignore[no-untyped-def]
+    space = tmp / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    return tuner("sweep", "--model", model, "--device", "cpu", "--space", space,
+                 "--prompt-tokens", 128, "--gen-tokens", 4, "--repetitions", 2,
+                 "--results", tmp / "results", "--out", tmp / "prod.yaml",
+                 "--finalist-rounds", 0, "--served-requests", 0, "--trials-per-worker", 4,
+                 *extra)
+
+
+def _trials(tmp: Path) -> list[dict]:
+    (path,) = (tmp / "results").glob("*/trials.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_tpe_sweep_stops_on_its_rule_and_says_why(tiny_model: Path, tmp_path: Path) -> None:
+    proc = _sweep(tiny_model, tmp_path, "--sampler", "tpe", "--patience", 3)
+    assert proc.returncode == 0, proc.stderr
+    rows = _trials(tmp_path)
+    assert 4 <= len(rows) < 24
+    assert len({r["spec_key"] for r in rows}) == len(rows)  # no setting twice
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("search (tpe)"))
+    assert "without a gain above 1% (patience 3)" in line
+    assert f"saw {len(rows)} of 24 settings" in line
+    assert (tmp_path / "prod.yaml").exists()
+
+
+def test_a_paused_tpe_study_continues_from_its_history(tiny_model: Path, tmp_path: Path) -> None:
+    first = _sweep(tiny_model, tmp_path, "--sampler", "tpe", "--patience", 0, "--trials", 3)
+    assert first.returncode == 0, first.stderr
+    assert "paused: --trials 3 reached" in first.stdout
+    before = _trials(tmp_path)
+    assert len(before) == 3
+    again = _sweep(tiny_model, tmp_path, "--sampler", "tpe", "--patience", 0, "--trials", 3)
+    assert again.returncode == 0, again.stderr
+    after = _trials(tmp_path)
+    assert len(after) == 6 and len({r["spec_key"] for r in after}) == 6
+    assert [r["number"] for r in after] == list(range(6))
+    assert "saw 6 of 24 settings" in again.stdout

@@ -1,0 +1,139 @@
+"""Which planned setting runs next, and when the search stops.
+
+``grid`` walks the plan in its order (every setting, baseline first). ``tpe`` asks optuna's TPE
+sampler over the plan's dimensions (every field of a setting whose value differs across the
+plan), fitted on the finished trials of the plan as the study's storage holds them: the storage
+is the sampler's state, so a re-run, or another sweep of the same study, continues from the same
+history. It starts with the baseline and llama.cpp's own defaults (n_batch 2048, n_ubatch 512,
+flash attention, f16 cache), then follows the model. A proposal outside the plan (an invalid
+pair) or already done or taken goes to the nearest setting still open (fewest differing
+dimensions, plan order on ties). Trials that ran out of memory, crashed or failed teach the
+sampler as the worst objective seen times ``PENALTY`` instead of vanishing.
+
+``auto`` (the default) is grid for plans of at most ``AUTO_GRID`` settings, where a model has
+too little to learn from, tpe above.
+
+The stop rule: a model-based search stops when ``patience`` finished trials in a row have not
+improved the best objective by more than ``min_gain``; ``--timeout`` and ``--trials`` stop it
+too. ``StopState`` says why it stopped and how much of the plan it saw."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState as OptunaState
+
+from tuner.specs import TrialSpec
+
+optuna.logging.set_verbosity(logging.WARNING)
+
+SamplerName = Literal["auto", "grid", "tpe"]
+AUTO_GRID = 16
+PENALTY = 2.0
+STARTUP = 5  # TPE's random start after the seeds; small plans leave little room for more
+# llama.cpp's own context defaults (llama_context_default_params, flash attention auto = on
+# where the backend has kernels): one of the first settings a model-based search measures.
+LLAMA_DEFAULTS = {"n_batch": 2048, "n_ubatch": 512, "flash_attn": True, "type_k": "f16",
+                  "type_v": "f16"}
+
+
+def resolve(name: SamplerName, plan_size: int) -> Literal["grid", "tpe"]:
+    if name == "auto":
+        return "grid" if plan_size <= AUTO_GRID else "tpe"
+    return name
+
+
+def flat(spec: TrialSpec) -> dict[str, Any]:
+    """Every field of a setting, model and context, in one flat mapping."""
+    return {**{f"model.{k}": v for k, v in spec.model.model_dump().items()},
+            **{f"context.{k}": v for k, v in spec.context.model_dump().items()}}
+
+
+def dimensions(plan: Iterable[TrialSpec]) -> dict[str, list[Any]]:
+    """The fields whose value differs across the plan, with their values in plan order."""
+    values: dict[str, list[Any]] = {}
+    for spec in plan:
+        for k, v in flat(spec).items():
+            seen = values.setdefault(k, [])
+            if v not in seen:
+                seen.append(v)
+    return {k: vs for k, vs in values.items() if len(vs) > 1}
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One finished trial of the plan, as the sampler learns from it."""
+
+    spec_key: str
+    objective: float | None  # None: out of memory, crashed, timed out or failed
+
+
+class TpeOrder:
+    def __init__(self, plan: dict[str, TrialSpec], seed: int = 0) -> None:
+        self.plan = plan
+        self.seed = seed
+        self.dims = dimensions(plan.values())
+        self.points = {k: {d: flat(s)[d] for d in self.dims} for k, s in plan.items()}
+
+    def seeds(self) -> list[str]:
+        """The baseline (the plan's first setting) and llama.cpp's defaults, per build order."""
+        keys = list(self.plan)
+        first = keys[:1]
+        defaults = [k for k in keys if all(getattr(self.plan[k].context, f) == v
+                                           for f, v in LLAMA_DEFAULTS.items())]
+        return first + [k for k in defaults[:1] if k not in first]
+
+    def pick(self, open_keys: list[str], history: list[Finished]) -> str | None:
+        """The next setting among ``open_keys`` (plan order), given the finished trials."""
+        if not open_keys:
+            return None
+        done = {h.spec_key for h in history}
+        for k in self.seeds():
+            if k in open_keys and k not in done:
+                return k
+        if not self.dims:
+            return open_keys[0]
+        study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(
+            seed=self.seed + len(history), n_startup_trials=STARTUP, multivariate=True))
+        dists = {d: CategoricalDistribution(vs) for d, vs in self.dims.items()}
+        worst = max((h.objective for h in history if h.objective is not None), default=None)
+        for h in history:
+            if h.spec_key not in self.points:
+                continue
+            value = h.objective if h.objective is not None else (
+                worst * PENALTY if worst is not None else None)
+            study.add_trial(optuna.trial.create_trial(
+                params=self.points[h.spec_key], distributions=dists, value=value,
+                state=OptunaState.COMPLETE if value is not None else OptunaState.FAIL))
+        proposal = study.ask(dists).params
+        return min(open_keys, key=lambda k: (self._distance(k, proposal), open_keys.index(k)))
+
+    def _distance(self, key: str, proposal: dict[str, Any]) -> int:
+        point = self.points[key]
+        return sum(point[d] != proposal[d] for d in self.dims)
+
+
+@dataclass
+class StopRule:
+    patience: int | None = None  # finished trials without a gain above min_gain
+    min_gain: float = 0.01
+    timeout_s: float | None = None  # seconds of search, from the sweep's start
+
+
+def stagnation(objectives: Iterable[float | None], min_gain: float) -> int:
+    """Finished trials since the best last improved by more than ``min_gain`` (in the order
+    they finished; a failed trial counts as one without a gain)."""
+    best, since = None, 0
+    for x in objectives:
+        if x is not None and (best is None or x < best * (1 - min_gain)):
+            best, since = x, 0
+        else:
+            since += 1
+            if x is not None and best is not None and x < best:
+                best = x
+    return since
