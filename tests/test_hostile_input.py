@@ -7,6 +7,7 @@ no trial of another model admitted."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -28,10 +29,11 @@ State = optuna.trial.TrialState
 
 
 def sweep(model: Path, root: Path, *extra: object, study: str = "h", env=None, timeout=600):
+    """A small sweep; no finalist stage unless ``extra`` asks for one (a later option wins)."""
     return tuner("sweep", "--model", model, "--device", "cpu", "--prompt-tokens", 32,
                  "--gen-tokens", 2, "--repetitions", 1, "--warmup", 0,
                  "--results", root / "results", "--out", root / "production.yaml",
-                 "--study", study, *extra, env=env, timeout=timeout)
+                 "--study", study, "--finalist-rounds", 0, *extra, env=env, timeout=timeout)
 
 
 def records(root: Path, study: str = "h") -> list:
@@ -138,9 +140,14 @@ def test_callers_environment_does_not_reach_the_config_check(tiny_model: Path,
     hostile = {"LLAMA_CPP_LIB_PATH": str(tmp_path / "stale-lib"), "SEED": "not-a-number",
                "PORT": "eighty", "MODEL": "/nope.gguf", "VERBOSE": "maybe", "N_CTX": "huge",
                "HOST": "::nonsense::", "CACHE": "sometimes"}
-    proc = sweep(tiny_model, tmp_path, "--space", space, env=hostile)
+    # One finalist round and its served stage: a real llama_cpp.server started from the hostile
+    # environment too.
+    proc = sweep(tiny_model, tmp_path, "--space", space, "--finalist-rounds", 1,
+                 "--served-requests", 2, env=hostile)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "production.yaml").is_file()
+    side = json.loads((tmp_path / "production.tuner.json").read_text())
+    assert side["served"]["source"] == "server" and side["served"]["requests"] == 2
 
 
 def test_stale_build_library_stops_before_the_first_trial(tiny_model: Path,
@@ -239,7 +246,7 @@ def test_full_disk_stops_with_exit_3_and_resumes(storage_on_full_disk: bool, tin
         pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)")
     try:
         space = write_space(tmp_path / "s.yaml", n_batch=[8, 16, 32], n_ubatch=[8])
-        args: tuple = ("--space", space)
+        args: tuple = ("--space", space, "--finalist-rounds", 0)
         if not storage_on_full_disk:
             args += ("--storage", f"sqlite:///{tmp_path / 'optuna.db'}")
         first = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--prompt-tokens", 32,
@@ -345,7 +352,7 @@ def test_interrupt_mid_trial_says_how_to_resume(sig: int, code: int, tiny_model:
     args = ["sweep", "--model", str(tiny_model), "--device", "cpu", "--space", str(space),
             "--prompt-tokens", "32", "--gen-tokens", "2", "--repetitions", "1", "--warmup", "0",
             "--results", str(tmp_path / "results"), "--out", str(tmp_path / "production.yaml"),
-            "--study", "h", "--trial-timeout", "120"]
+            "--study", "h", "--trial-timeout", "120", "--finalist-rounds", "0"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TUNER_FAULTS": "hang@measure:n_batch=16"}
     proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
