@@ -358,9 +358,10 @@ def test_interrupt_mid_trial_says_how_to_resume(sig: int, code: int, tiny_model:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(records(tmp_path)) < 1:
+    # Until the first trial is stored and the second (the hanging one) is held by this sweep.
+    while len(records(tmp_path)) < 1 or State.RUNNING not in states(tmp_path):
+        assert time.monotonic() < deadline, "the sweep never held its second trial"
         time.sleep(0.1)
-    time.sleep(1.0)  # now inside the hanging second trial
     before = records(tmp_path)
     if sig == signal.SIGINT:
         os.killpg(proc.pid, sig)  # Ctrl-C reaches the whole process group, workers included
