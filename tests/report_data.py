@@ -24,7 +24,7 @@ from tuner.records import (
 from tuner.store import Store, list_studies
 
 SPACE = "n_batch: [512]\nn_ubatch: [32, 512]\nflash_attn: [false, true]\n" \
-        "kv_cache: ['f16/f16', 'q8_0/q8_0']\n"
+        "kv_cache: ['f16/f16', 'q8_0/q8_0']\nn_threads: [1]\n"
 H200_TRIALS = REPO / "docs" / "benchmarks" / "h200-trials.jsonl"
 
 

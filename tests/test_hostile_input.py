@@ -28,10 +28,11 @@ State = optuna.trial.TrialState
 
 
 def sweep(model: Path, root: Path, *extra: object, study: str = "h", env=None, timeout=600):
+    """A small sweep; no finalist stage unless ``extra`` asks for one (a later option wins)."""
     return tuner("sweep", "--model", model, "--device", "cpu", "--prompt-tokens", 32,
                  "--gen-tokens", 2, "--repetitions", 1, "--warmup", 0,
                  "--results", root / "results", "--out", root / "production.yaml",
-                 "--study", study, *extra, env=env, timeout=timeout)
+                 "--study", study, "--finalist-rounds", 0, *extra, env=env, timeout=timeout)
 
 
 def records(root: Path, study: str = "h") -> list:
@@ -138,7 +139,8 @@ def test_callers_environment_does_not_reach_the_config_check(tiny_model: Path,
     hostile = {"LLAMA_CPP_LIB_PATH": str(tmp_path / "stale-lib"), "SEED": "not-a-number",
                "PORT": "eighty", "MODEL": "/nope.gguf", "VERBOSE": "maybe", "N_CTX": "huge",
                "HOST": "::nonsense::", "CACHE": "sometimes"}
-    proc = sweep(tiny_model, tmp_path, "--space", space, env=hostile)
+    # One finalist round: the finalist stage runs from the hostile environment too.
+    proc = sweep(tiny_model, tmp_path, "--space", space, "--finalist-rounds", 1, env=hostile)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "production.yaml").is_file()
 
@@ -239,7 +241,7 @@ def test_full_disk_stops_with_exit_3_and_resumes(storage_on_full_disk: bool, tin
         pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)")
     try:
         space = write_space(tmp_path / "s.yaml", n_batch=[8, 16, 32], n_ubatch=[8])
-        args: tuple = ("--space", space)
+        args: tuple = ("--space", space, "--finalist-rounds", 0)
         if not storage_on_full_disk:
             args += ("--storage", f"sqlite:///{tmp_path / 'optuna.db'}")
         first = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--prompt-tokens", 32,
@@ -345,15 +347,16 @@ def test_interrupt_mid_trial_says_how_to_resume(sig: int, code: int, tiny_model:
     args = ["sweep", "--model", str(tiny_model), "--device", "cpu", "--space", str(space),
             "--prompt-tokens", "32", "--gen-tokens", "2", "--repetitions", "1", "--warmup", "0",
             "--results", str(tmp_path / "results"), "--out", str(tmp_path / "production.yaml"),
-            "--study", "h", "--trial-timeout", "120"]
+            "--study", "h", "--trial-timeout", "120", "--finalist-rounds", "0"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TUNER_FAULTS": "hang@measure:n_batch=16"}
     proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(records(tmp_path)) < 1:
+    # Until the first trial is stored and the second (the hanging one) is held by this sweep.
+    while len(records(tmp_path)) < 1 or State.RUNNING not in states(tmp_path):
+        assert time.monotonic() < deadline, "the sweep never held its second trial"
         time.sleep(0.1)
-    time.sleep(1.0)  # now inside the hanging second trial
     before = records(tmp_path)
     if sig == signal.SIGINT:
         os.killpg(proc.pid, sig)  # Ctrl-C reaches the whole process group, workers included

@@ -154,5 +154,15 @@ def test_bad_shapes_are_refused(tmp_path: Path) -> None:
         write_llama(tmp_path / "x.gguf", **{**shape, "n_head": 3})
 
 
-def test_llama_cpp_stays_out_of_this_process() -> None:
-    assert "llama_cpp" not in sys.modules
+def test_writing_and_checking_a_model_never_imports_llama_cpp(tmp_path: Path) -> None:
+    """In a fresh interpreter, so the answer does not depend on what other tests of this
+    session imported before."""
+    code = ("import sys; from pathlib import Path; "
+            "from tuner.modelgen import SHAPES, write_llama; "
+            "from tuner.modelcheck import check_model; "
+            f"p = write_llama(Path({str(tmp_path / 'm.gguf')!r}), **SHAPES['tiny']); "
+            "check_model(p); print('llama_cpp imported:', 'llama_cpp' in sys.modules)")
+    done = run_python("-c", code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "llama_cpp imported: False"
+    assert (tmp_path / "m.gguf").stat().st_size > 0

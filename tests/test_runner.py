@@ -17,7 +17,9 @@ WL = Workload(prompt_tokens=48, gen_tokens=4, repetitions=3)
 
 
 def spec(n_batch: int) -> TrialSpec:
-    return TrialSpec(model=CPU, context=ContextSettings(n_batch=n_batch, n_ubatch=16))
+    # One thread: two threads on two busy cores wait on each other at every llama.cpp barrier.
+    return TrialSpec(model=CPU, context=ContextSettings(n_batch=n_batch, n_ubatch=16,
+                                                        n_threads=1))
 
 
 def test_workers_are_spawned_not_forked(tiny_model: Path, tmp_path: Path,
@@ -44,7 +46,8 @@ def test_one_worker_serves_context_changes_and_measures(smollm2_path: Path,
             assert all(t > 0 for t in out.data["pp_seconds"] + out.data["tg_seconds"])
         assert "n_batch               = 48" in second.data["log"]
         other = runner.run(TrialSpec(model=CPU.model_copy(update={"split_mode": 0}),
-                                     context=ContextSettings(n_batch=16, n_ubatch=16)), WL)
+                                     context=ContextSettings(n_batch=16, n_ubatch=16,
+                                                             n_threads=1)), WL)
         assert other.kind == "complete"
         assert other.hello["pid"] != first.hello["pid"], "new model settings, new worker"
     assert "llama_model_loader" in first.load_log

@@ -36,13 +36,14 @@ LOOSE = "95"
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> Path:
     """A real one-trial CPU sweep of SmolLM2 (1 thread, so the server and the client do not
-    fight over 2 cores), its record's served figures measured, the config written with them."""
+    fight over 2 cores), its record's served figures measured, the config written with them
+    (over the one the sweep wrote: so the sweep's finalist stage is left out)."""
     root = tmp_path_factory.mktemp("deployed")
     space = write_space(root / "space.yaml", n_batch=[32], n_ubatch=[32], n_threads=[1])
     out = root / "configs" / "production.yaml"
     proc = tuner("sweep", "--model", smollm2_path, "--device", "cpu", "--space", space,
                  "--prompt-tokens", 32, "--gen-tokens", 8, "--n-ctx", 64, "--repetitions", 1,
-                 "--results", root / "results", "--out", out, cwd=root)
+                 "--results", root / "results", "--out", out, "--finalist-rounds", 0, cwd=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = next(r for r in Store(root / "results", list_studies(root / "results")[0]).records()
                   if r.usable)
