@@ -19,8 +19,6 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scipy import stats
-
 from tuner.drift import search_margin
 from tuner.records import (
     FinalistFigures,
@@ -87,6 +85,8 @@ def _interval(xs: list[float], level: float) -> Interval:
     mean = statistics.fmean(xs)
     if len(xs) < 2:
         return Interval(value=mean, low=mean, high=mean, level=level)
+    from scipy import stats  # 1.5 s of CPU to import: only where an interval is computed
+
     half = stats.t.ppf((1 + level) / 2, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
     # Times, speeds and their ratios are positive: a wide interval is cut at zero.
     return Interval(value=mean, low=max(0.0, mean - half), high=mean + half, level=level)
