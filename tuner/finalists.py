@@ -18,6 +18,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tuner.drift import search_margin
 from tuner.records import (
@@ -164,7 +165,7 @@ def decide(study: str, finalists: list[TrialRecord], rounds: dict[str, list[_Rou
     figures.sort(key=lambda x: (not x.verified, x.request_seconds.value))
     specs = {f.spec_key: f.spec for f in measured}
     lead = figures[0]
-    common = dict(study=study, level=level, finalists=figures, leader_trial=lead.trial,
+    common: dict[str, Any] = dict(study=study, level=level, finalists=figures, leader_trial=lead.trial,
                   equivalent=equivalent, measured_at=now())
     others = [f for f in figures[1:] if f.verified >= lead.verified]
     if not others:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState as OptunaState
 
 from tuner.specs import TrialSpec
@@ -100,7 +100,8 @@ class TpeOrder:
             return open_keys[0]
         study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(
             seed=self.seed + len(history), n_startup_trials=STARTUP, multivariate=True))
-        dists = {d: CategoricalDistribution(vs) for d, vs in self.dims.items()}
+        dists: dict[str, BaseDistribution] = {
+            d: CategoricalDistribution(vs) for d, vs in self.dims.items()}
         worst = max((h.objective for h in history if h.objective is not None), default=None)
         for h in history:
             if h.spec_key not in self.points:
