@@ -9,20 +9,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# ggml_type numbers of the K/V cache types llama.cpp accepts (ggml.h); the server config stores
-# these numbers in type_k / type_v.
-KV_TYPES: dict[str, int] = {
-    "f32": 0,
-    "f16": 1,
-    "q4_0": 2,
-    "q4_1": 3,
-    "q5_0": 6,
-    "q5_1": 7,
-    "q8_0": 8,
-    "iq4_nl": 20,
-    "bf16": 30,
-}
-UNQUANTIZED_KV = {"f32", "f16", "bf16"}
+from tuner import settings
+from tuner.settings import KV_TYPES, UNQUANTIZED_KV
+
+__all__ = ["KV_TYPES", "UNQUANTIZED_KV", "ContextSettings", "Device", "Frozen",
+           "ModelSettings", "TrialSpec", "Workload"]
 
 Device = Literal["cuda", "cpu"]
 
@@ -33,7 +24,8 @@ class Frozen(BaseModel):
 
 class ModelSettings(Frozen):
     """Settings fixed for the life of a worker: the library build it loads, the process
-    environment, and how the model is placed. Trials sharing these share one worker."""
+    environment, and how the model is placed. Trials sharing these share one worker. Each
+    field but ``device`` is declared in ``tuner.settings`` (level "model"); a test checks."""
 
     build: str = "default"
     device: Device = "cuda"
@@ -54,7 +46,8 @@ class ModelSettings(Frozen):
 
 
 class ContextSettings(Frozen):
-    """Settings a loaded model can change by creating a new context."""
+    """Settings a loaded model can change by creating a new context. Each field is declared in
+    ``tuner.settings`` (level "context"), defaults included; a test checks."""
 
     n_batch: int = Field(default=512, ge=1)
     n_ubatch: int = Field(default=512, ge=1)
@@ -62,6 +55,7 @@ class ContextSettings(Frozen):
     type_k: str = "f16"
     type_v: str = "f16"
     n_threads: int | None = Field(default=None, ge=1)
+    op_offload: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> ContextSettings:
@@ -85,19 +79,10 @@ class TrialSpec(Frozen):
 
     def key(self) -> str:
         """Stable identity of the settings, used to find a trial already done on resume."""
-        return _digest(self.model_dump())
+        return _digest(settings.key_dump(self.model_dump()))
 
     def label(self) -> str:
-        c, m = self.context, self.model
-        parts = [m.build, f"b{c.n_batch}/u{c.n_ubatch}", "fa" if c.flash_attn else "nofa",
-                 f"kv {c.type_k}/{c.type_v}"]
-        if m.device == "cpu":
-            parts.append(f"t{c.n_threads}" if c.n_threads else "t-auto")
-        else:
-            parts.append(f"ngl {m.n_gpu_layers}")
-            if not m.cuda_graphs:
-                parts.append("no-graphs")
-        return " ".join(parts)
+        return settings.label(self)
 
 
 class Workload(Frozen):
