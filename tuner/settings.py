@@ -71,15 +71,23 @@ class Setting:
     # measured at another value cannot become the production config.
     server: Callable[[TrialSpec], dict[str, Any]] | None = None
     server_runs: Any = None
+    deployed_by: str = ""             # how a service gets it otherwise (the sidecar's env)
     # What proves it: the placement ``Expectation`` fields it sets (checked against the load
     # log by ``tuner.placement.verify``), or why the log cannot.
     expect: Callable[[TrialSpec], dict[str, Any]] | None = None
     unproven: str = ""
     numeric: bool = False             # report column is a number
+    bounds: dict[str, int] | None = None  # pydantic bounds of the spec field (ge, le)
+    field_type: Any = None            # type of the spec field(s) (default: value_type)
+    field_default: Any = ...          # the spec field's default (default: ``default``)
     in_space: bool = True             # a space may list values of it
     shown: bool = True                # report column always; else only when a record differs
     keyed_at_default: bool = False    # in TrialSpec.key()/space_id at its default (old keys)
     changes_ops: bool = True          # decides where graph operations run (op proof key)
+
+    @property
+    def spec_default(self) -> Any:
+        return self.default if self.field_default is ... else self.field_default
 
     @property
     def key(self) -> str:
@@ -104,7 +112,7 @@ class Setting:
 
     def deployable(self, spec: TrialSpec) -> str | None:
         """None, or why llama_cpp.server cannot run the spec's value of this setting."""
-        if self.server or self.env:
+        if self.server or self.env or self.deployed_by:
             return None
         got = self.of_spec(spec)
         if got == self.server_runs:
@@ -191,6 +199,7 @@ SETTINGS: tuple[Setting, ...] = (
         name="build", space_key="builds", level="model", value_type=str, default="installed",
         column="build", cell=lambda s: s.model.build, check=_build_names,
         label=lambda s: s.model.build, label_rank=0, keyed_at_default=True,
+        field_default="default", deployed_by="LLAMA_CPP_LIB_PATH in the service's environment",
         unproven="the library's flags are checked against the build's variant instead",
         doc="the llama.cpp library build the worker loads (builds/*/ or the installed one)"),
     Setting(
@@ -211,6 +220,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         name="split_mode", level="model", value_type=int, default=1, column="split",
         cell=lambda s: s.model.split_mode, numeric=True, in_space=False, shown=False,
+        bounds={"ge": 0, "le": 3},
         keyed_at_default=True, apply=_set(split_mode="split_mode"),
         server=lambda s: {"split_mode": s.model.split_mode},
         unproven="one GPU: every layer's device is checked instead",
@@ -218,6 +228,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         name="main_gpu", level="model", value_type=int, default=0, column="main_gpu",
         cell=lambda s: s.model.main_gpu, numeric=True, in_space=False, shown=False,
+        bounds={"ge": 0},
         keyed_at_default=True, apply=_set(main_gpu="main_gpu"),
         server=lambda s: {"main_gpu": s.model.main_gpu},
         unproven="one GPU: every layer's device is checked instead",
@@ -226,6 +237,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         name="n_batch", level="context", value_type=int, default=512, column="n_batch",
         cell=lambda s: s.context.n_batch, numeric=True, check=_positive, changes_ops=False,
+        bounds={"ge": 1},
         label=lambda s: f"b{s.context.n_batch}/u{s.context.n_ubatch}", label_rank=10,
         apply=_set(n_batch="n_batch"), keyed_at_default=True,
         server=lambda s: {"n_batch": s.context.n_batch},
@@ -233,7 +245,7 @@ SETTINGS: tuple[Setting, ...] = (
         doc="logical batch: tokens per llama_decode call"),
     Setting(
         name="n_ubatch", level="context", value_type=int, default=512, column="n_ubatch",
-        cell=lambda s: s.context.n_ubatch, numeric=True, check=_positive,
+        cell=lambda s: s.context.n_ubatch, numeric=True, check=_positive, bounds={"ge": 1},
         apply=_set(n_ubatch="n_ubatch"), keyed_at_default=True,
         server=lambda s: {"n_ubatch": s.context.n_ubatch},
         expect=lambda s: {"n_ubatch": s.context.n_ubatch},
@@ -261,18 +273,11 @@ SETTINGS: tuple[Setting, ...] = (
         name="n_threads", level="context", value_type=int | None, default=None,
         column="threads", cell=lambda s: s.context.n_threads if s.context.n_threads is not None
         else "auto", numeric=True, check=_threads, label=_threads_label, label_rank=40,
+        bounds={"ge": 1},
         keyed_at_default=True, changes_ops=False,
         # Set by the worker (its own default when None); the server gets the count measured.
         server=lambda s: {}, unproven="the worker records the thread count it ran on",
         doc="CPU threads for prompt and generation (null: one per physical core)"),
-    Setting(
-        name="op_offload", level="context", value_type=bool, default=True, column="op_offload",
-        cell=lambda s: _on(s.context.op_offload), label_rank=70,
-        label=lambda s: None if s.context.op_offload else "no-op-offload",
-        apply=_set(op_offload="op_offload"), shown=False, server_runs=True,
-        unproven="llama.cpp prints no line for it; where operations ran is the op proof's",
-        doc="offload operations on host-resident weights to the GPU (llama.cpp's default on; "
-            "matters with partial offload)"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
