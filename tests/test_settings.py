@@ -29,7 +29,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SAMPLES: dict[str, object] = {
     "build": "b2", "n_gpu_layers": 7, "cuda_graphs": False, "split_mode": 0, "main_gpu": 1,
     "n_batch": 1024, "n_ubatch": 256, "flash_attn": True, "kv_cache": "q8_0/q8_0",
-    "n_threads": 3,
+    "n_threads": 3, "op_offload": False,
 }
 
 

@@ -278,6 +278,14 @@ SETTINGS: tuple[Setting, ...] = (
         # Set by the worker (its own default when None); the server gets the count measured.
         server=lambda s: {}, unproven="the worker records the thread count it ran on",
         doc="CPU threads for prompt and generation (null: one per physical core)"),
+    Setting(
+        name="op_offload", level="context", value_type=bool, default=True, column="op_offload",
+        cell=lambda s: _on(s.context.op_offload), label_rank=70,
+        label=lambda s: None if s.context.op_offload else "no-op-offload",
+        apply=_set(op_offload="op_offload"), shown=False, server_runs=True,
+        unproven="llama.cpp prints no line for it; where operations ran is the op proof's",
+        doc="offload operations on host-resident weights to the GPU (llama.cpp's default on; "
+            "llama_cpp.server has no field for it, so only on can be deployed)"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
