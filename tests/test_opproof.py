@@ -97,11 +97,12 @@ def _gpu_outcome(load_and_context_log: str, op_log: str | None) -> Outcome:
 GPU_SPEC = TrialSpec(model=ModelSettings(device="cuda", build="installed"),
                      context=ContextSettings(n_batch=512, n_ubatch=512, flash_attn=True,
                                              type_k="f16", type_v="q8_0"))
+GPU_WL = Workload(prompt_tokens=496, gen_tokens=16, repetitions=1, warmup=0)  # the log's n_ctx
 
 
 def test_gpu_record_is_verified_down_to_the_operations(h100_log: str, tmp_path: Path) -> None:
     out = _gpu_outcome(h100_log, report_lines(h100_log))
-    record = make_record("s", 0, GPU_SPEC, WL, out, find_system_info(h100_log), None,
+    record = make_record("s", 0, GPU_SPEC, GPU_WL, out, find_system_info(h100_log), None,
                          _env(tmp_path))
     assert record.verification.verified, record.verification.reasons
     assert record.ops is not None and record.ops.verified is True
@@ -111,7 +112,7 @@ def test_gpu_record_is_verified_down_to_the_operations(h100_log: str, tmp_path: 
 def test_gpu_record_with_an_op_on_the_cpu_is_not_verified(h100_log: str,
                                                            tmp_path: Path) -> None:
     out = _gpu_outcome(h100_log, report_lines(move_to_cpu_split(h100_log, "node_98")))
-    record = make_record("s", 0, GPU_SPEC, WL, out, find_system_info(h100_log), None,
+    record = make_record("s", 0, GPU_SPEC, GPU_WL, out, find_system_info(h100_log), None,
                          _env(tmp_path))
     assert not record.verification.verified and not record.usable
     assert record.verification.reasons == ["FLASH_ATTN (node_98, layer 2) runs on CPU"]
@@ -121,7 +122,7 @@ def test_gpu_record_with_an_op_on_the_cpu_is_not_verified(h100_log: str,
 
 def test_gpu_record_without_a_report_is_not_verified(h100_log: str, tmp_path: Path) -> None:
     out = _gpu_outcome(h100_log, None)
-    record = make_record("s", 0, GPU_SPEC, WL, out, find_system_info(h100_log), None,
+    record = make_record("s", 0, GPU_SPEC, GPU_WL, out, find_system_info(h100_log), None,
                          _env(tmp_path))
     assert not record.verification.verified
     assert record.verification.reasons == [
@@ -133,7 +134,7 @@ def test_records_stored_before_the_op_check_still_load(h100_log: str, tmp_path: 
     del old["ops"]  # a line written before records had it
     assert TrialRecord.model_validate_json(json.dumps(old)).ops is None
     out = _gpu_outcome(h100_log, report_lines(h100_log))
-    new = make_record("s", 0, GPU_SPEC, WL, out, find_system_info(h100_log), None,
+    new = make_record("s", 0, GPU_SPEC, GPU_WL, out, find_system_info(h100_log), None,
                       _env(tmp_path))
     again = TrialRecord.model_validate_json(new.model_dump_json())
     assert again == new and len(new.model_dump_json()) < 8000  # a summary, not the report

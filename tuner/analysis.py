@@ -11,25 +11,13 @@ from typing import Any, Callable
 import pandas as pd
 
 from tuner.records import TrialRecord
+from tuner.settings import SETTINGS
 from tuner.specs import Frozen, TrialSpec
 
 
-def _kv(spec: TrialSpec) -> str:
-    c = spec.context
-    return c.type_k if c.type_k == c.type_v else f"{c.type_k}/{c.type_v}"
-
-
-# The settings a sweep varies, as report columns: name -> value of a spec.
+# The settings a sweep varies, as report columns: name -> value of a spec (tuner/settings.py).
 DIMENSIONS: dict[str, Callable[[TrialSpec], Any]] = {
-    "build": lambda s: s.model.build,
-    "n_gpu_layers": lambda s: s.model.n_gpu_layers,
-    "cuda_graphs": lambda s: "on" if s.model.cuda_graphs else "off",
-    "n_batch": lambda s: s.context.n_batch,
-    "n_ubatch": lambda s: s.context.n_ubatch,
-    "flash_attn": lambda s: "on" if s.context.flash_attn else "off",
-    "kv_cache": _kv,
-    "n_threads": lambda s: s.context.n_threads if s.context.n_threads is not None else "auto",
-}
+    s.name: s.analysis_value for s in SETTINGS if s.in_space}
 
 
 def frame(records: list[TrialRecord]) -> pd.DataFrame:

@@ -30,47 +30,42 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuner.errors import TunerError
-from tuner.specs import KV_TYPES, TrialSpec, Workload
+from tuner.errors import BadInput, TunerError
+from tuner.settings import server_fields, undeployable
+from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 
-# Server ModelSettings fields that change speed or what runs where; every one is written.
-SPEED_FIELDS = (
-    "n_gpu_layers", "split_mode", "main_gpu", "n_ctx", "n_batch", "n_ubatch", "n_threads",
-    "n_threads_batch", "flash_attn", "type_k", "type_v", "offload_kqv", "logits_all",
-    "embedding", "use_mmap", "use_mlock", "cache", "verbose",
+# What every trial's worker runs that is no tunable setting, in the server's field names.
+FIXED: dict[str, Any] = {
+    "offload_kqv": True,
+    "logits_all": False,
+    "embedding": False,
+    "use_mmap": True,
+    "use_mlock": False,
+    "cache": False,
+    # The server passes verbose to Llama: the load log on stderr is how `tuner verify`
+    # proves placement, and the per-request timing print is part of the served path.
+    "verbose": True,
+}
+
+# Server ModelSettings fields that change speed or what runs where; every one is written:
+# the settings' own (tuner/settings.py), the workload's context size, the threads, FIXED.
+SPEED_FIELDS: tuple[str, ...] = (
+    *server_fields(TrialSpec(model=ModelSettings(), context=ContextSettings())),
+    "n_ctx", "n_threads", "n_threads_batch", *FIXED,
 )
 
 
 def trial_settings(spec: TrialSpec, workload: Workload, threads: int | None) -> dict[str, Any]:
     """What the trial's worker ran with, in the server's field names and encodings.
-    ``threads``: the thread count it used (its own setting, else the cores it had)."""
-    ms, cs = spec.model, spec.context
-    settings: dict[str, Any] = {
-        # The server takes -1 for "every layer", the meaning a trial gives any negative count.
-        "n_gpu_layers": -1 if ms.n_gpu_layers < 0 else ms.n_gpu_layers,
-        "split_mode": ms.split_mode,
-        "main_gpu": ms.main_gpu,
-        "n_ctx": workload.n_ctx,
-        "n_batch": cs.n_batch,
-        "n_ubatch": cs.n_ubatch,
-    }
+    ``threads``: the thread count it used (its own setting, else the cores it had).
+    A setting the server cannot hold at the value measured is refused (BadInput)."""
+    if why := undeployable(spec):
+        raise BadInput("; ".join(why), hint="pick a trial measured at the server's value")
+    settings: dict[str, Any] = {**server_fields(spec), "n_ctx": workload.n_ctx}
     if threads:
         settings["n_threads"] = threads
         settings["n_threads_batch"] = threads
-    settings.update(
-        flash_attn=bool(cs.flash_attn),
-        type_k=KV_TYPES[cs.type_k],
-        type_v=KV_TYPES[cs.type_v],
-        offload_kqv=True,
-        logits_all=False,
-        embedding=False,
-        use_mmap=True,
-        use_mlock=False,
-        cache=False,
-        # The server passes verbose to Llama: the load log on stderr is how `tuner verify`
-        # proves placement, and the per-request timing print is part of the served path.
-        verbose=True,
-    )
+    settings.update(FIXED)
     return settings
 
 

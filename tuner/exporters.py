@@ -12,11 +12,13 @@ from typing import Any, Protocol
 
 from tuner.errors import BadInput
 from tuner.report import COLUMNS
+from tuner.settings import SETTINGS
 from tuner.views import render_text, trials_view
 
 Row = dict[str, Any]
-NUMERIC = {"rank", "trial", "ngl", "n_batch", "n_ubatch", "threads", "pp_tps", "pp_spread_pct",
-           "tg_tps", "tg_spread_pct", "request_s", "speedup_vs_baseline", "gpu_mib"}
+NUMERIC = {"rank", "trial", *(s.column for s in SETTINGS if s.numeric), "pp_tps",
+           "pp_spread_pct", "tg_tps", "tg_spread_pct", "request_s", "speedup_vs_baseline",
+           "gpu_mib"}
 
 
 class Exporter(Protocol):

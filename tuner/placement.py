@@ -21,7 +21,8 @@ from typing import Literal
 from pydantic import Field
 
 from tuner.buildinfo import BuildFlags, find_system_info, variant_of
-from tuner.specs import Frozen
+from tuner import settings
+from tuner.specs import Frozen, TrialSpec, Workload
 
 _DEVICE = re.compile(r"^\s+Device (\d+): (.+?)(?:, compute capability.*)?$")
 _LAYER = re.compile(r"^\s*layer\s+(\d+) assigned to device ([^\s,]+)")
@@ -163,6 +164,20 @@ class Expectation(Frozen):
     type_k: str | None = None
     type_v: str | None = None
     flash_attn: bool | None = None
+    # The context as asked (None: not checked). llama.cpp clamps n_batch to the context size
+    # asked and n_ubatch to n_batch, and rounds the context size up (to a multiple of 256 in
+    # this release), so the log shows n_ctx >= asked, n_batch = min(asked, n_ctx asked), and
+    # n_ubatch = min(asked, n_batch shown).
+    n_ctx: int | None = None
+    n_batch: int | None = None
+    n_ubatch: int | None = None
+
+
+def expect(spec: TrialSpec, workload: Workload | None = None,
+           build: str | None = None) -> Expectation:
+    """What the load log of ``spec`` must show: each setting's declared proof
+    (``tuner.settings``), the workload's context size, the build's variant."""
+    return Expectation(**settings.expectation(spec, workload), build=build)
 
 
 class Verdict(Frozen):
@@ -260,8 +275,36 @@ def _cpu_reasons(ev: PlacementEvidence) -> list[str]:
     return out
 
 
-def _context_reasons(ev: PlacementEvidence, ex: Expectation) -> list[str]:
+def _size_reasons(ev: PlacementEvidence, ex: Expectation) -> list[str]:
+    """n_ctx / n_batch / n_ubatch of the log's last context against what was asked."""
     out: list[str] = []
+    if ex.n_ctx is not None:
+        if ev.n_ctx is None:
+            out.append(f"the log does not show the context size (expected n_ctx {ex.n_ctx})")
+        elif ev.n_ctx < ex.n_ctx:
+            out.append(f"context size n_ctx {ev.n_ctx} in the log, expected {ex.n_ctx}")
+    batch = None
+    if ex.n_batch is not None:
+        if ev.n_batch is None:
+            out.append(f"the log does not show n_batch (expected {ex.n_batch})")
+        else:
+            cap = ex.n_ctx if ex.n_ctx is not None else ev.n_ctx
+            batch = min(ex.n_batch, cap) if cap else ex.n_batch
+            # Without the asked context size, a batch clamped below the shown one is accepted.
+            clamped = ex.n_ctx is None and ev.n_batch < ex.n_batch
+            if ev.n_batch != batch and not clamped:
+                out.append(f"n_batch {ev.n_batch} in the log, expected {batch}")
+            batch = ev.n_batch
+    if ex.n_ubatch is not None:
+        if ev.n_ubatch is None:
+            out.append(f"the log does not show n_ubatch (expected {ex.n_ubatch})")
+        elif ev.n_ubatch != (want := min(ex.n_ubatch, batch or ex.n_ubatch)):
+            out.append(f"n_ubatch {ev.n_ubatch} in the log, expected {want}")
+    return out
+
+
+def _context_reasons(ev: PlacementEvidence, ex: Expectation) -> list[str]:
+    out: list[str] = _size_reasons(ev, ex)
     for half, want, index in (("K", ex.type_k, 0), ("V", ex.type_v, 1)):
         if want is None:
             continue

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tuner.opplacement import OpSummary
+from tuner.settings import undeployable
 from tuner.specs import Frozen, TrialSpec, Workload
 
 
@@ -135,11 +136,13 @@ class TrialRecord(Frozen):
 
     @property
     def usable(self) -> bool:
-        """Measured and proven: the only records a production config may come from."""
+        """Measured, proven, and at values llama_cpp.server can run: the only records a
+        production config may come from."""
         return (
             self.state is TrialState.COMPLETE
             and self.verification.verified
             and self.objective is not None
+            and not undeployable(self.spec)
         )
 
 

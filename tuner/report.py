@@ -9,14 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.records import TrialRecord, TrialState, WorkerDrift
+from tuner.settings import SETTINGS, Setting, optional_columns, report_cells, undeployable
 from tuner.space import is_baseline_context
 from tuner.stability import instability
 
 __all__ = ["COLUMNS", "baseline_for", "is_baseline", "order", "row", "rows", "speedup",
            "summary"]
 
+# The settings' columns come from tuner/settings.py: the always-shown ones here, the others
+# (after them, before "space") only in reports where some trial is off their default.
 COLUMNS: tuple[str, ...] = (
-    "rank", "trial", "build", "ngl", "n_batch", "n_ubatch", "fa", "kv", "threads", "space",
+    "rank", "trial", *(s.column for s in SETTINGS if s.shown), "space",
     "pp_tps", "pp_spread_pct", "tg_tps", "tg_spread_pct", "request_s", "gpu_mib",
     "state", "verified", "why",
 )
@@ -77,24 +80,21 @@ def _why(record: TrialRecord, drifts: list[WorkerDrift] | None = None) -> str:
     elif not record.verification.verified:
         v = record.verification
         parts.append(v.reasons[0] if v.reasons else (v.summary or "not verified"))
+    else:
+        parts += undeployable(record.spec)
     parts += instability(record, drifts)
     why = "; ".join(parts)
     return why if len(why) <= WHY_MAX else why[: WHY_MAX - 1] + "…"
 
 
-def row(record: TrialRecord, rank: int | None,
-        drifts: list[WorkerDrift] | None = None) -> dict[str, Any]:
-    ms, cs, m = record.spec.model, record.spec.context, record.measurement
+def row(record: TrialRecord, rank: int | None, drifts: list[WorkerDrift] | None = None,
+        extra: list[Setting] | tuple[Setting, ...] = ()) -> dict[str, Any]:
+    """One record's cells; ``extra``: settings whose optional columns the report shows."""
+    m = record.measurement
     return {
         "rank": rank,
         "trial": record.number,
-        "build": ms.build,
-        "ngl": ms.n_gpu_layers,
-        "n_batch": cs.n_batch,
-        "n_ubatch": cs.n_ubatch,
-        "fa": "on" if cs.flash_attn else "off",
-        "kv": f"{cs.type_k}/{cs.type_v}",
-        "threads": cs.n_threads if cs.n_threads is not None else "auto",
+        **report_cells(record.spec, extra),
         # The search space the trial was planned under: a study whose space changed keeps the
         # older trials as history, and this says which is which.
         "space": record.space_id[:8] if record.space_id else None,
@@ -118,12 +118,13 @@ def rows(records: list[TrialRecord],
     ``drifts`` (the study's drift sentinel records) mark the trials of a drifting worker."""
     ordered = order(records)
     with_speedup = any(is_baseline(r) for r in records)
+    extra = optional_columns([r.spec for r in records])
     out: list[dict[str, Any]] = []
     rank = 0
     for r in ordered:
         if r.usable:
             rank += 1
-        cells = row(r, rank if r.usable else None, drifts)
+        cells = row(r, rank if r.usable else None, drifts, extra)
         if with_speedup:
             cells = _insert_after(cells, "request_s", SPEEDUP, _round(speedup(r, records), 3))
         out.append(cells)

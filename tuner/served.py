@@ -17,8 +17,9 @@ from typing import Any
 
 from tuner.cpus import default_threads
 from tuner.errors import TunerError
-from tuner.placement import Expectation, parse_load_log, verify
+from tuner.placement import expect, parse_load_log, verify
 from tuner.records import ServedFigures, Stat
+from tuner.settings import environment
 from tuner.specs import TrialSpec, Workload
 from tuner.worker.logcapture import read_tail
 from tuner.worker.served import served_main
@@ -32,8 +33,7 @@ def service_env(spec: TrialSpec, lib_dir: str | None) -> dict[str, str]:
     env: dict[str, str] = {}
     if lib_dir:
         env["LLAMA_CPP_LIB_PATH"] = os.path.abspath(lib_dir)
-    if not spec.model.cuda_graphs:
-        env["GGML_CUDA_DISABLE_GRAPHS"] = "1"
+    env.update(environment(spec.model))  # what the model-level settings ask
     if spec.model.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env
@@ -122,10 +122,7 @@ def measure_served(model_path: str | os.PathLike[str], spec: TrialSpec, workload
 def check_placement(log: str, spec: TrialSpec) -> None:
     """The served load must be placed as the trial was; a served figure of another placement
     would be compared with the wrong thing."""
-    cs = spec.context
-    verdict = verify(parse_load_log(log), Expectation(
-        device=spec.model.device, n_gpu_layers=spec.model.n_gpu_layers, type_k=cs.type_k,
-        type_v=cs.type_v, flash_attn=cs.flash_attn))
+    verdict = verify(parse_load_log(log), expect(spec))
     if not verdict.verified:
         raise TunerError("the served-path load is not placed as the trial was: "
                          + "; ".join(verdict.reasons))

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Callable
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator
 
+from tuner import settings
 from tuner.errors import BadInput
+from tuner.settings import SPACE_SETTINGS, UNQUANTIZED_KV, Setting
 from tuner.specs import (
-    KV_TYPES,
-    UNQUANTIZED_KV,
     ContextSettings,
     Device,
     Frozen,
@@ -29,8 +29,10 @@ from tuner.specs import (
 MAX_COMBINATIONS = 250_000
 
 # llama-cpp-python's own defaults (Llama(): n_batch 512, n_ubatch 512, no flash attention,
-# f16 cache) with every layer on the GPU: the baseline every sweep measures first.
-BASELINE = ContextSettings(n_batch=512, n_ubatch=512, flash_attn=False, type_k="f16", type_v="f16")
+# f16 cache) with every layer on the GPU: the baseline every sweep measures first. Every
+# context setting at its declared default (tuner/settings.py).
+BASELINE = ContextSettings.model_validate(
+    {k: v for s in settings.of_level("context") for k, v in s.fields_of(s.default).items()})
 
 
 def is_baseline_context(cs: ContextSettings) -> bool:
@@ -38,51 +40,13 @@ def is_baseline_context(cs: ContextSettings) -> bool:
     return cs.model_copy(update={"n_threads": None}) == BASELINE
 
 
-class Space(Frozen):
-    """Lists of values per setting; the grid is their product minus invalid combinations."""
-
-    builds: list[str] = Field(default_factory=lambda: ["installed"])
-    n_gpu_layers: list[int] = Field(default_factory=lambda: [-1])
-    n_batch: list[int] = Field(default_factory=lambda: [512])
-    n_ubatch: list[int] = Field(default_factory=lambda: [512])
-    flash_attn: list[bool] = Field(default_factory=lambda: [False])
-    kv_cache: list[str] = Field(default_factory=lambda: ["f16/f16"])
-    n_threads: list[int | None] = Field(default_factory=lambda: [None])
-    cuda_graphs: list[bool] = Field(default_factory=lambda: [True])
-
-    @field_validator("n_batch", "n_ubatch")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if not v or any(x < 1 for x in v):
-            raise ValueError("must be a non-empty list of positive integers")
-        return v
-
-    @field_validator("builds", "n_gpu_layers", "flash_attn", "kv_cache", "n_threads",
-                     "cuda_graphs")
-    @classmethod
-    def _not_empty(cls, v: list) -> list:
-        if not v:
-            raise ValueError("must list at least one value")
-        return v
-
-    @field_validator("builds")
-    @classmethod
-    def _build_names(cls, v: list[str]) -> list[str]:
-        if any(not name.strip() for name in v):
-            raise ValueError("build names must not be empty")
-        return v
-
-    @field_validator("n_threads")
-    @classmethod
-    def _threads(cls, v: list[int | None]) -> list[int | None]:
-        if any(x is not None and x < 1 for x in v):
-            raise ValueError("thread counts must be positive integers (or null: llama.cpp's "
-                             "choice)")
-        return v
+class _SpaceBase(Frozen):
+    """Lists of values per setting; the grid is their product minus invalid combinations.
+    The fields are the settings of ``tuner.settings`` that a space may list."""
 
     def space_id(self) -> str:
         """Stable identity of the space, kept on every trial planned under it."""
-        return _digest(self.model_dump())[:12]
+        return _digest(settings.space_dump(self.model_dump()))[:12]
 
     def combinations(self) -> int:
         """How many settings the product of the lists holds, before invalid ones are dropped."""
@@ -91,18 +55,27 @@ class Space(Frozen):
             n *= len(getattr(self, name))
         return n
 
-    @field_validator("kv_cache")
-    @classmethod
-    def _kv_pairs(cls, v: list[str]) -> list[str]:
-        for pair in v:
-            k, sep, val = pair.partition("/")
-            if not sep:
-                raise ValueError(f"KV cache entry {pair!r} must be 'K/V', e.g. 'q8_0/q8_0'")
-            for t in (k, val):
-                if t not in KV_TYPES:
-                    raise ValueError(f"unknown KV cache type {t!r} (known: "
-                                     f"{', '.join(sorted(KV_TYPES))})")
+    def values(self, s: Setting) -> list:
+        return getattr(self, s.key)
+
+
+def _validator(s: Setting):  # noqa: ANN202 - a pydantic validator
+    def check(cls: type, v: list) -> list:
+        if not v:
+            raise ValueError("must list at least one value")
+        if s.check:
+            s.check(v)
         return v
+    return field_validator(s.key)(check)
+
+
+Space = create_model(
+    "Space", __base__=_SpaceBase, __doc__=_SpaceBase.__doc__,
+    __validators__={f"_check_{s.key}": _validator(s) for s in SPACE_SETTINGS},
+    **{s.key: (list[s.value_type],  # type: ignore[valid-type]
+               Field(default_factory=lambda d=s.default: [d], description=s.doc))
+       for s in SPACE_SETTINGS},
+)
 
 
 def default_space(device: Device, builds: list[str]) -> Space:
@@ -151,27 +124,26 @@ def grid(space: Space, device: Device, workload: Workload,
     specs: list[TrialSpec] = []
     seen: set[tuple] = set()
     p = max(workload.prompt_tokens, 1)
-    for build, ngl, graphs, nb, nu, fa, kv, th in itertools.product(
-        space.builds, space.n_gpu_layers, space.cuda_graphs, space.n_batch, space.n_ubatch,
-        space.flash_attn, space.kv_cache, space.n_threads,
-    ):
-        tk, tv = kv.split("/")
-        if nu > nb:
+    for combo in itertools.product(*(space.values(s) for s in SPACE_SETTINGS)):
+        fields: dict[str, dict] = {"model": {"device": device}, "context": {}}
+        for s, value in zip(SPACE_SETTINGS, combo):
+            fields[s.level].update(s.fields_of(value))
+        cs = fields["context"]
+        if cs["n_ubatch"] > cs["n_batch"]:
             continue
-        if tv not in UNQUANTIZED_KV and not fa:
+        if cs["type_v"] not in UNQUANTIZED_KV and not cs["flash_attn"]:
             continue  # llama.cpp needs flash attention for a quantized V cache
-        if fa and not fa_ok(build, tk, tv):
+        if cs["flash_attn"] and not fa_ok(fields["model"]["build"], cs["type_k"], cs["type_v"]):
             continue
-        eff_b = min(nb, p)
-        same = (build, ngl, graphs, eff_b, min(nu, eff_b), fa, kv, th)
+        eff_b = min(cs["n_batch"], p)
+        same = (tuple(sorted(fields["model"].items())),
+                tuple(sorted({**cs, "n_batch": eff_b,
+                              "n_ubatch": min(cs["n_ubatch"], eff_b)}.items())))
         if same in seen:
             continue
         seen.add(same)
-        specs.append(TrialSpec(
-            model=ModelSettings(build=build, device=device, n_gpu_layers=ngl, cuda_graphs=graphs),
-            context=ContextSettings(n_batch=nb, n_ubatch=nu, flash_attn=fa, type_k=tk, type_v=tv,
-                                    n_threads=th),
-        ))
+        specs.append(TrialSpec(model=ModelSettings.model_validate(fields["model"]),
+                               context=ContextSettings.model_validate(cs)))
     # Grouped by worker settings (one model load each), the baseline first within each group.
     order = {k: i for i, k in enumerate(dict.fromkeys(s.model.worker_key() for s in specs))}
     specs.sort(key=lambda s: (order[s.model.worker_key()], not is_baseline_context(s.context)))

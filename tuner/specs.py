@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-# ggml_type numbers of the K/V cache types llama.cpp accepts (ggml.h); the server config stores
-# these numbers in type_k / type_v.
-KV_TYPES: dict[str, int] = {
-    "f32": 0,
-    "f16": 1,
-    "q4_0": 2,
-    "q4_1": 3,
-    "q5_0": 6,
-    "q5_1": 7,
-    "q8_0": 8,
-    "iq4_nl": 20,
-    "bf16": 30,
-}
-UNQUANTIZED_KV = {"f32", "f16", "bf16"}
+from tuner import settings
+from tuner.settings import KV_TYPES, UNQUANTIZED_KV
+
+__all__ = ["KV_TYPES", "UNQUANTIZED_KV", "ContextSettings", "Device", "Frozen",
+           "ModelSettings", "TrialSpec", "Workload"]
 
 Device = Literal["cuda", "cpu"]
 
@@ -31,16 +22,24 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class ModelSettings(Frozen):
-    """Settings fixed for the life of a worker: the library build it loads, the process
-    environment, and how the model is placed. Trials sharing these share one worker."""
+def _declared_fields(level: settings.Level) -> dict[str, Any]:
+    """The spec fields of the settings of ``level``: type, default and bounds as declared."""
+    out: dict[str, Any] = {}
+    for s in settings.of_level(level):
+        defaults = s.fields_of(s.spec_default)
+        for name in s.names:
+            out[name] = (s.field_type or s.value_type,
+                         Field(default=defaults[name], description=s.doc, **(s.bounds or {})))
+    return out
 
-    build: str = "default"
+
+class _ModelBase(Frozen):
+    """Settings fixed for the life of a worker: the library build it loads, the process
+    environment, and how the model is placed. Trials sharing these share one worker. The
+    device is the sweep's; every other field is a setting of level "model" in
+    ``tuner.settings``."""
+
     device: Device = "cuda"
-    n_gpu_layers: int = -1
-    split_mode: int = Field(default=1, ge=0, le=3)
-    main_gpu: int = Field(default=0, ge=0)
-    cuda_graphs: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -53,30 +52,33 @@ class ModelSettings(Frozen):
         return _digest(self.model_dump())
 
 
-class ContextSettings(Frozen):
-    """Settings a loaded model can change by creating a new context."""
-
-    n_batch: int = Field(default=512, ge=1)
-    n_ubatch: int = Field(default=512, ge=1)
-    flash_attn: bool = False
-    type_k: str = "f16"
-    type_v: str = "f16"
-    n_threads: int | None = Field(default=None, ge=1)
+class _ContextBase(Frozen):
+    """Settings a loaded model can change by creating a new context: the settings of level
+    "context" in ``tuner.settings``."""
 
     @model_validator(mode="after")
-    def _consistent(self) -> ContextSettings:
-        if self.n_ubatch > self.n_batch:
-            raise ValueError(f"n_ubatch {self.n_ubatch} is above n_batch {self.n_batch}")
-        for name in (self.type_k, self.type_v):
+    def _consistent(self) -> Any:
+        c: Any = self
+        if c.n_ubatch > c.n_batch:
+            raise ValueError(f"n_ubatch {c.n_ubatch} is above n_batch {c.n_batch}")
+        for name in (c.type_k, c.type_v):
             if name not in KV_TYPES:
                 raise ValueError(
                     f"unknown KV cache type {name!r} (known: {', '.join(sorted(KV_TYPES))})"
                 )
-        if self.type_v not in UNQUANTIZED_KV and not self.flash_attn:
+        if c.type_v not in UNQUANTIZED_KV and not c.flash_attn:
             raise ValueError(
-                f"a quantized V cache ({self.type_v}) needs flash attention in llama.cpp"
+                f"a quantized V cache ({c.type_v}) needs flash attention in llama.cpp"
             )
         return self
+
+
+ModelSettings: Any = create_model("ModelSettings", __base__=_ModelBase,
+                                  __doc__=_ModelBase.__doc__, __module__=__name__,
+                                  **_declared_fields("model"))
+ContextSettings: Any = create_model("ContextSettings", __base__=_ContextBase,
+                                    __doc__=_ContextBase.__doc__, __module__=__name__,
+                                    **_declared_fields("context"))
 
 
 class TrialSpec(Frozen):
@@ -85,19 +87,10 @@ class TrialSpec(Frozen):
 
     def key(self) -> str:
         """Stable identity of the settings, used to find a trial already done on resume."""
-        return _digest(self.model_dump())
+        return _digest(settings.key_dump(self.model_dump()))
 
     def label(self) -> str:
-        c, m = self.context, self.model
-        parts = [m.build, f"b{c.n_batch}/u{c.n_ubatch}", "fa" if c.flash_attn else "nofa",
-                 f"kv {c.type_k}/{c.type_v}"]
-        if m.device == "cpu":
-            parts.append(f"t{c.n_threads}" if c.n_threads else "t-auto")
-        else:
-            parts.append(f"ngl {m.n_gpu_layers}")
-            if not m.cuda_graphs:
-                parts.append("no-graphs")
-        return " ".join(parts)
+        return settings.label(self)
 
 
 class Workload(Frozen):

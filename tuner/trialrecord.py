@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from tuner.buildinfo import BuildFlags, find_system_info
 from tuner.opplacement import OpSummary, check_ops
-from tuner.placement import Expectation, is_full_offload, parse_load_log, verify
+from tuner.placement import expect, is_full_offload, parse_load_log, verify
 from tuner.records import (
     Environment,
     GpuClocks,
@@ -69,10 +69,7 @@ def make_record(study: str, number: int, spec: TrialSpec, wl: Workload, outcome:
     meas = None
     ops: OpSummary | None = None
     if state is TrialState.COMPLETE and evidence is not None:
-        expect = Expectation(device=spec.model.device, n_gpu_layers=spec.model.n_gpu_layers,
-                             build=expected_variant, type_k=spec.context.type_k,
-                             type_v=spec.context.type_v, flash_attn=spec.context.flash_attn)
-        v = verify(evidence, expect, flags)
+        v = verify(evidence, expect(spec, wl, expected_variant), flags)
         # Layers are proven by the load log, operations by the scheduler's report: both count.
         ops = check_ops(outcome.data.get("op_log"), spec.model.device,
                         full_offload=is_full_offload(evidence, spec.model.n_gpu_layers),

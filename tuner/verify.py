@@ -30,7 +30,7 @@ from tuner.buildinfo import BuildFlags, find_system_info, variant_of
 from tuner.deploy import env_file_path, read_env_file
 from tuner.childenv import service_env
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
-from tuner.placement import Expectation, parse_load_log, verify
+from tuner.placement import expect, parse_load_log, verify
 from tuner.prodconfig import sidecar_path
 from tuner.records import ServedFigures
 from tuner.served import figures, prompts_for
@@ -258,10 +258,8 @@ def _check_server(dep: Deployment, pid: int, log: str) -> dict[str, Any]:
                                f"the sweep measured {_describe(measured)} ({diff})",
                                hint=f"recreate the build: {build.get('rebuild', 'tuner build')}; "
                                     f"LLAMA_CPP_LIB_PATH in {env_file_path(dep.config_path)}")
-    cs, ms = dep.spec.context, dep.spec.model
-    verdict = verify(parse_load_log(log), Expectation(
-        device=ms.device, n_gpu_layers=ms.n_gpu_layers, type_k=cs.type_k, type_v=cs.type_v,
-        flash_attn=cs.flash_attn, build=variant_of(measured) if measured else None))
+    verdict = verify(parse_load_log(log), expect(
+        dep.spec, dep.workload, build=variant_of(measured) if measured else None))
     return {"placement": verdict.summary, "placement_reasons": verdict.reasons,
             "library": library}
 

@@ -16,6 +16,7 @@ from rich.text import Text
 from tuner.compare import Comparison
 from tuner.overview import Overview, Pick
 from tuner.roofline import Roofline
+from tuner.settings import SETTINGS
 
 WIDTH = 100
 WARNINGS_SHOWN = 8
@@ -183,13 +184,16 @@ def compact_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
     one value over every row are dropped and named in the caption instead."""
     if not rows:
         return ["#"], [], "no trials"
+    # Optional setting columns (tuner/settings.py) the rows carry, after the fixed ones.
+    extra = [st.column for st in SETTINGS if not st.shown and st.column in rows[0]]
     cells = []
     for r in rows:
         spreads = [x for x in (r.get("pp_spread_pct"), r.get("tg_spread_pct")) if x is not None]
         cells.append({
             "#": str(r["trial"]), "build": str(r["build"])[:14], "ngl": str(r["ngl"]),
             "b/ub": f"{r['n_batch']}/{r['n_ubatch']}", "fa": r["fa"], "kv": _kv(r["kv"]),
-            "thr": str(r["threads"]), "pp t/s": tps(r.get("pp_tps")),
+            "thr": str(r["threads"]), **{c: str(r[c]) for c in extra},
+            "pp t/s": tps(r.get("pp_tps")),
             "±%": f"{max(spreads):.1f}" if spreads else "", "tg t/s": tps(r.get("tg_tps")),
             "req s": secs(r.get("request_s")),
             "x base": (f"{r['speedup_vs_baseline']:.2f}" if r.get("speedup_vs_baseline")
@@ -198,9 +202,9 @@ def compact_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
             "ok": "yes" if r["verified"] == "yes" else OK.get(r["state"], r["state"]),
             "why": r.get("why") or "",
         })
-    order = ["#", "build", "ngl", "b/ub", "fa", "kv", "thr", "pp t/s", "±%", "tg t/s", "req s",
-             "x base", "MiB", "ok", "why"]
-    constant = [c for c in ("build", "ngl", "b/ub", "fa", "kv", "thr")
+    order = ["#", "build", "ngl", "b/ub", "fa", "kv", "thr", *extra, "pp t/s", "±%", "tg t/s",
+             "req s", "x base", "MiB", "ok", "why"]
+    constant = [c for c in ("build", "ngl", "b/ub", "fa", "kv", "thr", *extra)
                 if len({row[c] for row in cells}) == 1]
     empty = [c for c in ("tg t/s", "±%", "x base", "MiB", "why") if not any(row[c] for row in cells)]
     keep = [c for c in order if c not in constant and c not in empty]

@@ -12,7 +12,8 @@ import statistics
 import time
 from typing import Any
 
-from tuner.specs import KV_TYPES, ContextSettings, Workload
+from tuner.settings import apply_context
+from tuner.specs import ContextSettings, Workload
 
 
 class Infeasible(Exception):
@@ -20,17 +21,13 @@ class Infeasible(Exception):
 
 
 def context_params(llama_cpp: Any, cs: ContextSettings, n_ctx: int, threads: int) -> Any:
+    """llama.cpp's context params for ``cs``: every context setting applied as declared in
+    ``tuner.settings``; the workload's context size, one sequence, the thread count (the
+    trial's, else the worker's), KQV on the model's device."""
     p = llama_cpp.llama_context_default_params()
     p.n_ctx = n_ctx
-    p.n_batch = cs.n_batch
-    p.n_ubatch = cs.n_ubatch
     p.n_seq_max = 1
-    p.type_k = KV_TYPES[cs.type_k]
-    p.type_v = KV_TYPES[cs.type_v]
-    p.flash_attn_type = (
-        llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if cs.flash_attn
-        else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    )
+    apply_context(llama_cpp, p, cs)
     p.n_threads = cs.n_threads or threads
     p.n_threads_batch = cs.n_threads or threads
     p.offload_kqv = True

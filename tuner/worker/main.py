@@ -14,6 +14,7 @@ import traceback
 from typing import Any
 
 from tuner.cpus import default_threads
+from tuner.settings import apply_model, environment
 from tuner.specs import ContextSettings, ModelSettings, Workload
 from tuner.worker import faults
 from tuner.worker.logcapture import LogCapture
@@ -28,8 +29,7 @@ def prepare_environment(ms: ModelSettings, lib_dir: str | None) -> None:
         os.environ["LLAMA_CPP_LIB_PATH"] = lib_dir
     else:
         os.environ.pop("LLAMA_CPP_LIB_PATH", None)
-    if not ms.cuda_graphs:
-        os.environ["GGML_CUDA_DISABLE_GRAPHS"] = "1"
+    os.environ.update(environment(ms))  # what the model-level settings ask (tuner/settings.py)
     # Only the proof context may print its schedule (tuner/worker/opproof.py), never a timed one.
     os.environ.pop("GGML_SCHED_DEBUG", None)
     if ms.device == "cpu":
@@ -91,9 +91,7 @@ def _serve(conn: Any, ms: ModelSettings, job: dict[str, Any]) -> None:
 
     faults.maybe_inject("load", None, log)
     mp = llama_cpp.llama_model_default_params()
-    mp.n_gpu_layers = ms.n_gpu_layers
-    mp.split_mode = ms.split_mode
-    mp.main_gpu = ms.main_gpu
+    apply_model(llama_cpp, mp, ms)
     t0 = time.perf_counter()
     model = llama_cpp.llama_model_load_from_file(job["model_path"].encode(), mp)
     load_seconds = time.perf_counter() - t0

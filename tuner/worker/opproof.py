@@ -22,16 +22,19 @@ import os
 from typing import Any
 
 from tuner.opplacement import REPORT_ENV, report_lines
+from tuner.settings import of_level
 from tuner.specs import ContextSettings
 from tuner.worker.logcapture import LogCapture
 
 PROOF_PROMPT_TOKENS = 32  # at most one ubatch: the report of a real prompt decode
-ProofKey = tuple[bool, str, str, int, int]
+ProofKey = tuple[Any, ...]
 
 
 def proof_key(cs: ContextSettings, n_ctx: int) -> ProofKey:
-    """The settings that decide where operations run (see the module docstring)."""
-    return (cs.flash_attn, cs.type_k, cs.type_v, cs.n_ubatch, n_ctx)
+    """The settings that decide where operations run (see the module docstring): every
+    context setting declared ``changes_ops`` in tuner/settings.py, and the context size."""
+    return (*(getattr(cs, f) for s in of_level("context") if s.changes_ops for f in s.names),
+            n_ctx)
 
 
 class OpProof:

@@ -1,0 +1,390 @@
+"""Every tunable setting, declared once: its space YAML key and value type, the spec object it
+belongs to (a worker's ``ModelSettings`` or a context's ``ContextSettings``), how it is set on
+llama.cpp's params, how llama_cpp.server's config holds it (or the environment, or nothing),
+its report column, analysis value and label, and what in the load log proves it.
+
+The search space (``tuner.space``), the grid, the worker's model and context params
+(``tuner.worker``), the server config (``tuner.effective``), the report columns
+(``tuner.report``, ``tuner.exporters``, ``tuner.views``), the analysis dimensions, the trial
+label and the verification's expectation (``tuner.placement``) are all read from ``SETTINGS``.
+Adding a dimension is one ``Setting`` here (plus its field on ``ModelSettings`` or
+``ContextSettings``, which a test checks against this table) and its tests.
+
+Nothing here imports llama_cpp: the worker passes its module in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+if TYPE_CHECKING:
+    from tuner.specs import ModelSettings, TrialSpec, Workload
+
+Level = Literal["model", "context"]
+
+# ggml_type numbers of the K/V cache types llama.cpp accepts (ggml.h); the server config stores
+# these numbers in type_k / type_v.
+KV_TYPES: dict[str, int] = {
+    "f32": 0,
+    "f16": 1,
+    "q4_0": 2,
+    "q4_1": 3,
+    "q5_0": 6,
+    "q5_1": 7,
+    "q8_0": 8,
+    "iq4_nl": 20,
+    "bf16": 30,
+}
+UNQUANTIZED_KV = {"f32", "f16", "bf16"}
+
+
+def _on(v: bool) -> str:
+    return "on" if v else "off"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One tunable setting. ``fields`` are the attributes it sets on the spec object of its
+    ``level``; a space value becomes them through ``to_fields`` (default: the one field)."""
+
+    name: str                         # analysis dimension and default space key
+    level: Level
+    value_type: Any                   # type of one value in a space list
+    default: Any                      # the value when a space does not list it (the baseline)
+    column: str                       # report column
+    cell: Callable[[TrialSpec], Any]  # report cell (and analysis value unless ``value``)
+    doc: str
+    space_key: str = ""               # space YAML key (default: name)
+    fields: tuple[str, ...] = ()      # spec attributes (default: (name,))
+    to_fields: Callable[[Any], dict[str, Any]] | None = None
+    from_fields: Callable[[Any], Any] | None = None  # spec object -> space value
+    check: Callable[[list[Any]], None] | None = None  # raises ValueError on a bad space list
+    value: Callable[[TrialSpec], Any] | None = None   # analysis value (default: cell)
+    label: Callable[[TrialSpec], str | None] | None = None
+    label_rank: int = 100             # where its part goes in ``TrialSpec.label()``
+    # How a worker applies it: to llama_model_params / llama_context_params (``lc`` is the
+    # llama_cpp module, ``obj`` the ModelSettings / ContextSettings), or to its environment.
+    apply: Callable[[Any, Any, Any], None] | None = None
+    env: Callable[[ModelSettings], dict[str, str]] | None = None
+    # How llama_cpp.server runs it: ``server`` gives its ModelSettings fields; a setting with
+    # neither ``server`` nor ``env`` is run by the server at ``server_runs`` only, and a trial
+    # measured at another value cannot become the production config.
+    server: Callable[[TrialSpec], dict[str, Any]] | None = None
+    server_runs: Any = None
+    deployed_by: str = ""             # how a service gets it otherwise (the sidecar's env)
+    # What proves it: the placement ``Expectation`` fields it sets (checked against the load
+    # log by ``tuner.placement.verify``), or why the log cannot.
+    expect: Callable[[TrialSpec], dict[str, Any]] | None = None
+    unproven: str = ""
+    numeric: bool = False             # report column is a number
+    bounds: dict[str, int] | None = None  # pydantic bounds of the spec field (ge, le)
+    field_type: Any = None            # type of the spec field(s) (default: value_type)
+    field_default: Any = ...          # the spec field's default (default: ``default``)
+    in_space: bool = True             # a space may list values of it
+    shown: bool = True                # report column always; else only when a record differs
+    keyed_at_default: bool = False    # in TrialSpec.key()/space_id at its default (old keys)
+    changes_ops: bool = True          # decides where graph operations run (op proof key)
+
+    @property
+    def spec_default(self) -> Any:
+        return self.default if self.field_default is ... else self.field_default
+
+    @property
+    def key(self) -> str:
+        return self.space_key or self.name
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.fields or (self.name,)
+
+    def fields_of(self, value: Any) -> dict[str, Any]:
+        return self.to_fields(value) if self.to_fields else {self.names[0]: value}
+
+    def of(self, obj: Any) -> Any:
+        """Its space value on a ModelSettings / ContextSettings."""
+        return self.from_fields(obj) if self.from_fields else getattr(obj, self.names[0])
+
+    def of_spec(self, spec: TrialSpec) -> Any:
+        return self.of(spec.model if self.level == "model" else spec.context)
+
+    def analysis_value(self, spec: TrialSpec) -> Any:
+        return (self.value or self.cell)(spec)
+
+    def deployable(self, spec: TrialSpec) -> str | None:
+        """None, or why llama_cpp.server cannot run the spec's value of this setting."""
+        if self.server or self.env or self.deployed_by:
+            return None
+        got = self.of_spec(spec)
+        if got == self.server_runs:
+            return None
+        return (f"llama_cpp.server cannot run {self.name}={got!r} (its settings have no such "
+                f"field; it always runs {self.server_runs!r})")
+
+
+# -- per-setting helpers -------------------------------------------------------------------
+
+def _positive(v: list[int]) -> None:
+    if any(x < 1 for x in v):
+        raise ValueError("must be a non-empty list of positive integers")
+
+
+def _build_names(v: list[str]) -> None:
+    if any(not name.strip() for name in v):
+        raise ValueError("build names must not be empty")
+
+
+def _threads(v: list[int | None]) -> None:
+    if any(x is not None and x < 1 for x in v):
+        raise ValueError("thread counts must be positive integers (or null: llama.cpp's "
+                         "choice)")
+
+
+def _kv_pairs(v: list[str]) -> None:
+    for pair in v:
+        k, sep, val = pair.partition("/")
+        if not sep:
+            raise ValueError(f"KV cache entry {pair!r} must be 'K/V', e.g. 'q8_0/q8_0'")
+        for t in (k, val):
+            if t not in KV_TYPES:
+                raise ValueError(f"unknown KV cache type {t!r} (known: "
+                                 f"{', '.join(sorted(KV_TYPES))})")
+
+
+def _kv_fields(pair: str) -> dict[str, Any]:
+    k, _, v = pair.partition("/")
+    return {"type_k": k, "type_v": v}
+
+
+def _kv_short(spec: TrialSpec) -> str:
+    c = spec.context
+    return c.type_k if c.type_k == c.type_v else f"{c.type_k}/{c.type_v}"
+
+
+def _ngl_label(spec: TrialSpec) -> str | None:
+    return None if spec.model.device == "cpu" else f"ngl {spec.model.n_gpu_layers}"
+
+
+def _graphs_label(spec: TrialSpec) -> str | None:
+    return "no-graphs" if spec.model.device != "cpu" and not spec.model.cuda_graphs else None
+
+
+def _threads_label(spec: TrialSpec) -> str | None:
+    if spec.model.device != "cpu":
+        return None
+    n = spec.context.n_threads
+    return f"t{n}" if n else "t-auto"
+
+
+def _set(**pairs: str) -> Callable[[Any, Any, Any], None]:
+    """An ``apply`` that copies spec attributes onto llama.cpp params of the same meaning."""
+    def apply(lc: Any, params: Any, obj: Any) -> None:
+        for param, attr in pairs.items():
+            setattr(params, param, getattr(obj, attr))
+    return apply
+
+
+def _apply_kv(lc: Any, params: Any, cs: Any) -> None:
+    params.type_k = KV_TYPES[cs.type_k]
+    params.type_v = KV_TYPES[cs.type_v]
+
+
+def _apply_fa(lc: Any, params: Any, cs: Any) -> None:
+    params.flash_attn_type = (lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if cs.flash_attn
+                              else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # Worker-level (ModelSettings): a new value needs a new worker. Grid order is table order.
+    Setting(
+        name="build", space_key="builds", level="model", value_type=str, default="installed",
+        column="build", cell=lambda s: s.model.build, check=_build_names,
+        label=lambda s: s.model.build, label_rank=0, keyed_at_default=True,
+        field_default="default", deployed_by="LLAMA_CPP_LIB_PATH in the service's environment",
+        unproven="the library's flags are checked against the build's variant instead",
+        doc="the llama.cpp library build the worker loads (builds/*/ or the installed one)"),
+    Setting(
+        name="n_gpu_layers", level="model", value_type=int, default=-1, column="ngl",
+        cell=lambda s: s.model.n_gpu_layers, numeric=True, label=_ngl_label, label_rank=50,
+        apply=_set(n_gpu_layers="n_gpu_layers"), keyed_at_default=True,
+        server=lambda s: {"n_gpu_layers": -1 if s.model.n_gpu_layers < 0
+                          else s.model.n_gpu_layers},
+        expect=lambda s: {"n_gpu_layers": s.model.n_gpu_layers},
+        doc="layers offloaded to the GPU (-1: all)"),
+    Setting(
+        name="cuda_graphs", level="model", value_type=bool, default=True, column="graphs",
+        cell=lambda s: _on(s.model.cuda_graphs), label=_graphs_label, label_rank=60,
+        shown=False, keyed_at_default=True,
+        env=lambda ms: {} if ms.cuda_graphs else {"GGML_CUDA_DISABLE_GRAPHS": "1"},
+        unproven="the load log does not say whether CUDA graphs ran",
+        doc="CUDA graphs (off: GGML_CUDA_DISABLE_GRAPHS=1 in the worker and the service)"),
+    Setting(
+        name="split_mode", level="model", value_type=int, default=1, column="split",
+        cell=lambda s: s.model.split_mode, numeric=True, in_space=False, shown=False,
+        bounds={"ge": 0, "le": 3},
+        keyed_at_default=True, apply=_set(split_mode="split_mode"),
+        server=lambda s: {"split_mode": s.model.split_mode},
+        unproven="one GPU: every layer's device is checked instead",
+        doc="how layers are split across GPUs (llama_split_mode)"),
+    Setting(
+        name="main_gpu", level="model", value_type=int, default=0, column="main_gpu",
+        cell=lambda s: s.model.main_gpu, numeric=True, in_space=False, shown=False,
+        bounds={"ge": 0},
+        keyed_at_default=True, apply=_set(main_gpu="main_gpu"),
+        server=lambda s: {"main_gpu": s.model.main_gpu},
+        unproven="one GPU: every layer's device is checked instead",
+        doc="the GPU that holds the model with split mode none"),
+    # Context-level (ContextSettings): a new context on the loaded model.
+    Setting(
+        name="n_batch", level="context", value_type=int, default=512, column="n_batch",
+        cell=lambda s: s.context.n_batch, numeric=True, check=_positive, changes_ops=False,
+        bounds={"ge": 1},
+        label=lambda s: f"b{s.context.n_batch}/u{s.context.n_ubatch}", label_rank=10,
+        apply=_set(n_batch="n_batch"), keyed_at_default=True,
+        server=lambda s: {"n_batch": s.context.n_batch},
+        expect=lambda s: {"n_batch": s.context.n_batch},
+        doc="logical batch: tokens per llama_decode call"),
+    Setting(
+        name="n_ubatch", level="context", value_type=int, default=512, column="n_ubatch",
+        cell=lambda s: s.context.n_ubatch, numeric=True, check=_positive, bounds={"ge": 1},
+        apply=_set(n_ubatch="n_ubatch"), keyed_at_default=True,
+        server=lambda s: {"n_ubatch": s.context.n_ubatch},
+        expect=lambda s: {"n_ubatch": s.context.n_ubatch},
+        doc="physical batch: tokens per graph computation"),
+    Setting(
+        name="flash_attn", level="context", value_type=bool, default=False, column="fa",
+        cell=lambda s: _on(s.context.flash_attn), label_rank=20,
+        label=lambda s: "fa" if s.context.flash_attn else "nofa",
+        apply=_apply_fa, keyed_at_default=True,
+        server=lambda s: {"flash_attn": bool(s.context.flash_attn)},
+        expect=lambda s: {"flash_attn": s.context.flash_attn},
+        doc="flash attention (llama_context_params.flash_attn_type)"),
+    Setting(
+        name="kv_cache", level="context", value_type=str, default="f16/f16", column="kv",
+        fields=("type_k", "type_v"), to_fields=_kv_fields,
+        from_fields=lambda cs: f"{cs.type_k}/{cs.type_v}",
+        cell=lambda s: f"{s.context.type_k}/{s.context.type_v}", value=_kv_short,
+        check=_kv_pairs, label=lambda s: f"kv {s.context.type_k}/{s.context.type_v}",
+        label_rank=30, apply=_apply_kv, keyed_at_default=True,
+        server=lambda s: {"type_k": KV_TYPES[s.context.type_k],
+                          "type_v": KV_TYPES[s.context.type_v]},
+        expect=lambda s: {"type_k": s.context.type_k, "type_v": s.context.type_v},
+        doc="K/V cache types 'K/V' (ggml type names; a quantized V needs flash attention)"),
+    Setting(
+        name="n_threads", level="context", value_type=int | None, default=None,
+        column="threads", cell=lambda s: s.context.n_threads if s.context.n_threads is not None
+        else "auto", numeric=True, check=_threads, label=_threads_label, label_rank=40,
+        bounds={"ge": 1},
+        keyed_at_default=True, changes_ops=False,
+        # Set by the worker (its own default when None); the server gets the count measured.
+        server=lambda s: {}, unproven="the worker records the thread count it ran on",
+        doc="CPU threads for prompt and generation (null: one per physical core)"),
+    Setting(
+        name="op_offload", level="context", value_type=bool, default=True, column="op_offload",
+        cell=lambda s: _on(s.context.op_offload), label_rank=70,
+        label=lambda s: None if s.context.op_offload else "no-op-offload",
+        apply=_set(op_offload="op_offload"), shown=False, server_runs=True,
+        unproven="llama.cpp prints no line for it; where operations ran is the op proof's",
+        doc="offload operations on host-resident weights to the GPU (llama.cpp's default on; "
+            "llama_cpp.server has no field for it, so only on can be deployed)"),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+SPACE_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.in_space)
+BY_SPACE_KEY: dict[str, Setting] = {s.key: s for s in SPACE_SETTINGS}
+
+
+def of_level(level: Level) -> tuple[Setting, ...]:
+    return tuple(s for s in SETTINGS if s.level == level)
+
+
+def spec_fields(level: Level) -> set[str]:
+    """The ModelSettings / ContextSettings attributes the table declares."""
+    return {f for s in of_level(level) for f in s.names}
+
+
+def key_dump(dump: dict[str, Any]) -> dict[str, Any]:
+    """A TrialSpec dump for its key: settings added after keys were first stored are left out
+    at their default, so an older record's key is still the key of the same settings."""
+    out = {"model": dict(dump["model"]), "context": dict(dump["context"])}
+    for s in SETTINGS:
+        if s.keyed_at_default:
+            continue
+        part = out[s.level]
+        if all(f in part for f in s.names) and s.fields_of(s.default) == {
+                f: part[f] for f in s.names}:
+            for f in s.names:
+                del part[f]
+    return out
+
+
+def space_dump(dump: dict[str, Any]) -> dict[str, Any]:
+    """A Space dump for its id: a newer setting's list left at ``[default]`` is left out."""
+    return {k: v for k, v in dump.items()
+            if not ((s := BY_SPACE_KEY.get(k)) and not s.keyed_at_default
+                    and v == [s.default])}
+
+
+
+def label(spec: TrialSpec) -> str:
+    parts = [(s.label_rank, s.label(spec)) for s in SETTINGS if s.label]
+    return " ".join(p for _, p in sorted(parts, key=lambda x: x[0]) if p)
+
+
+def apply_model(lc: Any, params: Any, ms: ModelSettings) -> None:
+    for s in of_level("model"):
+        if s.apply:
+            s.apply(lc, params, ms)
+
+
+def apply_context(lc: Any, params: Any, cs: Any) -> None:
+    for s in of_level("context"):
+        if s.apply:
+            s.apply(lc, params, cs)
+
+
+def environment(ms: ModelSettings) -> dict[str, str]:
+    """The environment variables the model-level settings ask of a worker or a service."""
+    env: dict[str, str] = {}
+    for s in of_level("model"):
+        if s.env:
+            env.update(s.env(ms))
+    return env
+
+
+def server_fields(spec: TrialSpec) -> dict[str, Any]:
+    """The settings as llama_cpp.server's ModelSettings fields (table order)."""
+    out: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.server:
+            out.update(s.server(spec))
+    return out
+
+
+def undeployable(spec: TrialSpec) -> list[str]:
+    """Why llama_cpp.server could not run what this spec measured (empty: it can)."""
+    return [why for s in SETTINGS if (why := s.deployable(spec))]
+
+
+def expectation(spec: TrialSpec, workload: Workload | None = None) -> dict[str, Any]:
+    """The placement ``Expectation`` fields the spec's settings (and the workload's context
+    size) set: what the load log must show."""
+    out: dict[str, Any] = {"device": spec.model.device}
+    for s in SETTINGS:
+        if s.expect:
+            out.update(s.expect(spec))
+    if workload is not None:
+        out["n_ctx"] = workload.n_ctx
+    return out
+
+
+def optional_columns(specs: list[TrialSpec]) -> list[Setting]:
+    """Settings whose report column is shown only when some trial is off their default."""
+    return [s for s in SETTINGS if not s.shown
+            and any(s.of_spec(sp) != s.default for sp in specs)]
+
+
+def report_cells(spec: TrialSpec, extra: list[Setting] | tuple[Setting, ...] = ()
+                 ) -> dict[str, Any]:
+    """The settings' report cells: every always-shown column, then ``extra``'s."""
+    return {s.column: s.cell(spec) for s in SETTINGS if s.shown or s in extra}
+
