@@ -151,3 +151,16 @@ def test_one_round_gives_no_interval_and_so_no_tie() -> None:
                                b.spec_key: rounds_of([1.5], gpu_mib=1000.0)})
     # Nothing is proven either way: the lighter b does not win, the fastest mean is kept.
     assert rep is not None and not rep.tie and rep.undecided == [1] and rep.winner_trial == 0
+
+
+def test_an_interval_cut_at_zero_does_not_break_the_overview() -> None:
+    # Two rounds of a wide spread: the Student-t interval reaches below zero and is cut there;
+    # the report's gap to the runner-up is then unbounded above, not a division by zero.
+    from tuner.overview import overview
+
+    a, b = make_record(0, request_s=1.0), make_record(1, request_s=1.1, n_batch=1024)
+    rep = decide("s", [a, b], {a.spec_key: rounds_of([0.1, 1.9]),
+                               b.spec_key: rounds_of([1.0, 1.2])})
+    assert rep is not None and any(f.request_seconds.low == 0.0 for f in rep.finalists)
+    ov = overview("s", [a, b], rep)
+    assert ov.winner is not None and ov.winner.trial == rep.winner_trial

@@ -6,6 +6,8 @@ Decisions only; ``tuner.views`` and ``tuner.htmlreport`` show them."""
 
 from __future__ import annotations
 
+import math
+
 from collections import Counter
 from tuner.analysis import EffectRow, effects, importance
 from tuner.records import (
@@ -100,8 +102,10 @@ def _from_finalist(f: FinalistFigures, rec: TrialRecord | None, level: float) ->
 
 def _ratio(slow: Interval, fast: Interval) -> Interval:
     """slow / fast with the widest interval the two allow (conservative)."""
+    # An interval cut at zero (two rounds, a wide spread) leaves the ratio unbounded above.
+    high = slow.high / fast.low if fast.low > 0 else math.inf
     return Interval(value=slow.value / fast.value, low=slow.low / fast.high,
-                    high=slow.high / fast.low, level=min(slow.level, fast.level))
+                    high=high, level=min(slow.level, fast.level))
 
 
 def _gap_words(gap: Interval | None) -> str | None:
