@@ -159,8 +159,11 @@ def test_an_interval_cut_at_zero_does_not_break_the_overview() -> None:
     from tuner.overview import overview
 
     a, b = make_record(0, request_s=1.0), make_record(1, request_s=1.1, n_batch=1024)
-    rep = decide("s", [a, b], {a.spec_key: rounds_of([0.1, 1.9]),
-                               b.spec_key: rounds_of([1.0, 1.2])})
-    assert rep is not None and any(f.request_seconds.low == 0.0 for f in rep.finalists)
+    # b is within 0.2% of a in both rounds (a tie) and lighter: b wins, and the runner-up's gap is
+    # the ratio of two request intervals, both cut at zero.
+    rep = decide("s", [a, b], {a.spec_key: rounds_of([0.1, 1.9], gpu_mib=2000.0),
+                               b.spec_key: rounds_of([0.09995, 1.90285], gpu_mib=1000.0)})
+    assert rep is not None and rep.tie and rep.winner_trial == 1 and rep.leader_trial == 0
+    assert all(f.request_seconds.low == 0.0 for f in rep.finalists)
     ov = overview("s", [a, b], rep)
-    assert ov.winner is not None and ov.winner.trial == rep.winner_trial
+    assert ov.winner is not None and ov.winner.trial == 1
