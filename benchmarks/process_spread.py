@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fidelity_space import key_of, llama_bench  # noqa: E402
+
 from tuner.store import Store, list_studies  # noqa: E402
 
 

@@ -6,14 +6,14 @@ generation speed and GPU memory. Library code: the views and the HTML page only 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
 from tuner.records import TrialRecord
 from tuner.settings import SETTINGS
 from tuner.specs import Frozen, TrialSpec
-
 
 # The settings a sweep varies, as report columns: name -> value of a spec (tuner/settings.py).
 DIMENSIONS: dict[str, Callable[[TrialSpec], Any]] = {

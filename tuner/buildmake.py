@@ -13,10 +13,11 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Callable, Literal, overload
+from typing import Literal, overload
 
 from tuner.buildinfo import parse_system_info, variant_of
 from tuner.builds import (
@@ -156,8 +157,10 @@ def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path(
     sha256 = _sha256(Path(plan.source))
     log(f"extracting {plan.source}")
     with tarfile.open(plan.source, "r:*") as tar:
-        tar.extractall(staging / "src", **({"filter": "data"} if hasattr(tarfile, "data_filter")
-                                           else {}))
+        if hasattr(tarfile, "data_filter"):  # Python 3.12, and 3.10.12/3.11.4 backports
+            tar.extractall(staging / "src", filter="data")
+        else:
+            tar.extractall(staging / "src")
     configure, help_cmd, build = commands
     _run(configure, log, "cmake configure", fail_hint, env)
     targets = _run(help_cmd, lambda _l: None, "cmake target list", fail_hint, env)

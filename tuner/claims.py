@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -173,10 +174,8 @@ class Claims:
     def start_heartbeat(self) -> None:
         def loop() -> None:
             while not self._stop.wait(HEARTBEAT_S):
-                try:
-                    self.beat()
-                except sa.exc.SQLAlchemyError:
-                    pass  # a busy database: the next beat comes well before STALE_S
+                with suppress(sa.exc.SQLAlchemyError):  # a busy database: the next beat
+                    self.beat()                         # comes well before STALE_S
         self._thread = threading.Thread(target=loop, name="tuner-heartbeat", daemon=True)
         self._thread.start()
 

@@ -9,6 +9,7 @@ import math
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -16,6 +17,12 @@ from rich.console import Console
 
 from tuner.errors import BadInput, TunerError
 from tuner.interrupt import MESSAGE as INTERRUPTED, Interrupted, terminable
+
+if TYPE_CHECKING:  # click.Choice checks these values; the modules load lazily
+    from tuner.sampler import SamplerName
+    from tuner.specs import Device
+
+M = TypeVar("M")
 
 err = Console(stderr=True, highlight=False)
 # Piped output (a log, CI) gets wide lines rather than tables squeezed into 80 columns.
@@ -88,11 +95,11 @@ def cli(debug: bool) -> None:
 @click.option("--served-requests", type=click.IntRange(min=0, max=1000), default=5,
               show_default=True,
               help="Requests per finalist through a real llama_cpp.server (0: raw figures only).")
-def sweep(model: Path, device: str, trials: int | None, space: Path | None, prompt_tokens: int,
+def sweep(model: Path, device: Device, trials: int | None, space: Path | None, prompt_tokens: int,
           gen_tokens: int, n_ctx: int, repetitions: int, warmup: int, results_dir: Path,
           study: str | None, storage: str | None, out: Path, builds_dir: Path,
           trial_timeout: float, trials_per_worker: int, sentinel: bool,
-          sampler: str, patience: int | None, timeout_s: float | None, seed: int,
+          sampler: SamplerName, patience: int | None, timeout_s: float | None, seed: int,
           finalist_rounds: int, served_requests: int) -> None:
     """Try llama.cpp settings on MODEL, verify each trial's placement from llama.cpp's load
     log, store every trial, and write the best verified settings to --out.
@@ -270,7 +277,7 @@ def verify_cmd(config: Path, url: str | None, port: int | None, tolerance: float
               markup=False)
 
 
-def _validated(model: type, **kwargs: object) -> object:
+def _validated(model: type[M], **kwargs: object) -> M:
     try:
         return model(**kwargs)
     except ValidationError as e:

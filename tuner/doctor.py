@@ -19,8 +19,15 @@ from typing import BinaryIO
 from tuner.buildinfo import BuildFlags, variant_of
 from tuner.errors import CUDA_INSTALL_HINT, BadInput
 from tuner.opplacement import REPORT_HINT, OpSummary, check_ops
-from tuner.placement import (Expectation, PlacementEvidence, is_cpu_device, is_cuda_device,
-                             is_full_offload, parse_load_log, verify)
+from tuner.placement import (
+    Expectation,
+    PlacementEvidence,
+    is_cpu_device,
+    is_cuda_device,
+    is_full_offload,
+    parse_load_log,
+    verify,
+)
 from tuner.specs import Frozen
 
 _SNIFF_BYTES = 64 * 1024

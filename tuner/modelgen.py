@@ -18,25 +18,38 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
 from tuner.errors import BadInput, TunerError
 
-SHAPES: dict[str, dict[str, int]] = {
+
+class Shape(TypedDict):
+    """The dimensions write_llama takes, by keyword."""
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    n_vocab: int
+    context_length: int
+
+
+SHAPES: dict[str, Shape] = {
     # Row sizes (n_embd, n_ff) are multiples of 256, so k-quants apply to every matrix.
-    "tiny": dict(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=512,
-                 context_length=2048),
-    "llama3-8b": dict(n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336,
-                      n_vocab=128256, context_length=8192),
+    "tiny": Shape(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=512,
+                  context_length=2048),
+    "llama3-8b": Shape(n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336,
+                       n_vocab=128256, context_length=8192),
     # Qwen2.5's 1.5B and 7B dimensions written as llama-architecture models (a 12:2 and a 28:4
     # grouped-query attention, 151k-token vocabularies): shapes unlike the Llama ones above.
-    "qwen2.5-1.5b": dict(n_layer=28, n_embd=1536, n_head=12, n_head_kv=2, n_ff=8960,
-                         n_vocab=151936, context_length=32768),
-    "qwen2.5-7b": dict(n_layer=28, n_embd=3584, n_head=28, n_head_kv=4, n_ff=18944,
-                       n_vocab=152064, context_length=32768),
-    "llama2-7b": dict(n_layer=32, n_embd=4096, n_head=32, n_head_kv=32, n_ff=11008,
-                      n_vocab=32000, context_length=4096),
+    "qwen2.5-1.5b": Shape(n_layer=28, n_embd=1536, n_head=12, n_head_kv=2, n_ff=8960,
+                          n_vocab=151936, context_length=32768),
+    "qwen2.5-7b": Shape(n_layer=28, n_embd=3584, n_head=28, n_head_kv=4, n_ff=18944,
+                        n_vocab=152064, context_length=32768),
+    "llama2-7b": Shape(n_layer=32, n_embd=4096, n_head=32, n_head_kv=32, n_ff=11008,
+                       n_vocab=32000, context_length=4096),
 }
 DTYPES = {"f32": (np.float32, 0), "f16": (np.float16, 1)}  # numpy type, general.file_type
 BLOCK = (1 << 20) + 17  # random values per tile; odd so that rows of a matrix differ
@@ -87,8 +100,8 @@ def _tensors(n_layer: int, n_embd: int, n_head: int, n_head_kv: int, n_ff: int,
 def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: type) -> np.ndarray:
     """Small normal values (std 0.02): one random tile per tensor, repeated to fill it."""
     n = int(np.prod(shape))
-    tile = (rng.standard_normal(min(n, BLOCK), dtype=np.float32) * 0.02).astype(dtype)
-    out = np.empty(n, dtype=dtype)
+    tile: np.ndarray = (rng.standard_normal(min(n, BLOCK), dtype=np.float32) * 0.02).astype(dtype)
+    out: np.ndarray = np.empty(n, dtype=dtype)
     for start in range(0, n, len(tile)):
         chunk = out[start:start + len(tile)]
         chunk[:] = tile[:len(chunk)]
@@ -152,7 +165,7 @@ def write_llama(path: str | Path, *, n_layer: int, n_embd: int, n_head: int, n_h
             end = w.fout[0].tell()
             w.fout[0].truncate(end + -end % w.data_alignment + data_bytes)
         else:
-            for name, shape in layout:
+            for _name, shape in layout:
                 if len(shape) == 1:
                     w.write_tensor_data(np.ones(shape, dtype=np.float32))
                 else:

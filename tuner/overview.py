@@ -7,19 +7,19 @@ Decisions only; ``tuner.views`` and ``tuner.htmlreport`` show them."""
 from __future__ import annotations
 
 import math
-
 from collections import Counter
+
 from tuner.analysis import EffectRow, effects, importance
+from tuner.builds import INSTALLED
 from tuner.records import (
-    ServedFigures,
     FinalistFigures,
     FinalistReport,
     Interval,
+    ServedFigures,
     TrialRecord,
     TrialState,
     WorkerDrift,
 )
-from tuner.builds import INSTALLED
 from tuner.report import baseline_for, is_baseline, order
 from tuner.specs import Frozen
 from tuner.stability import instability

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from contextlib import suppress
 from typing import Literal
 
 from pydantic import Field
 
-from tuner.buildinfo import BuildFlags, find_system_info, variant_of
 from tuner import settings
+from tuner.buildinfo import BuildFlags, find_system_info, variant_of
 from tuner.specs import Frozen, TrialSpec, Workload
 
 _DEVICE = re.compile(r"^\s+Device (\d+): (.+?)(?:, compute capability.*)?$")
@@ -148,10 +149,8 @@ def parse_load_log(text: str) -> PlacementEvidence:
 
 
 def _add(into: dict[str, float], name: str, mib: str, replace: bool = False) -> None:
-    try:
+    with suppress(ValueError):  # "1.2.3" cannot be a size; leave the buffer out rather than fail
         into[name] = round((0.0 if replace else into.get(name, 0.0)) + float(mib), 4)
-    except ValueError:  # "1.2.3" cannot be a size; leave the buffer out rather than fail
-        pass
 
 
 class Expectation(Frozen):
@@ -204,9 +203,9 @@ def verify(evidence: PlacementEvidence, expectation: Expectation,
         reasons += _cuda_reasons(evidence, expectation, flags)
     else:
         reasons += _cpu_reasons(evidence)
-    if expectation.build is not None and flags is not None:
-        if (got := variant_of(flags)) != expectation.build:
-            reasons.append(f"expected build {expectation.build}, library reports {got}")
+    if (expectation.build is not None and flags is not None
+            and (got := variant_of(flags)) != expectation.build):
+        reasons.append(f"expected build {expectation.build}, library reports {got}")
     reasons += _context_reasons(evidence, expectation)
     return Verdict(verified=not reasons, reasons=reasons, summary=summarize(evidence, flags))
 

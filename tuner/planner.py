@@ -11,6 +11,7 @@ for the whole study. No subprocess code here."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -96,7 +97,7 @@ class Planner:
         retried = 0
         for t in self.study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
             key, owner = t.user_attrs.get("spec_key"), t.user_attrs.get("owner")
-            c = claims.get(key)
+            c = claims.get(key) if key is not None else None
             if c is not None and c.owner == owner and c.state == "running" and not is_stale(c):
                 continue  # a live sweep runs it
             rec = by_number.get(t.number)
@@ -108,7 +109,7 @@ class Planner:
             self._fail(t.number, "interrupted")
             retried += 1
             if c is not None and c.owner == owner and c.state == "running":
-                self.claims.release(key, owner)
+                self.claims.release(c.spec_key, owner)  # c is claims[key]
         for t in self.study.get_trials(deepcopy=False, states=(OptunaState.WAITING,)):
             self._fail_waiting(t._trial_id)
         return retried
@@ -168,7 +169,7 @@ class Planner:
                 self._taken.add(key)
                 continue
             if old is not None and old.trial_number is not None:  # a dead sweep's trial
-                self._guard(lambda: self._fail(old.trial_number, "interrupted"))
+                self._guard(functools.partial(self._fail, old.trial_number, "interrupted"))
             number = self._guard(lambda: self._create(key))
             self._done.add(key)
             return number, self.plan[key]
@@ -226,7 +227,7 @@ class Planner:
         for c in self.claims.mine():
             try:
                 rec = by_number.get(c.trial_number) if c.trial_number is not None else None
-                if rec is not None and rec.spec_key == c.spec_key:
+                if c.trial_number is not None and rec is not None and rec.spec_key == c.spec_key:
                     self.tell(c.trial_number, rec)
                     continue
                 if c.trial_number is not None:
@@ -261,14 +262,14 @@ class Planner:
         return self._guard(claim)
 
     def config_written(self) -> None:
-        if self._config_key:
-            self._guard(lambda: self.claims.done(self._config_key))
+        if key := self._config_key:
+            self._guard(lambda: self.claims.done(key))
             self._config_key = None
 
     def release_config(self) -> None:
         """After a failed write: let another sweep (or the next) write it."""
-        if self._config_key:
-            self._guard(lambda: self.claims.release(self._config_key))
+        if key := self._config_key:
+            self._guard(lambda: self.claims.release(key))
             self._config_key = None
 
     def close(self) -> None:

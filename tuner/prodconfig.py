@@ -10,9 +10,9 @@ never sees a half-written file."""
 from __future__ import annotations
 
 import json
-import subprocess
 import os
 import shlex
+import subprocess
 import sys
 import tempfile
 from contextlib import suppress
@@ -24,11 +24,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 import tuner
-from tuner.deploy import (RAW_KIND, SERVED_KIND, deployment_notes, env_file_path,
-                          rebuild_command, render_env_file, served_vs_raw)
 from tuner.childenv import child_env, module_command
-from tuner.errors import BadInput, EnvironmentUnfit, TunerError
+from tuner.deploy import (
+    RAW_KIND,
+    SERVED_KIND,
+    deployment_notes,
+    env_file_path,
+    rebuild_command,
+    render_env_file,
+    served_vs_raw,
+)
 from tuner.effective import SPEED_FIELDS, check_effective, trial_settings
+from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.records import ServedFigures, Stat, TrialRecord
 from tuner.served import service_env
 from tuner.specs import TrialSpec, Workload

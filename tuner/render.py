@@ -156,11 +156,15 @@ def run_build(console: Console, variant: str, source: Path | None, cuda_arch: st
               builds_dir: Path, jobs: int | None, dry_run: bool) -> None:
     from tuner.buildmake import build_variant
 
-    info = build_variant(variant, source=source, builds_dir=builds_dir, cuda_arch=cuda_arch,
-                         jobs=jobs, dry_run=dry_run,
-                         log=lambda line: console.print(line, markup=False, highlight=False))
+    def log(line: str) -> None:
+        console.print(line, markup=False, highlight=False)
+
     if dry_run:
-        for line in info.shell_lines():
+        plan = build_variant(variant, source=source, builds_dir=builds_dir, cuda_arch=cuda_arch,
+                             jobs=jobs, dry_run=True, log=log)
+        for line in plan.shell_lines():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
     else:
+        info = build_variant(variant, source=source, builds_dir=builds_dir, cuda_arch=cuda_arch,
+                             jobs=jobs, dry_run=False, log=log)
         console.print(f"built {info.name}: {info.lib_dir}", markup=False)

@@ -13,7 +13,7 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tuner.cpus import default_threads
 from tuner.errors import TunerError
@@ -128,9 +128,9 @@ def check_placement(log: str, spec: TrialSpec) -> None:
                          + "; ".join(verdict.reasons))
 
 
-def figures(runs: list[dict[str, Any]], *, source: str, prompt_tokens: int, gen_tokens: int,
-            warmup: int, max_prefix_reuse: int, n_threads: int | None = None,
-            n_threads_batch: int | None = None) -> ServedFigures:
+def figures(runs: list[dict[str, Any]], *, source: Literal["worker", "server"],
+            prompt_tokens: int, gen_tokens: int, warmup: int, max_prefix_reuse: int,
+            n_threads: int | None = None, n_threads_batch: int | None = None) -> ServedFigures:
     """Medians and spreads of timed requests (``ttft_s``, ``gen_s``, ``request_s``,
     ``finish_reason`` each). A request that stopped before ``gen_tokens`` is an error: its
     speed would be of another workload."""

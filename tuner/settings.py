@@ -14,8 +14,9 @@ Nothing here imports llama_cpp: the worker passes its module in."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from tuner.specs import ModelSettings, TrialSpec, Workload

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from types import GenericAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import yaml
 from pydantic import Field, ValidationError, create_model, field_validator
@@ -44,6 +46,10 @@ class _SpaceBase(Frozen):
     """Lists of values per setting; the grid is their product minus invalid combinations.
     The fields are the settings of ``tuner.settings`` that a space may list."""
 
+    if TYPE_CHECKING:  # the fields are made at run time (create_model below)
+        def __init__(self, **fields: list[Any]) -> None: ...
+        def __getattr__(self, name: str) -> list[Any]: ...
+
     def space_id(self) -> str:
         """Stable identity of the space, kept on every trial planned under it."""
         return _digest(settings.space_dump(self.model_dump()))[:12]
@@ -69,13 +75,20 @@ def _validator(s: Setting):  # noqa: ANN202 - a pydantic validator
     return field_validator(s.key)(check)
 
 
-Space = create_model(
+# One list field per setting: (list[value type], default [the setting's default]).
+_FIELDS: dict[str, Any] = {
+    s.key: (GenericAlias(list, (s.value_type,)),
+            Field(default_factory=lambda d=s.default: [d], description=s.doc))
+    for s in SPACE_SETTINGS}
+_SpaceModel = create_model(
     "Space", __base__=_SpaceBase, __doc__=_SpaceBase.__doc__,
     __validators__={f"_check_{s.key}": _validator(s) for s in SPACE_SETTINGS},
-    **{s.key: (list[s.value_type],  # type: ignore[valid-type]
-               Field(default_factory=lambda d=s.default: [d], description=s.doc))
-       for s in SPACE_SETTINGS},
+    **_FIELDS,
 )
+if TYPE_CHECKING:  # the fields are made at run time; type checkers see the base's methods
+    Space: TypeAlias = _SpaceBase
+else:
+    Space = _SpaceModel
 
 
 def default_space(device: Device, builds: list[str]) -> Space:

@@ -28,8 +28,9 @@ def _declared_fields(level: settings.Level) -> dict[str, Any]:
     for s in settings.of_level(level):
         defaults = s.fields_of(s.spec_default)
         for name in s.names:
+            bounds: dict[str, Any] = s.bounds or {}  # ge/le/gt/lt for Field
             out[name] = (s.field_type or s.value_type,
-                         Field(default=defaults[name], description=s.doc, **(s.bounds or {})))
+                         Field(default=defaults[name], description=s.doc, **bounds))
     return out
 
 

@@ -10,12 +10,12 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from tuner import builds as builds_mod
 from tuner.buildinfo import BuildFlags, fa_supports, parse_system_info
-from tuner.environment import environment, model_sha256
 from tuner.drift import worker_drift
+from tuner.environment import environment, model_sha256
 from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
 from tuner.finalists import FinalistOptions, select, settle
 from tuner.finalists_store import append_drift, load_drift, load_finalists, save_finalists
@@ -264,7 +264,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                 store.append(record)
                 planner.tell(number, record)
                 ran.append(record)
-                if record.usable and (best is None or record.objective < best.objective):
+                if record.usable and (best is None or _objective(record) < _objective(best)):
                     best = record
                 events.finished(record, best)
         except BaseException:  # interrupted or failed: hand back what this sweep holds
@@ -409,7 +409,12 @@ def _stored_served(report: FinalistReport) -> tuple[ServedFigures | None, int | 
 
 def _best(records: list[TrialRecord], planned: set[str]) -> TrialRecord | None:
     usable = [r for r in records if r.usable and r.spec_key in planned]
-    return min(usable, key=lambda r: r.objective) if usable else None
+    return min(usable, key=_objective) if usable else None
+
+
+def _objective(r: TrialRecord) -> float:
+    """A usable record's objective: ``usable`` is only true where it is set."""
+    return cast(float, r.objective)
 
 
 def _why_no_config(records: list[TrialRecord]) -> str:

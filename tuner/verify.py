@@ -18,17 +18,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, suppress
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import yaml
 from pydantic import Field
 
 from tuner.buildinfo import BuildFlags, find_system_info, variant_of
-from tuner.deploy import env_file_path, read_env_file
 from tuner.childenv import service_env
+from tuner.deploy import env_file_path, read_env_file
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.placement import expect, parse_load_log, verify
 from tuner.prodconfig import sidecar_path
@@ -365,6 +366,8 @@ def compare(measured: ServedFigures, side: dict[str, Any],
     raw figures when it has none (the raw loop leaves out the per-token Python work, so a gap
     there is expected and said)."""
     served = side.get("served")
+    ttft: float | None
+    gen: float | None
     if served:
         ref = ServedFigures.model_validate({k: v for k, v in served.items() if k != "kind"})
         kind, note = "served", f"the sidecar's served figures ({ref.summary()})"

@@ -131,9 +131,9 @@ def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
         warn.add_column(overflow="fold", ratio=1)
         for x in ov.warnings[:WARNINGS_SHOWN]:
             warn.add_row("", x)
-        more = len(ov.warnings) - WARNINGS_SHOWN
-        if more > 0:
-            warn.add_row("", f"... and {more} more (tuner report --format trials)")
+        hidden = len(ov.warnings) - WARNINGS_SHOWN
+        if hidden > 0:
+            warn.add_row("", f"... and {hidden} more (tuner report --format trials)")
         parts.append(warn)
     return Group(*parts)
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # Logit bias that no sampled logit overcomes (JSON has no -inf).
 EOG_BIAS = -1.0e9
