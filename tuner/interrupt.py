@@ -35,11 +35,21 @@ def terminable() -> Iterator[None]:
 
 
 @contextmanager
-def sigint_ignored() -> Iterator[None]:
-    """Start child processes inside this block: they inherit SIGINT ignored from the start
-    (Python installs its KeyboardInterrupt handler only where SIGINT is not ignored)."""
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def sigint_deferred() -> Iterator[None]:
+    """Start child processes inside this block. SIGINT is blocked in this thread while they
+    start: a child inherits the block (its main ignores SIGINT, then unblocks it, so a Ctrl-C
+    never prints a worker's traceback), and a Ctrl-C that arrives meanwhile reaches this
+    process when the block ends. Ignoring SIGINT here instead would lose it: a Ctrl-C during a
+    worker's start (a second or more on a loaded machine) left the sweep running."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def ignore_sigint_in_child() -> None:
+    """The first thing a worker does: ignore SIGINT, then take it out of the mask it inherited
+    from ``sigint_deferred`` (a Ctrl-C that came while it started is discarded)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

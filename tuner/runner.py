@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.interrupt import sigint_ignored
+from tuner.interrupt import sigint_deferred
 from tuner.specs import ModelSettings, TrialSpec, Workload
 from tuner.worker.logcapture import read_tail
 from tuner.worker.main import worker_main
@@ -64,7 +64,7 @@ class _Worker:
         self.conn, child = SPAWN.Pipe()
         self.proc = SPAWN.Process(target=worker_main, args=(child, job), daemon=True,
                                   name="tuner-worker")
-        with sigint_ignored():  # a Ctrl-C is the parent's to handle; it kills its workers
+        with sigint_deferred():  # a Ctrl-C is the parent's to handle; it kills its workers
             self.proc.start()
         child.close()
         self.hello: dict[str, Any] = {}

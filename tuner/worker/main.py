@@ -6,7 +6,6 @@ goes to the worker's log file, never to the pipe."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 import time
@@ -14,6 +13,7 @@ import traceback
 from typing import Any
 
 from tuner.cpus import default_threads
+from tuner.interrupt import ignore_sigint_in_child
 from tuner.settings import apply_model, environment
 from tuner.specs import ContextSettings, ModelSettings, Workload
 from tuner.worker import faults
@@ -48,7 +48,7 @@ def redirect_stdio(path: str) -> None:
 
 
 def worker_main(conn: Any, job: dict[str, Any]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it kills workers
+    ignore_sigint_in_child()  # Ctrl-C is the parent's; it kills workers
     ms = ModelSettings.model_validate(job["model_settings"])
     prepare_environment(ms, job.get("lib_dir"))
     redirect_stdio(job["log_path"] + ".stdio")
