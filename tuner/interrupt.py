@@ -20,18 +20,48 @@ class Interrupted(BaseException):
         self.exit_code = 128 + signum
 
 
-@contextmanager
-def terminable() -> Iterator[None]:
-    """SIGTERM raises Interrupted inside the block (Python's default would end the process at
-    once, skipping the hand-back)."""
-    def on_term(signum: int, _frame: object) -> None:
-        raise Interrupted(signum)
+_critical = 0  # nesting depth of storage operations in progress (main thread)
+_pending: list[int] = []  # a signal that came during one, raised when it ends
 
-    old = signal.signal(signal.SIGTERM, on_term)
+
+@contextmanager
+def critical() -> Iterator[None]:
+    """A storage operation that a signal must not cut in half (a SQLAlchemy checkout or commit
+    interrupted midway can leave the pool or a claim half done, and the hand-back then hung).
+    Inside ``terminable``, SIGINT and SIGTERM that arrive here are raised when it ends."""
+    global _critical
+    _critical += 1
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        _critical -= 1
+        if _critical == 0 and _pending:
+            raise _raise_for(_pending.pop())
+
+
+def _raise_for(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
+
+
+@contextmanager
+def terminable() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt / Interrupted inside the block (Python's
+    default for SIGTERM would end the process at once, skipping the hand-back), deferred to the
+    end of a ``critical`` storage operation when one is in progress."""
+    def on_signal(signum: int, _frame: object) -> None:
+        if _critical:
+            _pending[:] = [signum]
+            return
+        raise _raise_for(signum)
+
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+        _pending.clear()
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from optuna.trial import TrialState as OptunaState
 
 from tuner.claims import CONFIG_PREFIX, Claims, is_stale
 from tuner.errors import BadInput, TunerError
+from tuner.interrupt import critical
 from tuner.records import TrialRecord
 from tuner.sampler import Finished, TpeOrder
 from tuner.specs import TrialSpec
@@ -54,7 +55,8 @@ class Planner:
     def _guard(self, fn: Callable[[], T]) -> T:
         """Run a storage operation; its failures become one-line TunerErrors."""
         try:
-            return fn()
+            with critical():
+                return fn()
         except (sa.exc.SQLAlchemyError, OSError, optuna.exceptions.OptunaError) as e:
             raise storage_error(e, self.url) from None
 

@@ -19,6 +19,7 @@ from tuner.environment import environment, model_sha256
 from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
 from tuner.finalists import FinalistOptions, select, settle
 from tuner.finalists_store import append_drift, load_drift, load_finalists, save_finalists
+from tuner.interrupt import critical
 from tuner.modelcheck import ModelInfo, check_model
 from tuner.planner import Planner
 from tuner.preflight import check_records_identity, check_writable_folder, preflight_config
@@ -261,8 +262,9 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                 record = make_record(study, number, spec, wl, outcome, probe.flags,
                                      probe.expected_variant, envs[spec.model.build], started)
                 record = record.model_copy(update={"space_id": space_id})
-                store.append(record)
-                planner.tell(number, record)
+                with critical():  # a signal waits until the record is stored and told
+                    store.append(record)
+                    planner.tell(number, record)
                 ran.append(record)
                 if record.usable and (best is None or _objective(record) < _objective(best)):
                     best = record
