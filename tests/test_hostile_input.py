@@ -349,9 +349,13 @@ def test_interrupt_mid_trial_says_how_to_resume(sig: int, code: int, tiny_model:
             "--results", str(tmp_path / "results"), "--out", str(tmp_path / "production.yaml"),
             "--study", "h", "--trial-timeout", "120", "--finalist-rounds", "0"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TUNER_FAULTS": "hang@measure:n_batch=16"}
+    # A user's shell starts the sweep with Ctrl-C's default action; a test runner started in
+    # the background of a non-interactive shell has SIGINT ignored, and its children inherit
+    # that (Python then installs no KeyboardInterrupt handler): start the sweep as a shell would.
     proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     # Until the first trial is stored and the second (the hanging one) is held by this sweep.
     while len(records(tmp_path)) < 1 or State.RUNNING not in states(tmp_path):
