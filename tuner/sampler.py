@@ -56,9 +56,13 @@ def flat(spec: TrialSpec) -> dict[str, Any]:
 
 def dimensions(plan: Iterable[TrialSpec]) -> dict[str, list[Any]]:
     """The fields whose value differs across the plan, with their values in plan order."""
+    return _varying(flat(spec) for spec in plan)
+
+
+def _varying(points: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
     values: dict[str, list[Any]] = {}
-    for spec in plan:
-        for k, v in flat(spec).items():
+    for point in points:
+        for k, v in point.items():
             seen = values.setdefault(k, [])
             if v not in seen:
                 seen.append(v)
@@ -77,10 +81,12 @@ class TpeOrder:
     def __init__(self, plan: dict[str, TrialSpec], seed: int = 0) -> None:
         self.plan = plan
         self.seed = seed
-        self.dims = dimensions(plan.values())
-        self.points = {k: {d: flat(s)[d] for d in self.dims} for k, s in plan.items()}
+        flats = {k: flat(s) for k, s in plan.items()}  # once per setting: plans can be 100k
+        self.dims = _varying(flats.values())
+        self.points = {k: {d: f[d] for d in self.dims} for k, f in flats.items()}
+        self.seeds = self._seeds()
 
-    def seeds(self) -> list[str]:
+    def _seeds(self) -> list[str]:
         """The baseline (the plan's first setting) and llama.cpp's defaults, per build order."""
         keys = list(self.plan)
         first = keys[:1]
@@ -93,7 +99,7 @@ class TpeOrder:
         if not open_keys:
             return None
         done = {h.spec_key for h in history}
-        for k in self.seeds():
+        for k in self.seeds:
             if k in open_keys and k not in done:
                 return k
         if not self.dims:
@@ -119,11 +125,21 @@ class TpeOrder:
         return sum(point[d] != proposal[d] for d in self.dims)
 
 
+DEFAULT_PATIENCE = 10  # for tpe when --patience is not given
+
+
 @dataclass
 class StopRule:
-    patience: int | None = None  # finished trials without a gain above min_gain
+    patience: int | None = None  # finished trials without a gain above min_gain; None: default
     min_gain: float = 0.01
     timeout_s: float | None = None  # seconds of search, from the sweep's start
+
+    def patience_for(self, kind: str) -> int | None:
+        """The patience in force: the one given (0: never stop early), else DEFAULT_PATIENCE
+        for tpe and none for the grid."""
+        if self.patience is not None:
+            return self.patience or None
+        return DEFAULT_PATIENCE if kind == "tpe" else None
 
 
 def stagnation(objectives: Iterable[float | None], min_gain: float) -> int:

@@ -68,16 +68,8 @@ class SweepOptions:
     finalists: FinalistOptions = field(default_factory=FinalistOptions)  # rounds 0: none
     served_requests: int = 5  # served-path requests per finalist (0: raw figures only)
     sampler: SamplerName = "auto"  # tuner/sampler.py
-    stop: StopRule = field(default_factory=StopRule)  # patience None: 10 for tpe, off for grid
+    stop: StopRule = field(default_factory=StopRule)  # tuner/sampler.py
     seed: int = 0
-
-    def patience(self, kind: str) -> int | None:
-        if self.stop.patience is not None:
-            return self.stop.patience or None  # 0: never stop early
-        return DEFAULT_PATIENCE if kind == "tpe" else None
-
-
-DEFAULT_PATIENCE = 10
 
 
 @dataclass
@@ -223,7 +215,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         done = {r.spec_key for r in existing}
         space_id = space.space_id()
         kind = resolve(opts.sampler, len(specs))
-        patience = opts.patience(kind)
+        patience = opts.stop.patience_for(kind)
         t0 = time.monotonic()
         try:
             pending = planner.enqueue(specs, done, space_id, sampler=kind, seed=opts.seed)
