@@ -146,9 +146,9 @@ class Runner:
 
     def _job(self, ms: ModelSettings, log_path: Path | None = None,
              probe_only: bool = False) -> WorkerJob:
+        self._seq += 1
         if log_path is None:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            self._seq += 1
             log_path = self.work_dir / (f"worker-{ms.build}-{ms.worker_key()}-{os.getpid()}-"
                                         f"{self._seq}.log")
         return WorkerJob(model_path=str(self.model_path), model_settings=ms,
