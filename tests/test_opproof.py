@@ -19,9 +19,11 @@ from tests.opreport_edits import move_to_cpu_split
 from tuner.buildinfo import find_system_info
 from tuner.opplacement import parse_op_reports, report_lines
 from tuner.records import Environment, TrialRecord
-from tuner.runner import Outcome, Runner
+from tuner.outcome import Outcome
+from tuner.runner import Runner
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 from tuner.trialrecord import make_record
+from tuner.worker.protocol import Measured, Ready
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "cuda-h100-sched-debug.log.gz"
 CPU = ModelSettings(device="cpu", build="installed")
@@ -36,7 +38,8 @@ def _env(tmp: Path) -> Environment:
 
 
 def _record(spec: TrialSpec, out: Outcome, tmp: Path) -> TrialRecord:
-    flags = find_system_info(out.hello.get("system_info") or "")
+    assert out.hello is not None
+    flags = find_system_info(out.hello.system_info)
     assert flags is not None
     return make_record("s", 0, spec, WL, out, flags, None, _env(tmp))
 
@@ -46,19 +49,19 @@ def test_cpu_worker_takes_the_report_outside_the_timed_context(tiny_model: Path,
     spec = TrialSpec(model=CPU, context=FA_Q8)
     with Runner(tiny_model, tmp_path, {"installed": None}, trials_per_worker=3) as runner:
         out = runner.run(spec, WL)
-        assert out.kind == "complete", out.error
-        log_file = Path(runner._worker.job["log_path"])
-        reports = parse_op_reports(out.data["op_log"])
+        assert out.state == "complete", out.error
+        log_file = Path(runner._worker.job.log_path)
+        reports = parse_op_reports(out.measured.op_log)
         # The CPU build prints its schedule too: one CPU split holding every node.
         assert reports and all([s.backend for s in r.splits] == ["CPU"] for r in reports)
         ops = [n.op for n in reports[-1].nodes]
         assert ops.count("FLASH_ATTN") == 2 and "MUL_MAT" in ops  # 2 layers, flash attention
         # Reserved graphs at 1 token and at n_ubatch (16), then the proof's decodes.
         assert {r.reserve_tokens for r in reports} == {1, 16, None}
-        assert out.data["op_error"] is None
+        assert out.measured.op_error is None
         # The timed context was made without GGML_SCHED_DEBUG: its log holds no report.
-        assert "n_ubatch              = 16" in out.data["log"]
-        assert "## SPLIT" not in out.data["log"]
+        assert "n_ubatch              = 16" in out.measured.log
+        assert "## SPLIT" not in out.measured.log
         record = _record(spec, out, tmp_path)
         assert record.verification.verified, record.verification.reasons
         assert record.ops is not None and record.ops.verified is True
@@ -69,15 +72,15 @@ def test_cpu_worker_takes_the_report_outside_the_timed_context(tiny_model: Path,
         reports_in_file = log_file.read_text().count("## SPLIT #0:")
         same = runner.run(TrialSpec(model=CPU, context=FA_Q8.model_copy(
             update={"n_batch": 64, "n_threads": 1})), WL)
-        assert same.data["op_log"] == out.data["op_log"]
+        assert same.measured.op_log == out.measured.op_log
         assert log_file.read_text().count("## SPLIT #0:") == reports_in_file
         # Flash attention off changes the graph: a new report, without FLASH_ATTN.
         plain = runner.run(TrialSpec(model=CPU, context=ContextSettings(
             n_batch=32, n_ubatch=16)), WL)
-        assert plain.kind == "complete", plain.error
+        assert plain.state == "complete", plain.error
         assert log_file.read_text().count("## SPLIT #0:") > reports_in_file
-        assert "FLASH_ATTN" not in plain.data["op_log"]
-        assert "SOFT_MAX" in plain.data["op_log"]
+        assert "FLASH_ATTN" not in plain.measured.op_log
+        assert "SOFT_MAX" in plain.measured.op_log
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +90,15 @@ def h100_log() -> str:
 
 def _gpu_outcome(load_and_context_log: str, op_log: str | None) -> Outcome:
     """FAKE: what a CUDA worker answers, built from the real H100 log (figures made up)."""
-    hello = {"system_info": next(ln for ln in load_and_context_log.splitlines()
-                                 if ln.startswith("CUDA : ARCHS")), "load_seconds": 1.0}
-    data = {"ok": True, "pp_seconds": [0.01], "tg_seconds": [0.1], "context_seconds": 0.1,
-            "log": "", "op_log": op_log, "op_error": None}
-    return Outcome("complete", data=data, load_log=load_and_context_log, hello=hello)
+    hello = Ready(pid=1, system_info=next(ln for ln in load_and_context_log.splitlines()
+                                          if ln.startswith("CUDA : ARCHS")),
+                  supports_gpu_offload=True, llama_cpp_python="0.3.36", lib_dir=None, gpus=[],
+                  driver=None, hostname="h", fork_canary=None, log="", load_seconds=1.0,
+                  n_layer=1)
+    data = Measured(pp_seconds=[0.01], tg_seconds=[0.1], context_seconds=0.1, warmups={},
+                    threads=1, gpu_peak_mib=None, gpu_total_mib=None, clocks=None, log="",
+                    op_log=op_log, op_error=None)
+    return Outcome(state="complete", reply=data, load_log=load_and_context_log, hello=hello)
 
 
 GPU_SPEC = TrialSpec(model=ModelSettings(device="cuda", build="installed"),

@@ -28,9 +28,9 @@ def test_workers_are_spawned_not_forked(tiny_model: Path, tmp_path: Path,
     monkeypatch.setattr(worker_main, "FORK_CANARY", "set in the parent")
     with Runner(tiny_model, tmp_path, {"installed": None}) as runner:
         out = runner.run(spec(16), WL)
-        assert out.kind == "complete", out.error
+        assert out.state == "complete", out.error
         assert type(runner._worker.proc).__name__ == "SpawnProcess"
-        assert out.hello["fork_canary"] is None
+        assert out.hello.fork_canary is None
 
 
 def test_one_worker_serves_context_changes_and_measures(smollm2_path: Path,
@@ -38,18 +38,18 @@ def test_one_worker_serves_context_changes_and_measures(smollm2_path: Path,
     with Runner(smollm2_path, tmp_path, {"installed": None}) as runner:
         first = runner.run(spec(16), WL)
         second = runner.run(spec(48), WL)
-        assert first.kind == second.kind == "complete", (first.error, second.error)
-        assert first.hello["pid"] == second.hello["pid"], "the model stayed loaded"
+        assert first.state == second.state == "complete", (first.error, second.error)
+        assert first.hello.pid == second.hello.pid, "the model stayed loaded"
         for out in (first, second):
-            assert len(out.data["pp_seconds"]) == WL.repetitions
-            assert len(out.data["tg_seconds"]) == WL.repetitions
-            assert all(t > 0 for t in out.data["pp_seconds"] + out.data["tg_seconds"])
-        assert "n_batch               = 48" in second.data["log"]
+            assert len(out.measured.pp_seconds) == WL.repetitions
+            assert len(out.measured.tg_seconds) == WL.repetitions
+            assert all(t > 0 for t in out.measured.pp_seconds + out.measured.tg_seconds)
+        assert "n_batch               = 48" in second.measured.log
         other = runner.run(TrialSpec(model=CPU.model_copy(update={"split_mode": 0}),
                                      context=ContextSettings(n_batch=16, n_ubatch=16,
                                                              n_threads=1)), WL)
-        assert other.kind == "complete"
-        assert other.hello["pid"] != first.hello["pid"], "new model settings, new worker"
+        assert other.state == "complete"
+        assert other.hello.pid != first.hello.pid, "new model settings, new worker"
     assert "llama_model_loader" in first.load_log
 
 

@@ -14,6 +14,7 @@ from tuner.finalists_store import load_drift, load_finalists
 from tuner.runner import Runner, SentinelResult
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 from tuner.store import Store
+from tuner.worker.protocol import Measured
 
 CPU = ModelSettings(device="cpu", build="installed")
 WL = Workload(prompt_tokens=32, gen_tokens=4, repetitions=2, warmup=0)
@@ -30,31 +31,33 @@ def test_workers_live_bounded_lives_and_end_with_a_sentinel(tiny_model: Path,
     with Runner(tiny_model, tmp_path, {"installed": None}, trials_per_worker=2,
                 on_sentinel=seen.append) as runner:
         outs = [runner.run(spec(b), WL, number=i) for i, b in enumerate((16, 32, 16))]
-    assert [o.kind for o in outs] == ["complete"] * 3, [o.error for o in outs]
+    assert [o.state for o in outs] == ["complete"] * 3, [o.error for o in outs]
     assert outs[0].worker_id == outs[1].worker_id != outs[2].worker_id
     assert [(s.first_number, s.numbers) for s in seen] == [(0, [0, 1]), (2, [2])]
     assert [s.worker_id for s in seen] == [outs[0].worker_id, outs[2].worker_id]
     for s in seen:
-        assert len(s.end["pp_seconds"]) == WL.repetitions and s.end["ok"]
+        assert len(s.end.pp_seconds) == WL.repetitions
         d = worker_drift("study", s, WL)
         assert d.pp_tps_start and d.pp_tps_end and d.tg_tps_start and d.tg_tps_end
         assert d.noise >= 0.02 and d.trials == s.numbers
     # No GPU here: the NVML fields are present and null.
-    assert all(o.data["clocks"] is None and o.data["gpu_peak_mib"] is None for o in outs)
+    assert all(o.measured.clocks is None and o.measured.gpu_peak_mib is None for o in outs)
     # The log callback is back after each timed region: the next context's lines were captured.
-    assert "n_batch               = 32" in outs[1].data["log"]
+    assert "n_batch               = 32" in outs[1].measured.log
 
 
 def test_no_sentinel_when_switched_off(tiny_model: Path, tmp_path: Path) -> None:
     seen: list[SentinelResult] = []
     with Runner(tiny_model, tmp_path, {"installed": None}, trials_per_worker=1, sentinel=False,
                 on_sentinel=seen.append) as runner:
-        assert runner.run(spec(16), WL).kind == "complete"
+        assert runner.run(spec(16), WL).state == "complete"
     assert seen == []
 
 
-def _answer(pp_s: list[float], tg_s: list[float]) -> dict:
-    return {"ok": True, "pp_seconds": pp_s, "tg_seconds": tg_s}
+def _answer(pp_s: list[float], tg_s: list[float]) -> Measured:
+    return Measured(pp_seconds=pp_s, tg_seconds=tg_s, context_seconds=0.0, warmups={},
+                    threads=1, gpu_peak_mib=None, gpu_total_mib=None, clocks=None, log="",
+                    op_log=None, op_error=None)
 
 
 def test_drift_beyond_the_noise_is_significant_and_within_it_is_not() -> None:

@@ -42,10 +42,10 @@ def test_prompts_have_the_exact_token_count_and_new_first_tokens(tiny_model: Pat
                                                                   smollm2_path: Path) -> None:
     for model, has_bos in ((tiny_model, True), (smollm2_path, False)):
         made = prompts_for(str(model), 40, 6, {})
-        assert made["lengths"] == [40] * 6, model
-        assert len(set(made["prompts"])) == 6
-        assert made["max_prefix_reuse"] == (1 if has_bos else 0), model
-        assert made["eog"], "the end-of-generation tokens are known"
+        assert made.lengths == [40] * 6, model
+        assert len(set(made.prompts)) == 6
+        assert made.max_prefix_reuse == (1 if has_bos else 0), model
+        assert made.eog, "the end-of-generation tokens are known"
 
 
 def test_a_config_leaving_out_a_field_gets_the_servers_default(smollm2_path: Path) -> None:

@@ -5,7 +5,6 @@ worker measured carries a figure that depends on when it ran, and the report say
 from __future__ import annotations
 
 import statistics
-from typing import Any
 
 from tuner.records import WorkerDrift
 from tuner.runner import SentinelResult
@@ -17,8 +16,8 @@ from tuner.trialrecord import now
 NOISE_FLOOR = 0.02
 
 
-def _tps(answer: dict[str, Any], key: str, tokens: int) -> list[float]:
-    return [tokens / s for s in answer.get(key, []) if s > 0] if tokens else []
+def _tps(seconds: list[float], tokens: int) -> list[float]:
+    return [tokens / s for s in seconds if s > 0] if tokens else []
 
 
 def _spread(xs: list[float]) -> float:
@@ -36,10 +35,10 @@ def _change(start: list[float], end: list[float]) -> float | None:
 
 
 def worker_drift(study: str, result: SentinelResult, wl: Workload) -> WorkerDrift:
-    pp0 = _tps(result.first, "pp_seconds", wl.prompt_tokens)
-    pp1 = _tps(result.end, "pp_seconds", wl.prompt_tokens)
-    tg0 = _tps(result.first, "tg_seconds", wl.gen_tokens)
-    tg1 = _tps(result.end, "tg_seconds", wl.gen_tokens)
+    pp0 = _tps(result.first.pp_seconds, wl.prompt_tokens)
+    pp1 = _tps(result.end.pp_seconds, wl.prompt_tokens)
+    tg0 = _tps(result.first.tg_seconds, wl.gen_tokens)
+    tg1 = _tps(result.end.tg_seconds, wl.gen_tokens)
     noise = max([NOISE_FLOOR] + [_spread(x) for x in (pp0, pp1, tg0, tg1) if x])
     pp_d, tg_d = _change(pp0, pp1), _change(tg0, tg1)
     significant = any(d is not None and abs(d) > noise for d in (pp_d, tg_d))

@@ -94,16 +94,15 @@ def _probe(build: BuildInfo, installed: str) -> BuildCheck:
         runner = Runner(Path(tmp) / "none.gguf", Path(tmp), {build.name: lib_dir},
                         load_timeout_s=180)
         try:
-            hello = runner.probe(ModelSettings(build=build.name, device="cuda"))
+            hello = runner.probe_hello(ModelSettings(build=build.name, device="cuda"))
         except RuntimeError as e:
             return BuildCheck(**base, error=str(e))
-    flags = find_system_info(hello.get("system_info") or "")
+    flags = find_system_info(hello.system_info)
     return BuildCheck(
         **base, flags=summarize(flags) if flags else None, cuda=bool(flags and flags.cuda),
-        offload=bool(hello.get("supports_gpu_offload")),
-        llama_devices=parse_load_log(hello.get("log", "")).cuda_devices,
-        nvml_gpus=[f"{g['index']}: {g['name']}" for g in hello.get("gpus", [])],
-        driver=hello.get("driver"))
+        offload=hello.supports_gpu_offload,
+        llama_devices=parse_load_log(hello.log).cuda_devices,
+        nvml_gpus=[f"{g.index}: {g.name}" for g in hello.gpus], driver=hello.driver)
 
 
 def _line(c: BuildCheck) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 import tuner
 from tuner.records import Environment
+from tuner.worker.protocol import START_REPLY, ProtocolError, WorkerInfo, parse
 
 
 def cpu_name() -> str:
@@ -49,22 +50,26 @@ def model_sha256(path: Path, cache_dir: Path) -> str:
     return known[key]
 
 
-def environment(hello: dict[str, Any], build_name: str, model_path: Path, model_bytes: int,
-                sha: str) -> Environment:
-    """From what a worker reported about its library and devices, plus this host."""
+def environment(hello: WorkerInfo | dict[str, Any], build_name: str, model_path: Path,
+                model_bytes: int, sha: str) -> Environment:
+    """From what a worker reported about its library and devices (its ``Hello``, or that
+    message as the dict ``Runner.probe`` returns), plus this host."""
+    info = hello if isinstance(hello, WorkerInfo) else parse(START_REPLY, hello)
+    if not isinstance(info, WorkerInfo):
+        raise ProtocolError(f"environment() needs a worker's hello, not {info.event!r}")
     return Environment(
-        hostname=hello.get("hostname") or platform.node(),
+        hostname=info.hostname or platform.node(),
         platform=platform.platform(),
         python=platform.python_version(),
         cpu=cpu_name(),
         cpu_count=os.cpu_count() or 1,
-        llama_cpp_python=hello.get("llama_cpp_python", "unknown"),
+        llama_cpp_python=info.llama_cpp_python,
         tuner=tuner.__version__,
-        gpus=hello.get("gpus", []),
-        driver=hello.get("driver"),
+        gpus=[g.model_dump() for g in info.gpus],
+        driver=info.driver,
         build_name=build_name,
-        build_lib_dir=hello.get("lib_dir"),
-        system_info=(hello.get("system_info") or "").strip() or None,
+        build_lib_dir=info.lib_dir,
+        system_info=info.system_info.strip() or None,
         model_path=str(Path(model_path).resolve()),
         model_bytes=model_bytes,
         model_sha256=sha,

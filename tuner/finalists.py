@@ -21,14 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.drift import search_margin
+from tuner.outcome import Outcome
 from tuner.records import (
     FinalistFigures,
     FinalistReport,
     Interval,
     TrialRecord,
+    TrialState,
     WorkerDrift,
 )
-from tuner.runner import Outcome
 from tuner.specs import TrialSpec
 from tuner.trialrecord import now
 
@@ -107,7 +108,7 @@ def remeasure(finalists: list[TrialRecord], measure: Measure, rounds: int,
     for _ in range(rounds):
         for f in finalists:
             _, record = measure(f.spec)
-            rnd = _round_of(record) if record.state.value == "complete" else None
+            rnd = _round_of(record) if record.state is TrialState.COMPLETE else None
             if rnd is not None:
                 got[f.spec_key].append(rnd)
     return got

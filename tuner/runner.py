@@ -19,31 +19,39 @@ import signal
 import socket
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import TypeAdapter
 
 from tuner.interrupt import sigint_deferred
+from tuner.outcome import Outcome
+from tuner.records import TrialState
 from tuner.specs import ModelSettings, TrialSpec, Workload
 from tuner.worker.logcapture import read_tail
 from tuner.worker.main import worker_main
+from tuner.worker.protocol import (
+    REPLY,
+    START_REPLY,
+    Hello,
+    LoadFailed,
+    Measure,
+    Measured,
+    ProtocolError,
+    Ready,
+    Refused,
+    Stop,
+    TrialFailed,
+    WorkerJob,
+    receive,
+    send,
+)
 
 SPAWN = mp.get_context("spawn")
 OOM_MARKERS = ("out of memory", "cudaMalloc failed", "failed to allocate", "unable to allocate")
 
-
-@dataclass
-class Outcome:
-    """What happened to one trial, as the parent saw it."""
-
-    kind: str  # complete | infeasible | crashed | timeout | failed
-    data: dict[str, Any] = field(default_factory=dict)  # the worker's answer when it gave one
-    error: str | None = None
-    signal: str | None = None
-    log_tail: list[str] = field(default_factory=list)
-    load_log: str = ""
-    hello: dict[str, Any] = field(default_factory=dict)
-    worker_id: str | None = None
+__all__ = ["OOM_MARKERS", "SPAWN", "Outcome", "Runner", "SentinelResult"]
 
 
 @dataclass
@@ -54,31 +62,38 @@ class SentinelResult:
     build: str
     first_number: int | None
     numbers: list[int | None]
-    first: dict[str, Any]  # the worker's answer for the first trial
-    end: dict[str, Any]  # its answer for the same settings at the end of the worker's life
+    first: Measured  # the worker's answer for the first trial
+    end: Measured  # its answer for the same settings at the end of the worker's life
+
+
+T = TypeVar("T")
 
 
 class _Worker:
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self, job: WorkerJob) -> None:
         self.job = job
         self.conn, child = SPAWN.Pipe()
-        self.proc = SPAWN.Process(target=worker_main, args=(child, job), daemon=True,
-                                  name="tuner-worker")
+        self.proc = SPAWN.Process(target=worker_main, args=(child, job.model_dump(mode="json")),
+                                  daemon=True, name="tuner-worker")
         with sigint_deferred():  # a Ctrl-C is the parent's to handle; it kills its workers
             self.proc.start()
         child.close()
-        self.hello: dict[str, Any] = {}
+        self.hello: Ready | None = None
         self.worker_id = f"{socket.gethostname()}:{self.proc.pid}"
-        self.served: list[tuple[int | None, TrialSpec, Workload, dict[str, Any]]] = []
+        self.served: list[tuple[int | None, TrialSpec, Workload, Measured | TrialFailed]] = []
 
-    def call(self, msg: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
-        """Send ``msg`` (if any) and wait for the answer. Raises EOFError when the worker died
-        and TimeoutError when it did not answer in time."""
+    def call(self, msg: Measure | Stop | None, adapter: TypeAdapter[T], timeout: float) -> T:
+        """Send ``msg`` (if any) and wait for the answer, validated as one of ``adapter``'s
+        messages. Raises EOFError when the worker died, TimeoutError when it did not answer in
+        time, ProtocolError when the answer is malformed or the worker refused the request."""
         if msg is not None:
-            self.conn.send(msg)
+            send(self.conn, msg)
         if not self.conn.poll(timeout):
             raise TimeoutError
-        return self.conn.recv()
+        answer = receive(self.conn, adapter)
+        if isinstance(answer, Refused):
+            raise ProtocolError(f"the worker refused the request: {answer.error}")
+        return answer
 
     def death(self) -> tuple[str, str | None]:
         """Wait for a dead worker and describe how it ended."""
@@ -102,7 +117,7 @@ class _Worker:
 
     def stop(self) -> None:
         try:
-            self.conn.send({"op": "stop"})
+            send(self.conn, Stop())
             self.proc.join(10)
         except (OSError, BrokenPipeError):
             pass
@@ -129,29 +144,39 @@ class Runner:
         self._seq = 0
         self.load_log = ""
 
-    def _job(self, ms: ModelSettings, probe_only: bool = False) -> dict[str, Any]:
-        if not probe_only:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
+    def _job(self, ms: ModelSettings, log_path: Path | None = None,
+             probe_only: bool = False) -> WorkerJob:
         self._seq += 1
-        name = f"worker-{ms.build}-{ms.worker_key()}-{os.getpid()}-{self._seq}.log"
-        return {"model_path": str(self.model_path), "model_settings": ms.model_dump(),
-                "lib_dir": self.lib_dirs.get(ms.build), "log_path": str(self.work_dir / name),
-                "probe_only": probe_only}
+        if log_path is None:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.work_dir / (f"worker-{ms.build}-{ms.worker_key()}-{os.getpid()}-"
+                                        f"{self._seq}.log")
+        return WorkerJob(model_path=str(self.model_path), model_settings=ms,
+                         lib_dir=self.lib_dirs.get(ms.build), log_path=str(log_path),
+                         probe_only=probe_only)
 
-    def probe(self, ms: ModelSettings) -> dict[str, Any]:
+    def probe_hello(self, ms: ModelSettings) -> Hello:
         """Start a worker that only reports what its library is (no model load). Its log goes
         to a temporary folder: a probe leaves nothing in the results."""
         with tempfile.TemporaryDirectory(prefix="tuner-probe-") as tmp:
-            job = {**self._job(ms, probe_only=True), "log_path": str(Path(tmp) / "probe.log")}
+            job = self._job(ms, Path(tmp) / "probe.log", probe_only=True)
             w = _Worker(job)
             try:
-                return w.call(None, self.load_timeout_s)
+                hello = w.call(None, START_REPLY, self.load_timeout_s)
             except (EOFError, TimeoutError, OSError):
                 why, _ = w.death()
-                tail = read_tail(job["log_path"] + ".stdio", 5)
+                tail = read_tail(job.log_path + ".stdio", 5)
                 raise RuntimeError(f"probe worker {why}: {' | '.join(tail)}") from None
             finally:
                 w.kill()
+        if not isinstance(hello, Hello):
+            raise ProtocolError(f"a probe answered {hello.event!r}, not 'hello'")
+        return hello
+
+    def probe(self, ms: ModelSettings) -> dict[str, Any]:
+        """``probe_hello`` as a plain dict (the sweep's build probe and ``environment`` read it
+        so; the lead may move them to ``probe_hello``)."""
+        return self.probe_hello(ms).model_dump(mode="json")
 
     def _ensure_worker(self, ms: ModelSettings) -> Outcome | None:
         """A worker with the model loaded, or the outcome of failing to get one."""
@@ -163,33 +188,39 @@ class Runner:
         self.close()
         w = _Worker(self._job(ms))
         try:
-            hello = w.call(None, self.load_timeout_s)
+            hello = w.call(None, START_REPLY, self.load_timeout_s)
         except TimeoutError:
             w.kill()
-            return Outcome("timeout", error=f"model load took over {self.load_timeout_s:.0f}s",
-                           log_tail=read_tail(w.job["log_path"]))
+            return Outcome(state=TrialState.TIMEOUT,
+                           error=f"model load took over {self.load_timeout_s:.0f}s",
+                           log_tail=read_tail(w.job.log_path))
         except (EOFError, OSError):
             return self._crash(w, "during model load")
-        if hello.get("event") != "ready":
+        except ProtocolError:
+            w.kill()
+            raise
+        if isinstance(hello, LoadFailed):
             w.stop()
-            return Outcome("infeasible", error=hello.get("error", "model load failed"),
-                           log_tail=hello.get("log", "").splitlines()[-30:],
-                           load_log=hello.get("log", ""), hello=hello)
+            return Outcome(state=TrialState.INFEASIBLE, error=hello.error,
+                           log_tail=hello.log.splitlines()[-30:], load_log=hello.log)
+        if not isinstance(hello, Ready):
+            w.kill()
+            raise ProtocolError(f"a loading worker answered {hello.event!r}, not 'ready'")
         self._worker, self._key = w, key
         w.hello = hello
-        self.load_log = hello.get("log", "")
+        self.load_log = hello.log
         return None
 
     def _crash(self, w: _Worker, when: str) -> Outcome:
         why, sig = w.death()
         w.kill()
-        tail = read_tail(w.job["log_path"]) + read_tail(w.job["log_path"] + ".stdio", 10)
+        tail = read_tail(w.job.log_path) + read_tail(w.job.log_path + ".stdio", 10)
         text = "\n".join(tail)
-        kind = "infeasible" if any(m in text for m in OOM_MARKERS) else "crashed"
-        error = f"worker {why} {when}"
-        if kind == "infeasible":
-            error += " (out of memory)"
-        return Outcome(kind, error=error, signal=sig, log_tail=tail)
+        oom = any(m in text for m in OOM_MARKERS)
+        error = f"worker {why} {when}" + (" (out of memory)" if oom else "")
+        return Outcome(state=TrialState.INFEASIBLE if oom else TrialState.CRASHED, error=error,
+                       signal=sig, log_tail=tail,
+                       load_log=self.load_log if w.hello else "", hello=w.hello)
 
     def run(self, spec: TrialSpec, workload: Workload, number: int | None = None) -> Outcome:
         failed = self._ensure_worker(spec.model)
@@ -197,39 +228,41 @@ class Runner:
             return failed
         w = self._worker
         assert w is not None
-        msg = {"op": "measure", "context": spec.context.model_dump(),
-               "workload": workload.model_dump()}
         try:
-            answer = w.call(msg, self.trial_timeout_s)
+            answer = w.call(Measure(context=spec.context, workload=workload), REPLY,
+                            self.trial_timeout_s)
         except TimeoutError:
             w.kill()
             self._worker = None
-            return Outcome("timeout", error=f"trial ran over {self.trial_timeout_s:.0f}s; "
-                           "worker killed", log_tail=read_tail(w.job["log_path"]),
-                           load_log=self.load_log, hello=w.hello)
+            return Outcome(state=TrialState.TIMEOUT,
+                           error=f"trial ran over {self.trial_timeout_s:.0f}s; worker killed",
+                           log_tail=read_tail(w.job.log_path), load_log=self.load_log,
+                           hello=w.hello)
         except (EOFError, OSError, BrokenPipeError):
             self._worker = None
-            out = self._crash(w, "during the trial")
-            out.load_log, out.hello = self.load_log, w.hello
-            return out
-        kind = "complete" if answer.get("ok") else answer.get("kind", "failed")
-        tail = answer.get("log", "").splitlines()[-30:] if kind != "complete" else []
+            return self._crash(w, "during the trial")
+        assert not isinstance(answer, Refused)  # call raises for it
         w.served.append((number, spec, workload, answer))
-        return Outcome(kind, data=answer, error=answer.get("error"), log_tail=tail,
-                       load_log=self.load_log, hello=w.hello, worker_id=w.worker_id)
+        if isinstance(answer, Measured):
+            return Outcome(state=TrialState.COMPLETE, reply=answer, load_log=self.load_log,
+                           hello=w.hello, worker_id=w.worker_id)
+        return Outcome(state=answer.state, reply=answer, error=answer.error,
+                       log_tail=answer.log.splitlines()[-30:], load_log=self.load_log,
+                       hello=w.hello, worker_id=w.worker_id)
 
     def _run_sentinel(self, w: _Worker) -> None:
         """Measure the worker's first complete trial again, on a new context, before it stops."""
-        first = next(((n, s, wl, a) for n, s, wl, a in w.served if a.get("ok")), None)
+        first = next(((n, s, wl, a) for n, s, wl, a in w.served if isinstance(a, Measured)),
+                     None)
         if first is None or not self.sentinel or not w.proc.is_alive():
             return
         number, spec, wl, answer = first
+        assert isinstance(answer, Measured)
         try:
-            end = w.call({"op": "measure", "context": spec.context.model_dump(),
-                          "workload": wl.model_dump()}, self.trial_timeout_s)
+            end = w.call(Measure(context=spec.context, workload=wl), REPLY, self.trial_timeout_s)
         except (TimeoutError, EOFError, OSError):
             return  # the stop below reaps it; a sentinel never turns into a trial outcome
-        if not end.get("ok"):
+        if not isinstance(end, Measured):
             return
         if self.on_sentinel is not None:
             self.on_sentinel(SentinelResult(w.worker_id, spec.model.build, number,

@@ -22,6 +22,18 @@ from tuner.records import ServedFigures, Stat
 from tuner.settings import environment
 from tuner.specs import TrialSpec, Workload
 from tuner.worker.logcapture import read_tail
+from tuner.worker.protocol import (
+    SERVED_REPLY,
+    Prompts,
+    PromptsJob,
+    ProtocolError,
+    Refused,
+    ServedFailed,
+    ServedMeasureJob,
+    ServedReply,
+    ServedRuns,
+    receive,
+)
 from tuner.worker.served import served_main
 
 UNSTABLE_SPREAD = 0.10
@@ -39,44 +51,50 @@ def service_env(spec: TrialSpec, lib_dir: str | None) -> dict[str, str]:
     return env
 
 
-def run_child(job: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], str]:
-    """Run one served-path job in a fresh spawned process; (answer, its stderr/stdout log).
-    Raises TunerError when the process dies, overruns, or reports an error."""
+def run_child(job: PromptsJob | ServedMeasureJob, timeout_s: float) -> tuple[ServedReply, str]:
+    """Run one served-path job in a fresh spawned process; (its answer, its stderr/stdout log).
+    Raises TunerError when the process dies, overruns, or reports an error, and ProtocolError
+    when its answer is not a served-path reply."""
     from tuner.runner import SPAWN
 
     with tempfile.TemporaryDirectory(prefix="tuner-served-") as tmp:
         log_path = str(Path(tmp) / "served.log")
         conn, child = SPAWN.Pipe()
-        proc = SPAWN.Process(target=served_main, args=(child, {**job, "log_path": log_path}),
+        proc = SPAWN.Process(target=served_main,
+                             args=(child, job.model_dump(mode="json"), log_path),
                              daemon=True, name="tuner-served")
         proc.start()
         child.close()
         try:
             if not conn.poll(timeout_s):
-                raise TunerError(f"served-path {job['op']} ran over {timeout_s:.0f} s; killed")
-            answer = conn.recv()
+                raise TunerError(f"served-path {job.op} ran over {timeout_s:.0f} s; killed")
+            answer = receive(conn, SERVED_REPLY)
         except (EOFError, OSError):
             proc.join(5)
             tail = " | ".join(read_tail(log_path, 3))
             raise TunerError(f"served-path process exited with {proc.exitcode} during "
-                             f"{job['op']}: {tail}") from None
+                             f"{job.op}: {tail}") from None
         finally:
             if proc.is_alive():
                 proc.kill()
             proc.join(5)
             conn.close()
         log = Path(log_path).read_text(errors="replace") if Path(log_path).exists() else ""
-    if not answer.get("ok"):
-        raise TunerError(f"served-path {job['op']} failed: {answer.get('error')}")
+    if isinstance(answer, Refused):
+        raise ProtocolError(f"the served-path worker refused its job: {answer.error}")
+    if isinstance(answer, ServedFailed):
+        raise TunerError(f"served-path {job.op} failed: {answer.error}")
     return answer, log
 
 
 def prompts_for(model_path: str, prompt_tokens: int, count: int, env: dict[str, str],
-                timeout_s: float = 300) -> dict[str, Any]:
+                timeout_s: float = 300) -> Prompts:
     """Prompts of exactly ``prompt_tokens`` tokens, each starting with a new token, and the
     model's end-of-generation tokens, from its vocabulary in a spawned process."""
-    answer, _ = run_child({"op": "prompts", "model_path": model_path, "env": env,
-                           "prompt_tokens": prompt_tokens, "count": count}, timeout_s)
+    answer, _ = run_child(PromptsJob(model_path=model_path, env=env,
+                                     prompt_tokens=prompt_tokens, count=count), timeout_s)
+    if not isinstance(answer, Prompts):
+        raise ProtocolError(f"a prompts job answered {answer.event!r}, not 'prompts'")
     return answer
 
 
@@ -109,14 +127,16 @@ def measure_served(model_path: str | os.PathLike[str], spec: TrialSpec, workload
         return served.model_copy(update={"n_threads": threads, "n_threads_batch": threads})
     if via != "worker":
         raise TunerError(f"via must be 'worker' or 'server', not {via!r}")
-    answer, log = run_child({"op": "measure", "entry": entry, "env": env, "warmup": 1,
-                             "requests": requests, "prompt_tokens": workload.prompt_tokens,
-                             "gen_tokens": workload.gen_tokens}, timeout_s)
+    answer, log = run_child(ServedMeasureJob(entry=entry, env=env, warmup=1, requests=requests,
+                                             prompt_tokens=workload.prompt_tokens,
+                                             gen_tokens=workload.gen_tokens), timeout_s)
+    if not isinstance(answer, ServedRuns):
+        raise ProtocolError(f"a served measure job answered {answer.event!r}, not 'served'")
     check_placement(log, spec)
-    return figures(answer["runs"], source="worker", prompt_tokens=workload.prompt_tokens,
-                   gen_tokens=workload.gen_tokens, warmup=1,
-                   max_prefix_reuse=answer["max_prefix_reuse"],
-                   n_threads=answer["n_threads"], n_threads_batch=answer["n_threads_batch"])
+    return figures([r.model_dump() for r in answer.runs], source="worker",
+                   prompt_tokens=workload.prompt_tokens, gen_tokens=workload.gen_tokens,
+                   warmup=1, max_prefix_reuse=answer.max_prefix_reuse,
+                   n_threads=answer.n_threads, n_threads_batch=answer.n_threads_batch)
 
 
 def check_placement(log: str, spec: TrialSpec) -> None:

@@ -8,18 +8,11 @@ from datetime import datetime, timezone
 
 from tuner.buildinfo import BuildFlags, find_system_info
 from tuner.opplacement import OpSummary, check_ops
+from tuner.outcome import Outcome
 from tuner.placement import expect, is_full_offload, parse_load_log, verify
-from tuner.records import (
-    Environment,
-    GpuClocks,
-    Measurement,
-    Stat,
-    TrialRecord,
-    TrialState,
-    Verification,
-)
-from tuner.runner import Outcome
+from tuner.records import Environment, Measurement, Stat, TrialRecord, Verification
 from tuner.specs import TrialSpec, Workload
+from tuner.worker.protocol import Measured
 
 UNSTABLE_SPREAD = 0.10  # repetitions more than 10% apart are flagged
 
@@ -28,13 +21,13 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def measurement(data: dict, wl: Workload, load_seconds: float) -> Measurement:
-    pp, tg = data["pp_seconds"], data["tg_seconds"]
+def measurement(data: Measured, wl: Workload, load_seconds: float) -> Measurement:
+    pp, tg = data.pp_seconds, data.tg_seconds
     request = [a + b for a, b in zip(pp, tg)]
     pp_stat = Stat.of(pp)
     req_stat = Stat.of(request)
     tg_stat = Stat.of(tg) if wl.gen_tokens else None
-    clocks = GpuClocks.model_validate(data["clocks"]) if data.get("clocks") else None
+    clocks = data.clocks
     throttled = bool(clocks and (clocks.start.throttle_reasons or clocks.end.throttle_reasons))
     return Measurement(
         prompt_tokens=wl.prompt_tokens,
@@ -45,39 +38,41 @@ def measurement(data: dict, wl: Workload, load_seconds: float) -> Measurement:
         pp_tps=Stat.of([wl.prompt_tokens / s for s in pp]) if wl.prompt_tokens else Stat.of([0.0]),
         tg_tps=Stat.of([wl.gen_tokens / s for s in tg]) if wl.gen_tokens else None,
         load_seconds=load_seconds,
-        context_seconds=data.get("context_seconds", 0.0),
-        gpu_peak_mib=data.get("gpu_peak_mib"),
-        gpu_total_mib=data.get("gpu_total_mib"),
+        context_seconds=data.context_seconds,
+        gpu_peak_mib=data.gpu_peak_mib,
+        gpu_total_mib=data.gpu_total_mib,
         unstable=req_stat.rel_spread > UNSTABLE_SPREAD,
         clocks=clocks,
         throttled=throttled,
-        warmups=data.get("warmups") or {},
-        threads=data.get("threads"),
+        warmups=data.warmups,
+        threads=data.threads,
     )
 
 
 def make_record(study: str, number: int, spec: TrialSpec, wl: Workload, outcome: Outcome,
                 flags: BuildFlags, expected_variant: str | None, env: Environment,
                 started_at: str | None = None) -> TrialRecord:
-    state = TrialState(outcome.kind)
+    state = outcome.state
     # The flags of the library this trial's worker loaded (not the probe's): a worker that
     # loaded another build than the one asked for fails verification.
-    flags = find_system_info(outcome.hello.get("system_info") or "") or flags
-    log = outcome.load_log + (outcome.data.get("log") or "")
+    hello = outcome.hello
+    flags = (find_system_info(hello.system_info) if hello else None) or flags
+    log = outcome.load_log + outcome.trial_log
     evidence = parse_load_log(log) if log else None
     verdict = Verification(verified=False, reasons=[outcome.error or f"trial {state.value}"])
     meas = None
     ops: OpSummary | None = None
-    if state is TrialState.COMPLETE and evidence is not None:
+    data = outcome.measured
+    if data is not None and evidence is not None:
         v = verify(evidence, expect(spec, wl, expected_variant), flags)
         # Layers are proven by the load log, operations by the scheduler's report: both count.
-        ops = check_ops(outcome.data.get("op_log"), spec.model.device,
+        ops = check_ops(data.op_log, spec.model.device,
                         full_offload=is_full_offload(evidence, spec.model.n_gpu_layers),
-                        error=outcome.data.get("op_error"))
+                        error=data.op_error)
         verdict = Verification(verified=v.verified and ops.verified is not False,
                                summary=f"{v.summary}; {ops.summary}",
                                reasons=[*v.reasons, *ops.reasons])
-        meas = measurement(outcome.data, wl, outcome.hello.get("load_seconds", 0.0))
+        meas = measurement(data, wl, hello.load_seconds if hello else 0.0)
     buffers = {}
     if evidence is not None:
         buffers = {"model": evidence.model_buffers_mib, "kv": evidence.kv_buffers_mib,

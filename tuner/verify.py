@@ -295,12 +295,12 @@ def measure_http(base: str, model_path: str, wl: Workload, env: dict[str, str], 
     made = prompts_for(model_path, wl.prompt_tokens, requests + 1, env)
     runs = []
     with httpx.Client(timeout=timeout_s) as client:
-        for prompt in made["prompts"]:
+        for prompt in made.prompts:
             runs.append(_timed_request(client, base, request_body(prompt, wl.gen_tokens,
-                                                                  made["eog"])))
+                                                                  made.eog)))
     return figures(runs[1:], source="server", prompt_tokens=wl.prompt_tokens,
                    gen_tokens=wl.gen_tokens, warmup=1,
-                   max_prefix_reuse=made["max_prefix_reuse"])
+                   max_prefix_reuse=made.max_prefix_reuse)
 
 
 def _timed_request(client: httpx.Client, base: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -144,9 +144,10 @@ class Bench:
         self.warmups[key] = wl.warmup + extra
         return kept
 
-    def timed(self, wl: Workload, n_batch: int) -> dict[str, Any]:
-        """Prompt seconds and generation seconds per repetition (zeros for an empty phase)."""
+    def timed(self, wl: Workload, n_batch: int) -> tuple[list[float], list[float], dict[str, int]]:
+        """Prompt seconds and generation seconds per repetition (zeros for an empty phase), and
+        the warm-up runs of each phase."""
         zeros = [0.0] * wl.repetitions
         pp = self._phase(self.pp_run, wl, n_batch, "pp") if wl.prompt_tokens else zeros
         tg = self._phase(self.tg_run, wl, n_batch, "tg") if wl.gen_tokens else zeros
-        return {"pp_seconds": pp, "tg_seconds": tg, "warmups": dict(self.warmups)}
+        return pp, tg, dict(self.warmups)

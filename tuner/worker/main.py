@@ -14,11 +14,30 @@ from typing import Any
 
 from tuner.cpus import default_threads
 from tuner.interrupt import ignore_sigint_in_child
+from tuner.records import GpuClocks, TrialState
 from tuner.settings import apply_model, environment
-from tuner.specs import ContextSettings, ModelSettings, Workload
+from tuner.specs import ModelSettings
 from tuner.worker import faults
 from tuner.worker.logcapture import LogCapture
 from tuner.worker.opproof import OP_PROOF
+from tuner.worker.protocol import (
+    REQUEST,
+    WORKER_JOB,
+    Conn,
+    Hello,
+    LoadFailed,
+    Measure,
+    Measured,
+    ProtocolError,
+    Ready,
+    Refused,
+    Stop,
+    TrialFailed,
+    WorkerJob,
+    parse,
+    receive,
+    send,
+)
 
 # Set in the parent by tests; a forked child would inherit it, a spawned one starts without it.
 FORK_CANARY: str | None = None
@@ -47,11 +66,17 @@ def redirect_stdio(path: str) -> None:
     os.close(fd)
 
 
-def worker_main(conn: Any, job: dict[str, Any]) -> None:
+def worker_main(conn: Conn, raw_job: dict[str, Any]) -> None:
     ignore_sigint_in_child()  # Ctrl-C is the parent's; it kills workers
-    ms = ModelSettings.model_validate(job["model_settings"])
-    prepare_environment(ms, job.get("lib_dir"))
-    redirect_stdio(job["log_path"] + ".stdio")
+    try:
+        job = parse(WORKER_JOB, raw_job)
+    except ProtocolError as e:
+        send(conn, Refused(error=str(e)))
+        conn.close()
+        return
+    ms = job.model_settings
+    prepare_environment(ms, job.lib_dir)
+    redirect_stdio(job.log_path + ".stdio")
     try:
         _serve(conn, ms, job)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
@@ -60,8 +85,8 @@ def worker_main(conn: Any, job: dict[str, Any]) -> None:
         conn.close()
 
 
-def _serve(conn: Any, ms: ModelSettings, job: dict[str, Any]) -> None:
-    log = LogCapture(job["log_path"])
+def _serve(conn: Conn, ms: ModelSettings, job: WorkerJob) -> None:
+    log = LogCapture(job.log_path)
     import llama_cpp  # noqa: PLC0415 - only after the environment is set
 
     log.install(llama_cpp)
@@ -71,8 +96,7 @@ def _serve(conn: Any, ms: ModelSettings, job: dict[str, Any]) -> None:
     from tuner.worker.gpumem import GpuMonitor
 
     gpu = GpuMonitor(ms.main_gpu) if ms.device == "cuda" else None
-    hello = {
-        "event": "hello",
+    info: dict[str, Any] = {
         "pid": os.getpid(),
         "system_info": system_info,
         "supports_gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
@@ -83,30 +107,34 @@ def _serve(conn: Any, ms: ModelSettings, job: dict[str, Any]) -> None:
         "hostname": socket.gethostname(),
         "fork_canary": FORK_CANARY,
     }
-    if job.get("probe_only"):
+    if job.probe_only:
         # What the library said while loading its backends (ggml_cuda_init's device list
         # goes to stderr before the log callback exists): `tuner doctor` reads the devices.
-        conn.send({**hello, "log": _read(job["log_path"] + ".stdio") + log.text()})
+        send(conn, Hello(**info, log=_read(job.log_path + ".stdio") + log.text()))
         return
 
     faults.maybe_inject("load", None, log)
     mp = llama_cpp.llama_model_default_params()
     apply_model(llama_cpp, mp, ms)
     t0 = time.perf_counter()
-    model = llama_cpp.llama_model_load_from_file(job["model_path"].encode(), mp)
+    model = llama_cpp.llama_model_load_from_file(job.model_path.encode(), mp)
     load_seconds = time.perf_counter() - t0
     if not model:
-        conn.send({**hello, "event": "load_failed", "error": "llama.cpp could not load the model",
-                   "log": log.text()})
+        send(conn, LoadFailed(**info, error="llama.cpp could not load the model",
+                              log=log.text()))
         return
-    conn.send({**hello, "event": "ready", "load_seconds": load_seconds, "log": log.text(),
-               "n_layer": llama_cpp.llama_model_n_layer(model)})
-    threads = job.get("threads") or default_threads()
+    send(conn, Ready(**info, load_seconds=load_seconds, log=log.text(),
+                     n_layer=llama_cpp.llama_model_n_layer(model)))
+    threads = default_threads()
     while True:
-        req = conn.recv()
-        if req.get("op") == "stop":
+        try:
+            req = receive(conn, REQUEST)
+        except ProtocolError as e:
+            send(conn, Refused(error=str(e)))
             break
-        conn.send(_measure(llama_cpp, model, req, threads, gpu, log))
+        if isinstance(req, Stop):
+            break
+        send(conn, _measure(llama_cpp, model, req, threads, gpu, log))
     llama_cpp.llama_model_free(model)
 
 
@@ -118,14 +146,13 @@ def _read(path: str) -> str:
         return ""
 
 
-def _measure(lc: Any, model: Any, req: dict[str, Any], threads: int, gpu: Any,
-             log: LogCapture) -> dict[str, Any]:
+def _measure(lc: Any, model: Any, req: Measure, threads: int, gpu: Any,
+             log: LogCapture) -> Measured | TrialFailed:
     """One trial on a new context. NVML is read only between the timed phases, and llama.cpp's
     per-token debug logging bypasses Python while the clock runs (see LogCapture.quiet)."""
     from tuner.worker.bench import Bench, Infeasible, context_params
 
-    cs = ContextSettings.model_validate(req["context"])
-    wl = Workload.model_validate(req["workload"])
+    cs, wl = req.context, req.workload
     # Where every operation runs, from a separate context, before any clock or NVML sampling.
     op_log, op_error = OP_PROOF.take(lc, model, cs, wl.n_ctx, threads, log)
     log.mark()
@@ -145,22 +172,22 @@ def _measure(lc: Any, model: Any, req: dict[str, Any], threads: int, gpu: Any,
             gpu.note_memory()
         clocks_start = gpu.clocks() if gpu else None
         with log.quiet(lc):
-            samples = bench.timed(wl, cs.n_batch)
+            pp, tg, warmups = bench.timed(wl, cs.n_batch)
         clocks_end = gpu.clocks() if gpu else None
         if gpu:
             gpu.note_memory()
-        clocks = ({"start": clocks_start, "end": clocks_end}
+        clocks = (GpuClocks.model_validate({"start": clocks_start, "end": clocks_end})
                   if clocks_start is not None and clocks_end is not None else None)
-        return {"ok": True, "context_seconds": context_seconds, **samples,
-                "threads": cs.n_threads or threads,
-                "gpu_peak_mib": gpu.peak_mib() if gpu else None,
-                "gpu_total_mib": gpu.total_mib if gpu else None, "clocks": clocks,
-                "log": log.since_mark(), "op_log": op_log, "op_error": op_error}
+        return Measured(context_seconds=context_seconds, pp_seconds=pp, tg_seconds=tg,
+                        warmups=warmups, threads=cs.n_threads or threads,
+                        gpu_peak_mib=gpu.peak_mib() if gpu else None,
+                        gpu_total_mib=gpu.total_mib if gpu else None, clocks=clocks,
+                        log=log.since_mark(), op_log=op_log, op_error=op_error)
     except Infeasible as e:
-        return {"ok": False, "kind": "infeasible", "error": str(e), "log": log.since_mark()}
+        return TrialFailed(state=TrialState.INFEASIBLE, error=str(e), log=log.since_mark())
     except Exception as e:  # the trial failed, the worker and its model stay usable
-        return {"ok": False, "kind": "failed", "error": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc(), "log": log.since_mark()}
+        return TrialFailed(state=TrialState.FAILED, error=f"{type(e).__name__}: {e}",
+                           traceback=traceback.format_exc(), log=log.since_mark())
     finally:
         if ctx:
             lc.llama_free(ctx)

@@ -23,6 +23,22 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from tuner.worker.protocol import (
+    SERVED_JOB,
+    Conn,
+    Prompts,
+    PromptsJob,
+    ProtocolError,
+    Refused,
+    ServedFailed,
+    ServedMeasureJob,
+    ServedReply,
+    ServedRun,
+    ServedRuns,
+    parse,
+    send,
+)
+
 # Logit bias that no sampled logit overcomes (JSON has no -inf).
 EOG_BIAS = -1.0e9
 # Words whose first token differs between consecutive prompts; pieces of the vocabulary are
@@ -122,38 +138,41 @@ def eog_tokens(llama_cpp: Any, llm: Any) -> list[int]:
     return [t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
 
 
-def served_main(conn: Any, job: dict[str, Any]) -> None:
-    """Entry of the spawned process: one job, one answer on ``conn``, then exit."""
+def served_main(conn: Conn, raw_job: dict[str, Any], log_path: str) -> None:
+    """Entry of the spawned process: one job, one answer on ``conn``, then exit. The job's
+    ``env`` (the build's library, CUDA graphs, hidden GPUs: tuner.served.service_env) is set
+    before llama_cpp is first imported; llama.cpp's output goes to ``log_path``."""
     from tuner.worker.main import redirect_stdio
 
-    for key, value in job.get("env", {}).items():
-        os.environ[key] = value
-    if job.get("lib_dir"):
-        os.environ["LLAMA_CPP_LIB_PATH"] = job["lib_dir"]
-    if job.get("cpu_only"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    redirect_stdio(job["log_path"])
+    answer: ServedReply
     try:
-        answer = _prompts(job) if job["op"] == "prompts" else _measure(job)
-    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises
-        answer = {"ok": False, "error": f"{type(e).__name__}: {e}",
-                  "traceback": traceback.format_exc()}
+        job = parse(SERVED_JOB, raw_job)
+    except ProtocolError as e:
+        answer = Refused(error=str(e))
+    else:
+        os.environ.update(job.env)
+        redirect_stdio(log_path)
+        try:
+            answer = _prompts(job) if isinstance(job, PromptsJob) else _measure(job)
+        except Exception as e:  # noqa: BLE001 - reported to the parent, which raises
+            answer = ServedFailed(error=f"{type(e).__name__}: {e}",
+                                  traceback=traceback.format_exc())
     try:
-        conn.send(answer)
+        send(conn, answer)
     finally:
         conn.close()
 
 
-def _prompts(job: dict[str, Any]) -> dict[str, Any]:
+def _prompts(job: PromptsJob) -> Prompts:
     """Prompts and end-of-generation tokens from the model's vocabulary only (no weights)."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(job["model_path"], vocab_only=True, verbose=False)
+    llm = llama_cpp.Llama(job.model_path, vocab_only=True, verbose=False)
     tokenize = _tokenizer(llm)
-    prompts = build_prompts(tokenize, job["prompt_tokens"], job["count"], _pieces(llm))
+    prompts = build_prompts(tokenize, job.prompt_tokens, job.count, _pieces(llm))
     tokens = [tokenize(p) for p in prompts]
-    return {"ok": True, "prompts": prompts, "eog": eog_tokens(llama_cpp, llm),
-            "lengths": [len(t) for t in tokens], "max_prefix_reuse": prefix_reuse(tokens)}
+    return Prompts(prompts=prompts, eog=eog_tokens(llama_cpp, llm),
+                   lengths=[len(t) for t in tokens], max_prefix_reuse=prefix_reuse(tokens))
 
 
 def _tokenizer(llm: Any) -> Callable[[str], list[int]]:
@@ -166,31 +185,31 @@ def _pieces(llm: Any) -> Callable[[int], str]:
     return lambda i: llm.detokenize([(n // 2 + i) % n]).decode("utf-8", errors="ignore")
 
 
-def _measure(job: dict[str, Any]) -> dict[str, Any]:
+def _measure(job: ServedMeasureJob) -> ServedRuns:
     import llama_cpp
     from llama_cpp.server.model import LlamaProxy
     from llama_cpp.server.settings import ModelSettings
     from llama_cpp.server.types import CreateCompletionRequest
 
-    settings = ModelSettings.model_validate(job["entry"])
+    settings = ModelSettings.model_validate(job.entry)
     t0 = time.perf_counter()
     llm = LlamaProxy.load_llama_from_model_settings(settings)
     load_seconds = time.perf_counter() - t0
     tokenize = _tokenizer(llm)
-    count = job["warmup"] + job["requests"]
-    prompts = build_prompts(tokenize, job["prompt_tokens"], count, _pieces(llm))
+    count = job.warmup + job.requests
+    prompts = build_prompts(tokenize, job.prompt_tokens, count, _pieces(llm))
     eog = eog_tokens(llama_cpp, llm)
     runs = []
     for prompt in prompts:
-        body = CreateCompletionRequest(**request_body(prompt, job["gen_tokens"], eog))
+        body = CreateCompletionRequest(**request_body(prompt, job.gen_tokens, eog))
         kwargs = body.model_dump(exclude=_SERVER_EXCLUDE)
         runs.append(_one_request(llm, kwargs))
-    return {"ok": True, "runs": runs[job["warmup"]:], "load_seconds": load_seconds,
-            "max_prefix_reuse": prefix_reuse([tokenize(p) for p in prompts]),
-            "n_threads": settings.n_threads, "n_threads_batch": settings.n_threads_batch}
+    return ServedRuns(runs=runs[job.warmup:], load_seconds=load_seconds,
+                      max_prefix_reuse=prefix_reuse([tokenize(p) for p in prompts]),
+                      n_threads=settings.n_threads, n_threads_batch=settings.n_threads_batch)
 
 
-def _one_request(llm: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _one_request(llm: Any, kwargs: dict[str, Any]) -> ServedRun:
     """Times of one streamed completion: first chunk and last chunk after the call."""
     t0 = time.perf_counter()
     first = last = None
@@ -205,5 +224,5 @@ def _one_request(llm: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         finish = chunk["choices"][0].get("finish_reason") or finish
     if first is None or last is None:
         raise RuntimeError("the completion streamed nothing")
-    return {"ttft_s": first - t0, "request_s": last - t0, "gen_s": last - first,
-            "chunks": chunks, "finish_reason": finish}
+    return ServedRun(ttft_s=first - t0, request_s=last - t0, gen_s=last - first,
+                     chunks=chunks, finish_reason=finish)
