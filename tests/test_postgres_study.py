@@ -128,7 +128,7 @@ def test_killed_sweeps_trial_is_failed_by_heartbeat_and_retried(storage_url: str
     with its worker, as a host dies. A sweep started while A's heartbeat is still fresh leaves
     that trial alone; once the heartbeat is older than TUNER_STALE_S, the next sweep fails it
     ("interrupted") and runs its setting again. Every setting ends with one COMPLETE trial."""
-    stale_s = 30
+    stale_s = 40  # the sweep started after the kill must plan well within it
     beat = {"TUNER_HEARTBEAT_S": "1", "TUNER_STALE_S": str(stale_s)}
     args = sweep_args(tiny_model, tmp_path, storage_url, "--trial-timeout", "300")
     a = start(args, env={**beat, "TUNER_HOST": "fake-other-host",
