@@ -42,13 +42,13 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.create_database()
 
 
-def sweep_args(model: Path, root: Path, storage: str, *extra: str) -> list[str]:
+def sweep_args(model: Path, root: Path, storage: str, *extra: str, rounds: int = 0) -> list[str]:
     space = write_space(root / "space.yaml", n_batch=[8, 16, 32], n_ubatch=[8],
                         flash_attn=[False, True])
     return ["sweep", "--model", str(model), "--device", "cpu", "--space", str(space),
             "--prompt-tokens", "32", "--gen-tokens", "2", "--repetitions", "1", "--warmup", "0",
             "--results", str(root / "results"), "--out", str(root / "production.yaml"),
-            "--study", STUDY, "--storage", storage, "--finalist-rounds", "0",
+            "--study", STUDY, "--storage", storage, "--finalist-rounds", str(rounds),
             "--served-requests", "0", *extra]
 
 
@@ -88,11 +88,15 @@ def check_complete_once(all_trials: list[optuna.trial.FrozenTrial]) -> None:
     assert not [t.number for t in all_trials if t.state == State.RUNNING]
 
 
-def check_config(root: Path, all_trials: list[optuna.trial.FrozenTrial]) -> None:
-    """The production config is valid for llama_cpp.server and holds the study's best trial."""
+def check_config(root: Path, all_trials: list[optuna.trial.FrozenTrial],
+                 winner: int | None = None) -> None:
+    """The production config is valid for llama_cpp.server and holds the study's best trial
+    (or the finalists' winner, trial number ``winner``)."""
     config = yaml.safe_load((root / "production.yaml").read_text())
     validate(config)
-    best = min((t for t in all_trials if t.state == State.COMPLETE), key=lambda t: t.value)
+    complete = [t for t in all_trials if t.state == State.COMPLETE]
+    best = (min(complete, key=lambda t: t.value) if winner is None
+            else next(t for t in complete if t.number == winner))
     assert config["models"][0]["n_batch"] == setting(best)[0], (config, best.user_attrs)
 
 
@@ -100,9 +104,11 @@ def check_config(root: Path, all_trials: list[optuna.trial.FrozenTrial]) -> None
 def test_sweeps_share_one_study(n: int, storage_url: str, tiny_model: Path,
                                 tmp_path: Path) -> None:
     """N sweeps started together on an empty storage (they race on creating the tables, the
-    study and the claims table too) split the grid: every setting once, one config."""
+    study and the claims table too) split the grid: every setting once, one config. With three,
+    the finalists run too (one round, no server): decided and re-measured by one sweep only."""
     case = f"{n} sweeps on {storage_url.partition(':')[0].split('+')[0]}"
-    args = sweep_args(tiny_model, tmp_path, storage_url)
+    finalists = n == 3
+    args = sweep_args(tiny_model, tmp_path, storage_url, rounds=int(finalists))
     procs = [start(args) for _ in range(n)]
     outs = [(p.wait(timeout=400), *p.communicate()) for p in procs]
     crashed = sum(1 for rc, _, se in outs if rc != 0 or "Traceback" in se)
@@ -115,9 +121,14 @@ def test_sweeps_share_one_study(n: int, storage_url: str, tiny_model: Path,
     check_complete_once(all_trials)
     run_now = [int(so.split(" trial(s) run now")[0].split()[-1]) for _, so, _ in outs]
     assert sum(run_now) == len(GRID), run_now
-    writers = [so for _, so, _ in outs if "wrote " in so]
+    writers = [so + se for _, so, se in outs if "wrote " in so]
     assert len(writers) == 1, [so for _, so, _ in outs]
-    check_config(tmp_path, all_trials)
+    winner = None
+    if finalists:
+        deciders = [so + se for _, so, se in outs if "winner #" in so + se]
+        assert deciders == writers, [so + se for _, so, se in outs]
+        winner = int(deciders[0].split("winner #")[1].split(":")[0])
+    check_config(tmp_path, all_trials, winner)
 
 
 def test_killed_sweeps_trial_is_failed_by_heartbeat_and_retried(storage_url: str,
