@@ -223,6 +223,15 @@ def test_unreachable_server_is_one_error_line(tiny_model: Path, tmp_path: Path) 
     assert not list((tmp_path / "results").rglob("trials.jsonl"))
 
 
+def test_missing_database_is_bad_input(postgres_server: PgServer, tiny_model: Path,
+                                       tmp_path: Path) -> None:
+    """The server answers but has no such database: the URL is wrong, exit 2, with a hint."""
+    proc = tuner(*sweep_args(tiny_model, tmp_path, postgres_server.url("nosuchdb")), timeout=300)
+    assert '"nosuchdb" does not exist' in one_line_error(proc), proc.stderr
+    assert proc.returncode == 2 and "hint: " in proc.stderr and "createdb" in proc.stderr
+    assert not (tmp_path / "production.yaml").exists()
+
+
 @pytest.mark.parametrize("url, words", [
     ("postgresql+psycopg://u@127.0.0.1:notaport/db", "malformed database URL"),
     ("postgresql+nosuchdriver://u@127.0.0.1/db", "unknown database scheme"),
