@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.malformed_corpus import build_corpus, world_readable_tmpdir
+from tests.postgres import pg_url, postgres_server  # noqa: F401  (fixtures: a PostgreSQL server)
 
 
 @pytest.fixture(scope="session")

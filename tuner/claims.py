@@ -24,7 +24,10 @@ from sqlalchemy.engine import Engine
 
 HEARTBEAT_S = float(os.environ.get("TUNER_HEARTBEAT_S", "5"))
 STALE_S = float(os.environ.get("TUNER_STALE_S", "60"))
-HOST = socket.gethostname()
+# The name this host's claims carry. A claim of the same name is judged by its pid as well as
+# its heartbeat, so machines (or containers with their own pid namespaces) that share a hostname
+# must be told apart by TUNER_HOST; the tests also use it to play a second host.
+HOST = os.environ.get("TUNER_HOST") or socket.gethostname()
 CONFIG_PREFIX = "config:"  # rows that let one sweep at a time write a production config
 
 _meta = sa.MetaData()
@@ -190,14 +193,30 @@ def _claim(r: sa.Row) -> Claim:
 
 
 def _create_table(engine: Engine) -> None:
-    """Create the table once; two processes creating it together both end up with it."""
+    """Create the table once; processes creating it together all end up with it. SQLite says
+    ``locked`` or ``already exists``; PostgreSQL's concurrent CREATE TABLEs collide on its
+    catalog (IntegrityError), find the table made (ProgrammingError) or deadlock. Whatever the
+    error, the table existing afterwards is success; a race is tried again, anything else
+    raised."""
     for attempt in range(20):
         try:
             _meta.create_all(engine, checkfirst=True)
             return
-        except sa.exc.OperationalError as e:
-            if "already exists" in str(e):
+        except sa.exc.DBAPIError as e:
+            if "already exists" in str(e) or _exists(engine):
                 return
-            if attempt == 19 or "locked" not in str(e):
+            if attempt == 19 or not _is_race(e):
                 raise
             time.sleep(0.1 * (attempt + 1))
+
+
+def _exists(engine: Engine) -> bool:
+    with suppress(sa.exc.SQLAlchemyError):
+        return sa.inspect(engine).has_table(CLAIMS.name)
+    return False
+
+
+def _is_race(e: sa.exc.DBAPIError) -> bool:
+    text = str(e)
+    return isinstance(e, sa.exc.IntegrityError) or any(
+        w in text for w in ("locked", "deadlock detected", "duplicate key"))

@@ -1,7 +1,11 @@
 """Opening the optuna storage, and what its failures mean to a user: one line, exit 2 (the
-storage given is unusable: an unknown URL scheme, a file that is not a database, a directory)
-or 3 (the machine cannot go on: a full disk, a database that cannot be reached), each with what
-to do. Opening is retried when several sweeps create the same SQLite file at once."""
+storage given is unusable: an unknown URL scheme, a malformed URL, a file that is not a
+database, a directory) or 3 (the machine cannot go on: a full disk, a database server that
+cannot be reached), each with what to do. Opening is retried when several sweeps create the same
+database at once (SQLite file or server database). A server database gets a small connection
+pool: one sweep needs at most two connections at once (its main thread and its heartbeat), and a
+fleet of sweeps must not exhaust the server's ``max_connections``. ``journal:PATH`` opens an
+optuna journal file (several processes on one host; tuner/journal.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +17,14 @@ import optuna
 import sqlalchemy as sa
 
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
+from tuner.journal import JOURNAL, JournalClaimsStorage, journal_path, open_journal
 
 RETRIES = 30
+URL_HINT = "use sqlite:///PATH, postgresql+psycopg://USER@HOST/DB or journal:PATH"
+# Per sweep process: 2 pooled connections (main thread, heartbeat) and a few more in a burst.
+SERVER_POOL: dict[str, object] = {"pool_size": 2, "max_overflow": 3, "pool_pre_ping": True,
+                                  "pool_recycle": 1800}
+CONNECT_TIMEOUT_S = 10
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -23,15 +33,17 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len("sqlite:///"):])
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage for ``url``, created if new. Races between processes creating the same
+def open_storage(url: str) -> optuna.storages.RDBStorage | JournalClaimsStorage:
+    """The storage for ``url``, created if new. Races between processes creating the same
     database (``IntegrityError ... alembic_version``, ``database is locked``, ``table already
-    exists``) are retried; anything else becomes a TunerError."""
+    exists``, a deadlock between two servers' DDL) are retried; anything else becomes a
+    TunerError."""
     check_url(url)
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     for attempt in range(RETRIES):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            if url.startswith(JOURNAL):
+                return open_journal(url)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
         except Exception as e:  # noqa: BLE001 - every failure is classified below
             if attempt < RETRIES - 1 and _is_race(e):
                 time.sleep(0.05 * (attempt + 1))
@@ -40,16 +52,46 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
+def engine_kwargs(url: str) -> dict[str, object]:
+    """SQLAlchemy engine options: a long lock wait for SQLite, a small pool and a bounded
+    connect time for a database server."""
+    backend = sa.engine.make_url(url).get_backend_name()
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": 60}}
+    kwargs = dict(SERVER_POOL)
+    if backend == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    return kwargs
+
+
+def shown(url: str) -> str:
+    """The URL as a message shows it: without its password."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return url
+
+
 def check_url(url: str) -> None:
+    path = journal_path(url)
+    if path is not None:
+        if not url[len(JOURNAL):]:
+            raise BadInput(f"--storage {url!r} names no journal file", hint=URL_HINT)
+        if path.is_dir():
+            raise BadInput(f"storage {path} is a directory, not a journal file",
+                           hint="move it aside or give another --storage")
+        return
     scheme = url.partition("://")[0]
     if "://" not in url or not scheme:
-        raise BadInput(f"--storage {url!r} is not a database URL",
-                       hint="use sqlite:///PATH or postgresql://USER@HOST/DB")
+        raise BadInput(f"--storage {url!r} is not a database URL", hint=URL_HINT)
     try:
         sa.engine.make_url(url).get_dialect()
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError):
         raise BadInput(f"--storage {url!r}: unknown database scheme {scheme!r}",
-                       hint="use sqlite:///PATH or postgresql://USER@HOST/DB") from None
+                       hint=URL_HINT) from None
+    except ValueError as e:  # e.g. a port that is not a number
+        raise BadInput(f"--storage {shown(url)!r} is a malformed database URL ({e})",
+                       hint=URL_HINT) from None
     except ImportError as e:
         raise EnvironmentUnfit(f"--storage {url!r} needs a database driver that is not "
                                f"installed: {e.name or e}") from None
@@ -60,9 +102,15 @@ def check_url(url: str) -> None:
 
 
 def _is_race(e: BaseException) -> bool:
+    """Another process created the same tables at the same moment. On PostgreSQL two
+    concurrent CREATE TABLEs collide on the catalog (``pg_type_typname_nsp_index``) or find the
+    table made (``already exists``), or deadlock."""
     text = str(e)
-    return (isinstance(e, sa.exc.IntegrityError) and "alembic_version" in text) or (
-        isinstance(e, sa.exc.OperationalError) and ("locked" in text or "already exists" in text))
+    return (isinstance(e, sa.exc.IntegrityError) and (
+        "alembic_version" in text or "pg_type_typname_nsp_index" in text
+        or "pg_class_relname_nsp_index" in text)) or (
+        isinstance(e, (sa.exc.OperationalError, sa.exc.ProgrammingError))
+        and ("locked" in text or "already exists" in text or "deadlock detected" in text))
 
 
 def storage_error(e: BaseException, url: str) -> TunerError:
@@ -70,7 +118,7 @@ def storage_error(e: BaseException, url: str) -> TunerError:
     if isinstance(e, TunerError):
         return e
     text = str(getattr(e, "orig", None) or e).splitlines()[0] if str(e) else type(e).__name__
-    where = sqlite_path(url) or url
+    where = sqlite_path(url) or journal_path(url) or shown(url)
     if _disk_full(e):
         return EnvironmentUnfit(f"the disk holding {where} is full",
                                 hint="free space, then run the same command to resume")
@@ -83,14 +131,21 @@ def storage_error(e: BaseException, url: str) -> TunerError:
         if "unable to open" in text or "readonly" in text:
             return BadInput(f"cannot open storage {where}: {text}",
                             hint="check the path and its permissions, or give another --storage")
+        if "authentication failed" in text or ("database" in text and "does not exist" in text):
+            return BadInput(f"cannot open storage {where}: {text}",
+                            hint="check the user, password and database name of the URL (create "
+                                 "the database first: createdb NAME)")
         return EnvironmentUnfit(f"storage {where} cannot be used: {text}",
                                 hint="check that the database is reachable, then run the same "
                                      "command to resume")
+    if isinstance(e, OSError):  # a journal file that cannot be opened or written
+        return BadInput(f"cannot open storage {where}: {e.strerror or text}",
+                        hint="check the path and its permissions, or give another --storage")
     if isinstance(e, ImportError):
         return EnvironmentUnfit(f"--storage {url!r}: the database driver for "
                                 f"{url.partition('://')[0]!r} is not installed",
-                                hint="e.g. pip install psycopg2-binary (postgresql) or pymysql "
-                                     "(mysql+pymysql)")
+                                hint="e.g. pip install 'psycopg[binary]' (postgresql+psycopg) "
+                                     "or pymysql (mysql+pymysql)")
     if isinstance(e, (ValueError, RuntimeError, sa.exc.SQLAlchemyError)):
         return BadInput(f"storage {where} cannot be used: {text}",
                         hint="move it aside or give another --storage")
