@@ -258,15 +258,10 @@ def test_the_protocol_imports_neither_llama_cpp_nor_the_runner() -> None:
 
 
 
-def test_the_environment_reads_a_hello_model_or_its_dict_alike(tmp_path: Path) -> None:
+def test_the_environment_is_made_from_the_hello_model(tmp_path: Path) -> None:
     from tuner.environment import environment
 
     model = tmp_path / "m.gguf"
-    hello = Hello(**INFO)
-    a = environment(hello, "installed", model, 1, "0" * 64)
-    b = environment(hello.model_dump(mode="json"), "installed", model, 1, "0" * 64)
-    assert a == b
+    a = environment(Hello(**INFO), "installed", model, 1, "0" * 64)
     assert (a.hostname, a.driver, a.system_info) == ("h", "550.54", "CPU : SSE3 = 1 |")
     assert a.gpus == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559.0}]
-    with pytest.raises(ProtocolError, match=r"hello\.pid: Field required"):
-        environment({"event": "hello", "hostname": "h"}, "installed", model, 1, "0" * 64)

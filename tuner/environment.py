@@ -8,11 +8,10 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Any
 
 import tuner
 from tuner.records import Environment
-from tuner.worker.protocol import START_REPLY, ProtocolError, WorkerInfo, parse
+from tuner.worker.protocol import WorkerInfo
 
 
 def cpu_name() -> str:
@@ -50,13 +49,10 @@ def model_sha256(path: Path, cache_dir: Path) -> str:
     return known[key]
 
 
-def environment(hello: WorkerInfo | dict[str, Any], build_name: str, model_path: Path,
+def environment(info: WorkerInfo, build_name: str, model_path: Path,
                 model_bytes: int, sha: str) -> Environment:
-    """From what a worker reported about its library and devices (its ``Hello``, or that
-    message as the dict ``Runner.probe`` returns), plus this host."""
-    info = hello if isinstance(hello, WorkerInfo) else parse(START_REPLY, hello)
-    if not isinstance(info, WorkerInfo):
-        raise ProtocolError(f"environment() needs a worker's hello, not {info.event!r}")
+    """From what a worker reported about its library and devices (its ``Hello``), plus this
+    host."""
     return Environment(
         hostname=info.hostname or platform.node(),
         platform=platform.platform(),

@@ -154,11 +154,25 @@ class Planner:
     def _next_key(self) -> str | None:
         if self._tpe is None:
             if self._cursor >= len(self._order):
-                return None
+                return self._orphaned()
             self._cursor += 1
             return self._order[self._cursor - 1]
         open_keys = [k for k in self._order if k not in self._done and k not in self._taken]
-        return self._tpe.pick(open_keys, self.history())
+        return self._tpe.pick(open_keys, self.history()) or self._orphaned()
+
+    def _orphaned(self) -> str | None:
+        """A setting another sweep held when this one asked, whose owner is gone since (its
+        heartbeat stale, or its claim released): ``ask`` claims it again and fails the dead
+        owner's trial, so a host that dies while others run costs no setting of the study."""
+        claims = {c.spec_key: c for c in self._guard(self.claims.all)}
+        for key in sorted(self._taken - self._done):
+            c = claims.get(key)
+            if c is not None and c.state == "done":
+                self._done.add(key)
+            elif c is None or is_stale(c):
+                self._taken.discard(key)
+                return key
+        return None
 
     def ask(self) -> tuple[int, TrialSpec] | None:
         """The next setting of the plan that no sweep has done or is running, claimed for this

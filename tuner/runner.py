@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import TypeAdapter
 
@@ -172,11 +172,6 @@ class Runner:
         if not isinstance(hello, Hello):
             raise ProtocolError(f"a probe answered {hello.event!r}, not 'hello'")
         return hello
-
-    def probe(self, ms: ModelSettings) -> dict[str, Any]:
-        """``probe_hello`` as a plain dict (the sweep's build probe and ``environment`` read it
-        so; the lead may move them to ``probe_hello``)."""
-        return self.probe_hello(ms).model_dump(mode="json")
 
     def _ensure_worker(self, ms: ModelSettings) -> Outcome | None:
         """A worker with the model loaded, or the outcome of failing to get one."""

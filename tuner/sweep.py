@@ -10,7 +10,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from tuner import builds as builds_mod
 from tuner.buildinfo import BuildFlags, fa_supports, parse_system_info
@@ -33,6 +33,7 @@ from tuner.space import Space, default_space, grid, load_space
 from tuner.specs import Device, ModelSettings, TrialSpec, Workload
 from tuner.store import Store, check_study_name
 from tuner.trialrecord import make_record, now
+from tuner.worker.protocol import Hello
 
 
 class Events(Protocol):
@@ -77,7 +78,7 @@ class BuildProbe:
     name: str
     lib_dir: str | None
     expected_variant: str | None
-    hello: dict[str, Any]
+    hello: Hello
     flags: BuildFlags
 
 
@@ -113,13 +114,13 @@ def _probe_builds(runner: Runner, names: list[str], device: Device, explicit: bo
         info = builds_mod.resolve_build(name, builds_dir)
         runner.lib_dirs[name] = None if name == "installed" else str(Path(info.lib_dir).absolute())
         try:
-            hello = runner.probe(ModelSettings(build=name, device=device))
+            hello = runner.probe_hello(ModelSettings(build=name, device=device))
         except RuntimeError as e:
             raise EnvironmentUnfit(f"build {name!r} cannot be loaded: {e}") from None
-        flags = parse_system_info(hello.get("system_info", ""))
+        flags = parse_system_info(hello.system_info or "")
         expected = None if name == "installed" else info.variant
         probe = BuildProbe(name, runner.lib_dirs[name], expected, hello, flags)
-        if device == "cuda" and not hello.get("supports_gpu_offload"):
+        if device == "cuda" and not hello.supports_gpu_offload:
             if explicit:
                 raise EnvironmentUnfit(_no_cuda_message(name, flags), hint=CUDA_INSTALL_HINT)
             continue
