@@ -45,8 +45,10 @@ def key_of(r: TrialRecord) -> Key:
 
 def llama_bench(binary: Path, lib: Path, model: Path, batches: list[int], ubatches: list[int],
                 fa: bool, tk: str, tv: str, test: list[str], reps: int,
-                threads: int | None) -> tuple[list[dict], str]:
-    cmd = [str(binary), "-m", str(model), "-ngl", "99", "-b", ",".join(map(str, batches)),
+                threads: int | None, wrap: list[str] | None = None) -> tuple[list[dict], str]:
+    """One llama-bench process (``wrap``: a command it runs under, e.g. taskset); its JSON rows
+    and its command line."""
+    cmd = [*(wrap or []), str(binary), "-m", str(model), "-ngl", "99", "-b", ",".join(map(str, batches)),
            *(["-t", str(threads)] if threads else []),
            "-ub", ",".join(map(str, ubatches)), "-fa", "1" if fa else "0", "-ctk", tk,
            "-ctv", tv, "-r", str(reps), "-o", "json", *test]

@@ -80,6 +80,15 @@ for line in open(sys.argv[1]):
           f"{max(ts):,.0f} | {' '.join(f'{x:,.0f}' for x in ts)} |")
 PY
   fi
+  if [ -n "${SPREAD_CONFIGS:-}" ]; then  # where a prompt figure's spread comes from
+    set -- $MODELS; phase "prompt spread ${1} ($SPREAD_CONFIGS)"
+    cfgs=(); for c in $SPREAD_CONFIGS; do cfgs+=(--config "$c"); done
+    python3 benchmarks/prompt_spread.py --model "$(path_of "$1")" --builds builds \
+      --build "${VARIANTS%% *}" "${cfgs[@]}" --procs "${SPREAD_PROCS:-6}" --reps 12 \
+      --out "$BENCH/out/spread" > "$BENCH/spread.log" 2>&1
+    echo "spread exit $?" >> "$BENCH/spread.log"
+  fi
+  [ -n "${NO_SWEEP:-}" ] && { phase done; return 0; }
   for m in $MODELS; do
     name=${m/:/-}
     phase "sweep $m"
@@ -118,7 +127,7 @@ PY
 
 status() {
   cat "$BENCH/phase" 2>/dev/null; tail -n 3 "$BENCH/log" 2>/dev/null
-  for f in "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/verify-*.log; do
+  for f in "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/verify-*.log; do
     [ -f "$f" ] && echo "$f: $(tail -n 2 "$f" | cut -c1-160 | tr '\n' ' ')"
   done
 }
@@ -140,9 +149,9 @@ case "${1:-status}" in
       [ -d "$d" ] && for f in "$d"/*/trials.jsonl "$d"/*/finalists.json "$d"/*/drift.jsonl; do
         [ -f "$f" ] && cp "$f" "$BENCH/out/$(basename "${d#*results-}")/" ; done
     done
-    cp "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH/out/" 2>/dev/null
+    cp "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH/out/" 2>/dev/null
     tar czf "$dest/bench.tar.gz" -C "$BENCH" out phase
-    cat "$BENCH"/out/threads-probe.md "$BENCH"/out/*/fidelity-*.md "$BENCH"/out/*/search-compare.md > "$dest/summary.md" 2>/dev/null
+    cat "$BENCH"/out/threads-probe.md "$BENCH"/out/spread/prompt_spread.md "$BENCH"/out/*/fidelity-*.md "$BENCH"/out/*/search-compare.md > "$dest/summary.md" 2>/dev/null
     for f in "$BENCH"/sweep-*.log; do tail -n 12 "$f"; done
     cat "$dest/summary.md" ;;
 esac
