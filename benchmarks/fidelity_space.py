@@ -23,9 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tuner.finalists_store import load_drift, load_finalists  # noqa: E402
 from tuner.records import TrialRecord  # noqa: E402
-from tuner.store import Store, list_studies  # noqa: E402
+from tuner.studystore import default_storage, require_study  # noqa: E402
 
 Key = tuple[str, int, int, bool, str, str]
 
@@ -58,8 +57,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    study = list_studies(a.results)[0]
-    records = [r for r in Store(a.results, study).records() if r.usable]
+    store = require_study(default_storage(a.results))
+    study = store.name
+    records = [r for r in store.records() if r.usable]
     wl = records[0].workload
     P, G = wl.prompt_tokens, wl.gen_tokens
     groups: dict[tuple[str, bool, str, str], set[tuple[int, int]]] = defaultdict(set)
@@ -108,12 +108,12 @@ def main() -> None:
     table.sort(key=lambda x: x["objective"])
     top = table[:10]
     worst_top = max(max(abs(t["pp_diff"]), abs(t["tg_diff"] or 0)) for t in top)
-    final = load_finalists(a.results, study)
+    final = store.finalists()
     lb_best = min(table, key=lambda t: t["lb_request_s"])
     chosen = next(t for t in table if final and t["trial"] == final.winner_trial) if final \
         else table[0]
     choice_gap = chosen["lb_request_s"] / lb_best["lb_request_s"] - 1
-    drifts = load_drift(a.results, study)
+    drifts = store.drifts()
     lines = [f"## {study}: tuner vs llama-bench (same builds, same session), "
              f"pp{P} @ depth 0 and tg{G} @ depth {P}, medians of {a.reps} repetitions, "
              f"{threads or 'default'} CPU threads", "",

@@ -77,8 +77,7 @@ def storage_error(e: BaseException, url: str) -> TunerError:
     if isinstance(e, sa.exc.DatabaseError) and not isinstance(e, sa.exc.OperationalError) or (
             "not a database" in text or "malformed" in text):
         return BadInput(f"storage {where} is damaged or not an optuna database ({text})",
-                        hint=f"move {where} aside (finished trials stay in the results' "
-                             "trials.jsonl) or give another --storage")
+                        hint=f"move {where} aside or give another --storage")
     if isinstance(e, sa.exc.OperationalError):
         if "unable to open" in text or "readonly" in text:
             return BadInput(f"cannot open storage {where}: {text}",
