@@ -196,3 +196,28 @@ def test_an_old_study_beside_the_storage_keeps_its_jsonl_records(tmp_path: Path)
     (old / "finalists.json").write_text(report.model_dump_json())
     data = load_study(u, STUDY)
     assert data.records == records() and data.finalists == report and data.drifts == []
+
+
+def test_cli_exports_and_reads_back_an_export_by_path(tmp_path: Path) -> None:
+    """The real CLI: `report --format jsonl -o` writes every record; the file (with junk lines
+    and a torn tail added, as a hand-edited or cut copy would have) reads back by path, read
+    only; a path that is no study is one line, exit 2."""
+    from tests.cli_run import one_line_error, tuner
+
+    stored(tmp_path)
+    export = tmp_path / "export.jsonl"
+    proc = tuner("report", "--results", tmp_path / "results", "--format", "jsonl", "-o", export)
+    assert proc.returncode == 0, proc.stderr
+    assert read_jsonl(export) == records()
+    with open(export, "a") as f:
+        f.write("{not json\n[1, 2]\n" + '{"study": "test-st')
+    before = export.read_bytes()
+    shown = tuner("report", "--study", export, "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert sorted(row["trial"] for row in json.loads(shown.stdout)) == [0, 1, 2, 3]
+    assert export.read_bytes() == before
+    cmp = tuner("report", "--results", tmp_path / "results", "--compare", STUDY, export)
+    assert cmp.returncode == 0, cmp.stderr
+    for bad in (tmp_path / "nope.jsonl", tmp_path):  # missing; a folder without trials.jsonl
+        proc = tuner("report", "--results", tmp_path / "results", "--compare", STUDY, bad)
+        assert proc.returncode == 2 and "no study" in one_line_error(proc)
