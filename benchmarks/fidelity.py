@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tuner.records import TrialRecord  # noqa: E402
 from tuner.report import is_baseline as measured_at_defaults  # noqa: E402
-from tuner.store import Store, list_studies  # noqa: E402
+from tuner.studystore import default_storage, list_studies, records_of  # noqa: E402
 
 TESTS = {"pp512": (512, 0), "pp2048": (2048, 0), "tg128": (0, 128)}
 REPS = 10  # short tests (pp512 is ~40 ms on an H100/H200) need more samples
@@ -30,8 +30,8 @@ REPS = 10  # short tests (pp512 is ~40 ms on an H100/H200) need more samples
 
 def sweep_records(results: Path) -> list[TrialRecord]:
     out: list[TrialRecord] = []
-    for study in list_studies(results):
-        out.extend(Store(results, study).records())
+    for study in list_studies(default_storage(results)):
+        out.extend(records_of(default_storage(results), study))
     return out
 
 
@@ -55,7 +55,7 @@ def tuner_point(model: Path, r: TrialRecord, test: str, work: Path, builds: Path
            str(REPS), "--results", str(res), "--study", study, "--builds", str(builds),
            "--out", str(work / f"fid-{study}.yaml")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    recs = Store(res, study).records()
+    recs = records_of(default_storage(res), study)
     if not recs or recs[-1].measurement is None:
         raise SystemExit(f"tuner {test} failed: {proc.stderr[-2000:]}")
     meas = recs[-1].measurement

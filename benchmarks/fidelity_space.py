@@ -31,9 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tuner.finalists_store import load_drift, load_finalists  # noqa: E402
 from tuner.records import TrialRecord  # noqa: E402
-from tuner.store import Store, list_studies  # noqa: E402
+from tuner.studystore import default_storage, require_study  # noqa: E402
 
 Key = tuple[str, int, int, bool, str, str]
 
@@ -70,8 +69,9 @@ def main() -> None:
                     help="fresh llama-bench processes per test for the compared configs")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    study = list_studies(a.results)[0]
-    records = [r for r in Store(a.results, study).records() if r.usable]
+    store = require_study(default_storage(a.results))
+    study = store.name
+    records = [r for r in store.records() if r.usable]
     wl = records[0].workload
     P, G = wl.prompt_tokens, wl.gen_tokens
     groups: dict[tuple[str, bool, str, str], set[tuple[int, int]]] = defaultdict(set)
@@ -112,7 +112,7 @@ def main() -> None:
         return P / b["pp"] + G / b["tg"] if "pp" in b and "tg" in b else float("inf")
 
     # Pass 2, the compared configs: more fresh processes, interleaved (A B C ... A B C).
-    final = load_finalists(a.results, study)
+    final = store.finalists()
     by_objective = sorted(records, key=lambda r: r.objective or float("inf"))
     compared = [key_of(r) for r in by_objective[:10]]
     compared += sorted(space, key=lb_request)[:3]
@@ -149,7 +149,7 @@ def main() -> None:
     chosen = next(t for t in table if final and t["trial"] == final.winner_trial) if final \
         else table[0]
     choice_gap = chosen["lb_request_s"] / lb_best["lb_request_s"] - 1
-    drifts = load_drift(a.results, study)
+    drifts = store.drifts()
     lines = [f"## {study}: tuner vs llama-bench (same builds, same session), "
              f"pp{P} @ depth 0 and tg{G} @ depth {P}, medians of {a.reps} repetitions, "
              f"{threads or 'default'} CPU threads; llama-bench of the compared configs: median "

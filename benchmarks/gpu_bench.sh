@@ -146,8 +146,10 @@ case "${1:-status}" in
   collect)
     dest=${OUT:-$BENCH/collected}; mkdir -p "$dest"
     for d in "$BENCH"/results-*; do
-      [ -d "$d" ] && for f in "$d"/*/trials.jsonl "$d"/*/finalists.json "$d"/*/drift.jsonl; do
-        [ -f "$f" ] && cp "$f" "$BENCH/out/$(basename "${d#*results-}")/" ; done
+      # The storage holds every record, the finalists and the drift; trials.jsonl is an export.
+      o="$BENCH/out/$(basename "${d#*results-}")"
+      [ -f "$d/optuna.db" ] && mkdir -p "$o" && cp "$d/optuna.db" "$o/" &&
+        python3 -m tuner.cli report --results "$d" --format jsonl -o "$o/trials.jsonl"
     done
     cp "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH/out/" 2>/dev/null
     tar czf "$dest/bench.tar.gz" -C "$BENCH" out phase

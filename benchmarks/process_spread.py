@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fidelity_space import key_of, llama_bench  # noqa: E402
 
-from tuner.store import Store, list_studies  # noqa: E402
+from tuner.studystore import default_storage, require_study  # noqa: E402
 
 
 def main() -> None:
@@ -31,8 +31,9 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=5)
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
-    study = list_studies(a.results)[0]
-    records = sorted((r for r in Store(a.results, study).records() if r.usable),
+    store = require_study(default_storage(a.results))
+    study = store.name
+    records = sorted((r for r in store.records() if r.usable),
                      key=lambda r: r.objective)[:a.top]
     P = records[0].workload.prompt_tokens
     threads = next((r.measurement.threads for r in records if r.measurement.threads), None)

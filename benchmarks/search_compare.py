@@ -18,14 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tuner.finalists_store import load_finalists  # noqa: E402
-from tuner.store import Store, list_studies  # noqa: E402
+from tuner.studystore import default_storage, require_study  # noqa: E402
 
 
 def study_summary(results: Path, log: Path) -> dict:
-    study = list_studies(results)[0]
-    records = Store(results, study).records()
-    final = load_finalists(results, study)
+    store = require_study(default_storage(results))
+    study = store.name
+    records = store.records()
+    final = store.finalists()
     line = next((ln for ln in log.read_text().splitlines() if ln.startswith("search (")), "")
     times = {k: float(v) for k, v in re.findall(r"(\w+) (\d+) s", line.split("time:")[-1])} \
         if "time:" in line else {}
@@ -48,7 +48,7 @@ def main() -> None:
     a = ap.parse_args()
     fid = json.loads(a.grid_fidelity.read_text())
     grid_records = {r.number: r for r in
-                    Store(a.grid_results, list_studies(a.grid_results)[0]).records()}
+                    require_study(default_storage(a.grid_results)).records()}
     lb = {grid_records[t["trial"]].spec_key: t["lb_request_s"] for t in fid["table"]}
     best = min(lb.values())
     g, t = study_summary(a.grid_results, a.grid_log), study_summary(a.tpe_results, a.tpe_log)

@@ -18,10 +18,9 @@ import tempfile
 from pathlib import Path
 
 from tuner.builds import resolve_build
-from tuner.finalists_store import load_finalists
 from tuner.prodconfig import write_production
 from tuner.served import measure_served
-from tuner.store import Store, list_studies
+from tuner.studystore import default_storage, list_studies, records_of, require_study
 
 
 def main() -> int:
@@ -34,9 +33,10 @@ def main() -> int:
     ap.add_argument("--via", default="server", choices=["worker", "server"])
     ap.add_argument("--requests", type=int, default=5)
     args = ap.parse_args()
-    records = [r for s in list_studies(args.results) for r in Store(args.results, s).records()
+    records = [r for s in list_studies(default_storage(args.results))
+               for r in records_of(default_storage(args.results), s)
                if r.usable]
-    final = load_finalists(args.results, list_studies(args.results)[0])
+    final = require_study(default_storage(args.results)).finalists()
     best = (next(r for r in records if r.number == final.winner_trial) if final
             else min(records, key=lambda r: r.objective))
     build = best.spec.model.build

@@ -31,16 +31,22 @@ from tuner.modelgen import SHAPES, write_llama  # noqa: E402
 RUN4_7B = REPO / "docs" / "benchmarks" / "run4-h100" / "qwen2.5-7b-q4_0"
 
 
-def _h100_7b(results: Path) -> None:
+def _h100_7b(results: Path) -> Path:
     first = json.loads((RUN4_7B / "trials.jsonl").read_text().splitlines()[0])
     study = results / first["study"]
     study.mkdir(parents=True)
     for name in ("trials.jsonl", "finalists.json", "drift.jsonl"):
         shutil.copy(RUN4_7B / name, study / name)
+    return study
+
+
+def _h200(results: Path) -> Path:
+    h = h200_results(results)
+    return Path(h["results"]) / h["study"]
 
 
 EXAMPLES = {  # name -> (fill a results folder, model shape, output stem)
-    "h200": (lambda results: h200_results(results), "llama3-8b", "report-example"),
+    "h200": (_h200, "llama3-8b", "report-example"),
     "h100-7b": (_h100_7b, "qwen2.5-7b", "report-h100-7b"),
 }
 
@@ -49,11 +55,11 @@ def make(name: str) -> int:
     fill, shape_name, stem = EXAMPLES[name]
     with tempfile.TemporaryDirectory(prefix="tuner-report-example-") as tmp:
         results = Path(tmp) / "results"
-        fill(results)
+        folder = fill(results)  # an older version's study folder, read through its path
         shape = write_llama(Path(tmp) / f"{shape_name}-shape.f16.gguf", **SHAPES[shape_name],
                             sparse=True)
         out = REPO / "docs" / f"{stem}.html"
-        proc = tuner("report", "--results", results, "--format", "html", "-o", out,
+        proc = tuner("report", "--study", folder, "--format", "html", "-o", out,
                      "--model-file", shape)
         if proc.returncode:
             print(proc.stderr, file=sys.stderr)

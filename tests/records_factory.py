@@ -106,3 +106,34 @@ def make_record(
         environment=sample_environment(model_path, device=device, build=build),
         started_at="2025-01-01T00:00:00+00:00", finished_at="2025-01-01T00:00:05+00:00",
     )
+
+
+def store_records(url: str, study: str, records: list[TrialRecord],
+                  identity: dict | None = None) -> None:
+    """TEST DATA into a real optuna storage, written the way a sweep writes it: each record's
+    trial created RUNNING, its record stored through ``StudyStore.put_record``, then its state
+    told; trial numbers missing between records are filled with failed trials (as interrupted
+    trials leave them). The study gets a ``tuner_identity`` so it lists as a tuner study."""
+    import optuna
+
+    from tuner.storeerrors import open_storage
+    from tuner.studystore import IDENTITY, StudyStore
+
+    State = optuna.trial.TrialState
+    storage = open_storage(url)
+    st = optuna.create_study(study_name=study, storage=storage, load_if_exists=True)
+    if IDENTITY not in st.user_attrs:
+        st.set_user_attr(IDENTITY, identity or {"test_data": True})
+    store = StudyStore(storage, st._study_id, study, url)
+    for rec in sorted(records, key=lambda r: r.number):
+        while True:
+            trial_id = storage.create_new_trial(st._study_id)
+            if storage.get_trial_number_from_id(trial_id) >= rec.number:
+                break
+            storage.set_trial_state_values(trial_id, state=State.FAIL)
+        rec = rec.model_copy(update={"number": storage.get_trial_number_from_id(trial_id)})
+        store.put_record(trial_id, rec)
+        if rec.usable:
+            storage.set_trial_state_values(trial_id, state=State.COMPLETE, values=[rec.objective])
+        else:
+            storage.set_trial_state_values(trial_id, state=State.FAIL)

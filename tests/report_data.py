@@ -1,7 +1,7 @@
 """Stored results for report tests: one small real CPU sweep (run once per session by the
 ``cpu_sweep`` fixture in conftest.py), a copy of it with a finalist report, drift records and a
 throttled trial derived from its records (TEST DATA, named as such below), and the real H200
-study of docs/benchmarks/ laid out as a results folder."""
+study of docs/benchmarks/ laid out as an older version's results folder (trials.jsonl)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from tests.cli_run import REPO, tuner
-from tuner.finalists_store import append_drift, save_finalists
+from tests.records_factory import store_records
 from tuner.records import (
     ClockReading,
     FinalistFigures,
@@ -21,7 +21,8 @@ from tuner.records import (
     TrialRecord,
     WorkerDrift,
 )
-from tuner.store import Store, list_studies
+from tuner.store import read_jsonl
+from tuner.studystore import default_storage, list_studies, open_study, records_of
 
 SPACE = "n_batch: [512]\nn_ubatch: [32, 512]\nflash_attn: [false, true]\n" \
         "kv_cache: ['f16/f16', 'q8_0/q8_0']\nn_threads: [1]\n"
@@ -37,7 +38,7 @@ def run_cpu_sweep(root: Path, model: Path) -> dict:
                  "--prompt-tokens", 128, "--gen-tokens", 16, "--n-ctx", 256,
                  "--repetitions", 2, "--results", root / "results",
                  "--out", root / "configs" / "production.yaml", cwd=root)
-    studies = list_studies(root / "results")
+    studies = list_studies(default_storage(root / "results"))
     return {"root": root, "proc": proc, "results": root / "results", "model": model,
             "study": studies[0] if studies else None}
 
@@ -96,30 +97,45 @@ def throttled(record: TrialRecord) -> TrialRecord:
 
 
 def enriched_copy(sweep: dict, dest: Path) -> dict:
-    """The sweep's study copied to ``dest/results`` with a finalists.json, a drift.jsonl and
-    its last trial re-stored as throttled (every addition TEST DATA, see above)."""
+    """The sweep's study copied to the storage of ``dest/results`` with a finalist report, a
+    drift record and its last trial re-stored as throttled (every addition TEST DATA, see
+    above)."""
     study = sweep["study"]
-    src = Store(sweep["results"], study)
-    records = src.records()
-    store = Store(dest / "results", study)
-    store.ensure()
+    records = records_of(default_storage(sweep["results"]), study)
+    (dest / "results").mkdir(parents=True, exist_ok=True)
+    url = default_storage(dest / "results")
+    copied = []
     worst = max((r for r in records if r.measurement), key=lambda r: r.objective)
     drifted = sorted((r for r in records if r.usable), key=lambda r: r.objective)[2].number
     for r in records:
         if r.number == drifted:  # TEST DATA: measured by the worker the drift record names
             r = r.model_copy(update={"worker_id": "w-test-1"})
-        store.append(throttled(r) if r.number == worst.number else r)
+        copied.append(throttled(r) if r.number == worst.number else r)
+    store_records(url, study, copied)
     fin = finalists_from(records, study)
-    save_finalists(dest / "results", fin)
-    append_drift(dest / "results", drift_from(records, study, drifted))
+    store = open_study(url, study)
+    assert store is not None
+    store.save_finalists(fin)
+    store.save_drift(drift_from(records, study, drifted))
     return {"results": dest / "results", "study": study, "finalists": fin,
             "drifted": drifted, "throttled": worst.number}
 
 
 def h200_results(dest: Path) -> dict:
-    """docs/benchmarks/h200-trials.jsonl (a real sweep on an H200) as a results folder."""
+    """docs/benchmarks/h200-trials.jsonl (a real sweep on an H200) imported into the storage of
+    the results folder ``dest``, its JSONL also kept as ``dest/<study>.jsonl`` (an export)."""
     first = json.loads(H200_TRIALS.read_text().splitlines()[0])
     study = first["study"]
-    (dest / study).mkdir(parents=True, exist_ok=True)
-    shutil.copy(H200_TRIALS, dest / study / "trials.jsonl")
-    return {"results": dest, "study": study}
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(H200_TRIALS, dest / f"{study}.jsonl")
+    store_records(default_storage(dest), study, read_jsonl(H200_TRIALS))
+    return {"results": dest, "study": study, "jsonl": dest / f"{study}.jsonl"}
+
+
+def exported(results: Path, study: str, dest: Path) -> Path:
+    """The study exported through the real CLI (`tuner report --format jsonl -o`), as a file
+    another machine's report would compare against."""
+    proc = tuner("report", "--results", results, "--study", study, "--format", "jsonl",
+                 "-o", dest)
+    assert proc.returncode == 0, proc.stderr
+    return dest

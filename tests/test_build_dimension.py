@@ -13,7 +13,7 @@ from tests.cli_run import tuner
 from tests.spaces import write_space
 from tests.test_builds import write_record
 from tuner.builds import _installed_lib_dir
-from tuner.store import Store
+from tuner.studystore import default_storage, records_of
 
 
 def stand_in_build(builds_dir: Path, name: str, variant: str) -> Path:
@@ -28,7 +28,7 @@ def sweep(tmp_path: Path, model: Path, builds: list[str]):
                  "--prompt-tokens", 32, "--gen-tokens", 4, "--repetitions", 1, "--study", "b",
                  "--builds", tmp_path / "builds", "--results", tmp_path / "results",
                  "--out", tmp_path / "production.yaml", "--finalist-rounds", 0)
-    return proc, Store(tmp_path / "results", "b").records()
+    return proc, records_of(default_storage(tmp_path / "results"), "b")
 
 
 def test_builds_are_swept_side_by_side(tiny_model: Path, tmp_path: Path) -> None:

@@ -15,8 +15,7 @@ import yaml
 from tests.cli_run import one_line_error, tuner
 from tests.server_run import complete, free_port, running_server
 from tests.spaces import write_space
-from tuner.finalists_store import load_finalists
-from tuner.store import Store, list_studies
+from tuner.studystore import default_storage, list_studies, records_of, require_study
 
 SERVED = 3  # requests per finalist through the real server
 GRID = 3
@@ -43,9 +42,9 @@ def swept(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> dict:
 def test_cpu_sweep_stores_verified_trials(swept: dict) -> None:
     proc, root = swept["proc"], swept["root"]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    studies = list_studies(root / "results")
+    studies = list_studies(default_storage(root / "results"))
     assert len(studies) == 1
-    records = Store(root / "results", studies[0]).records()
+    records = records_of(default_storage(root / "results"), studies[0])
     # grid: (64,64) x {nofa f16, fa f16, fa q8_0}: nofa q8_0 is left out (q8_0 V needs
     # flash attention)
     assert len(records) == GRID
@@ -68,9 +67,9 @@ def test_cpu_sweep_stores_verified_trials(swept: dict) -> None:
 
 def test_production_config_is_the_finalists_winner(swept: dict) -> None:
     root = swept["root"]
-    study = list_studies(root / "results")[0]
-    records = Store(root / "results", study).records()
-    final = load_finalists(root / "results", study)
+    store = require_study(default_storage(root / "results"))
+    records = store.records()
+    final = store.finalists()
     assert final is not None and len(final.finalists) >= 3  # the top 3 at least
     best = next(r for r in records if r.number == final.winner_trial)
     assert best.usable
@@ -128,10 +127,10 @@ def test_real_server_answers_from_the_written_config(swept: dict, tmp_path: Path
 
 def test_rerun_resumes_and_runs_nothing_new(swept: dict) -> None:
     root = swept["root"]
-    before = Store(root / "results", list_studies(root / "results")[0]).records()
+    before = require_study(default_storage(root / "results")).records()
     again = tuner(*sweep_args(swept["model"], root), cwd=root)
     assert again.returncode == 0, again.stderr
-    after = Store(root / "results", list_studies(root / "results")[0]).records()
+    after = require_study(default_storage(root / "results")).records()
     assert [r.trial_id for r in after] == [r.trial_id for r in before]
     assert "0 to run" in again.stderr
     assert (root / "configs" / "production.yaml.bak").exists()
@@ -146,5 +145,6 @@ def test_cuda_sweep_on_cpu_build_exits_3_with_the_install_hint(smollm2_path: Pat
     assert "cannot offload to a GPU" in line
     assert 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir ' \
            "llama-cpp-python" in proc.stderr
-    assert not list((tmp_path / "r").rglob("trials.jsonl")), "no trial ran"
+    url = default_storage(tmp_path / "r")
+    assert not any(records_of(url, s) for s in list_studies(url)), "no trial ran"
     assert not (tmp_path / "p.yaml").exists()

@@ -14,7 +14,7 @@ import pytest
 from tests import fault_tally
 from tests.cli_run import tuner
 from tests.spaces import write_space
-from tuner.store import Store, list_studies
+from tuner.studystore import default_storage, list_studies, records_of
 
 GRID = 4  # n_batch 16, 32, 48, 64; the fault hits n_batch=32, the second trial
 
@@ -40,8 +40,9 @@ def run_sweep(model: Path, root: Path, faults: str, timeout: float = 120) -> tup
                  "--out", root / "production.yaml", "--finalist-rounds", 0,
                  env={"TUNER_FAULTS": faults},
                  timeout=timeout)
-    studies = list_studies(root / "results")
-    records = Store(root / "results", studies[0]).records() if studies else []
+    url = default_storage(root / "results")
+    studies = list_studies(url)
+    records = records_of(url, studies[0]) if studies else []
     return proc, records
 
 

@@ -22,7 +22,8 @@ from tests.cli_run import REPO, digest_tree, one_line_error, tuner
 from tests.malformed_corpus import run_unprivileged_prefix, world_readable_tmpdir
 from tests.spaces import write_space
 from tests.test_bad_input import bad_sweep, stored  # noqa: F401 - the shared stored sweep
-from tuner.store import Store
+from tuner.storeerrors import open_storage
+from tuner.studystore import IDENTITY, default_storage, records_of
 
 State = optuna.trial.TrialState
 
@@ -36,7 +37,7 @@ def sweep(model: Path, root: Path, *extra: object, study: str = "h", env=None, t
 
 
 def records(root: Path, study: str = "h") -> list:
-    return Store(root / "results", study).records()
+    return records_of(default_storage(root / "results"), study)
 
 
 def states(root: Path, study: str = "h") -> list:
@@ -98,16 +99,18 @@ def other_model(tiny_model: Path, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("damage", ["deleted", "invalid"])
-def test_records_refuse_another_model_without_study_json(damage: str, tiny_model: Path,
-                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize("identity", [None, "not a dict"])
+def test_records_refuse_another_model_without_the_study_identity(identity: object,
+                                                                 tiny_model: Path,
+                                                                 tmp_path: Path) -> None:
+    """The stored records are the study's identity too, whatever its identity attribute says
+    (unset, as by a study begun before it existed, or damaged)."""
     space = write_space(tmp_path / "s.yaml", n_batch=[16], n_ubatch=[16])
     assert sweep(tiny_model, tmp_path, "--space", space).returncode == 0
-    meta = tmp_path / "results" / "h" / "study.json"
-    if damage == "deleted":
-        meta.unlink()
-    else:
-        meta.write_text("{not json")
+    url = default_storage(tmp_path / "results")
+    storage = open_storage(url)
+    storage.set_study_user_attr(storage.get_study_id_from_name("h"), IDENTITY, identity)
+    storage.engine.dispose()
     before = digest_tree(tmp_path)
     proc = sweep(other_model(tiny_model, tmp_path), tmp_path, "--space", space)
     assert proc.returncode == 2
@@ -119,17 +122,14 @@ def test_records_refuse_another_model_without_study_json(damage: str, tiny_model
     assert after == before, "nothing stored changed; no trial of the other model admitted"
 
 
-def test_storage_refuses_another_model_when_records_are_gone(tiny_model: Path,
-                                                              tmp_path: Path) -> None:
+def test_storage_refuses_another_model(tiny_model: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path / "s.yaml", n_batch=[16], n_ubatch=[16])
     assert sweep(tiny_model, tmp_path, "--space", space).returncode == 0
-    store_dir = tmp_path / "results" / "h"
-    (store_dir / "study.json").unlink()
-    (store_dir / "trials.jsonl").rename(tmp_path / "moved.jsonl")
+    before = records(tmp_path)
     proc = sweep(other_model(tiny_model, tmp_path), tmp_path, "--space", space)
     assert proc.returncode == 2
-    assert "another model, device or workload" in one_line_error(proc)
-    assert not (store_dir / "trials.jsonl").exists()
+    assert "another model" in one_line_error(proc)
+    assert records(tmp_path) == before
 
 
 # -- 4. the end checked at the start, in a clean environment -------------------------------------
@@ -172,7 +172,7 @@ def test_unwritable_out_folder_refused_before_any_trial(tiny_model: Path) -> Non
                  env={"PYTHONNOUSERSITE": "1", "HOME": str(root)})
     assert proc.returncode == 2, proc.stderr
     assert "not writable" in one_line_error(proc)
-    assert not list(results.rglob("trials.jsonl")), "no trial ran"
+    assert not (results / "optuna.db").exists(), "no trial ran"
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -202,13 +202,20 @@ def test_damaged_store_is_one_line_and_never_reuses_numbers(damage: str, code: i
     elif damage == "directory":
         db.unlink()
         db.mkdir()
-    else:
+    else:  # an older version's results folder (its records in trials.jsonl), storage emptied
+        export = tuner("report", "--results", done_study / "results", "--format", "jsonl",
+                       "-o", done_study / "results" / "h" / "trials.jsonl")
+        assert export.returncode == 0, export.stderr
         db.write_bytes(b"")
-    before = records(done_study)
+    before = digest_tree(done_study)
     proc = sweep(tiny_model, done_study, "--space", done_study / "s.yaml")
     assert proc.returncode == code, proc.stderr
     assert phrase in proc.stderr and one_line_error(proc)
-    assert records(done_study) == before
+    after = digest_tree(done_study)
+    if damage == "emptied":  # opening an empty file makes optuna's tables: no trial in them
+        assert records(done_study) == [] and after.pop("results/optuna.db")
+        before.pop("results/optuna.db")
+    assert after == before, "nothing stored changed"
 
 
 def test_unknown_storage_scheme(done_study: Path, tiny_model: Path) -> None:
@@ -249,7 +256,7 @@ def test_full_disk_stops_with_exit_3_and_resumes(storage_on_full_disk: bool, tin
                       disk / "results", "--out", tmp_path / "p.yaml", "--study", "h",
                       "--trials", 1, *args)
         assert first.returncode == 0, first.stderr
-        before = Store(disk / "results", "h").records()
+        before = records(disk)
         with open(disk / "filler", "wb", buffering=0) as f:  # fill the disk to the last byte
             for chunk in (65536, 4096, 512, 1):
                 try:
@@ -265,14 +272,16 @@ def test_full_disk_stops_with_exit_3_and_resumes(storage_on_full_disk: bool, tin
         assert "full" in line or "space" in line, line
         assert "free space" in full.stderr
         (disk / "filler").unlink()
-        # A record may still fit in the last page of trials.jsonl (tmpfs allocates per page):
-        # whatever was stored is whole, nothing earlier is lost, nothing is there twice.
-        assert_kept(before, Store(disk / "results", "h").records())
+        # A record may still fit in a free page of the database: whatever was stored is whole,
+        # nothing earlier is lost, nothing is there twice.
+        assert_kept(before, records(disk) if storage_on_full_disk else records_of(
+            f"sqlite:///{tmp_path / 'optuna.db'}", "h"))
         again = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--prompt-tokens", 32,
                       "--gen-tokens", 2, "--repetitions", 1, "--warmup", 0, "--results",
                       disk / "results", "--out", tmp_path / "p.yaml", "--study", "h", *args)
         assert again.returncode == 0, again.stderr
-        after = Store(disk / "results", "h").records()
+        after = records(disk) if storage_on_full_disk else records_of(
+            f"sqlite:///{tmp_path / 'optuna.db'}", "h")
         assert_kept(before, after)
         assert len(after) == 3
     finally:

@@ -19,7 +19,7 @@ from tuner.errors import BadInput
 from tuner.report import rows
 from tuner.space import Space, default_space, grid, load_space
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
-from tuner.store import Store
+from tuner.studystore import default_storage, require_study
 from tuner.worker.bench import context_params
 from tuner.worker.opproof import proof_key
 
@@ -119,8 +119,7 @@ def test_cpu_sweep_end_to_end(tmp_path: Path, smollm2_path: Path) -> None:
                  "--served-requests", 0, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    study = next(p for p in results.iterdir() if (p / "trials.jsonl").exists())
-    records = sorted(Store(results, study.name).records(), key=lambda r: r.number)
+    records = require_study(default_storage(results)).records()  # by trial number
     assert [r.spec.context.op_offload for r in records] == [True, False]
     for r in records:
         assert r.state.value == "complete" and r.verification.verified, r.verification.reasons

@@ -11,7 +11,7 @@ import pytest
 
 from tests.cli_run import tuner
 from tests.headless import chromium, page_of
-from tests.report_data import enriched_copy, h200_results
+from tests.report_data import enriched_copy, exported, h200_results
 
 SECTIONS = ("The answer", "Roofline", "Effect of each setting", "Charts", "Finalists",
             "Warnings", "Worker drift", "Placement proof of the winner", "Environment",
@@ -96,7 +96,8 @@ def test_compare_as_html(cpu_sweep: dict, tmp_path: Path) -> None:
     h200 = h200_results(tmp_path / "results")
     out = tmp_path / "cmp.html"
     proc = tuner("report", "--results", h200["results"], "--format", "html", "-o", out,
-                 "--compare", h200["study"], cpu_sweep["results"] / cpu_sweep["study"])
+                 "--compare", h200["study"],
+                 exported(cpu_sweep["results"], cpu_sweep["study"], tmp_path / "cpu.jsonl"))
     assert proc.returncode == 0, proc.stderr
     html = out.read_text()
     self_contained(html)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.cli_run import REPO, one_line_error, tuner
-from tests.report_data import enriched_copy, h200_results
+from tests.report_data import enriched_copy, exported, h200_results
 from tuner.analysis import effects, importance, pareto
 from tuner.overview import overview
-from tuner.store import Store
+from tuner.studystore import default_storage, records_of
 
 WIDTH = 100
 
@@ -30,7 +30,7 @@ def lines_fit(text: str, width: int = WIDTH) -> None:
 @pytest.fixture(scope="module")
 def sweep(cpu_sweep: dict) -> dict:
     assert cpu_sweep["proc"].returncode == 0, cpu_sweep["proc"].stderr[-3000:]
-    records = Store(cpu_sweep["results"], cpu_sweep["study"]).records()
+    records = records_of(default_storage(cpu_sweep["results"]), cpu_sweep["study"])
     assert len(records) == 4 and all(r.usable for r in records), [r.verification for r in records]
     return {**cpu_sweep, "records": records}
 
@@ -53,7 +53,7 @@ def test_default_view_answers_within_100_columns(sweep: dict) -> None:
     best = min(sweep["records"], key=lambda r: r.objective)
     base = next(r for r in sweep["records"] if r.number == 0)  # the defaults run first
     assert f"#{best.number} {best.spec.label()}" in text
-    assert "not re-measured (no finalists.json)" in text
+    assert "not re-measured (no finalist report)" in text
     assert "verified    yes: " in text and best.verification.summary in text
     assert "runner-up" in text and "the winner's time" in text
     assert f"#{base.number} {base.spec.label()} (llama-cpp-python's defaults)" in text
@@ -199,26 +199,26 @@ def test_h200_study_view(h200: dict) -> None:
     assert trials.stdout.count(" yes") >= 36
 
 
-def test_compare_two_studies(sweep: dict, enriched: dict, h200: dict) -> None:
-    same = tuner("report", "--results", sweep["results"], "--compare", sweep["study"],
-                 enriched["results"] / enriched["study"])
+def test_compare_two_studies(sweep: dict, enriched: dict, h200: dict, tmp_path: Path) -> None:
+    theirs = exported(enriched["results"], enriched["study"], tmp_path / "enriched.jsonl")
+    ours = exported(sweep["results"], sweep["study"], tmp_path / "cpu.jsonl")
+    same = tuner("report", "--results", sweep["results"], "--compare", sweep["study"], theirs)
     assert same.returncode == 0, same.stderr
     lines_fit(same.stdout)
     assert "B/A" in same.stdout and "beyond" in same.stdout
     data = json.loads(tuner("report", "--results", sweep["results"], "--format", "json",
-                            "--compare", sweep["study"],
-                            enriched["results"] / enriched["study"] / "trials.jsonl").stdout)
+                            "--compare", sweep["study"], theirs).stdout)
     matched = [r for r in data if r["what"] == "request s"]
     assert len(matched) == 4
     for r in matched:  # the same records on both sides (one re-stored as throttled)
         assert r["b_over_a"] == pytest.approx(1.0, abs=1e-3) and r["beyond_noise"] == "no"
     cross = tuner("report", "--results", h200["results"], "--format", "json", "--compare",
-                  h200["study"], sweep["results"] / sweep["study"])
+                  h200["study"], ours)
     rows = json.loads(cross.stdout)
     assert rows[0]["what"] == "winner request s" and rows[0]["beyond_noise"] == "yes"
     assert rows[0]["b_over_a"] == pytest.approx(rows[0]["b"] / rows[0]["a"], rel=1e-2)
     as_csv = tuner("report", "--results", h200["results"], "--format", "csv", "--compare",
-                   h200["study"], sweep["results"] / sweep["study"]).stdout
+                   h200["study"], ours).stdout
     assert list(csv.DictReader(io.StringIO(as_csv)))[0]["beyond_noise"] == "yes"
     missing = tuner("report", "--results", sweep["results"], "--compare", sweep["study"], "nope")
     assert missing.returncode == 2 and "no study 'nope'" in one_line_error(missing)

@@ -18,7 +18,7 @@ import optuna
 from tests import fault_tally
 from tests.cli_run import REPO, tuner
 from tests.spaces import write_space
-from tuner.store import Store
+from tuner.studystore import default_storage, records_of
 
 GRID = 8
 State = optuna.trial.TrialState
@@ -42,7 +42,7 @@ def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
 
 
 def records(root: Path) -> list:
-    return Store(root / "results", "resume").records()
+    return records_of(default_storage(root / "results"), "resume")
 
 
 def optuna_trials(root: Path) -> list:
@@ -135,19 +135,50 @@ def test_report_while_a_sweep_writes(tiny_model: Path, tmp_path: Path) -> None:
     assert len(hung) == 1 and hung[0].state.value == "timeout"
 
 
-def test_torn_record_is_dropped_and_repaired(tiny_model: Path, tmp_path: Path) -> None:
-    """A parent killed inside a write leaves half a line: readers skip it, the next append cuts
-    it, and its trial (never told done) is run again."""
-    root = tmp_path / "torn"
+KILLED_AFTER_STORING = """
+import os, signal, sys
+from tests.records_factory import make_record
+from tuner.planner import Planner
+from tuner.specs import Workload
+url, = sys.argv[1:]
+rec = make_record(0, device="cpu", n_batch=24, n_ubatch=16, study="resume",
+                  workload=Workload(prompt_tokens=128, gen_tokens=4, n_ctx=256, repetitions=1,
+                                    warmup=0))
+planner = Planner("resume", url)
+planner.enqueue([rec.spec], set())
+number, spec = planner.ask()
+rec = rec.model_copy(update={"number": number, "trial_id": "killed-after-storing",
+                           "environment": None})  # no model hash to contradict
+trial_id = planner.storage.get_trial_id_from_study_id_trial_number(
+    planner.study._study_id, number)
+planner.store.put_record(trial_id, rec)  # what Planner.tell does first ...
+print(number, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # ... and the parent dies before the state is told
+"""
+
+
+def test_record_stored_but_not_told_is_told_on_resume(tiny_model: Path, tmp_path: Path) -> None:
+    """A parent killed between storing a record with its trial and telling the trial's state
+    leaves a RUNNING trial holding its record: the next sweep tells it from the record (kept,
+    not retried)."""
+    root = tmp_path / "told"
     args = sweep_args(tiny_model, root)
     first = tuner(*args, "--trials", "2")
     assert first.returncode == 0, first.stderr
-    path = Store(root / "results", "resume").path
-    whole = path.read_bytes()
-    path.write_bytes(whole + b'{"study": "resume", "trial_id": "half-writ')
-    assert len(records(root)) == 2
+    url = default_storage(root / "results")
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_STORING, url], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                            text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    number = int(killed.stdout.split()[0])
+    assert {t.number: t.state for t in optuna_trials(root)}[number] == State.RUNNING
+    assert [r.number for r in records(root)] == [0, 1, number]
     again = tuner(*args)
     assert again.returncode == 0, again.stderr
-    assert len(records(root)) == GRID
-    assert all(line.endswith("}") for line in path.read_text().splitlines())
-    assert path.read_bytes().startswith(whole)
+    assert "interrupted trial(s) retried" not in again.stderr, "nothing was lost"
+    trials = {t.number: t for t in optuna_trials(root)}
+    assert trials[number].state == State.COMPLETE
+    assert trials[number].user_attrs["trial_id"] == "killed-after-storing"
+    final = records(root)
+    assert len(final) == GRID + 1 and len({r.spec_key for r in final}) == GRID + 1
+    assert State.RUNNING not in {t.state for t in trials.values()}

@@ -12,7 +12,7 @@ from tests.report_data import h200_results
 from tuner.errors import BadModel
 from tuner.ggufshape import read_shape
 from tuner.roofline import peak_for, roofline
-from tuner.store import Store
+from tuner.studystore import default_storage, records_of
 
 
 @pytest.mark.parametrize("name,peak", [
@@ -54,7 +54,7 @@ def test_a_damaged_header_is_one_line(tmp_path: Path, tiny_model: Path) -> None:
 
 
 def test_cpu_trial_shares_with_given_peaks(cpu_sweep: dict) -> None:
-    rec = min(Store(cpu_sweep["results"], cpu_sweep["study"]).records(),
+    rec = min(records_of(default_storage(cpu_sweep["results"]), cpu_sweep["study"]),
               key=lambda r: r.objective)
     none = roofline(rec)
     assert none.bandwidth_share is None and "no peak known" in none.peak_source
@@ -70,7 +70,7 @@ def test_cpu_trial_shares_with_given_peaks(cpu_sweep: dict) -> None:
 
 
 def test_model_file_gone_or_changed(cpu_sweep: dict, tmp_path: Path, tiny_model: Path) -> None:
-    rec = Store(cpu_sweep["results"], cpu_sweep["study"]).records()[0]
+    rec = records_of(default_storage(cpu_sweep["results"]), cpu_sweep["study"])[0]
     gone = rec.model_copy(update={"environment": rec.environment.model_copy(
         update={"model_path": str(tmp_path / "moved.gguf")})})
     r = roofline(gone, peak_tflops=1)
@@ -84,7 +84,7 @@ def test_h200_winner_roofline(tmp_path: Path) -> None:
     """The real H200 record: weights are the model's CUDA buffers from the load log, KV bytes
     per token of depth are the KV buffer over n_ctx, the peak is the H200 SXM's 4.8 TB/s."""
     h = h200_results(tmp_path)
-    rec = next(r for r in Store(h["results"], h["study"]).records() if r.number == 22)
+    rec = next(r for r in records_of(default_storage(h["results"]), h["study"]) if r.number == 22)
     r = roofline(rec)
     assert r.peak_name == "H200 SXM" and r.peak_bandwidth_gbs == 4800
     assert r.weight_bytes == pytest.approx(4403.49 * 2**20)

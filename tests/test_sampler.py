@@ -6,7 +6,6 @@ history."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
@@ -14,6 +13,7 @@ import yaml
 from tests.cli_run import tuner
 from tuner.sampler import AUTO_GRID, Finished, TpeOrder, dimensions, resolve, stagnation
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec
+from tuner.studystore import default_storage, require_study
 
 
 def spec(nb: int, nu: int, fa: bool, tk: str = "f16", build: str = "installed") -> TrialSpec:
@@ -118,8 +118,8 @@ def _sweep(model: Path, tmp: Path, *extra: object):  # type: ignore[no-untyped-d
 
 
 def _trials(tmp: Path) -> list[dict]:
-    (path,) = (tmp / "results").glob("*/trials.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r.model_dump(mode="json")
+            for r in require_study(default_storage(tmp / "results")).records()]
 
 
 def test_a_tpe_sweep_stops_on_its_rule_and_says_why(tiny_model: Path, tmp_path: Path) -> None:

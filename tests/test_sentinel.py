@@ -10,10 +10,9 @@ from pathlib import Path
 
 from tests.cli_run import tuner
 from tuner.drift import worker_drift
-from tuner.finalists_store import load_drift, load_finalists
 from tuner.runner import Runner, SentinelResult
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
-from tuner.store import Store
+from tuner.studystore import default_storage, records_of, require_study
 from tuner.worker.protocol import Measured
 
 CPU = ModelSettings(device="cpu", build="installed")
@@ -84,22 +83,22 @@ def test_a_sweep_remeasures_its_leaders_and_writes_the_decision(tiny_model: Path
             "--served-requests", 0)
     proc = tuner(*args)
     assert proc.returncode == 0, proc.stderr
-    report = load_finalists(tmp_path / "r", "fin")
+    report = require_study(default_storage(tmp_path / "r"), "fin").finalists()
     assert report is not None and len(report.finalists) == 2
     # Two rounds each; an undecided pair gets more, with the leader, up to twice the rounds.
     assert all(2 <= f.rounds <= 4 and f.samples == 2 * f.rounds and f.verified
                for f in report.finalists)
     leader = next(f for f in report.finalists if f.trial == report.leader_trial)
     assert all(f.rounds <= leader.rounds for f in report.finalists)
-    assert report.winner_trial in {r.number for r in Store(tmp_path / "r", "fin").records()}
+    assert report.winner_trial in {r.number for r in records_of(default_storage(tmp_path / "r"), "fin")}
     side = json.loads(out.with_name("prod.tuner.json").read_text())
     assert side["finalists"]["winner_trial"] == report.winner_trial
     assert side["provenance"]["number"] == report.winner_trial
     assert "finalists re-measured in fresh workers" in proc.stdout
-    drifts = load_drift(tmp_path / "r", "fin")
+    drifts = require_study(default_storage(tmp_path / "r"), "fin").drifts()
     assert len(drifts) == 1 and drifts[0].trials == [0, 1]  # one worker, two trials
     # A re-run of the finished study decides from what is stored: nothing is measured again.
     again = tuner(*args)
     assert again.returncode == 0, again.stderr
-    assert load_finalists(tmp_path / "r", "fin") == report
-    assert len(load_drift(tmp_path / "r", "fin")) == 1
+    assert require_study(default_storage(tmp_path / "r"), "fin").finalists() == report
+    assert len(require_study(default_storage(tmp_path / "r"), "fin").drifts()) == 1

@@ -23,7 +23,7 @@ from tests import fault_tally
 from tests.cli_run import REPO
 from tests.spaces import write_space
 from tuner import claims as claims_mod
-from tuner.store import Store
+from tuner.studystore import default_storage, records_of
 
 REPS = 3
 GRID = 6  # n_batch 8, 16, 32 x flash attention off, on
@@ -58,7 +58,7 @@ def test_concurrent_sweeps_share_one_study(n: int, tiny_model: Path, tmp_path: P
         args = race_args(tiny_model, root, finalists=rep == 0)
         procs = [start(args) for _ in range(n)]  # started together: they race on creation too
         outs = [(p.wait(timeout=300), *p.communicate()) for p in procs]
-        records = Store(root / "results", "shared").records()
+        records = records_of(default_storage(root / "results"), "shared")
         keys = [r.spec_key for r in records]
         crashed = sum(1 for rc, so, se in outs if rc != 0 or "Traceback" in se)
         duplicates = len(keys) - len(set(keys))
@@ -101,7 +101,7 @@ def test_a_live_sweeps_trial_is_never_closed_by_another(tiny_model: Path,
                             text=True, timeout=300)
     rc = first.wait(timeout=300)
     so, se = first.communicate()
-    records = Store(root / "results", "shared").records()
+    records = records_of(default_storage(root / "results"), "shared")
     keys = [r.spec_key for r in records]
     crashed = rc != 0 or second.returncode != 0 or "Traceback" in se + second.stderr
     fault_tally.record("live trial + second sweep", crashed, GRID - len(set(keys)))

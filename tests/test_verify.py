@@ -23,7 +23,7 @@ from tuner.deploy import read_env_file, render_env_file
 from tuner.prodconfig import write_production
 from tuner.records import ServedFigures, Stat
 from tuner.served import measure_served
-from tuner.store import Store, list_studies
+from tuner.studystore import default_storage, require_study
 from tuner.verify import compare
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -45,7 +45,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> Pa
                  "--prompt-tokens", 32, "--gen-tokens", 8, "--n-ctx", 64, "--repetitions", 1,
                  "--results", root / "results", "--out", out, "--finalist-rounds", 0, cwd=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    record = next(r for r in Store(root / "results", list_studies(root / "results")[0]).records()
+    record = next(r for r in require_study(default_storage(root / "results")).records()
                   if r.usable)
     served = measure_served(smollm2_path, record.spec, record.workload, None, requests=3)
     write_production(record, out, model_path=str(smollm2_path), results_dir=root / "results",

@@ -135,16 +135,23 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
 @cli.command()
 @click.option("--results", "results_dir", type=click.Path(path_type=Path),
               default=Path("results"), show_default=True)
-@click.option("--study", default=None, help="Study to show (default: every study found).")
+@click.option("--storage", default=None,
+              help="Optuna storage URL holding the studies (default: the sweep's, "
+                   "sqlite under the results dir).")
+@click.option("--study", default=None,
+              help="Study to show: a name, or a JSONL export / old study folder by path "
+                   "(default: every study of the storage).")
 @click.option("--format", "fmt",
-              type=click.Choice(["table", "trials", "md", "csv", "json", "html"]),
+              type=click.Choice(["table", "trials", "md", "csv", "json", "html", "jsonl"]),
               default="table", show_default=True,
               help="table: the answer and each setting's effect; trials: every trial; "
-                   "md/csv/json: every trial as data; html: one self-contained page with plots.")
+                   "md/csv/json: every trial as data; html: one self-contained page with plots; "
+                   "jsonl: the export, every full trial record one per line.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
               help="Write the report to this file instead of the terminal.")
 @click.option("--compare", nargs=2, default=None, metavar="A B",
-              help="Two studies side by side: names under --results, or study folders.")
+              help="Two studies side by side: names in the storage, or JSONL exports / "
+                   "study folders by path.")
 @click.option("--peak-bandwidth-gbs", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Roofline: the device's peak memory bandwidth in GB/s (default: by GPU name).")
 @click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -152,7 +159,8 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
 @click.option("--model-file", type=click.Path(path_type=Path), default=None,
               help="Roofline: a copy of the GGUF to count parameters from, when the recorded "
                    "model path is gone.")
-def report(results_dir: Path, study: str | None, fmt: str, output: Path | None,
+def report(results_dir: Path, storage: str | None, study: str | None, fmt: str,
+           output: Path | None,
            compare: tuple[str, str] | None, peak_bandwidth_gbs: float | None,
            peak_tflops: float | None, model_file: Path | None) -> None:
     """The winner and how sure it is, the runner-up, the gain over llama-cpp-python's
@@ -165,14 +173,17 @@ def report(results_dir: Path, study: str | None, fmt: str, output: Path | None,
       tuner report --format trials
       tuner report --format html -o report.html
       tuner report --compare h100-study h200-study
+      tuner report --study NAME --format jsonl -o NAME.jsonl
+      tuner report --compare NAME other-machine.jsonl
     """
     from tuner.preflight import check_output_path
     from tuner.render import print_report
     from tuner.reporting import Peaks
+    from tuner.studystore import default_storage
 
     if output is not None:
         check_output_path(output)
-    print_report(out, results_dir, study, fmt, output, compare,
+    print_report(out, storage or default_storage(results_dir), study, fmt, output, compare,
                  Peaks(peak_bandwidth_gbs, peak_tflops, model_file))
 
 

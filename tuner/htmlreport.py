@@ -208,7 +208,7 @@ def _served_cells(served: dict | None) -> list[str]:
 
 def _finalists(f: FinalistReport | None) -> str:
     if f is None:
-        return ("<p class=muted>No finalist re-measurement stored (finalists.json): the winner "
+        return ("<p class=muted>No finalist re-measurement stored: the winner "
                 "above is the best search trial.</p>")
     rows = [[x.trial, x.label, x.rounds, x.samples,
              f"{secs(x.request_seconds.value)} [{secs(x.request_seconds.low)}-"
@@ -228,7 +228,7 @@ def _finalists(f: FinalistReport | None) -> str:
 
 def _drift(drifts: list[WorkerDrift]) -> str:
     if not drifts:
-        return "<p class=muted>No drift sentinel records stored (drift.jsonl).</p>"
+        return "<p class=muted>No drift sentinel records stored.</p>"
     rows = [[d.worker_id, d.build, f"#{d.first_trial}", ", ".join(map(str, d.trials)),
              "" if d.pp_drift is None else f"{d.pp_drift * 100:+.1f}%",
              "" if d.tg_drift is None else f"{d.tg_drift * 100:+.1f}%",

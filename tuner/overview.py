@@ -216,7 +216,7 @@ def overview(study: str, records: list[TrialRecord], finalists: FinalistReport |
             if len(ranked) > 1:
                 runner = _from_record(ranked[1])
                 gap = _ratio(runner.request_s, winner.request_s)
-        note = ("best search trial; not re-measured (no finalists.json), so its figures carry "
+        note = ("best search trial; not re-measured (no finalist report), so its figures carry "
                 "the search's noise and the winner's curse")
     base = stock_baseline(win_rec, records) if win_rec is not None else None
     gain = pp_gain = None

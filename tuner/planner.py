@@ -1,7 +1,8 @@
 """The study: which trial runs next. The plan is the grid of the current search space, walked
-lazily in order; what is finished or running lives in the study's storage (optuna's trials and
-the claims of tuner/claims.py), so a sweep killed at any moment resumes where it stopped and any
-number of sweeps of one study share the grid: a setting runs once, by the sweep that claimed it.
+lazily in order; what is finished or running lives in the study's storage (optuna's trials, each
+finished one holding its full record (tuner/studystore.py), and the claims of tuner/claims.py),
+so a sweep killed at any moment resumes where it stopped and any number of sweeps of one study
+share the grid: a setting runs once, by the sweep that claimed it.
 
 A study outlives its search space: trials of settings outside the current space stay as history
 (each optuna trial and record carries the ``space_id`` it was planned under) and are left out of
@@ -30,6 +31,7 @@ from tuner.records import TrialRecord
 from tuner.sampler import Finished, TpeOrder
 from tuner.specs import TrialSpec
 from tuner.storeerrors import open_storage, storage_error
+from tuner.studystore import RECORD, StudyStore
 
 optuna.logging.set_verbosity(logging.WARNING)
 T = TypeVar("T")
@@ -42,6 +44,7 @@ class Planner:
         self.study = self._guard(lambda: optuna.create_study(
             study_name=study, storage=self.storage, direction="minimize", load_if_exists=True))
         self.claims = self._guard(lambda: Claims(self.storage.engine, study))
+        self.store = StudyStore(self.storage, self.study._study_id, study, storage)
         self.started = time.time()
         self._config_key: str | None = None
         self.plan: dict[str, TrialSpec] = {}
@@ -61,6 +64,10 @@ class Planner:
             raise storage_error(e, self.url) from None
 
     # -- identity and consistency with the records -------------------------------------------
+    def records(self) -> list[TrialRecord]:
+        """Every record stored in the study, by trial number."""
+        return self._guard(self.store.records)
+
     def check_identity(self, identity: dict[str, Any]) -> None:
         """The study's model, device and workload, kept in the storage itself (shared by every
         host): set by the first sweep, refused when another sweep differs."""
@@ -72,8 +79,9 @@ class Planner:
                            "device or workload; pick another --study to keep both")
 
     def check_numbers(self, records: list[TrialRecord]) -> None:
-        """Refuse a storage that lost trials the records already name (emptied, replaced):
-        a new study would reuse their numbers."""
+        """Refuse a storage that lost trials the records of an older version's results
+        folder (trials.jsonl) already name (emptied, replaced): a new study would reuse their
+        numbers."""
         if not records:
             return
         count = self._guard(lambda: len(self.study.get_trials(deepcopy=False)))
@@ -88,7 +96,7 @@ class Planner:
     # -- closing what dead sweeps left -------------------------------------------------------
     def reconcile(self, records: list[TrialRecord]) -> int:
         """Close trials left RUNNING by sweeps that are gone (never one of a live sweep): told
-        their result if the record reached the store, failed (and so run again) if not. Trials
+        their result if their record was stored, failed (and so run again) if not. Trials
         queued by older tuner versions are failed as superseded. Returns how many will be
         retried."""
         return self._guard(lambda: self._reconcile(records))
@@ -104,7 +112,7 @@ class Planner:
                 continue  # a live sweep runs it
             rec = by_number.get(t.number)
             if rec is not None and rec.spec_key == key:
-                self._tell(t.number, rec)
+                self._tell(t.number, rec, store=RECORD not in t.user_attrs)  # else: legacy
                 if c is not None and c.owner == owner:
                     self.claims.done(key, owner)
                 continue
@@ -202,15 +210,21 @@ class Planner:
         return number
 
     def tell(self, number: int, record: TrialRecord) -> None:
-        """Tell optuna the trial's result and mark its setting done for every sweep."""
+        """Store the trial's record with it, tell optuna its result and mark its setting done
+        for every sweep. The record goes first: a sweep killed before the state is told leaves
+        a RUNNING trial holding its record, which the next sweep's reconcile tells."""
         def tell() -> None:
             self._tell(number, record)
             self.claims.done(record.spec_key)
         self._guard(tell)
 
-    def _tell(self, number: int, record: TrialRecord) -> None:
+    def _tell(self, number: int, record: TrialRecord, store: bool = True) -> None:
         storage = self.storage
         trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        if storage.get_trial(trial_id).state.is_finished():
+            return  # told already (by this sweep's release or another sweep's reconcile)
+        if store:
+            self.store.put_record(trial_id, record)
         storage.set_trial_user_attr(trial_id, "tuner_state", record.state.value)
         storage.set_trial_user_attr(trial_id, "verified", record.verification.verified)
         storage.set_trial_user_attr(trial_id, "trial_id", record.trial_id)
@@ -235,16 +249,20 @@ class Planner:
             pass
 
     # -- the end of a sweep ------------------------------------------------------------------
-    def release(self, records: list[TrialRecord]) -> None:
+    def release(self) -> None:
         """On an interrupted sweep: each setting this process still holds is told its stored
         record, or failed and released so the next sweep runs it again. Best effort."""
         self.claims.stop_heartbeat()
-        by_number = {r.number: r for r in records}
+        try:
+            by_number = {r.number: r for r in self.records()}
+        except TunerError:
+            by_number = {}
         for c in self.claims.mine():
             try:
                 rec = by_number.get(c.trial_number) if c.trial_number is not None else None
                 if c.trial_number is not None and rec is not None and rec.spec_key == c.spec_key:
-                    self.tell(c.trial_number, rec)
+                    self._guard(functools.partial(self._tell, c.trial_number, rec, store=False))
+                    self._guard(functools.partial(self.claims.done, c.spec_key))
                     continue
                 if c.trial_number is not None:
                     self._fail(c.trial_number, "interrupted")

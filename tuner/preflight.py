@@ -72,7 +72,7 @@ def preflight_config(spec: TrialSpec, workload: Workload, model_path: str,
 def check_records_identity(records: list[TrialRecord], study: str, sha256: str, device: Device,
                            workload: Workload) -> None:
     """Every stored record must come from this model (SHA-256), device and workload shape:
-    the records themselves are the study's identity, whatever study.json says."""
+    the records themselves are the study's identity, whatever the study's stored identity says."""
     shape = (workload.prompt_tokens, workload.gen_tokens, workload.n_ctx)
     for r in records:
         env_sha = r.environment.model_sha256 if r.environment else None

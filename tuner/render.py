@@ -75,7 +75,7 @@ class SweepProgress:
 def print_sweep_result(out: Path, result: Any) -> None:
     c = Console(highlight=False, soft_wrap=True)
     c.print(f"study {result.study}: {len(result.ran)} trial(s) run now, {len(result.records)} "
-            f"stored in {result.store_path}", markup=False)
+            f"stored in {result.storage}", markup=False)
     if getattr(result, "stop_reason", ""):
         times = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
         c.print(f"search ({result.sampler}): {result.stop_reason}; saw {result.seen} of "
@@ -105,7 +105,7 @@ def print_sweep_result(out: Path, result: Any) -> None:
         c.print(f"previous config kept as {result.written.backup}", markup=False)
 
 
-def print_report(console: Console, results_dir: Path, study: str | None, fmt: str,
+def print_report(console: Console, storage: str, study: str | None, fmt: str,
                  output: Path | None, compare: tuple[str, str] | None = None,
                  peaks: Any = None) -> None:
     """Show (or write to ``output``) the report the library renders: the terminal views keep
@@ -120,10 +120,10 @@ def print_report(console: Console, results_dir: Path, study: str | None, fmt: st
         raise BadInput("give either --study or --compare A B, not both")
     peaks = peaks or Peaks()
     if compare:
-        a, b = (resolve_study(x, results_dir) for x in compare)
+        a, b = (resolve_study(x, storage) for x in compare)
         text = compare_report(a, b, fmt)
     else:
-        studies = studies_to_show(results_dir, study)
+        studies = studies_to_show(storage, study)
         if output is None and fmt in TERMINAL:
             console.print(renderable(studies, fmt, peaks), width=min(console.width, WIDTH))
             return

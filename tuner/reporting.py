@@ -4,6 +4,7 @@
 - ``trials``: every trial, cut to 100 columns (``tuner.views.trials_view``)
 - ``md``, ``csv``, ``json``: the report rows of every study (``tuner.exporters``)
 - ``html``: one self-contained page (``tuner.htmlreport``)
+- ``jsonl``: the export: every trial's full record, one per line (``tuner.store``)
 
 and the same for two studies compared side by side. The CLI picks one and prints or writes."""
 
@@ -23,10 +24,11 @@ from tuner.htmlreport import compare_html, study_html
 from tuner.overview import overview
 from tuner.report import rows
 from tuner.roofline import Roofline, roofline
+from tuner.store import export_jsonl
 from tuner.studydata import StudyData
 from tuner.views import WIDTH, compare_view, overview_view, render_text, trials_view
 
-FORMATS = ("table", "trials", "md", "csv", "json", "html")
+FORMATS = ("table", "trials", "md", "csv", "json", "html", "jsonl")
 TERMINAL = ("table", "trials")
 
 
@@ -69,6 +71,8 @@ def report(studies: list[StudyData], fmt: str, peaks: Peaks = Peaks(),
         raise BadInput(f"unknown report format {fmt!r} (known: {', '.join(FORMATS)})")
     if fmt in TERMINAL:
         return render_text(renderable(studies, fmt, peaks), width)
+    if fmt == "jsonl":
+        return export_jsonl([r for s in studies for r in s.records])
     if fmt == "html":
         if len(studies) != 1:
             names = ", ".join(s.name for s in studies)
@@ -93,6 +97,9 @@ def compare_report(a: StudyData, b: StudyData, fmt: str, width: int = WIDTH) -> 
     """Two studies side by side in format ``fmt`` (``trials`` shows the same as ``table``)."""
     if fmt not in FORMATS:
         raise BadInput(f"unknown report format {fmt!r} (known: {', '.join(FORMATS)})")
+    if fmt == "jsonl":
+        raise BadInput("--format jsonl exports a study's records; it does not compare two",
+                       "export each study with tuner report --study NAME --format jsonl -o FILE")
     c = comparison(a, b)
     if fmt in TERMINAL:
         return render_text(compare_view(c), width)

@@ -1,22 +1,29 @@
-"""The results store: one JSON line per finished trial under ``<results>/<study>/trials.jsonl``,
-appended and fsynced as each trial ends, so nothing is lost if the sweep dies. A reader (a
-report run while a sweep writes) sees only whole lines; a line torn by a killed writer is
-dropped on the next append and never read as a record."""
+"""Study names, a study's folder of logs, and the JSONL export: one ``TrialRecord`` per line.
+
+The study's state lives in optuna's storage (tuner/studystore.py). JSONL is only an export
+(``tuner report --format jsonl -o FILE``) and the layout of results folders written by older
+versions (``<results>/<study>/trials.jsonl`` with ``finalists.json`` and ``drift.jsonl``).
+Both stay readable, read-only, so studies from other machines can be compared and old results
+reported: a line that is torn (no newline) or not a record is skipped, never fatal."""
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import re
+import shutil
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tuner.errors import BadInput, EnvironmentUnfit
-from tuner.records import TrialRecord
+from tuner.records import FinalistReport, TrialRecord, WorkerDrift
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+TRIALS = "trials.jsonl"  # the file name older versions wrote records to
+FINALISTS = "finalists.json"
+DRIFT = "drift.jsonl"
+M = TypeVar("M", bound=BaseModel)
 
 
 def check_study_name(name: str) -> str:
@@ -25,95 +32,104 @@ def check_study_name(name: str) -> str:
     return name
 
 
-class Store:
-    def __init__(self, results_dir: Path, study: str) -> None:
-        self.results_dir = Path(results_dir)
-        self.study = check_study_name(study)
-        self.dir = self.results_dir / study
-        self.path = self.dir / "trials.jsonl"
+def check_results_dir(results_dir: Path) -> None:
+    """Refuse a results path that is a file, before anything is written."""
+    p = Path(results_dir)
+    if p.exists() and not p.is_dir():
+        raise BadInput(f"results path {p} exists and is not a directory")
 
-    def check(self) -> None:
-        """Refuse a results path that is a file, before anything is written."""
-        if self.results_dir.exists() and not self.results_dir.is_dir():
-            raise BadInput(f"results path {self.results_dir} exists and is not a directory")
 
-    def ensure(self) -> None:
-        self.check()
+def study_dir(results_dir: Path, study: str, *, create: bool = False) -> Path:
+    """``<results>/<study>``: where the study's worker logs go (its state is in the storage)."""
+    check_results_dir(results_dir)
+    d = Path(results_dir) / check_study_name(study)
+    if create:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise BadInput(f"cannot create results directory {self.dir}: {e.strerror}") from None
+            raise BadInput(f"cannot create results directory {d}: {e.strerror}") from None
+    return d
 
-    def _repair_torn_tail(self) -> None:
-        """Cut a last line without its newline: a record half-written by a killed process."""
-        try:
-            with open(self.path, "rb+") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                if size == 0:
-                    return
-                f.seek(size - 1)
-                if f.read(1) == b"\n":
-                    return
-                pos = size
-                while pos > 0:
-                    step = min(65536, pos)
-                    f.seek(pos - step)
-                    chunk = f.read(step)
-                    nl = chunk.rfind(b"\n")
-                    if nl >= 0:
-                        f.truncate(pos - step + nl + 1)
-                        break
-                    pos -= step
-                else:
-                    f.truncate(0)
-                f.flush()
-                os.fsync(f.fileno())
-        except FileNotFoundError:
-            return
 
-    def append(self, record: TrialRecord) -> None:
-        """Append one record. A write that fails (a full disk) leaves at most a torn line,
-        cut on the next append; the trial is then run again."""
-        self.ensure()
-        line = (record.model_dump_json() + "\n").encode()
-        try:
-            self._repair_torn_tail()
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                if os.write(fd, line) != len(line):
-                    raise OSError(errno.ENOSPC, "short write")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            hint = ("free space, then run the same command to resume"
-                    if e.errno in (errno.ENOSPC, errno.EDQUOT) else None)
-            raise EnvironmentUnfit(f"cannot store a trial record in {self.path}: "
-                                   f"{e.strerror or e}", hint=hint) from None
+def check_disk(folder: Path, need: int = 256 * 1024) -> None:
+    """Refuse to go on when the disk holding the study's folder (its worker logs) is full: a
+    worker that cannot write its log fails, and that says nothing of its setting. Exit 3; the
+    trial held is failed and run again by the next sweep."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < need:
+        raise EnvironmentUnfit(f"the disk holding {folder} is full",
+                               hint="free space, then run the same command to resume")
 
-    def records(self) -> list[TrialRecord]:
-        """Every whole record, once each (the first of any repeated trial_id)."""
-        if not self.path.exists():
-            return []
-        out: list[TrialRecord] = []
-        seen: set[str] = set()
-        with open(self.path, "rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break  # torn last line: a writer is mid-append or was killed
-                try:
-                    rec = TrialRecord.model_validate(json.loads(raw))
-                except (ValueError, ValidationError):
-                    continue
-                if rec.trial_id not in seen:
-                    seen.add(rec.trial_id)
-                    out.append(rec)
+
+def _lines(path: Path, model: type[M]) -> list[M]:
+    """Every whole, valid line of ``path`` as ``model``; [] when the file is absent."""
+    out: list[M] = []
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
         return out
+    except OSError as e:
+        raise BadInput(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break  # torn last line: a writer was killed mid-append
+            try:
+                out.append(model.model_validate(json.loads(raw)))
+            except (ValueError, ValidationError):
+                continue
+    return out
 
 
-def list_studies(results_dir: Path) -> list[str]:
-    root = Path(results_dir)
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "trials.jsonl").is_file())
+def read_jsonl(path: Path) -> list[TrialRecord]:
+    """The records of a JSONL export, once each (the first of any repeated trial_id)."""
+    seen: set[str] = set()
+    out = []
+    for rec in _lines(Path(path), TrialRecord):
+        if rec.trial_id not in seen:
+            seen.add(rec.trial_id)
+            out.append(rec)
+    return out
+
+
+def export_jsonl(records: list[TrialRecord]) -> str:
+    """The export: every record, one JSON object per line."""
+    return "".join(r.model_dump_json() + "\n" for r in records)
+
+
+def legacy_records(results_dir: Path, study: str) -> list[TrialRecord]:
+    """The records an older version kept in ``<results>/<study>/trials.jsonl``, or []."""
+    return read_jsonl(Path(results_dir) / study / TRIALS)
+
+
+def with_legacy(stored: list[TrialRecord], legacy: list[TrialRecord]) -> list[TrialRecord]:
+    """The storage's records, plus an older version's trials.jsonl records of trials that hold
+    no record in the storage (a study begun before records moved there), by trial number."""
+    numbers = {r.number for r in stored}
+    return sorted(stored + [r for r in legacy if r.number not in numbers], key=lambda r: r.number)
+
+
+def legacy_finalists(folder: Path) -> FinalistReport | None:
+    """An old results folder's finalists.json, or None; a file that is not one is bad input."""
+    path = Path(folder) / FINALISTS
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise BadInput(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return FinalistReport.model_validate_json(text)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "the file"
+        raise BadInput(f"{path} is not a finalist report: {where}: {first['msg']}",
+                       "delete it or run the finalist re-measurement again") from None
+
+
+def legacy_drifts(folder: Path) -> list[WorkerDrift]:
+    """An old results folder's drift.jsonl, whole valid lines only."""
+    return _lines(Path(folder) / DRIFT, WorkerDrift)

@@ -33,7 +33,11 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len("sqlite:///"):])
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage | JournalClaimsStorage:
+# An opened study storage: optuna's, with the SQL engine the claims table lives in.
+Storage = optuna.storages.RDBStorage | JournalClaimsStorage
+
+
+def open_storage(url: str) -> Storage:
     """The storage for ``url``, created if new. Races between processes creating the same
     database (``IntegrityError ... alembic_version``, ``database is locked``, ``table already
     exists``, a deadlock between two servers' DDL) are retried; anything else becomes a
@@ -125,8 +129,7 @@ def storage_error(e: BaseException, url: str) -> TunerError:
     if isinstance(e, sa.exc.DatabaseError) and not isinstance(e, sa.exc.OperationalError) or (
             "not a database" in text or "malformed" in text):
         return BadInput(f"storage {where} is damaged or not an optuna database ({text})",
-                        hint=f"move {where} aside (finished trials stay in the results' "
-                             "trials.jsonl) or give another --storage")
+                        hint=f"move {where} aside or give another --storage")
     if isinstance(e, sa.exc.OperationalError):
         if "unable to open" in text or "readonly" in text:
             return BadInput(f"cannot open storage {where}: {text}",

@@ -1,6 +1,7 @@
 """What a report reads and where it writes: one study's trial records with its finalist report
-and drift records (either optional), found by name under a results folder or by path, and the
-report file written whole (temp file, fsync, rename) after the output path is checked."""
+and drift records (either optional), found by name in a storage (tuner/studystore.py) or, read
+only, at a path (a JSONL export, or a results folder of an older version holding trials.jsonl),
+and the report file written whole (temp file, fsync, rename) after the output path is checked."""
 
 from __future__ import annotations
 
@@ -9,57 +10,88 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.errors import BadInput
-from tuner.finalists_store import load_drift, load_finalists
 from tuner.prodconfig import _write_temp
 from tuner.records import FinalistReport, TrialRecord, WorkerDrift
-from tuner.store import STUDY_NAME, Store, check_study_name, list_studies
+from tuner.store import (
+    STUDY_NAME,
+    TRIALS,
+    check_study_name,
+    legacy_drifts,
+    legacy_finalists,
+    read_jsonl,
+    with_legacy,
+)
+from tuner.storeerrors import sqlite_path
+from tuner.studystore import list_studies, open_study
 
 
 @dataclass
 class StudyData:
     name: str
-    source: Path  # the study's folder
+    source: str  # the storage URL, or the file or folder it was read from
     records: list[TrialRecord]
     finalists: FinalistReport | None = None
     drifts: list[WorkerDrift] = field(default_factory=list)
 
 
-def load_study(results_dir: Path, study: str) -> StudyData:
-    """One study by name; bad input (with the studies found) when it is not there."""
-    store = Store(results_dir, check_study_name(study))
-    if not store.path.exists():
-        found = ", ".join(list_studies(results_dir)) or "none"
-        raise BadInput(f"no study {study!r} in {results_dir} (found: {found})")
-    return StudyData(name=study, source=store.dir, records=store.records(),
-                     finalists=load_finalists(results_dir, study),
-                     drifts=load_drift(results_dir, study))
+def _found(storage: str) -> str:
+    return ", ".join(list_studies(storage)) or "none"
 
 
-def resolve_study(spec: str, results_dir: Path) -> StudyData:
-    """A study named ``spec`` under ``results_dir``, or the study at a path: its folder or its
-    trials.jsonl (so studies from other machines' results folders can be compared)."""
+def load_study(storage: str, study: str) -> StudyData:
+    """One study by name; bad input (with the studies found) when it is not there. A study an
+    older version began beside a SQLite storage keeps its trials.jsonl records (and finalists
+    and drift) in ``<folder of the database>/<study>/``: they are read too, read only."""
+    store = open_study(storage, check_study_name(study))
+    if store is None:
+        raise BadInput(f"no study {study!r} in {storage} (found: {_found(storage)})")
+    data = StudyData(name=study, source=storage, records=store.records(),
+                     finalists=store.finalists(), drifts=store.drifts())
+    db = sqlite_path(storage)
+    old = db.parent / study if db is not None else None
+    if old is not None and (old / TRIALS).is_file():
+        data.records = with_legacy(data.records, read_jsonl(old / TRIALS))
+        data.finalists = data.finalists or legacy_finalists(old)
+        data.drifts = data.drifts or legacy_drifts(old)
+    return data
+
+
+def load_path(path: Path) -> StudyData:
+    """A study read only from a file: a JSONL export (any name), or an older version's study
+    folder (its trials.jsonl, with finalists.json and drift.jsonl when there)."""
+    p = Path(path)
+    if p.is_dir():
+        folder, records = p, read_jsonl(p / TRIALS)
+        fin, drifts = legacy_finalists(folder), legacy_drifts(folder)
+    else:
+        folder, records = p.parent, read_jsonl(p)
+        fin, drifts = (legacy_finalists(folder), legacy_drifts(folder)) if (
+            p.name == TRIALS) else (None, [])
+    name = records[0].study if records else (p.name if p.is_dir() else p.stem)
+    return StudyData(name=name, source=str(p), records=records, finalists=fin, drifts=drifts)
+
+
+def resolve_study(spec: str, storage: str) -> StudyData:
+    """A study named ``spec`` in ``storage``, or the study at a path: a JSONL file or a folder
+    holding trials.jsonl (so studies from other machines, and old results, can be shown)."""
     p = Path(spec)
-    if p.name == "trials.jsonl" and p.is_file():
-        p = p.parent
-    if p.is_dir() and (p / "trials.jsonl").is_file():
-        if not STUDY_NAME.match(p.name):
-            raise BadInput(f"study folder {spec!r} has a name that is not a study name")
-        return load_study(p.parent, p.name)
-    if STUDY_NAME.match(spec) and (Path(results_dir) / spec / "trials.jsonl").is_file():
-        return load_study(results_dir, spec)
-    found = ", ".join(list_studies(results_dir)) or "none"
-    raise BadInput(f"no study {spec!r}: not a study in {results_dir} (found: {found}) nor a "
-                   "folder holding trials.jsonl")
+    if p.is_file() or (p.is_dir() and (p / TRIALS).is_file()):
+        return load_path(p)
+    if STUDY_NAME.match(spec) and open_study(storage, spec) is not None:
+        return load_study(storage, spec)
+    raise BadInput(f"no study {spec!r}: not a study in {storage} (found: {_found(storage)}) "
+                   "nor a JSONL file or a folder holding trials.jsonl")
 
 
-def studies_to_show(results_dir: Path, study: str | None) -> list[StudyData]:
-    """The named study, or every study under ``results_dir``; bad input when there is none."""
+def studies_to_show(storage: str, study: str | None) -> list[StudyData]:
+    """The named study (or the one at a path), or every study of ``storage``; bad input when
+    there is none."""
     if study:
-        return [load_study(results_dir, study)]
-    names = list_studies(results_dir)
+        return [resolve_study(study, storage)]
+    names = list_studies(storage)
     if not names:
-        raise BadInput(f"no sweep results in {results_dir}; run `tuner sweep --model FILE` first")
-    return [load_study(results_dir, n) for n in names]
+        raise BadInput(f"no sweep results in {storage}; run `tuner sweep --model FILE` first")
+    return [load_study(storage, n) for n in names]
 
 
 def check_output(path: Path) -> None:

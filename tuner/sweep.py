@@ -4,8 +4,6 @@ verified trial. Library code: the CLI renders, this module decides."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -18,7 +16,6 @@ from tuner.drift import worker_drift
 from tuner.environment import environment, model_sha256
 from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
 from tuner.finalists import FinalistOptions, select, settle
-from tuner.finalists_store import append_drift, load_drift, load_finalists, save_finalists
 from tuner.interrupt import critical
 from tuner.modelcheck import ModelInfo, check_model
 from tuner.planner import Planner
@@ -31,7 +28,15 @@ from tuner.served import measure_served
 from tuner.servedfinal import choose
 from tuner.space import Space, default_space, grid, load_space
 from tuner.specs import Device, ModelSettings, TrialSpec, Workload
-from tuner.store import Store, check_study_name
+from tuner.store import (
+    check_disk,
+    check_results_dir,
+    check_study_name,
+    legacy_records,
+    study_dir,
+    with_legacy,
+)
+from tuner.studystore import StudyStore, default_storage
 from tuner.trialrecord import make_record, now
 from tuner.worker.protocol import Hello
 
@@ -90,7 +95,7 @@ class SweepResult:
     best: TrialRecord | None
     written: WrittenConfig | None
     no_config_reason: str | None
-    store_path: Path
+    storage: str  # the optuna storage URL holding the study (tuner/studystore.py)
     retried: int = 0
     finalists: FinalistReport | None = None
     drifts: list[WorkerDrift] = field(default_factory=list)
@@ -137,29 +142,6 @@ def _no_cuda_message(name: str, flags: BuildFlags | None) -> str:
             "CUDA device); use --device cpu to tune for the CPU on purpose")
 
 
-def _check_study_meta(store: Store, info: ModelInfo, sha: str, device: Device,
-                      wl: Workload) -> None:
-    shape = wl.model_dump(include={"prompt_tokens", "gen_tokens", "n_ctx"})
-    meta = {"model_sha256": sha, "device": device, "workload": shape}
-    path = store.dir / "study.json"
-    if not path.exists():  # the records are the identity too: checked before study.json is made
-        check_records_identity(store.records(), store.study, sha, device, wl)
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError):
-            old = None
-        if old is not None and {k: old.get(k) for k in meta} != meta:
-            raise BadInput(f"study {store.study!r} was run with another model, device or "
-                           "workload; pick another --study to keep both")
-        check_records_identity(store.records(), store.study, sha, device, wl)
-        return
-    store.ensure()
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two sweeps may write it at once
-    tmp.write_text(json.dumps({**meta, "model_path": str(info.path)}, indent=2))
-    tmp.replace(path)
-
-
 def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     events = events or _Quiet()
     info = check_model(opts.model)
@@ -171,18 +153,21 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     study = check_study_name(opts.study or default_study(info, opts.device, wl))
     check_out(opts.out)  # a config path that cannot be written is refused before any trial
     check_writable_folder(opts.out, "production config")
-    store = Store(opts.results_dir, study)
-    store.check()
+    check_results_dir(opts.results_dir)
+    folder = study_dir(opts.results_dir, study)
+    stores: list[StudyStore] = []  # the study's store, once the storage is open
 
     def on_sentinel(result: SentinelResult) -> None:
         drift = worker_drift(study, result, wl)
-        append_drift(opts.results_dir, drift)
+        for s in stores:
+            with critical():
+                s.save_drift(drift)
         if drift.significant:
             events.note(f"drift: worker {drift.worker_id} moved pp {_pct(drift.pp_drift)}, tg "
                         f"{_pct(drift.tg_drift)} over its life (noise {drift.noise:.1%}); its "
                         f"trials {drift.trials} are flagged")
 
-    with Runner(Path(info.path), store.dir / "logs", {}, opts.trial_timeout_s,
+    with Runner(Path(info.path), folder / "logs", {}, opts.trial_timeout_s,
                 opts.load_timeout_s, trials_per_worker=opts.trials_per_worker,
                 sentinel=opts.sentinel, on_sentinel=on_sentinel) as runner:
         # Everything that can refuse the request runs before anything is written.
@@ -199,19 +184,22 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                            "n_batch; a quantized V cache needs flash attention with kernels "
                            "compiled for that K/V pair)")
         preflight_config(specs[0], wl, str(info.path), {n: p.lib_dir for n, p in probes.items()})
-        store.ensure()
+        study_dir(opts.results_dir, study, create=True)
         sha = model_sha256(Path(info.path), opts.results_dir)
-        _check_study_meta(store, info, sha, opts.device, wl)
-        storage = opts.storage or f"sqlite:///{(opts.results_dir / 'optuna.db').resolve()}"
+        storage = opts.storage or default_storage(opts.results_dir)
         envs: dict[str, Environment] = {
             name: environment(p.hello, name, Path(info.path), info.size_bytes, sha)
             for name, p in probes.items()}
 
         planner = Planner(study, storage)
-        existing = store.records()
+        legacy = legacy_records(opts.results_dir, study)
+        existing = with_legacy(planner.records(), legacy)
+        # The records are the identity too: checked before the study's identity is set.
+        check_records_identity(existing, study, sha, opts.device, wl)
+        planner.check_numbers(legacy)
         planner.check_identity({"model_sha256": sha, "device": opts.device,
                                 "workload": [wl.prompt_tokens, wl.gen_tokens, wl.n_ctx]})
-        planner.check_numbers(existing)
+        stores.append(planner.store)
         retried = planner.reconcile(existing)
         done = {r.spec_key for r in existing}
         space_id = space.space_id()
@@ -255,23 +243,24 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                 record = make_record(study, number, spec, wl, outcome, probe.flags,
                                      probe.expected_variant, envs[spec.model.build], started)
                 record = record.model_copy(update={"space_id": space_id})
+                if not record.usable:
+                    check_disk(folder)  # a full disk, not the setting, may have failed it
                 with critical():  # a signal waits until the record is stored and told
-                    store.append(record)
                     planner.tell(number, record)
                 ran.append(record)
                 if record.usable and (best is None or _objective(record) < _objective(best)):
                     best = record
                 events.finished(record, best)
         except BaseException:  # interrupted or failed: hand back what this sweep holds
-            planner.release(store.records())
+            planner.release()
             planner.close()
             raise
 
     seen = len({h.spec_key for h in planner.history()})
     search_s = time.monotonic() - t0
     try:  # the heartbeat keeps this sweep's config claim alive through the finalists
-        result = _decide_and_write(opts, study, store, planner, probes, envs, info, wl, ran,
-                                   retried, searched, events)
+        result = _decide_and_write(opts, study, folder, legacy, planner, probes, envs, info,
+                                   wl, ran, retried, searched, events)
     finally:
         planner.close()
     result.sampler, result.stop_reason, result.seen, result.planned = (
@@ -280,15 +269,16 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     return result
 
 
-def _decide_and_write(opts: SweepOptions, study: str, store: Store, planner: Planner,
+def _decide_and_write(opts: SweepOptions, study: str, folder: Path,
+                      legacy: list[TrialRecord], planner: Planner,
                       probes: dict[str, BuildProbe], envs: dict[str, Environment],
                       info: ModelInfo, wl: Workload, ran: list[TrialRecord], retried: int,
                       searched: bool, events: Events) -> SweepResult:
     """After the trials: the finalists (by the one sweep holding the config claim) and the
     production config, or the reason there is none."""
-    records = store.records()
+    records = with_legacy(planner.records(), legacy)
     best = _best(records, set(planner.plan))
-    drifts = load_drift(opts.results_dir, study)
+    drifts = planner._guard(planner.store.drifts)
     final, served_fig, served_threads = None, None, None
     written, reason, deferred = None, None, False
     seconds: dict[str, float] = {}
@@ -307,8 +297,8 @@ def _decide_and_write(opts: SweepOptions, study: str, store: Store, planner: Pla
         # sweep runs trials: decide between the leaders (once), then write the winner.
         try:
             final, served_fig, served_threads = _final(
-                opts, study, records, set(planner.plan), drifts, probes, envs, info, wl,
-                store.dir / "logs", events, seconds)
+                opts, study, planner.store, records, set(planner.plan), drifts, probes, envs,
+                info, wl, folder / "logs", events, seconds)
         except BaseException:
             planner.release_config()
             raise
@@ -330,7 +320,7 @@ def _decide_and_write(opts: SweepOptions, study: str, store: Store, planner: Pla
             planner.config_written()
         finally:
             planner.release_config()
-    return SweepResult(study, ran, records, best, written, reason, store.path, retried, final,
+    return SweepResult(study, ran, records, best, written, reason, planner.url, retried, final,
                        drifts, deferred, seconds=seconds)
 
 
@@ -338,7 +328,8 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 100:+.1f}%"
 
 
-def _final(opts: SweepOptions, study: str, records: list[TrialRecord], planned: set[str],
+def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[TrialRecord],
+           planned: set[str],
            drifts: list[WorkerDrift], probes: dict[str, BuildProbe],
            envs: dict[str, Environment], info: ModelInfo, wl: Workload, logs: Path,
            events: Events, seconds: dict[str, float],
@@ -351,7 +342,7 @@ def _final(opts: SweepOptions, study: str, records: list[TrialRecord], planned: 
     if not finalists:
         return None, None, None
     keys = {f.spec_key for f in finalists}
-    stored = load_finalists(opts.results_dir, study)
+    stored = store.finalists()
     if stored is not None and {f.spec_key for f in stored.finalists} == keys:
         return (stored, *_stored_served(stored))
     events.note(f"finalists: {len(finalists)} configs x {opts.finalists.rounds} rounds, each "
@@ -389,7 +380,7 @@ def _final(opts: SweepOptions, study: str, records: list[TrialRecord], planned: 
         choice = choose(report, {f.number: f for f in finalists}, serve)
         seconds["served"] = time.monotonic() - t0
         report, fig, threads = choice.report, choice.served, choice.threads
-    save_finalists(opts.results_dir, report)
+    store.save_finalists(report)
     events.note(f"winner #{report.winner_trial}: {report.reason}")
     return report, fig, threads
 
