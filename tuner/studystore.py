@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 
 from tuner.errors import BadInput
-from tuner.records import Environment, FinalistReport, TrialRecord, WorkerDrift
 from tuner.journal import journal_path
+from tuner.records import Environment, FinalistReport, TrialRecord, WorkerDrift
 from tuner.storeerrors import Storage, open_storage, sqlite_path, storage_error
 
 RECORD = "record"  # trial user attr: {"env": <hash> | null, "record": {... no environment}}

@@ -36,6 +36,7 @@ from tuner.store import (
     study_dir,
     with_legacy,
 )
+from tuner.storeerrors import check_url
 from tuner.studystore import StudyStore, default_storage
 from tuner.trialrecord import make_record, now
 from tuner.worker.protocol import Hello
@@ -154,6 +155,8 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     check_out(opts.out)  # a config path that cannot be written is refused before any trial
     check_writable_folder(opts.out, "production config")
     check_results_dir(opts.results_dir)
+    if opts.storage:
+        check_url(opts.storage)  # a malformed URL is refused before any worker starts
     folder = study_dir(opts.results_dir, study)
     stores: list[StudyStore] = []  # the study's store, once the storage is open
 
@@ -184,14 +187,15 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                            "n_batch; a quantized V cache needs flash attention with kernels "
                            "compiled for that K/V pair)")
         preflight_config(specs[0], wl, str(info.path), {n: p.lib_dir for n, p in probes.items()})
+        storage = opts.storage or default_storage(opts.results_dir)
+        if not opts.storage:  # the default SQLite file lives in the results folder
+            study_dir(opts.results_dir, study, create=True)
+        planner = Planner(study, storage)  # a storage that cannot open leaves nothing written
         study_dir(opts.results_dir, study, create=True)
         sha = model_sha256(Path(info.path), opts.results_dir)
-        storage = opts.storage or default_storage(opts.results_dir)
         envs: dict[str, Environment] = {
             name: environment(p.hello, name, Path(info.path), info.size_bytes, sha)
             for name, p in probes.items()}
-
-        planner = Planner(study, storage)
         legacy = legacy_records(opts.results_dir, study)
         existing = with_legacy(planner.records(), legacy)
         # The records are the identity too: checked before the study's identity is set.
