@@ -43,11 +43,29 @@ def test_served_figures_move_the_choice_only_beyond_their_spread() -> None:
 
     out = choose(report([0, 1], winner=0), RECORDS, serve)
     assert out.winner.number == 1 and out.report.winner_trial == 1
+    assert "again served in the other order" in out.report.reason
     assert "the served objective chose #1" in out.report.reason
     assert all(f.served is not None for f in out.report.finalists)
-    assert calls[:2] == [(0, None), (1, None)]  # every finalist served, then the threads
-    assert {t for n, t in calls[2:]} <= set(thread_candidates(RECORDS[1]))
+    # every finalist served, the two again in the other order (A B, then B A), then threads
+    assert calls[:4] == [(0, None), (1, None), (0, None), (1, None)]
+    assert {t for n, t in calls[4:]} <= set(thread_candidates(RECORDS[1]))
     assert out.served is not None and out.threads == out.served.n_threads
+
+
+def test_a_served_lead_that_does_not_hold_in_the_other_order_keeps_the_raw_winner() -> None:
+    """The first pass ranks #1 first beyond both spreads; served again, in the other order,
+    #1 is no faster: what moved was when each server ran, not the settings."""
+    passes = {0: [served([0.90, 0.92, 0.91]), served([0.80, 0.81, 0.82])],
+              1: [served([0.80, 0.81, 0.82]), served([0.80, 0.81, 0.82])]}
+
+    def serve(rec, threads):
+        if threads is not None:
+            return served([0.95, 0.96, 0.97], threads)
+        return passes[rec.number].pop(0)
+
+    out = choose(report([0, 1], winner=0), RECORDS, serve)
+    assert out.winner.number == 0 and out.report.winner_trial == 0
+    assert "not again in the other order: the raw decision stands" in out.report.reason
 
 
 def test_overlapping_served_figures_keep_the_raw_winner() -> None:

@@ -1,7 +1,8 @@
 """The finalists through the served path: each finalist's settings served by a real
 llama_cpp.server and timed over HTTP (what ``tuner verify`` measures later), the server's thread
 count tried as a dimension for the winner, and the production choice moved to the served
-objective when the served figures rank another finalist first beyond their spread.
+objective when the served figures rank another finalist first beyond their spread, in both
+orders (A B, then B A).
 
 The raw decode loop stays the yardstick against llama-bench; the served figures are what the
 service delivers (the served path's Python work per token halved a 7B's generation speed on an
@@ -46,6 +47,18 @@ def _beats(a: ServedFigures, b: ServedFigures) -> bool:
     return a.request_s.max < b.request_s.median and a.request_s.median < b.request_s.min
 
 
+def _confirm(records: dict[int, TrialRecord], serve: Serve, first: int,
+             second: int) -> dict[int, ServedFigures] | None:
+    """Both finalists served once more, in the order opposite to the first pass: a served
+    lead that comes from when a server ran (on an H100 the same config's figures moved by 10%
+    over seconds, docs/benchmarks.md run 7) does not survive the reversal. None when either
+    cannot be served."""
+    try:
+        return {first: serve(records[first], None), second: serve(records[second], None)}
+    except TunerError:
+        return None
+
+
 def choose(report: FinalistReport, records: dict[int, TrialRecord], serve: Serve) -> ServedChoice:
     """Serve every verified finalist, then the winner at each thread candidate; decide."""
     served: dict[int, ServedFigures] = {}
@@ -66,11 +79,20 @@ def choose(report: FinalistReport, records: dict[int, TrialRecord], serve: Serve
     if winner in served:
         best = min(served, key=lambda t: served[t].request_s.median)
         if best != winner and _beats(served[best], served[winner]):
-            reason = (f"{reason}; served path: #{best} answers requests in "
-                      f"{served[best].request_s.median:.4f} s against #{winner}'s "
-                      f"{served[winner].request_s.median:.4f} s beyond both spreads, so the "
-                      f"served objective chose #{best}")
-            winner = best
+            again = _confirm(records, serve, first=winner, second=best)
+            if again is not None and _beats(again[best], again[winner]):
+                reason = (f"{reason}; served path: #{best} answers requests in "
+                          f"{served[best].request_s.median:.4f} s against #{winner}'s "
+                          f"{served[winner].request_s.median:.4f} s beyond both spreads, and "
+                          f"again served in the other order ({again[best].request_s.median:.4f}"
+                          f" s against {again[winner].request_s.median:.4f} s), so the served "
+                          f"objective chose #{best}")
+                winner = best
+            else:
+                reason = (f"{reason}; served path: #{best} served faster than #{winner} "
+                          f"({served[best].request_s.median:.4f} s against "
+                          f"{served[winner].request_s.median:.4f} s) but not again in the other "
+                          "order: the raw decision stands")
     elif served:  # the raw winner could not be served: the fastest served finalist
         winner = min(served, key=lambda t: served[t].request_s.median)
         reason = f"{reason}; #{report.winner_trial} could not be served, #{winner} was"
