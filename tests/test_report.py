@@ -73,6 +73,20 @@ def test_no_speedup_column_without_a_baseline() -> None:
     assert {r["trial"]: r["speedup_vs_baseline"] for r in out} == {0: 1.0, 1: None}
 
 
+def test_the_host_column_appears_when_trials_ran_on_several_hosts_or_gpus() -> None:
+    """A study shared through one storage: each row says which host and GPUs measured it."""
+    one = [make_record(1, request_s=1.0, n_batch=1024), make_record(2, n_batch=2048)]
+    assert "ran_on" not in rows(one)[0]  # one host: no column
+    env = one[0].environment
+    assert env is not None
+    other = make_record(3, request_s=0.8, n_batch=512).model_copy(update={
+        "environment": env.model_copy(update={"hostname": "gpu-b", "cuda_visible_devices": "1"})})
+    out = rows([*one, other])
+    assert list(out[0])[:3] == ["rank", "trial", "ran_on"]
+    assert {r["trial"]: r["ran_on"] for r in out} == {1: "test-host", 2: "test-host",
+                                                      3: "gpu-b gpu 1"}
+
+
 def test_csv_parses_back() -> None:
     out = rows(sample_records())
     parsed = list(csv.DictReader(io.StringIO(export(out, "csv"))))

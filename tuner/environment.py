@@ -10,6 +10,7 @@ import platform
 from pathlib import Path
 
 import tuner
+from tuner.claims import HOST
 from tuner.records import Environment
 from tuner.worker.protocol import WorkerInfo
 
@@ -54,7 +55,7 @@ def environment(info: WorkerInfo, build_name: str, model_path: Path,
     """From what a worker reported about its library and devices (its ``Hello``), plus this
     host."""
     return Environment(
-        hostname=info.hostname or platform.node(),
+        hostname=HOST,  # TUNER_HOST, else the hostname: the name this host's claims carry
         platform=platform.platform(),
         python=platform.python_version(),
         cpu=cpu_name(),
@@ -62,6 +63,7 @@ def environment(info: WorkerInfo, build_name: str, model_path: Path,
         llama_cpp_python=info.llama_cpp_python,
         tuner=tuner.__version__,
         gpus=[g.model_dump() for g in info.gpus],
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
         driver=info.driver,
         build_name=build_name,
         build_lib_dir=info.lib_dir,

@@ -101,6 +101,7 @@ class Environment(Frozen):
     llama_cpp_python: str
     tuner: str
     gpus: list[dict[str, Any]] = Field(default_factory=list)
+    cuda_visible_devices: str | None = None  # the GPUs this sweep's workers were given
     driver: str | None = None
     cuda_driver: str | None = None
     build_name: str = "installed"

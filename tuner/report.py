@@ -111,13 +111,25 @@ def row(record: TrialRecord, rank: int | None, drifts: list[WorkerDrift] | None 
     }
 
 
+def ran_on(record: TrialRecord) -> str | None:
+    """The host (and the GPUs its workers were given) that measured a trial."""
+    env = record.environment
+    if env is None:
+        return None
+    gpus = f" gpu {env.cuda_visible_devices}" if env.cuda_visible_devices else ""
+    return env.hostname + gpus
+
+
 def rows(records: list[TrialRecord],
          drifts: list[WorkerDrift] | None = None) -> list[dict[str, Any]]:
     """One row per record, in report order (see the module docstring). Blank cells are None.
-    The speedup column appears, after request_s, only when some baseline trial was measured.
+    The speedup column appears, after request_s, only when some baseline trial was measured;
+    the ``ran_on`` column, after trial, only when trials ran on more than one host or GPU set
+    (a study shared by several sweeps through one storage).
     ``drifts`` (the study's drift sentinel records) mark the trials of a drifting worker."""
     ordered = order(records)
     with_speedup = any(is_baseline(r) for r in records)
+    with_host = len({ran_on(r) for r in records}) > 1
     extra = optional_columns([r.spec for r in records])
     out: list[dict[str, Any]] = []
     rank = 0
@@ -127,6 +139,8 @@ def rows(records: list[TrialRecord],
         cells = row(r, rank if r.usable else None, drifts, extra)
         if with_speedup:
             cells = _insert_after(cells, "request_s", SPEEDUP, _round(speedup(r, records), 3))
+        if with_host:
+            cells = _insert_after(cells, "trial", "ran_on", ran_on(r))
         out.append(cells)
     return out
 
