@@ -145,6 +145,7 @@ case "${1:-status}" in
   status) status ;;
   collect)
     dest=${OUT:-$BENCH/collected}; mkdir -p "$dest"
+    export PYTHONPATH=/tmp/site:$PWD  # the tuner installed by `run`, for the exports
     for d in "$BENCH"/results-*; do
       # The storage holds every record, the finalists and the drift; trials.jsonl is an export.
       o="$BENCH/out/$(basename "${d#*results-}")"
