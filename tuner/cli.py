@@ -6,6 +6,7 @@ Errors print one line (and a hint), never a traceback unless --debug."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -95,12 +96,14 @@ def cli(debug: bool) -> None:
 @click.option("--served-requests", type=click.IntRange(min=0, max=1000), default=5,
               show_default=True,
               help="Requests per finalist through a real llama_cpp.server (0: raw figures only).")
+@click.option("--gpus", default=None, metavar="0,1,...",
+              help="One sweep process per GPU (CUDA_VISIBLE_DEVICES), all on this study.")
 def sweep(model: Path, device: Device, trials: int | None, space: Path | None, prompt_tokens: int,
           gen_tokens: int, n_ctx: int, repetitions: int, warmup: int, results_dir: Path,
           study: str | None, storage: str | None, out: Path, builds_dir: Path,
           trial_timeout: float, trials_per_worker: int, sentinel: bool,
           sampler: SamplerName, patience: int | None, timeout_s: float | None, seed: int,
-          finalist_rounds: int, served_requests: int) -> None:
+          finalist_rounds: int, served_requests: int, gpus: str | None) -> None:
     """Try llama.cpp settings on MODEL, verify each trial's placement from llama.cpp's load
     log, store every trial, and write the best verified settings to --out.
 
@@ -109,6 +112,14 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
       tuner sweep --model q4.gguf --prompt-tokens 2048 --gen-tokens 128 --n-ctx 4096
       tuner sweep --model q4.gguf --device cpu --trials 4
     """
+    if gpus is not None:
+        from tuner.multigpu import gpu_env, parse_gpus, run_per_gpu, without_gpus
+
+        ids = parse_gpus(gpus)
+        if len(ids) > 1:
+            sys.exit(run_per_gpu(without_gpus(RAW_ARGS), ids))
+        os.environ.update(gpu_env(ids[0]))  # this sweep's workers inherit it
+
     from tuner.finalists import FinalistOptions
     from tuner.render import SweepProgress, print_sweep_result
     from tuner.sampler import StopRule
@@ -310,7 +321,11 @@ def _fail(code: int, message: str, hint: str | None = None) -> None:
     sys.exit(code)
 
 
+RAW_ARGS: list[str] = []  # the command line as given (`sweep --gpus` starts it once per GPU)
+
+
 def main(argv: list[str] | None = None) -> None:
+    RAW_ARGS[:] = sys.argv[1:] if argv is None else argv
     try:
         cli.main(args=argv, prog_name="tuner", standalone_mode=False)
     except click.exceptions.Exit as e:
