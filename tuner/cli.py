@@ -99,7 +99,7 @@ def cli(debug: bool) -> None:
               help="Stop a trial early when its repetitions are clearly slower than the best "
                    "trial's [default: on with tpe, off with grid].")
 @click.option("--max-vram", "max_vram", type=click.FloatRange(min=0, min_open=True),
-              default=None, metavar="MIB",
+              default=None, metavar="MIB", callback=lambda _c, _p, v: _finite("--max-vram", v),
               help="GPU memory cap: trials above it are infeasible, never the config.")
 def sweep(model: Path, device: Device, trials: int | None, space: Path | None, prompt_tokens: int,
           gen_tokens: int, n_ctx: int, repetitions: int, warmup: int, results_dir: Path,
@@ -297,6 +297,12 @@ def _seconds(option: str, value: float) -> float:
     if not math.isfinite(value) or not 1 <= value <= 604800:
         raise click.BadParameter(f"{value} is not a number of seconds from 1 to 604800",
                                  param_hint=option)
+    return value
+
+
+def _finite(option: str, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", param_hint=option)
     return value
 
 
