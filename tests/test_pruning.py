@@ -157,3 +157,23 @@ def test_report_shows_the_pruned_trial_with_its_partial_figures(pruned_sweep: di
     assert float(slow["pp_tps"]) > 0 and slow["why"].startswith("pruned after")
     table = tuner("report", "--results", results)
     assert table.returncode == 0 and "pruned" in table.stdout, table.stderr
+
+
+@pytest.mark.parametrize(("sampler", "pruned"), [("tpe", True), ("grid", False)])
+def test_pruning_by_default_with_tpe_and_not_with_the_grid(tiny_model: Path, tmp_path: Path,
+                                                          sampler: str, pruned: bool) -> None:
+    # TPE starts from the plan's first setting (ubatch 256), so ubatch 1 runs against it.
+    write_space(tmp_path / "space.yaml", n_batch=[256], n_ubatch=[256, 1])
+    proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space",
+                 tmp_path / "space.yaml", "--prompt-tokens", 256, "--gen-tokens", 2,
+                 "--n-ctx", 512, "--repetitions", 3, "--sampler", sampler,
+                 "--finalist-rounds", 0, "--served-requests", 0, "--results",
+                 tmp_path / "results", "--out", tmp_path / "production.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = list_studies(tmp_path / "results")[0]
+    slow = next(r for r in Store(tmp_path / "results", study).records()
+                if r.spec.context.n_ubatch == 1)
+    assert (slow.state is TrialState.PRUNED) is pruned, (slow.state, slow.error)
+    assert ("(1 pruned)" in proc.stdout) is pruned
+    if not pruned:  # measured in full: every repetition of both phases
+        assert slow.measurement is not None and len(slow.measurement.tg_seconds.samples) == 3
