@@ -63,12 +63,15 @@ MEASURED = Measured(context_seconds=0.01, pp_seconds=[0.5, 0.25], tg_seconds=[0.
                     warmups={"pp": 2, "tg": 1}, threads=4, gpu_peak_mib=1024.5,
                     gpu_total_mib=81559.0, clocks=CLOCKS, log="llama_context: n_ctx = 256\n",
                     op_log="## SPLIT #0: CUDA0 # 3 inputs", op_error=None)
+PRUNE_WHY = "pruned after 2 repetition(s): each took at least 0.25 s"
+PRUNED = MEASURED.model_copy(update={"tg_seconds": [], "pruned": PRUNE_WHY})
 
 # (adapter of the receiving side, message): every message of both directions.
 MESSAGES = [
     (WORKER_JOB, WorkerJob(model_path="/m.gguf", model_settings=CPU, lib_dir="/builds/x/lib",
                            log_path="/tmp/w.log", probe_only=True)),
     (REQUEST, Measure(context=CTX, workload=WL)),
+    (REQUEST, Measure(context=CTX, workload=WL, prune_against=[0.5, 0.25])),
     (REQUEST, Stop()),
     (START_REPLY, Hello(**INFO)),
     (START_REPLY, Ready(**INFO, load_seconds=1.5, n_layer=30)),
@@ -214,6 +217,9 @@ OUTCOMES = {
     TrialState.INFEASIBLE: Outcome(state=TrialState.INFEASIBLE, reply=TrialFailed(
         state=TrialState.INFEASIBLE, error="no KV slot", log="a\nb\n"), error="no KV slot",
         log_tail=["a", "b"], worker_id="h:7"),
+    TrialState.PRUNED: Outcome(state=TrialState.PRUNED, reply=PRUNED, error=PRUNE_WHY,
+                               hello=Ready(**INFO, load_seconds=1.5, n_layer=2),
+                               worker_id="h:7"),
     TrialState.CRASHED: Outcome(state=TrialState.CRASHED, error="worker killed by SIGSEGV "
                                 "during the trial", signal="SIGSEGV", log_tail=["ggml_abort"]),
     TrialState.TIMEOUT: Outcome(state=TrialState.TIMEOUT, error="trial ran over 5s; worker "
@@ -233,19 +239,30 @@ def test_an_outcome_for_each_state_becomes_a_record_of_that_state(state: TrialSt
     assert record.state is state
     assert (record.error, record.signal, record.log_tail) == (out.error, out.signal,
                                                              out.log_tail)
-    assert (out.measured is not None) == (state is TrialState.COMPLETE)
-    if state is not TrialState.COMPLETE:
+    measured = state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert (out.measured is not None) == measured
+    if not measured:
         assert record.measurement is None and not record.verification.verified
         assert record.verification.reasons == [out.error]
+    if state is TrialState.PRUNED:  # its partial figures: the prompt seconds, lower bounds
+        m = record.measurement
+        assert m is not None and m.tg_seconds is None and m.tg_tps is None
+        assert m.request_seconds.samples == [0.5, 0.25] and record.objective == 0.375
+        assert not record.usable
 
 
 def test_an_outcome_is_complete_exactly_when_measured() -> None:
-    with pytest.raises(ValidationError, match="complete exactly when the worker measured it"):
+    with pytest.raises(ValidationError, match="complete or pruned exactly when the worker "
+                                              "measured it"):
         Outcome(state=TrialState.COMPLETE)
-    with pytest.raises(ValidationError, match="complete exactly when"):
+    with pytest.raises(ValidationError, match="complete or pruned exactly when"):
         Outcome(state=TrialState.FAILED, reply=MEASURED)
     with pytest.raises(ValidationError, match="state"):
         Outcome(state="ok", reply=MEASURED)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="pruned exactly when the worker pruned it"):
+        Outcome(state=TrialState.PRUNED, reply=MEASURED)
+    with pytest.raises(ValidationError, match="pruned exactly when"):
+        Outcome(state=TrialState.COMPLETE, reply=PRUNED)
 
 
 def test_the_protocol_imports_neither_llama_cpp_nor_the_runner() -> None:

@@ -150,7 +150,7 @@ def test_summary() -> None:
     s = summary(sample_records())
     assert s["total"] == 8
     assert s["states"] == {"complete": 5, "infeasible": 1, "crashed": 1, "timeout": 1,
-                           "failed": 0}
+                           "failed": 0, "pruned": 0}
     assert (s["verified"], s["usable"]) == (4, 4)
     assert s["best"]["trial"] == 2 and s["best"]["request_s"] == pytest.approx(0.5)
     assert s["best"]["speedup_vs_baseline"] == pytest.approx(4.0)

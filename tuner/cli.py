@@ -98,12 +98,19 @@ def cli(debug: bool) -> None:
               help="Requests per finalist through a real llama_cpp.server (0: raw figures only).")
 @click.option("--gpus", default=None, metavar="0,1,...",
               help="One sweep process per GPU (CUDA_VISIBLE_DEVICES), all on this study.")
+@click.option("--prune/--no-prune", default=None,
+              help="Stop a trial early when its repetitions are clearly slower than the best "
+                   "trial's [default: on with tpe, off with grid].")
+@click.option("--max-vram", "max_vram", type=click.FloatRange(min=0, min_open=True),
+              default=None, metavar="MIB", callback=lambda _c, _p, v: _finite("--max-vram", v),
+              help="GPU memory cap: trials above it are infeasible, never the config.")
 def sweep(model: Path, device: Device, trials: int | None, space: Path | None, prompt_tokens: int,
           gen_tokens: int, n_ctx: int, repetitions: int, warmup: int, results_dir: Path,
           study: str | None, storage: str | None, out: Path, builds_dir: Path,
           trial_timeout: float, trials_per_worker: int, sentinel: bool,
           sampler: SamplerName, patience: int | None, timeout_s: float | None, seed: int,
-          finalist_rounds: int, served_requests: int, gpus: str | None) -> None:
+          finalist_rounds: int, served_requests: int, gpus: str | None, prune: bool | None,
+          max_vram: float | None) -> None:
     """Try llama.cpp settings on MODEL, verify each trial's placement from llama.cpp's load
     log, store every trial, and write the best verified settings to --out.
 
@@ -135,7 +142,8 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
                         finalists=FinalistOptions(rounds=finalist_rounds,
                                                    max_rounds=2 * finalist_rounds),
                         served_requests=served_requests, sampler=sampler, seed=seed,
-                        stop=StopRule(patience=patience, timeout_s=timeout_s))
+                        stop=StopRule(patience=patience, timeout_s=timeout_s), prune=prune,
+                        max_vram_mib=max_vram)
     with terminable(), SweepProgress(out) as progress:
         result = run_sweep(opts, progress)
     print_sweep_result(out, result)
@@ -311,6 +319,12 @@ def _seconds(option: str, value: float) -> float:
     if not math.isfinite(value) or not 1 <= value <= 604800:
         raise click.BadParameter(f"{value} is not a number of seconds from 1 to 604800",
                                  param_hint=option)
+    return value
+
+
+def _finite(option: str, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", param_hint=option)
     return value
 
 

@@ -1,6 +1,6 @@
 """What happened to one trial, as the parent saw it: the worker's typed reply when it gave one,
 else how the worker ended. Its state is the record's ``TrialState`` (one declaration of the
-five outcomes: complete, infeasible, crashed, timeout, failed)."""
+outcomes: complete, pruned, infeasible, crashed, timeout, failed)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from tuner.worker.protocol import Measured, Ready, TrialFailed
 
 
 class Outcome(Frozen):
-    """``reply``: the worker's answer to the trial (``Measured`` exactly when complete;
+    """``reply``: the worker's answer to the trial (``Measured`` exactly when complete or
+    pruned, its ``pruned`` reason set exactly when pruned;
     ``TrialFailed`` for an infeasible or failed trial the worker reported itself; None when the
     worker died, overran or never loaded). ``hello``: the loaded worker's ``Ready``."""
 
@@ -27,8 +28,13 @@ class Outcome(Frozen):
 
     @model_validator(mode="after")
     def _complete_means_measured(self) -> Outcome:
-        if (self.state is TrialState.COMPLETE) != isinstance(self.reply, Measured):
-            raise ValueError("an outcome is complete exactly when the worker measured it")
+        if (self.state in (TrialState.COMPLETE, TrialState.PRUNED)) != isinstance(
+                self.reply, Measured):
+            raise ValueError("an outcome is complete or pruned exactly when the worker "
+                             "measured it")
+        if isinstance(self.reply, Measured) and (
+                (self.state is TrialState.PRUNED) != (self.reply.pruned is not None)):
+            raise ValueError("an outcome is pruned exactly when the worker pruned it")
         return self
 
     @property

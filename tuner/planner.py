@@ -27,7 +27,7 @@ from optuna.trial import TrialState as OptunaState
 from tuner.claims import CONFIG_PREFIX, Claims, is_stale
 from tuner.errors import BadInput, TunerError
 from tuner.interrupt import critical
-from tuner.records import TrialRecord
+from tuner.records import TrialRecord, TrialState
 from tuner.sampler import Finished, TpeOrder
 from tuner.specs import TrialSpec
 from tuner.storeerrors import open_storage, storage_error
@@ -141,17 +141,18 @@ class Planner:
         return len(self._order)
 
     def history(self) -> list[Finished]:
-        """The plan's finished trials in the order they were created: objectives, or None for
-        settings that ran out of memory, crashed, timed out or failed (interrupted and
-        superseded trials are left out: they say nothing of the setting)."""
+        """The plan's finished trials in the order they were created: objectives (a pruned
+        trial's partial one, above the best's slowest repetition: clearly worse), or None for
+        settings that ran out of memory, were over --max-vram, crashed, timed out or failed
+        (interrupted and superseded trials are left out: they say nothing of the setting)."""
         def read() -> list[Finished]:
             out = []
-            for t in self.study.get_trials(deepcopy=False,
-                                           states=(OptunaState.COMPLETE, OptunaState.FAIL)):
+            for t in self.study.get_trials(deepcopy=False, states=(
+                    OptunaState.COMPLETE, OptunaState.PRUNED, OptunaState.FAIL)):
                 key = t.user_attrs.get("spec_key")
                 if key not in self.plan:
                     continue
-                if t.state == OptunaState.COMPLETE:
+                if t.state in (OptunaState.COMPLETE, OptunaState.PRUNED):
                     out.append(Finished(key, t.value))
                 elif t.user_attrs.get("tuner_state") in ("infeasible", "crashed", "timeout",
                                                          "failed"):
@@ -230,6 +231,13 @@ class Planner:
         storage.set_trial_user_attr(trial_id, "trial_id", record.trial_id)
         if record.usable:
             self.study.tell(number, values=record.objective, skip_if_finished=True)
+        elif record.state is TrialState.PRUNED and record.objective is not None:
+            # Its partial objective (tuner/pruning.py) as the intermediate value at the step
+            # of its kept repetitions: optuna makes it the pruned trial's value.
+            m = record.measurement
+            step = len(m.request_seconds.samples) if m is not None else 0
+            storage.set_trial_intermediate_value(trial_id, step, record.objective)
+            self.study.tell(number, state=OptunaState.PRUNED, skip_if_finished=True)
         else:
             self.study.tell(number, state=OptunaState.FAIL, skip_if_finished=True)
 

@@ -20,6 +20,7 @@ class TrialState(str, Enum):
     CRASHED = "crashed"  # the worker died from a signal (abort, segfault) or exited
     TIMEOUT = "timeout"  # the worker ran past its time limit and was killed
     FAILED = "failed"  # any other error raised inside the worker
+    PRUNED = "pruned"  # stopped early, clearly slower than the best (tuner/pruning.py)
 
 
 class Stat(Frozen):

@@ -74,8 +74,10 @@ class SweepProgress:
 
 def print_sweep_result(out: Path, result: Any) -> None:
     c = Console(highlight=False, soft_wrap=True)
-    c.print(f"study {result.study}: {len(result.ran)} trial(s) run now, {len(result.records)} "
-            f"stored in {result.storage}", markup=False)
+    pruned = sum(r.state.value == "pruned" for r in result.ran)
+    c.print(f"study {result.study}: {len(result.ran)} trial(s) run now"
+            + (f" ({pruned} pruned)" if pruned else "")
+            + f", {len(result.records)} stored in {result.storage}", markup=False)
     if getattr(result, "stop_reason", ""):
         times = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
         c.print(f"search ({result.sampler}): {result.stop_reason}; saw {result.seen} of "

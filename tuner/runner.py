@@ -217,15 +217,19 @@ class Runner:
                        signal=sig, log_tail=tail,
                        load_log=self.load_log if w.hello else "", hello=w.hello)
 
-    def run(self, spec: TrialSpec, workload: Workload, number: int | None = None) -> Outcome:
+    def run(self, spec: TrialSpec, workload: Workload, number: int | None = None,
+            prune_against: list[float] | None = None) -> Outcome:
+        """One trial in this runner's worker. ``prune_against``: the best usable trial's
+        per-repetition request seconds, to stop this trial early when it is clearly slower
+        (tuner/pruning.py); the sentinel and the finalists never pass it."""
         failed = self._ensure_worker(spec.model)
         if failed is not None:
             return failed
         w = self._worker
         assert w is not None
         try:
-            answer = w.call(Measure(context=spec.context, workload=workload), REPLY,
-                            self.trial_timeout_s)
+            answer = w.call(Measure(context=spec.context, workload=workload,
+                                    prune_against=prune_against), REPLY, self.trial_timeout_s)
         except TimeoutError:
             w.kill()
             self._worker = None
@@ -239,16 +243,17 @@ class Runner:
         assert not isinstance(answer, Refused)  # call raises for it
         w.served.append((number, spec, workload, answer))
         if isinstance(answer, Measured):
-            return Outcome(state=TrialState.COMPLETE, reply=answer, load_log=self.load_log,
-                           hello=w.hello, worker_id=w.worker_id)
+            state = TrialState.PRUNED if answer.pruned is not None else TrialState.COMPLETE
+            return Outcome(state=state, reply=answer, error=answer.pruned,
+                           load_log=self.load_log, hello=w.hello, worker_id=w.worker_id)
         return Outcome(state=answer.state, reply=answer, error=answer.error,
                        log_tail=answer.log.splitlines()[-30:], load_log=self.load_log,
                        hello=w.hello, worker_id=w.worker_id)
 
     def _run_sentinel(self, w: _Worker) -> None:
         """Measure the worker's first complete trial again, on a new context, before it stops."""
-        first = next(((n, s, wl, a) for n, s, wl, a in w.served if isinstance(a, Measured)),
-                     None)
+        first = next(((n, s, wl, a) for n, s, wl, a in w.served
+                      if isinstance(a, Measured) and a.pruned is None), None)
         if first is None or not self.sentinel or not w.proc.is_alive():
             return
         number, spec, wl, answer = first

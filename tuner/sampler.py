@@ -7,8 +7,9 @@ is the sampler's state, so a re-run, or another sweep of the same study, continu
 history. It starts with the baseline and llama.cpp's own defaults (n_batch 2048, n_ubatch 512,
 flash attention, f16 cache), then follows the model. A proposal outside the plan (an invalid
 pair) or already done or taken goes to the nearest setting still open (fewest differing
-dimensions, plan order on ties). Trials that ran out of memory, crashed or failed teach the
-sampler as the worst objective seen times ``PENALTY`` instead of vanishing.
+dimensions, plan order on ties). Trials that ran out of memory, were over ``--max-vram``, crashed
+or failed teach the sampler as the worst objective seen times ``PENALTY`` instead of vanishing;
+a pruned trial teaches it its partial objective (above the best's slowest repetition).
 
 ``auto`` (the default) is grid for plans of at most ``AUTO_GRID`` settings, where a model has
 too little to learn from, tpe above.
@@ -74,7 +75,7 @@ class Finished:
     """One finished trial of the plan, as the sampler learns from it."""
 
     spec_key: str
-    objective: float | None  # None: out of memory, crashed, timed out or failed
+    objective: float | None  # None: out of memory, over --max-vram, crashed, timed out, failed
 
 
 class TpeOrder:

@@ -12,6 +12,7 @@ from typing import Protocol, cast
 
 from tuner import builds as builds_mod
 from tuner.buildinfo import BuildFlags, fa_supports, parse_system_info
+from tuner.constraints import apply_vram_cap, no_fit_reason
 from tuner.drift import worker_drift
 from tuner.environment import environment, model_sha256
 from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
@@ -21,6 +22,7 @@ from tuner.modelcheck import ModelInfo, check_model
 from tuner.planner import Planner
 from tuner.preflight import check_records_identity, check_writable_folder, preflight_config
 from tuner.prodconfig import WrittenConfig, check_out, write_production
+from tuner.pruning import resolve as resolve_prune
 from tuner.records import Environment, FinalistReport, ServedFigures, TrialRecord, WorkerDrift
 from tuner.runner import Outcome, Runner, SentinelResult
 from tuner.sampler import SamplerName, StopRule, resolve, stagnation
@@ -77,6 +79,8 @@ class SweepOptions:
     sampler: SamplerName = "auto"  # tuner/sampler.py
     stop: StopRule = field(default_factory=StopRule)  # tuner/sampler.py
     seed: int = 0
+    prune: bool | None = None  # stop clearly slower trials early; None: on for tpe, off for grid
+    max_vram_mib: float | None = None  # tuner/constraints.py
 
 
 @dataclass
@@ -209,6 +213,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         space_id = space.space_id()
         kind = resolve(opts.sampler, len(specs))
         patience = opts.stop.patience_for(kind)
+        prune = resolve_prune(opts.prune, kind)
         t0 = time.monotonic()
         try:
             pending = planner.enqueue(specs, done, space_id, sampler=kind, seed=opts.seed)
@@ -217,8 +222,12 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                 events.note(f"sampler tpe (model-based) over {len(specs)} settings; stops after "
                             f"{patience} trials without a {opts.stop.min_gain:.0%} gain"
                             if patience else f"sampler tpe over {len(specs)} settings")
+            if prune:
+                events.note("pruning: a trial clearly slower than the best stops early "
+                            "(--no-prune measures every trial in full)")
             ran: list[TrialRecord] = []
-            best = _best(existing, set(planner.plan))
+            best = _best([apply_vram_cap(r, opts.max_vram_mib) for r in existing],
+                         set(planner.plan))
             searched = False  # the search ended: every setting tried, or a stop rule
             stop_reason = ""
             while True:
@@ -242,11 +251,14 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                 number, spec = nxt
                 events.started(spec)
                 started = now()
-                outcome = runner.run(spec, wl, number)
+                against = (best.measurement.request_seconds.samples
+                           if prune and best is not None and best.measurement else None)
+                outcome = runner.run(spec, wl, number, prune_against=against)
                 probe = probes[spec.model.build]
                 record = make_record(study, number, spec, wl, outcome, probe.flags,
                                      probe.expected_variant, envs[spec.model.build], started)
-                record = record.model_copy(update={"space_id": space_id})
+                record = apply_vram_cap(record.model_copy(update={"space_id": space_id}),
+                                        opts.max_vram_mib)
                 if not record.usable:
                     check_disk(folder)  # a full disk, not the setting, may have failed it
                 with critical():  # a signal waits until the record is stored and told
@@ -280,14 +292,15 @@ def _decide_and_write(opts: SweepOptions, study: str, folder: Path,
                       searched: bool, events: Events) -> SweepResult:
     """After the trials: the finalists (by the one sweep holding the config claim) and the
     production config, or the reason there is none."""
-    records = with_legacy(planner.records(), legacy)
+    records = [apply_vram_cap(r, opts.max_vram_mib)
+               for r in with_legacy(planner.records(), legacy)]
     best = _best(records, set(planner.plan))
     drifts = planner._guard(planner.store.drifts)
     final, served_fig, served_threads = None, None, None
     written, reason, deferred = None, None, False
     seconds: dict[str, float] = {}
     if best is None:
-        reason = _why_no_config(records)
+        reason = no_fit_reason(records, opts.max_vram_mib) or _why_no_config(records)
     elif planner.others_running():
         deferred = True
         reason = ("another sweep of this study is still running trials; the last one to end "

@@ -22,11 +22,14 @@ def now() -> str:
 
 
 def measurement(data: Measured, wl: Workload, load_seconds: float) -> Measurement:
+    """Statistics of the kept repetitions. A pruned trial's are partial (see ``Measured``):
+    its request seconds are the pairs it completed, or its prompt seconds alone (lower bounds)
+    when it stopped in the prompt phase: the figures its pruning was decided on."""
     pp, tg = data.pp_seconds, data.tg_seconds
-    request = [a + b for a, b in zip(pp, tg)]
+    request = [a + b for a, b in zip(pp, tg)] if tg else list(pp)
     pp_stat = Stat.of(pp)
     req_stat = Stat.of(request)
-    tg_stat = Stat.of(tg) if wl.gen_tokens else None
+    tg_stat = Stat.of(tg) if wl.gen_tokens and tg else None
     clocks = data.clocks
     throttled = bool(clocks and (clocks.start.throttle_reasons or clocks.end.throttle_reasons))
     return Measurement(
@@ -36,7 +39,7 @@ def measurement(data: Measured, wl: Workload, load_seconds: float) -> Measuremen
         tg_seconds=tg_stat,
         request_seconds=req_stat,
         pp_tps=Stat.of([wl.prompt_tokens / s for s in pp]) if wl.prompt_tokens else Stat.of([0.0]),
-        tg_tps=Stat.of([wl.gen_tokens / s for s in tg]) if wl.gen_tokens else None,
+        tg_tps=Stat.of([wl.gen_tokens / s for s in tg]) if wl.gen_tokens and tg else None,
         load_seconds=load_seconds,
         context_seconds=data.context_seconds,
         gpu_peak_mib=data.gpu_peak_mib,

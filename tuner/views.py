@@ -176,7 +176,7 @@ def _kv(kv: str) -> str:
 
 
 OK = {"complete": "no", "infeasible": "infeas", "crashed": "crash", "timeout": "timeout",
-      "failed": "failed"}
+      "failed": "failed", "pruned": "pruned"}
 
 
 def compact_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], str]:

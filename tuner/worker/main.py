@@ -172,7 +172,7 @@ def _measure(lc: Any, model: Any, req: Measure, threads: int, gpu: Any,
             gpu.note_memory()
         clocks_start = gpu.clocks() if gpu else None
         with log.quiet(lc):
-            pp, tg, warmups = bench.timed(wl, cs.n_batch)
+            pp, tg, warmups, pruned = bench.timed(wl, cs.n_batch, req.prune_against)
         clocks_end = gpu.clocks() if gpu else None
         if gpu:
             gpu.note_memory()
@@ -182,7 +182,8 @@ def _measure(lc: Any, model: Any, req: Measure, threads: int, gpu: Any,
                         warmups=warmups, threads=cs.n_threads or threads,
                         gpu_peak_mib=gpu.peak_mib() if gpu else None,
                         gpu_total_mib=gpu.total_mib if gpu else None, clocks=clocks,
-                        log=log.since_mark(), op_log=op_log, op_error=op_error)
+                        log=log.since_mark(), op_log=op_log, op_error=op_error,
+                        pruned=pruned)
     except Infeasible as e:
         return TrialFailed(state=TrialState.INFEASIBLE, error=str(e), log=log.since_mark())
     except Exception as e:  # the trial failed, the worker and its model stay usable

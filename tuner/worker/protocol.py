@@ -60,11 +60,14 @@ WORKER_JOB = TypeAdapter(WorkerJob)
 
 
 class Measure(Frozen):
-    """Measure the workload on a new context of the loaded model (a trial or the sentinel)."""
+    """Measure the workload on a new context of the loaded model (a trial or the sentinel).
+    ``prune_against``: the best usable trial's per-repetition request seconds, to stop this
+    one early when it is clearly slower (tuner/pruning.py); None never prunes."""
 
     op: Literal["measure"] = "measure"
     context: ContextSettings
     workload: Workload
+    prune_against: list[float] | None = None
 
 
 class Stop(Frozen):
@@ -124,7 +127,9 @@ class LoadFailed(WorkerInfo):
 
 
 class Measured(Frozen):
-    """A complete trial: seconds per kept repetition of each phase, and what surrounds them."""
+    """A measured trial: seconds per kept repetition of each phase, and what surrounds them.
+    ``pruned``: why it stopped early (tuner/pruning.py); its lists are then partial: fewer
+    prompt repetitions and no generation ones, or fewer generation ones than prompt ones."""
 
     event: Literal["measured"] = "measured"
     context_seconds: float
@@ -138,6 +143,7 @@ class Measured(Frozen):
     log: str  # llama.cpp's log of this trial's context
     op_log: str | None  # the scheduler's operation report (tuner/worker/opproof.py)
     op_error: str | None
+    pruned: str | None = None
 
 
 class TrialFailed(Frozen):

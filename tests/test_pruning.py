@@ -1,0 +1,179 @@
+"""Pruning of clearly slower trials (tuner/pruning.py): the rule on figures, a real worker that
+stops a slow setting early against a fast best, and a real CLI sweep whose pruned trial is
+stored, told to optuna as pruned, reported and counted, while the finalists measure in full."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.cli_run import tuner
+from tests.spaces import write_space
+from tuner.finalists_store import load_finalists
+from tuner.planner import Planner
+from tuner.pruning import MIN_REPS, resolve, verdict
+from tuner.records import TrialState
+from tuner.runner import Runner
+from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
+from tuner.store import Store, list_studies
+
+BEST = [1.00, 1.02, 1.01]
+
+
+# ---- the rule on figures ------------------------------------------------------------------
+
+def test_clearly_slower_repetitions_are_pruned() -> None:
+    why = verdict([2.0, 2.1], BEST)
+    assert why is not None and why.startswith("pruned after 2 repetition(s)")
+
+
+def test_equal_or_noisy_figures_are_not_pruned() -> None:
+    assert verdict([1.01, 0.99], BEST) is None  # the same speed
+    assert verdict([2.0, 1.0], BEST) is None  # one repetition as fast as the best
+    # Slower than the best's slowest, but within its spread (1.5 + 0.5): not beyond doubt.
+    assert verdict([1.6, 1.9], [1.0, 1.5, 1.1]) is None
+    # A best without spread: still 5% slower at least.
+    assert verdict([1.04, 1.04], [1.0, 1.0]) is None
+    assert verdict([1.06, 1.06], [1.0, 1.0]) is not None
+
+
+def test_too_few_repetitions_or_no_best_never_prune() -> None:
+    assert MIN_REPS == 2
+    assert verdict([10.0], BEST) is None
+    assert verdict([10.0, 10.0], None) is None
+    assert verdict([10.0, 10.0], []) is None
+
+
+def test_pruning_is_on_for_tpe_and_off_for_the_grid_unless_asked() -> None:
+    assert resolve(None, "tpe") is True and resolve(None, "grid") is False
+    assert resolve(True, "grid") is True and resolve(False, "tpe") is False
+
+
+# ---- a real worker ------------------------------------------------------------------------
+
+CPU = ModelSettings(device="cpu", build="installed")
+# A 256-token prompt in one ubatch against one token per ubatch: about 2.5x apart on the tiny
+# model (the prompt dominates the request).
+WL = Workload(prompt_tokens=256, gen_tokens=2, n_ctx=512, repetitions=3)
+
+
+def spec(n_ubatch: int) -> TrialSpec:
+    return TrialSpec(model=CPU, context=ContextSettings(n_batch=256, n_ubatch=n_ubatch,
+                                                        n_threads=1))
+
+
+def requests(out) -> list[float]:
+    m = out.measured
+    return [a + b for a, b in zip(m.pp_seconds, m.tg_seconds)]
+
+
+def test_worker_prunes_a_clearly_slower_setting_and_not_a_fast_one(tiny_model: Path,
+                                                                   tmp_path: Path) -> None:
+    with Runner(tiny_model, tmp_path, {"installed": None}, trials_per_worker=4) as runner:
+        slow_full = runner.run(spec(1), WL)
+        assert slow_full.state is TrialState.COMPLETE, slow_full.error
+        # Fast against a slow best: measured in full.
+        fast = runner.run(spec(256), WL, prune_against=requests(slow_full))
+        assert fast.state is TrialState.COMPLETE, fast.error
+        assert fast.measured.pruned is None
+        assert len(fast.measured.pp_seconds) == len(fast.measured.tg_seconds) == 3
+        assert max(requests(fast)) < min(requests(slow_full)), "the setup is not 'clearly'"
+        # Slow against the fast best: stopped after MIN_REPS prompt repetitions.
+        slow = runner.run(spec(1), WL, prune_against=requests(fast))
+    assert slow.state is TrialState.PRUNED, (slow.error, requests(fast), requests(slow_full))
+    assert slow.error is not None and slow.error.startswith(f"pruned after {MIN_REPS}")
+    m = slow.measured
+    assert len(m.pp_seconds) == MIN_REPS and m.tg_seconds == []
+    assert min(m.pp_seconds) > max(requests(fast))
+
+
+# ---- a real sweep through the CLI ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pruned_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict:
+    root = tmp_path_factory.mktemp("prune")
+    # Grid order: ubatch 256 (fast, the best), 128 (about as fast), 1 (2.5x slower).
+    write_space(root / "space.yaml", n_batch=[256], n_ubatch=[256, 128, 1])
+    proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space",
+                 root / "space.yaml", "--prompt-tokens", 256, "--gen-tokens", 2, "--n-ctx", 512,
+                 "--repetitions", 3, "--sampler", "grid", "--prune", "--finalist-rounds", 2,
+                 "--served-requests", 0, "--results", root / "results",
+                 "--out", root / "production.yaml", cwd=root)
+    return {"root": root, "proc": proc}
+
+
+def test_sweep_prunes_the_slow_setting_and_configures_a_complete_one(pruned_sweep: dict) -> None:
+    proc, root = pruned_sweep["proc"], pruned_sweep["root"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pruning: a trial clearly slower than the best stops early" in proc.stderr
+    study = list_studies(root / "results")[0]
+    records = {r.spec.context.n_ubatch: r for r in Store(root / "results", study).records()}
+    slow = records[1]
+    assert slow.state is TrialState.PRUNED and not slow.usable
+    assert slow.error is not None and slow.error.startswith("pruned after")
+    assert slow.measurement is not None and slow.objective is not None
+    assert len(slow.measurement.pp_seconds.samples) < 3 or slow.measurement.tg_seconds is None
+    best = records[256]
+    assert best.state is TrialState.COMPLETE and best.usable
+    assert slow.objective > max(best.measurement.request_seconds.samples)
+    pruned = sum(r.state is TrialState.PRUNED for r in records.values())
+    assert f"3 trial(s) run now ({pruned} pruned)" in proc.stdout
+    # Told to optuna as pruned, with its partial objective as the value the sampler learns.
+    trials = optuna.load_study(study_name=study,
+                               storage=f"sqlite:///{root / 'results' / 'optuna.db'}").trials
+    told = next(t for t in trials if t.number == slow.number)
+    assert told.state is optuna.trial.TrialState.PRUNED
+    assert told.value == pytest.approx(slow.objective)
+    # The sampler learns it as clearly worse (its partial objective), not as a failure.
+    planner = Planner(study, f"sqlite:///{root / 'results' / 'optuna.db'}")
+    try:
+        planner.enqueue([r.spec for r in records.values()], set())
+        learned = {h.spec_key: h.objective for h in planner.history()}
+    finally:
+        planner.close()
+    assert learned[slow.spec_key] == pytest.approx(slow.objective)
+    assert learned[slow.spec_key] > learned[best.spec_key]
+    # The config comes from a complete trial; the finalists were measured in full, never
+    # pruned: a round counts only when its re-measurement is complete (finalists.remeasure).
+    side = json.loads((root / "production.tuner.json").read_text())
+    winner = next(r for r in records.values() if r.trial_id == side["provenance"]["trial_id"])
+    assert winner.state is TrialState.COMPLETE and winner.spec.context.n_ubatch != 1
+    final = load_finalists(root / "results", study)
+    assert final is not None and slow.number not in {f.trial for f in final.finalists}
+    assert final.finalists and all(f.rounds >= 2 for f in final.finalists), final
+
+
+def test_report_shows_the_pruned_trial_with_its_partial_figures(pruned_sweep: dict) -> None:
+    results = pruned_sweep["root"] / "results"
+    proc = tuner("report", "--results", results, "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    slow = next(r for r in rows if r["state"] == "pruned")
+    assert float(slow["pp_tps"]) > 0 and slow["why"].startswith("pruned after")
+    table = tuner("report", "--results", results)
+    assert table.returncode == 0 and "pruned" in table.stdout, table.stderr
+
+
+@pytest.mark.parametrize(("sampler", "pruned"), [("tpe", True), ("grid", False)])
+def test_pruning_by_default_with_tpe_and_not_with_the_grid(tiny_model: Path, tmp_path: Path,
+                                                          sampler: str, pruned: bool) -> None:
+    # TPE starts from the plan's first setting (ubatch 256), so ubatch 1 runs against it.
+    write_space(tmp_path / "space.yaml", n_batch=[256], n_ubatch=[256, 1])
+    proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space",
+                 tmp_path / "space.yaml", "--prompt-tokens", 256, "--gen-tokens", 2,
+                 "--n-ctx", 512, "--repetitions", 3, "--sampler", sampler,
+                 "--finalist-rounds", 0, "--served-requests", 0, "--results",
+                 tmp_path / "results", "--out", tmp_path / "production.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = list_studies(tmp_path / "results")[0]
+    slow = next(r for r in Store(tmp_path / "results", study).records()
+                if r.spec.context.n_ubatch == 1)
+    assert (slow.state is TrialState.PRUNED) is pruned, (slow.state, slow.error)
+    assert ("(1 pruned)" in proc.stdout) is pruned
+    if not pruned:  # measured in full: every repetition of both phases
+        assert slow.measurement is not None and len(slow.measurement.tg_seconds.samples) == 3
