@@ -20,6 +20,20 @@ THROTTLE_REASONS: dict[str, str] = {
 }
 
 
+def nvml_handle(nv: Any, cuda_index: int) -> Any:
+    """NVML's handle of the device CUDA calls ``cuda_index`` in this process: NVML ignores
+    ``CUDA_VISIBLE_DEVICES`` and counts in PCI bus order (which the worker also makes CUDA's,
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``), so a worker given GPU 1 reads GPU 1, not GPU 0."""
+    visible = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if x.strip()]
+    if cuda_index < len(visible):
+        v = visible[cuda_index]
+        if v.isdigit():
+            return nv.nvmlDeviceGetHandleByIndex(int(v))
+        return nv.nvmlDeviceGetHandleByUUID(v)  # GPU-... (a UUID)
+    return nv.nvmlDeviceGetHandleByIndex(cuda_index)
+
+
 class GpuMonitor:
     def __init__(self, index: int = 0) -> None:
         self.available = False
@@ -32,7 +46,7 @@ class GpuMonitor:
 
             pynvml.nvmlInit()
             self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self._handle = nvml_handle(pynvml, index)
             self.total_mib = pynvml.nvmlDeviceGetMemoryInfo(self._handle).total / 2**20
             self.available = True
         except Exception:

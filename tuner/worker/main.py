@@ -54,6 +54,9 @@ def prepare_environment(ms: ModelSettings, lib_dir: str | None) -> None:
     if ms.device == "cpu":
         # A deliberate CPU run: hide the GPUs, or llama.cpp would still offload big matmuls.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    # CUDA's device numbers in NVML's (PCI bus) order: the GPU llama.cpp calls CUDA0 is the one
+    # tuner/worker/gpumem.py reads clocks and memory from.
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 
 
 def redirect_stdio(path: str) -> None:
