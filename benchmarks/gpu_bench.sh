@@ -10,7 +10,11 @@
 # builds over every setting the sweep measured, in the same machine session.
 # Needs: nvcc, cmake, ninja, python3 with numpy/pandas/rich/pyyaml/scipy/scikit-build-core and
 # nvidia-ml-py; missing Python packages as wheels in .whl/ (see docs/benchmarks.md).
+# MULTI_GPU=1 (with GPUS=0,1 and MODELS="throughput-model split-model"): instead of the sweeps,
+# trials per hour of `tuner sweep --gpus 0` against `--gpus $GPUS` on the first model, then the
+# second model swept over split modes across every GPU (benchmarks/multigpu_rate.py).
 set -uo pipefail
+GPUS=${GPUS:-0,1}
 BENCH=${BENCH:-/tmp/bench}
 SDIST=${SDIST:-.carry/llama-cpp-python-0.3.36-src.tar.gz}
 ARCH=${CUDA_ARCH:-90}
@@ -31,8 +35,7 @@ setup() {
     --no-build-isolation --no-index --target /tmp/site "$SDIST" || return 1
 }
 
-run() {
-  export PYTHONPATH=/tmp/site:$PWD
+prepare() {  # setup, the builds and the quantized models
   mkdir -p "$BENCH/out"
   if [ -z "${SKIP_BUILD:-}" ]; then  # SKIP_BUILD=1: setup, builds and f16 models are there
   phase setup; setup || { phase FAILED setup; return 1; }
@@ -64,6 +67,12 @@ t = time.time(); quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}');
 " >> "$BENCH/modelgen.log" 2>&1 || { phase "FAILED quantize $m"; return 1; }
     rm -f "$(path_of "$m").f16"
   done
+}
+
+run() {
+  export PYTHONPATH=/tmp/site:$PWD
+  prepare || return 1
+  if [ -n "${MULTI_GPU:-}" ]; then multi; phase done; return 0; fi
   if [ -n "${PROBE_THREADS:-}" ]; then  # prompt-time spread against llama.cpp's CPU threads
     set -- $MODELS; phase "threads probe ${1} ($PROBE_THREADS)"
     for t in $PROBE_THREADS; do for fa in 0 1; do
@@ -125,6 +134,37 @@ PY
   phase done
 }
 
+multi() {  # several GPUs: trials per hour on one GPU and on all ($GPUS), then a split model
+  set -- $MODELS; local tp=$1 split=${2:-$1}
+  for g in 0 "$GPUS"; do
+    local name="gpus-${g//,/-}"
+    phase "sweep $tp --gpus $g"
+    s=$SECONDS; python3 -m tuner.cli sweep --model "$(path_of "$tp")" --gpus "$g" --sampler grid \
+      --finalist-rounds 0 --served-requests 0 --prompt-tokens 2048 --gen-tokens 128 \
+      --results "$BENCH/results-$name" --out "$BENCH/out/$name/production.yaml" --builds builds \
+      > "$BENCH/sweep-$name.log" 2>&1
+    echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name.log"
+  done
+  python3 benchmarks/multigpu_rate.py --one "$BENCH/results-gpus-0" \
+    --many "$BENCH/results-gpus-${GPUS//,/-}" | tee "$BENCH/out/multigpu-rate.md"
+  phase "split $split over every GPU"
+  cat > "$BENCH/split.yaml" <<YAML
+builds: [${VARIANTS%% *}]
+n_batch: [2048]
+n_ubatch: [${SPLIT_UBATCH:-2048}]
+flash_attn: [true]
+kv_cache: [f16/f16]
+${SPLIT_SPACE:-split_modes: [none, layer, row]}
+YAML
+  s=$SECONDS; python3 -m tuner.cli sweep --model "$(path_of "$split")" --space "$BENCH/split.yaml" \
+    --finalist-rounds 0 --served-requests 0 --prompt-tokens 2048 --gen-tokens 128 \
+    --results "$BENCH/results-split" --out "$BENCH/out/split/production.yaml" --builds builds \
+    > "$BENCH/sweep-split.log" 2>&1
+  echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-split.log"
+  python3 -m tuner.cli report --results "$BENCH/results-split" --format md \
+    -o "$BENCH/out/split-report.md" >> "$BENCH/sweep-split.log" 2>&1
+}
+
 status() {
   cat "$BENCH/phase" 2>/dev/null; tail -n 3 "$BENCH/log" 2>/dev/null
   for f in "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/verify-*.log; do
@@ -138,6 +178,7 @@ case "${1:-status}" in
     setsid nohup bash "$0" run > "$BENCH/log" 2>&1 < /dev/null &
     echo "started; poll with: bash $0 wait 500" ;;
   run) run ;;
+  prepare) export PYTHONPATH=/tmp/site:$PWD; prepare ;;
   wait)
     end=$((SECONDS + ${2:-500}))
     while [ $SECONDS -lt $end ] && ! grep -q "done\|FAILED" "$BENCH/phase" 2>/dev/null; do sleep 5; done
@@ -154,7 +195,7 @@ case "${1:-status}" in
     done
     cp "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH/out/" 2>/dev/null
     tar czf "$dest/bench.tar.gz" -C "$BENCH" out phase
-    cat "$BENCH"/out/threads-probe.md "$BENCH"/out/spread/prompt_spread.md "$BENCH"/out/*/fidelity-*.md "$BENCH"/out/*/search-compare.md > "$dest/summary.md" 2>/dev/null
+    cat "$BENCH"/out/threads-probe.md "$BENCH"/out/multigpu-rate.md "$BENCH"/out/split-report.md "$BENCH"/out/spread/prompt_spread.md "$BENCH"/out/*/fidelity-*.md "$BENCH"/out/*/search-compare.md > "$dest/summary.md" 2>/dev/null
     for f in "$BENCH"/sweep-*.log; do tail -n 12 "$f"; done
     cat "$dest/summary.md" ;;
 esac
