@@ -16,7 +16,7 @@ from tests.records_factory import make_record
 from tests.spaces import write_space
 from tuner.constraints import apply_vram_cap, no_fit_reason, over_vram, vram_mib
 from tuner.records import TrialState
-from tuner.store import Store, list_studies
+from tuner.studystore import default_storage, list_studies, records_of
 
 # ---- the figure and the check -------------------------------------------------------------
 
@@ -67,8 +67,8 @@ def sweep(root: Path, model: Path, cap: float) -> tuple[object, list]:
                  "--prompt-tokens", 64, "--gen-tokens", 2, "--n-ctx", 256, "--repetitions", 2,
                  "--finalist-rounds", 0, "--served-requests", 0, "--max-vram", cap,
                  "--results", root / "results", "--out", root / "production.yaml", cwd=root)
-    studies = list_studies(root / "results")
-    records = Store(root / "results", studies[0]).records() if studies else []
+    studies = list_studies(default_storage(root / "results"))
+    records = records_of(default_storage(root / "results"), studies[0]) if studies else []
     return proc, records
 
 
@@ -87,7 +87,7 @@ def test_settings_over_the_cap_are_infeasible_and_the_config_fits(tiny_model: Pa
     entry = yaml.safe_load((tmp_path / "production.yaml").read_text())["models"][0]
     assert entry["n_ubatch"] == 16
     # The sampler learns it as a failure, as it learns an out-of-memory trial.
-    study = list_studies(tmp_path / "results")[0]
+    study = list_studies(default_storage(tmp_path / "results"))[0]
     trials = optuna.load_study(study_name=study, storage=(
         f"sqlite:///{tmp_path / 'results' / 'optuna.db'}")).trials
     told = next(t for t in trials if t.number == heavy.number)

@@ -14,13 +14,12 @@ import pytest
 
 from tests.cli_run import tuner
 from tests.spaces import write_space
-from tuner.finalists_store import load_finalists
 from tuner.planner import Planner
 from tuner.pruning import MIN_REPS, resolve, verdict
 from tuner.records import TrialState
 from tuner.runner import Runner
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
-from tuner.store import Store, list_studies
+from tuner.studystore import default_storage, list_studies, records_of, require_study
 
 BEST = [1.00, 1.02, 1.01]
 
@@ -111,8 +110,8 @@ def test_sweep_prunes_the_slow_setting_and_configures_a_complete_one(pruned_swee
     proc, root = pruned_sweep["proc"], pruned_sweep["root"]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pruning: a trial clearly slower than the best stops early" in proc.stderr
-    study = list_studies(root / "results")[0]
-    records = {r.spec.context.n_ubatch: r for r in Store(root / "results", study).records()}
+    study = list_studies(default_storage(root / "results"))[0]
+    records = {r.spec.context.n_ubatch: r for r in records_of(default_storage(root / "results"), study)}
     slow = records[1]
     assert slow.state is TrialState.PRUNED and not slow.usable
     assert slow.error is not None and slow.error.startswith("pruned after")
@@ -143,7 +142,7 @@ def test_sweep_prunes_the_slow_setting_and_configures_a_complete_one(pruned_swee
     side = json.loads((root / "production.tuner.json").read_text())
     winner = next(r for r in records.values() if r.trial_id == side["provenance"]["trial_id"])
     assert winner.state is TrialState.COMPLETE and winner.spec.context.n_ubatch != 1
-    final = load_finalists(root / "results", study)
+    final = require_study(default_storage(root / "results"), study).finalists()
     assert final is not None and slow.number not in {f.trial for f in final.finalists}
     assert final.finalists and all(f.rounds >= 2 for f in final.finalists), final
 
@@ -170,8 +169,8 @@ def test_pruning_by_default_with_tpe_and_not_with_the_grid(tiny_model: Path, tmp
                  "--finalist-rounds", 0, "--served-requests", 0, "--results",
                  tmp_path / "results", "--out", tmp_path / "production.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    study = list_studies(tmp_path / "results")[0]
-    slow = next(r for r in Store(tmp_path / "results", study).records()
+    study = list_studies(default_storage(tmp_path / "results"))[0]
+    slow = next(r for r in records_of(default_storage(tmp_path / "results"), study)
                 if r.spec.context.n_ubatch == 1)
     assert (slow.state is TrialState.PRUNED) is pruned, (slow.state, slow.error)
     assert ("(1 pruned)" in proc.stdout) is pruned
