@@ -83,17 +83,18 @@ def test_space_file_sweeps_split_modes_and_tensor_splits(tmp_path: Path) -> None
     p = tmp_path / "space.yaml"
     p.write_text("n_batch: [512]\nn_ubatch: [512]\n" + SPLIT_SPACE)
     specs = grid(load_space(p), "cuda", WL, lambda *a: True)
-    assert [(s.model.split_mode, s.model.tensor_split) for s in specs] == [
-        (m, t) for m in (0, 1, 2) for t in (None, (1.0, 1.0), (3.0, 1.0))]
-    assert len({s.model.worker_key() for s in specs}) == 9  # one model load each
+    # Split mode none keeps the model on one GPU: a tensor split changes nothing there.
+    assert [(s.model.split_mode, s.model.tensor_split) for s in specs] == [(0, None)] + [
+        (m, t) for m in (1, 2) for t in (None, (1.0, 1.0), (3.0, 1.0))]
+    assert len({s.model.worker_key() for s in specs}) == 7  # one model load each
     labels = [s.label() for s in specs]
     assert labels[0] == "installed b512/u512 nofa kv f16/f16 ngl -1 split none gpu0"
-    assert labels[3] == "installed b512/u512 nofa kv f16/f16 ngl -1"  # layer: the default
-    assert labels[5] == "installed b512/u512 nofa kv f16/f16 ngl -1 ts 3:1"
-    assert labels[7] == "installed b512/u512 nofa kv f16/f16 ngl -1 split row ts 1:1"
+    assert labels[1] == "installed b512/u512 nofa kv f16/f16 ngl -1"  # layer: the default
+    assert labels[3] == "installed b512/u512 nofa kv f16/f16 ngl -1 ts 3:1"
+    assert labels[5] == "installed b512/u512 nofa kv f16/f16 ngl -1 split row ts 1:1"
     # The defaults keep the key and space id of settings stored before these were searchable.
     before = Space(n_batch=[512], n_ubatch=[512])
-    assert grid(before, "cuda", WL, lambda *a: True)[0].key() == specs[3].key()
+    assert grid(before, "cuda", WL, lambda *a: True)[0].key() == specs[1].key()
     p.write_text("n_batch: [512]\nn_ubatch: [512]\nsplit_modes: [layer]\ntensor_splits: [null]\n")
     assert load_space(p).space_id() == before.space_id()
     # The built-in spaces do not split.
@@ -256,3 +257,13 @@ def test_trial_expectation_carries_the_split() -> None:
     assert (ex.split_mode, ex.main_gpu, ex.tensor_split) == (0, 1, (3.0, 1.0))
     plain = expect(TrialSpec(model=ModelSettings(), context=ContextSettings()))
     assert (plain.split_mode, plain.main_gpu, plain.tensor_split) == (1, 0, None)
+
+
+def test_split_preset_loads() -> None:
+    preset = load_space(Path(__file__).resolve().parent.parent / "configs" / "spaces"
+                        / "cuda-split.yaml")
+    assert preset.split_modes == ["none", "layer", "row"]
+    assert preset.tensor_splits == [None, [1.0, 1.0], [3.0, 1.0]]
+    specs = grid(preset, "cuda", Workload(prompt_tokens=512, gen_tokens=128), lambda *a: True)
+    assert {(s.model.split_mode, s.model.tensor_split) for s in specs} == {
+        (0, None), *((m, t) for m in (1, 2) for t in (None, (1.0, 1.0), (3.0, 1.0)))}
