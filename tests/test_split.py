@@ -152,6 +152,8 @@ def test_cpu_sweep_runs_and_records_the_split(tmp_path: Path, tiny_model: Path) 
     assert record.state.value == "complete" and record.verification.verified, \
         record.verification.reasons
     assert (record.spec.model.split_mode, record.spec.model.tensor_split) == (1, (1.0, 1.0))
+    assert record.spec.key() == record.spec_key  # read back from storage, the same key
+    assert "ts 1:1" in record.spec.label()
     config = yaml.safe_load((tmp_path / "p.yaml").read_text())["models"][0]
     assert (config["split_mode"], config["tensor_split"], config["main_gpu"]) == (1, [1.0, 1.0], 0)
 
