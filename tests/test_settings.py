@@ -27,7 +27,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 # One value off the default per setting: a new setting must name one here (its test).
 SAMPLES: dict[str, object] = {
-    "build": "b2", "n_gpu_layers": 7, "cuda_graphs": False, "split_mode": 0, "main_gpu": 1,
+    "build": "b2", "n_gpu_layers": 7, "cuda_graphs": False, "split_mode": "none", "main_gpu": 1,
+    "tensor_split": [3.0, 1.0],
     "n_batch": 1024, "n_ubatch": 256, "flash_attn": True, "kv_cache": "q8_0/q8_0",
     "n_threads": 3, "op_offload": False,
 }
@@ -111,6 +112,8 @@ def test_worker_params_carry_every_declared_setting() -> None:
                    if not f.startswith(("cb_", "abort", "progress", "devices", "tensor_",
                                         "kv_overrides", "samplers", "ctx_other"))
                    and getattr(got, f) != getattr(base, f)}
+        if s.level == "model" and bool(got.tensor_split) != bool(base.tensor_split):  # pointer
+            changed.add("tensor_split")
         assert changed, f"{s.name}: the worker's params do not change"
 
 

@@ -23,6 +23,14 @@ from pydantic import Field
 
 from tuner import settings
 from tuner.buildinfo import BuildFlags, find_system_info, variant_of
+from tuner.gpusplit import (
+    DeviceHolding,
+    is_cuda_device,
+    is_split,
+    per_device,
+    split_reasons,
+    split_summary,
+)
 from tuner.specs import Frozen, TrialSpec, Workload
 
 _DEVICE = re.compile(r"^\s+Device (\d+): (.+?)(?:, compute capability.*)?$")
@@ -35,7 +43,7 @@ _CTX_INT = re.compile(r"^\s*(n_ctx|n_batch|n_ubatch)\s*=\s*(\d+)\s*$")
 _FLASH = re.compile(r"^\s*flash_attn\s*=\s*(\w+)")
 _FLASH_RESOLVED = re.compile(r"Flash Attention was \w+, set to (\w+)")
 _FAILURE = re.compile(r"\b(?:error|failed|failure|out of memory|GGML_ASSERT)", re.IGNORECASE)
-_CUDA_DEVICE = re.compile(r"CUDA\d+")
+_USING_DEVICE = re.compile(r"using device (\S+) \(")
 
 _MODEL_HEADS = ("load_tensors", "llm_load_tensors")
 _CONTEXT_HEADS = ("llama_context", "llama_new_context_with_model", "llama_init_from_model")
@@ -43,11 +51,6 @@ _LOAD_HEADS = ("llama_model_loader", "load_tensors", "llm_load_tensors")
 # Metadata dumps quote the model's own strings (chat templates), which may say "error".
 _NOT_FAILURES = ("llama_model_loader: - kv", "print_info:", "Model metadata:")
 _MAX_ERRORS = 50
-
-
-def is_cuda_device(name: str) -> bool:
-    """A CUDA GPU (CUDA0, CUDA1, ...); CUDA_Host is pinned host memory, not the GPU."""
-    return _CUDA_DEVICE.fullmatch(name) is not None
 
 
 def is_cpu_device(name: str) -> bool:
@@ -58,6 +61,11 @@ class PlacementEvidence(Frozen):
     """What one captured llama.cpp log says about where a model and its context live."""
 
     cuda_devices: list[str] = Field(default_factory=list)
+    # The devices the model may use ("using device CUDA0 (...)"): every GPU with split mode
+    # layer/row, main_gpu's alone with none (tuner.gpusplit reads what each one holds).
+    model_devices: list[str] = Field(default_factory=list)
+    # What each CUDA device holds: layers, KV layers, model / KV / compute buffer MiB.
+    per_gpu: dict[str, DeviceHolding] = Field(default_factory=dict)
     layer_devices: dict[int, str] = Field(default_factory=dict)
     offloaded_layers: int | None = None
     total_layers: int | None = None
@@ -78,6 +86,8 @@ class PlacementEvidence(Frozen):
 def parse_load_log(text: str) -> PlacementEvidence:
     """Evidence from a llama.cpp log. Never raises: what the log lacks stays None or empty."""
     devices: dict[int, str] = {}
+    model_devices: list[str] = []
+    devices_closed = False
     layers: dict[int, str] = {}
     kv_layers: dict[int, str] = {}
     model_buf: dict[str, float] = {}
@@ -94,9 +104,14 @@ def parse_load_log(text: str) -> PlacementEvidence:
         head, colon, rest = line.partition(":")
         if colon and head in _LOAD_HEADS:
             is_load = True
+        if colon and "using device" in rest and (m := _USING_DEVICE.search(rest)):
+            if devices_closed:  # the device list of a new load
+                model_devices, devices_closed = [], False
+            model_devices.append(m.group(1))
         if colon and head in _MODEL_HEADS:
             if "loading model tensors" in rest:  # a new load: its placement replaces the last
                 layers, model_buf, offloaded = {}, {}, None
+                devices_closed = True
             elif m := _LAYER.match(rest):
                 layers[int(m.group(1))] = m.group(2)
             elif m := _OFFLOADED.search(rest):
@@ -128,8 +143,9 @@ def parse_load_log(text: str) -> PlacementEvidence:
                 and not line.startswith(_NOT_FAILURES) and line.strip() not in errors):
             errors.append(line.strip())
 
-    return PlacementEvidence(
+    ev = PlacementEvidence(
         cuda_devices=[devices[i] for i in sorted(devices)],
+        model_devices=model_devices,
         layer_devices=layers,
         offloaded_layers=offloaded[0] if offloaded else None,
         total_layers=offloaded[1] if offloaded else None,
@@ -146,6 +162,7 @@ def parse_load_log(text: str) -> PlacementEvidence:
         errors=errors,
         is_load_log=is_load,
     )
+    return ev.model_copy(update={"per_gpu": per_device(ev)})
 
 
 def _add(into: dict[str, float], name: str, mib: str, replace: bool = False) -> None:
@@ -159,6 +176,12 @@ class Expectation(Frozen):
 
     device: Literal["cuda", "cpu"]
     n_gpu_layers: int = -1
+    # How layers are split across GPUs (tuner.gpusplit): llama_split_mode (0 none: every GPU
+    # layer on CUDA<main_gpu>; 1 layer / 2 row: on more than one GPU when several are used),
+    # and the split's proportions (None: by free memory).
+    split_mode: int = 1
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] | None = None
     build: str | None = None
     type_k: str | None = None
     type_v: str | None = None
@@ -239,12 +262,13 @@ def _cuda_reasons(ev: PlacementEvidence, ex: Expectation, flags: BuildFlags | No
     elif ev.offloaded_layers != want:
         out.append(f"llama.cpp offloaded {ev.offloaded_layers}/{ev.total_layers} layers to GPU, "
                    f"expected {want}/{ev.total_layers}")
+    out += split_reasons(ev, ex, full)
     kv = ev.kv_layer_devices
     off_kv = {i: d for i, d in kv.items() if not is_cuda_device(d)} if full else {}
     if off_kv:
         out.append(f"KV cache of {len(off_kv)} of {len(kv)} layers on {_where(off_kv)}, "
                    "not on the GPU")
-    elif not full and (moved := {i: d for i, d in kv.items() if i in layers and layers[i] != d}):
+    elif (not full or is_split(ev)) and (moved := {i: d for i, d in kv.items() if i in layers and layers[i] != d}):
         out.append(f"KV cache of {len(moved)} layers on {_where(moved)}, away from their "
                    "layer's device")
     for name, mib in sorted(ev.kv_buffers_mib.items()):
@@ -342,8 +366,11 @@ def _span(ix: list[int]) -> str:
 
 
 def summarize(evidence: PlacementEvidence, build: BuildFlags | None = None) -> str:
-    """One line: "33/33 layers on CUDA0, KV cache on CUDA0, build default"."""
+    """One line: "33/33 layers on CUDA0, KV cache on CUDA0, build default"; split across GPUs,
+    what each holds: "layers: CUDA0 17, CUDA1 16; KV: CUDA0 16, CUDA1 16; MiB ...; build ..."."""
     flags = build if build is not None else evidence.build
+    if is_split(evidence):
+        return f"{split_summary(evidence)}; build {variant_of(flags) if flags else 'unknown'}"
     counts = Counter(evidence.layer_devices.values())
     total = evidence.total_layers or len(evidence.layer_devices)
     if counts:

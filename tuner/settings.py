@@ -14,6 +14,7 @@ Nothing here imports llama_cpp: the worker passes its module in."""
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,6 +38,13 @@ KV_TYPES: dict[str, int] = {
     "bf16": 30,
 }
 UNQUANTIZED_KV = {"f32", "f16", "bf16"}
+
+# llama_split_mode (llama.h): the space names the modes, the spec and server config hold the
+# number. LLAMA_SPLIT_MODE_TENSOR (3) is left out: its layers live on a "Meta" device that the
+# load log's per-layer lines do not attribute to one GPU.
+SPLIT_MODES: dict[str, int] = {"none": 0, "layer": 1, "row": 2}
+# LLAMA_MAX_DEVICES of a CUDA build (GGML_CUDA_MAX_DEVICES): the most entries a tensor split has.
+MAX_SPLIT_DEVICES = 16
 
 
 def _on(v: bool) -> str:
@@ -84,11 +92,18 @@ class Setting:
     in_space: bool = True             # a space may list values of it
     shown: bool = True                # report column always; else only when a record differs
     keyed_at_default: bool = False    # in TrialSpec.key()/space_id at its default (old keys)
+    # in space_id at its default (default: keyed_at_default); False for a setting in every
+    # key since the start that became searchable later (its space list is new)
+    spaced_at_default: bool | None = None
     changes_ops: bool = True          # decides where graph operations run (op proof key)
 
     @property
     def spec_default(self) -> Any:
         return self.default if self.field_default is ... else self.field_default
+
+    @property
+    def in_space_id_at_default(self) -> bool:
+        return self.keyed_at_default if self.spaced_at_default is None else self.spaced_at_default
 
     @property
     def key(self) -> str:
@@ -184,6 +199,59 @@ def _set(**pairs: str) -> Callable[[Any, Any, Any], None]:
     return apply
 
 
+def _split_modes(v: list[str]) -> None:
+    for name in v:
+        if name not in SPLIT_MODES:
+            raise ValueError(f"unknown split mode {name!r} (known: {', '.join(SPLIT_MODES)})")
+
+
+def split_mode_name(mode: int) -> str:
+    return next((n for n, i in SPLIT_MODES.items() if i == mode), str(mode))
+
+
+def _split_label(spec: TrialSpec) -> str | None:
+    ms = spec.model
+    if ms.device == "cpu" or ms.split_mode == SPLIT_MODES["layer"]:
+        return None
+    name = split_mode_name(ms.split_mode)
+    return f"split {name} gpu{ms.main_gpu}" if name == "none" else f"split {name}"
+
+
+def _tensor_splits(v: list[list[float] | None]) -> None:
+    for split in v:
+        if split is None:
+            continue
+        if not split or len(split) > MAX_SPLIT_DEVICES:
+            raise ValueError(f"a tensor split lists 1 to {MAX_SPLIT_DEVICES} proportions, one "
+                             f"per GPU (null: llama.cpp's split by free memory)")
+        if any(x < 0 for x in split) or not sum(split) > 0:
+            raise ValueError(f"tensor split {split} must hold proportions >= 0 that do not sum "
+                             "to 0")
+
+
+def _split_fields(v: list[float] | None) -> dict[str, Any]:
+    return {"tensor_split": None if v is None else tuple(float(x) for x in v)}
+
+
+def split_text(split: tuple[float, ...] | list[float] | None) -> str:
+    """"3:1" for (3.0, 1.0); "auto" for None (by free memory)."""
+    if split is None:
+        return "auto"
+    return ":".join(f"{x:g}" for x in split)
+
+
+def _apply_tensor_split(lc: Any, params: Any, ms: Any) -> None:
+    """llama_model_params.tensor_split is a borrowed ``const float *`` that llama.cpp reads
+    ``llama_max_devices()`` floats from: the array is that long (or longer), zero-padded.
+    Assigning it to the ctypes field keeps a reference in ``params`` (ctypes' ``_objects``),
+    so it lives as long as the params do; the model also copies it at load."""
+    if ms.tensor_split is None:
+        return
+    n = max(int(lc.llama_max_devices()), len(ms.tensor_split))
+    array = (ctypes.c_float * n)(*ms.tensor_split)
+    params.tensor_split = array
+
+
 def _apply_kv(lc: Any, params: Any, cs: Any) -> None:
     params.type_k = KV_TYPES[cs.type_k]
     params.type_v = KV_TYPES[cs.type_v]
@@ -219,20 +287,40 @@ SETTINGS: tuple[Setting, ...] = (
         unproven="the load log does not say whether CUDA graphs ran",
         doc="CUDA graphs (off: GGML_CUDA_DISABLE_GRAPHS=1 in the worker and the service)"),
     Setting(
-        name="split_mode", level="model", value_type=int, default=1, column="split",
-        cell=lambda s: s.model.split_mode, numeric=True, in_space=False, shown=False,
-        bounds={"ge": 0, "le": 3},
-        keyed_at_default=True, apply=_set(split_mode="split_mode"),
+        name="split_mode", space_key="split_modes", level="model", value_type=str,
+        default="layer", field_type=int, column="split",
+        to_fields=lambda v: {"split_mode": SPLIT_MODES[v]},
+        from_fields=lambda ms: split_mode_name(ms.split_mode),
+        cell=lambda s: split_mode_name(s.model.split_mode), check=_split_modes, shown=False,
+        bounds={"ge": 0, "le": 3}, label=_split_label, label_rank=55,
+        # In every key since the start (at 1: layer); its space list is new, so a space that
+        # does not list it keeps its id.
+        keyed_at_default=True, spaced_at_default=False, apply=_set(split_mode="split_mode"),
         server=lambda s: {"split_mode": s.model.split_mode},
-        unproven="one GPU: every layer's device is checked instead",
-        doc="how layers are split across GPUs (llama_split_mode)"),
+        expect=lambda s: {"split_mode": s.model.split_mode, "main_gpu": s.model.main_gpu},
+        doc="how layers are split across GPUs: none (all on main_gpu), layer (whole layers "
+            "per GPU), row (each matrix split by rows); llama_split_mode 0/1/2"),
+    Setting(
+        name="tensor_split", space_key="tensor_splits", level="model",
+        value_type=list[float] | None, default=None, field_type=tuple[float, ...] | None,
+        column="tensor_split", to_fields=_split_fields,
+        from_fields=lambda ms: None if ms.tensor_split is None else list(ms.tensor_split),
+        cell=lambda s: split_text(s.model.tensor_split), check=_tensor_splits, shown=False,
+        label=lambda s: (None if s.model.tensor_split is None
+                         else f"ts {split_text(s.model.tensor_split)}"), label_rank=56,
+        apply=_apply_tensor_split,
+        server=lambda s: {"tensor_split": None if s.model.tensor_split is None
+                          else list(s.model.tensor_split)},
+        expect=lambda s: {"tensor_split": s.model.tensor_split},
+        doc="share of the layers (row mode: of each matrix) per GPU, e.g. [3, 1] (null: "
+            "llama.cpp's split by free memory)"),
     Setting(
         name="main_gpu", level="model", value_type=int, default=0, column="main_gpu",
         cell=lambda s: s.model.main_gpu, numeric=True, in_space=False, shown=False,
         bounds={"ge": 0},
         keyed_at_default=True, apply=_set(main_gpu="main_gpu"),
         server=lambda s: {"main_gpu": s.model.main_gpu},
-        unproven="one GPU: every layer's device is checked instead",
+        unproven="proven with split_mode: with none every layer must be on this GPU",
         doc="the GPU that holds the model with split mode none"),
     # Context-level (ContextSettings): a new context on the loaded model.
     Setting(
@@ -321,7 +409,7 @@ def key_dump(dump: dict[str, Any]) -> dict[str, Any]:
 def space_dump(dump: dict[str, Any]) -> dict[str, Any]:
     """A Space dump for its id: a newer setting's list left at ``[default]`` is left out."""
     return {k: v for k, v in dump.items()
-            if not ((s := BY_SPACE_KEY.get(k)) and not s.keyed_at_default
+            if not ((s := BY_SPACE_KEY.get(k)) and not s.in_space_id_at_default
                     and v == [s.default])}
 
 

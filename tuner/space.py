@@ -128,7 +128,8 @@ def grid(space: Space, device: Device, workload: Workload,
     """Every valid combination, baseline first. ``fa_ok(build, type_k, type_v)`` tells whether a
     build compiled flash-attention kernels for that K/V pair. Combinations that would run the
     same computation (an n_batch beyond the prompt: llama.cpp decodes the prompt in one chunk
-    either way) are kept once, with the smallest values."""
+    either way; a tensor split with split mode none, which keeps the model on one GPU) are kept
+    once, with the smallest values (the first listed split)."""
     if space.combinations() > MAX_COMBINATIONS:
         raise BadInput(f"the search space holds {space.combinations():,} combinations, above "
                        f"the limit of {MAX_COMBINATIONS:,}",
@@ -149,7 +150,10 @@ def grid(space: Space, device: Device, workload: Workload,
         if cs["flash_attn"] and not fa_ok(fields["model"]["build"], cs["type_k"], cs["type_v"]):
             continue
         eff_b = min(cs["n_batch"], p)
-        same = (tuple(sorted(fields["model"].items())),
+        model = dict(fields["model"])
+        if model["split_mode"] == settings.SPLIT_MODES["none"]:
+            model["tensor_split"] = None  # one GPU: llama.cpp has nothing to split
+        same = (tuple(sorted(model.items())),
                 tuple(sorted({**cs, "n_batch": eff_b,
                               "n_ubatch": min(cs["n_ubatch"], eff_b)}.items())))
         if same in seen:
