@@ -269,3 +269,14 @@ def test_split_preset_loads() -> None:
     specs = grid(preset, "cuda", Workload(prompt_tokens=512, gen_tokens=128), lambda *a: True)
     assert {(s.model.split_mode, s.model.tensor_split) for s in specs} == {
         (0, None), *((m, t) for m in (1, 2) for t in (None, (1.0, 1.0), (3.0, 1.0)))}
+
+
+def test_a_refused_load_says_why_in_llama_cpps_words() -> None:
+    """The real load log of a row split on two H200s (docs/benchmarks.md, run 8): the record's
+    reason carries llama.cpp's own line, not only that the load failed."""
+    from tuner.worker.main import load_error
+
+    log = (Path(__file__).resolve().parent / "fixtures" / "h200x2-row-split-load.log").read_text()
+    assert load_error(log) == ("llama.cpp could not load the model: device CUDA0 does not "
+                               "support split buffers")
+    assert load_error("no such line") == "llama.cpp could not load the model"

@@ -6,6 +6,7 @@ goes to the worker's log file, never to the pipe."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import time
@@ -57,6 +58,13 @@ def prepare_environment(ms: ModelSettings, lib_dir: str | None) -> None:
     # CUDA's device numbers in NVML's (PCI bus) order: the GPU llama.cpp calls CUDA0 is the one
     # tuner/worker/gpumem.py reads clocks and memory from.
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+
+
+def load_error(log: str) -> str:
+    """Why llama.cpp refused the model, in its own words when its log says (e.g. "device CUDA0
+    does not support split buffers" for a row split)."""
+    said = re.search(r"error loading model: (.+)", log)
+    return "llama.cpp could not load the model" + (f": {said.group(1).strip()}" if said else "")
 
 
 def redirect_stdio(path: str) -> None:
@@ -123,8 +131,7 @@ def _serve(conn: Conn, ms: ModelSettings, job: WorkerJob) -> None:
     model = llama_cpp.llama_model_load_from_file(job.model_path.encode(), mp)
     load_seconds = time.perf_counter() - t0
     if not model:
-        send(conn, LoadFailed(**info, error="llama.cpp could not load the model",
-                              log=log.text()))
+        send(conn, LoadFailed(**info, error=load_error(log.text()), log=log.text()))
         return
     send(conn, Ready(**info, load_seconds=load_seconds, log=log.text(),
                      n_layer=llama_cpp.llama_model_n_layer(model)))
