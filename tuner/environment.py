@@ -72,3 +72,15 @@ def environment(info: WorkerInfo, build_name: str, model_path: Path,
         model_bytes=model_bytes,
         model_sha256=sha,
     )
+
+
+def gpu_in_use(env: Environment) -> str | None:
+    """The GPU a sweep's workers run on, with its driver (``NVIDIA H100 80GB HBM3, driver
+    580.159.04``): the first of ``CUDA_VISIBLE_DEVICES`` when it names an index, else GPU 0.
+    None without an NVIDIA driver."""
+    if not env.gpus:
+        return None
+    first = (env.cuda_visible_devices or "").split(",")[0].strip()
+    pick = next((g for g in env.gpus if first.isdigit() and g.get("index") == int(first)),
+                env.gpus[0])
+    return f"{pick.get('name')}, driver {env.driver}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -35,6 +36,13 @@ from tuner.studystore import RECORD, StudyStore
 
 optuna.logging.set_verbosity(logging.WARNING)
 T = TypeVar("T")
+
+
+def _slug(text: str | None) -> str:
+    """A study-name-safe short form of a GPU's name (``NVIDIA H100 80GB HBM3`` -> ``h100``)."""
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", (text or "").split(",")[0].lower())
+             if w and w not in ("nvidia", "tesla", "geforce")]
+    return (words[0] if words else "gpu")[:40]
 
 
 class Planner:
@@ -69,14 +77,24 @@ class Planner:
         return self._guard(self.store.records)
 
     def check_identity(self, identity: dict[str, Any]) -> None:
-        """The study's model, device and workload, kept in the storage itself (shared by every
-        host): set by the first sweep, refused when another sweep differs."""
+        """The study's model, device, workload and GPU (its model and driver), kept in the
+        storage itself (shared by every host): set by the first sweep, refused when another
+        sweep differs. Trials are compared only on one GPU model and driver, so a host with
+        another GPU gets its own study. A study made before the GPU was part of the identity
+        takes this sweep's."""
         old = self._guard(lambda: self.study.user_attrs.get("tuner_identity"))
-        if old is None:
+        name = self.study.study_name
+        if old is not None and {k: v for k, v in old.items() if k != "gpu"} != {
+                k: v for k, v in identity.items() if k != "gpu"}:
+            raise BadInput(f"study {name!r} was run with another model, device or workload; "
+                           "pick another --study to keep both")
+        if old is not None and old.get("gpu") != identity.get("gpu") and "gpu" in old:
+            raise BadInput(f"study {name!r} holds trials of {old['gpu']}; this sweep's GPU is "
+                           f"{identity.get('gpu')}: trials are compared only on one GPU model "
+                           "and driver", hint=f"give this GPU its own study, e.g. --study "
+                                              f"{name}-{_slug(identity.get('gpu'))}")
+        if old != identity:
             self._guard(lambda: self.study.set_user_attr("tuner_identity", identity))
-        elif old != identity:
-            raise BadInput(f"study {self.study.study_name!r} was run with another model, "
-                           "device or workload; pick another --study to keep both")
 
     def check_numbers(self, records: list[TrialRecord]) -> None:
         """Refuse a storage that lost trials the records of an older version's results

@@ -8,13 +8,13 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from tuner import builds as builds_mod
 from tuner.buildinfo import BuildFlags, fa_supports, parse_system_info
 from tuner.constraints import apply_vram_cap, no_fit_reason
 from tuner.drift import worker_drift
-from tuner.environment import environment, model_sha256
+from tuner.environment import environment, gpu_in_use, model_sha256
 from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
 from tuner.finalists import FinalistOptions, select, settle
 from tuner.interrupt import critical
@@ -205,8 +205,11 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         # The records are the identity too: checked before the study's identity is set.
         check_records_identity(existing, study, sha, opts.device, wl)
         planner.check_numbers(legacy)
-        planner.check_identity({"model_sha256": sha, "device": opts.device,
-                                "workload": [wl.prompt_tokens, wl.gen_tokens, wl.n_ctx]})
+        identity: dict[str, Any] = {"model_sha256": sha, "device": opts.device,
+                                    "workload": [wl.prompt_tokens, wl.gen_tokens, wl.n_ctx]}
+        if opts.device == "cuda":
+            identity["gpu"] = gpu_in_use(next(iter(envs.values())))
+        planner.check_identity(identity)
         stores.append(planner.store)
         retried = planner.reconcile(existing)
         done = {r.spec_key for r in existing}

@@ -1,0 +1,52 @@
+"""A study's identity in its storage (tuner/planner.py check_identity): model, device, workload
+and, on CUDA, the GPU model and driver. Trials are compared only on one GPU model and driver, so
+a sweep on another GPU is refused with the study name to use instead; a study made before the
+GPU was part of the identity takes the first sweep's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.records_factory import sample_environment
+from tuner.environment import gpu_in_use
+from tuner.errors import BadInput
+from tuner.planner import Planner
+
+BASE = {"model_sha256": "0" * 64, "device": "cuda", "workload": [2048, 128, 2176]}
+H100 = "NVIDIA H100 80GB HBM3, driver 580.159.04"
+A100 = "NVIDIA A100-SXM4-80GB, driver 580.159.04"
+
+
+def planner(tmp_path: Path) -> Planner:
+    return Planner("s", f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def test_another_gpu_is_refused_with_the_study_to_use(tmp_path: Path) -> None:
+    p = planner(tmp_path)
+    p.check_identity({**BASE, "gpu": H100})
+    p.check_identity({**BASE, "gpu": H100})  # the same GPU again: fine
+    with pytest.raises(BadInput, match="holds trials of NVIDIA H100 80GB HBM3") as e:
+        p.check_identity({**BASE, "gpu": A100})
+    assert e.value.hint == "give this GPU its own study, e.g. --study s-a100"
+    with pytest.raises(BadInput, match="another model, device or workload"):
+        p.check_identity({**BASE, "workload": [512, 128, 640], "gpu": H100})
+
+
+def test_a_study_from_before_the_gpu_takes_this_sweeps(tmp_path: Path) -> None:
+    p = planner(tmp_path)
+    p.study.set_user_attr("tuner_identity", BASE)  # as an older tuner stored it
+    p.check_identity({**BASE, "gpu": H100})
+    assert p.study.user_attrs["tuner_identity"]["gpu"] == H100
+    with pytest.raises(BadInput, match="holds trials of"):
+        planner(tmp_path).check_identity({**BASE, "gpu": A100})
+
+
+def test_the_gpu_in_use_follows_cuda_visible_devices() -> None:
+    env = sample_environment().model_copy(update={"gpus": [
+        {"index": 0, "name": "NVIDIA H100 80GB HBM3"}, {"index": 1, "name": "NVIDIA A100"}]})
+    assert gpu_in_use(env) == "NVIDIA H100 80GB HBM3, driver 550.00"
+    assert gpu_in_use(env.model_copy(update={"cuda_visible_devices": "1"})) == (
+        "NVIDIA A100, driver 550.00")
+    assert gpu_in_use(sample_environment(device="cpu")) is None
