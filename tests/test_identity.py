@@ -1,7 +1,9 @@
 """A study's identity in its storage (tuner/planner.py check_identity): model, device, workload
-and, on CUDA, the GPU model and driver. Trials are compared only on one GPU model and driver, so
-a sweep on another GPU is refused with the study name to use instead; a study made before the
-GPU was part of the identity takes the first sweep's."""
+and, on CUDA, the GPU model and driver. Trials are compared only on one GPU model and driver: a
+sweep on another GPU runs the study's sibling for that GPU (`<study>--<gpu>-<driver>`), which
+the report shows beside it; a study made before the GPU was part of the identity takes the
+first sweep's. A sweep on CUDA cannot run here: the routing is tested on the planner and the
+report on stored records."""
 
 from __future__ import annotations
 
@@ -9,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.records_factory import sample_environment
+from tests.records_factory import make_record, sample_environment, store_records
 from tuner.environment import gpu_in_use
 from tuner.errors import BadInput
-from tuner.planner import Planner
+from tuner.planner import Planner, gpu_study_name
+from tuner.studydata import studies_to_show
 
 BASE = {"model_sha256": "0" * 64, "device": "cuda", "workload": [2048, 128, 2176]}
 H100 = "NVIDIA H100 80GB HBM3, driver 580.159.04"
@@ -50,3 +53,29 @@ def test_the_gpu_in_use_follows_cuda_visible_devices() -> None:
     assert gpu_in_use(env.model_copy(update={"cuda_visible_devices": "1"})) == (
         "NVIDIA A100, driver 550.00")
     assert gpu_in_use(sample_environment(device="cpu")) is None
+
+
+def test_another_gpus_sweep_goes_to_the_studys_sibling(tmp_path: Path) -> None:
+    p = planner(tmp_path)
+    assert p.study_for_gpu(H100) is None  # a new study: it takes the first GPU
+    p.check_identity({**BASE, "gpu": H100})
+    assert p.study_for_gpu(H100) is None and p.study_for_gpu(None) is None
+    sibling = p.study_for_gpu(A100)
+    assert sibling == "s--a100-sxm4-80gb-580.159.04" == gpu_study_name("s", A100)
+    other = Planner(sibling, f"sqlite:///{tmp_path / 'optuna.db'}")
+    other.check_identity({**BASE, "gpu": A100})  # the sibling holds the A100's trials
+    assert other.study_for_gpu(A100) is None
+    other.close()
+    # The same GPU with another driver is another sibling.
+    assert p.study_for_gpu(H100.replace("580.159.04", "550.54.15")) == (
+        "s--h100-80gb-hbm3-550.54.15")
+    assert len(gpu_study_name("x" * 98, A100)) == 100
+
+
+def test_the_report_of_a_study_shows_its_gpu_siblings_apart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    store_records(url, "s", [make_record(0, study="s")])
+    store_records(url, gpu_study_name("s", A100), [make_record(0, study="s2", n_batch=1024)])
+    store_records(url, "s-other", [make_record(0, study="s-other")])
+    shown = [d.name for d in studies_to_show(url, "s")]
+    assert shown == ["s", "s--a100-sxm4-80gb-580.159.04"]  # not s-other: another study

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import tuner
 from tuner.claims import HOST
@@ -76,11 +77,20 @@ def environment(info: WorkerInfo, build_name: str, model_path: Path,
 
 def gpu_in_use(env: Environment) -> str | None:
     """The GPU a sweep's workers run on, with its driver (``NVIDIA H100 80GB HBM3, driver
-    580.159.04``): the first of ``CUDA_VISIBLE_DEVICES`` when it names an index, else GPU 0.
-    None without an NVIDIA driver."""
-    if not env.gpus:
+    580.159.04``), from a stored environment. None without an NVIDIA driver."""
+    return gpu_label(env.gpus, env.driver, env.cuda_visible_devices)
+
+
+def gpu_of(info: WorkerInfo) -> str | None:
+    """``gpu_in_use`` from a worker's hello, before any environment is stored."""
+    return gpu_label([g.model_dump() for g in info.gpus], info.driver,
+                     os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def gpu_label(gpus: list[dict[str, Any]], driver: str | None, visible: str | None) -> str | None:
+    """The first of ``CUDA_VISIBLE_DEVICES`` when it names an index, else GPU 0."""
+    if not gpus:
         return None
-    first = (env.cuda_visible_devices or "").split(",")[0].strip()
-    pick = next((g for g in env.gpus if first.isdigit() and g.get("index") == int(first)),
-                env.gpus[0])
-    return f"{pick.get('name')}, driver {env.driver}"
+    first = (visible or "").split(",")[0].strip()
+    pick = next((g for g in gpus if first.isdigit() and g.get("index") == int(first)), gpus[0])
+    return f"{pick.get('name')}, driver {driver}"

@@ -31,11 +31,21 @@ from tuner.interrupt import critical
 from tuner.records import TrialRecord, TrialState
 from tuner.sampler import Finished, TpeOrder
 from tuner.specs import TrialSpec
+from tuner.store import GPU_SEP
 from tuner.storeerrors import open_storage, storage_error
 from tuner.studystore import RECORD, StudyStore
 
 optuna.logging.set_verbosity(logging.WARNING)
 T = TypeVar("T")
+
+
+def gpu_study_name(study: str, gpu: str) -> str:
+    """The sibling study of ``study`` for another GPU model or driver: ``<study>--a100-sxm4-80gb
+    -550.54.15`` (the GPU's name without the vendor, then the driver), at most 100 characters."""
+    name, _, driver = gpu.partition(", driver ")
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", name.lower()) if w and w != "nvidia"]
+    tag = "-".join([*words, re.sub(r"[^A-Za-z0-9.]+", "", driver)]).strip("-.") or "gpu"
+    return f"{study}{GPU_SEP}{tag}"[:100]
 
 
 def _slug(text: str | None) -> str:
@@ -79,9 +89,10 @@ class Planner:
     def check_identity(self, identity: dict[str, Any]) -> None:
         """The study's model, device, workload and GPU (its model and driver), kept in the
         storage itself (shared by every host): set by the first sweep, refused when another
-        sweep differs. Trials are compared only on one GPU model and driver, so a host with
-        another GPU gets its own study. A study made before the GPU was part of the identity
-        takes this sweep's."""
+        sweep differs. Trials are compared only on one GPU model and driver: a sweep on
+        another GPU runs the sibling study (``study_for_gpu``), and naming a study of another
+        GPU is refused. A study made before the GPU was part of the identity takes this
+        sweep's."""
         old = self._guard(lambda: self.study.user_attrs.get("tuner_identity"))
         name = self.study.study_name
         if old is not None and {k: v for k, v in old.items() if k != "gpu"} != {
@@ -95,6 +106,15 @@ class Planner:
                                               f"{name}-{_slug(identity.get('gpu'))}")
         if old != identity:
             self._guard(lambda: self.study.set_user_attr("tuner_identity", identity))
+
+    def study_for_gpu(self, gpu: str | None) -> str | None:
+        """Where this sweep's trials belong when this study holds another GPU model's or
+        driver's: its sibling study (``gpu_study_name``), so that trials are compared only on
+        one GPU and each GPU model gets its own decision and config. None: this study."""
+        old = self._guard(lambda: self.study.user_attrs.get("tuner_identity"))
+        if gpu is None or old is None or old.get("gpu") in (None, gpu):
+            return None
+        return gpu_study_name(self.study.study_name, gpu)
 
     def check_numbers(self, records: list[TrialRecord]) -> None:
         """Refuse a storage that lost trials the records of an older version's results

@@ -20,6 +20,8 @@ from tuner.errors import BadInput, EnvironmentUnfit
 from tuner.records import FinalistReport, TrialRecord, WorkerDrift
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# A study holds one GPU model's trials; another GPU's go to the sibling <study>--<gpu>.
+GPU_SEP = "--"
 TRIALS = "trials.jsonl"  # the file name older versions wrote records to
 FINALISTS = "finalists.json"
 DRIFT = "drift.jsonl"

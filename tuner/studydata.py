@@ -13,6 +13,7 @@ from tuner.errors import BadInput
 from tuner.prodconfig import _write_temp
 from tuner.records import FinalistReport, TrialRecord, WorkerDrift
 from tuner.store import (
+    GPU_SEP,
     STUDY_NAME,
     TRIALS,
     check_study_name,
@@ -86,8 +87,10 @@ def resolve_study(spec: str, storage: str) -> StudyData:
 def studies_to_show(storage: str, study: str | None) -> list[StudyData]:
     """The named study (or the one at a path), or every study of ``storage``; bad input when
     there is none."""
-    if study:
-        return [resolve_study(study, storage)]
+    if study:  # with the study's siblings for other GPU models (tuner/planner.py)
+        siblings = [n for n in list_studies(storage) if n.startswith(study + GPU_SEP)] \
+            if STUDY_NAME.match(study) else []
+        return [resolve_study(study, storage), *(load_study(storage, n) for n in siblings)]
     names = list_studies(storage)
     if not names:
         raise BadInput(f"no sweep results in {storage}; run `tuner sweep --model FILE` first")

@@ -14,7 +14,7 @@ from tuner import builds as builds_mod
 from tuner.buildinfo import BuildFlags, fa_supports, parse_system_info
 from tuner.constraints import apply_vram_cap, no_fit_reason
 from tuner.drift import worker_drift
-from tuner.environment import environment, gpu_in_use, model_sha256
+from tuner.environment import environment, gpu_of, model_sha256
 from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
 from tuner.finalists import FinalistOptions, select, settle
 from tuner.interrupt import critical
@@ -195,6 +195,16 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         if not opts.storage:  # the default SQLite file lives in the results folder
             study_dir(opts.results_dir, study, create=True)
         planner = Planner(study, storage)  # a storage that cannot open leaves nothing written
+        gpu = gpu_of(next(iter(probes.values())).hello) if opts.device == "cuda" else None
+        if (sibling := planner.study_for_gpu(gpu)) is not None:
+            # Trials are compared only on one GPU model and driver: this GPU's go apart.
+            events.note(f"study {study!r} holds another GPU's trials; this GPU ({gpu}) runs "
+                        f"study {sibling!r}, reported beside it")
+            planner.close()
+            study = check_study_name(sibling)
+            planner = Planner(study, storage)
+            folder = study_dir(opts.results_dir, study)
+            runner.work_dir = folder / "logs"
         study_dir(opts.results_dir, study, create=True)
         sha = model_sha256(Path(info.path), opts.results_dir)
         envs: dict[str, Environment] = {
@@ -207,8 +217,8 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         planner.check_numbers(legacy)
         identity: dict[str, Any] = {"model_sha256": sha, "device": opts.device,
                                     "workload": [wl.prompt_tokens, wl.gen_tokens, wl.n_ctx]}
-        if opts.device == "cuda":
-            identity["gpu"] = gpu_in_use(next(iter(envs.values())))
+        if gpu is not None:
+            identity["gpu"] = gpu
         planner.check_identity(identity)
         stores.append(planner.store)
         retried = planner.reconcile(existing)
