@@ -106,6 +106,7 @@ PY
       --out "$BENCH/out/$name/production.yaml" --builds builds ${SWEEP_ARGS:-} \
       > "$BENCH/sweep-$name.log" 2>&1
     echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name.log"
+    [ -n "${NO_FIDELITY:-}" ] && continue  # the sweep alone (e.g. a sampler's time and trials)
     phase "llama-bench over the space $m"
     python3 benchmarks/fidelity_space.py --model "$(path_of "$m")" \
       --results "$BENCH/results-$name" --builds builds --out "$BENCH/out/$name" \
