@@ -178,6 +178,11 @@ class Planner:
         self._guard(self.claims.start_heartbeat)
         return len(self._order)
 
+    @property
+    def tpe(self) -> TpeOrder | None:
+        """The model-based order in force (None: the grid's)."""
+        return self._tpe
+
     def history(self) -> list[Finished]:
         """The plan's finished trials in the order they were created: objectives (a pruned
         trial's partial one, above the best's slowest repetition: clearly worse), or None for

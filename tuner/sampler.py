@@ -15,7 +15,9 @@ a pruned trial teaches it its partial objective (above the best's slowest repeti
 too little to learn from, tpe above.
 
 The stop rule: a model-based search stops when ``patience`` finished trials in a row have not
-improved the best objective by more than ``min_gain``; ``--timeout`` and ``--trials`` stop it
+improved the best objective by more than ``min_gain``, counted only after the seeds and TPE's
+random start (on an H100, a patience counted from the first trial ended a 27-setting search at
+its 12th trial, before the model had proposed anything: docs/benchmarks.md run 9); ``--timeout`` and ``--trials`` stop it
 too. ``StopState`` says why it stopped and how much of the plan it saw."""
 
 from __future__ import annotations
@@ -143,15 +145,23 @@ class StopRule:
         return DEFAULT_PATIENCE if kind == "tpe" else None
 
 
-def stagnation(objectives: Iterable[float | None], min_gain: float) -> int:
+def stagnation(objectives: Iterable[float | None], min_gain: float, explore: int = 0) -> int:
     """Finished trials since the best last improved by more than ``min_gain`` (in the order
-    they finished; a failed trial counts as one without a gain)."""
+    they finished; a failed trial counts as one without a gain). The first ``explore`` trials
+    (the seeds and the random start) set the best but never count as trials without a gain."""
     best, since = None, 0
-    for x in objectives:
+    for i, x in enumerate(objectives):
         if x is not None and (best is None or x < best * (1 - min_gain)):
             best, since = x, 0
-        else:
+            continue
+        if i >= explore:
             since += 1
-            if x is not None and best is not None and x < best:
-                best = x
+        if x is not None and best is not None and x < best:
+            best = x
     return since
+
+
+def explore_trials(tpe: TpeOrder | None) -> int:
+    """How many trials a search explores before its stop rule counts: the seeds and TPE's
+    random start (none for the grid)."""
+    return len(tpe.seeds) + STARTUP if tpe is not None else 0

@@ -25,7 +25,7 @@ from tuner.prodconfig import WrittenConfig, check_out, write_production
 from tuner.pruning import resolve as resolve_prune
 from tuner.records import Environment, FinalistReport, ServedFigures, TrialRecord, WorkerDrift
 from tuner.runner import Outcome, Runner, SentinelResult
-from tuner.sampler import SamplerName, StopRule, resolve, stagnation
+from tuner.sampler import SamplerName, StopRule, explore_trials, resolve, stagnation
 from tuner.served import measure_served
 from tuner.servedfinal import choose
 from tuner.space import Space, default_space, grid, load_space
@@ -251,8 +251,8 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                     searched, stop_reason = True, f"stopped: --timeout {opts.stop.timeout_s:g} s"
                     break
                 if patience and (stale := stagnation(
-                        [h.objective for h in planner.history()],
-                        opts.stop.min_gain)) >= patience:
+                        [h.objective for h in planner.history()], opts.stop.min_gain,
+                        explore_trials(planner.tpe))) >= patience:
                     searched = True
                     stop_reason = (f"stopped: {stale} trials without a gain above "
                                    f"{opts.stop.min_gain:.0%} (patience {patience})")
