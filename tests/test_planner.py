@@ -6,6 +6,7 @@ tests/test_resume.py, tests/test_postgres_study.py."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -93,3 +94,32 @@ def test_failed_and_pruned_trials_teach_the_sampler(planner: Planner) -> None:
 def test_a_storage_that_lost_trials_is_refused(planner: Planner) -> None:
     with pytest.raises(BadInput, match="emptied or replaced"):
         planner.check_numbers([make_record(7)])  # records name #7, the storage holds none
+
+
+def test_a_setting_whose_owner_died_is_taken_back_by_a_running_sweep(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """b skipped the setting a held; a then went silent (its heartbeat stale): b, still
+    running, claims it again and fails a's trial, so a host that dies costs the study nothing."""
+    from tuner import claims as claims_mod
+
+    url = URL.format(tmp_path / "optuna.db")
+    a, b = Planner("s", url), Planner("s", url)
+    try:
+        one = [SPECS[0].spec]
+        a.enqueue(one, done_keys=set())
+        b.enqueue(one, done_keys=set())
+        held = a.ask()
+        assert held is not None
+        assert b.ask() is None  # a holds it and is alive: b leaves it alone
+        a.claims.stop_heartbeat()
+        monkeypatch.setattr(claims_mod, "STALE_S", 0.2)
+        time.sleep(0.5)
+        retaken = b.ask()
+        assert retaken is not None and retaken[1].key() == held[1].key()
+        assert retaken[0] != held[0]  # a new trial
+        old = next(t for t in b.study.get_trials(deepcopy=False) if t.number == held[0])
+        assert old.state is optuna.trial.TrialState.FAIL
+        assert old.user_attrs["tuner_state"] == "interrupted"
+    finally:
+        a.close()
+        b.close()
