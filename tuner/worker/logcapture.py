@@ -74,8 +74,11 @@ def read_tail(path: str, n: int = 30, max_bytes: int = 256 * 1024) -> list[str]:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - max_bytes))
+            start = max(0, size - max_bytes)
+            f.seek(start)
             data = f.read().decode("utf-8", errors="replace")
     except OSError:
         return []
+    if start > 0:  # the read began inside a line: that piece is no line of the log
+        data = data.partition("\n")[2]
     return [line for line in data.splitlines() if line.strip()][-n:]
