@@ -44,6 +44,7 @@ from tuner.worker.protocol import (
     Stop,
     TrialFailed,
     WorkerJob,
+    expect_reply,
     parse,
     receive,
     send,
@@ -286,3 +287,11 @@ def test_the_environment_is_made_from_the_hello_model(tmp_path: Path) -> None:
     # worker: hosts sharing a study must be told apart the same way in both.
     assert (a.hostname, a.driver, a.system_info) == (HOST, "550.54", "CPU : SSE3 = 1 |")
     assert a.gpus == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559.0}]
+
+
+def test_a_valid_reply_of_the_wrong_kind_is_a_protocol_error() -> None:
+    """A loading worker that answers 'hello' (a probe's answer) instead of 'ready'."""
+    hello = Hello(**INFO)
+    assert expect_reply(hello, Hello, "a probe") is hello
+    with pytest.raises(ProtocolError, match="a loading worker answered 'hello', not 'ready'"):
+        expect_reply(hello, Ready, "a loading worker")

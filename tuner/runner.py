@@ -44,6 +44,7 @@ from tuner.worker.protocol import (
     Stop,
     TrialFailed,
     WorkerJob,
+    expect_reply,
     receive,
     send,
 )
@@ -169,9 +170,7 @@ class Runner:
                 raise RuntimeError(f"probe worker {why}: {' | '.join(tail)}") from None
             finally:
                 w.kill()
-        if not isinstance(hello, Hello):
-            raise ProtocolError(f"a probe answered {hello.event!r}, not 'hello'")
-        return hello
+        return expect_reply(hello, Hello, "a probe")
 
     def _ensure_worker(self, ms: ModelSettings) -> Outcome | None:
         """A worker with the model loaded, or the outcome of failing to get one."""
@@ -198,9 +197,11 @@ class Runner:
             w.stop()
             return Outcome(state=TrialState.INFEASIBLE, error=hello.error,
                            log_tail=hello.log.splitlines()[-30:], load_log=hello.log)
-        if not isinstance(hello, Ready):
+        try:
+            hello = expect_reply(hello, Ready, "a loading worker")
+        except ProtocolError:
             w.kill()
-            raise ProtocolError(f"a loading worker answered {hello.event!r}, not 'ready'")
+            raise
         self._worker, self._key = w, key
         w.hello = hello
         self.load_log = hello.log

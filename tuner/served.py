@@ -32,6 +32,7 @@ from tuner.worker.protocol import (
     ServedMeasureJob,
     ServedReply,
     ServedRuns,
+    expect_reply,
     receive,
 )
 from tuner.worker.served import served_main
@@ -93,9 +94,7 @@ def prompts_for(model_path: str, prompt_tokens: int, count: int, env: dict[str, 
     model's end-of-generation tokens, from its vocabulary in a spawned process."""
     answer, _ = run_child(PromptsJob(model_path=model_path, env=env,
                                      prompt_tokens=prompt_tokens, count=count), timeout_s)
-    if not isinstance(answer, Prompts):
-        raise ProtocolError(f"a prompts job answered {answer.event!r}, not 'prompts'")
-    return answer
+    return expect_reply(answer, Prompts, "a prompts job")
 
 
 def measure_served(model_path: str | os.PathLike[str], spec: TrialSpec, workload: Workload,
@@ -130,13 +129,12 @@ def measure_served(model_path: str | os.PathLike[str], spec: TrialSpec, workload
     answer, log = run_child(ServedMeasureJob(entry=entry, env=env, warmup=1, requests=requests,
                                              prompt_tokens=workload.prompt_tokens,
                                              gen_tokens=workload.gen_tokens), timeout_s)
-    if not isinstance(answer, ServedRuns):
-        raise ProtocolError(f"a served measure job answered {answer.event!r}, not 'served'")
+    runs = expect_reply(answer, ServedRuns, "a served measure job")
     check_placement(log, spec)
-    return figures([r.model_dump() for r in answer.runs], source="worker",
+    return figures([r.model_dump() for r in runs.runs], source="worker",
                    prompt_tokens=workload.prompt_tokens, gen_tokens=workload.gen_tokens,
-                   warmup=1, max_prefix_reuse=answer.max_prefix_reuse,
-                   n_threads=answer.n_threads, n_threads_batch=answer.n_threads_batch)
+                   warmup=1, max_prefix_reuse=runs.max_prefix_reuse,
+                   n_threads=runs.n_threads, n_threads_batch=runs.n_threads_batch)
 
 
 def check_placement(log: str, spec: TrialSpec) -> None:

@@ -255,6 +255,18 @@ def parse(adapter: TypeAdapter[T], raw: object) -> T:
         raise ProtocolError(f"malformed worker message {kind!r}: {problems}") from None
 
 
+M = TypeVar("M", bound=Frozen)
+
+
+def expect_reply(answer: Frozen, kind: type[M], who: str) -> M:
+    """``answer`` when it is a ``kind`` message, else a ``ProtocolError`` saying what ``who``
+    answered instead (a valid reply of the wrong kind for the request)."""
+    if not isinstance(answer, kind):
+        wanted = kind.model_fields["event"].default
+        raise ProtocolError(f"{who} answered {getattr(answer, 'event', None)!r}, not {wanted!r}")
+    return answer
+
+
 def receive(conn: Conn, adapter: TypeAdapter[T]) -> T:
     """The next message on the pipe, validated (see ``parse``). Raises EOFError when the other
     end is gone, as ``recv`` does."""
