@@ -28,7 +28,7 @@ from optuna.trial import TrialState as OptunaState
 from tuner.claims import CONFIG_PREFIX, Claims, is_stale
 from tuner.errors import BadInput, TunerError
 from tuner.interrupt import critical
-from tuner.records import TrialRecord, TrialState
+from tuner.records import TrialRecord, TrialState, WorkerDrift
 from tuner.sampler import Finished, TpeOrder
 from tuner.specs import TrialSpec
 from tuner.store import GPU_SEP
@@ -85,6 +85,10 @@ class Planner:
     def records(self) -> list[TrialRecord]:
         """Every record stored in the study, by trial number."""
         return self._guard(self.store.records)
+
+    def drifts(self) -> list[WorkerDrift]:
+        """Every worker's drift record stored in the study."""
+        return self._guard(self.store.drifts)
 
     def check_identity(self, identity: dict[str, Any]) -> None:
         """The study's model, device, workload and GPU (its model and driver), kept in the

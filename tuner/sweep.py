@@ -308,7 +308,7 @@ def _decide_and_write(opts: SweepOptions, study: str, folder: Path,
     records = [apply_vram_cap(r, opts.max_vram_mib)
                for r in with_legacy(planner.records(), legacy)]
     best = _best(records, set(planner.plan))
-    drifts = planner._guard(planner.store.drifts)
+    drifts = planner.drifts()
     final, served_fig, served_threads = None, None, None
     written, reason, deferred = None, None, False
     seconds: dict[str, float] = {}
