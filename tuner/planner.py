@@ -39,19 +39,24 @@ optuna.logging.set_verbosity(logging.WARNING)
 T = TypeVar("T")
 
 
+def _gpu_words(gpu: str) -> list[str]:
+    """The words of a GPU's name (``gpu_in_use``: ``NAME, driver VERSION``), lowercase, without
+    the vendor: ``NVIDIA A100-SXM4-80GB`` -> ``a100 sxm4 80gb``."""
+    name = gpu.partition(", driver ")[0]
+    return [w for w in re.split(r"[^A-Za-z0-9]+", name.lower()) if w and w != "nvidia"]
+
+
 def gpu_study_name(study: str, gpu: str) -> str:
     """The sibling study of ``study`` for another GPU model or driver: ``<study>--a100-sxm4-80gb
     -550.54.15`` (the GPU's name without the vendor, then the driver), at most 100 characters."""
-    name, _, driver = gpu.partition(", driver ")
-    words = [w for w in re.split(r"[^A-Za-z0-9]+", name.lower()) if w and w != "nvidia"]
-    tag = "-".join([*words, re.sub(r"[^A-Za-z0-9.]+", "", driver)]).strip("-.") or "gpu"
-    return f"{study}{GPU_SEP}{tag}"[:100]
+    driver = gpu.partition(", driver ")[2]
+    tag = "-".join([*_gpu_words(gpu), re.sub(r"[^A-Za-z0-9.]+", "", driver)]).strip("-.")
+    return f"{study}{GPU_SEP}{tag or 'gpu'}"[:100]
 
 
-def _slug(text: str | None) -> str:
+def _slug(gpu: str | None) -> str:
     """A study-name-safe short form of a GPU's name (``NVIDIA H100 80GB HBM3`` -> ``h100``)."""
-    words = [w for w in re.split(r"[^A-Za-z0-9]+", (text or "").split(",")[0].lower())
-             if w and w not in ("nvidia", "tesla", "geforce")]
+    words = [w for w in _gpu_words(gpu or "") if w not in ("tesla", "geforce")]
     return (words[0] if words else "gpu")[:40]
 
 
