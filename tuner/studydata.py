@@ -23,7 +23,7 @@ from tuner.store import (
     with_legacy,
 )
 from tuner.storeerrors import sqlite_path
-from tuner.studystore import list_studies, open_study
+from tuner.studystore import StudyStore, list_studies, open_study
 
 
 @dataclass
@@ -46,6 +46,12 @@ def load_study(storage: str, study: str) -> StudyData:
     store = open_study(storage, check_study_name(study))
     if store is None:
         raise BadInput(f"no study {study!r} in {storage} (found: {_found(storage)})")
+    return _data(store)
+
+
+def _data(store: StudyStore) -> StudyData:
+    """What ``load_study`` returns, from the study once opened."""
+    study, storage = store.name, store.url
     data = StudyData(name=study, source=storage, records=store.records(),
                      finalists=store.finalists(), drifts=store.drifts())
     db = sqlite_path(storage)
@@ -78,8 +84,8 @@ def resolve_study(spec: str, storage: str) -> StudyData:
     p = Path(spec)
     if p.is_file() or (p.is_dir() and (p / TRIALS).is_file()):
         return load_path(p)
-    if STUDY_NAME.match(spec) and open_study(storage, spec) is not None:
-        return load_study(storage, spec)
+    if STUDY_NAME.match(spec) and (store := open_study(storage, spec)) is not None:
+        return _data(store)
     raise BadInput(f"no study {spec!r}: not a study in {storage} (found: {_found(storage)}) "
                    "nor a JSONL file or a folder holding trials.jsonl")
 
