@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-.venv/bin/python -m ruff check tuner benchmarks
+.venv/bin/python -m ruff check  # the whole tree: tuner, benchmarks, tests, scripts
 .venv/bin/python -m mypy  # files and options: [tool.mypy] in pyproject.toml
 exec .venv/bin/python -m pytest --durations=15 "$@"

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_run import tuner
 from tests.malformed_corpus import build_corpus, world_readable_tmpdir
 from tests.postgres import pg_url, postgres_server  # noqa: F401  (fixtures: a PostgreSQL server)
+from tests.spaces import write_space
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +63,17 @@ def cpu_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dic
     from tests.report_data import run_cpu_sweep
 
     return run_cpu_sweep(tmp_path_factory.mktemp("cpu-sweep"), tiny_model)
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict:
+    """A real sweep's results and production config, to prove bad input never touches them
+    (tests/test_bad_input.py, tests/test_hostile_input.py; one per module)."""
+    root = tmp_path_factory.mktemp("stored")
+    space = write_space(root / "space.yaml", n_batch=[16, 32], n_ubatch=[16])
+    proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space", space,
+                 "--prompt-tokens", 32, "--gen-tokens", 4, "--repetitions", 1,
+                 "--results", root / "results", "--out", root / "configs" / "production.yaml",
+                 "--study", "kept", "--finalist-rounds", 0)
+    assert proc.returncode == 0, proc.stderr
+    return {"root": root, "model": tiny_model}

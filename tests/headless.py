@@ -8,6 +8,7 @@ file descriptors 3 and 4), so nothing listens on a port and no extra package is 
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -148,10 +149,8 @@ def open_page(url: str, width: int = 1200, settle_s: float = 0.5) -> PageRun:
                 run.requests.append(p["request"]["url"])
             elif method == "Network.loadingFailed":
                 run.errors.append(f"load failed: {p.get('errorText')}")
-        try:
+        with contextlib.suppress(OSError):
             pipe.send("Browser.close")
-        except OSError:
-            pass
     finally:
         try:
             proc.wait(timeout=20)

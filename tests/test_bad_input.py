@@ -12,19 +12,6 @@ from tests.malformed_corpus import PROBLEMS, run_unprivileged_prefix
 from tests.spaces import write_space
 
 
-@pytest.fixture(scope="module")
-def stored(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict:
-    """A real sweep's results and production config, to prove bad input never touches them."""
-    root = tmp_path_factory.mktemp("stored")
-    space = write_space(root / "space.yaml", n_batch=[16, 32], n_ubatch=[16])
-    proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space", space,
-                 "--prompt-tokens", 32, "--gen-tokens", 4, "--repetitions", 1,
-                 "--results", root / "results", "--out", root / "configs" / "production.yaml",
-                 "--study", "kept", "--finalist-rounds", 0)
-    assert proc.returncode == 0, proc.stderr
-    return {"root": root, "model": tiny_model}
-
-
 def bad_sweep(stored: dict, *args: object, model: object = None, prefix=None):
     root = stored["root"]
     before = digest_tree(root)

@@ -39,7 +39,7 @@ def test_builds_are_swept_side_by_side(tiny_model: Path, tmp_path: Path) -> None
                                                             "installed", "installed"]
     assert all(r.usable for r in records)
     copy = next(r for r in records if r.spec.model.build == "cpu-copy")
-    assert copy.environment.build_lib_dir == str((tmp_path / "builds" / "cpu-copy" / "lib"))
+    assert copy.environment.build_lib_dir == str(tmp_path / "builds" / "cpu-copy" / "lib")
     assert "build cpu" in copy.verification.summary
     inst = next(r for r in records if r.spec.model.build == "installed")
     assert inst.environment.build_lib_dir is None

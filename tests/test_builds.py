@@ -15,8 +15,7 @@ import pytest
 from tuner import buildmake, builds
 from tuner.buildinfo import parse_system_info, variant_of
 from tuner.buildmake import build_variant, sdist_version
-from tuner.builds import (BuildRecord, discover_builds, installed_version, list_builds,
-                          probe_library, resolve_build)
+from tuner.builds import BuildRecord, discover_builds, installed_version, list_builds, probe_library, resolve_build
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 
 # ../shared beside the checkout, where the team keeps the trimmed 0.3.36 source archive.
@@ -183,7 +182,7 @@ def test_dry_run_without_source_downloads_the_installed_version(tmp_path: Path) 
     pip = plan.commands[0]
     assert pip[1:5] == ["-m", "pip", "download", "--no-deps"]
     assert pip[-1] == f"llama-cpp-python=={installed_version()}"
-    assert ["--no-binary", ":all:"] == pip[5:7]
+    assert pip[5:7] == ["--no-binary", ":all:"]
     assert "-DCMAKE_CUDA_ARCHITECTURES=86;90" in plan.commands[1]
     assert plan.cuda_arch == "86;90"
     shell = plan.shell_lines()[1]  # quoted so that a shell keeps $ORIGIN and the ; literal

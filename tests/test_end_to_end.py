@@ -33,8 +33,8 @@ def swept(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> dict:
     root = tmp_path_factory.mktemp("e2e")
     # Three settings, all of them finalists: the grid rule, the trials, two finalist rounds in
     # fresh workers and the served stage through a real llama_cpp.server, on the real model.
-    space = write_space(root / "space.yaml", n_batch=[64], n_ubatch=[64],
-                        flash_attn=[False, True], kv_cache=["f16/f16", "q8_0/q8_0"])
+    write_space(root / "space.yaml", n_batch=[64], n_ubatch=[64],  # read by sweep_args
+                flash_attn=[False, True], kv_cache=["f16/f16", "q8_0/q8_0"])
     proc = tuner(*sweep_args(smollm2_path, root), cwd=root)
     return {"root": root, "proc": proc, "model": smollm2_path}
 

@@ -21,7 +21,7 @@ import pytest
 from tests.cli_run import REPO, digest_tree, one_line_error, tuner
 from tests.malformed_corpus import run_unprivileged_prefix, world_readable_tmpdir
 from tests.spaces import write_space
-from tests.test_bad_input import bad_sweep, stored  # noqa: F401 - the shared stored sweep
+from tests.test_bad_input import bad_sweep
 from tuner.storeerrors import open_storage
 from tuner.studystore import IDENTITY, default_storage, records_of
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.records_factory import make_record as sample_record
 from tests.opreport_edits import move_to_cpu_split
+from tests.records_factory import make_record as sample_record
 from tuner.buildinfo import find_system_info
 from tuner.opplacement import parse_op_reports, report_lines
-from tuner.records import Environment, TrialRecord
 from tuner.outcome import Outcome
+from tuner.records import Environment, TrialRecord
 from tuner.runner import Runner
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 from tuner.trialrecord import make_record

@@ -15,10 +15,11 @@ import tuner
 from tests.records_factory import make_record
 from tests.server_run import complete, free_port, running_server
 from tuner import prodconfig
-from tuner.errors import BadInput, TunerError
 from tuner.builds import _installed_lib_dir
+from tuner.errors import BadInput, TunerError
 from tuner.prodconfig import server_config, sidecar_path, validate, write_production
 from tuner.specs import Workload
+
 
 @pytest.fixture
 def model(smollm2_path: Path) -> str:

@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+
 from tests.records_factory import make_record
 from tuner.errors import BadInput
 from tuner.exporters import EXPORTERS, export

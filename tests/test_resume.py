@@ -68,7 +68,7 @@ def test_parent_killed_and_restarted_loses_and_duplicates_nothing(tiny_model: Pa
         root = tmp_path / f"run{run}"
         args = sweep_args(tiny_model, root)
         proc = start(args)
-        wait_for(lambda: len(records(root)) >= kill_after)
+        wait_for(lambda root=root, n=kill_after: len(records(root)) >= n)
         proc.send_signal(signal.SIGKILL)  # the parent only; its worker sees the pipe close
         proc.wait(timeout=30)
         kept = {r.trial_id: r for r in records(root)}

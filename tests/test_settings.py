@@ -73,8 +73,8 @@ def test_space_lists_every_space_setting_with_its_default() -> None:
     assert set(Space.model_fields) == {s.key for s in settings.SPACE_SETTINGS}
     for s in settings.SPACE_SETTINGS:
         assert space.values(s) == [s.default]
-    assert BASELINE == ContextSettings(n_batch=512, n_ubatch=512, flash_attn=False,
-                                       type_k="f16", type_v="f16")
+    assert ContextSettings(n_batch=512, n_ubatch=512, flash_attn=False,
+                           type_k="f16", type_v="f16") == BASELINE
 
 
 @pytest.mark.parametrize(("text", "message"), [
