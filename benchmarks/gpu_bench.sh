@@ -176,7 +176,12 @@ status() {
 case "${1:-status}" in
   start)
     mkdir -p "$BENCH"; [ -n "${SKIP_BUILD:-}" ] || : > "$BENCH/phase"
-    setsid nohup bash "$0" run > "$BENCH/log" 2>&1 < /dev/null &
+    # The run works in its own copy of the tree: a later call's copy of a changed working tree
+    # must not reach a sweep that is running (its spawned workers import the tuner afresh).
+    mkdir -p "$BENCH/src" && tar cf - --exclude=./.git --exclude=./.venv --exclude=./builds . \
+      | tar xf - -C "$BENCH/src"
+    [ -d builds ] && [ ! -e "$BENCH/src/builds" ] && ln -s "$PWD/builds" "$BENCH/src/builds"
+    (cd "$BENCH/src" && setsid nohup bash benchmarks/gpu_bench.sh run > "$BENCH/log" 2>&1 < /dev/null &)
     echo "started; poll with: bash $0 wait 500" ;;
   run) run ;;
   prepare) export PYTHONPATH=/tmp/site:$PWD; prepare ;;
@@ -187,6 +192,7 @@ case "${1:-status}" in
   status) status ;;
   collect)
     dest=${OUT:-$BENCH/collected}; mkdir -p "$dest"
+    cd "$BENCH/src" 2>/dev/null || true  # the copy `start` ran in
     export PYTHONPATH=/tmp/site:$PWD  # the tuner installed by `run`, for the exports
     for d in "$BENCH"/results-*; do
       # The storage holds every record, the finalists and the drift; trials.jsonl is an export.

@@ -48,6 +48,9 @@ SHAPES: dict[str, Shape] = {
                           n_vocab=151936, context_length=32768),
     "qwen2.5-7b": Shape(n_layer=28, n_embd=3584, n_head=28, n_head_kv=4, n_ff=18944,
                         n_vocab=152064, context_length=32768),
+    # Llama 3.2 3B: 24:8 grouped-query attention, a 128k-token vocabulary, a narrow FFN.
+    "llama3.2-3b": Shape(n_layer=28, n_embd=3072, n_head=24, n_head_kv=8, n_ff=8192,
+                         n_vocab=128256, context_length=131072),
     "llama2-7b": Shape(n_layer=32, n_embd=4096, n_head=32, n_head_kv=32, n_ff=11008,
                        n_vocab=32000, context_length=4096),
 }
