@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,33 @@ def malformed_models(tiny_model: Path) -> Iterator[dict[str, Path]]:
         yield build_corpus(directory / "corpus", tiny_model)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (scripts/test.sh runs one worker per CPU, and more), each worker and
+    every process its tests start run on one CPU, round robin: llama.cpp then uses one thread
+    (tuner.cpus.default_threads reads the affinity mask, as llama.cpp does), so tests side by
+    side never oversubscribe a core with spinning thread pools."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[int(worker[2:]) % len(cpus)]})
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its fault-injection tally to the controller."""
+    from tests.fault_tally import TALLY
+
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["fault_tally"] = {case: dict(t) for case, t in TALLY.items()}
+
+
+def pytest_testnodedown(node: object, error: object) -> None:
+    """The controller adds up the tallies of the xdist workers (a pytest-xdist hook)."""
+    from tests.fault_tally import merge
+
+    merge(getattr(node, "workeroutput", {}).get("fault_tally", {}))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

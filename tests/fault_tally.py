@@ -23,6 +23,13 @@ def record_duplicates(case: str, duplicates: int) -> None:
     TALLY[case]["duplicates"] += duplicates
 
 
+def merge(other: dict[str, dict[str, int]]) -> None:
+    """Add another process's tally (an xdist worker's) to this one."""
+    for case, counts in other.items():
+        for k in COLUMNS:
+            TALLY[case][k] += counts.get(k, 0)
+
+
 def lines() -> list[str]:
     if not TALLY:
         return []
