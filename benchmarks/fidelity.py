@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tuner.records import TrialRecord  # noqa: E402
-from tuner.report import is_baseline as measured_at_defaults  # noqa: E402
-from tuner.studystore import default_storage, list_studies, records_of  # noqa: E402
+from tuner.reports.rows import is_baseline as measured_at_defaults  # noqa: E402
+from tuner.results.records import TrialRecord  # noqa: E402
+from tuner.results.studystore import default_storage, list_studies, records_of  # noqa: E402
 
 TESTS = {"pp512": (512, 0), "pp2048": (2048, 0), "tg128": (0, 128)}
 REPS = 10  # short tests (pp512 is ~40 ms on an H100/H200) need more samples

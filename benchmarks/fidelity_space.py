@@ -31,8 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tuner.records import TrialRecord, TrialState  # noqa: E402
-from tuner.studystore import default_storage, require_study  # noqa: E402
+from tuner.results.records import TrialRecord, TrialState  # noqa: E402
+from tuner.results.studystore import default_storage, require_study  # noqa: E402
 
 Key = tuple[str, int, int, bool, str, str]
 

@@ -48,7 +48,7 @@ prepare() {  # setup, the builds and the quantized models
       > "$BENCH/build-$v.log" 2>&1 &
   done
   for m in $MODELS; do
-    python3 -m tuner.modelgen --shape "${m%%:*}" --quant f16 --out "$(path_of "$m").f16" \
+    python3 -m tuner.models.modelgen --shape "${m%%:*}" --quant f16 --out "$(path_of "$m").f16" \
       >> "$BENCH/modelgen.log" 2>&1
   done
   wait
@@ -62,7 +62,7 @@ prepare() {  # setup, the builds and the quantized models
   for m in $MODELS; do
     [ -f "$(path_of "$m")" ] && continue
     LLAMA_CPP_LIB_PATH=$PWD/builds/$1/lib python3 -c "
-import time; from tuner.modelgen import quantize
+import time; from tuner.models.modelgen import quantize
 t = time.time(); quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}'); print('$m quantized', round(time.time() - t), 's')
 " >> "$BENCH/modelgen.log" 2>&1 || { phase "FAILED quantize $m"; return 1; }
     rm -f "$(path_of "$m").f16"

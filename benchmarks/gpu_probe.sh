@@ -21,12 +21,12 @@ run() {
   phase "build default + write model"
   python3 -m tuner.cli build --variant default --source "$SDIST" --cuda-arch 90 -j 16 \
     > "$BENCH/build-default.log" 2>&1 &
-  python3 -m tuner.modelgen --shape qwen2.5-1.5b --quant f16 --out "$BENCH/f16.gguf" > "$BENCH/modelgen.log" 2>&1
+  python3 -m tuner.models.modelgen --shape qwen2.5-1.5b --quant f16 --out "$BENCH/f16.gguf" > "$BENCH/modelgen.log" 2>&1
   wait
   [ -f builds/default/build.json ] || { phase "FAILED build"; tail -30 "$BENCH/build-default.log"; return 1; }
   phase quantize
   LLAMA_CPP_LIB_PATH=$PWD/builds/default/lib python3 -c "
-from tuner.modelgen import quantize; quantize('$BENCH/f16.gguf', '$MODEL', 'q8_0')" >> "$BENCH/modelgen.log" 2>&1 \
+from tuner.models.modelgen import quantize; quantize('$BENCH/f16.gguf', '$MODEL', 'q8_0')" >> "$BENCH/modelgen.log" 2>&1 \
     || { phase FAILED quantize; return 1; }
   phase probe
   python3 benchmarks/drift_probe.py --model "$MODEL" --lib builds/default/lib \

@@ -18,7 +18,7 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tuner.studystore import default_storage, list_studies, records_of  # noqa: E402
+from tuner.results.studystore import default_storage, list_studies, records_of  # noqa: E402
 
 
 def rate(results: Path) -> tuple[int, float, Counter]:

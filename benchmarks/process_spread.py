@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fidelity_space import key_of, llama_bench  # noqa: E402
 
-from tuner.studystore import default_storage, require_study  # noqa: E402
+from tuner.results.studystore import default_storage, require_study  # noqa: E402
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ measured in fresh processes, interleaved across the configs, by three runners:
 - ``llama-bench``: one process per run, ``-r R``;
 - ``llama-bench pinned``: the same under ``taskset -c CPU`` (is the CPU placement of the
   launching thread the process-level factor?);
-- ``tuner``: one tuner worker (tuner/runner.py) per run, ``R`` repetitions, the same context
+- ``tuner``: one tuner worker (tuner/worker/runner.py) per run, ``R`` repetitions, the same context
   size; its steady-state check may drop slow first repetitions (the warm-ups column counts).
 
     python benchmarks/prompt_spread.py --model M --builds builds --build force-cublas \\
@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fidelity_space import llama_bench  # noqa: E402
 
-from tuner.cpus import default_threads  # noqa: E402
-from tuner.runner import Runner  # noqa: E402
+from tuner.machine.cpus import default_threads  # noqa: E402
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload  # noqa: E402
+from tuner.worker.runner import Runner  # noqa: E402
 
 
 def tuner_run(runner: Runner, build: str, nb: int, nu: int, fa: bool, P: int,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tuner.studystore import default_storage, require_study  # noqa: E402
+from tuner.results.studystore import default_storage, require_study  # noqa: E402
 
 
 def study_summary(results: Path, log: Path) -> dict:

@@ -17,10 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tuner.builds import resolve_build
-from tuner.prodconfig import write_production
-from tuner.served import measure_served
-from tuner.studystore import default_storage, list_studies, records_of, require_study
+from tuner.builds.catalog import resolve_build
+from tuner.deploy.prodconfig import write_production
+from tuner.deploy.servedmeasure import measure_served
+from tuner.results.studystore import default_storage, list_studies, records_of, require_study
 
 
 def main() -> int:

@@ -8,7 +8,7 @@
   -> docs/report-h100-7b.html/.png
 
 The studies' model files are not kept, so the parameter count for the prompt roofline is read
-from the header of a sparse file of the same shape (tuner.modelgen with ``sparse=True``: a
+from the header of a sparse file of the same shape (tuner.models.modelgen with ``sparse=True``: a
 full-size file whose data section is a hole; same tensors, same count). The screenshots come
 from headless Chromium (apt-get install -y chromium)."""
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from tests.cli_run import tuner  # noqa: E402
 from tests.headless import page_of  # noqa: E402
 from tests.report_data import h200_results  # noqa: E402
-from tuner.modelgen import SHAPES, write_llama  # noqa: E402
+from tuner.models.modelgen import SHAPES, write_llama  # noqa: E402
 
 RUN4_7B = REPO / "docs" / "benchmarks" / "run4-h100" / "qwen2.5-7b-q4_0"
 

@@ -19,7 +19,7 @@ from tests.spaces import write_space
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real llama GGUF (2 layers, 256 wide, F16, 512-token SPM vocabulary), about 3 MB."""
-    from tuner.modelgen import SHAPES, write_llama
+    from tuner.models.modelgen import SHAPES, write_llama
 
     return write_llama(tmp_path_factory.mktemp("models") / "tiny-f16.gguf", **SHAPES["tiny"])
 
@@ -50,7 +50,7 @@ def malformed_models(tiny_model: Path) -> Iterator[dict[str, Path]]:
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (scripts/test.sh runs one worker per CPU, and more), each worker and
     every process its tests start run on one CPU, round robin: llama.cpp then uses one thread
-    (tuner.cpus.default_threads reads the affinity mask, as llama.cpp does), so tests side by
+    (tuner.machine.cpus.default_threads reads the affinity mask, as llama.cpp does), so tests side by
     side never oversubscribe a core with spinning thread pools."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if worker.startswith("gw") and hasattr(os, "sched_setaffinity"):

@@ -4,7 +4,7 @@ H100 (or on a CPU for ``device="cpu"``); no trial ran to produce them."""
 
 from __future__ import annotations
 
-from tuner.records import (
+from tuner.results.records import (
     Environment,
     Measurement,
     Stat,
@@ -116,8 +116,8 @@ def store_records(url: str, study: str, records: list[TrialRecord],
     trials leave them). The study gets a ``tuner_identity`` so it lists as a tuner study."""
     import optuna
 
-    from tuner.storeerrors import open_storage
-    from tuner.studystore import IDENTITY, StudyStore
+    from tuner.results.storeerrors import open_storage
+    from tuner.results.studystore import IDENTITY, StudyStore
 
     State = optuna.trial.TrialState
     storage = open_storage(url)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.cli_run import REPO, tuner
 from tests.records_factory import store_records
-from tuner.records import (
+from tuner.results.records import (
     ClockReading,
     FinalistFigures,
     FinalistReport,
@@ -21,8 +21,8 @@ from tuner.records import (
     TrialRecord,
     WorkerDrift,
 )
-from tuner.store import read_jsonl
-from tuner.studystore import default_storage, list_studies, open_study, records_of
+from tuner.results.store import read_jsonl
+from tuner.results.studystore import default_storage, list_studies, open_study, records_of
 
 SPACE = "n_batch: [512]\nn_ubatch: [32, 512]\nflash_attn: [false, true]\n" \
         "kv_cache: ['f16/f16', 'q8_0/q8_0']\nn_threads: [1]\n"

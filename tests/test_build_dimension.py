@@ -12,8 +12,8 @@ from pathlib import Path
 from tests.cli_run import tuner
 from tests.spaces import write_space
 from tests.test_builds import write_record
-from tuner.builds import _installed_lib_dir
-from tuner.studystore import default_storage, records_of
+from tuner.builds.catalog import _installed_lib_dir
+from tuner.results.studystore import default_storage, records_of
 
 
 def stand_in_build(builds_dir: Path, name: str, variant: str) -> Path:

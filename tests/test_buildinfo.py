@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner.buildinfo import BuildFlags, fa_supports, find_system_info, parse_system_info, variant_of
+from tuner.builds.buildinfo import BuildFlags, fa_supports, find_system_info, parse_system_info, variant_of
 from tuner.errors import BadInput
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -12,10 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tuner import buildmake, builds
-from tuner.buildinfo import parse_system_info, variant_of
-from tuner.buildmake import build_variant, sdist_version
-from tuner.builds import BuildRecord, discover_builds, installed_version, list_builds, probe_library, resolve_build
+from tuner.builds import buildmake, catalog as builds
+from tuner.builds.buildinfo import parse_system_info, variant_of
+from tuner.builds.buildmake import build_variant, sdist_version
+from tuner.builds.catalog import (
+    BuildRecord,
+    discover_builds,
+    installed_version,
+    list_builds,
+    probe_library,
+    resolve_build,
+)
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 
 # ../shared beside the checkout, where the team keeps the trimmed 0.3.36 source archive.

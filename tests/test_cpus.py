@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner import cpus
+from tuner.machine import cpus
 
 
 def _topology(root: Path, siblings: list[str]) -> Path:

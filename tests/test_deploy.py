@@ -15,10 +15,10 @@ import yaml
 
 from tests.records_factory import make_record
 from tests.test_builds import write_record
-from tuner.builds import _installed_lib_dir
-from tuner.deploy import RAW_KIND, SERVED_KIND, read_env_file
-from tuner.prodconfig import write_production
-from tuner.records import ServedFigures, Stat
+from tuner.builds.catalog import _installed_lib_dir
+from tuner.deploy.prodconfig import write_production
+from tuner.deploy.service import RAW_KIND, SERVED_KIND, read_env_file
+from tuner.results.records import ServedFigures, Stat
 
 
 def test_relative_paths_become_absolute_with_env_file_and_rebuild(

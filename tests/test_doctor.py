@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tuner.doctor import diagnose, diagnose_file
 from tuner.errors import CUDA_INSTALL_HINT, BadInput
+from tuner.evidence.doctor import diagnose, diagnose_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CUDA_LOG = (FIXTURES / "cuda-h100-full-offload.log").read_text()

@@ -15,7 +15,7 @@ import yaml
 from tests.cli_run import one_line_error, tuner
 from tests.server_run import complete, free_port, running_server
 from tests.spaces import write_space
-from tuner.studystore import default_storage, list_studies, records_of, require_study
+from tuner.results.studystore import default_storage, list_studies, records_of, require_study
 
 SERVED = 3  # requests per finalist through the real server
 GRID = 3

@@ -14,7 +14,7 @@ import pytest
 from tests import fault_tally
 from tests.cli_run import tuner
 from tests.spaces import write_space
-from tuner.studystore import default_storage, list_studies, records_of
+from tuner.results.studystore import default_storage, list_studies, records_of
 
 GRID = 4  # n_batch 16, 32, 48, 64; the fault hits n_batch=32, the second trial
 

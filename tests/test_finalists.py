@@ -1,12 +1,12 @@
-"""Finalist selection, intervals and the decision between leaders (tuner/finalists.py), on
+"""Finalist selection, intervals and the decision between leaders (tuner/search/finalists.py), on
 records made by tests/records_factory.py and on rounds given directly: the statistics are what
 is tested here; tests/test_sentinel.py runs the re-measurement on real workers."""
 
 from __future__ import annotations
 
 from tests.records_factory import make_record
-from tuner.finalists import EQUIVALENT, FinalistOptions, _Round, decide, select, settle
-from tuner.records import WorkerDrift
+from tuner.results.records import WorkerDrift
+from tuner.search.finalists import EQUIVALENT, FinalistOptions, _Round, decide, select, settle
 
 
 def rounds_of(request_s: list[float], gpu_mib: float | None = 1000.0) -> list[_Round]:
@@ -156,7 +156,7 @@ def test_one_round_gives_no_interval_and_so_no_tie() -> None:
 def test_an_interval_cut_at_zero_does_not_break_the_overview() -> None:
     # Two rounds of a wide spread: the Student-t interval reaches below zero and is cut there;
     # the report's gap to the runner-up is then unbounded above, not a division by zero.
-    from tuner.overview import overview
+    from tuner.reports.overview import overview
 
     a, b = make_record(0, request_s=1.0), make_record(1, request_s=1.1, n_batch=1024)
     # b is within 0.01% of a in both rounds (a tie) and lighter: b wins, and the runner-up's gap is

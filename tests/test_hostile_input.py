@@ -22,8 +22,8 @@ from tests.cli_run import REPO, digest_tree, one_line_error, tuner
 from tests.malformed_corpus import run_unprivileged_prefix, world_readable_tmpdir
 from tests.spaces import write_space
 from tests.test_bad_input import bad_sweep
-from tuner.storeerrors import open_storage
-from tuner.studystore import IDENTITY, default_storage, records_of
+from tuner.results.storeerrors import open_storage
+from tuner.results.studystore import IDENTITY, default_storage, records_of
 
 State = optuna.trial.TrialState
 
@@ -148,7 +148,7 @@ def test_callers_environment_does_not_reach_the_config_check(tiny_model: Path,
 def test_stale_build_library_stops_before_the_first_trial(tiny_model: Path,
                                                           tmp_path: Path) -> None:
     from tuner.errors import EnvironmentUnfit
-    from tuner.preflight import preflight_config
+    from tuner.search.preflight import preflight_config
     from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 
     spec = TrialSpec(model=ModelSettings(device="cpu"), context=ContextSettings())

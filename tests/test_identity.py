@@ -1,4 +1,4 @@
-"""A study's identity in its storage (tuner/planner.py check_identity): model, device, workload
+"""A study's identity in its storage (tuner/search/planner.py check_identity): model, device, workload
 and, on CUDA, the GPU model and driver. Trials are compared only on one GPU model and driver: a
 sweep on another GPU runs the study's sibling for that GPU (`<study>--<gpu>-<driver>`), which
 the report shows beside it; a study made before the GPU was part of the identity takes the
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.records_factory import make_record, sample_environment, store_records
-from tuner.environment import gpu_in_use
 from tuner.errors import BadInput
-from tuner.planner import Planner, gpu_study_name
-from tuner.studydata import studies_to_show
+from tuner.evidence.environment import gpu_in_use
+from tuner.reports.studydata import studies_to_show
+from tuner.search.planner import Planner, gpu_study_name
 
 BASE = {"model_sha256": "0" * 64, "device": "cuda", "workload": [2048, 128, 2176]}
 H100 = "NVIDIA H100 80GB HBM3, driver 580.159.04"

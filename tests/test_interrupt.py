@@ -1,4 +1,4 @@
-"""Signals during a sweep (tuner/interrupt.py): SIGINT and SIGTERM that arrive during a storage
+"""Signals during a sweep (tuner/machine/interrupt.py): SIGINT and SIGTERM that arrive during a storage
 operation are raised when it ends, never inside it; outside one they are raised at once."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tuner.interrupt import Interrupted, critical, terminable
+from tuner.machine.interrupt import Interrupted, critical, terminable
 
 
 @pytest.mark.parametrize("sig, raised", [(signal.SIGTERM, Interrupted),

@@ -1,4 +1,4 @@
-"""``--max-vram`` (tuner/constraints.py): the memory a trial took, trials over the cap kept as
+"""``--max-vram`` (tuner/search/constraints.py): the memory a trial took, trials over the cap kept as
 infeasible with the reason and taught to the sampler as failures, a config within the cap,
 and no config (exit 3, one line) when no setting fits. The sweeps run the real CLI on the
 tiny model, whose CPU build gives the load log's buffer sizes in place of NVML's peak."""
@@ -14,9 +14,9 @@ import yaml
 from tests.cli_run import one_line_error, tuner
 from tests.records_factory import make_record
 from tests.spaces import write_space
-from tuner.constraints import apply_vram_cap, no_fit_reason, over_vram, vram_mib
-from tuner.records import TrialState
-from tuner.studystore import default_storage, list_studies, records_of
+from tuner.results.records import TrialState
+from tuner.results.studystore import default_storage, list_studies, records_of
+from tuner.search.constraints import apply_vram_cap, no_fit_reason, over_vram, vram_mib
 
 # ---- the figure and the check -------------------------------------------------------------
 

@@ -17,8 +17,8 @@ from gguf import GGUFReader
 
 from tests.malformed_corpus import PROBLEMS, run_unprivileged_prefix
 from tuner.errors import BadModel
-from tuner.modelcheck import check_model, file_sha256
-from tuner.modelgen import SHAPES, write_llama
+from tuner.models.modelcheck import check_model, file_sha256
+from tuner.models.modelgen import SHAPES, write_llama
 
 REPO = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
@@ -73,7 +73,7 @@ def test_unreadable_file_as_an_unprivileged_user(
     script = (
         "import json, sys\n"
         "from tuner.errors import BadModel\n"
-        "from tuner.modelcheck import check_model\n"
+        "from tuner.models.modelcheck import check_model\n"
         "out = {}\n"
         "for p in sys.argv[1:]:\n"
         "    try:\n"

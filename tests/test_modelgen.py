@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tuner.errors import BadInput
-from tuner.modelcheck import check_model
-from tuner.modelgen import SHAPES, vocabulary, write_llama
+from tuner.models.modelcheck import check_model
+from tuner.models.modelgen import SHAPES, vocabulary, write_llama
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "hello world, abc"
@@ -100,7 +100,7 @@ def test_tiny_model_loads_and_decodes_in_llama_cpp(tiny_model: Path) -> None:
 def test_quantized_models_are_smaller_and_still_decode(tiny_model: Path, tmp_path: Path) -> None:
     outputs = {"q4_0": (tmp_path / "tiny-q4_0.gguf", 2),  # (path, LLAMA_FTYPE_MOSTLY_*)
                "q4_k_m": (tmp_path / "tiny-q4_k_m.gguf", 15)}
-    script = ("import sys\nfrom tuner.modelgen import quantize\n"
+    script = ("import sys\nfrom tuner.models.modelgen import quantize\n"
               "for ftype, dst in zip(sys.argv[2::2], sys.argv[3::2]):\n"
               "    quantize(sys.argv[1], dst, ftype)\n")
     pairs = [x for ftype, (dst, _) in outputs.items() for x in (ftype, str(dst))]
@@ -118,19 +118,19 @@ def test_quantized_models_are_smaller_and_still_decode(tiny_model: Path, tmp_pat
 
 def test_command_line_writes_quantizes_and_cleans_up(tmp_path: Path) -> None:
     kept, dropped = tmp_path / "kept-q8_0.gguf", tmp_path / "dropped-q8_0.gguf"
-    done = run_python("-m", "tuner.modelgen", "--shape", "tiny", "--quant", "q8_0",
+    done = run_python("-m", "tuner.models.modelgen", "--shape", "tiny", "--quant", "q8_0",
                       "--out", str(kept), "--keep-f16")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "wrote" in done.stdout and "quantized" in done.stdout
     assert check_model(kept).file_type == 7  # MOSTLY_Q8_0
     assert check_model(tmp_path / "kept-q8_0.f16.gguf").file_type == 1
-    done = run_python("-m", "tuner.modelgen", "--quant", "q8_0", "--out", str(dropped))
+    done = run_python("-m", "tuner.models.modelgen", "--quant", "q8_0", "--out", str(dropped))
     assert done.returncode == 0, done.stderr[-3000:]
     assert dropped.exists() and not (tmp_path / "dropped-q8_0.f16.gguf").exists()
 
 
 def test_command_line_unknown_quantization_is_one_line(tmp_path: Path) -> None:
-    done = run_python("-m", "tuner.modelgen", "--quant", "q9_9", "--out",
+    done = run_python("-m", "tuner.models.modelgen", "--quant", "q9_9", "--out",
                       str(tmp_path / "x.gguf"), "--keep-f16")
     assert done.returncode == 2
     assert done.stderr.startswith("error: unknown quantization 'q9_9'")
@@ -158,8 +158,8 @@ def test_writing_and_checking_a_model_never_imports_llama_cpp(tmp_path: Path) ->
     """In a fresh interpreter, so the answer does not depend on what other tests of this
     session imported before."""
     code = ("import sys; from pathlib import Path; "
-            "from tuner.modelgen import SHAPES, write_llama; "
-            "from tuner.modelcheck import check_model; "
+            "from tuner.models.modelgen import SHAPES, write_llama; "
+            "from tuner.models.modelcheck import check_model; "
             f"p = write_llama(Path({str(tmp_path / 'm.gguf')!r}), **SHAPES['tiny']); "
             "check_model(p); print('llama_cpp imported:', 'llama_cpp' in sys.modules)")
     done = run_python("-c", code)

@@ -1,4 +1,4 @@
-"""`tuner sweep --gpus 0,1` (tuner/multigpu.py): one sweep process per GPU on one study, each
+"""`tuner sweep --gpus 0,1` (tuner/search/multigpu.py): one sweep process per GPU on one study, each
 given its GPU through CUDA_VISIBLE_DEVICES; and the NVML device a worker reads for that GPU.
 
 This machine has no GPU: the end-to-end case runs the real orchestration on the CPU build (two
@@ -15,8 +15,8 @@ import pytest
 from tests.cli_run import one_line_error, tuner
 from tests.spaces import write_space
 from tuner.errors import BadInput
-from tuner.multigpu import parse_gpus, without_gpus
-from tuner.studystore import default_storage, records_of
+from tuner.results.studystore import default_storage, records_of
+from tuner.search.multigpu import parse_gpus, without_gpus
 from tuner.worker.gpumem import nvml_handle
 
 

@@ -14,12 +14,12 @@ import yaml
 
 from tests.cli_run import one_line_error, tuner
 from tests.records_factory import make_record
-from tuner.effective import trial_settings
 from tuner.errors import BadInput
-from tuner.report import rows
-from tuner.space import Space, default_space, grid, load_space
+from tuner.evidence.effective import trial_settings
+from tuner.reports.rows import rows
+from tuner.results.studystore import default_storage, require_study
+from tuner.search.space import Space, default_space, grid, load_space
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
-from tuner.studystore import default_storage, require_study
 from tuner.worker.bench import context_params
 from tuner.worker.opproof import proof_key
 

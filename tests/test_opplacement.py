@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.opreport_edits import move_node_line, move_to_cpu_split
-from tuner.opplacement import check_ops, has_op_report, parse_op_reports, report_lines
+from tuner.evidence.opplacement import check_ops, has_op_report, parse_op_reports, report_lines
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "cuda-h100-sched-debug.log.gz"
 

@@ -16,14 +16,14 @@ import pytest
 
 from tests.opreport_edits import move_to_cpu_split
 from tests.records_factory import make_record as sample_record
-from tuner.buildinfo import find_system_info
-from tuner.opplacement import parse_op_reports, report_lines
-from tuner.outcome import Outcome
-from tuner.records import Environment, TrialRecord
-from tuner.runner import Runner
+from tuner.builds.buildinfo import find_system_info
+from tuner.evidence.opplacement import parse_op_reports, report_lines
+from tuner.results.records import Environment, TrialRecord
+from tuner.results.trialrecord import make_record
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
-from tuner.trialrecord import make_record
+from tuner.worker.outcome import Outcome
 from tuner.worker.protocol import Measured, Ready
+from tuner.worker.runner import Runner
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "cuda-h100-sched-debug.log.gz"
 CPU = ModelSettings(device="cpu", build="installed")

@@ -7,8 +7,8 @@ import re
 import time
 from pathlib import Path
 
-from tuner.buildinfo import parse_system_info
-from tuner.placement import Expectation, is_cpu_device, is_cuda_device, parse_load_log, summarize, verify
+from tuner.builds.buildinfo import parse_system_info
+from tuner.evidence.placement import Expectation, is_cpu_device, is_cuda_device, parse_load_log, summarize, verify
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CUDA_LOG = (FIXTURES / "cuda-h100-full-offload.log").read_text()

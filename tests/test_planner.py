@@ -1,4 +1,4 @@
-"""The planner (tuner/planner.py) on a real SQLite storage, in one process: the grid walked in
+"""The planner (tuner/search/planner.py) on a real SQLite storage, in one process: the grid walked in
 order, each setting claimed once, results told to optuna with the record stored beside the
 trial, what the sampler learns from (history), and the refusal of a storage that lost trials.
 Sweeps in several processes, kills and stale owners: tests/test_shared_study.py,
@@ -14,8 +14,8 @@ import pytest
 
 from tests.records_factory import make_record
 from tuner.errors import BadInput
-from tuner.planner import Planner
-from tuner.records import TrialRecord, TrialState
+from tuner.results.records import TrialRecord, TrialState
+from tuner.search.planner import Planner
 
 URL = "sqlite:///{}"
 
@@ -100,7 +100,7 @@ def test_a_setting_whose_owner_died_is_taken_back_by_a_running_sweep(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """b skipped the setting a held; a then went silent (its heartbeat stale): b, still
     running, claims it again and fails a's trial, so a host that dies costs the study nothing."""
-    from tuner import claims as claims_mod
+    from tuner.results import claims as claims_mod
 
     url = URL.format(tmp_path / "optuna.db")
     a, b = Planner("s", url), Planner("s", url)

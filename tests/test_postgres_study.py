@@ -26,7 +26,7 @@ from tests import fault_tally
 from tests.cli_run import REPO, one_line_error, tuner
 from tests.postgres import PgServer, free_port
 from tests.spaces import write_space
-from tuner.prodconfig import validate
+from tuner.deploy.prodconfig import validate
 
 State = optuna.trial.TrialState
 GRID = {(b, fa) for b in (8, 16, 32) for fa in (False, True)}  # n_batch x flash attention
@@ -188,8 +188,8 @@ def test_killed_sweeps_trial_is_failed_by_heartbeat_and_retried(storage_url: str
 
 OPEN = """
 import sys, optuna
-from tuner.claims import Claims
-from tuner.storeerrors import open_storage
+from tuner.results.claims import Claims
+from tuner.results.storeerrors import open_storage
 storage = open_storage(sys.argv[1])
 optuna.create_study(study_name="race", storage=storage, load_if_exists=True)
 print(Claims(storage.engine, "race").claim(f"k{sys.argv[2]}")[0])

@@ -14,10 +14,10 @@ import yaml
 import tuner
 from tests.records_factory import make_record
 from tests.server_run import complete, free_port, running_server
-from tuner import prodconfig
-from tuner.builds import _installed_lib_dir
+from tuner.builds.catalog import _installed_lib_dir
+from tuner.deploy import prodconfig
+from tuner.deploy.prodconfig import server_config, sidecar_path, validate, write_production
 from tuner.errors import BadInput, TunerError
-from tuner.prodconfig import server_config, sidecar_path, validate, write_production
 from tuner.specs import Workload
 
 

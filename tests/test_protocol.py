@@ -14,12 +14,11 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from tests.cli_run import REPO
-from tuner.buildinfo import BuildFlags
-from tuner.outcome import Outcome
-from tuner.records import ClockReading, Environment, GpuClocks, TrialState
-from tuner.runner import Runner
+from tuner.builds.buildinfo import BuildFlags
+from tuner.results.records import ClockReading, Environment, GpuClocks, TrialState
+from tuner.results.trialrecord import make_record
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
-from tuner.trialrecord import make_record
+from tuner.worker.outcome import Outcome
 from tuner.worker.protocol import (
     REPLY,
     REQUEST,
@@ -49,6 +48,7 @@ from tuner.worker.protocol import (
     receive,
     send,
 )
+from tuner.worker.runner import Runner
 
 CPU = ModelSettings(device="cpu", build="installed")
 CTX = ContextSettings(n_batch=32, n_ubatch=16, n_threads=1, flash_attn=True, type_v="q8_0")
@@ -171,8 +171,8 @@ def test_messages_are_frozen() -> None:
 
 
 def test_a_real_worker_refuses_a_malformed_job(tmp_path: Path) -> None:
-    from tuner.runner import SPAWN
     from tuner.worker.main import worker_main
+    from tuner.worker.runner import SPAWN
 
     parent, child = SPAWN.Pipe()
     job = {"model_path": str(tmp_path / "m.gguf"), "model_settings": CPU.model_dump(),
@@ -267,8 +267,8 @@ def test_an_outcome_is_complete_exactly_when_measured() -> None:
 
 
 def test_the_protocol_imports_neither_llama_cpp_nor_the_runner() -> None:
-    code = ("import sys, tuner.worker.protocol, tuner.outcome, tuner.trialrecord; "
-            "print('llama_cpp' in sys.modules, 'tuner.runner' in sys.modules)")
+    code = ("import sys, tuner.worker.protocol, tuner.worker.outcome, tuner.results.trialrecord; "
+            "print('llama_cpp' in sys.modules, 'tuner.worker.runner' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -277,10 +277,10 @@ def test_the_protocol_imports_neither_llama_cpp_nor_the_runner() -> None:
 
 
 def test_the_environment_is_made_from_the_hello_model(tmp_path: Path) -> None:
-    from tuner.environment import environment
+    from tuner.evidence.environment import environment
 
     model = tmp_path / "m.gguf"
-    from tuner.claims import HOST
+    from tuner.results.claims import HOST
 
     a = environment(Hello(**INFO), "installed", model, 1, "0" * 64)
     # The host is named as its claims name it (TUNER_HOST, else the hostname), not by the

@@ -1,4 +1,4 @@
-"""Pruning of clearly slower trials (tuner/pruning.py): the rule on figures, a real worker that
+"""Pruning of clearly slower trials (tuner/search/pruning.py): the rule on figures, a real worker that
 stops a slow setting early against a fast best, and a real CLI sweep whose pruned trial is
 stored, told to optuna as pruned, reported and counted, while the finalists measure in full."""
 
@@ -14,12 +14,12 @@ import pytest
 
 from tests.cli_run import tuner
 from tests.spaces import write_space
-from tuner.planner import Planner
-from tuner.pruning import MIN_REPS, resolve, verdict
-from tuner.records import TrialState
-from tuner.runner import Runner
+from tuner.results.records import TrialState
+from tuner.results.studystore import default_storage, list_studies, records_of, require_study
+from tuner.search.planner import Planner
+from tuner.search.pruning import MIN_REPS, resolve, verdict
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
-from tuner.studystore import default_storage, list_studies, records_of, require_study
+from tuner.worker.runner import Runner
 
 BEST = [1.00, 1.02, 1.01]
 

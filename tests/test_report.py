@@ -10,9 +10,9 @@ import pytest
 
 from tests.records_factory import make_record
 from tuner.errors import BadInput
-from tuner.exporters import EXPORTERS, export
-from tuner.records import TrialState
-from tuner.report import COLUMNS, rows, summary
+from tuner.reports.exporters import EXPORTERS, export
+from tuner.reports.rows import COLUMNS, rows, summary
+from tuner.results.records import TrialState
 
 
 def sample_records():

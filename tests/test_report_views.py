@@ -15,9 +15,9 @@ import pytest
 
 from tests.cli_run import REPO, one_line_error, tuner
 from tests.report_data import enriched_copy, exported, h200_results
-from tuner.analysis import effects, importance, pareto
-from tuner.overview import overview
-from tuner.studystore import default_storage, records_of
+from tuner.reports.analysis import effects, importance, pareto
+from tuner.reports.overview import overview
+from tuner.results.studystore import default_storage, records_of
 
 WIDTH = 100
 
@@ -225,8 +225,8 @@ def test_compare_two_studies(sweep: dict, enriched: dict, h200: dict, tmp_path: 
 
 
 def test_report_does_not_import_its_exporters() -> None:
-    code = ("import sys, tuner.report; assert 'tuner.exporters' not in sys.modules; "
-            "import tuner.exporters")
+    code = ("import sys, tuner.reports.rows; assert 'tuner.reports.exporters' not in sys.modules; "
+            "import tuner.reports.exporters")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
@@ -234,7 +234,7 @@ def test_report_does_not_import_its_exporters() -> None:
 
 def test_cli_offers_every_format() -> None:
     from tuner.cli import report
-    from tuner.reporting import FORMATS
+    from tuner.reports.reporting import FORMATS
 
     fmt = next(p for p in report.params if p.name == "fmt")
     assert tuple(fmt.type.choices) == FORMATS
@@ -243,10 +243,10 @@ def test_cli_offers_every_format() -> None:
 def test_a_study_where_nothing_was_verified() -> None:
     """TEST DATA records (tests/records_factory.py): every view still renders and says why."""
     from tests.records_factory import make_record
-    from tuner.htmlreport import study_html
-    from tuner.records import TrialState
-    from tuner.report import rows
-    from tuner.views import overview_view, render_text, trials_view
+    from tuner.reports.htmlreport import study_html
+    from tuner.reports.rows import rows
+    from tuner.reports.views import overview_view, render_text, trials_view
+    from tuner.results.records import TrialState
 
     recs = [make_record(0, state=TrialState.INFEASIBLE),
             make_record(1, request_s=1.0, verified=False, reason="2 of 31 layers on CPU"),

@@ -18,7 +18,7 @@ import optuna
 from tests import fault_tally
 from tests.cli_run import REPO, tuner
 from tests.spaces import write_space
-from tuner.studystore import default_storage, records_of
+from tuner.results.studystore import default_storage, records_of
 
 GRID = 8
 State = optuna.trial.TrialState
@@ -138,7 +138,7 @@ def test_report_while_a_sweep_writes(tiny_model: Path, tmp_path: Path) -> None:
 KILLED_AFTER_STORING = """
 import os, signal, sys
 from tests.records_factory import make_record
-from tuner.planner import Planner
+from tuner.search.planner import Planner
 from tuner.specs import Workload
 url, = sys.argv[1:]
 rec = make_record(0, device="cpu", n_batch=24, n_ubatch=16, study="resume",

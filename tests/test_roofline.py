@@ -10,9 +10,9 @@ import pytest
 
 from tests.report_data import h200_results
 from tuner.errors import BadModel
-from tuner.ggufshape import read_shape
-from tuner.roofline import peak_for, roofline
-from tuner.studystore import default_storage, records_of
+from tuner.models.ggufshape import read_shape
+from tuner.reports.roofline import peak_for, roofline
+from tuner.results.studystore import default_storage, records_of
 
 
 @pytest.mark.parametrize("name,peak", [

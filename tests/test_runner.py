@@ -9,8 +9,8 @@ from pathlib import Path
 
 import tuner.worker.main as worker_main
 from tests.cli_run import REPO
-from tuner.runner import Runner
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
+from tuner.worker.runner import Runner
 
 CPU = ModelSettings(device="cpu", build="installed")
 WL = Workload(prompt_tokens=48, gen_tokens=4, repetitions=3)
@@ -59,7 +59,7 @@ def test_the_parent_never_imports_llama_cpp(tiny_model: Path, tmp_path: Path) ->
 import sys
 from pathlib import Path
 from tuner.specs import Workload
-from tuner.sweep import SweepOptions, run_sweep
+from tuner.search.sweep import SweepOptions, run_sweep
 r = run_sweep(SweepOptions(model=Path({str(tiny_model)!r}), device="cpu",
               workload=Workload(prompt_tokens=16, gen_tokens=2, repetitions=1), trials=2,
               results_dir=Path({str(tmp_path / 'r')!r}), out=Path({str(tmp_path / 'p.yaml')!r})))

@@ -1,4 +1,4 @@
-"""The search order and the stop rule (tuner/sampler.py, tuner/planner.py): the model-based
+"""The search order and the stop rule (tuner/search/sampler.py, tuner/search/planner.py): the model-based
 sampler's choices and seeds, the mapping of its proposals onto the plan, the penalty that lets
 failed settings teach it, the stop rule; then real CPU sweeps of the tiny model: a TPE sweep
 that stops on its rule and says why, and a paused one that a re-run continues from the study's
@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 
 from tests.cli_run import tuner
-from tuner.sampler import (
+from tuner.results.studystore import default_storage, require_study
+from tuner.search.sampler import (
     AUTO_GRID,
     STARTUP,
     Finished,
@@ -21,7 +22,6 @@ from tuner.sampler import (
     stagnation,
 )
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec
-from tuner.studystore import default_storage, require_study
 
 
 def spec(nb: int, nu: int, fa: bool, tk: str = "f16", build: str = "installed") -> TrialSpec:

@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 
 from tests.cli_run import tuner
-from tuner.drift import worker_drift
-from tuner.runner import Runner, SentinelResult
+from tuner.results.studystore import default_storage, records_of, require_study
+from tuner.search.drift import worker_drift
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
-from tuner.studystore import default_storage, records_of, require_study
 from tuner.worker.protocol import Measured
+from tuner.worker.runner import Runner, SentinelResult
 
 CPU = ModelSettings(device="cpu", build="installed")
 WL = Workload(prompt_tokens=32, gen_tokens=4, repetitions=2, warmup=0)

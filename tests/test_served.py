@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.records_factory import make_record
-from tuner.effective import SPEED_FIELDS, check_effective, differences, trial_settings
+from tuner.deploy.prodconfig import server_config, validate
+from tuner.deploy.served import prompts_for
+from tuner.deploy.servedmeasure import measure_served
 from tuner.errors import TunerError
-from tuner.prodconfig import server_config, validate
-from tuner.served import measure_served, prompts_for
+from tuner.evidence.effective import SPEED_FIELDS, check_effective, differences, trial_settings
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 
 CPU_SPEC = TrialSpec(model=ModelSettings(device="cpu"),

@@ -1,4 +1,4 @@
-"""The served-path decision between finalists (tuner/servedfinal.py): served figures of every
+"""The served-path decision between finalists (tuner/deploy/servedfinal.py): served figures of every
 finalist stored, the winner moved only when another finalist serves faster beyond both spreads,
 and the server's thread count chosen from served figures. The figures are TEST DATA built
 here (the real served measurement is tested in tests/test_served.py and, end to end, by the
@@ -7,9 +7,9 @@ sweep in tests/test_end_to_end.py)."""
 from __future__ import annotations
 
 from tests.records_factory import make_record
+from tuner.deploy.servedfinal import choose, thread_candidates
 from tuner.errors import EnvironmentUnfit
-from tuner.records import FinalistFigures, FinalistReport, Interval, ServedFigures, Stat
-from tuner.servedfinal import choose, thread_candidates
+from tuner.results.records import FinalistFigures, FinalistReport, Interval, ServedFigures, Stat
 
 
 def served(request_s: list[float], threads: int | None = 16) -> ServedFigures:

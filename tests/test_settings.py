@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from tuner import settings
-from tuner.effective import SPEED_FIELDS, trial_settings
 from tuner.errors import BadInput
-from tuner.exporters import NUMERIC
-from tuner.placement import Expectation, expect, parse_load_log, verify
-from tuner.records import TrialRecord
-from tuner.report import COLUMNS
-from tuner.space import BASELINE, Space, load_space
+from tuner.evidence.effective import SPEED_FIELDS, trial_settings
+from tuner.evidence.placement import Expectation, expect, parse_load_log, verify
+from tuner.reports.exporters import NUMERIC
+from tuner.reports.rows import COLUMNS
+from tuner.results.records import TrialRecord
+from tuner.search.space import BASELINE, Space, load_space
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 from tuner.worker.bench import context_params
 

@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from tests import fault_tally
 from tests.cli_run import REPO
 from tests.spaces import write_space
-from tuner import claims as claims_mod
-from tuner.studystore import default_storage, records_of
+from tuner.results import claims as claims_mod
+from tuner.results.studystore import default_storage, records_of
 
 REPS = 3
 GRID = 6  # n_batch 8, 16, 32 x flash attention off, on

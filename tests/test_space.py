@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tuner.errors import BadInput
-from tuner.space import BASELINE, Space, default_space, grid, load_space
+from tuner.search.space import BASELINE, Space, default_space, grid, load_space
 from tuner.specs import Workload
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "spaces"

@@ -20,13 +20,13 @@ import yaml
 from tests.cli_run import tuner
 from tests.records_factory import make_record
 from tuner import settings
+from tuner.deploy.prodconfig import server_config, validate
 from tuner.errors import BadInput
-from tuner.gpusplit import expected_layers
-from tuner.placement import Expectation, expect, parse_load_log, verify
-from tuner.prodconfig import server_config, validate
-from tuner.space import Space, default_space, grid, load_space
+from tuner.evidence.gpusplit import expected_layers
+from tuner.evidence.placement import Expectation, expect, parse_load_log, verify
+from tuner.results.studystore import default_storage, require_study
+from tuner.search.space import Space, default_space, grid, load_space
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
-from tuner.studystore import default_storage, require_study
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CUDA_LOG = (FIXTURES / "cuda-h100-full-offload.log").read_text()

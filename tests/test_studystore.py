@@ -1,7 +1,7 @@
-"""The study's one store (tuner/studystore.py) on a real SQLite optuna storage: records written
+"""The study's one store (tuner/results/studystore.py) on a real SQLite optuna storage: records written
 with their trials and read back whole, the environment stored once per study, the finalists and
 each worker's drift, the studies listed; a damaged or foreign storage is one line. And the JSONL
-export and old results folders (tuner/store.py), read only, torn and malformed lines skipped."""
+export and old results folders (tuner/results/store.py), read only, torn and malformed lines skipped."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from tests.records_factory import make_record, sample_environment, store_records
 from tests.report_data import drift_from, finalists_from
 from tuner.errors import BadInput
-from tuner.records import TrialState
-from tuner.store import export_jsonl, legacy_drifts, legacy_finalists, read_jsonl
-from tuner.storeerrors import open_storage
-from tuner.studystore import (
+from tuner.results.records import TrialState
+from tuner.results.store import export_jsonl, legacy_drifts, legacy_finalists, read_jsonl
+from tuner.results.storeerrors import open_storage
+from tuner.results.studystore import (
     ENV_PREFIX,
     RECORD,
     default_storage,
@@ -186,7 +186,7 @@ def test_a_storage_is_opened_by_url(tmp_path: Path) -> None:
 def test_an_old_study_beside_the_storage_keeps_its_jsonl_records(tmp_path: Path) -> None:
     """A study an older version began: its optuna study in results/optuna.db without records,
     its records in results/<study>/trials.jsonl; reading it by name returns them."""
-    from tuner.studydata import load_study
+    from tuner.reports.studydata import load_study
 
     u = stored(tmp_path, [])
     old = tmp_path / "results" / STUDY

@@ -18,13 +18,13 @@ import yaml
 from tests.cli_run import one_line_error, tuner
 from tests.server_run import free_port, running_server
 from tests.spaces import write_space
-from tuner.builds import _installed_lib_dir
-from tuner.deploy import read_env_file, render_env_file
-from tuner.prodconfig import write_production
-from tuner.records import ServedFigures, Stat
-from tuner.served import measure_served
-from tuner.studystore import default_storage, require_study
-from tuner.verify import compare
+from tuner.builds.catalog import _installed_lib_dir
+from tuner.deploy.prodconfig import write_production
+from tuner.deploy.servedmeasure import measure_served
+from tuner.deploy.service import read_env_file, render_env_file
+from tuner.deploy.verify import compare
+from tuner.results.records import ServedFigures, Stat
+from tuner.results.studystore import default_storage, require_study
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # The speed comparison of a passing run gets a wide tolerance: this suite runs on 2 shared

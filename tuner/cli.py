@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from tuner.errors import BadInput, TunerError
-from tuner.interrupt import MESSAGE as INTERRUPTED, Interrupted, terminable
+from tuner.machine.interrupt import MESSAGE as INTERRUPTED, Interrupted, terminable
 
 if TYPE_CHECKING:  # click.Choice checks these values; the modules load lazily
-    from tuner.sampler import SamplerName
+    from tuner.search.sampler import SamplerName
     from tuner.specs import Device
 
 M = TypeVar("M")
@@ -120,18 +120,18 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
       tuner sweep --model q4.gguf --device cpu --trials 4
     """
     if gpus is not None:
-        from tuner.multigpu import gpu_env, parse_gpus, run_per_gpu, without_gpus
+        from tuner.search.multigpu import gpu_env, parse_gpus, run_per_gpu, without_gpus
 
         ids = parse_gpus(gpus)
         if len(ids) > 1:
             sys.exit(run_per_gpu(without_gpus(RAW_ARGS), ids))
         os.environ.update(gpu_env(ids[0]))  # this sweep's workers inherit it
 
-    from tuner.finalists import FinalistOptions
-    from tuner.render import SweepProgress, print_sweep_result
-    from tuner.sampler import StopRule
+    from tuner.reports.render import SweepProgress, print_sweep_result
+    from tuner.search.finalists import FinalistOptions
+    from tuner.search.sampler import StopRule
+    from tuner.search.sweep import SweepOptions, run_sweep
     from tuner.specs import Workload
-    from tuner.sweep import SweepOptions, run_sweep
 
     wl = _validated(Workload, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, n_ctx=n_ctx,
                     repetitions=repetitions, warmup=warmup)
@@ -195,10 +195,10 @@ def report(results_dir: Path, storage: str | None, study: str | None, fmt: str,
       tuner report --study NAME --format jsonl -o NAME.jsonl
       tuner report --compare NAME other-machine.jsonl
     """
-    from tuner.preflight import check_output_path
-    from tuner.render import print_report
-    from tuner.reporting import Peaks
-    from tuner.studystore import default_storage
+    from tuner.reports.render import print_report
+    from tuner.reports.reporting import Peaks
+    from tuner.results.studystore import default_storage
+    from tuner.search.preflight import check_output_path
 
     if output is not None:
         check_output_path(output)
@@ -225,13 +225,13 @@ def doctor(log_path: Path | None, n_gpu_layers: int, builds_dir: Path) -> None:
       python app.py 2> load.log; tuner doctor --log load.log
     """
     if log_path is None:
-        from tuner.envdoctor import check_environment
+        from tuner.machine.envdoctor import check_environment
 
         report = check_environment(builds_dir)
         for line in report.lines:
             out.print(line, markup=False, soft_wrap=True)
         sys.exit(report.exit_code)
-    from tuner.doctor import diagnose_file
+    from tuner.evidence.doctor import diagnose_file
 
     diagnosis = diagnose_file(log_path, n_gpu_layers=n_gpu_layers)
     for line in diagnosis.lines:
@@ -260,7 +260,7 @@ def build(variant: str | None, source: Path | None, cuda_arch: str | None, build
       tuner build --variant force-cublas --source llama-cpp-python-0.3.36.tar.gz --cuda-arch 90
       tuner build --list
     """
-    from tuner.render import print_builds, run_build
+    from tuner.reports.render import print_builds, run_build
 
     if list_:
         print_builds(out, builds_dir)
@@ -294,7 +294,7 @@ def verify_cmd(config: Path, url: str | None, port: int | None, tolerance: float
       tuner verify configs/production.yaml
       tuner verify configs/production.yaml --url http://127.0.0.1:8000
     """
-    from tuner.verify import failure, result_lines, run_verify
+    from tuner.deploy.verify import failure, result_lines, run_verify
 
     result = run_verify(config, url=url, port=port, tolerance=tolerance / 100,
                         requests=requests, timeout_s=timeout)

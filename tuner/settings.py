@@ -3,10 +3,10 @@ belongs to (a worker's ``ModelSettings`` or a context's ``ContextSettings``), ho
 llama.cpp's params, how llama_cpp.server's config holds it (or the environment, or nothing),
 its report column, analysis value and label, and what in the load log proves it.
 
-The search space (``tuner.space``), the grid, the worker's model and context params
-(``tuner.worker``), the server config (``tuner.effective``), the report columns
-(``tuner.report``, ``tuner.exporters``, ``tuner.views``), the analysis dimensions, the trial
-label and the verification's expectation (``tuner.placement``) are all read from ``SETTINGS``.
+The search space (``tuner.search.space``), the grid, the worker's model and context params
+(``tuner.worker``), the server config (``tuner.evidence.effective``), the report columns
+(``tuner.reports.rows``, ``tuner.reports.exporters``, ``tuner.reports.views``), the analysis dimensions, the trial
+label and the verification's expectation (``tuner.evidence.placement``) are all read from ``SETTINGS``.
 Adding a dimension is one ``Setting`` here (plus its field on ``ModelSettings`` or
 ``ContextSettings``, which a test checks against this table) and its tests.
 
@@ -82,7 +82,7 @@ class Setting:
     server_runs: Any = None
     deployed_by: str = ""             # how a service gets it otherwise (the sidecar's env)
     # What proves it: the placement ``Expectation`` fields it sets (checked against the load
-    # log by ``tuner.placement.verify``), or why the log cannot.
+    # log by ``tuner.evidence.placement.verify``), or why the log cannot.
     expect: Callable[[TrialSpec], dict[str, Any]] | None = None
     unproven: str = ""
     numeric: bool = False             # report column is a number

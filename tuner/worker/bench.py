@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tuner.pruning import verdict
+from tuner.search.pruning import verdict
 from tuner.settings import apply_context
 from tuner.specs import ContextSettings, Workload
 
@@ -163,7 +163,7 @@ class Bench:
         warm-up runs of each phase, and why the trial was pruned (None: measured in full).
 
         Pruning (``prune_against``: the best usable trial's per-repetition request seconds;
-        tuner/pruning.py) keeps the two phases as they are, so that pp<P> and tg<G> -d P are
+        tuner/search/pruning.py) keeps the two phases as they are, so that pp<P> and tg<G> -d P are
         measured as llama-bench measures them (alternating prompt and generation read prompt
         speeds up to 15% low on an H100, see the module docstring), and asks the rule after
         every kept repetition: in the prompt phase on the prompt seconds (a lower bound of each

@@ -13,9 +13,9 @@ import time
 import traceback
 from typing import Any
 
-from tuner.cpus import default_threads
-from tuner.interrupt import ignore_sigint_in_child
-from tuner.records import GpuClocks, TrialState
+from tuner.machine.cpus import default_threads
+from tuner.machine.interrupt import ignore_sigint_in_child
+from tuner.results.records import GpuClocks, TrialState
 from tuner.settings import apply_model, environment
 from tuner.specs import ModelSettings
 from tuner.worker import faults

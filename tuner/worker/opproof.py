@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tuner.opplacement import REPORT_ENV, report_lines
+from tuner.evidence.opplacement import REPORT_ENV, report_lines
 from tuner.settings import of_level
 from tuner.specs import ContextSettings
 from tuner.worker.logcapture import LogCapture

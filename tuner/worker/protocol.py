@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from tuner.records import GpuClocks, TrialState
+from tuner.results.records import GpuClocks, TrialState
 from tuner.specs import ContextSettings, Frozen, ModelSettings, Workload
 
 T = TypeVar("T")
@@ -62,7 +62,7 @@ WORKER_JOB = TypeAdapter(WorkerJob)
 class Measure(Frozen):
     """Measure the workload on a new context of the loaded model (a trial or the sentinel).
     ``prune_against``: the best usable trial's per-repetition request seconds, to stop this
-    one early when it is clearly slower (tuner/pruning.py); None never prunes."""
+    one early when it is clearly slower (tuner/search/pruning.py); None never prunes."""
 
     op: Literal["measure"] = "measure"
     context: ContextSettings
@@ -128,7 +128,7 @@ class LoadFailed(WorkerInfo):
 
 class Measured(Frozen):
     """A measured trial: seconds per kept repetition of each phase, and what surrounds them.
-    ``pruned``: why it stopped early (tuner/pruning.py); its lists are then partial: fewer
+    ``pruned``: why it stopped early (tuner/search/pruning.py); its lists are then partial: fewer
     prompt repetitions and no generation ones, or fewer generation ones than prompt ones."""
 
     event: Literal["measured"] = "measured"
@@ -186,7 +186,7 @@ class ServedMeasureJob(Frozen):
     llama_cpp.server loads it."""
 
     op: Literal["measure"] = "measure"
-    entry: dict[str, Any]  # the server's model entry (tuner.prodconfig.model_entry)
+    entry: dict[str, Any]  # the server's model entry (tuner.deploy.prodconfig.model_entry)
     env: dict[str, str]
     warmup: int
     requests: int

@@ -140,7 +140,7 @@ def eog_tokens(llama_cpp: Any, llm: Any) -> list[int]:
 
 def served_main(conn: Conn, raw_job: dict[str, Any], log_path: str) -> None:
     """Entry of the spawned process: one job, one answer on ``conn``, then exit. The job's
-    ``env`` (the build's library, CUDA graphs, hidden GPUs: tuner.served.service_env) is set
+    ``env`` (the build's library, CUDA graphs, hidden GPUs: tuner.deploy.service.service_env) is set
     before llama_cpp is first imported; llama.cpp's output goes to ``log_path``."""
     from tuner.worker.main import redirect_stdio
 

@@ -1,0 +1,279 @@
+"""Compile one kernel variant of llama.cpp from the llama-cpp-python sdist of the installed
+version into ``<builds_dir>/<variant>/``: plan the commands, run them in a staging folder,
+check the library reports the variant asked for, then rename the build into place."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from email.parser import HeaderParser
+from pathlib import Path
+from typing import Literal, overload
+
+from tuner.builds.buildinfo import parse_system_info, variant_of
+from tuner.builds.catalog import (
+    VARIANTS,
+    BuildInfo,
+    BuildRecord,
+    _info,
+    installed_version,
+    probe_library,
+    summarize,
+)
+from tuner.errors import BadInput, EnvironmentUnfit, TunerError
+from tuner.specs import Frozen
+
+TARGETS = ("llama", "llama-bench")  # libllama pulls in libggml* and the backends it links
+# Libraries land in <cmake>/bin next to the executables (CMAKE_LIBRARY_OUTPUT_DIRECTORY there).
+# RPATH $ORIGIN finds the sibling libggml*; $ORIGIN/../lib lets bin/llama-bench find lib/.
+BASE_CMAKE_ARGS = [
+    "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+    "-DCMAKE_INSTALL_RPATH=$ORIGIN;$ORIGIN/../lib",
+]
+DEFAULT_NVCC = Path("/usr/local/cuda/bin/nvcc")  # used when nvcc is not on PATH
+class BuildPlan(Frozen):
+    """What ``build_variant`` would do, returned by a dry run."""
+
+    variant: str
+    version: str
+    source: str
+    staging_dir: str
+    final_dir: str
+    cmake_args: list[str]
+    cuda_arch: str | None
+    commands: list[list[str]]
+
+    def shell_lines(self) -> list[str]:
+        """The commands as a shell would take them, for printing."""
+        return [shlex.join(c) for c in self.commands]
+
+
+def sdist_version(path: Path) -> str:
+    return _sdist_meta(path)[0]
+
+
+def _sdist_meta(path: Path) -> tuple[str, str]:
+    """(version, top folder) from the sdist's top-level PKG-INFO, streaming the archive."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                parts = member.name.strip("/").split("/")
+                if len(parts) == 2 and parts[1] == "PKG-INFO" and member.isfile():
+                    data = tar.extractfile(member)
+                    assert data is not None
+                    headers = HeaderParser().parsestr(data.read().decode("utf-8", "replace"))
+                    if headers.get("Version"):
+                        return headers["Version"].strip(), parts[0]
+    except (OSError, tarfile.TarError) as exc:
+        raise BadInput(f"cannot read source archive {path}: {exc}") from None
+    raise BadInput(f"{path} has no PKG-INFO with a Version: not a llama-cpp-python sdist")
+
+
+def _check_request(variant: str, cuda_arch: str | None) -> str | None:
+    if variant not in VARIANTS:
+        raise BadInput(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+    if cuda_arch is None:
+        return None
+    if not VARIANTS[variant]:
+        raise BadInput(f"--cuda-arch applies to CUDA variants, not {variant!r}")
+    if not re.fullmatch(r"[0-9a-z_;,-]+", cuda_arch):
+        raise BadInput(f"bad CUDA architecture list {cuda_arch!r} (for example 90 or 86;90)")
+    return cuda_arch.replace(",", ";")
+
+
+def plan_build(variant: str, *, source: Path | None, builds_dir: Path = Path("builds"),
+               cuda_arch: str | None = None, jobs: int | None = None) -> BuildPlan:
+    """Check the request and lay out the commands, without running anything."""
+    arch = _check_request(variant, cuda_arch)
+    version = installed_version()
+    commands: list[list[str]] = []
+    if source is not None:
+        if not source.is_file():
+            raise BadInput(f"source archive {source} does not exist")
+        src_version, top = _sdist_meta(source)
+        if src_version != version:
+            raise BadInput(f"source is llama-cpp-python {src_version}, installed is {version}: "
+                           "the ctypes signatures must match")
+    else:
+        cache = builds_dir / ".sdist"
+        source, top = cache / f"llama_cpp_python-{version}.tar.gz", f"llama_cpp_python-{version}"
+        commands.append([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
+                         ":all:", "--dest", str(cache), f"llama-cpp-python=={version}"])
+    staging = builds_dir / f".{variant}.partial"
+    cmake_dir = staging / "cmake"
+    args = BASE_CMAKE_ARGS + VARIANTS[variant]
+    if arch:
+        args.append(f"-DCMAKE_CUDA_ARCHITECTURES={arch}")
+    commands += [
+        ["cmake", "-S", str(staging / "src" / top / "vendor" / "llama.cpp"), "-B", str(cmake_dir),
+         "-G", "Ninja", *args],
+        ["cmake", "--build", str(cmake_dir), "--target", "help"],
+        ["cmake", "--build", str(cmake_dir), "--target", *TARGETS,
+         "-j", str(jobs or os.cpu_count() or 1)],
+    ]
+    return BuildPlan(variant=variant, version=version, source=str(source),
+                     staging_dir=str(staging), final_dir=str(builds_dir / variant),
+                     cmake_args=args, cuda_arch=arch, commands=commands)
+
+
+@overload
+def build_variant(variant: str, *, source: Path | None, builds_dir: Path = ...,
+                  cuda_arch: str | None = ..., jobs: int | None = ..., dry_run: Literal[True],
+                  log: Callable[[str], None] = ...) -> BuildPlan: ...
+@overload
+def build_variant(variant: str, *, source: Path | None, builds_dir: Path = ...,
+                  cuda_arch: str | None = ..., jobs: int | None = ...,
+                  dry_run: Literal[False] = ..., log: Callable[[str], None] = ...) -> BuildInfo: ...
+def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path("builds"),
+                  cuda_arch: str | None = None, jobs: int | None = None, dry_run: bool = False,
+                  log: Callable[[str], None] = lambda _line: None) -> BuildInfo | BuildPlan:
+    """Build one kernel variant into ``<builds_dir>/<variant>``. The work happens in a hidden
+    staging folder that is renamed into place only once the library has loaded and reported the
+    expected kernel choice, so a failed build never looks usable (its tree stays for reading)."""
+    plan = plan_build(variant, source=source, builds_dir=builds_dir, cuda_arch=cuda_arch,
+                      jobs=jobs)
+    if dry_run:
+        return plan
+    env = _preflight(variant)
+    started, t0 = _now(), time.monotonic()
+    staging, final = Path(plan.staging_dir), Path(plan.final_dir)
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "src").mkdir(parents=True)
+    fail_hint = f"the build tree is kept in {staging}"
+    commands = list(plan.commands)
+    if source is None:
+        _fetch_sdist(commands.pop(0), Path(plan.source), log)
+    sha256 = _sha256(Path(plan.source))
+    log(f"extracting {plan.source}")
+    with tarfile.open(plan.source, "r:*") as tar:
+        if hasattr(tarfile, "data_filter"):  # Python 3.12, and 3.10.12/3.11.4 backports
+            tar.extractall(staging / "src", filter="data")
+        else:
+            tar.extractall(staging / "src")
+    configure, help_cmd, build = commands
+    _run(configure, log, "cmake configure", fail_hint, env)
+    targets = _run(help_cmd, lambda _l: None, "cmake target list", fail_hint, env)
+    missing = [t for t in TARGETS if not re.search(rf"^{re.escape(t)}: ", targets, re.M)]
+    if missing:
+        raise TunerError(f"this llama.cpp has no target {', '.join(missing)}", hint=fail_hint)
+    _run(build, log, "cmake build", fail_hint, env)
+    bench = _collect(staging / "cmake" / "bin", staging / "lib", staging / "bin")
+    system_info = probe_library(staging / "lib")
+    flags = parse_system_info(system_info)
+    if variant_of(flags) != variant:
+        raise TunerError(f"built {variant!r} but its library reports {variant_of(flags)!r}",
+                         hint=fail_hint)
+    record = BuildRecord(
+        variant=variant, version=plan.version, cmake_args=plan.cmake_args,
+        cuda_arch=plan.cuda_arch,
+        source=str(plan.source), source_sha256=sha256, started=started, finished=_now(),
+        duration_s=round(time.monotonic() - t0, 1), system_info=system_info,
+        flags_summary=summarize(flags), bench="bin/llama-bench" if bench else None)
+    (staging / "build.json").write_text(record.model_dump_json(indent=2) + "\n")
+    shutil.rmtree(staging / "src")
+    shutil.rmtree(staging / "cmake")
+    old = staging.with_name(f".{variant}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    log(f"built {variant} in {record.duration_s:.0f}s: {final}")
+    return _info(final, record)
+
+
+def _preflight(variant: str) -> dict[str, str]:
+    """The environment the build commands run in; refuses a machine that cannot build."""
+    for tool in ("cmake", "ninja"):
+        if shutil.which(tool) is None:
+            raise EnvironmentUnfit(f"{tool} is not on PATH; building llama.cpp needs it")
+    env = dict(os.environ)
+    if VARIANTS[variant] and not (shutil.which("nvcc") or env.get("CUDACXX")):
+        if not DEFAULT_NVCC.is_file():
+            raise EnvironmentUnfit(f"variant {variant!r} needs the CUDA toolkit and no nvcc "
+                                   "was found", hint="put nvcc on PATH or set CUDACXX")
+        env["CUDACXX"] = str(DEFAULT_NVCC)
+    return env
+
+
+def _fetch_sdist(command: list[str], target: Path, log: Callable[[str], None]) -> None:
+    if target.is_file():
+        log(f"using the cached source {target}")
+        return
+    log("downloading the llama-cpp-python source distribution")
+    try:
+        _run(command, log, "pip download", None)
+    except TunerError as exc:
+        raise EnvironmentUnfit(f"could not download the llama-cpp-python sdist ({exc.message}); "
+                               "this needs network access",
+                               hint="pass --source with a local sdist of the same version") from None
+    if not target.is_file():  # pip may keep the dashed spelling of the name
+        dashed = target.with_name(target.name.replace("_", "-"))
+        if not dashed.is_file():
+            raise EnvironmentUnfit(f"pip download left no {target.name} in {target.parent}")
+        dashed.rename(target)
+
+
+def _run(cmd: list[str], log: Callable[[str], None], what: str, hint: str | None,
+         env: dict[str, str] | None = None) -> str:
+    """Run a command, streaming its merged output line by line; return that output."""
+    lines: list[str] = []
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", env=env)
+    except FileNotFoundError:
+        raise EnvironmentUnfit(f"{cmd[0]} is not installed") from None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        log(lines[-1])
+    if proc.wait() != 0:
+        last = next((x.strip() for x in reversed(lines) if x.strip()), "no output")
+        raise TunerError(f"{what} failed (exit {proc.returncode}): {last}", hint=hint)
+    return "\n".join(lines)
+
+
+def _collect(out: Path, lib_dir: Path, bin_dir: Path) -> Path | None:
+    """Copy every lib*.so* from the build's output folder. Symlinked names (libllama.so ->
+    libllama.so.0 -> ...) become hard links to one copy: plain files for any transfer, no
+    duplicated 70 MB CUDA library."""
+    lib_dir.mkdir()
+    copied: dict[Path, Path] = {}
+    for path in sorted(out.glob("lib*.so*")):
+        real = path.resolve()
+        if real not in copied:
+            copied[real] = lib_dir / real.name
+            shutil.copy2(real, copied[real])
+        if path.name != real.name:
+            os.link(copied[real], lib_dir / path.name)
+    if not (lib_dir / "libllama.so").is_file():
+        raise TunerError(f"the build left no libllama.so in {out}")
+    bench = out / "llama-bench"
+    if not bench.is_file():
+        return None
+    bin_dir.mkdir()
+    shutil.copy2(bench, bin_dir / "llama-bench")
+    return bin_dir / "llama-bench"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,150 @@
+"""A real ``python -m llama_cpp.server`` on a free loopback port, and the sweep's workload timed
+over HTTP as a client of the service sees it (streamed completions: time to first token,
+generation, request). Used by ``tuner verify`` and by served figures taken through a server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tuner.deploy.served import figures, prompts_for
+from tuner.errors import BadInput, EnvironmentUnfit
+from tuner.machine.childenv import service_env
+from tuner.results.records import ServedFigures
+from tuner.specs import Workload
+from tuner.worker.served import request_body
+
+
+def serve_and_measure(entry: dict[str, Any], env: dict[str, str], workload: Workload,
+                      requests: int, timeout_s: float) -> tuple[ServedFigures, str]:
+    """Start a real server on one model entry (a fresh process), time the workload over HTTP,
+    stop it; (figures, the server's log). For served figures taken the way ``tuner verify``
+    takes them: the event loop, the streaming threads and the client are all in the picture."""
+    server_env = service_env(env)
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-served-")))
+        port, log_path = free_port(None), tmp / "server.log"
+        proc = stack.enter_context(running_server({"models": [entry]}, "served.yaml", server_env, port,
+                                           tmp, log_path))
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(proc, url, log_path, timeout_s)
+        measured = measure_http(url, entry["model"], workload, server_env, requests, timeout_s)
+        return measured, log_path.read_text(errors="replace")
+
+
+def free_port(port: int | None) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port or 0))
+        except OSError:
+            raise BadInput(f"port {port} is in use on 127.0.0.1",
+                           hint="pick another with --port, or leave it out for a free one") from None
+        return s.getsockname()[1]
+
+
+class running_server:
+    """The real server on a copy of the config that only changes host and port, started from
+    a temporary working directory (the paths in the config must not depend on it)."""
+
+    def __init__(self, config: dict[str, Any], name: str, env: dict[str, str], port: int,
+                 tmp: Path, log_path: Path) -> None:
+        self.args = (config, name, env, port, tmp, log_path)
+
+    def __enter__(self) -> subprocess.Popen[bytes]:
+        config, name, env, port, tmp, log_path = self.args
+        config = {**config, "host": "127.0.0.1", "port": port}
+        copy = tmp / name
+        copy.write_text(yaml.safe_dump(config, sort_keys=False))
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "llama_cpp.server", "--config_file", str(copy)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+        return self.proc
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EnvironmentUnfit(f"the server exited with status {proc.returncode} before "
+                                   f"answering: {_tail(log_path)}", hint=f"its log: {log_path}")
+        with suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise EnvironmentUnfit(f"the server did not answer within {timeout_s:.0f} s: "
+                           f"{_tail(log_path)}", hint=f"its log: {log_path}")
+
+
+def _tail(log_path: Path, n: int = 3) -> str:
+    # The last statements, not the usage text or a traceback's frames.
+    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()
+             if ln.strip() and not ln.startswith(("usage:", "  ", "options:", "Traceback"))]
+    return " | ".join(lines[-n:]) or "(no output)"
+
+
+def measure_http(base: str, model_path: str, wl: Workload, env: dict[str, str], requests: int,
+                 timeout_s: float) -> ServedFigures:
+    """The workload over HTTP: one warm-up then ``requests`` streamed completions, each prompt
+    new from its first token, exactly gen_tokens generated."""
+    made = prompts_for(model_path, wl.prompt_tokens, requests + 1, env)
+    runs = []
+    with httpx.Client(timeout=timeout_s) as client:
+        for prompt in made.prompts:
+            runs.append(_timed_request(client, base, request_body(prompt, wl.gen_tokens,
+                                                                  made.eog)))
+    return figures(runs[1:], source="server", prompt_tokens=wl.prompt_tokens,
+                   gen_tokens=wl.gen_tokens, warmup=1,
+                   max_prefix_reuse=made.max_prefix_reuse)
+
+
+def _timed_request(client: httpx.Client, base: str, body: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    first = last = None
+    finish = None
+    try:
+        with client.stream("POST", f"{base}/v1/completions", json=body) as reply:
+            if reply.status_code != 200:
+                reply.read()
+                raise EnvironmentUnfit(f"the service answered {reply.status_code}: "
+                                       f"{reply.text[:200]}")
+            for data in _events(reply.iter_lines()):
+                now = time.perf_counter()
+                first = first if first is not None else now
+                last = now
+                finish = data["choices"][0].get("finish_reason") or finish
+    except httpx.HTTPError as e:
+        raise EnvironmentUnfit(f"cannot reach the service at {base}: {e}") from None
+    if first is None or last is None:
+        raise EnvironmentUnfit(f"the service at {base} streamed no completion chunk")
+    return {"ttft_s": first - t0, "request_s": last - t0, "gen_s": last - first,
+            "finish_reason": finish}
+
+
+def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if not line.startswith("data:"):
+            continue  # blank separators and ": ping" comments
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return
+        yield json.loads(payload)

@@ -1,0 +1,372 @@
+"""The production config: the YAML file ``python -m llama_cpp.server --config_file FILE`` loads,
+built from one trial record, and the sidecar beside it holding what that format cannot (the
+kernel build to load, environment variables, provenance, measured figures).
+
+The server stops on any key its settings classes do not define, so the config is validated with
+the server's own ``ConfigFileSettings`` before anything is written. Both files are replaced
+atomically, the previous ones kept as ``.bak``: a reader (a server restarting, ``tuner verify``)
+never sees a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from contextlib import suppress
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+import tuner
+from tuner.deploy.service import (
+    RAW_KIND,
+    SERVED_KIND,
+    deployment_notes,
+    env_file_path,
+    rebuild_command,
+    render_env_file,
+    served_vs_raw,
+    service_env,
+)
+from tuner.errors import BadInput, EnvironmentUnfit, TunerError
+from tuner.evidence.effective import SPEED_FIELDS, check_effective, trial_settings
+from tuner.machine.childenv import child_env, module_command
+from tuner.results.records import ServedFigures, Stat, TrialRecord
+from tuner.specs import TrialSpec, Workload
+
+SIDECAR_SUFFIX = ".tuner.json"
+SIDECAR_FORMAT = "tuner-sidecar/1"
+YAML_SUFFIXES = (".yaml", ".yml")  # the server parses any other file name as JSON
+
+
+class WrittenConfig(BaseModel):
+    """Where ``write_production`` put the config, its sidecar, and the previous config if any."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: Path
+    sidecar: Path
+    backup: Path | None = None
+    env_file: Path | None = None
+
+
+def model_entry(spec: TrialSpec, workload: Workload, model_path: str,
+                threads: int | None) -> dict[str, Any]:
+    """The server's model entry for ``spec``: the model (absolute path) and every speed-relevant
+    setting as the trial measured it (``tuner.evidence.effective``: the server's defaults differ)."""
+    model = os.path.abspath(os.path.expanduser(model_path))
+    return {"model": model, "model_alias": Path(model).stem,
+            **trial_settings(spec, workload, threads)}
+
+
+def record_threads(record: TrialRecord) -> int | None:
+    """The threads the worker ran prompt and generation on, as its measurement recorded them
+    (older records: the trial's setting, else every core of the machine it ran on). The
+    server's defaults (half the cores for generation) would not be what was measured."""
+    cs = record.spec.context
+    measured = record.measurement.threads if record.measurement else None
+    return cs.n_threads or measured or (record.environment.cpu_count if record.environment
+                                        else None)
+
+
+def server_config(record: TrialRecord, model_path: str, *, host: str = "127.0.0.1",
+                  port: int = 8000, threads: int | None = None) -> dict[str, Any]:
+    """The content of the server's YAML for the record's settings, one model entry.
+    ``threads`` overrides the measured thread count (a served-path sweep chose another)."""
+    entry = model_entry(record.spec, record.workload, model_path,
+                        threads or record_threads(record))
+    return {"host": host, "port": int(port), "models": [entry]}
+
+
+def validate(config: dict[str, Any], lib_dir: str | None = None,
+             env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Check the config the way the server reads it (JSON of the YAML, then
+    ``ConfigFileSettings.model_validate_json``), and refuse keys its settings do not define.
+    An invalid config here is tuner's bug, hence TunerError (exit 1). Returns the effective
+    speed-relevant settings of its first model, as the server would run them in ``env`` (the
+    service's environment, added to this one).
+
+    The server's settings import llama_cpp, which loads a llama library: that happens in a
+    child process with the chosen build's ``LLAMA_CPP_LIB_PATH``, never in this one (a
+    package installed without its own libraries has none to load without it)."""
+    try:
+        blob = json.dumps(config)
+    except (TypeError, ValueError) as e:
+        raise TunerError(f"production config is not plain data: {e}") from None
+    try:  # a clean, explicit environment (tuner/machine/childenv.py) plus the service's own
+        proc = subprocess.run(module_command("tuner.deploy.prodconfig"), input=blob,
+                              env={**child_env(lib_dir), **(env or {})}, capture_output=True,
+                              text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise EnvironmentUnfit("the server-config check took over 300 s") from None
+    if proc.returncode == 0:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    why = lines[-1] if lines else f"config validation exited {proc.returncode}"
+    if proc.returncode == 3:  # the build's library could not be loaded: not tuner's bug
+        raise EnvironmentUnfit(why, hint="check the build's library folder (`tuner build "
+                               "--list`) and the llama-cpp-python install")
+    raise TunerError(why)
+
+
+def _validate_here(config: dict[str, Any]) -> dict[str, Any]:
+    from llama_cpp.server.settings import ConfigFileSettings, ModelSettings
+
+    def refuse_unknown(mapping: Any, fields: dict[str, Any], where: str) -> None:
+        if not isinstance(mapping, dict):
+            raise TunerError(f"{where} must be a mapping, not {type(mapping).__name__}")
+        unknown = sorted(set(mapping) - set(fields))
+        if unknown:
+            raise TunerError(f"{where} has keys the server does not accept: "
+                             f"{', '.join(map(str, unknown))}")
+
+    refuse_unknown(config, ConfigFileSettings.model_fields, "production config")
+    models = config.get("models")
+    if not isinstance(models, list) or not models:
+        raise TunerError("production config must list at least one model under 'models'")
+    for i, entry in enumerate(models):
+        refuse_unknown(entry, ModelSettings.model_fields, f"production config models[{i}]")
+    try:
+        blob = json.dumps(config)
+    except (TypeError, ValueError) as e:
+        raise TunerError(f"production config is not plain data: {e}") from None
+    try:
+        loaded = ConfigFileSettings.model_validate_json(blob)
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        errors = getattr(e, "errors", None)
+        if callable(errors) and errors():
+            err = errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise TunerError(f"production config is invalid at {where}: {err['msg']}") from None
+        raise TunerError(f"production config is invalid: {str(e).splitlines()[0]}") from None
+    return loaded.models[0].model_dump(include=set(SPEED_FIELDS))
+
+
+def sidecar_path(out: Path) -> Path:
+    """``configs/production.yaml`` -> ``configs/production.tuner.json``."""
+    out = Path(out)
+    stem = out.name[: -len(out.suffix)] if out.suffix in YAML_SUFFIXES else out.name
+    return out.with_name(stem + SIDECAR_SUFFIX)
+
+
+def launch_command(out: Path, env: dict[str, str]) -> str:
+    """The shell line that starts the server on this config with the build's environment."""
+    assigns = [f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+    cmd = ["python", "-m", "llama_cpp.server", "--config_file", shlex.quote(str(out))]
+    return " ".join(assigns + cmd)
+
+
+def sidecar(record: TrialRecord, out: Path, *, results_dir: Path, build_lib_dir: str | None,
+            env: dict[str, str], served: ServedFigures | None = None) -> dict[str, Any]:
+    """What the server's format cannot hold: build (absolute library folder and the command
+    that recreates it on another host), environment, launch line, provenance, figures (raw and
+    served, named), workload, verification and the machine the trial ran on."""
+    m = record.measurement
+    lib_dir = build_lib_dir or (record.environment.build_lib_dir if record.environment else None)
+    lib_dir = os.path.abspath(lib_dir) if lib_dir else None
+    return {
+        "format": SIDECAR_FORMAT,
+        "config": str(out),
+        "build": {"name": record.spec.model.build, "lib_dir": lib_dir,
+                  "rebuild": rebuild_command(lib_dir, record)},
+        "env": dict(sorted(env.items())),
+        "env_file": str(env_file_path(out)),
+        "launch": launch_command(out, env),
+        **deployment_notes(out),
+        "provenance": {
+            "study": record.study,
+            "trial_id": record.trial_id,
+            "number": record.number,
+            "spec_key": record.spec_key,
+            "label": record.spec.label(),
+            "results_dir": str(Path(results_dir).absolute()),
+            "tuner_version": tuner.__version__,
+            "python": sys.executable,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        "spec": record.spec.model_dump(mode="json"),
+        "figures": {
+            "kind": RAW_KIND,
+            "objective_request_s": record.objective,
+            "pp_tps": _stat(m.pp_tps) if m else None,
+            "tg_tps": _stat(m.tg_tps) if m and m.tg_tps else None,
+            "request_s": _stat(m.request_seconds) if m else None,
+            "gpu_peak_mib": m.gpu_peak_mib if m else None,
+            "gpu_total_mib": m.gpu_total_mib if m else None,
+            "load_s": m.load_seconds if m else None,
+            "unstable": m.unstable if m else None,
+        },
+        "served": {"kind": SERVED_KIND, **served.model_dump(mode="json")} if served else None,
+        "served_vs_raw": served_vs_raw(m, served) if m and served else None,
+        "workload": record.workload.model_dump(mode="json"),
+        "verification": record.verification.model_dump(mode="json"),
+        "environment": record.environment.model_dump(mode="json") if record.environment else None,
+    }
+
+
+def _stat(s: Stat) -> dict[str, float]:
+    return {"median": s.median, "min": s.min, "max": s.max}
+
+
+def _render_yaml(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+
+
+def _render_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+def write_production(record: TrialRecord, out: Path, *, model_path: str, results_dir: Path,
+                     build_lib_dir: str | None, env: dict[str, str], host: str = "127.0.0.1",
+                     port: int = 8000, served: ServedFigures | None = None,
+                     threads: int | None = None,
+                     extra: dict[str, Any] | None = None) -> WrittenConfig:
+    """Write the server config for ``record`` at ``out``, its sidecar and the service's
+    environment file beside it, keeping the files they replace as ``.bak``. Nothing on disk
+    changes unless all render and validate, and the config as the server loads it (in the
+    service's environment) runs exactly what was measured. Every path written is absolute,
+    so the service works from any directory. ``served``: the served-path figures of this
+    config, when measured; ``threads``: a thread count chosen from them (default: the trial's);
+    ``extra``: sections the sweep adds to the sidecar (the finalists' intervals and decision)."""
+    out = Path(out).absolute()
+    check_out(out)
+    if not Path(model_path).is_file():
+        raise BadInput(f"model {model_path} not found; the server could not load it")
+    build_lib_dir = os.path.abspath(build_lib_dir) if build_lib_dir else None
+    env = {**service_env(record.spec, build_lib_dir), **env}
+    if env.get("LLAMA_CPP_LIB_PATH"):
+        env["LLAMA_CPP_LIB_PATH"] = os.path.abspath(env["LLAMA_CPP_LIB_PATH"])
+
+    config = server_config(record, model_path, host=host, port=port, threads=threads)
+    text = _render_yaml(config)
+    # Validate what the server will read back, not the dict we meant to write, in the
+    # environment the service gets, and check it runs what the trial measured.
+    effective = validate(yaml.safe_load(text), build_lib_dir, env)
+    check_effective(effective, trial_settings(record.spec, record.workload,
+                                              threads or record_threads(record)))
+    side = sidecar_path(out)
+    side_text = _render_json({**sidecar(record, out, results_dir=results_dir,
+                                        build_lib_dir=build_lib_dir, env=env, served=served),
+                              **(extra or {})})
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        backups = _replace_atomically([(side, side_text.encode()),
+                                       (env_file_path(out), render_env_file(env).encode()),
+                                       (out, text.encode())])
+    except OSError as e:
+        raise BadInput(f"cannot write the production config {out}: "
+                       f"{e.strerror or e}") from None
+    return WrittenConfig(path=out, sidecar=side, backup=backups[out],
+                         env_file=env_file_path(out))
+
+
+def check_out(out: Path) -> None:
+    if out.is_dir():
+        raise BadInput(f"production config path {out} is a directory")
+    if out.suffix not in YAML_SUFFIXES:
+        raise BadInput(f"production config {out} must end in .yaml or .yml "
+                       "(llama_cpp.server reads any other name as JSON)")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BadInput(f"cannot write {out}: {parent} is not a directory")
+            break
+
+
+def _replace_atomically(files: list[tuple[Path, bytes]]) -> dict[Path, Path | None]:
+    """Write each ``(target, data)`` by rename, in order, once every temp file is whole; an
+    existing target is first kept as ``target.bak`` (itself replaced by rename). Returns each
+    target's backup path, or None where there was nothing to keep."""
+    temps: list[str] = []
+    backups: dict[Path, Path | None] = {}
+    done: list[Path] = []
+    try:
+        for target, data in files:
+            temps.append(_write_temp(target, data))
+        backups = {target: _backup(target) if target.exists() else None for target, _ in files}
+        for (target, _), tmp in zip(files, temps):
+            os.replace(tmp, target)
+            done.append(target)
+    except BaseException:
+        for tmp in temps:
+            with suppress(OSError):
+                os.unlink(tmp)
+        for target in done:  # put back what was already replaced: all files or none
+            _restore(target, backups[target])
+        raise
+    for folder in dict.fromkeys(target.parent for target, _ in files):
+        _fsync_dir(folder)
+    return backups
+
+
+def _write_temp(target: Path, data: bytes) -> str:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _backup(target: Path) -> Path:
+    """Keep ``target`` as ``target.bak``: a hard link renamed into place (a copy where links are
+    not supported), so the backup is always whole."""
+    bak = target.with_name(target.name + ".bak")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{bak.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        try:
+            os.link(target, tmp)
+        except OSError:
+            tmp = _write_temp(bak, target.read_bytes())
+        os.replace(tmp, bak)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return bak
+
+
+def _restore(target: Path, backup: Path | None) -> None:
+    """Best effort: bring back ``target`` as it was before this write (absent if it was)."""
+    with suppress(OSError):
+        if backup is None:
+            os.unlink(target)
+            return
+        tmp = _write_temp(target, backup.read_bytes())
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            os.unlink(tmp)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+if __name__ == "__main__":  # the child process of validate()
+    try:
+        print(json.dumps(_validate_here(json.loads(sys.stdin.read()))))
+    except TunerError as e:
+        print(e.message)
+        sys.exit(1)
+    except (ImportError, OSError, RuntimeError) as e:  # llama_cpp's library did not load
+        print(f"llama_cpp could not load its library: {type(e).__name__}: {e}")
+        sys.exit(3)

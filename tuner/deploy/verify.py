@@ -1,0 +1,303 @@
+"""``tuner verify``: start the real ``python -m llama_cpp.server --config_file CONFIG`` the way
+the deployment would (the sidecar's environment, from another working directory, a free
+loopback port), prove from the server's own log that it loaded the measured build and placed
+the model as measured, send the sweep's workload over HTTP, and compare time to first token and
+generation speed with the figures stored beside the config. ``--url`` checks a service already
+running (speed only: its log is not ours to read).
+
+Every way the deployment can be wrong is one error line: a missing model, a server that exits
+(with its log's last lines), a port in use, another library than the measured build, a
+placement that is not the measured one (exit 3), served speed outside the tolerance (exit 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from tuner.builds.buildinfo import BuildFlags, find_system_info, variant_of
+from tuner.deploy.httpserve import free_port, measure_http, running_server, wait_ready
+from tuner.deploy.prodconfig import sidecar_path
+from tuner.deploy.service import env_file_path, read_env_file
+from tuner.errors import BadInput, EnvironmentUnfit, TunerError
+from tuner.evidence.placement import expect, parse_load_log, verify
+from tuner.machine.childenv import service_env
+from tuner.results.records import ServedFigures
+from tuner.specs import Frozen, TrialSpec, Workload
+
+# The server lets these override the config file; a deployment check must read the file.
+# Build facts that must match between what was measured and what the server loaded (CPU
+# feature flags may differ between hosts without changing the kernels that run on the GPU).
+_BUILD_FACTS = ("cuda", "archs", "force_cublas", "force_mmq", "cuda_graphs", "fa_quants",
+                "fa_all_quants")
+
+
+class SpeedCheck(Frozen):
+    name: str  # "time to first token" | "generation"
+    unit: str
+    measured: float
+    reference: float
+    change: float  # (measured - reference) / reference
+    ok: bool
+
+
+class VerifyResult(Frozen):
+    config: str
+    url: str
+    log_path: str | None = None
+    placement: str | None = None  # the summary line; None with --url
+    placement_reasons: list[str] = Field(default_factory=list)
+    library: str | None = None  # the libllama the server process mapped
+    measured: ServedFigures | None = None
+    reference_kind: str = "served"  # served | raw
+    reference_note: str = ""
+    checks: list[SpeedCheck] = Field(default_factory=list)
+    gap: str | None = None  # raw (sweep) vs served (now), both numbers
+    tolerance: float = 0.10
+
+    @property
+    def placement_ok(self) -> bool:
+        return not self.placement_reasons
+
+    @property
+    def passed(self) -> bool:
+        return self.placement_ok and all(c.ok for c in self.checks)
+
+
+class Deployment(Frozen):
+    """The config, its sidecar and the service environment, read and checked."""
+
+    config_path: Path
+    config: dict[str, Any]
+    sidecar: dict[str, Any]
+    env: dict[str, str]
+    model_path: str
+    spec: TrialSpec
+    workload: Workload
+
+
+def load_deployment(config_path: Path) -> Deployment:
+    config_path = Path(config_path).absolute()
+    if not config_path.is_file():
+        raise BadInput(f"no config at {config_path}",
+                       hint="give the production config: tuner verify configs/production.yaml")
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise BadInput(f"cannot read {config_path} as YAML: {str(e).splitlines()[0]}") from None
+    models = config.get("models") if isinstance(config, dict) else None
+    if not isinstance(models, list) or not models or not isinstance(models[0], dict):
+        raise BadInput(f"{config_path} lists no model under 'models'")
+    side_path = sidecar_path(config_path)
+    try:
+        side = json.loads(side_path.read_text())
+    except (OSError, ValueError):
+        raise BadInput(f"no readable sidecar {side_path} beside the config",
+                       hint="verify compares with the build and figures the sweep stored there; "
+                            "write the config with tuner sweep") from None
+    model = str(models[0].get("model", ""))
+    if not Path(model).is_file():
+        raise BadInput(f"model {model} named in {config_path} not found",
+                       hint="the config holds an absolute path: copy the model there, or "
+                            "rerun the sweep on this host")
+    env_file = env_file_path(config_path)
+    env = read_env_file(env_file) if env_file.is_file() else dict(side.get("env", {}))
+    try:
+        spec = TrialSpec.model_validate(side["spec"])
+        workload = Workload.model_validate(side["workload"])
+    except (KeyError, TypeError, ValueError):
+        raise BadInput(f"{side_path} is not a tuner sidecar (no valid spec and workload)",
+                       hint="write the config with tuner sweep") from None
+    return Deployment(config_path=config_path, config=config, sidecar=side, env=env,
+                      model_path=model, spec=spec, workload=workload)
+
+
+def run_verify(config_path: Path, *, url: str | None = None, port: int | None = None,
+               tolerance: float = 0.10, requests: int = 5, timeout_s: float = 300,
+               log_dir: Path | None = None) -> VerifyResult:
+    """Verify the deployment of ``config_path``; see the module docstring."""
+    dep = load_deployment(config_path)
+    server_env = service_env(dep.env)
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-verify-")))
+        log_path: Path | None = None
+        facts: dict[str, Any] = {}
+        if url is None:
+            port = free_port(port)
+            log_path = _log_path(dep.config_path, log_dir, tmp)
+            proc = stack.enter_context(running_server(dep.config, dep.config_path.name, server_env,
+                                               port, tmp, log_path))
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(proc, url, log_path, timeout_s)
+            facts = _check_server(dep, proc.pid, log_path.read_text(errors="replace"))
+            if facts["placement_reasons"]:
+                return VerifyResult(config=str(dep.config_path), url=url, log_path=str(log_path),
+                                    tolerance=tolerance, **facts)
+        measured = measure_http(url.rstrip("/"), dep.model_path, dep.workload, server_env,
+                                requests, timeout_s)
+    kind, note, checks = compare(measured, dep.sidecar, tolerance)
+    return VerifyResult(config=str(dep.config_path), url=url,
+                        log_path=str(log_path) if log_path else None, measured=measured,
+                        reference_kind=kind, reference_note=note, checks=checks,
+                        gap=gap_line(measured, dep.sidecar), tolerance=tolerance, **facts)
+
+
+def _log_path(config: Path, log_dir: Path | None, tmp: Path) -> Path:
+    """The server's log beside the config (kept for the user), else in the temp folder."""
+    stem = config.name.rsplit(".", 1)[0]
+    for folder in (log_dir, config.parent):
+        if folder is not None and os.access(folder, os.W_OK):
+            return Path(folder) / f"{stem}.verify.log"
+    return tmp / f"{stem}.verify.log"
+
+
+def _check_server(dep: Deployment, pid: int, log: str) -> dict[str, Any]:
+    """Library, build flags and placement of the running server, from the process's memory
+    map and its own load log. A build mismatch raises; a placement mismatch is reported."""
+    build = dep.sidecar.get("build") or {}
+    library = loaded_library(pid)
+    want_dir = build.get("lib_dir")
+    if library and want_dir and Path(library).resolve().parent != Path(want_dir).resolve():
+        raise EnvironmentUnfit(f"build mismatch: the server loaded {library}, the sweep "
+                               f"measured the build in {want_dir}",
+                               hint=f"set LLAMA_CPP_LIB_PATH={want_dir} in "
+                                    f"{env_file_path(dep.config_path)}")
+    loaded = find_system_info(log)
+    env = dep.sidecar.get("environment") or {}
+    measured = find_system_info(env.get("system_info") or "")
+    if loaded is not None and measured is not None and (diff := _build_diff(measured, loaded)):
+        raise EnvironmentUnfit(f"build mismatch: the server's library is {_describe(loaded)}, "
+                               f"the sweep measured {_describe(measured)} ({diff})",
+                               hint=f"recreate the build: {build.get('rebuild', 'tuner build')}; "
+                                    f"LLAMA_CPP_LIB_PATH in {env_file_path(dep.config_path)}")
+    verdict = verify(parse_load_log(log), expect(
+        dep.spec, dep.workload, build=variant_of(measured) if measured else None))
+    return {"placement": verdict.summary, "placement_reasons": verdict.reasons,
+            "library": library}
+
+
+def loaded_library(pid: int) -> str | None:
+    """The libllama a process has mapped (Linux /proc), or None where that cannot be read."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+        if os.path.basename(path).startswith("libllama.so"):
+            return path
+    return None
+
+
+def _build_diff(a: BuildFlags, b: BuildFlags) -> str:
+    return ", ".join(f"{k} {getattr(a, k)!r} vs {getattr(b, k)!r}" for k in _BUILD_FACTS
+                     if getattr(a, k) != getattr(b, k))
+
+
+def _describe(flags: BuildFlags) -> str:
+    archs = f" archs {','.join(flags.archs)}" if flags.archs else ""
+    return f"{variant_of(flags)}{archs}"
+
+
+def raw_reference(prompt_tokens: int, side: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(time to first token, generation tok/s) the sidecar's RAW figures predict: the prompt at
+    the raw prompt speed, generation at the raw decode speed."""
+    raw = side.get("figures") or {}
+    pp, tg = raw.get("pp_tps"), raw.get("tg_tps")
+    ttft = prompt_tokens / pp["median"] if pp and pp.get("median") else None
+    return ttft, (tg["median"] if tg else None)
+
+
+def gap_line(measured: ServedFigures, side: dict[str, Any]) -> str | None:
+    """"raw vs served: ..." with both numbers, or None without raw figures."""
+    ttft, gen = raw_reference(measured.prompt_tokens, side)
+    parts = []
+    if ttft:
+        m = measured.ttft_s.median
+        parts.append(f"time to first token raw {ttft:.3f} s vs served {m:.3f} s "
+                     f"({(m - ttft) / ttft:+.1%})")
+    if gen and measured.gen_tps is not None:
+        m = measured.gen_tps.median
+        parts.append(f"generation raw {gen:.1f} tok/s vs served {m:.1f} tok/s "
+                     f"({(m - gen) / gen:+.1%})")
+    return "raw vs served: " + "; ".join(parts) if parts else None
+
+
+def compare(measured: ServedFigures, side: dict[str, Any],
+            tolerance: float) -> tuple[str, str, list[SpeedCheck]]:
+    """Time to first token and generation speed against the sidecar's served figures, or its
+    raw figures when it has none (the raw loop leaves out the per-token Python work, so a gap
+    there is expected and said)."""
+    served = side.get("served")
+    ttft: float | None
+    gen: float | None
+    if served:
+        ref = ServedFigures.model_validate({k: v for k, v in served.items() if k != "kind"})
+        kind, note = "served", f"the sidecar's served figures ({ref.summary()})"
+        ttft = ref.ttft_s.median
+        gen = ref.gen_tps.median if ref.gen_tps else None
+    else:
+        kind = "raw"
+        note = ("the sidecar has no served figures: compared with its RAW figures (decode loop, "
+                "no per-token sampling or streaming), which a service does not reach")
+        ttft, gen = raw_reference(measured.prompt_tokens, side)
+    checks = []
+    if ttft:
+        m = measured.ttft_s.median
+        checks.append(SpeedCheck(name="time to first token", unit="s", measured=m,
+                                 reference=ttft, change=(m - ttft) / ttft,
+                                 ok=m <= ttft * (1 + tolerance)))
+    if gen and measured.gen_tps is not None:
+        m = measured.gen_tps.median
+        checks.append(SpeedCheck(name="generation", unit="tok/s", measured=m, reference=gen,
+                                 change=(m - gen) / gen, ok=m >= gen * (1 - tolerance)))
+    return kind, note, checks
+
+
+def result_lines(result: VerifyResult) -> list[str]:
+    """What ``tuner verify`` prints."""
+    lines = [f"config: {result.config}", f"service: {result.url}"]
+    if result.log_path:
+        lines.append(f"server log: {result.log_path}")
+    if result.library:
+        lines.append(f"library: {result.library}")
+    if result.placement is not None:
+        state = "proven" if result.placement_ok else "NOT as measured"
+        lines.append(f"placement: {state}: {result.placement}")
+        lines += [f"  - {r}" for r in result.placement_reasons]
+    else:
+        lines.append("placement: not checked (--url: the service's log is not ours)")
+    if result.measured is not None:
+        lines.append(f"served now: {result.measured.summary()}")
+        lines.append(f"reference: {result.reference_note}")
+        for c in result.checks:
+            verdict = "ok" if c.ok else f"OUTSIDE {result.tolerance:.0%}"
+            fmt = ".3f" if c.unit == "s" else ".1f"
+            lines.append(f"{c.name}: {c.measured:{fmt}} {c.unit} vs {c.reference:{fmt}} "
+                         f"{c.unit} ({c.change:+.1%}) {verdict}")
+        if result.gap:
+            lines.append(result.gap)
+    return lines
+
+
+def failure(result: VerifyResult) -> TunerError | None:
+    """The one error a failed verification ends with (exit 3), or None when it passed."""
+    if not result.placement_ok:
+        return EnvironmentUnfit("placement not as measured: " + "; ".join(result.placement_reasons),
+                                hint=f"the server's log: {result.log_path}")
+    slow = [c for c in result.checks if not c.ok]
+    if slow:
+        what = "; ".join(f"{c.name} {c.measured:.3g} {c.unit} vs {c.reference:.3g} {c.unit} "
+                         f"({c.change:+.1%})" for c in slow)
+        return EnvironmentUnfit(f"served speed outside the {result.tolerance:.0%} tolerance "
+                                f"of the {result.reference_kind} figures: {what}",
+                                hint="other load on the machine, fewer threads or another "
+                                     "build than measured; rerun, or roll back (see the "
+                                     "sidecar's 'rollback')")
+    return None

@@ -1,0 +1,393 @@
+"""Where llama.cpp really put a model, read from its own load log, and whether that is what was
+asked for.
+
+A number measured with layers or the KV cache silently left in host memory is a CPU number, so
+every trial's log is turned into evidence and checked. The evidence is what llama.cpp states
+line by line (per-layer device assignment, the "offloaded N/M layers" count, per-layer KV cache
+devices, buffer sizes per device), never a guess from the word "CPU": with full offload a
+``CPU_Mapped`` model buffer remains, because the token embeddings stay on the host by design.
+
+Log formats of older llama.cpp releases (``llm_load_tensors``, ``llama_kv_cache_init``,
+``llama_new_context_with_model``) are read too. When a log holds several loads or contexts,
+the last one counts: the parser starts that part of the evidence over at each.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from contextlib import suppress
+from typing import Literal
+
+from pydantic import Field
+
+from tuner import settings
+from tuner.builds.buildinfo import BuildFlags, find_system_info, variant_of
+from tuner.evidence.gpusplit import (
+    DeviceHolding,
+    is_cuda_device,
+    is_split,
+    per_device,
+    split_reasons,
+    split_summary,
+)
+from tuner.specs import Frozen, TrialSpec, Workload
+
+_DEVICE = re.compile(r"^\s+Device (\d+): (.+?)(?:, compute capability.*)?$")
+_LAYER = re.compile(r"^\s*layer\s+(\d+) assigned to device ([^\s,]+)")
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_BUFFER = re.compile(r"^\s*(\S+)\s+(model |KV |compute )?buffer size\s*=\s*([\d.]+) MiB")
+_KV_LAYER = re.compile(r"^\s*layer\s+(\d+): dev = (\S+)")
+_KV_TYPES = re.compile(r"K \((\w+)\):.*V \((\w+)\):")
+_CTX_INT = re.compile(r"^\s*(n_ctx|n_batch|n_ubatch)\s*=\s*(\d+)\s*$")
+_FLASH = re.compile(r"^\s*flash_attn\s*=\s*(\w+)")
+_FLASH_RESOLVED = re.compile(r"Flash Attention was \w+, set to (\w+)")
+_FAILURE = re.compile(r"\b(?:error|failed|failure|out of memory|GGML_ASSERT)", re.IGNORECASE)
+_USING_DEVICE = re.compile(r"using device (\S+) \(")
+
+_MODEL_HEADS = ("load_tensors", "llm_load_tensors")
+_CONTEXT_HEADS = ("llama_context", "llama_new_context_with_model", "llama_init_from_model")
+_LOAD_HEADS = ("llama_model_loader", "load_tensors", "llm_load_tensors")
+# Metadata dumps quote the model's own strings (chat templates), which may say "error".
+_NOT_FAILURES = ("llama_model_loader: - kv", "print_info:", "Model metadata:")
+_MAX_ERRORS = 50
+
+
+def is_cpu_device(name: str) -> bool:
+    return name.upper().startswith("CPU")
+
+
+class PlacementEvidence(Frozen):
+    """What one captured llama.cpp log says about where a model and its context live."""
+
+    cuda_devices: list[str] = Field(default_factory=list)
+    # The devices the model may use ("using device CUDA0 (...)"): every GPU with split mode
+    # layer/row, main_gpu's alone with none (tuner.evidence.gpusplit reads what each one holds).
+    model_devices: list[str] = Field(default_factory=list)
+    # What each CUDA device holds: layers, KV layers, model / KV / compute buffer MiB.
+    per_gpu: dict[str, DeviceHolding] = Field(default_factory=dict)
+    layer_devices: dict[int, str] = Field(default_factory=dict)
+    offloaded_layers: int | None = None
+    total_layers: int | None = None
+    kv_layer_devices: dict[int, str] = Field(default_factory=dict)
+    model_buffers_mib: dict[str, float] = Field(default_factory=dict)
+    kv_buffers_mib: dict[str, float] = Field(default_factory=dict)
+    compute_buffers_mib: dict[str, float] = Field(default_factory=dict)
+    flash_attn: str | None = None
+    n_ctx: int | None = None
+    n_batch: int | None = None
+    n_ubatch: int | None = None
+    kv_types: tuple[str, str] | None = None
+    build: BuildFlags | None = None
+    errors: list[str] = Field(default_factory=list)
+    is_load_log: bool = False
+
+
+def parse_load_log(text: str) -> PlacementEvidence:
+    """Evidence from a llama.cpp log. Never raises: what the log lacks stays None or empty."""
+    devices: dict[int, str] = {}
+    model_devices: list[str] = []
+    devices_closed = False
+    layers: dict[int, str] = {}
+    kv_layers: dict[int, str] = {}
+    model_buf: dict[str, float] = {}
+    kv_buf: dict[str, float] = {}
+    compute_buf: dict[str, float] = {}
+    ctx: dict[str, int] = {}
+    offloaded: tuple[int, int] | None = None
+    flash: str | None = None
+    kv_types: tuple[str, str] | None = None
+    errors: list[str] = []
+    is_load = False
+
+    for line in text.splitlines():
+        head, colon, rest = line.partition(":")
+        if colon and head in _LOAD_HEADS:
+            is_load = True
+        if colon and "using device" in rest and (m := _USING_DEVICE.search(rest)):
+            if devices_closed:  # the device list of a new load
+                model_devices, devices_closed = [], False
+            model_devices.append(m.group(1))
+        if colon and head in _MODEL_HEADS:
+            if "loading model tensors" in rest:  # a new load: its placement replaces the last
+                layers, model_buf, offloaded = {}, {}, None
+                devices_closed = True
+            elif m := _LAYER.match(rest):
+                layers[int(m.group(1))] = m.group(2)
+            elif m := _OFFLOADED.search(rest):
+                offloaded = (int(m.group(1)), int(m.group(2)))
+            elif m := _BUFFER.match(rest):
+                _add(model_buf, m.group(1), m.group(3))
+        elif colon and head.startswith("llama_kv_cache"):
+            if m := _KV_LAYER.match(rest):
+                kv_layers[int(m.group(1))] = m.group(2)
+            elif m := _BUFFER.match(rest):
+                _add(kv_buf, m.group(1), m.group(3))  # summed: an SWA model has two caches
+            elif m := _KV_TYPES.search(rest):
+                kv_types = (m.group(1).lower(), m.group(2).lower())
+        elif colon and head in _CONTEXT_HEADS and "constructing llama_context" in rest:
+            kv_layers, kv_buf, compute_buf, ctx, flash, kv_types = {}, {}, {}, {}, None, None
+        elif colon and head in _CONTEXT_HEADS and (m := _CTX_INT.match(rest)):
+            ctx[m.group(1)] = int(m.group(2))
+        elif colon and head in _CONTEXT_HEADS and (m := _FLASH.match(rest)):
+            flash = m.group(1).lower()
+        elif line.startswith("  Device ") and (m := _DEVICE.match(line)):
+            devices[int(m.group(1))] = m.group(2).strip()
+        elif colon and "compute buffer size" in rest and (m := _BUFFER.match(rest)):
+            _add(compute_buf, m.group(1), m.group(3), replace=True)
+        elif colon and "KV self size" in rest and (m := _KV_TYPES.search(rest)):
+            kv_types = (m.group(1).lower(), m.group(2).lower())
+        if "Flash Attention was" in line and (m := _FLASH_RESOLVED.search(line)):
+            flash = m.group(1).lower()
+        if (len(errors) < _MAX_ERRORS and _FAILURE.search(line)
+                and not line.startswith(_NOT_FAILURES) and line.strip() not in errors):
+            errors.append(line.strip())
+
+    ev = PlacementEvidence(
+        cuda_devices=[devices[i] for i in sorted(devices)],
+        model_devices=model_devices,
+        layer_devices=layers,
+        offloaded_layers=offloaded[0] if offloaded else None,
+        total_layers=offloaded[1] if offloaded else None,
+        kv_layer_devices=kv_layers,
+        model_buffers_mib=model_buf,
+        kv_buffers_mib=kv_buf,
+        compute_buffers_mib=compute_buf,
+        flash_attn=flash,
+        n_ctx=ctx.get("n_ctx"),
+        n_batch=ctx.get("n_batch"),
+        n_ubatch=ctx.get("n_ubatch"),
+        kv_types=kv_types,
+        build=find_system_info(text),
+        errors=errors,
+        is_load_log=is_load,
+    )
+    return ev.model_copy(update={"per_gpu": per_device(ev)})
+
+
+def _add(into: dict[str, float], name: str, mib: str, replace: bool = False) -> None:
+    with suppress(ValueError):  # "1.2.3" cannot be a size; leave the buffer out rather than fail
+        into[name] = round((0.0 if replace else into.get(name, 0.0)) + float(mib), 4)
+
+
+class Expectation(Frozen):
+    """What a trial asked for. ``n_gpu_layers`` -1 (or any value at or above the model's layer
+    count) means every layer; ``build`` is a variant name as ``variant_of`` gives it."""
+
+    device: Literal["cuda", "cpu"]
+    n_gpu_layers: int = -1
+    # How layers are split across GPUs (tuner.evidence.gpusplit): llama_split_mode (0 none: every GPU
+    # layer on CUDA<main_gpu>; 1 layer / 2 row: on more than one GPU when several are used),
+    # and the split's proportions (None: by free memory).
+    split_mode: int = 1
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] | None = None
+    build: str | None = None
+    type_k: str | None = None
+    type_v: str | None = None
+    flash_attn: bool | None = None
+    # The context as asked (None: not checked). llama.cpp clamps n_batch to the context size
+    # asked and n_ubatch to n_batch, and rounds the context size up (to a multiple of 256 in
+    # this release), so the log shows n_ctx >= asked, n_batch = min(asked, n_ctx asked), and
+    # n_ubatch = min(asked, n_batch shown).
+    n_ctx: int | None = None
+    n_batch: int | None = None
+    n_ubatch: int | None = None
+
+
+def expect(spec: TrialSpec, workload: Workload | None = None,
+           build: str | None = None) -> Expectation:
+    """What the load log of ``spec`` must show: each setting's declared proof
+    (``tuner.settings``), the workload's context size, the build's variant."""
+    return Expectation(**settings.expectation(spec, workload), build=build)
+
+
+class Verdict(Frozen):
+    verified: bool
+    reasons: list[str] = Field(default_factory=list)
+    summary: str
+
+
+_FA_ON = {"enabled", "1", "true", "on", "yes"}
+_FA_OFF = {"disabled", "0", "false", "off", "no"}
+
+
+def verify(evidence: PlacementEvidence, expectation: Expectation,
+           build: BuildFlags | None = None) -> Verdict:
+    """Check the evidence against the expectation. ``build`` is what the worker read from
+    ``llama_print_system_info()``; without it the system-info line in the log is used. Each
+    mismatch becomes one short sentence; anything asked for that the log does not show counts
+    as a mismatch, since the point is proof."""
+    flags = build if build is not None else evidence.build
+    reasons: list[str] = []
+    if not evidence.layer_devices:
+        reasons.append("no layer assignments in the log")
+    if expectation.device == "cuda":
+        reasons += _cuda_reasons(evidence, expectation, flags)
+    else:
+        reasons += _cpu_reasons(evidence)
+    if (expectation.build is not None and flags is not None
+            and (got := variant_of(flags)) != expectation.build):
+        reasons.append(f"expected build {expectation.build}, library reports {got}")
+    reasons += _context_reasons(evidence, expectation)
+    return Verdict(verified=not reasons, reasons=reasons, summary=summarize(evidence, flags))
+
+
+def is_full_offload(ev: PlacementEvidence, n_gpu_layers: int) -> bool:
+    """Whether ``n_gpu_layers`` asks for every layer of the model the log shows."""
+    total = ev.total_layers if ev.total_layers is not None else (len(ev.layer_devices) or None)
+    return n_gpu_layers < 0 or (total is not None and n_gpu_layers >= total)
+
+
+def _cuda_reasons(ev: PlacementEvidence, ex: Expectation, flags: BuildFlags | None) -> list[str]:
+    out: list[str] = []
+    if flags is not None and not flags.cuda:
+        out.append("the library has no CUDA backend (a CPU-only build)")
+    layers = ev.layer_devices
+    total = ev.total_layers if ev.total_layers is not None else (len(layers) or None)
+    full = is_full_offload(ev, ex.n_gpu_layers)
+    if full:
+        want = total
+    else:
+        want = ex.n_gpu_layers if total is None else min(ex.n_gpu_layers, total)
+    if layers and (off := {i: d for i, d in layers.items() if not is_cuda_device(d)}) and full:
+        out.append(f"{len(off)} of {len(layers)} layers on {_where(off)}, not on the GPU")
+    if layers and not full:
+        on_gpu = sum(1 for d in layers.values() if is_cuda_device(d))
+        if on_gpu != want:
+            out.append(f"{on_gpu} layers assigned to a CUDA device, expected {want}")
+    if ev.offloaded_layers is None:
+        if layers and want:
+            out.append("no 'offloaded N/M layers to GPU' line in the log")
+    elif ev.offloaded_layers != want:
+        out.append(f"llama.cpp offloaded {ev.offloaded_layers}/{ev.total_layers} layers to GPU, "
+                   f"expected {want}/{ev.total_layers}")
+    out += split_reasons(ev, ex, full)
+    kv = ev.kv_layer_devices
+    off_kv = {i: d for i, d in kv.items() if not is_cuda_device(d)} if full else {}
+    if off_kv:
+        out.append(f"KV cache of {len(off_kv)} of {len(kv)} layers on {_where(off_kv)}, "
+                   "not on the GPU")
+    elif (not full or is_split(ev)) and (moved := {i: d for i, d in kv.items() if i in layers and layers[i] != d}):
+        out.append(f"KV cache of {len(moved)} layers on {_where(moved)}, away from their "
+                   "layer's device")
+    for name, mib in sorted(ev.kv_buffers_mib.items()):
+        if full and not off_kv and mib > 0 and not is_cuda_device(name):
+            out.append(f"a {mib:.2f} MiB KV buffer on {name}, not on the GPU")
+    if not kv and not ev.kv_buffers_mib:
+        out.append("no KV cache placement in the log")
+    return out
+
+
+def _cpu_reasons(ev: PlacementEvidence) -> list[str]:
+    out: list[str] = []
+    if off := {i: d for i, d in ev.layer_devices.items() if not is_cpu_device(d)}:
+        out.append(f"{len(off)} of {len(ev.layer_devices)} layers on {_where(off)}, "
+                   "expected all on CPU")
+    if ev.offloaded_layers:
+        out.append(f"llama.cpp offloaded {ev.offloaded_layers}/{ev.total_layers} layers to GPU, "
+                   "expected 0")
+    if off_kv := {i: d for i, d in ev.kv_layer_devices.items() if not is_cpu_device(d)}:
+        out.append(f"KV cache of {len(off_kv)} of {len(ev.kv_layer_devices)} layers on "
+                   f"{_where(off_kv)}, expected CPU")
+    for kind, buffers in (("KV", ev.kv_buffers_mib), ("compute", ev.compute_buffers_mib)):
+        for name, mib in sorted(buffers.items()):
+            if mib > 0 and is_cuda_device(name):
+                out.append(f"a {mib:.2f} MiB {kind} buffer on {name}: the GPU still takes part "
+                           "(hide it with CUDA_VISIBLE_DEVICES= for a CPU run)")
+    return out
+
+
+def _size_reasons(ev: PlacementEvidence, ex: Expectation) -> list[str]:
+    """n_ctx / n_batch / n_ubatch of the log's last context against what was asked."""
+    out: list[str] = []
+    if ex.n_ctx is not None:
+        if ev.n_ctx is None:
+            out.append(f"the log does not show the context size (expected n_ctx {ex.n_ctx})")
+        elif ev.n_ctx < ex.n_ctx:
+            out.append(f"context size n_ctx {ev.n_ctx} in the log, expected {ex.n_ctx}")
+    batch = None
+    if ex.n_batch is not None:
+        if ev.n_batch is None:
+            out.append(f"the log does not show n_batch (expected {ex.n_batch})")
+        else:
+            cap = ex.n_ctx if ex.n_ctx is not None else ev.n_ctx
+            batch = min(ex.n_batch, cap) if cap else ex.n_batch
+            # Without the asked context size, a batch clamped below the shown one is accepted.
+            clamped = ex.n_ctx is None and ev.n_batch < ex.n_batch
+            if ev.n_batch != batch and not clamped:
+                out.append(f"n_batch {ev.n_batch} in the log, expected {batch}")
+            batch = ev.n_batch
+    if ex.n_ubatch is not None:
+        if ev.n_ubatch is None:
+            out.append(f"the log does not show n_ubatch (expected {ex.n_ubatch})")
+        elif ev.n_ubatch != (want := min(ex.n_ubatch, batch or ex.n_ubatch)):
+            out.append(f"n_ubatch {ev.n_ubatch} in the log, expected {want}")
+    return out
+
+
+def _context_reasons(ev: PlacementEvidence, ex: Expectation) -> list[str]:
+    out: list[str] = _size_reasons(ev, ex)
+    for half, want, index in (("K", ex.type_k, 0), ("V", ex.type_v, 1)):
+        if want is None:
+            continue
+        if ev.kv_types is None:
+            out.append(f"the log does not show the {half} cache type (expected {want})")
+        elif ev.kv_types[index] != want.lower():
+            out.append(f"{half} cache is {ev.kv_types[index]}, expected {want}")
+    if ex.flash_attn is not None:
+        wanted = "enabled" if ex.flash_attn else "disabled"
+        seen = (ev.flash_attn or "").lower()
+        state = True if seen in _FA_ON else False if seen in _FA_OFF else None
+        if state is None:
+            what = f"flash_attn = {seen}" if seen else "no flash_attn line"
+            out.append(f"the log does not show whether flash attention ran ({what}), "
+                       f"expected {wanted}")
+        elif state != ex.flash_attn:
+            out.append(f"flash attention {seen}, expected {wanted}")
+    return out
+
+
+def _where(placed: dict[int, str]) -> str:
+    """"CPU (layers 0-2)" / "CPU (layers 0, 5), CUDA1 (layer 7)": devices and their layers."""
+    by_device: dict[str, list[int]] = {}
+    for i in sorted(placed):
+        by_device.setdefault(placed[i], []).append(i)
+    return ", ".join(f"{d} ({_span(ix)})" for d, ix in by_device.items())
+
+
+def _span(ix: list[int]) -> str:
+    if len(ix) == 1:
+        return f"layer {ix[0]}"
+    if ix == list(range(ix[0], ix[-1] + 1)):
+        return f"layers {ix[0]}-{ix[-1]}"
+    shown = ", ".join(str(i) for i in ix[:8])
+    return f"layers {shown}{', ...' if len(ix) > 8 else ''}"
+
+
+def summarize(evidence: PlacementEvidence, build: BuildFlags | None = None) -> str:
+    """One line: "33/33 layers on CUDA0, KV cache on CUDA0, build default"; split across GPUs,
+    what each holds: "layers: CUDA0 17, CUDA1 16; KV: CUDA0 16, CUDA1 16; MiB ...; build ..."."""
+    flags = build if build is not None else evidence.build
+    if is_split(evidence):
+        return f"{split_summary(evidence)}; build {variant_of(flags) if flags else 'unknown'}"
+    counts = Counter(evidence.layer_devices.values())
+    total = evidence.total_layers or len(evidence.layer_devices)
+    if counts:
+        layers = ", ".join(f"{n}/{total} layers on {d}" for d, n in _gpu_first(counts))
+    else:
+        layers = "no layer assignments"
+    kv_counts = Counter(evidence.kv_layer_devices.values())
+    if len(kv_counts) == 1:
+        kv = f"KV cache on {next(iter(kv_counts))}"
+    elif kv_counts:
+        kv = "KV cache on " + ", ".join(f"{d} ({n} layers)" for d, n in _gpu_first(kv_counts))
+    elif evidence.kv_buffers_mib:
+        kv = "KV cache on " + ", ".join(sorted(evidence.kv_buffers_mib))
+    else:
+        kv = "KV cache not in the log"
+    return f"{layers}, {kv}, build {variant_of(flags) if flags else 'unknown'}"
+
+
+def _gpu_first(counts: Counter[str]) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda item: (not is_cuda_device(item[0]), item[0]))

@@ -1,0 +1,162 @@
+"""``tuner doctor`` without ``--log``: is this machine fit for a CUDA sweep, and if not, what
+to do about each problem.
+
+It checks what a sweep relies on, in the order a sweep does: llama-cpp-python installed (read
+from its metadata), the spawn start method, every library build (the installed package's and
+each ``tuner build`` output) loaded in a spawned worker that reports its flags, whether it can
+offload to a GPU, the CUDA devices llama.cpp found, and the GPUs and driver NVML sees. The
+parent never imports llama_cpp: a library that crashes on load takes only its probe."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tuner.builds.buildinfo import find_system_info
+from tuner.builds.catalog import BuildInfo, discover_builds, installed_version, summarize
+from tuner.errors import CUDA_INSTALL_HINT, EnvironmentUnfit
+from tuner.evidence.placement import parse_load_log
+from tuner.specs import Frozen, ModelSettings
+
+
+class BuildCheck(Frozen):
+    name: str
+    lib_dir: str
+    flags: str | None = None  # builds.summarize of what the library reports
+    cuda: bool = False
+    offload: bool = False
+    llama_devices: list[str] = []  # CUDA devices llama.cpp found
+    nvml_gpus: list[str] = []
+    driver: str | None = None
+    version_ok: bool = True
+    error: str | None = None
+
+    @property
+    def fit(self) -> bool:
+        return self.error is None and self.cuda and self.offload and bool(self.llama_devices) \
+            and self.version_ok
+
+
+class EnvReport(Frozen):
+    """``exit_code`` 0 when at least one build can run a CUDA sweep here, 3 when none can."""
+
+    lines: list[str]
+    problems: list[tuple[str, str]]  # (problem, fix)
+    builds: list[BuildCheck]
+    exit_code: int
+
+
+def check_environment(builds_dir: Path = Path("builds")) -> EnvReport:
+    lines: list[str] = []
+    problems: list[tuple[str, str]] = []
+    try:
+        version = installed_version()
+        lines.append(f"llama-cpp-python: {version} installed")
+    except EnvironmentUnfit as e:
+        problems.append((e.message, CUDA_INSTALL_HINT))
+        return _report(lines, problems, [])
+    methods = mp.get_all_start_methods()
+    if "spawn" in methods:
+        lines.append("spawn start method: available (each trial runs in a spawned worker)")
+    else:
+        problems.append(("the spawn start method is not available (a process forked after "
+                         "CUDA started cannot use CUDA)", "run tuner on Linux or macOS with "
+                                                          "CPython >= 3.10"))
+        return _report(lines, problems, [])
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        problems.append(("CUDA_VISIBLE_DEVICES is set to an empty string, which hides every GPU",
+                         "unset CUDA_VISIBLE_DEVICES, or set it to the GPU to use (e.g. 0)"))
+    skipped: list[str] = []
+    builds = discover_builds(builds_dir, report=skipped.append)
+    for msg in skipped:
+        problems.append((msg.split(";")[0], msg.split("; ", 1)[-1]))
+    if not builds:
+        problems.append(("no llama.cpp library: the installed package has none and "
+                         f"{builds_dir} holds no build", CUDA_INSTALL_HINT))
+    checks = [_probe(b, version) for b in builds]
+    for c in checks:
+        lines.append(_line(c))
+    problems += _problems(checks)
+    return _report(lines, problems, checks)
+
+
+def _probe(build: BuildInfo, installed: str) -> BuildCheck:
+    """Load one build in a spawned worker (no model) and read what it reports."""
+    from tuner.worker.runner import Runner
+
+    lib_dir = None if build.name == "installed" else str(Path(build.lib_dir).absolute())
+    base: dict[str, Any] = {"name": build.name, "lib_dir": build.lib_dir,
+                            "version_ok": build.version == installed}
+    with tempfile.TemporaryDirectory(prefix="tuner-doctor-") as tmp:
+        runner = Runner(Path(tmp) / "none.gguf", Path(tmp), {build.name: lib_dir},
+                        load_timeout_s=180)
+        try:
+            hello = runner.probe_hello(ModelSettings(build=build.name, device="cuda"))
+        except RuntimeError as e:
+            return BuildCheck(**base, error=str(e))
+    flags = find_system_info(hello.system_info)
+    return BuildCheck(
+        **base, flags=summarize(flags) if flags else None, cuda=bool(flags and flags.cuda),
+        offload=hello.supports_gpu_offload,
+        llama_devices=parse_load_log(hello.log).cuda_devices,
+        nvml_gpus=[f"{g.index}: {g.name}" for g in hello.gpus], driver=hello.driver)
+
+
+def _line(c: BuildCheck) -> str:
+    if c.error:
+        return f"build {c.name} ({c.lib_dir}): cannot be loaded: {c.error}"
+    devices = ", ".join(c.llama_devices) or "none"
+    gpus = ", ".join(c.nvml_gpus) or "none"
+    return (f"build {c.name} ({c.lib_dir}): {c.flags or 'flags not reported'}; GPU offload "
+            f"{'supported' if c.offload else 'NOT supported'}; CUDA devices seen by llama.cpp: "
+            f"{devices}; by NVML: {gpus}; driver {c.driver or 'not found'}")
+
+
+def _problems(checks: list[BuildCheck]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for c in checks:
+        if c.error:
+            out.append((f"build {c.name} cannot be loaded",
+                        f"rebuild it: tuner build --variant {c.name}" if c.name != "installed"
+                        else CUDA_INSTALL_HINT))
+        elif not c.version_ok:
+            out.append((f"build {c.name} is of another llama-cpp-python version than the "
+                        "installed one (the ctypes signatures must match)",
+                        f"rebuild it: tuner build --variant {c.name}"))
+    if any(c.fit for c in checks):
+        return out
+    usable = [c for c in checks if not c.error and c.version_ok]
+    if not any(c.cuda and c.offload for c in usable):
+        out.append(("no build can offload to a GPU: every library here is CPU-only",
+                    f"{CUDA_INSTALL_HINT}; or tuner build --variant default --cuda-arch N "
+                    "(90 for H100/H200)"))
+    elif not any(c.llama_devices for c in usable):
+        if any(c.nvml_gpus for c in usable):
+            out.append(("NVML sees a GPU but llama.cpp's CUDA backend found none: the driver "
+                        "is older than the CUDA runtime the library was built with, or the "
+                        "GPU is hidden", "update the NVIDIA driver (nvidia-smi shows the CUDA "
+                                         "version it supports); check CUDA_VISIBLE_DEVICES"))
+        else:
+            out.append(("no CUDA device found, by llama.cpp nor by NVML",
+                        "check nvidia-smi and the NVIDIA driver; in a container, run it with "
+                        "the GPUs (docker run --gpus all)"))
+    return out
+
+
+def _report(lines: list[str], problems: list[tuple[str, str]],
+            checks: list[BuildCheck]) -> EnvReport:
+    fit = any(c.fit for c in checks)
+    out = list(lines)
+    for problem, fix in problems:
+        out += [f"Problem: {problem}", f"Fix: {fix}"]
+    if fit:
+        names = ", ".join(c.name for c in checks if c.fit)
+        out.append(f"Verdict: fit for a CUDA sweep (builds that can: {names}).")
+    elif any(c.error is None and c.version_ok for c in checks):
+        out.append("Verdict: NOT fit for a CUDA sweep (tuner sweep --device cpu still works).")
+    else:
+        out.append("Verdict: NOT fit for a CUDA sweep.")
+    return EnvReport(lines=out, problems=problems, builds=checks, exit_code=0 if fit else 3)

@@ -1,0 +1,127 @@
+"""What each setting did, computed with pandas from stored trial records: a frame of the measured
+trials, the best request time at each value of each swept setting (with spread), a variance
+decomposition of the request time over the settings, and the Pareto front of prompt speed,
+generation speed and GPU memory. Library code: the views and the HTML page only show these."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from tuner.results.records import TrialRecord
+from tuner.settings import SETTINGS
+from tuner.specs import Frozen, TrialSpec
+
+# The settings a sweep varies, as report columns: name -> value of a spec (tuner/settings.py).
+DIMENSIONS: dict[str, Callable[[TrialSpec], Any]] = {
+    s.name: s.analysis_value for s in SETTINGS if s.in_space}
+
+
+def frame(records: list[TrialRecord]) -> pd.DataFrame:
+    """One row per measured trial (complete, with a request time): the settings, the figures
+    and whether it was verified. Empty (with the columns) when nothing was measured."""
+    cols = ["trial", *DIMENSIONS, "request_s", "req_min", "req_max", "pp_tps", "tg_tps",
+            "gpu_mib", "verified", "depth"]
+    data = []
+    for r in records:
+        m = r.measurement
+        if m is None or r.objective is None:
+            continue
+        data.append({
+            "trial": r.number, **{k: f(r.spec) for k, f in DIMENSIONS.items()},
+            "request_s": r.objective, "req_min": m.request_seconds.min,
+            "req_max": m.request_seconds.max, "pp_tps": m.pp_tps.median,
+            "tg_tps": m.tg_tps.median if m.tg_tps else math.nan,
+            "gpu_mib": m.gpu_peak_mib if m.gpu_peak_mib is not None else math.nan,
+            "verified": r.usable, "depth": m.prompt_tokens,
+        })
+    return pd.DataFrame(data, columns=cols)
+
+
+def ranked_frame(records: list[TrialRecord]) -> pd.DataFrame:
+    """The verified trials when there are any (only they may be deployed), else every measured
+    one: the population the effects, importance and Pareto front are computed on."""
+    df = frame(records)
+    return df[df["verified"]] if df["verified"].any() else df
+
+
+def swept(df: pd.DataFrame) -> list[str]:
+    """The settings that took more than one value among these trials."""
+    return [d for d in DIMENSIONS if df[d].nunique() > 1]
+
+
+class EffectRow(Frozen):
+    """One value of one setting: the best trial run with it and how the others spread."""
+
+    setting: str
+    value: str
+    trials: int
+    best_trial: int
+    best_s: float
+    best_rep_spread_pct: float  # (max - min) / median of the best trial's repetitions
+    median_s: float  # over every trial with this value
+    worst_s: float
+    vs_best: float  # best_s / the best value's best_s (1.0 for the best value)
+
+
+def effects(records: list[TrialRecord]) -> list[EffectRow]:
+    """For each swept setting, the best request time at each of its values (best value first),
+    with the best trial's repetition spread and the median and worst over the other trials."""
+    df = ranked_frame(records)
+    out: list[EffectRow] = []
+    for dim in swept(df):
+        groups = []
+        for value, g in df.groupby(dim, sort=False):
+            best = g.loc[g["request_s"].idxmin()]
+            groups.append((float(best["request_s"]), value, g, best))
+        groups.sort(key=lambda t: t[0])
+        top = groups[0][0]
+        for best_s, value, g, best in groups:
+            out.append(EffectRow(
+                setting=dim, value=str(value), trials=len(g), best_trial=int(best["trial"]),
+                best_s=best_s,
+                best_rep_spread_pct=(float(best["req_max"] - best["req_min"]) / best_s * 100
+                                     if best_s else 0.0),
+                median_s=float(g["request_s"].median()), worst_s=float(g["request_s"].max()),
+                vs_best=best_s / top if top else 1.0,
+            ))
+    return out
+
+
+def importance(records: list[TrialRecord]) -> dict[str, float]:
+    """How much of the variance of log(request time) each swept setting explains on its own
+    (eta squared of a one-way decomposition: between-group over total sum of squares), largest
+    first. The shares need not sum to 1: settings interact and the grid may be unbalanced. A
+    first-order counterpart of optuna's fANOVA that needs only the records, not the study."""
+    df = ranked_frame(records)
+    if len(df) < 3:
+        return {}
+    y = df["request_s"].map(math.log)
+    total = float(((y - y.mean()) ** 2).sum())
+    if total <= 0:
+        return {}
+    shares = {}
+    for dim in swept(df):
+        means = y.groupby(df[dim]).transform("mean")
+        shares[dim] = float(((means - y.mean()) ** 2).sum()) / total
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
+def pareto(records: list[TrialRecord]) -> pd.DataFrame:
+    """The trials no other trial beats on every axis: higher prompt speed, higher generation
+    speed and lower GPU memory (memory left out where it was not measured, e.g. on a CPU)."""
+    df = ranked_frame(records)
+    axes = [("pp_tps", 1.0), ("tg_tps", 1.0), ("gpu_mib", -1.0)]
+    axes = [(c, s) for c, s in axes if df[c].notna().all() and len(df)]
+    if not axes:
+        return df.iloc[0:0]
+    vals = [[row[c] * s for c, s in axes] for _, row in df.iterrows()]
+    keep = []
+    for i, a in enumerate(vals):
+        dominated = any(all(bj >= aj for aj, bj in zip(a, b)) and any(bj > aj for aj, bj in
+                        zip(a, b)) for j, b in enumerate(vals) if j != i)
+        keep.append(not dominated)
+    return df[keep].sort_values("pp_tps", ascending=False)

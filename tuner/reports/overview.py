@@ -1,0 +1,250 @@
+"""The answer a report leads with: which settings won and how sure that is (the finalist
+re-measurement's interval when there is one, else the winning trial's repetitions), the
+runner-up and the gap, llama-cpp-python's defaults and the gain over them, whether the winner's
+placement was proven and why not, what each setting did, and which trials to distrust.
+Decisions only; ``tuner.reports.views`` and ``tuner.reports.htmlreport`` show them."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from tuner.builds.catalog import INSTALLED
+from tuner.evidence.stability import instability
+from tuner.reports.analysis import EffectRow, effects, importance
+from tuner.reports.rows import baseline_for, is_baseline, order
+from tuner.results.records import (
+    FinalistFigures,
+    FinalistReport,
+    Interval,
+    ServedFigures,
+    TrialRecord,
+    TrialState,
+    WorkerDrift,
+)
+from tuner.specs import Frozen
+
+
+class Pick(Frozen):
+    """One trial as the overview shows it; ``request_s`` holds its interval and ``how`` says
+    what that interval is."""
+
+    trial: int
+    label: str
+    request_s: Interval
+    how: str
+    pp_tps: float | None
+    tg_tps: float | None
+    gpu_mib: float | None
+    verified: bool
+    proof: str  # the verification summary, or why it was not verified
+    remeasured: bool
+
+
+class Overview(Frozen):
+    study: str
+    device: str
+    gpu: str | None
+    llama_cpp_python: str | None
+    model: str | None
+    workload: str
+    total: int
+    states: dict[str, int]
+    verified: int
+    winner: Pick | None
+    winner_note: str
+    runner_up: Pick | None
+    gap: Interval | None  # runner-up request time / winner's
+    gap_beyond_noise: bool | None
+    gap_verdict: str | None  # the gap in words
+    tie: bool = False
+    undecided: bool = False  # finalists neither slower nor proven equivalent: fastest kept
+    tie_reason: str | None = None
+    baseline: Pick | None
+    gain: float | None  # baseline request time / winner's: above 1 is faster than the defaults
+    pp_gain: float | None
+    no_winner_reason: str | None
+    served: str | None = None  # the winner through llama_cpp.server, and its gap to the raw loop
+    warnings: list[str]
+    effects: list[EffectRow]
+    importance: dict[str, float]
+
+
+def _from_record(r: TrialRecord, remeasured: bool = False) -> Pick:
+    m = r.measurement
+    assert m is not None and r.objective is not None
+    reps = len(m.request_seconds.samples)
+    v = r.verification
+    return Pick(
+        trial=r.number, label=r.spec.label(),
+        request_s=Interval(value=r.objective, low=m.request_seconds.min,
+                           high=m.request_seconds.max, level=1.0),
+        how=f"range of {reps} repetition{'s' if reps != 1 else ''}",
+        pp_tps=m.pp_tps.median, tg_tps=m.tg_tps.median if m.tg_tps else None,
+        gpu_mib=m.gpu_peak_mib, verified=r.usable,
+        proof=v.summary if v.verified else (v.reasons[0] if v.reasons else "not verified"),
+        remeasured=remeasured,
+    )
+
+
+def _from_finalist(f: FinalistFigures, rec: TrialRecord | None, level: float) -> Pick:
+    proof = "verified in the re-measurement" if f.verified else "not verified"
+    if rec is not None:
+        proof = rec.verification.summary if rec.verification.verified and f.verified else (
+            (rec.verification.reasons or [proof])[0])
+    return Pick(
+        trial=f.trial, label=f.label, request_s=f.request_seconds,
+        how=f"{level * 100:.0f}% interval, {f.rounds} fresh workers, {f.samples} samples",
+        pp_tps=f.pp_tps.value, tg_tps=f.tg_tps.value if f.tg_tps else None,
+        gpu_mib=f.gpu_peak_mib, verified=f.verified, proof=proof, remeasured=True,
+    )
+
+
+def _ratio(slow: Interval, fast: Interval) -> Interval:
+    """slow / fast with the widest interval the two allow (conservative)."""
+    # An interval cut at zero (two rounds, a wide spread) leaves the ratio unbounded above.
+    high = slow.high / fast.low if fast.low > 0 else math.inf
+    return Interval(value=slow.value / fast.value, low=slow.low / fast.high,
+                    high=high, level=min(slow.level, fast.level))
+
+
+def _gap_words(gap: Interval | None) -> str | None:
+    """The runner-up's request time against the winner's, e.g. '1.021x the winner's time
+    [1.017-1.033]: slower beyond the noise'. A runner-up faster by its point estimate (the
+    winner was picked on a tie) is said so."""
+    if gap is None:
+        return None
+    span = f"[{gap.low:.3f}-{gap.high:.3f}]"
+    if gap.value >= 1.0:
+        verdict = "slower beyond the noise" if gap.low > 1.0 else "within the noise"
+        return f"{gap.value:.3f}x the winner's time {span}: {verdict}"
+    verdict = "faster beyond the noise" if gap.high < 1.0 else "not beyond the noise"
+    return f"{gap.value:.3f}x the winner's time {span}: faster by its point estimate, {verdict}"
+
+
+def _workload(records: list[TrialRecord]) -> str:
+    wl = records[0].workload
+    return (f"{wl.prompt_tokens}-token prompt + {wl.gen_tokens} generated tokens, n_ctx "
+            f"{wl.n_ctx}, {wl.repetitions} repetitions after {wl.warmup} warm-up")
+
+
+def _no_winner_reason(records: list[TrialRecord]) -> str:
+    complete = [r for r in records if r.state is TrialState.COMPLETE]
+    if not records:
+        return "no trial stored yet"
+    if not complete:
+        common = Counter(r.state.value for r in records).most_common(1)[0]
+        return f"no trial measured ({common[1]} {common[0]})"
+    reasons = Counter((r.verification.reasons or ["not verified"])[0] for r in complete
+                      if not r.verification.verified)
+    if not reasons:
+        return "no trial has a request time"
+    why, n = reasons.most_common(1)[0]
+    return f"no trial verified; most often: {why} ({n} of {len(complete)} measured)"
+
+
+STOCK_BUILDS = (INSTALLED, "default")  # what `pip install llama-cpp-python` gives
+
+
+def stock_baseline(winner: TrialRecord, records: list[TrialRecord]) -> TrialRecord | None:
+    """The trial at llama-cpp-python's defaults a user starts from: on the stock build (the
+    installed package, or the plain CUDA build) with the winner's GPU layers when one was
+    measured, else the defaults on the winner's own build."""
+    stock = [b for b in records if is_baseline(b) and b.spec.model.build in STOCK_BUILDS
+             and b.spec.model.device == winner.spec.model.device
+             and b.spec.model.n_gpu_layers == winner.spec.model.n_gpu_layers]
+    if stock:
+        return min(stock, key=lambda b: (b.spec.model.build != INSTALLED,
+                                         b.spec.context.n_threads != winner.spec.context.n_threads,
+                                         b.number))
+    return baseline_for(winner, records)
+
+
+def _served_line(finalists: FinalistReport | None,
+                 by_number: dict[int, TrialRecord]) -> str | None:
+    """"served: ttft 0.120 s ..., request 0.863 s [server, 5 requests]; generation 170.7 vs
+    312.8 t/s raw (-45%)": the winner's served figures next to its raw ones, named."""
+    if finalists is None:
+        return None
+    win = next((f for f in finalists.finalists if f.trial == finalists.winner_trial), None)
+    if win is None or not win.served or "error" in win.served:
+        return None
+    fig = ServedFigures.model_validate(win.served)
+    line = fig.summary() + (f", server threads {fig.n_threads}" if fig.n_threads else "")
+    rec = by_number.get(win.trial)
+    m = rec.measurement if rec else None
+    if m is not None and m.tg_tps is not None and fig.gen_tps is not None:
+        raw = m.tg_tps.median
+        line += (f"; generation {fig.gen_tps.median:.1f} t/s served vs {raw:.1f} t/s raw "
+                 f"({(fig.gen_tps.median / raw - 1) * 100:+.0f}%)")
+    return line
+
+
+def overview(study: str, records: list[TrialRecord], finalists: FinalistReport | None = None,
+             drifts: list[WorkerDrift] | None = None) -> Overview:
+    """The decision and its evidence for one study's records (see the module docstring)."""
+    by_number = {r.number: r for r in records}
+    ranked = [r for r in order(records) if r.usable]
+    env = next((r.environment for r in records if r.environment is not None), None)
+    winner = runner = None
+    gap = None
+    tie, tie_reason, undecided = False, None, False
+    finalist_ok = finalists is not None and any(
+        f.trial == finalists.winner_trial for f in finalists.finalists)
+    if finalist_ok:
+        assert finalists is not None
+        level = finalists.level
+        figs = {f.trial: f for f in finalists.finalists}
+        w = figs[finalists.winner_trial]
+        winner = _from_finalist(w, by_number.get(w.trial), level)
+        others = sorted((f for f in finalists.finalists if f.trial != w.trial),
+                        key=lambda f: f.request_seconds.value)
+        if others:
+            r2 = others[0]
+            runner = _from_finalist(r2, by_number.get(r2.trial), level)
+            gap = (r2.ratio_to_leader if w.trial == finalists.leader_trial
+                   else _ratio(r2.request_seconds, w.request_seconds))
+        tie, tie_reason = finalists.tie, finalists.reason
+        undecided = bool(finalists.undecided)
+        note = (f"re-measured with {len(finalists.finalists)} finalists in fresh workers "
+                f"({finalists.measured_at})")
+        win_rec = by_number.get(w.trial)
+    else:
+        win_rec = ranked[0] if ranked else None
+        if win_rec is not None:
+            winner = _from_record(win_rec)
+            if len(ranked) > 1:
+                runner = _from_record(ranked[1])
+                gap = _ratio(runner.request_s, winner.request_s)
+        note = ("best search trial; not re-measured (no finalist report), so its figures carry "
+                "the search's noise and the winner's curse")
+    base = stock_baseline(win_rec, records) if win_rec is not None else None
+    gain = pp_gain = None
+    if base is not None and winner is not None and base.objective:
+        gain = base.objective / winner.request_s.value
+        bm = base.measurement
+        if bm is not None and winner.pp_tps and bm.pp_tps.median:
+            pp_gain = winner.pp_tps / bm.pp_tps.median
+    warnings = [f"#{r.number} {r.spec.label()}: {why}" for r in order(records)
+                for why in instability(r, drifts)]
+    states = Counter(r.state.value for r in records)
+    served = _served_line(finalists, by_number) if finalist_ok else None
+    return Overview(
+        served=served,
+        study=study, device=records[0].spec.model.device if records else "unknown",
+        gpu=(env.gpus[0].get("name") if env and env.gpus else None),
+        llama_cpp_python=env.llama_cpp_python if env else None,
+        model=env.model_path if env else None,
+        workload=_workload(records) if records else "",
+        total=len(records), states={s.value: states.get(s.value, 0) for s in TrialState},
+        verified=sum(1 for r in records if r.state is TrialState.COMPLETE
+                     and r.verification.verified),
+        winner=winner, winner_note=note if winner else "", runner_up=runner, gap=gap,
+        gap_beyond_noise=None if gap is None else (gap.low > 1.0 or gap.high < 1.0),
+        gap_verdict=_gap_words(gap),
+        tie=tie, tie_reason=tie_reason, undecided=undecided,
+        baseline=_from_record(base) if base is not None else None,
+        gain=gain, pp_gain=pp_gain,
+        no_winner_reason=None if winner else _no_winner_reason(records),
+        warnings=warnings, effects=effects(records), importance=importance(records),
+    )

@@ -1,0 +1,246 @@
+"""Frozen trial records: what was asked, what was measured, the placement evidence, the machine,
+and how the trial ended. A record is written once, when its trial ends, and never changed."""
+
+from __future__ import annotations
+
+import statistics
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import Field
+
+from tuner.evidence.opplacement import OpSummary
+from tuner.settings import undeployable
+from tuner.specs import Frozen, TrialSpec, Workload
+
+
+class TrialState(str, Enum):
+    COMPLETE = "complete"  # measured (verified or not: see Verification)
+    INFEASIBLE = "infeasible"  # refused at load or context creation, or out of memory
+    CRASHED = "crashed"  # the worker died from a signal (abort, segfault) or exited
+    TIMEOUT = "timeout"  # the worker ran past its time limit and was killed
+    FAILED = "failed"  # any other error raised inside the worker
+    PRUNED = "pruned"  # stopped early, clearly slower than the best (tuner/search/pruning.py)
+
+
+class Stat(Frozen):
+    """A repeated measurement: median and spread of the kept samples (warm-up excluded)."""
+
+    median: float
+    min: float
+    max: float
+    stdev: float
+    samples: list[float]
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Stat:
+        if not samples:
+            raise ValueError("no samples")
+        return cls(
+            median=statistics.median(samples),
+            min=min(samples),
+            max=max(samples),
+            stdev=statistics.stdev(samples) if len(samples) > 1 else 0.0,
+            samples=list(samples),
+        )
+
+    @property
+    def rel_spread(self) -> float:
+        """(max - min) / median: how far apart the repetitions were."""
+        return (self.max - self.min) / self.median if self.median else 0.0
+
+
+class Measurement(Frozen):
+    prompt_tokens: int
+    gen_tokens: int
+    pp_seconds: Stat
+    tg_seconds: Stat | None
+    request_seconds: Stat
+    pp_tps: Stat
+    tg_tps: Stat | None
+    load_seconds: float
+    context_seconds: float
+    gpu_peak_mib: float | None = None  # NVML, this process, read outside the timed region
+    gpu_total_mib: float | None = None
+    unstable: bool = False  # repetitions spread over 10% of the median: flagged, not hidden
+    clocks: GpuClocks | None = None  # NVML at the start and end of the timed work; None: no GPU
+    throttled: bool = False  # a throttle reason was active at the start or end of timed work
+    warmups: dict[str, int] = Field(default_factory=dict)  # discarded runs per phase (pp, tg)
+    threads: int | None = None  # CPU threads llama.cpp ran with (None: records before this field)
+
+
+class ClockReading(Frozen):
+    """One NVML reading of the GPU a worker runs on."""
+
+    sm_clock_mhz: int | None = None
+    mem_clock_mhz: int | None = None
+    temperature_c: int | None = None
+    power_w: float | None = None
+    throttle_reasons: list[str] = Field(default_factory=list)  # NVML names, idle excluded
+
+
+class GpuClocks(Frozen):
+    """Clocks, temperature, power and throttle reasons just before and just after the timed
+    repetitions of one trial (read outside the timed region)."""
+
+    start: ClockReading
+    end: ClockReading
+
+
+class Verification(Frozen):
+    verified: bool
+    summary: str = ""
+    reasons: list[str] = Field(default_factory=list)
+
+
+class Environment(Frozen):
+    hostname: str
+    platform: str
+    python: str
+    cpu: str
+    cpu_count: int
+    llama_cpp_python: str
+    tuner: str
+    gpus: list[dict[str, Any]] = Field(default_factory=list)
+    cuda_visible_devices: str | None = None  # the GPUs this sweep's workers were given
+    driver: str | None = None
+    cuda_driver: str | None = None
+    build_name: str = "installed"
+    build_lib_dir: str | None = None
+    system_info: str | None = None
+    model_path: str
+    model_bytes: int
+    model_sha256: str
+
+
+class TrialRecord(Frozen):
+    study: str
+    trial_id: str  # unique per attempt
+    number: int  # the optuna trial number
+    spec_key: str
+    spec: TrialSpec
+    workload: Workload
+    state: TrialState
+    objective: float | None = None  # request seconds (median); lower is better
+    measurement: Measurement | None = None
+    verification: Verification = Verification(verified=False, reasons=["not measured"])
+    placement: dict[str, Any] | None = None  # PlacementEvidence as data
+    buffers_mib: dict[str, dict[str, float]] = Field(default_factory=dict)
+    ops: OpSummary | None = None  # where each graph operation ran (scheduler report); None: old
+    error: str | None = None
+    signal: str | None = None
+    log_tail: list[str] = Field(default_factory=list)
+    environment: Environment | None = None
+    worker_id: str | None = None  # the worker process that measured it (drift is per worker)
+    space_id: str | None = None  # the search space it was planned under (Space.space_id)
+    started_at: str
+    finished_at: str
+
+    @property
+    def usable(self) -> bool:
+        """Measured, proven, and at values llama_cpp.server can run: the only records a
+        production config may come from."""
+        return (
+            self.state is TrialState.COMPLETE
+            and self.verification.verified
+            and self.objective is not None
+            and not undeployable(self.spec)
+        )
+
+
+class Interval(Frozen):
+    """A point estimate with a confidence interval (``level``, e.g. 0.95)."""
+
+    value: float
+    low: float
+    high: float
+    level: float = 0.95
+
+
+class WorkerDrift(Frozen):
+    """The drift sentinel of one worker: its first trial's settings measured again at the end of
+    its life. ``significant`` when the change is beyond both runs' noise."""
+
+    study: str
+    worker_id: str
+    build: str
+    first_trial: int  # optuna number of the trial re-measured
+    trials: list[int]  # every trial this worker measured, in order
+    pp_tps_start: float | None
+    pp_tps_end: float | None
+    tg_tps_start: float | None
+    tg_tps_end: float | None
+    pp_drift: float | None  # (end - start) / start
+    tg_drift: float | None
+    noise: float  # the relative change below which a drift is not told apart from noise
+    significant: bool
+    measured_at: str
+
+
+class ServedFigures(Frozen):
+    """Speed through the code path llama_cpp.server runs (``Llama.__call__`` with ``stream=True``,
+    loaded by the server's own loader from the config's model entry), as a client sees it.
+    Unlike the raw decode loop (``Measurement``, comparable with llama-bench), this includes the
+    per-token Python work: sampling, detokenising, stop checks, streaming. ``source`` says where
+    it was measured: ``worker`` (a spawned process, no HTTP) or ``server`` (over HTTP)."""
+
+    source: Literal["worker", "server"]
+    requests: int  # measured requests, after ``warmup`` discarded ones
+    warmup: int = 1
+    prompt_tokens: int  # per request, BOS included, as the tokenizer counts them
+    gen_tokens: int  # per request, exactly (every end-of-generation token biased away)
+    n_threads: int | None = None  # the server-side thread settings these were measured with
+    n_threads_batch: int | None = None
+    ttft_s: Stat  # request sent -> first streamed token
+    gen_tps: Stat | None  # (gen_tokens - 1) / (last token - first token); None when gen < 2
+    request_s: Stat  # request sent -> last token, as a client sees it
+    max_prefix_reuse: int = 0  # longest token prefix a prompt shared with the one before it
+    unstable: bool = False  # a figure's (max - min) / median above 10%: flagged, not hidden
+    measured_at: str = ""
+
+    def summary(self) -> str:
+        """One line: "ttft 0.122 s, gen 171.5 tok/s (106.0-198.0), request 0.87 s"."""
+        parts = [f"ttft {self.ttft_s.median:.3f} s ({self.ttft_s.min:.3f}-{self.ttft_s.max:.3f})"]
+        if self.gen_tps is not None:
+            g = self.gen_tps
+            parts.append(f"gen {g.median:.1f} tok/s ({g.min:.1f}-{g.max:.1f})")
+        parts.append(f"request {self.request_s.median:.3f} s")
+        return ", ".join(parts) + f" [{self.source}, {self.requests} requests]"
+
+
+class FinalistFigures(Frozen):
+    """One finalist re-measured in fresh workers, interleaved with the others."""
+
+    trial: int  # the search trial whose settings these are
+    spec_key: str
+    label: str
+    rounds: int  # fresh workers it was measured in
+    samples: int  # repetitions kept over every round
+    request_seconds: Interval
+    pp_tps: Interval
+    tg_tps: Interval | None
+    ratio_to_leader: Interval  # request seconds / the leader's (1.0 for the leader)
+    gpu_peak_mib: float | None
+    build: str
+    verified: bool
+    served: dict[str, Any] | None = None  # served-path figures when measured (see deploy)
+
+
+class FinalistReport(Frozen):
+    """The finalists of a study and the decision between them. ``tie``: some finalist was
+    proven within ``equivalent`` of the fastest (its ratio interval's top at most 1 +
+    equivalent), so the lightest of those won. ``undecided``: finalists neither slower beyond
+    the interval nor proven equivalent when the rounds ran out; the fastest mean was kept.
+    ``reason`` says which and why."""
+
+    study: str
+    objective: str = "request_seconds"
+    level: float = 0.95
+    finalists: list[FinalistFigures]
+    winner_trial: int
+    leader_trial: int  # fastest point estimate
+    tie: bool
+    reason: str
+    undecided: list[int] = Field(default_factory=list)
+    equivalent: float | None = None  # the margin a lighter config may lose by (None: older)
+    measured_at: str

@@ -1,0 +1,160 @@
+"""Opening the optuna storage, and what its failures mean to a user: one line, exit 2 (the
+storage given is unusable: an unknown URL scheme, a malformed URL, a file that is not a
+database, a directory) or 3 (the machine cannot go on: a full disk, a database server that
+cannot be reached), each with what to do. Opening is retried when several sweeps create the same
+database at once (SQLite file or server database). A server database gets a small connection
+pool: one sweep needs at most two connections at once (its main thread and its heartbeat), and a
+fleet of sweeps must not exhaust the server's ``max_connections``. ``journal:PATH`` opens an
+optuna journal file (several processes on one host; tuner/results/journal.py)."""
+
+from __future__ import annotations
+
+import errno
+import time
+from pathlib import Path
+
+import optuna
+import sqlalchemy as sa
+
+from tuner.errors import BadInput, EnvironmentUnfit, TunerError
+from tuner.results.races import is_creation_race
+from tuner.results.journal import JOURNAL, JournalClaimsStorage, journal_path, open_journal
+
+RETRIES = 30
+URL_HINT = "use sqlite:///PATH, postgresql+psycopg://USER@HOST/DB or journal:PATH"
+# Per sweep process: 2 pooled connections (main thread, heartbeat) and a few more in a burst.
+SERVER_POOL: dict[str, object] = {"pool_size": 2, "max_overflow": 3, "pool_pre_ping": True,
+                                  "pool_recycle": 1800}
+CONNECT_TIMEOUT_S = 10
+
+
+def sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url[len("sqlite:///"):])
+
+
+# An opened study storage: optuna's, with the SQL engine the claims table lives in.
+Storage = optuna.storages.RDBStorage | JournalClaimsStorage
+
+
+def open_storage(url: str) -> Storage:
+    """The storage for ``url``, created if new. Races between processes creating the same
+    database (``IntegrityError ... alembic_version``, ``database is locked``, ``table already
+    exists``, a deadlock between two servers' DDL) are retried; anything else becomes a
+    TunerError."""
+    check_url(url)
+    for attempt in range(RETRIES):
+        try:
+            if url.startswith(JOURNAL):
+                return open_journal(url)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+        except Exception as e:  # noqa: BLE001 - every failure is classified below
+            if attempt < RETRIES - 1 and is_creation_race(e):
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            raise storage_error(e, url) from None
+    raise AssertionError("unreachable")
+
+
+def engine_kwargs(url: str) -> dict[str, object]:
+    """SQLAlchemy engine options: a long lock wait for SQLite, a small pool and a bounded
+    connect time for a database server."""
+    backend = sa.engine.make_url(url).get_backend_name()
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": 60}}
+    kwargs = dict(SERVER_POOL)
+    if backend == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    return kwargs
+
+
+def shown(url: str) -> str:
+    """The URL as a message shows it: without its password."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return url
+
+
+def check_url(url: str) -> None:
+    path = journal_path(url)
+    if path is not None:
+        if not url[len(JOURNAL):]:
+            raise BadInput(f"--storage {url!r} names no journal file", hint=URL_HINT)
+        if path.is_dir():
+            raise BadInput(f"storage {path} is a directory, not a journal file",
+                           hint="move it aside or give another --storage")
+        return
+    scheme = url.partition("://")[0]
+    if "://" not in url or not scheme:
+        raise BadInput(f"--storage {url!r} is not a database URL", hint=URL_HINT)
+    try:
+        sa.engine.make_url(url).get_dialect()
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError):
+        raise BadInput(f"--storage {url!r}: unknown database scheme {scheme!r}",
+                       hint=URL_HINT) from None
+    except ValueError as e:  # e.g. a port that is not a number
+        raise BadInput(f"--storage {shown(url)!r} is a malformed database URL ({e})",
+                       hint=URL_HINT) from None
+    except ImportError as e:
+        raise EnvironmentUnfit(f"--storage {url!r} needs a database driver that is not "
+                               f"installed: {e.name or e}") from None
+    path = sqlite_path(url)
+    if path is not None and path.is_dir():
+        raise BadInput(f"storage {path} is a directory, not a database file",
+                       hint="move it aside or give another --storage / --results")
+
+
+def storage_error(e: BaseException, url: str) -> TunerError:
+    """The user-facing meaning of a storage failure."""
+    if isinstance(e, TunerError):
+        return e
+    text = str(getattr(e, "orig", None) or e).splitlines()[0] if str(e) else type(e).__name__
+    where = sqlite_path(url) or journal_path(url) or shown(url)
+    if _disk_full(e):
+        return EnvironmentUnfit(f"the disk holding {where} is full",
+                                hint="free space, then run the same command to resume")
+    if isinstance(e, sa.exc.DatabaseError) and not isinstance(e, sa.exc.OperationalError) or (
+            "not a database" in text or "malformed" in text):
+        return BadInput(f"storage {where} is damaged or not an optuna database ({text})",
+                        hint=f"move {where} aside or give another --storage")
+    if isinstance(e, sa.exc.OperationalError):
+        if "unable to open" in text or "readonly" in text:
+            return BadInput(f"cannot open storage {where}: {text}",
+                            hint="check the path and its permissions, or give another --storage")
+        if "authentication failed" in text or ("database" in text and "does not exist" in text):
+            return BadInput(f"cannot open storage {where}: {text}",
+                            hint="check the user, password and database name of the URL (create "
+                                 "the database first: createdb NAME)")
+        return EnvironmentUnfit(f"storage {where} cannot be used: {text}",
+                                hint="check that the database is reachable, then run the same "
+                                     "command to resume")
+    if isinstance(e, OSError):  # a journal file that cannot be opened or written
+        return BadInput(f"cannot open storage {where}: {e.strerror or text}",
+                        hint="check the path and its permissions, or give another --storage")
+    if isinstance(e, ImportError):
+        return EnvironmentUnfit(f"--storage {url!r}: the database driver for "
+                                f"{url.partition('://')[0]!r} is not installed",
+                                hint="e.g. pip install 'psycopg[binary]' (postgresql+psycopg) "
+                                     "or pymysql (mysql+pymysql)")
+    if isinstance(e, (ValueError, RuntimeError, sa.exc.SQLAlchemyError)):
+        return BadInput(f"storage {where} cannot be used: {text}",
+                        hint="move it aside or give another --storage")
+    return TunerError(f"storage {where}: {type(e).__name__}: {text}")
+
+
+def _disk_full(e: BaseException) -> bool:
+    stack: list[BaseException | None] = [e]
+    seen: set[int] = set()
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno == errno.ENOSPC:
+            return True
+        if "disk is full" in str(x) or "No space left" in str(x):
+            return True
+        stack += [x.__cause__, x.__context__, getattr(x, "orig", None)]
+    return False

@@ -1,0 +1,204 @@
+"""The finalists: after the search, the leading configs are measured again, each round in a
+fresh worker per config, interleaved (A B C, A B C, ...), so that a noisy first measurement or a
+worker's history cannot crown the wrong config. Each finalist gets a confidence interval of its
+request time, prompt and generation speed, and of its ratio to the leader (paired by round, which
+cancels what a round shares: clocks, temperature, the neighbours' load).
+
+The decision: the fastest mean leads. A finalist whose ratio interval lies above 1 is slower. One
+whose interval's top is at most 1 + ``equivalent`` (1%) is proven as fast for practical
+purposes: leader and such finalists tie, and the lightest (less GPU memory, no special kernel
+build) wins. Any other finalist is undecided: more rounds run, for the leader and the undecided
+only, up to ``max_rounds``; still undecided then, the fastest mean is kept. A lighter config
+never wins on an interval that allows it to be more than 1% slower: on an H100 (run 5 of
+docs/benchmarks.md) a looser rule picked configs 2.5-4% behind the best, and in run 10 a 2%
+margin let a lighter config that the tuner had proven within 2% land 2.4% behind llama-bench's
+best. The two tools differ by about 1% on one config, so a tie's margin leaves room for that."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tuner.results.records import (
+    FinalistFigures,
+    FinalistReport,
+    Interval,
+    TrialRecord,
+    TrialState,
+    WorkerDrift,
+)
+from tuner.results.trialrecord import now
+from tuner.search.drift import search_margin
+from tuner.specs import TrialSpec
+from tuner.worker.outcome import Outcome
+
+PLAIN_BUILDS = ("installed", "default")  # no special kernel build needed to deploy these
+EQUIVALENT = 0.01  # a lighter config may win only when proven at most 1% slower
+
+
+@dataclass(frozen=True)
+class FinalistOptions:
+    top: int = 3  # the best N trials always go to the final
+    within: float = 0.03  # and every trial within 3% of the best (widened by worker drift)
+    most: int = 6  # at most this many finalists
+    rounds: int = 5  # fresh-worker rounds per finalist
+    level: float = 0.95
+    equivalent: float = EQUIVALENT
+    max_rounds: int = 10  # extra rounds for the leader and the undecided, up to this many
+
+
+def select(records: list[TrialRecord], planned: set[str], drifts: list[WorkerDrift],
+           opts: FinalistOptions) -> list[TrialRecord]:
+    """The leading usable trials of the current plan, best first."""
+    usable = sorted((r for r in records if r.usable and r.spec_key in planned),
+                    key=lambda r: (r.objective, r.number))
+    if not usable:
+        return []
+    best = usable[0].objective or 0.0
+    margin = search_margin(drifts, opts.within)
+    chosen: dict[str, TrialRecord] = {}
+    for r in usable:
+        close = (r.objective or math.inf) <= best * (1 + margin)
+        if (len(chosen) < opts.top or close) and r.spec_key not in chosen:
+            chosen[r.spec_key] = r
+    return list(chosen.values())[: opts.most]
+
+
+@dataclass
+class _Round:
+    request_s: float
+    pp_tps: float
+    tg_tps: float | None
+    gpu_mib: float | None
+    verified: bool
+
+
+def _round_of(record: TrialRecord) -> _Round | None:
+    m = record.measurement
+    if m is None:
+        return None
+    return _Round(m.request_seconds.median, m.pp_tps.median,
+                  m.tg_tps.median if m.tg_tps else None, m.gpu_peak_mib,
+                  record.verification.verified)
+
+
+def _interval(xs: list[float], level: float) -> Interval:
+    """Mean and Student-t interval of per-round medians (each round is one fresh worker)."""
+    mean = statistics.fmean(xs)
+    if len(xs) < 2:
+        return Interval(value=mean, low=mean, high=mean, level=level)
+    from scipy import stats  # 1.5 s of CPU to import: only where an interval is computed
+
+    half = stats.t.ppf((1 + level) / 2, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+    # Times, speeds and their ratios are positive: a wide interval is cut at zero.
+    return Interval(value=mean, low=max(0.0, mean - half), high=mean + half, level=level)
+
+
+Measure = Callable[[TrialSpec], tuple[Outcome, TrialRecord]]
+
+
+def remeasure(finalists: list[TrialRecord], measure: Measure, rounds: int,
+              got: dict[str, list[_Round]] | None = None) -> dict[str, list[_Round]]:
+    """Interleaved rounds: every finalist once per round, in the same order, each in a fresh
+    worker (``measure`` spawns one), appended to ``got``. A round a finalist fails in is left
+    out for it."""
+    got = got if got is not None else {}
+    for f in finalists:
+        got.setdefault(f.spec_key, [])
+    for _ in range(rounds):
+        for f in finalists:
+            _, record = measure(f.spec)
+            rnd = _round_of(record) if record.state is TrialState.COMPLETE else None
+            if rnd is not None:
+                got[f.spec_key].append(rnd)
+    return got
+
+
+def settle(study: str, finalists: list[TrialRecord], measure: Measure,
+           opts: FinalistOptions) -> FinalistReport | None:
+    """``opts.rounds`` interleaved rounds of every finalist, then one more round at a time of
+    the leader and the undecided finalists while any is undecided, up to ``opts.max_rounds``."""
+    got = remeasure(finalists, measure, opts.rounds)
+    by_trial = {f.number: f for f in finalists}
+    while True:
+        report = decide(study, finalists, got, opts.level, opts.equivalent)
+        if report is None or not report.undecided:
+            return report
+        leader = by_trial[report.leader_trial]
+        if len(got[leader.spec_key]) >= opts.max_rounds:
+            return report
+        remeasure([leader] + [by_trial[t] for t in report.undecided], measure, 1, got)
+
+
+def _lightness(f: FinalistFigures, spec: TrialSpec) -> tuple[float, int, float]:
+    """Less GPU memory first, then no special kernel build, then the faster point estimate."""
+    return (f.gpu_peak_mib if f.gpu_peak_mib is not None else math.inf,
+            0 if spec.model.build in PLAIN_BUILDS else 1, f.request_seconds.value)
+
+
+def decide(study: str, finalists: list[TrialRecord], rounds: dict[str, list[_Round]],
+           level: float = 0.95, equivalent: float = EQUIVALENT) -> FinalistReport | None:
+    """Intervals, the leader, and the winner; None when no finalist measured in any round."""
+    measured = [f for f in finalists if rounds.get(f.spec_key)]
+    if not measured:
+        return None
+    mean_req = {f.spec_key: statistics.fmean(x.request_s for x in rounds[f.spec_key])
+                for f in measured}
+    verified = {f.spec_key: all(x.verified for x in rounds[f.spec_key]) for f in measured}
+    # An unproven re-measurement never leads a proven one.
+    leader = min(measured, key=lambda f: (not verified[f.spec_key], mean_req[f.spec_key]))
+    lead_rounds = rounds[leader.spec_key]
+    figures: list[FinalistFigures] = []
+    for f in measured:
+        rs = rounds[f.spec_key]
+        paired = [a.request_s / b.request_s for a, b in zip(rs, lead_rounds)]
+        tg = [x.tg_tps for x in rs if x.tg_tps is not None]
+        mibs = [x.gpu_mib for x in rs if x.gpu_mib is not None]
+        figures.append(FinalistFigures(
+            trial=f.number, spec_key=f.spec_key, label=f.spec.label(), rounds=len(rs),
+            samples=len(rs) * f.workload.repetitions,
+            request_seconds=_interval([x.request_s for x in rs], level),
+            pp_tps=_interval([x.pp_tps for x in rs], level),
+            tg_tps=_interval(tg, level) if tg else None,
+            ratio_to_leader=_interval(paired or [1.0], level),
+            gpu_peak_mib=max(mibs) if mibs else None,
+            build=f.spec.model.build, verified=verified[f.spec_key]))
+    figures.sort(key=lambda x: (not x.verified, x.request_seconds.value))
+    specs = {f.spec_key: f.spec for f in measured}
+    lead = figures[0]
+    common: dict[str, Any] = dict(study=study, level=level, finalists=figures, leader_trial=lead.trial,
+                  equivalent=equivalent, measured_at=now())
+    others = [f for f in figures[1:] if f.verified >= lead.verified]
+    if not others:
+        reason = "the only finalist" if len(figures) == 1 else "the only proven finalist"
+        return FinalistReport(**common, winner_trial=lead.trial, tie=False, reason=reason)
+    # One round gives no interval: nothing is slower or equivalent beyond it.
+    paired_ok = [f for f in others if f.rounds >= 2 and lead.rounds >= 2]
+    slower = [f for f in paired_ok if f.ratio_to_leader.low > 1.0]
+    same = [f for f in paired_ok if f not in slower and f.ratio_to_leader.high <= 1 + equivalent]
+    undecided = [f for f in others if f not in slower and f not in same]
+    band = f"{level:.0%} interval of the ratio"
+    if same:
+        winner = min([lead, *same], key=lambda f: _lightness(f, specs[f.spec_key]))
+        names = ", ".join(f"#{f.trial}" for f in same)
+        reason = (f"tie: {names} within {equivalent:.0%} of the fastest, #{lead.trial} ({band} "
+                  f"at most {1 + equivalent:.2f}); #{winner.trial} is the lighter config (GPU "
+                  "memory, then kernel build, then speed)")
+        return FinalistReport(**common, winner_trial=winner.trial, tie=True, reason=reason,
+                              undecided=[f.trial for f in undecided])
+    if undecided:
+        names = ", ".join(f"#{f.trial}" for f in undecided)
+        reason = (f"#{lead.trial} has the fastest mean; {names} neither slower beyond the {band} "
+                  f"nor proven within {equivalent:.0%} after {lead.rounds} rounds: the fastest "
+                  "mean is kept")
+        return FinalistReport(**common, winner_trial=lead.trial, tie=False, reason=reason,
+                              undecided=[f.trial for f in undecided])
+    runner_up = slower[0]
+    gap = (runner_up.ratio_to_leader.value - 1) * 100
+    reason = (f"#{lead.trial} is faster than the runner-up #{runner_up.trial} by {gap:.1f}% "
+              f"({band} {runner_up.ratio_to_leader.low:.3f}-"
+              f"{runner_up.ratio_to_leader.high:.3f}, above 1)")
+    return FinalistReport(**common, winner_trial=lead.trial, tie=False, reason=reason)

@@ -1,0 +1,444 @@
+"""One sweep from start to end: check the model, probe the builds, plan the grid, run each trial
+in a worker, store its record as it ends, and write the production config from the best
+verified trial. Library code: the CLI renders, this module decides."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+from tuner.builds import catalog as builds_mod
+from tuner.builds.buildinfo import BuildFlags, fa_supports, parse_system_info
+from tuner.deploy.prodconfig import WrittenConfig, check_out, write_production
+from tuner.deploy.servedfinal import choose
+from tuner.deploy.servedmeasure import measure_served
+from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
+from tuner.evidence.environment import environment, gpu_of, model_sha256
+from tuner.machine.interrupt import critical
+from tuner.models.modelcheck import ModelInfo, check_model
+from tuner.results.records import Environment, FinalistReport, ServedFigures, TrialRecord, WorkerDrift
+from tuner.results.store import (
+    check_disk,
+    check_results_dir,
+    check_study_name,
+    legacy_records,
+    study_dir,
+    with_legacy,
+)
+from tuner.results.storeerrors import check_url
+from tuner.results.studystore import StudyStore, default_storage
+from tuner.results.trialrecord import make_record, now
+from tuner.search.constraints import apply_vram_cap, no_fit_reason
+from tuner.search.drift import worker_drift
+from tuner.search.finalists import FinalistOptions, select, settle
+from tuner.search.planner import Planner
+from tuner.search.preflight import check_records_identity, check_writable_folder, preflight_config
+from tuner.search.pruning import resolve as resolve_prune
+from tuner.search.sampler import SamplerName, StopRule, explore_trials, resolve, stagnation
+from tuner.search.space import Space, default_space, grid, load_space
+from tuner.specs import Device, ModelSettings, TrialSpec, Workload
+from tuner.worker.protocol import Hello
+from tuner.worker.runner import Outcome, Runner, SentinelResult
+
+
+class Events(Protocol):
+    def planned(self, total: int, pending: int, retried: int) -> None: ...
+    def started(self, spec: TrialSpec) -> None: ...
+    def finished(self, record: TrialRecord, best: TrialRecord | None) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+class _Quiet:
+    def planned(self, total: int, pending: int, retried: int) -> None: ...
+    def started(self, spec: TrialSpec) -> None: ...
+    def finished(self, record: TrialRecord, best: TrialRecord | None) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+@dataclass
+class SweepOptions:
+    model: Path
+    device: Device = "cuda"
+    trials: int | None = None
+    space: Path | None = None
+    workload: Workload = field(default_factory=Workload)
+    results_dir: Path = Path("results")
+    study: str | None = None
+    storage: str | None = None
+    out: Path = Path("configs/production.yaml")
+    builds_dir: Path = Path("builds")
+    trial_timeout_s: float = 600.0
+    load_timeout_s: float = 900.0
+    trials_per_worker: int = 2  # bounded worker life: see tuner/worker/runner.py
+    sentinel: bool = True  # each worker re-measures its first trial when it ends
+    finalists: FinalistOptions = field(default_factory=FinalistOptions)  # rounds 0: none
+    served_requests: int = 5  # served-path requests per finalist (0: raw figures only)
+    sampler: SamplerName = "auto"  # tuner/search/sampler.py
+    stop: StopRule = field(default_factory=StopRule)  # tuner/search/sampler.py
+    seed: int = 0
+    prune: bool | None = None  # stop clearly slower trials early; None: on for tpe, off for grid
+    max_vram_mib: float | None = None  # tuner/search/constraints.py
+
+
+@dataclass
+class BuildProbe:
+    name: str
+    lib_dir: str | None
+    expected_variant: str | None
+    hello: Hello
+    flags: BuildFlags
+
+
+@dataclass
+class SweepResult:
+    study: str
+    ran: list[TrialRecord]
+    records: list[TrialRecord]
+    best: TrialRecord | None
+    written: WrittenConfig | None
+    no_config_reason: str | None
+    storage: str  # the optuna storage URL holding the study (tuner/results/studystore.py)
+    retried: int = 0
+    finalists: FinalistReport | None = None
+    drifts: list[WorkerDrift] = field(default_factory=list)
+    deferred: bool = False  # another live sweep of the study writes the config when it ends
+    sampler: str = "grid"
+    stop_reason: str = ""  # why the search ended (or paused)
+    seen: int = 0  # settings of the plan with a finished trial
+    planned: int = 0  # settings in the plan
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase
+
+
+def default_study(info: ModelInfo, device: Device, wl: Workload) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(info.path).stem).strip("-._") or "model"
+    return f"{stem[:60]}-{device}-p{wl.prompt_tokens}-g{wl.gen_tokens}-c{wl.n_ctx}"
+
+
+def _probe_builds(runner: Runner, names: list[str], device: Device, explicit: bool,
+                  builds_dir: Path) -> list[BuildProbe]:
+    found: list[BuildProbe] = []
+    for name in names:
+        info = builds_mod.resolve_build(name, builds_dir)
+        runner.lib_dirs[name] = None if name == "installed" else str(Path(info.lib_dir).absolute())
+        try:
+            hello = runner.probe_hello(ModelSettings(build=name, device=device))
+        except RuntimeError as e:
+            raise EnvironmentUnfit(f"build {name!r} cannot be loaded: {e}") from None
+        flags = parse_system_info(hello.system_info or "")
+        expected = None if name == "installed" else info.variant
+        probe = BuildProbe(name, runner.lib_dirs[name], expected, hello, flags)
+        if device == "cuda" and not hello.supports_gpu_offload:
+            if explicit:
+                raise EnvironmentUnfit(_no_cuda_message(name, flags), hint=CUDA_INSTALL_HINT)
+            continue
+        found.append(probe)
+    if not found:
+        raise EnvironmentUnfit(_no_cuda_message(names[0], None), hint=CUDA_INSTALL_HINT)
+    return found
+
+
+def _no_cuda_message(name: str, flags: BuildFlags | None) -> str:
+    if flags is not None and flags.cuda:
+        return f"build {name!r} has CUDA but found no CUDA device: check the driver and GPU"
+    return (f"llama-cpp-python build {name!r} cannot offload to a GPU (a CPU-only build, or no "
+            "CUDA device); use --device cpu to tune for the CPU on purpose")
+
+
+def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
+    events = events or _Quiet()
+    info = check_model(opts.model)
+    wl = opts.workload
+    if info.context_length and wl.n_ctx > info.context_length:
+        raise BadInput(f"n_ctx {wl.n_ctx} is above the model's trained context "
+                       f"{info.context_length}")
+    space_file = load_space(opts.space) if opts.space else None
+    study = check_study_name(opts.study or default_study(info, opts.device, wl))
+    check_out(opts.out)  # a config path that cannot be written is refused before any trial
+    check_writable_folder(opts.out, "production config")
+    check_results_dir(opts.results_dir)
+    if opts.storage:
+        check_url(opts.storage)  # a malformed URL is refused before any worker starts
+    folder = study_dir(opts.results_dir, study)
+    stores: list[StudyStore] = []  # the study's store, once the storage is open
+
+    def on_sentinel(result: SentinelResult) -> None:
+        drift = worker_drift(study, result, wl)
+        for s in stores:
+            with critical():
+                s.save_drift(drift)
+        if drift.significant:
+            events.note(f"drift: worker {drift.worker_id} moved pp {_pct(drift.pp_drift)}, tg "
+                        f"{_pct(drift.tg_drift)} over its life (noise {drift.noise:.1%}); its "
+                        f"trials {drift.trials} are flagged")
+
+    with Runner(Path(info.path), folder / "logs", {}, opts.trial_timeout_s,
+                opts.load_timeout_s, trials_per_worker=opts.trials_per_worker,
+                sentinel=opts.sentinel, on_sentinel=on_sentinel) as runner:
+        # Everything that can refuse the request runs before anything is written.
+        names = space_file.builds if space_file else (
+            ["installed"] if opts.device == "cpu"
+            else [b.name for b in builds_mod.discover_builds(opts.builds_dir)])
+        probes = {p.name: p for p in _probe_builds(runner, names, opts.device,
+                                                    space_file is not None, opts.builds_dir)}
+        space: Space = space_file or default_space(opts.device, list(probes))
+        specs = grid(space, opts.device, wl,
+                     lambda b, k, v: fa_supports(probes[b].flags, k, v))
+        if not specs:
+            raise BadInput("the search space has no valid combination (n_ubatch must be <= "
+                           "n_batch; a quantized V cache needs flash attention with kernels "
+                           "compiled for that K/V pair)")
+        preflight_config(specs[0], wl, str(info.path), {n: p.lib_dir for n, p in probes.items()})
+        storage = opts.storage or default_storage(opts.results_dir)
+        if not opts.storage:  # the default SQLite file lives in the results folder
+            study_dir(opts.results_dir, study, create=True)
+        planner = Planner(study, storage)  # a storage that cannot open leaves nothing written
+        gpu = gpu_of(next(iter(probes.values())).hello) if opts.device == "cuda" else None
+        if (sibling := planner.study_for_gpu(gpu)) is not None:
+            # Trials are compared only on one GPU model and driver: this GPU's go apart.
+            events.note(f"study {study!r} holds another GPU's trials; this GPU ({gpu}) runs "
+                        f"study {sibling!r}, reported beside it")
+            planner.close()
+            study = check_study_name(sibling)
+            planner = Planner(study, storage)
+            folder = study_dir(opts.results_dir, study)
+            runner.work_dir = folder / "logs"
+        study_dir(opts.results_dir, study, create=True)
+        sha = model_sha256(Path(info.path), opts.results_dir)
+        envs: dict[str, Environment] = {
+            name: environment(p.hello, name, Path(info.path), info.size_bytes, sha)
+            for name, p in probes.items()}
+        legacy = legacy_records(opts.results_dir, study)
+        existing = with_legacy(planner.records(), legacy)
+        # The records are the identity too: checked before the study's identity is set.
+        check_records_identity(existing, study, sha, opts.device, wl)
+        planner.check_numbers(legacy)
+        identity: dict[str, Any] = {"model_sha256": sha, "device": opts.device,
+                                    "workload": [wl.prompt_tokens, wl.gen_tokens, wl.n_ctx]}
+        if gpu is not None:
+            identity["gpu"] = gpu
+        planner.check_identity(identity)
+        stores.append(planner.store)
+        retried = planner.reconcile(existing)
+        done = {r.spec_key for r in existing}
+        space_id = space.space_id()
+        kind = resolve(opts.sampler, len(specs))
+        patience = opts.stop.patience_for(kind)
+        prune = resolve_prune(opts.prune, kind)
+        t0 = time.monotonic()
+        try:
+            pending = planner.enqueue(specs, done, space_id, sampler=kind, seed=opts.seed)
+            events.planned(len(specs), min(pending, opts.trials or pending), retried)
+            if kind == "tpe":
+                events.note(f"sampler tpe (model-based) over {len(specs)} settings; stops after "
+                            f"{patience} trials without a {opts.stop.min_gain:.0%} gain"
+                            if patience else f"sampler tpe over {len(specs)} settings")
+            if prune:
+                events.note("pruning: a trial clearly slower than the best stops early "
+                            "(--no-prune measures every trial in full)")
+            ran: list[TrialRecord] = []
+            best = _best([apply_vram_cap(r, opts.max_vram_mib) for r in existing],
+                         set(planner.plan))
+            searched = False  # the search ended: every setting tried, or a stop rule
+            stop_reason = ""
+            while True:
+                if opts.trials is not None and len(ran) >= opts.trials:
+                    stop_reason = f"paused: --trials {opts.trials} reached (a re-run continues)"
+                    break
+                if opts.stop.timeout_s is not None and time.monotonic() - t0 >= opts.stop.timeout_s:
+                    searched, stop_reason = True, f"stopped: --timeout {opts.stop.timeout_s:g} s"
+                    break
+                if patience and (stale := stagnation(
+                        [h.objective for h in planner.history()], opts.stop.min_gain,
+                        explore_trials(planner.tpe))) >= patience:
+                    searched = True
+                    stop_reason = (f"stopped: {stale} trials without a gain above "
+                                   f"{opts.stop.min_gain:.0%} (patience {patience})")
+                    break
+                nxt = planner.ask()
+                if nxt is None:
+                    searched, stop_reason = True, "every planned setting measured"
+                    break
+                number, spec = nxt
+                events.started(spec)
+                started = now()
+                against = (best.measurement.request_seconds.samples
+                           if prune and best is not None and best.measurement else None)
+                outcome = runner.run(spec, wl, number, prune_against=against)
+                probe = probes[spec.model.build]
+                record = make_record(study, number, spec, wl, outcome, probe.flags,
+                                     probe.expected_variant, envs[spec.model.build], started)
+                record = apply_vram_cap(record.model_copy(update={"space_id": space_id}),
+                                        opts.max_vram_mib)
+                if not record.usable:
+                    check_disk(folder)  # a full disk, not the setting, may have failed it
+                with critical():  # a signal waits until the record is stored and told
+                    planner.tell(number, record)
+                ran.append(record)
+                if record.usable and (best is None or _objective(record) < _objective(best)):
+                    best = record
+                events.finished(record, best)
+        except BaseException:  # interrupted or failed: hand back what this sweep holds
+            planner.release()
+            planner.close()
+            raise
+
+    seen = len({h.spec_key for h in planner.history()})
+    search_s = time.monotonic() - t0
+    try:  # the heartbeat keeps this sweep's config claim alive through the finalists
+        result = _decide_and_write(opts, study, folder, legacy, planner, probes, envs, info,
+                                   wl, ran, retried, searched, events)
+    finally:
+        planner.close()
+    result.sampler, result.stop_reason, result.seen, result.planned = (
+        kind, stop_reason, seen, len(specs))
+    result.seconds = {"search": search_s, **result.seconds}
+    return result
+
+
+def _decide_and_write(opts: SweepOptions, study: str, folder: Path,
+                      legacy: list[TrialRecord], planner: Planner,
+                      probes: dict[str, BuildProbe], envs: dict[str, Environment],
+                      info: ModelInfo, wl: Workload, ran: list[TrialRecord], retried: int,
+                      searched: bool, events: Events) -> SweepResult:
+    """After the trials: the finalists (by the one sweep holding the config claim) and the
+    production config, or the reason there is none."""
+    records = [apply_vram_cap(r, opts.max_vram_mib)
+               for r in with_legacy(planner.records(), legacy)]
+    best = _best(records, set(planner.plan))
+    drifts = planner.drifts()
+    final, served_fig, served_threads = None, None, None
+    written, reason, deferred = None, None, False
+    seconds: dict[str, float] = {}
+    if best is None:
+        reason = no_fit_reason(records, opts.max_vram_mib) or _why_no_config(records)
+    elif planner.others_running():
+        deferred = True
+        reason = ("another sweep of this study is still running trials; the last one to end "
+                  "writes the production config")
+    elif (verdict := planner.claim_config(opts.out)) != "write":
+        deferred = True
+        reason = (f"another sweep of this study wrote it to {opts.out}" if verdict == "written"
+                  else "another sweep of this study is writing it")
+    elif searched and opts.finalists.rounds > 0:
+        # This sweep holds the right to write the config, the study is complete and no other
+        # sweep runs trials: decide between the leaders (once), then write the winner.
+        try:
+            final, served_fig, served_threads = _final(
+                opts, study, planner.store, records, set(planner.plan), drifts, probes, envs,
+                info, wl, folder / "logs", events, seconds)
+        except BaseException:
+            planner.release_config()
+            raise
+        if final is not None:
+            best = next((r for r in records if r.number == final.winner_trial), best)
+    if best is not None and not deferred:
+        p = probes.get(best.spec.model.build)
+        env_vars = {}
+        if p is not None and p.lib_dir:
+            env_vars["LLAMA_CPP_LIB_PATH"] = p.lib_dir
+        if not best.spec.model.cuda_graphs:
+            env_vars["GGML_CUDA_DISABLE_GRAPHS"] = "1"
+        extra = {"finalists": final.model_dump(mode="json")} if final is not None else {}
+        try:
+            written = write_production(best, opts.out, model_path=str(info.path),
+                                       results_dir=opts.results_dir,
+                                       build_lib_dir=p.lib_dir if p else None, env=env_vars,
+                                       extra=extra, served=served_fig, threads=served_threads)
+            planner.config_written()
+        finally:
+            planner.release_config()
+    return SweepResult(study, ran, records, best, written, reason, planner.url, retried, final,
+                       drifts, deferred, seconds=seconds)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:+.1f}%"
+
+
+def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[TrialRecord],
+           planned: set[str],
+           drifts: list[WorkerDrift], probes: dict[str, BuildProbe],
+           envs: dict[str, Environment], info: ModelInfo, wl: Workload, logs: Path,
+           events: Events, seconds: dict[str, float],
+           ) -> tuple[FinalistReport | None, ServedFigures | None, int | None]:
+    """Re-measure the leaders in fresh workers, interleaved, and decide; then serve them
+    (tuner/deploy/servedfinal.py). A stored decision over the same finalists is reused: a re-run of a
+    finished study measures nothing again. Returns the decision and the winner's served figures
+    and server thread count (None, None when not served)."""
+    finalists = select(records, planned, drifts, opts.finalists)
+    if not finalists:
+        return None, None, None
+    keys = {f.spec_key for f in finalists}
+    stored = store.finalists()
+    if stored is not None and {f.spec_key for f in stored.finalists} == keys:
+        return (stored, *_stored_served(stored))
+    events.note(f"finalists: {len(finalists)} configs x {opts.finalists.rounds} rounds, each "
+                "in a fresh worker, interleaved (more rounds, up to "
+                f"{opts.finalists.max_rounds}, while any is undecided)")
+    by_number = {f.spec_key: f for f in finalists}
+    lib_dirs = {name: p.lib_dir for name, p in probes.items()}
+
+    def measure(spec: TrialSpec) -> tuple[Outcome, TrialRecord]:
+        source = by_number[spec.key()]
+        with Runner(Path(info.path), logs, dict(lib_dirs), opts.trial_timeout_s,
+                    opts.load_timeout_s, trials_per_worker=1, sentinel=False) as fresh:
+            started = now()
+            outcome = fresh.run(spec, wl, source.number)
+        probe = probes[spec.model.build]
+        return outcome, make_record(study, source.number, spec, wl, outcome, probe.flags,
+                                    probe.expected_variant, envs[spec.model.build], started)
+
+    t0 = time.monotonic()
+    report = settle(study, finalists, measure, opts.finalists)
+    seconds["finalists"] = time.monotonic() - t0
+    if report is None:
+        return None, None, None
+    fig, threads = None, None
+    if opts.served_requests > 0:
+        events.note(f"serving the finalists through llama_cpp.server ({opts.served_requests} "
+                    "requests each) and the winner at several server thread counts")
+
+        def serve(record: TrialRecord, n_threads: int | None) -> ServedFigures:
+            return measure_served(info.path, record.spec, wl, lib_dirs.get(record.spec.model.build),
+                                  requests=opts.served_requests, threads=n_threads,
+                                  timeout_s=opts.load_timeout_s, via="server")
+
+        t0 = time.monotonic()
+        choice = choose(report, {f.number: f for f in finalists}, serve)
+        seconds["served"] = time.monotonic() - t0
+        report, fig, threads = choice.report, choice.served, choice.threads
+    store.save_finalists(report)
+    events.note(f"winner #{report.winner_trial}: {report.reason}")
+    return report, fig, threads
+
+
+def _stored_served(report: FinalistReport) -> tuple[ServedFigures | None, int | None]:
+    win = next((f for f in report.finalists if f.trial == report.winner_trial), None)
+    if win is None or not win.served or "error" in win.served:
+        return None, None
+    fig = ServedFigures.model_validate(win.served)
+    return fig, fig.n_threads
+
+
+def _best(records: list[TrialRecord], planned: set[str]) -> TrialRecord | None:
+    usable = [r for r in records if r.usable and r.spec_key in planned]
+    return min(usable, key=_objective) if usable else None
+
+
+def _objective(r: TrialRecord) -> float:
+    """A usable record's objective: ``usable`` is only true where it is set."""
+    return cast(float, r.objective)
+
+
+def _why_no_config(records: list[TrialRecord]) -> str:
+    if not records:
+        return "no trial has run yet"
+    complete = [r for r in records if r.state.value == "complete"]
+    if not complete:
+        states = sorted({r.state.value for r in records})
+        return f"no trial completed (states: {', '.join(states)})"
+    reasons = sorted({r.verification.reasons[0] for r in complete if r.verification.reasons})
+    return "no completed trial was verified: " + "; ".join(reasons[:3])
