@@ -19,11 +19,12 @@ from tuner.results.studystore import default_storage, list_studies, records_of, 
 
 SERVED = 3  # requests per finalist through the real server
 GRID = 3
+PROMPT, GEN = 16, 4  # tokens: every stage runs, on one CPU thread, in about a minute
 
 
 def sweep_args(model: Path, root: Path) -> list[object]:
     return ["sweep", "--model", model, "--device", "cpu", "--space", root / "space.yaml",
-            "--prompt-tokens", 64, "--gen-tokens", 8, "--n-ctx", 256, "--repetitions", 2,
+            "--prompt-tokens", PROMPT, "--gen-tokens", GEN, "--n-ctx", 256, "--repetitions", 2,
             "--results", root / "results", "--out", root / "configs" / "production.yaml",
             "--finalist-rounds", 2, "--served-requests", SERVED]
 
@@ -84,7 +85,7 @@ def test_production_config_is_the_finalists_winner(swept: dict) -> None:
     assert side["provenance"]["trial_id"] == best.trial_id
     # The finalists went through a real llama_cpp.server: both kinds of figures, named.
     assert side["served"]["kind"] and side["served"]["source"] == "server"
-    assert side["served"]["requests"] == SERVED and side["served"]["gen_tokens"] == 8
+    assert side["served"]["requests"] == SERVED and side["served"]["gen_tokens"] == GEN
     assert side["figures"]["kind"] != side["served"]["kind"]
     win = next(f for f in final.finalists if f.trial == final.winner_trial)
     assert win.served is not None and win.served["n_threads"] == side["served"]["n_threads"]

@@ -25,7 +25,7 @@ from tests.spaces import write_space
 from tuner.results import claims as claims_mod
 from tuner.results.studystore import default_storage, records_of
 
-REPS = 3
+REPS = 2  # races, so more than one; the first with finalists, the second without
 GRID = 6  # n_batch 8, 16, 32 x flash attention off, on
 
 
@@ -51,7 +51,7 @@ def optuna_states(root: Path) -> list[optuna.trial.TrialState]:
     return [t.state for t in study.get_trials(deepcopy=False)]
 
 
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n", [3])  # 3 and 4 sweeps race on PostgreSQL and journal files too
 def test_concurrent_sweeps_share_one_study(n: int, tiny_model: Path, tmp_path: Path) -> None:
     for rep in range(REPS):
         root = tmp_path / f"race{rep}"

@@ -27,10 +27,12 @@ from tuner.results.records import ServedFigures, Stat
 from tuner.results.studystore import default_storage, require_study
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-# The speed comparison of a passing run gets a wide tolerance: this suite runs on 2 shared
-# cores, where one request can take several times another. The failing-speed test below checks
-# the comparison itself, with the default 10%.
-LOOSE = "95"
+# The speed comparison of a passing run gets a wide tolerance: this suite runs its tests side
+# by side on 2 shared cores, where a request can take several times the one measured before
+# (run beside other tests: time to first token +134%). The failing-speed test below checks the
+# comparison itself, with the default 10%, and test_compare_thresholds_and_the_raw_fallback its
+# arithmetic.
+LOOSE = "1000"
 
 
 @pytest.fixture(scope="module")
