@@ -17,8 +17,8 @@ import optuna
 import sqlalchemy as sa
 
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
-from tuner.results.races import is_creation_race
 from tuner.results.journal import JOURNAL, JournalClaimsStorage, journal_path, open_journal
+from tuner.results.races import is_creation_race
 
 RETRIES = 30
 URL_HINT = "use sqlite:///PATH, postgresql+psycopg://USER@HOST/DB or journal:PATH"

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 
 from tuner.builds.buildinfo import BuildFlags, find_system_info
 from tuner.evidence.opplacement import OpSummary, check_ops
-from tuner.worker.outcome import Outcome
 from tuner.evidence.placement import expect, is_full_offload, parse_load_log, verify
 from tuner.results.records import Environment, Measurement, Stat, TrialRecord, Verification
 from tuner.specs import TrialSpec, Workload
+from tuner.worker.outcome import Outcome
 from tuner.worker.protocol import Measured
 
 UNSTABLE_SPREAD = 0.10  # repetitions more than 10% apart are flagged
