@@ -167,3 +167,30 @@ def test_an_interval_cut_at_zero_does_not_break_the_overview() -> None:
     assert all(f.request_seconds.low == 0.0 for f in rep.finalists)
     ov = overview("s", [a, b], rep)
     assert ov.winner is not None and ov.winner.trial == 1
+
+
+def test_a_finalist_more_rounds_could_not_decide_gets_none() -> None:
+    # b is 0.5% behind a with paired ratios 2% apart: at 10 rounds its interval would still
+    # reach from below 1 to above 1.01, so the rounds after the first five are not run.
+    a, b = make_record(0, request_s=1.0), make_record(1, request_s=1.005, n_batch=1024)
+    script = {a.spec_key: iter([1.0] * 20),
+              b.spec_key: iter([0.985, 1.025, 0.985, 1.025, 1.005] * 4)}
+    calls: list[int] = []
+
+    def measure(spec):  # type: ignore[no-untyped-def]
+        rec = next(r for r in (a, b) if r.spec_key == spec.key())
+        calls.append(rec.number)
+        return None, make_record(rec.number, request_s=next(script[rec.spec_key]),
+                                 n_batch=spec.context.n_batch)
+
+    rep = settle("s", [a, b], measure, FinalistOptions(rounds=5, max_rounds=10))
+    assert rep is not None and rep.undecided == [1] and rep.winner_trial == 0
+    assert len(calls) == 10  # five rounds of two, none more
+    assert "would stay undecided at 10 rounds" in rep.reason
+    # A finalist that more rounds can decide still gets them (the test above), and so does
+    # this one when the cap allows enough rounds to narrow its interval below 1%.
+    calls.clear()
+    script = {a.spec_key: iter([1.0] * 200),
+              b.spec_key: iter([0.985, 1.025, 0.985, 1.025, 1.005] * 40)}
+    rep = settle("s", [a, b], measure, FinalistOptions(rounds=5, max_rounds=200))
+    assert rep is not None and len(calls) > 10

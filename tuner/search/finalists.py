@@ -8,7 +8,8 @@ The decision: the fastest mean leads. A finalist whose ratio interval lies above
 whose interval's top is at most 1 + ``equivalent`` (1%) is proven as fast for practical
 purposes: leader and such finalists tie, and the lightest (less GPU memory, no special kernel
 build) wins. Any other finalist is undecided: more rounds run, for the leader and the undecided
-only, up to ``max_rounds``; still undecided then, the fastest mean is kept. A lighter config
+only, up to ``max_rounds`` (none for a finalist that the rounds left could not decide at
+the spread measured); still undecided then, the fastest mean is kept. A lighter config
 never wins on an interval that allows it to be more than 1% slower: on an H100 (run 5 of
 docs/benchmarks.md) a looser rule picked configs 2.5-4% behind the best, and in run 10 a 2%
 margin let a lighter config that the tuner had proven within 2% land 2.4% behind llama-bench's
@@ -120,7 +121,9 @@ def remeasure(finalists: list[TrialRecord], measure: Measure, rounds: int,
 def settle(study: str, finalists: list[TrialRecord], measure: Measure,
            opts: FinalistOptions) -> FinalistReport | None:
     """``opts.rounds`` interleaved rounds of every finalist, then one more round at a time of
-    the leader and the undecided finalists while any is undecided, up to ``opts.max_rounds``."""
+    the leader and the undecided finalists while any is undecided, up to ``opts.max_rounds``.
+    A finalist that more rounds could not decide (``_futile``) gets none: the rounds left are
+    spent only where they can change the answer."""
     got = remeasure(finalists, measure, opts.rounds)
     by_trial = {f.number: f for f in finalists}
     while True:
@@ -130,7 +133,33 @@ def settle(study: str, finalists: list[TrialRecord], measure: Measure,
         leader = by_trial[report.leader_trial]
         if len(got[leader.spec_key]) >= opts.max_rounds:
             return report
-        remeasure([leader] + [by_trial[t] for t in report.undecided], measure, 1, got)
+        figures = {f.trial: f for f in report.finalists}
+        open_ = [t for t in report.undecided
+                 if not _futile(figures[t], opts.max_rounds, opts.level, opts.equivalent)]
+        if not open_:
+            names = ", ".join(f"#{t}" for t in report.undecided)
+            return report.model_copy(update={"reason": (
+                f"{report.reason}; {names} would stay undecided at {opts.max_rounds} rounds at "
+                "the spread measured, so no more were run")})
+        remeasure([leader] + [by_trial[t] for t in open_], measure, 1, got)
+
+
+def _futile(f: FinalistFigures, max_rounds: int, level: float, equivalent: float) -> bool:
+    """Whether ``max_rounds`` rounds would still leave ``f`` undecided, were its paired ratio to
+    the leader to keep the mean and spread measured so far: its interval at that many rounds
+    would still reach both to 1 (not proven slower) and above 1 + ``equivalent`` (not proven
+    as fast). With ties between configs a few tenths of a percent apart and a spread of a few
+    percent, the rounds up to the cap cannot settle them: they only cost time."""
+    n = f.rounds
+    if n < 2 or n >= max_rounds:
+        return False
+    from scipy import stats
+
+    ratio = f.ratio_to_leader
+    half_now = ratio.high - ratio.value
+    sd = half_now * math.sqrt(n) / stats.t.ppf((1 + level) / 2, n - 1)
+    half_then = stats.t.ppf((1 + level) / 2, max_rounds - 1) * sd / math.sqrt(max_rounds)
+    return ratio.value - half_then <= 1.0 and ratio.value + half_then > 1 + equivalent
 
 
 def _lightness(f: FinalistFigures, spec: TrialSpec) -> tuple[float, int, float]:
