@@ -195,13 +195,14 @@ def report(results_dir: Path, storage: str | None, study: str | None, fmt: str,
       tuner report --study NAME --format jsonl -o NAME.jsonl
       tuner report --compare NAME other-machine.jsonl
     """
+    from tuner.machine.writable import check_output_path
+
+    if output is not None:  # before the imports below: a bad path fails at once
+        check_output_path(output)
     from tuner.reports.render import print_report
     from tuner.reports.reporting import Peaks
     from tuner.results.studystore import default_storage
-    from tuner.search.preflight import check_output_path
 
-    if output is not None:
-        check_output_path(output)
     print_report(out, storage or default_storage(results_dir), study, fmt, output, compare,
                  Peaks(peak_bandwidth_gbs, peak_tflops, model_file))
 

@@ -113,11 +113,9 @@ def print_report(console: Console, storage: str, study: str | None, fmt: str,
     """Show (or write to ``output``) the report the library renders: the terminal views keep
     their colours on a terminal and are laid out at most 100 columns wide."""
     from tuner.reports.reporting import TERMINAL, Peaks, compare_report, renderable, report
-    from tuner.reports.studydata import check_output, resolve_study, studies_to_show, write_output
+    from tuner.reports.studydata import resolve_study, studies_to_show, write_output
     from tuner.reports.views import WIDTH
 
-    if output is not None:
-        check_output(output)
     if compare and study:
         raise BadInput("give either --study or --compare A B, not both")
     peaks = peaks or Peaks()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tuner.deploy.prodconfig import _write_temp
 from tuner.errors import BadInput
+from tuner.machine.writable import check_output_path
 from tuner.results.records import FinalistReport, TrialRecord, WorkerDrift
 from tuner.results.store import (
     GPU_SEP,
@@ -103,22 +104,9 @@ def studies_to_show(storage: str, study: str | None) -> list[StudyData]:
     return [load_study(storage, n) for n in names]
 
 
-def check_output(path: Path) -> None:
-    """Refuse an output path that is a folder or whose folder is missing, before any work."""
-    p = Path(path)
-    if p.is_dir():
-        raise BadInput(f"cannot write the report to {p}: it is a directory",
-                       "give a file name, e.g. -o report.html")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        what = "is not a directory" if parent.exists() else "does not exist"
-        raise BadInput(f"cannot write the report to {p}: folder {parent} {what}",
-                       "create the folder first or pick another path")
-
-
 def write_output(path: Path, data: str | bytes) -> None:
     """Write the report whole or not at all."""
-    check_output(path)
+    check_output_path(path)
     p = Path(path)
     blob = data.encode() if isinstance(data, str) else data
     try:

@@ -5,54 +5,10 @@ another model, device or workload."""
 
 from __future__ import annotations
 
-import errno
-import os
-import tempfile
-from pathlib import Path
-
 from tuner.deploy.prodconfig import server_config, validate
-from tuner.errors import BadInput, EnvironmentUnfit
+from tuner.errors import BadInput
 from tuner.results.records import TrialRecord, TrialState
 from tuner.specs import Device, TrialSpec, Workload
-
-
-def _existing_ancestor(path: Path) -> Path:
-    for parent in path.absolute().parents:
-        if parent.exists():
-            return parent
-    return Path("/")
-
-
-def check_writable_folder(path: Path, what: str) -> None:
-    """``path``'s folder (or the nearest one that exists, where the rest would be made) must
-    take a new file: tried for real, with a temporary file removed at once."""
-    folder = _existing_ancestor(Path(path))
-    if not folder.is_dir():
-        raise BadInput(f"cannot write {what} {path}: {folder} is not a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tuner-write-check-")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise EnvironmentUnfit(f"cannot write {what} {path}: the disk is full",
-                                   hint="free space, then run the same command") from None
-        raise BadInput(f"cannot write {what} {path}: {folder} is not writable "
-                       f"({e.strerror or e})") from None
-
-
-def check_output_path(path: Path) -> None:
-    """An export file (``tuner report -o FILE``): not a folder, in a folder that exists and can
-    be written."""
-    p = Path(path)
-    if p.is_dir():
-        raise BadInput(f"output {p} is a directory; give a file name")
-    parent = p.absolute().parent
-    if not parent.exists():
-        raise BadInput(f"output folder {parent} does not exist")
-    if not parent.is_dir():
-        raise BadInput(f"cannot write {p}: {parent} is not a directory")
-    check_writable_folder(p, "output")
 
 
 def preflight_config(spec: TrialSpec, workload: Workload, model_path: str,

@@ -18,6 +18,7 @@ from tuner.deploy.servedmeasure import measure_served
 from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
 from tuner.evidence.environment import environment, gpu_of, model_sha256
 from tuner.machine.interrupt import critical
+from tuner.machine.writable import check_writable_folder
 from tuner.models.modelcheck import ModelInfo, check_model
 from tuner.results.records import Environment, FinalistReport, ServedFigures, TrialRecord, WorkerDrift
 from tuner.results.store import (
@@ -35,7 +36,7 @@ from tuner.search.constraints import apply_vram_cap, no_fit_reason
 from tuner.search.drift import worker_drift
 from tuner.search.finalists import FinalistOptions, select, settle
 from tuner.search.planner import Planner
-from tuner.search.preflight import check_records_identity, check_writable_folder, preflight_config
+from tuner.search.preflight import check_records_identity, preflight_config
 from tuner.search.pruning import resolve as resolve_prune
 from tuner.search.sampler import SamplerName, StopRule, explore_trials, resolve, stagnation
 from tuner.search.space import Space, default_space, grid, load_space
