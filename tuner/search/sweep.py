@@ -12,6 +12,7 @@ from typing import Any, Protocol, cast
 
 from tuner.builds import catalog as builds_mod
 from tuner.builds.buildinfo import BuildFlags, fa_supports, parse_system_info
+from tuner.builds.selection import redundant_builds
 from tuner.deploy.prodconfig import WrittenConfig, check_out, write_production
 from tuner.deploy.servedfinal import choose
 from tuner.deploy.servedmeasure import measure_served
@@ -141,6 +142,18 @@ def _probe_builds(runner: Runner, names: list[str], device: Device, explicit: bo
     return found
 
 
+def _without_redundant_builds(probes: dict[str, BuildProbe], explicit: bool,
+                              events: Events) -> dict[str, BuildProbe]:
+    """The builds worth trials on this GPU: one that would run another's kernels
+    (builds/selection.py) is left out of a discovered set, said once; a space file that names it
+    keeps it, with the same note."""
+    same = redundant_builds({n: (p.flags, p.hello.log) for n, p in probes.items()})
+    for name, why in same.items():
+        events.note(f"build {name}: {why}; " + (
+            "kept because the space names it" if explicit else "its trials are left out"))
+    return probes if explicit else {n: p for n, p in probes.items() if n not in same}
+
+
 def _no_cuda_message(name: str, flags: BuildFlags | None) -> str:
     if flags is not None and flags.cuda:
         return f"build {name!r} has CUDA but found no CUDA device: check the driver and GPU"
@@ -184,6 +197,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
             else [b.name for b in builds_mod.discover_builds(opts.builds_dir)])
         probes = {p.name: p for p in _probe_builds(runner, names, opts.device,
                                                     space_file is not None, opts.builds_dir)}
+        probes = _without_redundant_builds(probes, space_file is not None, events)
         space: Space = space_file or default_space(opts.device, list(probes))
         specs = grid(space, opts.device, wl,
                      lambda b, k, v: fa_supports(probes[b].flags, k, v))
