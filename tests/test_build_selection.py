@@ -10,7 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuner.builds.buildinfo import parse_system_info
-from tuner.builds.selection import compute_capabilities, highest_compiled_arch, redundant_builds
+from tuner.builds.selection import (
+    compute_capabilities,
+    highest_compiled_arch,
+    missing_builds,
+    redundant_builds,
+)
 from tuner.search.sweep import BuildProbe, _without_redundant_builds
 from tuner.worker.protocol import Hello
 
@@ -76,3 +81,20 @@ def test_the_sweep_leaves_the_redundant_build_out_of_a_discovered_set_only() -> 
     named = _without_redundant_builds(probes, explicit=True, events=notes)  # type: ignore[arg-type]
     assert list(named) == ["default", "force-cublas", "force-mmq"]
     assert "kept because the space names it" in notes.lines[0]
+
+
+def test_the_missing_build_is_named_with_the_command_that_makes_it() -> None:
+    assert missing_builds({"default": (DEFAULT, PROBE)}) == [
+        "tuner build --variant force-cublas --cuda-arch 90"]
+    assert missing_builds({"default": (DEFAULT, PROBE), "force-cublas": (CUBLAS, PROBE)}) == []
+    assert missing_builds({"default": (DEFAULT, PASCAL)}) == [
+        "tuner build --variant force-cublas --cuda-arch 61",
+        "tuner build --variant force-mmq --cuda-arch 61"]
+    cpu = DEFAULT.model_copy(update={"cuda": False})
+    assert missing_builds({"installed": (cpu, "")}) == []
+    notes = Notes()
+    _without_redundant_builds({"installed": probe("installed", DEFAULT)}, explicit=False,
+                              events=notes)  # type: ignore[arg-type]
+    assert notes.lines == ["a kernel build that can change this GPU's kernels is not built: "
+                           "`tuner build --variant force-cublas --cuda-arch 90` makes it from the "
+                           "installed version's source (minutes); the next sweep then tries it"]

@@ -12,7 +12,7 @@ from typing import Any, Protocol, cast
 
 from tuner.builds import catalog as builds_mod
 from tuner.builds.buildinfo import BuildFlags, fa_supports, parse_system_info
-from tuner.builds.selection import redundant_builds
+from tuner.builds.selection import missing_builds, redundant_builds
 from tuner.deploy.prodconfig import WrittenConfig, check_out, write_production
 from tuner.deploy.servedfinal import choose
 from tuner.deploy.servedmeasure import measure_served
@@ -147,7 +147,13 @@ def _without_redundant_builds(probes: dict[str, BuildProbe], explicit: bool,
     """The builds worth trials on this GPU: one that would run another's kernels
     (builds/selection.py) is left out of a discovered set, said once; a space file that names it
     keeps it, with the same note."""
-    same = redundant_builds({n: (p.flags, p.hello.log) for n, p in probes.items()})
+    evidence = {n: (p.flags, p.hello.log) for n, p in probes.items()}
+    same = redundant_builds(evidence)
+    if not explicit:
+        for command in missing_builds(evidence):
+            events.note(f"a kernel build that can change this GPU's kernels is not built: "
+                        f"`{command}` makes it from the installed version's source (minutes); "
+                        "the next sweep then tries it")
     for name, why in same.items():
         events.note(f"build {name}: {why}; " + (
             "kept because the space names it" if explicit else "its trials are left out"))
