@@ -40,6 +40,16 @@ def test_a_drifted_worker_widens_the_margin() -> None:
     assert [r.number for r in wide] == [0, 1, 2]
 
 
+def test_an_unstable_trial_is_judged_by_its_fastest_repetition() -> None:
+    # #1 and #2 have the same median, 8% behind; #1's repetitions spread 20% (a level change
+    # mid-trial), and its fastest one is within 3% of the best: the finalists settle it.
+    recs = [make_record(0, request_s=1.00), make_record(1, request_s=1.08, spread=0.20, n_batch=1024),
+            make_record(2, request_s=1.08, n_batch=2048)]
+    assert recs[1].measurement is not None and recs[1].measurement.unstable
+    chosen = select(recs, {r.spec_key for r in recs}, [], FinalistOptions(top=1, within=0.03))
+    assert [r.number for r in chosen] == [0, 1]
+
+
 def test_select_ignores_settings_outside_the_plan_and_caps_the_count() -> None:
     recs = [make_record(i, request_s=1.0 + i * 0.001, n_batch=512 * (i + 1)) for i in range(10)]
     planned = {r.spec_key for r in recs[1:]}
