@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from tuner.results.records import TrialRecord
 from tuner.settings import SETTINGS
 from tuner.specs import Frozen, TrialSpec
+
+if TYPE_CHECKING:  # pandas takes 0.35 s to import: only where a frame is built
+    import pandas as pd
 
 # The settings a sweep varies, as report columns: name -> value of a spec (tuner/settings.py).
 DIMENSIONS: dict[str, Callable[[TrialSpec], Any]] = {
@@ -38,6 +39,8 @@ def frame(records: list[TrialRecord]) -> pd.DataFrame:
             "gpu_mib": m.gpu_peak_mib if m.gpu_peak_mib is not None else math.nan,
             "verified": r.usable, "depth": m.prompt_tokens,
         })
+    import pandas as pd
+
     return pd.DataFrame(data, columns=cols)
 
 
