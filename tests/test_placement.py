@@ -233,9 +233,11 @@ def test_tolerant_of_any_text() -> None:
 
 def test_quick_on_a_long_log() -> None:
     text = CUDA_LOG * 20  # over 60,000 lines: twenty loads, the last one counts
-    t0 = time.perf_counter()
+    # A guard against a parse that grows faster than the log (0.36 s of CPU here), read as this
+    # process's CPU time: tests side by side stretch the wall clock, not the work done.
+    t0 = time.process_time()
     ev = parse_load_log(text)
-    assert time.perf_counter() - t0 < 3.0
+    assert time.process_time() - t0 < 3.0
     assert len(ev.layer_devices) == 33 and ev.model_buffers_mib["CUDA0"] == 3577.56
 
 
