@@ -39,10 +39,12 @@ def test_each_broken_file_is_one_line_naming_its_problem(
     if case == "no_read_permission" and IS_ROOT:
         pytest.skip("root reads a chmod-000 file; checked as nobody in the test below")
     path = malformed_models[case]
-    started = time.perf_counter()
+    # The bounds in this file guard against reading or allocating by a corrupt count: CPU
+    # time of this process, which tests running side by side do not stretch.
+    started = time.process_time()
     with pytest.raises(BadModel) as caught:
         check_model(path)
-    assert time.perf_counter() - started < 2  # no reading or allocating by a corrupt count
+    assert time.process_time() - started < 2  # no reading or allocating by a corrupt count
     assert_one_line_naming(caught.value, path, PROBLEMS[case])
 
 
@@ -108,9 +110,9 @@ def test_tiny_model_matches_what_gguf_reads(tiny_model: Path) -> None:
 
 def test_smollm2_as_shipped(smollm2_path: Path) -> None:
     """Values read once with gguf's GGUFReader (which takes seconds on this vocabulary)."""
-    started = time.perf_counter()
+    started = time.process_time()
     info = check_model(smollm2_path)
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     assert info.architecture == "llama" and info.n_layers == 30
     assert info.context_length == 8192 and info.file_type == 3  # MOSTLY_Q4_1
     assert info.name and "smollm2" in info.name.lower()
@@ -124,9 +126,9 @@ def test_full_size_8b_header_is_read_fast(tmp_path: Path) -> None:
     """A 15 GiB llama3-8b file (sparse: header real, data a hole) with a 128k vocabulary."""
     shape = SHAPES["llama3-8b"]
     path = write_llama(tmp_path / "llama3-8b-sparse.gguf", **shape, sparse=True)
-    started = time.perf_counter()
+    started = time.process_time()
     info = check_model(path)
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     e, v, f, layers = shape["n_embd"], shape["n_vocab"], shape["n_ff"], shape["n_layer"]
     kv = e // shape["n_head"] * shape["n_head_kv"]
     f16 = 2 * v * e + layers * (2 * e * e + 2 * kv * e + 3 * f * e)
@@ -165,7 +167,7 @@ def test_random_damage_is_a_bad_model_or_harmless(tiny_model: Path, tmp_path: Pa
         else:
             del data[rng.randrange(len(original)):]
         target.write_bytes(bytes(data))
-        started = time.perf_counter()
+        started = time.process_time()
         try:
             check_model(target)
             outcomes["passed"] += 1
@@ -173,5 +175,5 @@ def test_random_damage_is_a_bad_model_or_harmless(tiny_model: Path, tmp_path: Pa
         except BadModel as e:
             outcomes["bad"] += 1
             assert "\n" not in e.message and "Traceback" not in e.message
-        assert time.perf_counter() - started < 1
+        assert time.process_time() - started < 1
     assert outcomes["bad"] > 200  # the damage was real
