@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from tuner.errors import TunerError
 from tuner.evidence.placement import expect, parse_load_log, verify
-from tuner.results.records import ServedFigures, Stat
+from tuner.results.records import ServedFigures, Stat, widest_spread
 from tuner.results.trialrecord import UNSTABLE_SPREAD
 from tuner.specs import TrialSpec
 from tuner.worker.logcapture import read_tail
@@ -106,10 +106,9 @@ def figures(runs: list[dict[str, Any]], *, source: Literal["worker", "server"],
         gen = Stat.of([(gen_tokens - 1) / r["gen_s"] for r in runs])
     ttft = Stat.of([r["ttft_s"] for r in runs])
     request = Stat.of([r["request_s"] for r in runs])
-    spreads = [s.rel_spread for s in (ttft, gen, request) if s is not None]
     return ServedFigures(
         source=source, requests=len(runs), warmup=warmup, prompt_tokens=prompt_tokens,
         gen_tokens=gen_tokens, n_threads=n_threads, n_threads_batch=n_threads_batch,
         ttft_s=ttft, gen_tps=gen, request_s=request, max_prefix_reuse=max_prefix_reuse,
-        unstable=any(s > UNSTABLE_SPREAD for s in spreads),
+        unstable=widest_spread(ttft, gen, request) > UNSTABLE_SPREAD,
         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -4,7 +4,7 @@ sentinel re-measures each worker's first trial at its end). Flagged, not hidden 
 
 from __future__ import annotations
 
-from tuner.results.records import TrialRecord, WorkerDrift
+from tuner.results.records import TrialRecord, WorkerDrift, widest_spread
 
 
 def _pct(x: float | None) -> str:
@@ -40,8 +40,7 @@ def instability(record: TrialRecord, drifts: list[WorkerDrift] | None = None) ->
         return []
     out: list[str] = []
     if m.unstable:
-        spread = max(m.request_seconds.rel_spread, m.pp_tps.rel_spread,
-                     m.tg_tps.rel_spread if m.tg_tps else 0.0)
+        spread = widest_spread(m.request_seconds, m.pp_tps, m.tg_tps)
         out.append(f"unstable: repetitions spread {spread * 100:.0f}% (rerun on a quiet machine)")
     if m.throttled:
         reasons: list[str] = []

@@ -50,6 +50,11 @@ class Stat(Frozen):
         return (self.max - self.min) / self.median if self.median else 0.0
 
 
+def widest_spread(*stats: Stat | None) -> float:
+    """The largest ``rel_spread`` among ``stats`` (None skipped; 0.0 when none)."""
+    return max((s.rel_spread for s in stats if s is not None), default=0.0)
+
+
 class Measurement(Frozen):
     prompt_tokens: int
     gen_tokens: int

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from tuner.builds.buildinfo import BuildFlags, find_system_info
 from tuner.evidence.opplacement import OpSummary, check_ops
 from tuner.evidence.placement import expect, is_full_offload, parse_load_log, verify
-from tuner.results.records import Environment, Measurement, Stat, TrialRecord, Verification
+from tuner.results.records import Environment, Measurement, Stat, TrialRecord, Verification, widest_spread
 from tuner.specs import TrialSpec, Workload
 from tuner.worker.outcome import Outcome
 from tuner.worker.protocol import Measured
@@ -46,8 +46,7 @@ def measurement(data: Measured, wl: Workload, load_seconds: float) -> Measuremen
         gpu_total_mib=data.gpu_total_mib,
         # Each phase on its own: a prompt phase that changed level between repetitions hides
         # in a request time that generation dominates (run 11 of docs/benchmarks.md).
-        unstable=max(req_stat.rel_spread, pp_stat.rel_spread,
-                     tg_stat.rel_spread if tg_stat else 0.0) > UNSTABLE_SPREAD,
+        unstable=widest_spread(req_stat, pp_stat, tg_stat) > UNSTABLE_SPREAD,
         clocks=clocks,
         throttled=throttled,
         warmups=data.warmups,
