@@ -17,15 +17,16 @@ from __future__ import annotations
 import re
 
 from tuner.builds.buildinfo import BuildFlags, variant_of
+from tuner.evidence.placement import DEVICE_LINE
 
 TURING = 750  # GGML_CUDA_CC_TURING: compute capability x 100
-_DEVICE_CC = re.compile(r"^\s*Device \d+: .*?, compute capability (\d+)\.(\d+)", re.M)
 
 
 def compute_capabilities(log: str) -> list[int]:
     """Each CUDA device's compute capability (x 100: 9.0 -> 900) from the lines the CUDA backend
     prints when it starts (``Device 0: NVIDIA H100 80GB HBM3, compute capability 9.0, ...``)."""
-    return [int(a) * 100 + int(b) * 10 for a, b in _DEVICE_CC.findall(log)]
+    found = (DEVICE_LINE.match(line) for line in log.splitlines())
+    return [int(m.group(3)) * 100 + int(m.group(4)) * 10 for m in found if m and m.group(3)]
 
 
 def _arch(text: str) -> int | None:

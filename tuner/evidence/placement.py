@@ -33,7 +33,8 @@ from tuner.evidence.gpusplit import (
 )
 from tuner.specs import Frozen, TrialSpec, Workload
 
-_DEVICE = re.compile(r"^\s+Device (\d+): (.+?)(?:, compute capability.*)?$")
+# The CUDA backend's device lines: index, name and, where printed, the compute capability.
+DEVICE_LINE = re.compile(r"^\s+Device (\d+): (.+?)(?:, compute capability (\d+)\.(\d+).*)?$")
 _LAYER = re.compile(r"^\s*layer\s+(\d+) assigned to device ([^\s,]+)")
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 _BUFFER = re.compile(r"^\s*(\S+)\s+(model |KV |compute )?buffer size\s*=\s*([\d.]+) MiB")
@@ -131,7 +132,7 @@ def parse_load_log(text: str) -> PlacementEvidence:
             ctx[m.group(1)] = int(m.group(2))
         elif colon and head in _CONTEXT_HEADS and (m := _FLASH.match(rest)):
             flash = m.group(1).lower()
-        elif line.startswith("  Device ") and (m := _DEVICE.match(line)):
+        elif line.startswith("  Device ") and (m := DEVICE_LINE.match(line)):
             devices[int(m.group(1))] = m.group(2).strip()
         elif colon and "compute buffer size" in rest and (m := _BUFFER.match(rest)):
             _add(compute_buf, m.group(1), m.group(3), replace=True)
