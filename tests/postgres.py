@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.server_run import free_port
 
 INSTALL = "run .ci/run, or apt-get install -y postgresql (Debian)"
 _db_numbers = itertools.count()
@@ -39,12 +40,6 @@ def pg_bindir() -> Path | None:
             candidates.append(Path(initdb).resolve().parent)
     return next((c for c in candidates if (c / "initdb").is_file() and (c / "pg_ctl").is_file()),
                 None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -24,7 +24,8 @@ import yaml
 
 from tests import fault_tally
 from tests.cli_run import REPO, one_line_error, tuner
-from tests.postgres import PgServer, free_port
+from tests.postgres import PgServer
+from tests.server_run import free_port
 from tests.spaces import write_space
 from tuner.deploy.prodconfig import validate
 
