@@ -1,4 +1,4 @@
-"""The tuner against llama-bench over a whole sweep's space, on a CUDA machine, in the same
+"""The tuner against llama-bench over a whole sweep's space (or several sweeps' of one model), on a CUDA machine, in the same
 machine session: for every setting the sweep measured, llama-bench of the same build runs
 pp<P> at depth 0 and tg<G> at depth P (the sweep's workload) with the same batch sizes, flash
 attention and KV types, one llama-bench process per setting and test.
@@ -15,7 +15,8 @@ process's median (a slow process counts once, not as the reference).
 Prints, last, three checks and a table: every config of the tuner's top 10 within 3% of
 llama-bench in prompt and generation speed; the tuner's final choice (the finalists' winner)
 within 2% of llama-bench's best request time over the space; the drift sentinel of every worker.
-Writes fidelity_space.json with every figure and the llama-bench command lines."""
+Writes fidelity_space.json (for the first --results; fidelity_space-<folder>.json for the others)
+with every figure and the llama-bench command lines."""
 
 from __future__ import annotations
 
@@ -61,7 +62,9 @@ def llama_bench(binary: Path, lib: Path, model: Path, batches: list[int], ubatch
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--results", type=Path, required=True)
+    ap.add_argument("--results", type=Path, required=True, action="append",
+                    help="a study's results folder; repeat for several studies of the same model "
+                    "and workload (one llama-bench pass covers the union of their settings)")
     ap.add_argument("--builds", type=Path, default=Path("builds"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--reps", type=int, default=3)
@@ -69,24 +72,20 @@ def main() -> None:
                     help="fresh llama-bench processes per test for the compared configs")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    store = require_study(default_storage(a.results))
-    study = store.name
-    records = [r for r in store.records() if r.usable]
-    # llama-bench's best is sought over every setting the sweep tried, pruned ones included.
-    tried = [r for r in store.records() if r.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    stores = [require_study(default_storage(r)) for r in a.results]
+    every_record = [r for s in stores for r in s.records()]
+    # llama-bench's best is sought over every setting the sweeps tried, pruned ones included.
+    tried = [r for r in every_record if r.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    usable = [r for r in every_record if r.usable]
     label_of = {key_of(r): r.spec.label() for r in tried}
-    wl = records[0].workload
+    wl = usable[0].workload
     P, G = wl.prompt_tokens, wl.gen_tokens
-    groups: dict[tuple[str, bool, str, str], set[tuple[int, int]]] = defaultdict(set)
     # llama-bench runs with the CPU threads the tuner's workers ran with (they record them).
-    threads = next((r.measurement.threads for r in records
+    threads = next((r.measurement.threads for r in usable
                     if r.measurement and r.measurement.threads), None)
-    for r in tried:
-        b, nb, nu, fa, tk, tv = key_of(r)
-        groups[(b, fa, tk, tv)].add((nb, nu))
     # Per config and side ("pp", "tg"): each llama-bench process's median of its repetitions.
     per_proc: dict[Key, dict[str, list[float]]] = defaultdict(lambda: {"pp": [], "tg": []})
-    commands = []
+    commands: list[str] = []
 
     def measure(k: Key) -> None:
         build, nb, nu, fa, tk, tv = k
@@ -114,17 +113,35 @@ def main() -> None:
         b = bench_of(k)
         return P / b["pp"] + G / b["tg"] if "pp" in b and "tg" in b else float("inf")
 
-    # Pass 2, the compared configs: more fresh processes, interleaved (A B C ... A B C).
-    final = store.finalists()
-    by_objective = sorted(records, key=lambda r: r.objective or float("inf"))
-    compared = [key_of(r) for r in by_objective[:10]]
-    compared += sorted(space, key=lb_request)[:3]
-    if final:
-        compared += [key_of(r) for r in records if r.number == final.winner_trial]
+    # Pass 2, the compared configs of every study: more fresh processes, interleaved
+    # (A B C ... A B C).
+    compared: list[Key] = sorted(space, key=lb_request)[:3]
+    for store in stores:
+        records = [r for r in store.records() if r.usable]
+        by_objective = sorted(records, key=lambda r: r.objective or float("inf"))
+        compared += [key_of(r) for r in by_objective[:10]]
+        final = store.finalists()
+        if final:
+            compared += [key_of(r) for r in records if r.number == final.winner_trial]
     compared = list(dict.fromkeys(compared))
     for _ in range(a.procs - 1):
         for k in compared:
             measure(k)
+    a.first_store = stores[0]
+    for results, store in zip(a.results, stores):
+        report(results, store, a, P, G, threads, space, bench_of, lb_request, label_of, tried,
+               per_proc, compared, commands)
+
+
+def report(results: Path, store: Any, a: argparse.Namespace, P: int, G: int, threads: int | None,
+           space: list[Key], bench_of: Any, lb_request: Any, label_of: dict[Key, str],
+           tried: list[TrialRecord], per_proc: dict[Key, dict[str, list[float]]],
+           compared: list[Key], commands: list[str]) -> None:
+    """One study's checks against the llama-bench figures: fidelity-<folder>.md and
+    fidelity_space[-<folder>].json (the first study's json keeps the plain name)."""
+    study = store.name
+    records = [r for r in store.records() if r.usable]
+    final = store.finalists()
     bench = {k: bench_of(k) for k in space}
     table: list[dict[str, Any]] = []
     for r in records:
@@ -149,13 +166,24 @@ def main() -> None:
     top = table[:10]
     worst_top = max(max(abs(t["pp_diff"]), abs(t["tg_diff"] or 0)) for t in top)
     best_key = min(space, key=lb_request)
+    own = [r for r in store.records() if r in tried]
     lb_best = {"key": list(best_key), "label": label_of[best_key], "lb_request_s": lb_request(best_key),
-               "trial": next(r.number for r in tried if key_of(r) == best_key)}
+               "trial": next((r.number for r in own if key_of(r) == best_key), None)}
+    # The finalists' own figures (fresh workers, interleaved) against llama-bench's.
+    by_trial = {r.number: r for r in records}
+    fin_rows = []
+    for f in (final.finalists if final else []):
+        lb = bench.get(key_of(by_trial[f.trial]), {}) if f.trial in by_trial else {}
+        if "pp" in lb and "tg" in lb and f.tg_tps is not None:
+            fin_rows.append({"trial": f.trial, "label": f.label, "rounds": f.rounds,
+                             "pp": f.pp_tps.value, "tg": f.tg_tps.value, "lb_pp": lb["pp"],
+                             "lb_tg": lb["tg"], "pp_diff": f.pp_tps.value / lb["pp"] - 1,
+                             "tg_diff": f.tg_tps.value / lb["tg"] - 1})
     chosen = next(t for t in table if final and t["trial"] == final.winner_trial) if final \
         else table[0]
     choice_gap = chosen["lb_request_s"] / lb_best["lb_request_s"] - 1
     drifts = store.drifts()
-    lines = [f"## {study}: tuner vs llama-bench (same builds, same session), "
+    lines = [f"## {study} ({results}): tuner vs llama-bench (same builds, same session), "
              f"pp{P} @ depth 0 and tg{G} @ depth {P}, medians of {a.reps} repetitions, "
              f"{threads or 'default'} CPU threads; llama-bench of the compared configs: median "
              f"over {a.procs} fresh processes (others: 1)", "",
@@ -181,7 +209,12 @@ def main() -> None:
               f"{choice_gap * 100:+.2f}% (goal <= 2%; llama-bench ran all {len(space)} settings "
               "the sweep tried, pruned ones included)"]
     if final:
-        lines.append(f"finalists: {final.reason}")
+        lines += [f"finalists: {final.reason}", "",
+                  "| finalist | settings | rounds | pp t/s (fresh workers) | llama-bench pp | diff "
+                  "| tg t/s | llama-bench tg | diff |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| #{f['trial']} | {f['label']} | {f['rounds']} | {f['pp']:,.0f} | "
+                  f"{f['lb_pp']:,.0f} | {f['pp_diff'] * 100:+.1f}% | {f['tg']:,.1f} | "
+                  f"{f['lb_tg']:,.1f} | {f['tg_diff'] * 100:+.1f}% |" for f in fin_rows]
     lines += ["", "| worker | trials | first | pp start -> end | tg start -> end | drift pp / tg "
               "| noise | significant |", "|---|---|---|---|---|---|---|---|"]
     for d in drifts:
@@ -192,13 +225,18 @@ def main() -> None:
     throttled = sum(1 for t in table if t["throttled"])
     lines += ["", f"{len(drifts)} workers, {sum(d.significant for d in drifts)} drifted beyond "
               f"noise; {throttled} trials measured while throttled"]
-    (a.out / "fidelity_space.json").write_text(json.dumps({
-        "study": study, "table": table, "commands": commands, "procs": a.procs,
+    # Two sweeps of one model and workload share a study name: their folders tell them apart.
+    tag = results.name
+    name = "fidelity_space.json" if store is a.first_store else f"fidelity_space-{tag}.json"
+    (a.out / name).write_text(json.dumps({
+        "study": study, "table": table, "finalist_figures": fin_rows,
+        "space": [{"key": list(k), "label": label_of[k], "lb_request_s": lb_request(k),
+                   **bench_of(k)} for k in space], "commands": commands, "procs": a.procs,
         "compared": [list(k) for k in compared], "top10_worst": worst_top,
         "all_worst": every, "choice_gap": choice_gap, "chosen": chosen, "lb_best": lb_best,
         "finalists": final.model_dump(mode="json") if final else None,
         "drift": [d.model_dump(mode="json") for d in drifts]}, indent=1))
-    (a.out / f"fidelity-{study}.md").write_text("\n".join(lines) + "\n")
+    (a.out / f"fidelity-{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

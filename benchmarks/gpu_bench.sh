@@ -8,6 +8,8 @@
 # `tuner sweep` with the DEFAULT space (every build found x n_batch x n_ubatch x flash attention x
 # KV type) at 2048 + 128 tokens, then benchmarks/fidelity_space.py: llama-bench of the same
 # builds over every setting the sweep measured, in the same machine session.
+# GRID_COMPARE=1: per model, after the default sweep and its llama-bench pass, the exhaustive
+# grid sweep and benchmarks/search_compare.py (issue 11's 98% / 25% goal).
 # Needs: nvcc, cmake, ninja, python3 with numpy/pandas/rich/pyyaml/scipy/scikit-build-core and
 # nvidia-ml-py; missing Python packages as wheels in .whl/ (see docs/benchmarks.md).
 # MULTI_GPU=1 (with GPUS=0,1 and MODELS="throughput-model split-model"): instead of the sweeps,
@@ -69,6 +71,14 @@ t = time.time(); quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}');
   done
 }
 
+sweep() {  # model, study name, extra sweep arguments: one `tuner sweep` at 2048 + 128 tokens
+  local m=$1 name=$2 s=$SECONDS; shift 2
+  python3 -m tuner.cli sweep --model "$(path_of "$m")" --prompt-tokens 2048 --gen-tokens 128 \
+    --results "$BENCH/results-$name" --out "$BENCH/out/$name/production.yaml" --builds builds "$@" \
+    > "$BENCH/sweep-$name.log" 2>&1
+  echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name.log"
+}
+
 run() {
   export PYTHONPATH=/tmp/site:$PWD
   prepare || return 1
@@ -101,26 +111,18 @@ PY
   for m in $MODELS; do
     name=${m/:/-}
     phase "sweep $m"
-    s=$SECONDS; python3 -m tuner.cli sweep --model "$(path_of "$m")" \
-      --prompt-tokens 2048 --gen-tokens 128 --results "$BENCH/results-$name" \
-      --out "$BENCH/out/$name/production.yaml" --builds builds ${SWEEP_ARGS:-} \
-      > "$BENCH/sweep-$name.log" 2>&1
-    echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name.log"
+    sweep "$m" "$name" ${SWEEP_ARGS:-}
     [ -n "${NO_FIDELITY:-}" ] && continue  # the sweep alone (e.g. a sampler's time and trials)
-    phase "llama-bench over the space $m"
-    python3 benchmarks/fidelity_space.py --model "$(path_of "$m")" \
-      --results "$BENCH/results-$name" --builds builds --out "$BENCH/out/$name" \
-      > "$BENCH/fidelity-$name.log" 2>&1
+    phase "llama-bench over the space $m"  # right after the sweep: the machine's level moves
+    python3 benchmarks/fidelity_space.py --model "$(path_of "$m")" --results "$BENCH/results-$name" \
+      --builds builds --out "$BENCH/out/$name" > "$BENCH/fidelity-$name.log" 2>&1
     echo "fidelity exit $?" >> "$BENCH/fidelity-$name.log"
-    if [ -n "${SEARCH_COMPARE:-}" ]; then  # the model-based sampler against this grid
-      phase "tpe sweep $m"
-      s=$SECONDS; python3 -m tuner.cli sweep --model "$(path_of "$m")" --sampler tpe \
-        --prompt-tokens 2048 --gen-tokens 128 --results "$BENCH/results-$name-tpe" \
-        --out "$BENCH/out/$name-tpe/production.yaml" --builds builds > "$BENCH/sweep-$name-tpe.log" 2>&1
-      echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name-tpe.log"
-      python3 benchmarks/search_compare.py --grid-results "$BENCH/results-$name" \
-        --grid-fidelity "$BENCH/out/$name/fidelity_space.json" --grid-log "$BENCH/sweep-$name.log" \
-        --tpe-results "$BENCH/results-$name-tpe" --tpe-log "$BENCH/sweep-$name-tpe.log" \
+    if [ -n "${GRID_COMPARE:-}" ]; then  # the exhaustive grid, against llama-bench's pass above
+      phase "grid sweep $m"
+      sweep "$m" "$name-grid" --sampler grid
+      python3 benchmarks/search_compare.py --grid-results "$BENCH/results-$name-grid" \
+        --grid-fidelity "$BENCH/out/$name/fidelity_space.json" --grid-log "$BENCH/sweep-$name-grid.log" \
+        --tpe-results "$BENCH/results-$name" --tpe-log "$BENCH/sweep-$name.log" \
         --out "$BENCH/out/$name" > "$BENCH/compare-$name.log" 2>&1
       echo "compare exit $?" >> "$BENCH/compare-$name.log"
     fi

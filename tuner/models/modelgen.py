@@ -51,6 +51,11 @@ SHAPES: dict[str, Shape] = {
     # Llama 3.2 3B: 24:8 grouped-query attention, a 128k-token vocabulary, a narrow FFN.
     "llama3.2-3b": Shape(n_layer=28, n_embd=3072, n_head=24, n_head_kv=8, n_ff=8192,
                          n_vocab=128256, context_length=131072),
+    # Qwen2.5 3B (36 layers, 16:2) and Mistral 7B (32 layers, 32:8, a 32k vocabulary, a wide FFN).
+    "qwen2.5-3b": Shape(n_layer=36, n_embd=2048, n_head=16, n_head_kv=2, n_ff=11008,
+                        n_vocab=151936, context_length=32768),
+    "mistral-7b": Shape(n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336,
+                        n_vocab=32768, context_length=32768),
     "llama2-7b": Shape(n_layer=32, n_embd=4096, n_head=32, n_head_kv=32, n_ff=11008,
                        n_vocab=32000, context_length=4096),
 }
