@@ -15,7 +15,7 @@ from pathlib import Path
 
 # What a Python process needs to start and to load the llama library (and CUDA's) on this host.
 PASSED = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LD_LIBRARY_PATH")
-PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # the folder holding tuner/
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding tuner/ (tuner/machine/this)
 
 
 def child_env(lib_dir: str | None) -> dict[str, str]:
