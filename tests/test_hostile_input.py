@@ -177,10 +177,19 @@ def test_unwritable_out_folder_refused_before_any_trial(tiny_model: Path) -> Non
 
 
 # -- 5. damaged or unusable stores ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def done_template(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real paused study (1 trial of 2 settings), made once per module."""
+    root = tmp_path_factory.mktemp("done")
+    space = write_space(root / "s.yaml", n_batch=[16, 32], n_ubatch=[16])
+    assert sweep(tiny_model, root, "--space", space, "--trials", 1).returncode == 0
+    return root
+
+
 @pytest.fixture()
-def done_study(tiny_model: Path, tmp_path: Path) -> Path:
-    space = write_space(tmp_path / "s.yaml", n_batch=[16, 32], n_ubatch=[16])
-    assert sweep(tiny_model, tmp_path, "--space", space, "--trials", 1).returncode == 0
+def done_study(done_template: Path, tmp_path: Path) -> Path:
+    """A copy of that study for one test to damage (the SQLite file and the folder it sits in)."""
+    shutil.copytree(done_template, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 

@@ -101,15 +101,14 @@ def check_config(root: Path, all_trials: list[optuna.trial.FrozenTrial],
     assert config["models"][0]["n_batch"] == setting(best)[0], (config, best.user_attrs)
 
 
-@pytest.mark.parametrize("n", [3, 4])
+@pytest.mark.parametrize("n", [3])  # 4 raced the same way and cost 40 CPU-seconds more
 def test_sweeps_share_one_study(n: int, storage_url: str, tiny_model: Path,
                                 tmp_path: Path) -> None:
     """N sweeps started together on an empty storage (they race on creating the tables, the
-    study and the claims table too) split the grid: every setting once, one config. With three,
-    the finalists run too (one round, no server): decided and re-measured by one sweep only."""
+    study and the claims table too) split the grid: every setting once, one config. The
+    finalists run too (one round, no server): decided and re-measured by one sweep only."""
     case = f"{n} sweeps on {storage_url.partition(':')[0].split('+')[0]}"
-    finalists = n == 3
-    args = sweep_args(tiny_model, tmp_path, storage_url, rounds=int(finalists))
+    args = sweep_args(tiny_model, tmp_path, storage_url, rounds=1)
     procs = [start(args) for _ in range(n)]
     outs = [(p.wait(timeout=400), *p.communicate()) for p in procs]
     crashed = sum(1 for rc, _, se in outs if rc != 0 or "Traceback" in se)
@@ -124,11 +123,9 @@ def test_sweeps_share_one_study(n: int, storage_url: str, tiny_model: Path,
     assert sum(run_now) == len(GRID), run_now
     writers = [so + se for _, so, se in outs if "wrote " in so]
     assert len(writers) == 1, [so for _, so, _ in outs]
-    winner = None
-    if finalists:
-        deciders = [so + se for _, so, se in outs if "winner #" in so + se]
-        assert deciders == writers, [so + se for _, so, se in outs]
-        winner = int(deciders[0].split("winner #")[1].split(":")[0])
+    deciders = [so + se for _, so, se in outs if "winner #" in so + se]
+    assert deciders == writers, [so + se for _, so, se in outs]
+    winner = int(deciders[0].split("winner #")[1].split(":")[0])
     check_config(tmp_path, all_trials, winner)
 
 

@@ -103,7 +103,7 @@ def test_report_while_a_sweep_writes(tiny_model: Path, tmp_path: Path) -> None:
     timeout: so the reader is sure to read the study part-written, not only before and after."""
     root = tmp_path / "run"
     batches = [16, 32, 48, 64, 80, 96, 112, 128]
-    proc = start(sweep_args(tiny_model, root, "--trial-timeout", "20", n_batch=batches,
+    proc = start(sweep_args(tiny_model, root, "--trial-timeout", "12", n_batch=batches,
                             n_ubatch=[16]),
                  env={"TUNER_FAULTS": "hang@measure:n_batch=80"})
     counts: list[int] = []
@@ -120,6 +120,7 @@ def test_report_while_a_sweep_writes(tiny_model: Path, tmp_path: Path) -> None:
             assert not counts, "results that were there vanished"  # nothing stored yet
         else:
             reader_errors.append(rep.stderr[-2000:])
+        time.sleep(0.5)  # each read is a whole `tuner report` process: a CPU-second
     out, err = proc.communicate(timeout=60)
     final = records(root)
     lost = GRID - len({r.spec_key for r in final})

@@ -127,6 +127,9 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
             sys.exit(run_per_gpu(without_gpus(RAW_ARGS), ids))
         os.environ.update(gpu_env(ids[0]))  # this sweep's workers inherit it
 
+    from tuner.models.modelcheck import check_model
+
+    check_model(model)  # a bad model is refused before the sweep's machinery (optuna...) loads
     from tuner.reports.render import SweepProgress, print_sweep_result
     from tuner.search.finalists import FinalistOptions
     from tuner.search.sampler import StopRule

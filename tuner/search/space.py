@@ -137,11 +137,14 @@ def grid(space: Space, device: Device, workload: Workload,
                             "with one --study each")
     specs: list[TrialSpec] = []
     seen: set[tuple] = set()
+    models: dict[tuple, Any] = {}
     p = max(workload.prompt_tokens, 1)
-    for combo in itertools.product(*(space.values(s) for s in SPACE_SETTINGS)):
+    # Each value's fields once, not once per combination.
+    choices = [[(s.level, s.fields_of(v)) for v in space.values(s)] for s in SPACE_SETTINGS]
+    for combo in itertools.product(*choices):
         fields: dict[str, dict] = {"model": {"device": device}, "context": {}}
-        for s, value in zip(SPACE_SETTINGS, combo):
-            fields[s.level].update(s.fields_of(value))
+        for level, value_fields in combo:
+            fields[level].update(value_fields)
         cs = fields["context"]
         if cs["n_ubatch"] > cs["n_batch"]:
             continue
@@ -159,9 +162,14 @@ def grid(space: Space, device: Device, workload: Workload,
         if same in seen:
             continue
         seen.add(same)
-        specs.append(TrialSpec(model=ModelSettings.model_validate(fields["model"]),
-                               context=ContextSettings.model_validate(cs)))
+        raw = tuple(sorted(fields["model"].items()))
+        if raw not in models:  # one ModelSettings per worker setting: spaces can be 100k
+            models[raw] = ModelSettings.model_validate(fields["model"])
+        specs.append(TrialSpec(model=models[raw], context=ContextSettings.model_validate(cs)))
     # Grouped by worker settings (one model load each), the baseline first within each group.
-    order = {k: i for i, k in enumerate(dict.fromkeys(s.model.worker_key() for s in specs))}
-    specs.sort(key=lambda s: (order[s.model.worker_key()], not is_baseline_context(s.context)))
+    worker_keys = {id(m): m.worker_key() for m in models.values()}
+    order = {k: i for i, k in enumerate(dict.fromkeys(worker_keys[id(s.model)] for s in specs))}
+    baseline = BASELINE.model_dump(exclude={"n_threads"})
+    specs.sort(key=lambda s: (order[worker_keys[id(s.model)]],
+                              s.context.model_dump(exclude={"n_threads"}) != baseline))
     return specs
