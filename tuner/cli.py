@@ -20,6 +20,7 @@ from tuner.errors import BadInput, TunerError
 from tuner.machine.interrupt import MESSAGE as INTERRUPTED, Interrupted, terminable
 
 if TYPE_CHECKING:  # click.Choice checks these values; the modules load lazily
+    from tuner.search.pareto import Objective
     from tuner.search.sampler import SamplerName
     from tuner.specs import Device
 
@@ -104,13 +105,18 @@ def cli(debug: bool) -> None:
 @click.option("--max-vram", "max_vram", type=click.FloatRange(min=0, min_open=True),
               default=None, metavar="MIB", callback=lambda _c, _p, v: _finite("--max-vram", v),
               help="GPU memory cap: trials above it are infeasible, never the config.")
+@click.option("--objective", type=click.Choice(["request", "pareto"]), default="request",
+              show_default=True,
+              help="What the search seeks: request: the shortest request at the workload; "
+                   "pareto: the front of prompt speed, generation speed and GPU memory (the "
+                   "config is still the fastest request among the front's finalists).")
 def sweep(model: Path, device: Device, trials: int | None, space: Path | None, prompt_tokens: int,
           gen_tokens: int, n_ctx: int, repetitions: int, warmup: int, results_dir: Path,
           study: str | None, storage: str | None, out: Path, builds_dir: Path,
           trial_timeout: float, trials_per_worker: int, sentinel: bool,
           sampler: SamplerName, patience: int | None, timeout_s: float | None, seed: int,
           finalist_rounds: int, served_requests: int, gpus: str | None, prune: bool | None,
-          max_vram: float | None) -> None:
+          max_vram: float | None, objective: Objective) -> None:
     """Try llama.cpp settings on MODEL, verify each trial's placement from llama.cpp's load
     log, store every trial, and write the best verified settings to --out.
 
@@ -146,7 +152,7 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
                                                    max_rounds=2 * finalist_rounds),
                         served_requests=served_requests, sampler=sampler, seed=seed,
                         stop=StopRule(patience=patience, timeout_s=timeout_s), prune=prune,
-                        max_vram_mib=max_vram)
+                        max_vram_mib=max_vram, objective=objective)
     with terminable(), SweepProgress(out) as progress:
         result = run_sweep(opts, progress)
     print_sweep_result(out, result)

@@ -115,16 +115,14 @@ def importance(records: list[TrialRecord]) -> dict[str, float]:
 
 def pareto(records: list[TrialRecord]) -> pd.DataFrame:
     """The trials no other trial beats on every axis: higher prompt speed, higher generation
-    speed and lower GPU memory (memory left out where it was not measured, e.g. on a CPU)."""
+    speed and lower GPU memory (memory left out where it was not measured, e.g. on a CPU), by
+    the search's own rule (tuner/search/pareto.py)."""
+    import pandas as pd
+
+    from tuner.search.pareto import AXES, non_dominated
+
     df = ranked_frame(records)
-    axes = [("pp_tps", 1.0), ("tg_tps", 1.0), ("gpu_mib", -1.0)]
-    axes = [(c, s) for c, s in axes if df[c].notna().all() and len(df)]
-    if not axes:
-        return df.iloc[0:0]
-    vals = [[row[c] * s for c, s in axes] for _, row in df.iterrows()]
-    keep = []
-    for i, a in enumerate(vals):
-        dominated = any(all(bj >= aj for aj, bj in zip(a, b)) and any(bj > aj for aj, bj in
-                        zip(a, b)) for j, b in enumerate(vals) if j != i)
-        keep.append(not dominated)
-    return df[keep].sort_values("pp_tps", ascending=False)
+    points = {i: tuple(None if pd.isna(row[a.name]) else float(row[a.name]) for a in AXES)
+              for i, row in df.iterrows()}
+    keep = set(non_dominated(points))
+    return df[df.index.isin(keep)].sort_values("pp_tps", ascending=False)

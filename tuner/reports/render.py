@@ -101,6 +101,11 @@ def print_sweep_result(out: Path, result: Any) -> None:
         c.print(f"drift sentinel: {len(result.drifts)} worker(s) checked, {len(drifted)} drifted "
                 "beyond their noise" + (" (their trials are flagged unstable in the report)"
                                         if drifted else ""), markup=False)
+    if result.front:
+        from tuner.search.pareto import describe
+
+        c.print(f"Pareto front ({len(result.front)} trials, none beaten on every axis by "
+                f"another): {describe(result.front)}", markup=False)
     c.print(f"verified: {result.best.verification.summary}", markup=False)
     c.print(f"wrote {result.written.path} (details: {result.written.sidecar})", markup=False)
     if result.written.backup:

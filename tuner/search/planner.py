@@ -32,6 +32,7 @@ from tuner.results.records import TrialRecord, TrialState, WorkerDrift
 from tuner.results.store import GPU_SEP
 from tuner.results.storeerrors import open_storage, storage_error
 from tuner.results.studystore import RECORD, StudyStore
+from tuner.search.pareto import Objective, point_of
 from tuner.search.sampler import Finished, TpeOrder
 from tuner.specs import TrialSpec
 
@@ -76,6 +77,7 @@ class Planner:
         self._cursor = 0
         self._done: set[str] = set()
         self._tpe: TpeOrder | None = None
+        self.objective: Objective = "request"
         self._taken: set[str] = set()  # claimed by another sweep when this one asked
 
     def _guard(self, fn: Callable[[], T]) -> T:
@@ -173,12 +175,15 @@ class Planner:
 
     # -- planning and asking -----------------------------------------------------------------
     def enqueue(self, specs: Iterable[TrialSpec], done_keys: set[str], space_id: str = "",
-                sampler: Literal["grid", "tpe"] = "grid", seed: int = 0) -> int:
+                sampler: Literal["grid", "tpe"] = "grid", seed: int = 0,
+                objective: Objective = "request") -> int:
         """Plan ``specs`` (in order) under ``space_id``; returns how many are not done yet.
         Nothing is written: settings are claimed one at a time when asked, in plan order
-        (grid) or as the TPE sampler proposes from the study's finished trials (tpe)."""
+        (grid) or as the TPE sampler proposes from the study's finished trials (tpe), on the
+        request time or on the Pareto axes (``objective``)."""
         self.plan = {s.key(): s for s in specs}
-        self._tpe = TpeOrder(self.plan, seed) if sampler == "tpe" else None
+        self.objective = objective
+        self._tpe = TpeOrder(self.plan, seed, objective) if sampler == "tpe" else None
         self._taken = set()
         self.space_id = space_id
         self._done = set(done_keys) | self._guard(self.claims.done_keys)
@@ -199,13 +204,17 @@ class Planner:
         (interrupted and superseded trials are left out: they say nothing of the setting)."""
         def read() -> list[Finished]:
             out = []
+            # The Pareto axes come from the records (usable ones only: an unverified trial or
+            # one over --max-vram teaches the sampler as a failure).
+            points = {r.number: point_of(r) for r in self.store.records() if r.usable} \
+                if self.objective == "pareto" else {}
             for t in self.study.get_trials(deepcopy=False, states=(
                     OptunaState.COMPLETE, OptunaState.PRUNED, OptunaState.FAIL)):
                 key = t.user_attrs.get("spec_key")
                 if key not in self.plan:
                     continue
                 if t.state in (OptunaState.COMPLETE, OptunaState.PRUNED):
-                    out.append(Finished(key, t.value))
+                    out.append(Finished(key, t.value, points.get(t.number)))
                 elif t.user_attrs.get("tuner_state") in ("infeasible", "crashed", "timeout",
                                                          "failed"):
                     out.append(Finished(key, None))

@@ -28,6 +28,8 @@ look faster, never prune one that the full figure would not."""
 
 from __future__ import annotations
 
+from tuner.errors import BadInput
+
 MIN_REPS = 2  # kept repetitions before a trial may be pruned
 MARGIN = 0.05  # slower than the best's slowest by at least this share, whatever its spread
 
@@ -47,7 +49,19 @@ def verdict(seconds: list[float], best: list[float] | None,
             f"({bar:.4g} s)")
 
 
-def resolve(prune: bool | None, sampler: str) -> bool:
+def check(prune: bool | None, objective: str) -> None:
+    """Pruning compares request times: asked for on the Pareto front, it is refused."""
+    if objective == "pareto" and prune:
+        raise BadInput("--prune compares request times; --objective pareto measures every "
+                       "trial in full", hint="leave --prune out, or use --objective request")
+
+
+def resolve(prune: bool | None, sampler: str, objective: str = "request") -> bool:
     """Whether a search prunes: as asked, else on for tpe and off for the grid (whose
-    exhaustive figures feed the fidelity benchmark and analysis of every setting's effect)."""
+    exhaustive figures feed the fidelity benchmark and analysis of every setting's effect).
+    Never on the Pareto front: pruning compares request times, and a slower setting may be on
+    the front by its memory or its generation speed."""
+    check(prune, objective)
+    if objective == "pareto":
+        return False
     return prune if prune is not None else sampler == "tpe"

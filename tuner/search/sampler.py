@@ -29,8 +29,10 @@ from typing import Any, Literal
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.study import StudyDirection
 from optuna.trial import TrialState as OptunaState
 
+from tuner.search.pareto import AXES, Objective, Point, usable_axes
 from tuner.specs import TrialSpec
 
 optuna.logging.set_verbosity(logging.WARNING)
@@ -78,12 +80,15 @@ class Finished:
 
     spec_key: str
     objective: float | None  # None: out of memory, over --max-vram, crashed, timed out, failed
+    point: Point | None = None  # its values on the Pareto axes (--objective pareto), or None
 
 
 class TpeOrder:
-    def __init__(self, plan: dict[str, TrialSpec], seed: int = 0) -> None:
+    def __init__(self, plan: dict[str, TrialSpec], seed: int = 0,
+                 objective: Objective = "request") -> None:
         self.plan = plan
         self.seed = seed
+        self.objective = objective
         flats = {k: flat(s) for k, s in plan.items()}  # once per setting: plans can be 100k
         self.dims = _varying(flats.values())
         self.points = {k: {d: f[d] for d in self.dims} for k, f in flats.items()}
@@ -107,21 +112,45 @@ class TpeOrder:
                 return k
         if not self.dims:
             return open_keys[0]
-        study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(
-            seed=self.seed + len(history), n_startup_trials=STARTUP, multivariate=True))
+        history = [h for h in history if h.spec_key in self.points]
+        values = (self._pareto_values(history) if self.objective == "pareto"
+                  else self._request_values(history))
+        directions: list[StudyDirection] = (
+            [StudyDirection.MAXIMIZE if AXES[i].maximize else StudyDirection.MINIMIZE
+             for i in usable_axes(h.point for h in history if h.point is not None)]
+            if self.objective == "pareto" else [StudyDirection.MINIMIZE])
+        study = optuna.create_study(directions=directions or [StudyDirection.MINIMIZE],
+                                    sampler=optuna.samplers.TPESampler(
+                                        seed=self.seed + len(history), n_startup_trials=STARTUP,
+                                        multivariate=True))
         dists: dict[str, BaseDistribution] = {
             d: CategoricalDistribution(vs) for d, vs in self.dims.items()}
-        worst = max((h.objective for h in history if h.objective is not None), default=None)
-        for h in history:
-            if h.spec_key not in self.points:
-                continue
-            value = h.objective if h.objective is not None else (
-                worst * PENALTY if worst is not None else None)
+        for h, v in zip(history, values):
             study.add_trial(optuna.trial.create_trial(
-                params=self.points[h.spec_key], distributions=dists, value=value,
-                state=OptunaState.COMPLETE if value is not None else OptunaState.FAIL))
+                params=self.points[h.spec_key], distributions=dists, values=v,
+                state=OptunaState.COMPLETE if v is not None else OptunaState.FAIL))
         proposal = study.ask(dists).params
         return min(open_keys, key=lambda k: (self._distance(k, proposal), open_keys.index(k)))
+
+    @staticmethod
+    def _request_values(history: list[Finished]) -> list[list[float] | None]:
+        """Request seconds; a failed trial as the worst seen times PENALTY."""
+        worst = max((h.objective for h in history if h.objective is not None), default=None)
+        return [[h.objective] if h.objective is not None else
+                ([worst * PENALTY] if worst is not None else None) for h in history]
+
+    @staticmethod
+    def _pareto_values(history: list[Finished]) -> list[list[float] | None]:
+        """Each trial's values on the axes every measured trial has; a failed trial (out of
+        memory, over --max-vram, crashed) as the worst seen on each axis, made PENALTY times
+        worse, so it teaches the sampler instead of vanishing."""
+        points = [h.point for h in history if h.point is not None]
+        axes = usable_axes(points)
+        columns = {i: [float(p[i] or 0.0) for p in points] for i in axes}
+        penalised = [min(columns[i]) / PENALTY if AXES[i].maximize else max(columns[i]) * PENALTY
+                     for i in axes]
+        return [[float(h.point[i] or 0.0) for i in axes] if h.point is not None and axes
+                else (penalised or None) for h in history]
 
     def _distance(self, key: str, proposal: dict[str, Any]) -> int:
         point = self.points[key]

@@ -36,9 +36,10 @@ from tuner.results.trialrecord import make_record, now
 from tuner.search.constraints import apply_vram_cap, no_fit_reason
 from tuner.search.drift import worker_drift
 from tuner.search.finalists import FinalistOptions, select, settle
+from tuner.search.pareto import Objective, front as pareto_front, stagnation as pareto_stagnation
 from tuner.search.planner import Planner
 from tuner.search.preflight import check_records_identity, preflight_config
-from tuner.search.pruning import resolve as resolve_prune
+from tuner.search.pruning import check as check_prune, resolve as resolve_prune
 from tuner.search.sampler import SamplerName, StopRule, explore_trials, resolve, stagnation
 from tuner.search.space import Space, default_space, grid, load_space
 from tuner.specs import Device, ModelSettings, TrialSpec, Workload
@@ -83,6 +84,7 @@ class SweepOptions:
     seed: int = 0
     prune: bool | None = None  # stop clearly slower trials early; None: on for tpe, off for grid
     max_vram_mib: float | None = None  # tuner/search/constraints.py
+    objective: Objective = "request"  # pareto: search the front (tuner/search/pareto.py)
 
 
 @dataclass
@@ -112,6 +114,8 @@ class SweepResult:
     seen: int = 0  # settings of the plan with a finished trial
     planned: int = 0  # settings in the plan
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase
+    objective: str = "request"
+    front: list[TrialRecord] = field(default_factory=list)  # --objective pareto: the front
 
 
 def default_study(info: ModelInfo, device: Device, wl: Workload) -> str:
@@ -169,6 +173,7 @@ def _no_cuda_message(name: str, flags: BuildFlags | None) -> str:
 
 def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     events = events or _Quiet()
+    check_prune(opts.prune, opts.objective)
     info = check_model(opts.model)
     wl = opts.workload
     if info.context_length and wl.n_ctx > info.context_length:
@@ -247,15 +252,19 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         space_id = space.space_id()
         kind = resolve(opts.sampler, len(specs))
         patience = opts.stop.patience_for(kind)
-        prune = resolve_prune(opts.prune, kind)
+        prune = resolve_prune(opts.prune, kind, opts.objective)
         t0 = time.monotonic()
         try:
-            pending = planner.enqueue(specs, done, space_id, sampler=kind, seed=opts.seed)
+            pending = planner.enqueue(specs, done, space_id, sampler=kind, seed=opts.seed,
+                                      objective=opts.objective)
             events.planned(len(specs), min(pending, opts.trials or pending), retried)
+            on = ("prompt speed, generation speed and GPU memory (the Pareto front)"
+                  if opts.objective == "pareto" else "the request time")
             if kind == "tpe":
-                events.note(f"sampler tpe (model-based) over {len(specs)} settings; stops after "
-                            f"{patience} trials without a {opts.stop.min_gain:.0%} gain"
-                            if patience else f"sampler tpe over {len(specs)} settings")
+                events.note(f"sampler tpe (model-based) on {on} over {len(specs)} settings; "
+                            f"stops after {patience} trials without a {opts.stop.min_gain:.0%} "
+                            "gain" if patience else f"sampler tpe on {on} over {len(specs)} "
+                            "settings")
             if prune:
                 events.note("pruning: a trial clearly slower than the best stops early "
                             "(--no-prune measures every trial in full)")
@@ -271,11 +280,10 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                 if opts.stop.timeout_s is not None and time.monotonic() - t0 >= opts.stop.timeout_s:
                     searched, stop_reason = True, f"stopped: --timeout {opts.stop.timeout_s:g} s"
                     break
-                if patience and (stale := stagnation(
-                        [h.objective for h in planner.history()], opts.stop.min_gain,
-                        explore_trials(planner.tpe))) >= patience:
+                if patience and (stale := _stale(planner, opts)) >= patience:
                     searched = True
-                    stop_reason = (f"stopped: {stale} trials without a gain above "
+                    what = " of the Pareto front" if opts.objective == "pareto" else ""
+                    stop_reason = (f"stopped: {stale} trials without a gain{what} above "
                                    f"{opts.stop.min_gain:.0%} (patience {patience})")
                     break
                 nxt = planner.ask()
@@ -315,8 +323,21 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         planner.close()
     result.sampler, result.stop_reason, result.seen, result.planned = (
         kind, stop_reason, seen, len(specs))
+    result.objective = opts.objective
+    if opts.objective == "pareto":
+        result.front = pareto_front(r for r in result.records if r.spec_key in planner.plan)
     result.seconds = {"search": search_s, **result.seconds}
     return result
+
+
+def _stale(planner: Planner, opts: SweepOptions) -> int:
+    """Finished trials since the search last gained: on the best request time, or on the
+    Pareto front (--objective pareto)."""
+    history = planner.history()
+    explore = explore_trials(planner.tpe)
+    if opts.objective == "pareto":
+        return pareto_stagnation([h.point for h in history], opts.stop.min_gain, explore)
+    return stagnation([h.objective for h in history], opts.stop.min_gain, explore)
 
 
 def _decide_and_write(opts: SweepOptions, study: str, folder: Path,
