@@ -110,13 +110,17 @@ def cli(debug: bool) -> None:
               help="What the search seeks: request: the shortest request at the workload; "
                    "pareto: the front of prompt speed, generation speed and GPU memory (the "
                    "config is still the fastest request among the front's finalists).")
+@click.option("--build/--no-build", "build_missing", default=True, show_default=True,
+              help="On a CUDA machine, first build the kernel variants that could change what "
+                   "its GPUs run and are not built yet (from the installed version's source, "
+                   "side by side; a build that cannot be made is named with its command).")
 def sweep(model: Path, device: Device, trials: int | None, space: Path | None, prompt_tokens: int,
           gen_tokens: int, n_ctx: int, repetitions: int, warmup: int, results_dir: Path,
           study: str | None, storage: str | None, out: Path, builds_dir: Path,
           trial_timeout: float, trials_per_worker: int, sentinel: bool,
           sampler: SamplerName, patience: int | None, timeout_s: float | None, seed: int,
           finalist_rounds: int, served_requests: int, gpus: str | None, prune: bool | None,
-          max_vram: float | None, objective: Objective) -> None:
+          max_vram: float | None, objective: Objective, build_missing: bool) -> None:
     """Try llama.cpp settings on MODEL, verify each trial's placement from llama.cpp's load
     log, store every trial, and write the best verified settings to --out.
 
@@ -152,7 +156,8 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
                                                    max_rounds=2 * finalist_rounds),
                         served_requests=served_requests, sampler=sampler, seed=seed,
                         stop=StopRule(patience=patience, timeout_s=timeout_s), prune=prune,
-                        max_vram_mib=max_vram, objective=objective)
+                        max_vram_mib=max_vram, objective=objective,
+                        build_missing=build_missing)
     with terminable(), SweepProgress(out) as progress:
         result = run_sweep(opts, progress)
     print_sweep_result(out, result)

@@ -15,6 +15,7 @@ H100 sweeps: its best within 1.3% of the default build's, inside the noise). On 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from tuner.builds.buildinfo import BuildFlags, variant_of
 from tuner.evidence.placement import DEVICE_LINE
@@ -72,12 +73,24 @@ def redundant_builds(builds: dict[str, tuple[BuildFlags, str]]) -> dict[str, str
     return out
 
 
-def missing_builds(builds: dict[str, tuple[BuildFlags, str]]) -> list[str]:
-    """The ``tuner build`` commands of the variants that could change the kernels of the CUDA
-    devices present but are not among ``builds``: force-cublas always (cuBLAS instead of MMQ
-    for quantized matrix products: 1.4-1.9x the default build's prompt speed on an H100, issue
-    11), force-mmq only where it is not redundant (see the module docstring). [] without a
-    CUDA build or without a device line to read the architecture from."""
+@dataclass(frozen=True)
+class MissingBuild:
+    """A kernel build that could change what this machine's GPUs run, not built yet."""
+
+    variant: str
+    cuda_arch: str  # CMAKE_CUDA_ARCHITECTURES, e.g. "90"
+
+    @property
+    def command(self) -> str:
+        return f"tuner build --variant {self.variant} --cuda-arch {self.cuda_arch}"
+
+
+def missing_builds(builds: dict[str, tuple[BuildFlags, str]]) -> list[MissingBuild]:
+    """The variants that could change the kernels of the CUDA devices present but are not among
+    ``builds``: force-cublas always (cuBLAS instead of MMQ for quantized matrix products:
+    1.4-1.9x the default build's prompt speed on an H100, issue 11), force-mmq only where it is
+    not redundant (see the module docstring). [] without a CUDA build or without a device line
+    to read the architecture from."""
     cuda = {n: (f, log) for n, (f, log) in builds.items() if f.cuda}
     ccs = [cc for _, log in cuda.values() for cc in compute_capabilities(log)]
     if not cuda or not ccs:
@@ -87,4 +100,4 @@ def missing_builds(builds: dict[str, tuple[BuildFlags, str]]) -> list[str]:
     if min(ccs) < TURING:
         wanted.append("force-mmq")
     arch = ",".join(sorted({str(cc // 10) for cc in ccs}))  # 900 -> "90" (CMAKE_CUDA_ARCHITECTURES)
-    return [f"tuner build --variant {v} --cuda-arch {arch}" for v in wanted if v not in have]
+    return [MissingBuild(v, arch) for v in wanted if v not in have]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from tuner.builds import catalog as builds_mod
+from tuner.builds.autobuild import build_missing
 from tuner.builds.buildinfo import BuildFlags, fa_supports, parse_system_info
 from tuner.builds.selection import missing_builds, redundant_builds
 from tuner.deploy.prodconfig import WrittenConfig, check_out, write_production
@@ -85,6 +86,7 @@ class SweepOptions:
     prune: bool | None = None  # stop clearly slower trials early; None: on for tpe, off for grid
     max_vram_mib: float | None = None  # tuner/search/constraints.py
     objective: Objective = "request"  # pareto: search the front (tuner/search/pareto.py)
+    build_missing: bool = True  # build the kernel variants this GPU could use first (autobuild)
 
 
 @dataclass
@@ -146,6 +148,29 @@ def _probe_builds(runner: Runner, names: list[str], device: Device, explicit: bo
     return found
 
 
+def _with_missing_builds(runner: Runner, probes: dict[str, BuildProbe], opts: SweepOptions,
+                         events: Events) -> tuple[dict[str, BuildProbe], float]:
+    """The probed builds plus the kernel builds this GPU could use and that are not made yet,
+    compiled now (tuner/builds/autobuild.py), before any figure is taken; and the seconds that
+    took. A build that cannot be made leaves the sweep on the builds it has."""
+    missing = missing_builds({n: (p.flags, p.hello.log) for n, p in probes.items()})
+    if not missing:
+        return probes, 0.0
+    events.note(f"building {', '.join(m.variant for m in missing)} for this GPU from the installed "
+                "version's source, side by side, before the first trial (minutes; --no-build "
+                "sweeps the builds there are)")
+    t0 = time.monotonic()
+    done = build_missing(missing, opts.builds_dir)
+    for line in done.failed:
+        events.note(line)
+    if done.built:
+        events.note(f"built {', '.join(done.built)} in {time.monotonic() - t0:.0f} s "
+                    f"({done.jobs} compile jobs each)")
+        new = _probe_builds(runner, done.built, opts.device, False, opts.builds_dir)
+        probes = {**probes, **{p.name: p for p in new}}
+    return probes, time.monotonic() - t0
+
+
 def _without_redundant_builds(probes: dict[str, BuildProbe], explicit: bool,
                               events: Events) -> dict[str, BuildProbe]:
     """The builds worth trials on this GPU: one that would run another's kernels
@@ -154,9 +179,9 @@ def _without_redundant_builds(probes: dict[str, BuildProbe], explicit: bool,
     evidence = {n: (p.flags, p.hello.log) for n, p in probes.items()}
     same = redundant_builds(evidence)
     if not explicit:
-        for command in missing_builds(evidence):
+        for m in missing_builds(evidence):
             events.note(f"a kernel build that can change this GPU's kernels is not built: "
-                        f"`{command}` makes it from the installed version's source (minutes); "
+                        f"`{m.command}` makes it from the installed version's source (minutes); "
                         "the next sweep then tries it")
     for name, why in same.items():
         events.note(f"build {name}: {why}; " + (
@@ -208,6 +233,9 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
             else [b.name for b in builds_mod.discover_builds(opts.builds_dir)])
         probes = {p.name: p for p in _probe_builds(runner, names, opts.device,
                                                     space_file is not None, opts.builds_dir)}
+        build_s = 0.0
+        if opts.build_missing and opts.device == "cuda" and space_file is None:
+            probes, build_s = _with_missing_builds(runner, probes, opts, events)
         probes = _without_redundant_builds(probes, space_file is not None, events)
         space: Space = space_file or default_space(opts.device, list(probes))
         specs = grid(space, opts.device, wl,
@@ -326,7 +354,8 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     result.objective = opts.objective
     if opts.objective == "pareto":
         result.front = pareto_front(r for r in result.records if r.spec_key in planner.plan)
-    result.seconds = {"search": search_s, **result.seconds}
+    result.seconds = {**({"build": build_s} if build_s else {}), "search": search_s,
+                      **result.seconds}
     return result
 
 
