@@ -45,13 +45,14 @@ def key_of(r: TrialRecord) -> Key:
 
 def llama_bench(binary: Path, lib: Path, model: Path, batches: list[int], ubatches: list[int],
                 fa: bool, tk: str, tv: str, test: list[str], reps: int,
-                threads: int | None, wrap: list[str] | None = None) -> tuple[list[dict], str]:
-    """One llama-bench process (``wrap``: a command it runs under, e.g. taskset); its JSON rows
-    and its command line."""
+                threads: int | None, wrap: list[str] | None = None,
+                extra: list[str] | None = None) -> tuple[list[dict], str]:
+    """One llama-bench process (``wrap``: a command it runs under, e.g. taskset; ``extra``: more
+    llama-bench options, e.g. ``--poll 0``); its JSON rows and its command line."""
     cmd = [*(wrap or []), str(binary), "-m", str(model), "-ngl", "99", "-b", ",".join(map(str, batches)),
            *(["-t", str(threads)] if threads else []),
            "-ub", ",".join(map(str, ubatches)), "-fa", "1" if fa else "0", "-ctk", tk,
-           "-ctv", tv, "-r", str(reps), "-o", "json", *test]
+           "-ctv", tv, "-r", str(reps), "-o", "json", *(extra or []), *test]
     env = {**os.environ, "LD_LIBRARY_PATH": f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -70,6 +71,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--procs", type=int, default=3,
                     help="fresh llama-bench processes per test for the compared configs")
+    ap.add_argument("--lb-args", default="",
+                    help="more llama-bench options, e.g. '--poll 0' (its CPU threads spin-wait "
+                    "at --poll 50 by default; the tuner's contexts use llama.cpp's default pool)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     stores = [require_study(default_storage(r)) for r in a.results]
@@ -94,7 +98,7 @@ def main() -> None:
         for test in (["-p", str(P), "-n", "0", "-d", "0"],
                      ["-p", "0", "-n", str(G), "-d", str(P)]):
             rows, cmd = llama_bench(binary, lib, a.model, [nb], [nu], fa, tk, tv, test,
-                                    a.reps, threads)
+                                    a.reps, threads, extra=a.lb_args.split())
             commands.append(cmd)
             for row in rows:
                 ts = row.get("samples_ts") or [row["avg_ts"]]

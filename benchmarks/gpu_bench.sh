@@ -8,6 +8,7 @@
 # `tuner sweep` with the DEFAULT space (every build found x n_batch x n_ubatch x flash attention x
 # KV type) at 2048 + 128 tokens, then benchmarks/fidelity_space.py: llama-bench of the same
 # builds over every setting the sweep measured, in the same machine session.
+# LB_ARGS="--poll 0": more llama-bench options for the fidelity pass.
 # GRID_COMPARE=1: per model, after the default sweep and its llama-bench pass, the exhaustive
 # grid sweep and benchmarks/search_compare.py (issue 11's 98% / 25% goal).
 # Needs: nvcc, cmake, ninja, python3 with numpy/pandas/rich/pyyaml/scipy/scikit-build-core and
@@ -115,7 +116,7 @@ PY
     [ -n "${NO_FIDELITY:-}" ] && continue  # the sweep alone (e.g. a sampler's time and trials)
     phase "llama-bench over the space $m"  # right after the sweep: the machine's level moves
     python3 benchmarks/fidelity_space.py --model "$(path_of "$m")" --results "$BENCH/results-$name" \
-      --builds builds --out "$BENCH/out/$name" > "$BENCH/fidelity-$name.log" 2>&1
+      --builds builds --out "$BENCH/out/$name" --lb-args "${LB_ARGS:-}" > "$BENCH/fidelity-$name.log" 2>&1
     echo "fidelity exit $?" >> "$BENCH/fidelity-$name.log"
     if [ -n "${GRID_COMPARE:-}" ]; then  # the exhaustive grid, against llama-bench's pass above
       phase "grid sweep $m"
