@@ -118,3 +118,11 @@ def test_cpu_sweep_prints_the_stored_front(tiny_model: Path, tmp_path: Path) -> 
     expected = non_dominated({r.number: point_of(r) for r in records if r.usable})
     assert sorted(printed) == sorted(expected) and printed
     assert "GPU MiB" not in line  # a CPU measures no GPU memory: the front is over the speeds
+    # The report's overview lists the same front when it holds a trade-off.
+    report = tuner("report", "--results", tmp_path / "r")
+    assert report.returncode == 0, report.stderr
+    if len(expected) > 1:
+        rows = report.stdout.split("Pareto front", 1)[1].split("\n\n", 1)[0]
+        assert sorted(int(n) for n in re.findall(r"#(\d+) installed", rows)) == sorted(expected)
+    else:  # one trial beats all: no trade-off to show
+        assert "Pareto front" not in report.stdout

@@ -22,6 +22,7 @@ from tuner.results.records import (
     TrialState,
     WorkerDrift,
 )
+from tuner.search.pareto import front as pareto_front
 from tuner.specs import Frozen
 
 
@@ -65,6 +66,7 @@ class Overview(Frozen):
     pp_gain: float | None
     no_winner_reason: str | None
     served: str | None = None  # the winner through llama_cpp.server, and its gap to the raw loop
+    front: list[Pick] = []  # the Pareto front (tuner/search/pareto.py), when it holds a trade-off
     warnings: list[str]
     effects: list[EffectRow]
     importance: dict[str, float]
@@ -229,8 +231,10 @@ def overview(study: str, records: list[TrialRecord], finalists: FinalistReport |
                 for why in instability(r, drifts)]
     states = Counter(r.state.value for r in records)
     served = _served_line(finalists, by_number) if finalist_ok else None
+    front = pareto_front(records)
     return Overview(
         served=served,
+        front=[_from_record(r) for r in front] if len(front) > 1 else [],
         study=study, device=records[0].spec.model.device if records else "unknown",
         gpu=(env.gpus[0].get("name") if env and env.gpus else None),
         llama_cpp_python=env.llama_cpp_python if env else None,
