@@ -122,7 +122,29 @@ def test_cpu_sweep_prints_the_stored_front(tiny_model: Path, tmp_path: Path) -> 
     report = tuner("report", "--results", tmp_path / "r")
     assert report.returncode == 0, report.stderr
     if len(expected) > 1:
-        rows = report.stdout.split("Pareto front", 1)[1].split("\n\n", 1)[0]
+        rows = report.stdout.split("\npareto ", 1)[1].split("\n\n", 1)[0]
         assert sorted(int(n) for n in re.findall(r"#(\d+) installed", rows)) == sorted(expected)
     else:  # one trial beats all: no trade-off to show
-        assert "Pareto front" not in report.stdout
+        assert "\npareto " not in report.stdout
+
+
+def test_the_overview_shows_a_trade_off_and_hides_a_single_best() -> None:
+    from tuner.reports.overview import overview
+    from tuner.reports.views import overview_view, render_text
+    from tuner.results.records import Stat
+
+    fast, lean, beaten = (make_record(n, request_s=1.0) for n in (0, 1, 2))
+    m = lean.measurement
+    lean = lean.model_copy(update={"measurement": m.model_copy(update={
+        "tg_tps": Stat.of([x * 2 for x in m.tg_tps.samples]),  # faster generation
+        "pp_tps": Stat.of([x / 2 for x in m.pp_tps.samples])})})  # slower prompt
+    m = beaten.measurement
+    beaten = beaten.model_copy(update={"measurement": m.model_copy(update={
+        "pp_tps": Stat.of([x / 3 for x in m.pp_tps.samples])})})
+    ov = overview("s", [fast, lean, beaten])
+    assert [p.trial for p in ov.front] == [0, 1]  # fastest prompt first; #2 beaten by #0
+    text = render_text(overview_view(ov))
+    rows = text.split("\npareto ", 1)[1].split("\n\n", 1)[0]
+    assert re.findall(r"#(\d+) installed", rows) == ["0", "1"], rows
+    single = overview("s", [fast, beaten])
+    assert single.front == [] and "\npareto " not in render_text(overview_view(single))
