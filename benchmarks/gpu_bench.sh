@@ -104,7 +104,8 @@ PY
     set -- $MODELS; phase "prompt spread ${1} ($SPREAD_CONFIGS)"
     cfgs=(); for c in $SPREAD_CONFIGS; do cfgs+=(--config "$c"); done
     python3 benchmarks/prompt_spread.py --model "$(path_of "$1")" --builds builds \
-      --build "${VARIANTS%% *}" "${cfgs[@]}" --procs "${SPREAD_PROCS:-6}" --reps 12 \
+      --build "${VARIANTS%% *}" "${cfgs[@]}" --procs "${SPREAD_PROCS:-6}" --reps "${SPREAD_REPS:-12}" \
+      --pin "${SPREAD_PIN-3}" ${SPREAD_LB_EXTRA:+--lb-extra "$SPREAD_LB_EXTRA"} \
       --out "$BENCH/out/spread" > "$BENCH/spread.log" 2>&1
     echo "spread exit $?" >> "$BENCH/spread.log"
   fi

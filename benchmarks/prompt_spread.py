@@ -4,7 +4,9 @@ measured in fresh processes, interleaved across the configs, by three runners:
 
 - ``llama-bench``: one process per run, ``-r R``;
 - ``llama-bench pinned``: the same under ``taskset -c CPU`` (is the CPU placement of the
-  launching thread the process-level factor?);
+  launching thread the process-level factor?), unless ``--pin ''``;
+- ``llama-bench ARGS``: the same with more options (``--lb-extra '--poll 0'``: is llama-bench's
+  thread pool, spin-waiting at ``--poll 50`` by default, the factor?);
 - ``tuner``: one tuner worker (tuner/worker/runner.py) per run, ``R`` repetitions, the same context
   size; its steady-state check may drop slow first repetitions (the warm-ups column counts).
 
@@ -60,7 +62,9 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=2048)
     ap.add_argument("--procs", type=int, default=6)
     ap.add_argument("--reps", type=int, default=12)
-    ap.add_argument("--pin", default="3", help="CPU for the pinned llama-bench runs")
+    ap.add_argument("--pin", default="3", help="CPU for the pinned llama-bench runs ('': none)")
+    ap.add_argument("--lb-extra", action="append", default=[],
+                    help="another llama-bench runner with these options, e.g. '--poll 0'")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +73,7 @@ def main() -> None:
     lib = a.builds / a.build / "lib"
     configs = [tuple(int(x) for x in c.split("/")) for c in a.config]
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    pinned = subprocess.run(["taskset", "-c", a.pin, "true"]).returncode == 0
+    pinned = bool(a.pin) and subprocess.run(["taskset", "-c", a.pin, "true"]).returncode == 0
     with tempfile.TemporaryDirectory() as tmp:
         runner = Runner(a.model, Path(tmp), {a.build: str(lib.resolve())}, sentinel=False,
                         trials_per_worker=1)
@@ -87,6 +91,11 @@ def main() -> None:
                                           wrap=["taskset", "-c", a.pin])
                     runs.setdefault(f"llama-bench pinned (cpu {a.pin})", {}).setdefault(
                         name, []).append({"samples": rows[0]["samples_ts"]})
+                for extra in a.lb_extra:
+                    rows, _ = llama_bench(binary, lib, a.model, [nb], [nu], bool(a.fa), "f16",
+                                          "f16", test, a.reps, threads, extra=extra.split())
+                    runs.setdefault(f"llama-bench {extra}", {}).setdefault(name, []).append(
+                        {"samples": rows[0]["samples_ts"]})
                 runs.setdefault("tuner", {}).setdefault(name, []).append(
                     tuner_run(runner, a.build, nb, nu, bool(a.fa), P, a.reps))
     lines = [f"## pp{P} of {a.model.name}, build {a.build}, fa {a.fa}, {threads} threads: "
