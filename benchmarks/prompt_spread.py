@@ -24,7 +24,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ def tuner_run(runner: Runner, build: str, nb: int, nu: int, fa: bool, P: int,
     runner.close()  # the next run gets a fresh process
     m = out.measured
     if m is None:
-        raise SystemExit(f"tuner worker failed: {out.state} {out.error}")
+        raise SystemExit(f"tuner worker failed: {out.state} {out.error}\n" + "\n".join(out.log_tail))
     return {"samples": [P / s for s in m.pp_seconds], "warmups": m.warmups.get("pp")}
 
 
@@ -74,30 +73,32 @@ def main() -> None:
     configs = [tuple(int(x) for x in c.split("/")) for c in a.config]
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     pinned = bool(a.pin) and subprocess.run(["taskset", "-c", a.pin, "true"]).returncode == 0
-    with tempfile.TemporaryDirectory() as tmp:
-        runner = Runner(a.model, Path(tmp), {a.build: str(lib.resolve())}, sentinel=False,
-                        trials_per_worker=1)
-        for _ in range(a.procs):
-            for nb, nu in configs:
-                name = f"b{nb}/u{nu}"
-                test = ["-p", str(P), "-n", "0", "-d", "0"]
-                rows, _ = llama_bench(binary, lib, a.model, [nb], [nu], bool(a.fa), "f16", "f16",
-                                      test, a.reps, threads)
-                runs.setdefault("llama-bench", {}).setdefault(name, []).append(
+    # The workers' logs stay with the results: a worker that crashes says why there.
+    logs = a.out / "worker-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    runner = Runner(a.model, logs, {a.build: str(lib.resolve())}, sentinel=False,
+                    trials_per_worker=1)
+    for _ in range(a.procs):
+        for nb, nu in configs:
+            name = f"b{nb}/u{nu}"
+            test = ["-p", str(P), "-n", "0", "-d", "0"]
+            rows, _ = llama_bench(binary, lib, a.model, [nb], [nu], bool(a.fa), "f16", "f16",
+                                  test, a.reps, threads)
+            runs.setdefault("llama-bench", {}).setdefault(name, []).append(
+                {"samples": rows[0]["samples_ts"]})
+            if pinned:
+                rows, _ = llama_bench(binary, lib, a.model, [nb], [nu], bool(a.fa), "f16",
+                                      "f16", test, a.reps, threads,
+                                      wrap=["taskset", "-c", a.pin])
+                runs.setdefault(f"llama-bench pinned (cpu {a.pin})", {}).setdefault(
+                    name, []).append({"samples": rows[0]["samples_ts"]})
+            for extra in a.lb_extra:
+                rows, _ = llama_bench(binary, lib, a.model, [nb], [nu], bool(a.fa), "f16",
+                                      "f16", test, a.reps, threads, extra=extra.split())
+                runs.setdefault(f"llama-bench {extra}", {}).setdefault(name, []).append(
                     {"samples": rows[0]["samples_ts"]})
-                if pinned:
-                    rows, _ = llama_bench(binary, lib, a.model, [nb], [nu], bool(a.fa), "f16",
-                                          "f16", test, a.reps, threads,
-                                          wrap=["taskset", "-c", a.pin])
-                    runs.setdefault(f"llama-bench pinned (cpu {a.pin})", {}).setdefault(
-                        name, []).append({"samples": rows[0]["samples_ts"]})
-                for extra in a.lb_extra:
-                    rows, _ = llama_bench(binary, lib, a.model, [nb], [nu], bool(a.fa), "f16",
-                                          "f16", test, a.reps, threads, extra=extra.split())
-                    runs.setdefault(f"llama-bench {extra}", {}).setdefault(name, []).append(
-                        {"samples": rows[0]["samples_ts"]})
-                runs.setdefault("tuner", {}).setdefault(name, []).append(
-                    tuner_run(runner, a.build, nb, nu, bool(a.fa), P, a.reps))
+            runs.setdefault("tuner", {}).setdefault(name, []).append(
+                tuner_run(runner, a.build, nb, nu, bool(a.fa), P, a.reps))
     lines = [f"## pp{P} of {a.model.name}, build {a.build}, fa {a.fa}, {threads} threads: "
              f"{a.procs} fresh processes per runner and config (interleaved), {a.reps} "
              "repetitions each", ""]
