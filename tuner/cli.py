@@ -109,7 +109,7 @@ def cli(debug: bool) -> None:
               show_default=True,
               help="What the search seeks: request: the shortest request at the workload; "
                    "pareto: the front of prompt speed, generation speed and GPU memory (the "
-                   "config is still the fastest request among the front's finalists).")
+                   "config is still the finalists' fastest request).")
 @click.option("--build/--no-build", "build_missing", default=True, show_default=True,
               help="On a CUDA machine, first build the kernel variants that could change what "
                    "its GPUs run and are not built yet (from the installed version's source, "
