@@ -37,9 +37,13 @@ BASELINE = ContextSettings.model_validate(
     {k: v for s in settings.of_level("context") for k, v in s.fields_of(s.default).items()})
 
 
+_BASELINE_DUMP = BASELINE.model_dump(exclude={"n_threads"})
+
+
 def is_baseline_context(cs: ContextSettings) -> bool:
-    """The baseline's settings, whatever the thread count."""
-    return cs.model_copy(update={"n_threads": None}) == BASELINE
+    """The baseline's settings, whatever the thread count (a dump compared: the grid asks it
+    of every setting of spaces up to 250,000)."""
+    return cs.model_dump(exclude={"n_threads"}) == _BASELINE_DUMP
 
 
 class _SpaceBase(Frozen):
@@ -169,7 +173,5 @@ def grid(space: Space, device: Device, workload: Workload,
     # Grouped by worker settings (one model load each), the baseline first within each group.
     worker_keys = {id(m): m.worker_key() for m in models.values()}
     order = {k: i for i, k in enumerate(dict.fromkeys(worker_keys[id(s.model)] for s in specs))}
-    baseline = BASELINE.model_dump(exclude={"n_threads"})
-    specs.sort(key=lambda s: (order[worker_keys[id(s.model)]],
-                              s.context.model_dump(exclude={"n_threads"}) != baseline))
+    specs.sort(key=lambda s: (order[worker_keys[id(s.model)]], not is_baseline_context(s.context)))
     return specs
