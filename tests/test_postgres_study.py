@@ -27,7 +27,7 @@ from tests.cli_run import REPO, one_line_error, tuner
 from tests.postgres import PgServer
 from tests.server_run import free_port
 from tests.spaces import write_space
-from tuner.deploy.prodconfig import validate
+from tuner.deploy.configcheck import check_config
 
 State = optuna.trial.TrialState
 GRID = {(b, fa) for b in (8, 16, 32) for fa in (False, True)}  # n_batch x flash attention
@@ -89,12 +89,12 @@ def check_complete_once(all_trials: list[optuna.trial.FrozenTrial]) -> None:
     assert not [t.number for t in all_trials if t.state == State.RUNNING]
 
 
-def check_config(root: Path, all_trials: list[optuna.trial.FrozenTrial],
-                 winner: int | None = None) -> None:
+def check_written(root: Path, all_trials: list[optuna.trial.FrozenTrial],
+                  winner: int | None = None) -> None:
     """The production config is valid for llama_cpp.server and holds the study's best trial
     (or the finalists' winner, trial number ``winner``)."""
     config = yaml.safe_load((root / "production.yaml").read_text())
-    validate(config)
+    check_config(config)
     complete = [t for t in all_trials if t.state == State.COMPLETE]
     best = (min(complete, key=lambda t: t.value) if winner is None
             else next(t for t in complete if t.number == winner))
@@ -126,7 +126,7 @@ def test_sweeps_share_one_study(n: int, storage_url: str, tiny_model: Path,
     deciders = [so + se for _, so, se in outs if "winner #" in so + se]
     assert deciders == writers, [so + se for _, so, se in outs]
     winner = int(deciders[0].split("winner #")[1].split(":")[0])
-    check_config(tmp_path, all_trials, winner)
+    check_written(tmp_path, all_trials, winner)
 
 
 def test_killed_sweeps_trial_is_failed_by_heartbeat_and_retried(storage_url: str,
@@ -181,7 +181,7 @@ def test_killed_sweeps_trial_is_failed_by_heartbeat_and_retried(storage_url: str
     assert [t.number for t in all_trials if t.state == State.FAIL] == [dead.number]
     check_complete_once(all_trials)
     assert "wrote " in retry.stdout
-    check_config(tmp_path, all_trials)
+    check_written(tmp_path, all_trials)
 
 
 OPEN = """

@@ -16,7 +16,8 @@ from tests.records_factory import make_record
 from tests.server_run import complete, free_port, running_server
 from tuner.builds.catalog import _installed_lib_dir
 from tuner.deploy import prodconfig
-from tuner.deploy.prodconfig import server_config, sidecar_path, validate, write_production
+from tuner.deploy.configcheck import check_config
+from tuner.deploy.prodconfig import server_config, sidecar_path, write_production
 from tuner.errors import BadInput, TunerError
 from tuner.specs import Workload
 
@@ -83,16 +84,45 @@ def test_written_yaml_validates_with_the_servers_settings(tmp_path: Path, model:
 
 def test_validate_rejects_unknown_and_invalid_keys(model: str) -> None:
     config = server_config(make_record(4), model)
-    validate(config)
+    check_config(config)
     with pytest.raises(TunerError, match="does not accept: gpu_layers"):
-        validate({**config, "models": [{**config["models"][0], "gpu_layers": 3}]})
+        check_config({**config, "models": [{**config["models"][0], "gpu_layers": 3}]})
     with pytest.raises(TunerError, match="does not accept: tuner"):
-        validate({**config, "tuner": {"build": "x"}})
+        check_config({**config, "tuner": {"build": "x"}})
     with pytest.raises(TunerError, match=r"models\.0\.n_batch") as err:
-        validate({**config, "models": [{**config["models"][0], "n_batch": 0}]})
+        check_config({**config, "models": [{**config["models"][0], "n_batch": 0}]})
     assert "\n" not in str(err.value)
     with pytest.raises(TunerError, match="at least one model"):
-        validate({"host": "127.0.0.1", "models": []})
+        check_config({"host": "127.0.0.1", "models": []})
+
+
+def test_one_checking_child_serves_an_environment_until_a_check_fails(model: str,
+                                                                     tmp_path: Path) -> None:
+    """A sweep checks its first config before the trials and the winner's after them in one
+    child per environment; a refused config ends that child (the next check gets a fresh one);
+    a build library that does not load is the environment's fault (exit 3), not tuner's."""
+    from tuner.deploy import configcheck
+    from tuner.errors import EnvironmentUnfit
+
+    configcheck.close_children()
+    config = server_config(make_record(4), model)
+    env = {"CUDA_VISIBLE_DEVICES": ""}
+    first = check_config(config, env=env)
+    assert len(configcheck._CHILDREN) == 1
+    pid = next(iter(configcheck._CHILDREN.values())).proc.pid
+    assert check_config(config, env=env) == first
+    assert [c.proc.pid for c in configcheck._CHILDREN.values()] == [pid]  # the same child
+    check_config(config, env={"N_CTX": "64"})  # another environment, another child
+    assert len(configcheck._CHILDREN) == 2
+    with pytest.raises(TunerError, match="does not accept: tuner"):
+        check_config({**config, "tuner": {}}, env=env)
+    assert pid not in [c.proc.pid for c in configcheck._CHILDREN.values()]
+    assert check_config(config, env=env) == first  # a fresh child answers
+    (tmp_path / "libllama.so").write_bytes(b"not a library")
+    with pytest.raises(EnvironmentUnfit, match="could not load its library"):
+        check_config(config, str(tmp_path), env=env)
+    configcheck.close_children()
+    assert not configcheck._CHILDREN
 
 
 def test_rewrite_keeps_the_previous_file_as_bak(tmp_path: Path, model: str) -> None:

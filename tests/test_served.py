@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.records_factory import make_record
-from tuner.deploy.prodconfig import server_config, validate
+from tuner.deploy.configcheck import check_config
+from tuner.deploy.prodconfig import server_config
 from tuner.deploy.served import prompts_for
 from tuner.deploy.servedmeasure import measure_served
 from tuner.errors import TunerError
@@ -53,14 +54,14 @@ def test_a_config_leaving_out_a_field_gets_the_servers_default(smollm2_path: Pat
     record = make_record(1, device="cpu", n_threads=2, model_path=str(smollm2_path))
     config = server_config(record, str(smollm2_path))
     expected = trial_settings(record.spec, record.workload, 2)
-    effective = validate(config)
+    effective = check_config(config)
     assert set(effective) == set(SPEED_FIELDS)
     assert differences(effective, expected) == []
     check_effective(effective, expected)
     # Without logits_all and n_threads, the server decides them, not the trial.
     for name in ("logits_all", "n_threads"):
         del config["models"][0][name]
-    loose = validate(config)
+    loose = check_config(config)
     assert loose["logits_all"] is True
     with pytest.raises(TunerError, match="logits_all is True in the loaded config"):
         check_effective(loose, expected)
@@ -70,10 +71,10 @@ def test_an_environment_variable_cannot_change_a_written_field(smollm2_path: Pat
     record = make_record(1, device="cpu", n_threads=2, model_path=str(smollm2_path))
     config = server_config(record, str(smollm2_path))
     # pydantic-settings fills a field the file leaves out from the environment.
-    effective = validate(config, env={"N_THREADS": "1", "N_CTX": "64"})
+    effective = check_config(config, env={"N_THREADS": "1", "N_CTX": "64"})
     assert (effective["n_threads"], effective["n_ctx"]) == (2, record.workload.n_ctx)
     del config["models"][0]["n_ctx"]
-    assert validate(config, env={"N_CTX": "64"})["n_ctx"] == 64
+    assert check_config(config, env={"N_CTX": "64"})["n_ctx"] == 64
 
 
 def test_measure_served_through_a_real_server(tiny_model: Path) -> None:

@@ -20,7 +20,8 @@ import yaml
 from tests.cli_run import tuner
 from tests.records_factory import make_record
 from tuner import settings
-from tuner.deploy.prodconfig import server_config, validate
+from tuner.deploy.configcheck import check_config
+from tuner.deploy.prodconfig import server_config
 from tuner.errors import BadInput
 from tuner.evidence.gpusplit import expected_layers
 from tuner.evidence.placement import Expectation, expect, parse_load_log, verify
@@ -167,7 +168,7 @@ def test_server_config_carries_the_split_and_the_server_accepts_it(
     config = server_config(rec, str(smollm2_path))
     entry = config["models"][0]
     assert (entry["split_mode"], entry["main_gpu"], entry["tensor_split"]) == (2, 1, [3.0, 1.0])
-    loaded = validate(config)  # as llama_cpp.server's ConfigFileSettings loads it
+    loaded = check_config(config)  # as llama_cpp.server's ConfigFileSettings loads it
     assert (loaded["split_mode"], loaded["main_gpu"], loaded["tensor_split"]) == (2, 1,
                                                                                   [3.0, 1.0])
     plain = server_config(make_record(2), str(smollm2_path))["models"][0]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 from contextlib import suppress
@@ -24,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 import tuner
+from tuner.deploy.configcheck import check_config
 from tuner.deploy.service import (
     RAW_KIND,
     SERVED_KIND,
@@ -34,9 +34,8 @@ from tuner.deploy.service import (
     served_vs_raw,
     service_env,
 )
-from tuner.errors import BadInput, EnvironmentUnfit, TunerError
-from tuner.evidence.effective import SPEED_FIELDS, check_effective, trial_settings
-from tuner.machine.childenv import child_env, module_command
+from tuner.errors import BadInput
+from tuner.evidence.effective import check_effective, trial_settings
 from tuner.results.records import ServedFigures, Stat, TrialRecord
 from tuner.specs import TrialSpec, Workload
 
@@ -82,70 +81,6 @@ def server_config(record: TrialRecord, model_path: str, *, host: str = "127.0.0.
     entry = model_entry(record.spec, record.workload, model_path,
                         threads or record_threads(record))
     return {"host": host, "port": int(port), "models": [entry]}
-
-
-def validate(config: dict[str, Any], lib_dir: str | None = None,
-             env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Check the config the way the server reads it (JSON of the YAML, then
-    ``ConfigFileSettings.model_validate_json``), and refuse keys its settings do not define.
-    An invalid config here is tuner's bug, hence TunerError (exit 1). Returns the effective
-    speed-relevant settings of its first model, as the server would run them in ``env`` (the
-    service's environment, added to this one).
-
-    The server's settings import llama_cpp, which loads a llama library: that happens in a
-    child process with the chosen build's ``LLAMA_CPP_LIB_PATH``, never in this one (a
-    package installed without its own libraries has none to load without it)."""
-    try:
-        blob = json.dumps(config)
-    except (TypeError, ValueError) as e:
-        raise TunerError(f"production config is not plain data: {e}") from None
-    try:  # a clean, explicit environment (tuner/machine/childenv.py) plus the service's own
-        proc = subprocess.run(module_command("tuner.deploy.prodconfig"), input=blob,
-                              env={**child_env(lib_dir), **(env or {})}, capture_output=True,
-                              text=True, timeout=300)
-    except subprocess.TimeoutExpired:
-        raise EnvironmentUnfit("the server-config check took over 300 s") from None
-    if proc.returncode == 0:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-    why = lines[-1] if lines else f"config validation exited {proc.returncode}"
-    if proc.returncode == 3:  # the build's library could not be loaded: not tuner's bug
-        raise EnvironmentUnfit(why, hint="check the build's library folder (`tuner build "
-                               "--list`) and the llama-cpp-python install")
-    raise TunerError(why)
-
-
-def _validate_here(config: dict[str, Any]) -> dict[str, Any]:
-    from llama_cpp.server.settings import ConfigFileSettings, ModelSettings
-
-    def refuse_unknown(mapping: Any, fields: dict[str, Any], where: str) -> None:
-        if not isinstance(mapping, dict):
-            raise TunerError(f"{where} must be a mapping, not {type(mapping).__name__}")
-        unknown = sorted(set(mapping) - set(fields))
-        if unknown:
-            raise TunerError(f"{where} has keys the server does not accept: "
-                             f"{', '.join(map(str, unknown))}")
-
-    refuse_unknown(config, ConfigFileSettings.model_fields, "production config")
-    models = config.get("models")
-    if not isinstance(models, list) or not models:
-        raise TunerError("production config must list at least one model under 'models'")
-    for i, entry in enumerate(models):
-        refuse_unknown(entry, ModelSettings.model_fields, f"production config models[{i}]")
-    try:
-        blob = json.dumps(config)
-    except (TypeError, ValueError) as e:
-        raise TunerError(f"production config is not plain data: {e}") from None
-    try:
-        loaded = ConfigFileSettings.model_validate_json(blob)
-    except ValueError as e:  # pydantic's ValidationError is a ValueError
-        errors = getattr(e, "errors", None)
-        if callable(errors) and errors():
-            err = errors()[0]
-            where = ".".join(str(x) for x in err["loc"])
-            raise TunerError(f"production config is invalid at {where}: {err['msg']}") from None
-        raise TunerError(f"production config is invalid: {str(e).splitlines()[0]}") from None
-    return loaded.models[0].model_dump(include=set(SPEED_FIELDS))
 
 
 def sidecar_path(out: Path) -> Path:
@@ -247,7 +182,7 @@ def write_production(record: TrialRecord, out: Path, *, model_path: str, results
     text = _render_yaml(config)
     # Validate what the server will read back, not the dict we meant to write, in the
     # environment the service gets, and check it runs what the trial measured.
-    effective = validate(yaml.safe_load(text), build_lib_dir, env)
+    effective = check_config(yaml.safe_load(text), build_lib_dir, env)
     check_effective(effective, trial_settings(record.spec, record.workload,
                                               threads or record_threads(record)))
     side = sidecar_path(out)
@@ -359,14 +294,3 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-if __name__ == "__main__":  # the child process of validate()
-    try:
-        print(json.dumps(_validate_here(json.loads(sys.stdin.read()))))
-    except TunerError as e:
-        print(e.message)
-        sys.exit(1)
-    except (ImportError, OSError, RuntimeError) as e:  # llama_cpp's library did not load
-        print(f"llama_cpp could not load its library: {type(e).__name__}: {e}")
-        sys.exit(3)

@@ -5,7 +5,9 @@ another model, device or workload."""
 
 from __future__ import annotations
 
-from tuner.deploy.prodconfig import server_config, validate
+from tuner.deploy.configcheck import check_config
+from tuner.deploy.prodconfig import server_config
+from tuner.deploy.service import service_env
 from tuner.errors import BadInput
 from tuner.results.records import TrialRecord, TrialState
 from tuner.specs import Device, TrialSpec, Workload
@@ -14,15 +16,15 @@ from tuner.specs import Device, TrialSpec, Workload
 def preflight_config(spec: TrialSpec, workload: Workload, model_path: str,
                      lib_dirs: dict[str, str | None]) -> None:
     """Validate, for each build, the server config a trial of ``spec``'s shape would give, the
-    way write_production will validate the real one after the trials (same child, same clean
-    environment): a config the server refuses, or a build library that does not load, stops
-    the sweep now."""
+    way write_production will check the real one after the trials (the same checking child,
+    kept for the sweep, in the same environment: the service's): a config the server refuses,
+    or a build library that does not load, stops the sweep now."""
     for build, lib_dir in lib_dirs.items():
         probe = TrialRecord(
             study="preflight", trial_id="preflight", number=0, spec_key=spec.key(),
             spec=spec.model_copy(update={"model": spec.model.model_copy(update={"build": build})}),
             workload=workload, state=TrialState.COMPLETE, started_at="", finished_at="")
-        validate(server_config(probe, model_path), lib_dir)
+        check_config(server_config(probe, model_path), lib_dir, service_env(probe.spec, lib_dir))
 
 
 def check_records_identity(records: list[TrialRecord], study: str, sha256: str, device: Device,

@@ -14,6 +14,7 @@ from tuner.builds import catalog as builds_mod
 from tuner.builds.autobuild import build_missing
 from tuner.builds.buildinfo import BuildFlags, fa_supports, parse_system_info
 from tuner.builds.selection import missing_builds, redundant_builds
+from tuner.deploy.configcheck import close_children
 from tuner.deploy.prodconfig import WrittenConfig, check_out, write_production
 from tuner.deploy.servedfinal import choose
 from tuner.deploy.servedmeasure import measure_served
@@ -340,6 +341,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         except BaseException:  # interrupted or failed: hand back what this sweep holds
             planner.release()
             planner.close()
+            close_children()
             raise
 
     seen = len({h.spec_key for h in planner.history()})
@@ -349,6 +351,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                                    wl, ran, retried, searched, events)
     finally:
         planner.close()
+        close_children()  # the server-config check's, kept from the preflight to the end
     result.sampler, result.stop_reason, result.seen, result.planned = (
         kind, stop_reason, seen, len(specs))
     result.objective = opts.objective
