@@ -2,21 +2,21 @@
 way a CUDA out-of-memory dies (a FAKE: no GPU here, see tuner/worker/faults.py) or raise, in the
 middle of a real sweep run by the real CLI. The sweep must survive every case, store every trial
 once with the right state, and go on with a fresh worker. Each fault is deterministic (it fires
-at the same point of the same trial every time), so each case runs once; the tally (runs,
-parent crashes, lost trials) is printed at the end of the session."""
+at the same point of the same trial every time), so each case runs once, and the seven faults of
+a trial run one after another in one sweep (each on its own setting, between two healthy ones):
+a sweep that survives all seven in a row survives each. The tally (runs, parent crashes, lost
+trials) is printed at the end of the session."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
 
 from tests import fault_tally
 from tests.cli_run import tuner
 from tests.spaces import write_space
 from tuner.results.studystore import default_storage, list_studies, records_of
 
-GRID = 4  # n_batch 16, 32, 48, 64; the fault hits n_batch=32, the second trial
+GRID = 4  # n_batch 16, 32, 48, 64 in the load-fault cases
 
 CASES = {
     # fault: (state of the faulted trial, signal or None)
@@ -30,14 +30,16 @@ CASES = {
 }
 
 
-def run_sweep(model: Path, root: Path, faults: str, timeout: float = 120) -> tuple:
-    space = write_space(root / "space.yaml", n_batch=[16, 32, 48, 64], n_ubatch=[16])
+def run_sweep(model: Path, root: Path, faults: str, batches: list[int] | None = None,
+              *extra: object, timeout: float = 240) -> tuple:
+    space = write_space(root / "space.yaml", n_batch=batches or [16, 32, 48, 64],
+                        n_ubatch=[4 if batches else 16])
     # A trial of the tiny model takes under a second alone; 20 s leaves room for a loaded machine
     # (8 s was once exceeded there) and is reached by the hang only.
     proc = tuner("sweep", "--model", model, "--device", "cpu", "--space", space,
                  "--prompt-tokens", 64, "--gen-tokens", 4, "--n-ctx", 128, "--repetitions", 1,
                  "--warmup", 0, "--trial-timeout", 20, "--results", root / "results",
-                 "--out", root / "production.yaml", "--finalist-rounds", 0,
+                 "--out", root / "production.yaml", "--finalist-rounds", 0, *extra,
                  env={"TUNER_FAULTS": faults},
                  timeout=timeout)
     url = default_storage(root / "results")
@@ -46,26 +48,36 @@ def run_sweep(model: Path, root: Path, faults: str, timeout: float = 120) -> tup
     return proc, records
 
 
-@pytest.mark.parametrize("fault", list(CASES))
-def test_worker_fault_never_takes_the_sweep_down(fault: str, tiny_model: Path,
-                                                 tmp_path: Path) -> None:
-    state, sig = CASES[fault]
+# Each measure fault on its own n_batch, between a healthy first and a healthy last setting
+# (n_batch above the 64 prompt tokens would be left out of the space).
+FAULTED = {fault: 12 + 4 * i for i, fault in enumerate(CASES)}  # 12, 16, ... 36
+HEALTHY = (8, 12 + 4 * len(CASES))  # 8 and 40
+
+
+def test_worker_faults_never_take_the_sweep_down(tiny_model: Path, tmp_path: Path) -> None:
     root = tmp_path / "run"
-    proc, records = run_sweep(tiny_model, root, f"{fault}:n_batch=32")
+    faults = ",".join(f"{fault}:n_batch={nb}" for fault, nb in FAULTED.items())
+    batches = sorted([*HEALTHY, *FAULTED.values()])
+    proc, records = run_sweep(tiny_model, root, faults, batches, "--sampler", "grid")
     parent_crashed = proc.returncode != 0 or "Traceback" in proc.stderr
     keys = [r.spec_key for r in records]
-    fault_tally.record(fault, parent_crashed, GRID - len(set(keys)))
-    fault_tally.record_duplicates(fault, len(keys) - len(set(keys)))
-    assert not parent_crashed, proc.stderr[-3000:]
-    assert len(records) == GRID and len(set(keys)) == GRID
     by_batch = {r.spec.context.n_batch: r for r in records}
-    hit = by_batch[32]
-    assert hit.state.value == state, (hit.state, hit.error)
-    assert hit.signal == sig
-    assert hit.error and not hit.verification.verified
-    if state in ("crashed", "infeasible"):
-        assert hit.log_tail, "the log tail of the dead worker is kept"
-    for nb in (16, 48, 64):  # before and after the fault: measured and verified
+    stored = [r.spec.context.n_batch for r in records]
+    for fault, nb in FAULTED.items():
+        fault_tally.record(fault, parent_crashed, 0 if nb in by_batch else 1)
+        fault_tally.record_duplicates(fault, max(0, stored.count(nb) - 1))
+    assert not parent_crashed, proc.stderr[-3000:]
+    assert len(records) == len(batches) and set(by_batch) == set(batches), keys
+    for fault, nb in FAULTED.items():
+        state, sig = CASES[fault]
+        hit = by_batch[nb]
+        assert (hit.state.value, hit.signal) == (state, sig), (fault, hit.state, hit.error)
+        assert hit.error and not hit.verification.verified, fault
+        if state in ("crashed", "infeasible"):
+            assert hit.log_tail, f"the log tail of the worker {fault} killed is kept"
+    # The faulted trials ran between the healthy ones: the last needed a fresh worker.
+    assert [by_batch[nb].number for nb in batches] == sorted(r.number for r in records)
+    for nb in HEALTHY:
         assert by_batch[nb].usable, (nb, by_batch[nb].error)
     assert (root / "production.yaml").exists()
 
