@@ -20,12 +20,14 @@ from tuner.results.trialrecord import make_record
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 from tuner.worker.outcome import Outcome
 from tuner.worker.protocol import (
+    PROBE_REQUEST,
     REPLY,
     REQUEST,
     SERVED_JOB,
     SERVED_REPLY,
     START_REPLY,
     WORKER_JOB,
+    Adopt,
     GpuDevice,
     Hello,
     LoadFailed,
@@ -74,6 +76,8 @@ MESSAGES = [
     (REQUEST, Measure(context=CTX, workload=WL)),
     (REQUEST, Measure(context=CTX, workload=WL, prune_against=[0.5, 0.25])),
     (REQUEST, Stop()),
+    (PROBE_REQUEST, Adopt(model_settings=CPU, log_path="/results/s/logs/worker-1.log")),
+    (PROBE_REQUEST, Stop()),
     (START_REPLY, Hello(**INFO)),
     (START_REPLY, Ready(**INFO, load_seconds=1.5, n_layer=30)),
     (START_REPLY, LoadFailed(**INFO, error="llama.cpp could not load the model")),

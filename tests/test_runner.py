@@ -54,6 +54,36 @@ def test_one_worker_serves_context_changes_and_measures(tiny_model: Path,
     assert "llama_model_loader" in first.load_log
 
 
+def test_a_kept_probe_becomes_the_first_worker_where_it_fits(tiny_model: Path,
+                                                           tmp_path: Path) -> None:
+    """probe_hello(keep=True): the probe (no model yet) is adopted by the first trial of its
+    build whose settings ask the same environment; its log (the library's system info) moves
+    into the trial worker's file and its temporary folder goes. Settings that ask another
+    environment (CUDA graphs off: GGML_CUDA_DISABLE_GRAPHS) get a fresh process instead, and
+    no spare outlives the first worker."""
+    with Runner(tiny_model, tmp_path / "logs", {"installed": None}) as runner:
+        hello = runner.probe_hello(CPU, keep=True)
+        probe_dir = Path(runner._spares["installed"].tmp.name)
+        out = runner.run(spec(16), WL)
+        assert out.state == "complete", out.error
+        assert out.hello.pid == hello.pid, "the probe became the trial worker"
+        assert not probe_dir.exists() and not runner._spares
+        log = Path(runner._worker.job.log_path)
+        assert log.parent == tmp_path / "logs"
+        assert hello.system_info.strip() in log.read_text()  # the probe's lines moved too
+        assert "llama_model_loader" in log.read_text()
+
+    with Runner(tiny_model, tmp_path / "logs2", {"installed": None}) as runner:
+        hello = runner.probe_hello(CPU, keep=True)
+        spare = runner._spares["installed"].worker
+        no_graphs = TrialSpec(model=CPU.model_copy(update={"cuda_graphs": False}),
+                              context=spec(16).context)
+        out = runner.run(no_graphs, WL)
+        assert out.state == "complete", out.error
+        assert out.hello.pid != hello.pid, "another environment: a fresh worker"
+        assert not spare.proc.is_alive() and not runner._spares
+
+
 def test_the_parent_never_imports_llama_cpp(tiny_model: Path, tmp_path: Path) -> None:
     """A whole sweep in one process, which then reports whether llama_cpp was ever imported."""
     code = f"""

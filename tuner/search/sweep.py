@@ -133,7 +133,7 @@ def _probe_builds(runner: Runner, names: list[str], device: Device, explicit: bo
         info = builds_mod.resolve_build(name, builds_dir)
         runner.lib_dirs[name] = None if name == "installed" else str(Path(info.lib_dir).absolute())
         try:
-            hello = runner.probe_hello(ModelSettings(build=name, device=device))
+            hello = runner.probe_hello(ModelSettings(build=name, device=device), keep=True)
         except RuntimeError as e:
             raise EnvironmentUnfit(f"build {name!r} cannot be loaded: {e}") from None
         flags = parse_system_info(hello.system_info or "")

@@ -50,6 +50,13 @@ class LogCapture:
     def text(self) -> str:
         return "".join(self._chunks)
 
+    def move_to(self, path: str) -> None:
+        """Log to ``path`` from now on, starting with everything logged so far."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(fd, self.text().encode("utf-8", errors="replace"))
+        os.close(self._fd)
+        self._fd, self.path = fd, path
+
     def mark(self) -> None:
         """Start a new section: ``since_mark`` returns what was logged after this call."""
         self._mark = len(self._chunks)

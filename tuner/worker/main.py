@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 import traceback
+from contextlib import suppress
 from typing import Any
 
 from tuner.machine.cpus import default_threads
@@ -22,6 +23,7 @@ from tuner.worker import faults
 from tuner.worker.logcapture import LogCapture
 from tuner.worker.opproof import OP_PROOF
 from tuner.worker.protocol import (
+    PROBE_REQUEST,
     REQUEST,
     WORKER_JOB,
     Conn,
@@ -122,7 +124,12 @@ def _serve(conn: Conn, ms: ModelSettings, job: WorkerJob) -> None:
         # What the library said while loading its backends (ggml_cuda_init's device list
         # goes to stderr before the log callback exists): `tuner doctor` reads the devices.
         send(conn, Hello(**info, log=_read(job.log_path + ".stdio") + log.text()))
-        return
+        adopted = _adopted(conn, ms, log)
+        if adopted is None:
+            return
+        if ms.device == "cuda" and adopted.main_gpu != ms.main_gpu:
+            gpu = GpuMonitor(adopted.main_gpu)
+        ms = adopted
 
     faults.maybe_inject("load", None, log)
     mp = llama_cpp.llama_model_default_params()
@@ -146,6 +153,29 @@ def _serve(conn: Conn, ms: ModelSettings, job: WorkerJob) -> None:
             break
         send(conn, _measure(llama_cpp, model, req, threads, gpu, log))
     llama_cpp.llama_model_free(model)
+
+
+def _adopted(conn: Conn, ms: ModelSettings, log: LogCapture) -> ModelSettings | None:
+    """After a probe's Hello: the model settings of the trial worker it becomes (its logs moved
+    to the trial worker's files), or None (Stop, or a request it cannot take)."""
+    try:
+        req = receive(conn, PROBE_REQUEST)
+    except ProtocolError as e:
+        send(conn, Refused(error=str(e)))
+        return None
+    if isinstance(req, Stop):
+        return None
+    new = req.model_settings
+    if (new.build, new.device) != (ms.build, ms.device) or environment(new) != environment(ms):
+        send(conn, Refused(error="adopt asks another build, device or environment than the "
+                                 "probe started with"))
+        return None
+    old_stdio = log.path + ".stdio"
+    with suppress(OSError), open(req.log_path + ".stdio", "a") as f:
+        f.write(_read(old_stdio))
+    redirect_stdio(req.log_path + ".stdio")
+    log.move_to(req.log_path)
+    return new
 
 
 def _read(path: str) -> str:

@@ -1,7 +1,9 @@
 """The messages between the parent and its spawned workers, one validated model each.
 
 A trial worker (tuner/worker/main.py) starts from a ``WorkerJob`` (its process argument),
-answers with one ``Hello`` (a probe), ``Ready`` or ``LoadFailed``, then takes ``WorkerRequest``s
+answers with one ``Hello`` (a probe), ``Ready`` or ``LoadFailed``; a probe then takes one
+``ProbeRequest`` (``Adopt``: become a trial worker and answer ``Ready`` or ``LoadFailed``; or
+``Stop``). A trial worker takes ``WorkerRequest``s
 (``Measure``, ``Stop``) on its pipe and answers each ``Measure`` with a ``WorkerReply``
 (``Measured`` or ``TrialFailed``). The drift sentinel is a ``Measure`` of the worker's first
 trial's settings; the operation report (tuner/worker/opproof.py) travels inside ``Measured``.
@@ -47,7 +49,7 @@ class Conn(Protocol):
 
 class WorkerJob(Frozen):
     """A trial worker's process argument: what to load and where to log. ``probe_only``: report
-    the library (``Hello``) and exit without loading a model (``model_path`` is then unused)."""
+    the library (``Hello``) without loading a model, then wait for ``Adopt`` or ``Stop``."""
 
     model_path: str
     model_settings: ModelSettings
@@ -76,8 +78,21 @@ class Stop(Frozen):
     op: Literal["stop"] = "stop"
 
 
+class Adopt(Frozen):
+    """To a probe: become the trial worker of these model settings, logging from now on to
+    ``log_path`` (what the probe logged so far is copied there), and load the model. The
+    parent sends it only where the settings ask the environment the probe started with
+    (tuner/worker/runner.py); the worker refuses it otherwise."""
+
+    op: Literal["adopt"] = "adopt"
+    model_settings: ModelSettings
+    log_path: str
+
+
 WorkerRequest = Annotated[Measure | Stop, Field(discriminator="op")]
 REQUEST = TypeAdapter(WorkerRequest)
+ProbeRequest = Annotated[Adopt | Stop, Field(discriminator="op")]
+PROBE_REQUEST = TypeAdapter(ProbeRequest)
 
 
 # ---- trial worker: replies (worker -> parent) ----

@@ -27,6 +27,7 @@ from pydantic import TypeAdapter
 
 from tuner.machine.interrupt import sigint_deferred
 from tuner.results.records import TrialState
+from tuner.settings import environment
 from tuner.specs import ModelSettings, TrialSpec, Workload
 from tuner.worker.logcapture import read_tail
 from tuner.worker.main import worker_main
@@ -34,6 +35,7 @@ from tuner.worker.outcome import Outcome
 from tuner.worker.protocol import (
     REPLY,
     START_REPLY,
+    Adopt,
     Hello,
     LoadFailed,
     Measure,
@@ -70,6 +72,14 @@ class SentinelResult:
 T = TypeVar("T")
 
 
+@dataclass
+class _Spare:
+    """A probe kept alive after its Hello, and the temporary folder of its log."""
+
+    worker: _Worker
+    tmp: tempfile.TemporaryDirectory[str]
+
+
 class _Worker:
     def __init__(self, job: WorkerJob) -> None:
         self.job = job
@@ -83,7 +93,8 @@ class _Worker:
         self.worker_id = f"{socket.gethostname()}:{self.proc.pid}"
         self.served: list[tuple[int | None, TrialSpec, Workload, Measured | TrialFailed]] = []
 
-    def call(self, msg: Measure | Stop | None, adapter: TypeAdapter[T], timeout: float) -> T:
+    def call(self, msg: Measure | Adopt | Stop | None, adapter: TypeAdapter[T],
+             timeout: float) -> T:
         """Send ``msg`` (if any) and wait for the answer, validated as one of ``adapter``'s
         messages. Raises EOFError when the worker died, TimeoutError when it did not answer in
         time, ProtocolError when the answer is malformed or the worker refused the request."""
@@ -142,6 +153,7 @@ class Runner:
         self.on_sentinel = on_sentinel
         self._worker: _Worker | None = None
         self._key: str | None = None
+        self._spares: dict[str, _Spare] = {}  # build -> a probe kept (probe_hello's keep)
         self._seq = 0
         self.load_log = ""
 
@@ -156,21 +168,63 @@ class Runner:
                          lib_dir=self.lib_dirs.get(ms.build), log_path=str(log_path),
                          probe_only=probe_only)
 
-    def probe_hello(self, ms: ModelSettings) -> Hello:
+    def probe_hello(self, ms: ModelSettings, keep: bool = False) -> Hello:
         """Start a worker that only reports what its library is (no model load). Its log goes
-        to a temporary folder: a probe leaves nothing in the results."""
-        with tempfile.TemporaryDirectory(prefix="tuner-probe-") as tmp:
-            job = self._job(ms, Path(tmp) / "probe.log", probe_only=True)
-            w = _Worker(job)
-            try:
-                hello = w.call(None, START_REPLY, self.load_timeout_s)
-            except (EOFError, TimeoutError, OSError):
-                why, _ = w.death()
-                tail = read_tail(job.log_path + ".stdio", 5)
-                raise RuntimeError(f"probe worker {why}: {' | '.join(tail)}") from None
-            finally:
-                w.kill()
-        return expect_reply(hello, Hello, "a probe")
+        to a temporary folder: a probe leaves nothing in the results. ``keep``: the probe
+        stays, as the spare of its build, until the first worker this runner needs: that one
+        is the probe itself where its settings ask the probe's environment (``Adopt``: its
+        log moves to the trial worker's file), which saves a process start and a library load
+        per sweep. Every other spare is stopped then, so none idles through a measurement."""
+        tmp = tempfile.TemporaryDirectory(prefix="tuner-probe-")
+        job = self._job(ms, Path(tmp.name) / "probe.log", probe_only=True)
+        w = _Worker(job)
+        try:
+            hello = expect_reply(w.call(None, START_REPLY, self.load_timeout_s), Hello,
+                                 "a probe")
+        except (EOFError, TimeoutError, OSError):
+            why, _ = w.death()
+            tail = read_tail(job.log_path + ".stdio", 5)
+            w.kill()
+            tmp.cleanup()
+            raise RuntimeError(f"probe worker {why}: {' | '.join(tail)}") from None
+        except BaseException:
+            w.kill()
+            tmp.cleanup()
+            raise
+        if keep:
+            self._drop_spare(ms.build)
+            self._spares[ms.build] = _Spare(w, tmp)
+        else:
+            w.stop()
+            tmp.cleanup()
+        return hello
+
+    def _drop_spare(self, build: str) -> None:
+        spare = self._spares.pop(build, None)
+        if spare is not None:
+            spare.worker.stop()
+            spare.tmp.cleanup()
+
+    def _drop_spares(self) -> None:
+        for build in list(self._spares):
+            self._drop_spare(build)
+
+    def _start(self, ms: ModelSettings) -> tuple[_Worker, Adopt | None, _Spare | None]:
+        """A new worker for ``ms``: its build's spare probe where it fits (and the message that
+        makes it a trial worker), else a fresh process. Every other spare stops."""
+        job = self._job(ms)
+        spare = self._spares.pop(ms.build, None)
+        self._drop_spares()
+        probed = spare.worker.job.model_settings if spare is not None else None
+        if (spare is not None and probed is not None and spare.worker.proc.is_alive()
+                and spare.worker.job.lib_dir == job.lib_dir and probed.device == ms.device
+                and environment(probed) == environment(ms)):
+            spare.worker.job = job
+            return spare.worker, Adopt(model_settings=ms, log_path=job.log_path), spare
+        if spare is not None:
+            spare.worker.stop()
+            spare.tmp.cleanup()
+        return _Worker(job), None, None
 
     def _ensure_worker(self, ms: ModelSettings) -> Outcome | None:
         """A worker with the model loaded, or the outcome of failing to get one."""
@@ -180,9 +234,9 @@ class Runner:
                 and len(w0.served) < self.trials_per_worker):
             return None
         self.close()
-        w = _Worker(self._job(ms))
+        w, adopt, spare = self._start(ms)
         try:
-            hello = w.call(None, START_REPLY, self.load_timeout_s)
+            hello = w.call(adopt, START_REPLY, self.load_timeout_s)
         except TimeoutError:
             w.kill()
             return Outcome(state=TrialState.TIMEOUT,
@@ -193,6 +247,9 @@ class Runner:
         except ProtocolError:
             w.kill()
             raise
+        finally:
+            if spare is not None:
+                spare.tmp.cleanup()  # the adopted probe's logs are in the trial worker's files
         if isinstance(hello, LoadFailed):
             w.stop()
             return Outcome(state=TrialState.INFEASIBLE, error=hello.error,
@@ -275,6 +332,11 @@ class Runner:
             self._worker.stop()
         self._worker, self._key = None, None
 
+    def shutdown(self) -> None:
+        """The current worker and every spare probe stopped."""
+        self.close()
+        self._drop_spares()
+
     def __enter__(self) -> Runner:
         return self
 
@@ -282,4 +344,4 @@ class Runner:
         if exc_type is not None and self._worker is not None:
             self._worker.kill()  # interrupted or failed: no waiting for a busy worker
             self._worker = None
-        self.close()
+        self.shutdown()
