@@ -19,6 +19,12 @@ def tuner(*args: object, cwd: Path | None = None, env: dict[str, str] | None = N
                           timeout=timeout)
 
 
+def wrote_config(stdout: str) -> bool:
+    """Whether a sweep's output says it wrote the production config (its "wrote PATH" line;
+    a sweep that left it to another says "another sweep of this study wrote it")."""
+    return any(line.startswith("wrote ") for line in stdout.splitlines())
+
+
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
     """The error a failed command printed; asserts it is one 'error:' line (plus an optional
     'hint:' line) and no traceback."""

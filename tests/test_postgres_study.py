@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests import fault_tally
-from tests.cli_run import REPO, one_line_error, tuner
+from tests.cli_run import REPO, one_line_error, tuner, wrote_config
 from tests.postgres import PgServer
 from tests.server_run import free_port
 from tests.spaces import write_space
@@ -121,7 +121,7 @@ def test_sweeps_share_one_study(n: int, storage_url: str, tiny_model: Path,
     check_complete_once(all_trials)
     run_now = [int(so.split(" trial(s) run now")[0].split()[-1]) for _, so, _ in outs]
     assert sum(run_now) == len(GRID), run_now
-    writers = [so + se for _, so, se in outs if "wrote " in so]
+    writers = [so + se for _, so, se in outs if wrote_config(so)]
     assert len(writers) == 1, [so for _, so, _ in outs]
     deciders = [so + se for _, so, se in outs if "winner #" in so + se]
     assert deciders == writers, [so + se for _, so, se in outs]
@@ -180,7 +180,7 @@ def test_killed_sweeps_trial_is_failed_by_heartbeat_and_retried(storage_url: str
     assert failed.state == State.FAIL and failed.user_attrs["tuner_state"] == "interrupted"
     assert [t.number for t in all_trials if t.state == State.FAIL] == [dead.number]
     check_complete_once(all_trials)
-    assert "wrote " in retry.stdout
+    assert wrote_config(retry.stdout)
     check_written(tmp_path, all_trials)
 
 

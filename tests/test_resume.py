@@ -138,6 +138,10 @@ def test_report_while_a_sweep_writes(tiny_model: Path, tmp_path: Path) -> None:
             reader_errors.append(rep.stderr[-2000:])
         time.sleep(0.5)  # each read is a whole `tuner report` process: a CPU-second
     out, err = proc.communicate(timeout=60)
+    # The last read may have started before the sweep stored its last record: one more, after.
+    last = tuner("report", "--results", root / "results", "--format", "json", timeout=60)
+    assert last.returncode == 0, last.stderr
+    counts.append(len(json.loads(last.stdout)))
     final = records(root)
     lost = GRID - len({r.spec_key for r in final})
     crashed = proc.returncode != 0 or "Traceback" in err

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests import fault_tally
-from tests.cli_run import REPO
+from tests.cli_run import REPO, wrote_config
 from tests.spaces import write_space
 from tuner.results import claims as claims_mod
 from tuner.results.studystore import default_storage, records_of
@@ -86,10 +86,11 @@ def test_concurrent_sweeps_share_one_study(n: int, tiny_model: Path, tmp_path: P
         assert optuna.trial.TrialState.RUNNING not in states
         assert states.count(optuna.trial.TrialState.COMPLETE) == GRID, states
         assert sum(int(so.split("trial(s) run now")[0].split()[-1]) for _, so, _ in outs) == GRID
-        writers = [so for _, so, _ in outs if "wrote " in so]
+        writers = [so for _, so, _ in outs if wrote_config(so)]
         ran_some = [so for _, so, _ in outs if " 0 trial(s) run now" not in so]
-        # Among the sweeps that ran trials, exactly the last one to end wrote the config.
-        assert sum("wrote " in so for so in ran_some) == 1, [so for _, so, _ in outs]
+        # Among the sweeps that ran trials, exactly one wrote the config: the first to find
+        # no trial of another running (the others say another sweep wrote it).
+        assert sum(wrote_config(so) for so in ran_some) == 1, [so for _, so, _ in outs]
         assert writers and (root / "production.yaml").is_file()
 
 
@@ -120,7 +121,7 @@ def test_a_live_sweeps_trial_is_never_closed_by_another(tiny_model: Path,
     hung = [r for r in records if r.spec.context.n_batch == 8 and not r.spec.context.flash_attn]
     assert len(hung) == 1 and hung[0].state.value == "timeout"
     assert "another sweep of this study is still running" in second.stdout
-    assert "wrote " in so
+    assert wrote_config(so)
     assert optuna.trial.TrialState.RUNNING not in optuna_states(root)
 
 
