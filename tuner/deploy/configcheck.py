@@ -17,7 +17,6 @@ import select
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import suppress
 from typing import Any
 
@@ -48,25 +47,21 @@ class _Child:
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise EOFError from None
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            ready, _, _ = select.select([self.proc.stdout], [], [], left)
-            if ready:
-                line = self.proc.stdout.readline()
-                if not line:
-                    raise EOFError
-                answer: dict[str, Any] = json.loads(line)
-                return answer
+        ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT_S)
+        if not ready:
+            raise TimeoutError
+        line = self.proc.stdout.readline()  # the child writes each answer as one whole line
+        if not line:
+            raise EOFError
+        answer: dict[str, Any] = json.loads(line)
+        return answer
 
     def last_words(self) -> str:
         """The last non-empty line the ended child wrote on stderr, if any."""
         self._end()
         self.stderr.seek(0)
         text = self.stderr.read()
-        self.close()
+        self.stderr.close()
         lines = [ln for ln in text.splitlines() if ln.strip()]
         return lines[-1] if lines else f"config check exited {self.proc.returncode}"
 

@@ -37,6 +37,7 @@ from tuner.worker.protocol import (
     Stop,
     TrialFailed,
     WorkerJob,
+    adoptable,
     parse,
     receive,
     send,
@@ -166,7 +167,7 @@ def _adopted(conn: Conn, ms: ModelSettings, log: LogCapture) -> ModelSettings | 
     if isinstance(req, Stop):
         return None
     new = req.model_settings
-    if (new.build, new.device) != (ms.build, ms.device) or environment(new) != environment(ms):
+    if not adoptable(ms, new):
         send(conn, Refused(error="adopt asks another build, device or environment than the "
                                  "probe started with"))
         return None

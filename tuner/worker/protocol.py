@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal, Protocol, TypeVar
 from pydantic import Field, TypeAdapter, ValidationError
 
 from tuner.results.records import GpuClocks, TrialState
+from tuner.settings import environment
 from tuner.specs import ContextSettings, Frozen, ModelSettings, Workload
 
 T = TypeVar("T")
@@ -87,6 +88,13 @@ class Adopt(Frozen):
     op: Literal["adopt"] = "adopt"
     model_settings: ModelSettings
     log_path: str
+
+
+def adoptable(probed: ModelSettings, wanted: ModelSettings) -> bool:
+    """Whether a probe started for ``probed`` can become the worker of ``wanted``: the same
+    build and device, and the same environment asked before llama_cpp was imported."""
+    return ((probed.build, probed.device) == (wanted.build, wanted.device)
+            and environment(probed) == environment(wanted))
 
 
 WorkerRequest = Annotated[Measure | Stop, Field(discriminator="op")]

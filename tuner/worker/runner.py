@@ -27,7 +27,6 @@ from pydantic import TypeAdapter
 
 from tuner.machine.interrupt import sigint_deferred
 from tuner.results.records import TrialState
-from tuner.settings import environment
 from tuner.specs import ModelSettings, TrialSpec, Workload
 from tuner.worker.logcapture import read_tail
 from tuner.worker.main import worker_main
@@ -46,6 +45,7 @@ from tuner.worker.protocol import (
     Stop,
     TrialFailed,
     WorkerJob,
+    adoptable,
     expect_reply,
     receive,
     send,
@@ -78,6 +78,10 @@ class _Spare:
 
     worker: _Worker
     tmp: tempfile.TemporaryDirectory[str]
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.tmp.cleanup()
 
 
 class _Worker:
@@ -202,8 +206,7 @@ class Runner:
     def _drop_spare(self, build: str) -> None:
         spare = self._spares.pop(build, None)
         if spare is not None:
-            spare.worker.stop()
-            spare.tmp.cleanup()
+            spare.stop()
 
     def _drop_spares(self) -> None:
         for build in list(self._spares):
@@ -215,15 +218,12 @@ class Runner:
         job = self._job(ms)
         spare = self._spares.pop(ms.build, None)
         self._drop_spares()
-        probed = spare.worker.job.model_settings if spare is not None else None
-        if (spare is not None and probed is not None and spare.worker.proc.is_alive()
-                and spare.worker.job.lib_dir == job.lib_dir and probed.device == ms.device
-                and environment(probed) == environment(ms)):
+        if spare is None:
+            return _Worker(job), None, None
+        if spare.worker.proc.is_alive() and adoptable(spare.worker.job.model_settings, ms):
             spare.worker.job = job
             return spare.worker, Adopt(model_settings=ms, log_path=job.log_path), spare
-        if spare is not None:
-            spare.worker.stop()
-            spare.tmp.cleanup()
+        spare.stop()
         return _Worker(job), None, None
 
     def _ensure_worker(self, ms: ModelSettings) -> Outcome | None:
