@@ -192,7 +192,13 @@ case "${1:-status}" in
   wait)
     end=$((SECONDS + ${2:-500}))
     while [ $SECONDS -lt $end ] && ! grep -q "done\|FAILED" "$BENCH/phase" 2>/dev/null; do sleep 5; done
-    status ;;
+    status
+    # A snapshot of what is done so far comes back with every poll: a lease lost between two
+    # polls (run 15) then loses only what ran after the last one.
+    if [ -n "${OUT:-}" ] && [ -d "$BENCH" ]; then
+      tar czf "$OUT/snapshot.tar.gz" -C "$BENCH" --exclude='*.gguf' --exclude='*.f16' \
+        --exclude=src --exclude='*.so*' --exclude=llama-bench . 2>/dev/null
+    fi ;;
   status) status ;;
   collect)
     dest=${OUT:-$BENCH/collected}; mkdir -p "$dest"
