@@ -4,9 +4,20 @@ is tested here; tests/test_sentinel.py runs the re-measurement on real workers."
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from tests.records_factory import make_record
-from tuner.results.records import WorkerDrift
-from tuner.search.finalists import EQUIVALENT, FinalistOptions, _Round, decide, select, settle
+from tuner.results.records import TrialRecord, TrialState, WorkerDrift
+from tuner.search.finalists import (
+    EQUIVALENT,
+    FinalistOptions,
+    _Round,
+    candidates,
+    confirm_and_settle,
+    decide,
+    select,
+    settle,
+)
 
 
 def rounds_of(request_s: list[float], gpu_mib: float | None = 1000.0) -> list[_Round]:
@@ -204,3 +215,79 @@ def test_a_finalist_more_rounds_could_not_decide_gets_none() -> None:
               b.spec_key: iter([0.985, 1.025, 0.985, 1.025, 1.005] * 40)}
     rep = settle("s", [a, b], measure, FinalistOptions(rounds=5, max_rounds=200))
     assert rep is not None and len(calls) > 10
+
+
+def scripted(recs: list[TrialRecord], script: dict[int, Iterator[float | None]],
+             calls: list[int]) -> Callable:  # type: ignore[type-arg]
+    """A ``measure`` that answers each fresh-worker round of trial N with the next request time
+    of ``script[N]`` (None: the worker crashed). The statistics are under test here; real
+    workers re-measure in tests/test_sentinel.py and tests/test_end_to_end.py."""
+    def measure(spec):  # type: ignore[no-untyped-def]
+        rec = next(r for r in recs if r.spec_key == spec.key())
+        calls.append(rec.number)
+        t = next(script[rec.number])
+        if t is None:
+            return None, make_record(rec.number, state=TrialState.CRASHED,
+                                     n_batch=spec.context.n_batch)
+        return None, make_record(rec.number, request_s=t, n_batch=spec.context.n_batch)
+    return measure
+
+
+def test_the_pool_is_the_best_n_and_every_would_be_finalist() -> None:
+    recs = [make_record(i, request_s=1.0 + 0.05 * i, n_batch=512 * (i + 1)) for i in range(12)]
+    # #11 is 55% behind by its median, but its repetitions spread widely and its fastest one is
+    # within 3% of the best: select() would make it a finalist, so the pool keeps it too.
+    recs[11] = make_record(11, request_s=1.55, spread=0.8, n_batch=512 * 12)
+    planned = {r.spec_key for r in recs}
+    pool = candidates(recs, planned, [], FinalistOptions(top=3, confirm=4))
+    assert [r.number for r in pool] == [0, 1, 2, 3, 11]
+    off = candidates(recs, planned, [], FinalistOptions(top=3, confirm=0))
+    assert [r.number for r in off] == [0, 1, 2, 11]  # no confirmation: select()'s finalists
+
+
+def test_confirmation_reranks_on_medians_over_processes() -> None:
+    # The search saw #0 fastest in one lucky process; two fresh workers each put it 8% behind
+    # #3, which the search had ranked fourth. Medians over three processes pick #3 and #2.
+    recs = [make_record(i, request_s=t, n_batch=512 * (i + 1))
+            for i, t in enumerate([0.95, 1.00, 1.01, 1.02, 1.20])]
+    script = {0: iter([1.10, 1.09] + [1.10] * 9), 1: iter([1.05, 1.06] + [1.05] * 9),
+              2: iter([1.01, 1.012] + [1.01] * 9), 3: iter([1.00, 1.001] + [1.00] * 9),
+              4: iter([1.2] * 11)}
+    calls: list[int] = []
+    opts = FinalistOptions(top=1, within=0.03, confirm=4, confirm_rounds=2, rounds=3,
+                           max_rounds=3)
+    pool = candidates(recs, {r.spec_key for r in recs}, [], opts)
+    rep = confirm_and_settle("s", pool, scripted(recs, script, calls), opts)
+    assert rep is not None
+    assert [c.trial for c in rep.confirmed] == [3, 2, 1, 0]  # fastest median first
+    c0 = next(c for c in rep.confirmed if c.trial == 0)
+    assert c0.processes == 3 and c0.request_seconds.samples == [0.95, 1.10, 1.09]
+    assert c0.request_seconds.median == 1.09 and c0.pp_tps.min < c0.pp_tps.max
+    # The confirmation interleaves the pool (A B C D, A B C D), then the finalists, #3 and #2
+    # within 3% of the best median, get the one round left to reach 3.
+    assert calls[:8] == [0, 1, 2, 3] * 2
+    assert sorted(calls[8:]) == [2, 3]
+    assert {f.trial for f in rep.finalists} == {2, 3} and rep.winner_trial == 3
+    assert all(f.rounds == 3 for f in rep.finalists)
+
+
+def test_a_config_that_fails_in_a_fresh_worker_is_no_finalist() -> None:
+    recs = [make_record(0, request_s=1.0), make_record(1, request_s=1.01, n_batch=1024)]
+    script = {0: iter([1.0, None, 1.0, 1.0]), 1: iter([1.01] * 4)}
+    calls: list[int] = []
+    opts = FinalistOptions(top=2, confirm=2, confirm_rounds=2, rounds=3, max_rounds=3)
+    rep = confirm_and_settle("s", recs, scripted(recs, script, calls), opts)
+    assert rep is not None
+    c0 = next(c for c in rep.confirmed if c.trial == 0)
+    assert c0.failed_rounds == 1 and c0.processes == 2
+    assert [f.trial for f in rep.finalists] == [1] and rep.winner_trial == 1
+
+
+def test_without_confirmation_the_finalists_are_the_search_leaders() -> None:
+    recs = [make_record(0, request_s=1.0), make_record(1, request_s=1.5, n_batch=1024)]
+    script = {0: iter([1.0] * 3), 1: iter([1.5] * 3)}
+    calls: list[int] = []
+    opts = FinalistOptions(top=1, confirm=0, rounds=3, max_rounds=3)
+    pool = candidates(recs, {r.spec_key for r in recs}, [], opts)
+    rep = confirm_and_settle("s", pool, scripted(recs, script, calls), opts)
+    assert rep is not None and rep.confirmed == [] and calls == [0, 0, 0]

@@ -5,6 +5,7 @@ the file itself."""
 from __future__ import annotations
 
 import re
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,15 @@ def test_html_report_of_the_cpu_sweep(cpu_sweep: dict, tmp_path: Path) -> None:
         assert_opens_cleanly(out, tmp_path / f"{name}.png")
     html = (tmp_path / "enriched.html").read_text()
     assert "95% interval, 3 fresh workers" in html and "w-test-1" in html
+    assert "The finalists were chosen on these medians" in html
+    # One row per confirmed trial: its process count, and whether it became a finalist.
+    fin = enriched["finalists"]
+    finals = {f.trial for f in fin.finalists}
+    assert fin.confirmed and any(c.trial not in finals for c in fin.confirmed)
+    for c in fin.confirmed:
+        row = html.index(f'<td class="n">{c.trial}</td><td>{escape(c.label)}</td><td class="n">3</td>')
+        end = html.index("</tr>", row)
+        assert html[row:end].endswith(f"<td>yes</td><td>{'yes' if c.trial in finals else ''}</td>")
     assert "throttled: HW_SLOWDOWN" in html
 
 

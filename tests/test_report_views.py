@@ -17,6 +17,7 @@ from tests.cli_run import REPO, one_line_error, tuner
 from tests.report_data import enriched_copy, exported, h200_results
 from tuner.reports.analysis import effects, importance, pareto
 from tuner.reports.overview import overview
+from tuner.reports.views import secs
 from tuner.results.studystore import default_storage, records_of
 
 WIDTH = 100
@@ -156,6 +157,11 @@ def test_finalists_drift_and_throttle_are_shown(enriched: dict) -> None:
     assert f"#{winner.trial} {winner.label}" in text
     assert "95% interval, 3 fresh workers, 9 samples" in text
     assert "re-measured with 3 finalists in fresh workers" in text
+    # The search's leaders over processes: every confirmed trial with its process count.
+    flat = " ".join(text.split())
+    assert "the search's leaders over processes" in flat
+    for c in fin.confirmed:
+        assert f"#{c.trial} {c.label} 3 {secs(c.request_seconds.median)} " in flat
     assert "tie" in text and "uses less memory" in " ".join(text.split())
     flat = " ".join(text.split())
     assert f"#{enriched['drifted']} " in flat and "worker w-test-1 drifted" in flat

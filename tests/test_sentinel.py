@@ -90,9 +90,19 @@ def test_a_sweep_remeasures_its_leaders_and_writes_the_decision(tiny_model: Path
                for f in report.finalists)
     leader = next(f for f in report.finalists if f.trial == report.leader_trial)
     assert all(f.rounds <= leader.rounds for f in report.finalists)
+    # The confirmation measured both in two fresh workers first (those are the finalists'
+    # first two rounds): figures over three processes, the search trial's first.
+    assert sorted(c.trial for c in report.confirmed) == sorted(f.trial for f in report.finalists)
+    for c in report.confirmed:
+        assert c.processes == 3 and c.failed_rounds == 0 and c.verified
+        own = next(r for r in records_of(default_storage(tmp_path / "r"), "fin")
+                   if r.number == c.trial)
+        assert own.measurement is not None
+        assert c.request_seconds.samples[0] == own.measurement.request_seconds.median
     assert report.winner_trial in {r.number for r in records_of(default_storage(tmp_path / "r"), "fin")}
     side = json.loads(out.with_name("prod.tuner.json").read_text())
     assert side["finalists"]["winner_trial"] == report.winner_trial
+    assert len(side["finalists"]["confirmed"]) == len(report.confirmed)
     assert side["provenance"]["number"] == report.winner_trial
     assert "finalists re-measured in fresh workers" in proc.stdout
     drifts = require_study(default_storage(tmp_path / "r"), "fin").drifts()

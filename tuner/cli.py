@@ -83,6 +83,10 @@ def cli(debug: bool) -> None:
               help="Each worker measures its first trial again when it ends (drift check).")
 @click.option("--finalist-rounds", type=click.IntRange(min=0), default=5, show_default=True,
               help="Fresh-worker rounds re-measuring the leading configs (0: none).")
+@click.option("--confirm-top", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Before the finalists are chosen, the search's best N get 2 of those rounds "
+                   "each, and are ranked on medians over processes (0: finalists from the "
+                   "search's figures).")
 @click.option("--sampler", type=click.Choice(["auto", "grid", "tpe"]), default="auto",
               show_default=True,
               help="grid: every setting; tpe: optuna's model-based TPE sampler; auto: grid up "
@@ -119,7 +123,7 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
           study: str | None, storage: str | None, out: Path, builds_dir: Path,
           trial_timeout: float, trials_per_worker: int, sentinel: bool,
           sampler: SamplerName, patience: int | None, timeout_s: float | None, seed: int,
-          finalist_rounds: int, served_requests: int, gpus: str | None, prune: bool | None,
+          finalist_rounds: int, confirm_top: int, served_requests: int, gpus: str | None, prune: bool | None,
           max_vram: float | None, objective: Objective, build_missing: bool) -> None:
     """Try llama.cpp settings on MODEL, verify each trial's placement from llama.cpp's load
     log, store every trial, and write the best verified settings to --out.
@@ -153,7 +157,9 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
                         builds_dir=builds_dir, trial_timeout_s=trial_timeout,
                         trials_per_worker=trials_per_worker, sentinel=sentinel,
                         finalists=FinalistOptions(rounds=finalist_rounds,
-                                                   max_rounds=2 * finalist_rounds),
+                                                   max_rounds=2 * finalist_rounds,
+                                                   confirm=confirm_top,
+                                                   confirm_rounds=min(2, finalist_rounds)),
                         served_requests=served_requests, sampler=sampler, seed=seed,
                         stop=StopRule(patience=patience, timeout_s=timeout_s), prune=prune,
                         max_vram_mib=max_vram, objective=objective,

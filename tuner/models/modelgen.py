@@ -61,6 +61,9 @@ SHAPES: dict[str, Shape] = {
     # DeepSeek LLM 7B: 30 layers, full 32:32 attention, a 102k vocabulary.
     "deepseek-7b": Shape(n_layer=30, n_embd=4096, n_head=32, n_head_kv=32, n_ff=11008,
                          n_vocab=102400, context_length=4096),
+    # SmolLM2-1.7B: 24 layers, 2048 wide, full 32:32 attention, a 49k vocabulary.
+    "smollm2-1.7b": Shape(n_layer=24, n_embd=2048, n_head=32, n_head_kv=32, n_ff=8192,
+                          n_vocab=49152, context_length=8192),
 }
 DTYPES = {"f32": (np.float32, 0), "f16": (np.float16, 1)}  # numpy type, general.file_type
 BLOCK = (1 << 20) + 17  # random values per tile; odd so that rows of a matrix differ

@@ -13,7 +13,13 @@ from tuner.reports.compare import Comparison
 from tuner.reports.overview import Overview
 from tuner.reports.roofline import Roofline
 from tuner.reports.views import secs, tps
-from tuner.results.records import FinalistReport, ServedFigures, TrialRecord, WorkerDrift
+from tuner.results.records import (
+    FinalistReport,
+    ServedFigures,
+    Stat,
+    TrialRecord,
+    WorkerDrift,
+)
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;
@@ -206,6 +212,26 @@ def _served_cells(served: dict | None) -> list[str]:
             secs(fig.request_s.median)]
 
 
+def _confirmed(f: FinalistReport) -> str:
+    """The search's leaders over processes, from which the finalists were chosen."""
+    if not f.confirmed:
+        return ""
+    finals = {x.trial for x in f.finalists}
+
+    def rng(s: Stat | None, fmt: Any) -> str:
+        return "" if s is None else f"{fmt(s.median)} [{fmt(s.min)}-{fmt(s.max)}]"
+
+    rows = [[c.trial, c.label, c.processes, rng(c.request_seconds, secs), rng(c.pp_tps, tps),
+             rng(c.tg_tps, tps), "yes" if c.verified and not c.failed_rounds else
+             f"no ({c.failed_rounds} failed)" if c.failed_rounds else "no",
+             "yes" if c.trial in finals else ""] for c in f.confirmed]
+    return ("<p>The search's leaders, each measured again in fresh workers: the median over "
+            "processes (the search trial's and each fresh worker's median), [min-max over "
+            "processes]. The finalists were chosen on these medians.</p>"
+            + table(["#", "settings", "processes", "request s", "pp t/s", "tg t/s", "proven",
+                     "finalist"], rows, {"#", "processes"}))
+
+
 def _finalists(f: FinalistReport | None) -> str:
     if f is None:
         return ("<p class=muted>No finalist re-measurement stored: the winner "
@@ -218,7 +244,8 @@ def _finalists(f: FinalistReport | None) -> str:
              tps(x.tg_tps.value) if x.tg_tps else "", "yes" if x.verified else "no",
              *_served_cells(x.served)]
             for x in f.finalists]
-    return (f"<p>Decision: trial #{f.winner_trial} (fastest point estimate #{f.leader_trial})"
+    return (_confirmed(f)
+            + f"<p>Decision: trial #{f.winner_trial} (fastest point estimate #{f.leader_trial})"
             f"{'; tie' if f.tie else '; undecided' if f.undecided else ''}: {_e(f.reason)}</p>"
             + table(["#", "settings", "rounds", "samples", f"request s ({f.level:.0%})",
                      "ratio to leader", "pp t/s", "tg t/s", "verified", "served ttft s",

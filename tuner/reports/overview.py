@@ -14,6 +14,7 @@ from tuner.evidence.stability import instability
 from tuner.reports.analysis import EffectRow, effects, importance
 from tuner.reports.rows import baseline_for, is_baseline, order
 from tuner.results.records import (
+    ConfirmedFigures,
     FinalistFigures,
     FinalistReport,
     Interval,
@@ -67,6 +68,7 @@ class Overview(Frozen):
     no_winner_reason: str | None
     served: str | None = None  # the winner through llama_cpp.server, and its gap to the raw loop
     front: list[Pick] = []  # the Pareto front (tuner/search/pareto.py), when it holds a trade-off
+    confirmed: list[ConfirmedFigures] = []  # the search's leaders over processes (finalists')
     warnings: list[str]
     effects: list[EffectRow]
     importance: dict[str, float]
@@ -233,7 +235,7 @@ def overview(study: str, records: list[TrialRecord], finalists: FinalistReport |
     served = _served_line(finalists, by_number) if finalist_ok else None
     front = pareto_front(records)
     return Overview(
-        served=served,
+        served=served, confirmed=finalists.confirmed if finalists is not None else [],
         front=[_from_record(r) for r in front] if len(front) > 1 else [],
         study=study, device=records[0].spec.model.device if records else "unknown",
         gpu=(env.gpus[0].get("name") if env and env.gpus else None),

@@ -96,6 +96,12 @@ def print_sweep_result(out: Path, result: Any) -> None:
         c.print(f"finalists re-measured in fresh workers: #{f.winner_trial} "
                 f"{ci.value:.4f} s/request ({f.level:.0%} interval {ci.low:.4f}-{ci.high:.4f}, "
                 f"{win.rounds} rounds); {f.reason}", markup=False)
+        if f.confirmed:
+            top = ", ".join(f"#{x.trial} {x.request_seconds.median:.4f} s" for x in f.confirmed[:3])
+            c.print(f"confirmed: the search's best {len(f.confirmed)} measured in "
+                    f"{max(x.processes for x in f.confirmed)} processes each; finalists "
+                    f"chosen on the medians ({top}{', ...' if len(f.confirmed) > 3 else ''})",
+                    markup=False)
     drifted = [d for d in result.drifts if d.significant]
     if result.drifts:
         c.print(f"drift sentinel: {len(result.drifts)} worker(s) checked, {len(drifted)} drifted "

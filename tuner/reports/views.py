@@ -16,6 +16,7 @@ from rich.text import Text
 from tuner.reports.compare import Comparison
 from tuner.reports.overview import Overview, Pick
 from tuner.reports.roofline import Roofline
+from tuner.results.records import widest_spread
 from tuner.settings import SETTINGS
 
 WIDTH = 100
@@ -125,6 +126,8 @@ def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
             [f"GPU {f.gpu_mib:,.0f} MiB"] if f.gpu_mib is not None else [])
         body.add_row("pareto" if i == 0 else "", f"#{f.trial} {f.label}: {', '.join(figs)}")
     parts: list[RenderableType] = [head, Text(""), body]
+    if ov.confirmed:
+        parts += [Text(""), confirmed_table(ov)]
     if ov.effects:
         parts += [Text(""), effects_table(ov)]
     if ov.importance:
@@ -143,6 +146,25 @@ def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
             warn.add_row("", f"... and {hidden} more (tuner report --format trials)")
         parts.append(warn)
     return Group(*parts)
+
+
+def confirmed_table(ov: Overview) -> Table:
+    """The search's leaders measured again in fresh workers: medians over processes, and how
+    far apart the processes were (the widest phase's (max - min) / median)."""
+    t = Table(title="the search's leaders over processes (medians; the finalists were chosen "
+              "on these)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+              header_style="bold")
+    for name in ("#", "settings", "procs", "request s", "pp t/s", "tg t/s", "spread"):
+        t.add_column(name, justify="left" if name == "settings" else "right",
+                     no_wrap=name != "settings")
+    for c in ov.confirmed:
+        tg = c.tg_tps
+        bad = "" if c.verified and not c.failed_rounds else " (not proven in every process)"
+        spread = widest_spread(c.request_seconds, c.pp_tps, tg)
+        t.add_row(f"#{c.trial}", c.label + bad, str(c.processes), secs(c.request_seconds.median),
+                  tps(c.pp_tps.median), "" if tg is None else tps(tg.median),
+                  f"{spread * 100:.1f}%")
+    return t
 
 
 def effects_table(ov: Overview) -> Table:

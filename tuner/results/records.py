@@ -231,6 +231,24 @@ class FinalistFigures(Frozen):
     served: dict[str, Any] | None = None  # served-path figures when measured (see deploy)
 
 
+class ConfirmedFigures(Frozen):
+    """One of the search's leaders measured again before the finalists are chosen. Each figure's
+    samples are per-process medians: the search trial's own first, then one per fresh worker;
+    the median over processes is the tuner's figure for the config. One process's prompt speed
+    can sit 8% off another's for the same settings (run 5 of docs/benchmarks.md), so a single
+    process's figure is not the config's."""
+
+    trial: int
+    spec_key: str
+    label: str
+    processes: int  # the search trial's process and every fresh worker that measured it
+    request_seconds: Stat
+    pp_tps: Stat
+    tg_tps: Stat | None
+    verified: bool  # proven in the search trial and in every fresh worker that measured it
+    failed_rounds: int = 0  # fresh workers in which it did not complete (crash, timeout...)
+
+
 class FinalistReport(Frozen):
     """The finalists of a study and the decision between them. ``tie``: some finalist was
     proven within ``equivalent`` of the fastest (its ratio interval's top at most 1 +
@@ -249,3 +267,6 @@ class FinalistReport(Frozen):
     undecided: list[int] = Field(default_factory=list)
     equivalent: float | None = None  # the margin a lighter config may lose by (None: older)
     measured_at: str
+    # The search's leaders re-measured in fresh workers, fastest median first; the finalists
+    # were chosen from these figures (empty: no confirmation ran, or an older report).
+    confirmed: list[ConfirmedFigures] = Field(default_factory=list)

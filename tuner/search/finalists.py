@@ -1,6 +1,14 @@
 """The finalists: after the search, the leading configs are measured again, each round in a
 fresh worker per config, interleaved (A B C, A B C, ...), so that a noisy first measurement or a
-worker's history cannot crown the wrong config. Each finalist gets a confidence interval of its
+worker's history cannot crown the wrong config.
+
+First the confirmation: the search's best ``confirm`` configs (10), and any other that
+``select`` would make a finalist, get ``confirm_rounds`` (2) fresh workers each, interleaved.
+Their figures become medians over processes (the search trial's and the fresh workers'), and
+the finalists are chosen from those: a single process's prompt figure can sit 8% off another
+process's for the same settings (runs 5, 12 and 13 of docs/benchmarks.md), so the search's
+one-process ranking is not the config's. The confirmation rounds count as the finalists' first
+rounds. Each finalist gets a confidence interval of its
 request time, prompt and generation speed, and of its ratio to the leader (paired by round, which
 cancels what a round shares: clocks, temperature, the neighbours' load).
 
@@ -24,9 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.results.records import (
+    ConfirmedFigures,
     FinalistFigures,
     FinalistReport,
     Interval,
+    Stat,
     TrialRecord,
     TrialState,
     WorkerDrift,
@@ -49,6 +59,8 @@ class FinalistOptions:
     level: float = 0.95
     equivalent: float = EQUIVALENT
     max_rounds: int = 10  # extra rounds for the leader and the undecided, up to this many
+    confirm: int = 10  # the search's best N are re-measured before the finalists are chosen
+    confirm_rounds: int = 2  # fresh workers each (0: finalists from the search's figures)
 
 
 def select(records: list[TrialRecord], planned: set[str], drifts: list[WorkerDrift],
@@ -130,12 +142,16 @@ def remeasure(finalists: list[TrialRecord], measure: Measure, rounds: int,
 
 
 def settle(study: str, finalists: list[TrialRecord], measure: Measure,
-           opts: FinalistOptions) -> FinalistReport | None:
-    """``opts.rounds`` interleaved rounds of every finalist, then one more round at a time of
-    the leader and the undecided finalists while any is undecided, up to ``opts.max_rounds``.
-    A finalist that more rounds could not decide (``_futile``) gets none: the rounds left are
-    spent only where they can change the answer."""
-    got = remeasure(finalists, measure, opts.rounds)
+           opts: FinalistOptions,
+           got: dict[str, list[_Round]] | None = None) -> FinalistReport | None:
+    """Interleaved rounds of every finalist up to ``opts.rounds`` (``got``: rounds already
+    measured, e.g. by the confirmation), then one more round at a time of the leader and the
+    undecided finalists while any is undecided, up to ``opts.max_rounds``. A finalist that more
+    rounds could not decide (``_futile``) gets none: the rounds left are spent only where they
+    can change the answer."""
+    got = {f.spec_key: list((got or {}).get(f.spec_key, [])) for f in finalists}
+    have = min(len(v) for v in got.values()) if got else 0
+    remeasure(finalists, measure, max(0, opts.rounds - have), got)
     by_trial = {f.number: f for f in finalists}
     while True:
         report = decide(study, finalists, got, opts.level, opts.equivalent)
@@ -153,6 +169,87 @@ def settle(study: str, finalists: list[TrialRecord], measure: Measure,
                 f"{report.reason}; {names} would stay undecided at {opts.max_rounds} rounds at "
                 "the spread measured, so no more were run")})
         remeasure([leader] + [by_trial[t] for t in open_], measure, 1, got)
+
+
+def candidates(records: list[TrialRecord], planned: set[str], drifts: list[WorkerDrift],
+               opts: FinalistOptions) -> list[TrialRecord]:
+    """What the confirmation re-measures, best first: the best ``opts.confirm`` usable trials
+    of the plan and every trial ``select`` would make a finalist. Without a confirmation, the
+    finalists themselves."""
+    chosen = select(records, planned, drifts, opts)
+    if not confirms(opts):
+        return chosen
+    usable = sorted((r for r in records if r.usable and r.spec_key in planned),
+                    key=lambda r: (r.objective, r.number))
+    pool = {r.spec_key: r for r in usable[: opts.confirm]}
+    for r in chosen:
+        pool.setdefault(r.spec_key, r)
+    return sorted(pool.values(), key=lambda r: (r.objective, r.number))
+
+
+def confirms(opts: FinalistOptions) -> bool:
+    return opts.confirm > 0 and opts.confirm_rounds > 0 and opts.rounds > 0
+
+
+def confirmed_figures(record: TrialRecord, rounds: list[_Round],
+                      asked: int) -> ConfirmedFigures | None:
+    """``record``'s figures as medians over processes: its own search trial's, then each fresh
+    worker's round (``asked`` were run). None when the search trial has no measurement."""
+    own = _round_of(record)
+    if own is None:
+        return None
+    procs = [own, *rounds]
+    tg = [x.tg_tps for x in procs if x.tg_tps is not None]
+    return ConfirmedFigures(
+        trial=record.number, spec_key=record.spec_key, label=record.spec.label(),
+        processes=len(procs), request_seconds=Stat.of([x.request_s for x in procs]),
+        pp_tps=Stat.of([x.pp_tps for x in procs]), tg_tps=Stat.of(tg) if tg else None,
+        verified=all(x.verified for x in procs), failed_rounds=asked - len(rounds))
+
+
+def confirm(pool: list[TrialRecord], measure: Measure, opts: FinalistOptions,
+            ) -> tuple[list[ConfirmedFigures], dict[str, list[_Round]]]:
+    """``opts.confirm_rounds`` interleaved rounds of every config of ``pool``, each in a fresh
+    worker; the figures over processes, proven ones first, fastest median first, and the
+    rounds (the finalists' first rounds)."""
+    got = remeasure(pool, measure, opts.confirm_rounds)
+    figures = [c for r in pool
+               if (c := confirmed_figures(r, got[r.spec_key], opts.confirm_rounds)) is not None]
+    figures.sort(key=lambda c: (not c.verified, c.request_seconds.median, c.trial))
+    return figures, got
+
+
+def from_confirmed(confirmed: list[ConfirmedFigures], pool: list[TrialRecord],
+                   opts: FinalistOptions) -> list[TrialRecord]:
+    """The finalists, chosen on the figures over processes: the top ``opts.top`` proven in
+    every process (a config that failed in a fresh worker is out), and every such one within
+    ``opts.within`` of the best median, at most ``opts.most``. The margin is not widened by
+    the search workers' drift, as ``select`` does: two of three processes here are fresh
+    workers of one trial each."""
+    by_key = {r.spec_key: r for r in pool}
+    proven = [c for c in confirmed
+              if c.verified and not c.failed_rounds and c.spec_key in by_key]
+    if not proven:
+        return []
+    best = proven[0].request_seconds.median
+    chosen = [c for i, c in enumerate(proven)
+              if i < opts.top or c.request_seconds.median <= best * (1 + opts.within)]
+    return [by_key[c.spec_key] for c in chosen[: opts.most]]
+
+
+def confirm_and_settle(study: str, pool: list[TrialRecord], measure: Measure,
+        opts: FinalistOptions) -> FinalistReport | None:
+    """The confirmation of ``pool`` (when ``opts`` asks for one), the finalists chosen from
+    it, and their decision (``settle``); ``pool`` is ``candidates``' answer."""
+    if not confirms(opts):
+        return settle(study, pool, measure, opts)
+    confirmed, got = confirm(pool, measure, opts)
+    finalists = from_confirmed(confirmed, pool, opts)
+    if not finalists:
+        return None
+    report = settle(study, finalists, measure, opts,
+                    {f.spec_key: got[f.spec_key] for f in finalists})
+    return report.model_copy(update={"confirmed": confirmed}) if report is not None else None
 
 
 def _futile(f: FinalistFigures, max_rounds: int, level: float, equivalent: float) -> bool:

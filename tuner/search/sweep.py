@@ -37,7 +37,12 @@ from tuner.results.studystore import StudyStore, default_storage
 from tuner.results.trialrecord import make_record, now
 from tuner.search.constraints import apply_vram_cap, no_fit_reason
 from tuner.search.drift import worker_drift
-from tuner.search.finalists import FinalistOptions, select, settle
+from tuner.search.finalists import (
+    FinalistOptions,
+    candidates,
+    confirm_and_settle,
+    confirms,
+)
 from tuner.search.pareto import Objective, front as pareto_front, stagnation as pareto_stagnation
 from tuner.search.planner import Planner
 from tuner.search.preflight import check_records_identity, preflight_config
@@ -442,17 +447,21 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
     (tuner/deploy/servedfinal.py). A stored decision over the same finalists is reused: a re-run of a
     finished study measures nothing again. Returns the decision and the winner's served figures
     and server thread count (None, None when not served)."""
-    finalists = select(records, planned, drifts, opts.finalists)
-    if not finalists:
+    fo = opts.finalists
+    pool = candidates(records, planned, drifts, fo)
+    if not pool:
         return None, None, None
-    keys = {f.spec_key for f in finalists}
     stored = store.finalists()
-    if stored is not None and {f.spec_key for f in stored.finalists} == keys:
+    if stored is not None and _pool_keys(stored) == {f.spec_key for f in pool}:
         return (stored, *_stored_served(stored))
-    events.note(f"finalists: {len(finalists)} configs x {opts.finalists.rounds} rounds, each "
-                "in a fresh worker, interleaved (more rounds, up to "
-                f"{opts.finalists.max_rounds}, while any is undecided)")
-    by_number = {f.spec_key: f for f in finalists}
+    if confirms(fo):
+        events.note(f"confirming the search's best {len(pool)}: {fo.confirm_rounds} more "
+                    "fresh workers each, interleaved; the finalists are chosen on the medians "
+                    "over processes")
+    events.note(f"finalists: up to {fo.most} configs x {fo.rounds} rounds, each in a fresh "
+                f"worker, interleaved (more rounds, up to {fo.max_rounds}, while any is "
+                "undecided)")
+    by_number = {f.spec_key: f for f in pool}
     lib_dirs = {name: p.lib_dir for name, p in probes.items()}
 
     def measure(spec: TrialSpec) -> tuple[Outcome, TrialRecord]:
@@ -466,7 +475,7 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
                                     probe.expected_variant, envs[spec.model.build], started)
 
     t0 = time.monotonic()
-    report = settle(study, finalists, measure, opts.finalists)
+    report = confirm_and_settle(study, pool, measure, fo)
     seconds["finalists"] = time.monotonic() - t0
     if report is None:
         return None, None, None
@@ -481,12 +490,17 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
                                   timeout_s=opts.load_timeout_s, via="server")
 
         t0 = time.monotonic()
-        choice = choose(report, {f.number: f for f in finalists}, serve)
+        choice = choose(report, {f.number: f for f in pool}, serve)
         seconds["served"] = time.monotonic() - t0
         report, fig, threads = choice.report, choice.served, choice.threads
     store.save_finalists(report)
     events.note(f"winner #{report.winner_trial}: {report.reason}")
     return report, fig, threads
+
+
+def _pool_keys(report: FinalistReport) -> set[str]:
+    """The configs a stored decision re-measured: its confirmed ones, else its finalists."""
+    return {f.spec_key for f in (report.confirmed or report.finalists)}
 
 
 def _stored_served(report: FinalistReport) -> tuple[ServedFigures | None, int | None]:
