@@ -9,6 +9,7 @@
 # KV type) at 2048 + 128 tokens, then benchmarks/fidelity_space.py: llama-bench of the same
 # builds over every setting the sweep measured, in the same machine session.
 # LB_ARGS="--poll 0": more llama-bench options for the fidelity pass.
+# POLL_PROBE="2048/1024/0 ..." (with NO_SWEEP=1): llama-bench's pp2048 at --poll 50 and 0.
 # GRID_COMPARE=1: per model, after the default sweep and its llama-bench pass, the exhaustive
 # grid sweep and benchmarks/search_compare.py (issue 11's 98% / 25% goal).
 # Needs: nvcc, cmake, ninja, python3 with numpy/pandas/rich/pyyaml/scipy/scikit-build-core and
@@ -98,6 +99,30 @@ for line in open(sys.argv[1]):
     r = json.loads(line); ts = r["samples_ts"]
     print(f"| {r['n_threads']} | {int(r['flash_attn'])} | {statistics.median(ts):,.0f} | {min(ts):,.0f} | "
           f"{max(ts):,.0f} | {' '.join(f'{x:,.0f}' for x in ts)} |")
+PY
+  fi
+  if [ -n "${POLL_PROBE:-}" ]; then  # llama-bench's prompt speed at its default --poll 50 and at 0
+    # POLL_PROBE="b/u/fa ..." (e.g. "2048/1024/0 2048/2048/1"), POLL_PROCS fresh processes
+    # per config and poll value, interleaved; f16 cache, pp2048 at depth 0, 16 CPU threads.
+    set -- $MODELS; phase "poll probe ${1} ($POLL_PROBE)"
+    for i in $(seq "${POLL_PROCS:-3}"); do for c in $POLL_PROBE; do for poll in 50 0; do
+      IFS=/ read -r b u fa <<< "$c"
+      LD_LIBRARY_PATH=$PWD/builds/${VARIANTS%% *}/lib builds/${VARIANTS%% *}/bin/llama-bench \
+        -m "$(path_of "$1")" -ngl 99 -b "$b" -ub "$u" -fa "$fa" -t 16 --poll "$poll" -p 2048 \
+        -n 0 -r 5 -o jsonl | sed "s/^{/{\"poll\": $poll, \"proc\": $i, /" \
+        >> "$BENCH/out/poll-probe.jsonl" 2>> "$BENCH/poll-probe.log"
+    done; done; done
+    python3 - "$BENCH/out/poll-probe.jsonl" <<'PY' | tee "$BENCH/out/poll-probe.md"
+import json, statistics, sys
+from collections import defaultdict
+per = defaultdict(list)
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    per[(r["n_batch"], r["n_ubatch"], str(r["flash_attn"]), r["poll"])].append(statistics.median(r["samples_ts"]))
+print("| b/u | fa | poll | pp2048 t/s per process (median of 5) | median over processes |")
+print("|---|---|---|---|---|")
+for (b, u, fa, poll), xs in sorted(per.items()):
+    print(f"| {b}/{u} | {fa} | {poll} | {', '.join(f'{x:,.0f}' for x in xs)} | {statistics.median(xs):,.0f} |")
 PY
   fi
   if [ -n "${SPREAD_CONFIGS:-}" ]; then  # where a prompt figure's spread comes from
@@ -212,7 +237,7 @@ case "${1:-status}" in
     done
     cp "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH/out/" 2>/dev/null
     tar czf "$dest/bench.tar.gz" -C "$BENCH" out phase
-    cat "$BENCH"/out/threads-probe.md "$BENCH"/out/multigpu-rate.md "$BENCH"/out/split-report.md "$BENCH"/out/spread/prompt_spread.md "$BENCH"/out/*/fidelity-*.md "$BENCH"/out/*/search-compare.md > "$dest/summary.md" 2>/dev/null
+    cat "$BENCH"/out/poll-probe.md "$BENCH"/out/threads-probe.md "$BENCH"/out/multigpu-rate.md "$BENCH"/out/split-report.md "$BENCH"/out/spread/prompt_spread.md "$BENCH"/out/*/fidelity-*.md "$BENCH"/out/*/search-compare.md > "$dest/summary.md" 2>/dev/null
     for f in "$BENCH"/sweep-*.log; do tail -n 12 "$f"; done
     cat "$dest/summary.md" ;;
 esac
