@@ -10,6 +10,8 @@
 # builds over every setting the sweep measured, in the same machine session.
 # LB_ARGS="--poll 0": more llama-bench options for the fidelity pass.
 # POLL_PROBE="2048/1024/0 ..." (with NO_SWEEP=1): llama-bench's pp2048 at --poll 50 and 0.
+# FRESH=1: issue 11's fresh machine: the CUDA llama-cpp-python installed from the sdist (not
+# timed), then `tuner sweep --model M` with defaults, timed, building its own kernel variants.
 # GRID_COMPARE=1: per model, after the default sweep and its llama-bench pass, the exhaustive
 # grid sweep and benchmarks/search_compare.py (issue 11's 98% / 25% goal).
 # Needs: nvcc, cmake, ninja, python3 with numpy/pandas/rich/pyyaml/scipy/scikit-build-core and
@@ -81,8 +83,46 @@ sweep() {  # model, study name, extra sweep arguments: one `tuner sweep` at 2048
   echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name.log"
 }
 
+fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python installed, then one
+  # plain `tuner sweep --model M` timed from its start, its own kernel builds included.
+  mkdir -p "$BENCH/out"
+  phase "setup: wheels + the CUDA llama-cpp-python from the sdist, models (not timed)"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || { phase "FAILED setup"; return 1; }
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
+    | tee "$BENCH/out/gpu.txt"
+  for m in $MODELS; do
+    python3 -m tuner.models.modelgen --shape "${m%%:*}" --quant f16 --out "$(path_of "$m").f16" \
+      >> "$BENCH/modelgen.log" 2>&1 &
+  done
+  local s=$SECONDS
+  CMAKE_BUILD_PARALLEL_LEVEL=$JOBS CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH" \
+    python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site \
+    "$SDIST" > "$BENCH/install.log" 2>&1 || { phase "FAILED install"; tail -20 "$BENCH/install.log"; return 1; }
+  echo "CUDA llama-cpp-python installed in $((SECONDS - s)) s" | tee -a "$BENCH/install.log"
+  wait
+  for m in $MODELS; do  # quantized with the installed library
+    python3 -c "from tuner.models.modelgen import quantize; quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}')" \
+      >> "$BENCH/modelgen.log" 2>&1 || { phase "FAILED quantize $m"; return 1; }
+    rm -f "$(path_of "$m").f16"
+  done
+  # The machine is offline: the source `tuner sweep` would download is put where it looks first.
+  local v; v=$(python3 -c "import llama_cpp; print(llama_cpp.__version__)")
+  mkdir -p "$BENCH/fresh-builds/.sdist" && cp "$SDIST" "$BENCH/fresh-builds/.sdist/llama_cpp_python-$v.tar.gz"
+  for m in $MODELS; do
+    name=fresh-${m/:/-}
+    phase "fresh sweep $m (timed, builds included)"
+    s=$SECONDS
+    /usr/bin/time -v python3 -m tuner.cli sweep --model "$(path_of "$m")" --prompt-tokens 2048 \
+      --gen-tokens 128 --results "$BENCH/results-$name" --out "$BENCH/out/$name/production.yaml" \
+      --builds "$BENCH/fresh-builds" ${SWEEP_ARGS:-} > "$BENCH/sweep-$name.log" 2>&1
+    echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name.log"
+  done
+}
+
 run() {
   export PYTHONPATH=/tmp/site:$PWD
+  if [ -n "${FRESH:-}" ]; then fresh; phase done; return 0; fi
   prepare || return 1
   if [ -n "${MULTI_GPU:-}" ]; then multi; phase done; return 0; fi
   if [ -n "${PROBE_THREADS:-}" ]; then  # prompt-time spread against llama.cpp's CPU threads
@@ -197,7 +237,7 @@ YAML
 
 status() {
   cat "$BENCH/phase" 2>/dev/null; tail -n 3 "$BENCH/log" 2>/dev/null
-  for f in "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/verify-*.log; do
+  for f in "$BENCH"/install.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/verify-*.log; do
     [ -f "$f" ] && echo "$f: $(tail -n 2 "$f" | cut -c1-160 | tr '\n' ' ')"
   done
 }
@@ -235,7 +275,7 @@ case "${1:-status}" in
       [ -f "$d/optuna.db" ] && mkdir -p "$o" && cp "$d/optuna.db" "$o/" &&
         python3 -m tuner.cli report --results "$d" --format jsonl -o "$o/trials.jsonl"
     done
-    cp "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH/out/" 2>/dev/null
+    cp "$BENCH"/install.log "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH/out/" 2>/dev/null
     tar czf "$dest/bench.tar.gz" -C "$BENCH" out phase
     cat "$BENCH"/out/poll-probe.md "$BENCH"/out/threads-probe.md "$BENCH"/out/multigpu-rate.md "$BENCH"/out/split-report.md "$BENCH"/out/spread/prompt_spread.md "$BENCH"/out/*/fidelity-*.md "$BENCH"/out/*/search-compare.md > "$dest/summary.md" 2>/dev/null
     for f in "$BENCH"/sweep-*.log; do tail -n 12 "$f"; done
