@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -85,12 +90,41 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
+@contextmanager
+def session_lock(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder shared by every xdist worker of this test session (the parent of the workers'
+    base temp folders), held under an exclusive lock named ``name``: the first worker to enter
+    builds what the others then read."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield shared
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def cpu_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict:
-    """One small real CPU sweep (4 trials of the tiny model) for the report tests."""
+    """One small real CPU sweep (4 trials of the tiny model) for the report tests, run once per
+    test session: the first worker that needs it runs it, the others read the same results
+    folder (read only: tests that add to it copy it first, tests/report_data.py)."""
     from tests.report_data import run_cpu_sweep
 
-    return run_cpu_sweep(tmp_path_factory.mktemp("cpu-sweep"), tiny_model)
+    with session_lock("cpu-sweep", tmp_path_factory) as shared:
+        saved = shared / "cpu-sweep.json"
+        if not saved.exists():
+            root = Path(tempfile.mkdtemp(prefix="cpu-sweep-", dir=shared))
+            sweep = run_cpu_sweep(root, tiny_model)
+            proc = sweep["proc"]
+            saved.write_text(json.dumps({
+                "root": str(root), "model": str(sweep["model"]), "study": sweep["study"],
+                "proc": [proc.args, proc.returncode, proc.stdout, proc.stderr]}))
+        data = json.loads(saved.read_text())
+    root = Path(data["root"])
+    return {"root": root, "results": root / "results", "model": Path(data["model"]),
+            "study": data["study"], "proc": subprocess.CompletedProcess(*data["proc"])}
 
 
 @pytest.fixture(scope="module")
