@@ -63,6 +63,28 @@ def pytest_configure(config: pytest.Config) -> None:
         os.sched_setaffinity(0, {cpus[int(worker[2:]) % len(cpus)]})
 
 
+# Modules whose tests share no module-scoped fixture and are slow: scripts/test.sh sends each of
+# their tests to whichever pytest-xdist worker is free (a module of independent real sweeps, races
+# and kills no longer runs one test after another on one worker). Every other module stays whole
+# on one worker, so that its module fixture (one real sweep) runs once. A module listed here
+# that gains a module fixture still passes: the fixture then runs once per worker.
+SPLIT_MODULES = frozenset(f"tests/{m}.py" for m in (
+    "test_postgres_study", "test_resume", "test_shared_study", "test_faults", "test_sampler",
+    "test_sentinel"))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """--dist loadscope, but each test of SPLIT_MODULES is a unit of its own."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return nodeid if module in SPLIT_MODULES else module
+
+    return Scheduling(config, log)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """An xdist worker hands its fault-injection tally to the controller."""
     from tests.fault_tally import TALLY
