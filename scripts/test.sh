@@ -9,5 +9,6 @@ bash scripts/install.sh
 .venv/bin/python -m mypy  # files and options: [tool.mypy] in pyproject.toml
 # Tests run side by side (pytest-xdist): TEST_WORKERS processes (default 4; many tests wait on
 # heartbeats, servers and subprocesses), whole modules kept together so that a module's fixture
-# (one real sweep) runs once; each worker pinned to one CPU (tests/conftest.py).
+# (one real sweep) runs once, except the slow modules of independent tests, whose tests go one by
+# one to the next free worker (SPLIT_MODULES); each worker pinned to one CPU (tests/conftest.py).
 exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-4}" --dist loadscope --durations=15 "$@"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -58,6 +63,28 @@ def pytest_configure(config: pytest.Config) -> None:
         os.sched_setaffinity(0, {cpus[int(worker[2:]) % len(cpus)]})
 
 
+# Modules whose tests share no module-scoped fixture and are slow: scripts/test.sh sends each of
+# their tests to whichever pytest-xdist worker is free (a module of independent real sweeps, races
+# and kills no longer runs one test after another on one worker). Every other module stays whole
+# on one worker, so that its module fixture (one real sweep) runs once. A module listed here
+# that gains a module fixture still passes: the fixture then runs once per worker.
+SPLIT_MODULES = frozenset(f"tests/{m}.py" for m in (
+    "test_postgres_study", "test_resume", "test_shared_study", "test_faults", "test_sampler",
+    "test_sentinel"))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """--dist loadscope, but each test of SPLIT_MODULES is a unit of its own."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return nodeid if module in SPLIT_MODULES else module
+
+    return Scheduling(config, log)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """An xdist worker hands its fault-injection tally to the controller."""
     from tests.fault_tally import TALLY
@@ -85,12 +112,41 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
+@contextmanager
+def session_lock(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder shared by every xdist worker of this test session (the parent of the workers'
+    base temp folders), held under an exclusive lock named ``name``: the first worker to enter
+    builds what the others then read."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield shared
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def cpu_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict:
-    """One small real CPU sweep (4 trials of the tiny model) for the report tests."""
+    """One small real CPU sweep (4 trials of the tiny model) for the report tests, run once per
+    test session: the first worker that needs it runs it, the others read the same results
+    folder (read only: tests that add to it copy it first, tests/report_data.py)."""
     from tests.report_data import run_cpu_sweep
 
-    return run_cpu_sweep(tmp_path_factory.mktemp("cpu-sweep"), tiny_model)
+    with session_lock("cpu-sweep", tmp_path_factory) as shared:
+        saved = shared / "cpu-sweep.json"
+        if not saved.exists():
+            root = Path(tempfile.mkdtemp(prefix="cpu-sweep-", dir=shared))
+            sweep = run_cpu_sweep(root, tiny_model)
+            proc = sweep["proc"]
+            saved.write_text(json.dumps({
+                "root": str(root), "model": str(sweep["model"]), "study": sweep["study"],
+                "proc": [proc.args, proc.returncode, proc.stdout, proc.stderr]}))
+        data = json.loads(saved.read_text())
+    root = Path(data["root"])
+    return {"root": root, "results": root / "results", "model": Path(data["model"]),
+            "study": data["study"], "proc": subprocess.CompletedProcess(*data["proc"])}
 
 
 @pytest.fixture(scope="module")

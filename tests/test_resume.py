@@ -16,6 +16,7 @@ from contextlib import closing
 from pathlib import Path
 
 import optuna
+import pytest
 
 from tests import fault_tally
 from tests.cli_run import REPO, tuner
@@ -76,42 +77,44 @@ def wait_for(pred, timeout: float = 120) -> None:
     raise AssertionError("timed out")
 
 
-def test_parent_killed_and_restarted_loses_and_duplicates_nothing(tiny_model: Path,
+# Three kill points: early (in the first worker), in the second worker, near the end. Where
+# exactly the parent dies is a race, so each point is a different window; each is its own test,
+# so that the three run side by side under pytest-xdist.
+@pytest.mark.parametrize("kill_after", [1, 3, 6])
+def test_parent_killed_and_restarted_loses_and_duplicates_nothing(kill_after: int,
+                                                                   tiny_model: Path,
                                                                    tmp_path: Path) -> None:
-    # Three kill points: early (in the first worker), in the second worker, near the end.
-    # Where exactly the parent dies is a race, so each point is a different window.
-    for run, kill_after in enumerate((1, 3, 6)):
-        root = tmp_path / f"run{run}"
-        args = sweep_args(tiny_model, root)
-        proc = start(args)
-        wait_for(lambda root=root, n=kill_after: stored(root) >= n)
-        proc.send_signal(signal.SIGKILL)  # the parent only; its worker sees the pipe close
-        proc.wait(timeout=30)
-        kept = {r.trial_id: r for r in records(root)}
-        stored_numbers = {r.number for r in kept.values()}
-        # What the restart must retry: trials the dead parent left RUNNING with no record.
-        orphans = [t.number for t in optuna_trials(root)
-                   if t.state == State.RUNNING and t.number not in stored_numbers]
-        again = tuner(*args)
-        crashed = again.returncode != 0 or "Traceback" in again.stderr
-        final = records(root)
-        keys = [r.spec_key for r in final]
-        fault_tally.record("parent SIGKILL + restart", crashed, GRID - len(set(keys)))
-        fault_tally.record_duplicates("parent SIGKILL + restart", len(keys) - len(set(keys)))
-        assert not crashed, again.stderr[-3000:]
-        assert len(final) == GRID and len(set(keys)) == GRID, "each setting exactly once"
-        by_id = {r.trial_id: r for r in final}
-        assert all(by_id.get(i) == r for i, r in kept.items()), "kept records are unchanged"
-        # The restart planned exactly what was missing and retried exactly the orphans.
-        planned = f"{GRID} settings in the grid, {GRID - len(kept)} to run"
-        assert planned in again.stderr, (planned, again.stderr[-2000:])
-        retried = f"({len(orphans)} interrupted trial(s) retried)"
-        assert (retried in again.stderr) == bool(orphans), (orphans, again.stderr[-2000:])
-        assert all(r.usable for r in final)
-        states = [t.state for t in optuna_trials(root)]
-        assert State.RUNNING not in states
-        assert states.count(State.COMPLETE) == GRID
-        assert states.count(State.FAIL) == len(orphans), "each orphan closed as failed"
+    root = tmp_path / "run"
+    args = sweep_args(tiny_model, root)
+    proc = start(args)
+    wait_for(lambda: stored(root) >= kill_after)
+    proc.send_signal(signal.SIGKILL)  # the parent only; its worker sees the pipe close
+    proc.wait(timeout=30)
+    kept = {r.trial_id: r for r in records(root)}
+    stored_numbers = {r.number for r in kept.values()}
+    # What the restart must retry: trials the dead parent left RUNNING with no record.
+    orphans = [t.number for t in optuna_trials(root)
+               if t.state == State.RUNNING and t.number not in stored_numbers]
+    again = tuner(*args)
+    crashed = again.returncode != 0 or "Traceback" in again.stderr
+    final = records(root)
+    keys = [r.spec_key for r in final]
+    fault_tally.record("parent SIGKILL + restart", crashed, GRID - len(set(keys)))
+    fault_tally.record_duplicates("parent SIGKILL + restart", len(keys) - len(set(keys)))
+    assert not crashed, again.stderr[-3000:]
+    assert len(final) == GRID and len(set(keys)) == GRID, "each setting exactly once"
+    by_id = {r.trial_id: r for r in final}
+    assert all(by_id.get(i) == r for i, r in kept.items()), "kept records are unchanged"
+    # The restart planned exactly what was missing and retried exactly the orphans.
+    planned = f"{GRID} settings in the grid, {GRID - len(kept)} to run"
+    assert planned in again.stderr, (planned, again.stderr[-2000:])
+    retried = f"({len(orphans)} interrupted trial(s) retried)"
+    assert (retried in again.stderr) == bool(orphans), (orphans, again.stderr[-2000:])
+    assert all(r.usable for r in final)
+    states = [t.state for t in optuna_trials(root)]
+    assert State.RUNNING not in states
+    assert states.count(State.COMPLETE) == GRID
+    assert states.count(State.FAIL) == len(orphans), "each orphan closed as failed"
 
 
 def test_report_while_a_sweep_writes(tiny_model: Path, tmp_path: Path) -> None:
