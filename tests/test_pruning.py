@@ -82,12 +82,14 @@ def test_worker_prunes_a_clearly_slower_setting_and_not_a_fast_one(tiny_model: P
         assert fast.measured.pruned is None
         assert len(fast.measured.pp_seconds) == len(fast.measured.tg_seconds) == 3
         assert max(requests(fast)) < min(requests(slow_full)), "the setup is not 'clearly'"
-        # Slow against the fast best: stopped after MIN_REPS prompt repetitions.
+        # Slow against the fast best: stopped in its prompt phase, after MIN_REPS repetitions
+        # on a quiet machine (on a loaded one the fast best's spread can need one more: each
+        # repetition must clear the best's slowest plus its spread, pruning.verdict).
         slow = runner.run(spec(1), WL, prune_against=requests(fast))
     assert slow.state is TrialState.PRUNED, (slow.error, requests(fast), requests(slow_full))
-    assert slow.error is not None and slow.error.startswith(f"pruned after {MIN_REPS}")
     m = slow.measured
-    assert len(m.pp_seconds) == MIN_REPS and m.tg_seconds == []
+    assert MIN_REPS <= len(m.pp_seconds) <= WL.repetitions and m.tg_seconds == []
+    assert slow.error is not None and slow.error.startswith(f"pruned after {len(m.pp_seconds)}")
     assert min(m.pp_seconds) > max(requests(fast))
 
 
