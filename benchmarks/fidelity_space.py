@@ -10,7 +10,8 @@ processes of the same config differ in prompt speed by up to 8%, and some run wh
 speed (run 5, benchmarks/process_spread.py). So the configs that the checks compare (the
 tuner's top 10, the tuner's choice and llama-bench's own best 3) get ``--procs`` fresh processes
 per test in all, interleaved, and their reference is the median over processes of each
-process's median (a slow process counts once, not as the reference).
+process's median (a slow process counts once, not as the reference). The tuner's top 10 and
+choice are measured first, closest in time to the sweep's own figures of them.
 
 Prints, last, three checks and a table: every config of the tuner's top 10 within 3% of
 llama-bench in prompt and generation speed (the top 10 and figures of the sweep's confirmation
@@ -106,12 +107,6 @@ def main() -> None:
                 ts = row.get("samples_ts") or [row["avg_ts"]]
                 per_proc[k]["pp" if row["n_prompt"] else "tg"].append(statistics.median(ts))
 
-    # Pass 1, the whole space: one llama-bench process per setting and test (llama-bench makes
-    # all its contexts in one process, and on an H100 the later ones ran slower: run 3).
-    space = sorted({key_of(r) for r in tried})
-    for k in space:
-        measure(k)
-
     def bench_of(k: Key) -> dict[str, float]:
         return {side: statistics.median(xs) for side, xs in per_proc[k].items() if xs}
 
@@ -119,22 +114,36 @@ def main() -> None:
         b = bench_of(k)
         return P / b["pp"] + G / b["tg"] if "pp" in b and "tg" in b else float("inf")
 
-    # Pass 2, the compared configs of every study: more fresh processes, interleaved
-    # (A B C ... A B C).
-    compared: list[Key] = sorted(space, key=lb_request)[:3]
+    # Pass 1, right after the sweep: the tuner's top 10 (confirmed, else by the search's
+    # figures) and its choice, in every study, --procs fresh processes each, interleaved (A B C
+    # ... A B C). The sweep's confirmation measured them in its last minutes; the machine's
+    # level moves over minutes (runs 7, 17 and 18), so their reference is taken first.
+    tuner_top: list[Key] = []
     for store in stores:
         records = [r for r in store.records() if r.usable]
         by_objective = sorted(records, key=lambda r: r.objective or float("inf"))
-        compared += [key_of(r) for r in by_objective[:10]]
+        tuner_top += [key_of(r) for r in by_objective[:10]]
         final = store.finalists()
         if final:
             number = {r.number: r for r in records}
-            compared += [key_of(number[c.trial]) for c in final.confirmed[:10] if c.trial in number]
-            compared += [key_of(r) for r in records if r.number == final.winner_trial]
-    compared = list(dict.fromkeys(compared))
-    for _ in range(a.procs - 1):
-        for k in compared:
+            tuner_top += [key_of(number[c.trial]) for c in final.confirmed[:10] if c.trial in number]
+            tuner_top += [key_of(r) for r in records if r.number == final.winner_trial]
+    tuner_top = list(dict.fromkeys(tuner_top))
+    for _ in range(a.procs):
+        for k in tuner_top:
             measure(k)
+    # Pass 2, the rest of the space: one llama-bench process per setting and test (llama-bench
+    # makes all its contexts in one process, and on an H100 the later ones ran slower: run 3).
+    space = sorted({key_of(r) for r in tried})
+    for k in space:
+        if k not in tuner_top:
+            measure(k)
+    # Pass 3: llama-bench's own best 3 over the space get --procs processes too.
+    lb_best3 = [k for k in sorted(space, key=lb_request)[:3] if k not in tuner_top]
+    for _ in range(a.procs - 1):
+        for k in lb_best3:
+            measure(k)
+    compared = tuner_top + lb_best3
     a.first_store = stores[0]
     for results, store in zip(a.results, stores):
         report(results, store, a, P, G, threads, space, bench_of, lb_request, label_of, tried,
