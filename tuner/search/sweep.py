@@ -443,9 +443,10 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
            envs: dict[str, Environment], info: ModelInfo, wl: Workload, logs: Path,
            events: Events, seconds: dict[str, float],
            ) -> tuple[FinalistReport | None, ServedFigures | None, int | None]:
-    """Re-measure the leaders in fresh workers, interleaved, and decide; then serve them
-    (tuner/deploy/servedfinal.py). A stored decision over the same finalists is reused: a re-run of a
-    finished study measures nothing again. Returns the decision and the winner's served figures
+    """Confirm the search's leaders in fresh workers, choose the finalists on those figures,
+    re-measure them, interleaved, and decide (tuner/search/finalists.py); then serve them
+    (tuner/deploy/servedfinal.py). A stored decision over the same configs is reused: a re-run
+    of a finished study measures nothing again. Returns the decision and the winner's served figures
     and server thread count (None, None when not served)."""
     fo = opts.finalists
     pool = candidates(records, planned, drifts, fo)
