@@ -186,8 +186,9 @@ def report(results: Path, store: Any, a: argparse.Namespace, P: int, G: int, thr
     by_trial = {r.number: r for r in records}
     confirmed = []
     for c in (final.confirmed if final else [])[:10]:
-        lb = bench.get(key_of(by_trial[c.trial]), {}) if c.trial in by_trial else {}
-        if "pp" in lb and "tg" in lb and c.tg_tps is not None:
+        k = key_of(by_trial[c.trial]) if c.trial in by_trial else None
+        lb = bench.get(k, {}) if k is not None else {}
+        if k is not None and "pp" in lb and "tg" in lb and c.tg_tps is not None:
             confirmed.append({
                 "trial": c.trial, "label": c.label, "processes": c.processes,
                 "tuner_request_s": c.request_seconds.median,
@@ -195,8 +196,7 @@ def report(results: Path, store: Any, a: argparse.Namespace, P: int, G: int, thr
                 "tuner_tg": c.tg_tps.median, "tuner_tg_processes": c.tg_tps.samples,
                 "lb_pp": lb["pp"], "lb_tg": lb["tg"], "lb_request_s": P / lb["pp"] + G / lb["tg"],
                 "pp_diff": c.pp_tps.median / lb["pp"] - 1, "tg_diff": c.tg_tps.median / lb["tg"] - 1,
-                "lb_pp_processes": per_proc[key_of(by_trial[c.trial])]["pp"],
-                "lb_tg_processes": per_proc[key_of(by_trial[c.trial])]["tg"]})
+                "lb_pp_processes": per_proc[k]["pp"], "lb_tg_processes": per_proc[k]["tg"]})
     top = table[:10]
     worst_single = max(max(abs(t["pp_diff"]), abs(t["tg_diff"] or 0)) for t in top)
     worst_top = (max(max(abs(t["pp_diff"]), abs(t["tg_diff"])) for t in confirmed)

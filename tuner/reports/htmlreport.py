@@ -222,7 +222,7 @@ def _confirmed(f: FinalistReport) -> str:
         return "" if s is None else f"{fmt(s.median)} [{fmt(s.min)}-{fmt(s.max)}]"
 
     rows = [[c.trial, c.label, c.processes, rng(c.request_seconds, secs), rng(c.pp_tps, tps),
-             rng(c.tg_tps, tps), "yes" if c.verified and not c.failed_rounds else
+             rng(c.tg_tps, tps), "yes" if c.proven else
              f"no ({c.failed_rounds} failed)" if c.failed_rounds else "no",
              "yes" if c.trial in finals else ""] for c in f.confirmed]
     return ("<p>The search's leaders, each measured again in fresh workers: the median over "

@@ -159,7 +159,7 @@ def confirmed_table(ov: Overview) -> Table:
                      no_wrap=name != "settings")
     for c in ov.confirmed:
         tg = c.tg_tps
-        bad = "" if c.verified and not c.failed_rounds else " (not proven in every process)"
+        bad = "" if c.proven else " (not proven in every process)"
         spread = widest_spread(c.request_seconds, c.pp_tps, tg)
         t.add_row(f"#{c.trial}", c.label + bad, str(c.processes), secs(c.request_seconds.median),
                   tps(c.pp_tps.median), "" if tg is None else tps(tg.median),

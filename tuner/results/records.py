@@ -248,6 +248,12 @@ class ConfirmedFigures(Frozen):
     verified: bool  # proven in the search trial and in every fresh worker that measured it
     failed_rounds: int = 0  # fresh workers in which it did not complete (crash, timeout...)
 
+    @property
+    def proven(self) -> bool:
+        """Verified in every process, and completed in every fresh worker asked: the only
+        confirmed configs that may become finalists."""
+        return self.verified and not self.failed_rounds
+
 
 class FinalistReport(Frozen):
     """The finalists of a study and the decision between them. ``tie``: some finalist was

@@ -29,7 +29,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tuner.results.records import (
     ConfirmedFigures,
@@ -67,22 +67,39 @@ def select(records: list[TrialRecord], planned: set[str], drifts: list[WorkerDri
            opts: FinalistOptions) -> list[TrialRecord]:
     """The leading usable trials of the current plan, best first: the top ``opts.top``, and
     every one within the margin of the best (an unstable one by its fastest repetition)."""
-    usable = sorted((r for r in records if r.usable and r.spec_key in planned),
-                    key=lambda r: (r.objective, r.number))
+    usable = _ranked(records, planned)
     if not usable:
         return []
-    best = usable[0].objective or 0.0
-    margin = search_margin(drifts, opts.within)
-    chosen: dict[str, TrialRecord] = {}
-    for r in usable:
+
+    def judged(r: TrialRecord) -> float:
         # A trial whose repetitions spread beyond the stability limit (a phase that changed
         # level mid-trial: run 11 of docs/benchmarks.md) is judged by its fastest repetition:
         # its median may say more about the machine than about the settings.
         m = r.measurement
         fastest = m.request_seconds.min if m is not None and m.unstable else r.objective
-        close = (fastest or math.inf) <= best * (1 + margin)
-        if (len(chosen) < opts.top or close) and r.spec_key not in chosen:
-            chosen[r.spec_key] = r
+        return fastest or math.inf
+
+    return _leading(usable, lambda r: r.spec_key, judged, usable[0].objective or 0.0,
+                    search_margin(drifts, opts.within), opts)
+
+
+def _ranked(records: list[TrialRecord], planned: set[str]) -> list[TrialRecord]:
+    """The usable trials of the current plan, best objective first."""
+    return sorted((r for r in records if r.usable and r.spec_key in planned),
+                  key=lambda r: (r.objective, r.number))
+
+
+T = TypeVar("T")
+
+
+def _leading(ranked: list[T], key: Callable[[T], str], value: Callable[[T], float], best: float,
+             margin: float, opts: FinalistOptions) -> list[T]:
+    """Of ``ranked`` (best first), one per config: the first ``opts.top``, and every one whose
+    ``value`` is within ``margin`` of ``best``; at most ``opts.most``."""
+    chosen: dict[str, T] = {}
+    for x in ranked:
+        if key(x) not in chosen and (len(chosen) < opts.top or value(x) <= best * (1 + margin)):
+            chosen[key(x)] = x
     return list(chosen.values())[: opts.most]
 
 
@@ -179,9 +196,7 @@ def candidates(records: list[TrialRecord], planned: set[str], drifts: list[Worke
     chosen = select(records, planned, drifts, opts)
     if not confirms(opts):
         return chosen
-    usable = sorted((r for r in records if r.usable and r.spec_key in planned),
-                    key=lambda r: (r.objective, r.number))
-    pool = {r.spec_key: r for r in usable[: opts.confirm]}
+    pool = {r.spec_key: r for r in _ranked(records, planned)[: opts.confirm]}
     for r in chosen:
         pool.setdefault(r.spec_key, r)
     return sorted(pool.values(), key=lambda r: (r.objective, r.number))
@@ -227,18 +242,16 @@ def from_confirmed(confirmed: list[ConfirmedFigures], pool: list[TrialRecord],
     the search workers' drift, as ``select`` does: two of three processes here are fresh
     workers of one trial each."""
     by_key = {r.spec_key: r for r in pool}
-    proven = [c for c in confirmed
-              if c.verified and not c.failed_rounds and c.spec_key in by_key]
+    proven = [c for c in confirmed if c.proven and c.spec_key in by_key]
     if not proven:
         return []
-    best = proven[0].request_seconds.median
-    chosen = [c for i, c in enumerate(proven)
-              if i < opts.top or c.request_seconds.median <= best * (1 + opts.within)]
-    return [by_key[c.spec_key] for c in chosen[: opts.most]]
+    chosen = _leading(proven, lambda c: c.spec_key, lambda c: c.request_seconds.median,
+                      proven[0].request_seconds.median, opts.within, opts)
+    return [by_key[c.spec_key] for c in chosen]
 
 
 def confirm_and_settle(study: str, pool: list[TrialRecord], measure: Measure,
-        opts: FinalistOptions) -> FinalistReport | None:
+                       opts: FinalistOptions) -> FinalistReport | None:
     """The confirmation of ``pool`` (when ``opts`` asks for one), the finalists chosen from
     it, and their decision (``settle``); ``pool`` is ``candidates``' answer."""
     if not confirms(opts):
