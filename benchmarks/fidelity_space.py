@@ -93,11 +93,15 @@ def main() -> None:
     # Per config and side ("pp", "tg"): each llama-bench process's median of its repetitions.
     per_proc: dict[Key, dict[str, list[float]]] = defaultdict(lambda: {"pp": [], "tg": []})
     commands: list[str] = []
+    no_bench: set[str] = set()  # builds without a llama-bench: their settings are not compared
 
     def measure(k: Key) -> None:
         build, nb, nu, fa, tk, tv = k
         binary = a.builds / build / "bin" / "llama-bench"
         lib = a.builds / build / "lib"
+        if not binary.is_file():  # e.g. the installed package's library: no llama-bench
+            no_bench.add(build)
+            return
         for test in (["-p", str(P), "-n", "0", "-d", "0"],
                      ["-p", "0", "-n", str(G), "-d", str(P)]):
             rows, cmd = llama_bench(binary, lib, a.model, [nb], [nu], fa, tk, tv, test,
@@ -145,6 +149,7 @@ def main() -> None:
             measure(k)
     compared = tuner_top + lb_best3
     a.first_store = stores[0]
+    a.no_bench = no_bench
     for results, store in zip(a.results, stores):
         report(results, store, a, P, G, threads, space, bench_of, lb_request, label_of, tried,
                per_proc, compared, commands)
@@ -214,9 +219,14 @@ def report(results: Path, store: Any, a: argparse.Namespace, P: int, G: int, thr
                              "pp": f.pp_tps.value, "tg": f.tg_tps.value, "lb_pp": lb["pp"],
                              "lb_tg": lb["tg"], "pp_diff": f.pp_tps.value / lb["pp"] - 1,
                              "tg_diff": f.tg_tps.value / lb["tg"] - 1})
-    chosen = next(t for t in table if final and t["trial"] == final.winner_trial) if final \
-        else table[0]
+    chosen = next((t for t in table if final and t["trial"] == final.winner_trial), None) \
+        if final else table[0]
+    if chosen is None:  # the winner's build has no llama-bench: no reference for it
+        win = by_trial[final.winner_trial]
+        chosen = {"trial": win.number, "label": win.spec.label(), "lb_request_s": float("nan")}
     choice_gap = chosen["lb_request_s"] / lb_best["lb_request_s"] - 1
+    uncompared = [c for c in (final.confirmed if final else [])[:10]
+                  if c.trial in by_trial and by_trial[c.trial].spec.model.build in a.no_bench]
     drifts = store.drifts()
     lines = [f"## {study} ({results}): tuner vs llama-bench (same builds, same session), "
              f"pp{P} @ depth 0 and tg{G} @ depth {P}, medians of {a.reps} repetitions, "
@@ -264,6 +274,11 @@ def report(results: Path, store: Any, a: argparse.Namespace, P: int, G: int, thr
               f"#{lb_best['trial']} ({lb_best['label']}) {lb_best['lb_request_s']:.4f} s: "
               f"{choice_gap * 100:+.2f}% (goal <= 2%; llama-bench ran all {len(space)} settings "
               "the sweep tried, pruned ones included)"]
+    if a.no_bench:
+        lines += [f"not compared (no llama-bench for build {', '.join(sorted(a.no_bench))}): "
+                  f"{len(uncompared)} of the confirmed top 10"
+                  + (": " + ", ".join(f"#{c.trial} {c.label}" for c in uncompared)
+                     if uncompared else "")]
     if final:
         lines += [f"finalists: {final.reason}", "",
                   "| finalist | settings | rounds | pp t/s (fresh workers) | llama-bench pp | diff "
@@ -290,6 +305,7 @@ def report(results: Path, store: Any, a: argparse.Namespace, P: int, G: int, thr
         "space": [{"key": list(k), "label": label_of[k], "lb_request_s": lb_request(k),
                    **bench_of(k)} for k in space], "commands": commands, "procs": a.procs,
         "compared": [list(k) for k in compared], "top10_worst": worst_top,
+        "not_compared": [c.trial for c in uncompared], "no_bench": sorted(a.no_bench),
         "all_worst": every, "choice_gap": choice_gap, "chosen": chosen, "lb_best": lb_best,
         "finalists": final.model_dump(mode="json") if final else None,
         "drift": [d.model_dump(mode="json") for d in drifts]}, indent=1))

@@ -113,10 +113,20 @@ fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python instal
     name=fresh-${m/:/-}
     phase "fresh sweep $m (timed, builds included)"
     s=$SECONDS
-    /usr/bin/time -v python3 -m tuner.cli sweep --model "$(path_of "$m")" --prompt-tokens 2048 \
+    local timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -v)
+    "${timer[@]}" python3 -m tuner.cli sweep --model "$(path_of "$m")" --prompt-tokens 2048 \
       --gen-tokens 128 --results "$BENCH/results-$name" --out "$BENCH/out/$name/production.yaml" \
       --builds "$BENCH/fresh-builds" ${SWEEP_ARGS:-} > "$BENCH/sweep-$name.log" 2>&1
     echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name.log"
+    cp -r "$BENCH/fresh-builds/force-cublas/build.json" "$BENCH/out/$name/" 2>/dev/null
+    [ -n "${NO_FIDELITY:-}" ] && continue
+    # llama-bench of the builds the sweep made (the installed package has none: its settings
+    # are listed as not compared), right after the sweep.
+    phase "llama-bench over the space $m"
+    python3 benchmarks/fidelity_space.py --model "$(path_of "$m")" --results "$BENCH/results-$name" \
+      --builds "$BENCH/fresh-builds" --out "$BENCH/out/$name" --lb-args "${LB_ARGS:-}" \
+      > "$BENCH/fidelity-$name.log" 2>&1
+    echo "fidelity exit $?" >> "$BENCH/fidelity-$name.log"
   done
 }
 

@@ -13,6 +13,7 @@ from tuner.search.finalists import (
     FinalistOptions,
     _Round,
     candidates,
+    confirm,
     confirm_and_settle,
     decide,
     select,
@@ -243,6 +244,27 @@ def test_the_pool_is_the_best_n_and_every_would_be_finalist() -> None:
     assert [r.number for r in pool] == [0, 1, 2, 3, 11]
     off = candidates(recs, planned, [], FinalistOptions(top=3, confirm=0))
     assert [r.number for r in off] == [0, 1, 2, 11]  # no confirmation: select()'s finalists
+
+
+def test_each_builds_leaders_join_the_pool_whatever_their_rank() -> None:
+    # The first build's 12 trials fill the best 10; the second build's best two, measured
+    # beside their own compile or in a slower worker, are confirmed too.
+    recs = [make_record(i, request_s=1.0 + 0.01 * i, n_batch=512 * (i + 1)) for i in range(12)]
+    recs += [make_record(12 + i, request_s=1.3 + 0.1 * i, build="force-cublas",
+                         n_batch=512 * (i + 1)) for i in range(3)]
+    pool = candidates(recs, {r.spec_key for r in recs}, [], FinalistOptions(top=3, confirm=10))
+    assert [r.number for r in pool] == [*range(10), 12, 13]
+
+
+def test_a_trial_measured_beside_a_compile_counts_only_its_fresh_workers() -> None:
+    recs = [make_record(0, request_s=2.0).model_copy(update={"alongside_build": ["force-cublas"]}),
+            make_record(1, request_s=1.0, n_batch=1024)]
+    script = {0: iter([1.0, 1.0]), 1: iter([1.1, 1.1])}
+    confirmed, _ = confirm(recs, scripted(recs, script, []), FinalistOptions(confirm_rounds=2))
+    by_trial = {c.trial: c for c in confirmed}
+    assert by_trial[0].processes == 2 and by_trial[0].request_seconds.samples == [1.0, 1.0]
+    assert by_trial[1].processes == 3 and by_trial[1].request_seconds.samples[0] == 1.0
+    assert [c.trial for c in confirmed] == [0, 1]  # the slow search figure did not hold #0 back
 
 
 def test_confirmation_reranks_on_medians_over_processes() -> None:

@@ -58,6 +58,21 @@ def test_seeds_are_the_baseline_then_llama_cpp_defaults() -> None:
     assert (c.n_batch, c.n_ubatch, c.flash_attn, c.type_k) == (2048, 512, True, "f16")
 
 
+def test_every_build_is_seeded_at_its_baseline_and_llama_cpp_defaults() -> None:
+    # A build that joins the plan during the search (tuner/builds/autobuild.py) is measured at
+    # its own defaults before the model compares builds.
+    two = {**PLAN, **{s.key(): s for s in (spec(512, 256, False, build="force-cublas"),
+                                           spec(2048, 512, True, build="force-cublas"),
+                                           spec(2048, 1024, True, build="force-cublas"))}}
+    order = TpeOrder(two)
+    seeds = [two[k] for k in order.seeds]
+    assert [(s.model.build, s.context.n_batch, s.context.n_ubatch) for s in seeds] == [
+        ("installed", 512, 256), ("installed", 2048, 512),
+        ("force-cublas", 512, 256), ("force-cublas", 2048, 512)]
+    done = [Finished(k, 1.0) for k in order.seeds[:2]]
+    assert order.pick([k for k in two if k not in order.seeds[:2]], done) == order.seeds[2]
+
+
 def test_proposals_land_on_open_settings_only_and_are_deterministic() -> None:
     order = TpeOrder(PLAN, seed=3)
     keys = list(PLAN)

@@ -4,11 +4,13 @@ check the library reports the variant asked for, then rename the build into plac
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -42,6 +44,20 @@ BASE_CMAKE_ARGS = [
     "-DCMAKE_INSTALL_RPATH=$ORIGIN;$ORIGIN/../lib",
 ]
 DEFAULT_NVCC = Path("/usr/local/cuda/bin/nvcc")  # used when nvcc is not on PATH
+# The build commands running now (cmake, ninja under it): a sweep that stops while its
+# background build compiles ends them (tuner/builds/autobuild.py BackgroundBuilds.cancel).
+RUNNING: set[subprocess.Popen[str]] = set()
+
+
+def stop_running() -> None:
+    """End every build command running now, with everything it started."""
+    for proc in list(RUNNING):
+        _end(proc)
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGTERM)
 class BuildPlan(Frozen):
     """What ``build_variant`` would do, returned by a dry run."""
 
@@ -230,15 +246,24 @@ def _run(cmd: list[str], log: Callable[[str], None], what: str, hint: str | None
     """Run a command, streaming its merged output line by line; return that output."""
     lines: list[str] = []
     try:
+        # Its own process group: ending the build ends cmake, ninja and every compiler under it.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=env)
+                                errors="replace", env=env, start_new_session=True)
     except FileNotFoundError:
         raise EnvironmentUnfit(f"{cmd[0]} is not installed") from None
     assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line.rstrip("\n"))
-        log(lines[-1])
-    if proc.wait() != 0:
+    RUNNING.add(proc)
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            log(lines[-1])
+        proc.wait()
+    except BaseException:  # interrupted: the compilers must not outlive the command
+        _end(proc)
+        raise
+    finally:
+        RUNNING.discard(proc)
+    if proc.returncode != 0:
         last = next((x.strip() for x in reversed(lines) if x.strip()), "no output")
         raise TunerError(f"{what} failed (exit {proc.returncode}): {last}", hint=hint)
     return "\n".join(lines)

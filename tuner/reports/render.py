@@ -64,6 +64,8 @@ class SweepProgress:
                 detail += f", tg {m.tg_tps.median:,.1f} t/s"
             if m.unstable:
                 detail += " (unstable)"
+            if record.alongside_build:
+                detail += f" (beside the {', '.join(record.alongside_build)} compile)"
         if not record.usable:
             why = record.verification.reasons[0] if record.verification.reasons else record.error
             detail = f"{detail} - {why}" if detail else str(why)
@@ -82,6 +84,11 @@ def print_sweep_result(out: Path, result: Any) -> None:
         times = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
         c.print(f"search ({result.sampler}): {result.stop_reason}; saw {result.seen} of "
                 f"{result.planned} settings" + (f"; time: {times}" if times else ""),
+                markup=False)
+    beside = sum(bool(r.alongside_build) for r in result.ran)
+    if beside:
+        c.print(f"{beside} trial(s) measured while a kernel build compiled at idle priority: "
+                "their figures only nominated; the confirmation and finalists ran after it",
                 markup=False)
     if result.written is None:
         what = "production config" if getattr(result, "deferred", False) else \

@@ -177,6 +177,8 @@ class Claims:
                 heartbeat=time.time()))
 
     def start_heartbeat(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return  # one heartbeat per sweep, however often the plan is extended
         def loop() -> None:
             while not self._stop.wait(HEARTBEAT_S):
                 with suppress(sa.exc.SQLAlchemyError):  # a busy database: the next beat

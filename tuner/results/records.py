@@ -138,6 +138,9 @@ class TrialRecord(Frozen):
     environment: Environment | None = None
     worker_id: str | None = None  # the worker process that measured it (drift is per worker)
     space_id: str | None = None  # the search space it was planned under (Space.space_id)
+    # The kernel builds compiling (at idle CPU priority) while it was measured, if any: its
+    # figures only nominate (tuner/builds/autobuild.py); None: nothing compiled beside it.
+    alongside_build: list[str] | None = None
     started_at: str
     finished_at: str
 
@@ -233,15 +236,17 @@ class FinalistFigures(Frozen):
 
 class ConfirmedFigures(Frozen):
     """One of the search's leaders measured again before the finalists are chosen. Each figure's
-    samples are per-process medians: the search trial's own first, then one per fresh worker;
-    the median over processes is the tuner's figure for the config. One process's prompt speed
+    samples are per-process medians: the search trial's own first (unless it was measured while
+    a kernel build compiled: then only the fresh workers'), then one per fresh worker; the
+    median over processes is the tuner's figure for the config. One process's prompt speed
     can sit 8% off another's for the same settings (run 5 of docs/benchmarks.md), so a single
     process's figure is not the config's."""
 
     trial: int
     spec_key: str
     label: str
-    processes: int  # the search trial's process and every fresh worker that measured it
+    processes: int  # the search trial's process (unless beside a compile) and every fresh
+    # worker that measured it
     request_seconds: Stat
     pp_tps: Stat
     tg_tps: Stat | None

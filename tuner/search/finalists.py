@@ -48,6 +48,7 @@ from tuner.worker.outcome import Outcome
 
 PLAIN_BUILDS = ("installed", "default")  # no special kernel build needed to deploy these
 EQUIVALENT = 0.01  # a lighter config may win only when proven at most 1% slower
+PER_BUILD = 2  # each kernel build's best N always join the confirmation
 
 
 @dataclass(frozen=True)
@@ -191,12 +192,24 @@ def settle(study: str, finalists: list[TrialRecord], measure: Measure,
 def candidates(records: list[TrialRecord], planned: set[str], drifts: list[WorkerDrift],
                opts: FinalistOptions) -> list[TrialRecord]:
     """What the confirmation re-measures, best first: the best ``opts.confirm`` usable trials
-    of the plan and every trial ``select`` would make a finalist. Without a confirmation, the
-    finalists themselves."""
+    of the plan, the best ``PER_BUILD`` of each kernel build, and every trial ``select`` would
+    make a finalist. Without a confirmation, the finalists themselves.
+
+    Each build's leaders go in whatever their rank: a build's trials can have been measured
+    under other conditions than another's (beside its own compile, tuner/builds/autobuild.py,
+    or in a worker that drifted), and a ranking across builds taken in one process each is the
+    very thing the confirmation checks."""
     chosen = select(records, planned, drifts, opts)
     if not confirms(opts):
         return chosen
-    pool = {r.spec_key: r for r in _ranked(records, planned)[: opts.confirm]}
+    ranked = _ranked(records, planned)
+    pool = {r.spec_key: r for r in ranked[: opts.confirm]}
+    per_build: dict[str, int] = {}
+    for r in ranked:
+        build = r.spec.model.build
+        if per_build.get(build, 0) < PER_BUILD:
+            per_build[build] = per_build.get(build, 0) + 1
+            pool.setdefault(r.spec_key, r)
     for r in chosen:
         pool.setdefault(r.spec_key, r)
     return sorted(pool.values(), key=lambda r: (r.objective, r.number))
@@ -209,11 +222,15 @@ def confirms(opts: FinalistOptions) -> bool:
 def confirmed_figures(record: TrialRecord, rounds: list[_Round],
                       asked: int) -> ConfirmedFigures | None:
     """``record``'s figures as medians over processes: its own search trial's, then each fresh
-    worker's round (``asked`` were run). None when the search trial has no measurement."""
+    worker's round (``asked`` were run). A search trial measured while a kernel build compiled
+    counts only as a nomination: its figures stay out, the fresh workers' alone are the
+    config's. None when there is no figure left."""
     own = _round_of(record)
     if own is None:
         return None
-    procs = [own, *rounds]
+    procs = [*([] if record.alongside_build else [own]), *rounds]
+    if not procs:
+        return None
     tg = [x.tg_tps for x in procs if x.tg_tps is not None]
     return ConfirmedFigures(
         trial=record.number, spec_key=record.spec_key, label=record.spec.label(),

@@ -95,12 +95,20 @@ class TpeOrder:
         self.seeds = self._seeds()
 
     def _seeds(self) -> list[str]:
-        """The baseline (the plan's first setting) and llama.cpp's defaults, per build order."""
-        keys = list(self.plan)
-        first = keys[:1]
-        defaults = [k for k in keys if all(getattr(self.plan[k].context, f) == v
-                                           for f, v in LLAMA_DEFAULTS.items())]
-        return first + [k for k in defaults[:1] if k not in first]
+        """Per kernel build, in plan order: its first setting (the plan's first is the
+        baseline) and llama.cpp's defaults. Every build is measured at its own defaults before
+        the model compares builds on what it guesses."""
+        out: list[str] = []
+        by_build: dict[str, list[str]] = {}
+        for k, spec in self.plan.items():
+            by_build.setdefault(spec.model.build, []).append(k)
+        for keys in by_build.values():
+            defaults = (k for k in keys if all(getattr(self.plan[k].context, f) == v
+                                               for f, v in LLAMA_DEFAULTS.items()))
+            for k in [keys[0], next(defaults, keys[0])]:
+                if k not in out:
+                    out.append(k)
+        return out
 
     def pick(self, open_keys: list[str], history: list[Finished]) -> str | None:
         """The next setting among ``open_keys`` (plan order), given the finished trials."""

@@ -5,15 +5,16 @@ verified trial. Library code: the CLI renders, this module decides."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 from tuner.builds import catalog as builds_mod
-from tuner.builds.autobuild import build_missing
+from tuner.builds.autobuild import BackgroundBuilds, Builder
 from tuner.builds.buildinfo import BuildFlags, fa_supports, parse_system_info
-from tuner.builds.selection import missing_builds, redundant_builds
+from tuner.builds.selection import MissingBuild, missing_builds, redundant_builds
 from tuner.deploy.configcheck import close_children
 from tuner.deploy.prodconfig import WrittenConfig, check_out, write_production
 from tuner.deploy.servedfinal import choose
@@ -154,37 +155,61 @@ def _probe_builds(runner: Runner, names: list[str], device: Device, explicit: bo
     return found
 
 
-def _with_missing_builds(runner: Runner, probes: dict[str, BuildProbe], opts: SweepOptions,
-                         events: Events) -> tuple[dict[str, BuildProbe], float]:
-    """The probed builds plus the kernel builds this GPU could use and that are not made yet,
-    compiled now (tuner/builds/autobuild.py), before any figure is taken; and the seconds that
-    took. A build that cannot be made leaves the sweep on the builds it has."""
-    missing = missing_builds({n: (p.flags, p.hello.log) for n, p in probes.items()})
+def builds_to_make(probes: dict[str, BuildProbe]) -> list[MissingBuild]:
+    """The kernel builds this GPU could use that are not made yet (tuner/builds/selection.py)."""
+    return missing_builds({n: (p.flags, p.hello.log) for n, p in probes.items()})
+
+
+# What compiles a missing build: tuner's build_variant (None), or a test's FAKE (no CUDA here).
+BUILDER: Builder | None = None
+
+
+def _start_builds(missing: list[MissingBuild], opts: SweepOptions, logs: Path,
+                  events: Events) -> BackgroundBuilds | None:
+    """The missing kernel builds, started in the background (tuner/builds/autobuild.py): the
+    search measures the builds there are meanwhile; None when nothing is missing."""
     if not missing:
-        return probes, 0.0
+        return None
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / "build.log"
+    lock = threading.Lock()
+
+    def log(line: str) -> None:
+        with lock, log_path.open("a") as f:
+            f.write(line + "\n")
+
     events.note(f"building {', '.join(m.variant for m in missing)} for this GPU from the installed "
-                "version's source, side by side, before the first trial (minutes; --no-build "
-                "sweeps the builds there are)")
-    t0 = time.monotonic()
-    done = build_missing(missing, opts.builds_dir)
+                "version's source, at idle CPU priority, while the search measures the builds "
+                f"there are (its log: {log_path}); figures taken beside the compile only "
+                "nominate: the leaders are measured again after it (--no-build sweeps the "
+                "builds there are)")
+    return BackgroundBuilds(missing, opts.builds_dir, log, BUILDER)
+
+
+def _take_builds(runner: Runner, probes: dict[str, BuildProbe], background: BackgroundBuilds,
+                 opts: SweepOptions, events: Events) -> dict[str, BuildProbe]:
+    """The probed builds plus those the background compile made (waiting for it to end). A
+    build that cannot be made leaves the sweep on the builds it has."""
+    done = background.wait()
     for line in done.failed:
         events.note(line)
-    if done.built:
-        events.note(f"built {', '.join(done.built)} in {time.monotonic() - t0:.0f} s "
-                    f"({done.jobs} compile jobs each)")
-        new = _probe_builds(runner, done.built, opts.device, False, opts.builds_dir)
-        probes = {**probes, **{p.name: p for p in new}}
-    return probes, time.monotonic() - t0
+    if not done.built:
+        return probes
+    events.note(f"built {', '.join(done.built)} in {done.seconds:.0f} s ({done.jobs} compile "
+                f"jobs each, {done.priority} CPU priority); its settings join the search")
+    new = _probe_builds(runner, done.built, opts.device, False, opts.builds_dir)
+    merged = {**probes, **{p.name: p for p in new}}
+    return _without_redundant_builds(merged, False, events)
 
 
 def _without_redundant_builds(probes: dict[str, BuildProbe], explicit: bool,
-                              events: Events) -> dict[str, BuildProbe]:
+                              events: Events, building: bool = False) -> dict[str, BuildProbe]:
     """The builds worth trials on this GPU: one that would run another's kernels
     (builds/selection.py) is left out of a discovered set, said once; a space file that names it
-    keeps it, with the same note."""
+    keeps it, with the same note. ``building``: the missing builds are being made (no note)."""
     evidence = {n: (p.flags, p.hello.log) for n, p in probes.items()}
     same = redundant_builds(evidence)
-    if not explicit:
+    if not explicit and not building:
         for m in missing_builds(evidence):
             events.note(f"a kernel build that can change this GPU's kernels is not built: "
                         f"`{m.command}` makes it from the installed version's source (minutes); "
@@ -239,13 +264,17 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
             else [b.name for b in builds_mod.discover_builds(opts.builds_dir)])
         probes = {p.name: p for p in _probe_builds(runner, names, opts.device,
                                                     space_file is not None, opts.builds_dir)}
-        build_s = 0.0
-        if opts.build_missing and opts.device == "cuda" and space_file is None:
-            probes, build_s = _with_missing_builds(runner, probes, opts, events)
-        probes = _without_redundant_builds(probes, space_file is not None, events)
-        space: Space = space_file or default_space(opts.device, list(probes))
-        specs = grid(space, opts.device, wl,
-                     lambda b, k, v: fa_supports(probes[b].flags, k, v))
+        # Missing kernel builds are made for a discovered set only (none without CUDA).
+        to_make = builds_to_make(probes) if opts.build_missing and space_file is None else []
+        probes = _without_redundant_builds(probes, space_file is not None, events,
+                                           building=bool(to_make))
+
+        def plan_of(probes: dict[str, BuildProbe]) -> tuple[Space, list[TrialSpec]]:
+            space = space_file or default_space(opts.device, list(probes))
+            return space, grid(space, opts.device, wl,
+                               lambda b, k, v: fa_supports(probes[b].flags, k, v))
+
+        space, specs = plan_of(probes)
         if not specs:
             raise BadInput("the search space has no valid combination (n_ubatch must be <= "
                            "n_batch; a quantized V cache needs flash attention with kernels "
@@ -284,11 +313,35 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         retried = planner.reconcile(existing)
         done = {r.spec_key for r in existing}
         space_id = space.space_id()
-        kind = resolve(opts.sampler, len(specs))
+        # The sampler is chosen for the plan the builds being made will complete.
+        expected = len(specs) * (len(probes) + len(to_make))
+        kind = resolve(opts.sampler, expected // max(1, len(probes)))
         patience = opts.stop.patience_for(kind)
         prune = resolve_prune(opts.prune, kind, opts.objective)
+        build_s = 0.0
+        extended_at = 0  # the study's finished trials when a build's settings joined the plan
+
+        def _with_built(bg: BackgroundBuilds,
+                        done_keys: set[str]) -> tuple[dict[str, BuildProbe], str]:
+            """The builds once ``bg`` has ended, and the plan extended with their settings
+            (the sampler's history stays: it is the study's finished trials)."""
+            nonlocal build_s, specs, extended_at
+            merged = _take_builds(runner, probes, bg, opts, events)
+            extended_at = len(planner.history())
+            build_s = bg.wait().seconds
+            new_space, specs = plan_of(merged)
+            for name, p in merged.items():
+                if name not in envs:
+                    envs[name] = environment(p.hello, name, Path(info.path), info.size_bytes, sha)
+            planner.enqueue(specs, done_keys, new_space.space_id(), sampler=kind, seed=opts.seed,
+                            objective=opts.objective)
+            return merged, new_space.space_id()
+
         t0 = time.monotonic()
+        background: BackgroundBuilds | None = None
         try:
+            # Started once nothing is left that can refuse the request.
+            background = _start_builds(to_make, opts, folder / "logs", events)
             pending = planner.enqueue(specs, done, space_id, sampler=kind, seed=opts.seed,
                                       objective=opts.objective)
             events.planned(len(specs), min(pending, opts.trials or pending), retried)
@@ -314,13 +367,24 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                 if opts.stop.timeout_s is not None and time.monotonic() - t0 >= opts.stop.timeout_s:
                     searched, stop_reason = True, f"stopped: --timeout {opts.stop.timeout_s:g} s"
                     break
-                if patience and (stale := _stale(planner, opts)) >= patience:
+                if background is not None and background.done():
+                    probes, space_id = _with_built(background, done | {r.spec_key for r in ran})
+                    background = None
+                # No stop for a lack of gain while a build is coming: its settings are unseen.
+                if background is None and patience and (
+                        stale := _stale(planner, opts, extended_at)) >= patience:
                     searched = True
                     what = " of the Pareto front" if opts.objective == "pareto" else ""
                     stop_reason = (f"stopped: {stale} trials without a gain{what} above "
                                    f"{opts.stop.min_gain:.0%} (patience {patience})")
                     break
                 nxt = planner.ask()
+                if nxt is None and background is not None:
+                    events.note(f"every setting of the builds there are measured; waiting for "
+                                f"{', '.join(background.variants)} to compile")
+                    probes, space_id = _with_built(background, done | {r.spec_key for r in ran})
+                    background = None
+                    continue
                 if nxt is None:
                     searched, stop_reason = True, "every planned setting measured"
                     break
@@ -329,12 +393,14 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                 started = now()
                 against = (best.measurement.request_seconds.samples
                            if prune and best is not None and best.measurement else None)
+                beside = list(background.variants) if background and not background.done() \
+                    else None
                 outcome = runner.run(spec, wl, number, prune_against=against)
                 probe = probes[spec.model.build]
                 record = make_record(study, number, spec, wl, outcome, probe.flags,
                                      probe.expected_variant, envs[spec.model.build], started)
-                record = apply_vram_cap(record.model_copy(update={"space_id": space_id}),
-                                        opts.max_vram_mib)
+                record = apply_vram_cap(record.model_copy(update={
+                    "space_id": space_id, "alongside_build": beside}), opts.max_vram_mib)
                 if not record.usable:
                     check_disk(folder)  # a full disk, not the setting, may have failed it
                 with critical():  # a signal waits until the record is stored and told
@@ -343,7 +409,14 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                 if record.usable and (best is None or _objective(record) < _objective(best)):
                     best = record
                 events.finished(record, best)
+            if background is not None:  # paused or timed out with a build still compiling
+                events.note(f"waiting for {', '.join(background.variants)} to finish compiling "
+                            "before any deciding figure is taken")
+                probes, space_id = _with_built(background, done | {r.spec_key for r in ran})
+                background = None
         except BaseException:  # interrupted or failed: hand back what this sweep holds
+            if background is not None:
+                background.cancel()
             planner.release()
             planner.close()
             close_children()
@@ -362,16 +435,17 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     result.objective = opts.objective
     if opts.objective == "pareto":
         result.front = pareto_front(r for r in result.records if r.spec_key in planner.plan)
-    result.seconds = {**({"build": build_s} if build_s else {}), "search": search_s,
-                      **result.seconds}
+    result.seconds = {**({"build (beside the search)": build_s} if build_s else {}),
+                      "search": search_s, **result.seconds}
     return result
 
 
-def _stale(planner: Planner, opts: SweepOptions) -> int:
+def _stale(planner: Planner, opts: SweepOptions, extended_at: int = 0) -> int:
     """Finished trials since the search last gained: on the best request time, or on the
-    Pareto front (--objective pareto)."""
+    Pareto front (--objective pareto). Trials finished before the plan last grew
+    (``extended_at``: a build made during the search added its settings) never count."""
     history = planner.history()
-    explore = explore_trials(planner.tpe)
+    explore = max(explore_trials(planner.tpe), extended_at)
     if opts.objective == "pareto":
         return pareto_stagnation([h.point for h in history], opts.stop.min_gain, explore)
     return stagnation([h.objective for h in history], opts.stop.min_gain, explore)

@@ -1,0 +1,138 @@
+"""A kernel build the sweep makes for itself compiles in the background, at idle CPU priority,
+while the search measures the builds there are (tuner/builds/autobuild.py,
+tuner/search/sweep.py): the trials measured beside the compile are marked, the search waits for
+the build instead of ending, the new build's settings join the plan, and the figures that decide
+the winner are taken after the compile (the confirmation counts only fresh workers for a trial
+measured beside it).
+
+No CUDA toolkit here: the compile is a FAKE builder that lays out a real build folder around a
+copy of the installed (CPU) llama.cpp library, so every trial, probe and fresh worker is real."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tuner.builds import catalog
+from tuner.builds.autobuild import BackgroundBuilds, idle_priority
+from tuner.builds.catalog import BuildRecord
+from tuner.builds.selection import MissingBuild
+from tuner.search import sweep
+from tuner.search.finalists import FinalistOptions
+from tuner.search.space import Space
+from tuner.specs import TrialSpec, Workload
+
+CPU = MissingBuild("cpu", "")
+
+
+def test_idle_priority_reaches_the_processes_a_build_thread_starts() -> None:
+    seen: dict[str, object] = {}
+
+    def thread() -> None:
+        seen["set"] = idle_priority()
+        seen["thread"] = os.sched_getscheduler(0)
+        seen["child"] = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+            capture_output=True, text=True, check=True).stdout.strip()
+
+    t = threading.Thread(target=thread)
+    t.start()
+    t.join()
+    assert seen["set"] == "idle"
+    assert seen["thread"] == os.SCHED_IDLE
+    assert seen["child"] == str(os.SCHED_IDLE)
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller's own thread is untouched
+
+
+def test_background_builds_report_when_done(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def fake_builder(variant: str, **_: object) -> None:
+        """A FAKE build_variant that compiles nothing: it waits until released."""
+        assert release.wait(30)
+
+    bg = BackgroundBuilds([CPU], tmp_path, builder=fake_builder)
+    assert not bg.done()
+    release.set()
+    out = bg.wait()
+    assert bg.done() and out.built == ["cpu"] and out.priority == "idle"
+
+
+class _Events:
+    def __init__(self, first_done: threading.Event) -> None:
+        self.first_done = first_done
+        self.notes: list[str] = []
+
+    def planned(self, total: int, pending: int, retried: int) -> None: ...
+    def started(self, spec: TrialSpec) -> None: ...
+
+    def finished(self, record: object, best: object) -> None:
+        self.first_done.set()
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def test_the_search_runs_beside_the_build_and_the_decision_after_it(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first_done = threading.Event()
+    priority: list[int] = []
+    lib = catalog._installed_lib_dir()
+    assert lib is not None
+
+    def fake_builder(variant: str, *, builds_dir: Path, **_: object) -> None:
+        """A FAKE build_variant: after the search's first trial, a build folder holding a copy
+        of the installed library, as `tuner build` lays one out."""
+        priority.append(os.sched_getscheduler(0))
+        assert first_done.wait(120)
+        folder = builds_dir / variant
+        shutil.copytree(lib, folder / "lib")
+        info = subprocess.run([sys.executable, "-c", catalog.PROBE_CODE], capture_output=True,
+                              text=True, check=True,
+                              env={**os.environ, "LLAMA_CPP_LIB_PATH": str(folder / "lib")}).stdout
+        (folder / "build.json").write_text(BuildRecord(
+            variant=variant, version=catalog.installed_version(), cmake_args=[], cuda_arch=None,
+            source="FAKE", source_sha256="0" * 64, started="", finished="", duration_s=0.0,
+            system_info=info, flags_summary="", bench=None).model_dump_json())
+
+    calls: list[int] = []
+
+    def to_make(probes: dict) -> list[MissingBuild]:
+        calls.append(len(probes))
+        return [CPU] if "cpu" not in probes else []
+
+    def one_setting_per_build(device: str, builds: list[str]) -> Space:
+        return Space(builds=builds, n_gpu_layers=[0], n_batch=[64], n_ubatch=[64],
+                     flash_attn=[False], kv_cache=["f16/f16"], n_threads=[2])
+
+    monkeypatch.setattr(sweep, "BUILDER", fake_builder)
+    monkeypatch.setattr(sweep, "builds_to_make", to_make)
+    monkeypatch.setattr(sweep, "default_space", one_setting_per_build)
+    events = _Events(first_done)
+    result = sweep.run_sweep(sweep.SweepOptions(
+        model=tiny_model, device="cpu", builds_dir=tmp_path / "builds",
+        workload=Workload(prompt_tokens=16, gen_tokens=2, repetitions=2),
+        results_dir=tmp_path / "results", out=tmp_path / "production.yaml",
+        finalists=FinalistOptions(rounds=2, max_rounds=2, confirm_rounds=2),
+        served_requests=0), events)
+
+    assert priority == [os.SCHED_IDLE]
+    by_build = {r.spec.model.build: r for r in result.ran}
+    assert set(by_build) == {"installed", "cpu"}, events.notes
+    assert by_build["installed"].alongside_build == ["cpu"]  # measured while it compiled
+    assert by_build["cpu"].alongside_build is None
+    assert result.stop_reason == "every planned setting measured"
+    assert any("waiting for cpu to compile" in n for n in events.notes), events.notes
+    assert any(n.startswith("built cpu in ") and "idle CPU priority" in n for n in events.notes)
+    assert "build (beside the search)" in result.seconds
+    # The decision: the trial measured beside the compile counts only its fresh workers.
+    assert result.finalists is not None
+    procs = {c.trial: c.processes for c in result.finalists.confirmed}
+    assert procs == {by_build["installed"].number: 2, by_build["cpu"].number: 3}
+    assert result.written is not None
