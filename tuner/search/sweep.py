@@ -197,7 +197,11 @@ def _take_builds(runner: Runner, probes: dict[str, BuildProbe], background: Back
         return probes
     events.note(f"built {', '.join(done.built)} in {done.seconds:.0f} s ({done.jobs} compile "
                 f"jobs each, {done.priority} CPU priority); its settings join the search")
-    new = _probe_builds(runner, done.built, opts.device, False, opts.builds_dir)
+    try:
+        new = _probe_builds(runner, done.built, opts.device, False, opts.builds_dir)
+    except EnvironmentUnfit as exc:  # made, but it cannot drive this GPU: the sweep goes on
+        events.note(f"{', '.join(done.built)} left out: {exc.message}")
+        return probes
     merged = {**probes, **{p.name: p for p in new}}
     return _without_redundant_builds(merged, False, events)
 
