@@ -225,6 +225,7 @@ def report(results: Path, store: Any, a: argparse.Namespace, P: int, G: int, thr
         win = by_trial[final.winner_trial]
         chosen = {"trial": win.number, "label": win.spec.label(), "lb_request_s": float("nan")}
     choice_gap = chosen["lb_request_s"] / lb_best["lb_request_s"] - 1
+    benched = sum(k[0] not in a.no_bench for k in space)
     uncompared = [c for c in (final.confirmed if final else [])[:10]
                   if c.trial in by_trial and by_trial[c.trial].spec.model.build in a.no_bench]
     drifts = store.drifts()
@@ -272,8 +273,10 @@ def report(results: Path, store: Any, a: argparse.Namespace, P: int, G: int, thr
               f"final choice #{chosen['trial']} ({chosen['label']}): llama-bench request "
               f"{chosen['lb_request_s']:.4f} s vs llama-bench's best over the space "
               f"#{lb_best['trial']} ({lb_best['label']}) {lb_best['lb_request_s']:.4f} s: "
-              f"{choice_gap * 100:+.2f}% (goal <= 2%; llama-bench ran all {len(space)} settings "
-              "the sweep tried, pruned ones included)"]
+              f"{choice_gap * 100:+.2f}% (goal <= 2%; llama-bench ran all {benched} settings "
+              "the sweep tried, pruned ones included"
+              + (f", of {len(space)}: none of build {', '.join(sorted(a.no_bench))}"
+                 if a.no_bench else "") + ")"]
     if a.no_bench:
         lines += [f"not compared (no llama-bench for build {', '.join(sorted(a.no_bench))}): "
                   f"{len(uncompared)} of the confirmed top 10"
