@@ -5,7 +5,9 @@ here; the side-by-side case uses a FAKE builder (a compile of a CUDA variant can
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,47 @@ def test_real_builder_into_a_folder_that_cannot_hold_a_build(tmp_path: Path) -> 
     assert failed.startswith("build force-cublas not made (")
     assert "`tuner build --variant force-cublas --cuda-arch 90`" in failed
     assert not_a_folder.read_text() == "a file where the builds folder should be\n"
+
+
+def test_stopping_the_builds_ends_every_process_a_build_command_started(tmp_path: Path) -> None:
+    """An interrupted sweep calls stop_running (BackgroundBuilds.cancel): the real _run's
+    command and the processes under it (as ninja's compilers are) end, and the build fails
+    with one line instead of compiling on unseen."""
+    from tuner.builds import buildmake
+    from tuner.errors import TunerError
+
+    pid_file = tmp_path / "grandchild.pid"
+    failed: list[str] = []
+
+    def build() -> None:
+        try:  # a command whose child outlives it unless the whole group is ended
+            buildmake._run(["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"],
+                           lambda _l: None, "cmake build", None)
+        except TunerError as exc:
+            failed.append(exc.message)
+
+    t = threading.Thread(target=build)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text().strip() and buildmake.RUNNING):
+        assert time.monotonic() < deadline, "the build command never started"
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    buildmake.stop_running()
+    t.join(30)
+    assert not t.is_alive()
+    assert failed and failed[0].startswith("cmake build failed (exit -15)")
+    assert not buildmake.RUNNING
+    deadline = time.monotonic() + 10
+    while _alive(grandchild):
+        assert time.monotonic() < deadline, "the command's child outlived the stop"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"  # a zombie has ended

@@ -2,9 +2,10 @@
 fresh worker per config, interleaved (A B C, A B C, ...), so that a noisy first measurement or a
 worker's history cannot crown the wrong config.
 
-First the confirmation: the search's best ``confirm`` configs (10), and any other that
-``select`` would make a finalist, get ``confirm_rounds`` (2) fresh workers each, interleaved.
-Their figures become medians over processes (the search trial's and the fresh workers'), and
+First the confirmation: the search's best ``confirm`` configs (10), each kernel build's best
+``PER_BUILD`` (2), and any other that ``select`` would make a finalist, get ``confirm_rounds``
+(2) fresh workers each, interleaved. Their figures become medians over processes (the search
+trial's, unless it was measured beside a kernel compile, and the fresh workers'), and
 the finalists are chosen from those: a single process's prompt figure can sit 8% off another
 process's for the same settings (runs 5, 12 and 13 of docs/benchmarks.md), so the search's
 one-process ranking is not the config's. The confirmation rounds count as the finalists' first
