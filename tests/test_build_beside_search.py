@@ -64,6 +64,45 @@ def test_background_builds_report_when_done(tmp_path: Path) -> None:
     assert bg.done() and out.built == ["cpu"] and out.priority == "idle"
 
 
+def test_cancel_ends_a_build_between_its_commands(tmp_path: Path) -> None:
+    started = threading.Event()
+
+    def fake_builder(variant: str, *, log, **_: object) -> None:  # type: ignore[no-untyped-def]
+        """A FAKE build_variant that logs a step every 10 ms, as cmake and ninja do, forever."""
+        started.set()
+        while True:
+            log("step")
+            threading.Event().wait(0.01)
+
+    bg = BackgroundBuilds([CPU], tmp_path, builder=fake_builder)
+    assert started.wait(30)
+    bg.cancel()
+    assert bg.done()
+    out = bg.wait()
+    assert out.built == [] and "stopped: the sweep ended before the build did" in out.failed[0]
+
+
+def test_sweeps_that_start_together_build_a_variant_once(tmp_path: Path) -> None:
+    calls: list[str] = []
+    first_in = threading.Event()
+    release = threading.Event()
+
+    def fake_builder(variant: str, *, builds_dir: Path, **_: object) -> None:
+        """A FAKE build_variant that leaves a build record after it is released."""
+        calls.append(variant)
+        first_in.set()
+        assert release.wait(30)
+        (builds_dir / variant).mkdir(parents=True)
+        (builds_dir / variant / "build.json").write_text("{}")
+
+    one = BackgroundBuilds([CPU], tmp_path, builder=fake_builder)
+    assert first_in.wait(30)
+    two = BackgroundBuilds([CPU], tmp_path, builder=fake_builder)  # waits on the first's lock
+    release.set()
+    assert one.wait().built == ["cpu"] and two.wait().built == ["cpu"]
+    assert calls == ["cpu"]
+
+
 class _Events:
     def __init__(self, first_done: threading.Event) -> None:
         self.first_done = first_done

@@ -13,10 +13,12 @@ makes the missing one."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,8 +79,12 @@ def build_missing(missing: list[MissingBuild], builds_dir: Path,
     def one(m: MissingBuild) -> None:
         priorities.append(idle_priority())
         try:
-            make(m.variant, source=None, builds_dir=builds_dir, cuda_arch=m.cuda_arch,
-                 jobs=out.jobs, log=lambda line: log(f"[{m.variant}] {line}"))
+            # One build of a variant at a time per builds folder: the sweeps of `sweep --gpus`
+            # start together, and the later ones take the build the first made.
+            with _variant_lock(builds_dir, m.variant):
+                if not (builds_dir / m.variant / "build.json").is_file():
+                    make(m.variant, source=None, builds_dir=builds_dir, cuda_arch=m.cuda_arch,
+                         jobs=out.jobs, log=lambda line: log(f"[{m.variant}] {line}"))
             results[m.variant] = None
         except (TunerError, OSError) as exc:  # BadInput, EnvironmentUnfit; a folder it can't use
             results[m.variant] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -103,6 +109,17 @@ def build_missing(missing: list[MissingBuild], builds_dir: Path,
     return out
 
 
+@contextlib.contextmanager
+def _variant_lock(builds_dir: Path, variant: str) -> Iterator[None]:
+    builds_dir.mkdir(parents=True, exist_ok=True)
+    with (builds_dir / f".{variant}.lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class BackgroundBuilds:
     """``build_missing`` in a daemon thread: the sweep asks ``done()`` between trials and takes
     the result with ``wait()``."""
@@ -111,6 +128,7 @@ class BackgroundBuilds:
                  log: Callable[[str], None] = lambda _line: None,
                  builder: Builder | None = None) -> None:
         self.variants = [m.variant for m in missing]
+        self._cancelled = threading.Event()
         self._result: AutoBuilt | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(
@@ -120,8 +138,15 @@ class BackgroundBuilds:
 
     def _run(self, missing: list[MissingBuild], builds_dir: Path, log: Callable[[str], None],
              builder: Builder | None) -> None:
+        def guarded(line: str) -> None:
+            # Every build step logs as it goes: after cancel(), the next line ends the build
+            # (the command running then is ended with its process group by buildmake._run).
+            if self._cancelled.is_set():
+                raise TunerError("stopped: the sweep ended before the build did")
+            log(line)
+
         try:
-            self._result = build_missing(missing, builds_dir, log, builder)
+            self._result = build_missing(missing, builds_dir, guarded, builder)
         except BaseException as exc:  # handed to the sweep's thread by wait()
             self._error = exc
 
@@ -132,6 +157,7 @@ class BackgroundBuilds:
         """Stop the compiles (an interrupted or failed sweep): their commands are ended and
         each build fails, leaving nothing that looks built."""
         from tuner.builds.buildmake import stop_running
+        self._cancelled.set()
         stop_running()
         self._thread.join(30)
 
