@@ -107,8 +107,10 @@ class _Events:
     def __init__(self, first_done: threading.Event) -> None:
         self.first_done = first_done
         self.notes: list[str] = []
+        self.plans: list[tuple[int, int]] = []
 
-    def planned(self, total: int, pending: int, retried: int) -> None: ...
+    def planned(self, total: int, pending: int, retried: int) -> None:
+        self.plans.append((total, pending))
     def started(self, spec: TrialSpec) -> None: ...
 
     def finished(self, record: object, best: object) -> None:
@@ -167,6 +169,7 @@ def test_the_search_runs_beside_the_build_and_the_decision_after_it(
     assert by_build["installed"].alongside_build == ["cpu"]  # measured while it compiled
     assert by_build["cpu"].alongside_build is None
     assert result.stop_reason == "every planned setting measured"
+    assert events.plans == [(1, 1), (2, 1)]  # the plan grew by the new build's setting
     assert any("waiting for cpu to compile" in n for n in events.notes), events.notes
     assert any(n.startswith("built cpu in ") and "idle CPU priority" in n for n in events.notes)
     assert "build (beside the search)" in result.seconds

@@ -44,7 +44,11 @@ class SweepProgress:
     def planned(self, total: int, pending: int, retried: int) -> None:
         note = f" ({retried} interrupted trial(s) retried)" if retried else ""
         self.console.print(f"{total} settings in the grid, {pending} to run{note}", soft_wrap=True)
-        self.task = self.progress.add_task("sweep", total=max(pending, 1), now="")
+        if self.task is None:
+            self.task = self.progress.add_task("sweep", total=max(pending, 1), now="")
+        else:  # the plan grew (a build made during the search): the same bar, a new total
+            done = self.progress.tasks[0].completed
+            self.progress.update(self.task, total=max(done + pending, 1))
 
     def note(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -337,8 +337,9 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
             for name, p in merged.items():
                 if name not in envs:
                     envs[name] = environment(p.hello, name, Path(info.path), info.size_bytes, sha)
-            planner.enqueue(specs, done_keys, new_space.space_id(), sampler=kind, seed=opts.seed,
-                            objective=opts.objective)
+            pending = planner.enqueue(specs, done_keys, new_space.space_id(), sampler=kind,
+                                      seed=opts.seed, objective=opts.objective)
+            events.planned(len(specs), pending, 0)
             return merged, new_space.space_id()
 
         t0 = time.monotonic()
