@@ -65,6 +65,13 @@ def test_rows_say_why_a_trial_is_not_usable() -> None:
     assert by_trial[2]["why"] == ""
 
 
+def test_rows_say_which_trials_were_measured_beside_a_compile() -> None:
+    beside = make_record(1, request_s=1.0).model_copy(update={"alongside_build": ["force-cublas"]})
+    (row_,) = rows([beside])
+    assert row_["why"] == ("measured beside the force-cublas compile: a nomination, its leaders "
+                           "measured again after it")
+
+
 def test_no_speedup_column_without_a_baseline() -> None:
     out = rows([make_record(1, request_s=1.0, n_batch=1024), make_record(2, n_batch=2048)])
     assert "speedup_vs_baseline" not in out[0]

@@ -83,6 +83,9 @@ def _why(record: TrialRecord, drifts: list[WorkerDrift] | None = None) -> str:
     else:
         parts += undeployable(record.spec)
     parts += instability(record, drifts)
+    if record.alongside_build:
+        parts.append(f"measured beside the {', '.join(record.alongside_build)} compile: a "
+                     "nomination, its leaders measured again after it")
     why = "; ".join(parts)
     return why if len(why) <= WHY_MAX else why[: WHY_MAX - 1] + "…"
 
