@@ -178,3 +178,31 @@ def test_the_search_runs_beside_the_build_and_the_decision_after_it(
     procs = {c.trial: c.processes for c in result.finalists.confirmed}
     assert procs == {by_build["installed"].number: 2, by_build["cpu"].number: 3}
     assert result.written is not None
+
+
+def test_a_build_that_cannot_be_made_leaves_the_search_on_the_builds_there_are(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.errors import EnvironmentUnfit
+
+    def fake_builder(variant: str, **_: object) -> None:
+        """A FAKE build_variant on a machine without network: the source cannot be fetched."""
+        raise EnvironmentUnfit("could not download the llama-cpp-python sdist (no network)")
+
+    def one_setting_per_build(device: str, builds: list[str]) -> Space:
+        return Space(builds=builds, n_gpu_layers=[0], n_batch=[64], n_ubatch=[64],
+                     flash_attn=[False], kv_cache=["f16/f16"], n_threads=[2])
+
+    monkeypatch.setattr(sweep, "BUILDER", fake_builder)
+    monkeypatch.setattr(sweep, "builds_to_make", lambda probes: [CPU])
+    monkeypatch.setattr(sweep, "default_space", one_setting_per_build)
+    events = _Events(threading.Event())
+    result = sweep.run_sweep(sweep.SweepOptions(
+        model=tiny_model, device="cpu", builds_dir=tmp_path / "builds",
+        workload=Workload(prompt_tokens=16, gen_tokens=2, repetitions=1),
+        results_dir=tmp_path / "results", out=tmp_path / "production.yaml",
+        finalists=FinalistOptions(rounds=0), served_requests=0), events)
+    assert [r.spec.model.build for r in result.ran] == ["installed"]
+    assert events.plans == [(1, 1)]  # the plan did not grow
+    (failed,) = [n for n in events.notes if n.startswith("build cpu not made (")]
+    assert "could not download" in failed and "`tuner build --variant cpu" in failed
+    assert result.written is not None  # the sweep went on and configured the build it has

@@ -331,8 +331,10 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
             (the sampler's history stays: it is the study's finished trials)."""
             nonlocal build_s, specs, extended_at
             merged = _take_builds(runner, probes, bg, opts, events)
-            extended_at = len(planner.history())
             build_s = bg.wait().seconds
+            if set(merged) == set(probes):  # nothing made (no network, a failed compile)
+                return probes, space_id
+            extended_at = len(planner.history())
             new_space, specs = plan_of(merged)
             for name, p in merged.items():
                 if name not in envs:
