@@ -84,8 +84,17 @@ def test_worker_prunes_a_clearly_slower_setting_and_not_a_fast_one(tiny_model: P
         assert max(requests(fast)) < min(requests(slow_full)), "the setup is not 'clearly'"
         # Slow against the fast best: stopped in its prompt phase, after MIN_REPS repetitions
         # on a quiet machine (on a loaded one the fast best's spread can need one more: each
-        # repetition must clear the best's slowest plus its spread, pruning.verdict).
-        slow = runner.run(spec(1), WL, prune_against=requests(fast))
+        # repetition must clear the best's slowest plus its spread, pruning.verdict). Where the
+        # load spread the best so wide that no prefix of the slow one's request times cleared
+        # its bar, the rule rightly ran it in full: both are measured again, at most 3 times.
+        for _ in range(3):
+            slow = runner.run(spec(1), WL, prune_against=requests(fast))
+            if slow.state is TrialState.PRUNED or slow.measured is None:
+                break
+            seconds = requests(slow)
+            assert all(verdict(seconds[:k], requests(fast)) is None
+                       for k in range(MIN_REPS, len(seconds) + 1)), "cleared the bar, ran on"
+            fast = runner.run(spec(256), WL, prune_against=requests(slow_full))
     assert slow.state is TrialState.PRUNED, (slow.error, requests(fast), requests(slow_full))
     m = slow.measured
     assert MIN_REPS <= len(m.pp_seconds) <= WL.repetitions and m.tg_seconds == []
@@ -97,15 +106,42 @@ def test_worker_prunes_a_clearly_slower_setting_and_not_a_fast_one(tiny_model: P
 
 @pytest.fixture(scope="module")
 def pruned_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict:
-    root = tmp_path_factory.mktemp("prune")
-    # Grid order: ubatch 256 (fast, the best), 128 (about as fast), 1 (2.5x slower).
-    write_space(root / "space.yaml", n_batch=[256], n_ubatch=[256, 128, 1])
-    proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space",
-                 root / "space.yaml", "--prompt-tokens", 256, "--gen-tokens", 2, "--n-ctx", 512,
-                 "--repetitions", 3, "--sampler", "grid", "--prune", "--finalist-rounds", 2,
-                 "--served-requests", 0, "--results", root / "results",
-                 "--out", root / "production.yaml", cwd=root)
-    return {"root": root, "proc": proc}
+    """A grid sweep of ubatch 256 (fast, the best), 128 (about as fast) and 1 (2.7x slower on a
+    quiet core). The rule rightly declines to prune when the best's own repetitions spread so
+    wide that the slow one's stay under its bar (a suite running 4 workers on 2 cores once
+    stretched the best to 2.2x its quiet time): then, and only then, the sweep runs again in a
+    fresh folder, at most 3 times. A slow trial that cleared the bar and ran on is a failure."""
+    attempts = 0
+    while attempts < 3:
+        attempts += 1
+        root = tmp_path_factory.mktemp("prune")
+        write_space(root / "space.yaml", n_batch=[256], n_ubatch=[256, 128, 1])
+        proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space",
+                     root / "space.yaml", "--prompt-tokens", 256, "--gen-tokens", 2, "--n-ctx",
+                     512, "--repetitions", 3, "--sampler", "grid", "--prune", "--finalist-rounds",
+                     2, "--served-requests", 0, "--results", root / "results",
+                     "--out", root / "production.yaml", cwd=root)
+        if proc.returncode != 0 or not _declined_under_load(root / "results"):
+            break
+    return {"root": root, "proc": proc, "attempts": attempts}
+
+
+def _declined_under_load(results: Path) -> bool:
+    """Whether the slow setting ran in full because no prefix of its request times cleared the
+    bar of the best trial before it (pruning.verdict), as the rule requires: a loaded machine."""
+    study = list_studies(default_storage(results))[0]
+    by_ubatch = {r.spec.context.n_ubatch: r for r in records_of(default_storage(results), study)}
+    slow = by_ubatch.get(1)
+    if slow is None or slow.state is not TrialState.COMPLETE or slow.measurement is None:
+        return False
+    before = [r for r in by_ubatch.values() if r.number < slow.number and r.usable]
+    if not before:
+        return False
+    best = min(before, key=lambda r: r.objective or float("inf"))
+    assert best.measurement is not None
+    seconds = slow.measurement.request_seconds.samples
+    against = best.measurement.request_seconds.samples
+    return all(verdict(seconds[:k], against) is None for k in range(MIN_REPS, len(seconds) + 1))
 
 
 def test_sweep_prunes_the_slow_setting_and_configures_a_complete_one(pruned_sweep: dict) -> None:
