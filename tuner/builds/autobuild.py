@@ -89,8 +89,8 @@ def build_missing(missing: list[MissingBuild], builds_dir: Path,
         except (TunerError, OSError) as exc:  # BadInput, EnvironmentUnfit; a folder it can't use
             results[m.variant] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
-    # Daemon threads: an interrupted sweep exits without waiting for a compile (its cmake and
-    # nvcc share the sweep's process group and get the same signal).
+    # Daemon threads: an interrupted sweep exits without waiting for a compile (it ends the
+    # compile's process groups first: BackgroundBuilds.cancel, buildmake.stop_running).
     threads = [threading.Thread(target=one, args=(m,), daemon=True, name=f"build-{m.variant}")
                for m in missing]
     for t in threads:

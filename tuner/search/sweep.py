@@ -324,28 +324,32 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         prune = resolve_prune(opts.prune, kind, opts.objective)
         build_s = 0.0
         extended_at = 0  # the study's finished trials when a build's settings joined the plan
+        background: BackgroundBuilds | None = None
+        ran: list[TrialRecord] = []
 
-        def _with_built(bg: BackgroundBuilds,
-                        done_keys: set[str]) -> tuple[dict[str, BuildProbe], str]:
-            """The builds once ``bg`` has ended, and the plan extended with their settings
-            (the sampler's history stays: it is the study's finished trials)."""
-            nonlocal build_s, specs, extended_at
-            merged = _take_builds(runner, probes, bg, opts, events)
-            build_s = bg.wait().seconds
+        def take_builds() -> None:
+            """The background builds once they have ended (waiting for them), and the plan
+            extended with their settings (the sampler's history stays: it is the study's
+            finished trials)."""
+            nonlocal background, probes, space_id, build_s, specs, extended_at
+            assert background is not None
+            merged = _take_builds(runner, probes, background, opts, events)
+            build_s = background.wait().seconds
+            background = None
             if set(merged) == set(probes):  # nothing made (no network, a failed compile)
-                return probes, space_id
+                return
+            probes = merged
             extended_at = len(planner.history())
             new_space, specs = plan_of(merged)
+            space_id = new_space.space_id()
             for name, p in merged.items():
                 if name not in envs:
                     envs[name] = environment(p.hello, name, Path(info.path), info.size_bytes, sha)
-            pending = planner.enqueue(specs, done_keys, new_space.space_id(), sampler=kind,
-                                      seed=opts.seed, objective=opts.objective)
+            pending = planner.enqueue(specs, done | {r.spec_key for r in ran}, space_id,
+                                      sampler=kind, seed=opts.seed, objective=opts.objective)
             events.planned(len(specs), pending, 0)
-            return merged, new_space.space_id()
 
         t0 = time.monotonic()
-        background: BackgroundBuilds | None = None
         try:
             # Started once nothing is left that can refuse the request.
             background = _start_builds(to_make, opts, folder / "logs", events)
@@ -362,7 +366,6 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
             if prune:
                 events.note("pruning: a trial clearly slower than the best stops early "
                             "(--no-prune measures every trial in full)")
-            ran: list[TrialRecord] = []
             best = _best([apply_vram_cap(r, opts.max_vram_mib) for r in existing],
                          set(planner.plan))
             searched = False  # the search ended: every setting tried, or a stop rule
@@ -375,8 +378,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                     searched, stop_reason = True, f"stopped: --timeout {opts.stop.timeout_s:g} s"
                     break
                 if background is not None and background.done():
-                    probes, space_id = _with_built(background, done | {r.spec_key for r in ran})
-                    background = None
+                    take_builds()
                 # No stop for a lack of gain while a build is coming: its settings are unseen.
                 if background is None and patience and (
                         stale := _stale(planner, opts, extended_at)) >= patience:
@@ -389,8 +391,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                 if nxt is None and background is not None:
                     events.note(f"every setting of the builds there are measured; waiting for "
                                 f"{', '.join(background.variants)} to compile")
-                    probes, space_id = _with_built(background, done | {r.spec_key for r in ran})
-                    background = None
+                    take_builds()
                     continue
                 if nxt is None:
                     searched, stop_reason = True, "every planned setting measured"
@@ -419,8 +420,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
             if background is not None:  # paused or timed out with a build still compiling
                 events.note(f"waiting for {', '.join(background.variants)} to finish compiling "
                             "before any deciding figure is taken")
-                probes, space_id = _with_built(background, done | {r.spec_key for r in ran})
-                background = None
+                take_builds()
         except BaseException:  # interrupted or failed: hand back what this sweep holds
             if background is not None:
                 background.cancel()
