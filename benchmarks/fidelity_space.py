@@ -70,6 +70,10 @@ def main() -> None:
                     help="a study's results folder; repeat for several studies of the same model "
                     "and workload (one llama-bench pass covers the union of their settings)")
     ap.add_argument("--builds", type=Path, default=Path("builds"))
+    ap.add_argument("--bench", action="append", default=[], metavar="BUILD=DIR",
+                    help="llama-bench of BUILD from DIR instead of --builds (DIR/bin/llama-bench; "
+                    "its library search path in DIR/LD_LIBRARY_PATH, else DIR/lib): e.g. "
+                    "installed=the folder benchmarks/installed_bench.py made")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--procs", type=int, default=3,
@@ -78,6 +82,7 @@ def main() -> None:
                     help="more llama-bench options, e.g. '--poll 0' (its CPU threads spin-wait "
                     "at --poll 50 by default; the tuner's contexts use llama.cpp's default pool)")
     a = ap.parse_args()
+    benches = {b: Path(d) for b, _, d in (x.partition("=") for x in a.bench)}
     a.out.mkdir(parents=True, exist_ok=True)
     stores = [require_study(default_storage(r)) for r in a.results]
     every_record = [r for s in stores for r in s.records()]
@@ -93,12 +98,15 @@ def main() -> None:
     # Per config and side ("pp", "tg"): each llama-bench process's median of its repetitions.
     per_proc: dict[Key, dict[str, list[float]]] = defaultdict(lambda: {"pp": [], "tg": []})
     commands: list[str] = []
+    backends: dict[str, set[str]] = defaultdict(set)  # what each build's llama-bench ran on
     no_bench: set[str] = set()  # builds without a llama-bench: their settings are not compared
 
     def measure(k: Key) -> None:
         build, nb, nu, fa, tk, tv = k
-        binary = a.builds / build / "bin" / "llama-bench"
-        lib = a.builds / build / "lib"
+        folder = benches.get(build, a.builds / build)
+        binary = folder / "bin" / "llama-bench"
+        search = folder / "LD_LIBRARY_PATH"
+        lib = Path(search.read_text().strip()) if search.is_file() else folder / "lib"
         if not binary.is_file():  # e.g. the installed package's library: no llama-bench
             no_bench.add(build)
             return
@@ -108,6 +116,7 @@ def main() -> None:
                                     a.reps, threads, extra=a.lb_args.split())
             commands.append(cmd)
             for row in rows:
+                backends[build].add(f"{row.get('backends')} on {row.get('gpu_info') or 'no GPU'}")
                 ts = row.get("samples_ts") or [row["avg_ts"]]
                 per_proc[k]["pp" if row["n_prompt"] else "tg"].append(statistics.median(ts))
 
@@ -150,6 +159,7 @@ def main() -> None:
     compared = tuner_top + lb_best3
     a.first_store = stores[0]
     a.no_bench = no_bench
+    a.backends = backends
     for results, store in zip(a.results, stores):
         report(results, store, a, P, G, threads, space, bench_of, lb_request, label_of, tried,
                per_proc, compared, commands)
@@ -233,6 +243,8 @@ def report(results: Path, store: Any, a: argparse.Namespace, P: int, G: int, thr
              f"pp{P} @ depth 0 and tg{G} @ depth {P}, medians of {a.reps} repetitions, "
              f"{threads or 'default'} CPU threads; llama-bench of the compared configs: median "
              f"over {a.procs} fresh processes (others: 1)", "",
+             "llama-bench ran on: " + "; ".join(f"{b}: {', '.join(sorted(v))}"
+                                               for b, v in sorted(a.backends.items())), "",
              "| rank | trial | settings | tuner pp t/s | llama-bench pp (processes min-max) | diff "
              "| tuner tg t/s | llama-bench tg | diff | tuner request s | llama-bench request s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -101,11 +101,17 @@ fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python instal
     "$SDIST" > "$BENCH/install.log" 2>&1 || { phase "FAILED install"; tail -20 "$BENCH/install.log"; return 1; }
   echo "CUDA llama-cpp-python installed in $((SECONDS - s)) s" | tee -a "$BENCH/install.log"
   wait
+  # A llama-bench that loads the installed package's own libraries (only its CPU parts compile),
+  # so the fidelity pass compares the installed build's settings too; built before the timed
+  # sweep, outside the folder the sweep builds in.
+  python3 benchmarks/installed_bench.py --source "$SDIST" --out "$BENCH/installed-bench" \
+    -j "$JOBS" > "$BENCH/installed-bench.log" 2>&1 &
   for m in $MODELS; do  # quantized with the installed library
     python3 -c "from tuner.models.modelgen import quantize; quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}')" \
       >> "$BENCH/modelgen.log" 2>&1 || { phase "FAILED quantize $m"; return 1; }
     rm -f "$(path_of "$m").f16"
   done
+  wait; cp "$BENCH/installed-bench.log" "$BENCH/out/" 2>/dev/null
   # The machine is offline: the source `tuner sweep` would download is put where it looks first.
   local v; v=$(python3 -c "import llama_cpp; print(llama_cpp.__version__)")
   mkdir -p "$BENCH/fresh-builds/.sdist" && cp "$SDIST" "$BENCH/fresh-builds/.sdist/llama_cpp_python-$v.tar.gz"
@@ -120,11 +126,12 @@ fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python instal
     echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name.log"
     cp -r "$BENCH/fresh-builds/force-cublas/build.json" "$BENCH/out/$name/" 2>/dev/null
     [ -n "${NO_FIDELITY:-}" ] && continue
-    # llama-bench of the builds the sweep made (the installed package has none: its settings
-    # are listed as not compared), right after the sweep.
+    # llama-bench of the builds the sweep made and of the installed package's libraries, right
+    # after the sweep.
     phase "llama-bench over the space $m"
+    local own=(); [ -x "$BENCH/installed-bench/bin/llama-bench" ] && own=(--bench "installed=$BENCH/installed-bench")
     python3 benchmarks/fidelity_space.py --model "$(path_of "$m")" --results "$BENCH/results-$name" \
-      --builds "$BENCH/fresh-builds" --out "$BENCH/out/$name" --lb-args "${LB_ARGS:-}" \
+      --builds "$BENCH/fresh-builds" "${own[@]}" --out "$BENCH/out/$name" --lb-args "${LB_ARGS:-}" \
       > "$BENCH/fidelity-$name.log" 2>&1
     echo "fidelity exit $?" >> "$BENCH/fidelity-$name.log"
   done

@@ -1,0 +1,98 @@
+"""A llama-bench for the installed llama-cpp-python's own libraries (benchmark tooling, CUDA
+machine): the package ships no llama-bench, so its settings had no reference in run 19 of
+docs/benchmarks.md.
+
+llama-bench is compiled from the installed version's vendored llama.cpp (the same source
+archive the package was built from) without any GPU backend and without a run path, so the
+libraries it loads are the ones ``LD_LIBRARY_PATH`` names: the installed package's
+``llama_cpp/lib`` (its CUDA ``libggml``, ``libllama``), then this folder's ``lib`` for
+llama-bench's own helper library (``libllama-common``), which the package does not have.
+Only the CPU parts compile (about a minute on 16 cores): no CUDA kernel is built again, so the
+kernels llama-bench runs are the installed package's.
+
+The result is laid out as a build folder of ``tuner build`` is (``bin/llama-bench``,
+``lib/``), for ``benchmarks/fidelity_space.py --bench installed=DIR``. Before it says done,
+it checks with ``ldd`` that every llama and ggml library resolves into the installed package.
+
+    python3 benchmarks/installed_bench.py --source SDIST --out DIR [-j N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+CMAKE_ARGS = [
+    "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DGGML_CUDA=OFF",
+    "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON",
+    # No run path: the dynamic loader takes the libraries LD_LIBRARY_PATH names.
+    "-DCMAKE_SKIP_RPATH=ON", "-DGGML_NATIVE=OFF",
+]
+# The package's libraries: llama-bench must load these from the installed package, not ours.
+PACKAGE_LIBS = re.compile(r"^\s*(lib(?:llama|ggml[\w-]*)\.so\.\d+) => (\S+)", re.M)
+
+
+def installed_lib_dir() -> Path:
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llama_cpp is not installed")
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    if not (lib / "libllama.so").exists():
+        raise SystemExit(f"the installed llama_cpp has no libllama.so in {lib}")
+    return lib
+
+
+def search_path(out: Path, installed: Path) -> str:
+    """The installed package first, then llama-bench's helper libraries."""
+    return f"{installed}:{out / 'lib'}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", type=Path, required=True,
+                    help="the llama-cpp-python source archive the package was built from")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
+    a = ap.parse_args()
+    version = importlib.metadata.version("llama_cpp_python")
+    if f"-{version}" not in a.source.name and f"_{version}" not in a.source.name:
+        raise SystemExit(f"{a.source.name} is not the installed version {version}'s source")
+    installed = installed_lib_dir()
+    with tempfile.TemporaryDirectory(prefix="installed-bench-") as tmp:
+        with tarfile.open(a.source) as tar:
+            tar.extractall(tmp, filter="data")
+        src = next(Path(tmp).glob("*/vendor/llama.cpp"))
+        build = Path(tmp) / "cmake"
+        subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-G", "Ninja", *CMAKE_ARGS],
+                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench",
+                        "-j", str(a.jobs)], check=True, stdout=subprocess.DEVNULL)
+        (a.out / "bin").mkdir(parents=True, exist_ok=True)
+        (a.out / "lib").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(build / "bin" / "llama-bench", a.out / "bin" / "llama-bench")
+        for helper in (build / "bin").glob("libllama-common*.so*"):
+            shutil.copy2(helper, a.out / "lib" / helper.name, follow_symlinks=True)
+    env = {**os.environ, "LD_LIBRARY_PATH": search_path(a.out, installed)}
+    ldd = subprocess.run(["ldd", str(a.out / "bin" / "llama-bench")], capture_output=True,
+                         text=True, env=env, check=True).stdout
+    found = dict(PACKAGE_LIBS.findall(ldd))
+    wrong = {n: p for n, p in found.items() if Path(p).resolve().parent != installed.resolve()}
+    if "libllama.so.0" not in found or wrong:
+        raise SystemExit(f"llama-bench would not load the installed libraries: {wrong or ldd}")
+    (a.out / "LD_LIBRARY_PATH").write_text(search_path(a.out, installed) + "\n")
+    print(f"llama-bench for the installed llama-cpp-python {version} ({installed}): "
+          f"{a.out / 'bin' / 'llama-bench'}; it loads " + ", ".join(sorted(found)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
