@@ -254,7 +254,7 @@ YAML
 
 status() {
   cat "$BENCH/phase" 2>/dev/null; tail -n 3 "$BENCH/log" 2>/dev/null
-  for f in "$BENCH"/install.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/verify-*.log; do
+  for f in "$BENCH"/install.log "$BENCH"/installed-bench.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH"/sweep-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/verify-*.log; do
     [ -f "$f" ] && echo "$f: $(tail -n 2 "$f" | cut -c1-160 | tr '\n' ' ')"
   done
 }
