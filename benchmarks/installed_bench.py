@@ -6,7 +6,8 @@ llama-bench is compiled from the installed version's vendored llama.cpp (the sam
 archive the package was built from) without any GPU backend and without a run path, so the
 libraries it loads are the ones ``LD_LIBRARY_PATH`` names: the installed package's
 ``llama_cpp/lib`` (its CUDA ``libggml``, ``libllama``), then this folder's ``lib`` for
-llama-bench's own helper library (``libllama-common``), which the package does not have.
+llama-bench's own helper libraries (``libllama-bench-impl``, ``libllama-common``), which the
+package does not have.
 Only the CPU parts compile (about a minute on 16 cores): no CUDA kernel is built again, so the
 kernels llama-bench runs are the installed package's.
 
@@ -80,8 +81,9 @@ def main() -> None:
         (a.out / "bin").mkdir(parents=True, exist_ok=True)
         (a.out / "lib").mkdir(parents=True, exist_ok=True)
         shutil.copy2(build / "bin" / "llama-bench", a.out / "bin" / "llama-bench")
-        for helper in (build / "bin").glob("libllama-common*.so*"):
-            shutil.copy2(helper, a.out / "lib" / helper.name, follow_symlinks=True)
+        for helper in (build / "bin").glob("lib*.so*"):  # llama-bench's own, not the package's
+            if not (installed / helper.name).exists():
+                shutil.copy2(helper, a.out / "lib" / helper.name, follow_symlinks=True)
     env = {**os.environ, "LD_LIBRARY_PATH": search_path(a.out, installed)}
     ldd = subprocess.run(["ldd", str(a.out / "bin" / "llama-bench")], capture_output=True,
                          text=True, env=env, check=True).stdout
