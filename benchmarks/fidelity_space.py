@@ -119,6 +119,9 @@ def main() -> None:
                 backends[build].add(f"{row.get('backends')} on {row.get('gpu_info') or 'no GPU'}")
                 ts = row.get("samples_ts") or [row["avg_ts"]]
                 per_proc[k]["pp" if row["n_prompt"] else "tg"].append(statistics.median(ts))
+        # Written as it goes: a lease that ends mid-pass (run 21) still leaves what was measured.
+        (a.out / "fidelity_partial.json").write_text(json.dumps(
+            {"per_process": [[*key, v] for key, v in per_proc.items()], "commands": commands}))
 
     def bench_of(k: Key) -> dict[str, float]:
         return {side: statistics.median(xs) for side, xs in per_proc[k].items() if xs}
