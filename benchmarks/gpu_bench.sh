@@ -126,10 +126,20 @@ fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python instal
     echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name.log"
     cp -r "$BENCH/fresh-builds/force-cublas/build.json" "$BENCH/out/$name/" 2>/dev/null
     [ -n "${NO_FIDELITY:-}" ] && continue
-    # llama-bench of the builds the sweep made and of the installed package's libraries, right
-    # after the sweep.
+    # llama-bench of the installed package's libraries and of the builds the sweep made (it
+    # builds libraries only): the one compiled above, each loading its own libraries.
     phase "llama-bench over the space $m"
-    local own=(); [ -x "$BENCH/installed-bench/bin/llama-bench" ] && own=(--bench "installed=$BENCH/installed-bench")
+    local own=() b
+    if [ -x "$BENCH/installed-bench/bin/llama-bench" ]; then
+      own=(--bench "installed=$BENCH/installed-bench")
+      for b in "$BENCH"/fresh-builds/*/lib; do
+        b=$(basename "$(dirname "$b")")
+        [ -x "$BENCH/fresh-builds/$b/bin/llama-bench" ] && continue
+        python3 benchmarks/installed_bench.py --from "$BENCH/installed-bench" \
+          --lib "$BENCH/fresh-builds/$b/lib" --out "$BENCH/bench-$b" >> "$BENCH/installed-bench.log" 2>&1 \
+          && own+=(--bench "$b=$BENCH/bench-$b")
+      done
+    fi
     python3 benchmarks/fidelity_space.py --model "$(path_of "$m")" --results "$BENCH/results-$name" \
       --builds "$BENCH/fresh-builds" "${own[@]}" --out "$BENCH/out/$name" --lb-args "${LB_ARGS:-}" \
       > "$BENCH/fidelity-$name.log" 2>&1

@@ -1,21 +1,24 @@
-"""A llama-bench for the installed llama-cpp-python's own libraries (benchmark tooling, CUDA
-machine): the package ships no llama-bench, so its settings had no reference in run 19 of
-docs/benchmarks.md.
+"""A llama-bench for a library folder that has none (benchmark tooling, CUDA machine): the
+installed llama-cpp-python's own libraries (the package ships no llama-bench, so its settings
+had no reference in run 19 of docs/benchmarks.md), or a build a sweep made for itself (it
+builds the libraries only, tuner/builds/autobuild.py).
 
 llama-bench is compiled from the installed version's vendored llama.cpp (the same source
 archive the package was built from) without any GPU backend and without a run path, so the
-libraries it loads are the ones ``LD_LIBRARY_PATH`` names: the installed package's
-``llama_cpp/lib`` (its CUDA ``libggml``, ``libllama``), then this folder's ``lib`` for
-llama-bench's own helper libraries (``libllama-bench-impl``, ``libllama-common``), which the
-package does not have.
-Only the CPU parts compile (about a minute on 16 cores): no CUDA kernel is built again, so the
-kernels llama-bench runs are the installed package's.
+libraries it loads are the ones ``LD_LIBRARY_PATH`` names: ``--lib`` (by default the installed
+package's ``llama_cpp/lib``: its CUDA ``libggml``, ``libllama``), then this folder's ``lib``
+for llama-bench's own helper libraries (``libllama-bench-impl``, ``libllama-common``), which
+the library folder does not have. Only the CPU parts compile (about a minute on 16 cores): no
+CUDA kernel is built again, so the kernels llama-bench runs are the library folder's.
+``--from`` reuses a llama-bench this script made for another folder (nothing compiles).
 
 The result is laid out as a build folder of ``tuner build`` is (``bin/llama-bench``,
-``lib/``), for ``benchmarks/fidelity_space.py --bench installed=DIR``. Before it says done,
-it checks with ``ldd`` that every llama and ggml library resolves into the installed package.
+``lib/``, and the search path in ``LD_LIBRARY_PATH``), for ``benchmarks/fidelity_space.py
+--bench BUILD=DIR``. Before it says done, it checks with ``ldd`` that every llama and ggml
+library resolves into the library folder.
 
-    python3 benchmarks/installed_bench.py --source SDIST --out DIR [-j N]
+    python3 benchmarks/installed_bench.py --source SDIST --out DIR [--lib LIBDIR] [-j N]
+    python3 benchmarks/installed_bench.py --from DIR --lib LIBDIR --out DIR2
 """
 
 from __future__ import annotations
@@ -60,40 +63,61 @@ def search_path(out: Path, installed: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", type=Path, required=True,
+    ap.add_argument("--source", type=Path,
                     help="the llama-cpp-python source archive the package was built from")
+    ap.add_argument("--from", dest="reuse", type=Path,
+                    help="a folder this script made: its llama-bench, nothing compiled")
+    ap.add_argument("--lib", type=Path, help="the libraries llama-bench is to load "
+                    "(default: the installed llama-cpp-python's)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
     a = ap.parse_args()
     version = importlib.metadata.version("llama_cpp_python")
-    if f"-{version}" not in a.source.name and f"_{version}" not in a.source.name:
+    installed = (a.lib or installed_lib_dir()).absolute()
+    if not (installed / "libllama.so").exists():
+        raise SystemExit(f"{installed} has no libllama.so")
+    if a.reuse is not None:
+        shutil.copytree(a.reuse / "bin", a.out / "bin", dirs_exist_ok=True)
+        shutil.copytree(a.reuse / "lib", a.out / "lib", dirs_exist_ok=True)
+    elif a.source is None:
+        raise SystemExit("--source or --from is needed")
+    elif f"-{version}" not in a.source.name and f"_{version}" not in a.source.name:
         raise SystemExit(f"{a.source.name} is not the installed version {version}'s source")
-    installed = installed_lib_dir()
+    else:
+        compile_bench(a.source, a.out, installed, a.jobs)
+    check(a.out, installed, version)
+
+
+def compile_bench(source: Path, out: Path, installed: Path, jobs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="installed-bench-") as tmp:
-        with tarfile.open(a.source) as tar:
+        with tarfile.open(source) as tar:
             tar.extractall(tmp, filter="data")
         src = next(Path(tmp).glob("*/vendor/llama.cpp"))
         build = Path(tmp) / "cmake"
         subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-G", "Ninja", *CMAKE_ARGS],
                        check=True, stdout=subprocess.DEVNULL)
         subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench",
-                        "-j", str(a.jobs)], check=True, stdout=subprocess.DEVNULL)
-        (a.out / "bin").mkdir(parents=True, exist_ok=True)
-        (a.out / "lib").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(build / "bin" / "llama-bench", a.out / "bin" / "llama-bench")
+                        "-j", str(jobs)], check=True, stdout=subprocess.DEVNULL)
+        (out / "bin").mkdir(parents=True, exist_ok=True)
+        (out / "lib").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(build / "bin" / "llama-bench", out / "bin" / "llama-bench")
         for helper in (build / "bin").glob("lib*.so*"):  # llama-bench's own, not the package's
             if not (installed / helper.name).exists():
-                shutil.copy2(helper, a.out / "lib" / helper.name, follow_symlinks=True)
-    env = {**os.environ, "LD_LIBRARY_PATH": search_path(a.out, installed)}
-    ldd = subprocess.run(["ldd", str(a.out / "bin" / "llama-bench")], capture_output=True,
+                shutil.copy2(helper, out / "lib" / helper.name, follow_symlinks=True)
+
+
+def check(out: Path, installed: Path, version: str) -> None:
+    """Every llama and ggml library llama-bench loads comes from ``installed``."""
+    env = {**os.environ, "LD_LIBRARY_PATH": search_path(out, installed)}
+    ldd = subprocess.run(["ldd", str(out / "bin" / "llama-bench")], capture_output=True,
                          text=True, env=env, check=True).stdout
     found = dict(PACKAGE_LIBS.findall(ldd))
     wrong = {n: p for n, p in found.items() if Path(p).resolve().parent != installed.resolve()}
     if "libllama.so.0" not in found or wrong:
         raise SystemExit(f"llama-bench would not load the installed libraries: {wrong or ldd}")
-    (a.out / "LD_LIBRARY_PATH").write_text(search_path(a.out, installed) + "\n")
-    print(f"llama-bench for the installed llama-cpp-python {version} ({installed}): "
-          f"{a.out / 'bin' / 'llama-bench'}; it loads " + ", ".join(sorted(found)))
+    (out / "LD_LIBRARY_PATH").write_text(search_path(out, installed) + "\n")
+    print(f"llama-bench of llama-cpp-python {version} for the libraries in {installed}: "
+          f"{out / 'bin' / 'llama-bench'}; it loads " + ", ".join(sorted(found)))
 
 
 if __name__ == "__main__":

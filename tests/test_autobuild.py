@@ -29,12 +29,12 @@ def test_cores_are_shared_between_builds() -> None:
 
 def test_builds_run_side_by_side_and_a_failure_is_named(tmp_path: Path) -> None:
     both_started = threading.Barrier(2, timeout=30)  # passes only if the two overlap
-    calls: list[tuple[str, str, int]] = []
+    calls: list[tuple[str, str, int, bool]] = []
 
     def fake_builder(variant: str, *, source: object, builds_dir: Path, cuda_arch: str,
-                     jobs: int, log) -> None:
+                     jobs: int, log, bench: bool) -> None:
         """A FAKE build_variant: records the call; force-mmq fails as an offline machine's."""
-        calls.append((variant, cuda_arch, jobs))
+        calls.append((variant, cuda_arch, jobs, bench))
         both_started.wait()
         log("compiling")
         if variant == "force-mmq":
@@ -44,7 +44,9 @@ def test_builds_run_side_by_side_and_a_failure_is_named(tmp_path: Path) -> None:
     out = build_missing([CUBLAS, MMQ], tmp_path, log=lines.append, builder=fake_builder)
     assert out.built == ["force-cublas"]
     assert out.jobs == jobs_each(2)
-    assert sorted(calls) == [("force-cublas", "90", out.jobs), ("force-mmq", "61", out.jobs)]
+    # The libraries only: a sweep never runs llama-bench.
+    assert sorted(calls) == [("force-cublas", "90", out.jobs, False),
+                             ("force-mmq", "61", out.jobs, False)]
     (failed,) = out.failed
     assert "could not download" in failed
     assert "`tuner build --variant force-mmq --cuda-arch 61`" in failed

@@ -180,6 +180,9 @@ def test_dry_run_commands_carry_the_variant_flags(tmp_path: Path, variant: str) 
     assert targets[-2:] == ["--target", "help"]
     assert build[-5:] == ["--target", "llama", "llama-bench", "-j", "3"]
     assert plan.final_dir == str(tmp_path / "b" / variant)
+    lib_only = build_variant(variant, source=source, builds_dir=tmp_path / "b", cuda_arch=arch,
+                             jobs=3, dry_run=True, bench=False)
+    assert lib_only.commands[-1][-4:] == ["--target", "llama", "-j", "3"]
     assert not (tmp_path / "b").exists()  # a dry run writes nothing
 
 

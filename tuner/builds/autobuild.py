@@ -83,8 +83,11 @@ def build_missing(missing: list[MissingBuild], builds_dir: Path,
             # start together, and the later ones take the build the first made.
             with _variant_lock(builds_dir, m.variant):
                 if not (builds_dir / m.variant / "build.json").is_file():
+                    # The libraries only: the sweep never runs llama-bench (`tuner build`
+                    # makes it, for comparisons with llama.cpp's own tool).
                     make(m.variant, source=None, builds_dir=builds_dir, cuda_arch=m.cuda_arch,
-                         jobs=out.jobs, log=lambda line: log(f"[{m.variant}] {line}"))
+                         jobs=out.jobs, log=lambda line: log(f"[{m.variant}] {line}"),
+                         bench=False)
             results[m.variant] = None
         except (TunerError, OSError) as exc:  # BadInput, EnvironmentUnfit; a folder it can't use
             results[m.variant] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

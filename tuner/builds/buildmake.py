@@ -34,7 +34,11 @@ from tuner.builds.catalog import (
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.specs import Frozen
 
-TARGETS = ("llama", "llama-bench")  # libllama pulls in libggml* and the backends it links
+LIBRARY_TARGET = "llama"  # libllama pulls in libggml* and the backends it links
+# llama-bench: for comparing with llama.cpp's own tool (`tuner build`, docs/benchmarks.md).
+# The tuner never runs it; a sweep's own build leaves it out, and with it llama-bench's helper
+# libraries (llama-common, cpp-httplib): about 400 CPU-seconds of C++ on top of the library's.
+BENCH_TARGET = "llama-bench"
 # Libraries land in <cmake>/bin next to the executables (CMAKE_LIBRARY_OUTPUT_DIRECTORY there).
 # RPATH $ORIGIN finds the sibling libggml*; $ORIGIN/../lib lets bin/llama-bench find lib/.
 BASE_CMAKE_ARGS = [
@@ -108,9 +112,15 @@ def _check_request(variant: str, cuda_arch: str | None) -> str | None:
     return cuda_arch.replace(",", ";")
 
 
+def targets_of(bench: bool) -> list[str]:
+    return [LIBRARY_TARGET, *([BENCH_TARGET] if bench else [])]
+
+
 def plan_build(variant: str, *, source: Path | None, builds_dir: Path = Path("builds"),
-               cuda_arch: str | None = None, jobs: int | None = None) -> BuildPlan:
-    """Check the request and lay out the commands, without running anything."""
+               cuda_arch: str | None = None, jobs: int | None = None,
+               bench: bool = True) -> BuildPlan:
+    """Check the request and lay out the commands, without running anything (``bench``:
+    llama-bench as well as the library)."""
     arch = _check_request(variant, cuda_arch)
     version = installed_version()
     commands: list[list[str]] = []
@@ -135,7 +145,7 @@ def plan_build(variant: str, *, source: Path | None, builds_dir: Path = Path("bu
         ["cmake", "-S", str(staging / "src" / top / "vendor" / "llama.cpp"), "-B", str(cmake_dir),
          "-G", "Ninja", *args],
         ["cmake", "--build", str(cmake_dir), "--target", "help"],
-        ["cmake", "--build", str(cmake_dir), "--target", *TARGETS,
+        ["cmake", "--build", str(cmake_dir), "--target", *targets_of(bench),
          "-j", str(jobs or os.cpu_count() or 1)],
     ]
     return BuildPlan(variant=variant, version=version, source=str(source),
@@ -146,19 +156,22 @@ def plan_build(variant: str, *, source: Path | None, builds_dir: Path = Path("bu
 @overload
 def build_variant(variant: str, *, source: Path | None, builds_dir: Path = ...,
                   cuda_arch: str | None = ..., jobs: int | None = ..., dry_run: Literal[True],
-                  log: Callable[[str], None] = ...) -> BuildPlan: ...
+                  log: Callable[[str], None] = ..., bench: bool = ...) -> BuildPlan: ...
 @overload
 def build_variant(variant: str, *, source: Path | None, builds_dir: Path = ...,
                   cuda_arch: str | None = ..., jobs: int | None = ...,
-                  dry_run: Literal[False] = ..., log: Callable[[str], None] = ...) -> BuildInfo: ...
+                  dry_run: Literal[False] = ..., log: Callable[[str], None] = ...,
+                  bench: bool = ...) -> BuildInfo: ...
 def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path("builds"),
                   cuda_arch: str | None = None, jobs: int | None = None, dry_run: bool = False,
-                  log: Callable[[str], None] = lambda _line: None) -> BuildInfo | BuildPlan:
+                  log: Callable[[str], None] = lambda _line: None,
+                  bench: bool = True) -> BuildInfo | BuildPlan:
     """Build one kernel variant into ``<builds_dir>/<variant>``. The work happens in a hidden
     staging folder that is renamed into place only once the library has loaded and reported the
-    expected kernel choice, so a failed build never looks usable (its tree stays for reading)."""
+    expected kernel choice, so a failed build never looks usable (its tree stays for reading).
+    ``bench``: llama-bench as well (the build record says whether it was made)."""
     plan = plan_build(variant, source=source, builds_dir=builds_dir, cuda_arch=cuda_arch,
-                      jobs=jobs)
+                      jobs=jobs, bench=bench)
     if dry_run:
         return plan
     env = _preflight(variant)
@@ -180,11 +193,12 @@ def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path(
     configure, help_cmd, build = commands
     _run(configure, log, "cmake configure", fail_hint, env)
     targets = _run(help_cmd, lambda _l: None, "cmake target list", fail_hint, env)
-    missing = [t for t in TARGETS if not re.search(rf"^{re.escape(t)}: ", targets, re.M)]
+    missing = [t for t in targets_of(bench)
+               if not re.search(rf"^{re.escape(t)}: ", targets, re.M)]
     if missing:
         raise TunerError(f"this llama.cpp has no target {', '.join(missing)}", hint=fail_hint)
     _run(build, log, "cmake build", fail_hint, env)
-    bench = _collect(staging / "cmake" / "bin", staging / "lib", staging / "bin")
+    made_bench = _collect(staging / "cmake" / "bin", staging / "lib", staging / "bin")
     system_info = probe_library(staging / "lib")
     flags = parse_system_info(system_info)
     if variant_of(flags) != variant:
@@ -195,7 +209,7 @@ def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path(
         cuda_arch=plan.cuda_arch,
         source=str(plan.source), source_sha256=sha256, started=started, finished=_now(),
         duration_s=round(time.monotonic() - t0, 1), system_info=system_info,
-        flags_summary=summarize(flags), bench="bin/llama-bench" if bench else None)
+        flags_summary=summarize(flags), bench="bin/llama-bench" if made_bench else None)
     (staging / "build.json").write_text(record.model_dump_json(indent=2) + "\n")
     shutil.rmtree(staging / "src")
     shutil.rmtree(staging / "cmake")
