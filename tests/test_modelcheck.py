@@ -177,3 +177,17 @@ def test_random_damage_is_a_bad_model_or_harmless(tiny_model: Path, tmp_path: Pa
             assert "\n" not in e.message and "Traceback" not in e.message
         assert time.process_time() - started < 1
     assert outcomes["bad"] > 200  # the damage was real
+
+
+def test_a_file_is_read_again_once_it_changes(tiny_model: Path, tmp_path: Path) -> None:
+    """The check of an unchanged file is remembered (the CLI and the sweep both check it); a
+    file truncated in place since is read again and refused."""
+    model = tmp_path / "m.gguf"
+    shutil.copyfile(tiny_model, model)
+    first = check_model(model)
+    assert check_model(model) is first  # not read again
+    with model.open("r+b") as f:
+        f.truncate(model.stat().st_size - 1)
+    with pytest.raises(BadModel) as err:
+        check_model(model)
+    assert_one_line_naming(err.value, model, "truncated data")

@@ -9,7 +9,9 @@ what llama.cpp's own ``gguf_init_from_file`` rejects, so a file that passes here
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import struct
 from pathlib import Path
 
@@ -196,8 +198,25 @@ def _int_or_none(value: object) -> int | None:
 
 
 def check_model(path: str | Path) -> ModelInfo:
-    """Validate a GGUF file's header and size; raise ``BadModel`` with one line if unusable."""
+    """Validate a GGUF file's header and size; raise ``BadModel`` with one line if unusable.
+    A file checked before in this process and unchanged since (same size, modification time
+    and inode) is not read again: the CLI checks a model before the sweep's machinery loads,
+    and the sweep checks it again (a 135M model's header, with its vocabulary, takes 0.3 s)."""
     path = Path(path).absolute()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _check(path)  # _open says why, in one line
+    return _checked(path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=8)
+def _checked(path: Path, size: int, mtime_ns: int, inode: int) -> ModelInfo:
+    """``_check`` once per file version (a bad model raises, and is not cached)."""
+    return _check(path)
+
+
+def _check(path: Path) -> ModelInfo:
     f, size = _open(path)
     with f:
         h = _Header(f, path, size)
