@@ -133,6 +133,7 @@ fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python instal
     if [ -x "$BENCH/installed-bench/bin/llama-bench" ]; then
       own=(--bench "installed=$BENCH/installed-bench")
       for b in "$BENCH"/fresh-builds/*/lib; do
+        [ -d "$b" ] || continue  # none made (--no-build)
         b=$(basename "$(dirname "$b")")
         [ -x "$BENCH/fresh-builds/$b/bin/llama-bench" ] && continue
         python3 benchmarks/installed_bench.py --from "$BENCH/installed-bench" \
