@@ -105,11 +105,11 @@ def main() -> None:
         build, nb, nu, fa, tk, tv = k
         folder = benches.get(build, a.builds / build)
         binary = folder / "bin" / "llama-bench"
-        search = folder / "LD_LIBRARY_PATH"
-        lib = Path(search.read_text().strip()) if search.is_file() else folder / "lib"
         if not binary.is_file():  # e.g. the installed package's library: no llama-bench
             no_bench.add(build)
             return
+        search = folder / "LD_LIBRARY_PATH"
+        lib = Path(search.read_text().strip()) if search.is_file() else folder / "lib"
         for test in (["-p", str(P), "-n", "0", "-d", "0"],
                      ["-p", "0", "-n", str(G), "-d", str(P)]):
             rows, cmd = llama_bench(binary, lib, a.model, [nb], [nu], fa, tk, tv, test,

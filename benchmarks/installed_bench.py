@@ -24,8 +24,6 @@ library resolves into the library folder.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import importlib.util
 import os
 import re
 import shutil
@@ -35,25 +33,18 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-CMAKE_ARGS = [
-    "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DGGML_CUDA=OFF",
-    "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON",
-    # No run path: the dynamic loader takes the libraries LD_LIBRARY_PATH names.
-    "-DCMAKE_SKIP_RPATH=ON", "-DGGML_NATIVE=OFF",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tuner.builds.buildmake import BASE_CMAKE_ARGS, BENCH_TARGET, sdist_version  # noqa: E402
+from tuner.builds.catalog import _installed_lib_dir, installed_version  # noqa: E402
+from tuner.errors import TunerError  # noqa: E402
+
+# tuner build's options, without its run path and without any GPU backend: the dynamic loader
+# takes the libraries LD_LIBRARY_PATH names, and only the CPU parts compile.
+CMAKE_ARGS = [a for a in BASE_CMAKE_ARGS if "RPATH" not in a] + [
+    "-DGGML_CUDA=OFF", "-DCMAKE_SKIP_RPATH=ON", "-DGGML_NATIVE=OFF"]
 # The package's libraries: llama-bench must load these from the installed package, not ours.
 PACKAGE_LIBS = re.compile(r"^\s*(lib(?:llama|ggml[\w-]*)\.so\.\d+) => (\S+)", re.M)
-
-
-def installed_lib_dir() -> Path:
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llama_cpp is not installed")
-    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
-    if not (lib / "libllama.so").exists():
-        raise SystemExit(f"the installed llama_cpp has no libllama.so in {lib}")
-    return lib
 
 
 def search_path(out: Path, installed: Path) -> str:
@@ -72,20 +63,29 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
     a = ap.parse_args()
-    version = importlib.metadata.version("llama_cpp_python")
-    installed = (a.lib or installed_lib_dir()).absolute()
-    if not (installed / "libllama.so").exists():
-        raise SystemExit(f"{installed} has no libllama.so")
+    version = installed_version()
+    lib = a.lib or _installed_lib_dir()
+    if lib is None or not (lib / "libllama.so").exists():
+        raise SystemExit(f"no libllama.so in {lib or 'the installed llama_cpp package'}")
+    installed = lib.absolute()
     if a.reuse is not None:
         shutil.copytree(a.reuse / "bin", a.out / "bin", dirs_exist_ok=True)
         shutil.copytree(a.reuse / "lib", a.out / "lib", dirs_exist_ok=True)
     elif a.source is None:
         raise SystemExit("--source or --from is needed")
-    elif f"-{version}" not in a.source.name and f"_{version}" not in a.source.name:
-        raise SystemExit(f"{a.source.name} is not the installed version {version}'s source")
+    elif (src_version := _version_of(a.source)) != version:
+        raise SystemExit(f"{a.source.name} is llama-cpp-python {src_version}, the installed "
+                         f"version is {version}")
     else:
         compile_bench(a.source, a.out, installed, a.jobs)
     check(a.out, installed, version)
+
+
+def _version_of(source: Path) -> str:
+    try:
+        return sdist_version(source)
+    except TunerError as exc:  # not there, or not a llama-cpp-python sdist: one line
+        raise SystemExit(exc.message) from None
 
 
 def compile_bench(source: Path, out: Path, installed: Path, jobs: int) -> None:
@@ -96,7 +96,7 @@ def compile_bench(source: Path, out: Path, installed: Path, jobs: int) -> None:
         build = Path(tmp) / "cmake"
         subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-G", "Ninja", *CMAKE_ARGS],
                        check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench",
+        subprocess.run(["cmake", "--build", str(build), "--target", BENCH_TARGET,
                         "-j", str(jobs)], check=True, stdout=subprocess.DEVNULL)
         (out / "bin").mkdir(parents=True, exist_ok=True)
         (out / "lib").mkdir(parents=True, exist_ok=True)
