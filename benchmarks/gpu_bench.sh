@@ -12,6 +12,7 @@
 # POLL_PROBE="2048/1024/0 ..." (with NO_SWEEP=1): llama-bench's pp2048 at --poll 50 and 0.
 # FRESH=1: issue 11's fresh machine: the CUDA llama-cpp-python installed from the sdist (not
 # timed), then `tuner sweep --model M` with defaults, timed, building its own kernel variants.
+# SPIN_PROBE=1 (with FRESH=1): before the sweep, benchmarks/spin_probe.py on each model.
 # GRID_COMPARE=1: per model, after the default sweep and its llama-bench pass, the exhaustive
 # grid sweep and benchmarks/search_compare.py (issue 11's 98% / 25% goal).
 # Needs: nvcc, cmake, ninja, python3 with numpy/pandas/rich/pyyaml/scipy/scikit-build-core and
@@ -104,14 +105,21 @@ fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python instal
   # A llama-bench that loads the installed package's own libraries (only its CPU parts compile),
   # so the fidelity pass compares the installed build's settings too; built before the timed
   # sweep, outside the folder the sweep builds in.
-  python3 benchmarks/installed_bench.py --source "$SDIST" --out "$BENCH/installed-bench" \
-    -j "$JOBS" > "$BENCH/installed-bench.log" 2>&1 &
+  [ -n "${NO_FIDELITY:-}" ] || python3 benchmarks/installed_bench.py --source "$SDIST" \
+    --out "$BENCH/installed-bench" -j "$JOBS" > "$BENCH/installed-bench.log" 2>&1 &
   for m in $MODELS; do  # quantized with the installed library
     python3 -c "from tuner.models.modelgen import quantize; quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}')" \
       >> "$BENCH/modelgen.log" 2>&1 || { phase "FAILED quantize $m"; return 1; }
     rm -f "$(path_of "$m").f16"
   done
   wait; cp "$BENCH/installed-bench.log" "$BENCH/out/" 2>/dev/null
+  if [ -n "${SPIN_PROBE:-}" ]; then  # CPU burnt per second of generation, threads spinning or asleep
+    for m in $MODELS; do
+      phase "spin probe $m"
+      python3 benchmarks/spin_probe.py --model "$(path_of "$m")" --out "$BENCH/out/spin-${m/:/-}.json" \
+        > "$BENCH/out/spin-${m/:/-}.txt" 2>&1
+    done
+  fi
   # The machine is offline: the source `tuner sweep` would download is put where it looks first.
   local v; v=$(python3 -c "import llama_cpp; print(llama_cpp.__version__)")
   mkdir -p "$BENCH/fresh-builds/.sdist" && cp "$SDIST" "$BENCH/fresh-builds/.sdist/llama_cpp_python-$v.tar.gz"
