@@ -403,7 +403,6 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                            if prune and best is not None and best.measurement else None)
                 beside = list(background.variants) if background and not background.done() \
                     else None
-                runner.quiet_threads = beside is not None
                 outcome = runner.run(spec, wl, number, prune_against=against)
                 probe = probes[spec.model.build]
                 record = make_record(study, number, spec, wl, outcome, probe.flags,

@@ -47,14 +47,7 @@ from tuner.worker.protocol import (
 FORK_CANARY: str | None = None
 
 
-# llama.cpp's CPU threads (OpenMP in its default build) spin after each graph for a while before
-# they sleep; a GPU token every few milliseconds keeps all of them spinning.
-QUIET_THREADS = {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
-def prepare_environment(ms: ModelSettings, lib_dir: str | None, quiet_threads: bool = False) -> None:
-    if quiet_threads:
-        os.environ.update(QUIET_THREADS)
+def prepare_environment(ms: ModelSettings, lib_dir: str | None) -> None:
     if lib_dir:
         os.environ["LLAMA_CPP_LIB_PATH"] = lib_dir
     else:
@@ -96,7 +89,7 @@ def worker_main(conn: Conn, raw_job: dict[str, Any]) -> None:
         conn.close()
         return
     ms = job.model_settings
-    prepare_environment(ms, job.lib_dir, job.quiet_threads)
+    prepare_environment(ms, job.lib_dir)
     redirect_stdio(job.log_path + ".stdio")
     try:
         _serve(conn, ms, job)

@@ -50,18 +50,13 @@ class Conn(Protocol):
 
 class WorkerJob(Frozen):
     """A trial worker's process argument: what to load and where to log. ``probe_only``: report
-    the library (``Hello``) without loading a model, then wait for ``Adopt`` or ``Stop``.
-    ``quiet_threads``: the worker runs beside a kernel compile, so llama.cpp's idle CPU threads
-    sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, read when the library loads): on a
-    GPU they have nothing to do, and spinning they take the cores the compile's idle priority
-    leaves to others (tuner/builds/autobuild.py)."""
+    the library (``Hello``) without loading a model, then wait for ``Adopt`` or ``Stop``."""
 
     model_path: str
     model_settings: ModelSettings
     lib_dir: str | None
     log_path: str
     probe_only: bool = False
-    quiet_threads: bool = False
 
 
 WORKER_JOB = TypeAdapter(WorkerJob)

@@ -160,10 +160,6 @@ class Runner:
         self._spares: dict[str, _Spare] = {}  # build -> a probe kept (probe_hello's keep)
         self._seq = 0
         self.load_log = ""
-        # Set by the sweep while a kernel compile runs beside the search: new workers start
-        # with quiet CPU threads (WorkerJob.quiet_threads), and a worker started otherwise is
-        # not reused across the change.
-        self.quiet_threads = False
 
     def _job(self, ms: ModelSettings, log_path: Path | None = None,
              probe_only: bool = False) -> WorkerJob:
@@ -174,7 +170,7 @@ class Runner:
                                         f"{self._seq}.log")
         return WorkerJob(model_path=str(self.model_path), model_settings=ms,
                          lib_dir=self.lib_dirs.get(ms.build), log_path=str(log_path),
-                         probe_only=probe_only, quiet_threads=self.quiet_threads)
+                         probe_only=probe_only)
 
     def probe_hello(self, ms: ModelSettings, keep: bool = False) -> Hello:
         """Start a worker that only reports what its library is (no model load). Its log goes
@@ -224,8 +220,7 @@ class Runner:
         self._drop_spares()
         if spare is None:
             return _Worker(job), None, None
-        if (spare.worker.proc.is_alive() and adoptable(spare.worker.job.model_settings, ms)
-                and spare.worker.job.quiet_threads == job.quiet_threads):
+        if spare.worker.proc.is_alive() and adoptable(spare.worker.job.model_settings, ms):
             spare.worker.job = job
             return spare.worker, Adopt(model_settings=ms, log_path=job.log_path), spare
         spare.stop()
@@ -236,8 +231,7 @@ class Runner:
         key = ms.worker_key()
         w0 = self._worker
         if (w0 is not None and self._key == key and w0.proc.is_alive()
-                and len(w0.served) < self.trials_per_worker
-                and w0.job.quiet_threads == self.quiet_threads):
+                and len(w0.served) < self.trials_per_worker):
             return None
         self.close()
         w, adopt, spare = self._start(ms)
