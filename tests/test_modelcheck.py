@@ -191,3 +191,18 @@ def test_a_file_is_read_again_once_it_changes(tiny_model: Path, tmp_path: Path) 
     with pytest.raises(BadModel) as err:
         check_model(model)
     assert_one_line_naming(err.value, model, "truncated data")
+
+
+def test_the_check_reads_gguf_types_without_the_gguf_package(tiny_model: Path) -> None:
+    """The check takes gguf's table of tensor types, not the package, whose import loads numpy
+    and its readers and writers in every sweep; a file with types the table lacks still fails
+    by name (test_each_broken_file_is_one_line_naming_its_problem)."""
+    code = ("import sys\n"
+            "from pathlib import Path\n"
+            "from tuner.models.modelcheck import check_model\n"
+            f"info = check_model(Path({str(tiny_model)!r}))\n"
+            "assert info.n_tensors > 0\n"
+            "assert 'gguf' not in sys.modules and 'numpy' not in sys.modules, 'gguf imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from tests.cli_run import REPO, one_line_error, tuner
 from tests.report_data import enriched_copy, exported, h200_results
-from tuner.reports.analysis import effects, importance, pareto
+from tuner.reports.analysis import effects, importance, pareto, ranked_frame
 from tuner.reports.overview import overview
 from tuner.reports.views import secs
 from tuner.results.studystore import default_storage, records_of
@@ -66,7 +67,8 @@ def test_default_view_answers_within_100_columns(sweep: dict) -> None:
 
 
 def test_effects_are_the_best_at_each_value(sweep: dict) -> None:
-    """The pandas effects agree with a plain computation over the records."""
+    """The effects agree with a plain computation over the records, and the variance shares
+    with pandas' group means (how they were computed before pandas left the terminal report)."""
     records = sweep["records"]
     rows = effects(records)
     assert {e.setting for e in rows} == {"n_ubatch", "flash_attn", "kv_cache"}
@@ -85,6 +87,12 @@ def test_effects_are_the_best_at_each_value(sweep: dict) -> None:
     shares = importance(records)
     assert set(shares) == {"n_ubatch", "flash_attn", "kv_cache"}
     assert all(0.0 <= s <= 1.0 for s in shares.values())
+    df = ranked_frame(records)
+    y = df["request_s"].map(math.log)
+    for setting, share in shares.items():
+        means = y.groupby(df[setting]).transform("mean")
+        assert share == pytest.approx(float(((means - y.mean()) ** 2).sum())
+                                      / float(((y - y.mean()) ** 2).sum()))
     front = pareto(records)
     assert 1 <= len(front) <= len(records)
     fastest_pp = max(records, key=lambda r: r.measurement.pp_tps.median).number
@@ -233,6 +241,19 @@ def test_compare_two_studies(sweep: dict, enriched: dict, h200: dict, tmp_path: 
 def test_report_does_not_import_its_exporters() -> None:
     code = ("import sys, tuner.reports.rows; assert 'tuner.reports.exporters' not in sys.modules; "
             "import tuner.reports.exporters")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_terminal_overview_is_computed_without_pandas() -> None:
+    """pandas costs a report more CPU to import than the rest of it: only a frame needs it."""
+    code = ("import sys\n"
+            "from tests.records_factory import make_record\n"
+            "from tuner.reports.overview import overview\n"
+            "rs = [make_record(i, request_s=1.0 + i / 10, n_batch=512 * i) for i in (1, 2, 3)]\n"
+            "assert overview('s', rs).effects\n"
+            "assert 'pandas' not in sys.modules, 'pandas imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr

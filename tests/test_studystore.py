@@ -125,6 +125,23 @@ def test_a_foreign_or_broken_value_is_skipped_or_one_line(tmp_path: Path) -> Non
     assert "not a finalist report" in err.value.message and "\n" not in err.value.message
 
 
+def test_a_storage_is_set_up_once_per_file_a_process_opens(tmp_path: Path) -> None:
+    """optuna's setup of a SQLite storage is paid once while the file stays as it was; a file
+    written since, or replaced, is opened afresh."""
+    u = stored(tmp_path)
+    first = open_storage(u)
+    assert open_storage(u) is first
+    store_records(u, "b-study", [make_record(0, study="b-study")])  # written since
+    second = open_storage(u)
+    assert second is not first and open_storage(u) is second
+    db = tmp_path / "results" / "optuna.db"
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())
+    copy.replace(db)  # another file at the same path
+    assert open_storage(u) is not second
+    assert list_studies(u) == ["b-study", STUDY]
+
+
 @pytest.mark.parametrize("damage", ["text", "truncated", "directory"])
 def test_a_damaged_storage_is_one_line(damage: str, tmp_path: Path) -> None:
     u = stored(tmp_path)

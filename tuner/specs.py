@@ -19,7 +19,7 @@ Device = Literal["cuda", "cpu"]
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 def _declared_fields(level: settings.Level) -> dict[str, Any]:

@@ -47,7 +47,7 @@ YAML_SUFFIXES = (".yaml", ".yml")  # the server parses any other file name as JS
 class WrittenConfig(BaseModel):
     """Where ``write_production`` put the config, its sidecar, and the previous config if any."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     path: Path
     sidecar: Path

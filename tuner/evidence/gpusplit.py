@@ -37,7 +37,7 @@ def is_cuda_device(name: str) -> bool:
 class DeviceHolding(BaseModel):
     """What one device holds: layers, and its model / KV / compute buffers in MiB."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     layers: int = 0
     kv_layers: int = 0

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
 import struct
+import sys
 from pathlib import Path
+from types import ModuleType
 
 from tuner.models.ggufheader import CHUNK, INCOMPLETE, IO_TROUBLE, _fail, _Header, _open, _q
 from tuner.specs import Frozen
@@ -153,11 +156,29 @@ def _key_values(h: _Header, n_kv: int) -> dict[str, object]:
     return values
 
 
+@functools.cache
+def _gguf_constants() -> ModuleType:
+    """The gguf package's table of tensor types (``gguf.constants``, standard library only),
+    without the package: importing ``gguf`` runs its ``__init__``, which loads numpy and its
+    readers and writers, 0.2 s of CPU a sweep does not otherwise need."""
+    if (loaded := sys.modules.get("gguf.constants")) is not None:
+        return loaded
+    spec = importlib.util.find_spec("gguf")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the gguf package is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "constants.py"
+    own = importlib.util.spec_from_file_location("tuner_gguf_constants", path)
+    assert own is not None and own.loader is not None
+    module = importlib.util.module_from_spec(own)
+    own.loader.exec_module(module)
+    return module
+
+
 def _tensor_infos(h: _Header, n_tensors: int, alignment: int) -> int:
     """Check every tensor info; return the bytes the data section must hold."""
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    sizes = {int(t): bs for t, bs in GGML_QUANT_SIZES.items()}
+    gguf_constants = _gguf_constants()
+    GGMLQuantizationType = gguf_constants.GGMLQuantizationType  # noqa: N806 - gguf's name
+    sizes = {int(t): bs for t, bs in gguf_constants.GGML_QUANT_SIZES.items()}
     names: set[str] = set()
     expected = 0
     for i in range(n_tensors):

@@ -1,11 +1,16 @@
-"""What each setting did, computed with pandas from stored trial records: a frame of the measured
-trials, the best request time at each value of each swept setting (with spread), a variance
-decomposition of the request time over the settings, and the Pareto front of prompt speed,
-generation speed and GPU memory. Library code: the views and the HTML page only show these."""
+"""What each setting did, computed from stored trial records: the best request time at each value
+of each swept setting (with spread), a variance decomposition of the request time over the
+settings, and, with pandas, a frame of the measured trials and the Pareto front of prompt speed,
+generation speed and GPU memory. Library code: the views and the HTML page only show these.
+
+The terminal report needs only the effects and the decomposition, computed on plain rows: pandas
+takes 0.35 s of CPU to import, more than the rest of a report, so only the HTML page and the
+plots (which need a frame) load it."""
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +24,41 @@ if TYPE_CHECKING:  # pandas takes 0.35 s to import: only where a frame is built
 # The settings a sweep varies, as report columns: name -> value of a spec (tuner/settings.py).
 DIMENSIONS: dict[str, Callable[[TrialSpec], Any]] = {
     s.name: s.analysis_value for s in SETTINGS if s.in_space}
+
+
+class _Row(Frozen):
+    """One measured trial: its settings' values (None: not set) and its request times."""
+
+    trial: int
+    values: dict[str, Any]
+    request_s: float
+    req_min: float
+    req_max: float
+
+
+def _rows(records: list[TrialRecord]) -> list[_Row]:
+    """``ranked_frame``'s population as plain rows: the verified measured trials when there
+    are any, else every measured one."""
+    rows = [(r.usable, _Row(trial=r.number, values={k: f(r.spec) for k, f in DIMENSIONS.items()},
+                            request_s=r.objective, req_min=r.measurement.request_seconds.min,
+                            req_max=r.measurement.request_seconds.max))
+            for r in records if r.measurement is not None and r.objective is not None]
+    verified = [row for ok, row in rows if ok]
+    return verified or [row for _, row in rows]
+
+
+def _groups(rows: list[_Row], dim: str) -> dict[Any, list[_Row]]:
+    """The rows by their value of ``dim`` in order of first appearance; a row without a value
+    is in no group."""
+    out: dict[Any, list[_Row]] = {}
+    for row in rows:
+        if (v := row.values[dim]) is not None:
+            out.setdefault(v, []).append(row)
+    return out
+
+
+def _swept(rows: list[_Row]) -> list[str]:
+    return [d for d in DIMENSIONS if len(_groups(rows, d)) > 1]
 
 
 def frame(records: list[TrialRecord]) -> pd.DataFrame:
@@ -73,22 +113,23 @@ class EffectRow(Frozen):
 def effects(records: list[TrialRecord]) -> list[EffectRow]:
     """For each swept setting, the best request time at each of its values (best value first),
     with the best trial's repetition spread and the median and worst over the other trials."""
-    df = ranked_frame(records)
+    rows = _rows(records)
     out: list[EffectRow] = []
-    for dim in swept(df):
+    for dim in _swept(rows):
         groups = []
-        for value, g in df.groupby(dim, sort=False):
-            best = g.loc[g["request_s"].idxmin()]
-            groups.append((float(best["request_s"]), value, g, best))
+        for value, g in _groups(rows, dim).items():
+            best = min(g, key=lambda r: r.request_s)  # the first of equal ones
+            groups.append((best.request_s, value, g, best))
         groups.sort(key=lambda t: t[0])
         top = groups[0][0]
         for best_s, value, g, best in groups:
+            times = [r.request_s for r in g]
             out.append(EffectRow(
-                setting=dim, value=str(value), trials=len(g), best_trial=int(best["trial"]),
+                setting=dim, value=str(value), trials=len(g), best_trial=best.trial,
                 best_s=best_s,
-                best_rep_spread_pct=(float(best["req_max"] - best["req_min"]) / best_s * 100
+                best_rep_spread_pct=((best.req_max - best.req_min) / best_s * 100
                                      if best_s else 0.0),
-                median_s=float(g["request_s"].median()), worst_s=float(g["request_s"].max()),
+                median_s=statistics.median(times), worst_s=max(times),
                 vs_best=best_s / top if top else 1.0,
             ))
     return out
@@ -99,17 +140,20 @@ def importance(records: list[TrialRecord]) -> dict[str, float]:
     (eta squared of a one-way decomposition: between-group over total sum of squares), largest
     first. The shares need not sum to 1: settings interact and the grid may be unbalanced. A
     first-order counterpart of optuna's fANOVA that needs only the records, not the study."""
-    df = ranked_frame(records)
-    if len(df) < 3:
+    rows = _rows(records)
+    if len(rows) < 3:
         return {}
-    y = df["request_s"].map(math.log)
-    total = float(((y - y.mean()) ** 2).sum())
+    y = {id(r): math.log(r.request_s) for r in rows}
+    mean = statistics.fmean(y.values())
+    total = sum((v - mean) ** 2 for v in y.values())
     if total <= 0:
         return {}
     shares = {}
-    for dim in swept(df):
-        means = y.groupby(df[dim]).transform("mean")
-        shares[dim] = float(((means - y.mean()) ** 2).sum()) / total
+    for dim in _swept(rows):
+        between = 0.0
+        for g in _groups(rows, dim).values():
+            between += len(g) * (statistics.fmean(y[id(r)] for r in g) - mean) ** 2
+        shares[dim] = between / total
     return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
 
 
