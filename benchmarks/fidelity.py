@@ -50,7 +50,7 @@ def tuner_point(model: Path, r: TrialRecord, test: str, work: Path, builds: Path
         "kv_cache": [f"{c.type_k}/{c.type_v}"], "cuda_graphs": [m.cuda_graphs]}))
     res = work / "fidelity-results"
     study = f"fid-{r.spec_key}-{test}"
-    cmd = [sys.executable, "-m", "tuner.cli", "sweep", "--model", str(model), "--space",
+    cmd = [sys.executable, "-m", "tuner", "sweep", "--model", str(model), "--space",
            str(space), "--prompt-tokens", str(p), "--gen-tokens", str(g), "--repetitions",
            str(REPS), "--results", str(res), "--study", study, "--builds", str(builds),
            "--out", str(work / f"fid-{study}.yaml")]

@@ -51,7 +51,7 @@ prepare() {  # setup, the builds and the quantized models
   lscpu >> "$BENCH/out/gpu.txt"
   phase "build $VARIANTS + write models"
   for v in $VARIANTS; do
-    python3 -m tuner.cli build --variant "$v" --source "$SDIST" --cuda-arch "$ARCH" -j "$JOBS" \
+    python3 -m tuner build --variant "$v" --source "$SDIST" --cuda-arch "$ARCH" -j "$JOBS" \
       > "$BENCH/build-$v.log" 2>&1 &
   done
   for m in $MODELS; do
@@ -63,7 +63,7 @@ prepare() {  # setup, the builds and the quantized models
     [ -f "builds/$v/build.json" ] || { phase "FAILED build $v"; tail -20 "$BENCH/build-$v.log"; return 1; }
   done
   fi
-  python3 -m tuner.cli build --list | tee "$BENCH/out/builds.txt"
+  python3 -m tuner build --list | tee "$BENCH/out/builds.txt"
   set -- $VARIANTS
   phase quantize
   for m in $MODELS; do
@@ -78,7 +78,7 @@ t = time.time(); quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}');
 
 sweep() {  # model, study name, extra sweep arguments: one `tuner sweep` at 2048 + 128 tokens
   local m=$1 name=$2 s=$SECONDS; shift 2
-  python3 -m tuner.cli sweep --model "$(path_of "$m")" --prompt-tokens 2048 --gen-tokens 128 \
+  python3 -m tuner sweep --model "$(path_of "$m")" --prompt-tokens 2048 --gen-tokens 128 \
     --results "$BENCH/results-$name" --out "$BENCH/out/$name/production.yaml" --builds builds "$@" \
     > "$BENCH/sweep-$name.log" 2>&1
   echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name.log"
@@ -128,7 +128,7 @@ fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python instal
     phase "fresh sweep $m (timed, builds included)"
     s=$SECONDS
     local timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -v)
-    "${timer[@]}" python3 -m tuner.cli sweep --model "$(path_of "$m")" --prompt-tokens 2048 \
+    "${timer[@]}" python3 -m tuner sweep --model "$(path_of "$m")" --prompt-tokens 2048 \
       --gen-tokens 128 --results "$BENCH/results-$name" --out "$BENCH/out/$name/production.yaml" \
       --builds "$BENCH/fresh-builds" ${SWEEP_ARGS:-} > "$BENCH/sweep-$name.log" 2>&1
     echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-$name.log"
@@ -245,7 +245,7 @@ multi() {  # several GPUs: trials per hour on one GPU and on all ($GPUS), then a
   for g in 0 "$GPUS"; do
     local name="gpus-${g//,/-}"
     phase "sweep $tp --gpus $g"
-    s=$SECONDS; python3 -m tuner.cli sweep --model "$(path_of "$tp")" --gpus "$g" --sampler grid \
+    s=$SECONDS; python3 -m tuner sweep --model "$(path_of "$tp")" --gpus "$g" --sampler grid \
       --finalist-rounds 0 --served-requests 0 --prompt-tokens 2048 --gen-tokens 128 \
       --results "$BENCH/results-$name" --out "$BENCH/out/$name/production.yaml" --builds builds \
       > "$BENCH/sweep-$name.log" 2>&1
@@ -262,12 +262,12 @@ flash_attn: [true]
 kv_cache: [f16/f16]
 ${SPLIT_SPACE:-split_modes: [none, layer, row]}
 YAML
-  s=$SECONDS; python3 -m tuner.cli sweep --model "$(path_of "$split")" --space "$BENCH/split.yaml" \
+  s=$SECONDS; python3 -m tuner sweep --model "$(path_of "$split")" --space "$BENCH/split.yaml" \
     --finalist-rounds 0 --served-requests 0 --prompt-tokens 2048 --gen-tokens 128 \
     --results "$BENCH/results-split" --out "$BENCH/out/split/production.yaml" --builds builds \
     > "$BENCH/sweep-split.log" 2>&1
   echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/sweep-split.log"
-  python3 -m tuner.cli report --results "$BENCH/results-split" --format md \
+  python3 -m tuner report --results "$BENCH/results-split" --format md \
     -o "$BENCH/out/split-report.md" >> "$BENCH/sweep-split.log" 2>&1
 }
 
@@ -309,7 +309,7 @@ case "${1:-status}" in
       # The storage holds every record, the finalists and the drift; trials.jsonl is an export.
       o="$BENCH/out/$(basename "${d#*results-}")"
       [ -f "$d/optuna.db" ] && mkdir -p "$o" && cp "$d/optuna.db" "$o/" &&
-        python3 -m tuner.cli report --results "$d" --format jsonl -o "$o/trials.jsonl"
+        python3 -m tuner report --results "$d" --format jsonl -o "$o/trials.jsonl"
     done
     cp "$BENCH"/install.log "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH/out/" 2>/dev/null
     tar czf "$dest/bench.tar.gz" -C "$BENCH" out phase

@@ -19,7 +19,7 @@ run() {
     --no-build-isolation --no-index --target /tmp/site "$SDIST" || { phase FAILED python-half; return 1; }
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$BENCH/out/gpu.txt"
   phase "build default + write model"
-  python3 -m tuner.cli build --variant default --source "$SDIST" --cuda-arch 90 -j 16 \
+  python3 -m tuner build --variant default --source "$SDIST" --cuda-arch 90 -j 16 \
     > "$BENCH/build-default.log" 2>&1 &
   python3 -m tuner.models.modelgen --shape qwen2.5-1.5b --quant f16 --out "$BENCH/f16.gguf" > "$BENCH/modelgen.log" 2>&1
   wait

@@ -57,7 +57,7 @@ def main() -> int:
                                served=fig, threads=threads,
                                extra={"finalists": final.model_dump(mode="json")} if final else None)
     with tempfile.TemporaryDirectory() as elsewhere:
-        proc = subprocess.run([sys.executable, "-m", "tuner.cli", "verify", str(written.path)],
+        proc = subprocess.run([sys.executable, "-m", "tuner", "verify", str(written.path)],
                               cwd=elsewhere, text=True, capture_output=True)
     print(proc.stdout + proc.stderr, flush=True)
     return proc.returncode

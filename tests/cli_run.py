@@ -12,9 +12,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def tuner(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None,
-          timeout: float = 600, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+          timeout: float = 600, prefix: list[str] | None = None,
+          python_flags: list[str] | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
-    cmd = [*(prefix or []), sys.executable, "-m", "tuner.cli", *map(str, args)]
+    cmd = [*(prefix or []), sys.executable, *(python_flags or []), "-m", "tuner",
+           *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
 

@@ -372,7 +372,7 @@ def test_interrupt_mid_trial_says_how_to_resume(sig: int, code: int, tiny_model:
     # A user's shell starts the sweep with Ctrl-C's default action; a test runner started in
     # the background of a non-interactive shell has SIGINT ignored, and its children inherit
     # that (Python then installs no KeyboardInterrupt handler): start the sweep as a shell would.
-    proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -56,7 +56,7 @@ def sweep_args(model: Path, root: Path, storage: str, *extra: str, rounds: int =
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """A sweep in its own session, so that killing its group kills it with its workers."""
     full = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], env=full,
+    return subprocess.Popen([sys.executable, "-m", "tuner", *args], env=full,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 

@@ -40,7 +40,7 @@ def sweep_args(model: Path, root: Path, *extra: str, **space: object) -> list[st
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], env=full,
+    return subprocess.Popen([sys.executable, "-m", "tuner", *args], env=full,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

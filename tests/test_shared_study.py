@@ -43,7 +43,7 @@ def race_args(model: Path, root: Path, *extra: str, finalists: bool = False) -> 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     full = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], env=full,
+    return subprocess.Popen([sys.executable, "-m", "tuner", *args], env=full,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -106,7 +106,7 @@ def test_a_live_sweeps_trial_is_never_closed_by_another(tiny_model: Path,
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not running_trials(db):  # the first holds a trial
         time.sleep(0.2)
-    second = subprocess.run([sys.executable, "-m", "tuner.cli", *args],
+    second = subprocess.run([sys.executable, "-m", "tuner", *args],
                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
                             text=True, timeout=300)
     rc = first.wait(timeout=300)

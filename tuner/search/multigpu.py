@@ -74,7 +74,7 @@ def run_per_gpu(args: list[str], gpus: list[str]) -> int:
     pumps: list[threading.Thread] = []
     width = max(len(g) for g in gpus)
     for g in gpus:
-        p = subprocess.Popen([sys.executable, "-m", "tuner.cli", *args],
+        p = subprocess.Popen([sys.executable, "-m", "tuner", *args],
                              env={**os.environ, **gpu_env(g)}, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, bufsize=1)
         procs.append(p)
