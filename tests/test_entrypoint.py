@@ -33,7 +33,7 @@ def test_a_sweeps_workers_do_not_import_the_command_line(tiny_model: Path, tmp_p
                  "--prompt-tokens", 8, "--gen-tokens", 2, "--repetitions", 1, "--warmup", 0,
                  "--trials-per-worker", 1, "--finalist-rounds", 0, "--served-requests", 0,
                  "--results", tmp_path / "r", "--out", tmp_path / "p.yaml",
-                 prefix=[], python_flags=["-X", "importtime"])
+                 python_flags=["-X", "importtime"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 trial(s) run now" in proc.stdout, proc.stdout  # two workers, one trial each
     imported = [ln.rsplit("|", 1)[-1].strip() for ln in proc.stderr.splitlines()

@@ -26,39 +26,31 @@ DIMENSIONS: dict[str, Callable[[TrialSpec], Any]] = {
     s.name: s.analysis_value for s in SETTINGS if s.in_space}
 
 
-class _Row(Frozen):
-    """One measured trial: its settings' values (None: not set) and its request times."""
-
-    trial: int
-    values: dict[str, Any]
-    request_s: float
-    req_min: float
-    req_max: float
+def _measured(records: list[TrialRecord]) -> list[TrialRecord]:
+    """The trials with figures: complete, with a request time."""
+    return [r for r in records if r.measurement is not None and r.objective is not None]
 
 
-def _rows(records: list[TrialRecord]) -> list[_Row]:
-    """``ranked_frame``'s population as plain rows: the verified measured trials when there
-    are any, else every measured one."""
-    rows = [(r.usable, _Row(trial=r.number, values={k: f(r.spec) for k, f in DIMENSIONS.items()},
-                            request_s=r.objective, req_min=r.measurement.request_seconds.min,
-                            req_max=r.measurement.request_seconds.max))
-            for r in records if r.measurement is not None and r.objective is not None]
-    verified = [row for ok, row in rows if ok]
-    return verified or [row for _, row in rows]
+def _ranked(records: list[TrialRecord]) -> list[TrialRecord]:
+    """The verified measured trials when there are any (only they may be deployed), else every
+    measured one: the population the effects, importance and Pareto front are computed on."""
+    measured = _measured(records)
+    return [r for r in measured if r.usable] or measured
 
 
-def _groups(rows: list[_Row], dim: str) -> dict[Any, list[_Row]]:
-    """The rows by their value of ``dim`` in order of first appearance; a row without a value
-    is in no group."""
-    out: dict[Any, list[_Row]] = {}
-    for row in rows:
-        if (v := row.values[dim]) is not None:
-            out.setdefault(v, []).append(row)
+def _groups(records: list[TrialRecord], dim: str) -> dict[Any, list[TrialRecord]]:
+    """The trials by their value of ``dim`` in order of first appearance; a trial without a
+    value is in no group."""
+    out: dict[Any, list[TrialRecord]] = {}
+    for r in records:
+        if (v := DIMENSIONS[dim](r.spec)) is not None:
+            out.setdefault(v, []).append(r)
     return out
 
 
-def _swept(rows: list[_Row]) -> list[str]:
-    return [d for d in DIMENSIONS if len(_groups(rows, d)) > 1]
+def _swept(records: list[TrialRecord]) -> list[str]:
+    """The settings that took more than one value among these trials."""
+    return [d for d in DIMENSIONS if len(_groups(records, d)) > 1]
 
 
 def frame(records: list[TrialRecord]) -> pd.DataFrame:
@@ -67,10 +59,9 @@ def frame(records: list[TrialRecord]) -> pd.DataFrame:
     cols = ["trial", *DIMENSIONS, "request_s", "req_min", "req_max", "pp_tps", "tg_tps",
             "gpu_mib", "verified", "depth"]
     data = []
-    for r in records:
+    for r in _measured(records):
         m = r.measurement
-        if m is None or r.objective is None:
-            continue
+        assert m is not None
         data.append({
             "trial": r.number, **{k: f(r.spec) for k, f in DIMENSIONS.items()},
             "request_s": r.objective, "req_min": m.request_seconds.min,
@@ -85,15 +76,8 @@ def frame(records: list[TrialRecord]) -> pd.DataFrame:
 
 
 def ranked_frame(records: list[TrialRecord]) -> pd.DataFrame:
-    """The verified trials when there are any (only they may be deployed), else every measured
-    one: the population the effects, importance and Pareto front are computed on."""
-    df = frame(records)
-    return df[df["verified"]] if df["verified"].any() else df
-
-
-def swept(df: pd.DataFrame) -> list[str]:
-    """The settings that took more than one value among these trials."""
-    return [d for d in DIMENSIONS if df[d].nunique() > 1]
+    """``frame`` of the ranked population (``_ranked``)."""
+    return frame(_ranked(records))
 
 
 class EffectRow(Frozen):
@@ -110,25 +94,35 @@ class EffectRow(Frozen):
     vs_best: float  # best_s / the best value's best_s (1.0 for the best value)
 
 
+def _request_s(r: TrialRecord) -> float:
+    assert r.objective is not None  # a measured trial (_measured)
+    return r.objective
+
+
+def _request_spread(r: TrialRecord) -> float:
+    """The trial's request time, slowest repetition less fastest."""
+    assert r.measurement is not None
+    return r.measurement.request_seconds.max - r.measurement.request_seconds.min
+
+
 def effects(records: list[TrialRecord]) -> list[EffectRow]:
     """For each swept setting, the best request time at each of its values (best value first),
     with the best trial's repetition spread and the median and worst over the other trials."""
-    rows = _rows(records)
+    ranked = _ranked(records)
     out: list[EffectRow] = []
-    for dim in _swept(rows):
+    for dim in _swept(ranked):
         groups = []
-        for value, g in _groups(rows, dim).items():
-            best = min(g, key=lambda r: r.request_s)  # the first of equal ones
-            groups.append((best.request_s, value, g, best))
+        for value, g in _groups(ranked, dim).items():
+            best = min(g, key=_request_s)  # the first of equal ones
+            groups.append((_request_s(best), value, g, best))
         groups.sort(key=lambda t: t[0])
         top = groups[0][0]
         for best_s, value, g, best in groups:
-            times = [r.request_s for r in g]
+            times = [_request_s(r) for r in g]
+            spread = _request_spread(best)
             out.append(EffectRow(
-                setting=dim, value=str(value), trials=len(g), best_trial=best.trial,
-                best_s=best_s,
-                best_rep_spread_pct=((best.req_max - best.req_min) / best_s * 100
-                                     if best_s else 0.0),
+                setting=dim, value=str(value), trials=len(g), best_trial=best.number,
+                best_s=best_s, best_rep_spread_pct=spread / best_s * 100 if best_s else 0.0,
                 median_s=statistics.median(times), worst_s=max(times),
                 vs_best=best_s / top if top else 1.0,
             ))
@@ -140,18 +134,18 @@ def importance(records: list[TrialRecord]) -> dict[str, float]:
     (eta squared of a one-way decomposition: between-group over total sum of squares), largest
     first. The shares need not sum to 1: settings interact and the grid may be unbalanced. A
     first-order counterpart of optuna's fANOVA that needs only the records, not the study."""
-    rows = _rows(records)
-    if len(rows) < 3:
+    ranked = _ranked(records)
+    if len(ranked) < 3:
         return {}
-    y = {id(r): math.log(r.request_s) for r in rows}
+    y = {id(r): math.log(_request_s(r)) for r in ranked}
     mean = statistics.fmean(y.values())
     total = sum((v - mean) ** 2 for v in y.values())
     if total <= 0:
         return {}
     shares = {}
-    for dim in _swept(rows):
+    for dim in _swept(ranked):
         between = 0.0
-        for g in _groups(rows, dim).values():
+        for g in _groups(ranked, dim).values():
             between += len(g) * (statistics.fmean(y[id(r)] for r in g) - mean) ** 2
         shares[dim] = between / total
     return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
