@@ -1,4 +1,5 @@
-"""Run the real `tuner` command line in a subprocess, the way a user does."""
+"""Run the real `tuner` command line in a process of its own, as a user does: forked from a
+server that has imported it (tests/cli_fork.py), or started as ``python -m tuner``."""
 
 from __future__ import annotations
 
@@ -8,17 +9,45 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import cli_fork
+
 REPO = Path(__file__).resolve().parent.parent
+
+# TUNER_TEST_EXEC=1: every command a new interpreter (python -m tuner), none forked.
+EXEC_ALWAYS = os.environ.get("TUNER_TEST_EXEC") == "1"
 
 
 def tuner(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None,
           timeout: float = 600, prefix: list[str] | None = None,
-          python_flags: list[str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
+          python_flags: list[str] | None = None,
+          exec_: bool = False) -> subprocess.CompletedProcess:
+    """``tuner ARGS`` in a process of its own: forked from a server that has imported the
+    command line (tests/cli_fork.py), or, with ``exec_``, a ``prefix`` (another user), interpreter
+    flags or TUNER_TEST_EXEC=1, started as ``python -m tuner``."""
+    base_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    full_env = {**base_env, **(env or {})}
+    if not (exec_ or prefix or python_flags or EXEC_ALWAYS):
+        return cli_fork.run([str(a) for a in args], str(cwd or os.getcwd()), full_env, timeout,
+                            base_env)
     cmd = [*(prefix or []), sys.executable, *(python_flags or []), "-m", "tuner",
            *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def start_tuner(*args: object, env: dict[str, str] | None = None,
+                new_session: bool = False) -> subprocess.Popen | cli_fork.Forked:
+    """``tuner ARGS`` running while the test goes on (sweeps that race, a sweep to kill):
+    forked as tuner() forks, or with TUNER_TEST_EXEC=1 started as ``python -m tuner``. Either
+    has pid, poll, wait, communicate, send_signal and returncode, stdout and stderr as text."""
+    base_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    full_env = {**base_env, **(env or {})}
+    argv = [str(a) for a in args]
+    if EXEC_ALWAYS:
+        return subprocess.Popen([sys.executable, "-m", "tuner", *argv], env=full_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=new_session)
+    return cli_fork.start(argv, os.getcwd(), full_env, base_env, new_session)
 
 
 def wrote_config(stdout: str) -> bool:

@@ -100,8 +100,6 @@ def test_a_setting_whose_owner_died_is_taken_back_by_a_running_sweep(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """b skipped the setting a held; a then went silent (its heartbeat stale): b, still
     running, claims it again and fails a's trial, so a host that dies costs the study nothing."""
-    from tuner.results import claims as claims_mod
-
     url = URL.format(tmp_path / "optuna.db")
     a, b = Planner("s", url), Planner("s", url)
     try:
@@ -112,7 +110,7 @@ def test_a_setting_whose_owner_died_is_taken_back_by_a_running_sweep(
         assert held is not None
         assert b.ask() is None  # a holds it and is alive: b leaves it alone
         a.claims.stop_heartbeat()
-        monkeypatch.setattr(claims_mod, "STALE_S", 0.2)
+        monkeypatch.setenv("TUNER_STALE_S", "0.2")
         time.sleep(0.5)
         retaken = b.ask()
         assert retaken is not None and retaken[1].key() == held[1].key()

@@ -17,13 +17,14 @@ import time
 from collections import Counter
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 import yaml
 
 from tests import fault_tally
-from tests.cli_run import REPO, one_line_error, tuner, wrote_config
+from tests.cli_run import REPO, one_line_error, start_tuner, tuner, wrote_config
 from tests.postgres import PgServer
 from tests.server_run import free_port
 from tests.spaces import write_space
@@ -53,12 +54,9 @@ def sweep_args(model: Path, root: Path, storage: str, *extra: str, rounds: int =
             "--served-requests", "0", *extra]
 
 
-def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+def start(args: list[str], env: dict[str, str] | None = None) -> Any:
     """A sweep in its own session, so that killing its group kills it with its workers."""
-    full = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "tuner", *args], env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return start_tuner(*args, env=env, new_session=True)
 
 
 def optuna_storage(url: str) -> str | optuna.storages.BaseStorage:

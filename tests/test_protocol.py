@@ -284,12 +284,12 @@ def test_the_environment_is_made_from_the_hello_model(tmp_path: Path) -> None:
     from tuner.evidence.environment import environment
 
     model = tmp_path / "m.gguf"
-    from tuner.results.claims import HOST
+    from tuner.results.claims import host
 
     a = environment(Hello(**INFO), "installed", model, 1, "0" * 64)
     # The host is named as its claims name it (TUNER_HOST, else the hostname), not by the
     # worker: hosts sharing a study must be told apart the same way in both.
-    assert (a.hostname, a.driver, a.system_info) == (HOST, "550.54", "CPU : SSE3 = 1 |")
+    assert (a.hostname, a.driver, a.system_info) == (host(), "550.54", "CPU : SSE3 = 1 |")
     assert a.gpus == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559.0}]
 
 

@@ -14,12 +14,13 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 
 from tests import fault_tally
-from tests.cli_run import REPO, tuner
+from tests.cli_run import REPO, start_tuner, tuner
 from tests.spaces import write_space
 from tuner.results.studystore import RECORD, default_storage, records_of
 
@@ -38,10 +39,8 @@ def sweep_args(model: Path, root: Path, *extra: str, **space: object) -> list[st
             "--study", "resume", "--finalist-rounds", "0", *extra]
 
 
-def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "tuner", *args], env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(args: list[str], env: dict[str, str] | None = None) -> Any:
+    return start_tuner(*args, env=env)
 
 
 def records(root: Path) -> list:

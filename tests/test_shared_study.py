@@ -9,20 +9,18 @@ touch (the finalists and the served stage in full: tests/test_end_to_end.py)."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 import sqlalchemy as sa
 
 from tests import fault_tally
-from tests.cli_run import REPO, wrote_config
+from tests.cli_run import start_tuner, tuner, wrote_config
 from tests.spaces import write_space
 from tuner.results import claims as claims_mod
 from tuner.results.studystore import default_storage, records_of
@@ -41,10 +39,8 @@ def race_args(model: Path, root: Path, *extra: str, finalists: bool = False) -> 
             "--served-requests", "0", *extra]
 
 
-def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    full = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "tuner", *args], env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(args: list[str], env: dict[str, str] | None = None) -> Any:
+    return start_tuner(*args, env=env)
 
 
 def running_trials(db: Path) -> int:
@@ -106,9 +102,7 @@ def test_a_live_sweeps_trial_is_never_closed_by_another(tiny_model: Path,
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not running_trials(db):  # the first holds a trial
         time.sleep(0.2)
-    second = subprocess.run([sys.executable, "-m", "tuner", *args],
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                            text=True, timeout=300)
+    second = tuner(*args, timeout=300)
     rc = first.wait(timeout=300)
     so, se = first.communicate()
     records = records_of(default_storage(root / "results"), "shared")
@@ -127,7 +121,7 @@ def test_a_live_sweeps_trial_is_never_closed_by_another(tiny_model: Path,
 
 def test_stale_claim_of_another_host_is_taken_over_only_when_stale(tmp_path: Path) -> None:
     """Liveness across hosts is the heartbeat: a claim of another host with a fresh heartbeat
-    is left alone, one silent for longer than STALE_S is taken over (compare-and-set)."""
+    is left alone, one silent for longer than stale_s() is taken over (compare-and-set)."""
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     engine = sa.create_engine(url)
     mine = claims_mod.Claims(engine, "s")
@@ -139,7 +133,7 @@ def test_stale_claim_of_another_host_is_taken_over_only_when_stale(tmp_path: Pat
     assert not taken and old is not None and old.owner == "other:1:x"
     with engine.begin() as conn:
         conn.execute(sa.update(claims_mod.CLAIMS).values(
-            heartbeat=time.time() - claims_mod.STALE_S - 1))
+            heartbeat=time.time() - claims_mod.stale_s() - 1))
     taken, old = mine.claim("k")
     assert taken and old is not None and old.host == "other-host"
     again, _ = claims_mod.Claims(engine, "s").claim("k")  # now ours, and we are alive

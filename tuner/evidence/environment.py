@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import tuner
-from tuner.results.claims import HOST
+from tuner.results.claims import host
 from tuner.results.records import Environment
 from tuner.worker.protocol import WorkerInfo
 
@@ -56,7 +56,7 @@ def environment(info: WorkerInfo, build_name: str, model_path: Path,
     """From what a worker reported about its library and devices (its ``Hello``), plus this
     host."""
     return Environment(
-        hostname=HOST,  # TUNER_HOST, else the hostname: the name this host's claims carry
+        hostname=host(),  # TUNER_HOST, else the hostname: the name this host's claims carry
         platform=platform.platform(),
         python=platform.python_version(),
         cpu=cpu_name(),

@@ -6,7 +6,7 @@ A sweep runs a setting only after it inserted that setting's row (study, spec ke
 key makes the insert atomic in every SQL database, so two sweeps never run the same setting. The
 owner (host, pid, a token) refreshes a heartbeat on its rows from a thread while it runs. Another
 sweep takes a row over, or closes the optuna trial behind it, only when that owner is provably
-gone: its heartbeat is older than ``STALE_S``, or it ran on this host and its pid is dead. A row
+gone: its heartbeat is older than ``stale_s()``, or it ran on this host and its pid is dead. A row
 becomes ``done`` once its record is stored; done rows tell every sweep what is finished."""
 
 from __future__ import annotations
@@ -24,12 +24,24 @@ from sqlalchemy.engine import Engine
 
 from tuner.results.races import is_creation_race
 
-HEARTBEAT_S = float(os.environ.get("TUNER_HEARTBEAT_S", "5"))
-STALE_S = float(os.environ.get("TUNER_STALE_S", "60"))
-# The name this host's claims carry. A claim of the same name is judged by its pid as well as
-# its heartbeat, so machines (or containers with their own pid namespaces) that share a hostname
-# must be told apart by TUNER_HOST; the tests also use it to play a second host.
-HOST = os.environ.get("TUNER_HOST") or socket.gethostname()
+
+def heartbeat_s() -> float:
+    """Seconds between a sweep's heartbeats (TUNER_HEARTBEAT_S, default 5; read when used, as
+    every setting from the environment is)."""
+    return float(os.environ.get("TUNER_HEARTBEAT_S", "5"))
+
+
+def stale_s() -> float:
+    """Seconds of silence after which a claim's owner counts as gone (TUNER_STALE_S, 60)."""
+    return float(os.environ.get("TUNER_STALE_S", "60"))
+
+
+def host() -> str:
+    """The name this host's claims carry. A claim of the same name is judged by its pid as well
+    as its heartbeat, so machines (or containers with their own pid namespaces) that share a
+    hostname must be told apart by TUNER_HOST; the tests also use it to play a second host."""
+    return os.environ.get("TUNER_HOST") or socket.gethostname()
+
 CONFIG_PREFIX = "config:"  # rows that let one sweep at a time write a production config
 
 _meta = sa.MetaData()
@@ -73,10 +85,10 @@ def pid_alive(pid: int) -> bool:
 
 
 def is_stale(c: Claim, now: float | None = None) -> bool:
-    """The owner is gone: dead on this host, or silent for longer than STALE_S anywhere."""
-    if c.host == HOST and not pid_alive(c.pid):
+    """The owner is gone: dead on this host, or silent for longer than stale_s() anywhere."""
+    if c.host == host() and not pid_alive(c.pid):
         return True
-    return (now or time.time()) - c.heartbeat > STALE_S
+    return (now or time.time()) - c.heartbeat > stale_s()
 
 
 class Claims:
@@ -85,7 +97,7 @@ class Claims:
     def __init__(self, engine: Engine, study: str) -> None:
         self.engine = engine
         self.study = study
-        self.owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = f"{host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         _create_table(engine)
@@ -116,7 +128,7 @@ class Claims:
         """Take ``key`` for this process. Returns (taken, the previous claim if a stale one was
         taken over, or the blocking/done one if not taken)."""
         values = dict(study=self.study, spec_key=key, state="running", owner=self.owner,
-                      host=HOST, pid=os.getpid(), heartbeat=time.time(), trial_number=None)
+                      host=host(), pid=os.getpid(), heartbeat=time.time(), trial_number=None)
         try:
             with self.engine.begin() as conn:
                 conn.execute(sa.insert(CLAIMS).values(**values))
@@ -142,7 +154,7 @@ class Claims:
                 CLAIMS.c.study == self.study, CLAIMS.c.spec_key == old.spec_key,
                 CLAIMS.c.owner == old.owner, CLAIMS.c.heartbeat == old.heartbeat,
                 CLAIMS.c.state == old.state).values(
-                state="running", owner=self.owner, host=HOST, pid=os.getpid(),
+                state="running", owner=self.owner, host=host(), pid=os.getpid(),
                 heartbeat=time.time()))
         return res.rowcount == 1
 
@@ -180,9 +192,9 @@ class Claims:
         if self._thread is not None and self._thread.is_alive():
             return  # one heartbeat per sweep, however often the plan is extended
         def loop() -> None:
-            while not self._stop.wait(HEARTBEAT_S):
+            while not self._stop.wait(heartbeat_s()):
                 with suppress(sa.exc.SQLAlchemyError):  # a busy database: the next beat
-                    self.beat()                         # comes well before STALE_S
+                    self.beat()                         # comes well before stale_s()
         self._thread = threading.Thread(target=loop, name="tuner-heartbeat", daemon=True)
         self._thread.start()
 
