@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from contextlib import suppress
@@ -24,7 +22,8 @@ import pytest
 import yaml
 
 from tests import fault_tally
-from tests.cli_run import REPO, one_line_error, start_tuner, tuner, wrote_config
+from tests.claim_race import race
+from tests.cli_run import one_line_error, start_tuner, tuner, wrote_config
 from tests.postgres import PgServer
 from tests.server_run import free_port
 from tests.spaces import write_space
@@ -182,28 +181,14 @@ def test_killed_sweeps_trial_is_failed_by_heartbeat_and_retried(storage_url: str
     check_written(tmp_path, all_trials)
 
 
-OPEN = """
-import sys, optuna
-from tuner.results.claims import Claims
-from tuner.results.storeerrors import open_storage
-storage = open_storage(sys.argv[1])
-optuna.create_study(study_name="race", storage=storage, load_if_exists=True)
-print(Claims(storage.engine, "race").claim(f"k{sys.argv[2]}")[0])
-"""
-
-
 def test_many_processes_create_one_database_at_once(postgres_server: PgServer) -> None:
     """Six processes open one empty database together: PostgreSQL's concurrent CREATE TABLEs
     collide (a unique violation on its catalog, a table that already exists) and are retried;
     every process ends with the tables, the study and its own claim. Two fresh databases."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     for _ in range(2):
         url = postgres_server.create_database()
-        procs = [subprocess.Popen([sys.executable, "-c", OPEN, url, str(i)], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for i in range(6)]
-        outs = [(p.wait(timeout=120), *p.communicate()) for p in procs]
-        assert all(rc == 0 and so.strip() == "True" for rc, so, _ in outs), outs
+        answers = race(url, 6)
+        assert answers == {i: True for i in range(6)}, answers
         assert len(optuna.get_all_study_names(url)) == 1
 
 
