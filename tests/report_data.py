@@ -11,12 +11,11 @@ from pathlib import Path
 
 from tests.cli_run import REPO, tuner
 from tests.records_factory import store_records
+from tuner.results.readings import ClockReading, GpuClocks
 from tuner.results.records import (
-    ClockReading,
     ConfirmedFigures,
     FinalistFigures,
     FinalistReport,
-    GpuClocks,
     Interval,
     Stat,
     TrialRecord,

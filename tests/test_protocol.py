@@ -15,7 +15,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from tests.cli_run import REPO
 from tuner.builds.buildinfo import BuildFlags
-from tuner.results.records import ClockReading, Environment, GpuClocks, TrialState
+from tuner.results.readings import ClockReading, GpuClocks, TrialState
+from tuner.results.records import Environment
 from tuner.results.trialrecord import make_record
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 from tuner.worker.outcome import Outcome

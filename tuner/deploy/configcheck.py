@@ -5,8 +5,9 @@ refused, in a child process with a clean, explicit environment (tuner/machine/ch
 The server's settings import llama_cpp, which loads a llama library: that happens in the child,
 with the chosen build's ``LLAMA_CPP_LIB_PATH``, never in the caller. One child serves every
 check of one environment for the caller's life (a sweep checks the first trial's config before
-its trials and the winner's after them): each check is a line of JSON in, a line out, and the
-child holds nothing from one check to the next but the imported modules."""
+its trials and the winner's after them): each check is a line of JSON in (the config and the
+speed fields to answer with), a line out, and the child holds nothing from one check to the next
+but the imported modules."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from contextlib import suppress
 from typing import Any
 
 from tuner.errors import EnvironmentUnfit, TunerError
-from tuner.evidence.effective import SPEED_FIELDS
 from tuner.machine.childenv import child_env, module_command
 
 TIMEOUT_S = 300.0  # one check, the child's start and llama_cpp's import included
@@ -91,8 +91,12 @@ def check_config(config: dict[str, Any], lib_dir: str | None = None,
     added to the clean one). An invalid config is tuner's bug, hence TunerError (exit 1); a
     build library that does not load is EnvironmentUnfit (exit 3). Returns the effective
     speed-relevant settings of its first model, as the server would run them."""
+    # Imported here, on the caller's side only: the child gets the field names with each
+    # config and imports none of tuner's settings and specs (0.1 CPU-s less a check child).
+    from tuner.evidence.effective import SPEED_FIELDS
+
     try:
-        blob = json.dumps(config)
+        blob = json.dumps({"config": config, "fields": list(SPEED_FIELDS)})
     except (TypeError, ValueError) as e:
         raise TunerError(f"production config is not plain data: {e}") from None
     full = {**child_env(lib_dir), **(env or {})}
@@ -127,8 +131,9 @@ def close_children() -> None:
 atexit.register(close_children)
 
 
-def _check_here(config: Any) -> dict[str, Any]:
-    """In the child: the server's own settings classes read the config."""
+def _check_here(config: Any, fields: list[str]) -> dict[str, Any]:
+    """In the child: the server's own settings classes read the config; its first model's
+    ``fields`` as the server would run them."""
     from llama_cpp.server.settings import ConfigFileSettings, ModelSettings
 
     def refuse_unknown(mapping: Any, fields: dict[str, Any], where: str) -> None:
@@ -154,7 +159,7 @@ def _check_here(config: Any) -> dict[str, Any]:
             where = ".".join(str(x) for x in err["loc"])
             raise TunerError(f"production config is invalid at {where}: {err['msg']}") from None
         raise TunerError(f"production config is invalid: {str(e).splitlines()[0]}") from None
-    effective: dict[str, Any] = loaded.models[0].model_dump(include=set(SPEED_FIELDS))
+    effective: dict[str, Any] = loaded.models[0].model_dump(include=set(fields))
     return effective
 
 
@@ -167,7 +172,9 @@ def _serve() -> None:
     sys.stdout = sys.stderr
     for line in sys.stdin:
         try:
-            answer: dict[str, Any] = {"effective": _check_here(json.loads(line))}
+            request = json.loads(line)
+            answer: dict[str, Any] = {"effective": _check_here(request["config"],
+                                                               request["fields"])}
         except TunerError as e:
             answer = {"error": e.message, "code": 1}
         except (ImportError, OSError, RuntimeError) as e:  # llama_cpp's library did not load

@@ -4,23 +4,14 @@ and how the trial ended. A record is written once, when its trial ends, and neve
 from __future__ import annotations
 
 import statistics
-from enum import Enum
 from typing import Any, Literal
 
 from pydantic import Field
 
 from tuner.evidence.opplacement import OpSummary
+from tuner.results.readings import GpuClocks, TrialState
 from tuner.settings import undeployable
 from tuner.specs import Frozen, TrialSpec, Workload
-
-
-class TrialState(str, Enum):
-    COMPLETE = "complete"  # measured (verified or not: see Verification)
-    INFEASIBLE = "infeasible"  # refused at load or context creation, or out of memory
-    CRASHED = "crashed"  # the worker died from a signal (abort, segfault) or exited
-    TIMEOUT = "timeout"  # the worker ran past its time limit and was killed
-    FAILED = "failed"  # any other error raised inside the worker
-    PRUNED = "pruned"  # stopped early, clearly slower than the best (tuner/search/pruning.py)
 
 
 class Stat(Frozen):
@@ -72,24 +63,6 @@ class Measurement(Frozen):
     throttled: bool = False  # a throttle reason was active at the start or end of timed work
     warmups: dict[str, int] = Field(default_factory=dict)  # discarded runs per phase (pp, tg)
     threads: int | None = None  # CPU threads llama.cpp ran with (None: records before this field)
-
-
-class ClockReading(Frozen):
-    """One NVML reading of the GPU a worker runs on."""
-
-    sm_clock_mhz: int | None = None
-    mem_clock_mhz: int | None = None
-    temperature_c: int | None = None
-    power_w: float | None = None
-    throttle_reasons: list[str] = Field(default_factory=list)  # NVML names, idle excluded
-
-
-class GpuClocks(Frozen):
-    """Clocks, temperature, power and throttle reasons just before and just after the timed
-    repetitions of one trial (read outside the timed region)."""
-
-    start: ClockReading
-    end: ClockReading
 
 
 class Verification(Frozen):

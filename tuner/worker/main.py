@@ -16,7 +16,7 @@ from typing import Any
 
 from tuner.machine.cpus import default_threads
 from tuner.machine.interrupt import ignore_sigint_in_child
-from tuner.results.records import GpuClocks, TrialState
+from tuner.results.readings import GpuClocks, TrialState
 from tuner.settings import apply_model, environment
 from tuner.specs import ModelSettings
 from tuner.worker import faults

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from tuner.results.records import TrialState
+from tuner.results.readings import TrialState
 from tuner.specs import Frozen
 from tuner.worker.protocol import Measured, Ready, TrialFailed
 

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from tuner.results.records import GpuClocks, TrialState
+from tuner.results.readings import GpuClocks, TrialState
 from tuner.settings import environment
 from tuner.specs import ContextSettings, Frozen, ModelSettings, Workload
 

@@ -26,7 +26,7 @@ from typing import TypeVar
 from pydantic import TypeAdapter
 
 from tuner.machine.interrupt import sigint_deferred
-from tuner.results.records import TrialState
+from tuner.results.readings import TrialState
 from tuner.specs import ModelSettings, TrialSpec, Workload
 from tuner.worker.logcapture import read_tail
 from tuner.worker.main import worker_main
