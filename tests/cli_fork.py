@@ -1,8 +1,8 @@
 """The suite's `tuner` commands, each in a process of its own, forked from one that has already
 imported the command line (a fork server, as multiprocessing's "forkserver" start method is).
 
-Why: a `tuner` process spends about 1.0-1.2 CPU-seconds importing optuna, SQLAlchemy, numpy,
-pydantic and rich before it reads its arguments, and the suite runs about 200 of them on two
+Why: a `tuner` process spends about 1.0-1.4 CPU-seconds importing optuna, SQLAlchemy, numpy,
+pydantic and rich before it reads its arguments, and the suite runs about 250 of them on two
 cores. Forked from a server that did those imports once, each command starts at its arguments.
 
 What the child does is what ``python -m tuner ARGS`` does: it takes the test's working folder,
@@ -15,8 +15,8 @@ joined and ``atexit`` handlers run; killed by signal N, its return code is -N, a
 What differs: the modules were imported before the command's environment was set, so a module
 that read the environment when imported would see the server's (tuner reads every variable when
 it uses it; tests/test_cli_fork.py runs commands both ways and compares them). Commands that
-must start as a new interpreter (another user, interpreter flags, import checks) are run by
-tests/cli_run.py with exec, as are the sweeps that tests start with Popen to race or signal.
+must start as a new interpreter (another user, interpreter flags, import checks, a sweep that a
+test interrupts as a shell's Ctrl-C does) are started as ``python -m tuner`` instead.
 
 Started lazily, one server per test process; it ends when that process closes its pipe."""
 

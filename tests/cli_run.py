@@ -17,6 +17,13 @@ REPO = Path(__file__).resolve().parent.parent
 EXEC_ALWAYS = os.environ.get("TUNER_TEST_EXEC") == "1"
 
 
+def _environments(env: dict[str, str] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """Every command's environment (this process's, the checkout on the path, wide output),
+    and this command's: that plus ``env``."""
+    base = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    return base, {**base, **(env or {})}
+
+
 def tuner(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None,
           timeout: float = 600, prefix: list[str] | None = None,
           python_flags: list[str] | None = None,
@@ -24,8 +31,7 @@ def tuner(*args: object, cwd: Path | None = None, env: dict[str, str] | None = N
     """``tuner ARGS`` in a process of its own: forked from a server that has imported the
     command line (tests/cli_fork.py), or, with ``exec_``, a ``prefix`` (another user), interpreter
     flags or TUNER_TEST_EXEC=1, started as ``python -m tuner``."""
-    base_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    full_env = {**base_env, **(env or {})}
+    base_env, full_env = _environments(env)
     if not (exec_ or prefix or python_flags or EXEC_ALWAYS):
         return cli_fork.run([str(a) for a in args], str(cwd or os.getcwd()), full_env, timeout,
                             base_env)
@@ -40,8 +46,7 @@ def start_tuner(*args: object, env: dict[str, str] | None = None,
     """``tuner ARGS`` running while the test goes on (sweeps that race, a sweep to kill):
     forked as tuner() forks, or with TUNER_TEST_EXEC=1 started as ``python -m tuner``. Either
     has pid, poll, wait, communicate, send_signal and returncode, stdout and stderr as text."""
-    base_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    full_env = {**base_env, **(env or {})}
+    base_env, full_env = _environments(env)
     argv = [str(a) for a in args]
     if EXEC_ALWAYS:
         return subprocess.Popen([sys.executable, "-m", "tuner", *argv], env=full_env,

@@ -63,6 +63,23 @@ def assert_kept(before: list, after: list) -> None:
     assert len(keys) == len(set(keys)), "a setting was stored twice"
 
 
+@pytest.fixture(scope="module")
+def done_template(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real paused study of the tiny model (1 trial of 2 settings), made once per module
+    (the identity and damaged-store cases start from copies of it)."""
+    root = tmp_path_factory.mktemp("done")
+    space = write_space(root / "s.yaml", n_batch=[16, 32], n_ubatch=[16])
+    assert sweep(tiny_model, root, "--space", space, "--trials", 1).returncode == 0
+    return root
+
+
+@pytest.fixture()
+def done_study(done_template: Path, tmp_path: Path) -> Path:
+    """A copy of that study for one test to damage (the SQLite file and the folder it sits in)."""
+    shutil.copytree(done_template, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
 # -- 1. a study takes a new space ---------------------------------------------------------------
 def test_changed_space_keeps_history_and_adds_new_points(tiny_model: Path, tmp_path: Path) -> None:
     a = write_space(tmp_path / "a.yaml", n_batch=[16, 32], n_ubatch=[16])
@@ -102,11 +119,10 @@ def other_model(tiny_model: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("identity", [None, "not a dict"])
 def test_records_refuse_another_model_without_the_study_identity(identity: object,
                                                                  tiny_model: Path,
-                                                                 tmp_path: Path) -> None:
+                                                                 done_study: Path) -> None:
     """The stored records are the study's identity too, whatever its identity attribute says
     (unset, as by a study begun before it existed, or damaged)."""
-    space = write_space(tmp_path / "s.yaml", n_batch=[16], n_ubatch=[16])
-    assert sweep(tiny_model, tmp_path, "--space", space).returncode == 0
+    tmp_path, space = done_study, done_study / "s.yaml"  # a real study of tiny_model
     url = default_storage(tmp_path / "results")
     storage = open_storage(url)
     storage.set_study_user_attr(storage.get_study_id_from_name("h"), IDENTITY, identity)
@@ -122,10 +138,10 @@ def test_records_refuse_another_model_without_the_study_identity(identity: objec
     assert after == before, "nothing stored changed; no trial of the other model admitted"
 
 
-def test_storage_refuses_another_model(tiny_model: Path, tmp_path: Path) -> None:
-    space = write_space(tmp_path / "s.yaml", n_batch=[16], n_ubatch=[16])
-    assert sweep(tiny_model, tmp_path, "--space", space).returncode == 0
+def test_storage_refuses_another_model(tiny_model: Path, done_study: Path) -> None:
+    tmp_path, space = done_study, done_study / "s.yaml"  # a real study of tiny_model
     before = records(tmp_path)
+    assert before
     proc = sweep(other_model(tiny_model, tmp_path), tmp_path, "--space", space)
     assert proc.returncode == 2
     assert "another model" in one_line_error(proc)
@@ -177,22 +193,6 @@ def test_unwritable_out_folder_refused_before_any_trial(tiny_model: Path) -> Non
 
 
 # -- 5. damaged or unusable stores ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def done_template(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real paused study (1 trial of 2 settings), made once per module."""
-    root = tmp_path_factory.mktemp("done")
-    space = write_space(root / "s.yaml", n_batch=[16, 32], n_ubatch=[16])
-    assert sweep(tiny_model, root, "--space", space, "--trials", 1).returncode == 0
-    return root
-
-
-@pytest.fixture()
-def done_study(done_template: Path, tmp_path: Path) -> Path:
-    """A copy of that study for one test to damage (the SQLite file and the folder it sits in)."""
-    shutil.copytree(done_template, tmp_path, dirs_exist_ok=True)
-    return tmp_path
-
-
 @pytest.mark.parametrize("damage, code, phrase", [
     ("truncated", 2, "move"),
     ("text", 2, "damaged or not an optuna database"),
