@@ -131,9 +131,9 @@ def close_children() -> None:
 atexit.register(close_children)
 
 
-def _check_here(config: Any, fields: list[str]) -> dict[str, Any]:
+def _check_here(config: Any, speed_fields: list[str]) -> dict[str, Any]:
     """In the child: the server's own settings classes read the config; its first model's
-    ``fields`` as the server would run them."""
+    ``speed_fields`` as the server would run them."""
     from llama_cpp.server.settings import ConfigFileSettings, ModelSettings
 
     def refuse_unknown(mapping: Any, fields: dict[str, Any], where: str) -> None:
@@ -159,7 +159,7 @@ def _check_here(config: Any, fields: list[str]) -> dict[str, Any]:
             where = ".".join(str(x) for x in err["loc"])
             raise TunerError(f"production config is invalid at {where}: {err['msg']}") from None
         raise TunerError(f"production config is invalid: {str(e).splitlines()[0]}") from None
-    effective: dict[str, Any] = loaded.models[0].model_dump(include=set(fields))
+    effective: dict[str, Any] = loaded.models[0].model_dump(include=set(speed_fields))
     return effective
 
 
