@@ -101,6 +101,7 @@ def _child(req: dict) -> None:
         os.environ.update(req["env"])
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
+        os.close(null)  # as for stdout and stderr: only fds 0-2 are left, as under exec
         for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
             target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.dup2(target, fd)
