@@ -15,7 +15,7 @@
 # SPIN_PROBE=1 (with FRESH=1): before the sweep, benchmarks/spin_probe.py on each model.
 # GRID_COMPARE=1: per model, after the default sweep and its llama-bench pass, the exhaustive
 # grid sweep and benchmarks/search_compare.py (issue 11's 98% / 25% goal).
-# Needs: nvcc, cmake, ninja, python3 with numpy/pandas/rich/pyyaml/scipy/scikit-build-core and
+# Needs: nvcc, cmake, ninja, python3 with numpy/pandas/rich/pyyaml/scikit-build-core and
 # nvidia-ml-py; missing Python packages as wheels in .whl/ (see docs/benchmarks.md).
 # MULTI_GPU=1 (with GPUS=0,1 and MODELS="throughput-model split-model"): instead of the sweeps,
 # trials per hour of `tuner sweep --gpus 0` against `--gpus $GPUS` on the first model, then the

@@ -44,6 +44,7 @@ from tuner.results.records import (
 )
 from tuner.results.trialrecord import now
 from tuner.search.drift import search_margin
+from tuner.search.studentt import t_quantile
 from tuner.specs import TrialSpec
 from tuner.worker.outcome import Outcome
 
@@ -128,16 +129,9 @@ def _interval(xs: list[float], level: float) -> Interval:
     mean = statistics.fmean(xs)
     if len(xs) < 2:
         return Interval(value=mean, low=mean, high=mean, level=level)
-    half = _t(level, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+    half = t_quantile(level, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
     # Times, speeds and their ratios are positive: a wide interval is cut at zero.
     return Interval(value=mean, low=max(0.0, mean - half), high=mean + half, level=level)
-
-
-def _t(level: float, df: int) -> float:
-    """The two-sided Student-t quantile of a ``level`` interval with ``df`` degrees of freedom."""
-    from scipy import stats  # 1.5 s of CPU to import: only where an interval is computed
-
-    return float(stats.t.ppf((1 + level) / 2, df))
 
 
 Measure = Callable[[TrialSpec], tuple[Outcome, TrialRecord]]
@@ -294,8 +288,8 @@ def _futile(f: FinalistFigures, max_rounds: int, level: float, equivalent: float
         return False
     ratio = f.ratio_to_leader
     half_now = ratio.high - ratio.value
-    sd = half_now * math.sqrt(n) / _t(level, n - 1)
-    half_then = _t(level, max_rounds - 1) * sd / math.sqrt(max_rounds)
+    sd = half_now * math.sqrt(n) / t_quantile(level, n - 1)
+    half_then = t_quantile(level, max_rounds - 1) * sd / math.sqrt(max_rounds)
     return ratio.value - half_then <= 1.0 and ratio.value + half_then > 1 + equivalent
 
 
