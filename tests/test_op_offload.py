@@ -106,14 +106,15 @@ def test_old_records_and_sidecars_load_with_it_on() -> None:
                                    context=ContextSettings(n_batch=64, n_ubatch=64)).key()
 
 
-def test_cpu_sweep_end_to_end(tmp_path: Path, smollm2_path: Path) -> None:
+def test_cpu_sweep_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
     """A real sweep of op_offload on/off: records, report column, server config and its
-    sidecar, and each record verified (n_ctx / n_batch / n_ubatch proven by the log)."""
+    sidecar, and each record verified (n_ctx / n_batch / n_ubatch proven by the log). The tiny
+    model: this is about the setting's path through the tuner (SmolLM2 doubled its CPU time)."""
     space = tmp_path / "space.yaml"
     space.write_text("n_batch: [64]\nn_ubatch: [32]\nn_threads: [1]\nop_offload: [true, false]\n")
     out = tmp_path / "configs" / "production.yaml"
     results = tmp_path / "results"
-    proc = tuner("sweep", "--model", smollm2_path, "--device", "cpu", "--space", space,
+    proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space", space,
                  "--prompt-tokens", 48, "--gen-tokens", 4, "--n-ctx", 80, "--repetitions", 1,
                  "--warmup", 0, "--results", results, "--out", out, "--finalist-rounds", 0,
                  "--served-requests", 0, cwd=tmp_path)
