@@ -123,6 +123,8 @@ class Workload(Frozen):
         return self
 
 
+_KEY_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one, not one per key
+
+
 def _digest(data: object) -> str:
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return hashlib.sha256(_KEY_JSON.encode(data).encode()).hexdigest()[:16]

@@ -160,13 +160,13 @@ def grid(space: Space, device: Device, workload: Workload,
         model = dict(fields["model"])
         if model["split_mode"] == settings.SPLIT_MODES["none"]:
             model["tensor_split"] = None  # one GPU: llama.cpp has nothing to split
-        same = (tuple(sorted(model.items())),
-                tuple(sorted({**cs, "n_batch": eff_b,
-                              "n_ubatch": min(cs["n_ubatch"], eff_b)}.items())))
+        # Every combination fills its fields in one order (the table's): values tell them apart.
+        same = (tuple(model.values()),
+                tuple({**cs, "n_batch": eff_b, "n_ubatch": min(cs["n_ubatch"], eff_b)}.values()))
         if same in seen:
             continue
         seen.add(same)
-        raw = tuple(sorted(fields["model"].items()))
+        raw = tuple(fields["model"].values())
         if raw not in models:  # one ModelSettings per worker setting: spaces can be 100k
             models[raw] = ModelSettings.model_validate(fields["model"])
         specs.append(TrialSpec(model=models[raw], context=ContextSettings.model_validate(cs)))
