@@ -13,6 +13,8 @@
 # FRESH=1: issue 11's fresh machine: the CUDA llama-cpp-python installed from the sdist (not
 # timed), then `tuner sweep --model M` with defaults, timed, building its own kernel variants.
 # SPIN_PROBE=1 (with FRESH=1): before the sweep, benchmarks/spin_probe.py on each model.
+# PHASES=1 (with FRESH=1): before the sweep, benchmarks/worker_phases.py on each model;
+# NO_SWEEP=1 with FRESH=1 stops there.
 # GRID_COMPARE=1: per model, after the default sweep and its llama-bench pass, the exhaustive
 # grid sweep and benchmarks/search_compare.py (issue 11's 98% / 25% goal).
 # Needs: nvcc, cmake, ninja, python3 with numpy/pandas/rich/pyyaml/scikit-build-core and
@@ -120,6 +122,14 @@ fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python instal
         > "$BENCH/out/spin-${m/:/-}.txt" 2>&1
     done
   fi
+  if [ -n "${PHASES:-}" ]; then  # where a fresh worker's seconds go (benchmarks/worker_phases.py)
+    for m in $MODELS; do
+      phase "worker phases $m"
+      python3 benchmarks/worker_phases.py --model "$(path_of "$m")" \
+        --out "$BENCH/out/phases-${m/:/-}.json" > "$BENCH/out/phases-${m/:/-}.md" 2>&1
+    done
+  fi
+  [ -n "${NO_SWEEP:-}" ] && return 0
   # The machine is offline: the source `tuner sweep` would download is put where it looks first.
   local v; v=$(python3 -c "import llama_cpp; print(llama_cpp.__version__)")
   mkdir -p "$BENCH/fresh-builds/.sdist" && cp "$SDIST" "$BENCH/fresh-builds/.sdist/llama_cpp_python-$v.tar.gz"
@@ -313,7 +323,7 @@ case "${1:-status}" in
     done
     cp "$BENCH"/install.log "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH/out/" 2>/dev/null
     tar czf "$dest/bench.tar.gz" -C "$BENCH" out phase
-    cat "$BENCH"/out/poll-probe.md "$BENCH"/out/threads-probe.md "$BENCH"/out/multigpu-rate.md "$BENCH"/out/split-report.md "$BENCH"/out/spread/prompt_spread.md "$BENCH"/out/*/fidelity-*.md "$BENCH"/out/*/search-compare.md > "$dest/summary.md" 2>/dev/null
+    cat "$BENCH"/out/phases-*.md "$BENCH"/out/poll-probe.md "$BENCH"/out/threads-probe.md "$BENCH"/out/multigpu-rate.md "$BENCH"/out/split-report.md "$BENCH"/out/spread/prompt_spread.md "$BENCH"/out/*/fidelity-*.md "$BENCH"/out/*/search-compare.md > "$dest/summary.md" 2>/dev/null
     for f in "$BENCH"/sweep-*.log; do tail -n 12 "$f"; done
     cat "$dest/summary.md" ;;
 esac
