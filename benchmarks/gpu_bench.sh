@@ -13,7 +13,8 @@
 # FRESH=1: issue 11's fresh machine: the CUDA llama-cpp-python installed from the sdist (not
 # timed), then `tuner sweep --model M` with defaults, timed, building its own kernel variants.
 # SPIN_PROBE=1 (with FRESH=1): before the sweep, benchmarks/spin_probe.py on each model.
-# PHASES=1 (with FRESH=1): before the sweep, benchmarks/worker_phases.py on each model;
+# PHASES=1 (with FRESH=1): before the sweep, benchmarks/worker_phases.py and
+# benchmarks/fork_probe.py on each model;
 # NO_SWEEP=1 with FRESH=1 stops there.
 # GRID_COMPARE=1: per model, after the default sweep and its llama-bench pass, the exhaustive
 # grid sweep and benchmarks/search_compare.py (issue 11's 98% / 25% goal).
@@ -127,6 +128,9 @@ fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python instal
       phase "worker phases $m"
       python3 benchmarks/worker_phases.py --model "$(path_of "$m")" \
         --out "$BENCH/out/phases-${m/:/-}.json" > "$BENCH/out/phases-${m/:/-}.md" 2>&1
+      python3 benchmarks/fork_probe.py --model "$(path_of "$m")" \
+        --out "$BENCH/out/fork-${m/:/-}.json" > "$BENCH/out/phases-fork-${m/:/-}.md" \
+        2> "$BENCH/fork-${m/:/-}.log"
     done
   fi
   [ -n "${NO_SWEEP:-}" ] && return 0
