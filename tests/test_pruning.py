@@ -74,13 +74,19 @@ def requests(out) -> list[float]:
 def test_worker_prunes_a_clearly_slower_setting_and_not_a_fast_one(tiny_model: Path,
                                                                    tmp_path: Path) -> None:
     with Runner(tiny_model, tmp_path, {"installed": None}, trials_per_worker=4) as runner:
-        slow_full = runner.run(spec(1), WL)
-        assert slow_full.state is TrialState.COMPLETE, slow_full.error
-        # Fast against a slow best: measured in full.
-        fast = runner.run(spec(256), WL, prune_against=requests(slow_full))
-        assert fast.state is TrialState.COMPLETE, fast.error
-        assert fast.measured.pruned is None
-        assert len(fast.measured.pp_seconds) == len(fast.measured.tg_seconds) == 3
+        # The premise, the two settings clearly apart, measured again (at most 3 times) where
+        # the shared cores spread one repetition into the other's range (a clean-clone CI run:
+        # fast 0.072-0.108 s against slow 0.092-0.099 s).
+        for _ in range(3):
+            slow_full = runner.run(spec(1), WL)
+            assert slow_full.state is TrialState.COMPLETE, slow_full.error
+            # Fast against a slow best: measured in full.
+            fast = runner.run(spec(256), WL, prune_against=requests(slow_full))
+            assert fast.state is TrialState.COMPLETE, fast.error
+            assert fast.measured.pruned is None
+            assert len(fast.measured.pp_seconds) == len(fast.measured.tg_seconds) == 3
+            if max(requests(fast)) < min(requests(slow_full)):
+                break
         assert max(requests(fast)) < min(requests(slow_full)), "the setup is not 'clearly'"
         # Slow against the fast best: stopped in its prompt phase, after MIN_REPS repetitions
         # on a quiet machine (on a loaded one the fast best's spread can need one more: each
