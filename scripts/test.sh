@@ -12,6 +12,8 @@ bash scripts/install.sh
 typed=$(mktemp)
 .venv/bin/python -m mypy >"$typed" 2>&1 &
 mypy_pid=$!
+# A Ctrl-C leaves no mypy running (a background job of a script ignores SIGINT) and no file behind.
+trap 'kill "$mypy_pid" 2>/dev/null; rm -f "$typed"' EXIT
 # Tests run side by side (pytest-xdist): TEST_WORKERS processes (default 4; many tests wait on
 # heartbeats, servers and subprocesses), whole modules kept together so that a module's fixture
 # (one real sweep) runs once, except the slow modules of independent tests, whose tests go one by
@@ -20,6 +22,7 @@ status=0
 .venv/bin/python -m pytest -n "${TEST_WORKERS:-4}" --dist loadscope --durations=15 "$@" || status=$?
 mypy_status=0
 wait "$mypy_pid" || mypy_status=$?
+trap - EXIT
 cat "$typed"
 rm -f "$typed"
 if [ "$mypy_status" != 0 ]; then
