@@ -15,6 +15,7 @@
 # SPIN_PROBE=1 (with FRESH=1): before the sweep, benchmarks/spin_probe.py on each model.
 # PHASES=1 (with FRESH=1): before the sweep, benchmarks/worker_phases.py and
 # benchmarks/fork_probe.py on each model;
+# SHARED_PROBE=1 (with FRESH=1): before the sweep, benchmarks/shared_rounds.py on each model;
 # NO_SWEEP=1 with FRESH=1 stops there.
 # GRID_COMPARE=1: per model, after the default sweep and its llama-bench pass, the exhaustive
 # grid sweep and benchmarks/search_compare.py (issue 11's 98% / 25% goal).
@@ -131,6 +132,13 @@ fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python instal
       python3 benchmarks/fork_probe.py --model "$(path_of "$m")" \
         --out "$BENCH/out/fork-${m/:/-}.json" > "$BENCH/out/phases-fork-${m/:/-}.md" \
         2> "$BENCH/fork-${m/:/-}.log"
+    done
+  fi
+  if [ -n "${SHARED_PROBE:-}" ]; then  # finalists' shared rounds against one worker per config
+    for m in $MODELS; do
+      phase "shared rounds $m"
+      python3 benchmarks/shared_rounds.py --model "$(path_of "$m")" \
+        --out "$BENCH/out/shared-${m/:/-}.json" > "$BENCH/out/shared-${m/:/-}.md" 2>&1
     done
   fi
   [ -n "${NO_SWEEP:-}" ] && return 0

@@ -11,14 +11,19 @@ from tuner.results.records import TrialRecord, TrialState, WorkerDrift
 from tuner.search.finalists import (
     EQUIVALENT,
     FinalistOptions,
+    MeasureRound,
     _Round,
     candidates,
     confirm,
     confirm_and_settle,
     decide,
+    remeasure,
     select,
     settle,
+    turned,
+    workers,
 )
+from tuner.specs import TrialSpec
 
 
 def rounds_of(request_s: list[float], gpu_mib: float | None = 1000.0) -> list[_Round]:
@@ -125,19 +130,19 @@ def test_undecided_finalists_get_more_rounds_until_decided_or_the_cap() -> None:
               c.spec_key: iter([1.30] * 20)}
     calls: list[int] = []
 
-    def measure(spec):  # type: ignore[no-untyped-def]
+    def measure(spec: TrialSpec) -> TrialRecord:
         rec = next(r for r in (a, b, c) if r.spec_key == spec.key())
         calls.append(rec.number)
-        return None, make_record(rec.number, request_s=next(script[rec.spec_key]),
-                                 n_batch=spec.context.n_batch)
+        return make_record(rec.number, request_s=next(script[rec.spec_key]),
+                           n_batch=spec.context.n_batch)
 
-    rep = settle("s", [a, b, c], measure, FinalistOptions(rounds=5, max_rounds=10))
+    rep = settle("s", [a, b, c], each(measure), FinalistOptions(rounds=5, max_rounds=10))
     assert rep is not None and not rep.undecided
-    assert calls[:15] == [0, 1, 2] * 5
+    # Every round measures each finalist once; the order turns by one place per round.
+    assert calls[:15] == [0, 1, 2, 1, 2, 0, 2, 0, 1, 0, 1, 2, 1, 2, 0]
     assert set(calls[15:]) == {0, 1}  # the clearly slower c gets no extra round
     assert 15 < len(calls) <= 15 + 2 * 5
-    capped = settle("s", [a, b], lambda spec: measure(spec),  # noqa: PLW0108
-                    FinalistOptions(rounds=2, max_rounds=2))
+    capped = settle("s", [a, b], each(measure), FinalistOptions(rounds=2, max_rounds=2))
     assert capped is not None and len([f for f in capped.finalists if f.rounds == 2]) == 2
 
 
@@ -199,13 +204,13 @@ def test_a_finalist_more_rounds_could_not_decide_gets_none() -> None:
               b.spec_key: iter([0.985, 1.025, 0.985, 1.025, 1.005] * 4)}
     calls: list[int] = []
 
-    def measure(spec):  # type: ignore[no-untyped-def]
+    def measure(spec: TrialSpec) -> TrialRecord:
         rec = next(r for r in (a, b) if r.spec_key == spec.key())
         calls.append(rec.number)
-        return None, make_record(rec.number, request_s=next(script[rec.spec_key]),
-                                 n_batch=spec.context.n_batch)
+        return make_record(rec.number, request_s=next(script[rec.spec_key]),
+                           n_batch=spec.context.n_batch)
 
-    rep = settle("s", [a, b], measure, FinalistOptions(rounds=5, max_rounds=10))
+    rep = settle("s", [a, b], each(measure), FinalistOptions(rounds=5, max_rounds=10))
     assert rep is not None and rep.undecided == [1] and rep.winner_trial == 0
     assert len(calls) == 10  # five rounds of two, none more
     assert "would stay undecided at 10 rounds" in rep.reason
@@ -214,24 +219,29 @@ def test_a_finalist_more_rounds_could_not_decide_gets_none() -> None:
     calls.clear()
     script = {a.spec_key: iter([1.0] * 200),
               b.spec_key: iter([0.985, 1.025, 0.985, 1.025, 1.005] * 40)}
-    rep = settle("s", [a, b], measure, FinalistOptions(rounds=5, max_rounds=200))
+    rep = settle("s", [a, b], each(measure), FinalistOptions(rounds=5, max_rounds=200))
     assert rep is not None and len(calls) > 10
 
 
+def each(one: Callable[[TrialSpec], TrialRecord]) -> MeasureRound:
+    """A round's ``measure`` from a per-config one: each spec of the round in its order."""
+    return lambda specs: [one(spec) for spec in specs]
+
+
 def scripted(recs: list[TrialRecord], script: dict[int, Iterator[float | None]],
-             calls: list[int]) -> Callable:  # type: ignore[type-arg]
-    """A ``measure`` that answers each fresh-worker round of trial N with the next request time
-    of ``script[N]`` (None: the worker crashed). The statistics are under test here; real
+             calls: list[int]) -> MeasureRound:
+    """A ``measure`` that answers each round of trial N with the next request time of
+    ``script[N]`` (None: the worker crashed). The statistics are under test here; real
     workers re-measure in tests/test_sentinel.py and tests/test_end_to_end.py."""
-    def measure(spec):  # type: ignore[no-untyped-def]
+    def measure(spec: TrialSpec) -> TrialRecord:
         rec = next(r for r in recs if r.spec_key == spec.key())
         calls.append(rec.number)
         t = next(script[rec.number])
         if t is None:
-            return None, make_record(rec.number, state=TrialState.CRASHED,
-                                     n_batch=spec.context.n_batch)
-        return None, make_record(rec.number, request_s=t, n_batch=spec.context.n_batch)
-    return measure
+            return make_record(rec.number, state=TrialState.CRASHED,
+                               n_batch=spec.context.n_batch)
+        return make_record(rec.number, request_s=t, n_batch=spec.context.n_batch)
+    return each(measure)
 
 
 def test_the_pool_is_the_best_n_and_every_would_be_finalist() -> None:
@@ -285,9 +295,9 @@ def test_confirmation_reranks_on_medians_over_processes() -> None:
     c0 = next(c for c in rep.confirmed if c.trial == 0)
     assert c0.processes == 3 and c0.request_seconds.samples == [0.95, 1.10, 1.09]
     assert c0.request_seconds.median == 1.09 and c0.pp_tps.min < c0.pp_tps.max
-    # The confirmation interleaves the pool (A B C D, A B C D), then the finalists, #3 and #2
+    # The confirmation interleaves the pool (A B C D, B C D A), then the finalists, #3 and #2
     # within 3% of the best median, get the one round left to reach 3.
-    assert calls[:8] == [0, 1, 2, 3] * 2
+    assert calls[:8] == [0, 1, 2, 3, 1, 2, 3, 0]
     assert sorted(calls[8:]) == [2, 3]
     assert {f.trial for f in rep.finalists} == {2, 3} and rep.winner_trial == 3
     assert all(f.rounds == 3 for f in rep.finalists)
@@ -313,3 +323,35 @@ def test_without_confirmation_the_finalists_are_the_search_leaders() -> None:
     pool = candidates(recs, {r.spec_key for r in recs}, [], opts)
     rep = confirm_and_settle("s", pool, scripted(recs, script, calls), opts)
     assert rep is not None and rep.confirmed == [] and calls == [0, 0, 0]
+
+
+def test_a_round_shares_fresh_workers_only_between_configs_of_one_worker_kind() -> None:
+    # Seven configs: five of the installed build, one of another build, one with another model
+    # setting. Each kind gets its own workers; five of one kind, at most 3 a worker: 2 and 3.
+    specs = [make_record(i, n_batch=512 * (i + 1)).spec for i in range(5)]
+    specs.insert(2, make_record(9, build="force-cublas").spec)
+    specs.append(make_record(8, n_gpu_layers=10).spec)
+    groups = workers(specs, 3)
+    assert groups == [[0, 1], [3, 4, 5], [2], [6]]  # in order, as even as possible
+    assert sorted(i for g in groups for i in g) == list(range(7))
+    assert all(len({specs[i].model.worker_key() for i in g}) == 1 for g in groups)
+    assert workers(specs, 1) == [[i] for i in [0, 1, 3, 4, 5, 2, 6]]  # a fresh worker each
+    assert workers(specs[:1], 3) == [[0]] and workers([], 3) == []
+
+
+def test_the_round_order_turns_so_that_no_config_always_goes_first() -> None:
+    assert turned([1, 2, 3], 0) == [1, 2, 3]
+    assert turned([1, 2, 3], 4) == [2, 3, 1]
+    assert turned([], 2) == []
+    recs = [make_record(i, request_s=1.0, n_batch=512 * (i + 1)) for i in range(3)]
+    firsts: list[int] = []
+
+    def measure(specs: list[TrialSpec]) -> list[TrialRecord]:
+        numbers = [next(r.number for r in recs if r.spec_key == s.key()) for s in specs]
+        firsts.append(numbers[0])
+        return [make_record(n, request_s=1.0, n_batch=s.context.n_batch)
+                for n, s in zip(numbers, specs)]
+
+    got = remeasure(recs, measure, 6)
+    assert firsts == [0, 1, 2, 0, 1, 2]
+    assert all(len(v) == 6 for v in got.values())

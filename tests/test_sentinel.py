@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from tests.cli_run import tuner
+from tuner.results.store import study_dir
 from tuner.results.studystore import default_storage, records_of, require_study
 from tuner.search.drift import worker_drift
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
@@ -105,6 +106,10 @@ def test_a_sweep_remeasures_its_leaders_and_writes_the_decision(tiny_model: Path
     assert len(side["finalists"]["confirmed"]) == len(report.confirmed)
     assert side["provenance"]["number"] == report.winner_trial
     assert "finalists re-measured in fresh workers" in proc.stdout
+    # Both configs share the model settings: every round is one fresh process measuring both
+    # (finalists.PER_WORKER), after the search's one worker.
+    logs = list(study_dir(tmp_path / "r", "fin").glob("logs/worker-*.log"))
+    assert len(logs) == 1 + leader.rounds
     drifts = require_study(default_storage(tmp_path / "r"), "fin").drifts()
     assert len(drifts) == 1 and drifts[0].trials == [0, 1]  # one worker, two trials
     # A re-run of the finished study decides from what is stored: nothing is measured again.

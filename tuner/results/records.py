@@ -195,7 +195,7 @@ class FinalistFigures(Frozen):
     trial: int  # the search trial whose settings these are
     spec_key: str
     label: str
-    rounds: int  # fresh workers it was measured in
+    rounds: int  # rounds it was measured in, each in a fresh worker
     samples: int  # repetitions kept over every round
     request_seconds: Interval
     pp_tps: Interval

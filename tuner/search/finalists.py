@@ -1,10 +1,18 @@
-"""The finalists: after the search, the leading configs are measured again, each round in a
-fresh worker per config, interleaved (A B C, A B C, ...), so that a noisy first measurement or a
-worker's history cannot crown the wrong config.
+"""The finalists: after the search, the leading configs are measured again in rounds of fresh
+workers, interleaved (A B C, B C A, ...), so that a noisy first measurement or a worker's
+history cannot crown the wrong config.
+
+A round measures every config once, each on its own new context; configs that share a worker
+(same kernel build and model settings) share a fresh one, up to ``per_worker`` (3) per process,
+which keeps each on one of the process's first 6 contexts (a placement proof and a timed context
+each): the drift inside a process came at its 8th context (docs/benchmarks.md). The order turns
+by one place per round, so a config's position in its process changes from round to round and
+no config always goes first. Pairing by round (the ratio to the leader below) then also cancels
+what the configs of one process share.
 
 First the confirmation: the search's best ``confirm`` configs (10), each kernel build's best
 ``PER_BUILD`` (2), and any other that ``select`` would make a finalist, get ``confirm_rounds``
-(2) fresh workers each, interleaved. Their figures become medians over processes (the search
+(2) rounds each. Their figures become medians over processes (the search
 trial's, unless it was measured beside a kernel compile, and the fresh workers'), and
 the finalists are chosen from those: a single process's prompt figure can sit 8% off another
 process's for the same settings (runs 5, 12 and 13 of docs/benchmarks.md), so the search's
@@ -46,11 +54,11 @@ from tuner.results.trialrecord import now
 from tuner.search.drift import search_margin
 from tuner.search.studentt import t_quantile
 from tuner.specs import TrialSpec
-from tuner.worker.outcome import Outcome
 
 PLAIN_BUILDS = ("installed", "default")  # no special kernel build needed to deploy these
 EQUIVALENT = 0.01  # a lighter config may win only when proven at most 1% slower
 PER_BUILD = 2  # each kernel build's best N always join the confirmation
+PER_WORKER = 3  # configs one fresh worker measures per round (module docstring)
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,8 @@ class FinalistOptions:
     equivalent: float = EQUIVALENT
     max_rounds: int = 10  # extra rounds for the leader and the undecided, up to this many
     confirm: int = 10  # the search's best N are re-measured before the finalists are chosen
-    confirm_rounds: int = 2  # fresh workers each (0: finalists from the search's figures)
+    confirm_rounds: int = 2  # rounds each (0: finalists from the search's figures)
+    per_worker: int = PER_WORKER  # configs sharing one fresh worker in a round (1: one each)
 
 
 def select(records: list[TrialRecord], planned: set[str], drifts: list[WorkerDrift],
@@ -125,7 +134,7 @@ def _round_of(record: TrialRecord) -> _Round | None:
 
 
 def _interval(xs: list[float], level: float) -> Interval:
-    """Mean and Student-t interval of per-round medians (each round is one fresh worker)."""
+    """Mean and Student-t interval of per-round medians (each round is a fresh process)."""
     mean = statistics.fmean(xs)
     if len(xs) < 2:
         return Interval(value=mean, low=mean, high=mean, level=level)
@@ -134,27 +143,48 @@ def _interval(xs: list[float], level: float) -> Interval:
     return Interval(value=mean, low=max(0.0, mean - half), high=mean + half, level=level)
 
 
-Measure = Callable[[TrialSpec], tuple[Outcome, TrialRecord]]
+MeasureRound = Callable[[list[TrialSpec]], list[TrialRecord]]
+"""Measures one round: every spec once, in the order given, in fresh workers (``workers``
+says which share one); a record per spec, in the same order."""
 
 
-def remeasure(finalists: list[TrialRecord], measure: Measure, rounds: int,
+def workers(specs: list[TrialSpec], per_worker: int) -> list[list[int]]:
+    """Which of ``specs`` (by index, in order) share a fresh worker: those with the same kernel
+    build and model settings, in groups as even as possible of at most ``per_worker``."""
+    by_key: dict[str, list[int]] = {}
+    for i, spec in enumerate(specs):
+        by_key.setdefault(spec.model.worker_key(), []).append(i)
+    out: list[list[int]] = []
+    for same in by_key.values():
+        n = -(-len(same) // max(1, per_worker))
+        out.extend(same[k * len(same) // n:(k + 1) * len(same) // n] for k in range(n))
+    return out
+
+
+def turned(finalists: list[T], by: int) -> list[T]:
+    """``finalists`` turned by ``by`` places: round r starts with the (r mod n)-th."""
+    k = by % len(finalists) if finalists else 0
+    return finalists[k:] + finalists[:k]
+
+
+def remeasure(finalists: list[TrialRecord], measure: MeasureRound, rounds: int,
               got: dict[str, list[_Round]] | None = None) -> dict[str, list[_Round]]:
-    """Interleaved rounds: every finalist once per round, in the same order, each in a fresh
-    worker (``measure`` spawns one), appended to ``got``. A round a finalist fails in is left
-    out for it."""
+    """Interleaved rounds: every finalist once per round (``measure``), the order turned by
+    one place per round, appended to ``got``. A round a finalist fails in is left out for it."""
     got = got if got is not None else {}
     for f in finalists:
         got.setdefault(f.spec_key, [])
     for _ in range(rounds):
-        for f in finalists:
-            _, record = measure(f.spec)
+        order = turned(finalists, max(len(got[f.spec_key]) for f in finalists))
+        records = measure([f.spec for f in order])
+        for f, record in zip(order, records, strict=True):
             rnd = _round_of(record) if record.state is TrialState.COMPLETE else None
             if rnd is not None:
                 got[f.spec_key].append(rnd)
     return got
 
 
-def settle(study: str, finalists: list[TrialRecord], measure: Measure,
+def settle(study: str, finalists: list[TrialRecord], measure: MeasureRound,
            opts: FinalistOptions,
            got: dict[str, list[_Round]] | None = None) -> FinalistReport | None:
     """Interleaved rounds of every finalist up to ``opts.rounds`` (``got``: rounds already
@@ -234,10 +264,10 @@ def confirmed_figures(record: TrialRecord, rounds: list[_Round],
         verified=all(x.verified for x in procs), failed_rounds=asked - len(rounds))
 
 
-def confirm(pool: list[TrialRecord], measure: Measure, opts: FinalistOptions,
+def confirm(pool: list[TrialRecord], measure: MeasureRound, opts: FinalistOptions,
             ) -> tuple[list[ConfirmedFigures], dict[str, list[_Round]]]:
-    """``opts.confirm_rounds`` interleaved rounds of every config of ``pool``, each in a fresh
-    worker; the figures over processes, proven ones first, fastest median first, and the
+    """``opts.confirm_rounds`` interleaved rounds of every config of ``pool``, in fresh
+    workers; the figures over processes, proven ones first, fastest median first, and the
     rounds (the finalists' first rounds)."""
     got = remeasure(pool, measure, opts.confirm_rounds)
     figures = [c for r in pool
@@ -262,7 +292,7 @@ def from_confirmed(confirmed: list[ConfirmedFigures], pool: list[TrialRecord],
     return [by_key[c.spec_key] for c in chosen]
 
 
-def confirm_and_settle(study: str, pool: list[TrialRecord], measure: Measure,
+def confirm_and_settle(study: str, pool: list[TrialRecord], measure: MeasureRound,
                        opts: FinalistOptions) -> FinalistReport | None:
     """The confirmation of ``pool`` (when ``opts`` asks for one), the finalists chosen from
     it, and their decision (``settle``); ``pool`` is ``candidates``' answer."""

@@ -43,6 +43,7 @@ from tuner.search.finalists import (
     candidates,
     confirm_and_settle,
     confirms,
+    workers,
 )
 from tuner.search.pareto import Objective, front as pareto_front, stagnation as pareto_stagnation
 from tuner.search.planner import Planner
@@ -52,7 +53,7 @@ from tuner.search.sampler import SamplerName, StopRule, explore_trials, resolve,
 from tuner.search.space import Space, default_space, grid, load_space
 from tuner.specs import Device, ModelSettings, TrialSpec, Workload
 from tuner.worker.protocol import Hello
-from tuner.worker.runner import Outcome, Runner, SentinelResult
+from tuner.worker.runner import Runner, SentinelResult
 
 
 class Events(Protocol):
@@ -538,23 +539,31 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
         return (stored, *_stored_served(stored))
     if confirms(fo):
         events.note(f"confirming the search's best {len(pool)}: {fo.confirm_rounds} more "
-                    "fresh workers each, interleaved; the finalists are chosen on the medians "
+                    "rounds each in fresh processes, interleaved; the finalists are chosen on the medians "
                     "over processes")
-    events.note(f"finalists: up to {fo.most} configs x {fo.rounds} rounds, each in a fresh "
-                f"worker, interleaved (more rounds, up to {fo.max_rounds}, while any is "
-                "undecided)")
+    events.note(f"finalists: up to {fo.most} configs x {fo.rounds} rounds in fresh workers (up "
+                f"to {fo.per_worker} configs each), interleaved (more rounds, up to "
+                f"{fo.max_rounds}, while any is undecided)")
     by_number = {f.spec_key: f for f in pool}
     lib_dirs = {name: p.lib_dir for name, p in probes.items()}
 
-    def measure(spec: TrialSpec) -> tuple[Outcome, TrialRecord]:
-        source = by_number[spec.key()]
-        with Runner(Path(info.path), logs, dict(lib_dirs), opts.trial_timeout_s,
-                    opts.load_timeout_s, trials_per_worker=1, sentinel=False) as fresh:
-            started = now()
-            outcome = fresh.run(spec, wl, source.number)
-        probe = probes[spec.model.build]
-        return outcome, make_record(study, source.number, spec, wl, outcome, probe.flags,
-                                    probe.expected_variant, envs[spec.model.build], started)
+    def measure(specs: list[TrialSpec]) -> list[TrialRecord]:
+        got: dict[int, TrialRecord] = {}
+        for group in workers(specs, fo.per_worker):
+            # One fresh worker per group; a crash ends only that worker, and the group's next
+            # config gets a new one (Runner.run).
+            with Runner(Path(info.path), logs, dict(lib_dirs), opts.trial_timeout_s,
+                        opts.load_timeout_s, trials_per_worker=len(group),
+                        sentinel=False) as fresh:
+                for i in group:
+                    spec, source = specs[i], by_number[specs[i].key()]
+                    started = now()
+                    outcome = fresh.run(spec, wl, source.number)
+                    probe = probes[spec.model.build]
+                    got[i] = make_record(study, source.number, spec, wl, outcome, probe.flags,
+                                         probe.expected_variant, envs[spec.model.build],
+                                         started)
+        return [got[i] for i in range(len(specs))]
 
     t0 = time.monotonic()
     report = confirm_and_settle(study, pool, measure, fo)

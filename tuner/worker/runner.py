@@ -13,6 +13,7 @@ A bounded life keeps every trial on one of a process's first contexts, and the d
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -52,6 +53,9 @@ from tuner.worker.protocol import (
 )
 
 SPAWN = mp.get_context("spawn")
+# Numbers the worker logs of this process: unique across its runners (the finalists start one
+# per round), so that no worker's log overwrites another's.
+_JOB_NUMBERS = itertools.count(1)
 OOM_MARKERS = ("out of memory", "cudaMalloc failed", "failed to allocate", "unable to allocate")
 
 __all__ = ["OOM_MARKERS", "SPAWN", "Outcome", "Runner", "SentinelResult"]
@@ -158,16 +162,14 @@ class Runner:
         self._worker: _Worker | None = None
         self._key: str | None = None
         self._spares: dict[str, _Spare] = {}  # build -> a probe kept (probe_hello's keep)
-        self._seq = 0
         self.load_log = ""
 
     def _job(self, ms: ModelSettings, log_path: Path | None = None,
              probe_only: bool = False) -> WorkerJob:
-        self._seq += 1
         if log_path is None:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.work_dir / (f"worker-{ms.build}-{ms.worker_key()}-{os.getpid()}-"
-                                        f"{self._seq}.log")
+                                        f"{next(_JOB_NUMBERS)}.log")
         return WorkerJob(model_path=str(self.model_path), model_settings=ms,
                          lib_dir=self.lib_dirs.get(ms.build), log_path=str(log_path),
                          probe_only=probe_only)
