@@ -245,7 +245,7 @@ def scripted(recs: list[TrialRecord], script: dict[int, Iterator[float | None]],
 
 
 def test_the_pool_is_the_best_n_and_every_would_be_finalist() -> None:
-    recs = [make_record(i, request_s=1.0 + 0.05 * i, n_batch=512 * (i + 1)) for i in range(12)]
+    recs = [make_record(i, request_s=1.0 + 0.02 * i, n_batch=512 * (i + 1)) for i in range(12)]
     # #11 is 55% behind by its median, but its repetitions spread widely and its fastest one is
     # within 3% of the best: select() would make it a finalist, so the pool keeps it too.
     recs[11] = make_record(11, request_s=1.55, spread=0.8, n_batch=512 * 12)
@@ -256,10 +256,26 @@ def test_the_pool_is_the_best_n_and_every_would_be_finalist() -> None:
     assert [r.number for r in off] == [0, 1, 2, 11]  # no confirmation: select()'s finalists
 
 
+def test_the_pool_leaves_out_configs_far_behind_the_best_unless_drift_widens_the_margin() -> None:
+    # 0%, 4%, 7.9%, 8.1%, 12% behind: the last two cannot become finalists (finalists.py's
+    # CONFIRM_WITHIN), though the best 10 would take them.
+    recs = [make_record(i, request_s=t, n_batch=512 * (i + 1))
+            for i, t in enumerate([1.0, 1.04, 1.079, 1.081, 1.12])]
+    recs.append(make_record(5, request_s=1.3, build="force-cublas"))  # its build's best
+    planned = {r.spec_key for r in recs}
+    opts = FinalistOptions(top=1, confirm=10)
+    assert [r.number for r in candidates(recs, planned, [], opts)] == [0, 1, 2, 5]
+    # A worker that drifted by 10% widens the margin to 10%, as it widens select()'s.
+    widened = candidates(recs, planned, [drift(-0.10, 0.0)], opts)
+    assert [r.number for r in widened] == [0, 1, 2, 3, 5]
+    wide = FinalistOptions(top=1, confirm=10, confirm_within=0.5)
+    assert [r.number for r in candidates(recs, planned, [], wide)] == [0, 1, 2, 3, 4, 5]
+
+
 def test_each_builds_leaders_join_the_pool_whatever_their_rank() -> None:
     # The first build's 12 trials fill the best 10; the second build's best two, measured
     # beside their own compile or in a slower worker, are confirmed too.
-    recs = [make_record(i, request_s=1.0 + 0.01 * i, n_batch=512 * (i + 1)) for i in range(12)]
+    recs = [make_record(i, request_s=1.0 + 0.005 * i, n_batch=512 * (i + 1)) for i in range(12)]
     recs += [make_record(12 + i, request_s=1.3 + 0.1 * i, build="force-cublas",
                          n_batch=512 * (i + 1)) for i in range(3)]
     pool = candidates(recs, {r.spec_key for r in recs}, [], FinalistOptions(top=3, confirm=10))

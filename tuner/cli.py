@@ -84,9 +84,9 @@ def cli(debug: bool) -> None:
 @click.option("--finalist-rounds", type=click.IntRange(min=0), default=5, show_default=True,
               help="Fresh-worker rounds re-measuring the leading configs (0: none).")
 @click.option("--confirm-top", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Before the finalists are chosen, the search's best N get 2 of those rounds "
-                   "each, and are ranked on medians over processes (0: finalists from the "
-                   "search's figures).")
+              help="Before the finalists are chosen, the search's best N (those within 8% of "
+                   "its best) get 2 of those rounds each, and are ranked on medians over "
+                   "processes (0: finalists from the search's figures).")
 @click.option("--sampler", type=click.Choice(["auto", "grid", "tpe"]), default="auto",
               show_default=True,
               help="grid: every setting; tpe: optuna's model-based TPE sampler; auto: grid up "

@@ -10,9 +10,9 @@ by one place per round, so a config's position in its process changes from round
 no config always goes first. Pairing by round (the ratio to the leader below) then also cancels
 what the configs of one process share.
 
-First the confirmation: the search's best ``confirm`` configs (10), each kernel build's best
-``PER_BUILD`` (2), and any other that ``select`` would make a finalist, get ``confirm_rounds``
-(2) rounds each. Their figures become medians over processes (the search
+First the confirmation: the search's best ``confirm`` configs (10) within ``confirm_within``
+(8%, widened by worker drift) of its best, each kernel build's best ``PER_BUILD`` (2), and any
+other that ``select`` would make a finalist, get ``confirm_rounds`` (2) rounds each. Their figures become medians over processes (the search
 trial's, unless it was measured beside a kernel compile, and the fresh workers'), and
 the finalists are chosen from those: a single process's prompt figure can sit 8% off another
 process's for the same settings (runs 5, 12 and 13 of docs/benchmarks.md), so the search's
@@ -58,6 +58,12 @@ from tuner.specs import TrialSpec
 PLAIN_BUILDS = ("installed", "default")  # no special kernel build needed to deploy these
 EQUIVALENT = 0.01  # a lighter config may win only when proven at most 1% slower
 PER_BUILD = 2  # each kernel build's best N always join the confirmation
+# The confirmation leaves out configs further than this behind the search's best: in the 12
+# confirmations of runs 17-27 (docs/benchmarks.md) no config gained more than 3.7% on the best
+# between its search figure and its medians over processes (4.6% for trials measured beside a
+# compile, which join as their build's best anyway), and a finalist must end within ``within``
+# (3%) of the best median: 3.7% + 3% leaves 1.3% to spare.
+CONFIRM_WITHIN = 0.08
 PER_WORKER = 3  # configs one fresh worker measures per round (module docstring)
 
 
@@ -71,6 +77,7 @@ class FinalistOptions:
     equivalent: float = EQUIVALENT
     max_rounds: int = 10  # extra rounds for the leader and the undecided, up to this many
     confirm: int = 10  # the search's best N are re-measured before the finalists are chosen
+    confirm_within: float = CONFIRM_WITHIN  # of them, those this close to the best
     confirm_rounds: int = 2  # rounds each (0: finalists from the search's figures)
     per_worker: int = PER_WORKER  # configs sharing one fresh worker in a round (1: one each)
 
@@ -217,8 +224,9 @@ def settle(study: str, finalists: list[TrialRecord], measure: MeasureRound,
 def candidates(records: list[TrialRecord], planned: set[str], drifts: list[WorkerDrift],
                opts: FinalistOptions) -> list[TrialRecord]:
     """What the confirmation re-measures, best first: the best ``opts.confirm`` usable trials
-    of the plan, the best ``PER_BUILD`` of each kernel build, and every trial ``select`` would
-    make a finalist. Without a confirmation, the finalists themselves.
+    of the plan within ``opts.confirm_within`` of the best (widened by the workers' drift, as
+    ``select`` widens its margin), the best ``PER_BUILD`` of each kernel build, and every
+    trial ``select`` would make a finalist. Without a confirmation, the finalists themselves.
 
     Each build's leaders go in whatever their rank: a build's trials can have been measured
     under other conditions than another's (beside its own compile, tuner/builds/autobuild.py,
@@ -228,7 +236,10 @@ def candidates(records: list[TrialRecord], planned: set[str], drifts: list[Worke
     if not confirms(opts):
         return chosen
     ranked = _ranked(records, planned)
-    pool = {r.spec_key: r for r in ranked[: opts.confirm]}
+    if not ranked:
+        return chosen
+    near = (ranked[0].objective or 0.0) * (1 + search_margin(drifts, opts.confirm_within))
+    pool = {r.spec_key: r for r in ranked[: opts.confirm] if (r.objective or math.inf) <= near}
     per_build: dict[str, int] = {}
     for r in ranked:
         build = r.spec.model.build
