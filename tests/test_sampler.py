@@ -174,3 +174,58 @@ def test_a_paused_tpe_study_continues_from_its_history(tiny_model: Path, tmp_pat
     assert len(after) == 6 and len({r["spec_key"] for r in after}) == 6
     assert [r["number"] for r in after] == list(range(6))
     assert "saw 6 of 20 settings" in again.stdout
+
+
+def test_each_build_tries_every_value_before_the_model_leads() -> None:
+    # Build "flat" runs alike at every n_ubatch; build "steep" (as the cuBLAS build on an H100,
+    # run 28 of docs/benchmarks.md) gets faster with it. Fitted on the flat build's trials, a
+    # model has no reason to propose a large n_ubatch for the steep one: the coverage does.
+    plan = {s.key(): s for b in ("flat", "steep")
+            for s in [spec(nb, nu, fa, tk, build=b) for nb in (512, 1024, 2048)
+                      for nu in (256, 512, 1024, 2048) if nu <= nb
+                      for fa in (False, True) for tk in ("f16", "q8_0") if fa or tk == "f16"]}
+
+    def objective(k: str) -> float:
+        c = plan[k].context
+        scale = 1.0 if plan[k].model.build == "flat" else 512 / c.n_ubatch
+        return (1.0 if c.flash_attn else 1.2) * (1.0 if c.type_k == "f16" else 1.1) * scale
+
+    order = TpeOrder(plan, seed=0)
+    flat_keys = [k for k in plan if plan[k].model.build == "flat"]
+    history = [Finished(k, objective(k)) for k in flat_keys]  # the build there was, all of it
+    open_keys = [k for k in plan if k not in set(flat_keys)]
+    steep: list[str] = []
+    for _ in range(8):  # its two seeds, then at most six more
+        k = order.pick(open_keys, history)
+        assert k is not None
+        open_keys.remove(k)
+        steep.append(k)
+        history.append(Finished(k, objective(k)))
+    # Within its first eight trials the steep build has tried every n_ubatch, flash attention
+    # on and off, and both cache types.
+    tried = {(plan[k].context.n_ubatch, plan[k].context.flash_attn, plan[k].context.type_k)
+             for k in steep}
+    assert {nu for nu, _, _ in tried} == {256, 512, 1024, 2048}
+    assert {fa for _, fa, _ in tried} == {False, True} and {t for *_, t in tried} == {"f16", "q8_0"}
+    novel = order.novel(history)
+    n = len(flat_keys)
+    assert novel[0] and not all(novel[:n])  # the flat build's later trials tried nothing new
+    assert all(novel[n:n + 2])  # the steep build's seeds did
+    # Once every value has been tried in its build, the model leads: no pick is a coverage one.
+    assert order._cover(open_keys, history) is None
+
+
+def test_a_trial_that_tried_a_new_value_is_no_trial_without_a_gain() -> None:
+    assert stagnation([1.0, 1.1, 1.2, 1.3], 0.01, novel=[True, True, False, False]) == 2
+    assert stagnation([1.0, 1.1, 1.2, 1.3], 0.01, novel=[True, False, True, False]) == 2
+    assert stagnation([1.0, 1.1, 1.2, 1.3], 0.01) == 3
+    plan = {s.key(): s for s in [spec(512, 256, False), spec(512, 512, False),
+                                  spec(512, 512, True), spec(1024, 512, True)]}
+    order = TpeOrder(plan)
+    keys = list(plan)
+    history = [Finished(k, 1.0) for k in keys]
+    # Each of these four brings a value its build had not tried: 512/256/no fa first, then
+    # n_ubatch 512, then flash attention, then n_batch 1024.
+    assert order.novel(history) == [True, True, True, True]
+    assert order.novel(history + [Finished(keys[0], 1.0)]) == [True] * 4 + [False]
+    assert order.novel([Finished("not in the plan", 1.0)]) == [False]

@@ -75,10 +75,12 @@ def front(records: Iterable[TrialRecord]) -> list[TrialRecord]:
                   key=lambda r: -(r.measurement.pp_tps.median if r.measurement else 0))
 
 
-def stagnation(points: Iterable[Point | None], min_gain: float, explore: int = 0) -> int:
+def stagnation(points: Iterable[Point | None], min_gain: float, explore: int = 0,
+               novel: Sequence[bool] = ()) -> int:
     """Finished trials since the front last gained a point that no earlier point comes within
     ``min_gain`` of on every axis (in the order they finished; a failed trial, None, counts as
-    one without a gain). The first ``explore`` trials never count as trials without a gain."""
+    one without a gain). The first ``explore`` trials, and each trial ``novel`` marks (it tried
+    a value its build had not), never count as trials without a gain."""
     seen: list[Point] = []
     since = 0
     for i, p in enumerate(points):
@@ -89,7 +91,7 @@ def stagnation(points: Iterable[Point | None], min_gain: float, explore: int = 0
             if gain:
                 since = 0
                 continue
-        if i >= explore:
+        if i >= explore and not (i < len(novel) and novel[i]):
             since += 1
     return since
 

@@ -5,7 +5,13 @@ sampler over the plan's dimensions (every field of a setting whose value differs
 plan), fitted on the finished trials of the plan as the study's storage holds them: the storage
 is the sampler's state, so a re-run, or another sweep of the same study, continues from the same
 history. It starts with the baseline and llama.cpp's own defaults (n_batch 2048, n_ubatch 512,
-flash attention, f16 cache), then follows the model. A proposal outside the plan (an invalid
+flash attention, f16 cache), then tries every value of every dimension at least once in each
+kernel build (the coverage), then follows the model. The coverage is per build because a build
+changes how the other settings behave: on an H100 the cuBLAS build's prompt speed grows with
+n_ubatch where the MMQ build's stays flat, and a model fitted on the MMQ build's trials never
+proposed the large n_ubatch the cuBLAS build needed (run 28 of docs/benchmarks.md: the search
+stopped 7% short). A coverage pick is the open setting that tries the most untried values of
+its build, nearest to that build's best setting so far. A proposal outside the plan (an invalid
 pair) or already done or taken goes to the nearest setting still open (fewest differing
 dimensions, plan order on ties). Trials that ran out of memory, were over ``--max-vram``, crashed
 or failed teach the sampler as the worst objective seen times ``PENALTY`` instead of vanishing;
@@ -17,13 +23,14 @@ too little to learn from, tpe above.
 The stop rule: a model-based search stops when ``patience`` finished trials in a row have not
 improved the best objective by more than ``min_gain``, counted only after the seeds and TPE's
 random start (on an H100, a patience counted from the first trial ended a 27-setting search at
-its 12th trial, before the model had proposed anything: docs/benchmarks.md run 9); ``--timeout`` and ``--trials`` stop it
-too. ``StopState`` says why it stopped and how much of the plan it saw."""
+its 12th trial, before the model had proposed anything: docs/benchmarks.md run 9); a trial
+that tried a value its build had not tried before never counts as one without a gain (it
+explored). ``--timeout`` and ``--trials`` stop it too. ``StopState`` says why it stopped and how much of the plan it saw."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -93,6 +100,16 @@ class TpeOrder:
         self.dims = _varying(flats.values())
         self.points = {k: {d: f[d] for d in self.dims} for k, f in flats.items()}
         self.seeds = self._seeds()
+        # The coverage: per setting, its build and its values (by repr: a value can be a list);
+        # per build, every value its settings have.
+        self.cover_dims = [d for d in self.dims if d != "model.build"]
+        self.values = {k: (s.model.build, tuple(repr(self.points[k][d]) for d in self.cover_dims))
+                       for k, s in plan.items()}
+        self.build_values: dict[str, list[set[str]]] = {}
+        for build, vals in self.values.values():
+            sets = self.build_values.setdefault(build, [set() for _ in self.cover_dims])
+            for seen, v in zip(sets, vals):
+                seen.add(v)
 
     def _seeds(self) -> list[str]:
         """Per kernel build, in plan order: its first setting (the plan's first is the
@@ -121,6 +138,9 @@ class TpeOrder:
         if not self.dims:
             return open_keys[0]
         history = [h for h in history if h.spec_key in self.points]
+        cover = self._cover(open_keys, history)
+        if cover is not None:
+            return cover
         values = (self._pareto_values(history) if self.objective == "pareto"
                   else self._request_values(history))
         directions: list[StudyDirection] = (
@@ -139,6 +159,60 @@ class TpeOrder:
                 state=OptunaState.COMPLETE if v is not None else OptunaState.FAIL))
         proposal = study.ask(dists).params
         return min(open_keys, key=lambda k: (self._distance(k, proposal), open_keys.index(k)))
+
+    def _tried(self, history: list[Finished]) -> dict[str, list[set[str]]]:
+        tried: dict[str, list[set[str]]] = {}
+        for h in history:
+            build, vals = self.values[h.spec_key]
+            for seen, v in zip(tried.setdefault(build, [set() for _ in self.cover_dims]), vals):
+                seen.add(v)
+        return tried
+
+    def novel(self, history: list[Finished]) -> list[bool]:
+        """For each finished trial, in order: whether it tried a value of a dimension that its
+        build had not tried before (a trial outside the plan: False)."""
+        tried: dict[str, list[set[str]]] = {}
+        out = []
+        for h in history:
+            if h.spec_key not in self.values:
+                out.append(False)
+                continue
+            build, vals = self.values[h.spec_key]
+            sets = tried.setdefault(build, [set() for _ in self.cover_dims])
+            out.append(any(v not in seen for seen, v in zip(sets, vals)))
+            for seen, v in zip(sets, vals):
+                seen.add(v)
+        return out
+
+    def _cover(self, open_keys: list[str], history: list[Finished]) -> str | None:
+        """The open setting that tries the most values its build has not tried, nearest (fewest
+        differing dimensions) to the build's best finished setting, plan order on ties; None
+        once every value has been tried in every build."""
+        tried = self._tried(history)
+        missing = {b: [vs - t for vs, t in zip(sets, tried.get(b, [set()] * len(sets)))]
+                   for b, sets in self.build_values.items()}
+        missing = {b: m for b, m in missing.items() if any(m)}
+        if not missing:
+            return None
+        best: dict[str, tuple[str, ...]] = {}
+        for h in sorted((h for h in history if h.objective is not None),
+                        key=lambda h: h.objective or 0.0, reverse=True):
+            build, vals = self.values[h.spec_key]
+            best[build] = vals  # the last one written is the build's best
+        chosen, top = None, (0, 0)
+        for k in open_keys:
+            build, vals = self.values[k]
+            m = missing.get(build)
+            if m is None:
+                continue
+            gain = sum(v in ms for v, ms in zip(vals, m))
+            if gain == 0:
+                continue
+            ref = best.get(build)
+            near = -sum(a != b for a, b in zip(vals, ref)) if ref is not None else 0
+            if (gain, near) > top or chosen is None:
+                chosen, top = k, (gain, near)
+        return chosen
 
     @staticmethod
     def _request_values(history: list[Finished]) -> list[list[float] | None]:
@@ -182,16 +256,18 @@ class StopRule:
         return DEFAULT_PATIENCE if kind == "tpe" else None
 
 
-def stagnation(objectives: Iterable[float | None], min_gain: float, explore: int = 0) -> int:
+def stagnation(objectives: Iterable[float | None], min_gain: float, explore: int = 0,
+               novel: Sequence[bool] = ()) -> int:
     """Finished trials since the best last improved by more than ``min_gain`` (in the order
     they finished; a failed trial counts as one without a gain). The first ``explore`` trials
-    (the seeds and the random start) set the best but never count as trials without a gain."""
+    (the seeds and the random start), and each trial ``novel`` marks (it tried a value its
+    build had not), set the best but never count as trials without a gain."""
     best, since = None, 0
     for i, x in enumerate(objectives):
         if x is not None and (best is None or x < best * (1 - min_gain)):
             best, since = x, 0
             continue
-        if i >= explore:
+        if i >= explore and not (i < len(novel) and novel[i]):
             since += 1
         if x is not None and best is not None and x < best:
             best = x

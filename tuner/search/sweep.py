@@ -451,12 +451,14 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
 def _stale(planner: Planner, opts: SweepOptions, extended_at: int = 0) -> int:
     """Finished trials since the search last gained: on the best request time, or on the
     Pareto front (--objective pareto). Trials finished before the plan last grew
-    (``extended_at``: a build made during the search added its settings) never count."""
+    (``extended_at``: a build made during the search added its settings), and trials that tried
+    a value their build had not tried before, never count."""
     history = planner.history()
     explore = max(explore_trials(planner.tpe), extended_at)
+    novel = planner.tpe.novel(history) if planner.tpe is not None else []
     if opts.objective == "pareto":
-        return pareto_stagnation([h.point for h in history], opts.stop.min_gain, explore)
-    return stagnation([h.objective for h in history], opts.stop.min_gain, explore)
+        return pareto_stagnation([h.point for h in history], opts.stop.min_gain, explore, novel)
+    return stagnation([h.objective for h in history], opts.stop.min_gain, explore, novel)
 
 
 def _decide_and_write(opts: SweepOptions, study: str, folder: Path,
