@@ -1,0 +1,84 @@
+"""Replay a fresh-machine sweep's search after its kernel build joined, with today's sampler, on
+figures measured on a GPU: does the search reach the new build's best setting before its stop
+rule fires? Nothing is measured here; no figure is invented either: a setting no given run
+measured is counted as the slowest of the new build's measured settings (it can then only
+delay a gain, never make one).
+
+The first build's trials are taken as the last run measured them (beside the compile, every
+one); the new build's settings are the same context settings with its name. Then, as the
+sweep does: the sampler picks among the new build's open settings, fitted on the history, and
+the stop rule (``--patience`` 10 without a 1% gain, the trials before the build joined never
+counted, nor a trial that tried a value new to its build) ends the search.
+
+    python3 benchmarks/replay_search.py --build force-cublas \\
+        docs/benchmarks/run27-h100/fresh-llama3-8b-q4_k_m docs/benchmarks/run28-h100/fresh-llama3-8b-q4_k_m
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from tuner.results.records import TrialRecord
+from tuner.search.sampler import DEFAULT_PATIENCE, Finished, TpeOrder, explore_trials, stagnation
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="folders with a trials.jsonl (the last one's "
+                    "first-build trials are the history)")
+    ap.add_argument("--build", required=True, help="the build that joined during the search")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    figures: dict[str, list[float]] = {}
+    last: list[TrialRecord] = []
+    for run in args.runs:
+        last = [TrialRecord.model_validate_json(line)
+                for line in (run / "trials.jsonl").read_text().splitlines() if line.strip()]
+        for r in last:
+            if r.objective is not None:
+                figures.setdefault(r.spec_key, []).append(r.objective)
+    measured = {k: statistics.median(v) for k, v in figures.items()}
+    first = [r for r in last if r.spec.model.build != args.build]
+    joined = {}
+    for r in first:
+        s = r.spec.model_copy(update={"model": r.spec.model.model_copy(update={"build": args.build})})
+        joined[s.key()] = s
+    plan = {**{r.spec_key: r.spec for r in first}, **joined}
+    slowest = max(measured[k] for k in joined if k in measured)
+    order = TpeOrder(plan, seed=args.seed)
+    history = [Finished(r.spec_key, r.objective) for r in first]
+    start = len(history)
+    open_keys = list(joined)
+    unmeasured = 0
+    print(f"| trial | {args.build} setting | request s (median of the runs) |")
+    print("|---|---|---|")
+    while True:
+        stale = stagnation([h.objective for h in history], 0.01,
+                           max(explore_trials(order), start), order.novel(history))
+        if stale >= DEFAULT_PATIENCE:
+            why = f"stopped: {stale} trials without a 1% gain"
+            break
+        k = order.pick(open_keys, history)
+        if k is None:
+            why = "every setting measured"
+            break
+        open_keys.remove(k)
+        value = measured.get(k)
+        if value is None:
+            unmeasured += 1
+        history.append(Finished(k, value if value is not None else slowest))
+        shown = f"{value:.4f}" if value is not None else f"not measured: counted {slowest:.4f}"
+        print(f"| {len(history) - start} | {plan[k].label()} | {shown} |")
+    mine = [h for h in history[start:] if h.spec_key in measured]
+    best = min(mine, key=lambda h: measured[h.spec_key])
+    known = min(measured[k] for k in joined if k in measured)
+    print(f"\n{why}; {len(history) - start} {args.build} trials ({unmeasured} not measured in "
+          f"the runs given); best {plan[best.spec_key].label()} {measured[best.spec_key]:.4f} s, "
+          f"the best any run measured for this build {known:.4f} s "
+          f"({measured[best.spec_key] / known - 1:+.1%})")
+
+
+if __name__ == "__main__":
+    main()
