@@ -15,7 +15,6 @@ time by position in the process; then the seconds each mode took.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -23,9 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from probe_args import probe_parser, probe_spec, probe_workload
+
 from tuner.search.finalists import turned
 from tuner.search.studentt import t_quantile
-from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
+from tuner.specs import TrialSpec, Workload
 from tuner.worker.protocol import Measured
 from tuner.worker.runner import Runner
 
@@ -61,20 +62,11 @@ def interval(xs: list[float]) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, type=Path)
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--lib-dir", default=None, help="a build's library folder (default: installed)")
+    ap = probe_parser(__doc__ or "")
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--device", default="cuda", help="cpu: a try on a machine without a GPU")
-    ap.add_argument("--prompt-tokens", type=int, default=2048)
-    ap.add_argument("--gen-tokens", type=int, default=128)
     args = ap.parse_args()
-    build = "installed" if args.lib_dir is None else "build"
-    specs = [TrialSpec(model=ModelSettings(device=args.device, build=build),
-                       context=ContextSettings(n_batch=b, n_ubatch=u, flash_attn=True))
-             for b, u in CONFIGS]
-    wl = Workload(prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens)
+    specs = [probe_spec(args, b, u) for b, u in CONFIGS]
+    wl = probe_workload(args)
     n = len(specs)
     separate: list[list[float]] = [[] for _ in specs]
     shared: list[list[float]] = [[] for _ in specs]

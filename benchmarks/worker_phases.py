@@ -14,14 +14,15 @@ come from the worker; the rest is the difference.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
+from probe_args import probe_parser, probe_spec, probe_workload
+
+from tuner.specs import TrialSpec, Workload
 from tuner.worker.protocol import Measured
 from tuner.worker.runner import Runner
 
@@ -54,19 +55,11 @@ def one_worker(model: Path, spec: TrialSpec, wl: Workload, lib_dir: str | None) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, type=Path)
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--lib-dir", default=None, help="a build's library folder (default: installed)")
+    ap = probe_parser(__doc__ or "")
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--device", default="cuda", help="cpu: a try on a machine without a GPU")
-    ap.add_argument("--prompt-tokens", type=int, default=2048)
-    ap.add_argument("--gen-tokens", type=int, default=128)
     args = ap.parse_args()
-    build = "installed" if args.lib_dir is None else "build"
-    spec = TrialSpec(model=ModelSettings(device=args.device, build=build),
-                     context=ContextSettings(n_batch=2048, n_ubatch=512, flash_attn=True))
-    wl = Workload(prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens)
+    spec = probe_spec(args, 2048, 512)
+    wl = probe_workload(args)
     rows = [one_worker(args.model, spec, wl, args.lib_dir) for _ in range(args.workers)]
     args.out.write_text(json.dumps({"model": str(args.model), "spec": spec.label(), "rows": rows},
                                    indent=1))
