@@ -101,3 +101,18 @@ print("llama_cpp imported:", "llama_cpp" in sys.modules)
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "llama_cpp imported: False" in proc.stdout
+
+
+def test_a_crash_ends_only_its_worker_and_the_next_config_gets_a_fresh_one(
+        tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
+    # A finalists' round (tuner/search/sweep.py) measures up to 3 configs in one worker: when
+    # llama.cpp dies on the second, the third still gets measured, in a new process.
+    monkeypatch.setenv("TUNER_FAULTS", "segfault@measure:n_batch=32")
+    with Runner(tiny_model, tmp_path, {"installed": None}, trials_per_worker=3,
+                sentinel=False) as runner:
+        first = runner.run(spec(16), WL)
+        crashed = runner.run(spec(32), WL)
+        third = runner.run(spec(64), WL)
+    assert first.state == "complete" and third.state == "complete", (first.error, third.error)
+    assert crashed.state == "crashed" and crashed.signal == "SIGSEGV"
+    assert first.worker_id != third.worker_id
