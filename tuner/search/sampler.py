@@ -81,6 +81,10 @@ def _varying(points: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
     return {k: vs for k, vs in values.items() if len(vs) > 1}
 
 
+def _hashable(v: Any) -> Any:
+    return tuple(_hashable(x) for x in v) if isinstance(v, list) else v
+
+
 @dataclass(frozen=True)
 class Finished:
     """One finished trial of the plan, as the sampler learns from it."""
@@ -100,12 +104,13 @@ class TpeOrder:
         self.dims = _varying(flats.values())
         self.points = {k: {d: f[d] for d in self.dims} for k, f in flats.items()}
         self.seeds = self._seeds()
-        # The coverage: per setting, its build and its values (by repr: a value can be a list);
-        # per build, every value its settings have.
+        # The coverage: per setting, its build and its values (a list as a tuple, to be
+        # hashable); per build, every value its settings have.
         self.cover_dims = [d for d in self.dims if d != "model.build"]
-        self.values = {k: (s.model.build, tuple(repr(self.points[k][d]) for d in self.cover_dims))
+        self.values = {k: (s.model.build, tuple(_hashable(self.points[k][d])
+                                                for d in self.cover_dims))
                        for k, s in plan.items()}
-        self.build_values: dict[str, list[set[str]]] = {}
+        self.build_values: dict[str, list[set[Any]]] = {}
         for build, vals in self.values.values():
             sets = self.build_values.setdefault(build, [set() for _ in self.cover_dims])
             for seen, v in zip(sets, vals):
@@ -132,8 +137,9 @@ class TpeOrder:
         if not open_keys:
             return None
         done = {h.spec_key for h in history}
+        open_set = set(open_keys)
         for k in self.seeds:
-            if k in open_keys and k not in done:
+            if k in open_set and k not in done:
                 return k
         if not self.dims:
             return open_keys[0]
@@ -160,8 +166,8 @@ class TpeOrder:
         proposal = study.ask(dists).params
         return min(open_keys, key=lambda k: (self._distance(k, proposal), open_keys.index(k)))
 
-    def _tried(self, history: list[Finished]) -> dict[str, list[set[str]]]:
-        tried: dict[str, list[set[str]]] = {}
+    def _tried(self, history: list[Finished]) -> dict[str, list[set[Any]]]:
+        tried: dict[str, list[set[Any]]] = {}
         for h in history:
             build, vals = self.values[h.spec_key]
             for seen, v in zip(tried.setdefault(build, [set() for _ in self.cover_dims]), vals):
@@ -171,7 +177,7 @@ class TpeOrder:
     def novel(self, history: list[Finished]) -> list[bool]:
         """For each finished trial, in order: whether it tried a value of a dimension that its
         build had not tried before (a trial outside the plan: False)."""
-        tried: dict[str, list[set[str]]] = {}
+        tried: dict[str, list[set[Any]]] = {}
         out = []
         for h in history:
             if h.spec_key not in self.values:
@@ -194,7 +200,7 @@ class TpeOrder:
         missing = {b: m for b, m in missing.items() if any(m)}
         if not missing:
             return None
-        best: dict[str, tuple[str, ...]] = {}
+        best: dict[str, tuple[Any, ...]] = {}
         for h in sorted((h for h in history if h.objective is not None),
                         key=lambda h: h.objective or 0.0, reverse=True):
             build, vals = self.values[h.spec_key]
