@@ -110,11 +110,7 @@ class TpeOrder:
         self.values = {k: (s.model.build, tuple(_hashable(self.points[k][d])
                                                 for d in self.cover_dims))
                        for k, s in plan.items()}
-        self.build_values: dict[str, list[set[Any]]] = {}
-        for build, vals in self.values.values():
-            sets = self.build_values.setdefault(build, [set() for _ in self.cover_dims])
-            for seen, v in zip(sets, vals):
-                seen.add(v)
+        self.build_values = self._walk(plan)[1]
 
     def _seeds(self) -> list[str]:
         """Per kernel build, in plan order: its first setting (the plan's first is the
@@ -166,45 +162,42 @@ class TpeOrder:
         proposal = study.ask(dists).params
         return min(open_keys, key=lambda k: (self._distance(k, proposal), open_keys.index(k)))
 
-    def _tried(self, history: list[Finished]) -> dict[str, list[set[Any]]]:
-        tried: dict[str, list[set[Any]]] = {}
-        for h in history:
-            build, vals = self.values[h.spec_key]
-            for seen, v in zip(tried.setdefault(build, [set() for _ in self.cover_dims]), vals):
-                seen.add(v)
-        return tried
+    def _walk(self, keys: Iterable[str]) -> tuple[list[bool], dict[str, list[set[Any]]]]:
+        """``keys`` in order: whether each brought a value of a dimension that its build had
+        not had before (a key outside the plan: False), and per build, the values seen."""
+        seen: dict[str, list[set[Any]]] = {}
+        novel = []
+        for k in keys:
+            if k not in self.values:
+                novel.append(False)
+                continue
+            build, vals = self.values[k]
+            sets = seen.setdefault(build, [set() for _ in self.cover_dims])
+            novel.append(any(v not in had for had, v in zip(sets, vals)))
+            for had, v in zip(sets, vals):
+                had.add(v)
+        return novel, seen
 
     def novel(self, history: list[Finished]) -> list[bool]:
         """For each finished trial, in order: whether it tried a value of a dimension that its
         build had not tried before (a trial outside the plan: False)."""
-        tried: dict[str, list[set[Any]]] = {}
-        out = []
-        for h in history:
-            if h.spec_key not in self.values:
-                out.append(False)
-                continue
-            build, vals = self.values[h.spec_key]
-            sets = tried.setdefault(build, [set() for _ in self.cover_dims])
-            out.append(any(v not in seen for seen, v in zip(sets, vals)))
-            for seen, v in zip(sets, vals):
-                seen.add(v)
-        return out
+        return self._walk(h.spec_key for h in history)[0]
 
     def _cover(self, open_keys: list[str], history: list[Finished]) -> str | None:
         """The open setting that tries the most values its build has not tried, nearest (fewest
         differing dimensions) to the build's best finished setting, plan order on ties; None
         once every value has been tried in every build."""
-        tried = self._tried(history)
+        tried = self._walk(h.spec_key for h in history)[1]
         missing = {b: [vs - t for vs, t in zip(sets, tried.get(b, [set()] * len(sets)))]
                    for b, sets in self.build_values.items()}
         missing = {b: m for b, m in missing.items() if any(m)}
         if not missing:
             return None
-        best: dict[str, tuple[Any, ...]] = {}
-        for h in sorted((h for h in history if h.objective is not None),
-                        key=lambda h: h.objective or 0.0, reverse=True):
+        best: dict[str, tuple[float, tuple[Any, ...]]] = {}  # build -> its best finished
+        for h in history:
             build, vals = self.values[h.spec_key]
-            best[build] = vals  # the last one written is the build's best
+            if h.objective is not None and (build not in best or h.objective <= best[build][0]):
+                best[build] = (h.objective, vals)
         chosen, top = None, (0, 0)
         for k in open_keys:
             build, vals = self.values[k]
@@ -215,7 +208,7 @@ class TpeOrder:
             if gain == 0:
                 continue
             ref = best.get(build)
-            near = -sum(a != b for a, b in zip(vals, ref)) if ref is not None else 0
+            near = -sum(a != b for a, b in zip(vals, ref[1])) if ref is not None else 0
             if (gain, near) > top or chosen is None:
                 chosen, top = k, (gain, near)
         return chosen
