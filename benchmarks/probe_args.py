@@ -1,13 +1,15 @@
 """What every one-model GPU probe takes on its command line (benchmarks/worker_phases.py,
 benchmarks/shared_rounds.py): the model, the output file, the build's library folder, the
-device and the workload; and the trial settings of that build."""
+device and the workload; the trial settings of that build; a trial's request seconds."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from tuner.results.trialrecord import measurement
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
+from tuner.worker.protocol import Measured
 
 
 def probe_parser(doc: str) -> argparse.ArgumentParser:
@@ -31,3 +33,8 @@ def probe_spec(args: argparse.Namespace, n_batch: int, n_ubatch: int) -> TrialSp
 
 def probe_workload(args: argparse.Namespace) -> Workload:
     return Workload(prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens)
+
+
+def request_seconds(m: Measured, wl: Workload) -> float:
+    """The median request seconds of a worker's answer, as a sweep's record computes them."""
+    return measurement(m, wl, 0.0).request_seconds.median

@@ -16,16 +16,14 @@ time by position in the process; then the seconds each mode took.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from probe_args import probe_parser, probe_spec, probe_workload
+from probe_args import probe_parser, probe_spec, probe_workload, request_seconds
 
-from tuner.search.finalists import turned
-from tuner.search.studentt import t_quantile
+from tuner.search.finalists import interval, turned
 from tuner.specs import TrialSpec, Workload
 from tuner.worker.protocol import Measured
 from tuner.worker.runner import Runner
@@ -33,10 +31,6 @@ from tuner.worker.runner import Runner
 # Settings of the kind that reach the finalists on a GPU (runs 23-24 of docs/benchmarks.md):
 # flash attention, f16 cache, large batches, different ubatch sizes.
 CONFIGS = [(2048, 512), (2048, 1024), (1024, 1024)]
-
-
-def request_s(m: Measured) -> float:
-    return statistics.median(p + t for p, t in zip(m.pp_seconds, m.tg_seconds))
 
 
 def in_worker(model: Path, specs: list[TrialSpec], wl: Workload, lib_dir: str | None,
@@ -49,16 +43,8 @@ def in_worker(model: Path, specs: list[TrialSpec], wl: Workload, lib_dir: str | 
             o = r.run(spec, wl)
             if not isinstance(o.reply, Measured) or o.reply.pruned:
                 raise SystemExit(f"error: {spec.label()} ended {o.state.value}: {o.error}")
-            out.append(request_s(o.reply))
+            out.append(request_seconds(o.reply, wl))
     return out
-
-
-def interval(xs: list[float]) -> tuple[float, float, float]:
-    mean = statistics.fmean(xs)
-    if len(xs) < 2:
-        return mean, mean, mean
-    half = t_quantile(0.95, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
-    return mean, mean - half, mean + half
 
 
 def main() -> None:
@@ -92,9 +78,9 @@ def main() -> None:
                 seconds[mode] += time.perf_counter() - t0
     rows = []
     for i, spec in enumerate(specs):
-        ratio = interval([s / p for s, p in zip(shared[i], separate[i])])
+        ratio = interval([s / p for s, p in zip(shared[i], separate[i])], 0.95)
         rows.append({"config": spec.label(), "separate_s": separate[i], "shared_s": shared[i],
-                     "ratio_shared_to_separate": ratio})
+                     "ratio_shared_to_separate": [ratio.value, ratio.low, ratio.high]})
     positions = []
     for pos in range(n):
         rel = [t / statistics.median(separate[i]) for i, t in by_position[pos]]

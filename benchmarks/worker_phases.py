@@ -15,12 +15,11 @@ come from the worker; the rest is the difference.
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from probe_args import probe_parser, probe_spec, probe_workload
+from probe_args import probe_parser, probe_spec, probe_workload, request_seconds
 
 from tuner.specs import TrialSpec, Workload
 from tuner.worker.protocol import Measured
@@ -49,8 +48,7 @@ def one_worker(model: Path, spec: TrialSpec, wl: Workload, lib_dir: str | None) 
         "load_s": first.hello.load_seconds if first.hello else None,
         "context_s": [m1.context_seconds, m2.context_seconds],
         "timed_reps_s": timed2, "warmups": m2.warmups,
-        "request_s": [statistics.median(p + t for p, t in zip(m.pp_seconds, m.tg_seconds))
-                      for m in (m1, m2)],
+        "request_s": [request_seconds(m, wl) for m in (m1, m2)],
     }
 
 

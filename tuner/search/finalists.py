@@ -140,7 +140,7 @@ def _round_of(record: TrialRecord) -> _Round | None:
                   record.verification.verified)
 
 
-def _interval(xs: list[float], level: float) -> Interval:
+def interval(xs: list[float], level: float) -> Interval:
     """Mean and Student-t interval of per-round medians (each round is a fresh process)."""
     mean = statistics.fmean(xs)
     if len(xs) < 2:
@@ -361,10 +361,10 @@ def decide(study: str, finalists: list[TrialRecord], rounds: dict[str, list[_Rou
         figures.append(FinalistFigures(
             trial=f.number, spec_key=f.spec_key, label=f.spec.label(), rounds=len(rs),
             samples=len(rs) * f.workload.repetitions,
-            request_seconds=_interval([x.request_s for x in rs], level),
-            pp_tps=_interval([x.pp_tps for x in rs], level),
-            tg_tps=_interval(tg, level) if tg else None,
-            ratio_to_leader=_interval(paired or [1.0], level),
+            request_seconds=interval([x.request_s for x in rs], level),
+            pp_tps=interval([x.pp_tps for x in rs], level),
+            tg_tps=interval(tg, level) if tg else None,
+            ratio_to_leader=interval(paired or [1.0], level),
             gpu_peak_mib=max(mibs) if mibs else None,
             build=f.spec.model.build, verified=verified[f.spec_key]))
     figures.sort(key=lambda x: (not x.verified, x.request_seconds.value))
