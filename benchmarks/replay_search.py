@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 
 from tuner.results.records import TrialRecord
-from tuner.search.sampler import DEFAULT_PATIENCE, Finished, TpeOrder, explore_trials, stagnation
+from tuner.search.sampler import DEFAULT_PATIENCE, Finished, TpeOrder, stale
 
 
 def main() -> None:
@@ -55,10 +55,9 @@ def main() -> None:
     print(f"| trial | {args.build} setting | request s (median of the runs) |")
     print("|---|---|---|")
     while True:
-        stale = stagnation([h.objective for h in history], 0.01,
-                           max(explore_trials(order), start), order.novel(history))
-        if stale >= DEFAULT_PATIENCE:
-            why = f"stopped: {stale} trials without a 1% gain"
+        without = stale(history, order, 0.01, start)
+        if without >= DEFAULT_PATIENCE:
+            why = f"stopped: {without} trials without a 1% gain"
             break
         k = order.pick(open_keys, history)
         if k is None:

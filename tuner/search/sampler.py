@@ -39,7 +39,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState as OptunaState
 
-from tuner.search.pareto import AXES, Objective, Point, usable_axes
+from tuner.search.pareto import AXES, Objective, Point, stagnation as pareto_stagnation, usable_axes
 from tuner.specs import TrialSpec
 
 optuna.logging.set_verbosity(logging.WARNING)
@@ -277,3 +277,16 @@ def explore_trials(tpe: TpeOrder | None) -> int:
     """How many trials a search explores before its stop rule counts: the seeds and TPE's
     random start (none for the grid)."""
     return len(tpe.seeds) + STARTUP if tpe is not None else 0
+
+
+def stale(history: list[Finished], tpe: TpeOrder | None, min_gain: float, extended_at: int = 0,
+          objective: Objective = "request") -> int:
+    """The stop rule's count: finished trials since the search last gained, on the best request
+    time or on the Pareto front. Trials before the plan last grew (``extended_at``: a build made
+    during the search added its settings), the seeds and TPE's random start, and trials that
+    tried a value their build had not tried before, never count."""
+    explore = max(explore_trials(tpe), extended_at)
+    novel = tpe.novel(history) if tpe is not None else []
+    if objective == "pareto":
+        return pareto_stagnation([h.point for h in history], min_gain, explore, novel)
+    return stagnation([h.objective for h in history], min_gain, explore, novel)

@@ -45,11 +45,11 @@ from tuner.search.finalists import (
     confirms,
     workers,
 )
-from tuner.search.pareto import Objective, front as pareto_front, stagnation as pareto_stagnation
+from tuner.search.pareto import Objective, front as pareto_front
 from tuner.search.planner import Planner
 from tuner.search.preflight import check_records_identity, preflight_config
 from tuner.search.pruning import check as check_prune, resolve as resolve_prune
-from tuner.search.sampler import SamplerName, StopRule, explore_trials, resolve, stagnation
+from tuner.search.sampler import SamplerName, StopRule, resolve, stale
 from tuner.search.space import Space, default_space, grid, load_space
 from tuner.specs import Device, ModelSettings, TrialSpec, Workload
 from tuner.worker.protocol import Hello
@@ -449,16 +449,8 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
 
 
 def _stale(planner: Planner, opts: SweepOptions, extended_at: int = 0) -> int:
-    """Finished trials since the search last gained: on the best request time, or on the
-    Pareto front (--objective pareto). Trials finished before the plan last grew
-    (``extended_at``: a build made during the search added its settings), and trials that tried
-    a value their build had not tried before, never count."""
-    history = planner.history()
-    explore = max(explore_trials(planner.tpe), extended_at)
-    novel = planner.tpe.novel(history) if planner.tpe is not None else []
-    if opts.objective == "pareto":
-        return pareto_stagnation([h.point for h in history], opts.stop.min_gain, explore, novel)
-    return stagnation([h.objective for h in history], opts.stop.min_gain, explore, novel)
+    """The stop rule's count for this sweep's study (sampler.stale)."""
+    return stale(planner.history(), planner.tpe, opts.stop.min_gain, extended_at, opts.objective)
 
 
 def _decide_and_write(opts: SweepOptions, study: str, folder: Path,
