@@ -335,7 +335,7 @@ case "${1:-status}" in
     done
     cp "$BENCH"/install.log "$BENCH"/sweep-*.log "$BENCH"/verify-*.log "$BENCH"/fidelity-*.log "$BENCH"/compare-*.log "$BENCH"/build-*.log "$BENCH"/modelgen.log "$BENCH"/spread.log "$BENCH/out/" 2>/dev/null
     tar czf "$dest/bench.tar.gz" -C "$BENCH" out phase
-    cat "$BENCH"/out/phases-*.md "$BENCH"/out/poll-probe.md "$BENCH"/out/threads-probe.md "$BENCH"/out/multigpu-rate.md "$BENCH"/out/split-report.md "$BENCH"/out/spread/prompt_spread.md "$BENCH"/out/*/fidelity-*.md "$BENCH"/out/*/search-compare.md > "$dest/summary.md" 2>/dev/null
+    cat "$BENCH"/out/phases-*.md "$BENCH"/out/shared-*.md "$BENCH"/out/poll-probe.md "$BENCH"/out/threads-probe.md "$BENCH"/out/multigpu-rate.md "$BENCH"/out/split-report.md "$BENCH"/out/spread/prompt_spread.md "$BENCH"/out/*/fidelity-*.md "$BENCH"/out/*/search-compare.md > "$dest/summary.md" 2>/dev/null
     for f in "$BENCH"/sweep-*.log; do tail -n 12 "$f"; done
     cat "$dest/summary.md" ;;
 esac
