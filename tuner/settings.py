@@ -392,6 +392,13 @@ def spec_fields(level: Level) -> set[str]:
     return {f for s in of_level(level) for f in s.names}
 
 
+def setting_of(flat_field: str) -> str:
+    """The setting a flat spec field ("context.type_k") belongs to ("kv_cache"); a field that no
+    setting declares stands for itself."""
+    level, _, field = flat_field.partition(".")
+    return next((s.name for s in SETTINGS if s.level == level and field in s.names), flat_field)
+
+
 def key_dump(dump: dict[str, Any]) -> dict[str, Any]:
     """A TrialSpec dump for its key: settings added after keys were first stored are left out
     at their default, so an older record's key is still the key of the same settings."""

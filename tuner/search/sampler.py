@@ -6,12 +6,17 @@ plan), fitted on the finished trials of the plan as the study's storage holds th
 is the sampler's state, so a re-run, or another sweep of the same study, continues from the same
 history. It starts with the baseline and llama.cpp's own defaults (n_batch 2048, n_ubatch 512,
 flash attention, f16 cache), then tries every value of every dimension at least once in each
-kernel build (the coverage), then follows the model. The coverage is per build because a build
+kernel build (the coverage), then every neighbour of the best setting so far (one dimension
+changed, the build counted as one), then follows the model. The coverage is per build because a build
 changes how the other settings behave: on an H100 the cuBLAS build's prompt speed grows with
 n_ubatch where the MMQ build's stays flat, and a model fitted on the MMQ build's trials never
 proposed the large n_ubatch the cuBLAS build needed (run 28 of docs/benchmarks.md: the search
 stopped 7% short). A coverage pick is the open setting that tries the most untried values of
-its build, nearest to that build's best setting so far. A proposal outside the plan (an invalid
+its build, nearest to that build's best setting so far. The neighbours come before the model
+because TPE, fitted on a few dozen trials, proposes far from a best whose one-step neighbour is
+faster: replayed on 14 exhaustive grids measured on GPUs (benchmarks/sampler_replay.py, 10
+seeds each), TPE alone stopped more than 2% behind the best in 2 of 10 replays of the
+two-build grid, the neighbours first in none. A proposal outside the plan (an invalid
 pair) or already done or taken goes to the nearest setting still open (fewest differing
 dimensions, plan order on ties). Trials that ran out of memory, were over ``--max-vram``, crashed
 or failed teach the sampler as the worst objective seen times ``PENALTY`` instead of vanishing;
@@ -40,6 +45,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState as OptunaState
 
 from tuner.search.pareto import AXES, Objective, Point, stagnation as pareto_stagnation, usable_axes
+from tuner.settings import setting_of
 from tuner.specs import TrialSpec
 
 optuna.logging.set_verbosity(logging.WARNING)
@@ -111,6 +117,7 @@ class TpeOrder:
                                                 for d in self.cover_dims))
                        for k, s in plan.items()}
         self.build_values = self._walk(plan)[1]
+        self.setting = {d: setting_of(d) for d in self.dims}  # kv_cache's two fields are one
 
     def _seeds(self) -> list[str]:
         """Per kernel build, in plan order: its first setting (the plan's first is the
@@ -143,6 +150,10 @@ class TpeOrder:
         cover = self._cover(open_keys, history)
         if cover is not None:
             return cover
+        if self.objective == "request":
+            near = self._neighbour(open_keys, history)
+            if near is not None:
+                return near
         values = (self._pareto_values(history) if self.objective == "pareto"
                   else self._request_values(history))
         directions: list[StudyDirection] = (
@@ -150,9 +161,7 @@ class TpeOrder:
              for i in usable_axes(h.point for h in history if h.point is not None)]
             if self.objective == "pareto" else [StudyDirection.MINIMIZE])
         study = optuna.create_study(directions=directions or [StudyDirection.MINIMIZE],
-                                    sampler=optuna.samplers.TPESampler(
-                                        seed=self.seed + len(history), n_startup_trials=STARTUP,
-                                        multivariate=True))
+                                    sampler=self.model(len(history)))
         dists: dict[str, BaseDistribution] = {
             d: CategoricalDistribution(vs) for d, vs in self.dims.items()}
         for h, v in zip(history, values):
@@ -161,6 +170,13 @@ class TpeOrder:
                 state=OptunaState.COMPLETE if v is not None else OptunaState.FAIL))
         proposal = study.ask(dists).params
         return min(open_keys, key=lambda k: (self._distance(k, proposal), open_keys.index(k)))
+
+    def model(self, history_size: int) -> optuna.samplers.BaseSampler:
+        """The model that proposes a setting once the seeds and the coverage are done: TPE
+        (benchmarks/sampler_replay.py compares it with optuna's GP sampler and with random
+        picks on recorded GPU figures; docs/benchmarks.md says why TPE)."""
+        return optuna.samplers.TPESampler(seed=self.seed + history_size,
+                                          n_startup_trials=STARTUP, multivariate=True)
 
     def _walk(self, keys: Iterable[str]) -> tuple[list[bool], dict[str, list[set[Any]]]]:
         """``keys`` in order: whether each brought a value of a dimension that its build had
@@ -212,6 +228,20 @@ class TpeOrder:
             if (gain, near) > top or chosen is None:
                 chosen, top = k, (gain, near)
         return chosen
+
+    def _neighbour(self, open_keys: list[str], history: list[Finished]) -> str | None:
+        """The first open setting (plan order) that changes one declared setting of the best
+        finished one (the build counts as one; the K and V cache types together are one);
+        None once every neighbour of the best is done."""
+        finished = [h for h in history if h.objective is not None]
+        if not finished:
+            return None
+        best = self.points[min(finished, key=lambda h: h.objective or 0.0).spec_key]
+        return next((k for k in open_keys if self.settings_apart(k, best) == 1), None)
+
+    def settings_apart(self, key: str, point: dict[str, Any]) -> int:
+        """How many declared settings of ``key`` differ from ``point``'s."""
+        return len({self.setting[d] for d in self.dims if self.points[key][d] != point[d]})
 
     @staticmethod
     def _request_values(history: list[Finished]) -> list[list[float] | None]:
