@@ -20,8 +20,10 @@ import argparse
 import statistics
 from pathlib import Path
 
+from sampler_replay import search
+
 from tuner.results.records import TrialRecord
-from tuner.search.sampler import DEFAULT_PATIENCE, Finished, TpeOrder, stale
+from tuner.search.sampler import DEFAULT_PATIENCE, Finished, TpeOrder
 
 
 def main() -> None:
@@ -47,36 +49,25 @@ def main() -> None:
         joined[s.key()] = s
     plan = {**{r.spec_key: r.spec for r in first}, **joined}
     slowest = max(measured[k] for k in joined if k in measured)
-    order = TpeOrder(plan, seed=args.seed)
-    history = [Finished(r.spec_key, r.objective) for r in first]
-    start = len(history)
-    open_keys = list(joined)
-    unmeasured = 0
+    run = search(TpeOrder(plan, seed=args.seed), list(joined),
+                 lambda k: measured.get(k, slowest),
+                 [Finished(r.spec_key, r.objective) for r in first], until=DEFAULT_PATIENCE)
     print(f"| trial | {args.build} setting | request s (median of the runs) |")
     print("|---|---|---|")
-    while True:
-        without = stale(history, order, 0.01, start)
-        if without >= DEFAULT_PATIENCE:
-            why = f"stopped: {without} trials without a 1% gain"
-            break
-        k = order.pick(open_keys, history)
-        if k is None:
-            why = "every setting measured"
-            break
-        open_keys.remove(k)
+    for i, k in enumerate(run.picks, 1):
         value = measured.get(k)
-        if value is None:
-            unmeasured += 1
-        history.append(Finished(k, value if value is not None else slowest))
         shown = f"{value:.4f}" if value is not None else f"not measured: counted {slowest:.4f}"
-        print(f"| {len(history) - start} | {plan[k].label()} | {shown} |")
-    mine = [h for h in history[start:] if h.spec_key in measured]
-    best = min(mine, key=lambda h: measured[h.spec_key])
+        print(f"| {i} | {plan[k].label()} | {shown} |")
+    without = run.stale[-1] if run.stale else 0
+    why = (f"stopped: {without} trials without a 1% gain" if without >= DEFAULT_PATIENCE
+           else "every setting measured")
+    unmeasured = sum(k not in measured for k in run.picks)
+    best = min((k for k in run.picks if k in measured), key=measured.__getitem__)
     known = min(measured[k] for k in joined if k in measured)
-    print(f"\n{why}; {len(history) - start} {args.build} trials ({unmeasured} not measured in "
-          f"the runs given); best {plan[best.spec_key].label()} {measured[best.spec_key]:.4f} s, "
+    print(f"\n{why}; {len(run.picks)} {args.build} trials ({unmeasured} not measured in "
+          f"the runs given); best {plan[best].label()} {measured[best]:.4f} s, "
           f"the best any run measured for this build {known:.4f} s "
-          f"({measured[best.spec_key] / known - 1:+.1%})")
+          f"({measured[best] / known - 1:+.1%})")
 
 
 if __name__ == "__main__":

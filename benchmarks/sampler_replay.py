@@ -116,20 +116,31 @@ def load(folder: Path) -> Grid:
                 seconds={r.spec_key: r.objective for r in records if r.objective is not None})
 
 
-def replay(grid: Grid, kind: str, seed: int) -> Replay:
-    if kind == "grid":
-        return Replay(list(grid.plan), [0] * len(grid.plan))
-    order = ORDERS[kind](grid.plan, seed)
-    history: list[Finished] = []
+def search(order: TpeOrder, open_keys: list[str], seconds: Callable[[str], float],
+           history: list[Finished] | None = None, until: int | None = None) -> Replay:
+    """The sweep's search loop on recorded figures: ``order`` picks among ``open_keys``, each
+    pick is told its ``seconds``, and the stop rule counts (``sampler.stale``, 1% gain; the
+    trials of ``history``, finished before these settings joined, never count) until every
+    setting is done or, given ``until`` (a patience), the count reaches it."""
+    history = list(history or [])
+    start = len(history)
+    open_keys = list(open_keys)
+    picks: list[str] = []
     counts: list[int] = []
-    open_keys = list(grid.plan)
-    while open_keys:
+    while open_keys and (until is None or not counts or counts[-1] < until):
         k = order.pick(open_keys, history)
         assert k is not None
         open_keys.remove(k)
-        history.append(Finished(k, grid.seconds[k]))
-        counts.append(stale(history, order, 0.01))
-    return Replay([h.spec_key for h in history], counts)
+        picks.append(k)
+        history.append(Finished(k, seconds(k)))
+        counts.append(stale(history, order, 0.01, start))
+    return Replay(picks, counts)
+
+
+def replay(grid: Grid, kind: str, seed: int) -> Replay:
+    if kind == "grid":
+        return Replay(list(grid.plan), [0] * len(grid.plan))
+    return search(ORDERS[kind](grid.plan, seed), list(grid.plan), grid.seconds.__getitem__)
 
 
 def _job(args: tuple[Grid, str, int]) -> tuple[str, str, Replay]:
