@@ -6,9 +6,10 @@ plan), fitted on the finished trials of the plan as the study's storage holds th
 is the sampler's state, so a re-run, or another sweep of the same study, continues from the same
 history. It starts with the baseline and llama.cpp's own defaults (n_batch 2048, n_ubatch 512,
 flash attention, f16 cache), then tries every value of every dimension at least once in each
-kernel build (the coverage), then every neighbour of the best setting so far (one dimension
-changed, the build counted as one), then follows the model. The coverage is per build because a build
-changes how the other settings behave: on an H100 the cuBLAS build's prompt speed grows with
+kernel build (the coverage), then (``--objective request``) every neighbour of the best setting
+so far (one declared setting changed: the build counts as one, the K and V cache types together
+as one), then follows the model. The coverage is per build because a build changes how the
+other settings behave: on an H100 the cuBLAS build's prompt speed grows with
 n_ubatch where the MMQ build's stays flat, and a model fitted on the MMQ build's trials never
 proposed the large n_ubatch the cuBLAS build needed (run 28 of docs/benchmarks.md: the search
 stopped 7% short). A coverage pick is the open setting that tries the most untried values of
@@ -172,9 +173,10 @@ class TpeOrder:
         return min(open_keys, key=lambda k: (self._distance(k, proposal), open_keys.index(k)))
 
     def model(self, history_size: int) -> optuna.samplers.BaseSampler:
-        """The model that proposes a setting once the seeds and the coverage are done: TPE
-        (benchmarks/sampler_replay.py compares it with optuna's GP sampler and with random
-        picks on recorded GPU figures; docs/benchmarks.md says why TPE)."""
+        """The model that proposes a setting once the seeds, the coverage and the best's
+        neighbours are done: TPE (benchmarks/sampler_replay.py compares it with optuna's GP
+        sampler and with random picks on recorded GPU figures; docs/benchmarks.md says why
+        TPE)."""
         return optuna.samplers.TPESampler(seed=self.seed + history_size,
                                           n_startup_trials=STARTUP, multivariate=True)
 
