@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -117,19 +119,32 @@ def pruned_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> 
     wide that the slow one's stay under its bar (a suite running 4 workers on 2 cores once
     stretched the best to 2.2x its quiet time): then, and only then, the sweep runs again in a
     fresh folder, at most 3 times. A slow trial that cleared the bar and ran on is a failure."""
-    attempts = 0
-    while attempts < 3:
-        attempts += 1
-        root = tmp_path_factory.mktemp("prune")
-        write_space(root / "space.yaml", n_batch=[256], n_ubatch=[256, 128, 1])
-        proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space",
-                     root / "space.yaml", "--prompt-tokens", 256, "--gen-tokens", 2, "--n-ctx",
-                     512, "--repetitions", 3, "--sampler", "grid", "--prune", "--finalist-rounds",
-                     2, "--served-requests", 0, "--results", root / "results",
-                     "--out", root / "production.yaml", cwd=root)
-        if proc.returncode != 0 or not _declined_under_load(root / "results"):
-            break
+    root, proc, attempts = _sweep_until_decided(
+        lambda: tmp_path_factory.mktemp("prune"), tiny_model, [256, 128, 1],
+        "--sampler", "grid", "--prune", "--finalist-rounds", 2)
     return {"root": root, "proc": proc, "attempts": attempts}
+
+
+def _sweep_until_decided(folder: Callable[[], Path], model: Path, n_ubatch: list[int],
+                         *args: object, again: bool = True,
+                         ) -> tuple[Path, subprocess.CompletedProcess, int]:
+    """A CPU sweep of ``model`` over n_batch 256 and ``n_ubatch`` (256 + 2 tokens, 3
+    repetitions, no served phase; ``args`` add to it) in a fresh ``folder()``; with ``again``,
+    run again in a new one, at most 3 times in all, while the rule rightly declined to prune
+    the slow setting under load (``_declined_under_load``). The last folder, its process and
+    the runs made."""
+    runs = 0
+    while True:
+        runs += 1
+        root = folder()
+        write_space(root / "space.yaml", n_batch=[256], n_ubatch=n_ubatch)
+        proc = tuner("sweep", "--model", model, "--device", "cpu", "--space",
+                     root / "space.yaml", "--prompt-tokens", 256, "--gen-tokens", 2, "--n-ctx",
+                     512, "--repetitions", 3, *args, "--served-requests", 0,
+                     "--results", root / "results", "--out", root / "production.yaml", cwd=root)
+        if (runs == 3 or not again or proc.returncode != 0
+                or not _declined_under_load(root / "results")):
+            return root, proc, runs
 
 
 def _declined_under_load(results: Path) -> bool:
@@ -209,17 +224,11 @@ def test_pruning_by_default_with_tpe_and_not_with_the_grid(tiny_model: Path, tmp
     # tpe, a run where the rule rightly declined (the best's own repetitions spread past the slow
     # one's: a loaded machine, as in the fixture above) runs again in a fresh folder, at most 3
     # times; the grid never prunes, so one run decides.
-    for attempt in range(3):
-        root = tmp_path / f"run{attempt}"
-        write_space(root / "space.yaml", n_batch=[256], n_ubatch=[256, 1])
-        proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space",
-                     root / "space.yaml", "--prompt-tokens", 256, "--gen-tokens", 2,
-                     "--n-ctx", 512, "--repetitions", 3, "--sampler", sampler,
-                     "--finalist-rounds", 0, "--served-requests", 0, "--results",
-                     root / "results", "--out", root / "production.yaml", cwd=root)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        if not pruned or not _declined_under_load(root / "results"):
-            break
+    runs = iter(range(3))
+    root, proc, _ = _sweep_until_decided(lambda: tmp_path / f"run{next(runs)}", tiny_model,
+                                         [256, 1], "--sampler", sampler, "--finalist-rounds", 0,
+                                         again=pruned)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     study = list_studies(default_storage(root / "results"))[0]
     slow = next(r for r in records_of(default_storage(root / "results"), study)
                 if r.spec.context.n_ubatch == 1)
