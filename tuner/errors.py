@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tuner.builds.cpuflags import pip_install_command
+
 
 class TunerError(Exception):
     """Base of every error the CLI reports as one line. ``exit_code`` follows the contract:
@@ -31,7 +33,4 @@ class EnvironmentUnfit(TunerError):
     exit_code = 3
 
 
-CUDA_INSTALL_HINT = (
-    'install a CUDA build: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall '
-    "--no-cache-dir llama-cpp-python"
-)
+CUDA_INSTALL_HINT = f"install a CUDA build: {pip_install_command(cuda=True)}"

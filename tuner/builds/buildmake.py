@@ -31,6 +31,7 @@ from tuner.builds.catalog import (
     probe_library,
     summarize,
 )
+from tuner.builds.cpuflags import cmake_flag_args
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.specs import Frozen
 
@@ -138,7 +139,8 @@ def plan_build(variant: str, *, source: Path | None, builds_dir: Path = Path("bu
                          ":all:", "--dest", str(cache), f"llama-cpp-python=={version}"])
     staging = builds_dir / f".{variant}.partial"
     cmake_dir = staging / "cmake"
-    args = BASE_CMAKE_ARGS + VARIANTS[variant]
+    # llama.cpp's AMX path off, on every variant: the host's weights would crash in it.
+    args = BASE_CMAKE_ARGS + VARIANTS[variant] + cmake_flag_args()
     if arch:
         args.append(f"-DCMAKE_CUDA_ARCHITECTURES={arch}")
     commands += [

@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from tuner.builds.cpuflags import pip_install_command
 from tuner.results.records import Measurement, ServedFigures, TrialRecord
 from tuner.settings import environment
 from tuner.specs import TrialSpec
@@ -69,9 +70,7 @@ def rebuild_command(lib_dir: str | None, record: TrialRecord) -> str:
     env = record.environment
     version = env.llama_cpp_python if env else "0.3.36"
     cuda = bool(env and env.system_info and "CUDA" in env.system_info)
-    prefix = 'CMAKE_ARGS="-DGGML_CUDA=on" ' if cuda else ""
-    return (f"{prefix}pip install --force-reinstall --no-cache-dir "
-            f"'llama-cpp-python[server]=={version}'")
+    return pip_install_command(version, cuda)
 
 
 def deployment_notes(out: Path) -> dict[str, str]:
