@@ -234,10 +234,13 @@ def report(results_dir: Path, storage: str | None, study: str | None, fmt: str,
               help="What was asked (-1 = every layer on the GPU).")
 @click.option("--builds", "builds_dir", type=click.Path(path_type=Path), default=Path("builds"),
               show_default=True, help="Folder of kernel builds made by `tuner build`.")
-def doctor(log_path: Path | None, n_gpu_layers: int, builds_dir: Path) -> None:
+@click.option("--results", "results_dir", type=click.Path(path_type=Path),
+              default=Path("results"), show_default=True,
+              help="Studies whose every trial died are explained from their stored evidence.")
+def doctor(log_path: Path | None, n_gpu_layers: int, builds_dir: Path, results_dir: Path) -> None:
     """Without --log: check this machine for a CUDA sweep (llama-cpp-python, spawn, each
     build's flags and GPU offload, the CUDA devices llama.cpp and NVML see, the driver), each
-    problem with its fix. With --log: say where a llama.cpp load put the model's layers and KV
+    problem with its fix, and the likely cause where every trial of a stored study died alike. With --log: say where a llama.cpp load put the model's layers and KV
     cache, what that means, and how to fix it. Exit 0 when fit / on the GPU, 3 when not.
 
     \b
@@ -247,10 +250,14 @@ def doctor(log_path: Path | None, n_gpu_layers: int, builds_dir: Path) -> None:
     """
     if log_path is None:
         from tuner.machine.envdoctor import check_environment
+        from tuner.results.deathcauses import study_causes
 
         report = check_environment(builds_dir)
         for line in report.lines:
             out.print(line, markup=False, soft_wrap=True)
+        for study, cause in study_causes(results_dir):
+            for line in cause.lines():
+                out.print(f"study {study}: {line}", markup=False, soft_wrap=True)
         sys.exit(report.exit_code)
     from tuner.evidence.doctor import diagnose_file
 

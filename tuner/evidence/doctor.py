@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from tuner.builds.buildinfo import BuildFlags, variant_of
 from tuner.errors import CUDA_INSTALL_HINT, BadInput
+from tuner.evidence.deaths import amx_lines
 from tuner.evidence.opplacement import REPORT_HINT, OpSummary, check_ops
 from tuner.evidence.placement import (
     Expectation,
@@ -70,6 +71,7 @@ def diagnose(text: str, n_gpu_layers: int = -1) -> Diagnosis:
             advice.append(_OPS_ADVICE)
         for meaning, fix in advice:
             lines += [f"Meaning: {meaning}", f"Fix: {fix}"]
+    lines += amx_lines(text)
     return Diagnosis(exit_code=0 if verified else 3, lines=lines)
 
 

@@ -17,7 +17,9 @@ from typing import Any
 
 from tuner.builds.buildinfo import find_system_info
 from tuner.builds.catalog import BuildInfo, discover_builds, installed_version, summarize
+from tuner.builds.cpuflags import has_amx
 from tuner.errors import CUDA_INSTALL_HINT, EnvironmentUnfit
+from tuner.evidence.deaths import AMX_FIX
 from tuner.evidence.placement import parse_load_log
 from tuner.specs import Frozen, ModelSettings
 
@@ -32,6 +34,7 @@ class BuildCheck(Frozen):
     nvml_gpus: list[str] = []
     driver: str | None = None
     version_ok: bool = True
+    amx: bool = False  # built with llama.cpp's AMX code path (tuner/builds/cpuflags.py)
     error: str | None = None
 
     @property
@@ -100,7 +103,7 @@ def _probe(build: BuildInfo, installed: str) -> BuildCheck:
     flags = find_system_info(hello.system_info)
     return BuildCheck(
         **base, flags=summarize(flags) if flags else None, cuda=bool(flags and flags.cuda),
-        offload=hello.supports_gpu_offload,
+        offload=hello.supports_gpu_offload, amx=has_amx(hello.system_info or ""),
         llama_devices=parse_load_log(hello.log).cuda_devices,
         nvml_gpus=[f"{g.index}: {g.name}" for g in hello.gpus], driver=hello.driver)
 
@@ -126,6 +129,11 @@ def _problems(checks: list[BuildCheck]) -> list[tuple[str, str]]:
             out.append((f"build {c.name} is of another llama-cpp-python version than the "
                         "installed one (the ctypes signatures must match)",
                         f"rebuild it: tuner build --variant {c.name}"))
+        if c.amx:
+            out.append((f"build {c.name} was compiled with llama.cpp's AMX code path "
+                        "(AMX_INT8 = 1), which crashes (SIGSEGV) on weights kept on this CPU: a "
+                        "CPU sweep, a partial offload (llama.cpp issue 20824)",
+                        f"tuner build --variant {c.name}" if c.name != "installed" else AMX_FIX))
     if any(c.fit for c in checks):
         return out
     usable = [c for c in checks if not c.error and c.version_ok]
@@ -155,7 +163,7 @@ def _report(lines: list[str], problems: list[tuple[str, str]],
     if fit:
         names = ", ".join(c.name for c in checks if c.fit)
         out.append(f"Verdict: fit for a CUDA sweep (builds that can: {names}).")
-    elif any(c.error is None and c.version_ok for c in checks):
+    elif any(c.error is None and c.version_ok and not c.amx for c in checks):
         out.append("Verdict: NOT fit for a CUDA sweep (tuner sweep --device cpu still works).")
     else:
         out.append("Verdict: NOT fit for a CUDA sweep.")

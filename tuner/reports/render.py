@@ -98,6 +98,9 @@ def print_sweep_result(out: Path, result: Any) -> None:
         what = "production config" if getattr(result, "deferred", False) else \
             "no production config written"
         c.print(f"{what}: {result.no_config_reason}", markup=False)
+        for cause in getattr(result, "causes", []):
+            for line in cause.lines():
+                c.print(line, markup=False)
         return
     c.print(_fmt_best(result.best), markup=False)
     if result.finalists is not None:

@@ -14,16 +14,19 @@ from typing import Any, Protocol, cast
 from tuner.builds import catalog as builds_mod
 from tuner.builds.autobuild import BackgroundBuilds, Builder
 from tuner.builds.buildinfo import BuildFlags, fa_supports, parse_system_info
+from tuner.builds.cpuflags import has_amx
 from tuner.builds.selection import MissingBuild, missing_builds, redundant_builds
 from tuner.deploy.configcheck import close_children
 from tuner.deploy.prodconfig import WrittenConfig, check_out, write_production
 from tuner.deploy.servedfinal import choose
 from tuner.deploy.servedmeasure import measure_served
 from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
+from tuner.evidence.deaths import Cause
 from tuner.evidence.environment import environment, gpu_of, model_sha256
 from tuner.machine.interrupt import critical
 from tuner.machine.writable import check_writable_folder
 from tuner.models.modelcheck import ModelInfo, check_model
+from tuner.results.deathcauses import causes_of, dying_alike
 from tuner.results.records import Environment, FinalistReport, ServedFigures, TrialRecord, WorkerDrift
 from tuner.results.store import (
     check_disk,
@@ -126,6 +129,7 @@ class SweepResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase
     objective: str = "request"
     front: list[TrialRecord] = field(default_factory=list)  # --objective pareto: the front
+    causes: list[Cause] = field(default_factory=list)  # why every trial of a build died alike
 
 
 def default_study(info: ModelInfo, device: Device, wl: Workload) -> str:
@@ -273,6 +277,13 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         to_make = builds_to_make(probes) if opts.build_missing and space_file is None else []
         probes = _without_redundant_builds(probes, space_file is not None, events,
                                            building=bool(to_make))
+        if opts.device == "cpu":
+            for p in probes.values():
+                if has_amx(p.hello.system_info or ""):
+                    events.note(f"build {p.name} was compiled with llama.cpp's AMX code path "
+                                "(AMX_INT8 = 1), which crashes on this CPU's weights (llama.cpp "
+                                "issue 20824): its trials are likely to die; scripts/install.sh "
+                                "rebuilds it without (tuner/builds/cpuflags.py)")
 
         def plan_of(probes: dict[str, BuildProbe]) -> tuple[Space, list[TrialSpec]]:
             space = space_file or default_space(opts.device, list(probes))
@@ -380,6 +391,11 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                     break
                 if background is not None and background.done():
                     take_builds()
+                if background is None and best is None and dying_alike(ran, DEATHS_TO_STOP):
+                    searched = True
+                    stop_reason = (f"stopped: the first {len(ran)} trials all died the same way "
+                                   "and none completed (the likely cause below)")
+                    break
                 # No stop for a lack of gain while a build is coming: its settings are unseen.
                 if background is None and patience and (
                         stale := _stale(planner, opts, extended_at)) >= patience:
@@ -441,6 +457,8 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     result.sampler, result.stop_reason, result.seen, result.planned = (
         kind, stop_reason, seen, len(specs))
     result.objective = opts.objective
+    if result.best is None:
+        result.causes = causes_of(result.records)
     if opts.objective == "pareto":
         result.front = pareto_front(r for r in result.records if r.spec_key in planner.plan)
     result.seconds = {**({"build (beside the search)": build_s} if build_s else {}),
@@ -604,6 +622,12 @@ def _best(records: list[TrialRecord], planned: set[str]) -> TrialRecord | None:
 def _objective(r: TrialRecord) -> float:
     """A usable record's objective: ``usable`` is only true where it is set."""
     return cast(float, r.objective)
+
+
+# Trials in a row dying the same way (the same state, signal and last log line), none complete,
+# after which a sweep stops: the same death on this many different settings is the build's or
+# the machine's, not a setting's, and the rest of the plan would die alike.
+DEATHS_TO_STOP = 5
 
 
 def _why_no_config(records: list[TrialRecord]) -> str:

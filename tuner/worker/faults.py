@@ -14,7 +14,7 @@ import signal
 import time
 from typing import Any
 
-KINDS = ("abort", "segfault", "hang", "exit", "sigkill", "oom", "raise")
+KINDS = ("abort", "segfault", "hang", "exit", "sigkill", "oom", "amx", "raise")
 
 
 def maybe_inject(stage: str, settings: dict[str, Any] | None = None, log: Any = None) -> None:
@@ -50,5 +50,11 @@ def _fail(kind: str, log: Any) -> None:
                       "device 0: cudaMalloc failed: out of memory\n")
             log.write("CUDA error: out of memory\n")
         os.abort()
+    if kind == "amx":
+        # What a native CPU build prints on an Intel Xeon with AMX before its first batched decode
+        # crashes (llama.cpp issue 20824): the CPU weights in the AMX buffer, then SIGSEGV.
+        if log is not None:
+            log.write("load_tensors:          AMX model buffer size =    95.34 MiB\n")
+        ctypes.string_at(0)
     if kind == "raise":
         raise RuntimeError("injected failure")
