@@ -6,6 +6,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# What only the suite needs: Debian's chromium (tests/test_report_html.py opens the HTML report in
+# it) and PostgreSQL's server programs (tests/postgres.py starts a private server for the shared-
+# study tests). As root with apt they are installed here; otherwise one line says what to install.
+need=()
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${need[*]} for the suite..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "error: the suite needs ${need[*]}: as root, apt-get install -y ${need[*]}" >&2; exit 3
+  fi
+fi
 .venv/bin/python -m ruff check  # the whole tree: tuner, benchmarks, tests, scripts
 # mypy (files and options: [tool.mypy] in pyproject.toml) takes about 20 s on one core with no
 # cache, as in a fresh clone: beside the tests, not before them.
