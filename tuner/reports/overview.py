@@ -180,10 +180,9 @@ def _served_line(finalists: FinalistReport | None,
         return f"not served: {win.served['error']}"
     fig = ServedFigures.model_validate(win.served)
     line = fig.summary() + (f", server threads {fig.n_threads}" if fig.n_threads else "")
-    rec = by_number.get(win.trial)
-    m = rec.measurement if rec else None
-    if m is not None and m.tg_tps is not None and fig.gen_tps is not None:
-        raw = m.tg_tps.median
+    # The raw figure the winner line shows: the finalists' re-measurement, not the search's.
+    raw = win.tg_tps.value if win.tg_tps is not None else None
+    if raw and fig.gen_tps is not None:
         line += (f"; generation {fig.gen_tps.median:.1f} t/s served vs {raw:.1f} t/s raw "
                  f"({(fig.gen_tps.median / raw - 1) * 100:+.0f}%)")
     return line
