@@ -137,7 +137,7 @@ class ServedFigures(Frozen):
     source: Literal["worker", "server"]
     requests: int  # measured requests, after ``warmup`` discarded ones
     warmup: int = 1
-    prompt_tokens: int  # per request, BOS included, as the tokenizer counts them
+    prompt_tokens: int  # the workload's, per request, BOS included (see prompt_lengths)
     gen_tokens: int  # per request, exactly (every end-of-generation token biased away)
     n_threads: int | None = None  # the server-side thread settings these were measured with
     n_threads_batch: int | None = None
