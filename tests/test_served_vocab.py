@@ -127,6 +127,23 @@ def test_a_sweep_of_the_unusual_vocabulary_writes_served_figures_and_the_breakdo
     report = tuner("report", "--results", tmp_path / "results", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert "per token" in report.stdout and "llama_cpp.server over HTTP" in report.stdout
+    # The deployment verifies from another directory against its served figures (a wide
+    # tolerance: 2 shared cores, see tests/test_verify.py).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    verify = tuner("verify", out, "--requests", 1, "--tolerance", 1000, cwd=elsewhere)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "reference: the sidecar's served figures" in verify.stdout
+
+
+def test_verify_of_a_sidecar_that_is_not_an_object_is_bad_input(tmp_path: Path,
+                                                               numbered_model: Path) -> None:
+    config = tmp_path / "production.yaml"
+    config.write_text(f"models:\n- model: {numbered_model}\n")
+    config.with_name("production.tuner.json").write_text("[1, 2]")
+    proc = tuner("verify", config, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "is not a tuner sidecar" in one_line_error(proc)
 
 
 def test_a_served_phase_that_fails_says_why(tmp_path: Path, numbered_model: Path) -> None:

@@ -101,6 +101,9 @@ def load_deployment(config_path: Path) -> Deployment:
         raise BadInput(f"no readable sidecar {side_path} beside the config",
                        hint="verify compares with the build and figures the sweep stored there; "
                             "write the config with tuner sweep") from None
+    if not isinstance(side, dict):
+        raise BadInput(f"{side_path} is not a tuner sidecar (not a JSON object)",
+                       hint="write the config with tuner sweep")
     model = str(models[0].get("model", ""))
     if not Path(model).is_file():
         raise BadInput(f"model {model} named in {config_path} not found",
@@ -248,6 +251,7 @@ def compare(measured: ServedFigures, side: dict[str, Any],
     raw figures when it has none (the raw loop leaves out the per-token Python work, so a gap
     there is expected and said)."""
     served = side.get("served")
+    served = served if isinstance(served, dict) else None
     ttft: float | None
     gen: float | None
     if served and "error" not in served:
