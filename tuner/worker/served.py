@@ -237,6 +237,11 @@ def run_job(conn: Conn, raw_job: dict[str, Any], log_path: str,
     except ProtocolError as e:
         answer = Refused(error=str(e))
     else:
+        # The job's environment is the whole of what the service would get: a library folder
+        # the caller's environment names (a stale build) must not reach the import.
+        if "LLAMA_CPP_LIB_PATH" not in job.env:
+            os.environ.pop("LLAMA_CPP_LIB_PATH", None)
+        os.environ.pop("GGML_SCHED_DEBUG", None)
         os.environ.update(job.env)
         redirect_stdio(log_path)
         try:
