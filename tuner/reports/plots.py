@@ -183,22 +183,24 @@ def history(records_df: pd.DataFrame, failed: list[int] | None = None) -> str:
 
 
 def breakdown_bar(bd: TokenBreakdown) -> str:
-    """One horizontal bar stacked from what each stage adds to a served token's time (ms),
-    left to right in the order the served path adds them; a stage that came out faster than
-    the one before it (negative) is left out of the bar and said in the legend."""
+    """One horizontal bar, stacked: each stage's segment runs from where the stages before it
+    ended to its own ms per token, in the order the served path adds them, so the bar ends at
+    the slowest stage measured. A stage measured faster than one before it (stages are timed
+    separately) has no segment and is said in the legend."""
     shares = bd.shares()
     if not shares:
         return _empty("no stage of the per-token breakdown was measured")
     fig, ax = plt.subplots(figsize=(7.5, 1.9))
-    left = 0.0
+    end = 0.0
     for i, sh in enumerate(shares):
         share = f", {sh.share:.0%}" if sh.share is not None else ""
-        label = f"{sh.label}: {sh.added_ms:+.3f} ms{share}"
-        if sh.added_ms > 0:
-            ax.barh([0], [sh.added_ms], left=left, color=COLORS[i % len(COLORS)], label=label)
-            left += sh.added_ms
+        label = f"{sh.label}: {sh.ms_per_token:.3f} ms ({sh.added_ms:+.3f}{share})"
+        if sh.ms_per_token > end:
+            ax.barh([0], [sh.ms_per_token - end], left=end, color=COLORS[i % len(COLORS)],
+                    label=label)
+            end = sh.ms_per_token
         else:
-            ax.barh([0], [0], color="none", label=label + " (not drawn)")
+            ax.barh([0], [0], color="none", label=label + ", no segment")
     ax.set_yticks([])
     ax.set_xlabel("ms per generated token")
     ax.set_title(f"where a served token's time goes: #{bd.trial}, depth {bd.prompt_tokens}")
