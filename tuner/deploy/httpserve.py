@@ -10,10 +10,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import yaml
@@ -26,21 +26,61 @@ from tuner.specs import Workload
 from tuner.worker.served import request_body
 
 
+class Service(Protocol):
+    """A service the workload is timed through over HTTP (``/v1/completions``, streamed):
+    started on a loopback port as a context manager (entering starts the process, leaving
+    stops it), then timed by ``measure_service``. llama_cpp.server is one
+    (``LlamaCppService``); another server (llama.cpp's own ``llama-server``) plugs in by the
+    same three members."""
+
+    name: str  # what reports call it
+
+    def __enter__(self) -> subprocess.Popen[bytes]: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class LlamaCppService:
+    """``python -m llama_cpp.server`` on one model entry, as ``running_server`` starts it."""
+
+    name = "llama_cpp.server"
+
+    def __init__(self, entry: dict[str, Any], env: dict[str, str], port: int, tmp: Path,
+                 log_path: Path) -> None:
+        self._server = running_server({"models": [entry]}, "served.yaml", env, port, tmp,
+                                      log_path)
+
+    def __enter__(self) -> subprocess.Popen[bytes]:
+        return self._server.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.__exit__(*exc)
+
+
+def measure_service(make: Callable[[int, Path, Path], Service], model_path: str,
+                    env: dict[str, str], workload: Workload, requests: int,
+                    timeout_s: float) -> tuple[ServedFigures, str]:
+    """Start the service ``make(port, workdir, log_path)`` builds on a free loopback port,
+    time the workload over HTTP once it answers, stop it; (figures, the service's log)."""
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-served-")))
+        port, log_path = free_port(None), tmp / "server.log"
+        proc = stack.enter_context(make(port, tmp, log_path))
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(proc, url, log_path, timeout_s)
+        measured = measure_http(url, model_path, workload, env, requests, timeout_s)
+        return measured, log_path.read_text(errors="replace")
+
+
 def serve_and_measure(entry: dict[str, Any], env: dict[str, str], workload: Workload,
                       requests: int, timeout_s: float) -> tuple[ServedFigures, str]:
     """Start a real server on one model entry (a fresh process), time the workload over HTTP,
     stop it; (figures, the server's log). For served figures taken the way ``tuner verify``
     takes them: the event loop, the streaming threads and the client are all in the picture."""
     server_env = service_env(env)
-    with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-served-")))
-        port, log_path = free_port(None), tmp / "server.log"
-        proc = stack.enter_context(running_server({"models": [entry]}, "served.yaml", server_env, port,
-                                           tmp, log_path))
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(proc, url, log_path, timeout_s)
-        measured = measure_http(url, entry["model"], workload, server_env, requests, timeout_s)
-        return measured, log_path.read_text(errors="replace")
+    return measure_service(
+        lambda port, tmp, log: LlamaCppService(entry, server_env, port, tmp, log),
+        entry["model"], server_env, workload, requests, timeout_s)
 
 
 def free_port(port: int | None) -> int:
@@ -114,7 +154,8 @@ def measure_http(base: str, model_path: str, wl: Workload, env: dict[str, str], 
                                                                   made.eog)))
     return figures(runs[1:], source="server", prompt_tokens=wl.prompt_tokens,
                    gen_tokens=wl.gen_tokens, warmup=1,
-                   max_prefix_reuse=made.max_prefix_reuse)
+                   max_prefix_reuse=made.max_prefix_reuse, lengths=made.lengths[1:],
+                   forced_prefix=made.forced_prefix)
 
 
 def _timed_request(client: httpx.Client, base: str, body: dict[str, Any]) -> dict[str, Any]:

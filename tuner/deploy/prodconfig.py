@@ -36,7 +36,14 @@ from tuner.deploy.service import (
 )
 from tuner.errors import BadInput
 from tuner.evidence.effective import check_effective, trial_settings
-from tuner.results.records import ServedFigures, Stat, TrialRecord
+from tuner.results.breakdown import TokenBreakdown
+from tuner.results.records import (
+    FinalistReport,
+    Interval,
+    ServedFigures,
+    Stat,
+    TrialRecord,
+)
 from tuner.specs import TrialSpec, Workload
 
 SIDECAR_SUFFIX = ".tuner.json"
@@ -98,11 +105,15 @@ def launch_command(out: Path, env: dict[str, str]) -> str:
 
 
 def sidecar(record: TrialRecord, out: Path, *, results_dir: Path, build_lib_dir: str | None,
-            env: dict[str, str], served: ServedFigures | None = None) -> dict[str, Any]:
+            env: dict[str, str], served: ServedFigures | None = None,
+            served_error: str | None = None, finalists: FinalistReport | None = None,
+            breakdown: TokenBreakdown | None = None) -> dict[str, Any]:
     """What the server's format cannot hold: build (absolute library folder and the command
-    that recreates it on another host), environment, launch line, provenance, figures (raw and
-    served, named), workload, verification and the machine the trial ran on."""
+    that recreates it on another host), environment, launch line, provenance, figures (raw,
+    each named for where it comes from, and served, or why there are none), the per-token
+    breakdown when measured, workload, verification and the machine the trial ran on."""
     m = record.measurement
+    figures = raw_figures(record, finalists)
     lib_dir = build_lib_dir or (record.environment.build_lib_dir if record.environment else None)
     lib_dir = os.path.abspath(lib_dir) if lib_dir else None
     return {
@@ -126,19 +137,11 @@ def sidecar(record: TrialRecord, out: Path, *, results_dir: Path, build_lib_dir:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
         "spec": record.spec.model_dump(mode="json"),
-        "figures": {
-            "kind": RAW_KIND,
-            "objective_request_s": record.objective,
-            "pp_tps": _stat(m.pp_tps) if m else None,
-            "tg_tps": _stat(m.tg_tps) if m and m.tg_tps else None,
-            "request_s": _stat(m.request_seconds) if m else None,
-            "gpu_peak_mib": m.gpu_peak_mib if m else None,
-            "gpu_total_mib": m.gpu_total_mib if m else None,
-            "load_s": m.load_seconds if m else None,
-            "unstable": m.unstable if m else None,
-        },
-        "served": {"kind": SERVED_KIND, **served.model_dump(mode="json")} if served else None,
-        "served_vs_raw": served_vs_raw(m, served) if m and served else None,
+        "figures": figures,
+        "served": served_section(served, served_error),
+        "served_vs_raw": (served_vs_raw(figures, record.workload.prompt_tokens, served)
+                          if m and served else None),
+        **({"breakdown": breakdown.model_dump(mode="json")} if breakdown else {}),
         "workload": record.workload.model_dump(mode="json"),
         "verification": record.verification.model_dump(mode="json"),
         "environment": record.environment.model_dump(mode="json") if record.environment else None,
@@ -147,6 +150,58 @@ def sidecar(record: TrialRecord, out: Path, *, results_dir: Path, build_lib_dir:
 
 def _stat(s: Stat) -> dict[str, float]:
     return {"median": s.median, "min": s.min, "max": s.max}
+
+
+def _interval(i: Interval) -> dict[str, float]:
+    return {"value": i.value, "low": i.low, "high": i.high, "level": i.level}
+
+
+def raw_figures(record: TrialRecord, finalists: FinalistReport | None) -> dict[str, Any]:
+    """The raw (decode loop) figures of ``record`` for the sidecar, named for their source: the
+    finalists' re-measurement of it when there is one (mean over fresh processes of each
+    process's median, with its Student-t interval), else its search trial (median and range
+    of its repetitions). What only the search trial measured says so in ``sources``."""
+    m = record.measurement
+    trial = f"search trial #{record.number}"
+    f = next((x for x in (finalists.finalists if finalists else [])
+              if x.trial == record.number and x.spec_key == record.spec_key), None)
+    if f is None:
+        reps = f": median of its {len(m.pp_tps.samples)} repetitions" if m else ""
+        return {
+            "kind": RAW_KIND,
+            "source": trial + reps,
+            "objective_request_s": record.objective,
+            "pp_tps": _stat(m.pp_tps) if m else None,
+            "tg_tps": _stat(m.tg_tps) if m and m.tg_tps else None,
+            "request_s": _stat(m.request_seconds) if m else None,
+            "gpu_peak_mib": m.gpu_peak_mib if m else None,
+            "gpu_total_mib": m.gpu_total_mib if m else None,
+            "load_s": m.load_seconds if m else None,
+            "unstable": m.unstable if m else None,
+        }
+    return {
+        "kind": RAW_KIND,
+        "source": (f"finalists: mean of {f.rounds} fresh processes (each the median of its "
+                   f"repetitions), {f.request_seconds.level:.0%} Student-t interval"),
+        "objective_request_s": f.request_seconds.value,
+        "pp_tps": _interval(f.pp_tps),
+        "tg_tps": _interval(f.tg_tps) if f.tg_tps else None,
+        "request_s": _interval(f.request_seconds),
+        "gpu_peak_mib": f.gpu_peak_mib,
+        "gpu_total_mib": m.gpu_total_mib if m else None,
+        "load_s": m.load_seconds if m else None,
+        "unstable": m.unstable if m else None,
+        "sources": {"gpu_peak_mib": f"finalists: the most over {f.rounds} processes",
+                    "gpu_total_mib": trial, "load_s": trial, "unstable": trial},
+    }
+
+
+def served_section(served: ServedFigures | None, error: str | None) -> dict[str, Any] | None:
+    """The sidecar's ``served``: the figures, or why there are none (never a silent null when
+    a reason is known)."""
+    if served is not None:
+        return {"kind": SERVED_KIND, **served.model_dump(mode="json")}
+    return {"kind": SERVED_KIND, "error": error} if error else None
 
 
 def _render_yaml(config: dict[str, Any]) -> str:
@@ -161,14 +216,19 @@ def write_production(record: TrialRecord, out: Path, *, model_path: str, results
                      build_lib_dir: str | None, env: dict[str, str], host: str = "127.0.0.1",
                      port: int = 8000, served: ServedFigures | None = None,
                      threads: int | None = None,
-                     extra: dict[str, Any] | None = None) -> WrittenConfig:
+                     extra: dict[str, Any] | None = None, served_error: str | None = None,
+                     finalists: FinalistReport | None = None,
+                     breakdown: TokenBreakdown | None = None) -> WrittenConfig:
     """Write the server config for ``record`` at ``out``, its sidecar and the service's
     environment file beside it, keeping the files they replace as ``.bak``. Nothing on disk
     changes unless all render and validate, and the config as the server loads it (in the
     service's environment) runs exactly what was measured. Every path written is absolute,
     so the service works from any directory. ``served``: the served-path figures of this
     config, when measured; ``threads``: a thread count chosen from them (default: the trial's);
-    ``extra``: sections the sweep adds to the sidecar (the finalists' intervals and decision)."""
+    ``extra``: sections the sweep adds to the sidecar (the finalists' intervals and decision);
+    ``served_error``: why there are no served figures; ``finalists``: the decision whose
+    re-measurement of ``record`` becomes the raw figures; ``breakdown``: where each
+    millisecond per token goes."""
     out = Path(out).absolute()
     check_out(out)
     if not Path(model_path).is_file():
@@ -187,7 +247,9 @@ def write_production(record: TrialRecord, out: Path, *, model_path: str, results
                                               threads or record_threads(record)))
     side = sidecar_path(out)
     side_text = _render_json({**sidecar(record, out, results_dir=results_dir,
-                                        build_lib_dir=build_lib_dir, env=env, served=served),
+                                        build_lib_dir=build_lib_dir, env=env, served=served,
+                                        served_error=served_error, finalists=finalists,
+                                        breakdown=breakdown),
                               **(extra or {})})
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

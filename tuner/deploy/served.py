@@ -10,6 +10,7 @@ This process never imports llama_cpp."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from tuner.specs import TrialSpec
 from tuner.worker.logcapture import read_tail
 from tuner.worker.protocol import (
     SERVED_REPLY,
+    BreakdownJob,
     Prompts,
     PromptsJob,
     ProtocolError,
@@ -36,14 +38,17 @@ from tuner.worker.runner import SPAWN
 from tuner.worker.served import served_main
 
 
-def run_child(job: PromptsJob | ServedMeasureJob, timeout_s: float) -> tuple[ServedReply, str]:
-    """Run one served-path job in a fresh spawned process; (its answer, its stderr/stdout log).
-    Raises TunerError when the process dies, overruns, or reports an error, and ProtocolError
-    when its answer is not a served-path reply."""
+def run_child(job: PromptsJob | ServedMeasureJob | BreakdownJob, timeout_s: float,
+              target: Callable[[Any, dict[str, Any], str], None] = served_main,
+              ) -> tuple[ServedReply, str]:
+    """Run one served-path job in a fresh spawned process (``target``: its entry,
+    tuner.worker.served's by default); (its answer, its stderr/stdout log). Raises TunerError
+    when the process dies, overruns, or reports an error, and ProtocolError when its answer is
+    not a served-path reply."""
     with tempfile.TemporaryDirectory(prefix="tuner-served-") as tmp:
         log_path = str(Path(tmp) / "served.log")
         conn, child = SPAWN.Pipe()
-        proc = SPAWN.Process(target=served_main,
+        proc = SPAWN.Process(target=target,
                              args=(child, job.model_dump(mode="json"), log_path),
                              daemon=True, name="tuner-served")
         proc.start()
@@ -72,8 +77,9 @@ def run_child(job: PromptsJob | ServedMeasureJob, timeout_s: float) -> tuple[Ser
 
 def prompts_for(model_path: str, prompt_tokens: int, count: int, env: dict[str, str],
                 timeout_s: float = 300) -> Prompts:
-    """Prompts of exactly ``prompt_tokens`` tokens, each starting with a new token, and the
-    model's end-of-generation tokens, from its vocabulary in a spawned process."""
+    """Prompts of ``prompt_tokens`` tokens (the nearest below where the vocabulary cannot make
+    it exactly), each new after the tokens every prompt shares, and the model's
+    end-of-generation tokens, from its vocabulary in a spawned process."""
     answer, _ = run_child(PromptsJob(model_path=model_path, env=env,
                                      prompt_tokens=prompt_tokens, count=count), timeout_s)
     return expect_reply(answer, Prompts, "a prompts job")
@@ -90,10 +96,13 @@ def check_placement(log: str, spec: TrialSpec) -> None:
 
 def figures(runs: list[dict[str, Any]], *, source: Literal["worker", "server"],
             prompt_tokens: int, gen_tokens: int, warmup: int, max_prefix_reuse: int,
-            n_threads: int | None = None, n_threads_batch: int | None = None) -> ServedFigures:
+            n_threads: int | None = None, n_threads_batch: int | None = None,
+            lengths: list[int] | None = None, forced_prefix: int | None = None,
+            ) -> ServedFigures:
     """Medians and spreads of timed requests (``ttft_s``, ``gen_s``, ``request_s``,
     ``finish_reason`` each). A request that stopped before ``gen_tokens`` is an error: its
-    speed would be of another workload."""
+    speed would be of another workload. ``lengths``: the measured prompts' token counts, kept
+    when any differs from ``prompt_tokens``."""
     if not runs:
         raise TunerError("no served request was timed")
     early = [r.get("finish_reason") for r in runs if r.get("finish_reason") != "length"]
@@ -111,4 +120,6 @@ def figures(runs: list[dict[str, Any]], *, source: Literal["worker", "server"],
         gen_tokens=gen_tokens, n_threads=n_threads, n_threads_batch=n_threads_batch,
         ttft_s=ttft, gen_tps=gen, request_s=request, max_prefix_reuse=max_prefix_reuse,
         unstable=widest_spread(ttft, gen, request) > UNSTABLE_SPREAD,
-        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        prompt_lengths=list(lengths) if lengths and set(lengths) != {prompt_tokens} else None,
+        forced_prefix=forced_prefix)

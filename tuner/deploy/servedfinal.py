@@ -28,6 +28,21 @@ class ServedChoice:
     winner: TrialRecord
     served: ServedFigures | None  # the winner's, at ``threads``
     threads: int | None  # the server thread count chosen from the served figures
+    error: str | None = None  # why the winner has no served figures (None when it has)
+
+
+def served_error(report: FinalistReport) -> str | None:
+    """Why the winner of ``report`` has no served figures, as stored in its finalist entry
+    (None when it has figures, or when serving was not asked)."""
+    win = next((f for f in report.finalists if f.trial == report.winner_trial), None)
+    if win is None or not win.served or "error" not in win.served:
+        return None
+    return str(win.served["error"])
+
+
+def _failure(e: Exception) -> str:
+    """One line for a served phase that failed: a TunerError's message, else the type too."""
+    return e.message if isinstance(e, TunerError) else f"{type(e).__name__}: {e}"
 
 
 def thread_candidates(record: TrialRecord) -> list[int]:
@@ -55,7 +70,7 @@ def _confirm(records: dict[int, TrialRecord], serve: Serve, first: int,
     cannot be served."""
     try:
         return {first: serve(records[first], None), second: serve(records[second], None)}
-    except TunerError:
+    except Exception:  # noqa: BLE001 - no confirmation: the raw decision stands
         return None
 
 
@@ -68,8 +83,9 @@ def choose(report: FinalistReport, records: dict[int, TrialRecord], serve: Serve
         if f.verified:
             try:
                 fig = serve(records[f.trial], None)
-            except TunerError as e:  # a finalist the server cannot run loses its place
-                figures.append(f.model_copy(update={"served": {"error": e.message}}))
+            except Exception as e:  # noqa: BLE001 - a finalist the server cannot run loses
+                # its place, and says why (the sweep's output and the sidecar show it)
+                figures.append(f.model_copy(update={"served": {"error": _failure(e)}}))
                 continue
             served[f.trial] = fig
         figures.append(f.model_copy(update={"served": fig.model_dump(mode="json") if fig
@@ -103,8 +119,8 @@ def choose(report: FinalistReport, records: dict[int, TrialRecord], serve: Serve
             if t not in tried:
                 try:
                     tried[t] = serve(records[winner], t)
-                except TunerError:
-                    continue
+                except Exception:  # noqa: BLE001 - a thread count that cannot serve is
+                    continue  # not a candidate
         threads = min(tried, key=lambda t: tried[t].request_s.median)
         chosen_fig = tried[threads]
         reason = (f"{reason}; server threads {threads} served fastest of "
@@ -113,4 +129,4 @@ def choose(report: FinalistReport, records: dict[int, TrialRecord], serve: Serve
                    if f.trial == winner else f for f in figures]
     new = report.model_copy(update={"finalists": figures, "winner_trial": winner,
                                     "reason": reason})
-    return ServedChoice(new, records[winner], chosen_fig, threads)
+    return ServedChoice(new, records[winner], chosen_fig, threads, served_error(new))

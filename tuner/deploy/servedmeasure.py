@@ -49,4 +49,5 @@ def measure_served(model_path: str | os.PathLike[str], spec: TrialSpec, workload
     return figures([r.model_dump() for r in runs.runs], source="worker",
                    prompt_tokens=workload.prompt_tokens, gen_tokens=workload.gen_tokens,
                    warmup=1, max_prefix_reuse=runs.max_prefix_reuse,
-                   n_threads=runs.n_threads, n_threads_batch=runs.n_threads_batch)
+                   n_threads=runs.n_threads, n_threads_batch=runs.n_threads_batch,
+                   lengths=runs.lengths, forced_prefix=runs.forced_prefix)

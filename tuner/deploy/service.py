@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.builds.cpuflags import pip_install_command
-from tuner.results.records import Measurement, ServedFigures, TrialRecord
+from tuner.results.records import ServedFigures, TrialRecord
 from tuner.settings import environment
 from tuner.specs import TrialSpec
 
@@ -86,12 +86,28 @@ def deployment_notes(out: Path) -> dict[str, str]:
     }
 
 
-def served_vs_raw(raw: Measurement, served: ServedFigures) -> dict[str, float | None]:
+def raw_prediction(figures: dict[str, Any], prompt_tokens: int) -> tuple[float | None,
+                                                                          float | None]:
+    """(time to first token, generation tok/s) a sidecar's raw figures predict: the prompt at
+    the raw prompt speed, generation at the raw decode speed (each figure's central value: the
+    finalists' mean, else the search trial's median)."""
+    pp, tg = _central(figures.get("pp_tps")), _central(figures.get("tg_tps"))
+    return (prompt_tokens / pp if pp and prompt_tokens else None), tg
+
+
+def _central(fig: Any) -> float | None:
+    if not isinstance(fig, dict):
+        return None
+    value = fig.get("value", fig.get("median"))
+    return float(value) if isinstance(value, (int, float)) and value else None
+
+
+def served_vs_raw(figures: dict[str, Any], prompt_tokens: int,
+                  served: ServedFigures) -> dict[str, float | None]:
     """The gap a user sizing a deployment from the sweep would miss: served over raw, as
     relative changes (negative: the service is slower), with both numbers."""
-    # As tuner verify predicts it from the sidecar: the prompt at the median raw prompt speed.
-    raw_ttft = raw.prompt_tokens / raw.pp_tps.median if raw.prompt_tokens else None
-    raw_gen = raw.tg_tps.median if raw.tg_tps else None
+    # As tuner verify predicts it from the sidecar.
+    raw_ttft, raw_gen = raw_prediction(figures, prompt_tokens)
     gen = served.gen_tps.median if served.gen_tps else None
     return {
         "raw_ttft_s": raw_ttft, "served_ttft_s": served.ttft_s.median,

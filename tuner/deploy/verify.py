@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from tuner.builds.buildinfo import BuildFlags, find_system_info, variant_of
 from tuner.deploy.httpserve import free_port, measure_http, running_server, wait_ready
 from tuner.deploy.prodconfig import sidecar_path
-from tuner.deploy.service import env_file_path, read_env_file
+from tuner.deploy.service import env_file_path, raw_prediction, read_env_file
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.evidence.placement import expect, parse_load_log, verify
 from tuner.machine.childenv import service_env
@@ -101,6 +101,9 @@ def load_deployment(config_path: Path) -> Deployment:
         raise BadInput(f"no readable sidecar {side_path} beside the config",
                        hint="verify compares with the build and figures the sweep stored there; "
                             "write the config with tuner sweep") from None
+    if not isinstance(side, dict):
+        raise BadInput(f"{side_path} is not a tuner sidecar (not a JSON object)",
+                       hint="write the config with tuner sweep")
     model = str(models[0].get("model", ""))
     if not Path(model).is_file():
         raise BadInput(f"model {model} named in {config_path} not found",
@@ -139,13 +142,29 @@ def run_verify(config_path: Path, *, url: str | None = None, port: int | None = 
             if facts["placement_reasons"]:
                 return VerifyResult(config=str(dep.config_path), url=url, log_path=str(log_path),
                                     tolerance=tolerance, **facts)
-        measured = measure_http(url.rstrip("/"), dep.model_path, dep.workload, server_env,
-                                requests, timeout_s)
+        measured = _measured(url.rstrip("/"), dep, server_env, requests, timeout_s)
     kind, note, checks = compare(measured, dep.sidecar, tolerance)
     return VerifyResult(config=str(dep.config_path), url=url,
                         log_path=str(log_path) if log_path else None, measured=measured,
                         reference_kind=kind, reference_note=note, checks=checks,
                         gap=gap_line(measured, dep.sidecar), tolerance=tolerance, **facts)
+
+
+def _measured(url: str, dep: Deployment, env: dict[str, str], requests: int,
+              timeout_s: float) -> ServedFigures:
+    """The workload over HTTP. A served-path failure (prompts the vocabulary cannot make, a
+    served-path process that dies, a reply the service garbles) says why in one line, exit 3:
+    the deployment could not be shown to serve; never an unexpected error (exit 1)."""
+    try:
+        return measure_http(url, dep.model_path, dep.workload, env, requests, timeout_s)
+    except (BadInput, EnvironmentUnfit):
+        raise
+    except TunerError as e:
+        raise EnvironmentUnfit(f"the served workload could not be measured: {e.message}",
+                               hint=e.hint) from None
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
+        raise EnvironmentUnfit("the served workload could not be measured: "
+                               f"{type(e).__name__}: {e}") from None
 
 
 def _log_path(config: Path, log_dir: Path | None, tmp: Path) -> Path:
@@ -208,10 +227,7 @@ def _describe(flags: BuildFlags) -> str:
 def raw_reference(prompt_tokens: int, side: dict[str, Any]) -> tuple[float | None, float | None]:
     """(time to first token, generation tok/s) the sidecar's RAW figures predict: the prompt at
     the raw prompt speed, generation at the raw decode speed."""
-    raw = side.get("figures") or {}
-    pp, tg = raw.get("pp_tps"), raw.get("tg_tps")
-    ttft = prompt_tokens / pp["median"] if pp and pp.get("median") else None
-    return ttft, (tg["median"] if tg else None)
+    return raw_prediction(side.get("figures") or {}, prompt_tokens)
 
 
 def gap_line(measured: ServedFigures, side: dict[str, Any]) -> str | None:
@@ -235,17 +251,23 @@ def compare(measured: ServedFigures, side: dict[str, Any],
     raw figures when it has none (the raw loop leaves out the per-token Python work, so a gap
     there is expected and said)."""
     served = side.get("served")
+    served = served if isinstance(served, dict) else None
     ttft: float | None
     gen: float | None
-    if served:
-        ref = ServedFigures.model_validate({k: v for k, v in served.items() if k != "kind"})
+    if served and "error" not in served:
+        try:
+            ref = ServedFigures.model_validate({k: v for k, v in served.items() if k != "kind"})
+        except ValidationError:
+            raise BadInput("the sidecar's served figures are not valid",
+                           hint="write the config again with tuner sweep") from None
         kind, note = "served", f"the sidecar's served figures ({ref.summary()})"
         ttft = ref.ttft_s.median
         gen = ref.gen_tps.median if ref.gen_tps else None
     else:
         kind = "raw"
-        note = ("the sidecar has no served figures: compared with its RAW figures (decode loop, "
-                "no per-token sampling or streaming), which a service does not reach")
+        why = f" ({served['error']})" if served and served.get("error") else ""
+        note = (f"the sidecar has no served figures{why}: compared with its RAW figures (decode "
+                "loop, no per-token sampling or streaming), which a service does not reach")
         ttft, gen = raw_reference(measured.prompt_tokens, side)
     checks = []
     if ttft:

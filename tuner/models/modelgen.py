@@ -80,8 +80,16 @@ def _pieces() -> Iterator[str]:
             yield "\u2581" + word
 
 
-def vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
-    """Tokens, scores and token types of an SPM vocabulary of exactly ``n_vocab`` entries."""
+def numbered_pieces() -> Iterator[str]:
+    """Pieces of an unusual vocabulary: 'p0', 'p1', ... (no word, no space marker), so that
+    text tokenizes to byte tokens with a few numbered pieces among them."""
+    return (f"p{i}" for i in itertools.count())
+
+
+def vocabulary(n_vocab: int, pieces: Iterator[str] | None = None,
+               ) -> tuple[list[str], list[float], list[int]]:
+    """Tokens, scores and token types of an SPM vocabulary of exactly ``n_vocab`` entries:
+    the special tokens, the 256 byte tokens, then ``pieces`` (default: word-like ones)."""
     from gguf.constants import TokenType
 
     fixed = len(SPECIAL) + 256
@@ -89,7 +97,7 @@ def vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
         raise BadInput(f"n_vocab {n_vocab} is too small: a llama vocabulary needs at least "
                        f"{fixed + 1} tokens")
     tokens = SPECIAL + [f"<0x{b:02X}>" for b in range(256)]
-    tokens += list(itertools.islice(_pieces(), n_vocab - fixed))
+    tokens += list(itertools.islice(pieces or _pieces(), n_vocab - fixed))
     types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
     types += [TokenType.NORMAL] * (n_vocab - fixed)
     scores = [0.0] * fixed + [-float(i) for i in range(n_vocab - fixed)]
@@ -124,11 +132,14 @@ def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: type) -> np
 
 def write_llama(path: str | Path, *, n_layer: int, n_embd: int, n_head: int, n_head_kv: int,
                 n_ff: int, n_vocab: int, context_length: int, dtype: str = "f16",
-                seed: int = 0, sparse: bool = False) -> Path:
+                seed: int = 0, sparse: bool = False,
+                pieces: Iterator[str] | None = None) -> Path:
     """Write a llama-architecture GGUF with random weights that llama.cpp loads and runs.
 
     ``sparse`` leaves the data section a hole of zeros: a full-size file, header and all,
-    that costs no disk and no time, for tests of code that reads only headers and sizes."""
+    that costs no disk and no time, for tests of code that reads only headers and sizes.
+    ``pieces``: the vocabulary's pieces after the byte tokens (``numbered_pieces`` for an
+    unusual one)."""
     import gguf
 
     if dtype not in DTYPES:
@@ -150,7 +161,7 @@ def write_llama(path: str | Path, *, n_layer: int, n_embd: int, n_head: int, n_h
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(n_vocab)
     w.add_file_type(file_type)
-    tokens, scores, types = vocabulary(n_vocab)
+    tokens, scores, types = vocabulary(n_vocab, pieces)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores(scores)

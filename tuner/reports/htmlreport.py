@@ -13,6 +13,7 @@ from tuner.reports.compare import Comparison
 from tuner.reports.overview import Overview
 from tuner.reports.roofline import Roofline
 from tuner.reports.views import secs, tps
+from tuner.results.breakdown import ADDS, STAGES
 from tuner.results.records import (
     FinalistReport,
     ServedFigures,
@@ -253,6 +254,32 @@ def _finalists(f: FinalistReport | None) -> str:
                     {"#", "rounds", "samples", "pp t/s", "tg t/s"}))
 
 
+def _breakdown(ov: Overview, plots: Any) -> str:
+    """The winner's per-token breakdown: a stacked bar and its table, or why there is none."""
+    bd = ov.breakdown
+    if bd is None:
+        why = f": {ov.breakdown_note}" if ov.breakdown_note else " (older study, or not asked)"
+        return f"<p class=muted>Not measured{_e(why)}.</p>"
+    rows = []
+    for sh in bd.shares():
+        st = bd.stage(sh.key)
+        rng = (f"{st.ms_per_token.min:.3f}-{st.ms_per_token.max:.3f}"
+               if st and st.ms_per_token else "")
+        rows.append([sh.label, f"{sh.ms_per_token:.3f}", rng, f"{sh.added_ms:+.3f}",
+                     f"{sh.share:.0%}" if sh.share is not None else "", ADDS[sh.key]])
+    rows += [[STAGES[s.key], "", "", "", "", f"not measured: {s.error}"] for s in bd.stages
+             if s.ms_per_token is None]
+    sampling = ", ".join(f"{k} {v:g}" for k, v in bd.sampling.items())
+    return (f"<p>Trial #{bd.trial} ({_e(bd.label)}), {bd.gen_tokens} tokens generated at "
+            f"depth {bd.prompt_tokens}, {bd.repetitions} repetitions of each stage "
+            f"interleaved, server threads {bd.threads}; llama_cpp.server's default sampling "
+            f"({_e(sampling)}). Each stage is the one before plus one layer of the served "
+            "path; the share is what it adds over the last stage's time.</p>"
+            f"<figure>{plots.breakdown_bar(bd)}</figure>"
+            + table(["stage", "ms/token", "range", "adds ms", "share", "what it adds"], rows,
+                    {"ms/token", "adds ms", "share"}))
+
+
 def _drift(drifts: list[WorkerDrift]) -> str:
     if not drifts:
         return "<p class=muted>No drift sentinel records stored.</p>"
@@ -295,6 +322,7 @@ def study_html(ov: Overview, records: list[TrialRecord], rows: list[dict[str, An
             f"setting explains on its own (a one-way variance decomposition of the verified "
             f"trials; settings interact, so the shares need not add up to 100%).</p>"
             f"<h2>Finalists</h2>{_finalists(finalists)}"
+            f"<h2>Where each millisecond per token goes</h2>{_breakdown(ov, plots)}"
             f"<h2>Warnings</h2>{warnings}<h2>Worker drift</h2>{_drift(drifts)}"
             f"<h2>Placement proof of the winner</h2>{_placement(win)}"
             f"<h2>Environment</h2>{_environment(records, win)}"

@@ -13,6 +13,7 @@ from tuner.builds.catalog import INSTALLED
 from tuner.evidence.stability import instability
 from tuner.reports.analysis import EffectRow, effects, importance
 from tuner.reports.rows import baseline_for, is_baseline, order
+from tuner.results.breakdown import TokenBreakdown
 from tuner.results.records import (
     ConfirmedFigures,
     FinalistFigures,
@@ -67,6 +68,8 @@ class Overview(Frozen):
     pp_gain: float | None
     no_winner_reason: str | None
     served: str | None = None  # the winner through llama_cpp.server, and its gap to the raw loop
+    breakdown: TokenBreakdown | None = None  # where each ms of the winner's served token goes
+    breakdown_note: str | None = None  # why there is no breakdown, when one was asked
     front: list[Pick] = []  # the Pareto front (tuner/search/pareto.py), when it holds a trade-off
     confirmed: list[ConfirmedFigures] = []  # the search's leaders over processes (finalists')
     warnings: list[str]
@@ -171,14 +174,15 @@ def _served_line(finalists: FinalistReport | None,
     if finalists is None:
         return None
     win = next((f for f in finalists.finalists if f.trial == finalists.winner_trial), None)
-    if win is None or not win.served or "error" in win.served:
+    if win is None or not win.served:
         return None
+    if "error" in win.served:
+        return f"not served: {win.served['error']}"
     fig = ServedFigures.model_validate(win.served)
     line = fig.summary() + (f", server threads {fig.n_threads}" if fig.n_threads else "")
-    rec = by_number.get(win.trial)
-    m = rec.measurement if rec else None
-    if m is not None and m.tg_tps is not None and fig.gen_tps is not None:
-        raw = m.tg_tps.median
+    # The raw figure the winner line shows: the finalists' re-measurement, not the search's.
+    raw = win.tg_tps.value if win.tg_tps is not None else None
+    if raw and fig.gen_tps is not None:
         line += (f"; generation {fig.gen_tps.median:.1f} t/s served vs {raw:.1f} t/s raw "
                  f"({(fig.gen_tps.median / raw - 1) * 100:+.0f}%)")
     return line
@@ -234,7 +238,11 @@ def overview(study: str, records: list[TrialRecord], finalists: FinalistReport |
     states = Counter(r.state.value for r in records)
     served = _served_line(finalists, by_number) if finalist_ok else None
     front = pareto_front(records)
+    bd = finalists.breakdown if finalist_ok and finalists is not None else None
+    bd_note = finalists.breakdown_error if finalist_ok and finalists is not None else None
     return Overview(
+        breakdown=bd if bd is not None and bd.trial == (winner.trial if winner else None)
+        else None, breakdown_note=bd_note,
         served=served, confirmed=finalists.confirmed if finalists is not None else [],
         front=[_from_record(r) for r in front] if len(front) > 1 else [],
         study=study, device=records[0].spec.model.device if records else "unknown",

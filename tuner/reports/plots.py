@@ -15,6 +15,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from tuner.results.breakdown import TokenBreakdown  # noqa: E402
+
 plt.rcParams.update({
     "svg.hashsalt": "tuner-report", "svg.fonttype": "none", "font.size": 9,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
@@ -177,4 +179,31 @@ def history(records_df: pd.DataFrame, failed: list[int] | None = None) -> str:
     ax.set_ylabel("request seconds (lower is better)")
     ax.set_title("trial history")
     ax.legend(fontsize=8)
+    return svg(fig)
+
+
+def breakdown_bar(bd: TokenBreakdown) -> str:
+    """One horizontal bar, stacked: each stage's segment runs from where the stages before it
+    ended to its own ms per token, in the order the served path adds them, so the bar ends at
+    the slowest stage measured. A stage measured faster than one before it (stages are timed
+    separately) has no segment and is said in the legend."""
+    shares = bd.shares()
+    if not shares:
+        return _empty("no stage of the per-token breakdown was measured")
+    fig, ax = plt.subplots(figsize=(7.5, 1.9))
+    end = 0.0
+    for i, sh in enumerate(shares):
+        share = f", {sh.share:.0%}" if sh.share is not None else ""
+        label = f"{sh.label}: {sh.ms_per_token:.3f} ms ({sh.added_ms:+.3f}{share})"
+        if sh.ms_per_token > end:
+            ax.barh([0], [sh.ms_per_token - end], left=end, color=COLORS[i % len(COLORS)],
+                    label=label)
+            end = sh.ms_per_token
+        else:
+            ax.barh([0], [0], color="none", label=label + ", no segment")
+    ax.set_yticks([])
+    ax.set_xlabel("ms per generated token")
+    ax.set_title(f"where a served token's time goes: #{bd.trial}, depth {bd.prompt_tokens}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=2, fontsize=8,
+              frameon=False)
     return svg(fig)

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from tuner.errors import BadInput
 from tuner.reports.compare import COMPARE_COLUMNS, Comparison, compare
-from tuner.reports.exporters import export
+from tuner.reports.exporters import breakdown_json, breakdown_md, export
 from tuner.reports.htmlreport import compare_html, study_html
 from tuner.reports.overview import overview
 from tuner.reports.roofline import Roofline, roofline
@@ -83,9 +83,17 @@ def report(studies: list[StudyData], fmt: str, peaks: Peaks = Peaks(),
         roof = _roofline(s, ov.winner.trial if ov.winner else None, peaks)
         return study_html(ov, s.records, rows(s.records, s.drifts), roof, s.finalists, s.drifts)
     all_rows: list[dict[str, Any]] = []
+    sections: list[str] = []
     for s in studies:
-        all_rows.extend({"study": s.name, **r} for r in rows(s.records, s.drifts))
-    return export(all_rows, fmt)
+        bd = overview(s.name, s.records, s.finalists, s.drifts).breakdown \
+            if fmt in ("md", "json") else None
+        for r in rows(s.records, s.drifts):
+            if fmt == "json" and bd is not None and r.get("trial") == bd.trial:
+                r = {**r, "breakdown": breakdown_json(bd)}
+            all_rows.append({"study": s.name, **r})
+        if fmt == "md" and bd is not None:
+            sections.append(breakdown_md(s.name, bd))
+    return export(all_rows, fmt) + "".join("\n" + x for x in sections)
 
 
 def comparison(a: StudyData, b: StudyData) -> Comparison:

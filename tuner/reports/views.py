@@ -103,6 +103,8 @@ def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
             body.add_row("tie" if ov.tie else "undecided", ov.tie_reason or "")
         if ov.served:
             body.add_row("served", ov.served)
+        for i, line in enumerate(breakdown_lines(ov)):
+            body.add_row("per token" if i == 0 else "", line)
     r = ov.runner_up
     if r is not None and ov.gap is not None:
         body.add_row("runner-up", f"#{r.trial} {r.label}: {secs(r.request_s.value)} s, "
@@ -286,3 +288,16 @@ def compare_view(c: Comparison) -> RenderableType:
 
 def _fig(x: float | None) -> str:
     return "" if x is None else (f"{x:,.0f}" if x >= 100 else f"{x:.4g}")
+
+
+def breakdown_lines(ov: Overview) -> list[str]:
+    """Where each millisecond of the winner's served token goes, one line per stage (ms per
+    token, what it adds, its share), or why it was not measured."""
+    bd = ov.breakdown
+    if bd is None:
+        return [f"breakdown not measured: {ov.breakdown_note}"] if ov.breakdown_note else []
+    gpu = bd.gpu_share()
+    head = (f"#{bd.trial} at depth {bd.prompt_tokens}, {bd.gen_tokens} tokens x "
+            f"{bd.repetitions}" + (f"; the decode is {gpu:.0%} of a served token"
+                                   if gpu is not None else ""))
+    return [head, *bd.lines()]

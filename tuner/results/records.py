@@ -3,47 +3,16 @@ and how the trial ended. A record is written once, when its trial ends, and neve
 
 from __future__ import annotations
 
-import statistics
 from typing import Any, Literal
 
 from pydantic import Field
 
 from tuner.evidence.opplacement import OpSummary
+from tuner.results.breakdown import TokenBreakdown
 from tuner.results.readings import GpuClocks, TrialState
+from tuner.results.stat import Stat, widest_spread
 from tuner.settings import undeployable
 from tuner.specs import Frozen, TrialSpec, Workload
-
-
-class Stat(Frozen):
-    """A repeated measurement: median and spread of the kept samples (warm-up excluded)."""
-
-    median: float
-    min: float
-    max: float
-    stdev: float
-    samples: list[float]
-
-    @classmethod
-    def of(cls, samples: list[float]) -> Stat:
-        if not samples:
-            raise ValueError("no samples")
-        return cls(
-            median=statistics.median(samples),
-            min=min(samples),
-            max=max(samples),
-            stdev=statistics.stdev(samples) if len(samples) > 1 else 0.0,
-            samples=list(samples),
-        )
-
-    @property
-    def rel_spread(self) -> float:
-        """(max - min) / median: how far apart the repetitions were."""
-        return (self.max - self.min) / self.median if self.median else 0.0
-
-
-def widest_spread(*stats: Stat | None) -> float:
-    """The largest ``rel_spread`` among ``stats`` (None skipped; 0.0 when none)."""
-    return max((s.rel_spread for s in stats if s is not None), default=0.0)
 
 
 class Measurement(Frozen):
@@ -168,7 +137,7 @@ class ServedFigures(Frozen):
     source: Literal["worker", "server"]
     requests: int  # measured requests, after ``warmup`` discarded ones
     warmup: int = 1
-    prompt_tokens: int  # per request, BOS included, as the tokenizer counts them
+    prompt_tokens: int  # the workload's, per request, BOS included (see prompt_lengths)
     gen_tokens: int  # per request, exactly (every end-of-generation token biased away)
     n_threads: int | None = None  # the server-side thread settings these were measured with
     n_threads_batch: int | None = None
@@ -178,6 +147,20 @@ class ServedFigures(Frozen):
     max_prefix_reuse: int = 0  # longest token prefix a prompt shared with the one before it
     unstable: bool = False  # a figure's (max - min) / median above 10%: flagged, not hidden
     measured_at: str = ""
+    # Tokens of each measured prompt (BOS included) where the vocabulary could not make exactly
+    # ``prompt_tokens`` (the nearest below it); None: every prompt was exact (or an older record).
+    prompt_lengths: list[int] | None = None
+    forced_prefix: int | None = None  # tokens every prompt must share (BOS, a space prefix)
+
+    @property
+    def prompt_note(self) -> str | None:
+        """Why the prompts are not exactly the workload's, or None when they are."""
+        if not self.prompt_lengths:
+            return None
+        lo, hi = min(self.prompt_lengths), max(self.prompt_lengths)
+        span = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        return (f"prompts of {span} tokens, not {self.prompt_tokens}: the nearest this "
+                "vocabulary makes")
 
     def summary(self) -> str:
         """One line: "ttft 0.122 s, gen 171.5 tok/s (106.0-198.0), request 0.87 s"."""
@@ -186,7 +169,8 @@ class ServedFigures(Frozen):
             g = self.gen_tps
             parts.append(f"gen {g.median:.1f} tok/s ({g.min:.1f}-{g.max:.1f})")
         parts.append(f"request {self.request_s.median:.3f} s")
-        return ", ".join(parts) + f" [{self.source}, {self.requests} requests]"
+        note = f"; {self.prompt_note}" if self.prompt_note else ""
+        return ", ".join(parts) + f" [{self.source}, {self.requests} requests{note}]"
 
 
 class FinalistFigures(Frozen):
@@ -254,3 +238,10 @@ class FinalistReport(Frozen):
     # The search's leaders re-measured in fresh workers, fastest median first; the finalists
     # were chosen from these figures (empty: no confirmation ran, or an older report).
     confirmed: list[ConfirmedFigures] = Field(default_factory=list)
+    # Where each millisecond of the winner's served token goes (tuner/results/breakdown.py),
+    # measured after the served stage; or why it was not (None, None: older, or not asked).
+    breakdown: TokenBreakdown | None = None
+    breakdown_error: str | None = None
+
+
+__all__ = ["Stat", "widest_spread"]  # re-exported: declared in tuner/results/stat.py

@@ -16,9 +16,10 @@ from tuner.builds.autobuild import BackgroundBuilds, Builder
 from tuner.builds.buildinfo import BuildFlags, fa_supports, parse_system_info
 from tuner.builds.cpuflags import has_amx
 from tuner.builds.selection import MissingBuild, missing_builds, redundant_builds
+from tuner.deploy.breakdown import with_breakdown
 from tuner.deploy.configcheck import close_children
 from tuner.deploy.prodconfig import WrittenConfig, check_out, write_production
-from tuner.deploy.servedfinal import choose
+from tuner.deploy.servedfinal import choose, served_error
 from tuner.deploy.servedmeasure import measure_served
 from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
 from tuner.evidence.deaths import Cause
@@ -519,7 +520,11 @@ def _decide_and_write(opts: SweepOptions, study: str, folder: Path,
             written = write_production(best, opts.out, model_path=str(info.path),
                                        results_dir=opts.results_dir,
                                        build_lib_dir=p.lib_dir if p else None, env=env_vars,
-                                       extra=extra, served=served_fig, threads=served_threads)
+                                       extra=extra, served=served_fig, threads=served_threads,
+                                       served_error=None if served_fig else _no_served(opts,
+                                                                                       final),
+                                       finalists=final,
+                                       breakdown=final.breakdown if final else None)
             planner.config_written()
         finally:
             planner.release_config()
@@ -596,9 +601,25 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
         choice = choose(report, {f.number: f for f in pool}, serve)
         seconds["served"] = time.monotonic() - t0
         report, fig, threads = choice.report, choice.served, choice.threads
+        if choice.error:
+            events.note(f"served figures of #{report.winner_trial}: none: {choice.error}")
+        t0 = time.monotonic()
+        report = with_breakdown(report, choice, info.path, wl, lib_dirs,
+                                opts.served_requests, opts.load_timeout_s, events.note)
+        seconds["breakdown"] = time.monotonic() - t0
     store.save_finalists(report)
     events.note(f"winner #{report.winner_trial}: {report.reason}")
     return report, fig, threads
+
+
+def _no_served(opts: SweepOptions, final: FinalistReport | None) -> str:
+    """Why the production config has no served figures: the sidecar says so."""
+    if final is None:
+        return ("not measured: no finalists were re-measured (served figures are taken of "
+                "the finalists)")
+    if opts.served_requests <= 0:
+        return "not measured: --served-requests 0"
+    return served_error(final) or "not measured"
 
 
 def _pool_keys(report: FinalistReport) -> set[str]:

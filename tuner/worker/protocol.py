@@ -7,9 +7,9 @@ answers with one ``Hello`` (a probe), ``Ready`` or ``LoadFailed``; a probe then 
 (``Measure``, ``Stop``) on its pipe and answers each ``Measure`` with a ``WorkerReply``
 (``Measured`` or ``TrialFailed``). The drift sentinel is a ``Measure`` of the worker's first
 trial's settings; the operation report (tuner/worker/opproof.py) travels inside ``Measured``.
-A served-path worker (tuner/worker/served.py) takes one ``ServedJob`` (``PromptsJob`` or
-``ServedMeasureJob``) and answers one ``ServedReply`` (``Prompts``, ``ServedRuns`` or
-``ServedFailed``).
+A served-path worker (tuner/worker/served.py) takes one ``ServedJob`` (``PromptsJob``,
+``ServedMeasureJob`` or ``BreakdownJob``) and answers one ``ServedReply`` (``Prompts``,
+``ServedRuns``, ``BreakdownTimes`` or ``ServedFailed``).
 
 Wire format: plain JSON-able dicts (``model_dump(mode="json")``) over the multiprocessing pipe,
 not the model objects. The receiver validates what arrives against its own union, so a message
@@ -217,7 +217,21 @@ class ServedMeasureJob(Frozen):
     gen_tokens: int
 
 
-ServedJob = Annotated[PromptsJob | ServedMeasureJob, Field(discriminator="op")]
+class BreakdownJob(Frozen):
+    """Where a served token's time goes (tuner/results/breakdown.py): the config entry loaded
+    as llama_cpp.server loads it, then ``warmup`` + ``repetitions`` interleaved rounds of every
+    in-process stage, each generating ``gen_tokens`` at depth ``prompt_tokens``."""
+
+    op: Literal["breakdown"] = "breakdown"
+    entry: dict[str, Any]
+    env: dict[str, str]
+    warmup: int
+    repetitions: int
+    prompt_tokens: int
+    gen_tokens: int
+
+
+ServedJob = Annotated[PromptsJob | ServedMeasureJob | BreakdownJob, Field(discriminator="op")]
 SERVED_JOB = TypeAdapter(ServedJob)
 
 
@@ -227,6 +241,7 @@ class Prompts(Frozen):
     eog: list[int]  # end-of-generation tokens, biased away in every request
     lengths: list[int]  # tokens per prompt, BOS included
     max_prefix_reuse: int
+    forced_prefix: int = 0  # tokens every prompt of the vocabulary starts with (BOS, ...)
 
 
 class ServedRun(Frozen):
@@ -246,6 +261,19 @@ class ServedRuns(Frozen):
     max_prefix_reuse: int
     n_threads: int | None
     n_threads_batch: int | None
+    lengths: list[int] = Field(default_factory=list)  # prompt tokens of the measured requests
+    forced_prefix: int = 0
+
+
+class BreakdownTimes(Frozen):
+    """Per stage (raw, eval, sample, bias, completion) its ms per generated token, one per kept
+    round; a stage that failed has its error instead."""
+
+    event: Literal["breakdown"] = "breakdown"
+    ms: dict[str, list[float]]
+    errors: dict[str, str]
+    sampling: dict[str, float]  # the server's default sampling settings, as read there
+    n_threads: int | None
 
 
 class ServedFailed(Frozen):
@@ -254,7 +282,7 @@ class ServedFailed(Frozen):
     traceback: str
 
 
-ServedReply = Annotated[Prompts | ServedRuns | ServedFailed | Refused,
+ServedReply = Annotated[Prompts | ServedRuns | BreakdownTimes | ServedFailed | Refused,
                         Field(discriminator="event")]
 SERVED_REPLY = TypeAdapter(ServedReply)
 
