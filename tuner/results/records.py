@@ -163,9 +163,10 @@ class ServedFigures(Frozen):
     loaded by the server's own loader from the config's model entry), as a client sees it.
     Unlike the raw decode loop (``Measurement``, comparable with llama-bench), this includes the
     per-token Python work: sampling, detokenising, stop checks, streaming. ``source`` says where
-    it was measured: ``worker`` (a spawned process, no HTTP) or ``server`` (over HTTP)."""
+    it was measured: ``worker`` (a spawned process, no HTTP), ``server`` (over HTTP) or
+    ``llama-server`` (llama.cpp's C++ server over HTTP, tuner/deploy/llamaserver.py)."""
 
-    source: Literal["worker", "server"]
+    source: Literal["worker", "server", "llama-server"]
     requests: int  # measured requests, after ``warmup`` discarded ones
     warmup: int = 1
     prompt_tokens: int  # per request, BOS included, as the tokenizer counts them
@@ -254,3 +255,6 @@ class FinalistReport(Frozen):
     # The search's leaders re-measured in fresh workers, fastest median first; the finalists
     # were chosen from these figures (empty: no confirmation ran, or an older report).
     confirmed: list[ConfirmedFigures] = Field(default_factory=list)
+    # The winner served by llama.cpp's llama-server (ServedFigures as JSON, or {"error": why}):
+    # tuner/deploy/llamaserverfinal.py; None where the sweep did not try.
+    llama_server: dict[str, Any] | None = None

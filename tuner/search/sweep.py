@@ -16,6 +16,7 @@ from tuner.builds.autobuild import BackgroundBuilds, Builder
 from tuner.builds.buildinfo import BuildFlags, fa_supports, parse_system_info
 from tuner.builds.selection import MissingBuild, missing_builds, redundant_builds
 from tuner.deploy.configcheck import close_children
+from tuner.deploy.llamaserverfinal import serve_winner
 from tuner.deploy.prodconfig import WrittenConfig, check_out, write_production
 from tuner.deploy.servedfinal import choose
 from tuner.deploy.servedmeasure import measure_served
@@ -578,6 +579,11 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
         choice = choose(report, {f.number: f for f in pool}, serve)
         seconds["served"] = time.monotonic() - t0
         report, fig, threads = choice.report, choice.served, choice.threads
+        report = serve_winner(report, choice.winner, fig, threads, model_path=str(info.path),
+                              lib_dir=lib_dirs.get(choice.winner.spec.model.build),
+                              builds_dir=opts.builds_dir, out=opts.out,
+                              requests=opts.served_requests, timeout_s=opts.load_timeout_s,
+                              note=events.note)
     store.save_finalists(report)
     events.note(f"winner #{report.winner_trial}: {report.reason}")
     return report, fig, threads
