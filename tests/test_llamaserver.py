@@ -25,7 +25,7 @@ from tuner.deploy.llamaserver import SAMPLING, files_of, find_server, read_args,
 from tuner.deploy.llamaserverfinal import serve_winner
 from tuner.deploy.servedmeasure import measure_served
 from tuner.deploy.service import read_env_file, render_env_file
-from tuner.deploy.servicecompare import lines, recommendation, rows
+from tuner.deploy.servicecompare import lines, raw_of, recommendation, rows
 from tuner.results.records import FinalistReport, ServedFigures, Stat, TrialRecord
 from tuner.results.studystore import default_storage, require_study
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
@@ -137,7 +137,7 @@ def test_both_services_side_by_side(deployed: Deployed, smollm2_path: Path) -> N
     py = measure_served(smollm2_path, record.spec, record.workload, None, requests=3, threads=1,
                         via="server")
     cpp = ServedFigures.model_validate(report.llama_server)
-    table = rows(py, cpp, record.measurement)
+    table = rows(py, cpp, raw_of(None, record.number, record.measurement))
     assert [r.service for r in table] == ["llama_cpp.server", "llama-server"]
     assert all(r.figures is not None and r.gen_share and r.ttft_share for r in table)
     faster = min(table, key=lambda r: r.figures.request_s.median)  # type: ignore[union-attr]

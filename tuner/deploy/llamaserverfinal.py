@@ -19,7 +19,7 @@ from tuner.deploy.llamaserver import (
 )
 from tuner.deploy.prodconfig import record_threads
 from tuner.deploy.service import rebuild_command
-from tuner.deploy.servicecompare import lines, rows
+from tuner.deploy.servicecompare import lines, raw_of, rows
 from tuner.errors import TunerError
 from tuner.results.records import FinalistReport, ServedFigures, TrialRecord
 
@@ -62,7 +62,7 @@ def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigu
         note(f"llama-server: not served: {e.message}")
         return report.model_copy(update={"llama_server": {"error": e.message}})
     note(f"llama-server deployment: {written['args']} (+ .env, .json)")
-    for line in lines(rows(served, fig, winner.measurement)):
+    for line in lines(rows(served, fig, raw_of(report, winner.number, winner.measurement))):
         note(line)
     return report.model_copy(update={"llama_server": fig.model_dump(mode="json")})
 

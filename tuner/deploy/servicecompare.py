@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.results.records import Measurement, ServedFigures
+from tuner.results.records import FinalistReport, Measurement, ServedFigures
 
 PY, CPP = "llama_cpp.server", "llama-server"
 COSTS = {
@@ -50,18 +50,42 @@ def _figures(data: dict[str, Any] | ServedFigures | None) -> tuple[ServedFigures
     return ServedFigures.model_validate(data), None
 
 
+@dataclass(frozen=True)
+class Raw:
+    """The raw decode loop's speeds the shares are of, and where they come from."""
+
+    pp_tps: float | None
+    tg_tps: float | None
+    source: str
+
+
+def raw_of(report: FinalistReport | None, trial: int,
+           measurement: Measurement | None = None) -> Raw | None:
+    """The winner's raw speeds: its finalist medians when re-measured, else its trial's."""
+    fin = next((f for f in report.finalists if f.trial == trial), None) if report else None
+    if fin is not None:
+        return Raw(fin.pp_tps.value, fin.tg_tps.value if fin.tg_tps else None,
+                   "the finalists' re-measured medians")
+    if measurement is not None:
+        return Raw(measurement.pp_tps.median,
+                   measurement.tg_tps.median if measurement.tg_tps else None,
+                   "the search trial's medians")
+    return None
+
+
 def rows(py: dict[str, Any] | ServedFigures | None, cpp: dict[str, Any] | ServedFigures | None,
-         raw: Measurement | None) -> list[ServiceRow]:
-    """One row per service (llama_cpp.server first), with its share of the raw figures."""
+         raw: Raw | None) -> list[ServiceRow]:
+    """One row per service (llama_cpp.server first), with its share of the raw figures: the
+    raw prompt time over the served time to first token, served generation over raw."""
     out = []
     for name, data in ((PY, py), (CPP, cpp)):
         fig, error = _figures(data)
         ttft_share = gen_share = None
         if fig is not None and raw is not None:
-            raw_ttft = fig.prompt_tokens / raw.pp_tps.median if raw.pp_tps.median else None
+            raw_ttft = fig.prompt_tokens / raw.pp_tps if raw.pp_tps else None
             ttft_share = raw_ttft / fig.ttft_s.median if raw_ttft and fig.ttft_s.median else None
-            if fig.gen_tps is not None and raw.tg_tps is not None and raw.tg_tps.median:
-                gen_share = fig.gen_tps.median / raw.tg_tps.median
+            if fig.gen_tps is not None and raw.tg_tps:
+                gen_share = fig.gen_tps.median / raw.tg_tps
         out.append(ServiceRow(name, fig, error, ttft_share, gen_share))
     return out
 
