@@ -22,8 +22,6 @@ from tests.cli_run import REPO, one_line_error, tuner
 from tests.spaces import write_space
 from tuner.builds.catalog import _installed_lib_dir
 from tuner.deploy.llamaserver import SAMPLING, files_of, find_server, read_args, server_args
-from tuner.deploy.llamaserverfinal import serve_winner
-from tuner.deploy.servedmeasure import measure_served
 from tuner.deploy.service import read_env_file, render_env_file
 from tuner.deploy.servicecompare import lines, raw_of, recommendation, rows
 from tuner.results.records import FinalistReport, ServedFigures, Stat, TrialRecord
@@ -33,7 +31,7 @@ from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 BUILDS = Path(os.environ.get("TUNER_TEST_BUILDS", REPO / "builds"))
 BUILD_COMMAND = ".venv/bin/tuner build --variant cpu --server-only --if-missing --builds builds"
 LOOSE = "1000"
-Deployed = tuple[Path, FinalistReport, TrialRecord]  # a passing run's speed check, on 2 shared cores (see tests/test_verify.py)
+Deployed = tuple[Path, FinalistReport, TrialRecord, str]  # a passing run's speed check, on 2 shared cores (see tests/test_verify.py)
 
 
 @pytest.fixture(scope="module")
@@ -48,28 +46,24 @@ def server_binary() -> Path:
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path,
-             server_binary: Path) -> tuple[Path, FinalistReport, TrialRecord]:
-    """A real one-trial CPU sweep of SmolLM2, its winner served through llama-server by the
-    sweep's own served-phase step and written beside the YAML."""
+             server_binary: Path) -> Deployed:
+    """A real one-setting CPU sweep of SmolLM2 with its finalist and served stages: the winner
+    served through llama_cpp.server and then through llama-server by the sweep itself, both
+    deployments written (1 thread, so the servers and the client do not fight over 2 cores)."""
     root = tmp_path_factory.mktemp("llsrv")
     space = write_space(root / "space.yaml", n_batch=[32], n_ubatch=[32], n_threads=[1])
     out = root / "configs" / "production.yaml"
     proc = tuner("sweep", "--model", smollm2_path, "--device", "cpu", "--space", space,
                  "--prompt-tokens", 32, "--gen-tokens", 8, "--n-ctx", 64, "--repetitions", 1,
-                 "--results", root / "results", "--out", out, "--finalist-rounds", 0, cwd=root)
+                 "--results", root / "results", "--out", out, "--finalist-rounds", 1,
+                 "--served-requests", 3, "--builds", BUILDS, cwd=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    record = next(r for r in require_study(default_storage(root / "results")).records()
-                  if r.usable)
-    report = FinalistReport(study="s", finalists=[], winner_trial=record.number,
-                            leader_trial=record.number, tie=False, reason="one trial",
-                            measured_at="now")
-    notes: list[str] = []
-    report = serve_winner(report, record, None, 1, model_path=str(smollm2_path), lib_dir=None,
-                          builds_dir=BUILDS, out=out, requests=3, timeout_s=300,
-                          note=notes.append)
-    assert report.llama_server and "error" not in report.llama_server, notes
-    assert any(n.startswith("llama-server deployment: ") for n in notes), notes
-    return out, report, record
+    assert "llama-server deployment: " in proc.stdout, proc.stdout[-3000:]
+    store = require_study(default_storage(root / "results"))
+    report = store.finalists()
+    assert report is not None and report.llama_server and "error" not in report.llama_server
+    record = next(r for r in store.records() if r.number == report.winner_trial)
+    return out, report, record, proc.stdout
 
 
 def copy_of(out: Path, dest: Path, *, args: Callable[[list[str]], list[str]] | None = None,
@@ -117,7 +111,7 @@ def test_every_setting_becomes_a_flag() -> None:
 
 def test_the_deployment_is_written_beside_the_yaml(deployed: Deployed,
                                                    server_binary: Path) -> None:
-    out, report, _ = deployed
+    out, report, _, _ = deployed
     files = files_of(out)
     args = read_args(files["args"])
     assert "--fit" in args and args[args.index("--fit") + 1] == "off"
@@ -132,12 +126,11 @@ def test_the_deployment_is_written_beside_the_yaml(deployed: Deployed,
     assert report.llama_server == data["served"]
 
 
-def test_both_services_side_by_side(deployed: Deployed, smollm2_path: Path) -> None:
-    out, report, record = deployed
-    py = measure_served(smollm2_path, record.spec, record.workload, None, requests=3, threads=1,
-                        via="server")
-    cpp = ServedFigures.model_validate(report.llama_server)
-    table = rows(py, cpp, raw_of(None, record.number, record.measurement))
+def test_both_services_side_by_side(deployed: Deployed) -> None:
+    out, report, record, stdout = deployed
+    win = next(f for f in report.finalists if f.trial == report.winner_trial)
+    assert win.served is not None and "error" not in win.served
+    table = rows(win.served, report.llama_server, raw_of(report, record.number))
     assert [r.service for r in table] == ["llama_cpp.server", "llama-server"]
     assert all(r.figures is not None and r.gen_share and r.ttft_share for r in table)
     faster = min(table, key=lambda r: r.figures.request_s.median)  # type: ignore[union-attr]
@@ -147,7 +140,13 @@ def test_both_services_side_by_side(deployed: Deployed, smollm2_path: Path) -> N
     text = lines(table)
     assert text[0].startswith("llama_cpp.server: ttft ") and "of raw)" in text[0]
     assert text[1].startswith("llama-server: ttft ") and text[2] == rec
-    assert lines(rows(None, cpp, None))[0] == "llama_cpp.server: not served: no figures"
+    for line in text:  # the sweep printed them, and the report shows them
+        assert line in stdout
+    shown = tuner("report", "--results", out.parent.parent / "results")
+    assert shown.returncode == 0, shown.stderr
+    assert "services" in shown.stdout and "recommended: " in shown.stdout
+    assert lines(rows(None, report.llama_server, None))[0] == (
+        "llama_cpp.server: not served: no figures")
 
 
 def test_verify_passes_from_another_directory(deployed: Deployed,
@@ -158,8 +157,11 @@ def test_verify_passes_from_another_directory(deployed: Deployed,
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout
     assert "placement: proven: 31/31 layers on CPU, KV cache on CPU" in text
-    assert f"library: {_installed_lib_dir().resolve()}" in text.replace(
-        str(_installed_lib_dir()), str(_installed_lib_dir().resolve()))
+    # The CPU-built server ran on the installed package's library (LD_LIBRARY_PATH before
+    # its RUNPATH): one server binary drives any build's library.
+    library = next(ln for ln in text.splitlines() if ln.startswith("library: "))
+    assert Path(library.removeprefix("library: ")).resolve().parent == (
+        _installed_lib_dir().resolve())
     assert "[llama-server, 3 requests]" in text
     assert "reference: the deployment's llama-server served figures" in text
     assert "verified: the service runs what was measured" in text

@@ -50,7 +50,10 @@ FORMAT = "tuner-llama-server/1"
 SAMPLING: dict[str, float | int] = {"temperature": 0.8, "top_p": 0.95, "top_k": 40,
                                     "min_p": 0.05, "repeat_penalty": 1.1,
                                     "presence_penalty": 0.0, "frequency_penalty": 0.0}
-# llama-server's names for llama_cpp.server's split modes (llama_split_mode 0/1/2).
+# llama.cpp prints which device each layer and its KV cache went to at debug level only, which
+# llama-server shows at verbosity 5: the placement proof (tuner/evidence/placement.py) needs those
+# lines, as llama_cpp.server's config has verbose on for the same reason.
+PROOF_ARGS = ["--log-verbosity", "5"]
 _ON_OFF = {True: "on", False: "off"}
 
 
@@ -114,7 +117,8 @@ def server_args(spec: TrialSpec, workload: Workload, model_path: str, threads: i
     off`` so it keeps the placement asked (its default moves layers and context to fit)."""
     fields = trial_settings(spec, workload, threads)  # refuses what a server cannot run
     model = os.path.abspath(os.path.expanduser(model_path))
-    args = ["-m", model, "--alias", Path(model).stem, "--fit", "off", "-np", "1", "--no-ui"]
+    args = ["-m", model, "--alias", Path(model).stem, "--fit", "off", "-np", "1", "--no-ui",
+            *PROOF_ARGS]
     for key, value in fields.items():
         args += _flag(key, value, spec)
     if not spec.context.op_offload:
