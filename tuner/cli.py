@@ -278,14 +278,21 @@ def doctor(log_path: Path | None, n_gpu_layers: int, builds_dir: Path, results_d
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None)
 @click.option("--dry-run", is_flag=True, help="Print the commands without running them.")
 @click.option("--list", "list_", is_flag=True, help="Show each build and its library's flags.")
+@click.option("--server", is_flag=True, help="Build llama.cpp's llama-server as well.")
+@click.option("--server-only", is_flag=True,
+              help="Build the library and llama-server, without llama-bench.")
+@click.option("--if-missing", is_flag=True,
+              help="Do nothing when the build exists for the installed version with what is asked.")
 def build(variant: str | None, source: Path | None, cuda_arch: str | None, builds_dir: Path,
-          jobs: int | None, dry_run: bool, list_: bool) -> None:
+          jobs: int | None, dry_run: bool, list_: bool, server: bool, server_only: bool,
+          if_missing: bool) -> None:
     """Build llama.cpp of the installed llama-cpp-python version with one kernel variant into
     its own folder, for `tuner sweep` to use as a dimension.
 
     \b
     Example:
       tuner build --variant force-cublas --source llama-cpp-python-0.3.36.tar.gz --cuda-arch 90
+      tuner build --variant cpu --server-only --if-missing
       tuner build --list
     """
     from tuner.reports.render import print_builds, run_build
@@ -295,7 +302,8 @@ def build(variant: str | None, source: Path | None, cuda_arch: str | None, build
         return
     if variant is None:
         raise BadInput("give --variant (default, force-cublas, force-mmq or cpu) or --list")
-    run_build(out, variant, source, cuda_arch, builds_dir, jobs, dry_run)
+    run_build(out, variant, source, cuda_arch, builds_dir, jobs, dry_run,
+              bench=not server_only, server=server or server_only, if_missing=if_missing)
 
 
 @cli.command("verify")
@@ -310,8 +318,11 @@ def build(variant: str | None, source: Path | None, cuda_arch: str | None, build
               help="Measured requests (after one warm-up).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="Seconds to wait for the server to load and for each request.")
+@click.option("--llama-server", "llama_server", is_flag=True,
+              help="Verify the llama-server deployment beside CONFIG (its .llama-server.args; "
+                   "implied when CONFIG is one of those files).")
 def verify_cmd(config: Path, url: str | None, port: int | None, tolerance: float,
-               requests: int, timeout: float) -> None:
+               requests: int, timeout: float, llama_server: bool) -> None:
     """Start the real llama_cpp.server on CONFIG with the sidecar's environment, prove the
     build and placement from its own log, send the sweep's workload over HTTP and compare time
     to first token and generation speed with the sidecar's served figures. Exit 0 when all
@@ -321,11 +332,19 @@ def verify_cmd(config: Path, url: str | None, port: int | None, tolerance: float
     Example:
       tuner verify configs/production.yaml
       tuner verify configs/production.yaml --url http://127.0.0.1:8000
+      tuner verify configs/production.llama-server.args
     """
+    from tuner.deploy.llamaserver import is_llama_server_file
     from tuner.deploy.verify import failure, result_lines, run_verify
 
-    result = run_verify(config, url=url, port=port, tolerance=tolerance / 100,
-                        requests=requests, timeout_s=timeout)
+    if llama_server or is_llama_server_file(config):
+        from tuner.deploy.llamaserververify import run_verify as verify_llama_server
+
+        result = verify_llama_server(config, url=url, port=port, tolerance=tolerance / 100,
+                                     requests=requests, timeout_s=timeout)
+    else:
+        result = run_verify(config, url=url, port=port, tolerance=tolerance / 100,
+                            requests=requests, timeout_s=timeout)
     for line in result_lines(result):
         out.print(line, markup=False, soft_wrap=True)
     problem = failure(result)

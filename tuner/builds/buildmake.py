@@ -40,6 +40,11 @@ LIBRARY_TARGET = "llama"  # libllama pulls in libggml* and the backends it links
 # The tuner never runs it; a sweep's own build leaves it out, and with it llama-bench's helper
 # libraries (llama-common, cpp-httplib): about 400 CPU-seconds of C++ on top of the library's.
 BENCH_TARGET = "llama-bench"
+# llama-server: llama.cpp's own HTTP server, the second deploy target (tuner/deploy/llamaserver.py).
+SERVER_TARGET = "llama-server"
+SERVER_ON = "-DLLAMA_BUILD_SERVER=ON"
+# TODO(lead): when tuner/builds/cpuflags.py lands (no AMX code path on x86_64), check that its
+# flags reach the server's targets too: they share this configure command and environment.
 # Libraries land in <cmake>/bin next to the executables (CMAKE_LIBRARY_OUTPUT_DIRECTORY there).
 # RPATH $ORIGIN finds the sibling libggml*; $ORIGIN/../lib lets bin/llama-bench find lib/.
 BASE_CMAKE_ARGS = [
@@ -74,6 +79,7 @@ class BuildPlan(Frozen):
     cmake_args: list[str]
     cuda_arch: str | None
     commands: list[list[str]]
+    server: bool = False
 
     def shell_lines(self) -> list[str]:
         """The commands as a shell would take them, for printing."""
@@ -113,15 +119,59 @@ def _check_request(variant: str, cuda_arch: str | None) -> str | None:
     return cuda_arch.replace(",", ";")
 
 
-def targets_of(bench: bool) -> list[str]:
-    return [LIBRARY_TARGET, *([BENCH_TARGET] if bench else [])]
+def targets_of(bench: bool, server: bool = False) -> list[str]:
+    return [LIBRARY_TARGET, *([BENCH_TARGET] if bench else []),
+            *([SERVER_TARGET] if server else [])]
+
+
+def _with_server(args: list[str]) -> list[str]:
+    """The CMake arguments with the server's tools switched on (BASE_CMAKE_ARGS turns them off)."""
+    return [a for a in args if not a.startswith("-DLLAMA_BUILD_SERVER=")] + [SERVER_ON]
+
+
+# The source archive has no tools/ui (the web UI), which LLAMA_BUILD_SERVER adds and llama-server
+# links (llama-ui, llama-ui-assets) with no switch to leave it out. This stand-in is the interface
+# llama.cpp's UI generator writes when it has no assets: the server is built with no web UI (its
+# API, /health and /v1/* are unchanged; GET / answers 404).
+UI_STANDIN = {
+    "CMakeLists.txt": (
+        "# Written by tuner build: this source has no web UI; llama-server is built without one.\n"
+        "add_library(llama-ui STATIC ui.cpp)\n"
+        "set_target_properties(llama-ui PROPERTIES POSITION_INDEPENDENT_CODE ON)\n"
+        "target_include_directories(llama-ui PUBLIC ${CMAKE_CURRENT_SOURCE_DIR})\n"
+        "add_custom_target(llama-ui-assets)\n"),
+    "ui.h": (
+        "#pragma once\n#include <array>\n#include <cstddef>\n#include <string>\n"
+        "struct llama_ui_asset {\n    std::string name;\n    const unsigned char * data;\n"
+        "    std::size_t size;\n    std::string etag;\n    std::string type;\n};\n"
+        "const llama_ui_asset * llama_ui_find_asset(const std::string & name);\n"
+        "bool llama_ui_use_gzip();\n"
+        "const std::array<llama_ui_asset, 0> & llama_ui_get_assets();\n"),
+    "ui.cpp": (
+        "#include \"ui.h\"\n"
+        "const llama_ui_asset * llama_ui_find_asset(const std::string &) { return nullptr; }\n"
+        "bool llama_ui_use_gzip() { return false; }\n"
+        "const std::array<llama_ui_asset, 0> & llama_ui_get_assets() {\n"
+        "    static const std::array<llama_ui_asset, 0> none{};\n    return none;\n}\n"),
+}
+
+
+def ui_standin(llama_src: Path) -> bool:
+    """Write the no-assets web UI into ``tools/ui`` when the source lacks it; True if written."""
+    ui = llama_src / "tools" / "ui"
+    if (ui / "CMakeLists.txt").is_file():
+        return False
+    ui.mkdir(parents=True, exist_ok=True)
+    for name, text in UI_STANDIN.items():
+        (ui / name).write_text(text)
+    return True
 
 
 def plan_build(variant: str, *, source: Path | None, builds_dir: Path = Path("builds"),
                cuda_arch: str | None = None, jobs: int | None = None,
-               bench: bool = True) -> BuildPlan:
+               bench: bool = True, server: bool = False) -> BuildPlan:
     """Check the request and lay out the commands, without running anything (``bench``:
-    llama-bench as well as the library)."""
+    llama-bench as well as the library; ``server``: llama-server as well)."""
     arch = _check_request(variant, cuda_arch)
     version = installed_version()
     commands: list[list[str]] = []
@@ -141,39 +191,43 @@ def plan_build(variant: str, *, source: Path | None, builds_dir: Path = Path("bu
     cmake_dir = staging / "cmake"
     # llama.cpp's AMX path off, on every variant: the host's weights would crash in it.
     args = BASE_CMAKE_ARGS + VARIANTS[variant] + cmake_flag_args()
+    if server:
+        args = _with_server(args)
     if arch:
         args.append(f"-DCMAKE_CUDA_ARCHITECTURES={arch}")
     commands += [
         ["cmake", "-S", str(staging / "src" / top / "vendor" / "llama.cpp"), "-B", str(cmake_dir),
          "-G", "Ninja", *args],
         ["cmake", "--build", str(cmake_dir), "--target", "help"],
-        ["cmake", "--build", str(cmake_dir), "--target", *targets_of(bench),
+        ["cmake", "--build", str(cmake_dir), "--target", *targets_of(bench, server),
          "-j", str(jobs or os.cpu_count() or 1)],
     ]
     return BuildPlan(variant=variant, version=version, source=str(source),
                      staging_dir=str(staging), final_dir=str(builds_dir / variant),
-                     cmake_args=args, cuda_arch=arch, commands=commands)
+                     cmake_args=args, cuda_arch=arch, commands=commands, server=server)
 
 
 @overload
 def build_variant(variant: str, *, source: Path | None, builds_dir: Path = ...,
                   cuda_arch: str | None = ..., jobs: int | None = ..., dry_run: Literal[True],
-                  log: Callable[[str], None] = ..., bench: bool = ...) -> BuildPlan: ...
+                  log: Callable[[str], None] = ..., bench: bool = ...,
+                  server: bool = ...) -> BuildPlan: ...
 @overload
 def build_variant(variant: str, *, source: Path | None, builds_dir: Path = ...,
                   cuda_arch: str | None = ..., jobs: int | None = ...,
                   dry_run: Literal[False] = ..., log: Callable[[str], None] = ...,
-                  bench: bool = ...) -> BuildInfo: ...
+                  bench: bool = ..., server: bool = ...) -> BuildInfo: ...
 def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path("builds"),
                   cuda_arch: str | None = None, jobs: int | None = None, dry_run: bool = False,
                   log: Callable[[str], None] = lambda _line: None,
-                  bench: bool = True) -> BuildInfo | BuildPlan:
+                  bench: bool = True, server: bool = False) -> BuildInfo | BuildPlan:
     """Build one kernel variant into ``<builds_dir>/<variant>``. The work happens in a hidden
     staging folder that is renamed into place only once the library has loaded and reported the
     expected kernel choice, so a failed build never looks usable (its tree stays for reading).
-    ``bench``: llama-bench as well (the build record says whether it was made)."""
+    ``bench``: llama-bench as well; ``server``: llama-server as well (the build record says
+    whether each was made)."""
     plan = plan_build(variant, source=source, builds_dir=builds_dir, cuda_arch=cuda_arch,
-                      jobs=jobs, bench=bench)
+                      jobs=jobs, bench=bench, server=server)
     if dry_run:
         return plan
     env = _preflight(variant)
@@ -193,14 +247,17 @@ def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path(
         else:
             tar.extractall(staging / "src")
     configure, help_cmd, build = commands
+    if server and ui_standin(Path(configure[2])):
+        log("this source has no web UI (tools/ui): llama-server is built without one")
     _run(configure, log, "cmake configure", fail_hint, env)
     targets = _run(help_cmd, lambda _l: None, "cmake target list", fail_hint, env)
-    missing = [t for t in targets_of(bench)
+    missing = [t for t in targets_of(bench, server)
                if not re.search(rf"^{re.escape(t)}: ", targets, re.M)]
     if missing:
         raise TunerError(f"this llama.cpp has no target {', '.join(missing)}", hint=fail_hint)
     _run(build, log, "cmake build", fail_hint, env)
-    made_bench = _collect(staging / "cmake" / "bin", staging / "lib", staging / "bin")
+    made_bench, made_server = _collect(staging / "cmake" / "bin", staging / "lib",
+                                       staging / "bin")
     system_info = probe_library(staging / "lib")
     flags = parse_system_info(system_info)
     if variant_of(flags) != variant:
@@ -211,7 +268,8 @@ def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path(
         cuda_arch=plan.cuda_arch,
         source=str(plan.source), source_sha256=sha256, started=started, finished=_now(),
         duration_s=round(time.monotonic() - t0, 1), system_info=system_info,
-        flags_summary=summarize(flags), bench="bin/llama-bench" if made_bench else None)
+        flags_summary=summarize(flags), bench=f"bin/{BENCH_TARGET}" if made_bench else None,
+        server=f"bin/{SERVER_TARGET}" if made_server else None)
     (staging / "build.json").write_text(record.model_dump_json(indent=2) + "\n")
     shutil.rmtree(staging / "src")
     shutil.rmtree(staging / "cmake")
@@ -223,6 +281,25 @@ def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path(
     shutil.rmtree(old, ignore_errors=True)
     log(f"built {variant} in {record.duration_s:.0f}s: {final}")
     return _info(final, record)
+
+
+def existing_build(variant: str, builds_dir: Path, *, bench: bool,
+                   server: bool) -> BuildInfo | None:
+    """The build in ``<builds_dir>/<variant>`` when it is of the installed version and holds
+    what is asked (llama-bench, llama-server), else None (``tuner build --if-missing``)."""
+    record_path = builds_dir / variant / "build.json"
+    try:
+        record = BuildRecord.model_validate_json(record_path.read_text())
+    except (OSError, ValueError):
+        return None
+    info = _info(builds_dir / variant, record)
+    if record.variant != variant or record.version != installed_version():
+        return None
+    if not (Path(info.lib_dir) / "libllama.so").is_file():
+        return None
+    if (bench and info.bench_bin is None) or (server and info.server_bin is None):
+        return None
+    return info
 
 
 def _preflight(variant: str) -> dict[str, str]:
@@ -285,8 +362,9 @@ def _run(cmd: list[str], log: Callable[[str], None], what: str, hint: str | None
     return "\n".join(lines)
 
 
-def _collect(out: Path, lib_dir: Path, bin_dir: Path) -> Path | None:
-    """Copy every lib*.so* from the build's output folder. Symlinked names (libllama.so ->
+def _collect(out: Path, lib_dir: Path, bin_dir: Path) -> tuple[bool, bool]:
+    """Copy every lib*.so* from the build's output folder, and llama-bench and llama-server
+    where built (whether each was: the two flags). Symlinked names (libllama.so ->
     libllama.so.0 -> ...) become hard links to one copy: plain files for any transfer, no
     duplicated 70 MB CUDA library."""
     lib_dir.mkdir()
@@ -300,12 +378,13 @@ def _collect(out: Path, lib_dir: Path, bin_dir: Path) -> Path | None:
             os.link(copied[real], lib_dir / path.name)
     if not (lib_dir / "libllama.so").is_file():
         raise TunerError(f"the build left no libllama.so in {out}")
-    bench = out / "llama-bench"
-    if not bench.is_file():
-        return None
-    bin_dir.mkdir()
-    shutil.copy2(bench, bin_dir / "llama-bench")
-    return bin_dir / "llama-bench"
+    made = []
+    for tool in (BENCH_TARGET, SERVER_TARGET):
+        made.append((out / tool).is_file())
+        if made[-1]:
+            bin_dir.mkdir(exist_ok=True)
+            shutil.copy2(out / tool, bin_dir / tool)
+    return made[0], made[1]
 
 
 def _sha256(path: Path) -> str:

@@ -52,6 +52,7 @@ class BuildRecord(Frozen):
     flags_summary: str
     lib: str = "lib"
     bench: str | None = "bin/llama-bench"
+    server: str | None = None  # bin/llama-server where `tuner build --server` made it
 
 
 class BuildInfo(Frozen):
@@ -62,6 +63,7 @@ class BuildInfo(Frozen):
     lib_dir: str
     bench_bin: str | None
     version: str
+    server_bin: str | None = None
     cmake_args: list[str] = []
     cuda_arch: str | None = None
     created: str | None = None
@@ -138,8 +140,10 @@ def discover_builds(builds_dir: Path = Path("builds"),
 
 def _info(folder: Path, record: BuildRecord) -> BuildInfo:
     bench = folder / record.bench if record.bench else None
+    server = folder / record.server if record.server else None
     return BuildInfo(name=folder.name, variant=record.variant, lib_dir=str(folder / record.lib),
                      bench_bin=str(bench) if bench and bench.is_file() else None,
+                     server_bin=str(server) if server and server.is_file() else None,
                      version=record.version, cmake_args=record.cmake_args,
                      cuda_arch=record.cuda_arch, created=record.finished,
                      flags_summary=record.flags_summary)

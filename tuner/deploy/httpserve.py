@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, suppress
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 import yaml
@@ -143,16 +143,18 @@ def _tail(log_path: Path, n: int = 3) -> str:
 
 
 def measure_http(base: str, model_path: str, wl: Workload, env: dict[str, str], requests: int,
-                 timeout_s: float) -> ServedFigures:
+                 timeout_s: float, sampling: dict[str, float | int] | None = None,
+                 source: Literal["server", "llama-server"] = "server") -> ServedFigures:
     """The workload over HTTP: one warm-up then ``requests`` streamed completions, each prompt
-    new from its first token, exactly gen_tokens generated."""
+    new from its first token, exactly gen_tokens generated (``sampling``: parameters sent with
+    each request, for a server whose defaults differ from llama_cpp.server's)."""
     made = prompts_for(model_path, wl.prompt_tokens, requests + 1, env)
     runs = []
     with httpx.Client(timeout=timeout_s) as client:
         for prompt in made.prompts:
-            runs.append(_timed_request(client, base, request_body(prompt, wl.gen_tokens,
-                                                                  made.eog)))
-    return figures(runs[1:], source="server", prompt_tokens=wl.prompt_tokens,
+            body = {**request_body(prompt, wl.gen_tokens, made.eog), **(sampling or {})}
+            runs.append(_timed_request(client, base, body))
+    return figures(runs[1:], source=source, prompt_tokens=wl.prompt_tokens,
                    gen_tokens=wl.gen_tokens, warmup=1,
                    max_prefix_reuse=made.max_prefix_reuse, lengths=made.lengths[1:],
                    forced_prefix=made.forced_prefix)

@@ -94,7 +94,7 @@ def check_placement(log: str, spec: TrialSpec) -> None:
                          + "; ".join(verdict.reasons))
 
 
-def figures(runs: list[dict[str, Any]], *, source: Literal["worker", "server"],
+def figures(runs: list[dict[str, Any]], *, source: Literal["worker", "server", "llama-server"],
             prompt_tokens: int, gen_tokens: int, warmup: int, max_prefix_reuse: int,
             n_threads: int | None = None, n_threads_batch: int | None = None,
             lengths: list[int] | None = None, forced_prefix: int | None = None,

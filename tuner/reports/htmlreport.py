@@ -8,6 +8,7 @@ from collections import Counter
 from html import escape
 from typing import Any
 
+from tuner.deploy.servicecompare import HEADERS, raw_of, recommendation, rows
 from tuner.reports.analysis import frame, pareto, ranked_frame
 from tuner.reports.compare import Comparison
 from tuner.reports.overview import Overview
@@ -233,6 +234,20 @@ def _confirmed(f: FinalistReport) -> str:
                      "finalist"], rows, {"#", "processes"}))
 
 
+def _services(f: FinalistReport) -> str:
+    """The winner through both deploy targets side by side, and which to run."""
+    if f.llama_server is None:
+        return ""
+    win = next((x for x in f.finalists if x.trial == f.winner_trial), None)
+    table_rows = rows(win.served if win else None, f.llama_server, raw_of(f, f.winner_trial))
+    rec = recommendation(table_rows)
+    return ("<p>The winner served over HTTP by each deploy target (the same workload and "
+            "sampling; share of raw: the raw prompt time over the time to first token, served "
+            "generation over raw, raw from the finalists' medians).</p>"
+            + table(HEADERS, [r.cells() for r in table_rows], set())
+            + (f"<p>{_e(rec)}</p>" if rec else ""))
+
+
 def _finalists(f: FinalistReport | None) -> str:
     if f is None:
         return ("<p class=muted>No finalist re-measurement stored: the winner "
@@ -245,7 +260,7 @@ def _finalists(f: FinalistReport | None) -> str:
              tps(x.tg_tps.value) if x.tg_tps else "", "yes" if x.verified else "no",
              *_served_cells(x.served)]
             for x in f.finalists]
-    return (_confirmed(f)
+    return (_confirmed(f) + _services(f)
             + f"<p>Decision: trial #{f.winner_trial} (fastest point estimate #{f.leader_trial})"
             f"{'; tie' if f.tie else '; undecided' if f.undecided else ''}: {_e(f.reason)}</p>"
             + table(["#", "settings", "rounds", "samples", f"request s ({f.level:.0%})",

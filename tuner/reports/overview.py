@@ -10,6 +10,7 @@ import math
 from collections import Counter
 
 from tuner.builds.catalog import INSTALLED
+from tuner.deploy.servicecompare import lines, raw_of, rows
 from tuner.evidence.stability import instability
 from tuner.reports.analysis import EffectRow, effects, importance
 from tuner.reports.rows import baseline_for, is_baseline, order
@@ -70,6 +71,9 @@ class Overview(Frozen):
     served: str | None = None  # the winner through llama_cpp.server, and its gap to the raw loop
     breakdown: TokenBreakdown | None = None  # where each ms of the winner's served token goes
     breakdown_note: str | None = None  # why there is no breakdown, when one was asked
+    # Both deploy targets side by side and which to run (tuner/deploy/servicecompare.py); empty
+    # where the sweep did not serve the winner through llama-server.
+    services: list[str] = []
     front: list[Pick] = []  # the Pareto front (tuner/search/pareto.py), when it holds a trade-off
     confirmed: list[ConfirmedFigures] = []  # the search's leaders over processes (finalists')
     warnings: list[str]
@@ -188,6 +192,15 @@ def _served_line(finalists: FinalistReport | None,
     return line
 
 
+def _services(finalists: FinalistReport | None, by_number: dict[int, TrialRecord]) -> list[str]:
+    if finalists is None or finalists.llama_server is None:
+        return []
+    win = next((f for f in finalists.finalists if f.trial == finalists.winner_trial), None)
+    rec = by_number.get(finalists.winner_trial)
+    raw = raw_of(finalists, finalists.winner_trial, rec.measurement if rec else None)
+    return lines(rows(win.served if win else None, finalists.llama_server, raw))
+
+
 def overview(study: str, records: list[TrialRecord], finalists: FinalistReport | None = None,
              drifts: list[WorkerDrift] | None = None) -> Overview:
     """The decision and its evidence for one study's records (see the module docstring)."""
@@ -237,12 +250,13 @@ def overview(study: str, records: list[TrialRecord], finalists: FinalistReport |
                 for why in instability(r, drifts)]
     states = Counter(r.state.value for r in records)
     served = _served_line(finalists, by_number) if finalist_ok else None
+    services = _services(finalists, by_number) if finalist_ok else []
     front = pareto_front(records)
     bd = finalists.breakdown if finalist_ok and finalists is not None else None
     bd_note = finalists.breakdown_error if finalist_ok and finalists is not None else None
     return Overview(
         breakdown=bd if bd is not None and bd.trial == (winner.trial if winner else None)
-        else None, breakdown_note=bd_note,
+        else None, breakdown_note=bd_note, services=services,
         served=served, confirmed=finalists.confirmed if finalists is not None else [],
         front=[_from_record(r) for r in front] if len(front) > 1 else [],
         study=study, device=records[0].spec.model.device if records else "unknown",

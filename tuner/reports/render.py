@@ -178,18 +178,26 @@ def print_builds(console: Console, builds_dir: Path) -> None:
 
 
 def run_build(console: Console, variant: str, source: Path | None, cuda_arch: str | None,
-              builds_dir: Path, jobs: int | None, dry_run: bool) -> None:
-    from tuner.builds.buildmake import build_variant
+              builds_dir: Path, jobs: int | None, dry_run: bool, *, bench: bool = True,
+              server: bool = False, if_missing: bool = False) -> None:
+    from tuner.builds.buildmake import build_variant, existing_build
 
     def log(line: str) -> None:
         console.print(line, markup=False, highlight=False)
 
+    if if_missing and not dry_run:
+        have = existing_build(variant, builds_dir, bench=bench, server=server)
+        if have is not None:
+            console.print(f"already built {have.name}: {have.lib_dir}"
+                          + (f", {have.server_bin}" if have.server_bin else ""), markup=False)
+            return
     if dry_run:
         plan = build_variant(variant, source=source, builds_dir=builds_dir, cuda_arch=cuda_arch,
-                             jobs=jobs, dry_run=True, log=log)
+                             jobs=jobs, dry_run=True, log=log, bench=bench, server=server)
         for line in plan.shell_lines():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
     else:
         info = build_variant(variant, source=source, builds_dir=builds_dir, cuda_arch=cuda_arch,
-                             jobs=jobs, dry_run=False, log=log)
-        console.print(f"built {info.name}: {info.lib_dir}", markup=False)
+                             jobs=jobs, dry_run=False, log=log, bench=bench, server=server)
+        console.print(f"built {info.name}: {info.lib_dir}"
+                      + (f", {info.server_bin}" if info.server_bin else ""), markup=False)

@@ -103,6 +103,8 @@ def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
             body.add_row("tie" if ov.tie else "undecided", ov.tie_reason or "")
         if ov.served:
             body.add_row("served", ov.served)
+        for i, line in enumerate(ov.services):
+            body.add_row("services" if i == 0 else "", line)
         for i, line in enumerate(breakdown_lines(ov)):
             body.add_row("per token" if i == 0 else "", line)
     r = ov.runner_up

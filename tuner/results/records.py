@@ -132,9 +132,10 @@ class ServedFigures(Frozen):
     loaded by the server's own loader from the config's model entry), as a client sees it.
     Unlike the raw decode loop (``Measurement``, comparable with llama-bench), this includes the
     per-token Python work: sampling, detokenising, stop checks, streaming. ``source`` says where
-    it was measured: ``worker`` (a spawned process, no HTTP) or ``server`` (over HTTP)."""
+    it was measured: ``worker`` (a spawned process, no HTTP), ``server`` (over HTTP) or
+    ``llama-server`` (llama.cpp's C++ server over HTTP, tuner/deploy/llamaserver.py)."""
 
-    source: Literal["worker", "server"]
+    source: Literal["worker", "server", "llama-server"]
     requests: int  # measured requests, after ``warmup`` discarded ones
     warmup: int = 1
     prompt_tokens: int  # the workload's, per request, BOS included (see prompt_lengths)
@@ -242,6 +243,9 @@ class FinalistReport(Frozen):
     # measured after the served stage; or why it was not (None, None: older, or not asked).
     breakdown: TokenBreakdown | None = None
     breakdown_error: str | None = None
+    # The winner served by llama.cpp's llama-server (ServedFigures as JSON, or {"error": why}):
+    # tuner/deploy/llamaserverfinal.py; None where the sweep did not try.
+    llama_server: dict[str, Any] | None = None
 
 
 __all__ = ["Stat", "widest_spread"]  # re-exported: declared in tuner/results/stat.py

@@ -18,6 +18,7 @@ from tuner.builds.cpuflags import has_amx
 from tuner.builds.selection import MissingBuild, missing_builds, redundant_builds
 from tuner.deploy.breakdown import with_breakdown
 from tuner.deploy.configcheck import close_children
+from tuner.deploy.llamaserverfinal import serve_winner
 from tuner.deploy.prodconfig import WrittenConfig, check_out, write_production
 from tuner.deploy.servedfinal import choose, served_error
 from tuner.deploy.servedmeasure import measure_served
@@ -603,6 +604,13 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
         report, fig, threads = choice.report, choice.served, choice.threads
         if choice.error:
             events.note(f"served figures of #{report.winner_trial}: none: {choice.error}")
+        t0 = time.monotonic()
+        report = serve_winner(report, choice.winner, fig, threads, model_path=str(info.path),
+                              lib_dir=lib_dirs.get(choice.winner.spec.model.build),
+                              builds_dir=opts.builds_dir, out=opts.out,
+                              requests=opts.served_requests, timeout_s=opts.load_timeout_s,
+                              note=events.note)
+        seconds["llama-server"] = time.monotonic() - t0
         t0 = time.monotonic()
         report = with_breakdown(report, choice, info.path, wl, lib_dirs,
                                 opts.served_requests, opts.load_timeout_s, events.note)

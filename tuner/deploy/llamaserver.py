@@ -1,0 +1,300 @@
+"""llama.cpp's own C++ server (``llama-server``) as a second deploy target: the command line and
+environment that run a trial's settings in it, written beside the production YAML; the server
+started on a free loopback port, the sweep's workload timed over HTTP as for llama_cpp.server,
+and the placement proven from its own load log.
+
+``tuner build --server`` compiles llama-server from the same llama-cpp-python source. A server
+built without CUDA loads whichever ``libllama``/``libggml*`` ``LD_LIBRARY_PATH`` names first
+(its RUNPATH, ``$ORIGIN/../lib``, comes after it), so one CPU-built server drives every build's
+library: the chosen build's ``lib`` folder goes first in ``LD_LIBRARY_PATH``.
+
+Files beside ``configs/production.yaml``: ``production.llama-server.args`` (one argument per
+line: ``mapfile -t A < FILE; llama-server "${A[@]}"``), ``production.llama-server.env``
+(``KEY=value``, as the YAML's ``.env``) and ``production.llama-server.json`` (the binary, the
+build, the model's size, the spec and workload measured, the figures, for ``tuner verify``).
+A preset INI for ``--models-preset`` is not written: in this llama.cpp it configures the router
+mode, which proxies every request to a child server (another hop the figures would not hold)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack, suppress
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tuner.builds.catalog import discover_builds, installed_version
+from tuner.deploy.httpserve import free_port, measure_http
+from tuner.deploy.prodconfig import YAML_SUFFIXES, _render_json, _replace_atomically
+from tuner.deploy.served import check_placement
+from tuner.deploy.service import render_env_file, service_env
+from tuner.errors import BadInput, EnvironmentUnfit, TunerError
+from tuner.evidence.effective import trial_settings
+from tuner.machine import childenv
+from tuner.results.records import ServedFigures
+from tuner.settings import split_mode_name
+from tuner.specs import Frozen, TrialSpec, Workload
+
+SERVER_BINARY = "llama-server"
+SUFFIX = ".llama-server"
+FORMAT = "tuner-llama-server/1"
+# llama_cpp.server's sampling defaults (its CreateCompletionRequest; tests/test_llamaserver.py
+# checks them against the installed package), sent to llama-server with every request so that
+# both services sample alike (llama-server's own defaults differ: top_k 40 vs min_p, no repeat
+# penalty).
+SAMPLING: dict[str, float | int] = {"temperature": 0.8, "top_p": 0.95, "top_k": 40,
+                                    "min_p": 0.05, "repeat_penalty": 1.1,
+                                    "presence_penalty": 0.0, "frequency_penalty": 0.0}
+# llama.cpp prints which device each layer and its KV cache went to at debug level only, which
+# llama-server shows at verbosity 5: the placement proof (tuner/evidence/placement.py) needs those
+# lines, as llama_cpp.server's config has verbose on for the same reason.
+PROOF_ARGS = ["--log-verbosity", "5"]
+_ON_OFF = {True: "on", False: "off"}
+
+
+class LlamaServerDeployment(Frozen):
+    """``production.llama-server.json``: what runs, and what it was measured at."""
+
+    format: str = FORMAT
+    binary: str
+    args: list[str]  # as in the .args file, --host/--port included
+    env: dict[str, str]  # as in the .env file
+    lib_dir: str  # the build whose libllama the server must load
+    build: str  # the build's name (builds/<name>, or installed)
+    rebuild: str  # the command that makes the server and the build again
+    model: str
+    model_bytes: int
+    spec: TrialSpec
+    workload: Workload
+    system_info: str | None = None  # the measured library's system-info line
+    raw: dict[str, Any] | None = None  # the raw figures (pp_tps, tg_tps) of the trial
+    served: ServedFigures | None = None  # llama-server's own figures over HTTP
+    written_at: str = ""
+
+
+def files_of(path: Path) -> dict[str, Path]:
+    """The llama-server files of a deployment, from the YAML or any of the three."""
+    path = Path(path).absolute()
+    name = path.name
+    for ext in (".args", ".env", ".json"):
+        if name.endswith(SUFFIX + ext):
+            name = name[: -len(SUFFIX + ext)]
+            break
+    else:
+        if path.suffix in YAML_SUFFIXES:
+            name = name[: -len(path.suffix)]
+    return {ext: path.with_name(f"{name}{SUFFIX}.{ext}") for ext in ("args", "env", "json")}
+
+
+def is_llama_server_file(path: Path) -> bool:
+    return any(Path(path).name.endswith(f"{SUFFIX}.{ext}") for ext in ("args", "env", "json"))
+
+
+def find_server(lib_dir: str | None, builds_dir: Path) -> Path | None:
+    """The llama-server to run a build's library with: the build's own, else one built without
+    CUDA (it loads the library ``LD_LIBRARY_PATH`` names), else None."""
+    if lib_dir:
+        own = Path(lib_dir).parent / "bin" / SERVER_BINARY
+        if own.is_file():
+            return own.absolute()
+    version = installed_version()
+    for build in discover_builds(builds_dir, report=lambda _msg: None):
+        if (build.server_bin and build.version == version
+                and "-DGGML_CUDA=on" not in build.cmake_args):
+            return Path(build.server_bin).absolute()
+    return None
+
+
+def server_args(spec: TrialSpec, workload: Workload, model_path: str, threads: int | None,
+                host: str = "127.0.0.1", port: int = 8080) -> list[str]:
+    """llama-server's command line (without the binary) for ``spec``: every setting the trial
+    measured, as llama_cpp.server's config would hold it, in llama-server's flags; ``--fit
+    off`` so it keeps the placement asked (its default moves layers and context to fit)."""
+    fields = trial_settings(spec, workload, threads)  # refuses what a server cannot run
+    model = os.path.abspath(os.path.expanduser(model_path))
+    args = ["-m", model, "--alias", Path(model).stem, "--fit", "off", "-np", "1", "--no-ui",
+            *PROOF_ARGS]
+    for key, value in fields.items():
+        args += _flag(key, value, spec)
+    if not spec.context.op_offload:
+        args.append("--no-op-offload")
+    return args + ["--host", host, "--port", str(port)]
+
+
+def _flag(key: str, value: Any, spec: TrialSpec) -> list[str]:
+    """One llama_cpp.server model field as llama-server flags; a field without a translation
+    stops the write (the deployment would silently differ from the trial)."""
+    if key == "n_gpu_layers":
+        return ["-ngl", "all" if value < 0 else str(value)]
+    if key == "split_mode":
+        return ["-sm", split_mode_name(value)]
+    if key == "tensor_split":
+        return [] if value is None else ["-ts", ",".join(f"{v:g}" for v in value)]
+    if key == "type_k":
+        return ["-ctk", spec.context.type_k]
+    if key == "type_v":
+        return ["-ctv", spec.context.type_v]
+    if key == "flash_attn":
+        return ["-fa", _ON_OFF[bool(value)]]
+    simple = {"main_gpu": "-mg", "n_batch": "-b", "n_ubatch": "-ub", "n_ctx": "-c",
+              "n_threads": "-t", "n_threads_batch": "-tb"}
+    if key in simple:
+        return [simple[key], str(value)]
+    # llama_cpp.server's fixed fields: llama-server's defaults already match, or its flag.
+    fixed: dict[tuple[str, Any], list[str]] = {
+        ("offload_kqv", True): [], ("use_mmap", True): [], ("use_mlock", False): [],
+        ("logits_all", False): [], ("embedding", False): [], ("verbose", True): [],
+        # llama_cpp.server's prompt cache off; llama-server's RAM prompt cache likewise.
+        ("cache", False): ["--cache-ram", "0"],
+    }
+    if (key, value) in fixed:
+        return fixed[(key, value)]
+    raise TunerError(f"no llama-server flag for the server setting {key}={value!r}")
+
+
+def server_env(spec: TrialSpec, lib_dir: str) -> dict[str, str]:
+    """The deployment's environment: the build's library first on ``LD_LIBRARY_PATH``, and
+    what the model-level settings ask (CUDA graphs off, no GPU for a CPU run)."""
+    env = service_env(spec, lib_dir)
+    env.pop("LLAMA_CPP_LIB_PATH", None)
+    return {"LD_LIBRARY_PATH": os.path.abspath(lib_dir), **env}
+
+
+def process_env(deploy_env: dict[str, str]) -> dict[str, str]:
+    """The environment the server process gets: the service basics (never the caller's
+    ``LLAMA_ARG_*``, which llama-server reads), the deployment's own variables, and the
+    caller's ``LD_LIBRARY_PATH`` after the build's (where the CUDA runtime may be found)."""
+    env = childenv.service_env({})
+    caller = env.pop("LD_LIBRARY_PATH", "")
+    env.update(deploy_env)
+    if caller:
+        env["LD_LIBRARY_PATH"] = ":".join(p for p in (env.get("LD_LIBRARY_PATH"), caller) if p)
+    return env
+
+
+def with_port(args: list[str], host: str, port: int) -> list[str]:
+    """``args`` with ``--host``/``--port`` replaced."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a in ("--host", "--port"):
+            skip = True
+            continue
+        out.append(a)
+    return out + ["--host", host, "--port", str(port)]
+
+
+def model_of(args: list[str]) -> str | None:
+    for flag in ("-m", "--model"):
+        if flag in args and args.index(flag) + 1 < len(args):
+            return args[args.index(flag) + 1]
+    return None
+
+
+class running:
+    """llama-server started with ``args`` (host and port set), its output to ``log_path``."""
+
+    def __init__(self, binary: Path, args: list[str], env: dict[str, str], cwd: Path,
+                 log_path: Path) -> None:
+        self.cmd = [str(binary), *args]
+        self.env, self.cwd, self.log_path = env, cwd, log_path
+
+    def __enter__(self) -> subprocess.Popen[bytes]:
+        if not Path(self.cmd[0]).is_file():
+            raise EnvironmentUnfit(f"no llama-server at {self.cmd[0]}",
+                                   hint="build it: tuner build --variant cpu --server-only")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.env, cwd=self.cwd)
+        return self.proc
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], url: str, log_path: Path,
+                 timeout_s: float) -> None:
+    """Until ``/health`` answers 200 (503 while the model loads)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EnvironmentUnfit(f"llama-server exited with status {proc.returncode} before "
+                                   f"answering: {log_tail(log_path)}",
+                                   hint=f"its log: {log_path}")
+        with suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise EnvironmentUnfit(f"llama-server did not answer within {timeout_s:.0f} s: "
+                           f"{log_tail(log_path)}", hint=f"its log: {log_path}")
+
+
+def log_tail(log_path: Path, n: int = 3) -> str:
+    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()
+             if ln.strip()]
+    return " | ".join(lines[-n:]) or "(no output)"
+
+
+def measure(url: str, model_path: str, workload: Workload, prompt_env: dict[str, str],
+            requests: int, timeout_s: float) -> ServedFigures:
+    """The workload over HTTP, as for llama_cpp.server, with its sampling sent explicitly."""
+    return measure_http(url, model_path, workload, prompt_env, requests, timeout_s,
+                        sampling=SAMPLING, source="llama-server")
+
+
+def serve_and_measure(binary: Path, spec: TrialSpec, workload: Workload, model_path: str,
+                      lib_dir: str, threads: int | None, requests: int,
+                      timeout_s: float) -> tuple[ServedFigures, str]:
+    """Start llama-server on ``spec`` (a free port), prove its placement from its log, time the
+    workload, stop it; (figures, the server's log)."""
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-llsrv-")))
+        port, log_path = free_port(None), tmp / "llama-server.log"
+        args = server_args(spec, workload, model_path, threads, port=port)
+        proc = stack.enter_context(running(binary, args, process_env(server_env(spec, lib_dir)),
+                                           tmp, log_path))
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(proc, url, log_path, timeout_s)
+        check_placement(log_path.read_text(errors="replace"), spec)
+        fig = measure(url, model_path, workload, service_env(spec, lib_dir), requests, timeout_s)
+        return (fig.model_copy(update={"n_threads": threads, "n_threads_batch": threads}),
+                log_path.read_text(errors="replace"))
+
+
+def write_deployment(out: Path, dep: LlamaServerDeployment) -> dict[str, Path]:
+    """The three files beside ``out`` (the production YAML), replaced atomically together
+    (the previous ones kept as ``.bak``)."""
+    files = files_of(out)
+    dep = dep.model_copy(update={"written_at": _now()})
+    head = (f"# llama-server arguments, one per line (written by tuner): "
+            f"mapfile -t A < <(grep -v '^#' {files['args'].name}); {dep.binary} \"${{A[@]}}\"")
+    env_text = render_env_file(dep.env).replace("llama_cpp.server service", "llama-server")
+    try:
+        files["args"].parent.mkdir(parents=True, exist_ok=True)
+        _replace_atomically([(files["json"], _render_json(dep.model_dump(mode="json")).encode()),
+                             (files["env"], env_text.encode()),
+                             (files["args"], ("\n".join([head, *dep.args]) + "\n").encode())])
+    except OSError as e:
+        raise BadInput(f"cannot write the llama-server deployment {files['args']}: "
+                       f"{e.strerror or e}") from None
+    return files
+
+
+def read_args(path: Path) -> list[str]:
+    return [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
