@@ -36,6 +36,7 @@ from tuner.results.store import (
 from tuner.results.storeerrors import check_url
 from tuner.results.studystore import StudyStore, default_storage
 from tuner.results.trialrecord import make_record, now
+from tuner.search import offload
 from tuner.search.constraints import apply_vram_cap, no_fit_reason
 from tuner.search.drift import worker_drift
 from tuner.search.finalists import (
@@ -274,8 +275,17 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         probes = _without_redundant_builds(probes, space_file is not None, events,
                                            building=bool(to_make))
 
+        # The memory plan: said first; its layer counts make the default space of a model
+        # that does not fit whole (tuner/search/offload.py).
+        fit, fit_lines = offload.prepare(Path(info.path), wl, opts.max_vram_mib) \
+            if opts.device == "cuda" else (None, [])
+        for line in fit_lines:
+            events.note(line)
+        fit = None if space_file else fit
+
         def plan_of(probes: dict[str, BuildProbe]) -> tuple[Space, list[TrialSpec]]:
-            space = space_file or default_space(opts.device, list(probes))
+            space = space_file or default_space(opts.device, list(probes),
+                                                fit.layers if fit else ())
             return space, grid(space, opts.device, wl,
                                lambda b, k, v: fa_supports(probes[b].flags, k, v))
 
@@ -404,7 +414,8 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                            if prune and best is not None and best.measurement else None)
                 beside = list(background.variants) if background and not background.done() \
                     else None
-                outcome = runner.run(spec, wl, number, prune_against=against)
+                outcome = offload.planned_outcome(fit, spec, wl) or runner.run(
+                    spec, wl, number, prune_against=against)
                 probe = probes[spec.model.build]
                 record = make_record(study, number, spec, wl, outcome, probe.flags,
                                      probe.expected_variant, envs[spec.model.build], started)

@@ -122,3 +122,54 @@ class GpuMonitor:
             return None
         v = self._nvml.nvmlSystemGetDriverVersion()
         return v.decode() if isinstance(v, bytes) else v
+
+
+# FAKE: a GPU free-memory figure in MiB for tests of the memory plan on machines without a GPU
+# (CI). Read by free_mib() before NVML; never set it on a real run.
+FAKE_FREE_ENV = "TUNER_FAKE_GPU_FREE_MIB"
+
+
+def free_mib(cuda_index: int = 0) -> float | None:
+    """The GPU's free memory now (NVML; no CUDA context is made), or None without a GPU.
+    ``TUNER_FAKE_GPU_FREE_MIB`` (FAKE, tests only) replaces the reading."""
+    fake = os.environ.get(FAKE_FREE_ENV)
+    if fake:
+        return float(fake)
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return float(pynvml.nvmlDeviceGetMemoryInfo(nvml_handle(pynvml, cuda_index)).free) / 2**20
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return None
+
+
+def children_mib(cuda_index: int = 0) -> float:
+    """GPU memory held by this process's child processes (the sweep's own workers, which a
+    trial replaces), from NVML's process list; 0 where it cannot be read (a FAKE free figure,
+    no driver, or a pid namespace that hides the pids)."""
+    if os.environ.get(FAKE_FREE_ENV):
+        return 0.0
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(nvml_handle(pynvml, cuda_index))
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return 0.0
+    return sum(p.usedGpuMemory / 2**20 for p in procs
+               if p.usedGpuMemory and _parent_of(p.pid) == os.getpid())
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

@@ -1,0 +1,166 @@
+"""Partial offload: the placement proof of N layers on the GPU (a fixture made from the real
+full-offload log as llama.cpp prints ngl 20, and edits of it refused), the default space and the
+sweep's first lines when the model does not fit (a FAKE GPU free-memory figure: no GPU here),
+and an out-of-memory at load recorded as infeasible, never a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.cli_run import tuner
+from tests.partial_fixture import partial_log
+from tests.spaces import write_space
+from tuner.evidence.placement import Expectation, parse_load_log, verify
+from tuner.models import memplan
+from tuner.results.studystore import default_storage, list_studies, records_of
+from tuner.search import offload
+from tuner.search.space import default_space
+from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
+from tuner.worker.gpumem import FAKE_FREE_ENV
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PARTIAL = (FIXTURES / "cuda-partial-offload-ngl20.log").read_text()
+NGL20 = Expectation(device="cuda", n_gpu_layers=20, type_k="f16", type_v="f16",
+                    flash_attn=True, n_ctx=4096, n_ubatch=512)
+
+
+def test_the_fixture_is_the_edit_of_the_full_log() -> None:
+    assert PARTIAL == partial_log(20)
+
+
+def test_partial_offload_fixture_is_verified() -> None:
+    ev = parse_load_log(PARTIAL)
+    assert (ev.offloaded_layers, ev.total_layers) == (20, 33)
+    assert ev.model_buffers_mib == {"CPU_Mapped": 1482.04, "CUDA0": 2165.83}
+    assert ev.kv_buffers_mib == {"CPU": 832.0, "CUDA0": 1216.0}
+    v = verify(ev, NGL20)
+    assert v.verified, v.reasons
+    assert v.summary.startswith("20/33 layers on CUDA0, 13/33 layers on CPU")
+
+
+def _swap(text: str, to_cpu: int, to_gpu: int) -> str:
+    text = text.replace(f"layer {to_cpu:3d} assigned to device CUDA0",
+                        f"layer {to_cpu:3d} assigned to device CPU")
+    return text.replace(f"layer {to_gpu:3d} assigned to device CPU",
+                        f"layer {to_gpu:3d} assigned to device CUDA0")
+
+
+@pytest.mark.parametrize(("edited", "reason"), [
+    # the right count, the wrong layers: an early layer on CUDA, a late one on the CPU
+    (_swap(PARTIAL, 20, 3), "layer 20"),
+    # the output layer (index 32) left on the CPU
+    (_swap(PARTIAL, 32, 12), "the output layer 32"),
+    # llama.cpp says it offloaded another count
+    (PARTIAL.replace("offloaded 20/33 layers", "offloaded 21/33 layers"),
+     "offloaded 21/33 layers to GPU, expected 20/33"),
+    # a GPU layer's KV cache on the CPU
+    (PARTIAL.replace("llama_kv_cache: layer  25: dev = CUDA0",
+                     "llama_kv_cache: layer  25: dev = CPU"), "KV cache of 1 layers"),
+])
+def test_an_edited_partial_log_is_refused(edited: str, reason: str) -> None:
+    v = verify(parse_load_log(edited), NGL20)
+    assert not v.verified
+    assert any(reason in r for r in v.reasons), v.reasons
+
+
+def test_another_layer_count_asked_is_refused() -> None:
+    v = verify(parse_load_log(PARTIAL), NGL20.model_copy(update={"n_gpu_layers": 16}))
+    assert not v.verified and any("expected 16" in r for r in v.reasons)
+
+
+def test_full_offload_log_is_not_a_partial_one() -> None:
+    full = (FIXTURES / "cuda-h100-full-offload.log").read_text()
+    v = verify(parse_load_log(full), NGL20)
+    assert not v.verified and any("33 layers assigned to a CUDA device, expected 20" in r
+                                  for r in v.reasons)
+
+
+@pytest.fixture(scope="module")
+def sparse_7b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full-size qwen2.5-7b-shaped F16 file whose data is a hole (header real, no disk)."""
+    from tuner.models.modelgen import SHAPES, write_llama
+
+    return write_llama(tmp_path_factory.mktemp("sparse") / "q7b.gguf", **SHAPES["qwen2.5-7b"],
+                       sparse=True)
+
+
+def test_plan_and_default_space_when_the_model_does_not_fit(
+        sparse_7b: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAKE free memory: 8 GiB left of the GPU, a 14 GiB model."""
+    monkeypatch.setenv(FAKE_FREE_ENV, "8192")
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, "65536")
+    wl = Workload(prompt_tokens=2048, gen_tokens=128)
+    op, lines = offload.prepare(sparse_7b, wl, None)
+    assert op is not None and op.partial
+    tops = {r.kv: r.most_layers for r in op.plan.rows if r.n_ubatch == 512}
+    assert 0 < tops["f16/f16"] <= tops["q8_0/q8_0"] < 29
+    assert max(tops.values()) in op.layers and max(tops.values()) - 4 in op.layers
+    text = "\n".join(lines)
+    assert "does NOT fit at full offload" in text and "n_ctx 2176" in text
+    assert "searching n_gpu_layers" in text and "the host holds" in text
+    space = default_space("cuda", ["installed"], op.layers)
+    assert space.n_gpu_layers == list(op.layers)
+    assert set(space.kv_cache) == {"f16/f16", "q8_0/q8_0"} and len(space.n_threads) >= 1
+    # The plan read again: memory taken by another process since the start -> infeasible.
+    spec = TrialSpec(model=ModelSettings(build="installed", device="cuda",
+                                         n_gpu_layers=max(op.layers)),
+                     context=ContextSettings(n_ubatch=512, type_k="q8_0", type_v="q8_0",
+                                             flash_attn=True))
+    assert offload.planned_outcome(op, spec, wl) is None
+    monkeypatch.setenv(FAKE_FREE_ENV, "6000")
+    out = offload.planned_outcome(op, spec, wl)
+    assert out is not None and out.state.value == "infeasible"
+    assert out.error is not None and "does not fit by the memory plan" in out.error
+
+
+def test_host_too_small_for_its_share_is_refused(sparse_7b: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.errors import EnvironmentUnfit
+
+    monkeypatch.setenv(FAKE_FREE_ENV, "8192")
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, "2048")
+    with pytest.raises(EnvironmentUnfit, match="the host has 2,048 MiB available"):
+        offload.prepare(sparse_7b, Workload(prompt_tokens=2048, gen_tokens=128), None)
+
+
+def test_a_model_that_fits_keeps_the_full_offload_space(
+        sparse_7b: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FAKE_FREE_ENV, "140000")
+    op, lines = offload.prepare(sparse_7b, Workload(prompt_tokens=2048, gen_tokens=128), None)
+    assert op is not None and not op.partial and "fits at full offload (29/29" in lines[-1]
+    assert default_space("cuda", ["installed"], op.layers).n_gpu_layers == [-1]
+
+
+def test_doctor_says_what_fits(sparse_7b: Path) -> None:
+    proc = tuner("doctor", "--model", sparse_7b, "--n-ctx", 2176,
+                 env={FAKE_FREE_ENV: "8192"}, timeout=300)
+    assert "Traceback" not in proc.stderr
+    assert "does NOT fit at full offload on this GPU" in proc.stdout
+    layout = memplan.read_layout(sparse_7b)
+    q8 = memplan.most_layers(layout, memplan.Budget(free_mib=8192),
+                             memplan.Context(n_ctx=2176, type_k="q8_0", type_v="q8_0",
+                                             n_ubatch=512, flash_attn=True))
+    assert f"kv q8_0/q8_0  n_ubatch 512   flash_attn on : {q8:>3} layers" in proc.stdout
+
+
+def test_out_of_memory_at_load_is_infeasible_not_a_crash(tiny_model: Path,
+                                                         tmp_path: Path) -> None:
+    """FAKE: every worker dies at load as llama.cpp does on a cudaMalloc failure (no GPU
+    here, and a CPU trial's model settings are all alike); the sweep records each trial
+    infeasible, says why there is no config, and exits 3: no crash, no traceback."""
+    space = write_space(tmp_path / "space.yaml", flash_attn=[False, True])
+    proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space", space,
+                 "--prompt-tokens", 32, "--gen-tokens", 4, "--n-ctx", 64, "--repetitions", 1,
+                 "--warmup", 0, "--results", tmp_path / "results",
+                 "--out", tmp_path / "production.yaml", "--finalist-rounds", 0,
+                 "--sampler", "grid", env={"TUNER_FAULTS": "oom@load"}, timeout=300)
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    url = default_storage(tmp_path / "results")
+    records = records_of(url, list_studies(url)[0])
+    assert len(records) == 2
+    for r in records:
+        assert r.state.value == "infeasible" and "out of memory" in (r.error or "")
+    assert not (tmp_path / "production.yaml").exists()
