@@ -27,7 +27,7 @@ NGL20 = Expectation(device="cuda", n_gpu_layers=20, type_k="f16", type_v="f16",
 
 
 def test_the_fixture_is_the_edit_of_the_full_log() -> None:
-    assert PARTIAL == partial_log(20)
+    assert partial_log(20) == PARTIAL
 
 
 def test_partial_offload_fixture_is_verified() -> None:
@@ -164,3 +164,30 @@ def test_out_of_memory_at_load_is_infeasible_not_a_crash(tiny_model: Path,
     for r in records:
         assert r.state.value == "infeasible" and "out of memory" in (r.error or "")
     assert not (tmp_path / "production.yaml").exists()
+
+
+def test_report_shows_the_plan_beside_the_measure_and_why_fewer_layers_won(
+        sparse_7b: Path) -> None:
+    """TEST DATA records (tests/records_factory.py) of a partial-offload study of the sparse
+    qwen2.5-7b file: ngl 20 won, ngl 24 was slower, ngl 28 ran out of memory."""
+    from tests.records_factory import make_record
+    from tuner.reports.overview import overview
+    from tuner.results.records import TrialState
+
+    def rec(n: int, ngl: int, **kw: object) -> object:
+        r = make_record(n, n_gpu_layers=ngl, model_path=str(sparse_7b), **kw)  # type: ignore[arg-type]
+        return r.model_copy(update={
+            "placement": {"total_layers": 29},
+            "buffers_mib": {"model": {"CUDA0": 3000.0, "CPU_Mapped": 11000.0},
+                            "kv": {"CUDA0": 40.0, "CPU": 80.0}, "compute": {"CUDA0": 310.0}}})
+    records = [rec(0, 20, request_s=8.0), rec(1, 24, request_s=8.6),
+               rec(2, 28, state=TrialState.INFEASIBLE)]
+    ov = overview("s", records)  # type: ignore[arg-type]
+    text = "\n".join(ov.offload)
+    assert ov.offload[0].startswith("20/29 layers on the GPU (partial offload); measured MiB: "
+                                    "CUDA0 model 3,000 + kv 40 + compute 310")
+    assert "memory plan MiB: GPU model " in text
+    assert "more layers measured slower: #1 ngl 24 8.600 s/request against 8.000 s" in text
+    assert "more layers did not fit: ngl 28 infeasible (cudaMalloc failed" in text
+    full = overview("s", [make_record(0)])
+    assert full.offload == []

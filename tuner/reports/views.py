@@ -103,6 +103,8 @@ def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
             body.add_row("tie" if ov.tie else "undecided", ov.tie_reason or "")
         if ov.served:
             body.add_row("served", ov.served)
+        for i, line in enumerate(ov.offload):
+            body.add_row("offload" if i == 0 else "", line)
     r = ov.runner_up
     if r is not None and ov.gap is not None:
         body.add_row("runner-up", f"#{r.trial} {r.label}: {secs(r.request_s.value)} s, "

@@ -143,7 +143,25 @@ def free_mib(cuda_index: int = 0) -> float | None:
             return float(pynvml.nvmlDeviceGetMemoryInfo(nvml_handle(pynvml, cuda_index)).free) / 2**20
         finally:
             pynvml.nvmlShutdown()
+    except ImportError:
+        return _smi_free_mib(cuda_index)
     except Exception:
+        return None
+
+
+def _smi_free_mib(cuda_index: int) -> float | None:
+    """nvidia-smi's figure where the NVML bindings (nvidia-ml-py) are not installed."""
+    import subprocess
+
+    visible = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if x.strip()]
+    index = visible[cuda_index] if cuda_index < len(visible) else str(cuda_index)
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free",
+                              "--format=csv,noheader,nounits", "-i", index],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+        return float(out.strip().splitlines()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
 
 
