@@ -157,8 +157,8 @@ def test_partial_placement_follows_llama_cpp() -> None:
     total_w = m.file_weights_bytes
     assert part.gpu.weights + part.host.weights == total_w == full.gpu.weights + full.host.weights
     assert part.gpu.kv == full.gpu.kv * 7 // 28 and part.host.kv == full.gpu.kv * 21 // 28
-    # op offload: a host layer's largest weight is copied into the GPU's compute buffer
-    assert part.gpu.compute == full.gpu.compute + max(m.layer_largest)
+    # op offload: a host layer's weights are copied into the GPU's compute buffer
+    assert part.gpu.compute == full.gpu.compute + max(m.layer_bytes)
 
 
 def test_most_layers_per_cache_type_against_a_fake_budget() -> None:

@@ -16,7 +16,7 @@ from tuner.evidence.placement import Expectation, parse_load_log, verify
 from tuner.models import memplan
 from tuner.results.studystore import default_storage, list_studies, records_of
 from tuner.search import offload
-from tuner.search.space import default_space
+from tuner.search.space import default_space, grid
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 from tuner.worker.gpumem import FAKE_FREE_ENV
 
@@ -94,18 +94,31 @@ def test_plan_and_default_space_when_the_model_does_not_fit(
     wl = Workload(prompt_tokens=2048, gen_tokens=128)
     op, lines = offload.prepare(sparse_7b, wl, None)
     assert op is not None and op.partial
-    tops = {r.kv: r.most_layers for r in op.plan.rows if r.n_ubatch == 512}
-    assert 0 < tops["f16/f16"] <= tops["q8_0/q8_0"] < 29
-    assert max(tops.values()) in op.layers and max(tops.values()) - 4 in op.layers
+    at512 = {r.kv: r.most_layers for r in op.plan.rows if r.n_ubatch == 512}
+    assert 0 < at512["f16/f16"] <= at512["q8_0/q8_0"] < 29
+    tops = {kv: max(r.most_layers for r in op.plan.rows if r.kv == kv) for kv in at512}
+    assert set(op.layers) == {t - d for t in tops.values() for d in (0, 2, 4)}
     text = "\n".join(lines)
     assert "does NOT fit at full offload" in text and "n_ctx 2176" in text
     assert "searching n_gpu_layers" in text and "the host holds" in text
     space = default_space("cuda", ["installed"], op.layers)
     assert space.n_gpu_layers == list(op.layers)
     assert set(space.kv_cache) == {"f16/f16", "q8_0/q8_0"} and len(space.n_threads) >= 1
-    # The plan read again: memory taken by another process since the start -> infeasible.
+    # The grid keeps only what the plan says fits: the search's patience is not spent on
+    # settings that cannot load.
+    specs = grid(space, "cuda", wl, lambda b, k, v: True)
+    kept = offload.keep_fitting(op, specs, wl)
+    assert 0 < len(kept) < len(specs)
+    usable = op.plan.budget.usable_bytes
+    for s in specs:
+        need = memplan.place(op.plan.layout, s.model.n_gpu_layers, offload.spec_context(s, wl))
+        assert (s in kept) == (need.gpu.total <= usable)
+    assert {s.model.n_gpu_layers for s in kept} == set(op.layers)
+    # The plan read again before a trial: what fits runs; memory taken by another process
+    # since the start -> infeasible without a worker. (A setting of the grid beyond what fits
+    # at its n_ubatch is infeasible the same way, at no cost.)
     spec = TrialSpec(model=ModelSettings(build="installed", device="cuda",
-                                         n_gpu_layers=max(op.layers)),
+                                         n_gpu_layers=at512["q8_0/q8_0"]),
                      context=ContextSettings(n_ubatch=512, type_k="q8_0", type_v="q8_0",
                                              flash_attn=True))
     assert offload.planned_outcome(op, spec, wl) is None

@@ -30,8 +30,11 @@ from tuner.models.gguftensors import GgufTable, ggml_row_bytes, read_table
 MIB = 1 << 20
 CTX_PAD = 256  # llama_context rounds n_ctx up to a multiple of this
 # The smallest batch the CUDA backend takes a matmul of host-held weights for (op offload,
-# ggml-cuda.cu's offload_op: get_op_batch_size(op) >= 32): the weight is then copied into
-# the GPU's compute buffer.
+# ggml-cuda.cu's offload_op: get_op_batch_size(op) >= 32). The weights are then inputs of a
+# CUDA split, copied into the GPU's compute buffer when the split starts and freed after it
+# (ggml-backend.cpp's split inputs; one copy with sched copies = 1): the plan reserves the
+# largest host layer's weights, a whole layer running as one split. Not yet measured on a GPU
+# (benchmarks/partial_offload.sh records the CUDA compute buffers of partial loads).
 OP_OFFLOAD_MIN_BATCH = 32
 # What a worker process holds on the GPU beyond llama.cpp's model/KV/compute buffers (the CUDA
 # context, cuBLAS workspace, the backend's pool): NVML's per-process peak minus the buffers of
@@ -60,7 +63,6 @@ class ModelLayout:
     head_dim_k: int
     head_dim_v: int
     layer_bytes: tuple[int, ...]  # weights of each repeating layer
-    layer_largest: tuple[int, ...]  # the largest tensor of each layer (op offload copies it)
     input_bytes: int  # token_embd and other input tensors: on the host
     output_bytes: int  # output_norm + output (or the tied copy of token_embd)
     tied_copy_bytes: int  # the copy of token_embd a tied output layer makes on a GPU, else 0
@@ -109,7 +111,6 @@ def layout_of(table: GgufTable) -> ModelLayout:
     ff = v.get(f"{arch}.feed_forward_length", 0)
     n_ff = max(ff) if isinstance(ff, list) else int(ff) if isinstance(ff, int) else 0
     layer_bytes = [0] * n_layer
-    largest = [0] * n_layer
     input_bytes = output_bytes = 0
     names = {t.name: t for t in table.tensors}
     for t in table.tensors:
@@ -117,7 +118,6 @@ def layout_of(table: GgufTable) -> ModelLayout:
             il = int(m.group(1))
             if il < n_layer:
                 layer_bytes[il] += t.nbytes
-                largest[il] = max(largest[il], t.nbytes)
                 continue
         if t.name.startswith(("output.", "output_norm.")):
             output_bytes += t.nbytes
@@ -134,7 +134,7 @@ def layout_of(table: GgufTable) -> ModelLayout:
         path=table.path, architecture=arch, n_layer=n_layer, n_embd=n_embd, n_vocab=vocab,
         n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv, head_dim_k=head_k,
         head_dim_v=head_v, layer_bytes=tuple(layer_bytes),
-        layer_largest=tuple(largest), input_bytes=input_bytes, output_bytes=output_bytes + copy,
+        input_bytes=input_bytes, output_bytes=output_bytes + copy,
         tied_copy_bytes=copy, context_length=ctx if isinstance(ctx, int) else None)
 
 
@@ -213,6 +213,7 @@ class Context:
     type_v: str = "f16"
     n_ubatch: int = 512
     flash_attn: bool = False
+    op_offload: bool = True  # llama.cpp's default: large batches of host layers run on the GPU
 
 
 def gpu_layers(m: ModelLayout, n_gpu_layers: int) -> tuple[tuple[int, ...], bool]:
@@ -239,9 +240,9 @@ def place(m: ModelLayout, n_gpu_layers: int, ctx: Context) -> Placement:
     act = compute_bytes(m, ctx.n_ubatch, ctx.n_ctx, ctx.flash_attn)
     host_layers = [il for il in range(m.n_layer) if il not in gpu_set]
     copy = 0
-    if ctx.n_ubatch >= OP_OFFLOAD_MIN_BATCH and (host_layers or not output):
-        # op offload: the host's largest weight is copied to the GPU for a batch's matmul
-        copy = max([m.layer_largest[il] for il in host_layers]
+    if ctx.op_offload and ctx.n_ubatch >= OP_OFFLOAD_MIN_BATCH and (host_layers or not output):
+        # op offload: a host layer's weights are copied to the GPU for a batch's matmuls
+        copy = max([m.layer_bytes[il] for il in host_layers]
                    + ([m.output_bytes] if not output else []))
     # The host's own compute buffer: the token embeddings' rows (get_rows runs on the host)
     # and, when host layers compute there, their activations.

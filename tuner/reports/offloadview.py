@@ -32,7 +32,7 @@ def _predicted(r: TrialRecord, model: str | None, n_ctx: int) -> str | None:
     c = r.spec.context
     p = memplan.place(layout, r.spec.model.n_gpu_layers, memplan.Context(
         n_ctx=n_ctx, type_k=c.type_k, type_v=c.type_v, n_ubatch=c.n_ubatch,
-        flash_attn=c.flash_attn))
+        flash_attn=c.flash_attn, op_offload=c.op_offload))
     mib = memplan.MIB
     return (f"GPU model {p.gpu.weights / mib:,.0f} + kv {p.gpu.kv / mib:,.0f} + compute "
             f"{p.gpu.compute / mib:,.0f}; host model {p.host.weights / mib:,.0f} + kv "

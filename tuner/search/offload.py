@@ -121,7 +121,19 @@ def prepare(model: Path, wl: Workload, max_vram_mib: float | None,
 def spec_context(spec: TrialSpec, wl: Workload) -> Context:
     c = spec.context
     return Context(n_ctx=wl.n_ctx, type_k=c.type_k, type_v=c.type_v, n_ubatch=c.n_ubatch,
-                   flash_attn=c.flash_attn)
+                   flash_attn=c.flash_attn, op_offload=c.op_offload)
+
+
+def keep_fitting(op: OffloadPlan | None, specs: list[TrialSpec], wl: Workload) -> list[TrialSpec]:
+    """The default partial-offload grid without the settings the plan says do not fit (more
+    layers than fit at their cache type and n_ubatch): they would only spend the search's
+    patience. Unchanged when the model fits whole or there is no plan."""
+    if op is None or not op.partial:
+        return specs
+    usable = op.plan.budget.usable_bytes
+    return [s for s in specs
+            if memplan.place(op.plan.layout, s.model.n_gpu_layers, spec_context(s, wl)).gpu.total
+            <= usable]
 
 
 def no_longer_fits(op: OffloadPlan | None, spec: TrialSpec, wl: Workload) -> str | None:

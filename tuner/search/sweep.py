@@ -286,8 +286,8 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         def plan_of(probes: dict[str, BuildProbe]) -> tuple[Space, list[TrialSpec]]:
             space = space_file or default_space(opts.device, list(probes),
                                                 fit.layers if fit else ())
-            return space, grid(space, opts.device, wl,
-                               lambda b, k, v: fa_supports(probes[b].flags, k, v))
+            return space, offload.keep_fitting(fit, grid(
+                space, opts.device, wl, lambda b, k, v: fa_supports(probes[b].flags, k, v)), wl)
 
         space, specs = plan_of(probes)
         if not specs:
