@@ -204,3 +204,13 @@ def test_report_shows_the_plan_beside_the_measure_and_why_fewer_layers_won(
     assert "more layers did not fit: ngl 28 infeasible (cudaMalloc failed" in text
     full = overview("s", [make_record(0)])
     assert full.offload == []
+
+
+def test_production_config_carries_the_layers_and_cache_types() -> None:
+    from tests.records_factory import make_record
+    from tuner.deploy.prodconfig import server_config
+
+    r = make_record(0, n_gpu_layers=20, type_k="q8_0", type_v="q8_0", flash_attn=True)
+    model = server_config(r, "/models/m.gguf")["models"][0]
+    assert model["n_gpu_layers"] == 20
+    assert (model["type_k"], model["type_v"], model["flash_attn"]) == (8, 8, True)
