@@ -12,8 +12,9 @@
 # layers against the most llama-bench loads and runs (probed one layer at a time), llama-bench
 # pp2048 / tg128 at depth 2048 over the layer counts the sweep searched and both cache types,
 # and the sweep's winner beside the best of them.
-# Inputs (the lead's checkout carries them): $WHEELS (default shared/gpu/wheels, else .whl)
-# and $SDIST (default shared/gpu/llama-cpp-python-0.3.36-src.tar.gz, else .carry/...).
+# Inputs (the lead's checkout carries them): .whl/ and .carry/ (as gpu_bench.sh), else
+# $GPU_SHARED (default shared/gpu: wheels/, diskcache-*.whl, the source archive); SDIST= to name
+# the archive.
 # LEAVE_GIB=4 by default: the case (a 7B Q4_K_M at full offload does not load). With 8
 # GiB left a 7-8B Q4_K_M fits whole by the plan (about 4.4-4.7 GiB of GPU memory at n_ubatch 512),
 # so the sweep keeps the full-offload space: use SHAPE=qwen2.5-14b-like shapes for 8 GiB.
@@ -27,9 +28,12 @@ LEAVE_GIB=${LEAVE_GIB:-4}
 ARCH=${CUDA_ARCH:-90}
 JOBS=${JOBS:-16}
 SWEEP_ARGS=${SWEEP_ARGS---finalist-rounds 0 --served-requests 0 --timeout 240}
-WHEELS=${WHEELS:-$( [ -d shared/gpu/wheels ] && echo shared/gpu/wheels || echo .whl )}
-SDIST=${SDIST:-$( ls shared/gpu/llama-cpp-python-*-src.tar.gz 2>/dev/null | head -1 )}
-SDIST=${SDIST:-.carry/llama-cpp-python-0.3.36-src.tar.gz}
+# The offline inputs: .whl/ and .carry/ as benchmarks/gpu_bench.sh takes them, else the
+# project's shared/gpu (its wheels/, diskcache wheel and source archive; see its README).
+GPU_SHARED=${GPU_SHARED:-shared/gpu}
+if [ -d .whl ]; then WHEEL_FILES=(.whl/*.whl); else
+  WHEEL_FILES=("$GPU_SHARED"/wheels/*.whl "$GPU_SHARED"/diskcache-*.whl); fi
+SDIST=${SDIST:-$( ls .carry/llama-cpp-python-*-src.tar.gz "$GPU_SHARED"/llama-cpp-python-*-src.tar.gz 2>/dev/null | head -1 )}
 MODEL=$BENCH/$SHAPE-$QUANT.gguf
 export PYTHONUNBUFFERED=1
 
@@ -40,7 +44,7 @@ run() {
   mkdir -p "$BENCH/out"
   phase "setup: wheels, CUDA llama-cpp-python ($SDIST), model $SHAPE f16"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$WHEELS"/*.whl || { phase "FAILED wheels"; return 1; }
+    --target /tmp/site "${WHEEL_FILES[@]}" || { phase "FAILED wheels"; return 1; }
   nvidia-smi --query-gpu=name,driver_version,memory.total,memory.free --format=csv \
     > "$BENCH/out/gpu.txt"
   python3 -m tuner.models.modelgen --shape "$SHAPE" --quant f16 --out "$MODEL.f16" \
