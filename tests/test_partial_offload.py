@@ -126,6 +126,14 @@ def test_plan_and_default_space_when_the_model_does_not_fit(
     out = offload.planned_outcome(op, spec, wl)
     assert out is not None and out.state.value == "infeasible"
     assert out.error is not None and "does not fit by the memory plan" in out.error
+    # A finalist measured again in a fresh worker: the same check, said as a finalist's.
+    fin = offload.finalist_outcome(sparse_7b, spec, wl, None)
+    assert fin is not None and fin.state.value == "infeasible"
+    assert (fin.error or "").startswith("finalist does not fit by the memory plan")
+    full = spec.model_copy(update={"model": spec.model.model_copy(update={"n_gpu_layers": -1})})
+    assert offload.finalist_outcome(sparse_7b, full, wl, None) is None  # OOM at load says it
+    monkeypatch.setenv(FAKE_FREE_ENV, "8192")
+    assert offload.finalist_outcome(sparse_7b, spec, wl, None) is None
 
 
 def test_host_too_small_for_its_share_is_refused(sparse_7b: Path,

@@ -8,11 +8,12 @@ teaches the search like an out-of-memory at load, at no cost."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner.errors import EnvironmentUnfit
+from tuner.errors import EnvironmentUnfit, TunerError
 from tuner.models import memplan
 from tuner.models.memplan import MIB, Budget, Context, MemoryPlan
 from tuner.results.readings import TrialState
@@ -136,17 +137,18 @@ def keep_fitting(op: OffloadPlan | None, specs: list[TrialSpec], wl: Workload) -
             <= usable]
 
 
-def no_longer_fits(op: OffloadPlan | None, spec: TrialSpec, wl: Workload) -> str | None:
+def no_longer_fits(layout: memplan.ModelLayout, max_vram_mib: float | None, spec: TrialSpec,
+                   wl: Workload) -> str | None:
     """Why ``spec`` is infeasible by the plan against the memory free now (plus what this
     sweep's own workers hold, which the trial takes over), or None."""
-    if op is None or not op.partial or spec.model.device != "cuda":
+    if spec.model.device != "cuda":
         return None
     free = gpumem.free_mib(spec.model.main_gpu)
     if free is None:
         return None
     free += gpumem.children_mib(spec.model.main_gpu)
-    budget = Budget(free_mib=free, max_vram_mib=op.plan.budget.max_vram_mib)
-    need = memplan.place(op.plan.layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
+    budget = Budget(free_mib=free, max_vram_mib=max_vram_mib)
+    need = memplan.place(layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
     if need.total <= budget.usable_bytes:
         return None
     return (f"does not fit by the memory plan: {need.total / MIB:,.0f} MiB on the GPU for "
@@ -155,6 +157,29 @@ def no_longer_fits(op: OffloadPlan | None, spec: TrialSpec, wl: Workload) -> str
 
 
 def planned_outcome(op: OffloadPlan | None, spec: TrialSpec, wl: Workload) -> Outcome | None:
-    """An infeasible outcome, without a worker, for a setting the plan says no longer fits."""
-    why = no_longer_fits(op, spec, wl)
+    """An infeasible outcome, without a worker, for a setting of the partial-offload search
+    the plan says no longer fits; None otherwise (run it)."""
+    if op is None or not op.partial:
+        return None
+    why = no_longer_fits(op.plan.layout, op.plan.budget.max_vram_mib, spec, wl)
     return None if why is None else Outcome(state=TrialState.INFEASIBLE, error=why)
+
+
+@functools.lru_cache(maxsize=4)
+def _layout(path: str) -> memplan.ModelLayout | None:
+    try:
+        return memplan.read_layout(path)
+    except (ValueError, TunerError):
+        return None
+
+
+def finalist_outcome(model: Path, spec: TrialSpec, wl: Workload,
+                     max_vram_mib: float | None) -> Outcome | None:
+    """A partial-offload finalist (n_gpu_layers >= 0) that no longer fits the memory free now
+    (another process took some since its search trial): infeasible, without a worker."""
+    if (spec.model.device != "cuda" or spec.model.n_gpu_layers < 0
+            or (layout := _layout(str(model))) is None):
+        return None
+    why = no_longer_fits(layout, max_vram_mib, spec, wl)
+    return None if why is None else Outcome(state=TrialState.INFEASIBLE,
+                                            error=f"finalist {why}")

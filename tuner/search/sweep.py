@@ -563,11 +563,16 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
                 for i in group:
                     spec, source = specs[i], by_number[specs[i].key()]
                     started = now()
-                    outcome = fresh.run(spec, wl, source.number)
+                    outcome = offload.finalist_outcome(
+                        Path(info.path), spec, wl, opts.max_vram_mib) or fresh.run(
+                        spec, wl, source.number)
                     probe = probes[spec.model.build]
                     got[i] = make_record(study, source.number, spec, wl, outcome, probe.flags,
                                          probe.expected_variant, envs[spec.model.build],
                                          started)
+                    if got[i].state.value == "infeasible":
+                        events.note(f"finalist #{source.number} {spec.label()}: infeasible now "
+                                    f"({got[i].error}); out of the finalists")
         return [got[i] for i in range(len(specs))]
 
     t0 = time.monotonic()
