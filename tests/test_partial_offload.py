@@ -222,3 +222,33 @@ def test_production_config_carries_the_layers_and_cache_types() -> None:
     model = server_config(r, "/models/m.gguf")["models"][0]
     assert model["n_gpu_layers"] == 20
     assert (model["type_k"], model["type_v"], model["flash_attn"]) == (8, 8, True)
+
+
+def test_own_workers_gpu_memory_is_counted_only_when_nvml_pids_are_ours(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FAKE NVML module (no GPU here) listing a real child process of this test, then a pid
+    from another pid namespace: the sweep's own share is told in the first case only."""
+    import subprocess
+    import sys
+    import types
+
+    from tuner.worker import gpumem
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        procs: list[types.SimpleNamespace] = []
+        fake = types.SimpleNamespace(
+            nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+            nvmlDeviceGetHandleByIndex=lambda i: i,
+            nvmlDeviceGetComputeRunningProcesses=lambda h: list(procs))
+        monkeypatch.setitem(sys.modules, "pynvml", fake)
+        monkeypatch.delenv(FAKE_FREE_ENV, raising=False)
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        assert gpumem.children_mib(0) is None  # a child runs, NVML lists nothing: unknown
+        procs.append(types.SimpleNamespace(pid=child.pid, usedGpuMemory=3 * 2**30))
+        assert gpumem.children_mib(0) == 3072.0
+        procs.append(types.SimpleNamespace(pid=2**22 + 12345, usedGpuMemory=2**30))
+        assert gpumem.children_mib(0) is None  # a pid this process cannot see
+    finally:
+        child.kill()
+        child.wait()

@@ -44,11 +44,11 @@ class OffloadPlan:
 def plan_model(model: Path, wl: Workload, max_vram_mib: float | None,
                main_gpu: int = 0) -> MemoryPlan | None:
     """The memory plan of ``model`` at the workload's context on this GPU, or None without a
-    free-memory reading (no NVIDIA driver) or for a model shape the plan cannot read."""
+    free-memory reading (no NVIDIA driver) or for a model shape the plan cannot read. Read
+    before the sweep starts any worker: the free memory is then the sweep's to use."""
     free = gpumem.free_mib(main_gpu)
     if free is None:
         return None
-    free += gpumem.children_mib(main_gpu)  # this sweep's probes hold CUDA contexts now
     try:
         layout = memplan.read_layout(model)
     except ValueError:
@@ -144,9 +144,10 @@ def no_longer_fits(layout: memplan.ModelLayout, max_vram_mib: float | None, spec
     if spec.model.device != "cuda":
         return None
     free = gpumem.free_mib(spec.model.main_gpu)
-    if free is None:
+    own = gpumem.children_mib(spec.model.main_gpu)
+    if free is None or own is None:  # this sweep's own workers' share unknown: no verdict
         return None
-    free += gpumem.children_mib(spec.model.main_gpu)
+    free += own
     budget = Budget(free_mib=free, max_vram_mib=max_vram_mib)
     need = memplan.place(layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
     if need.total <= budget.usable_bytes:

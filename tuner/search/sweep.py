@@ -261,6 +261,14 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                         f"{_pct(drift.tg_drift)} over its life (noise {drift.noise:.1%}); its "
                         f"trials {drift.trials} are flagged")
 
+    # The memory plan, before any worker holds GPU memory: said first; its layer counts make
+    # the default space of a model that does not fit whole (tuner/search/offload.py).
+    fit, fit_lines = offload.prepare(Path(info.path), wl, opts.max_vram_mib) \
+        if opts.device == "cuda" else (None, [])
+    for line in fit_lines:
+        events.note(line)
+    fit = None if space_file else fit
+
     with Runner(Path(info.path), folder / "logs", {}, opts.trial_timeout_s,
                 opts.load_timeout_s, trials_per_worker=opts.trials_per_worker,
                 sentinel=opts.sentinel, on_sentinel=on_sentinel) as runner:
@@ -274,14 +282,6 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         to_make = builds_to_make(probes) if opts.build_missing and space_file is None else []
         probes = _without_redundant_builds(probes, space_file is not None, events,
                                            building=bool(to_make))
-
-        # The memory plan: said first; its layer counts make the default space of a model
-        # that does not fit whole (tuner/search/offload.py).
-        fit, fit_lines = offload.prepare(Path(info.path), wl, opts.max_vram_mib) \
-            if opts.device == "cuda" else (None, [])
-        for line in fit_lines:
-            events.note(line)
-        fit = None if space_file else fit
 
         def plan_of(probes: dict[str, BuildProbe]) -> tuple[Space, list[TrialSpec]]:
             space = space_file or default_space(opts.device, list(probes),

@@ -165,10 +165,11 @@ def _smi_free_mib(cuda_index: int) -> float | None:
         return None
 
 
-def children_mib(cuda_index: int = 0) -> float:
+def children_mib(cuda_index: int = 0) -> float | None:
     """GPU memory held by this process's child processes (the sweep's own workers, which a
-    trial replaces), from NVML's process list; 0 where it cannot be read (a FAKE free figure,
-    no driver, or a pid namespace that hides the pids)."""
+    trial replaces), from NVML's process list; 0 with a FAKE free figure or without a driver.
+    None when it cannot be told: NVML lists pids this process cannot see (a container's own
+    pid namespace) or none while children run, so a caller must not count on the figure."""
     if os.environ.get(FAKE_FREE_ENV):
         return 0.0
     try:
@@ -179,10 +180,25 @@ def children_mib(cuda_index: int = 0) -> float:
             procs = pynvml.nvmlDeviceGetComputeRunningProcesses(nvml_handle(pynvml, cuda_index))
         finally:
             pynvml.nvmlShutdown()
+    except ImportError:
+        return None if _children() else 0.0  # no bindings: nvidia-smi's free figure only
     except Exception:
         return 0.0
+    parents = {p.pid: _parent_of(p.pid) for p in procs}
+    if any(parent is None for parent in parents.values()) or (not procs and _children()):
+        return None
     return sum(p.usedGpuMemory / 2**20 for p in procs
-               if p.usedGpuMemory and _parent_of(p.pid) == os.getpid())
+               if p.usedGpuMemory and parents[p.pid] == os.getpid())
+
+
+def _children() -> bool:
+    """Whether this process has a live child process (read from /proc)."""
+    me = os.getpid()
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return True
+    return any(_parent_of(pid) == me for pid in pids)
 
 
 def _parent_of(pid: int) -> int | None:
