@@ -121,7 +121,13 @@ def compare(a: argparse.Namespace) -> int:
         measured = _boundary(a.bench, a.model, predicted, tk, fa, layout.n_offloadable)
         bounds[tk] = {"predicted": predicted, "measured": measured,
                       "gpu_mib_predicted": memplan.place(layout, predicted, ctx).gpu.total / 2**20}
-        for n in sorted(set(searched) | ({measured} if measured is not None else set())):
+        # Lean (device time is scarce): the measured boundary, 2 and 4 below it where the
+        # sweep searched them, and the sweep's winner's count.
+        near = {measured, measured - 2, measured - 4} & set(searched) | {measured} \
+            if measured is not None else set()
+        if best is not None:
+            near.add(best.spec.model.n_gpu_layers)
+        for n in sorted(near):
             if n < 0 or (measured is not None and n > measured):
                 continue
             if (r := _bench(a.bench, a.model, n, tk, fa)) is not None:
