@@ -237,15 +237,25 @@ def report(results_dir: Path, storage: str | None, study: str | None, fmt: str,
 @click.option("--results", "results_dir", type=click.Path(path_type=Path),
               default=Path("results"), show_default=True,
               help="Studies whose every trial died are explained from their stored evidence.")
-def doctor(log_path: Path | None, n_gpu_layers: int, builds_dir: Path, results_dir: Path) -> None:
+@click.option("--model", "model", default=None, type=click.Path(path_type=Path),
+              help="Also say whether this GGUF fits at full offload on this GPU, and if not "
+                   "how many layers fit per KV cache type (its memory plan).")
+@click.option("--n-ctx", "n_ctx", type=click.IntRange(min=1), default=640, show_default=True,
+              help="With --model: the context the plan is for (a sweep's --n-ctx).")
+@click.option("--max-vram", "max_vram", type=click.FloatRange(min=0, min_open=True),
+              default=None, metavar="MIB", help="With --model: a cap on the GPU memory.")
+def doctor(log_path: Path | None, n_gpu_layers: int, builds_dir: Path, results_dir: Path,
+           model: Path | None, n_ctx: int, max_vram: float | None) -> None:
     """Without --log: check this machine for a CUDA sweep (llama-cpp-python, spawn, each
     build's flags and GPU offload, the CUDA devices llama.cpp and NVML see, the driver), each
-    problem with its fix, and the likely cause where every trial of a stored study died alike. With --log: say where a llama.cpp load put the model's layers and KV
+    problem with its fix, and the likely cause where every trial of a stored study died alike.
+    With --log: say where a llama.cpp load put the model's layers and KV
     cache, what that means, and how to fix it. Exit 0 when fit / on the GPU, 3 when not.
 
     \b
     Example:
       tuner doctor
+      tuner doctor --model q4.gguf --n-ctx 2176
       python app.py 2> load.log; tuner doctor --log load.log
     """
     if log_path is None:
@@ -258,6 +268,11 @@ def doctor(log_path: Path | None, n_gpu_layers: int, builds_dir: Path, results_d
         for study, cause in study_causes(results_dir):
             for line in cause.lines():
                 out.print(f"study {study}: {line}", markup=False, soft_wrap=True)
+        if model is not None:
+            from tuner.machine.envdoctor import model_fit_lines
+
+            for line in model_fit_lines(model, n_ctx, max_vram):
+                out.print(line, markup=False, soft_wrap=True)
         sys.exit(report.exit_code)
     from tuner.evidence.doctor import diagnose_file
 

@@ -257,6 +257,8 @@ def _cuda_reasons(ev: PlacementEvidence, ex: Expectation, flags: BuildFlags | No
         on_gpu = sum(1 for d in layers.values() if is_cuda_device(d))
         if on_gpu != want:
             out.append(f"{on_gpu} layers assigned to a CUDA device, expected {want}")
+        elif wrong := partial_layer_reason(layers, want, total):
+            out.append(wrong)
     if ev.offloaded_layers is None:
         if layers and want:
             out.append("no 'offloaded N/M layers to GPU' line in the log")
@@ -278,6 +280,21 @@ def _cuda_reasons(ev: PlacementEvidence, ex: Expectation, flags: BuildFlags | No
     if not kv and not ev.kv_buffers_mib:
         out.append("no KV cache placement in the log")
     return out
+
+
+def partial_layer_reason(layers: dict[int, str], want: int, total: int | None) -> str | None:
+    """Why a partial offload's layers are not the ones llama.cpp assigns for ``want``: the
+    last ``want`` of the ``total`` (repeating layers and the output layer, whose index is the
+    last) on CUDA, every earlier one on the CPU (``i_gpu_start = n_layer + 1 - N``)."""
+    count = total if total is not None else len(layers)
+    start = count - want
+    misplaced = {i: d for i, d in layers.items()
+                 if is_cuda_device(d) != (i >= start) or (i < start and not is_cpu_device(d))}
+    if not misplaced:
+        return None
+    return (f"{_where(misplaced)} not where llama.cpp puts {want} GPU layers "
+            f"(layers {start}-{count - 1} on CUDA, the output layer {count - 1} among them; "
+            f"the rest on the CPU)")
 
 
 def _cpu_reasons(ev: PlacementEvidence) -> list[str]:

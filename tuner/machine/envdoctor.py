@@ -168,3 +168,26 @@ def _report(lines: list[str], problems: list[tuple[str, str]],
     else:
         out.append("Verdict: NOT fit for a CUDA sweep.")
     return EnvReport(lines=out, problems=problems, builds=checks, exit_code=0 if fit else 3)
+
+
+def model_fit_lines(model: Path, n_ctx: int, max_vram_mib: float | None) -> list[str]:
+    """``tuner doctor --model``: whether the model fits at full offload on this GPU at
+    ``n_ctx``, and if not the most layers that fit per cache type and n_ubatch
+    (tuner/models/memplan.py against NVML's free memory; ``TUNER_FAKE_GPU_FREE_MIB`` is the
+    FAKE reading tests use). A model the plan cannot read is one line, not an error."""
+    from tuner.models import memplan
+    from tuner.models.modelcheck import check_model
+    from tuner.worker.gpumem import free_mib
+
+    check_model(model)  # a bad file: BadModel, one line and exit 2
+    free = free_mib(0)
+    try:
+        layout = memplan.read_layout(model)
+    except ValueError as e:
+        return [f"memory plan: cannot plan {model.name}: {e}"]
+    weights = layout.file_weights_bytes / memplan.MIB
+    if free is None:
+        return [f"memory plan: {model.name}: {weights:,.0f} MiB of weights; no GPU free-memory "
+                "reading (NVML), so no fit can be told"]
+    plan = memplan.make_plan(layout, n_ctx, memplan.Budget(free_mib=free, max_vram_mib=max_vram_mib))
+    return plan.lines()

@@ -13,6 +13,7 @@ from tuner.builds.catalog import INSTALLED
 from tuner.deploy.servicecompare import lines, raw_of, rows
 from tuner.evidence.stability import instability
 from tuner.reports.analysis import EffectRow, effects, importance
+from tuner.reports.offloadview import offload_lines
 from tuner.reports.rows import baseline_for, is_baseline, order
 from tuner.results.breakdown import TokenBreakdown
 from tuner.results.records import (
@@ -76,6 +77,7 @@ class Overview(Frozen):
     services: list[str] = []
     front: list[Pick] = []  # the Pareto front (tuner/search/pareto.py), when it holds a trade-off
     confirmed: list[ConfirmedFigures] = []  # the search's leaders over processes (finalists')
+    offload: list[str] = []  # a partial-offload winner: plan vs measured, why fewer layers
     warnings: list[str]
     effects: list[EffectRow]
     importance: dict[str, float]
@@ -275,4 +277,5 @@ def overview(study: str, records: list[TrialRecord], finalists: FinalistReport |
         gain=gain, pp_gain=pp_gain,
         no_winner_reason=None if winner else _no_winner_reason(records),
         warnings=warnings, effects=effects(records), importance=importance(records),
+        offload=offload_lines(win_rec, records),
     )

@@ -107,6 +107,8 @@ def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
             body.add_row("services" if i == 0 else "", line)
         for i, line in enumerate(breakdown_lines(ov)):
             body.add_row("per token" if i == 0 else "", line)
+        for i, line in enumerate(ov.offload):
+            body.add_row("offload" if i == 0 else "", line)
     r = ov.runner_up
     if r is not None and ov.gap is not None:
         body.add_row("runner-up", f"#{r.trial} {r.label}: {secs(r.request_s.value)} s, "

@@ -95,10 +95,17 @@ else:
     Space = _SpaceModel
 
 
-def default_space(device: Device, builds: list[str]) -> Space:
+def default_space(device: Device, builds: list[str], gpu_layers: tuple[int, ...] = ()) -> Space:
+    """The built-in space. ``gpu_layers``: the layer counts of a model that does not fit at
+    full offload (tuner/search/offload.py): the space searches them, with the cache types
+    (q8_0 frees room), n_ubatch, flash attention and the CPU threads that compute the rest."""
+    cores = os.cpu_count() or 1
+    threads = sorted({cores, max(1, cores // 2)}, reverse=True)
+    if device == "cuda" and gpu_layers:
+        return Space(builds=builds, n_gpu_layers=list(gpu_layers), n_batch=[512, 2048],
+                     n_ubatch=[256, 512, 1024], flash_attn=[False, True],
+                     kv_cache=["f16/f16", "q8_0/q8_0"], n_threads=threads)
     if device == "cpu":
-        cores = os.cpu_count() or 1
-        threads = sorted({cores, max(1, cores // 2)}, reverse=True)
         return Space(builds=builds, n_gpu_layers=[0], n_batch=[256, 512], n_ubatch=[128, 512],
                      flash_attn=[False, True], kv_cache=["f16/f16", "q8_0/q8_0"],
                      n_threads=threads)

@@ -41,6 +41,7 @@ from tuner.results.store import (
 from tuner.results.storeerrors import check_url
 from tuner.results.studystore import StudyStore, default_storage
 from tuner.results.trialrecord import make_record, now
+from tuner.search import offload
 from tuner.search.constraints import apply_vram_cap, no_fit_reason
 from tuner.search.drift import worker_drift
 from tuner.search.finalists import (
@@ -266,6 +267,14 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                         f"{_pct(drift.tg_drift)} over its life (noise {drift.noise:.1%}); its "
                         f"trials {drift.trials} are flagged")
 
+    # The memory plan, before any worker holds GPU memory: said first; its layer counts make
+    # the default space of a model that does not fit whole (tuner/search/offload.py).
+    fit, fit_lines = offload.prepare(Path(info.path), wl, opts.max_vram_mib) \
+        if opts.device == "cuda" else (None, [])
+    for line in fit_lines:
+        events.note(line)
+    fit = None if space_file else fit
+
     with Runner(Path(info.path), folder / "logs", {}, opts.trial_timeout_s,
                 opts.load_timeout_s, trials_per_worker=opts.trials_per_worker,
                 sentinel=opts.sentinel, on_sentinel=on_sentinel) as runner:
@@ -288,9 +297,10 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                                 "rebuilds it without (tuner/builds/cpuflags.py)")
 
         def plan_of(probes: dict[str, BuildProbe]) -> tuple[Space, list[TrialSpec]]:
-            space = space_file or default_space(opts.device, list(probes))
-            return space, grid(space, opts.device, wl,
-                               lambda b, k, v: fa_supports(probes[b].flags, k, v))
+            space = space_file or default_space(opts.device, list(probes),
+                                                fit.layers if fit else ())
+            return space, offload.keep_fitting(fit, grid(
+                space, opts.device, wl, lambda b, k, v: fa_supports(probes[b].flags, k, v)), wl)
 
         space, specs = plan_of(probes)
         if not specs:
@@ -422,7 +432,8 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                            if prune and best is not None and best.measurement else None)
                 beside = list(background.variants) if background and not background.done() \
                     else None
-                outcome = runner.run(spec, wl, number, prune_against=against)
+                outcome = offload.planned_outcome(fit, spec, wl) or runner.run(
+                    spec, wl, number, prune_against=against)
                 probe = probes[spec.model.build]
                 record = make_record(study, number, spec, wl, outcome, probe.flags,
                                      probe.expected_variant, envs[spec.model.build], started)
@@ -576,11 +587,16 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
                 for i in group:
                     spec, source = specs[i], by_number[specs[i].key()]
                     started = now()
-                    outcome = fresh.run(spec, wl, source.number)
+                    outcome = offload.finalist_outcome(
+                        Path(info.path), spec, wl, opts.max_vram_mib) or fresh.run(
+                        spec, wl, source.number)
                     probe = probes[spec.model.build]
                     got[i] = make_record(study, source.number, spec, wl, outcome, probe.flags,
                                          probe.expected_variant, envs[spec.model.build],
                                          started)
+                    if got[i].state.value == "infeasible":
+                        events.note(f"finalist #{source.number} {spec.label()}: infeasible now "
+                                    f"({got[i].error}); out of the finalists")
         return [got[i] for i in range(len(specs))]
 
     t0 = time.monotonic()

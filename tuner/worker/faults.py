@@ -3,8 +3,9 @@ exit, kill itself or die the way llama.cpp dies on a CUDA out-of-memory, on mach
 real cause cannot be produced (no GPU in CI). Nothing here runs unless ``TUNER_FAULTS`` is set.
 
 ``TUNER_FAULTS`` holds ``KIND@STAGE[:FIELD=VALUE]`` items separated by commas, for example
-``segfault@measure:n_batch=64`` or ``hang@load``. Stages: ``load`` (model load) and ``measure``
-(a trial; FIELD=VALUE is matched against the trial's context settings)."""
+``segfault@measure:n_batch=64`` or ``oom@load:n_gpu_layers=12``. Stages: ``load`` (model load;
+FIELD=VALUE is matched against the model settings) and ``measure`` (a trial; FIELD=VALUE is
+matched against the trial's context settings)."""
 
 from __future__ import annotations
 

@@ -122,3 +122,88 @@ class GpuMonitor:
             return None
         v = self._nvml.nvmlSystemGetDriverVersion()
         return v.decode() if isinstance(v, bytes) else v
+
+
+# FAKE: a GPU free-memory figure in MiB for tests of the memory plan on machines without a GPU
+# (CI). Read by free_mib() before NVML; never set it on a real run.
+FAKE_FREE_ENV = "TUNER_FAKE_GPU_FREE_MIB"
+
+
+def free_mib(cuda_index: int = 0) -> float | None:
+    """The GPU's free memory now (NVML; no CUDA context is made), or None without a GPU.
+    ``TUNER_FAKE_GPU_FREE_MIB`` (FAKE, tests only) replaces the reading."""
+    fake = os.environ.get(FAKE_FREE_ENV)
+    if fake:
+        return float(fake)
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return float(pynvml.nvmlDeviceGetMemoryInfo(nvml_handle(pynvml, cuda_index)).free) / 2**20
+        finally:
+            pynvml.nvmlShutdown()
+    except ImportError:
+        return _smi_free_mib(cuda_index)
+    except Exception:
+        return None
+
+
+def _smi_free_mib(cuda_index: int) -> float | None:
+    """nvidia-smi's figure where the NVML bindings (nvidia-ml-py) are not installed."""
+    import subprocess
+
+    visible = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if x.strip()]
+    index = visible[cuda_index] if cuda_index < len(visible) else str(cuda_index)
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free",
+                              "--format=csv,noheader,nounits", "-i", index],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+        return float(out.strip().splitlines()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def children_mib(cuda_index: int = 0) -> float | None:
+    """GPU memory held by this process's child processes (the sweep's own workers, which a
+    trial replaces), from NVML's process list; 0 with a FAKE free figure or without a driver.
+    None when it cannot be told: NVML lists pids this process cannot see (a container's own
+    pid namespace) or none while children run, so a caller must not count on the figure."""
+    if os.environ.get(FAKE_FREE_ENV):
+        return 0.0
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(nvml_handle(pynvml, cuda_index))
+        finally:
+            pynvml.nvmlShutdown()
+    except ImportError:
+        return None if _children() else 0.0  # no bindings: nvidia-smi's free figure only
+    except Exception:
+        return 0.0
+    parents = {p.pid: _parent_of(p.pid) for p in procs}
+    if any(parent is None for parent in parents.values()) or (not procs and _children()):
+        return None
+    return sum(p.usedGpuMemory / 2**20 for p in procs
+               if p.usedGpuMemory and parents[p.pid] == os.getpid())
+
+
+def _children() -> bool:
+    """Whether this process has a live child process (read from /proc)."""
+    me = os.getpid()
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return True
+    return any(_parent_of(pid) == me for pid in pids)
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

@@ -132,7 +132,7 @@ def _serve(conn: Conn, ms: ModelSettings, job: WorkerJob) -> None:
             gpu = GpuMonitor(adopted.main_gpu)
         ms = adopted
 
-    faults.maybe_inject("load", None, log)
+    faults.maybe_inject("load", ms.model_dump(), log)
     mp = llama_cpp.llama_model_default_params()
     apply_model(llama_cpp, mp, ms)
     t0 = time.perf_counter()

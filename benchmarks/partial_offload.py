@@ -1,0 +1,192 @@
+"""Issue 31 on a GPU (benchmark tooling, run by benchmarks/partial_offload.sh): a GPU made small
+by a process holding its memory, the memory plan's predicted boundary against the one
+llama-bench finds, llama-bench over the layer counts and cache types the sweep searched, and
+tuner's winner beside the best of them.
+
+    python3 benchmarks/partial_offload.py hold --leave-gib 8 --ready FILE
+    python3 benchmarks/partial_offload.py compare --model M --results DIR --bench DIR --out DIR \
+        --sweep-log FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROMPT, GEN, N_CTX = 2048, 128, 2176
+# (label, K/V type, flash attention): as the plan's rows plan them (a quantized V needs FA)
+CACHES = (("f16", "f16", 0), ("q8_0", "q8_0", 1))
+
+
+def hold(leave_gib: float, ready: Path) -> None:
+    """Hold all but ``leave_gib`` GiB of GPU 0 until killed."""
+    import torch
+
+    torch.cuda.init()
+    free, total = torch.cuda.mem_get_info(0)
+    take = free - int(leave_gib * 2**30)
+    block = torch.empty(max(take, 0), dtype=torch.uint8, device="cuda:0")
+    free_after, _ = torch.cuda.mem_get_info(0)
+    ready.write_text(json.dumps({"held_mib": block.numel() / 2**20, "free_mib": free_after / 2**20,
+                                 "total_mib": total / 2**20}) + "\n")
+    while True:
+        time.sleep(3600)
+
+
+def _run(bench: Path, model: Path, ngl: int, tk: str, fa: int, test: list[str],
+         reps: int) -> list[dict] | None:
+    """One llama-bench invocation; its JSON rows, or None when it could not load or run."""
+    search = (bench / "LD_LIBRARY_PATH").read_text().strip() \
+        if (bench / "LD_LIBRARY_PATH").is_file() else str(bench / "lib")
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{search}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    cmd = [str(bench / "bin" / "llama-bench"), "-m", str(model), *test, "-ngl", str(ngl),
+           "-ctk", tk, "-ctv", tk, "-fa", str(fa), "-b", "2048", "-ub", "512", "-r", str(reps),
+           "-o", "json"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    except subprocess.TimeoutExpired:
+        return None
+    if proc.returncode != 0:
+        return None
+    try:
+        rows = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return None
+    return rows if isinstance(rows, list) and rows else None
+
+
+# The tuner's request as llama-bench measures it: pp2048 (context 2048) and tg128 at depth
+# 2048 (context 2176, the sweep's n_ctx); the probe: one token at depth 2048 (the same cache).
+PP = ["-p", str(PROMPT), "-n", "0"]
+TG = ["-p", "0", "-n", str(GEN), "-d", str(PROMPT)]
+PROBE = ["-p", "0", "-n", "1", "-d", str(PROMPT)]
+
+
+def _bench(bench: Path, model: Path, ngl: int, tk: str, fa: int) -> dict | None:
+    pp = _run(bench, model, ngl, tk, fa, PP, 2)
+    tg = _run(bench, model, ngl, tk, fa, TG, 2) if pp else None
+    if not pp or not tg:
+        return None
+    out: dict = {"ngl": ngl, "kv": tk, "fa": fa, "pp_tps": pp[0].get("avg_ts"),
+                 "tg_tps": tg[0].get("avg_ts")}
+    if out["pp_tps"] and out["tg_tps"]:
+        out["request_s"] = PROMPT / out["pp_tps"] + GEN / out["tg_tps"]
+    return out
+
+
+def _boundary(bench: Path, model: Path, start: int, tk: str, fa: int, top: int) -> int | None:
+    """The most layers llama-bench loads and runs (a 2048-token prompt), searched from the
+    plan's prediction up (or down) one layer at a time, at most 5 probes each way."""
+    def ok(n: int) -> bool:
+        return _run(bench, model, n, tk, fa, PROBE, 1) is not None
+    n = start
+    if ok(n):
+        while n < top and ok(n + 1) and n + 1 - start <= 5:
+            n += 1
+        return n
+    while n > 0 and start - n <= 5:
+        n -= 1
+        if ok(n):
+            return n
+    return None
+
+
+def compare(a: argparse.Namespace) -> int:
+    from tuner.models import memplan
+    from tuner.results.studystore import default_storage, list_studies, records_of
+    from tuner.worker.gpumem import free_mib
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    layout = memplan.read_layout(a.model)
+    free = free_mib(0) or 0.0
+    budget = memplan.Budget(free_mib=free)
+    url = default_storage(a.results)
+    studies = list_studies(url)
+    records = records_of(url, studies[0]) if studies else []
+    searched = sorted({r.spec.model.n_gpu_layers for r in records})
+    usable = [r for r in records if r.usable and r.objective is not None]
+    best = min(usable, key=lambda r: r.objective or 0.0) if usable else None
+    rows, bounds = [], {}
+    for tk, _tv, fa in CACHES:
+        ctx = memplan.Context(n_ctx=N_CTX, type_k=tk, type_v=tk, n_ubatch=512, flash_attn=bool(fa))
+        predicted = memplan.most_layers(layout, budget, ctx)
+        measured = _boundary(a.bench, a.model, predicted, tk, fa, layout.n_offloadable)
+        bounds[tk] = {"predicted": predicted, "measured": measured,
+                      "gpu_mib_predicted": memplan.place(layout, predicted, ctx).gpu.total / 2**20}
+        # Lean (device time is scarce): the measured boundary, 2 and 4 below it where the
+        # sweep searched them, and the sweep's winner's count.
+        near = {measured, measured - 2, measured - 4} & set(searched) | {measured} \
+            if measured is not None else set()
+        if best is not None:
+            near.add(best.spec.model.n_gpu_layers)
+        for n in sorted(near):
+            if n < 0 or (measured is not None and n > measured):
+                continue
+            if (r := _bench(a.bench, a.model, n, tk, fa)) is not None:
+                rows.append(r)
+    fastest = min((r for r in rows if "request_s" in r), key=lambda r: r["request_s"],
+                  default=None)
+    sweep_s = None
+    if a.sweep_log and a.sweep_log.is_file():
+        for line in a.sweep_log.read_text().splitlines():
+            if line.startswith("sweep exit"):
+                sweep_s = line
+    tb: dict[str, Any] | None = None if best is None else {
+        "ngl": best.spec.model.n_gpu_layers, "kv": best.spec.context.type_k,
+        "fa": best.spec.context.flash_attn, "n_ubatch": best.spec.context.n_ubatch,
+        "threads": best.spec.context.n_threads, "request_s": best.objective,
+        "verified": best.verification.verified}
+    states = {s: sum(1 for r in records if r.state.value == s)
+              for s in {r.state.value for r in records}}
+    result = {"free_mib_at_compare": free, "boundaries": bounds, "llama_bench": rows,
+              "searched_layers": searched, "sweep": sweep_s,
+              "tuner_best": tb, "states": states}
+    (a.out / "partial-offload.json").write_text(json.dumps(result, indent=1) + "\n")
+    print("| cache | plan's most layers | llama-bench's most layers | plan GPU MiB |")
+    print("|---|---|---|---|")
+    for tk, b in bounds.items():
+        print(f"| {tk} | {b['predicted']} | {b['measured']} | {b['gpu_mib_predicted']:,.0f} |")
+    print()
+    print("| ngl | kv | fa | pp t/s | tg t/s | request s (2048/pp + 128/tg) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['ngl']} | {r['kv']} | {r['fa']} | {r.get('pp_tps', 0):,.0f} | "
+              f"{r.get('tg_tps', 0):.1f} | {r.get('request_s', 0):.3f} |")
+    print()
+    print(f"tuner: {tb}")
+    print(f"llama-bench fastest: {fastest}")
+    if tb and fastest:
+        print(f"tuner / llama-bench best request time: {tb['request_s'] / fastest['request_s']:.3f}")
+    print(f"sweep: {sweep_s}")
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    h = sub.add_parser("hold")
+    h.add_argument("--leave-gib", type=float, default=8.0)
+    h.add_argument("--ready", type=Path, required=True)
+    c = sub.add_parser("compare")
+    c.add_argument("--model", type=Path, required=True)
+    c.add_argument("--results", type=Path, required=True)
+    c.add_argument("--bench", type=Path, required=True)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--sweep-log", type=Path, default=None)
+    a = p.parse_args()
+    if a.cmd == "hold":
+        hold(a.leave_gib, a.ready)
+        return 0
+    return compare(a)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

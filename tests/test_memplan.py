@@ -1,0 +1,202 @@
+"""The memory plan (tuner/models/memplan.py) against llama.cpp's own figures: real CPU loads
+of real GGUF files in several shapes, cache types and batch sizes (the load log's model, KV and
+compute buffer sizes), SmolLM2, the real CUDA full-offload fixture and the CUDA compute buffers
+recorded on H100/H200 (docs/benchmarks)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuner.evidence.placement import parse_load_log
+from tuner.models import memplan
+from tuner.models.gguftensors import GgufTable, Tensor, ggml_row_bytes
+from tuner.models.memplan import MIB, Budget, Context, layout_of, place, read_layout
+from tuner.models.modelgen import SHAPES, Shape, _tensors, quantize, write_llama
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# Compute buffers: the estimate's measured error (docs/partial-offload.md) is -6% / +6% on CPU.
+COMPUTE_TOL = 0.07
+
+# Three shapes unlike each other: grouped-query 4:2, full 8:8 with a wide vocabulary, 6:1 with
+# a wide feed-forward; with SmolLM2 (9:3, tied embeddings) and a q4_k_m file.
+SHAPE_A = Shape(n_layer=3, n_embd=256, n_head=4, n_head_kv=2, n_ff=768, n_vocab=1000,
+                context_length=8192)
+SHAPE_B = Shape(n_layer=2, n_embd=512, n_head=8, n_head_kv=8, n_ff=2048, n_vocab=8000,
+                context_length=8192)
+SHAPE_C = Shape(n_layer=2, n_embd=384, n_head=6, n_head_kv=1, n_ff=4096, n_vocab=600,
+                context_length=8192)
+
+LOAD = """
+import sys
+from llama_cpp import Llama
+path, n_ctx, tk, tv, ub, fa = sys.argv[1:7]
+types = {"f16": 1, "q8_0": 8, "q4_0": 2}
+Llama(model_path=path, n_ctx=int(n_ctx), n_batch=max(int(ub), 512), n_ubatch=int(ub),
+      type_k=types[tk], type_v=types[tv], flash_attn=fa == "1", n_gpu_layers=0, verbose=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("memplan")
+    out = {name: write_llama(d / f"{name}.gguf", **shape)
+           for name, shape in (("a", SHAPE_A), ("b", SHAPE_B), ("c", SHAPE_C))}
+    out["b-q4_k_m"] = quantize(out["b"], d / "b-q4_k_m.gguf", "q4_k_m")
+    out["smollm2"] = smollm2_path
+    return out
+
+
+def _cpu_load(path: Path, n_ctx: int, kv: str, n_ubatch: int, fa: bool):  # noqa: ANN202
+    tk, tv = memplan.kv_pair(kv)
+    proc = subprocess.run([sys.executable, "-c", LOAD, str(path), str(n_ctx), tk, tv,
+                           str(n_ubatch), "1" if fa else "0"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return parse_load_log(proc.stderr)
+
+
+CASES = [
+    ("a", 1000, "f16/f16", 512, False),
+    ("a", 4000, "q8_0/q8_0", 256, True),
+    ("b", 300, "f16/f16", 64, False),
+    ("b-q4_k_m", 4000, "q4_0/q4_0", 256, True),
+    ("c", 4000, "f16/f16", 256, False),
+    ("c", 1000, "q8_0/q8_0", 512, True),
+    ("smollm2", 2000, "q8_0/q8_0", 512, True),
+    ("smollm2", 700, "f16/f16", 128, False),
+]
+
+
+@pytest.mark.parametrize(("model", "n_ctx", "kv", "n_ubatch", "fa"), CASES)
+def test_plan_matches_a_real_cpu_load(models: dict[str, Path], model: str, n_ctx: int, kv: str,
+                                      n_ubatch: int, fa: bool) -> None:
+    ev = _cpu_load(models[model], n_ctx, kv, n_ubatch, fa)
+    m = read_layout(models[model])
+    tk, tv = memplan.kv_pair(kv)
+    # Weights: every tensor once (a tied output shares token_embd on the host): exact to the
+    # log's two decimals. An x86 host repacks some quantized matrices into a CPU_REPACK
+    # buffer of their own, out of the mapped range (or beside it, within it).
+    weights = m.file_weights_bytes / MIB
+    repack = ev.model_buffers_mib.get("CPU_REPACK", 0.0)
+    if repack:
+        assert weights - 0.01 <= ev.model_buffers_mib["CPU_Mapped"] + repack <= weights + repack
+    else:
+        assert ev.model_buffers_mib["CPU_Mapped"] == pytest.approx(weights, abs=0.01)
+    # KV cache: K and V rows of each layer's grouped-query width, the context padded to 256.
+    assert ev.n_ctx == memplan.kv_size(n_ctx)
+    kv_mib = sum(memplan.kv_bytes_per_token(m, tk, tv)) * memplan.kv_size(n_ctx) / MIB
+    assert ev.kv_buffers_mib["CPU"] == pytest.approx(kv_mib, abs=0.01)
+    # Compute: the graph's estimate, within the stated tolerance.
+    predicted = memplan.compute_bytes(m, n_ubatch, n_ctx, fa) / MIB
+    assert ev.compute_buffers_mib["CPU"] == pytest.approx(predicted, rel=COMPUTE_TOL)
+
+
+def _layout(shape: str, matrix: str, output: str, embd: str) -> memplan.ModelLayout:
+    """A layout of a modelgen shape with every matrix of type ``matrix`` (no file needed)."""
+    sh = SHAPES[shape]
+    tensors = []
+    for name, dims in _tensors(sh["n_layer"], sh["n_embd"], sh["n_head"], sh["n_head_kv"],
+                               sh["n_ff"], sh["n_vocab"]):
+        t = "F32" if len(dims) == 1 else output if name == "output.weight" else \
+            embd if name == "token_embd.weight" else matrix
+        n = 1
+        for d in dims:
+            n *= d
+        tensors.append(Tensor(name, t, tuple(reversed(dims)), ggml_row_bytes(t, n)))
+    values: dict[str, object] = {
+        "general.architecture": "llama", "llama.block_count": sh["n_layer"],
+        "llama.embedding_length": sh["n_embd"], "llama.attention.head_count": sh["n_head"],
+        "llama.attention.head_count_kv": sh["n_head_kv"],
+        "llama.feed_forward_length": sh["n_ff"], "llama.vocab_size": sh["n_vocab"]}
+    return layout_of(GgufTable(Path(f"{shape}.gguf"), 0, values, tuple(tensors)))
+
+
+def test_plan_matches_the_real_cuda_full_offload_fixture() -> None:
+    """The H100 log: a llama2-7b shape, Q4_0 with a Q6_K output, n_ctx 4096, f16 cache, flash
+    attention, n_ubatch 512, every layer on CUDA0."""
+    ev = parse_load_log((FIXTURES / "cuda-h100-full-offload.log").read_text())
+    m = _layout("llama2-7b", "Q4_0", "Q6_K", "Q4_0")
+    p = place(m, -1, Context(n_ctx=4096, n_ubatch=512, flash_attn=True))
+    assert p.n_gpu_layers == 33 and p.output_on_gpu
+    assert ev.model_buffers_mib["CUDA0"] == pytest.approx(p.gpu.weights / MIB, rel=0.001)
+    assert ev.model_buffers_mib["CPU_Mapped"] == pytest.approx(p.host.weights / MIB, abs=0.01)
+    assert ev.kv_buffers_mib["CUDA0"] == pytest.approx(p.gpu.kv / MIB, abs=0.01)
+    # The estimate is above the graph here (feed-forward stage), never below it.
+    measured = ev.compute_buffers_mib["CUDA0"]
+    assert measured <= p.gpu.compute / MIB <= measured * 1.09
+
+
+@pytest.mark.parametrize(("shape", "n_ubatch", "mib"), [
+    # CUDA0 compute buffers of docs/benchmarks/run9-h100/trials.jsonl (qwen2.5-7b shape) and
+    # docs/benchmarks/h200-trials.jsonl (llama3-8b shape), n_ctx 2176, either flash attention.
+    ("qwen2.5-7b", 256, 152.0), ("qwen2.5-7b", 512, 304.0), ("qwen2.5-7b", 1024, 608.0),
+    ("qwen2.5-7b", 2048, 1216.0), ("llama3-8b", 512, 258.5), ("llama3-8b", 1024, 517.0),
+    ("llama3-8b", 2048, 1034.0),
+])
+def test_compute_estimate_matches_recorded_cuda_loads(shape: str, n_ubatch: int,
+                                                      mib: float) -> None:
+    m = _layout(shape, "Q4_K", "Q6_K", "Q4_K")
+    for fa in (False, True):
+        # The output stage: n_vocab + n_embd per token measured, n_vocab + 2 x n_embd planned
+        assert mib <= memplan.compute_bytes(m, n_ubatch, 2176, fa) / MIB <= mib * 1.04
+
+
+def test_partial_placement_follows_llama_cpp() -> None:
+    m = _layout("qwen2.5-7b", "Q4_K", "Q6_K", "Q4_K")
+    layers, output = memplan.gpu_layers(m, 8)
+    assert layers == tuple(range(21, 28)) and output  # the output layer counts as one
+    assert memplan.gpu_layers(m, 1) == ((), True)
+    assert memplan.gpu_layers(m, 0) == ((), False)
+    assert memplan.gpu_layers(m, -1) == (tuple(range(28)), True)
+    ctx = Context(n_ctx=2176, n_ubatch=512)
+    full, part = place(m, -1, ctx), place(m, 8, ctx)
+    total_w = m.file_weights_bytes
+    assert part.gpu.weights + part.host.weights == total_w == full.gpu.weights + full.host.weights
+    assert part.gpu.kv == full.gpu.kv * 7 // 28 and part.host.kv == full.gpu.kv * 21 // 28
+    # op offload: a host layer's weights are copied into the GPU's compute buffer
+    assert part.gpu.compute == full.gpu.compute + max(m.layer_bytes)
+
+
+def test_most_layers_per_cache_type_against_a_fake_budget() -> None:
+    """A FAKE free-memory figure: the GPU of the issue with 4 GiB left."""
+    m = _layout("qwen2.5-7b", "Q4_K", "Q6_K", "Q4_K")
+    budget = Budget(free_mib=4096)
+    f16 = Context(n_ctx=2176, n_ubatch=512)
+    q8 = Context(n_ctx=2176, type_k="q8_0", type_v="q8_0", n_ubatch=512, flash_attn=True)
+    n_f16, n_q8 = memplan.most_layers(m, budget, f16), memplan.most_layers(m, budget, q8)
+    assert 0 < n_f16 <= n_q8 < m.n_offloadable
+    assert place(m, n_f16, f16).gpu.total <= budget.usable_bytes < place(m, n_f16 + 1, f16).gpu.total
+    assert memplan.most_layers(m, Budget(free_mib=80_000), f16) == m.n_offloadable
+    assert memplan.most_layers(m, Budget(free_mib=500), f16) == 0
+    capped = Budget(free_mib=80_000, max_vram_mib=4096)
+    assert memplan.most_layers(m, capped, f16) < m.n_offloadable
+    plan = memplan.make_plan(m, 2176, budget)
+    assert not plan.fits_full and plan.best_layers() >= n_q8
+    text = "\n".join(plan.lines())
+    assert "does NOT fit at full offload" in text and f"{n_f16:>3} layers" in text
+
+
+def test_per_layer_head_counts_are_read(tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(tmp_path / "arr.gguf", "llama")
+    w.add_block_count(3)
+    w.add_embedding_length(256)
+    w.add_feed_forward_length(512)
+    w.add_head_count(4)
+    w.add_head_count_kv([2, 0, 4])
+    w.add_tensor("token_embd.weight", np.zeros((100, 256), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    m = read_layout(tmp_path / "arr.gguf")
+    assert m.n_head_kv == (2, 0, 4) and m.head_dim_k == 64
+    assert memplan.kv_bytes_per_token(m, "f16", "f16") == (2 * 128 * 2, 0, 2 * 256 * 2)
+    assert memplan.kv_bytes_per_token(m, "q8_0", "q8_0") == (2 * 128 // 32 * 34, 0,
+                                                             2 * 256 // 32 * 34)

@@ -1,0 +1,254 @@
+"""Partial offload: the placement proof of N layers on the GPU (a fixture made from the real
+full-offload log as llama.cpp prints ngl 20, and edits of it refused), the default space and the
+sweep's first lines when the model does not fit (a FAKE GPU free-memory figure: no GPU here),
+and an out-of-memory at load recorded as infeasible, never a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.cli_run import tuner
+from tests.partial_fixture import partial_log
+from tests.spaces import write_space
+from tuner.evidence.placement import Expectation, parse_load_log, verify
+from tuner.models import memplan
+from tuner.results.studystore import default_storage, list_studies, records_of
+from tuner.search import offload
+from tuner.search.space import default_space, grid
+from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
+from tuner.worker.gpumem import FAKE_FREE_ENV
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PARTIAL = (FIXTURES / "cuda-partial-offload-ngl20.log").read_text()
+NGL20 = Expectation(device="cuda", n_gpu_layers=20, type_k="f16", type_v="f16",
+                    flash_attn=True, n_ctx=4096, n_ubatch=512)
+
+
+def test_the_fixture_is_the_edit_of_the_full_log() -> None:
+    assert partial_log(20) == PARTIAL
+
+
+def test_partial_offload_fixture_is_verified() -> None:
+    ev = parse_load_log(PARTIAL)
+    assert (ev.offloaded_layers, ev.total_layers) == (20, 33)
+    assert ev.model_buffers_mib == {"CPU_Mapped": 1482.04, "CUDA0": 2165.83}
+    assert ev.kv_buffers_mib == {"CPU": 832.0, "CUDA0": 1216.0}
+    v = verify(ev, NGL20)
+    assert v.verified, v.reasons
+    assert v.summary.startswith("20/33 layers on CUDA0, 13/33 layers on CPU")
+
+
+def _swap(text: str, to_cpu: int, to_gpu: int) -> str:
+    text = text.replace(f"layer {to_cpu:3d} assigned to device CUDA0",
+                        f"layer {to_cpu:3d} assigned to device CPU")
+    return text.replace(f"layer {to_gpu:3d} assigned to device CPU",
+                        f"layer {to_gpu:3d} assigned to device CUDA0")
+
+
+@pytest.mark.parametrize(("edited", "reason"), [
+    # the right count, the wrong layers: an early layer on CUDA, a late one on the CPU
+    (_swap(PARTIAL, 20, 3), "layer 20"),
+    # the output layer (index 32) left on the CPU
+    (_swap(PARTIAL, 32, 12), "the output layer 32"),
+    # llama.cpp says it offloaded another count
+    (PARTIAL.replace("offloaded 20/33 layers", "offloaded 21/33 layers"),
+     "offloaded 21/33 layers to GPU, expected 20/33"),
+    # a GPU layer's KV cache on the CPU
+    (PARTIAL.replace("llama_kv_cache: layer  25: dev = CUDA0",
+                     "llama_kv_cache: layer  25: dev = CPU"), "KV cache of 1 layers"),
+])
+def test_an_edited_partial_log_is_refused(edited: str, reason: str) -> None:
+    v = verify(parse_load_log(edited), NGL20)
+    assert not v.verified
+    assert any(reason in r for r in v.reasons), v.reasons
+
+
+def test_another_layer_count_asked_is_refused() -> None:
+    v = verify(parse_load_log(PARTIAL), NGL20.model_copy(update={"n_gpu_layers": 16}))
+    assert not v.verified and any("expected 16" in r for r in v.reasons)
+
+
+def test_full_offload_log_is_not_a_partial_one() -> None:
+    full = (FIXTURES / "cuda-h100-full-offload.log").read_text()
+    v = verify(parse_load_log(full), NGL20)
+    assert not v.verified and any("33 layers assigned to a CUDA device, expected 20" in r
+                                  for r in v.reasons)
+
+
+@pytest.fixture(scope="module")
+def sparse_7b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full-size qwen2.5-7b-shaped F16 file whose data is a hole (header real, no disk)."""
+    from tuner.models.modelgen import SHAPES, write_llama
+
+    return write_llama(tmp_path_factory.mktemp("sparse") / "q7b.gguf", **SHAPES["qwen2.5-7b"],
+                       sparse=True)
+
+
+def test_plan_and_default_space_when_the_model_does_not_fit(
+        sparse_7b: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAKE free memory: 8 GiB left of the GPU, a 14 GiB model."""
+    monkeypatch.setenv(FAKE_FREE_ENV, "8192")
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, "65536")
+    wl = Workload(prompt_tokens=2048, gen_tokens=128)
+    op, lines = offload.prepare(sparse_7b, wl, None)
+    assert op is not None and op.partial
+    at512 = {r.kv: r.most_layers for r in op.plan.rows if r.n_ubatch == 512}
+    assert 0 < at512["f16/f16"] <= at512["q8_0/q8_0"] < 29
+    tops = {kv: max(r.most_layers for r in op.plan.rows if r.kv == kv) for kv in at512}
+    assert set(op.layers) == {t - d for t in tops.values() for d in (0, 2, 4)}
+    text = "\n".join(lines)
+    assert "does NOT fit at full offload" in text and "n_ctx 2176" in text
+    assert "searching n_gpu_layers" in text and "the host holds" in text
+    space = default_space("cuda", ["installed"], op.layers)
+    assert space.n_gpu_layers == list(op.layers)
+    assert set(space.kv_cache) == {"f16/f16", "q8_0/q8_0"} and len(space.n_threads) >= 1
+    # The grid keeps only what the plan says fits: the search's patience is not spent on
+    # settings that cannot load.
+    specs = grid(space, "cuda", wl, lambda b, k, v: True)
+    kept = offload.keep_fitting(op, specs, wl)
+    assert 0 < len(kept) < len(specs)
+    usable = op.plan.budget.usable_bytes
+    for s in specs:
+        need = memplan.place(op.plan.layout, s.model.n_gpu_layers, offload.spec_context(s, wl))
+        assert (s in kept) == (need.gpu.total <= usable)
+    assert {s.model.n_gpu_layers for s in kept} == set(op.layers)
+    # The plan read again before a trial: what fits runs; memory taken by another process
+    # since the start -> infeasible without a worker. (A setting of the grid beyond what fits
+    # at its n_ubatch is infeasible the same way, at no cost.)
+    spec = TrialSpec(model=ModelSettings(build="installed", device="cuda",
+                                         n_gpu_layers=at512["q8_0/q8_0"]),
+                     context=ContextSettings(n_ubatch=512, type_k="q8_0", type_v="q8_0",
+                                             flash_attn=True))
+    assert offload.planned_outcome(op, spec, wl) is None
+    monkeypatch.setenv(FAKE_FREE_ENV, "6000")
+    out = offload.planned_outcome(op, spec, wl)
+    assert out is not None and out.state.value == "infeasible"
+    assert out.error is not None and "does not fit by the memory plan" in out.error
+    # A finalist measured again in a fresh worker: the same check, said as a finalist's.
+    fin = offload.finalist_outcome(sparse_7b, spec, wl, None)
+    assert fin is not None and fin.state.value == "infeasible"
+    assert (fin.error or "").startswith("finalist does not fit by the memory plan")
+    full = spec.model_copy(update={"model": spec.model.model_copy(update={"n_gpu_layers": -1})})
+    assert offload.finalist_outcome(sparse_7b, full, wl, None) is None  # OOM at load says it
+    monkeypatch.setenv(FAKE_FREE_ENV, "8192")
+    assert offload.finalist_outcome(sparse_7b, spec, wl, None) is None
+
+
+def test_host_too_small_for_its_share_is_refused(sparse_7b: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.errors import EnvironmentUnfit
+
+    monkeypatch.setenv(FAKE_FREE_ENV, "8192")
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, "2048")
+    with pytest.raises(EnvironmentUnfit, match="the host has 2,048 MiB available"):
+        offload.prepare(sparse_7b, Workload(prompt_tokens=2048, gen_tokens=128), None)
+
+
+def test_a_model_that_fits_keeps_the_full_offload_space(
+        sparse_7b: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FAKE_FREE_ENV, "140000")
+    op, lines = offload.prepare(sparse_7b, Workload(prompt_tokens=2048, gen_tokens=128), None)
+    assert op is not None and not op.partial and "fits at full offload (29/29" in lines[-1]
+    assert default_space("cuda", ["installed"], op.layers).n_gpu_layers == [-1]
+
+
+def test_doctor_says_what_fits(sparse_7b: Path) -> None:
+    proc = tuner("doctor", "--model", sparse_7b, "--n-ctx", 2176,
+                 env={FAKE_FREE_ENV: "8192"}, timeout=300)
+    assert "Traceback" not in proc.stderr
+    assert "does NOT fit at full offload on this GPU" in proc.stdout
+    layout = memplan.read_layout(sparse_7b)
+    q8 = memplan.most_layers(layout, memplan.Budget(free_mib=8192),
+                             memplan.Context(n_ctx=2176, type_k="q8_0", type_v="q8_0",
+                                             n_ubatch=512, flash_attn=True))
+    assert f"kv q8_0/q8_0  n_ubatch 512   flash_attn on : {q8:>3} layers" in proc.stdout
+
+
+def test_out_of_memory_at_load_is_infeasible_not_a_crash(tiny_model: Path,
+                                                         tmp_path: Path) -> None:
+    """FAKE: every worker dies at load as llama.cpp does on a cudaMalloc failure (no GPU
+    here, and a CPU trial's model settings are all alike); the sweep records each trial
+    infeasible, says why there is no config, and exits 3: no crash, no traceback."""
+    space = write_space(tmp_path / "space.yaml", flash_attn=[False, True])
+    proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space", space,
+                 "--prompt-tokens", 32, "--gen-tokens", 4, "--n-ctx", 64, "--repetitions", 1,
+                 "--warmup", 0, "--results", tmp_path / "results",
+                 "--out", tmp_path / "production.yaml", "--finalist-rounds", 0,
+                 "--sampler", "grid", env={"TUNER_FAULTS": "oom@load"}, timeout=300)
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    url = default_storage(tmp_path / "results")
+    records = records_of(url, list_studies(url)[0])
+    assert len(records) == 2
+    for r in records:
+        assert r.state.value == "infeasible" and "out of memory" in (r.error or "")
+    assert not (tmp_path / "production.yaml").exists()
+
+
+def test_report_shows_the_plan_beside_the_measure_and_why_fewer_layers_won(
+        sparse_7b: Path) -> None:
+    """TEST DATA records (tests/records_factory.py) of a partial-offload study of the sparse
+    qwen2.5-7b file: ngl 20 won, ngl 24 was slower, ngl 28 ran out of memory."""
+    from tests.records_factory import make_record
+    from tuner.reports.overview import overview
+    from tuner.results.records import TrialState
+
+    def rec(n: int, ngl: int, **kw: object) -> object:
+        r = make_record(n, n_gpu_layers=ngl, model_path=str(sparse_7b), **kw)  # type: ignore[arg-type]
+        return r.model_copy(update={
+            "placement": {"total_layers": 29},
+            "buffers_mib": {"model": {"CUDA0": 3000.0, "CPU_Mapped": 11000.0},
+                            "kv": {"CUDA0": 40.0, "CPU": 80.0}, "compute": {"CUDA0": 310.0}}})
+    records = [rec(0, 20, request_s=8.0), rec(1, 24, request_s=8.6),
+               rec(2, 28, state=TrialState.INFEASIBLE)]
+    ov = overview("s", records)  # type: ignore[arg-type]
+    text = "\n".join(ov.offload)
+    assert ov.offload[0].startswith("20/29 layers on the GPU (partial offload); measured MiB: "
+                                    "CUDA0 model 3,000 + kv 40 + compute 310")
+    assert "memory plan MiB: GPU model " in text
+    assert "more layers measured slower: #1 ngl 24 8.600 s/request against 8.000 s" in text
+    assert "more layers did not fit: ngl 28 infeasible (cudaMalloc failed" in text
+    full = overview("s", [make_record(0)])
+    assert full.offload == []
+
+
+def test_production_config_carries_the_layers_and_cache_types() -> None:
+    from tests.records_factory import make_record
+    from tuner.deploy.prodconfig import server_config
+
+    r = make_record(0, n_gpu_layers=20, type_k="q8_0", type_v="q8_0", flash_attn=True)
+    model = server_config(r, "/models/m.gguf")["models"][0]
+    assert model["n_gpu_layers"] == 20
+    assert (model["type_k"], model["type_v"], model["flash_attn"]) == (8, 8, True)
+
+
+def test_own_workers_gpu_memory_is_counted_only_when_nvml_pids_are_ours(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FAKE NVML module (no GPU here) listing a real child process of this test, then a pid
+    from another pid namespace: the sweep's own share is told in the first case only."""
+    import subprocess
+    import sys
+    import types
+
+    from tuner.worker import gpumem
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        procs: list[types.SimpleNamespace] = []
+        fake = types.SimpleNamespace(
+            nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+            nvmlDeviceGetHandleByIndex=lambda i: i,
+            nvmlDeviceGetComputeRunningProcesses=lambda h: list(procs))
+        monkeypatch.setitem(sys.modules, "pynvml", fake)
+        monkeypatch.delenv(FAKE_FREE_ENV, raising=False)
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        assert gpumem.children_mib(0) is None  # a child runs, NVML lists nothing: unknown
+        procs.append(types.SimpleNamespace(pid=child.pid, usedGpuMemory=3 * 2**30))
+        assert gpumem.children_mib(0) == 3072.0
+        procs.append(types.SimpleNamespace(pid=2**22 + 12345, usedGpuMemory=2**30))
+        assert gpumem.children_mib(0) is None  # a pid this process cannot see
+    finally:
+        child.kill()
+        child.wait()

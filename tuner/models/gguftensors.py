@@ -1,0 +1,101 @@
+"""The tensor table and the hyperparameters of a GGUF file, read from its header (no weights):
+what ``tuner.models.memplan`` sizes a model's memory from. The file is validated first by
+``tuner.models.modelcheck.check_model``, so a damaged header is a one-line ``BadModel``; this
+reader then keeps the scalars and the short numeric arrays (per-layer head counts) it needs."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuner.models.ggufheader import _Header, _open, _q
+from tuner.models.modelcheck import (
+    ARRAY,
+    MAX_KEY_BYTES,
+    MAX_NAME_BYTES,
+    STRING,
+    VALUE_TYPES,
+    _counts,
+    _gguf_constants,
+    _magic_and_version,
+    _value,
+    check_model,
+)
+
+MAX_KEPT_ARRAY = 4096  # numeric arrays up to this length are kept (per-layer values)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor of the file: its name, ggml type name (``Q4_K``), shape, and bytes."""
+
+    name: str
+    ggml_type: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class GgufTable:
+    """The header's key/values (scalars, short strings, short numeric arrays) and tensors."""
+
+    path: Path
+    size_bytes: int
+    values: dict[str, object]
+    tensors: tuple[Tensor, ...]
+
+
+def ggml_row_bytes(type_name: str, n: int) -> int:
+    """Bytes of ``n`` values of a ggml type (``ggml_row_size``): whole blocks."""
+    consts = _gguf_constants()
+    t = consts.GGMLQuantizationType[type_name.upper()]
+    block, size = consts.GGML_QUANT_SIZES[t]
+    return -(-n // block) * size
+
+
+def read_table(path: str | Path) -> GgufTable:
+    """Read the header of the GGUF at ``path`` (checked first: a bad file raises BadModel)."""
+    path = Path(path).absolute()
+    check_model(path)
+    consts = _gguf_constants()
+    sizes = {int(t): bs for t, bs in consts.GGML_QUANT_SIZES.items()}
+    f, size = _open(path)
+    with f:
+        h = _Header(f, path, size)
+        _magic_and_version(h)
+        n_tensors, n_kv = _counts(h)
+        values: dict[str, object] = {}
+        for i in range(n_kv):
+            key = h.string(f"key #{i}", MAX_KEY_BYTES) or ""
+            vtype = h.u32(f"the value type of {_q(key)}")
+            if vtype != ARRAY:
+                values[key] = _value(h, vtype, key)
+                continue
+            etype = h.u32(f"the element type of {_q(key)}")
+            count = h.u64(f"the length of {_q(key)}")
+            if etype == STRING:
+                h.skip_strings(count, key)
+                continue
+            fmt = VALUE_TYPES[etype][1] or ""
+            width = struct.calcsize(fmt)
+            if count <= MAX_KEPT_ARRAY:
+                raw = h.take(count * width, f"the elements of {_q(key)}")
+                values[key] = list(struct.unpack(f"<{count}{fmt[1:]}", raw))
+            else:
+                h.skip(count * width, f"the elements of {_q(key)}")
+        tensors: list[Tensor] = []
+        for i in range(n_tensors):
+            name = h.string(f"the name of tensor #{i}", MAX_NAME_BYTES) or ""
+            n_dims = h.u32(f"the dimension count of tensor {_q(name)}")
+            dims = tuple(int(h.unpack("<q", f"the shape of tensor {_q(name)}"))
+                         for _ in range(n_dims))
+            ggml_type = h.u32(f"the type of tensor {_q(name)}")
+            h.u64(f"the data offset of tensor {_q(name)}")
+            block, type_size = sizes[ggml_type]
+            n = 1
+            for d in dims:
+                n *= d
+            tensors.append(Tensor(name, consts.GGMLQuantizationType(ggml_type).name, dims,
+                                  n // block * type_size))
+    return GgufTable(path=path, size_bytes=size, values=values, tensors=tuple(tensors))

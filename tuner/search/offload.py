@@ -1,0 +1,186 @@
+"""A model that may not fit at full offload: the sweep's memory plan (tuner/models/memplan.py)
+against this GPU's free memory, the layer counts the default space searches when it does not
+fit, the host's memory checked before any trial, and each trial's share checked again against
+the memory free just before it runs (another process may have taken some since the start).
+
+A setting the plan says no longer fits becomes an infeasible record without a worker: it
+teaches the search like an out-of-memory at load, at no cost."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuner.errors import EnvironmentUnfit, TunerError
+from tuner.models import memplan
+from tuner.models.memplan import MIB, Budget, Context, MemoryPlan
+from tuner.results.readings import TrialState
+from tuner.specs import TrialSpec, Workload
+from tuner.worker import gpumem
+from tuner.worker.outcome import Outcome
+
+# FAKE: the host's available memory in MiB, for tests (read before /proc/meminfo).
+FAKE_HOST_ENV = "TUNER_FAKE_HOST_AVAILABLE_MIB"
+# The layer counts searched: the most that fit (per cache type) and these many below it (the
+# host's share of the work changes what is fastest).
+BELOW_BOUNDARY = (0, 2, 4)
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    """The plan at the sweep's start and the n_gpu_layers the default space searches (empty
+    when the model fits at full offload)."""
+
+    plan: MemoryPlan
+    layers: tuple[int, ...]
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.layers)
+
+
+def plan_model(model: Path, wl: Workload, max_vram_mib: float | None,
+               main_gpu: int = 0) -> MemoryPlan | None:
+    """The memory plan of ``model`` at the workload's context on this GPU, or None without a
+    free-memory reading (no NVIDIA driver) or for a model shape the plan cannot read. Read
+    before the sweep starts any worker: the free memory is then the sweep's to use."""
+    free = gpumem.free_mib(main_gpu)
+    if free is None:
+        return None
+    try:
+        layout = memplan.read_layout(model)
+    except ValueError:
+        return None
+    return memplan.make_plan(layout, wl.n_ctx, Budget(free_mib=free, max_vram_mib=max_vram_mib))
+
+
+def search_layers(plan: MemoryPlan) -> tuple[int, ...]:
+    """The n_gpu_layers near the boundary: for each cache type its most that fit, and a few
+    below; nothing when the model fits whole."""
+    if plan.fits_full:
+        return ()
+    tops: dict[str, int] = {}
+    for r in plan.rows:
+        tops[r.kv] = max(tops.get(r.kv, 0), r.most_layers)
+    values = {t - d for t in tops.values() for d in BELOW_BOUNDARY if t - d >= 0}
+    return tuple(sorted(values)) or (0,)
+
+
+def host_available_mib() -> float | None:
+    """MemAvailable of /proc/meminfo in MiB (``TUNER_FAKE_HOST_AVAILABLE_MIB`` FAKE for
+    tests), or None where there is none."""
+    if fake := os.environ.get(FAKE_HOST_ENV):
+        return float(fake)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_host(op: OffloadPlan, wl: Workload) -> str:
+    """Refuse (EnvironmentUnfit, exit 3) when the host cannot hold its share at the fewest
+    layers searched: the weights left on the host are read into its memory, with their KV
+    cache. Returns the line saying what the host holds."""
+    fewest = min(op.layers)
+    p = memplan.place(op.plan.layout, fewest, Context(n_ctx=wl.n_ctx))
+    need = p.host.total / MIB
+    have = host_available_mib()
+    line = (f"memory plan: at {fewest} GPU layers the host holds {need:,.0f} MiB "
+            f"(weights {p.host.weights / MIB:,.0f}, KV {p.host.kv / MIB:,.0f}); "
+            f"{'unknown' if have is None else f'{have:,.0f} MiB'} available")
+    if have is not None and need > have:
+        raise EnvironmentUnfit(
+            f"the host has {have:,.0f} MiB available, the {fewest}-layer offload needs "
+            f"{need:,.0f} MiB of it for the layers the GPU cannot hold",
+            "free host memory, or use a smaller quantization of the model")
+    return line
+
+
+def prepare(model: Path, wl: Workload, max_vram_mib: float | None,
+            main_gpu: int = 0) -> tuple[OffloadPlan | None, list[str]]:
+    """The plan and the lines the sweep prints first; the host checked when layers stay on
+    it. None (and a line saying why) without a free-memory reading."""
+    plan = plan_model(model, wl, max_vram_mib, main_gpu)
+    if plan is None:
+        return None, ["memory plan: none (no GPU free-memory reading, or a model shape the "
+                      "plan cannot read)"]
+    op = OffloadPlan(plan=plan, layers=search_layers(plan))
+    lines = plan.lines()
+    if op.partial:
+        lines.append(f"memory plan: searching n_gpu_layers {list(op.layers)} (the most that "
+                     "fit per cache type and a few below)")
+        lines.append(check_host(op, wl))
+    return op, lines
+
+
+def spec_context(spec: TrialSpec, wl: Workload) -> Context:
+    c = spec.context
+    return Context(n_ctx=wl.n_ctx, type_k=c.type_k, type_v=c.type_v, n_ubatch=c.n_ubatch,
+                   flash_attn=c.flash_attn, op_offload=c.op_offload)
+
+
+def keep_fitting(op: OffloadPlan | None, specs: list[TrialSpec], wl: Workload) -> list[TrialSpec]:
+    """The default partial-offload grid without the settings the plan says do not fit (more
+    layers than fit at their cache type and n_ubatch): they would only spend the search's
+    patience. Unchanged when the model fits whole or there is no plan."""
+    if op is None or not op.partial:
+        return specs
+    usable = op.plan.budget.usable_bytes
+    return [s for s in specs
+            if memplan.place(op.plan.layout, s.model.n_gpu_layers, spec_context(s, wl)).gpu.total
+            <= usable]
+
+
+def no_longer_fits(layout: memplan.ModelLayout, max_vram_mib: float | None, spec: TrialSpec,
+                   wl: Workload) -> str | None:
+    """Why ``spec`` is infeasible by the plan against the memory free now (plus what this
+    sweep's own workers hold, which the trial takes over), or None."""
+    if spec.model.device != "cuda":
+        return None
+    free = gpumem.free_mib(spec.model.main_gpu)
+    own = gpumem.children_mib(spec.model.main_gpu)
+    if free is None or own is None:  # this sweep's own workers' share unknown: no verdict
+        return None
+    free += own
+    budget = Budget(free_mib=free, max_vram_mib=max_vram_mib)
+    need = memplan.place(layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
+    if need.total <= budget.usable_bytes:
+        return None
+    return (f"does not fit by the memory plan: {need.total / MIB:,.0f} MiB on the GPU for "
+            f"n_gpu_layers {spec.model.n_gpu_layers}, {budget.usable_bytes / MIB:,.0f} MiB "
+            f"usable of {free:,.0f} MiB free now")
+
+
+def planned_outcome(op: OffloadPlan | None, spec: TrialSpec, wl: Workload) -> Outcome | None:
+    """An infeasible outcome, without a worker, for a setting of the partial-offload search
+    the plan says no longer fits; None otherwise (run it)."""
+    if op is None or not op.partial:
+        return None
+    why = no_longer_fits(op.plan.layout, op.plan.budget.max_vram_mib, spec, wl)
+    return None if why is None else Outcome(state=TrialState.INFEASIBLE, error=why)
+
+
+@functools.lru_cache(maxsize=4)
+def _layout(path: str) -> memplan.ModelLayout | None:
+    try:
+        return memplan.read_layout(path)
+    except (ValueError, TunerError):
+        return None
+
+
+def finalist_outcome(model: Path, spec: TrialSpec, wl: Workload,
+                     max_vram_mib: float | None) -> Outcome | None:
+    """A partial-offload finalist (n_gpu_layers >= 0) that no longer fits the memory free now
+    (another process took some since its search trial): infeasible, without a worker."""
+    if (spec.model.device != "cuda" or spec.model.n_gpu_layers < 0
+            or (layout := _layout(str(model))) is None):
+        return None
+    why = no_longer_fits(layout, max_vram_mib, spec, wl)
+    return None if why is None else Outcome(state=TrialState.INFEASIBLE,
+                                            error=f"finalist {why}")
