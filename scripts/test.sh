@@ -20,6 +20,9 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "error: the suite needs ${need[*]}: as root, apt-get install -y ${need[*]}" >&2; exit 3
   fi
 fi
+# llama.cpp's own server, for tests/test_llamaserver.py: built once from the installed version's
+# source into builds/cpu (the library and llama-server; several minutes on 2 cores the first time).
+.venv/bin/tuner build --variant cpu --server-only --if-missing --builds builds
 .venv/bin/python -m ruff check  # the whole tree: tuner, benchmarks, tests, scripts
 # mypy (files and options: [tool.mypy] in pyproject.toml) takes about 20 s on one core with no
 # cache, as in a fresh clone: beside the tests, not before them.
