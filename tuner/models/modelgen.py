@@ -64,6 +64,15 @@ SHAPES: dict[str, Shape] = {
     # SmolLM2-1.7B: 24 layers, 2048 wide, full 32:32 attention, a 49k vocabulary.
     "smollm2-1.7b": Shape(n_layer=24, n_embd=2048, n_head=32, n_head_kv=32, n_ff=8192,
                           n_vocab=49152, context_length=8192),
+    # InternLM2-1.8B: 24 layers, 2048 wide, 16:8 attention, a 92k vocabulary.
+    "internlm2-1.8b": Shape(n_layer=24, n_embd=2048, n_head=16, n_head_kv=8, n_ff=8192,
+                            n_vocab=92544, context_length=32768),
+    # Qwen3-8B: 36 layers, 4096 wide, 32:8 attention, a 12,288 FFN, a 152k vocabulary.
+    "qwen3-8b": Shape(n_layer=36, n_embd=4096, n_head=32, n_head_kv=8, n_ff=12288,
+                      n_vocab=151936, context_length=32768),
+    # Qwen2.5-14B: 48 layers, 5120 wide, 40:8 attention (a 13-14B shape for partial offload).
+    "qwen2.5-14b": Shape(n_layer=48, n_embd=5120, n_head=40, n_head_kv=8, n_ff=13824,
+                         n_vocab=152064, context_length=32768),
 }
 DTYPES = {"f32": (np.float32, 0), "f16": (np.float16, 1)}  # numpy type, general.file_type
 BLOCK = (1 << 20) + 17  # random values per tile; odd so that rows of a matrix differ
