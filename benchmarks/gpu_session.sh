@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Issues 30 and 31 in one H200/H100 lease, from the repository root (the lead's checkout carries
+# shared/gpu as .carry/: wheels/, diskcache-*.whl, the llama-cpp-python source archive):
+#   bash benchmarks/gpu_session.sh start      # everything in the background (setsid)
+#   bash benchmarks/gpu_session.sh wait 560   # wait up to N seconds; phases, snapshot into $OUT
+#   bash benchmarks/gpu_session.sh collect    # the short table last, details into $OUT
+# 1. Setup: the wheels; the CUDA llama-cpp-python from the source archive (the `installed`
+#    build, default kernels); beside it a CPU-built llama-server of the same source (`tuner
+#    build --variant cpu --server-only`: it drives the CUDA library through LD_LIBRARY_PATH),
+#    the models ($SERVED_MODELS, shapes no earlier run used; quantized by the installed library),
+#    then a llama-bench loading the installed libraries (benchmarks/installed_bench.py).
+# 2. Issue 30, per model: `tuner sweep --model M --prompt-tokens 2048 --gen-tokens 128
+#    --no-build` (the served phase serves the winner through llama_cpp.server and llama-server
+#    and measures the per-token breakdown), then `tuner verify` of both services from another
+#    directory.
+# 3. Issue 31 (FIT=0 skips): a process holds all but $LEAVE_GIB GiB of the GPU; `tuner doctor
+#    --model`; a sweep of $FIT_MODEL ($FIT_ARGS keep it short); benchmarks/partial_offload.py
+#    compare (the plan's boundary against llama-bench's, llama-bench over the searched layers).
+set -uo pipefail
+BENCH=${BENCH:-/tmp/gs}
+FILES=${FILES:-.carry}
+SDIST=${SDIST:-$FILES/llama-cpp-python-0.3.36-src.tar.gz}
+ARCH=${CUDA_ARCH:-90}
+SERVED_MODELS=${SERVED_MODELS:-qwen3-8b:q4_k_m internlm2-1.8b:q6_k}
+FIT_MODEL=${FIT_MODEL:-qwen3-8b:q4_k_m}
+LEAVE_GIB=${LEAVE_GIB:-4}
+FIT_ARGS=${FIT_ARGS---finalist-rounds 0 --served-requests 0 --timeout 180}
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
+
+phase() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$BENCH/phase"; }
+path_of() { echo "$BENCH/${1%%:*}-${1##*:}.gguf"; }
+name_of() { echo "${1%%:*}"; }
+
+setup() {
+  mkdir -p /tmp/site "$BENCH/out"
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
+    "$FILES"/wheels/*.whl "$FILES"/diskcache-*.whl || return 1
+  # The Python half first (tuner build reads the installed version), then the CUDA library.
+  CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" python3 -m pip install -q --no-deps \
+    --no-build-isolation --no-index --target /tmp/site "$SDIST" || return 1
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
+    > "$BENCH/out/gpu.txt"; nproc >> "$BENCH/out/gpu.txt"
+  local s=$SECONDS pids=()
+  (CMAKE_BUILD_PARALLEL_LEVEL=12 CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH" \
+    python3 -m pip install -q --upgrade --no-deps --no-build-isolation --no-index \
+    --target /tmp/site "$SDIST" > "$BENCH/install.log" 2>&1
+   echo "exit $? after $((SECONDS - s)) s" >> "$BENCH/install.log") &
+  local install_pid=$!
+  python3 -m tuner build --variant cpu --server-only --source "$SDIST" --builds builds -j 4 \
+    > "$BENCH/server-build.log" 2>&1 & pids+=($!)
+  for m in $SERVED_MODELS $FIT_MODEL; do
+    [ -f "$(path_of "$m").f16" ] || python3 -m tuner.models.modelgen --shape "${m%%:*}" --quant f16 \
+      --out "$(path_of "$m").f16" >> "$BENCH/modelgen.log" 2>&1
+  done
+  wait "$install_pid"; grep -q "^exit 0" "$BENCH/install.log" || return 1
+  python3 -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" || return 1
+  # It checks that its llama-bench resolves the installed CUDA libraries: after the install.
+  python3 benchmarks/installed_bench.py --source "$SDIST" --out "$BENCH/bench" -j 6 \
+    > "$BENCH/installed-bench.log" 2>&1 & pids+=($!)
+  for m in $SERVED_MODELS $FIT_MODEL; do
+    [ -f "$(path_of "$m")" ] && continue
+    python3 -c "from tuner.models.modelgen import quantize; quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}')" \
+      >> "$BENCH/modelgen.log" 2>&1 || return 1
+    rm -f "$(path_of "$m").f16"
+  done
+  wait "${pids[@]}"
+  phase "setup done in $((SECONDS - s)) s"
+  python3 -m tuner build --list --builds builds > "$BENCH/out/builds.txt" 2>&1
+}
+
+served() {  # issue 30: one default sweep per model, both services verified from elsewhere
+  mkdir -p "$BENCH/elsewhere"
+  for m in $SERVED_MODELS; do
+    local n s=$SECONDS; n=$(name_of "$m")
+    phase "sweep $m"
+    python3 -m tuner sweep --model "$(path_of "$m")" --prompt-tokens 2048 --gen-tokens 128 \
+      --no-build --results "$BENCH/results-$n" --out "$BENCH/out/$n/production.yaml" \
+      --builds builds > "$BENCH/out/sweep-$n.log" 2>&1
+    echo "sweep exit $? after $((SECONDS - s)) s" | tee -a "$BENCH/out/sweep-$n.log"
+    python3 -m tuner report --results "$BENCH/results-$n" > "$BENCH/out/report-$n.txt" 2>&1
+    python3 -m tuner report --results "$BENCH/results-$n" --format json \
+      -o "$BENCH/out/report-$n.json" > /dev/null 2>&1
+    for target in production.yaml production.llama-server.args; do
+      [ -f "$BENCH/out/$n/$target" ] || continue
+      phase "verify $n $target"
+      (cd "$BENCH/elsewhere" && python3 -m tuner verify "$BENCH/out/$n/$target" \
+        > "$BENCH/out/verify-$n-$target.log" 2>&1
+       echo "verify exit $?" >> "$BENCH/out/verify-$n-$target.log")
+    done
+  done
+}
+
+fit() {  # issue 31: the GPU made small by a process holding its memory
+  local m=$FIT_MODEL s
+  phase "hold all but $LEAVE_GIB GiB"
+  python3 benchmarks/partial_offload.py hold --leave-gib "$LEAVE_GIB" --ready "$BENCH/out/held.json" \
+    > "$BENCH/hold.log" 2>&1 &
+  local hold_pid=$!
+  for _ in $(seq 120); do [ -s "$BENCH/out/held.json" ] && break; sleep 1; done
+  [ -s "$BENCH/out/held.json" ] || { phase "FAILED hold"; kill "$hold_pid"; return 1; }
+  nvidia-smi --query-gpu=memory.total,memory.used,memory.free --format=csv >> "$BENCH/out/gpu.txt"
+  python3 -m tuner doctor --model "$(path_of "$m")" --n-ctx 2176 > "$BENCH/out/fit-doctor.txt" 2>&1
+  phase "fit sweep $m ($FIT_ARGS)"; s=$SECONDS
+  # shellcheck disable=SC2086
+  python3 -m tuner sweep --model "$(path_of "$m")" --prompt-tokens 2048 --gen-tokens 128 \
+    --no-build --results "$BENCH/results-fit" --out "$BENCH/out/fit/production.yaml" \
+    --builds builds $FIT_ARGS > "$BENCH/out/fit-sweep.log" 2>&1
+  echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/out/fit-sweep.log"
+  python3 -m tuner report --results "$BENCH/results-fit" > "$BENCH/out/fit-report.txt" 2>&1
+  phase "fit compare"
+  python3 benchmarks/partial_offload.py compare --model "$(path_of "$m")" \
+    --results "$BENCH/results-fit" --bench "$BENCH/bench" --out "$BENCH/out" \
+    --sweep-log "$BENCH/out/fit-sweep.log" > "$BENCH/out/fit-compare.md" 2> "$BENCH/compare.log"
+  kill "$hold_pid" 2>/dev/null
+}
+
+run() {
+  mkdir -p "$BENCH/out"
+  phase setup
+  setup || { phase "FAILED setup"; tail -5 "$BENCH"/*.log; return 1; }
+  served
+  [ "${FIT:-1}" = 0 ] || fit
+  phase done
+}
+
+snapshot() {
+  [ -n "${OUT:-}" ] || return 0
+  cp "$BENCH"/*.log "$BENCH/out/" 2>/dev/null
+  tar czf "$OUT/gs-out.tar.gz" -C "$BENCH" out phase 2>/dev/null
+}
+
+summary() {
+  for m in $SERVED_MODELS; do
+    local n; n=$(name_of "$m")
+    echo "== $m"
+    grep -E "sweep exit|winner #|recommend|llama-server|per token|breakdown" "$BENCH/out/sweep-$n.log" 2>/dev/null \
+      | cut -c1-220 | tail -8
+    for f in "$BENCH/out/verify-$n"-*.log; do
+      [ -f "$f" ] && echo "$(basename "$f"): $(grep -E '^(verified|error):|verify exit' "$f" | tr '\n' ' ')"
+    done
+  done
+  [ -f "$BENCH/out/fit-sweep.log" ] && { echo "== fit $FIT_MODEL"; tail -6 "$BENCH/out/fit-sweep.log";
+    cat "$BENCH/out/fit-compare.md" 2>/dev/null | tail -15; }
+}
+
+case "${1:-}" in
+  start)
+    mkdir -p "$BENCH"; : > "$BENCH/phase"
+    # Its own copy of the tree: a later call's tree must not reach a running sweep.
+    mkdir -p "$BENCH/src" && tar cf - --exclude=./.git --exclude=./.venv . | tar xf - -C "$BENCH/src"
+    (cd "$BENCH/src" && setsid nohup bash benchmarks/gpu_session.sh run > "$BENCH/log" 2>&1 < /dev/null &)
+    echo started ;;
+  run) run ;;
+  wait)
+    end=$((SECONDS + ${2:-560}))
+    while [ $SECONDS -lt $end ] && ! grep -qE "^[0-9:]+ (done|FAILED)" "$BENCH/phase" 2>/dev/null; do sleep 5; done
+    cat "$BENCH/phase"; tail -3 "$BENCH/log" 2>/dev/null; snapshot ;;
+  collect) snapshot; summary | tee "${OUT:-$BENCH}/summary.txt" ;;
+  *) echo "usage: $0 start|wait [N]|collect" >&2; exit 2 ;;
+esac
