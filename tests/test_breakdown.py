@@ -92,7 +92,9 @@ def check(bd: TokenBreakdown, served: ServedFigures) -> None:
         assert 0 < s.ms_per_token.min <= s.ms_per_token.median <= s.ms_per_token.max
     assert bd.sampling == server_defaults()
     assert (bd.prompt_tokens, bd.gen_tokens, bd.repetitions, bd.threads) == (32, 8, 2, 1)
-    assert 0 < (bd.gpu_share() or 0) <= 1
+    # The decode's share of the served token: positive; above 1 only when the raw loop ran
+    # slower than the HTTP requests (timed apart, on 2 shared cores: seen at 1.5).
+    assert (bd.gpu_share() or 0) > 0
 
 
 def test_breakdown_of_smollm2_through_a_real_server(smollm2_path: Path) -> None:
