@@ -5,7 +5,6 @@ Errors print one line (and a hint), never a traceback unless --debug."""
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import traceback
@@ -16,6 +15,7 @@ import click
 from pydantic import ValidationError
 from rich.console import Console
 
+from tuner.cliparams import NON_NEGATIVE, POSITIVE, SECONDS, Finite
 from tuner.errors import BadInput, TunerError
 from tuner.machine.interrupt import MESSAGE as INTERRUPTED, Interrupted, terminable
 
@@ -74,8 +74,7 @@ def cli(debug: bool) -> None:
               show_default=True, help="Production config to write.")
 @click.option("--builds", "builds_dir", type=click.Path(path_type=Path), default=Path("builds"),
               show_default=True, help="Folder of kernel builds made by `tuner build`.")
-@click.option("--trial-timeout", type=float, default=600.0, show_default=True,
-              callback=lambda _c, _p, v: _seconds("--trial-timeout", v),
+@click.option("--trial-timeout", type=SECONDS, default=600.0, show_default=True,
               help="Seconds before a trial's worker is killed (1 to 604800).")
 @click.option("--trials-per-worker", type=click.IntRange(min=1), default=2, show_default=True,
               help="Trials one worker process measures before a fresh one takes over.")
@@ -94,7 +93,7 @@ def cli(debug: bool) -> None:
 @click.option("--patience", type=click.IntRange(min=0), default=None,
               help="Stop after N finished trials without a 1% gain [default: 10 with tpe, "
                    "never with grid; 0: never].")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=None,
+@click.option("--timeout", "timeout_s", type=Finite(min=1), default=None,
               help="Seconds of search before no new trial starts (finalists still run).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="The model-based sampler's seed.")
@@ -106,8 +105,7 @@ def cli(debug: bool) -> None:
 @click.option("--prune/--no-prune", default=None,
               help="Stop a trial early when its repetitions are clearly slower than the best "
                    "trial's [default: on with tpe, off with grid].")
-@click.option("--max-vram", "max_vram", type=click.FloatRange(min=0, min_open=True),
-              default=None, metavar="MIB", callback=lambda _c, _p, v: _finite("--max-vram", v),
+@click.option("--max-vram", "max_vram", type=POSITIVE, default=None, metavar="MIB",
               help="GPU memory cap: trials above it are infeasible, never the config.")
 @click.option("--objective", type=click.Choice(["request", "pareto"]), default="request",
               show_default=True,
@@ -133,6 +131,10 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
       tuner sweep --model q4.gguf --prompt-tokens 2048 --gen-tokens 128 --n-ctx 4096
       tuner sweep --model q4.gguf --device cpu --trials 4
     """
+    if gpus is not None and device == "cpu":
+        raise BadInput("--gpus runs one sweep per GPU: it does not apply to --device cpu",
+                       hint="leave out --gpus (sweeps sharing the cores would measure each "
+                            "other)")
     if gpus is not None:
         from tuner.search.multigpu import gpu_env, parse_gpus, run_per_gpu, without_gpus
 
@@ -191,9 +193,9 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
 @click.option("--compare", nargs=2, default=None, metavar="A B",
               help="Two studies side by side: names in the storage, or JSONL exports / "
                    "study folders by path.")
-@click.option("--peak-bandwidth-gbs", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--peak-bandwidth-gbs", type=POSITIVE, default=None,
               help="Roofline: the device's peak memory bandwidth in GB/s (default: by GPU name).")
-@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--peak-tflops", type=POSITIVE, default=None,
               help="Roofline: the device's peak dense FP16 tensor TFLOPS (default: by GPU name).")
 @click.option("--model-file", type=click.Path(path_type=Path), default=None,
               help="Roofline: a copy of the GGUF to count parameters from, when the recorded "
@@ -297,11 +299,11 @@ def build(variant: str | None, source: Path | None, cuda_arch: str | None, build
               help="Check a service already running at URL instead (speed only).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Loopback port for the server started here [default: a free one].")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@click.option("--tolerance", type=NON_NEGATIVE, default=10.0, show_default=True,
               help="Percent by which served speed may fall below the stored figures.")
 @click.option("--requests", type=click.IntRange(min=1), default=5, show_default=True,
               help="Measured requests (after one warm-up).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+@click.option("--timeout", type=SECONDS, default=300.0, show_default=True,
               help="Seconds to wait for the server to load and for each request.")
 def verify_cmd(config: Path, url: str | None, port: int | None, tolerance: float,
                requests: int, timeout: float) -> None:
@@ -335,25 +337,16 @@ def _validated(model: type[M], **kwargs: object) -> M:
         raise BadInput(e.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
-def _seconds(option: str, value: float) -> float:
-    """A finite duration from 1 s to a week (nan, inf and 1e300 are refused here)."""
-    if not math.isfinite(value) or not 1 <= value <= 604800:
-        raise click.BadParameter(f"{value} is not a number of seconds from 1 to 604800",
-                                 param_hint=option)
-    return value
-
-
-def _finite(option: str, value: float | None) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number", param_hint=option)
-    return value
-
-
 def _fail(code: int, message: str, hint: str | None = None) -> None:
-    err.print(f"error: {message}", markup=False, soft_wrap=True)
+    err.print(f"error: {_one_line(message)}", markup=False, soft_wrap=True)
     if hint:
-        err.print(f"hint: {hint}", markup=False, soft_wrap=True)
+        err.print(f"hint: {_one_line(hint)}", markup=False, soft_wrap=True)
     sys.exit(code)
+
+
+def _one_line(text: str) -> str:
+    """A message of several lines (a library's: tarfile's, an HTTP reply) as one."""
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 RAW_ARGS: list[str] = []  # the command line as given (`sweep --gpus` starts it once per GPU)
