@@ -287,9 +287,10 @@ def test_a_study_name_over_100_characters_names_the_limit(tiny_model: Path,
     ("n_batch: [64]\nn_batch: [128]\n", "key 'n_batch' is given twice (line 2)"),
     ("n_batch: [true]\n", "n_batch.0: Input should be a valid integer"),
     ("n_batch: ['512']\n", "n_batch.0: Input should be a valid integer"),
-    ("n_gpu_layers: [-5]\n", "n_gpu_layers: Value error, -5 is outside -1 and up"),
-    ("n_batch: [12345678901234567890]\n", f"is outside 1 to {MAX_BATCH}"),
-    ("n_ubatch: [0]\n", "n_ubatch: Value error, 0 is outside 1 to"),
+    ("n_gpu_layers: [-5]\n", "n_gpu_layers: Value error, -5 is outside the range of "
+                             "n_gpu_layers: -1 and up (layers offloaded to the GPU (-1: all))"),
+    ("n_batch: [12345678901234567890]\n", f"is outside the range of n_batch: 1 to {MAX_BATCH}"),
+    ("n_ubatch: [0]\n", "n_ubatch: Value error, 0 is outside the range of n_ubatch: 1 to"),
     ("flash_attn: [1]\n", "flash_attn.0: Input should be a valid boolean"),
 ])
 def test_space_values_llama_cpp_cannot_run_are_refused(tiny_model: Path, tmp_path: Path,

@@ -152,11 +152,6 @@ class Setting:
 
 # -- per-setting helpers -------------------------------------------------------------------
 
-def _positive(v: list[int]) -> None:
-    if any(x < 1 for x in v):
-        raise ValueError("must be a non-empty list of positive integers")
-
-
 def _build_names(v: list[str]) -> None:
     if any(not name.strip() for name in v):
         raise ValueError("build names must not be empty")
@@ -339,7 +334,7 @@ SETTINGS: tuple[Setting, ...] = (
     # Context-level (ContextSettings): a new context on the loaded model.
     Setting(
         name="n_batch", level="context", value_type=int, default=512, column="n_batch",
-        cell=lambda s: s.context.n_batch, numeric=True, check=_positive, changes_ops=False,
+        cell=lambda s: s.context.n_batch, numeric=True, changes_ops=False,
         bounds={"ge": 1, "le": MAX_BATCH},
         label=lambda s: f"b{s.context.n_batch}/u{s.context.n_ubatch}", label_rank=10,
         apply=_set(n_batch="n_batch"), keyed_at_default=True,
@@ -348,7 +343,7 @@ SETTINGS: tuple[Setting, ...] = (
         doc="logical batch: tokens per llama_decode call"),
     Setting(
         name="n_ubatch", level="context", value_type=int, default=512, column="n_ubatch",
-        cell=lambda s: s.context.n_ubatch, numeric=True, check=_positive,
+        cell=lambda s: s.context.n_ubatch, numeric=True,
         bounds={"ge": 1, "le": MAX_BATCH},
         apply=_set(n_ubatch="n_ubatch"), keyed_at_default=True,
         server=lambda s: {"n_ubatch": s.context.n_ubatch},

@@ -87,7 +87,8 @@ def _validator(s: Setting):  # noqa: ANN202 - a pydantic validator
         if s.bounds:
             out = next((x for x in v if isinstance(x, int) and not s.within_bounds(x)), None)
             if out is not None:
-                raise ValueError(f"{out} is outside {s.bounds_text()}")
+                raise ValueError(f"{out} is outside the range of {s.key}: "
+                                 f"{s.bounds_text()} ({s.doc})")
         if s.check:
             s.check(v)
         return v
