@@ -90,6 +90,11 @@ def set_served_ttft(d: dict) -> dict:
     return d
 
 
+def set_served_nan(d: dict) -> dict:
+    d["served"]["ttft_s"]["median"] = float("nan")  # json writes NaN, and reads it back
+    return d
+
+
 def refused_before_start(proc: Any, config: Path) -> str:
     """Exit 2 with one error line; no server was started (no log of one beside the config,
     nothing of its banner printed)."""
@@ -105,6 +110,7 @@ def refused_before_start(proc: Any, config: Path) -> str:
     (set_("environment", 7), "environment: Input should be"),
     (set_("served", "fast"), "served: Input should be"),
     (set_served_ttft, "served.ttft_s: Input should be"),
+    (set_served_nan, "served: Value error, ttft_s median nan is not a finite number above 0"),
     (lambda d: [d], "holds a JSON list, not an object"),
     (lambda d: {k: v for k, v in d.items() if k != "spec"}, "spec: Field required"),
     (set_("workload", {"prompt_tokens": "many"}), "workload.prompt_tokens"),
@@ -120,6 +126,8 @@ def test_a_damaged_sidecar_is_one_line_naming_the_field(deployment: Path, tmp_pa
 def test_a_sidecar_that_is_not_json_or_is_missing(deployment: Path, tmp_path: Path) -> None:
     config = damaged(deployment, tmp_path / "d")
     config.with_name("production.tuner.json").write_text("{not json")
+    assert "is not JSON" in refused_before_start(tuner("verify", config), config)
+    config.with_name("production.tuner.json").write_text("[" * 100_000 + "]" * 100_000)
     assert "is not JSON" in refused_before_start(tuner("verify", config), config)
     config.with_name("production.tuner.json").unlink()
     assert "no readable sidecar" in refused_before_start(tuner("verify", config), config)
@@ -269,6 +277,20 @@ def sweep_refused(model: Path, root: Path, *extra: object) -> str:
     return one_line_error(proc)
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    (("--seed", 2**32), "--seed"),  # numpy's seeds end below 2^32: a crash after the search
+    (("--prompt-tokens", 0, "--gen-tokens", 0), "needs prompt or generated tokens"),
+])
+def test_other_sweep_values_are_refused_before_it_starts(tiny_model: Path, tmp_path: Path,
+                                                         args: tuple, words: str) -> None:
+    assert words in sweep_refused(tiny_model, tmp_path, *args)
+
+
+def test_doctor_n_gpu_layers_takes_minus_one_for_all(tmp_path: Path) -> None:
+    proc = tuner("doctor", "--log", FIXTURES / "cpu-build-load.log", "--n-gpu-layers", -5)
+    assert proc.returncode == 2 and "--n-gpu-layers" in one_line_error(proc)
+
+
 def test_gpus_is_refused_on_the_cpu(tiny_model: Path, tmp_path: Path) -> None:
     line = sweep_refused(tiny_model, tmp_path, "--gpus", "0,1")
     assert "--gpus" in line and "--device cpu" in line
@@ -292,6 +314,12 @@ def test_a_study_name_over_100_characters_names_the_limit(tiny_model: Path,
     ("n_batch: [12345678901234567890]\n", f"is outside the range of n_batch: 1 to {MAX_BATCH}"),
     ("n_ubatch: [0]\n", "n_ubatch: Value error, 0 is outside the range of n_ubatch: 1 to"),
     ("flash_attn: [1]\n", "flash_attn.0: Input should be a valid boolean"),
+    ("n_threads: [99999999]\n", "n_threads: Value error, 99999999 is outside the range of "
+                                "n_threads: 1 to 512"),
+    ("tensor_splits: [[.inf, 1]]\n", "must hold finite proportions"),
+    ("tensor_splits: [[1.0e308, 1.0e308]]\n", "must hold finite proportions"),
+    ("n_batch: [64]\n<<: {n_batch: [128]}\n", "key 'n_batch' is given twice"),
+    ("n_batch: " + "[" * 100_000 + "]" * 100_000 + "\n", "is not readable YAML"),
 ])
 def test_space_values_llama_cpp_cannot_run_are_refused(tiny_model: Path, tmp_path: Path,
                                                        text: str, words: str) -> None:

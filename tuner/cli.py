@@ -95,8 +95,9 @@ def cli(debug: bool) -> None:
                    "never with grid; 0: never].")
 @click.option("--timeout", "timeout_s", type=Finite(min=1), default=None,
               help="Seconds of search before no new trial starts (finalists still run).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="The model-based sampler's seed.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**31 - 1), default=0, show_default=True,
+              help="The model-based sampler's seed (numpy takes seeds below 2^32; the "
+                   "sampler adds the history's size).")
 @click.option("--served-requests", type=click.IntRange(min=0, max=1000), default=5,
               show_default=True,
               help="Requests per finalist through a real llama_cpp.server (0: raw figures only).")
@@ -232,7 +233,7 @@ def report(results_dir: Path, storage: str | None, study: str | None, fmt: str,
 @cli.command()
 @click.option("--log", "log_path", default=None, type=click.Path(path_type=Path),
               help="A saved llama.cpp load log. Without it: check this machine.")
-@click.option("--n-gpu-layers", type=int, default=-1, show_default=True,
+@click.option("--n-gpu-layers", type=click.IntRange(min=-1), default=-1, show_default=True,
               help="What was asked (-1 = every layer on the GPU).")
 @click.option("--builds", "builds_dir", type=click.Path(path_type=Path), default=Path("builds"),
               show_default=True, help="Folder of kernel builds made by `tuner build`.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -44,6 +45,8 @@ UNQUANTIZED_KV = {"f32", "f16", "bf16"}
 # number. LLAMA_SPLIT_MODE_TENSOR (3) is left out: its layers live on a "Meta" device that the
 # load log's per-layer lines do not attribute to one GPU.
 SPLIT_MODES: dict[str, int] = {"none": 0, "layer": 1, "row": 2}
+# GGML_MAX_N_THREADS (ggml.h): the most threads a ggml CPU threadpool takes.
+MAX_THREADS = 512
 # The most tokens one batch can hold: llama_batch_init's n_tokens is an int32_t.
 MAX_BATCH = 2**31 - 1
 # LLAMA_MAX_DEVICES of a CUDA build (GGML_CUDA_MAX_DEVICES): the most entries a tensor split has.
@@ -232,6 +235,8 @@ def _tensor_splits(v: list[list[float] | None]) -> None:
         if not split or len(split) > MAX_SPLIT_DEVICES:
             raise ValueError(f"a tensor split lists 1 to {MAX_SPLIT_DEVICES} proportions, one "
                              f"per GPU (null: llama.cpp's split by free memory)")
+        if not all(math.isfinite(x) for x in split) or not math.isfinite(sum(split)):
+            raise ValueError(f"tensor split {split} must hold finite proportions")
         if any(x < 0 for x in split) or not sum(split) > 0:
             raise ValueError(f"tensor split {split} must hold proportions >= 0 that do not sum "
                              "to 0")
@@ -372,7 +377,7 @@ SETTINGS: tuple[Setting, ...] = (
         name="n_threads", level="context", value_type=int | None, default=None,
         column="threads", cell=lambda s: s.context.n_threads if s.context.n_threads is not None
         else "auto", numeric=True, check=_threads, label=_threads_label, label_rank=40,
-        bounds={"ge": 1},
+        bounds={"ge": 1, "le": MAX_THREADS},
         keyed_at_default=True, changes_ops=False,
         # Set by the worker (its own default when None); the server gets the count measured.
         server=lambda s: {}, unproven="the worker records the thread count it ran on",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from tuner.errors import BadInput
 from tuner.results.records import ServedFigures
@@ -66,8 +66,13 @@ class SidecarServed(ServedFigures):
 
     kind: str = ""
 
-    def figures(self) -> ServedFigures:
-        return ServedFigures.model_validate(self.model_dump(exclude={"kind"}))
+    @model_validator(mode="after")
+    def _finite(self) -> SidecarServed:
+        for name in ("ttft_s", "request_s", "gen_tps"):
+            stat = getattr(self, name)
+            if stat is not None and not (math.isfinite(stat.median) and stat.median > 0):
+                raise ValueError(f"{name} median {stat.median} is not a finite number above 0")
+        return self
 
 
 class Sidecar(_Part):
@@ -98,7 +103,7 @@ def read_sidecar(path: Path) -> Sidecar:
         raise BadInput(f"no readable sidecar {path} beside the config ({e.strerror or e})",
                        hint="verify compares with the build and figures the sweep stored "
                             "there; write the config with tuner sweep") from None
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise BadInput(f"sidecar {path} is not JSON: {str(e).splitlines()[0]}",
                        hint=_REWRITE) from None
     if not isinstance(data, dict):

@@ -97,7 +97,7 @@ def load_deployment(config_path: Path) -> Deployment:
                        hint="give the production config: tuner verify configs/production.yaml")
     try:
         config = load_unique(config_path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError) as e:
         raise BadInput(f"cannot read {config_path} as YAML: {str(e).splitlines()[0]}") from None
     entry = config_entry(config, config_path)
     side = read_sidecar(sidecar_path(config_path))

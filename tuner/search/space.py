@@ -145,7 +145,7 @@ def load_space(path: Path) -> Space:
         data = load_unique(p.read_text())
     except DuplicateKey as e:
         raise BadInput(f"search space {p}: {e}", hint="list each setting once") from None
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+    except (yaml.YAMLError, UnicodeDecodeError, OSError, RecursionError) as e:
         raise BadInput(f"search space {p} is not readable YAML: {str(e).splitlines()[0]}") from None
     if data is None or data == {}:
         raise BadInput(f"search space {p} is empty: it lists no setting",
