@@ -5,17 +5,17 @@ Errors print one line (and a hint), never a traceback unless --debug."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
 from rich.console import Console
 
-from tuner.cliparams import NON_NEGATIVE, POSITIVE, SECONDS, Finite
 from tuner.errors import BadInput, TunerError
 from tuner.machine.interrupt import MESSAGE as INTERRUPTED, Interrupted, terminable
 
@@ -25,6 +25,30 @@ if TYPE_CHECKING:  # click.Choice checks these values; the modules load lazily
     from tuner.specs import Device
 
 M = TypeVar("M")
+
+
+class Finite(click.FloatRange):
+    """A finite float within ``[min, max]`` (``min_open``: above ``min``): every float option's
+    type, so ``nan``, ``inf`` and numbers too large for a float are refused one way (exit 2)."""
+
+    name = "finite number"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = value if isinstance(value, float) else None
+        if number is None:
+            try:
+                number = float(value)
+            except (TypeError, ValueError, OverflowError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number ({self._describe_range()})", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+SECONDS = Finite(min=1, max=604800)  # a duration from 1 s to a week
+POSITIVE = Finite(min=0, min_open=True)
+NON_NEGATIVE = Finite(min=0)
 
 err = Console(stderr=True, highlight=False)
 # Piped output (a log, CI) gets wide lines rather than tables squeezed into 80 columns.

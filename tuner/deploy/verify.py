@@ -36,8 +36,8 @@ from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.evidence.placement import expect, parse_load_log, verify
 from tuner.machine.childenv import service_env
 from tuner.results.records import ServedFigures
+from tuner.search.yamlread import load_unique
 from tuner.specs import Frozen, TrialSpec, Workload
-from tuner.yamlread import load_unique
 
 # The server lets these override the config file; a deployment check must read the file.
 # Build facts that must match between what was measured and what the server loaded (CPU

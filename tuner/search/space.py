@@ -25,6 +25,7 @@ from pydantic import (
 
 from tuner import settings
 from tuner.errors import BadInput
+from tuner.search.yamlread import DuplicateKey, load_unique
 from tuner.settings import SPACE_SETTINGS, UNQUANTIZED_KV, Setting
 from tuner.specs import (
     ContextSettings,
@@ -35,7 +36,6 @@ from tuner.specs import (
     Workload,
     _digest,
 )
-from tuner.yamlread import DuplicateKey, load_unique
 
 # Above this many combinations the grid is refused: planning it would take minutes and running
 # it years. Split the space into several --space files (one study each) instead.
