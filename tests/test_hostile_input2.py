@@ -115,6 +115,8 @@ def refused_before_start(proc: Any, config: Path) -> str:
     (lambda d: {k: v for k, v in d.items() if k != "spec"}, "spec: Field required"),
     (set_("workload", {"prompt_tokens": "many"}), "workload.prompt_tokens"),
     (set_("env", {"LLAMA_CPP_LIB_PATH": 3}), "env.LLAMA_CPP_LIB_PATH"),
+    (set_("env", {"A": "x\x00y"}), "env: Value error, 'A' is not a variable"),
+    (set_("env", {"A=B": "x"}), "env: Value error, 'A=B' is not a variable"),
 ])
 def test_a_damaged_sidecar_is_one_line_naming_the_field(deployment: Path, tmp_path: Path,
                                                          damage: Callable, words: str) -> None:
@@ -138,10 +140,15 @@ def test_a_missing_or_damaged_env_file_is_one_line(deployment: Path, tmp_path: P
     config.with_name("production.env").unlink()
     line = refused_before_start(tuner("verify", config), config)
     assert "no environment file" in line and "production.env" in line
+    config.with_name("production.env").symlink_to("/dev/zero")
+    line = refused_before_start(tuner("verify", config), config)
+    assert "production.env is not a regular file" in line
+    config.with_name("production.env").unlink()
     for text, words in (("JUST WORDS\n", "line 1: not a KEY=value line"),
                         ("# ok\nA='unclosed\n", "line 2: No closing quotation"),
                         ("1A=x\n", "line 1: not a KEY=value line"),
-                        ("A=two words\n", "line 1: more than one word")):
+                        ("A=two words\n", "line 1: more than one word"),
+                        ("A=x\x00y\n", "line 1: a NUL byte in the value")):
         config.with_name("production.env").write_text(text)
         assert words in refused_before_start(tuner("verify", config), config), text
 

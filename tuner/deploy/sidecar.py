@@ -88,6 +88,14 @@ class Sidecar(_Part):
     served: SidecarServed | None = None
     environment: SidecarEnvironment | None = None
 
+    @field_validator("env")
+    @classmethod
+    def _variables(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = next((k for k, x in v.items() if not _ENV_NAME.fullmatch(k) or "\x00" in x), None)
+        if bad is not None:
+            raise ValueError(f"{bad!r} is not a variable an environment can hold")
+        return v
+
 
 def _where(e: ValidationError) -> str:
     err = e.errors()[0]
@@ -137,6 +145,8 @@ def read_env(path: Path) -> dict[str, str]:
             bad = "" if len(parts) <= 1 else "more than one word (quote the value)"
         if not sep or not _ENV_NAME.fullmatch(key):
             bad = "not a KEY=value line"
+        elif "\x00" in value:
+            bad = "a NUL byte in the value (no environment can hold one)"
         if bad:
             raise BadInput(f"environment file {path} line {n}: {bad}", hint=_REWRITE)
         env[key] = parts[0] if parts else ""
@@ -149,6 +159,8 @@ def service_environment(env_file: Path, side: Sidecar) -> dict[str, str]:
     the deployment lost a part."""
     if env_file.is_file():
         return read_env(env_file)
+    if env_file.exists():
+        raise BadInput(f"environment file {env_file} is not a regular file", hint=_REWRITE)
     if side.env_file is not None:
         raise BadInput(f"no environment file {env_file} beside the config (the sidecar names "
                        "it: the service's LLAMA_CPP_LIB_PATH and other variables)",
