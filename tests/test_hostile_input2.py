@@ -402,6 +402,15 @@ def test_a_prompt_only_workload_is_measured_and_served_as_such(prompt_only: dict
     assert ", tg " not in proc.stdout
 
 
+def test_a_prompt_only_config_verifies_with_prompt_only_requests(prompt_only: dict) -> None:
+    # A wide tolerance: the speed comparison itself is test_verify's; 2 shared cores here.
+    proc = tuner("verify", prompt_only["out"], "--tolerance", 1000, "--requests", 2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    served_now = next(ln for ln in proc.stdout.splitlines() if ln.startswith("served now: "))
+    assert "prompt only: max_tokens 1" in served_now and " gen " not in served_now
+    assert "time to first token: " in proc.stdout and "generation: " not in proc.stdout
+
+
 def test_piped_sweep_output_has_no_cut_lines(prompt_only: dict) -> None:
     proc = prompt_only["proc"]
     assert "…" not in proc.stdout + proc.stderr
