@@ -572,6 +572,10 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
     report = confirm_and_settle(study, pool, measure, fo)
     seconds["finalists"] = time.monotonic() - t0
     if report is None:
+        if confirms(fo):  # never left out silently
+            events.note("no finalists: no config of the confirmation was proven and completed "
+                        "in every fresh worker (crashed, timed out or killed); the config "
+                        "written is the search's best, not re-measured")
         return None, None, None
     fig, threads = None, None
     if opts.served_requests > 0:
