@@ -503,6 +503,29 @@ def test_a_log_of_a_cuda_load_then_a_cpu_build_load_is_judged_by_the_cpu_one(
 
 # -- a config the confirmation dropped is named (low) ------------------------------------------
 
+def test_a_confirmation_worker_killed_drops_its_config_and_says_so(tiny_model: Path,
+                                                                  tmp_path: Path) -> None:
+    # The search first; then the same study's finalist stage, where every fresh worker
+    # measuring n_batch 32 kills itself (FAKE, tuner/worker/faults.py: SIGKILL mid-trial).
+    space = write_space(tmp_path / "space.yaml", n_batch=[16, 32], n_ubatch=[16])
+    common = ("sweep", "--model", tiny_model, "--device", "cpu", "--space", space,
+              "--prompt-tokens", 32, "--gen-tokens", 2, "--n-ctx", 64, "--repetitions", 1,
+              "--warmup", 0, "--results", tmp_path / "results", "--out", tmp_path / "p.yaml",
+              "--study", "killed", "--served-requests", 0)
+    assert tuner(*common, "--finalist-rounds", 0).returncode == 0
+    proc = tuner(*common, "--finalist-rounds", 2, "--confirm-top", 2,
+                 env={"TUNER_FAULTS": "sigkill@measure:n_batch=32"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    stored = open_study(default_storage(tmp_path / "results"), "killed")
+    assert stored is not None
+    dropped = next(r.number for r in stored.records() if r.spec.context.n_batch == 32)
+    flat = " ".join(proc.stdout.split())
+    assert f"left out of the finalists: #{dropped} (2 failed)" in flat, proc.stdout
+    report = " ".join(tuner("report", "--results", tmp_path / "results").stdout.split())
+    assert "(left out" in report and "2 fresh worker(s) did not complete it)" in report
+    assert stored.finalists() is not None and "left out" in stored.finalists().reason
+
+
 def test_a_config_left_out_after_a_failed_worker_is_said(tmp_path: Path) -> None:
     recs: list[TrialRecord] = [make_record(0, request_s=1.0),
                                make_record(1, request_s=1.01, n_batch=1024)]
