@@ -24,6 +24,7 @@ from tests.report_data import drift_from, finalists_from, throttled
 from tests.spaces import write_space
 from tests.test_finalists import scripted
 from tuner.deploy.prodconfig import write_production
+from tuner.deploy.sidecar import read_sidecar
 from tuner.models.modelcheck import check_model
 from tuner.results.records import ServedFigures, Stat, TrialRecord
 from tuner.results.studystore import default_storage, open_study
@@ -123,6 +124,18 @@ def test_a_damaged_sidecar_is_one_line_naming_the_field(deployment: Path, tmp_pa
     config = damaged(deployment, tmp_path / "d", side=damage)
     line = refused_before_start(tuner("verify", config), config)
     assert "production.tuner.json" in line and words in line, line
+
+
+def test_figures_of_a_generation_only_workload_are_a_valid_sidecar(deployment: Path,
+                                                                   tmp_path: Path) -> None:
+    # A prompt of 0 tokens has a raw prompt speed of 0 (tuner/results/trialrecord.py).
+    config = damaged(deployment, tmp_path / "d",
+                     side=set_("figures", {"pp_tps": {"median": 0.0, "min": 0.0, "max": 0.0}}))
+    assert read_sidecar(config.with_name("production.tuner.json")).figures is not None
+    config = damaged(deployment, tmp_path / "e", side=set_("figures", {"pp_tps": {
+        "median": -1.0}}))
+    line = refused_before_start(tuner("verify", config), config)
+    assert "figures.pp_tps.median: Value error, must be a finite number, 0 or above" in line
 
 
 def test_a_sidecar_that_is_not_json_or_is_missing(deployment: Path, tmp_path: Path) -> None:

@@ -42,7 +42,8 @@ class SidecarEnvironment(_Part):
 
 
 class Summary(_Part):
-    """A raw figure as the sidecar keeps it: median (and range) of the repetitions."""
+    """A raw figure as the sidecar keeps it: median (and range) of the repetitions (a prompt
+    speed of a generation-only workload is 0)."""
 
     median: float
     min: float | None = None
@@ -50,9 +51,9 @@ class Summary(_Part):
 
     @field_validator("median")
     @classmethod
-    def _positive(cls, v: float) -> float:
-        if not (math.isfinite(v) and v > 0):
-            raise ValueError("must be a finite number above 0")
+    def _finite(cls, v: float) -> float:
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError("must be a finite number, 0 or above")
         return v
 
 
