@@ -188,13 +188,12 @@ def check_url(url: str) -> str:
     """An http(s) URL with a host (``--url``), without a trailing slash."""
     try:
         parts = urlsplit(url)
-        port = parts.port
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
     except ValueError as e:
         raise BadInput(f"--url {url!r} is not a URL: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadInput(f"--url {url!r} is not an http(s) URL with a host",
                        hint="for example --url http://127.0.0.1:8000")
-    del port
     return url.rstrip("/")
 
 
