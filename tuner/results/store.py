@@ -119,16 +119,18 @@ def export_jsonl(records: list[TrialRecord], finalists: FinalistReport | None = 
 
 def read_export(path: Path) -> tuple[list[TrialRecord], FinalistReport | None,
                                      list[WorkerDrift]]:
-    """A JSONL export read back: its records (once each), its finalist report (the last, if
-    several) and its drift records."""
+    """A JSONL export read back: its records (once each), and the finalist report and drift
+    records of their study (an export of several studies is read as its first record's)."""
+    records = read_jsonl(path)
+    study = records[0].study if records else None
     finalists: FinalistReport | None = None
     drifts: list[WorkerDrift] = []
     for line in _lines(Path(path), _ExportLine):
-        if line.finalist_report is not None:
+        if line.finalist_report is not None and study in (None, line.finalist_report.study):
             finalists = line.finalist_report
-        if line.worker_drift is not None:
+        if line.worker_drift is not None and study in (None, line.worker_drift.study):
             drifts.append(line.worker_drift)
-    return read_jsonl(path), finalists, drifts
+    return records, finalists, drifts
 
 
 class _ExportLine(BaseModel):
