@@ -1,18 +1,22 @@
 """`tuner sweep --gpus 0,1` (tuner/search/multigpu.py): one sweep process per GPU on one study, each
 given its GPU through CUDA_VISIBLE_DEVICES; and the NVML device a worker reads for that GPU.
 
-This machine has no GPU: the end-to-end case runs the real orchestration on the CPU build (two
-real sweep processes on the tiny model, one real SQLite study), where each sweep records the
-GPU it was given; which GPU llama.cpp then uses needs a CUDA machine (docs/benchmarks.md)."""
+This machine has no GPU: the end-to-end case runs the real orchestration (``run_per_gpu``, what
+``--gpus`` calls) on the CPU build (two real sweep processes on the tiny model, one real SQLite
+study), where each sweep records the GPU it was given; which GPU llama.cpp then uses needs a
+CUDA machine (docs/benchmarks.md). The command line refuses ``--gpus`` with ``--device cpu``
+(two sweeps would share the cores), so that case calls the orchestration itself."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
 
-from tests.cli_run import one_line_error, tuner
+from tests.cli_run import REPO, one_line_error, tuner
 from tests.spaces import write_space
 from tuner.errors import BadInput
 from tuner.results.studystore import default_storage, records_of
@@ -63,7 +67,7 @@ def test_a_worker_reads_the_gpu_it_was_given(visible: str | None, cuda_index: in
 
 
 def test_a_repeated_gpu_is_bad_input(tiny_model: Path, tmp_path: Path) -> None:
-    proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--gpus", "0,0",
+    proc = tuner("sweep", "--model", tiny_model, "--device", "cuda", "--gpus", "0,0",
                  "--results", tmp_path / "results", "--out", tmp_path / "p.yaml")
     assert proc.returncode == 2
     assert "names a GPU twice" in one_line_error(proc)
@@ -73,11 +77,14 @@ def test_a_repeated_gpu_is_bad_input(tiny_model: Path, tmp_path: Path) -> None:
 def test_one_sweep_per_gpu_on_one_study(tiny_model: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path / "s.yaml", n_batch=[8, 16, 32], n_ubatch=[8],
                         flash_attn=[False, True])
-    proc = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--gpus", "0,1",
-                 "--space", space, "--prompt-tokens", 32, "--gen-tokens", 2, "--repetitions", 1,
-                 "--warmup", 0, "--results", tmp_path / "results", "--out",
-                 tmp_path / "p.yaml", "--study", "fleet", "--finalist-rounds", 0,
-                 "--served-requests", 0, timeout=600)
+    args = ["sweep", "--model", str(tiny_model), "--device", "cpu", "--space", str(space),
+            "--prompt-tokens", "32", "--gen-tokens", "2", "--repetitions", "1", "--warmup", "0",
+            "--results", str(tmp_path / "results"), "--out", str(tmp_path / "p.yaml"),
+            "--study", "fleet", "--finalist-rounds", "0", "--served-requests", "0"]
+    run = ("import sys; from tuner.search.multigpu import run_per_gpu; "
+           f"sys.exit(run_per_gpu({args!r}, ['0', '1']))")
+    proc = subprocess.run([sys.executable, "-c", run], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     # Both children ran and each printed its own summary, prefixed with its GPU.

@@ -143,7 +143,7 @@ def test_verify_of_a_sidecar_that_is_not_an_object_is_bad_input(tmp_path: Path,
     config.with_name("production.tuner.json").write_text("[1, 2]")
     proc = tuner("verify", config, cwd=tmp_path)
     assert proc.returncode == 2
-    assert "is not a tuner sidecar" in one_line_error(proc)
+    assert "holds a JSON list, not an object" in one_line_error(proc)
 
 
 def test_a_served_phase_that_fails_says_why(tmp_path: Path, numbered_model: Path) -> None:

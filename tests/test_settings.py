@@ -78,7 +78,7 @@ def test_space_lists_every_space_setting_with_its_default() -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("n_batch: [0]", "n_batch: Value error, must be a non-empty list of positive integers"),
+    ("n_batch: [0]", "n_batch: Value error, 0 is outside the range of n_batch: 1 to 2147483647"),
     ("kv_cache: [q8]", "kv_cache: Value error, KV cache entry 'q8' must be 'K/V'"),
     ("n_threads: []", "n_threads: Value error, must list at least one value"),
     ("flash_attn: [maybe]", "flash_attn.0: Input should be a valid boolean"),

@@ -52,7 +52,7 @@ def test_baseline_first_and_batches_beyond_the_prompt_kept_once() -> None:
 @pytest.mark.parametrize("text, phrase", [
     ("kv_cache: [f16]", "must be 'K/V'"),
     ("kv_cache: [q3_x/q3_x]", "unknown KV cache type"),
-    ("n_batch: [0]", "positive"),
+    ("n_batch: [0]", "0 is outside the range of n_batch: 1 to 2147483647"),
     ("n_batches: [512]", "n_batches"),
     ("[1, 2]", "mapping"),
 ])

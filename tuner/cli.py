@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -25,6 +25,30 @@ if TYPE_CHECKING:  # click.Choice checks these values; the modules load lazily
     from tuner.specs import Device
 
 M = TypeVar("M")
+
+
+class Finite(click.FloatRange):
+    """A finite float within ``[min, max]`` (``min_open``: above ``min``): every float option's
+    type, so ``nan``, ``inf`` and numbers too large for a float are refused one way (exit 2)."""
+
+    name = "finite number"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = value if isinstance(value, float) else None
+        if number is None:
+            try:
+                number = float(value)
+            except (TypeError, ValueError, OverflowError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number ({self._describe_range()})", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+SECONDS = Finite(min=1, max=604800)  # a duration from 1 s to a week
+POSITIVE = Finite(min=0, min_open=True)
+NON_NEGATIVE = Finite(min=0)
 
 err = Console(stderr=True, highlight=False)
 # Piped output (a log, CI) gets wide lines rather than tables squeezed into 80 columns.
@@ -74,8 +98,7 @@ def cli(debug: bool) -> None:
               show_default=True, help="Production config to write.")
 @click.option("--builds", "builds_dir", type=click.Path(path_type=Path), default=Path("builds"),
               show_default=True, help="Folder of kernel builds made by `tuner build`.")
-@click.option("--trial-timeout", type=float, default=600.0, show_default=True,
-              callback=lambda _c, _p, v: _seconds("--trial-timeout", v),
+@click.option("--trial-timeout", type=SECONDS, default=600.0, show_default=True,
               help="Seconds before a trial's worker is killed (1 to 604800).")
 @click.option("--trials-per-worker", type=click.IntRange(min=1), default=2, show_default=True,
               help="Trials one worker process measures before a fresh one takes over.")
@@ -94,10 +117,11 @@ def cli(debug: bool) -> None:
 @click.option("--patience", type=click.IntRange(min=0), default=None,
               help="Stop after N finished trials without a 1% gain [default: 10 with tpe, "
                    "never with grid; 0: never].")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=None,
+@click.option("--timeout", "timeout_s", type=Finite(min=1), default=None,
               help="Seconds of search before no new trial starts (finalists still run).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="The model-based sampler's seed.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**31 - 1), default=0, show_default=True,
+              help="The model-based sampler's seed (numpy takes seeds below 2^32; the "
+                   "sampler adds the history's size).")
 @click.option("--served-requests", type=click.IntRange(min=0, max=1000), default=5,
               show_default=True,
               help="Requests per finalist through a real llama_cpp.server (0: raw figures only).")
@@ -106,8 +130,7 @@ def cli(debug: bool) -> None:
 @click.option("--prune/--no-prune", default=None,
               help="Stop a trial early when its repetitions are clearly slower than the best "
                    "trial's [default: on with tpe, off with grid].")
-@click.option("--max-vram", "max_vram", type=click.FloatRange(min=0, min_open=True),
-              default=None, metavar="MIB", callback=lambda _c, _p, v: _finite("--max-vram", v),
+@click.option("--max-vram", "max_vram", type=POSITIVE, default=None, metavar="MIB",
               help="GPU memory cap: trials above it are infeasible, never the config.")
 @click.option("--objective", type=click.Choice(["request", "pareto"]), default="request",
               show_default=True,
@@ -133,6 +156,10 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
       tuner sweep --model q4.gguf --prompt-tokens 2048 --gen-tokens 128 --n-ctx 4096
       tuner sweep --model q4.gguf --device cpu --trials 4
     """
+    if gpus is not None and device == "cpu":
+        raise BadInput("--gpus runs one sweep per GPU: it does not apply to --device cpu",
+                       hint="leave out --gpus (sweeps sharing the cores would measure each "
+                            "other)")
     if gpus is not None:
         from tuner.search.multigpu import gpu_env, parse_gpus, run_per_gpu, without_gpus
 
@@ -191,9 +218,9 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
 @click.option("--compare", nargs=2, default=None, metavar="A B",
               help="Two studies side by side: names in the storage, or JSONL exports / "
                    "study folders by path.")
-@click.option("--peak-bandwidth-gbs", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--peak-bandwidth-gbs", type=POSITIVE, default=None,
               help="Roofline: the device's peak memory bandwidth in GB/s (default: by GPU name).")
-@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--peak-tflops", type=POSITIVE, default=None,
               help="Roofline: the device's peak dense FP16 tensor TFLOPS (default: by GPU name).")
 @click.option("--model-file", type=click.Path(path_type=Path), default=None,
               help="Roofline: a copy of the GGUF to count parameters from, when the recorded "
@@ -230,7 +257,7 @@ def report(results_dir: Path, storage: str | None, study: str | None, fmt: str,
 @cli.command()
 @click.option("--log", "log_path", default=None, type=click.Path(path_type=Path),
               help="A saved llama.cpp load log. Without it: check this machine.")
-@click.option("--n-gpu-layers", type=int, default=-1, show_default=True,
+@click.option("--n-gpu-layers", type=click.IntRange(min=-1), default=-1, show_default=True,
               help="What was asked (-1 = every layer on the GPU).")
 @click.option("--builds", "builds_dir", type=click.Path(path_type=Path), default=Path("builds"),
               show_default=True, help="Folder of kernel builds made by `tuner build`.")
@@ -327,11 +354,11 @@ def build(variant: str | None, source: Path | None, cuda_arch: str | None, build
               help="Check a service already running at URL instead (speed only).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Loopback port for the server started here [default: a free one].")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@click.option("--tolerance", type=NON_NEGATIVE, default=10.0, show_default=True,
               help="Percent by which served speed may fall below the stored figures.")
 @click.option("--requests", type=click.IntRange(min=1), default=5, show_default=True,
               help="Measured requests (after one warm-up).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+@click.option("--timeout", type=SECONDS, default=300.0, show_default=True,
               help="Seconds to wait for the server to load and for each request.")
 @click.option("--llama-server", "llama_server", is_flag=True,
               help="Verify the llama-server deployment beside CONFIG (its .llama-server.args; "
@@ -376,25 +403,16 @@ def _validated(model: type[M], **kwargs: object) -> M:
         raise BadInput(e.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
-def _seconds(option: str, value: float) -> float:
-    """A finite duration from 1 s to a week (nan, inf and 1e300 are refused here)."""
-    if not math.isfinite(value) or not 1 <= value <= 604800:
-        raise click.BadParameter(f"{value} is not a number of seconds from 1 to 604800",
-                                 param_hint=option)
-    return value
-
-
-def _finite(option: str, value: float | None) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number", param_hint=option)
-    return value
-
-
 def _fail(code: int, message: str, hint: str | None = None) -> None:
-    err.print(f"error: {message}", markup=False, soft_wrap=True)
+    err.print(f"error: {_one_line(message)}", markup=False, soft_wrap=True)
     if hint:
-        err.print(f"hint: {hint}", markup=False, soft_wrap=True)
+        err.print(f"hint: {_one_line(hint)}", markup=False, soft_wrap=True)
     sys.exit(code)
+
+
+def _one_line(text: str) -> str:
+    """A message of several lines (a library's: tarfile's, an HTTP reply) as one."""
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 RAW_ARGS: list[str] = []  # the command line as given (`sweep --gpus` starts it once per GPU)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -44,6 +45,10 @@ UNQUANTIZED_KV = {"f32", "f16", "bf16"}
 # number. LLAMA_SPLIT_MODE_TENSOR (3) is left out: its layers live on a "Meta" device that the
 # load log's per-layer lines do not attribute to one GPU.
 SPLIT_MODES: dict[str, int] = {"none": 0, "layer": 1, "row": 2}
+# GGML_MAX_N_THREADS (ggml.h): the most threads a ggml CPU threadpool takes.
+MAX_THREADS = 512
+# The most tokens one batch can hold: llama_batch_init's n_tokens is an int32_t.
+MAX_BATCH = 2**31 - 1
 # LLAMA_MAX_DEVICES of a CUDA build (GGML_CUDA_MAX_DEVICES): the most entries a tensor split has.
 MAX_SPLIT_DEVICES = 16
 
@@ -106,6 +111,16 @@ class Setting:
     def in_space_id_at_default(self) -> bool:
         return self.keyed_at_default if self.spaced_at_default is None else self.spaced_at_default
 
+    def within_bounds(self, value: int) -> bool:
+        b = self.bounds or {}
+        return b.get("ge", value) <= value <= b.get("le", value)
+
+    def bounds_text(self) -> str:
+        b = self.bounds or {}
+        if "le" in b:
+            return f"{b.get('ge', '-inf')} to {b['le']}"
+        return f"{b.get('ge')} and up"
+
     @property
     def key(self) -> str:
         return self.space_key or self.name
@@ -139,11 +154,6 @@ class Setting:
 
 
 # -- per-setting helpers -------------------------------------------------------------------
-
-def _positive(v: list[int]) -> None:
-    if any(x < 1 for x in v):
-        raise ValueError("must be a non-empty list of positive integers")
-
 
 def _build_names(v: list[str]) -> None:
     if any(not name.strip() for name in v):
@@ -225,6 +235,8 @@ def _tensor_splits(v: list[list[float] | None]) -> None:
         if not split or len(split) > MAX_SPLIT_DEVICES:
             raise ValueError(f"a tensor split lists 1 to {MAX_SPLIT_DEVICES} proportions, one "
                              f"per GPU (null: llama.cpp's split by free memory)")
+        if not all(math.isfinite(x) for x in split) or not math.isfinite(sum(split)):
+            raise ValueError(f"tensor split {split} must hold finite proportions")
         if any(x < 0 for x in split) or not sum(split) > 0:
             raise ValueError(f"tensor split {split} must hold proportions >= 0 that do not sum "
                              "to 0")
@@ -275,6 +287,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         name="n_gpu_layers", level="model", value_type=int, default=-1, column="ngl",
         cell=lambda s: s.model.n_gpu_layers, numeric=True, label=_ngl_label, label_rank=50,
+        bounds={"ge": -1},  # -1: every layer (llama.cpp reads any negative so; one spelling)
         apply=_set(n_gpu_layers="n_gpu_layers"), keyed_at_default=True,
         server=lambda s: {"n_gpu_layers": -1 if s.model.n_gpu_layers < 0
                           else s.model.n_gpu_layers},
@@ -326,8 +339,8 @@ SETTINGS: tuple[Setting, ...] = (
     # Context-level (ContextSettings): a new context on the loaded model.
     Setting(
         name="n_batch", level="context", value_type=int, default=512, column="n_batch",
-        cell=lambda s: s.context.n_batch, numeric=True, check=_positive, changes_ops=False,
-        bounds={"ge": 1},
+        cell=lambda s: s.context.n_batch, numeric=True, changes_ops=False,
+        bounds={"ge": 1, "le": MAX_BATCH},
         label=lambda s: f"b{s.context.n_batch}/u{s.context.n_ubatch}", label_rank=10,
         apply=_set(n_batch="n_batch"), keyed_at_default=True,
         server=lambda s: {"n_batch": s.context.n_batch},
@@ -335,7 +348,8 @@ SETTINGS: tuple[Setting, ...] = (
         doc="logical batch: tokens per llama_decode call"),
     Setting(
         name="n_ubatch", level="context", value_type=int, default=512, column="n_ubatch",
-        cell=lambda s: s.context.n_ubatch, numeric=True, check=_positive, bounds={"ge": 1},
+        cell=lambda s: s.context.n_ubatch, numeric=True,
+        bounds={"ge": 1, "le": MAX_BATCH},
         apply=_set(n_ubatch="n_ubatch"), keyed_at_default=True,
         server=lambda s: {"n_ubatch": s.context.n_ubatch},
         expect=lambda s: {"n_ubatch": s.context.n_ubatch},
@@ -363,7 +377,7 @@ SETTINGS: tuple[Setting, ...] = (
         name="n_threads", level="context", value_type=int | None, default=None,
         column="threads", cell=lambda s: s.context.n_threads if s.context.n_threads is not None
         else "auto", numeric=True, check=_threads, label=_threads_label, label_rank=40,
-        bounds={"ge": 1},
+        bounds={"ge": 1, "le": MAX_THREADS},
         keyed_at_default=True, changes_ops=False,
         # Set by the worker (its own default when None); the server gets the count measured.
         server=lambda s: {}, unproven="the worker records the thread count it ran on",

@@ -108,7 +108,9 @@ class Workload(Frozen):
     @classmethod
     def _default_ctx(cls, data: object) -> object:
         if isinstance(data, dict) and not data.get("n_ctx"):
-            return {**data, "n_ctx": data.get("prompt_tokens", 512) + data.get("gen_tokens", 128)}
+            p, g = data.get("prompt_tokens", 512), data.get("gen_tokens", 128)
+            if isinstance(p, int) and isinstance(g, int):  # else the fields say what is wrong
+                return {**data, "n_ctx": p + g}
         return data
 
     @model_validator(mode="after")

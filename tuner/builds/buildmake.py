@@ -114,9 +114,22 @@ def _check_request(variant: str, cuda_arch: str | None) -> str | None:
         return None
     if not VARIANTS[variant]:
         raise BadInput(f"--cuda-arch applies to CUDA variants, not {variant!r}")
-    if not re.fullmatch(r"[0-9a-z_;,-]+", cuda_arch):
-        raise BadInput(f"bad CUDA architecture list {cuda_arch!r} (for example 90 or 86;90)")
-    return cuda_arch.replace(",", ";")
+    if cuda_arch in _CMAKE_ARCH_WORDS:
+        return cuda_arch
+    items = re.split(r"[;,]", cuda_arch)
+    bad = next((x for x in items if not _CUDA_ARCH.fullmatch(x)), None)
+    if bad is not None:
+        what = "an empty entry" if not bad else repr(bad)
+        raise BadInput(f"bad CUDA architecture list {cuda_arch!r}: {what} is not a compute "
+                       "capability (for example 90, 90a, 86-real; or native, all, all-major)",
+                       hint="nvidia-smi --query-gpu=compute_cap --format=csv gives 9.0 for 90")
+    return ";".join(items)
+
+
+# CMAKE_CUDA_ARCHITECTURES: a word, or a list of compute capabilities (two or three digits,
+# 50 and up, an optional a/f suffix, an optional -real / -virtual).
+_CMAKE_ARCH_WORDS = ("native", "all", "all-major")
+_CUDA_ARCH = re.compile(r"(?:[5-9]\d|[1-9]\d\d)[af]?(?:-real|-virtual)?")
 
 
 def targets_of(bench: bool, server: bool = False) -> list[str]:

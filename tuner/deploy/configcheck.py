@@ -82,6 +82,11 @@ class _Child:
             self.proc.stdout.close()
 
 
+class ConfigInvalid(TunerError):
+    """The server's settings classes refuse the config (exit 1 when tuner wrote it; a caller
+    reading a config it did not write makes it bad input)."""
+
+
 _CHILDREN: dict[tuple[tuple[str, str], ...], _Child] = {}
 
 
@@ -119,7 +124,7 @@ def check_config(config: dict[str, Any], lib_dir: str | None = None,
     if answer.get("code") == LIBRARY_UNFIT:  # not tuner's bug
         raise EnvironmentUnfit(answer["error"], hint="check the build's library folder "
                                "(`tuner build --list`) and the llama-cpp-python install")
-    raise TunerError(answer["error"])
+    raise ConfigInvalid(answer["error"])
 
 
 def close_children() -> None:

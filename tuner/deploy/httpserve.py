@@ -5,6 +5,7 @@ generation, request). Used by ``tuner verify`` and by served figures taken throu
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -169,7 +170,7 @@ def _timed_request(client: httpx.Client, base: str, body: dict[str, Any]) -> dic
             if reply.status_code != 200:
                 reply.read()
                 raise EnvironmentUnfit(f"the service answered {reply.status_code}: "
-                                       f"{reply.text[:200]}")
+                                       f"{_reply_line(reply)}")
             for data in _events(reply.iter_lines()):
                 now = time.perf_counter()
                 first = first if first is not None else now
@@ -181,6 +182,18 @@ def _timed_request(client: httpx.Client, base: str, body: dict[str, Any]) -> dic
         raise EnvironmentUnfit(f"the service at {base} streamed no completion chunk")
     return {"ttft_s": first - t0, "request_s": last - t0, "gen_s": last - first,
             "finish_reason": finish}
+
+
+def _reply_line(reply: httpx.Response) -> str:
+    """An error reply as one short line: an HTML page (not an OpenAI-compatible API) by its
+    title, anything else by its first line."""
+    text = reply.text
+    if "html" in reply.headers.get("content-type", "") or text.lstrip().startswith("<"):
+        title = re.search(r"<title>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        what = f" titled {' '.join(title.group(1).split())[:80]!r}" if title else ""
+        return f"an HTML page{what}, not the completions API of a llama_cpp.server"
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "(empty reply)")
+    return first[:200]
 
 
 def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:

@@ -35,7 +35,7 @@ from tuner.worker.protocol import (
     receive,
 )
 from tuner.worker.runner import SPAWN
-from tuner.worker.served import served_main
+from tuner.worker.served import max_tokens_of, served_main
 
 
 def run_child(job: PromptsJob | ServedMeasureJob | BreakdownJob, timeout_s: float,
@@ -117,7 +117,7 @@ def figures(runs: list[dict[str, Any]], *, source: Literal["worker", "server", "
     request = Stat.of([r["request_s"] for r in runs])
     return ServedFigures(
         source=source, requests=len(runs), warmup=warmup, prompt_tokens=prompt_tokens,
-        gen_tokens=gen_tokens, n_threads=n_threads, n_threads_batch=n_threads_batch,
+        gen_tokens=gen_tokens, max_tokens=max_tokens_of(gen_tokens), n_threads=n_threads, n_threads_batch=n_threads_batch,
         ttft_s=ttft, gen_tps=gen, request_s=request, max_prefix_reuse=max_prefix_reuse,
         unstable=widest_spread(ttft, gen, request) > UNSTABLE_SPREAD,
         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

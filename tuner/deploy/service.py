@@ -98,7 +98,8 @@ def raw_prediction(figures: dict[str, Any], prompt_tokens: int) -> tuple[float |
 def _central(fig: Any) -> float | None:
     if not isinstance(fig, dict):
         return None
-    value = fig.get("value", fig.get("median"))
+    value = fig.get("value")
+    value = fig.get("median") if value is None else value
     return float(value) if isinstance(value, (int, float)) and value else None
 
 

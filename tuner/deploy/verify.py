@@ -11,7 +11,6 @@ placement that is not the measured one (exit 3), served speed outside the tolera
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from contextlib import ExitStack
@@ -22,13 +21,22 @@ import yaml
 from pydantic import Field, ValidationError
 
 from tuner.builds.buildinfo import BuildFlags, find_system_info, variant_of
+from tuner.deploy.configcheck import ConfigInvalid, check_config
 from tuner.deploy.httpserve import free_port, measure_http, running_server, wait_ready
 from tuner.deploy.prodconfig import sidecar_path
-from tuner.deploy.service import env_file_path, raw_prediction, read_env_file
+from tuner.deploy.service import env_file_path, raw_prediction
+from tuner.deploy.sidecar import (
+    check_model_path,
+    check_url,
+    config_entry,
+    read_sidecar,
+    service_environment,
+)
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.evidence.placement import expect, parse_load_log, verify
 from tuner.machine.childenv import service_env
 from tuner.results.records import ServedFigures
+from tuner.search.yamlread import load_unique
 from tuner.specs import Frozen, TrialSpec, Workload
 
 # The server lets these override the config file; a deployment check must read the file.
@@ -88,44 +96,37 @@ def load_deployment(config_path: Path) -> Deployment:
         raise BadInput(f"no config at {config_path}",
                        hint="give the production config: tuner verify configs/production.yaml")
     try:
-        config = yaml.safe_load(config_path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+        config = load_unique(config_path.read_text())
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError) as e:
         raise BadInput(f"cannot read {config_path} as YAML: {str(e).splitlines()[0]}") from None
-    models = config.get("models") if isinstance(config, dict) else None
-    if not isinstance(models, list) or not models or not isinstance(models[0], dict):
-        raise BadInput(f"{config_path} lists no model under 'models'")
-    side_path = sidecar_path(config_path)
+    entry = config_entry(config, config_path)
+    side = read_sidecar(sidecar_path(config_path))
+    model = entry.get("model")
+    check_model_path(model if isinstance(model, str) else "", config_path)
+    env = service_environment(env_file_path(config_path), side)
+    return Deployment(config_path=config_path, config=config,
+                      sidecar=side.model_dump(mode="json"), env=env, model_path=str(model),
+                      spec=side.spec, workload=side.workload)
+
+
+def check_server_config(dep: Deployment) -> None:
+    """The config read by the server's own settings classes (unknown keys, wrong types), in the
+    service's environment, before any server starts: bad input is exit 2, not a server that
+    prints its banner and exits."""
     try:
-        side = json.loads(side_path.read_text())
-    except (OSError, ValueError):
-        raise BadInput(f"no readable sidecar {side_path} beside the config",
-                       hint="verify compares with the build and figures the sweep stored there; "
-                            "write the config with tuner sweep") from None
-    if not isinstance(side, dict):
-        raise BadInput(f"{side_path} is not a tuner sidecar (not a JSON object)",
-                       hint="write the config with tuner sweep")
-    model = str(models[0].get("model", ""))
-    if not Path(model).is_file():
-        raise BadInput(f"model {model} named in {config_path} not found",
-                       hint="the config holds an absolute path: copy the model there, or "
-                            "rerun the sweep on this host")
-    env_file = env_file_path(config_path)
-    env = read_env_file(env_file) if env_file.is_file() else dict(side.get("env", {}))
-    try:
-        spec = TrialSpec.model_validate(side["spec"])
-        workload = Workload.model_validate(side["workload"])
-    except (KeyError, TypeError, ValueError):
-        raise BadInput(f"{side_path} is not a tuner sidecar (no valid spec and workload)",
-                       hint="write the config with tuner sweep") from None
-    return Deployment(config_path=config_path, config=config, sidecar=side, env=env,
-                      model_path=model, spec=spec, workload=workload)
+        check_config(dep.config, None, service_env(dep.env))
+    except ConfigInvalid as e:
+        raise BadInput(f"{dep.config_path}: {e.message}",
+                       hint="the server would refuse it; write the config with tuner sweep") from None
 
 
 def run_verify(config_path: Path, *, url: str | None = None, port: int | None = None,
                tolerance: float = 0.10, requests: int = 5, timeout_s: float = 300,
                log_dir: Path | None = None) -> VerifyResult:
     """Verify the deployment of ``config_path``; see the module docstring."""
+    url = check_url(url) if url is not None else None
     dep = load_deployment(config_path)
+    check_server_config(dep)
     server_env = service_env(dep.env)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-verify-")))

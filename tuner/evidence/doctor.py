@@ -49,7 +49,9 @@ class Diagnosis(Frozen):
 
 def diagnose(text: str, n_gpu_layers: int = -1) -> Diagnosis:
     """Report on one captured load log, checked against a CUDA run of ``n_gpu_layers`` layers
-    (-1: all). Raises BadInput when the text shows no model load at all."""
+    (-1: all). Raises BadInput when the text shows no model load at all. A log holding
+    several loads (two runs saved into one file) is judged by its last."""
+    text = last_load(text)
     ev = parse_load_log(text)
     if not ev.is_load_log:
         raise BadInput("the log shows no model load (no llama_model_loader or load_tensors "
@@ -73,6 +75,33 @@ def diagnose(text: str, n_gpu_layers: int = -1) -> Diagnosis:
             lines += [f"Meaning: {meaning}", f"Fix: {fix}"]
     lines += amx_lines(text)
     return Diagnosis(exit_code=0 if verified else 3, lines=lines)
+
+
+_LOAD_START = "llama_model_loader: loaded meta data"
+_DEVICE_INIT = "ggml_cuda_init:"
+
+
+def last_load(text: str) -> str:
+    """The part of a log that belongs to its last model load: from that load's first loader
+    line, or from the device list its library printed just before it (a new process's log).
+    A later load of the same process prints no device list of its own; the one printed
+    earlier is kept for it when it uses a CUDA device."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, ln in enumerate(lines) if ln.startswith(_LOAD_START)]
+    if len(starts) < 2:
+        return text
+    last, before = starts[-1], starts[-2]
+    inits = [i for i, ln in enumerate(lines) if ln.startswith(_DEVICE_INIT)]
+    own = [i for i in inits if before < i < last]
+    if own:
+        return "".join(lines[own[-1]:])
+    segment = "".join(lines[last:])
+    earlier = [i for i in inits if i < before]
+    if earlier and "using device CUDA" in segment:
+        block = [lines[earlier[-1]]]
+        block += [ln for ln in lines[earlier[-1] + 1:before] if ln.startswith("  Device ")]
+        return "".join(block) + segment
+    return segment
 
 
 _OPS_ADVICE = (

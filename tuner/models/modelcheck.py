@@ -63,6 +63,7 @@ class ModelInfo(Frozen):
     architecture: str | None
     n_layers: int | None
     context_length: int | None
+    n_vocab: int | None = None  # tokens of the vocabulary (tokenizer.ggml.tokens)
     file_type: int | None
     name: str | None
     alignment: int
@@ -152,7 +153,8 @@ def _key_values(h: _Header, n_kv: int) -> dict[str, object]:
             h.skip_strings(count, key)
         else:
             h.skip(count * least, f"the elements of {_q(key)}")
-        values[key] = None  # present, content not kept
+        # present, content not kept; the vocabulary's length is (llama.cpp's n_vocab)
+        values[key] = count if key == "tokenizer.ggml.tokens" else None
     return values
 
 
@@ -266,6 +268,7 @@ def _check(path: Path) -> ModelInfo:
         architecture=arch,
         n_layers=_int_or_none(values.get(f"{arch}.block_count")),
         context_length=_int_or_none(values.get(f"{arch}.context_length")),
+        n_vocab=_int_or_none(values.get("tokenizer.ggml.tokens")),
         file_type=_int_or_none(values.get("general.file_type")),
         name=name if isinstance(name, str) else None,
         alignment=alignment, data_offset=data_offset, data_bytes=data_bytes,

@@ -28,9 +28,12 @@ class SweepProgress:
 
     def __init__(self, out: Path) -> None:
         self.console = Console(stderr=True)
+        # Piped (a log, CI): no bar, whose last state a non-terminal cuts to its width; the
+        # lines printed below are whole either way.
         self.progress = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("{task.fields[now]}"),
-                                 console=self.console, transient=False)
+                                 console=self.console, transient=False,
+                                 disable=not self.console.is_terminal)
         self.task: Any = None
         self.best_line = "best: none verified yet"
 

@@ -72,7 +72,7 @@ def report(studies: list[StudyData], fmt: str, peaks: Peaks = Peaks(),
     if fmt in TERMINAL:
         return render_text(renderable(studies, fmt, peaks), width)
     if fmt == "jsonl":
-        return export_jsonl([r for s in studies for r in s.records])
+        return "".join(export_jsonl(s.records, s.finalists, s.drifts) for s in studies)
     if fmt == "html":
         if len(studies) != 1:
             names = ", ".join(s.name for s in studies)
@@ -87,13 +87,43 @@ def report(studies: list[StudyData], fmt: str, peaks: Peaks = Peaks(),
     for s in studies:
         bd = overview(s.name, s.records, s.finalists, s.drifts).breakdown \
             if fmt in ("md", "json") else None
+        decision = decision_fields(s) if fmt == "json" else {}
         for r in rows(s.records, s.drifts):
+            r = {**r, **decision.get(r["trial"], {})}
             if fmt == "json" and bd is not None and r.get("trial") == bd.trial:
                 r = {**r, "breakdown": breakdown_json(bd)}
             all_rows.append({"study": s.name, **r})
         if fmt == "md" and bd is not None:
             sections.append(breakdown_md(s.name, bd))
     return export(all_rows, fmt) + "".join("\n" + x for x in sections)
+
+
+def decision_fields(s: StudyData) -> dict[int, dict[str, Any]]:
+    """What the JSON report adds to each trial's row (by trial number): what the study's
+    decision rests on beyond the table's cells: the trial's finalist figures with their
+    intervals (``winner`` and the decision's reason on the winner), its figures over
+    processes from the confirmation, its worker's drift check, the GPU clocks around its
+    timed work and the machine and build it ran on."""
+    fin = s.finalists
+    finalists = {f.trial: f for f in fin.finalists} if fin else {}
+    confirmed = {c.trial: c for c in fin.confirmed} if fin else {}
+    drift = {d.worker_id: d for d in s.drifts}
+    out: dict[int, dict[str, Any]] = {}
+    for r in s.records:
+        f, c = finalists.get(r.number), confirmed.get(r.number)
+        d = drift.get(r.worker_id) if r.worker_id else None
+        m, env = r.measurement, r.environment
+        winner = fin is not None and fin.winner_trial == r.number
+        out[r.number] = {
+            "finalist": None if f is None else {
+                **f.model_dump(mode="json"), "winner": winner,
+                "decision": fin.reason if winner and fin is not None else None},
+            "confirmed": None if c is None else c.model_dump(mode="json"),
+            "worker_drift": None if d is None else d.model_dump(mode="json"),
+            "clocks": None if m is None or m.clocks is None else m.clocks.model_dump(mode="json"),
+            "environment": None if env is None else env.model_dump(mode="json"),
+        }
+    return out
 
 
 def comparison(a: StudyData, b: StudyData) -> Comparison:

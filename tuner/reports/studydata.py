@@ -20,6 +20,7 @@ from tuner.results.store import (
     check_study_name,
     legacy_drifts,
     legacy_finalists,
+    read_export,
     read_jsonl,
     with_legacy,
 )
@@ -71,10 +72,11 @@ def load_path(path: Path) -> StudyData:
     if p.is_dir():
         folder, records = p, read_jsonl(p / TRIALS)
         fin, drifts = legacy_finalists(folder), legacy_drifts(folder)
-    else:
+    elif p.name == TRIALS:
         folder, records = p.parent, read_jsonl(p)
-        fin, drifts = (legacy_finalists(folder), legacy_drifts(folder)) if (
-            p.name == TRIALS) else (None, [])
+        fin, drifts = legacy_finalists(folder), legacy_drifts(folder)
+    else:  # an export: its records, finalist report and drift records
+        records, fin, drifts = read_export(p)
     name = records[0].study if records else (p.name if p.is_dir() else p.stem)
     return StudyData(name=name, source=str(p), records=records, finalists=fin, drifts=drifts)
 

@@ -102,7 +102,7 @@ def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
         if ov.tie or ov.undecided:
             body.add_row("tie" if ov.tie else "undecided", ov.tie_reason or "")
         if ov.served:
-            body.add_row("served", ov.served)
+            body.add_row("served", Text(ov.served))  # "[worker, ...]" is no markup
         for i, line in enumerate(ov.services):
             body.add_row("services" if i == 0 else "", line)
         for i, line in enumerate(breakdown_lines(ov)):
@@ -166,6 +166,9 @@ def confirmed_table(ov: Overview) -> Table:
     for c in ov.confirmed:
         tg = c.tg_tps
         bad = "" if c.proven else " (not proven in every process)"
+        if c.failed_rounds:
+            bad = (f" (left out of the finalists: {c.failed_rounds} fresh worker(s) did not "
+                   "complete it)")
         spread = widest_spread(c.request_seconds, c.pp_tps, tg)
         t.add_row(f"#{c.trial}", c.label + bad, str(c.processes), secs(c.request_seconds.median),
                   tps(c.pp_tps.median), "" if tg is None else tps(tg.median),

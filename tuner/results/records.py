@@ -140,6 +140,9 @@ class ServedFigures(Frozen):
     warmup: int = 1
     prompt_tokens: int  # the workload's, per request, BOS included (see prompt_lengths)
     gen_tokens: int  # per request, exactly (every end-of-generation token biased away)
+    # what each request asked; 1 for a prompt-only workload (gen_tokens 0), whose figure is
+    # the time to first token (the server reads max_tokens 0 as "until the context is full")
+    max_tokens: int | None = None
     n_threads: int | None = None  # the server-side thread settings these were measured with
     n_threads_batch: int | None = None
     ttft_s: Stat  # request sent -> first streamed token
@@ -171,7 +174,8 @@ class ServedFigures(Frozen):
             parts.append(f"gen {g.median:.1f} tok/s ({g.min:.1f}-{g.max:.1f})")
         parts.append(f"request {self.request_s.median:.3f} s")
         note = f"; {self.prompt_note}" if self.prompt_note else ""
-        return ", ".join(parts) + f" [{self.source}, {self.requests} requests{note}]"
+        only = ", prompt only: max_tokens 1" if self.gen_tokens == 0 else ""
+        return ", ".join(parts) + f" [{self.source}, {self.requests} requests{only}{note}]"
 
 
 class FinalistFigures(Frozen):

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tuner.errors import BadInput, EnvironmentUnfit
 from tuner.results.records import FinalistReport, TrialRecord, WorkerDrift
@@ -30,7 +30,9 @@ M = TypeVar("M", bound=BaseModel)
 
 def check_study_name(name: str) -> str:
     if not STUDY_NAME.match(name):
-        raise BadInput(f"study name {name!r} must be letters, digits, '.', '_' or '-'")
+        shown = repr(name) if len(name) <= 60 else f"{name[:60]!r}... ({len(name)} characters)"
+        raise BadInput(f"study name {shown} must be 1 to 100 characters: letters, digits, "
+                       "'.', '_' or '-', starting with a letter or digit")
     return name
 
 
@@ -97,9 +99,47 @@ def read_jsonl(path: Path) -> list[TrialRecord]:
     return out
 
 
-def export_jsonl(records: list[TrialRecord]) -> str:
-    """The export: every record, one JSON object per line."""
-    return "".join(r.model_dump_json() + "\n" for r in records)
+# Lines of an export that are not trial records: one key naming what the line holds.
+FINALISTS_LINE = "finalist_report"
+DRIFT_LINE = "worker_drift"
+
+
+def export_jsonl(records: list[TrialRecord], finalists: FinalistReport | None = None,
+                 drifts: list[WorkerDrift] | None = None) -> str:
+    """The export: every record, one JSON object per line, then what the study's decision
+    rests on besides them: its finalist report (``{"finalist_report": ...}``, intervals and
+    confirmation included) and each worker's drift (``{"worker_drift": ...}``). The records
+    carry their clocks and environment. A reader of records only skips the other lines."""
+    out = [r.model_dump_json() + "\n" for r in records]
+    if finalists is not None:
+        out.append(f'{{"{FINALISTS_LINE}": {finalists.model_dump_json()}}}\n')
+    out += [f'{{"{DRIFT_LINE}": {d.model_dump_json()}}}\n' for d in drifts or []]
+    return "".join(out)
+
+
+def read_export(path: Path) -> tuple[list[TrialRecord], FinalistReport | None,
+                                     list[WorkerDrift]]:
+    """A JSONL export read back: its records (once each), and the finalist report and drift
+    records of their study (an export of several studies is read as its first record's)."""
+    records = read_jsonl(path)
+    study = records[0].study if records else None
+    finalists: FinalistReport | None = None
+    drifts: list[WorkerDrift] = []
+    for line in _lines(Path(path), _ExportLine):
+        if line.finalist_report is not None and study in (None, line.finalist_report.study):
+            finalists = line.finalist_report
+        if line.worker_drift is not None and study in (None, line.worker_drift.study):
+            drifts.append(line.worker_drift)
+    return records, finalists, drifts
+
+
+class _ExportLine(BaseModel):
+    """An export line that is not a record."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    finalist_report: FinalistReport | None = None
+    worker_drift: WorkerDrift | None = None
 
 
 def legacy_records(results_dir: Path, study: str) -> list[TrialRecord]:

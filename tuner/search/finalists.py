@@ -315,7 +315,22 @@ def confirm_and_settle(study: str, pool: list[TrialRecord], measure: MeasureRoun
         return None
     report = settle(study, finalists, measure, opts,
                     {f.spec_key: got[f.spec_key] for f in finalists})
-    return report.model_copy(update={"confirmed": confirmed}) if report is not None else None
+    if report is None:
+        return None
+    note = left_out_note(confirmed)
+    reason = f"{report.reason}; {note}" if note else report.reason
+    return report.model_copy(update={"confirmed": confirmed, "reason": reason})
+
+
+def left_out_note(confirmed: list[ConfirmedFigures]) -> str | None:
+    """What the decision says of configs the confirmation dropped because a fresh worker did
+    not complete them (crashed, timed out, killed): never left out silently."""
+    failed = [c for c in confirmed if c.failed_rounds]
+    if not failed:
+        return None
+    names = ", ".join(f"#{c.trial} ({c.failed_rounds} failed)" for c in failed)
+    return (f"left out of the finalists: {names}: a fresh worker measuring it did not complete "
+            "(crashed, timed out or was killed)")
 
 
 def _futile(f: FinalistFigures, max_rounds: int, level: float, equivalent: float) -> bool:

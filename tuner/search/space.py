@@ -3,18 +3,29 @@ trial specs they make once the builds' compiled flash-attention kernels are know
 
 from __future__ import annotations
 
+import functools
 import itertools
+import operator
 import os
+import types
 from collections.abc import Callable
 from pathlib import Path
 from types import GenericAlias
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, get_args
 
 import yaml
-from pydantic import Field, ValidationError, create_model, field_validator
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
 from tuner import settings
 from tuner.errors import BadInput
+from tuner.search.yamlread import DuplicateKey, load_unique
 from tuner.settings import SPACE_SETTINGS, UNQUANTIZED_KV, Setting
 from tuner.specs import (
     ContextSettings,
@@ -73,15 +84,33 @@ def _validator(s: Setting):  # noqa: ANN202 - a pydantic validator
     def check(cls: type, v: list) -> list:
         if not v:
             raise ValueError("must list at least one value")
+        if s.bounds:
+            out = next((x for x in v if isinstance(x, int) and not s.within_bounds(x)), None)
+            if out is not None:
+                raise ValueError(f"{out} is outside the range of {s.key}: "
+                                 f"{s.bounds_text()} ({s.doc})")
         if s.check:
             s.check(v)
         return v
     return field_validator(s.key)(check)
 
 
+def _strict(t: Any) -> Any:
+    """A value type whose numbers and booleans are taken only as such: ``true`` is not the
+    number 1, ``"512"`` not 512, 1 not ``true``."""
+    if t is int:
+        return StrictInt
+    if t is bool:
+        return StrictBool
+    args = get_args(t)
+    if isinstance(t, types.UnionType) and args:
+        return functools.reduce(operator.or_, (_strict(a) for a in args))
+    return t
+
+
 # One list field per setting: (list[value type], default [the setting's default]).
 _FIELDS: dict[str, Any] = {
-    s.key: (GenericAlias(list, (s.value_type,)),
+    s.key: (GenericAlias(list, (_strict(s.value_type),)),
             Field(default_factory=lambda d=s.default: [d], description=s.doc))
     for s in SPACE_SETTINGS}
 _SpaceModel = create_model(
@@ -120,9 +149,14 @@ def load_space(path: Path) -> Space:
         raise BadInput(f"search space file {p} not found" if not p.exists()
                        else f"search space {p} is not a file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        data = load_unique(p.read_text())
+    except DuplicateKey as e:
+        raise BadInput(f"search space {p}: {e}", hint="list each setting once") from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError, RecursionError) as e:
         raise BadInput(f"search space {p} is not readable YAML: {str(e).splitlines()[0]}") from None
+    if data is None or data == {}:
+        raise BadInput(f"search space {p} is empty: it lists no setting",
+                       hint="for example: n_batch: [256, 512]")
     if not isinstance(data, dict):
         raise BadInput(f"search space {p} must be a mapping of setting -> list of values")
     data = {k: (v if isinstance(v, list) else [v]) for k, v in data.items()}
@@ -132,6 +166,31 @@ def load_space(path: Path) -> Space:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
         raise BadInput(f"search space {p}: {where}: {err['msg']}") from None
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_batch_memory(space: Space, n_vocab: int | None, memory_bytes: int | None) -> None:
+    """Refuse an n_batch whose logits array cannot exist: llama-cpp-python's ``Llama`` (the
+    worker's reader and llama_cpp.server) allocates n_batch x n_vocab floats for the scores,
+    whatever n_ctx llama.cpp clamps the batch to; above the machine's memory the server cannot
+    load the config (``Unable to allocate 192 GiB``)."""
+    if not n_vocab or not memory_bytes:
+        return
+    for n_batch in space.n_batch:
+        need = n_batch * n_vocab * 4
+        if need > memory_bytes:
+            raise BadInput(f"n_batch {n_batch} needs a {need / 2**30:.0f} GiB logits array "
+                           f"(n_batch x {n_vocab} vocabulary x 4 bytes in llama-cpp-python), "
+                           f"above this machine's {memory_bytes / 2**30:.0f} GiB of memory",
+                           hint="llama.cpp decodes at most n_ctx tokens per batch: list "
+                                "n_batch values up to the context size")
 
 
 def grid(space: Space, device: Device, workload: Workload,

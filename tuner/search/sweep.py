@@ -56,7 +56,14 @@ from tuner.search.planner import Planner
 from tuner.search.preflight import check_records_identity, preflight_config
 from tuner.search.pruning import check as check_prune, resolve as resolve_prune
 from tuner.search.sampler import SamplerName, StopRule, resolve, stale
-from tuner.search.space import Space, default_space, grid, load_space
+from tuner.search.space import (
+    Space,
+    check_batch_memory,
+    default_space,
+    grid,
+    load_space,
+    physical_memory,
+)
 from tuner.specs import Device, ModelSettings, TrialSpec, Workload
 from tuner.worker.protocol import Hello
 from tuner.worker.runner import Runner, SentinelResult
@@ -248,6 +255,8 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         raise BadInput(f"n_ctx {wl.n_ctx} is above the model's trained context "
                        f"{info.context_length}")
     space_file = load_space(opts.space) if opts.space else None
+    if space_file is not None:
+        check_batch_memory(space_file, info.n_vocab, physical_memory())
     study = check_study_name(opts.study or default_study(info, opts.device, wl))
     check_out(opts.out)  # a config path that cannot be written is refused before any trial
     check_writable_folder(opts.out, "production config")
@@ -603,6 +612,10 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
     report = confirm_and_settle(study, pool, measure, fo)
     seconds["finalists"] = time.monotonic() - t0
     if report is None:
+        if confirms(fo):  # never left out silently
+            events.note("no finalists: no config of the confirmation was proven and completed "
+                        "in every fresh worker (crashed, timed out or killed); the config "
+                        "written is the search's best, not re-measured")
         return None, None, None
     fig, threads = None, None
     if opts.served_requests > 0:

@@ -59,10 +59,17 @@ _TRIES = 12
 SERVER_EXCLUDE = {"n", "best_of", "logit_bias_type", "user", "min_tokens"}
 
 
+def max_tokens_of(gen_tokens: int) -> int:
+    """The ``max_tokens`` a request of the workload asks. A prompt-only workload (gen_tokens 0)
+    asks 1: llama_cpp.server reads 0 as "until the context is full" (``max_tokens <= 0``), and
+    with one token the first token's arrival (time to first token) is the prompt's figure."""
+    return max(gen_tokens, 1)
+
+
 def request_body(prompt: str, gen_tokens: int, eog: list[int]) -> dict[str, Any]:
     """The JSON body of one streamed ``/v1/completions`` request of the workload. Sampling stays
     at the server's defaults, which is what a client that sets nothing gets."""
-    return {"prompt": prompt, "max_tokens": gen_tokens, "stream": True,
+    return {"prompt": prompt, "max_tokens": max_tokens_of(gen_tokens), "stream": True,
             "logit_bias": {str(t): EOG_BIAS for t in eog}}
 
 
