@@ -6,12 +6,14 @@ tuner's winner beside the best of them.
     python3 benchmarks/partial_offload.py hold --leave-gib 8 --ready FILE
     python3 benchmarks/partial_offload.py compare --model M --results DIR --bench DIR --out DIR \
         --sweep-log FILE
+    python3 benchmarks/partial_offload.py disk --shape qwen2.5-14b   # GiB of disk to make it
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -228,6 +230,22 @@ def compare(a: argparse.Namespace) -> int:
     return 0
 
 
+# Bytes per weight of a quantized file, at most (q8_0: 34 bytes a block of 32; the k-quants
+# and q4/q5 types are smaller); the f16 file is 2.
+QUANT_BYTES = 34 / 32
+
+
+def disk_need_gib(shape: str) -> float:
+    """Disk the model of ``shape`` needs at once while benchmarks/partial_offload.sh makes it:
+    the f16 file and the quantized one beside it (the f16 is removed after), plus 4 GiB."""
+    from tuner.models.modelgen import SHAPES, _tensors
+
+    d = SHAPES[shape]
+    n = sum(math.prod(s) for _, s in _tensors(d["n_layer"], d["n_embd"], d["n_head"],
+                                                d["n_head_kv"], d["n_ff"], d["n_vocab"]))
+    return n * (2 + QUANT_BYTES) / 2**30 + 4
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -242,7 +260,12 @@ def main() -> int:
     c.add_argument("--sweep-log", type=Path, default=None)
     c.add_argument("--no-fit-bench", action="store_true",
                    help="ask llama.cpp's fit what it chooses, without llama-bench at it")
+    d = sub.add_parser("disk", help="GiB of disk making the model of --shape needs")
+    d.add_argument("--shape", required=True)
     a = p.parse_args()
+    if a.cmd == "disk":
+        print(f"{disk_need_gib(a.shape):.0f}")
+        return 0
     if a.cmd == "hold":
         hold(a.leave_gib, a.ready)
         return 0

@@ -74,3 +74,16 @@ def test_a_failing_fit_is_an_error_entry(tmp_path: Path, stdout: str, rc: int,
 def test_no_fit_binary_is_said(tmp_path: Path) -> None:
     fit = _module().fit_choice(tmp_path, tmp_path / "m.gguf", 2176)
     assert "no " in fit["error"] and "installed_bench.py" in fit["error"]
+
+
+def test_disk_need_is_the_f16_file_and_its_quantized_copy(tmp_path: Path) -> None:
+    """The sparse f16 file modelgen writes (full size, no disk) against the need said before
+    benchmarks/partial_offload.sh makes a model: f16 + at most q8_0's 34/32 bytes a weight."""
+    from tuner.models.modelgen import SHAPES, write_llama
+
+    po = _module()
+    f16 = write_llama(tmp_path / "q7b.gguf", **SHAPES["qwen2.5-7b"], sparse=True)
+    weights = f16.stat().st_size / 2  # bytes / 2 = f16 weights (the header is a few MiB)
+    want = weights * (2 + 34 / 32) / 2**30 + 4
+    assert po.disk_need_gib("qwen2.5-7b") == pytest.approx(want, rel=0.01)
+    assert 40 < po.disk_need_gib("qwen2.5-14b") < 64  # the GPU machine's 64 GiB disk
