@@ -96,3 +96,48 @@ def test_explicit_knobs_are_not_sized() -> None:
     assert b.stop_rule(StopRule(patience=7, timeout_s=100.0), s) == \
         StopRule(patience=7, timeout_s=100.0)
     assert choose(False, 900.0, frozenset()) is None and choose(True, 0.0, frozenset()) is None
+
+
+class _Notes:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def planned(self, total: int, pending: int, retried: int) -> None: ...
+    def started(self, spec: object) -> None: ...
+    def finished(self, record: object, best: object) -> None: ...
+
+    def note(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_sweep_runs_under_the_budget(tiny_model: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's wiring, on real trials of the tiny model on the CPU: the decision that the
+    model does not fit is FAKE (no GPU here, so no plan); the budget's repetitions reach the
+    trials, the first completed trial sizes the rest and the sweep says so, and an option
+    given explicitly (--patience) is kept."""
+    from tests.spaces import write_space
+    from tuner.search import offloadbudget, sweep
+    from tuner.specs import Workload
+
+    monkeypatch.setattr(offloadbudget, "choose",
+                        lambda partial, total, explicit: TimeBudget(900.0, explicit))
+    space = write_space(tmp_path / "space.yaml", flash_attn=[False, True])
+    opts = sweep.SweepOptions(
+        model=tiny_model, device="cpu", space=space, results_dir=tmp_path / "results",
+        out=tmp_path / "production.yaml", sampler="grid", served_requests=0,
+        workload=Workload(prompt_tokens=32, gen_tokens=4, n_ctx=64, repetitions=3, warmup=0),
+        finalists=FinalistOptions(rounds=0), stop=StopRule(patience=9),
+        explicit=frozenset({"patience"}))
+    notes = _Notes()
+    result = sweep.run_sweep(opts, notes)
+    said = "\n".join(notes.lines)
+    assert "time budget: 900 s for the whole sweep" in said
+    assert "2 repetitions per trial" in said and "kept as given: --patience" in said
+    sized = [ln for ln in notes.lines if ln.startswith("time budget: the first completed trial")]
+    assert len(sized) == 1, said
+    assert "trial timeout 120 s" in sized[0] and "search timeout" in sized[0]
+    assert "patience" not in sized[0]  # given: kept
+    assert result.ran and all(r.workload.repetitions == 2 for r in result.ran)
+    assert opts.workload.repetitions == 3  # the caller's options are not changed
+    assert result.written is not None
