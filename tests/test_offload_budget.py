@@ -30,7 +30,7 @@ def _sweep(model: Path, tmp: Path, free_mib: int, *extra: object) -> str:
     """The sweep's first lines on this CPU-only machine: the plan and the budget are said
     before the builds are probed, then the sweep refuses (no CUDA build here, exit 3)."""
     proc = tuner("sweep", "--model", model, "--prompt-tokens", 2048, "--gen-tokens", 128,
-                 "--no-build", "--results", tmp / "results", "--out", tmp / "production.yaml",
+                 "--results", tmp / "results", "--out", tmp / "production.yaml",
                  "--builds", tmp / "builds", *extra,
                  env={FAKE_FREE_ENV: str(free_mib), offload.FAKE_HOST_ENV: "65536"},
                  timeout=300)
@@ -42,12 +42,13 @@ def _sweep(model: Path, tmp: Path, free_mib: int, *extra: object) -> str:
 
 def test_budget_is_chosen_and_said_when_the_model_does_not_fit(sparse_7b: Path,
                                                                tmp_path: Path) -> None:
-    out = _sweep(sparse_7b, tmp_path, 8192)
+    out = _sweep(sparse_7b, tmp_path, 8192, "--build")
     assert "does NOT fit at full offload" in out
+    assert "no kernel builds compiled first" not in out  # --build given
     assert ("time budget: 900 s for the whole sweep (the model does not fit at full offload"
             in out)
     assert ("2 repetitions per trial, finalists 2 x 2 rounds, 2 served requests each" in out)
-    assert "kept as given" not in out
+    assert "kept as given: --build" in out
 
 
 def test_explicit_options_are_kept(sparse_7b: Path, tmp_path: Path) -> None:
@@ -56,6 +57,7 @@ def test_explicit_options_are_kept(sparse_7b: Path, tmp_path: Path) -> None:
     assert "time budget: 600 s" in out
     assert "5 repetitions per trial, finalists 6 x 3 rounds, 2 served requests" in out
     assert "kept as given: --finalist-rounds, --repetitions, --timeout" in out
+    assert "no kernel builds compiled first" in out
 
 
 @pytest.mark.parametrize(("free", "extra"), [(140000, ()), (8192, ("--offload-budget", 0))])
@@ -95,6 +97,8 @@ def test_explicit_knobs_are_not_sized() -> None:
     assert (s.trial_timeout_s, s.search_s, s.patience) == (None, None, None)
     assert b.stop_rule(StopRule(patience=7, timeout_s=100.0), s) == \
         StopRule(patience=7, timeout_s=100.0)
+    assert not b.builds(True) and not b.builds(False)
+    assert TimeBudget(900.0, frozenset({"build_missing"})).builds(True)
     assert choose(False, 900.0, frozenset()) is None and choose(True, 0.0, frozenset()) is None
 
 

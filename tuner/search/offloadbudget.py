@@ -3,7 +3,7 @@ sweep of a 7-8B model at 2048 + 128 on a small GPU within 15 minutes, where one 
 layers on the host takes about a minute).
 
 Chosen before any trial, and said in the sweep's first lines: fewer repetitions per trial, fewer
-finalists and rounds, fewer served requests. After the first completed trial, its wall time
+finalists and rounds, fewer served requests, no kernel builds compiled first. After the first completed trial, its wall time
 (worker start, load and the measured runs) sizes the rest: the trial timeout, the search's
 timeout (the budget less what the finalists and the served stage will take at that pace) and
 the stop rule's patience (from the trials that fit in that time and the plan's number of
@@ -30,7 +30,8 @@ MIN_PATIENCE, MAX_PATIENCE = 3, 10
 # keeps the user's value.
 FLAGS = {"repetitions": "--repetitions", "trial_timeout": "--trial-timeout",
          "patience": "--patience", "timeout_s": "--timeout",
-         "finalist_rounds": "--finalist-rounds", "served_requests": "--served-requests"}
+         "finalist_rounds": "--finalist-rounds", "served_requests": "--served-requests",
+         "build_missing": "--build"}
 KNOBS = tuple(FLAGS)
 
 
@@ -66,7 +67,13 @@ class TimeBudget:
             served_requests = min(served_requests, SERVED_REQUESTS)
         return finalists, repetitions, served_requests
 
-    def lines(self, finalists: FinalistOptions, repetitions: int, served_requests: int) -> list[str]:
+    def builds(self, build_missing: bool) -> bool:
+        """No kernel builds compiled first unless --build is given: a compile takes minutes of
+        the budget and the CPU cores that compute the host's layers."""
+        return build_missing and not self.free("build_missing")
+
+    def lines(self, finalists: FinalistOptions, repetitions: int, served_requests: int,
+              build_missing: bool = False) -> list[str]:
         kept = sorted(k for k in KNOBS if not self.free(k))
         return [
             f"time budget: {self.total_s:.0f} s for the whole sweep (the model does not fit at "
@@ -74,6 +81,8 @@ class TimeBudget:
             f"repetitions per trial, finalists {finalists.most} x {finalists.rounds} rounds, "
             f"{served_requests} served requests each; the first completed trial's time sets "
             f"the trial timeout ({TIMEOUT_FACTOR:g}x it), the search's timeout and its patience"
+            + ("" if build_missing else "; no kernel builds compiled first (they would take "
+               "the CPU that computes the host's layers)")
             + (f"; kept as given: {', '.join(FLAGS[k] for k in kept)}" if kept else "")
             + " (--offload-budget 0: no budget)"]
 

@@ -283,8 +283,9 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     if budget is not None:
         fin, reps, served = budget.apply(opts.finalists, wl.repetitions, opts.served_requests)
         wl = wl.model_copy(update={"repetitions": reps})
-        opts = dataclasses.replace(opts, workload=wl, finalists=fin, served_requests=served)
-        for line in budget.lines(fin, reps, served):
+        opts = dataclasses.replace(opts, workload=wl, finalists=fin, served_requests=served,
+                                   build_missing=budget.builds(opts.build_missing))
+        for line in budget.lines(fin, reps, served, opts.build_missing):
             events.note(line)
     sized: offloadbudget.Sized | None = None
     fit = None if space_file else fit
