@@ -187,11 +187,13 @@ def compare(a: argparse.Namespace) -> int:
     fit = fit_choice(a.bench, a.model, N_CTX)
     fit_row = None if a.no_fit_bench else _fit_row(a.bench, a.model, fit)
     fit_default = fit_choice(a.bench, a.model, None)
-    sweep_s = None
+    sweep_s, budget = None, []
     if a.sweep_log and a.sweep_log.is_file():
         for line in a.sweep_log.read_text().splitlines():
             if line.startswith("sweep exit"):
                 sweep_s = line
+            if line.startswith("time budget:"):  # the budget chosen, then what it sized
+                budget.append(line)
     tb: dict[str, Any] | None = None if best is None else {
         "ngl": best.spec.model.n_gpu_layers, "kv": best.spec.context.type_k,
         "fa": best.spec.context.flash_attn, "n_ubatch": best.spec.context.n_ubatch,
@@ -201,7 +203,7 @@ def compare(a: argparse.Namespace) -> int:
               for s in {r.state.value for r in records}}
     result = {"free_mib_at_compare": free, "boundaries": bounds, "llama_bench": rows,
               "searched_layers": searched, "sweep": sweep_s,
-              "tuner_best": tb, "states": states, "llama_fit": fit, "llama_fit_bench": fit_row,
+              "tuner_best": tb, "states": states, "time_budget": budget, "llama_fit": fit, "llama_fit_bench": fit_row,
               "llama_fit_default_ctx": fit_default}
     (a.out / "partial-offload.json").write_text(json.dumps(result, indent=1) + "\n")
     print("| cache | plan's most layers | llama-bench's most layers | plan GPU MiB |")
@@ -227,6 +229,8 @@ def compare(a: argparse.Namespace) -> int:
     print(f"llama.cpp fit, llama-server's default context: "
           f"{fit_default.get('args') or fit_default.get('error')}")
     print(f"sweep: {sweep_s}")
+    for line in budget:
+        print(line)
     return 0
 
 
