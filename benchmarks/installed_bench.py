@@ -43,6 +43,7 @@ from tuner.errors import TunerError  # noqa: E402
 # takes the libraries LD_LIBRARY_PATH names, and only the CPU parts compile.
 CMAKE_ARGS = [a for a in BASE_CMAKE_ARGS if "RPATH" not in a] + [
     "-DGGML_CUDA=OFF", "-DCMAKE_SKIP_RPATH=ON", "-DGGML_NATIVE=OFF"]
+FIT_TARGET = "llama-fit-params"  # prints the -c / -ngl llama.cpp's --fit would choose
 # The package's libraries: llama-bench must load these from the installed package, not ours.
 PACKAGE_LIBS = re.compile(r"^\s*(lib(?:llama|ggml[\w-]*)\.so\.\d+) => (\S+)", re.M)
 
@@ -98,9 +99,15 @@ def compile_bench(source: Path, out: Path, installed: Path, jobs: int) -> None:
                        check=True, stdout=subprocess.DEVNULL)
         subprocess.run(["cmake", "--build", str(build), "--target", BENCH_TARGET,
                         "-j", str(jobs)], check=True, stdout=subprocess.DEVNULL)
+        # llama.cpp's own fit (llama-fit-params), the reference of benchmarks/partial_offload.py;
+        # llama-bench is made whether or not it builds.
+        fit = subprocess.run(["cmake", "--build", str(build), "--target", FIT_TARGET,
+                              "-j", str(jobs)], check=False, stdout=subprocess.DEVNULL)
         (out / "bin").mkdir(parents=True, exist_ok=True)
         (out / "lib").mkdir(parents=True, exist_ok=True)
         shutil.copy2(build / "bin" / "llama-bench", out / "bin" / "llama-bench")
+        if fit.returncode == 0 and (build / "bin" / FIT_TARGET).is_file():
+            shutil.copy2(build / "bin" / FIT_TARGET, out / "bin" / FIT_TARGET)
         for helper in (build / "bin").glob("lib*.so*"):  # llama-bench's own, not the package's
             if not (installed / helper.name).exists():
                 shutil.copy2(helper, out / "lib" / helper.name, follow_symlinks=True)

@@ -6,13 +6,16 @@ tuner's winner beside the best of them.
     python3 benchmarks/partial_offload.py hold --leave-gib 8 --ready FILE
     python3 benchmarks/partial_offload.py compare --model M --results DIR --bench DIR --out DIR \
         --sweep-log FILE
+    python3 benchmarks/partial_offload.py disk --shape qwen2.5-14b   # GiB of disk to make it
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -41,15 +44,20 @@ def hold(leave_gib: float, ready: Path) -> None:
         time.sleep(3600)
 
 
-def _run(bench: Path, model: Path, ngl: int, tk: str, fa: int, test: list[str],
-         reps: int) -> list[dict] | None:
-    """One llama-bench invocation; its JSON rows, or None when it could not load or run."""
+def _env(bench: Path) -> dict[str, str]:
+    """The environment that makes bench/bin's tools load the installed package's libraries."""
     search = (bench / "LD_LIBRARY_PATH").read_text().strip() \
         if (bench / "LD_LIBRARY_PATH").is_file() else str(bench / "lib")
-    env = {**os.environ, "LD_LIBRARY_PATH": f"{search}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    return {**os.environ, "LD_LIBRARY_PATH": f"{search}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+
+
+def _run(bench: Path, model: Path, ngl: int, tk: str, fa: int | str, test: list[str],
+         reps: int, extra: list[str] | None = None) -> list[dict] | None:
+    """One llama-bench invocation; its JSON rows, or None when it could not load or run."""
+    env = _env(bench)
     cmd = [str(bench / "bin" / "llama-bench"), "-m", str(model), *test, "-ngl", str(ngl),
            "-ctk", tk, "-ctv", tk, "-fa", str(fa), "-b", "2048", "-ub", "512", "-r", str(reps),
-           "-o", "json"]
+           *(extra or []), "-o", "json"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     except subprocess.TimeoutExpired:
@@ -70,9 +78,10 @@ TG = ["-p", "0", "-n", str(GEN), "-d", str(PROMPT)]
 PROBE = ["-p", "0", "-n", "1", "-d", str(PROMPT)]
 
 
-def _bench(bench: Path, model: Path, ngl: int, tk: str, fa: int) -> dict | None:
-    pp = _run(bench, model, ngl, tk, fa, PP, 2)
-    tg = _run(bench, model, ngl, tk, fa, TG, 2) if pp else None
+def _bench(bench: Path, model: Path, ngl: int, tk: str, fa: int | str,
+           extra: list[str] | None = None) -> dict | None:
+    pp = _run(bench, model, ngl, tk, fa, PP, 2, extra)
+    tg = _run(bench, model, ngl, tk, fa, TG, 2, extra) if pp else None
     if not pp or not tg:
         return None
     out: dict = {"ngl": ngl, "kv": tk, "fa": fa, "pp_tps": pp[0].get("avg_ts"),
@@ -97,6 +106,45 @@ def _boundary(bench: Path, model: Path, start: int, tk: str, fa: int, top: int) 
         if ok(n):
             return n
     return None
+
+
+# llama-fit-params' answer on stdout: "-c N -ngl M", then -ts (several devices) and -ot (tensor
+# overrides: a MoE model's expert tensors on the host) where it set them; the -ot list quoted
+# (tools/fit-params/fit-params.cpp) or not (the example in its README).
+FIT_LINE = re.compile(r'-c (\d+) -ngl (-?\d+)(?: -ts (\S+))?(?: -ot "?([^"\s]*)"?)?')
+
+
+def fit_choice(bench: Path, model: Path, n_ctx: int | None) -> dict[str, Any]:
+    """What llama.cpp's own fit (common/fit.cpp, as llama-server's default --fit on does)
+    chooses for ``model`` on the memory free now: llama-fit-params of the same source, loading
+    the installed package's libraries. ``n_ctx`` set: the context is the user's and only the
+    layers move; None: the model's trained context, reduced until it fits (llama-server's
+    default). An error entry where it cannot say."""
+    exe = bench / "bin" / "llama-fit-params"
+    if not exe.is_file():
+        return {"error": f"no {exe} (benchmarks/installed_bench.py builds it beside llama-bench)"}
+    cmd = [str(exe), "-m", str(model), *(["-c", str(n_ctx)] if n_ctx else [])]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(bench), timeout=300)
+    except subprocess.TimeoutExpired:
+        return {"error": "llama-fit-params ran over 300 s"}
+    m = FIT_LINE.search(proc.stdout)
+    said = [ln.split(": ", 1)[-1] for ln in proc.stderr.splitlines() if "params_fit" in ln]
+    if proc.returncode != 0 or m is None:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"llama-fit-params exit {proc.returncode}: {tail}", "log": said}
+    return {"n_ctx": int(m[1]), "ngl": int(m[2]), "ts": m[3], "ot": m[4], "log": said,
+            "args": m[0]}
+
+
+def _fit_row(bench: Path, model: Path, fit: dict[str, Any]) -> dict | None:
+    """llama-bench at llama.cpp's fit: its layers and tensor overrides, llama.cpp's defaults
+    otherwise (f16 cache, flash attention auto, n_ubatch 512, n_batch 2048)."""
+    if "ngl" not in fit:
+        return None
+    extra = [*(["-ts", fit["ts"].replace(",", "/")] if fit.get("ts") else []),
+             *(["-ot", fit["ot"].replace(",", ";")] if fit.get("ot") else [])]
+    return _bench(bench, model, fit["ngl"], "f16", "auto", extra)
 
 
 def compare(a: argparse.Namespace) -> int:
@@ -134,11 +182,18 @@ def compare(a: argparse.Namespace) -> int:
                 rows.append(r)
     fastest = min((r for r in rows if "request_s" in r), key=lambda r: r["request_s"],
                   default=None)
-    sweep_s = None
+    # llama.cpp's own fit at the sweep's context (the layers it moves), its llama-bench figures,
+    # and what llama-server's default (no -c) would choose (the context it reduces to).
+    fit = fit_choice(a.bench, a.model, N_CTX)
+    fit_row = None if a.no_fit_bench else _fit_row(a.bench, a.model, fit)
+    fit_default = fit_choice(a.bench, a.model, None)
+    sweep_s, budget = None, []
     if a.sweep_log and a.sweep_log.is_file():
         for line in a.sweep_log.read_text().splitlines():
             if line.startswith("sweep exit"):
                 sweep_s = line
+            if line.startswith("time budget:"):  # the budget chosen, then what it sized
+                budget.append(line)
     tb: dict[str, Any] | None = None if best is None else {
         "ngl": best.spec.model.n_gpu_layers, "kv": best.spec.context.type_k,
         "fa": best.spec.context.flash_attn, "n_ubatch": best.spec.context.n_ubatch,
@@ -148,7 +203,8 @@ def compare(a: argparse.Namespace) -> int:
               for s in {r.state.value for r in records}}
     result = {"free_mib_at_compare": free, "boundaries": bounds, "llama_bench": rows,
               "searched_layers": searched, "sweep": sweep_s,
-              "tuner_best": tb, "states": states}
+              "tuner_best": tb, "states": states, "time_budget": budget, "llama_fit": fit, "llama_fit_bench": fit_row,
+              "llama_fit_default_ctx": fit_default}
     (a.out / "partial-offload.json").write_text(json.dumps(result, indent=1) + "\n")
     print("| cache | plan's most layers | llama-bench's most layers | plan GPU MiB |")
     print("|---|---|---|---|")
@@ -165,8 +221,33 @@ def compare(a: argparse.Namespace) -> int:
     print(f"llama-bench fastest: {fastest}")
     if tb and fastest:
         print(f"tuner / llama-bench best request time: {tb['request_s'] / fastest['request_s']:.3f}")
+    print(f"llama.cpp fit at n_ctx {N_CTX} (llama-fit-params): "
+          f"{fit.get('args') or fit.get('error')}")
+    print(f"llama-bench at llama.cpp's fit: {fit_row}")
+    if tb and fit_row and fit_row.get("request_s"):
+        print(f"tuner / llama.cpp fit request time: {tb['request_s'] / fit_row['request_s']:.3f}")
+    print(f"llama.cpp fit, llama-server's default context: "
+          f"{fit_default.get('args') or fit_default.get('error')}")
     print(f"sweep: {sweep_s}")
+    for line in budget:
+        print(line)
     return 0
+
+
+# Bytes per weight of a quantized file, at most (q8_0: 34 bytes a block of 32; the k-quants
+# and q4/q5 types are smaller); the f16 file is 2.
+QUANT_BYTES = 34 / 32
+
+
+def disk_need_gib(shape: str) -> float:
+    """Disk the model of ``shape`` needs at once while benchmarks/partial_offload.sh makes it:
+    the f16 file and the quantized one beside it (the f16 is removed after), plus 4 GiB."""
+    from tuner.models.modelgen import SHAPES, _tensors
+
+    d = SHAPES[shape]
+    n = sum(math.prod(s) for _, s in _tensors(d["n_layer"], d["n_embd"], d["n_head"],
+                                                d["n_head_kv"], d["n_ff"], d["n_vocab"]))
+    return n * (2 + QUANT_BYTES) / 2**30 + 4
 
 
 def main() -> int:
@@ -181,7 +262,14 @@ def main() -> int:
     c.add_argument("--bench", type=Path, required=True)
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--sweep-log", type=Path, default=None)
+    c.add_argument("--no-fit-bench", action="store_true",
+                   help="ask llama.cpp's fit what it chooses, without llama-bench at it")
+    d = sub.add_parser("disk", help="GiB of disk making the model of --shape needs")
+    d.add_argument("--shape", required=True)
     a = p.parse_args()
+    if a.cmd == "disk":
+        print(f"{disk_need_gib(a.shape):.0f}")
+        return 0
     if a.cmd == "hold":
         hold(a.leave_gib, a.ready)
         return 0

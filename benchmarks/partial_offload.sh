@@ -17,9 +17,11 @@
 # the archive.
 # LEAVE_GIB=4 by default: the case (a 7B Q4_K_M at full offload does not load). With 8
 # GiB left a 7-8B Q4_K_M fits whole by the plan (about 4.4-4.7 GiB of GPU memory at n_ubatch 512),
-# so the sweep keeps the full-offload space: use SHAPE=qwen2.5-14b-like shapes for 8 GiB.
-# SWEEP_ARGS: more `tuner sweep` options (default: finalists and the served stage off and a
-# 240 s search, to keep device time short; SWEEP_ARGS="" for the full default sweep).
+# so the sweep keeps the full-offload space: the 8 GiB case is SHAPE=qwen2.5-14b LEAVE_GIB=8
+# (a 9 GiB Q4_K_M; its f16 is 27.5 GiB of disk while it is quantized: checked first).
+# SWEEP_ARGS: more `tuner sweep` options (default none: the whole default sweep, under its
+# --offload-budget of 900 s since the model does not fit; e.g. "--offload-budget 480" for less
+# device time).
 set -uo pipefail
 BENCH=${BENCH:-/tmp/po}
 SHAPE=${SHAPE:-qwen2.5-7b}
@@ -27,7 +29,7 @@ QUANT=${QUANT:-q4_k_m}
 LEAVE_GIB=${LEAVE_GIB:-4}
 ARCH=${CUDA_ARCH:-90}
 JOBS=${JOBS:-16}
-SWEEP_ARGS=${SWEEP_ARGS---finalist-rounds 0 --served-requests 0 --timeout 240}
+SWEEP_ARGS=${SWEEP_ARGS-}
 # The offline inputs: .whl/ and .carry/ as benchmarks/gpu_bench.sh takes them, else the
 # project's shared/gpu (its wheels/, diskcache wheel and source archive; see its README).
 GPU_SHARED=${GPU_SHARED:-shared/gpu}
@@ -47,6 +49,11 @@ run() {
     --target /tmp/site "${WHEEL_FILES[@]}" || { phase "FAILED wheels"; return 1; }
   nvidia-smi --query-gpu=name,driver_version,memory.total,memory.free --format=csv \
     > "$BENCH/out/gpu.txt"
+  local need have
+  need=$(python3 benchmarks/partial_offload.py disk --shape "$SHAPE") || { phase "FAILED shape $SHAPE"; return 1; }
+  have=$(df --output=avail -BG "$BENCH" | tail -1 | tr -dc 0-9)
+  echo "disk: $SHAPE needs $need GiB while it is made, $have GiB free in $BENCH" | tee -a "$BENCH/out/gpu.txt"
+  [ "$have" -ge "$need" ] || { phase "FAILED disk: $need GiB needed, $have GiB free (BENCH=$BENCH)"; return 1; }
   python3 -m tuner.models.modelgen --shape "$SHAPE" --quant f16 --out "$MODEL.f16" \
     > "$BENCH/modelgen.log" 2>&1 &
   local gen_pid=$! s=$SECONDS

@@ -252,3 +252,33 @@ def test_own_workers_gpu_memory_is_counted_only_when_nvml_pids_are_ours(
     finally:
         child.kill()
         child.wait()
+
+
+def test_plan_says_at_what_context_the_whole_model_would_fit(
+        sparse_7b: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAKE free memory 10 MiB short of the leanest full offload at n_ctx 2176 (q4_0 cache,
+    n_ubatch 256): the plan says the shorter context at which the whole model would fit, the
+    largest multiple of 256 that does; with 8 GiB, a 14 GiB F16 model fits at no context, and
+    the plan says so."""
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, "65536")
+    wl = Workload(prompt_tokens=2048, gen_tokens=128)
+    layout = memplan.read_layout(sparse_7b)
+
+    def q4(n_ctx: int) -> memplan.Context:
+        return memplan.Context(n_ctx=n_ctx, type_k="q4_0", type_v="q4_0",
+                               n_ubatch=min(256, n_ctx), flash_attn=True)
+    full = memplan.place(layout, -1, q4(2176)).gpu.total / memplan.MIB
+    base = memplan.Budget(free_mib=0)
+    monkeypatch.setenv(FAKE_FREE_ENV, f"{full + base.overhead_mib + base.margin_mib - 10:.0f}")
+    op, lines = offload.prepare(sparse_7b, wl, None)
+    assert op is not None and op.partial
+    ctx = dict(op.plan.full_ctx)["q4_0/q4_0"]
+    assert 0 < ctx < 2176 and ctx % 256 == 0
+    usable = op.plan.budget.usable_bytes
+    assert memplan.place(layout, -1, q4(ctx)).gpu.total <= usable
+    assert memplan.place(layout, -1, q4(ctx + 256)).gpu.total > usable
+    assert ("whole model would fit at a shorter context (n_ubatch 256): " in "\n".join(lines)
+            and f"n_ctx up to {ctx:,} with kv q4_0/q4_0" in "\n".join(lines))
+    monkeypatch.setenv(FAKE_FREE_ENV, "8192")
+    _, lines = offload.prepare(sparse_7b, wl, None)
+    assert any("the whole model does not fit at any context" in ln for ln in lines)

@@ -141,13 +141,20 @@ def cli(debug: bool) -> None:
               help="On a CUDA machine, first build the kernel variants that could change what "
                    "its GPUs run and are not built yet (from the installed version's source, "
                    "side by side; a build that cannot be made is named with its command).")
+@click.option("--offload-budget", "offload_budget", type=Finite(min=0, max=604800), default=900.0,
+              show_default=True, metavar="SECONDS",
+              help="When the model does not fit at full offload: the whole sweep's time "
+                   "budget (fewer repetitions, finalists and served requests; the trial and "
+                   "search timeouts and patience sized from the first trial); options given "
+                   "explicitly are kept (0: no budget).")
 def sweep(model: Path, device: Device, trials: int | None, space: Path | None, prompt_tokens: int,
           gen_tokens: int, n_ctx: int, repetitions: int, warmup: int, results_dir: Path,
           study: str | None, storage: str | None, out: Path, builds_dir: Path,
           trial_timeout: float, trials_per_worker: int, sentinel: bool,
           sampler: SamplerName, patience: int | None, timeout_s: float | None, seed: int,
           finalist_rounds: int, confirm_top: int, served_requests: int, gpus: str | None, prune: bool | None,
-          max_vram: float | None, objective: Objective, build_missing: bool) -> None:
+          max_vram: float | None, objective: Objective, build_missing: bool,
+          offload_budget: float) -> None:
     """Try llama.cpp settings on MODEL, verify each trial's placement from llama.cpp's load
     log, store every trial, and write the best verified settings to --out.
 
@@ -173,6 +180,7 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
     check_model(model)  # a bad model is refused before the sweep's machinery (optuna...) loads
     from tuner.reports.render import SweepProgress, print_sweep_result
     from tuner.search.finalists import FinalistOptions
+    from tuner.search.offloadbudget import KNOBS
     from tuner.search.sampler import StopRule
     from tuner.search.sweep import SweepOptions, run_sweep
     from tuner.specs import Workload
@@ -190,7 +198,8 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
                         served_requests=served_requests, sampler=sampler, seed=seed,
                         stop=StopRule(patience=patience, timeout_s=timeout_s), prune=prune,
                         max_vram_mib=max_vram, objective=objective,
-                        build_missing=build_missing)
+                        build_missing=build_missing, offload_budget_s=offload_budget,
+                        explicit=_given(KNOBS))
     with terminable(), SweepProgress(out) as progress:
         result = run_sweep(opts, progress)
     print_sweep_result(out, result)
@@ -269,7 +278,7 @@ def report(results_dir: Path, storage: str | None, study: str | None, fmt: str,
                    "how many layers fit per KV cache type (its memory plan).")
 @click.option("--n-ctx", "n_ctx", type=click.IntRange(min=1), default=640, show_default=True,
               help="With --model: the context the plan is for (a sweep's --n-ctx).")
-@click.option("--max-vram", "max_vram", type=click.FloatRange(min=0, min_open=True),
+@click.option("--max-vram", "max_vram", type=POSITIVE,
               default=None, metavar="MIB", help="With --model: a cap on the GPU memory.")
 def doctor(log_path: Path | None, n_gpu_layers: int, builds_dir: Path, results_dir: Path,
            model: Path | None, n_ctx: int, max_vram: float | None) -> None:
@@ -401,6 +410,14 @@ def _validated(model: type[M], **kwargs: object) -> M:
         return model(**kwargs)
     except ValidationError as e:
         raise BadInput(e.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+
+def _given(names: tuple[str, ...]) -> frozenset[str]:
+    """The parameters of the running command the user gave (not their defaults)."""
+    ctx = click.get_current_context()
+    return frozenset(n for n in names
+                     if ctx.get_parameter_source(n) not in (click.core.ParameterSource.DEFAULT,
+                                                            None))
 
 
 def _fail(code: int, message: str, hint: str | None = None) -> None:

@@ -21,6 +21,7 @@ Nothing here imports llama_cpp: the parent process plans, workers load.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,6 +283,23 @@ def most_layers(m: ModelLayout, budget: Budget, ctx: Context) -> int:
     return best
 
 
+def most_context(m: ModelLayout, budget: Budget, ctx: Context, below: int) -> int:
+    """The largest n_ctx under ``below``, a multiple of CTX_PAD (what llama.cpp allocates), at
+    which the whole model fits with ``ctx``'s other settings; 0 when not even CTX_PAD does."""
+    def fits(k: int) -> bool:
+        c = dataclasses.replace(ctx, n_ctx=k * CTX_PAD, n_ubatch=min(ctx.n_ubatch, k * CTX_PAD))
+        return place(m, -1, c).gpu.total <= budget.usable_bytes
+
+    lo, hi = 0, (below - 1) // CTX_PAD  # memory grows with n_ctx: bisect the pads
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * CTX_PAD
+
+
 @dataclass(frozen=True)
 class PlanRow:
     """The most layers that fit with one cache type and n_ubatch."""
@@ -303,6 +321,9 @@ class MemoryPlan:
     budget: Budget
     full_gpu_mib: float  # full offload, f16 cache, n_ubatch 512, flash attention off
     rows: tuple[PlanRow, ...] = field(default=())
+    # When it does not fit whole: per cache type (smallest n_ubatch), the largest shorter n_ctx at
+    # which it would (0: none), as llama.cpp's --fit would shorten an unset context.
+    full_ctx: tuple[tuple[str, int], ...] = field(default=())
 
     @property
     def fits_full(self) -> bool:
@@ -332,6 +353,16 @@ class MemoryPlan:
             out.append(f"  kv {r.kv:<10} n_ubatch {r.n_ubatch:<5} flash_attn "
                        f"{'on ' if r.flash_attn else 'off'}: {r.most_layers:>3} layers "
                        f"(GPU {r.gpu_mib:,.0f} MiB, host {r.host_mib:,.0f} MiB)")
+        shorter = [(kv, c) for kv, c in self.full_ctx if c > 0]
+        if shorter:
+            ub = min(r.n_ubatch for r in self.rows)
+            out.append(f"memory plan: the whole model would fit at a shorter context (n_ubatch "
+                       f"{ub}): " + ", ".join(f"n_ctx up to {c:,} with kv {kv}"
+                                            for kv, c in shorter))
+        elif self.full_ctx:
+            gpu_weights = place(m, -1, Context(n_ctx=CTX_PAD)).gpu.weights / MIB
+            out.append("memory plan: the whole model does not fit at any context (its GPU "
+                       f"weights alone {gpu_weights:,.0f} MiB, {usable:,.0f} MiB usable)")
         return out
 
 
@@ -356,4 +387,13 @@ def make_plan(m: ModelLayout, n_ctx: int, budget: Budget,
             rows.append(PlanRow(kv=kv, n_ubatch=ub, flash_attn=fa, most_layers=n,
                                 gpu_mib=p.gpu.total / MIB, host_mib=p.host.total / MIB))
     full = place(m, -1, Context(n_ctx=n_ctx)).gpu.total / MIB
-    return MemoryPlan(layout=m, n_ctx=n_ctx, budget=budget, full_gpu_mib=full, rows=tuple(rows))
+    plan = MemoryPlan(layout=m, n_ctx=n_ctx, budget=budget, full_gpu_mib=full, rows=tuple(rows))
+    if plan.fits_full:
+        return plan
+    shorter = []
+    for kv in kv_caches:  # at the smallest n_ubatch planned: the least compute buffer
+        tk, tv = kv_pair(kv)
+        ctx = Context(n_ctx=n_ctx, type_k=tk, type_v=tv, n_ubatch=min(n_ubatches),
+                      flash_attn=tv not in ("f16", "f32", "bf16"))
+        shorter.append((kv, most_context(m, budget, ctx, n_ctx)))
+    return dataclasses.replace(plan, full_ctx=tuple(shorter))

@@ -4,6 +4,7 @@ verified trial. Library code: the CLI renders, this module decides."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
@@ -41,7 +42,7 @@ from tuner.results.store import (
 from tuner.results.storeerrors import check_url
 from tuner.results.studystore import StudyStore, default_storage
 from tuner.results.trialrecord import make_record, now
-from tuner.search import offload
+from tuner.search import offload, offloadbudget
 from tuner.search.constraints import apply_vram_cap, no_fit_reason
 from tuner.search.drift import worker_drift
 from tuner.search.finalists import (
@@ -108,6 +109,10 @@ class SweepOptions:
     max_vram_mib: float | None = None  # tuner/search/constraints.py
     objective: Objective = "request"  # pareto: search the front (tuner/search/pareto.py)
     build_missing: bool = True  # build the kernel variants this GPU could use first (autobuild)
+    # A model that does not fit at full offload: the whole sweep's time budget (None or 0: none;
+    # tuner/search/offloadbudget.py); ``explicit``: the CLI options given, which it keeps.
+    offload_budget_s: float | None = offloadbudget.SWEEP_BUDGET_S
+    explicit: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -282,6 +287,16 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         if opts.device == "cuda" else (None, [])
     for line in fit_lines:
         events.note(line)
+    budget = offloadbudget.choose(fit is not None and fit.partial, opts.offload_budget_s,
+                                  opts.explicit)
+    if budget is not None:
+        fin, reps, served = budget.apply(opts.finalists, wl.repetitions, opts.served_requests)
+        wl = wl.model_copy(update={"repetitions": reps})
+        opts = dataclasses.replace(opts, workload=wl, finalists=fin, served_requests=served,
+                                   build_missing=budget.builds(opts.build_missing))
+        for line in budget.lines(fin, reps, served, opts.build_missing):
+            events.note(line)
+    sized: offloadbudget.Sized | None = None
     fit = None if space_file else fit
 
     with Runner(Path(info.path), folder / "logs", {}, opts.trial_timeout_s,
@@ -441,6 +456,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                            if prune and best is not None and best.measurement else None)
                 beside = list(background.variants) if background and not background.done() \
                     else None
+                t_trial = time.monotonic()
                 outcome = offload.planned_outcome(fit, spec, wl) or runner.run(
                     spec, wl, number, prune_against=against)
                 probe = probes[spec.model.build]
@@ -453,6 +469,15 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                 with critical():  # a signal waits until the record is stored and told
                     planner.tell(number, record)
                 ran.append(record)
+                if budget is not None and sized is None and record.state.value == "complete":
+                    # The first completed trial's time sizes the rest of the budget.
+                    sized = budget.size(time.monotonic() - t_trial, time.monotonic() - t0,
+                                        len(specs), opts.finalists, opts.served_requests)
+                    opts.stop = budget.stop_rule(opts.stop, sized)  # opts is the budget's copy
+                    patience = sized.patience if sized.patience is not None else patience
+                    if sized.trial_timeout_s is not None:
+                        runner.trial_timeout_s = opts.trial_timeout_s = sized.trial_timeout_s
+                    events.note(sized.line)
                 if record.usable and (best is None or _objective(record) < _objective(best)):
                     best = record
                 events.finished(record, best)

@@ -1,0 +1,147 @@
+"""The time budget of a sweep whose model does not fit at full offload: chosen and said in the
+sweep's first lines (a FAKE GPU free-memory figure: no GPU here), options given explicitly kept,
+none for a model that fits or with --offload-budget 0; what the first trial's time sizes. No
+timed test: the sizing is checked on given times."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.cli_run import tuner
+from tuner.search import offload
+from tuner.search.finalists import FinalistOptions
+from tuner.search.offloadbudget import TimeBudget, choose
+from tuner.search.sampler import StopRule
+from tuner.worker.gpumem import FAKE_FREE_ENV
+
+
+@pytest.fixture(scope="module")
+def sparse_7b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full-size qwen2.5-7b-shaped F16 file whose data is a hole (header real, no disk)."""
+    from tuner.models.modelgen import SHAPES, write_llama
+
+    return write_llama(tmp_path_factory.mktemp("sparse") / "q7b.gguf", **SHAPES["qwen2.5-7b"],
+                       sparse=True)
+
+
+def _sweep(model: Path, tmp: Path, free_mib: int, *extra: object) -> str:
+    """The sweep's first lines on this CPU-only machine: the plan and the budget are said
+    before the builds are probed, then the sweep refuses (no CUDA build here, exit 3)."""
+    proc = tuner("sweep", "--model", model, "--prompt-tokens", 2048, "--gen-tokens", 128,
+                 "--results", tmp / "results", "--out", tmp / "production.yaml",
+                 "--builds", tmp / "builds", *extra,
+                 env={FAKE_FREE_ENV: str(free_mib), offload.FAKE_HOST_ENV: "65536"},
+                 timeout=300)
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "cannot offload to a GPU" in proc.stderr + proc.stdout
+    return proc.stdout + proc.stderr
+
+
+def test_budget_is_chosen_and_said_when_the_model_does_not_fit(sparse_7b: Path,
+                                                               tmp_path: Path) -> None:
+    out = _sweep(sparse_7b, tmp_path, 8192, "--build")
+    assert "does NOT fit at full offload" in out
+    assert "no kernel builds compiled first" not in out  # --build given
+    assert ("time budget: 900 s for the whole sweep (the model does not fit at full offload"
+            in out)
+    assert ("2 repetitions per trial, finalists 2 x 2 rounds, 2 served requests each" in out)
+    assert "kept as given: --build" in out
+
+
+def test_explicit_options_are_kept(sparse_7b: Path, tmp_path: Path) -> None:
+    out = _sweep(sparse_7b, tmp_path, 8192, "--repetitions", 5, "--timeout", 300,
+                 "--finalist-rounds", 3, "--offload-budget", 600)
+    assert "time budget: 600 s" in out
+    assert "5 repetitions per trial, finalists 6 x 3 rounds, 2 served requests" in out
+    assert "kept as given: --finalist-rounds, --repetitions, --timeout" in out
+    assert "no kernel builds compiled first" in out
+
+
+@pytest.mark.parametrize(("free", "extra"), [(140000, ()), (8192, ("--offload-budget", 0))])
+def test_no_budget_when_the_model_fits_or_when_turned_off(
+        sparse_7b: Path, tmp_path: Path, free: int, extra: tuple[object, ...]) -> None:
+    out = _sweep(sparse_7b, tmp_path, free, *extra)
+    assert "memory plan" in out and "time budget" not in out
+
+
+def test_first_trial_sizes_the_rest() -> None:
+    """A first trial of 60 s (most layers on the host), 120 settings, the default budget:
+    the finalists (2 x 2 rounds) and the served stage (2 finalists + llama-server) keep 7
+    trials' time; the search may run to 900 - 420 s."""
+    b = TimeBudget(total_s=900.0, explicit=frozenset())
+    fin, reps, served = b.apply(FinalistOptions(), 3, 5)
+    assert (fin.most, fin.rounds, fin.max_rounds, fin.confirm_rounds, reps, served) == \
+        (2, 2, 2, 0, 2, 2)
+    s = b.size(60.0, 60.0, 120, fin, served)
+    assert (s.trial_timeout_s, s.search_s, s.patience) == (240.0, 480.0, 3)
+    assert "search timeout 480 s (about 7 more trials of 120 settings" in s.line
+    stop = b.stop_rule(StopRule(), s)
+    assert (stop.timeout_s, stop.patience) == (480.0, 3)
+    # A fast first trial: more room, patience up to its cap and never above the settings.
+    fast = b.size(5.0, 5.0, 8, fin, served)
+    assert (fast.trial_timeout_s, fast.search_s, fast.patience) == (120.0, 865.0, 8)
+    # A slow one: the search still gets two more trials' time.
+    slow = b.size(200.0, 200.0, 120, fin, served)
+    assert slow.search_s == 600.0 and slow.patience == 3
+
+
+def test_explicit_knobs_are_not_sized() -> None:
+    b = TimeBudget(total_s=900.0, explicit=frozenset({"trial_timeout", "patience", "timeout_s",
+                                                      "finalist_rounds"}))
+    fin, _, _ = b.apply(FinalistOptions(rounds=4), 3, 5)
+    assert fin.rounds == 4 and fin.most == FinalistOptions().most
+    s = b.size(60.0, 60.0, 120, fin, 2)
+    assert (s.trial_timeout_s, s.search_s, s.patience) == (None, None, None)
+    assert b.stop_rule(StopRule(patience=7, timeout_s=100.0), s) == \
+        StopRule(patience=7, timeout_s=100.0)
+    assert not b.builds(True) and not b.builds(False)
+    assert TimeBudget(900.0, frozenset({"build_missing"})).builds(True)
+    assert choose(False, 900.0, frozenset()) is None and choose(True, 0.0, frozenset()) is None
+
+
+class _Notes:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def planned(self, total: int, pending: int, retried: int) -> None: ...
+    def started(self, spec: object) -> None: ...
+    def finished(self, record: object, best: object) -> None: ...
+
+    def note(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_sweep_runs_under_the_budget(tiny_model: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's wiring, on real trials of the tiny model on the CPU: the decision that the
+    model does not fit is FAKE (no GPU here, so no plan); the budget's repetitions reach the
+    trials, the first completed trial sizes the rest and the sweep says so, and an option
+    given explicitly (--patience) is kept."""
+    from tests.spaces import write_space
+    from tuner.search import offloadbudget, sweep
+    from tuner.specs import Workload
+
+    monkeypatch.setattr(offloadbudget, "choose",
+                        lambda partial, total, explicit: TimeBudget(900.0, explicit))
+    space = write_space(tmp_path / "space.yaml", flash_attn=[False, True])
+    opts = sweep.SweepOptions(
+        model=tiny_model, device="cpu", space=space, results_dir=tmp_path / "results",
+        out=tmp_path / "production.yaml", sampler="grid", served_requests=0,
+        workload=Workload(prompt_tokens=32, gen_tokens=4, n_ctx=64, repetitions=3, warmup=0),
+        finalists=FinalistOptions(rounds=0), stop=StopRule(patience=9),
+        explicit=frozenset({"patience"}))
+    notes = _Notes()
+    result = sweep.run_sweep(opts, notes)
+    said = "\n".join(notes.lines)
+    assert "time budget: 900 s for the whole sweep" in said
+    assert "2 repetitions per trial" in said and "kept as given: --patience" in said
+    sized = [ln for ln in notes.lines if ln.startswith("time budget: the first completed trial")]
+    assert len(sized) == 1, said
+    assert "trial timeout 120 s" in sized[0] and "search timeout" in sized[0]
+    assert "patience" not in sized[0]  # given: kept
+    assert result.ran and all(r.workload.repetitions == 2 for r in result.ran)
+    assert opts.workload.repetitions == 3  # the caller's options are not changed
+    assert result.written is not None

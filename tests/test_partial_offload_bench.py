@@ -1,0 +1,89 @@
+"""benchmarks/partial_offload.py's reference, llama.cpp's own fit: what llama-fit-params prints
+is read (a FAKE llama-fit-params, a script printing the output the vendored README records: no
+GPU here, and building llama.cpp's tools is a long CPU build), and a missing or failing one is
+an error entry, never a crash."""
+
+from __future__ import annotations
+
+import importlib.util
+import stat
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+README = Path("/work/src/llama_cpp_python-0.3.36/vendor/llama.cpp/tools/fit-params/README.md")
+# The answer line of the vendored README's example (a MoE model: expert tensors on the CPU).
+README_ANSWER = ('-c 4096 -ngl 48 -ot blk\\.14\\.ffn_(up|down|gate)_(ch|)exps=CPU,'
+                 'blk\\.15\\.ffn_(up|down|gate)_(ch|)exps=CPU')
+
+
+def _module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("partial_offload",
+                                                  REPO / "benchmarks" / "partial_offload.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fake_fit(bench: Path, stdout: str, rc: int = 0) -> None:
+    """FAKE llama-fit-params: prints ``stdout``, llama.cpp's fit lines on stderr."""
+    exe = bench / "bin" / "llama-fit-params"
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    exe.write_text(f"#!{sys.executable}\nimport sys\n"
+                   "sys.stderr.write('llama_params_fit_impl: projected to use 5200 MiB of device "
+                   "memory vs. 4096 MiB of free device memory\\n')\n"
+                   f"sys.stdout.write({stdout!r})\nsys.exit({rc})\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+
+
+def test_fit_answer_is_read(tmp_path: Path) -> None:
+    po = _module()
+    if README.is_file():  # the line the test holds is the vendored README's
+        assert README_ANSWER in README.read_text()
+    _fake_fit(tmp_path, README_ANSWER + "\n")
+    fit = po.fit_choice(tmp_path, tmp_path / "m.gguf", 2176)
+    assert (fit["n_ctx"], fit["ngl"], fit["ts"]) == (4096, 48, None)
+    assert fit["ot"].startswith("blk\\.14\\.ffn_") and fit["ot"].endswith("exps=CPU")
+    assert fit["log"] == ["projected to use 5200 MiB of device memory vs. 4096 MiB of free "
+                          "device memory"]
+    _fake_fit(tmp_path, '-c 2176 -ngl 17 -ot "blk\\.3\\.ffn_down.*=CPU"\n')  # as fit-params.cpp
+    fit = po.fit_choice(tmp_path, tmp_path / "m.gguf", 2176)
+    assert (fit["ngl"], fit["ot"]) == (17, "blk\\.3\\.ffn_down.*=CPU")
+    _fake_fit(tmp_path, "-c 2176 -ngl 17\n")
+    fit = po.fit_choice(tmp_path, tmp_path / "m.gguf", 2176)
+    assert (fit["n_ctx"], fit["ngl"], fit["ot"]) == (2176, 17, None)
+
+
+@pytest.mark.parametrize(("stdout", "rc", "said"), [
+    ("", 1, "llama-fit-params exit 1: llama_params_fit_impl: projected"),
+    ("nothing it knows\n", 0, "llama-fit-params exit 0"),
+])
+def test_a_failing_fit_is_an_error_entry(tmp_path: Path, stdout: str, rc: int,
+                                         said: str) -> None:
+    po = _module()
+    _fake_fit(tmp_path, stdout, rc)
+    fit = po.fit_choice(tmp_path, tmp_path / "m.gguf", None)
+    assert said in fit["error"] and "ngl" not in fit
+    assert po._fit_row(tmp_path, tmp_path / "m.gguf", fit) is None
+
+
+def test_no_fit_binary_is_said(tmp_path: Path) -> None:
+    fit = _module().fit_choice(tmp_path, tmp_path / "m.gguf", 2176)
+    assert "no " in fit["error"] and "installed_bench.py" in fit["error"]
+
+
+def test_disk_need_is_the_f16_file_and_its_quantized_copy(tmp_path: Path) -> None:
+    """The sparse f16 file modelgen writes (full size, no disk) against the need said before
+    benchmarks/partial_offload.sh makes a model: f16 + at most q8_0's 34/32 bytes a weight."""
+    from tuner.models.modelgen import SHAPES, write_llama
+
+    po = _module()
+    f16 = write_llama(tmp_path / "q7b.gguf", **SHAPES["qwen2.5-7b"], sparse=True)
+    weights = f16.stat().st_size / 2  # bytes / 2 = f16 weights (the header is a few MiB)
+    want = weights * (2 + 34 / 32) / 2**30 + 4
+    assert po.disk_need_gib("qwen2.5-7b") == pytest.approx(want, rel=0.01)
+    assert 40 < po.disk_need_gib("qwen2.5-14b") < 64  # the GPU machine's 64 GiB disk
