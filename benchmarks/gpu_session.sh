@@ -14,7 +14,8 @@
 #    and measures the per-token breakdown), then `tuner verify` of both services from another
 #    directory.
 # 3. Issue 31 (FIT=0 skips): a process holds all but $LEAVE_GIB GiB of the GPU; `tuner doctor
-#    --model`; a sweep of $FIT_MODEL ($FIT_ARGS keep it short); benchmarks/partial_offload.py
+#    --model`; a default sweep of $FIT_MODEL under a 420 s partial-offload budget ($FIT_ARGS);
+#    benchmarks/partial_offload.py
 #    compare (the plan's boundary against llama-bench's, llama-bench over the searched layers).
 set -uo pipefail
 BENCH=${BENCH:-/tmp/gs}
@@ -24,7 +25,7 @@ ARCH=${CUDA_ARCH:-90}
 SERVED_MODELS=${SERVED_MODELS:-qwen3-8b:q4_k_m internlm2-1.8b:q6_k}
 FIT_MODEL=${FIT_MODEL:-qwen3-8b:q4_k_m}
 LEAVE_GIB=${LEAVE_GIB:-4}
-FIT_ARGS=${FIT_ARGS---finalist-rounds 0 --served-requests 0 --timeout 180}
+FIT_ARGS=${FIT_ARGS---offload-budget 420}
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 
 phase() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$BENCH/phase"; }
