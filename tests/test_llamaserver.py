@@ -58,12 +58,12 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path,
                  "--results", root / "results", "--out", out, "--finalist-rounds", 1,
                  "--served-requests", 3, "--builds", BUILDS, cwd=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "llama-server deployment: " in proc.stdout, proc.stdout[-3000:]
+    assert "llama-server deployment: " in proc.stderr, proc.stderr[-3000:]
     store = require_study(default_storage(root / "results"))
     report = store.finalists()
     assert report is not None and report.llama_server and "error" not in report.llama_server
     record = next(r for r in store.records() if r.number == report.winner_trial)
-    return out, report, record, proc.stdout
+    return out, report, record, proc.stderr
 
 
 def copy_of(out: Path, dest: Path, *, args: Callable[[list[str]], list[str]] | None = None,
@@ -127,7 +127,7 @@ def test_the_deployment_is_written_beside_the_yaml(deployed: Deployed,
 
 
 def test_both_services_side_by_side(deployed: Deployed) -> None:
-    out, report, record, stdout = deployed
+    out, report, record, notes = deployed
     win = next(f for f in report.finalists if f.trial == report.winner_trial)
     assert win.served is not None and "error" not in win.served
     table = rows(win.served, report.llama_server, raw_of(report, record.number))
@@ -141,7 +141,7 @@ def test_both_services_side_by_side(deployed: Deployed) -> None:
     assert text[0].startswith("llama_cpp.server: ttft ") and "of raw)" in text[0]
     assert text[1].startswith("llama-server: ttft ") and text[2] == rec
     for line in text:  # the sweep printed them, and the report shows them
-        assert line in stdout
+        assert line in notes
     shown = tuner("report", "--results", out.parent.parent / "results")
     assert shown.returncode == 0, shown.stderr
     assert "services" in shown.stdout and "recommended: " in shown.stdout
