@@ -250,3 +250,10 @@ def _scaled(stat: dict[str, Any], k: float) -> dict[str, Any]:
 def test_the_build_command_is_documented() -> None:
     assert BUILD_COMMAND in (REPO / "docs" / "llama-server.md").read_text()
     assert shutil.which("cmake"), "CI builds llama-server from source: cmake must be there"
+
+
+def test_the_ci_build_command_is_a_no_op_once_built(server_binary: Path) -> None:
+    proc = tuner("build", "--variant", "cpu", "--server-only", "--if-missing", "--builds",
+                 server_binary.parent.parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("already built cpu: ") and str(server_binary) in proc.stdout
