@@ -145,6 +145,13 @@ def test_both_services_side_by_side(deployed: Deployed) -> None:
     shown = tuner("report", "--results", out.parent.parent / "results")
     assert shown.returncode == 0, shown.stderr
     assert "services" in shown.stdout and "recommended: " in shown.stdout
+    html = out.parent / "report.html"
+    shown = tuner("report", "--results", out.parent.parent / "results", "--format", "html",
+                  "-o", html)
+    assert shown.returncode == 0, shown.stderr
+    page = html.read_text()
+    assert "The winner served over HTTP by each deploy target" in page
+    assert "<td>llama-server</td>" in page.replace(" class=num", "") and "recommended: " in page
     assert lines(rows(None, report.llama_server, None))[0] == (
         "llama_cpp.server: not served: no figures")
 
