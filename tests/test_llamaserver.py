@@ -21,7 +21,18 @@ import pytest
 from tests.cli_run import REPO, one_line_error, tuner
 from tests.spaces import write_space
 from tuner.builds.catalog import _installed_lib_dir
-from tuner.deploy.llamaserver import SAMPLING, files_of, find_server, read_args, server_args
+from tuner.deploy.httpserve import free_port
+from tuner.deploy.llamaserver import (
+    SAMPLING,
+    files_of,
+    find_server,
+    process_env,
+    read_args,
+    running,
+    server_args,
+    wait_healthy,
+    with_port,
+)
 from tuner.deploy.service import read_env_file, render_env_file
 from tuner.deploy.servicecompare import lines, raw_of, recommendation, rows
 from tuner.results.records import FinalistReport, ServedFigures, Stat, TrialRecord
@@ -264,3 +275,20 @@ def test_the_ci_build_command_is_a_no_op_once_built(server_binary: Path) -> None
                  server_binary.parent.parent.parent)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("already built cpu: ") and str(server_binary) in proc.stdout
+
+
+def test_url_checks_a_running_llama_server(deployed: Deployed, tmp_path: Path) -> None:
+    files = files_of(deployed[0])
+    data = json.loads(files["json"].read_text())
+    port = free_port(None)
+    args = with_port(read_args(files["args"]), "127.0.0.1", port)
+    log = tmp_path / "server.log"
+    with running(Path(data["binary"]), args, process_env(read_env_file(files["env"])), tmp_path,
+                 log) as proc:
+        base = f"http://127.0.0.1:{port}"
+        wait_healthy(proc, base, log, 120)
+        proc_ = tuner("verify", files["args"], "--url", base, "--tolerance", LOOSE,
+                      "--requests", 2)
+    assert proc_.returncode == 0, proc_.stdout + proc_.stderr
+    assert "placement: not checked (--url" in proc_.stdout
+    assert f"service: {base}" in proc_.stdout and "[llama-server, 2 requests]" in proc_.stdout
