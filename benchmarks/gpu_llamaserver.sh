@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 30, second deploy target, on a bare CUDA machine (H100/H200), from the repository root:
-#   setsid bash benchmarks/gpu_llamaserver.sh run > /tmp/llsrv.out 2>&1 < /dev/null &
+#   bash benchmarks/gpu_llamaserver.sh start      # the whole run in the background (setsid)
 #   bash benchmarks/gpu_llamaserver.sh wait 540   # up to N seconds; prints the phase log
 #   bash benchmarks/gpu_llamaserver.sh collect    # summary table + details into $OUT
 # One CUDA variant ($VARIANT, arch $CUDA_ARCH) built with llama-server in the same build
@@ -36,7 +36,7 @@ setup() {  # the wheels, then the Python half of llama-cpp-python (the library: 
 }
 
 run() {
-  mkdir -p "$BENCH/out"; : > "$BENCH/phase"
+  mkdir -p "$BENCH/out"
   phase setup; setup > "$BENCH/setup.log" 2>&1 || { phase "FAILED setup"; tail -5 "$BENCH/setup.log"; return 1; }
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$BENCH/out/gpu.txt"
   phase "build $VARIANT (arch $ARCH) with llama-server; write the f16 models"
@@ -81,7 +81,8 @@ from tuner.models.modelgen import quantize; quantize('$(path_of "$m").f16', '$(p
 
 collect() {  # the table last; everything under $OUT
   local dest=${OUT:-$BENCH/collected}; mkdir -p "$dest"
-  cp -r "$BENCH/out/." "$dest/" 2>/dev/null; cp "$BENCH"/*.log "$BENCH/phase" "$dest/" 2>/dev/null
+  cp -r "$BENCH/out/." "$dest/" 2>/dev/null
+  cp "$BENCH"/*.log "$BENCH/phase" "$BENCH/log" "$dest/" 2>/dev/null
   for m in $MODELS; do
     local n; n=$(name_of "$m")
     echo "== $m"
@@ -97,9 +98,14 @@ collect() {  # the table last; everything under $OUT
 }
 
 case "${1:-}" in
+  start)  # in a copy of the tree: a later call's copy must not reach a running sweep
+    mkdir -p "$BENCH/src"; : > "$BENCH/phase"
+    tar cf - --exclude=./.git --exclude=./.venv --exclude=./builds . | tar xf - -C "$BENCH/src"
+    (cd "$BENCH/src" && setsid nohup bash benchmarks/gpu_llamaserver.sh run > "$BENCH/log" 2>&1 < /dev/null &)
+    echo "started; poll with: bash $0 wait 540" ;;
   run) run ;;
   wait) for _ in $(seq "${2:-540}"); do grep -qE "done|FAILED" "$BENCH/phase" 2>/dev/null && break; sleep 1; done
         cat "$BENCH/phase" ;;
   collect) collect ;;
-  *) echo "usage: $0 run|wait [N]|collect" >&2; exit 2 ;;
+  *) echo "usage: $0 start|run|wait [N]|collect" >&2; exit 2 ;;
 esac

@@ -222,12 +222,28 @@ def test_collect_turns_symlinked_names_into_hard_links(tmp_path: Path) -> None:
     os.symlink("libllama.so.0.5.0", out / "libllama.so.0")
     os.symlink("libllama.so.0", out / "libllama.so")
     (out / "llama-bench").write_bytes(b"exe")
-    bench = buildmake._collect(out, tmp_path / "lib", tmp_path / "bin")
+    made = buildmake._collect(out, tmp_path / "lib", tmp_path / "bin")
     names = sorted(p.name for p in (tmp_path / "lib").iterdir())
     assert names == ["libllama.so", "libllama.so.0", "libllama.so.0.5.0"]
     assert not any(p.is_symlink() for p in (tmp_path / "lib").iterdir())
     assert (tmp_path / "lib" / "libllama.so").stat().st_nlink == 3
-    assert bench == tmp_path / "bin" / "llama-bench" and bench.read_bytes() == b"exe"
+    assert made == (True, False)  # llama-bench, no llama-server
+    assert (tmp_path / "bin" / "llama-bench").read_bytes() == b"exe"
+
+
+def test_a_server_build_plans_the_server_and_stands_in_for_the_missing_ui(tmp_path: Path) -> None:
+    plan = buildmake.plan_build("cpu", source=None, builds_dir=tmp_path, bench=False,
+                                server=True)
+    assert "-DLLAMA_BUILD_SERVER=ON" in plan.cmake_args
+    assert "-DLLAMA_BUILD_SERVER=OFF" not in plan.cmake_args
+    assert plan.commands[-1][plan.commands[-1].index("--target") + 1:][:2] == [
+        "llama", "llama-server"]
+    assert "llama-bench" not in plan.commands[-1]
+    src = tmp_path / "llama.cpp"
+    assert buildmake.ui_standin(src) is True
+    assert "add_custom_target(llama-ui-assets)" in (src / "tools/ui/CMakeLists.txt").read_text()
+    assert "llama_ui_get_assets" in (src / "tools/ui/ui.h").read_text()
+    assert buildmake.ui_standin(src) is False  # a source with its own UI keeps it
 
 
 # --- discovering and resolving builds -----------------------------------------------------

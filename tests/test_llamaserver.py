@@ -21,7 +21,18 @@ import pytest
 from tests.cli_run import REPO, one_line_error, tuner
 from tests.spaces import write_space
 from tuner.builds.catalog import _installed_lib_dir
-from tuner.deploy.llamaserver import SAMPLING, files_of, find_server, read_args, server_args
+from tuner.deploy.httpserve import free_port
+from tuner.deploy.llamaserver import (
+    SAMPLING,
+    files_of,
+    find_server,
+    process_env,
+    read_args,
+    running,
+    server_args,
+    wait_healthy,
+    with_port,
+)
 from tuner.deploy.service import read_env_file, render_env_file
 from tuner.deploy.servicecompare import lines, raw_of, recommendation, rows
 from tuner.results.records import FinalistReport, ServedFigures, Stat, TrialRecord
@@ -58,12 +69,12 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path,
                  "--results", root / "results", "--out", out, "--finalist-rounds", 1,
                  "--served-requests", 3, "--builds", BUILDS, cwd=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "llama-server deployment: " in proc.stdout, proc.stdout[-3000:]
+    assert "llama-server deployment: " in proc.stderr, proc.stderr[-3000:]
     store = require_study(default_storage(root / "results"))
     report = store.finalists()
     assert report is not None and report.llama_server and "error" not in report.llama_server
     record = next(r for r in store.records() if r.number == report.winner_trial)
-    return out, report, record, proc.stdout
+    return out, report, record, proc.stderr
 
 
 def copy_of(out: Path, dest: Path, *, args: Callable[[list[str]], list[str]] | None = None,
@@ -127,7 +138,7 @@ def test_the_deployment_is_written_beside_the_yaml(deployed: Deployed,
 
 
 def test_both_services_side_by_side(deployed: Deployed) -> None:
-    out, report, record, stdout = deployed
+    out, report, record, notes = deployed
     win = next(f for f in report.finalists if f.trial == report.winner_trial)
     assert win.served is not None and "error" not in win.served
     table = rows(win.served, report.llama_server, raw_of(report, record.number))
@@ -141,10 +152,17 @@ def test_both_services_side_by_side(deployed: Deployed) -> None:
     assert text[0].startswith("llama_cpp.server: ttft ") and "of raw)" in text[0]
     assert text[1].startswith("llama-server: ttft ") and text[2] == rec
     for line in text:  # the sweep printed them, and the report shows them
-        assert line in stdout
+        assert line in notes
     shown = tuner("report", "--results", out.parent.parent / "results")
     assert shown.returncode == 0, shown.stderr
     assert "services" in shown.stdout and "recommended: " in shown.stdout
+    html = out.parent / "report.html"
+    shown = tuner("report", "--results", out.parent.parent / "results", "--format", "html",
+                  "-o", html)
+    assert shown.returncode == 0, shown.stderr
+    page = html.read_text()
+    assert "The winner served over HTTP by each deploy target" in page
+    assert "<td>llama-server</td>" in page.replace(" class=num", "") and "recommended: " in page
     assert lines(rows(None, report.llama_server, None))[0] == (
         "llama_cpp.server: not served: no figures")
 
@@ -250,3 +268,27 @@ def _scaled(stat: dict[str, Any], k: float) -> dict[str, Any]:
 def test_the_build_command_is_documented() -> None:
     assert BUILD_COMMAND in (REPO / "docs" / "llama-server.md").read_text()
     assert shutil.which("cmake"), "CI builds llama-server from source: cmake must be there"
+
+
+def test_the_ci_build_command_is_a_no_op_once_built(server_binary: Path) -> None:
+    proc = tuner("build", "--variant", "cpu", "--server-only", "--if-missing", "--builds",
+                 server_binary.parent.parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("already built cpu: ") and str(server_binary) in proc.stdout
+
+
+def test_url_checks_a_running_llama_server(deployed: Deployed, tmp_path: Path) -> None:
+    files = files_of(deployed[0])
+    data = json.loads(files["json"].read_text())
+    port = free_port(None)
+    args = with_port(read_args(files["args"]), "127.0.0.1", port)
+    log = tmp_path / "server.log"
+    with running(Path(data["binary"]), args, process_env(read_env_file(files["env"])), tmp_path,
+                 log) as proc:
+        base = f"http://127.0.0.1:{port}"
+        wait_healthy(proc, base, log, 120)
+        proc_ = tuner("verify", files["args"], "--url", base, "--tolerance", LOOSE,
+                      "--requests", 2)
+    assert proc_.returncode == 0, proc_.stdout + proc_.stderr
+    assert "placement: not checked (--url" in proc_.stdout
+    assert f"service: {base}" in proc_.stdout and "[llama-server, 2 requests]" in proc_.stdout

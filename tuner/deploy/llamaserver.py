@@ -52,8 +52,10 @@ SAMPLING: dict[str, float | int] = {"temperature": 0.8, "top_p": 0.95, "top_k": 
                                     "presence_penalty": 0.0, "frequency_penalty": 0.0}
 # llama.cpp prints which device each layer and its KV cache went to at debug level only, which
 # llama-server shows at verbosity 5: the placement proof (tuner/evidence/placement.py) needs those
-# lines, as llama_cpp.server's config has verbose on for the same reason.
-PROOF_ARGS = ["--log-verbosity", "5"]
+# lines, as llama_cpp.server's config has verbose on for the same reason. Without its timestamp
+# and level prefix and colours the lines read as llama_cpp.server's log does.
+PROOF_ARGS = ["--log-verbosity", "5", "--no-log-prefix", "--no-log-timestamps",
+              "--log-colors", "off"]
 _ON_OFF = {True: "on", False: "off"}
 
 
