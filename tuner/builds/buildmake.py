@@ -43,8 +43,6 @@ BENCH_TARGET = "llama-bench"
 # llama-server: llama.cpp's own HTTP server, the second deploy target (tuner/deploy/llamaserver.py).
 SERVER_TARGET = "llama-server"
 SERVER_ON = "-DLLAMA_BUILD_SERVER=ON"
-# TODO(lead): when tuner/builds/cpuflags.py lands (no AMX code path on x86_64), check that its
-# flags reach the server's targets too: they share this configure command and environment.
 # Libraries land in <cmake>/bin next to the executables (CMAKE_LIBRARY_OUTPUT_DIRECTORY there).
 # RPATH $ORIGIN finds the sibling libggml*; $ORIGIN/../lib lets bin/llama-bench find lib/.
 BASE_CMAKE_ARGS = [
