@@ -37,14 +37,14 @@ class StudyData:
 
 
 def _found(storage: str) -> str:
-    return ", ".join(list_studies(storage)) or "none"
+    return ", ".join(list_studies(storage, read_only=True)) or "none"
 
 
 def load_study(storage: str, study: str) -> StudyData:
     """One study by name; bad input (with the studies found) when it is not there. A study an
     older version began beside a SQLite storage keeps its trials.jsonl records (and finalists
     and drift) in ``<folder of the database>/<study>/``: they are read too, read only."""
-    store = open_study(storage, check_study_name(study))
+    store = open_study(storage, check_study_name(study), read_only=True)
     if store is None:
         raise BadInput(f"no study {study!r} in {storage} (found: {_found(storage)})")
     return _data(store)
@@ -85,7 +85,7 @@ def resolve_study(spec: str, storage: str) -> StudyData:
     p = Path(spec)
     if p.is_file() or (p.is_dir() and (p / TRIALS).is_file()):
         return load_path(p)
-    if STUDY_NAME.match(spec) and (store := open_study(storage, spec)) is not None:
+    if STUDY_NAME.match(spec) and (store := open_study(storage, spec, read_only=True)) is not None:
         return _data(store)
     raise BadInput(f"no study {spec!r}: not a study in {storage} (found: {_found(storage)}) "
                    "nor a JSONL file or a folder holding trials.jsonl")
@@ -95,10 +95,10 @@ def studies_to_show(storage: str, study: str | None) -> list[StudyData]:
     """The named study (or the one at a path), or every study of ``storage``; bad input when
     there is none."""
     if study:  # with the study's siblings for other GPU models (tuner/search/planner.py)
-        siblings = [n for n in list_studies(storage) if n.startswith(study + GPU_SEP)] \
+        siblings = [n for n in list_studies(storage, read_only=True) if n.startswith(study + GPU_SEP)] \
             if STUDY_NAME.match(study) else []
         return [resolve_study(study, storage), *(load_study(storage, n) for n in siblings)]
-    names = list_studies(storage)
+    names = list_studies(storage, read_only=True)
     if not names:
         raise BadInput(f"no sweep results in {storage}; run `tuner sweep --model FILE` first")
     return [load_study(storage, n) for n in names]

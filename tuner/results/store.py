@@ -4,13 +4,15 @@ The study's state lives in optuna's storage (tuner/results/studystore.py). JSONL
 (``tuner report --format jsonl -o FILE``) and the layout of results folders written by older
 versions (``<results>/<study>/trials.jsonl`` with ``finalists.json`` and ``drift.jsonl``).
 Both stay readable, read-only, so studies from other machines can be compared and old results
-reported: a line that is torn (no newline) or not a record is skipped, never fatal."""
+reported: a line that is torn (no newline) or not a record is skipped and counted in a note,
+a file with no record at all is refused."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import TypeVar
 
@@ -67,8 +69,13 @@ def check_disk(folder: Path, need: int = 256 * 1024) -> None:
 
 
 def _lines(path: Path, model: type[M]) -> list[M]:
-    """Every whole, valid line of ``path`` as ``model``; [] when the file is absent."""
+    """Every whole, valid line of ``path`` as ``model``; [] when the file is absent. Lines that
+    are not one (hand-edited junk, a cut last line) are skipped and counted in one note on
+    stderr; a file with such lines and no valid one (``/etc/passwd``, a binary file) is bad
+    input, never an empty study."""
     out: list[M] = []
+    bad: list[int] = []
+    torn = False
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -76,13 +83,25 @@ def _lines(path: Path, model: type[M]) -> list[M]:
     except OSError as e:
         raise BadInput(f"cannot read {path}: {e.strerror}") from None
     with f:
-        for raw in f:
+        for number, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
-                break  # torn last line: a writer was killed mid-append
+                torn = True  # torn last line: a writer was killed mid-append
+                break
             try:
                 out.append(model.model_validate(json.loads(raw)))
             except (ValueError, ValidationError):
-                continue
+                bad.append(number)
+    what = "trial record" if model is TrialRecord else "record"
+    if (bad or torn) and not out:
+        first = bad[0] if bad else 1
+        raise BadInput(f"{path} holds no tuner {what} (line {first} is not one)",
+                       hint="give a JSONL export written by `tuner report --format jsonl -o`")
+    if bad or torn:
+        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        parts = ([f"{len(bad)} line(s) that are not a tuner {what} (line {shown})"]
+                 if bad else []) + (["a cut last line"] if torn else [])
+        print(f"note: {path}: skipped {' and '.join(parts)}; read {len(out)} record(s)",
+              file=sys.stderr, flush=True)
     return out
 
 
