@@ -45,6 +45,9 @@ def cli(debug: bool) -> None:
       tuner report
     """
     DEBUG["on"] = debug
+    from tuner.machine.envvars import current
+
+    current()  # every TUNER_* variable checked before any work (one line, exit 2)
 
 
 @cli.command()
