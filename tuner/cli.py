@@ -320,8 +320,9 @@ def verify_cmd(config: Path, url: str | None, port: int | None, tolerance: float
     """
     from tuner.deploy.verify import failure, result_lines, run_verify
 
-    result = run_verify(config, url=url, port=port, tolerance=tolerance / 100,
-                        requests=requests, timeout_s=timeout)
+    with terminable():  # SIGTERM: the server stopped, its folder removed, one line, exit 143
+        result = run_verify(config, url=url, port=port, tolerance=tolerance / 100,
+                            requests=requests, timeout_s=timeout)
     for line in result_lines(result):
         out.print(line, markup=False, soft_wrap=True)
     problem = failure(result)

@@ -32,6 +32,7 @@ from tuner.builds.catalog import (
     summarize,
 )
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
+from tuner.machine.children import GroupWatchdog, popen_kwargs
 from tuner.specs import Frozen
 
 LIBRARY_TARGET = "llama"  # libllama pulls in libggml* and the backends it links
@@ -262,11 +263,13 @@ def _run(cmd: list[str], log: Callable[[str], None], what: str, hint: str | None
     try:
         # Its own process group: ending the build ends cmake, ninja and every compiler under it.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=env, start_new_session=True)
+                                errors="replace", env=env, start_new_session=True,
+                                **popen_kwargs(signal.SIGTERM))
     except FileNotFoundError:
         raise EnvironmentUnfit(f"{cmd[0]} is not installed") from None
     assert proc.stdout is not None
     RUNNING.add(proc)
+    watchdog = GroupWatchdog(proc.pid)  # ends the group if this command is SIGKILLed
     try:
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
@@ -277,6 +280,7 @@ def _run(cmd: list[str], log: Callable[[str], None], what: str, hint: str | None
         raise
     finally:
         RUNNING.discard(proc)
+        watchdog.done()
     if proc.returncode != 0:
         last = next((x.strip() for x in reversed(lines) if x.strip()), "no output")
         raise TunerError(f"{what} failed (exit {proc.returncode}): {last}", hint=hint)
