@@ -33,6 +33,7 @@ from tuner.builds.catalog import (
 )
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.machine.children import GroupWatchdog, popen_kwargs
+from tuner.machine.output import write_file
 from tuner.specs import Frozen
 
 LIBRARY_TARGET = "llama"  # libllama pulls in libggml* and the backends it links
@@ -211,7 +212,8 @@ def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path(
         source=str(plan.source), source_sha256=sha256, started=started, finished=_now(),
         duration_s=round(time.monotonic() - t0, 1), system_info=system_info,
         flags_summary=summarize(flags), bench="bin/llama-bench" if made_bench else None)
-    (staging / "build.json").write_text(record.model_dump_json(indent=2) + "\n")
+    write_file(staging / "build.json", (record.model_dump_json(indent=2) + "\n").encode(),
+               "the build record")
     shutil.rmtree(staging / "src")
     shutil.rmtree(staging / "cmake")
     old = staging.with_name(f".{variant}.old")

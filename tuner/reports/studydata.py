@@ -1,16 +1,15 @@
 """What a report reads and where it writes: one study's trial records with its finalist report
 and drift records (either optional), found by name in a storage (tuner/results/studystore.py) or, read
 only, at a path (a JSONL export, or a results folder of an older version holding trials.jsonl),
-and the report file written whole (temp file, fsync, rename) after the output path is checked."""
+and the report file written whole (tuner/machine/output.py) after the output path is checked."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuner.deploy.prodconfig import _write_temp
 from tuner.errors import BadInput
+from tuner.machine.output import write_file
 from tuner.machine.writable import check_output_path
 from tuner.results.records import FinalistReport, TrialRecord, WorkerDrift
 from tuner.results.store import (
@@ -110,7 +109,6 @@ def write_output(path: Path, data: str | bytes) -> None:
     p = Path(path)
     blob = data.encode() if isinstance(data, str) else data
     try:
-        tmp = _write_temp(p, blob)
-        os.replace(tmp, p)
+        write_file(p, blob, "the report")
     except OSError as e:
         raise BadInput(f"cannot write the report to {p}: {e.strerror or e}") from None
