@@ -71,3 +71,23 @@ def test_every_command_refuses_at_the_door(tmp_path: Path, tiny_model: Path,
         assert proc.returncode == 2, proc.stderr
         assert named in one_line_error(proc)
     assert not (tmp_path / "results").exists() and not (tmp_path / "p.yaml").exists()
+
+
+def test_pythonwarnings_error_with_a_broken_build_record(tmp_path: Path, tiny_model: Path) -> None:
+    """PYTHONWARNINGS=error turned the note about a broken builds/<x>/build.json (a Python
+    warning then) into exit 1 of `sweep` and `build --list`: it is a note on stderr now."""
+    builds = tmp_path / "builds"
+    (builds / "x").mkdir(parents=True)
+    (builds / "x" / "build.json").write_text("{broken")
+    env = {"PYTHONWARNINGS": "error"}
+    listed = tuner("build", "--list", "--builds", builds, env=env, exec_=True)
+    space = write_space(tmp_path / "s.yaml", n_batch=[16], n_ubatch=[16])
+    swept = tuner("sweep", "--model", tiny_model, "--device", "cpu", "--space", space,
+                  "--prompt-tokens", 16, "--gen-tokens", 2, "--repetitions", 1,
+                  "--builds", builds, "--results", tmp_path / "results",
+                  "--out", tmp_path / "p.yaml", "--finalist-rounds", 0, env=env, exec_=True)
+    for proc in (listed, swept):
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+        assert f"note: skipping the broken build record {builds / 'x' / 'build.json'}" \
+            in proc.stderr
