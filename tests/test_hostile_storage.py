@@ -134,3 +134,21 @@ def test_junk_lines_of_an_export_are_counted_and_said(cpu_sweep: dict, tmp_path:
     assert shown.returncode == 0, shown.stderr
     assert "skipped 2 line(s) that are not a tuner trial record" in shown.stderr
     assert "a cut last line" in shown.stderr
+
+
+def test_report_on_a_database_a_killed_sweep_left_half_made(tmp_path: Path) -> None:
+    """A sweep SIGKILLed while optuna created its schema (tables, no alembic stamp; found by a
+    hostile run): the report says so and writes nothing (it used to fail writing the stamp)."""
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    db = tmp_path / "results" / "optuna.db"
+    db.parent.mkdir()
+    engine = sa.create_engine(f"sqlite:///{db}")
+    models.BaseModel.metadata.create_all(engine)
+    engine.dispose()
+    before = db.read_bytes()
+    proc = tuner("report", "--results", tmp_path / "results")
+    assert proc.returncode == 2 and "holds no study yet" in one_line_error(proc)
+    assert f"storage {db} " in one_line_error(proc)
+    assert db.read_bytes() == before

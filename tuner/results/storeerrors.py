@@ -93,21 +93,26 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 def _open_read_only(url: str) -> Storage:
     """``open_storage(url, read_only=True)``."""
+    path = sqlite_path(url)
+    where = path or journal_path(url) or shown(url)
     try:
         if url.startswith(JOURNAL):
             return open_journal(url, repair=False)
-        path = sqlite_path(url)
+        opened = url
         if path is not None:
             _check_sqlite_file(path)
-            url = f"sqlite:///file:{path.absolute()}?mode=ro&uri=true"
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url),
+            opened = f"sqlite:///file:{path.absolute()}?mode=ro&uri=true"
+        return optuna.storages.RDBStorage(opened, engine_kwargs=engine_kwargs(opened),
                                           skip_table_creation=True)
     except Exception as e:  # noqa: BLE001 - every failure is classified below
-        if "no such table" in str(getattr(e, "__cause__", None) or e):
-            where = sqlite_path(url) or shown(url)
+        text = str(getattr(e, "__cause__", None) or e)
+        if "no such table" in text:
             raise BadInput(f"storage {where} is not an optuna database (it has no optuna "
                            "tables)", hint="give the --storage or --results a sweep wrote"
                            ) from None
+        if "readonly database" in text:  # optuna would finish its schema: a sweep was stopped
+            raise BadInput(f"storage {where} holds no study yet (a sweep was stopped while it "
+                           "created the database)", hint="run the sweep again") from None
         raise storage_error(e, url) from None
 
 
