@@ -28,13 +28,24 @@ from typing import Any
 PR_SET_PDEATHSIG = 1
 
 
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the parent's own clean-up remains
+        return None
+    return prctl
+
+
+# Looked up once, in the parent: between fork and exec the child only calls it (no dlopen in a
+# child forked from a process with threads).
+_PRCTL = _load_prctl()
+
+
 def die_with_parent(sig: int, parent: int) -> None:
     """Ask for ``sig`` when the parent dies; end now if ``parent`` is already gone."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the parent's own clean-up remains
+    if _PRCTL is None:
         return
+    _PRCTL(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     if os.getppid() != parent:
         os.kill(os.getpid(), sig)
 
