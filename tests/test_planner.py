@@ -111,6 +111,7 @@ def test_a_setting_whose_owner_died_is_taken_back_by_a_running_sweep(
         assert b.ask() is None  # a holds it and is alive: b leaves it alone
         a.claims.stop_heartbeat()
         monkeypatch.setenv("TUNER_STALE_S", "0.2")
+        monkeypatch.setenv("TUNER_HEARTBEAT_S", "0.1")  # the stale time must exceed it
         time.sleep(0.5)
         retaken = b.ask()
         assert retaken is not None and retaken[1].key() == held[1].key()

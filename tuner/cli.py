@@ -69,6 +69,9 @@ def cli(debug: bool) -> None:
       tuner report
     """
     DEBUG["on"] = debug
+    from tuner.machine.envvars import current
+
+    current()  # every TUNER_* variable checked before any work (one line, exit 2)
 
 
 @cli.command()
@@ -388,14 +391,15 @@ def verify_cmd(config: Path, url: str | None, port: int | None, tolerance: float
     from tuner.deploy.llamaserver import is_llama_server_file
     from tuner.deploy.verify import failure, result_lines, run_verify
 
-    if llama_server or is_llama_server_file(config):
-        from tuner.deploy.llamaserververify import run_verify as verify_llama_server
+    with terminable():  # SIGTERM: the server stopped, its folder removed, one line, exit 143
+        if llama_server or is_llama_server_file(config):
+            from tuner.deploy.llamaserververify import run_verify as verify_llama_server
 
-        result = verify_llama_server(config, url=url, port=port, tolerance=tolerance / 100,
-                                     requests=requests, timeout_s=timeout)
-    else:
-        result = run_verify(config, url=url, port=port, tolerance=tolerance / 100,
-                            requests=requests, timeout_s=timeout)
+            result = verify_llama_server(config, url=url, port=port, tolerance=tolerance / 100,
+                                         requests=requests, timeout_s=timeout)
+        else:
+            result = run_verify(config, url=url, port=port, tolerance=tolerance / 100,
+                                requests=requests, timeout_s=timeout)
     for line in result_lines(result):
         out.print(line, markup=False, soft_wrap=True)
     problem = failure(result)

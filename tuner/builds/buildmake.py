@@ -33,6 +33,8 @@ from tuner.builds.catalog import (
 )
 from tuner.builds.cpuflags import cmake_flag_args
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
+from tuner.machine.children import GroupWatchdog, popen_kwargs
+from tuner.machine.output import write_file
 from tuner.specs import Frozen
 
 LIBRARY_TARGET = "llama"  # libllama pulls in libggml* and the backends it links
@@ -281,7 +283,8 @@ def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path(
         duration_s=round(time.monotonic() - t0, 1), system_info=system_info,
         flags_summary=summarize(flags), bench=f"bin/{BENCH_TARGET}" if made_bench else None,
         server=f"bin/{SERVER_TARGET}" if made_server else None)
-    (staging / "build.json").write_text(record.model_dump_json(indent=2) + "\n")
+    write_file(staging / "build.json", (record.model_dump_json(indent=2) + "\n").encode(),
+               "the build record")
     shutil.rmtree(staging / "src")
     shutil.rmtree(staging / "cmake")
     old = staging.with_name(f".{variant}.old")
@@ -352,11 +355,13 @@ def _run(cmd: list[str], log: Callable[[str], None], what: str, hint: str | None
     try:
         # Its own process group: ending the build ends cmake, ninja and every compiler under it.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=env, start_new_session=True)
+                                errors="replace", env=env, start_new_session=True,
+                                **popen_kwargs(signal.SIGTERM))
     except FileNotFoundError:
         raise EnvironmentUnfit(f"{cmd[0]} is not installed") from None
     assert proc.stdout is not None
     RUNNING.add(proc)
+    watchdog = GroupWatchdog(proc.pid)  # ends the group if this command is SIGKILLed
     try:
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
@@ -367,6 +372,7 @@ def _run(cmd: list[str], log: Callable[[str], None], what: str, hint: str | None
         raise
     finally:
         RUNNING.discard(proc)
+        watchdog.done()
     if proc.returncode != 0:
         last = next((x.strip() for x in reversed(lines) if x.strip()), "no output")
         raise TunerError(f"{what} failed (exit {proc.returncode}): {last}", hint=hint)

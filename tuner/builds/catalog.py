@@ -15,7 +15,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from pydantic import ValidationError
 
 from tuner.builds.buildinfo import BuildFlags, parse_system_info, variant_of
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
+from tuner.machine.children import popen_kwargs
 from tuner.specs import Frozen
 
 VARIANTS: dict[str, list[str]] = {
@@ -87,7 +87,7 @@ def probe_library(lib_dir: Path) -> str:
     env = {**os.environ, "LLAMA_CPP_LIB_PATH": str(lib_dir.resolve())}
     try:
         proc = subprocess.run([sys.executable, "-c", PROBE_CODE], env=env, capture_output=True,
-                              text=True, errors="replace", timeout=180)
+                              text=True, errors="replace", timeout=180, **popen_kwargs())
     except subprocess.TimeoutExpired:
         raise EnvironmentUnfit(f"loading the library in {lib_dir} took over 180 s") from None
     if proc.returncode != 0 or not proc.stdout.strip():
@@ -115,11 +115,16 @@ def _installed_lib_dir() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "lib"
 
 
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
 def discover_builds(builds_dir: Path = Path("builds"),
                     report: Callable[[str], None] | None = None) -> list[BuildInfo]:
     """The installed package's own library, then every ``<builds_dir>/*/build.json``. Broken
-    records are skipped and reported (as warnings unless ``report`` is given)."""
-    report = report or (lambda msg: warnings.warn(msg, stacklevel=3))
+    records are skipped and reported (a note on stderr unless ``report`` is given: a message to
+    the user, not a Python warning, which ``PYTHONWARNINGS=error`` would turn into a crash)."""
+    report = report or _note
     found: list[BuildInfo] = []
     lib = _installed_lib_dir()
     # A package installed without its libraries (LLAMA_BUILD=OFF) drives `tuner build` builds only.

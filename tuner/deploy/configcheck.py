@@ -23,6 +23,7 @@ from typing import Any
 
 from tuner.errors import EnvironmentUnfit, TunerError
 from tuner.machine.childenv import child_env, module_command
+from tuner.machine.children import popen_kwargs
 
 TIMEOUT_S = 300.0  # one check, the child's start and llama_cpp's import included
 LIBRARY_UNFIT = 3  # the child's code for a build library that did not load
@@ -36,7 +37,7 @@ class _Child:
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         self.proc = subprocess.Popen(module_command("tuner.deploy.configcheck"), env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True)
+                                     stderr=self.stderr, text=True, **popen_kwargs())
 
     def ask(self, blob: str) -> dict[str, Any]:
         """Send one config, wait for its answer line; EOFError if the child ended first,

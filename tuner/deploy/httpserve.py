@@ -22,6 +22,7 @@ import yaml
 from tuner.deploy.served import figures, prompts_for
 from tuner.errors import BadInput, EnvironmentUnfit
 from tuner.machine.childenv import service_env
+from tuner.machine.children import popen_kwargs
 from tuner.results.records import ServedFigures
 from tuner.specs import Workload
 from tuner.worker.served import request_body
@@ -110,7 +111,8 @@ class running_server:
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "llama_cpp.server", "--config_file", str(copy)],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp,
+                **popen_kwargs())  # ends with this command, even a SIGKILLed one
         return self.proc
 
     def __exit__(self, *exc: object) -> None:

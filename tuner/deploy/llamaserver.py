@@ -30,12 +30,14 @@ import httpx
 
 from tuner.builds.catalog import discover_builds, installed_version
 from tuner.deploy.httpserve import free_port, measure_http
-from tuner.deploy.prodconfig import YAML_SUFFIXES, _render_json, _replace_atomically
+from tuner.deploy.prodconfig import YAML_SUFFIXES, _render_json
 from tuner.deploy.served import check_placement
 from tuner.deploy.service import render_env_file, service_env
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.evidence.effective import trial_settings
 from tuner.machine import childenv
+from tuner.machine.children import popen_kwargs
+from tuner.machine.output import replace_files
 from tuner.results.records import ServedFigures
 from tuner.settings import split_mode_name
 from tuner.specs import Frozen, TrialSpec, Workload
@@ -213,8 +215,9 @@ class running:
             raise EnvironmentUnfit(f"no llama-server at {self.cmd[0]}",
                                    hint="build it: tuner build --variant cpu --server-only")
         with open(self.log_path, "wb") as log:
+            # It ends with the command, even a SIGKILLed one (tuner/machine/children.py).
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.env, cwd=self.cwd)
+                                         env=self.env, cwd=self.cwd, **popen_kwargs())
         return self.proc
 
     def __exit__(self, *exc: object) -> None:
@@ -285,9 +288,11 @@ def write_deployment(out: Path, dep: LlamaServerDeployment) -> dict[str, Path]:
     env_text = render_env_file(dep.env).replace("llama_cpp.server service", "llama-server")
     try:
         files["args"].parent.mkdir(parents=True, exist_ok=True)
-        _replace_atomically([(files["json"], _render_json(dep.model_dump(mode="json")).encode()),
-                             (files["env"], env_text.encode()),
-                             (files["args"], ("\n".join([head, *dep.args]) + "\n").encode())])
+        # The one output routine: atomic, .bak kept, links followed, devices refused.
+        replace_files([(files["json"], _render_json(dep.model_dump(mode="json")).encode()),
+                       (files["env"], env_text.encode()),
+                       (files["args"], ("\n".join([head, *dep.args]) + "\n").encode())],
+                      "the llama-server deployment", backup=True)
     except OSError as e:
         raise BadInput(f"cannot write the llama-server deployment {files['args']}: "
                        f"{e.strerror or e}") from None

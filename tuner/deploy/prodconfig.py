@@ -13,8 +13,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
-from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from tuner.deploy.service import (
 )
 from tuner.errors import BadInput
 from tuner.evidence.effective import check_effective, trial_settings
+from tuner.machine.output import replace_files, target_of
 from tuner.results.breakdown import TokenBreakdown
 from tuner.results.records import (
     FinalistReport,
@@ -253,17 +252,19 @@ def write_production(record: TrialRecord, out: Path, *, model_path: str, results
                               **(extra or {})})
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        backups = _replace_atomically([(side, side_text.encode()),
-                                       (env_file_path(out), render_env_file(env).encode()),
-                                       (out, text.encode())])
+        written = replace_files([(side, side_text.encode()),
+                                 (env_file_path(out), render_env_file(env).encode()),
+                                 (out, text.encode())], "the production config", backup=True)
     except OSError as e:
         raise BadInput(f"cannot write the production config {out}: "
                        f"{e.strerror or e}") from None
-    return WrittenConfig(path=out, sidecar=side, backup=backups[out],
+    return WrittenConfig(path=out, sidecar=side, backup=written[-1][1],
                          env_file=env_file_path(out))
 
 
 def check_out(out: Path) -> None:
+    """The production config path and the files written beside it: regular files (or links
+    to them) in a folder, checked before any trial."""
     if out.is_dir():
         raise BadInput(f"production config path {out} is a directory")
     if out.suffix not in YAML_SUFFIXES:
@@ -274,85 +275,6 @@ def check_out(out: Path) -> None:
             if not parent.is_dir():
                 raise BadInput(f"cannot write {out}: {parent} is not a directory")
             break
-
-
-def _replace_atomically(files: list[tuple[Path, bytes]]) -> dict[Path, Path | None]:
-    """Write each ``(target, data)`` by rename, in order, once every temp file is whole; an
-    existing target is first kept as ``target.bak`` (itself replaced by rename). Returns each
-    target's backup path, or None where there was nothing to keep."""
-    temps: list[str] = []
-    backups: dict[Path, Path | None] = {}
-    done: list[Path] = []
-    try:
-        for target, data in files:
-            temps.append(_write_temp(target, data))
-        backups = {target: _backup(target) if target.exists() else None for target, _ in files}
-        for (target, _), tmp in zip(files, temps):
-            os.replace(tmp, target)
-            done.append(target)
-    except BaseException:
-        for tmp in temps:
-            with suppress(OSError):
-                os.unlink(tmp)
-        for target in done:  # put back what was already replaced: all files or none
-            _restore(target, backups[target])
-        raise
-    for folder in dict.fromkeys(target.parent for target, _ in files):
-        _fsync_dir(folder)
-    return backups
-
-
-def _write_temp(target: Path, data: bytes) -> str:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _backup(target: Path) -> Path:
-    """Keep ``target`` as ``target.bak``: a hard link renamed into place (a copy where links are
-    not supported), so the backup is always whole."""
-    bak = target.with_name(target.name + ".bak")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{bak.name}.", suffix=".tmp")
-    os.close(fd)
-    os.unlink(tmp)
-    try:
-        try:
-            os.link(target, tmp)
-        except OSError:
-            tmp = _write_temp(bak, target.read_bytes())
-        os.replace(tmp, bak)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return bak
-
-
-def _restore(target: Path, backup: Path | None) -> None:
-    """Best effort: bring back ``target`` as it was before this write (absent if it was)."""
-    with suppress(OSError):
-        if backup is None:
-            os.unlink(target)
-            return
-        tmp = _write_temp(target, backup.read_bytes())
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            os.unlink(tmp)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    for path in (out, sidecar_path(out), env_file_path(out)):
+        real = target_of(path, "the production config")
+        target_of(real.with_name(real.name + ".bak"), "the production config")

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from tuner.errors import TunerError
 from tuner.evidence.placement import expect, parse_load_log, verify
+from tuner.machine.children import orphan_safe_args, run_orphan_safe
 from tuner.results.records import ServedFigures, Stat, widest_spread
 from tuner.results.trialrecord import UNSTABLE_SPREAD
 from tuner.specs import TrialSpec
@@ -48,8 +49,9 @@ def run_child(job: PromptsJob | ServedMeasureJob | BreakdownJob, timeout_s: floa
     with tempfile.TemporaryDirectory(prefix="tuner-served-") as tmp:
         log_path = str(Path(tmp) / "served.log")
         conn, child = SPAWN.Pipe()
-        proc = SPAWN.Process(target=target,
-                             args=(child, job.model_dump(mode="json"), log_path),
+        proc = SPAWN.Process(target=run_orphan_safe,  # ends with the command, even a SIGKILLed one
+                             args=orphan_safe_args(target, child,
+                                                   job.model_dump(mode="json"), log_path),
                              daemon=True, name="tuner-served")
         proc.start()
         child.close()

@@ -7,10 +7,13 @@ import hashlib
 import json
 import os
 import platform
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import tuner
+from tuner.errors import BadInput
+from tuner.machine.output import write_file
 from tuner.results.claims import host
 from tuner.results.records import Environment
 from tuner.worker.protocol import WorkerInfo
@@ -42,12 +45,8 @@ def model_sha256(path: Path, cache_dir: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     known[key] = h.hexdigest()
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, cache)
-    except OSError:
-        pass
+    with suppress(OSError, BadInput):  # a cache: not kept when it cannot be written
+        write_file(cache, json.dumps(known).encode(), "the model hash cache")
     return known[key]
 
 

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from tuner.errors import BadInput, EnvironmentUnfit
+from tuner.machine.output import target_of
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -43,6 +44,7 @@ def check_output_path(path: Path) -> None:
     if p.is_dir():
         raise BadInput(f"cannot write the report to {p}: it is a directory",
                        "give a file name, e.g. -o report.html")
+    p = target_of(p, "the report")  # a device, FIFO or socket refused; a link's target checked
     parent = p.absolute().parent
     if not parent.is_dir():
         what = "is not a directory" if parent.exists() else "does not exist"

@@ -1,16 +1,15 @@
 """What a report reads and where it writes: one study's trial records with its finalist report
 and drift records (either optional), found by name in a storage (tuner/results/studystore.py) or, read
 only, at a path (a JSONL export, or a results folder of an older version holding trials.jsonl),
-and the report file written whole (temp file, fsync, rename) after the output path is checked."""
+and the report file written whole (tuner/machine/output.py) after the output path is checked."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuner.deploy.prodconfig import _write_temp
 from tuner.errors import BadInput
+from tuner.machine.output import write_file
 from tuner.machine.writable import check_output_path
 from tuner.results.records import FinalistReport, TrialRecord, WorkerDrift
 from tuner.results.store import (
@@ -38,14 +37,14 @@ class StudyData:
 
 
 def _found(storage: str) -> str:
-    return ", ".join(list_studies(storage)) or "none"
+    return ", ".join(list_studies(storage, read_only=True)) or "none"
 
 
 def load_study(storage: str, study: str) -> StudyData:
     """One study by name; bad input (with the studies found) when it is not there. A study an
     older version began beside a SQLite storage keeps its trials.jsonl records (and finalists
     and drift) in ``<folder of the database>/<study>/``: they are read too, read only."""
-    store = open_study(storage, check_study_name(study))
+    store = open_study(storage, check_study_name(study), read_only=True)
     if store is None:
         raise BadInput(f"no study {study!r} in {storage} (found: {_found(storage)})")
     return _data(store)
@@ -87,7 +86,7 @@ def resolve_study(spec: str, storage: str) -> StudyData:
     p = Path(spec)
     if p.is_file() or (p.is_dir() and (p / TRIALS).is_file()):
         return load_path(p)
-    if STUDY_NAME.match(spec) and (store := open_study(storage, spec)) is not None:
+    if STUDY_NAME.match(spec) and (store := open_study(storage, spec, read_only=True)) is not None:
         return _data(store)
     raise BadInput(f"no study {spec!r}: not a study in {storage} (found: {_found(storage)}) "
                    "nor a JSONL file or a folder holding trials.jsonl")
@@ -97,10 +96,10 @@ def studies_to_show(storage: str, study: str | None) -> list[StudyData]:
     """The named study (or the one at a path), or every study of ``storage``; bad input when
     there is none."""
     if study:  # with the study's siblings for other GPU models (tuner/search/planner.py)
-        siblings = [n for n in list_studies(storage) if n.startswith(study + GPU_SEP)] \
+        siblings = [n for n in list_studies(storage, read_only=True) if n.startswith(study + GPU_SEP)] \
             if STUDY_NAME.match(study) else []
         return [resolve_study(study, storage), *(load_study(storage, n) for n in siblings)]
-    names = list_studies(storage)
+    names = list_studies(storage, read_only=True)
     if not names:
         raise BadInput(f"no sweep results in {storage}; run `tuner sweep --model FILE` first")
     return [load_study(storage, n) for n in names]
@@ -112,7 +111,6 @@ def write_output(path: Path, data: str | bytes) -> None:
     p = Path(path)
     blob = data.encode() if isinstance(data, str) else data
     try:
-        tmp = _write_temp(p, blob)
-        os.replace(tmp, p)
+        write_file(p, blob, "the report")
     except OSError as e:
         raise BadInput(f"cannot write the report to {p}: {e.strerror or e}") from None

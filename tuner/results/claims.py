@@ -22,25 +22,25 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tuner.machine import envvars
 from tuner.results.races import is_creation_race
 
 
 def heartbeat_s() -> float:
-    """Seconds between a sweep's heartbeats (TUNER_HEARTBEAT_S, default 5; read when used, as
-    every setting from the environment is)."""
-    return float(os.environ.get("TUNER_HEARTBEAT_S", "5"))
+    """Seconds between a sweep's heartbeats (TUNER_HEARTBEAT_S, tuner/machine/envvars.py)."""
+    return envvars.current().heartbeat_s
 
 
 def stale_s() -> float:
-    """Seconds of silence after which a claim's owner counts as gone (TUNER_STALE_S, 60)."""
-    return float(os.environ.get("TUNER_STALE_S", "60"))
+    """Seconds of silence after which a claim's owner counts as gone (TUNER_STALE_S)."""
+    return envvars.current().stale_s
 
 
 def host() -> str:
     """The name this host's claims carry. A claim of the same name is judged by its pid as well
     as its heartbeat, so machines (or containers with their own pid namespaces) that share a
     hostname must be told apart by TUNER_HOST; the tests also use it to play a second host."""
-    return os.environ.get("TUNER_HOST") or socket.gethostname()
+    return envvars.current().host or socket.gethostname()
 
 CONFIG_PREFIX = "config:"  # rows that let one sweep at a time write a production config
 

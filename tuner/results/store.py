@@ -4,15 +4,18 @@ The study's state lives in optuna's storage (tuner/results/studystore.py). JSONL
 (``tuner report --format jsonl -o FILE``) and the layout of results folders written by older
 versions (``<results>/<study>/trials.jsonl`` with ``finalists.json`` and ``drift.jsonl``).
 Both stay readable, read-only, so studies from other machines can be compared and old results
-reported: a line that is torn (no newline) or not a record is skipped, never fatal."""
+reported: a line that is torn (no newline) or not a record is skipped and counted in a note,
+a file with no record at all is refused."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -26,6 +29,7 @@ TRIALS = "trials.jsonl"  # the file name older versions wrote records to
 FINALISTS = "finalists.json"
 DRIFT = "drift.jsonl"
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 def check_study_name(name: str) -> str:
@@ -69,8 +73,19 @@ def check_disk(folder: Path, need: int = 256 * 1024) -> None:
 
 
 def _lines(path: Path, model: type[M]) -> list[M]:
-    """Every whole, valid line of ``path`` as ``model``; [] when the file is absent."""
-    out: list[M] = []
+    """Every whole, valid line of ``path`` as ``model`` (see _parsed)."""
+    what = "trial record" if model is TrialRecord else "record"
+    return _parsed(path, model.model_validate, what)
+
+
+def _parsed(path: Path, parse: Callable[[Any], T], what: str) -> list[T]:
+    """Every whole line of ``path`` that ``parse`` takes; [] when the file is absent. Lines
+    that are not one (hand-edited junk, a cut last line) are skipped and counted in one note on
+    stderr; a file with such lines and no valid one (``/etc/passwd``, a binary file) is bad
+    input, never an empty study."""
+    out: list[T] = []
+    bad: list[int] = []
+    torn = False
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -78,25 +93,30 @@ def _lines(path: Path, model: type[M]) -> list[M]:
     except OSError as e:
         raise BadInput(f"cannot read {path}: {e.strerror}") from None
     with f:
-        for raw in f:
+        for number, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
-                break  # torn last line: a writer was killed mid-append
+                torn = True  # torn last line: a writer was killed mid-append
+                break
             try:
-                out.append(model.model_validate(json.loads(raw)))
+                out.append(parse(json.loads(raw)))
             except (ValueError, ValidationError):
-                continue
+                bad.append(number)
+    if (bad or torn) and not out:
+        first = bad[0] if bad else 1
+        raise BadInput(f"{path} holds no tuner {what} (line {first} is not one)",
+                       hint="give a JSONL export written by `tuner report --format jsonl -o`")
+    if bad or torn:
+        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        parts = ([f"{len(bad)} line(s) that are not a tuner {what} (line {shown})"]
+                 if bad else []) + (["a cut last line"] if torn else [])
+        print(f"note: {path}: skipped {' and '.join(parts)}; read {len(out)} record(s)",
+              file=sys.stderr, flush=True)
     return out
 
 
 def read_jsonl(path: Path) -> list[TrialRecord]:
     """The records of a JSONL export, once each (the first of any repeated trial_id)."""
-    seen: set[str] = set()
-    out = []
-    for rec in _lines(Path(path), TrialRecord):
-        if rec.trial_id not in seen:
-            seen.add(rec.trial_id)
-            out.append(rec)
-    return out
+    return read_export(path)[0]
 
 
 # Lines of an export that are not trial records: one key naming what the line holds.
@@ -119,17 +139,25 @@ def export_jsonl(records: list[TrialRecord], finalists: FinalistReport | None = 
 
 def read_export(path: Path) -> tuple[list[TrialRecord], FinalistReport | None,
                                      list[WorkerDrift]]:
-    """A JSONL export read back: its records (once each), and the finalist report and drift
-    records of their study (an export of several studies is read as its first record's)."""
-    records = read_jsonl(path)
+    """A JSONL export read back in one pass: its records (once each, the first of any repeated
+    trial_id), and the finalist report and drift records of their study (an export of several
+    studies is read as its first record's). A line that is none of these is counted once."""
+    items = _parsed(Path(path), _export_item, "trial record")
+    records: list[TrialRecord] = []
+    seen: set[str] = set()
+    for item in items:
+        if isinstance(item, TrialRecord) and item.trial_id not in seen:
+            seen.add(item.trial_id)
+            records.append(item)
     study = records[0].study if records else None
     finalists: FinalistReport | None = None
     drifts: list[WorkerDrift] = []
-    for line in _lines(Path(path), _ExportLine):
-        if line.finalist_report is not None and study in (None, line.finalist_report.study):
-            finalists = line.finalist_report
-        if line.worker_drift is not None and study in (None, line.worker_drift.study):
-            drifts.append(line.worker_drift)
+    for item in items:
+        if isinstance(item, _ExportLine):
+            if item.finalist_report is not None and study in (None, item.finalist_report.study):
+                finalists = item.finalist_report
+            if item.worker_drift is not None and study in (None, item.worker_drift.study):
+                drifts.append(item.worker_drift)
     return records, finalists, drifts
 
 
@@ -140,6 +168,15 @@ class _ExportLine(BaseModel):
 
     finalist_report: FinalistReport | None = None
     worker_drift: WorkerDrift | None = None
+
+
+def _export_item(data: Any) -> TrialRecord | _ExportLine:
+    """One export line: a ``{"finalist_report": ...}`` or ``{"worker_drift": ...}`` line, else
+    a trial record (ValueError or ValidationError when it is neither)."""
+    if isinstance(data, dict) and len(data) == 1 and next(iter(data)) in (FINALISTS_LINE,
+                                                                            DRIFT_LINE):
+        return _ExportLine.model_validate(data)
+    return TrialRecord.model_validate(data)
 
 
 def legacy_records(results_dir: Path, study: str) -> list[TrialRecord]:

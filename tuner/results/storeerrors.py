@@ -53,13 +53,23 @@ def _file_key(url: str) -> tuple[str, int, int, int, int] | None:
     return (url, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) if st is not None else None
 
 
-def open_storage(url: str) -> Storage:
+def open_storage(url: str, *, read_only: bool = False) -> Storage:
     """The storage for ``url``, created if new. Races between processes creating the same
     database (``IntegrityError ... alembic_version``, ``database is locked``, ``table already
     exists``, a deadlock between two servers' DDL) are retried; anything else becomes a
-    TunerError."""
+    TunerError. ``read_only`` (a report): nothing is written, no schema is made, a SQLite file
+    is opened in SQLite's read-only mode and must already be an optuna database, a journal's
+    cut last record is left where it is."""
     check_url(url)
     key = _file_key(url)
+    if read_only:
+        ro_key = None if key is None else ("ro:" + key[0], *key[1:])
+        if ro_key is not None and (opened := _OPENED.get(ro_key)) is not None:
+            return opened
+        storage = _open_read_only(url)
+        if ro_key is not None:
+            _OPENED[ro_key] = storage
+        return storage
     if key is not None and (opened := _OPENED.get(key)) is not None:
         return opened
     for attempt in range(RETRIES):
@@ -76,6 +86,51 @@ def open_storage(url: str) -> Storage:
                 continue
             raise storage_error(e, url) from None
     raise AssertionError("unreachable")
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _open_read_only(url: str) -> Storage:
+    """``open_storage(url, read_only=True)``."""
+    path = sqlite_path(url)
+    where = path or journal_path(url) or shown(url)
+    try:
+        if url.startswith(JOURNAL):
+            return open_journal(url, repair=False)
+        opened = url
+        if path is not None:
+            _check_sqlite_file(path)
+            opened = f"sqlite:///file:{path.absolute()}?mode=ro&uri=true"
+        return optuna.storages.RDBStorage(opened, engine_kwargs=engine_kwargs(opened),
+                                          skip_table_creation=True)
+    except Exception as e:  # noqa: BLE001 - every failure is classified below
+        text = str(getattr(e, "__cause__", None) or e)
+        if "no such table" in text:
+            raise BadInput(f"storage {where} is not an optuna database (it has no optuna "
+                           "tables)", hint="give the --storage or --results a sweep wrote"
+                           ) from None
+        if "readonly database" in text:  # optuna would finish its schema: a sweep was stopped
+            raise BadInput(f"storage {where} holds no study yet (a sweep was stopped while it "
+                           "created the database)", hint="run the sweep again") from None
+        raise storage_error(e, url) from None
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """A file a report reads must be a SQLite database: an empty one, or any other file, is
+    refused as it is, never given a schema."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as e:
+        raise BadInput(f"cannot read storage {path}: {e.strerror or e}") from None
+    if not head:
+        raise BadInput(f"storage {path} is an empty file, not an optuna database",
+                       hint="give the --storage or --results a sweep wrote (a sweep fills "
+                            "an empty file)")
+    if head != SQLITE_MAGIC:
+        raise BadInput(f"storage {path} is not a SQLite database",
+                       hint="give the --storage or --results a sweep wrote")
 
 
 def engine_kwargs(url: str) -> dict[str, object]:

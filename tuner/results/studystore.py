@@ -151,23 +151,23 @@ def decode(value: Any, study_attrs: dict[str, Any]) -> TrialRecord | None:
         return None
 
 
-def _open_existing(url: str) -> Storage | None:
-    return open_storage(url) if _exists(url) else None
+def _open_existing(url: str, read_only: bool) -> Storage | None:
+    return open_storage(url, read_only=read_only) if _exists(url) else None
 
 
-def list_studies(url: str) -> list[str]:
+def list_studies(url: str, *, read_only: bool = False) -> list[str]:
     """The tuner studies of a storage (those a sweep set its identity on), sorted; [] when the
-    storage's SQLite file does not exist."""
-    storage = _open_existing(url)
+    storage's SQLite file does not exist. ``read_only``: opened for reading only (a report)."""
+    storage = _open_existing(url, read_only)
     if storage is None:
         return []
     studies = _guard(url, storage.get_all_studies)
     return sorted(s.study_name for s in studies if IDENTITY in s.user_attrs)
 
 
-def open_study(url: str, name: str) -> StudyStore | None:
+def open_study(url: str, name: str, *, read_only: bool = False) -> StudyStore | None:
     """The study ``name`` of the storage at ``url``, or None when there is none."""
-    storage = _open_existing(url)
+    storage = _open_existing(url, read_only)
     if storage is None:
         return None
     try:

@@ -23,6 +23,7 @@ import threading
 from typing import TextIO
 
 from tuner.errors import BadInput
+from tuner.machine.children import popen_kwargs
 
 _GPU_ID = re.compile(r"^(\d+|GPU-[0-9A-Fa-f-]+)$")  # a CUDA index or a GPU UUID
 
@@ -76,7 +77,8 @@ def run_per_gpu(args: list[str], gpus: list[str]) -> int:
     for g in gpus:
         p = subprocess.Popen([sys.executable, "-m", "tuner", *args],
                              env={**os.environ, **gpu_env(g)}, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, bufsize=1)
+                             stderr=subprocess.STDOUT, text=True, bufsize=1,
+                             **popen_kwargs(signal.SIGTERM))  # hands back its trial
         procs.append(p)
         assert p.stdout is not None
         t = threading.Thread(target=_pump, args=(p.stdout, f"gpu {g:<{width}} | ", sys.stdout,

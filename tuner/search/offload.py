@@ -9,11 +9,11 @@ teaches the search like an out-of-memory at load, at no cost."""
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.errors import EnvironmentUnfit, TunerError
+from tuner.machine import envvars
 from tuner.models import memplan
 from tuner.models.memplan import MIB, Budget, Context, MemoryPlan
 from tuner.results.readings import TrialState
@@ -21,8 +21,7 @@ from tuner.specs import TrialSpec, Workload
 from tuner.worker import gpumem
 from tuner.worker.outcome import Outcome
 
-# FAKE: the host's available memory in MiB, for tests (read before /proc/meminfo).
-FAKE_HOST_ENV = "TUNER_FAKE_HOST_AVAILABLE_MIB"
+FAKE_HOST_ENV = envvars.VARS["fake_host_available_mib"].name  # FAKE (tests): never on a real run
 # The layer counts searched: the most that fit (per cache type) and these many below it (the
 # host's share of the work changes what is fastest).
 BELOW_BOUNDARY = (0, 2, 4)
@@ -71,8 +70,9 @@ def search_layers(plan: MemoryPlan) -> tuple[int, ...]:
 def host_available_mib() -> float | None:
     """MemAvailable of /proc/meminfo in MiB (``TUNER_FAKE_HOST_AVAILABLE_MIB`` FAKE for
     tests), or None where there is none."""
-    if fake := os.environ.get(FAKE_HOST_ENV):
-        return float(fake)
+    fake = envvars.current().fake_host_available_mib  # FAKE (tests): before /proc/meminfo
+    if fake is not None:
+        return fake
     try:
         with open("/proc/meminfo") as f:
             for line in f:

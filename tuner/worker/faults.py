@@ -15,15 +15,15 @@ import signal
 import time
 from typing import Any
 
-KINDS = ("abort", "segfault", "hang", "exit", "sigkill", "oom", "amx", "raise")
+from tuner.machine import envvars
+from tuner.machine.envvars import FAULT_KINDS
+
+KINDS = FAULT_KINDS
 
 
 def maybe_inject(stage: str, settings: dict[str, Any] | None = None, log: Any = None) -> None:
-    spec = os.environ.get("TUNER_FAULTS", "")
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        kind, _, rest = item.partition("@")
-        where, _, cond = rest.partition(":")
-        if where != stage or kind not in KINDS:
+    for kind, where, cond in envvars.current().faults:
+        if where != stage:
             continue
         if cond:
             field, _, value = cond.partition("=")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from tuner.machine import envvars
+
 # NVML's clock-event reasons that mean the GPU ran slower than it could. GpuIdle, the
 # application/user clock settings, display and sync boost are not slowdowns.
 THROTTLE_REASONS: dict[str, str] = {
@@ -124,17 +126,15 @@ class GpuMonitor:
         return v.decode() if isinstance(v, bytes) else v
 
 
-# FAKE: a GPU free-memory figure in MiB for tests of the memory plan on machines without a GPU
-# (CI). Read by free_mib() before NVML; never set it on a real run.
-FAKE_FREE_ENV = "TUNER_FAKE_GPU_FREE_MIB"
+FAKE_FREE_ENV = envvars.VARS["fake_gpu_free_mib"].name  # FAKE (tests): never set on a real run
 
 
 def free_mib(cuda_index: int = 0) -> float | None:
     """The GPU's free memory now (NVML; no CUDA context is made), or None without a GPU.
     ``TUNER_FAKE_GPU_FREE_MIB`` (FAKE, tests only) replaces the reading."""
-    fake = os.environ.get(FAKE_FREE_ENV)
-    if fake:
-        return float(fake)
+    fake = envvars.current().fake_gpu_free_mib  # FAKE (tests): before NVML
+    if fake is not None:
+        return fake
     try:
         import pynvml
 
@@ -170,7 +170,7 @@ def children_mib(cuda_index: int = 0) -> float | None:
     trial replaces), from NVML's process list; 0 with a FAKE free figure or without a driver.
     None when it cannot be told: NVML lists pids this process cannot see (a container's own
     pid namespace) or none while children run, so a caller must not count on the figure."""
-    if os.environ.get(FAKE_FREE_ENV):
+    if envvars.current().fake_gpu_free_mib is not None:
         return 0.0
     try:
         import pynvml

@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from pydantic import TypeAdapter
 
+from tuner.machine.children import orphan_safe_args, run_orphan_safe
 from tuner.machine.interrupt import sigint_deferred
 from tuner.results.readings import TrialState
 from tuner.specs import ModelSettings, TrialSpec, Workload
@@ -92,7 +93,9 @@ class _Worker:
     def __init__(self, job: WorkerJob) -> None:
         self.job = job
         self.conn, child = SPAWN.Pipe()
-        self.proc = SPAWN.Process(target=worker_main, args=(child, job.model_dump(mode="json")),
+        self.proc = SPAWN.Process(target=run_orphan_safe,  # ends with the sweep, even a SIGKILLed one
+                                  args=orphan_safe_args(worker_main, child,
+                                                        job.model_dump(mode="json")),
                                   daemon=True, name="tuner-worker")
         with sigint_deferred():  # a Ctrl-C is the parent's to handle; it kills its workers
             self.proc.start()
