@@ -149,6 +149,6 @@ def test_report_on_a_database_a_killed_sweep_left_half_made(tmp_path: Path) -> N
     engine.dispose()
     before = db.read_bytes()
     proc = tuner("report", "--results", tmp_path / "results")
-    assert proc.returncode == 2 and "holds no study yet" in one_line_error(proc)
+    assert proc.returncode == 2 and "a sweep was stopped while it created" in one_line_error(proc)
     assert f"storage {db} " in one_line_error(proc)
     assert db.read_bytes() == before

@@ -110,9 +110,11 @@ def _open_read_only(url: str) -> Storage:
             raise BadInput(f"storage {where} is not an optuna database (it has no optuna "
                            "tables)", hint="give the --storage or --results a sweep wrote"
                            ) from None
-        if "readonly database" in text:  # optuna would finish its schema: a sweep was stopped
-            raise BadInput(f"storage {where} holds no study yet (a sweep was stopped while it "
-                           "created the database)", hint="run the sweep again") from None
+        if "readonly database" in text:  # optuna would write: finish a schema, roll back
+            raise BadInput(f"storage {where} cannot be read without writing to it: a sweep "
+                           "was stopped while it created or wrote the database",
+                           hint="run the sweep again: it completes or rolls back what the "
+                                "stopped one left") from None
         raise storage_error(e, url) from None
 
 
