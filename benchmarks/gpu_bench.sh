@@ -102,6 +102,7 @@ fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python instal
   done
   local s=$SECONDS
   CMAKE_BUILD_PARALLEL_LEVEL=$JOBS CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH" \
+    CFLAGS="$(python3 tuner/builds/cpuflags.py)" CXXFLAGS="$(python3 tuner/builds/cpuflags.py)" \
     python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site \
     "$SDIST" > "$BENCH/install.log" 2>&1 || { phase "FAILED install"; tail -20 "$BENCH/install.log"; return 1; }
   echo "CUDA llama-cpp-python installed in $((SECONDS - s)) s" | tee -a "$BENCH/install.log"

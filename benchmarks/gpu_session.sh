@@ -43,6 +43,7 @@ setup() {
     > "$BENCH/out/gpu.txt"; nproc >> "$BENCH/out/gpu.txt"
   local s=$SECONDS pids=()
   (CMAKE_BUILD_PARALLEL_LEVEL=12 CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH" \
+    CFLAGS="$(python3 tuner/builds/cpuflags.py)" CXXFLAGS="$(python3 tuner/builds/cpuflags.py)" \
     python3 -m pip install -q --upgrade --no-deps --no-build-isolation --no-index \
     --target /tmp/site "$SDIST" > "$BENCH/install.log" 2>&1
    echo "exit $? after $((SECONDS - s)) s" >> "$BENCH/install.log") &

@@ -59,6 +59,7 @@ run() {
   local gen_pid=$! s=$SECONDS
   if ! python3 -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" 2>/dev/null; then
     CMAKE_BUILD_PARALLEL_LEVEL=$JOBS CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH" \
+    CFLAGS="$(python3 tuner/builds/cpuflags.py)" CXXFLAGS="$(python3 tuner/builds/cpuflags.py)" \
       python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site \
       "$SDIST" > "$BENCH/install.log" 2>&1 || { phase "FAILED install"; tail -20 "$BENCH/install.log"; return 1; }
   fi
