@@ -124,17 +124,20 @@ class running_server:
             self.proc.wait(timeout=15)
 
 
-def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float) -> None:
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float,
+               endpoint: str = "/v1/models", what: str = "the server") -> None:
+    """Until ``endpoint`` answers 200 (``what``: the server's name in the error); the server's
+    exit or a timeout is one line with its log's last statements."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise EnvironmentUnfit(f"the server exited with status {proc.returncode} before "
+            raise EnvironmentUnfit(f"{what} exited with status {proc.returncode} before "
                                    f"answering: {_tail(log_path)}", hint=f"its log: {log_path}")
         with suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{endpoint}", timeout=2).status_code == 200:
                 return
         time.sleep(0.3)
-    raise EnvironmentUnfit(f"the server did not answer within {timeout_s:.0f} s: "
+    raise EnvironmentUnfit(f"{what} did not answer within {timeout_s:.0f} s: "
                            f"{_tail(log_path)}", hint=f"its log: {log_path}")
 
 

@@ -20,16 +20,13 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import time
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from tuner.builds.catalog import discover_builds, installed_version
-from tuner.deploy.httpserve import free_port, measure_http
+from tuner.deploy.httpserve import free_port, measure_http, wait_ready
 from tuner.deploy.prodconfig import YAML_SUFFIXES, _render_json
 from tuner.deploy.served import check_placement
 from tuner.deploy.service import render_env_file, service_env
@@ -232,24 +229,7 @@ class running:
 def wait_healthy(proc: subprocess.Popen[bytes], url: str, log_path: Path,
                  timeout_s: float) -> None:
     """Until ``/health`` answers 200 (503 while the model loads)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise EnvironmentUnfit(f"llama-server exited with status {proc.returncode} before "
-                                   f"answering: {log_tail(log_path)}",
-                                   hint=f"its log: {log_path}")
-        with suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise EnvironmentUnfit(f"llama-server did not answer within {timeout_s:.0f} s: "
-                           f"{log_tail(log_path)}", hint=f"its log: {log_path}")
-
-
-def log_tail(log_path: Path, n: int = 3) -> str:
-    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()
-             if ln.strip()]
-    return " | ".join(lines[-n:]) or "(no output)"
+    wait_ready(proc, url, log_path, timeout_s, endpoint="/health", what="llama-server")
 
 
 def measure(url: str, model_path: str, workload: Workload, prompt_env: dict[str, str],

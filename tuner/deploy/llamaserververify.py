@@ -28,6 +28,7 @@ from tuner.deploy.llamaserver import (
     with_port,
 )
 from tuner.deploy.service import read_env_file, service_env
+from tuner.deploy.sidecar import check_url
 from tuner.deploy.verify import (
     VerifyResult,
     _build_diff,
@@ -83,6 +84,7 @@ def run_verify(path: Path, *, url: str | None = None, port: int | None = None,
                tolerance: float = 0.10, requests: int = 5,
                timeout_s: float = 300) -> VerifyResult:
     """Verify the llama-server deployment at ``path``; see the module docstring."""
+    url = check_url(url) if url is not None else None
     dep = load(path)
     prompt_env = service_env(dep.spec, dep.lib_dir)
     side: dict[str, Any] = {"served": dep.served.model_dump(mode="json") if dep.served else None,
