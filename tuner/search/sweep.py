@@ -285,7 +285,10 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     # the default space of a model that does not fit whole (tuner/search/offload.py).
     fit, fit_lines = offload.prepare(Path(info.path), wl, opts.max_vram_mib) \
         if opts.device == "cuda" else (None, [])
-    for line in fit_lines:
+    # A plan is said first; its absence (no GPU reading) once the builds are probed, so that a
+    # machine that cannot run a CUDA sweep at all hears only why (one error line).
+    later = [] if fit is not None else fit_lines
+    for line in fit_lines if fit is not None else []:
         events.note(line)
     budget = offloadbudget.choose(fit is not None and fit.partial, opts.offload_budget_s,
                                   opts.explicit)
@@ -312,6 +315,8 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         to_make = builds_to_make(probes) if opts.build_missing and space_file is None else []
         probes = _without_redundant_builds(probes, space_file is not None, events,
                                            building=bool(to_make))
+        for line in later:
+            events.note(line)
         if opts.device == "cpu":
             for p in probes.values():
                 if has_amx(p.hello.system_info or ""):
