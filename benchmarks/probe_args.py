@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tuner.results.trialrecord import measurement
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 from tuner.worker.protocol import Measured
+from tuner.worker.trialrecord import measurement
 
 
 def probe_parser(doc: str) -> argparse.ArgumentParser:
