@@ -7,7 +7,7 @@ attention and KV types, one llama-bench process per setting and test.
 
 One llama-bench process is no 3% reference for a prompt of tens of milliseconds: fresh
 processes of the same config differ in prompt speed by up to 8%, and some run whole at half
-speed (run 5, benchmarks/process_spread.py). So the configs that the checks compare (the
+speed (run 5, docs/benchmarks/probes/process_spread.py). So the configs that the checks compare (the
 tuner's top 10, the tuner's choice and llama-bench's own best 3) get ``--procs`` fresh processes
 per test in all, interleaved, and their reference is the median over processes of each
 process's median (a slow process counts once, not as the reference). The tuner's top 10 and

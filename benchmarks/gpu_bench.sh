@@ -12,10 +12,10 @@
 # POLL_PROBE="2048/1024/0 ..." (with NO_SWEEP=1): llama-bench's pp2048 at --poll 50 and 0.
 # FRESH=1: issue 11's fresh machine: the CUDA llama-cpp-python installed from the sdist (not
 # timed), then `tuner sweep --model M` with defaults, timed, building its own kernel variants.
-# SPIN_PROBE=1 (with FRESH=1): before the sweep, benchmarks/spin_probe.py on each model.
-# PHASES=1 (with FRESH=1): before the sweep, benchmarks/worker_phases.py and
-# benchmarks/fork_probe.py on each model;
-# SHARED_PROBE=1 (with FRESH=1): before the sweep, benchmarks/shared_rounds.py on each model;
+# SPIN_PROBE=1 (with FRESH=1): before the sweep, docs/benchmarks/probes/spin_probe.py on each model.
+# PHASES=1 (with FRESH=1): before the sweep, docs/benchmarks/probes/worker_phases.py and
+# docs/benchmarks/probes/fork_probe.py on each model;
+# SHARED_PROBE=1 (with FRESH=1): before the sweep, docs/benchmarks/probes/shared_rounds.py on each model;
 # NO_SWEEP=1 with FRESH=1 stops there.
 # GRID_COMPARE=1: per model, after the default sweep and its llama-bench pass, the exhaustive
 # grid sweep and benchmarks/search_compare.py (issue 11's 98% / 25% goal).
@@ -121,16 +121,16 @@ fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python instal
   if [ -n "${SPIN_PROBE:-}" ]; then  # CPU burnt per second of generation, threads spinning or asleep
     for m in $MODELS; do
       phase "spin probe $m"
-      python3 benchmarks/spin_probe.py --model "$(path_of "$m")" --out "$BENCH/out/spin-${m/:/-}.json" \
+      python3 docs/benchmarks/probes/spin_probe.py --model "$(path_of "$m")" --out "$BENCH/out/spin-${m/:/-}.json" \
         > "$BENCH/out/spin-${m/:/-}.txt" 2>&1
     done
   fi
-  if [ -n "${PHASES:-}" ]; then  # where a fresh worker's seconds go (benchmarks/worker_phases.py)
+  if [ -n "${PHASES:-}" ]; then  # where a fresh worker's seconds go (docs/benchmarks/probes/worker_phases.py)
     for m in $MODELS; do
       phase "worker phases $m"
-      python3 benchmarks/worker_phases.py --model "$(path_of "$m")" \
+      python3 docs/benchmarks/probes/worker_phases.py --model "$(path_of "$m")" \
         --out "$BENCH/out/phases-${m/:/-}.json" > "$BENCH/out/phases-${m/:/-}.md" 2>&1
-      python3 benchmarks/fork_probe.py --model "$(path_of "$m")" \
+      python3 docs/benchmarks/probes/fork_probe.py --model "$(path_of "$m")" \
         --out "$BENCH/out/fork-${m/:/-}.json" > "$BENCH/out/phases-fork-${m/:/-}.md" \
         2> "$BENCH/fork-${m/:/-}.log"
     done
@@ -138,7 +138,7 @@ fresh() {  # issue 11: a CUDA machine with only the CUDA llama-cpp-python instal
   if [ -n "${SHARED_PROBE:-}" ]; then  # finalists' shared rounds against one worker per config
     for m in $MODELS; do
       phase "shared rounds $m"
-      python3 benchmarks/shared_rounds.py --model "$(path_of "$m")" \
+      python3 docs/benchmarks/probes/shared_rounds.py --model "$(path_of "$m")" \
         --out "$BENCH/out/shared-${m/:/-}.json" > "$BENCH/out/shared-${m/:/-}.md" 2>&1
     done
   fi
@@ -227,7 +227,7 @@ PY
   if [ -n "${SPREAD_CONFIGS:-}" ]; then  # where a prompt figure's spread comes from
     set -- $MODELS; phase "prompt spread ${1} ($SPREAD_CONFIGS)"
     cfgs=(); for c in $SPREAD_CONFIGS; do cfgs+=(--config "$c"); done
-    python3 benchmarks/prompt_spread.py --model "$(path_of "$1")" --builds builds \
+    python3 docs/benchmarks/probes/prompt_spread.py --model "$(path_of "$1")" --builds builds \
       --build "${VARIANTS%% *}" "${cfgs[@]}" --procs "${SPREAD_PROCS:-6}" --reps "${SPREAD_REPS:-12}" \
       --pin "${SPREAD_PIN-3}" ${SPREAD_LB_EXTRA:+--lb-extra "$SPREAD_LB_EXTRA"} \
       --out "$BENCH/out/spread" > "$BENCH/spread.log" 2>&1

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,12 +24,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.cli_run import tuner  # noqa: E402
-from tests.headless import page_of  # noqa: E402
-from tests.report_data import h200_results  # noqa: E402
+from scripts.headless import page_of  # noqa: E402
 from tuner.models.modelgen import SHAPES, write_llama  # noqa: E402
 
 RUN4_7B = REPO / "docs" / "benchmarks" / "run4-h100" / "qwen2.5-7b-q4_0"
+H200_TRIALS = REPO / "docs" / "benchmarks" / "h200-trials.jsonl"
+
+
+def tuner(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuner", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True)
 
 
 def _h100_7b(results: Path) -> Path:
@@ -41,8 +46,10 @@ def _h100_7b(results: Path) -> Path:
 
 
 def _h200(results: Path) -> Path:
-    h = h200_results(results)
-    return Path(h["results"]) / h["study"]
+    """The H200 sweep's records as the JSONL export of its study, read through its path."""
+    study = json.loads(H200_TRIALS.read_text().splitlines()[0])["study"]
+    results.mkdir(parents=True)
+    return Path(shutil.copy(H200_TRIALS, results / f"{study}.jsonl"))
 
 
 EXAMPLES = {  # name -> (fill a results folder, model shape, output stem)
@@ -55,7 +62,7 @@ def make(name: str) -> int:
     fill, shape_name, stem = EXAMPLES[name]
     with tempfile.TemporaryDirectory(prefix="tuner-report-example-") as tmp:
         results = Path(tmp) / "results"
-        folder = fill(results)  # an older version's study folder, read through its path
+        folder = fill(results)  # a study's export or an older version's folder, by its path
         shape = write_llama(Path(tmp) / f"{shape_name}-shape.f16.gguf", **SHAPES[shape_name],
                             sparse=True)
         out = REPO / "docs" / f"{stem}.html"

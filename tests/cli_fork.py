@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 PRELOAD = ("tuner.cli", "tuner.search.sweep", "tuner.search.multigpu", "tuner.reports.render",
            "tuner.reports.reporting", "tuner.reports.views", "tuner.reports.overview",
            "tuner.reports.compare", "tuner.reports.exporters", "tuner.reports.roofline",
-           "tuner.deploy.verify", "tuner.deploy.servedfinal", "tuner.machine.envdoctor",
+           "tuner.deploy.verify", "tuner.deploy.servedfinal", "tuner.worker.envdoctor",
            "tuner.evidence.doctor", "tuner.machine.writable", "tuner.builds.buildmake",
            "optuna.storages._rdb.models", "alembic.command", "alembic.config",
            "alembic.migration", "alembic.script", "multiprocessing.connection",

@@ -15,7 +15,7 @@ from tuner.deploy.breakdown import http_stage, measure_breakdown
 from tuner.deploy.servedmeasure import measure_served
 from tuner.errors import BadInput
 from tuner.models.modelgen import SHAPES, numbered_pieces, write_llama
-from tuner.reports.exporters import breakdown_json, breakdown_md
+from tuner.reports.breakdowntext import breakdown_json, breakdown_md
 from tuner.results.breakdown import Stage, TokenBreakdown
 from tuner.results.records import FinalistReport, ServedFigures, Stat
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tuner.errors import CUDA_INSTALL_HINT, BadInput
+from tuner.builds.cpuflags import CUDA_INSTALL_HINT
+from tuner.errors import BadInput
 from tuner.evidence.doctor import diagnose, diagnose_file
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.cli_run import REPO, tuner
 from tests.test_builds import write_record
 from tuner.builds.catalog import _installed_lib_dir
-from tuner.machine.envdoctor import BuildCheck, _problems, _report
+from tuner.worker.envdoctor import BuildCheck, _problems, _report
 
 
 def test_cpu_only_machine_exits_3_with_the_fix(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_broken_and_unloadable_builds_are_problems_with_fixes(tmp_path: Path) ->
 
 
 def test_the_parent_never_imports_llama_cpp(tmp_path: Path) -> None:
-    code = ("import sys; from pathlib import Path; from tuner.machine.envdoctor import check_environment;"
+    code = ("import sys; from pathlib import Path; from tuner.worker.envdoctor import check_environment;"
             "r = check_environment(Path('no-builds')); "
             "print(r.exit_code, 'llama_cpp' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,

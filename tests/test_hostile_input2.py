@@ -128,7 +128,7 @@ def test_a_damaged_sidecar_is_one_line_naming_the_field(deployment: Path, tmp_pa
 
 def test_figures_of_a_generation_only_workload_are_a_valid_sidecar(deployment: Path,
                                                                    tmp_path: Path) -> None:
-    # A prompt of 0 tokens has a raw prompt speed of 0 (tuner/results/trialrecord.py).
+    # A prompt of 0 tokens has a raw prompt speed of 0 (tuner/worker/trialrecord.py).
     config = damaged(deployment, tmp_path / "d",
                      side=set_("figures", {"pp_tps": {"median": 0.0, "min": 0.0, "max": 0.0}}))
     assert read_sidecar(config.with_name("production.tuner.json")).figures is not None

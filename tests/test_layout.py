@@ -1,6 +1,6 @@
 """The package's shape: no module imports another in a circle, counting imports made inside
-functions (a lazy import that only hides a cycle is still one; type-only imports under
-``TYPE_CHECKING`` never run and do not count), and every module sits in a
+functions (a lazy import that only hides a cycle is still one), not even a type-only one under
+``TYPE_CHECKING``; no import runs back up the layers (``LAYERS``); and every module sits in a
 package by concern with a docstring that says what it holds."""
 
 from __future__ import annotations
@@ -10,6 +10,27 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tuner"
 TOP_LEVEL = {"__init__", "__main__", "cli", "errors", "settings", "specs"}  # the entry and the vocabulary every package uses
+
+# The layers as ARCHITECTURE.md draws them, bottom first: a module may import its own layer and
+# those ranked lower, never one ranked higher. search/ is the application layer for now (the
+# sweep); reports/ reads what it chose (the Pareto axes, the space) and sits above it.
+LAYERS = {
+    "tuner": 0,            # the package itself (tuner/__init__.py)
+    "tuner.errors": 1,     # the exceptions every layer raises
+    "tuner.settings": 2,   # every setting declared once
+    "tuner.specs": 3,      # what a trial asks for, derived from the settings
+    "tuner.machine": 4,    # the machine: clean child environments, CPUs, output, env variables
+    "tuner.models": 5,     # GGUF files
+    "tuner.builds": 6,     # kernel builds of llama.cpp
+    "tuner.evidence": 7,   # what llama.cpp's logs say happened
+    "tuner.results": 8,    # the records and the one store
+    "tuner.worker": 9,     # the trial worker, both sides of its pipe (runner)
+    "tuner.deploy": 10,    # the production config and the services that load it
+    "tuner.search": 11,    # the sweep (application layer) and choosing: space, planner, sampler
+    "tuner.reports": 12,   # read-only views of stored studies
+    "tuner.cli": 13,       # the command line
+    "tuner.__main__": 14,  # the entry point
+}
 
 
 def modules() -> dict[str, Path]:
@@ -21,10 +42,10 @@ def modules() -> dict[str, Path]:
 
 
 def imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """The tuner modules ``name`` imports anywhere in its file (``from a import b`` counts as
-    a.b when b is a module)."""
+    """The tuner modules ``name`` imports anywhere in its file, inside functions and under
+    ``TYPE_CHECKING`` too (``from a import b`` counts as a.b when b is a module)."""
     found = set()
-    for node in _runtime_nodes(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and not node.level:
             found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
         elif isinstance(node, ast.Import):
@@ -32,20 +53,16 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
     return {m for m in found if m in known and m != name and not name.startswith(m + ".")}
 
 
-def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node but those under ``if TYPE_CHECKING:`` (annotations only, never run)."""
-    out: list[ast.AST] = []
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        out.append(node)
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) \
-                    and child.test.id == "TYPE_CHECKING":
-                todo.extend(child.orelse)
-                continue
-            todo.append(child)
-    return out
+def rank(module: str) -> int:
+    """The layer of ``module``: that of its longest prefix in ``LAYERS``."""
+    parts = module.split(".")
+    return next(LAYERS[".".join(parts[:n])] for n in range(len(parts), 0, -1)
+                if ".".join(parts[:n]) in LAYERS)
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that runs back up the layers, as ``importer -> imported``."""
+    return [f"{a} -> {b}" for a in sorted(graph) for b in sorted(graph[a]) if rank(b) > rank(a)]
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -80,11 +97,28 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def test_no_import_cycles_even_through_lazy_imports() -> None:
+def graph() -> dict[str, set[str]]:
     mods = modules()
-    graph = {name: imports(name, path, set(mods)) for name, path in mods.items()}
-    assert sum(len(v) for v in graph.values()) > 100  # the graph was read
-    assert cycles(graph) == []
+    out = {name: imports(name, path, set(mods)) for name, path in mods.items()}
+    assert sum(len(v) for v in out.values()) > 100  # the graph was read
+    return out
+
+
+def test_no_import_cycles_even_through_lazy_or_type_only_imports() -> None:
+    assert cycles(graph()) == []
+
+
+def test_every_module_has_a_layer() -> None:
+    assert [m for m in modules() if rank(m) == 0 and m != "tuner"] == []
+
+
+def test_no_import_runs_back_up_the_layers() -> None:
+    assert upward(graph()) == []
+
+
+def test_the_layer_check_finds_an_upward_import() -> None:
+    assert upward({"tuner.worker.bench": {"tuner.search.pruning", "tuner.results.records"}}) \
+        == ["tuner.worker.bench -> tuner.search.pruning"]
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

@@ -19,11 +19,11 @@ from tests.records_factory import make_record as sample_record
 from tuner.builds.buildinfo import find_system_info
 from tuner.evidence.opplacement import parse_op_reports, report_lines
 from tuner.results.records import Environment, TrialRecord
-from tuner.results.trialrecord import make_record
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 from tuner.worker.outcome import Outcome
 from tuner.worker.protocol import Measured, Ready
 from tuner.worker.runner import Runner
+from tuner.worker.trialrecord import make_record
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "cuda-h100-sched-debug.log.gz"
 CPU = ModelSettings(device="cpu", build="installed")

@@ -17,7 +17,6 @@ from tests.cli_run import REPO
 from tuner.builds.buildinfo import BuildFlags
 from tuner.results.readings import ClockReading, GpuClocks, TrialState
 from tuner.results.records import Environment
-from tuner.results.trialrecord import make_record
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 from tuner.worker.outcome import Outcome
 from tuner.worker.protocol import (
@@ -52,6 +51,7 @@ from tuner.worker.protocol import (
     send,
 )
 from tuner.worker.runner import Runner
+from tuner.worker.trialrecord import make_record
 
 CPU = ModelSettings(device="cpu", build="installed")
 CTX = ContextSettings(n_batch=32, n_ubatch=16, n_threads=1, flash_attn=True, type_v="q8_0")
@@ -272,7 +272,7 @@ def test_an_outcome_is_complete_exactly_when_measured() -> None:
 
 
 def test_the_protocol_imports_neither_llama_cpp_nor_the_runner() -> None:
-    code = ("import sys, tuner.worker.protocol, tuner.worker.outcome, tuner.results.trialrecord; "
+    code = ("import sys, tuner.worker.protocol, tuner.worker.outcome, tuner.worker.trialrecord; "
             "print('llama_cpp' in sys.modules, 'tuner.worker.runner' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
@@ -282,7 +282,7 @@ def test_the_protocol_imports_neither_llama_cpp_nor_the_runner() -> None:
 
 
 def test_the_environment_is_made_from_the_hello_model(tmp_path: Path) -> None:
-    from tuner.evidence.environment import environment
+    from tuner.search.environment import environment
 
     model = tmp_path / "m.gguf"
     from tuner.results.claims import host

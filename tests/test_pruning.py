@@ -19,8 +19,9 @@ from tests.spaces import write_space
 from tuner.results.records import TrialState
 from tuner.results.studystore import default_storage, list_studies, records_of, require_study
 from tuner.search.planner import Planner
-from tuner.search.pruning import MIN_REPS, resolve, verdict
+from tuner.search.pruning import resolve
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
+from tuner.worker.prunerule import MIN_REPS, verdict
 from tuner.worker.runner import Runner
 
 BEST = [1.00, 1.02, 1.01]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.headless import chromium, page_of
 from tests.cli_run import tuner
-from tests.headless import chromium, page_of
 from tests.report_data import enriched_copy, exported, h200_results
 
 SECTIONS = ("The answer", "Roofline", "Effect of each setting", "Charts", "Finalists",

@@ -1,13 +1,13 @@
-"""Record building (tuner/results/trialrecord.py ``measurement``): the statistics of a worker's
+"""Record building (tuner/worker/trialrecord.py ``measurement``): the statistics of a worker's
 repetitions, a pruned trial's partial figures, and the instability flag of each phase."""
 
 from __future__ import annotations
 
 import pytest
 
-from tuner.results.trialrecord import UNSTABLE_SPREAD, measurement
 from tuner.specs import Workload
 from tuner.worker.protocol import Measured
+from tuner.worker.trialrecord import UNSTABLE_SPREAD, measurement
 
 WL = Workload(prompt_tokens=2048, gen_tokens=128, repetitions=3, warmup=1)
 

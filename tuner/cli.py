@@ -298,8 +298,8 @@ def doctor(log_path: Path | None, n_gpu_layers: int, builds_dir: Path, results_d
       python app.py 2> load.log; tuner doctor --log load.log
     """
     if log_path is None:
-        from tuner.machine.envdoctor import check_environment
         from tuner.results.deathcauses import study_causes
+        from tuner.worker.envdoctor import check_environment
 
         report = check_environment(builds_dir)
         for line in report.lines:
@@ -308,7 +308,7 @@ def doctor(log_path: Path | None, n_gpu_layers: int, builds_dir: Path, results_d
             for line in cause.lines():
                 out.print(f"study {study}: {line}", markup=False, soft_wrap=True)
         if model is not None:
-            from tuner.machine.envdoctor import model_fit_lines
+            from tuner.worker.envdoctor import model_fit_lines
 
             for line in model_fit_lines(model, n_ctx, max_vram):
                 out.print(line, markup=False, soft_wrap=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from tuner.builds.cpuflags import pip_install_command
-
 
 class TunerError(Exception):
     """Base of every error the CLI reports as one line. ``exit_code`` follows the contract:
@@ -32,5 +30,3 @@ class EnvironmentUnfit(TunerError):
 
     exit_code = 3
 
-
-CUDA_INSTALL_HINT = f"install a CUDA build: {pip_install_command(cuda=True)}"

@@ -19,10 +19,25 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
-if TYPE_CHECKING:
-    from tuner.specs import ModelSettings, TrialSpec, Workload
+
+class Spec(Protocol):
+    """What a setting reads of a trial (tuner.specs.TrialSpec, whose model and context classes
+    are built from this table, so they are declared there, not here)."""
+
+    @property
+    def model(self) -> Any: ...
+
+    @property
+    def context(self) -> Any: ...
+
+
+class ContextSize(Protocol):
+    """What ``expectation`` reads of a workload (tuner.specs.Workload)."""
+
+    @property
+    def n_ctx(self) -> int: ...
 
 Level = Literal["model", "context"]
 
@@ -67,29 +82,29 @@ class Setting:
     value_type: Any                   # type of one value in a space list
     default: Any                      # the value when a space does not list it (the baseline)
     column: str                       # report column
-    cell: Callable[[TrialSpec], Any]  # report cell (and analysis value unless ``value``)
+    cell: Callable[[Spec], Any]  # report cell (and analysis value unless ``value``)
     doc: str
     space_key: str = ""               # space YAML key (default: name)
     fields: tuple[str, ...] = ()      # spec attributes (default: (name,))
     to_fields: Callable[[Any], dict[str, Any]] | None = None
     from_fields: Callable[[Any], Any] | None = None  # spec object -> space value
     check: Callable[[list[Any]], None] | None = None  # raises ValueError on a bad space list
-    value: Callable[[TrialSpec], Any] | None = None   # analysis value (default: cell)
-    label: Callable[[TrialSpec], str | None] | None = None
+    value: Callable[[Spec], Any] | None = None   # analysis value (default: cell)
+    label: Callable[[Spec], str | None] | None = None
     label_rank: int = 100             # where its part goes in ``TrialSpec.label()``
     # How a worker applies it: to llama_model_params / llama_context_params (``lc`` is the
     # llama_cpp module, ``obj`` the ModelSettings / ContextSettings), or to its environment.
     apply: Callable[[Any, Any, Any], None] | None = None
-    env: Callable[[ModelSettings], dict[str, str]] | None = None
+    env: Callable[[Any], dict[str, str]] | None = None
     # How llama_cpp.server runs it: ``server`` gives its ModelSettings fields; a setting with
     # neither ``server`` nor ``env`` is run by the server at ``server_runs`` only, and a trial
     # measured at another value cannot become the production config.
-    server: Callable[[TrialSpec], dict[str, Any]] | None = None
+    server: Callable[[Spec], dict[str, Any]] | None = None
     server_runs: Any = None
     deployed_by: str = ""             # how a service gets it otherwise (the sidecar's env)
     # What proves it: the placement ``Expectation`` fields it sets (checked against the load
     # log by ``tuner.evidence.placement.verify``), or why the log cannot.
-    expect: Callable[[TrialSpec], dict[str, Any]] | None = None
+    expect: Callable[[Spec], dict[str, Any]] | None = None
     unproven: str = ""
     numeric: bool = False             # report column is a number
     bounds: dict[str, int] | None = None  # pydantic bounds of the spec field (ge, le)
@@ -136,13 +151,13 @@ class Setting:
         """Its space value on a ModelSettings / ContextSettings."""
         return self.from_fields(obj) if self.from_fields else getattr(obj, self.names[0])
 
-    def of_spec(self, spec: TrialSpec) -> Any:
+    def of_spec(self, spec: Spec) -> Any:
         return self.of(spec.model if self.level == "model" else spec.context)
 
-    def analysis_value(self, spec: TrialSpec) -> Any:
+    def analysis_value(self, spec: Spec) -> Any:
         return (self.value or self.cell)(spec)
 
-    def deployable(self, spec: TrialSpec) -> str | None:
+    def deployable(self, spec: Spec) -> str | None:
         """None, or why llama_cpp.server cannot run the spec's value of this setting."""
         if self.server or self.env or self.deployed_by:
             return None
@@ -182,20 +197,20 @@ def _kv_fields(pair: str) -> dict[str, Any]:
     return {"type_k": k, "type_v": v}
 
 
-def _kv_short(spec: TrialSpec) -> str:
+def _kv_short(spec: Spec) -> str:
     c = spec.context
     return c.type_k if c.type_k == c.type_v else f"{c.type_k}/{c.type_v}"
 
 
-def _ngl_label(spec: TrialSpec) -> str | None:
+def _ngl_label(spec: Spec) -> str | None:
     return None if spec.model.device == "cpu" else f"ngl {spec.model.n_gpu_layers}"
 
 
-def _graphs_label(spec: TrialSpec) -> str | None:
+def _graphs_label(spec: Spec) -> str | None:
     return "no-graphs" if spec.model.device != "cpu" and not spec.model.cuda_graphs else None
 
 
-def _threads_label(spec: TrialSpec) -> str | None:
+def _threads_label(spec: Spec) -> str | None:
     if spec.model.device != "cpu":
         return None
     n = spec.context.n_threads
@@ -220,7 +235,7 @@ def split_mode_name(mode: int) -> str:
     return next((n for n, i in SPLIT_MODES.items() if i == mode), str(mode))
 
 
-def _split_label(spec: TrialSpec) -> str | None:
+def _split_label(spec: Spec) -> str | None:
     ms = spec.model
     if ms.device == "cpu" or ms.split_mode == SPLIT_MODES["layer"]:
         return None
@@ -440,12 +455,12 @@ def space_dump(dump: dict[str, Any]) -> dict[str, Any]:
 
 
 
-def label(spec: TrialSpec) -> str:
+def label(spec: Spec) -> str:
     parts = [(s.label_rank, s.label(spec)) for s in SETTINGS if s.label]
     return " ".join(p for _, p in sorted(parts, key=lambda x: x[0]) if p)
 
 
-def apply_model(lc: Any, params: Any, ms: ModelSettings) -> None:
+def apply_model(lc: Any, params: Any, ms: Any) -> None:
     for s in of_level("model"):
         if s.apply:
             s.apply(lc, params, ms)
@@ -457,7 +472,7 @@ def apply_context(lc: Any, params: Any, cs: Any) -> None:
             s.apply(lc, params, cs)
 
 
-def environment(ms: ModelSettings) -> dict[str, str]:
+def environment(ms: Any) -> dict[str, str]:
     """The environment variables the model-level settings ask of a worker or a service."""
     env: dict[str, str] = {}
     for s in of_level("model"):
@@ -466,7 +481,7 @@ def environment(ms: ModelSettings) -> dict[str, str]:
     return env
 
 
-def server_fields(spec: TrialSpec) -> dict[str, Any]:
+def server_fields(spec: Spec) -> dict[str, Any]:
     """The settings as llama_cpp.server's ModelSettings fields (table order)."""
     out: dict[str, Any] = {}
     for s in SETTINGS:
@@ -475,12 +490,12 @@ def server_fields(spec: TrialSpec) -> dict[str, Any]:
     return out
 
 
-def undeployable(spec: TrialSpec) -> list[str]:
+def undeployable(spec: Spec) -> list[str]:
     """Why llama_cpp.server could not run what this spec measured (empty: it can)."""
     return [why for s in SETTINGS if (why := s.deployable(spec))]
 
 
-def expectation(spec: TrialSpec, workload: Workload | None = None) -> dict[str, Any]:
+def expectation(spec: Spec, workload: ContextSize | None = None) -> dict[str, Any]:
     """The placement ``Expectation`` fields the spec's settings (and the workload's context
     size) set: what the load log must show."""
     out: dict[str, Any] = {"device": spec.model.device}
@@ -492,13 +507,13 @@ def expectation(spec: TrialSpec, workload: Workload | None = None) -> dict[str, 
     return out
 
 
-def optional_columns(specs: list[TrialSpec]) -> list[Setting]:
+def optional_columns(specs: list[Spec]) -> list[Setting]:
     """Settings whose report column is shown only when some trial is off their default."""
     return [s for s in SETTINGS if not s.shown
             and any(s.of_spec(sp) != s.default for sp in specs)]
 
 
-def report_cells(spec: TrialSpec, extra: list[Setting] | tuple[Setting, ...] = ()
+def report_cells(spec: Spec, extra: list[Setting] | tuple[Setting, ...] = ()
                  ) -> dict[str, Any]:
     """The settings' report cells: every always-shown column, then ``extra``'s."""
     return {s.column: s.cell(spec) for s in SETTINGS if s.shown or s in extra}

@@ -31,6 +31,8 @@ _FA_ALL_TYPES = frozenset({"f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0"
 _FA_CLASSIC_PAIRS = frozenset({("f16", "f16"), ("q4_0", "q4_0"), ("q8_0", "q8_0")})
 
 _TRUE = {"1", "on", "yes", "true"}
+# A CUDA device as ggml lists it (a probe's or a load log's lines): index, name, compute capability
+DEVICE_LINE = re.compile(r"^\s+Device (\d+): (.+?)(?:, compute capability (\d+)\.(\d+).*)?$")
 
 
 class BuildFlags(Frozen):

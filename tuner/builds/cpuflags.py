@@ -79,3 +79,6 @@ def pip_install_command(version: str | None = None, cuda: bool = False) -> str:
 
 if __name__ == "__main__":  # scripts/install.sh: the flags for this machine's compiler, one line
     sys.stdout.write(" ".join(no_amx_flags()) + "\n")
+
+
+CUDA_INSTALL_HINT = f"install a CUDA build: {pip_install_command(cuda=True)}"

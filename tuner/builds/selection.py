@@ -17,8 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tuner.builds.buildinfo import BuildFlags, variant_of
-from tuner.evidence.placement import DEVICE_LINE
+from tuner.builds.buildinfo import DEVICE_LINE, BuildFlags, variant_of
 
 TURING = 750  # GGML_CUDA_CC_TURING: compute capability x 100
 

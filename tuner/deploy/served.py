@@ -19,7 +19,6 @@ from tuner.errors import TunerError
 from tuner.evidence.placement import expect, parse_load_log, verify
 from tuner.machine.children import orphan_safe_args, run_orphan_safe
 from tuner.results.records import ServedFigures, Stat, widest_spread
-from tuner.results.trialrecord import UNSTABLE_SPREAD
 from tuner.specs import TrialSpec
 from tuner.worker.logcapture import read_tail
 from tuner.worker.protocol import (
@@ -37,6 +36,7 @@ from tuner.worker.protocol import (
 )
 from tuner.worker.runner import SPAWN
 from tuner.worker.served import max_tokens_of, served_main
+from tuner.worker.trialrecord import UNSTABLE_SPREAD
 
 
 def run_child(job: PromptsJob | ServedMeasureJob | BreakdownJob, timeout_s: float,

@@ -35,8 +35,8 @@ from tuner.deploy.sidecar import (
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.evidence.placement import expect, parse_load_log, verify
 from tuner.machine.childenv import service_env
+from tuner.machine.yamlread import load_unique
 from tuner.results.records import ServedFigures
-from tuner.search.yamlread import load_unique
 from tuner.specs import Frozen, TrialSpec, Workload
 
 # The server lets these override the config file; a deployment check must read the file.

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tuner.builds.buildinfo import BuildFlags, variant_of
-from tuner.errors import CUDA_INSTALL_HINT, BadInput
+from tuner.builds.cpuflags import CUDA_INSTALL_HINT
+from tuner.errors import BadInput
 from tuner.evidence.deaths import amx_lines
 from tuner.evidence.opplacement import REPORT_HINT, OpSummary, check_ops
 from tuner.evidence.placement import (

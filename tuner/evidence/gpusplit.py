@@ -18,12 +18,8 @@ import re
 import struct
 from bisect import bisect_right
 from collections import Counter
-from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict
-
-if TYPE_CHECKING:
-    from tuner.evidence.placement import Expectation, PlacementEvidence
+from tuner.evidence.loadfacts import DeviceHolding, Expectation, PlacementEvidence
 
 _CUDA_DEVICE = re.compile(r"CUDA\d+")
 SPLIT_NONE, SPLIT_LAYER, SPLIT_ROW = 0, 1, 2
@@ -32,18 +28,6 @@ SPLIT_NONE, SPLIT_LAYER, SPLIT_ROW = 0, 1, 2
 def is_cuda_device(name: str) -> bool:
     """A CUDA GPU (CUDA0, CUDA1, ...); CUDA_Host is pinned host memory, not the GPU."""
     return _CUDA_DEVICE.fullmatch(name) is not None
-
-
-class DeviceHolding(BaseModel):
-    """What one device holds: layers, and its model / KV / compute buffers in MiB."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
-
-    layers: int = 0
-    kv_layers: int = 0
-    model_mib: float = 0.0
-    kv_mib: float = 0.0
-    compute_mib: float = 0.0
 
 
 def per_device(ev: PlacementEvidence) -> dict[str, DeviceHolding]:

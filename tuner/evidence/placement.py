@@ -17,24 +17,22 @@ from __future__ import annotations
 import re
 from collections import Counter
 from contextlib import suppress
-from typing import Literal
 
 from pydantic import Field
 
 from tuner import settings
-from tuner.builds.buildinfo import BuildFlags, find_system_info, variant_of
+from tuner.builds.buildinfo import DEVICE_LINE, BuildFlags, find_system_info, variant_of
 from tuner.evidence.gpusplit import (
-    DeviceHolding,
     is_cuda_device,
     is_split,
     per_device,
     split_reasons,
     split_summary,
 )
+from tuner.evidence.loadfacts import Expectation, PlacementEvidence
 from tuner.specs import Frozen, TrialSpec, Workload
 
 # The CUDA backend's device lines: index, name and, where printed, the compute capability.
-DEVICE_LINE = re.compile(r"^\s+Device (\d+): (.+?)(?:, compute capability (\d+)\.(\d+).*)?$")
 _LAYER = re.compile(r"^\s*layer\s+(\d+) assigned to device ([^\s,]+)")
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 _BUFFER = re.compile(r"^\s*(\S+)\s+(model |KV |compute )?buffer size\s*=\s*([\d.]+) MiB")
@@ -56,32 +54,6 @@ _MAX_ERRORS = 50
 
 def is_cpu_device(name: str) -> bool:
     return name.upper().startswith("CPU")
-
-
-class PlacementEvidence(Frozen):
-    """What one captured llama.cpp log says about where a model and its context live."""
-
-    cuda_devices: list[str] = Field(default_factory=list)
-    # The devices the model may use ("using device CUDA0 (...)"): every GPU with split mode
-    # layer/row, main_gpu's alone with none (tuner.evidence.gpusplit reads what each one holds).
-    model_devices: list[str] = Field(default_factory=list)
-    # What each CUDA device holds: layers, KV layers, model / KV / compute buffer MiB.
-    per_gpu: dict[str, DeviceHolding] = Field(default_factory=dict)
-    layer_devices: dict[int, str] = Field(default_factory=dict)
-    offloaded_layers: int | None = None
-    total_layers: int | None = None
-    kv_layer_devices: dict[int, str] = Field(default_factory=dict)
-    model_buffers_mib: dict[str, float] = Field(default_factory=dict)
-    kv_buffers_mib: dict[str, float] = Field(default_factory=dict)
-    compute_buffers_mib: dict[str, float] = Field(default_factory=dict)
-    flash_attn: str | None = None
-    n_ctx: int | None = None
-    n_batch: int | None = None
-    n_ubatch: int | None = None
-    kv_types: tuple[str, str] | None = None
-    build: BuildFlags | None = None
-    errors: list[str] = Field(default_factory=list)
-    is_load_log: bool = False
 
 
 def parse_load_log(text: str) -> PlacementEvidence:
@@ -169,31 +141,6 @@ def parse_load_log(text: str) -> PlacementEvidence:
 def _add(into: dict[str, float], name: str, mib: str, replace: bool = False) -> None:
     with suppress(ValueError):  # "1.2.3" cannot be a size; leave the buffer out rather than fail
         into[name] = round((0.0 if replace else into.get(name, 0.0)) + float(mib), 4)
-
-
-class Expectation(Frozen):
-    """What a trial asked for. ``n_gpu_layers`` -1 (or any value at or above the model's layer
-    count) means every layer; ``build`` is a variant name as ``variant_of`` gives it."""
-
-    device: Literal["cuda", "cpu"]
-    n_gpu_layers: int = -1
-    # How layers are split across GPUs (tuner.evidence.gpusplit): llama_split_mode (0 none: every GPU
-    # layer on CUDA<main_gpu>; 1 layer / 2 row: on more than one GPU when several are used),
-    # and the split's proportions (None: by free memory).
-    split_mode: int = 1
-    main_gpu: int = 0
-    tensor_split: tuple[float, ...] | None = None
-    build: str | None = None
-    type_k: str | None = None
-    type_v: str | None = None
-    flash_attn: bool | None = None
-    # The context as asked (None: not checked). llama.cpp clamps n_batch to the context size
-    # asked and n_ubatch to n_batch, and rounds the context size up (to a multiple of 256 in
-    # this release), so the log shows n_ctx >= asked, n_batch = min(asked, n_ctx asked), and
-    # n_ubatch = min(asked, n_batch shown).
-    n_ctx: int | None = None
-    n_batch: int | None = None
-    n_ubatch: int | None = None
 
 
 def expect(spec: TrialSpec, workload: Workload | None = None,

@@ -43,7 +43,7 @@ def _e(x: Any) -> str:
     return escape("" if x is None else str(x))
 
 
-def table(headers: list[str], rows: list[list[Any]], numeric: set[str] | frozenset = frozenset(),
+def html_table(headers: list[str], rows: list[list[Any]], numeric: set[str] | frozenset = frozenset(),
           row_classes: list[str] | None = None) -> str:
     head = "".join(f'<th class="n">{_e(h)}</th>' if h in numeric else f"<th>{_e(h)}</th>"
                    for h in headers)
@@ -117,7 +117,7 @@ def _roofline(r: Roofline | None) -> str:
          f"{r.peak_tflops:,.0f} TFLOPS" if r.peak_tflops else "unknown",
          f"{r.tflops_share * 100:.1f}%" if r.tflops_share is not None else "n/a"],
     ]
-    out = table(["", "how", "achieved", "peak", "share"], rows, {"achieved", "peak", "share"})
+    out = html_table(["", "how", "achieved", "peak", "share"], rows, {"achieved", "peak", "share"})
     out += (f"<p>Trial #{r.trial} on {_e(r.gpu or 'no GPU')}"
             f"{' (' + _e(r.peak_name) + ')' if r.peak_name else ''}. Assumptions:</p><ul>"
             + "".join(f"<li>{_e(a)}</li>" for a in r.assumptions)
@@ -131,7 +131,7 @@ def _effects(ov: Overview) -> str:
             for e in ov.effects]
     if not rows:
         return "<p class=muted>one value per setting: nothing to compare</p>"
-    return table(["setting", "value", "trials", "best s", "±% reps", "best trial", "median s",
+    return html_table(["setting", "value", "trials", "best s", "±% reps", "best trial", "median s",
                   "worst s", "vs best"], rows,
                  {"trials", "best s", "±% reps", "median s", "worst s", "vs best"})
 
@@ -161,7 +161,7 @@ def _placement(rec: TrialRecord | None) -> str:
     bufs = [[kind, dev, f"{mib:,.2f}"] for kind, per in rec.buffers_mib.items()
             for dev, mib in per.items()]
     return (f"<p>From llama.cpp's own load log of trial #{rec.number}:</p>" + _dl(items)
-            + table(["buffer", "device", "MiB"], bufs, {"MiB"}))
+            + html_table(["buffer", "device", "MiB"], bufs, {"MiB"}))
 
 
 def _environment(records: list[TrialRecord], rec: TrialRecord | None) -> str:
@@ -179,7 +179,7 @@ def _environment(records: list[TrialRecord], rec: TrialRecord | None) -> str:
              ("model SHA-256", env.model_sha256)]
     builds = {r.environment.build_name: r.environment for r in records if r.environment}
     out = _dl([(k, _e(v)) for k, v in items])
-    out += table(["build", "library folder", "library reports"],
+    out += html_table(["build", "library folder", "library reports"],
                  [[name, e.build_lib_dir or "(installed)", e.system_info or ""]
                   for name, e in sorted(builds.items())])
     return out
@@ -200,7 +200,7 @@ def _trials(rows: list[dict[str, Any]]) -> str:
                       r["gpu_mib"], r["state"], r["verified"], r["why"]])
         classes.append("" if r["rank"] is not None else
                        ("unproven" if r["state"] == "complete" else "failed"))
-    return table(TRIAL_HEADERS, cells, TRIAL_NUMERIC, classes)
+    return html_table(TRIAL_HEADERS, cells, TRIAL_NUMERIC, classes)
 
 
 def _served_cells(served: dict | None) -> list[str]:
@@ -230,7 +230,7 @@ def _confirmed(f: FinalistReport) -> str:
     return ("<p>The search's leaders, each measured again in fresh workers: the median over "
             "processes (the search trial's and each fresh worker's median), [min-max over "
             "processes]. The finalists were chosen on these medians.</p>"
-            + table(["#", "settings", "processes", "request s", "pp t/s", "tg t/s", "proven",
+            + html_table(["#", "settings", "processes", "request s", "pp t/s", "tg t/s", "proven",
                      "finalist"], rows, {"#", "processes"}))
 
 
@@ -244,7 +244,7 @@ def _services(f: FinalistReport) -> str:
     return ("<p>The winner served over HTTP by each deploy target (the same workload and "
             "sampling; share of raw: the raw prompt time over the time to first token, served "
             "generation over raw, raw from the finalists' medians).</p>"
-            + table(HEADERS, [r.cells() for r in table_rows], set())
+            + html_table(HEADERS, [r.cells() for r in table_rows], set())
             + (f"<p>{_e(rec)}</p>" if rec else ""))
 
 
@@ -263,7 +263,7 @@ def _finalists(f: FinalistReport | None) -> str:
     return (_confirmed(f) + _services(f)
             + f"<p>Decision: trial #{f.winner_trial} (fastest point estimate #{f.leader_trial})"
             f"{'; tie' if f.tie else '; undecided' if f.undecided else ''}: {_e(f.reason)}</p>"
-            + table(["#", "settings", "rounds", "samples", f"request s ({f.level:.0%})",
+            + html_table(["#", "settings", "rounds", "samples", f"request s ({f.level:.0%})",
                      "ratio to leader", "pp t/s", "tg t/s", "verified", "served ttft s",
                      "served gen t/s", "served request s"], rows,
                     {"#", "rounds", "samples", "pp t/s", "tg t/s"}))
@@ -291,7 +291,7 @@ def _breakdown(ov: Overview, plots: Any) -> str:
             f"({_e(sampling)}). Each stage is the one before plus one layer of the served "
             "path; the share is what it adds over the last stage's time.</p>"
             f"<figure>{plots.breakdown_bar(bd)}</figure>"
-            + table(["stage", "ms/token", "range", "adds ms", "share", "what it adds"], rows,
+            + html_table(["stage", "ms/token", "range", "adds ms", "share", "what it adds"], rows,
                     {"ms/token", "adds ms", "share"}))
 
 
@@ -302,7 +302,7 @@ def _drift(drifts: list[WorkerDrift]) -> str:
              "" if d.pp_drift is None else f"{d.pp_drift * 100:+.1f}%",
              "" if d.tg_drift is None else f"{d.tg_drift * 100:+.1f}%",
              f"{d.noise * 100:.1f}%", "YES" if d.significant else "no"] for d in drifts]
-    return table(["worker", "build", "re-measured", "its trials", "pp drift", "tg drift",
+    return html_table(["worker", "build", "re-measured", "its trials", "pp drift", "tg drift",
                   "noise", "significant"], rows, {"pp drift", "tg drift", "noise"})
 
 
@@ -352,7 +352,7 @@ def compare_html(c: Comparison) -> str:
     rows = [[r["what"], r["settings"], r["a"], r["a_range"], r["b"], r["b_range"],
              r["b_over_a"], r["beyond_noise"] or "n/a"] for r in c.rows]
     body = (f"<h1>tuner: {_e(c.a.name)} vs {_e(c.b.name)}</h1>{sides}<h2>Side by side</h2>"
-            + table(["what", "settings", "A", "A range", "B", "B range", "B/A", "beyond noise"],
+            + html_table(["what", "settings", "A", "A range", "B", "B range", "B/A", "beyond noise"],
                     rows, {"A", "B", "B/A"})
             + "<p class=muted>Ranges: the finalist re-measurement's interval when stored, else "
               "the trial's repetitions (min-max). Beyond noise: the two ranges do not "

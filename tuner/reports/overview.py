@@ -11,7 +11,6 @@ from collections import Counter
 
 from tuner.builds.catalog import INSTALLED
 from tuner.deploy.servicecompare import lines, raw_of, rows
-from tuner.evidence.stability import instability
 from tuner.reports.analysis import EffectRow, effects, importance
 from tuner.reports.offloadview import offload_lines
 from tuner.reports.rows import baseline_for, is_baseline, order
@@ -26,6 +25,7 @@ from tuner.results.records import (
     TrialState,
     WorkerDrift,
 )
+from tuner.results.stability import instability
 from tuner.search.pareto import front as pareto_front
 from tuner.specs import Frozen
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuner.evidence.stability import instability
 from tuner.results.records import TrialRecord, TrialState, WorkerDrift
+from tuner.results.stability import instability
 from tuner.search.space import is_baseline_context
 from tuner.settings import SETTINGS, Setting, optional_columns, report_cells, undeployable
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import statistics
 
 from tuner.results.records import WorkerDrift
-from tuner.results.trialrecord import now
 from tuner.specs import Workload
 from tuner.worker.runner import SentinelResult
+from tuner.worker.trialrecord import now
 
 # Below this relative change two medians of 3-5 repetitions are not told apart on a quiet GPU;
 # a larger spread of either run raises the bar to that spread.

@@ -50,10 +50,10 @@ from tuner.results.records import (
     TrialState,
     WorkerDrift,
 )
-from tuner.results.trialrecord import now
 from tuner.search.drift import search_margin
 from tuner.search.studentt import t_quantile
 from tuner.specs import TrialSpec
+from tuner.worker.trialrecord import now
 
 PLAIN_BUILDS = ("installed", "default")  # no special kernel build needed to deploy these
 EQUIVALENT = 0.01  # a lighter config may win only when proven at most 1% slower

@@ -6,7 +6,8 @@ trial's per-repetition request seconds (``Measure.prune_against``; None for the 
 sentinel's re-measure, for the finalists and when pruning is off). After each kept repetition
 the worker calls ``verdict`` on this trial's per-repetition request seconds so far.
 
-The rule (``verdict``): prune when at least ``MIN_REPS`` repetitions were kept and *every* one
+The rule (``verdict``, in tuner/worker/prunerule.py where the worker imports it): prune when
+at least ``MIN_REPS`` repetitions were kept and *every* one
 is slower than both the best's slowest repetition plus the best's spread (max - min) and the
 best's slowest times ``1 + MARGIN``. It is an order-statistics rule with a margin, not a rank
 test, because a rank test cannot decide on the 2-3 repetitions a trial has: the one-sided exact
@@ -29,24 +30,6 @@ look faster, never prune one that the full figure would not."""
 from __future__ import annotations
 
 from tuner.errors import BadInput
-
-MIN_REPS = 2  # kept repetitions before a trial may be pruned
-MARGIN = 0.05  # slower than the best's slowest by at least this share, whatever its spread
-
-
-def verdict(seconds: list[float], best: list[float] | None,
-            min_reps: int = MIN_REPS, margin: float = MARGIN) -> str | None:
-    """Why this trial is pruned, or None to go on. ``seconds``: its per-repetition request
-    seconds (or lower bounds) so far; ``best``: the best usable trial's (None: no pruning)."""
-    if not best or len(seconds) < max(min_reps, 1):
-        return None
-    hi, lo = max(best), min(best)
-    bar = max(hi + (hi - lo), hi * (1 + margin))
-    if min(seconds) <= bar:
-        return None
-    return (f"pruned after {len(seconds)} repetition(s): each took at least {min(seconds):.4g} s, "
-            f"above the best's slowest {hi:.4g} s plus its spread and {margin:.0%} "
-            f"({bar:.4g} s)")
 
 
 def check(prune: bool | None, objective: str) -> None:

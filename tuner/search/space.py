@@ -25,7 +25,7 @@ from pydantic import (
 
 from tuner import settings
 from tuner.errors import BadInput
-from tuner.search.yamlread import DuplicateKey, load_unique
+from tuner.machine.yamlread import DuplicateKey, load_unique
 from tuner.settings import SPACE_SETTINGS, UNQUANTIZED_KV, Setting
 from tuner.specs import (
     ContextSettings,

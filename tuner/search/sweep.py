@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 from tuner.builds import catalog as builds_mod
 from tuner.builds.autobuild import BackgroundBuilds, Builder
 from tuner.builds.buildinfo import BuildFlags, fa_supports, parse_system_info
-from tuner.builds.cpuflags import has_amx
+from tuner.builds.cpuflags import CUDA_INSTALL_HINT, has_amx
 from tuner.builds.selection import MissingBuild, missing_builds, redundant_builds
 from tuner.deploy.breakdown import with_breakdown
 from tuner.deploy.configcheck import close_children
@@ -23,9 +23,8 @@ from tuner.deploy.llamaserverfinal import serve_winner
 from tuner.deploy.prodconfig import WrittenConfig, check_out, write_production
 from tuner.deploy.servedfinal import choose, served_error
 from tuner.deploy.servedmeasure import measure_served
-from tuner.errors import CUDA_INSTALL_HINT, BadInput, EnvironmentUnfit
+from tuner.errors import BadInput, EnvironmentUnfit
 from tuner.evidence.deaths import Cause
-from tuner.evidence.environment import environment, gpu_of, model_sha256
 from tuner.machine.interrupt import critical
 from tuner.machine.writable import check_writable_folder
 from tuner.models.modelcheck import ModelInfo, check_model
@@ -41,10 +40,10 @@ from tuner.results.store import (
 )
 from tuner.results.storeerrors import check_url
 from tuner.results.studystore import StudyStore, default_storage
-from tuner.results.trialrecord import make_record, now
 from tuner.search import offload, offloadbudget
 from tuner.search.constraints import apply_vram_cap, no_fit_reason
 from tuner.search.drift import worker_drift
+from tuner.search.environment import environment, gpu_of, model_sha256
 from tuner.search.finalists import (
     FinalistOptions,
     candidates,
@@ -68,6 +67,7 @@ from tuner.search.space import (
 from tuner.specs import Device, ModelSettings, TrialSpec, Workload
 from tuner.worker.protocol import Hello
 from tuner.worker.runner import Runner, SentinelResult
+from tuner.worker.trialrecord import make_record, now
 
 
 class Events(Protocol):

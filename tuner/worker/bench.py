@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tuner.search.pruning import verdict
 from tuner.settings import apply_context
 from tuner.specs import ContextSettings, Workload
+from tuner.worker.prunerule import verdict
 
 
 class Infeasible(Exception):

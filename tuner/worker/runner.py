@@ -6,7 +6,7 @@ sweep down.
 
 Why workers live short lives: on an H100, generation speed measured on the Nth context made by
 one process fell by 5-7% from about the 7th context on, with or without tuner's log callback and
-NVML reads (benchmarks/drift_probe.py, docs/benchmarks.md), while one context reused for as long
+NVML reads (docs/benchmarks/probes/drift_probe.py, docs/benchmarks.md), while one context reused for as long
 did not drift: state that llama.cpp's CUDA backend keeps per process across ``llama_free``.
 A bounded life keeps every trial on one of a process's first contexts, and the drift sentinel
 (the first trial's settings measured again when the worker ends) checks that it held."""

@@ -1,5 +1,5 @@
-"""What every one-model GPU probe takes on its command line (benchmarks/worker_phases.py,
-benchmarks/shared_rounds.py): the model, the output file, the build's library folder, the
+"""What every one-model GPU probe takes on its command line (docs/benchmarks/probes/worker_phases.py,
+docs/benchmarks/probes/shared_rounds.py): the model, the output file, the build's library folder, the
 device and the workload; the trial settings of that build; a trial's request seconds."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tuner.results.trialrecord import measurement
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 from tuner.worker.protocol import Measured
+from tuner.worker.trialrecord import measurement
 
 
 def probe_parser(doc: str) -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """Where does generation speed drift inside a long-lived worker? A diagnosis run for a CUDA
 machine (issue: figures fall as a worker makes more contexts).
 
-    python benchmarks/drift_probe.py --model M --lib builds/default/lib --contexts 24 --out DIR
+    python docs/benchmarks/probes/drift_probe.py --model M --lib builds/default/lib --contexts 24 --out DIR
 
 Each condition runs in its own spawned process (as a tuner worker does), loads the model once,
 then makes ``--contexts`` contexts one after another, cycling n_batch / n_ubatch (settings that
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository
 
 CONDITIONS = {
     "worker": {"callback": True, "sampler": True, "fresh": True},

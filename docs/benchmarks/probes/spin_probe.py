@@ -10,7 +10,7 @@ evaluates a ``--prompt``-token prompt and generates ``--gen`` tokens one at a ti
 synchronizes), reading its CPU time (all threads: getrusage) and the wall clock around the
 generation. The first repetition is warm-up and discarded.
 
-    python3 benchmarks/spin_probe.py --model M.gguf --out spin.json
+    python3 docs/benchmarks/probes/spin_probe.py --model M.gguf --out spin.json
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ warm-up and the timed repetitions), a second trial of the same settings in the s
 new context, the warm-up and the repetitions only), and the stop. The load and context seconds
 come from the worker; the rest is the difference.
 
-    python3 benchmarks/worker_phases.py --model M.gguf --out phases.json [--lib-dir DIR]
+    python3 docs/benchmarks/probes/worker_phases.py --model M.gguf --out phases.json [--lib-dir DIR]
 """
 
 from __future__ import annotations

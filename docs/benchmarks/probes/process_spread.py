@@ -2,7 +2,7 @@
 tuner's top configs of a study: K fresh llama-bench processes per config, interleaved
 (A B C ... A B C), each pp<P> at depth 0 with -r R; prints every process's median.
 
-    python benchmarks/process_spread.py --model M --results DIR --builds builds --top 10 --procs 5
+    python docs/benchmarks/probes/process_spread.py --model M --results DIR --builds builds --top 10 --procs 5
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))  # fidelity_space
 
 from fidelity_space import key_of, llama_bench  # noqa: E402
 

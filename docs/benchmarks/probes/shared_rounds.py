@@ -10,7 +10,7 @@ Runner, as a sweep starts them. The table gives, per config, the median request 
 mode, their ratio with a 95% interval (paired by round), and, for the shared mode, the request
 time by position in the process; then the seconds each mode took.
 
-    python3 benchmarks/shared_rounds.py --model M.gguf --out shared.json [--lib-dir DIR]
+    python3 docs/benchmarks/probes/shared_rounds.py --model M.gguf --out shared.json [--lib-dir DIR]
 """
 
 from __future__ import annotations

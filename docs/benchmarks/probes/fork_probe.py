@@ -9,7 +9,7 @@ each start as a new interpreter? Two questions for a CUDA machine, each answered
    library load, CUDA start, model load) and as many forked from a server that imported
    llama_cpp once (CUDA start and model load only), interleaved.
 
-    python3 benchmarks/fork_probe.py --model M.gguf --out fork.json
+    python3 docs/benchmarks/probes/fork_probe.py --model M.gguf --out fork.json
 """
 
 from __future__ import annotations

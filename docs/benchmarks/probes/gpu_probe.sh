@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Drift diagnosis on a CUDA machine: build the default kernel variant, write a Qwen2.5-1.5B-shaped
-# Q8_0 model, run benchmarks/drift_probe.py. Same conventions as gpu_bench.sh:
-#   bash benchmarks/gpu_probe.sh start | status | collect
+# Q8_0 model, run docs/benchmarks/probes/drift_probe.py. Same conventions as gpu_bench.sh:
+#   bash docs/benchmarks/probes/gpu_probe.sh start | status | collect
 set -uo pipefail
 BENCH=${BENCH:-/tmp/probe}
 SDIST=${SDIST:-.carry/llama-cpp-python-0.3.36-src.tar.gz}
@@ -29,7 +29,7 @@ run() {
 from tuner.models.modelgen import quantize; quantize('$BENCH/f16.gguf', '$MODEL', 'q8_0')" >> "$BENCH/modelgen.log" 2>&1 \
     || { phase FAILED quantize; return 1; }
   phase probe
-  python3 benchmarks/drift_probe.py --model "$MODEL" --lib builds/default/lib \
+  python3 docs/benchmarks/probes/drift_probe.py --model "$MODEL" --lib builds/default/lib \
     --contexts ${CONTEXTS:-24} --out "$BENCH/out" > "$BENCH/probe.log" 2>&1
   echo "probe exit $?" >> "$BENCH/probe.log"
   phase done

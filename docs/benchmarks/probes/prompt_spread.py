@@ -10,7 +10,7 @@ measured in fresh processes, interleaved across the configs, by three runners:
 - ``tuner``: one tuner worker (tuner/worker/runner.py) per run, ``R`` repetitions, the same context
   size; its steady-state check may drop slow first repetitions (the warm-ups column counts).
 
-    python benchmarks/prompt_spread.py --model M --builds builds --build force-cublas \\
+    python docs/benchmarks/probes/prompt_spread.py --model M --builds builds --build force-cublas \\
         --config 2048/1024 --config 1024/1024 --procs 6 --reps 12 --out O
 
 Prints a table per runner and config: every process's samples (t/s, in order), the median of
@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))  # fidelity_space
 
 from fidelity_space import llama_bench  # noqa: E402
 

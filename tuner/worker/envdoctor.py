@@ -17,8 +17,8 @@ from typing import Any
 
 from tuner.builds.buildinfo import find_system_info
 from tuner.builds.catalog import BuildInfo, discover_builds, installed_version, summarize
-from tuner.builds.cpuflags import has_amx
-from tuner.errors import CUDA_INSTALL_HINT, EnvironmentUnfit
+from tuner.builds.cpuflags import CUDA_INSTALL_HINT, has_amx
+from tuner.errors import EnvironmentUnfit
 from tuner.evidence.deaths import AMX_FIX
 from tuner.evidence.placement import parse_load_log
 from tuner.specs import Frozen, ModelSettings
