@@ -22,7 +22,7 @@ import yaml
 from tuner.deploy.served import figures, prompts_for
 from tuner.errors import BadInput, EnvironmentUnfit
 from tuner.machine.childenv import service_env
-from tuner.machine.children import popen_kwargs
+from tuner.machine.children import popen_kwargs, stop
 from tuner.results.records import ServedFigures
 from tuner.specs import Workload
 from tuner.worker.served import request_body
@@ -116,12 +116,7 @@ class running_server:
         return self.proc
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=15)
+        stop(self.proc)
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float,

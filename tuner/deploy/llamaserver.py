@@ -33,7 +33,7 @@ from tuner.deploy.service import render_env_file, service_env
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.evidence.effective import trial_settings
 from tuner.machine import childenv
-from tuner.machine.children import popen_kwargs
+from tuner.machine.children import popen_kwargs, stop
 from tuner.machine.output import replace_files
 from tuner.results.records import ServedFigures
 from tuner.settings import split_mode_name
@@ -218,12 +218,7 @@ class running:
         return self.proc
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=15)
+        stop(self.proc)
 
 
 def wait_healthy(proc: subprocess.Popen[bytes], url: str, log_path: Path,

@@ -56,6 +56,16 @@ def popen_kwargs(sig: int = signal.SIGKILL) -> dict[str, Any]:
     return {"preexec_fn": lambda: die_with_parent(sig, parent)}
 
 
+def stop(proc: subprocess.Popen[bytes], grace_s: float = 15) -> None:
+    """End a server child: SIGTERM, then SIGKILL after ``grace_s`` seconds, reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=grace_s)
+
+
 def run_orphan_safe(parent: int, sig: int, target: Callable[..., Any], *args: Any) -> Any:
     """A multiprocessing child's target: ``target(*args)`` once it dies with ``parent``."""
     die_with_parent(sig, parent)
