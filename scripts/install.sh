@@ -22,7 +22,7 @@ fi
 # --no-cache-dir: a wheel cached from an earlier build may have been made with other flags.
 NO_AMX=$("$PY" tuner/builds/cpuflags.py)
 llama_ok() {  # importable, and built without the AMX path
-  "$V/python" -c "import sys, llama_cpp; sys.exit(b'AMX_INT8 = 1' in llama_cpp.llama_print_system_info())" 2>/dev/null
+  "$V/python" tuner/builds/cpuflags.py --check-installed 2>/dev/null
 }
 if ! llama_ok; then
   echo "building llama-cpp-python (first time only: several minutes)..."

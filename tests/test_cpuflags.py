@@ -30,6 +30,10 @@ def test_the_installed_library_has_no_amx_path() -> None:
     assert "CPU :" in info, info  # the line was read: a CPU backend reports its features
     assert AMX_MARK not in info, f"llama-cpp-python was built with the AMX path: {info}"
     assert not has_amx(info)
+    # scripts/install.sh's check of the same library (the script, run as install.sh runs it).
+    script = Path(__file__).parent.parent / "tuner" / "builds" / "cpuflags.py"
+    assert subprocess.run([sys.executable, str(script), "--check-installed"],
+                          timeout=120).returncode == 0
 
 
 def _defines(*flags: str) -> set[str]:

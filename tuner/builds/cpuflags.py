@@ -10,7 +10,9 @@ them (``-march=native`` sets only the ISA flags not given explicitly, so the fla
 their order). tests/test_cpuflags.py proves it with the compiler here on a Sapphire Rapids target.
 
 Standard library only: ``scripts/install.sh`` runs this file as a script, before tuner is
-installed, and prints the flags for the llama-cpp-python build it makes.
+installed: it prints the flags for the llama-cpp-python build it makes, and with
+``--check-installed`` (in the virtual environment) says whether the installed library is
+importable and free of the AMX path.
 """
 
 from __future__ import annotations
@@ -77,7 +79,12 @@ def pip_install_command(version: str | None = None, cuda: bool = False) -> str:
             f"--no-cache-dir 'llama-cpp-python[server]{pin}'")
 
 
-if __name__ == "__main__":  # scripts/install.sh: the flags for this machine's compiler, one line
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--check-installed"]:  # scripts/install.sh: exit 1 unless importable
+        import llama_cpp  # and built without the AMX path
+
+        sys.exit(1 if has_amx(llama_cpp.llama_print_system_info().decode()) else 0)
+    # scripts/install.sh: the flags for this machine's compiler, one line
     sys.stdout.write(" ".join(no_amx_flags()) + "\n")
 
 
