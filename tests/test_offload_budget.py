@@ -145,3 +145,26 @@ def test_sweep_runs_under_the_budget(tiny_model: Path, tmp_path: Path,
     assert result.ran and all(r.workload.repetitions == 2 for r in result.ran)
     assert opts.workload.repetitions == 3  # the caller's options are not changed
     assert result.written is not None
+
+
+def test_deadline_keeps_the_breakdown_to_what_the_budget_has_left() -> None:
+    """The breakdown is not reserved: it runs only while its estimate in first-trial times is
+    left, and a refusal says how much was left and how much it needed."""
+    import time
+
+    from tuner.search.offloadbudget import BREAKDOWN_TRIALS, Deadline
+
+    budget = TimeBudget(600.0, frozenset())
+    fresh = budget.deadline(time.monotonic())
+    assert fresh.allows(BREAKDOWN_TRIALS)  # no trial timed yet: nothing to size it by
+    fresh.trial_s = 30.0
+    assert fresh.allows(BREAKDOWN_TRIALS)  # 600 s left, 120 s needed
+    late = Deadline(end=time.monotonic() + 100.0, trial_s=30.0)
+    assert not late.allows(BREAKDOWN_TRIALS)
+    why = late.refusal("the breakdown", BREAKDOWN_TRIALS)
+    assert why.startswith("not measured: the time budget has ") and "about 120 s" in why
+    over = Deadline(end=time.monotonic() - 50.0, trial_s=30.0)
+    assert "has 0 s left" in over.refusal("the breakdown", BREAKDOWN_TRIALS)
+    # The breakdown is not among the steps the search leaves room for.
+    fo = FinalistOptions(most=2, top=2, rounds=2, max_rounds=2)
+    assert budget.reserve_trials(fo, 2) == 2 * 2 + 3

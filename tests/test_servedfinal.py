@@ -93,3 +93,12 @@ def test_a_finalist_the_server_cannot_run_is_recorded_and_skipped() -> None:
 def test_a_cpu_trial_keeps_its_measured_threads() -> None:
     rec = make_record(0, device="cpu", n_threads=2)
     assert thread_candidates(rec) == [2]
+
+
+def test_a_gpu_trial_whose_threads_the_search_chose_keeps_them() -> None:
+    """A partial offload searches the CPU threads (the host computes layers): the served phase
+    serves at the thread count the trial measured instead of trying others."""
+    rec = make_record(0, device="cuda", n_threads=8)
+    assert thread_candidates(rec) == [8]
+    full = make_record(0, device="cuda")
+    assert len(thread_candidates(full)) >= 1 and full.spec.context.n_threads is None

@@ -47,9 +47,10 @@ def _failure(e: Exception) -> str:
 
 def thread_candidates(record: TrialRecord) -> list[int]:
     """Server thread counts to try: with every layer on the GPU, llama.cpp's CPU threads compete
-    with the per-token Python work (4 of 16 served fastest on an H100); a CPU trial keeps the
+    with the per-token Python work (4 of 16 served fastest on an H100); a CPU trial, and a trial
+    whose threads the search chose (a partial offload: the host computes layers), keeps the
     thread count it measured."""
-    if record.spec.model.device == "cpu":
+    if record.spec.model.device == "cpu" or record.spec.context.n_threads:
         return [record_threads(record) or default_threads()]
     cores = os.cpu_count() or 1
     return sorted({cores, default_threads(), max(1, cores // 2), max(1, cores // 4)},

@@ -13,6 +13,7 @@ the whole budget off."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 from tuner.search.finalists import FinalistOptions
@@ -23,6 +24,10 @@ REPETITIONS = 2  # measured runs per trial (the pruning rule needs 2)
 FINALISTS = 2  # finalists, and rounds each (no confirmation rounds)
 FINALIST_ROUNDS = 2
 SERVED_REQUESTS = 2  # served-path requests per finalist
+# The per-token breakdown of the winner, in first-trial times (run 29, 8B with 17 of 37 layers on
+# the GPU: 114 s against a first trial of about 30 s). It runs only when that much of the budget is
+# left: the search and the served figures come first.
+BREAKDOWN_TRIALS = 4.0
 TIMEOUT_FACTOR = 4.0  # a trial may take this many times the first one (fewer layers: slower)
 MIN_TRIAL_TIMEOUT_S = 120.0
 MIN_PATIENCE, MAX_PATIENCE = 3, 10
@@ -44,6 +49,28 @@ class Sized:
     search_s: float | None
     patience: int | None
     line: str
+
+
+@dataclass
+class Deadline:
+    """The budget's end on the monotonic clock; the first completed trial's time once known
+    (what the stages after the search are sized in)."""
+
+    end: float
+    trial_s: float | None = None
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def allows(self, trials: float) -> bool:
+        """Whether ``trials`` first-trial times are still left (yes before any trial is timed)."""
+        return self.trial_s is None or self.left() >= trials * self.trial_s
+
+    def refusal(self, what: str, trials: float) -> str:
+        left = max(0.0, self.left())
+        need = trials * (self.trial_s or 0.0)
+        return (f"not measured: the time budget has {left:.0f} s left and {what} takes about "
+                f"{need:.0f} s (--offload-budget 0: no budget)")
 
 
 @dataclass(frozen=True)
@@ -86,9 +113,14 @@ class TimeBudget:
             + (f"; kept as given: {', '.join(FLAGS[k] for k in kept)}" if kept else "")
             + " (--offload-budget 0: no budget)"]
 
+    def deadline(self, started: float) -> Deadline:
+        """The budget's end for a sweep that started at ``started`` (time.monotonic())."""
+        return Deadline(end=started + self.total_s)
+
     def reserve_trials(self, finalists: FinalistOptions, served_requests: int) -> int:
         """Trial-sized steps after the search: the finalists' rounds, each finalist served
-        and the winner through llama-server."""
+        and the winner through llama-server (the breakdown is not reserved: it runs only when
+        the budget has room left, Deadline.allows)."""
         fin = finalists.most * finalists.max_rounds if finalists.rounds > 0 else 0
         served = finalists.most + 1 if finalists.rounds > 0 and served_requests > 0 else 0
         return fin + served

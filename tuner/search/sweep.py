@@ -112,6 +112,7 @@ class SweepOptions:
     # A model that does not fit at full offload: the whole sweep's time budget (None or 0: none;
     # tuner/search/offloadbudget.py); ``explicit``: the CLI options given, which it keeps.
     offload_budget_s: float | None = offloadbudget.SWEEP_BUDGET_S
+    deadline: offloadbudget.Deadline | None = None  # set by the sweep under a time budget
     explicit: frozenset[str] = frozenset()
 
 
@@ -253,6 +254,7 @@ def _no_cuda_message(name: str, flags: BuildFlags | None) -> str:
 
 def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     events = events or _Quiet()
+    started = time.monotonic()
     check_prune(opts.prune, opts.objective)
     info = check_model(opts.model)
     wl = opts.workload
@@ -296,7 +298,8 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         fin, reps, served = budget.apply(opts.finalists, wl.repetitions, opts.served_requests)
         wl = wl.model_copy(update={"repetitions": reps})
         opts = dataclasses.replace(opts, workload=wl, finalists=fin, served_requests=served,
-                                   build_missing=budget.builds(opts.build_missing))
+                                   build_missing=budget.builds(opts.build_missing),
+                                   deadline=budget.deadline(started))
         for line in budget.lines(fin, reps, served, opts.build_missing):
             events.note(line)
     sized: offloadbudget.Sized | None = None
@@ -479,6 +482,8 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
                     sized = budget.size(time.monotonic() - t_trial, time.monotonic() - t0,
                                         len(specs), opts.finalists, opts.served_requests)
                     opts.stop = budget.stop_rule(opts.stop, sized)  # opts is the budget's copy
+                    if opts.deadline is not None:
+                        opts.deadline.trial_s = sized.trial_s
                     patience = sized.patience if sized.patience is not None else patience
                     if sized.trial_timeout_s is not None:
                         runner.trial_timeout_s = opts.trial_timeout_s = sized.trial_timeout_s
@@ -671,8 +676,13 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
                               note=events.note)
         seconds["llama-server"] = time.monotonic() - t0
         t0 = time.monotonic()
-        report = with_breakdown(report, choice, info.path, wl, lib_dirs,
-                                opts.served_requests, opts.load_timeout_s, events.note)
+        if opts.deadline is not None and not opts.deadline.allows(offloadbudget.BREAKDOWN_TRIALS):
+            why = opts.deadline.refusal("the breakdown", offloadbudget.BREAKDOWN_TRIALS)
+            events.note(f"per-token breakdown of #{report.winner_trial}: {why}")
+            report = report.model_copy(update={"breakdown_error": why})
+        else:
+            report = with_breakdown(report, choice, info.path, wl, lib_dirs,
+                                    opts.served_requests, opts.load_timeout_s, events.note)
         seconds["breakdown"] = time.monotonic() - t0
     store.save_finalists(report)
     events.note(f"winner #{report.winner_trial}: {report.reason}")
