@@ -9,8 +9,9 @@
 #    build --variant cpu --server-only`: it drives the CUDA library through LD_LIBRARY_PATH),
 #    the models ($SERVED_MODELS, shapes no earlier run used; quantized by the installed library),
 #    then a llama-bench loading the installed libraries (benchmarks/installed_bench.py).
-# 2. Issue 30, per model: `tuner sweep --model M --prompt-tokens 2048 --gen-tokens 128
-#    --no-build` (the served phase serves the winner through llama_cpp.server and llama-server
+# 2. Issue 30: with $KNOB_MODEL set, benchmarks/llamaserver_knobs.py first (llama-server's
+#    per-token cost, one server setting changed at a time); then per model in $SERVED_MODELS: `tuner sweep --model M --prompt-tokens 2048 --gen-tokens 128
+#    --no-build $SERVED_ARGS` (the served phase serves the winner through llama_cpp.server and llama-server
 #    and measures the per-token breakdown), then `tuner verify` of both services from another
 #    directory.
 # 3. Issue 31 (FIT=0 skips): a process holds all but $LEAVE_GIB GiB of the GPU; `tuner doctor
@@ -22,7 +23,10 @@ BENCH=${BENCH:-/tmp/gs}
 FILES=${FILES:-.carry}
 SDIST=${SDIST:-$FILES/llama-cpp-python-0.3.36-src.tar.gz}
 ARCH=${CUDA_ARCH:-90}
-SERVED_MODELS=${SERVED_MODELS:-qwen3-8b:q4_k_m internlm2-1.8b:q6_k}
+SERVED_MODELS=${SERVED_MODELS-qwen3-8b:q4_k_m internlm2-1.8b:q6_k}
+SERVED_ARGS=${SERVED_ARGS-}  # e.g. --space benchmarks/spaces/served-one.yaml
+KNOB_MODEL=${KNOB_MODEL-}  # e.g. qwen3-8b:q4_k_m: benchmarks/llamaserver_knobs.py first
+KNOB_ARGS=${KNOB_ARGS---n-batch 2048 --n-ubatch 1024 --flash-attn --threads 4}
 FIT_MODEL=${FIT_MODEL:-qwen3-8b:q4_k_m}
 LEAVE_GIB=${LEAVE_GIB:-4}
 FIT_ARGS=${FIT_ARGS---offload-budget 420}
@@ -31,6 +35,17 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 phase() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$BENCH/phase"; }
 path_of() { echo "$BENCH/${1%%:*}-${1##*:}.gguf"; }
 name_of() { echo "${1%%:*}"; }
+
+models() { echo "$SERVED_MODELS $KNOB_MODEL $FIT_MODEL" | tr ' ' '\n' | sort -u | grep .; }
+
+knobs() {  # issue 30: llama-server's per-token cost, one setting changed at a time
+  local m=$KNOB_MODEL
+  phase "knobs $m"
+  # shellcheck disable=SC2086
+  python3 benchmarks/llamaserver_knobs.py --model "$(path_of "$m")" --builds builds $KNOB_ARGS \
+    --out "$BENCH/out/knobs" > "$BENCH/out/knobs.log" 2>&1
+  echo "knobs exit $?" >> "$BENCH/out/knobs.log"
+}
 
 setup() {
   mkdir -p /tmp/site "$BENCH/out"
@@ -50,7 +65,7 @@ setup() {
   local install_pid=$!
   python3 -m tuner build --variant cpu --server-only --source "$SDIST" --builds builds -j 4 \
     > "$BENCH/server-build.log" 2>&1 & pids+=($!)
-  for m in $SERVED_MODELS $FIT_MODEL; do
+  for m in $(models); do
     [ -f "$(path_of "$m").f16" ] || python3 -m tuner.models.modelgen --shape "${m%%:*}" --quant f16 \
       --out "$(path_of "$m").f16" >> "$BENCH/modelgen.log" 2>&1
   done
@@ -59,7 +74,7 @@ setup() {
   # It checks that its llama-bench resolves the installed CUDA libraries: after the install.
   python3 benchmarks/installed_bench.py --source "$SDIST" --out "$BENCH/bench" -j 6 \
     > "$BENCH/installed-bench.log" 2>&1 & pids+=($!)
-  for m in $SERVED_MODELS $FIT_MODEL; do
+  for m in $(models); do
     [ -f "$(path_of "$m")" ] && continue
     python3 -c "from tuner.models.modelgen import quantize; quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}')" \
       >> "$BENCH/modelgen.log" 2>&1 || return 1
@@ -75,9 +90,10 @@ served() {  # issue 30: one default sweep per model, both services verified from
   for m in $SERVED_MODELS; do
     local n s=$SECONDS; n=$(name_of "$m")
     phase "sweep $m"
+    # shellcheck disable=SC2086
     python3 -m tuner sweep --model "$(path_of "$m")" --prompt-tokens 2048 --gen-tokens 128 \
       --no-build --results "$BENCH/results-$n" --out "$BENCH/out/$n/production.yaml" \
-      --builds builds > "$BENCH/out/sweep-$n.log" 2>&1
+      --builds builds $SERVED_ARGS > "$BENCH/out/sweep-$n.log" 2>&1
     echo "sweep exit $? after $((SECONDS - s)) s" | tee -a "$BENCH/out/sweep-$n.log"
     python3 -m tuner report --results "$BENCH/results-$n" > "$BENCH/out/report-$n.txt" 2>&1
     python3 -m tuner report --results "$BENCH/results-$n" --format json \
@@ -120,6 +136,7 @@ run() {
   mkdir -p "$BENCH/out"
   phase setup
   setup || { phase "FAILED setup"; tail -5 "$BENCH"/*.log; return 1; }
+  [ -z "$KNOB_MODEL" ] || knobs
   served
   [ "${FIT:-1}" = 0 ] || fit
   phase done
@@ -132,11 +149,12 @@ snapshot() {
 }
 
 summary() {
+  [ -f "$BENCH/out/knobs.log" ] && { echo "== knobs $KNOB_MODEL"; tail -14 "$BENCH/out/knobs.log"; }
   for m in $SERVED_MODELS; do
     local n; n=$(name_of "$m")
     echo "== $m"
     grep -E "sweep exit|winner #|recommend|llama-server|per token|breakdown" "$BENCH/out/sweep-$n.log" 2>/dev/null \
-      | cut -c1-220 | tail -8
+      | cut -c1-260 | tail -10
     for f in "$BENCH/out/verify-$n"-*.log; do
       [ -f "$f" ] && echo "$(basename "$f"): $(grep -E '^(verified|error):|verify exit' "$f" | tr '\n' ' ')"
     done

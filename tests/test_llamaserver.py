@@ -292,3 +292,40 @@ def test_url_checks_a_running_llama_server(deployed: Deployed, tmp_path: Path) -
     assert proc_.returncode == 0, proc_.stdout + proc_.stderr
     assert "placement: not checked (--url" in proc_.stdout
     assert f"service: {base}" in proc_.stdout and "[llama-server, 2 requests]" in proc_.stdout
+
+
+def test_the_server_settings_tried_are_recorded(deployed: Deployed, server_binary: Path) -> None:
+    """The sweep tried each knob this llama-server has (backend sampling) on the winner: its
+    figures and greedy check are in the deployment's JSON and its line in the sweep's output,
+    and the args carry its flag exactly when it was kept."""
+    from tuner.deploy.llamaserverknobs import KNOBS, Tried, supported
+
+    out, _, _, notes = deployed
+    assert [k.name for k in supported(server_binary)] == [k.name for k in KNOBS]
+    data = json.loads(files_of(out)["json"].read_text())
+    tried = [Tried.model_validate(t) for t in data["knobs"]]
+    assert [t.name for t in tried] == ["backend sampling"]
+    t = tried[0]
+    assert (t.served is not None and t.same_greedy is not None) or t.error, t
+    assert "llama-server backend sampling (--backend-sampling, sampling on the GPU): " in notes
+    assert t.why in notes
+    assert ("--backend-sampling" in read_args(files_of(out)["args"])) == t.kept
+
+
+def _served(request_s: list[float]) -> ServedFigures:
+    return ServedFigures(source="llama-server", requests=len(request_s), prompt_tokens=32,
+                         gen_tokens=8, ttft_s=Stat.of([0.1] * len(request_s)),
+                         gen_tps=Stat.of([100.0] * len(request_s)), request_s=Stat.of(request_s))
+
+
+def test_a_knob_is_kept_only_when_faster_and_the_same_answer() -> None:
+    from tuner.deploy.llamaserverknobs import KNOBS, judge
+
+    knob, plain = KNOBS[0], _served([1.00, 1.02, 1.04])
+    fast, close = _served([0.80, 0.81, 0.82]), _served([0.99, 1.01, 1.05])
+    assert judge(knob, fast, "abc", plain, "abc").kept
+    assert "kept" in judge(knob, fast, "abc", plain, "abc").why
+    slower = judge(knob, close, "abc", plain, "abc")
+    assert not slower.kept and "not faster beyond the spreads" in slower.why
+    changed = judge(knob, fast, "abd", plain, "abc")
+    assert not changed.kept and changed.same_greedy is False and "differs" in changed.why

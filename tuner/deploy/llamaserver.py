@@ -20,15 +20,19 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from tuner.builds.catalog import discover_builds, installed_version
 from tuner.deploy.httpserve import free_port, measure_http, wait_ready
+from tuner.deploy.llamaserverknobs import Tried
 from tuner.deploy.prodconfig import YAML_SUFFIXES, _render_json
-from tuner.deploy.served import check_placement
+from tuner.deploy.served import check_placement, prompts_for
 from tuner.deploy.service import render_env_file, service_env
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.evidence.effective import trial_settings
@@ -75,6 +79,7 @@ class LlamaServerDeployment(Frozen):
     system_info: str | None = None  # the measured library's system-info line
     raw: dict[str, Any] | None = None  # the raw figures (pp_tps, tg_tps) of the trial
     served: ServedFigures | None = None  # llama-server's own figures over HTTP
+    knobs: list[Tried] = []  # the server settings tried on the served path, kept or not
     written_at: str = ""
 
 
@@ -112,10 +117,12 @@ def find_server(lib_dir: str | None, builds_dir: Path) -> Path | None:
 
 
 def server_args(spec: TrialSpec, workload: Workload, model_path: str, threads: int | None,
-                host: str = "127.0.0.1", port: int = 8080) -> list[str]:
+                host: str = "127.0.0.1", port: int = 8080,
+                extra: Sequence[str] = ()) -> list[str]:
     """llama-server's command line (without the binary) for ``spec``: every setting the trial
     measured, as llama_cpp.server's config would hold it, in llama-server's flags; ``--fit
-    off`` so it keeps the placement asked (its default moves layers and context to fit)."""
+    off`` so it keeps the placement asked (its default moves layers and context to fit);
+    ``extra``: the server's own settings the served phase kept (tuner/deploy/llamaserverknobs.py)."""
     fields = trial_settings(spec, workload, threads)  # refuses what a server cannot run
     model = os.path.abspath(os.path.expanduser(model_path))
     args = ["-m", model, "--alias", Path(model).stem, "--fit", "off", "-np", "1", "--no-ui",
@@ -124,7 +131,7 @@ def server_args(spec: TrialSpec, workload: Workload, model_path: str, threads: i
         args += _flag(key, value, spec)
     if not spec.context.op_offload:
         args.append("--no-op-offload")
-    return args + ["--host", host, "--port", str(port)]
+    return args + list(extra) + ["--host", host, "--port", str(port)]
 
 
 def _flag(key: str, value: Any, spec: TrialSpec) -> list[str]:
@@ -234,23 +241,42 @@ def measure(url: str, model_path: str, workload: Workload, prompt_env: dict[str,
                         sampling=SAMPLING, source="llama-server")
 
 
+def greedy_answer(url: str, model_path: str, env: dict[str, str], tokens: int) -> str:
+    """The server's answer to a fixed prompt at temperature 0 (``tokens`` tokens, end of text
+    ignored): what a setting that must not change outputs is checked against."""
+    made = prompts_for(model_path, 64, 1, env)
+    body = {"prompt": made.prompts[0], "n_predict": tokens, "ignore_eos": True,
+            "cache_prompt": False, "seed": 0, **SAMPLING, "temperature": 0.0}
+    try:
+        reply = httpx.post(f"{url}/completion", json=body, timeout=600)
+    except httpx.HTTPError as e:
+        raise EnvironmentUnfit(f"llama-server's greedy answer failed: {e}") from None
+    if reply.status_code != 200:
+        raise EnvironmentUnfit(f"llama-server's greedy answer: status {reply.status_code}")
+    return str(reply.json().get("content", ""))
+
+
 def serve_and_measure(binary: Path, spec: TrialSpec, workload: Workload, model_path: str,
                       lib_dir: str, threads: int | None, requests: int,
-                      timeout_s: float) -> tuple[ServedFigures, str]:
-    """Start llama-server on ``spec`` (a free port), prove its placement from its log, time the
-    workload, stop it; (figures, the server's log)."""
+                      timeout_s: float, extra: Sequence[str] = (),
+                      greedy_tokens: int = 0) -> tuple[ServedFigures, str, str | None]:
+    """Start llama-server on ``spec`` (a free port, ``extra`` flags added), prove its placement
+    from its log, time the workload, take its greedy answer of ``greedy_tokens`` (0: none), stop
+    it; (figures, the server's log, the greedy answer)."""
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-llsrv-")))
         port, log_path = free_port(None), tmp / "llama-server.log"
-        args = server_args(spec, workload, model_path, threads, port=port)
+        args = server_args(spec, workload, model_path, threads, port=port, extra=extra)
         proc = stack.enter_context(running(binary, args, process_env(server_env(spec, lib_dir)),
                                            tmp, log_path))
         url = f"http://127.0.0.1:{port}"
         wait_healthy(proc, url, log_path, timeout_s)
         check_placement(log_path.read_text(errors="replace"), spec)
         fig = measure(url, model_path, workload, service_env(spec, lib_dir), requests, timeout_s)
+        greedy = greedy_answer(url, model_path, service_env(spec, lib_dir), greedy_tokens) \
+            if greedy_tokens else None
         return (fig.model_copy(update={"n_threads": threads, "n_threads_batch": threads}),
-                log_path.read_text(errors="replace"))
+                log_path.read_text(errors="replace"), greedy)
 
 
 def write_deployment(out: Path, dep: LlamaServerDeployment) -> dict[str, Path]:

@@ -17,6 +17,7 @@ from tuner.deploy.llamaserver import (
     server_env,
     write_deployment,
 )
+from tuner.deploy.llamaserverknobs import GREEDY_TOKENS, Knob, Tried, failed, judge, supported
 from tuner.deploy.prodconfig import record_threads
 from tuner.deploy.service import rebuild_command
 from tuner.deploy.servicecompare import lines, raw_of, rows
@@ -29,9 +30,10 @@ HOW_TO_BUILD = "tuner build --variant cpu --server-only"
 def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigures | None,
                  threads: int | None, *, model_path: str, lib_dir: str | None,
                  builds_dir: Path, out: Path, requests: int, timeout_s: float,
-                 note: Callable[[str], None]) -> FinalistReport:
+                 note: Callable[[str], None], knobs: bool = True) -> FinalistReport:
     """The report with the winner's llama-server figures (or why there are none) in
-    ``llama_server``; the deployment files written beside ``out`` when it was served."""
+    ``llama_server``; the deployment files written beside ``out`` when it was served.
+    ``knobs``: also try the server's own settings (tuner/deploy/llamaserverknobs.py)."""
     lib = lib_dir or str(_installed_lib_dir() or "")
     binary = find_server(lib, builds_dir) if lib else None
     if binary is None:
@@ -42,8 +44,14 @@ def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigu
     note(f"serving the winner through llama-server ({binary}, {requests} requests, "
          f"threads {threads})")
     try:
-        fig, _log = serve_and_measure(binary, winner.spec, winner.workload, model_path, lib,
-                                      threads, requests, timeout_s)
+        tries = supported(binary) if knobs else []
+        fig, _log, greedy = serve_and_measure(binary, winner.spec, winner.workload, model_path,
+                                              lib, threads, requests, timeout_s,
+                                              greedy_tokens=GREEDY_TOKENS if tries else 0)
+        flags, tried = _tune(tries, fig, greedy or "", note, lambda extra: serve_and_measure(
+            binary, winner.spec, winner.workload, model_path, lib, threads, requests, timeout_s,
+            extra=extra, greedy_tokens=GREEDY_TOKENS))
+        fig = next((t.served for t in reversed(tried) if t.kept and t.served), fig)
         m = winner.measurement
         raw = ({"pp_tps": m.pp_tps.model_dump(mode="json"),
                 "tg_tps": m.tg_tps.model_dump(mode="json") if m.tg_tps else None}
@@ -51,13 +59,13 @@ def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigu
         env = winner.environment
         written = write_deployment(out, LlamaServerDeployment(
             binary=str(binary), args=server_args(winner.spec, winner.workload, model_path,
-                                                 threads),
+                                                 threads, extra=flags),
             env=server_env(winner.spec, lib), lib_dir=str(Path(lib).absolute()),
             build=winner.spec.model.build,
             rebuild=_rebuild(lib_dir, binary, winner),
             model=str(Path(model_path).absolute()), model_bytes=Path(model_path).stat().st_size,
             spec=winner.spec, workload=winner.workload,
-            system_info=env.system_info if env else None, raw=raw, served=fig))
+            system_info=env.system_info if env else None, raw=raw, served=fig, knobs=tried))
     except TunerError as e:
         note(f"llama-server: not served: {e.message}")
         return report.model_copy(update={"llama_server": {"error": e.message}})
@@ -65,6 +73,29 @@ def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigu
     for line in lines(rows(served, fig, raw_of(report, winner.number, winner.measurement))):
         note(line)
     return report.model_copy(update={"llama_server": fig.model_dump(mode="json")})
+
+
+Serve = Callable[[list[str]], tuple[ServedFigures, str, str | None]]
+
+
+def _tune(knobs: list[Knob], plain: ServedFigures, plain_greedy: str,
+          note: Callable[[str], None], serve: Serve) -> tuple[list[str], list[Tried]]:
+    """Each knob tried on top of those kept so far, against the best so far; the flags kept and
+    every try."""
+    flags: list[str] = []
+    best, tried = plain, []
+    for knob in knobs:
+        try:
+            fig, _log, greedy = serve([*flags, *knob.flags])
+            t = judge(knob, fig, greedy or "", best, plain_greedy)
+        except TunerError as e:
+            t = failed(knob, e.message)
+        note(f"llama-server {knob.name} ({' '.join(knob.flags)}, {knob.what}): "
+             + (f"{t.served.summary()}; " if t.served else "") + t.why)
+        tried.append(t)
+        if t.kept and t.served:
+            flags, best = [*flags, *knob.flags], t.served
+    return flags, tried
 
 
 def _rebuild(lib_dir: str | None, binary: Path, winner: TrialRecord) -> str:

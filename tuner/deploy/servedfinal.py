@@ -57,12 +57,6 @@ def thread_candidates(record: TrialRecord) -> list[int]:
                   reverse=True)
 
 
-def _beats(a: ServedFigures, b: ServedFigures) -> bool:
-    """``a`` serves faster than ``b`` beyond both spreads: a's slowest request beats b's
-    median and a's median beats b's fastest."""
-    return a.request_s.max < b.request_s.median and a.request_s.median < b.request_s.min
-
-
 def _confirm(records: dict[int, TrialRecord], serve: Serve, first: int,
              second: int) -> dict[int, ServedFigures] | None:
     """Both finalists served once more, in the order opposite to the first pass: a served
@@ -95,9 +89,9 @@ def choose(report: FinalistReport, records: dict[int, TrialRecord], serve: Serve
     reason = report.reason
     if winner in served:
         best = min(served, key=lambda t: served[t].request_s.median)
-        if best != winner and _beats(served[best], served[winner]):
+        if best != winner and served[best].beats(served[winner]):
             again = _confirm(records, serve, first=winner, second=best)
-            if again is not None and _beats(again[best], again[winner]):
+            if again is not None and again[best].beats(again[winner]):
                 reason = (f"{reason}; served path: #{best} answers requests in "
                           f"{served[best].request_s.median:.4f} s against #{winner}'s "
                           f"{served[winner].request_s.median:.4f} s beyond both spreads, and "

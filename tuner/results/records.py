@@ -166,6 +166,12 @@ class ServedFigures(Frozen):
         return (f"prompts of {span} tokens, not {self.prompt_tokens}: the nearest this "
                 "vocabulary makes")
 
+    def beats(self, other: ServedFigures) -> bool:
+        """Faster than ``other`` beyond both spreads: this one's slowest request beats the
+        other's median and its median beats the other's fastest."""
+        return (self.request_s.max < other.request_s.median
+                and self.request_s.median < other.request_s.min)
+
     def summary(self) -> str:
         """One line: "ttft 0.122 s, gen 171.5 tok/s (106.0-198.0), request 0.87 s"."""
         parts = [f"ttft {self.ttft_s.median:.3f} s ({self.ttft_s.min:.3f}-{self.ttft_s.max:.3f})"]

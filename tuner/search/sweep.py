@@ -254,7 +254,7 @@ def _no_cuda_message(name: str, flags: BuildFlags | None) -> str:
 
 def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
     events = events or _Quiet()
-    started = time.monotonic()
+    sweep_t0 = time.monotonic()
     check_prune(opts.prune, opts.objective)
     info = check_model(opts.model)
     wl = opts.workload
@@ -299,7 +299,7 @@ def run_sweep(opts: SweepOptions, events: Events | None = None) -> SweepResult:
         wl = wl.model_copy(update={"repetitions": reps})
         opts = dataclasses.replace(opts, workload=wl, finalists=fin, served_requests=served,
                                    build_missing=budget.builds(opts.build_missing),
-                                   deadline=budget.deadline(started))
+                                   deadline=budget.deadline(sweep_t0))
         for line in budget.lines(fin, reps, served, opts.build_missing):
             events.note(line)
     sized: offloadbudget.Sized | None = None
@@ -673,7 +673,10 @@ def _final(opts: SweepOptions, study: str, store: StudyStore, records: list[Tria
                               lib_dir=lib_dirs.get(choice.winner.spec.model.build),
                               builds_dir=opts.builds_dir, out=opts.out,
                               requests=opts.served_requests, timeout_s=opts.load_timeout_s,
-                              note=events.note)
+                              note=events.note,
+                              # under a partial-offload budget the host's layers dominate a
+                              # token: no server-setting tries
+                              knobs=opts.deadline is None)
         seconds["llama-server"] = time.monotonic() - t0
         t0 = time.monotonic()
         if opts.deadline is not None and not opts.deadline.allows(offloadbudget.BREAKDOWN_TRIALS):
