@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tuner.deploy.breakdown import measure_breakdown
 from tuner.deploy.servedmeasure import measure_served
-from tuner.deploy.verify import load_deployment
+from tuner.deploy.serververify import load_deployment
 from tuner.errors import TunerError
 
 

@@ -66,7 +66,7 @@ def probe(name: str, flags: object) -> BuildProbe:
     """FAKE: what a CUDA probe worker reports, from the real probe output above."""
     hello = Hello(pid=1, system_info=PROBE.splitlines()[-1], supports_gpu_offload=True,
                   llama_cpp_python="0.3.36", lib_dir=None, gpus=[], driver=None, hostname="h",
-                  fork_canary=None, log=PROBE)
+                  log=PROBE)
     return BuildProbe(name, None, name, hello, flags)  # type: ignore[arg-type]
 
 

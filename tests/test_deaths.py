@@ -1,6 +1,6 @@
 """A sweep whose every trial dies the same way says why (tuner/evidence/deaths.py), stops early,
 and `tuner doctor` names the same cause from the stored evidence. The deaths are real worker
-deaths made by the FAKE faults of tuner/worker/faults.py (an AMX CPU cannot be had here)."""
+deaths made by the FAKE faults of tests/workerhooks/faults.py (an AMX CPU cannot be had here)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tests.cli_run import tuner
 from tests.spaces import write_space
+from tests.workerhooks.faults import env as fault_env
 from tuner.evidence.deaths import Death, amx_lines, cause_of, common_causes
 from tuner.results.studystore import default_storage, list_studies, records_of
 
@@ -20,7 +21,7 @@ def _sweep(model: Path, root: Path, faults: str) -> tuple:
                  "--prompt-tokens", 64, "--gen-tokens", 4, "--n-ctx", 128, "--repetitions", 1,
                  "--warmup", 0, "--trial-timeout", 30, "--results", root / "results",
                  "--out", root / "production.yaml", "--sampler", "grid",
-                 env={"TUNER_FAULTS": faults}, timeout=300)
+                 env=fault_env(faults), timeout=300)
     url = default_storage(root / "results")
     studies = list_studies(url)
     return proc, records_of(url, studies[0]) if studies else []

@@ -1,5 +1,5 @@
 """Fault injection: real workers made to abort, segfault, exit, kill themselves, hang, die the
-way a CUDA out-of-memory dies (a FAKE: no GPU here, see tuner/worker/faults.py) or raise, in the
+way a CUDA out-of-memory dies (a FAKE: no GPU here, see tests/workerhooks/faults.py) or raise, in the
 middle of a real sweep run by the real CLI. The sweep must survive every case, store every trial
 once with the right state, and go on with a fresh worker. Each fault is deterministic (it fires
 at the same point of the same trial every time), so each case runs once, and the seven faults of
@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests import fault_tally
-from tests.cli_run import tuner
+from tests.cli_run import REPO, tuner
 from tests.spaces import write_space
+from tests.workerhooks.faults import Fault, env as fault_env, parse
 from tuner.results.studystore import default_storage, list_studies, records_of
 
 GRID = 4  # n_batch 16, 32, 48, 64 in the load-fault cases
@@ -40,7 +43,7 @@ def run_sweep(model: Path, root: Path, faults: str, batches: list[int] | None = 
                  "--prompt-tokens", 64, "--gen-tokens", 4, "--n-ctx", 128, "--repetitions", 1,
                  "--warmup", 0, "--trial-timeout", 20, "--results", root / "results",
                  "--out", root / "production.yaml", "--finalist-rounds", 0, *extra,
-                 env={"TUNER_FAULTS": faults},
+                 env=fault_env(faults),
                  timeout=timeout)
     url = default_storage(root / "results")
     studies = list_studies(url)
@@ -114,3 +117,22 @@ def test_model_llama_cpp_refuses_is_infeasible_not_a_crash(tiny_model: Path,
         assert r.state.value == "infeasible" and r.signal is None, (r.state, r.error)
         assert "could not load the model" in r.error
         assert any("unknown model architecture" in line for line in r.log_tail), r.log_tail
+
+
+def test_a_mistyped_fault_fails_the_test_not_a_worker() -> None:
+    """The hooks' variable is checked in the test process (a worker's startup would only print
+    the error and run unhurt)."""
+    for bad in ("boom@load", "hang@nowhere", "hang@measure:n_batch"):
+        with pytest.raises(ValueError, match="KIND@STAGE"):
+            fault_env(bad)
+    assert parse("hang@measure:n_batch=8, exit@load") == [
+        Fault("hang", "measure", "n_batch", "8"), Fault("exit", "load")]
+
+
+def test_the_product_carries_no_test_hook() -> None:
+    """FAKE failures and the spawn proof live in tests/workerhooks, injected from the tests'
+    PYTHONPATH: no module of tuner/ names them."""
+    names = ("TUNER_TEST_", "TUNER_FAULTS", "fork_canary", "FORK_CANARY", "maybe_inject")
+    hits = [p.name for p in (REPO / "tuner").rglob("*.py")
+            if any(n in p.read_text() for n in names)]
+    assert hits == []

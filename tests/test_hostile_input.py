@@ -18,10 +18,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.cli_run import REPO, digest_tree, one_line_error, tuner
+from tests.cli_run import digest_tree, one_line_error, tuner
 from tests.malformed_corpus import run_unprivileged_prefix, world_readable_tmpdir
 from tests.spaces import write_space
 from tests.test_bad_input import bad_sweep
+from tests.workerhooks import faults
 from tuner.results.storeerrors import open_storage
 from tuner.results.studystore import IDENTITY, default_storage, records_of
 
@@ -368,7 +369,7 @@ def test_interrupt_mid_trial_says_how_to_resume(sig: int, code: int, tiny_model:
             "--prompt-tokens", "32", "--gen-tokens", "2", "--repetitions", "1", "--warmup", "0",
             "--results", str(tmp_path / "results"), "--out", str(tmp_path / "production.yaml"),
             "--study", "h", "--trial-timeout", "120", "--finalist-rounds", "0"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TUNER_FAULTS": "hang@measure:n_batch=16"}
+    env = {**os.environ, **faults.env("hang@measure:n_batch=16")}
     # A user's shell starts the sweep with Ctrl-C's default action; a test runner started in
     # the background of a non-interactive shell has SIGINT ignored, and its children inherit
     # that (Python then installs no KeyboardInterrupt handler): start the sweep as a shell would.

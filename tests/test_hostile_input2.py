@@ -23,6 +23,7 @@ from tests.records_factory import make_record, store_records
 from tests.report_data import drift_from, finalists_from, throttled
 from tests.spaces import write_space
 from tests.test_finalists import scripted
+from tests.workerhooks import faults
 from tuner.deploy.prodconfig import write_production
 from tuner.deploy.sidecar import read_sidecar
 from tuner.models.modelcheck import check_model
@@ -519,7 +520,7 @@ def test_a_log_of_a_cuda_load_then_a_cpu_build_load_is_judged_by_the_cpu_one(
 def test_a_confirmation_worker_killed_drops_its_config_and_says_so(tiny_model: Path,
                                                                   tmp_path: Path) -> None:
     # The search first; then the same study's finalist stage, where every fresh worker
-    # measuring n_batch 32 kills itself (FAKE, tuner/worker/faults.py: SIGKILL mid-trial).
+    # measuring n_batch 32 kills itself (FAKE, tests/workerhooks/faults.py: SIGKILL mid-trial).
     space = write_space(tmp_path / "space.yaml", n_batch=[16, 32], n_ubatch=[16])
     common = ("sweep", "--model", tiny_model, "--device", "cpu", "--space", space,
               "--prompt-tokens", 32, "--gen-tokens", 2, "--n-ctx", 64, "--repetitions", 1,
@@ -527,7 +528,7 @@ def test_a_confirmation_worker_killed_drops_its_config_and_says_so(tiny_model: P
               "--study", "killed", "--served-requests", 0)
     assert tuner(*common, "--finalist-rounds", 0).returncode == 0
     proc = tuner(*common, "--finalist-rounds", 2, "--confirm-top", 2,
-                 env={"TUNER_FAULTS": "sigkill@measure:n_batch=32"})
+                 env=faults.env("sigkill@measure:n_batch=32"))
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     stored = open_study(default_storage(tmp_path / "results"), "killed")
     assert stored is not None

@@ -93,7 +93,7 @@ def _gpu_outcome(load_and_context_log: str, op_log: str | None) -> Outcome:
     hello = Ready(pid=1, system_info=next(ln for ln in load_and_context_log.splitlines()
                                           if ln.startswith("CUDA : ARCHS")),
                   supports_gpu_offload=True, llama_cpp_python="0.3.36", lib_dir=None, gpus=[],
-                  driver=None, hostname="h", fork_canary=None, log="", load_seconds=1.0,
+                  driver=None, hostname="h", log="", load_seconds=1.0,
                   n_layer=1)
     data = Measured(pp_seconds=[0.01], tg_seconds=[0.1], context_seconds=0.1, warmups={},
                     threads=1, gpu_peak_mib=None, gpu_total_mib=None, clocks=None, log="",

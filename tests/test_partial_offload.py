@@ -12,6 +12,7 @@ import pytest
 from tests.cli_run import tuner
 from tests.partial_fixture import partial_log
 from tests.spaces import write_space
+from tests.workerhooks import faults
 from tuner.evidence.placement import Expectation, parse_load_log, verify
 from tuner.models import memplan
 from tuner.results.studystore import default_storage, list_studies, records_of
@@ -176,7 +177,7 @@ def test_out_of_memory_at_load_is_infeasible_not_a_crash(tiny_model: Path,
                  "--prompt-tokens", 32, "--gen-tokens", 4, "--n-ctx", 64, "--repetitions", 1,
                  "--warmup", 0, "--results", tmp_path / "results",
                  "--out", tmp_path / "production.yaml", "--finalist-rounds", 0,
-                 "--sampler", "grid", env={"TUNER_FAULTS": "oom@load"}, timeout=300)
+                 "--sampler", "grid", env=faults.env("oom@load"), timeout=300)
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 3, proc.stderr[-2000:]
     url = default_storage(tmp_path / "results")

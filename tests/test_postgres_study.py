@@ -27,6 +27,7 @@ from tests.cli_run import one_line_error, start_tuner, tuner, wrote_config
 from tests.postgres import PgServer
 from tests.server_run import free_port
 from tests.spaces import write_space
+from tests.workerhooks import faults
 from tuner.deploy.configcheck import check_config
 
 State = optuna.trial.TrialState
@@ -130,7 +131,7 @@ def test_killed_sweeps_trial_is_failed_by_heartbeat_and_retried(storage_url: str
                                                                  tiny_model: Path,
                                                                  tmp_path: Path) -> None:
     """Sweep A plays another host (TUNER_HOST: its pid means nothing here, only its heartbeat
-    does) and hangs in its first trial (a FAKE hang, tuner/worker/faults.py); it is SIGKILLed
+    does) and hangs in its first trial (a FAKE hang, tests/workerhooks/faults.py); it is SIGKILLed
     with its worker, as a host dies. A sweep started while A's heartbeat is still fresh leaves
     that trial alone; once the heartbeat is older than TUNER_STALE_S, the next sweep fails it
     ("interrupted") and runs its setting again. Every setting ends with one COMPLETE trial."""
@@ -138,7 +139,7 @@ def test_killed_sweeps_trial_is_failed_by_heartbeat_and_retried(storage_url: str
     beat = {"TUNER_HEARTBEAT_S": "1", "TUNER_STALE_S": str(stale_s)}
     args = sweep_args(tiny_model, tmp_path, storage_url, "--trial-timeout", "300")
     a = start(args, env={**beat, "TUNER_HOST": "fake-other-host",
-                         "TUNER_FAULTS": "hang@measure:n_batch=8"})
+                         **faults.env("hang@measure:n_batch=8")})
     deadline = time.monotonic() + 180
     running: list[optuna.trial.FrozenTrial] = []
     while not running:

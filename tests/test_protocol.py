@@ -59,7 +59,7 @@ WL = Workload(prompt_tokens=16, gen_tokens=2, repetitions=1, warmup=0)
 INFO = dict(pid=7, system_info="CPU : SSE3 = 1 | ", supports_gpu_offload=False,
             llama_cpp_python="0.3.36", lib_dir=None,
             gpus=[GpuDevice(index=0, name="NVIDIA H100 80GB HBM3", memory_mib=81559.0)],
-            driver="550.54", hostname="h", fork_canary=None, log="llama_model_loader: ...")
+            driver="550.54", hostname="h", log="llama_model_loader: ...")
 CLOCKS = GpuClocks(start=ClockReading(sm_clock_mhz=1980, throttle_reasons=[]),
                    end=ClockReading(sm_clock_mhz=1755, power_w=699.5,
                                     throttle_reasons=["sw_power_cap"]))

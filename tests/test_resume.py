@@ -22,6 +22,7 @@ import pytest
 from tests import fault_tally
 from tests.cli_run import REPO, start_tuner, tuner
 from tests.spaces import write_space
+from tests.workerhooks import faults
 from tuner.results.studystore import RECORD, default_storage, records_of
 
 GRID = 8
@@ -117,13 +118,13 @@ def test_parent_killed_and_restarted_loses_and_duplicates_nothing(kill_after: in
 
 
 def test_report_while_a_sweep_writes(tiny_model: Path, tmp_path: Path) -> None:
-    """The sweep hangs in its fifth trial (a FAKE hang, tuner/worker/faults.py) until the trial
+    """The sweep hangs in its fifth trial (a FAKE hang, tests/workerhooks/faults.py) until the trial
     timeout: so the reader is sure to read the study part-written, not only before and after."""
     root = tmp_path / "run"
     batches = [16, 32, 48, 64, 80, 96, 112, 128]
     proc = start(sweep_args(tiny_model, root, "--trial-timeout", "12", n_batch=batches,
                             n_ubatch=[16]),
-                 env={"TUNER_FAULTS": "hang@measure:n_batch=80"})
+                 env=faults.env("hang@measure:n_batch=80"))
     counts: list[int] = []
     reader_errors: list[str] = []
     deadline = time.monotonic() + 240

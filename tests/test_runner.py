@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tuner.worker.main as worker_main
 from tests.cli_run import REPO
+from tests.workerhooks import env as hook_env, faults, spawnproof
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 from tuner.worker.runner import Runner
 
@@ -24,13 +24,18 @@ def spec(n_batch: int) -> TrialSpec:
 
 def test_workers_are_spawned_not_forked(tiny_model: Path, tmp_path: Path,
                                         monkeypatch) -> None:
-    # A forked child would inherit this module global; a spawned one imports the module anew.
-    monkeypatch.setattr(worker_main, "FORK_CANARY", "set in the parent")
+    # A forked child would share this process's marker and run no startup hook (no record); a
+    # spawned one starts a new interpreter, whose hook records the marker it sees: none.
+    record = tmp_path / "spawned.jsonl"
+    monkeypatch.setattr(spawnproof, "MARKER", "set in the parent")
+    for name, value in hook_env(**{spawnproof.VAR: str(record)}).items():
+        monkeypatch.setenv(name, value)
     with Runner(tiny_model, tmp_path, {"installed": None}) as runner:
         out = runner.run(spec(16), WL)
         assert out.state == "complete", out.error
         assert type(runner._worker.proc).__name__ == "SpawnProcess"
-        assert out.hello.fork_canary is None
+        assert out.hello is not None
+        assert spawnproof.records(record) == [{"pid": out.hello.pid, "marker": None}]
 
 
 def test_one_worker_serves_context_changes_and_measures(tiny_model: Path,
@@ -107,7 +112,8 @@ def test_a_crash_ends_only_its_worker_and_the_next_config_gets_a_fresh_one(
         tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
     # A finalists' round (tuner/search/sweep.py) measures up to 3 configs in one worker: when
     # llama.cpp dies on the second, the third still gets measured, in a new process.
-    monkeypatch.setenv("TUNER_FAULTS", "segfault@measure:n_batch=32")
+    for name, value in faults.env("segfault@measure:n_batch=32").items():
+        monkeypatch.setenv(name, value)
     with Runner(tiny_model, tmp_path, {"installed": None}, trials_per_worker=3,
                 sentinel=False) as runner:
         first = runner.run(spec(16), WL)

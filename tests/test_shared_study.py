@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from tests import fault_tally
 from tests.cli_run import start_tuner, tuner, wrote_config
 from tests.spaces import write_space
+from tests.workerhooks import faults
 from tuner.results import claims as claims_mod
 from tuner.results.studystore import default_storage, records_of
 
@@ -92,12 +93,12 @@ def test_concurrent_sweeps_share_one_study(n: int, tiny_model: Path, tmp_path: P
 
 def test_a_live_sweeps_trial_is_never_closed_by_another(tiny_model: Path,
                                                           tmp_path: Path) -> None:
-    """The first sweep hangs in its first trial (a FAKE hang, tuner/worker/faults.py) until its
+    """The first sweep hangs in its first trial (a FAKE hang, tests/workerhooks/faults.py) until its
     timeout; a second sweep started meanwhile leaves that trial alone (its owner is alive and
     beating) and runs the rest; the first then stores its timeout. Nothing runs twice."""
     root = tmp_path / "live"
     args = race_args(tiny_model, root, "--trial-timeout", "30")
-    first = start(args, env={"TUNER_FAULTS": "hang@measure:n_batch=8"})
+    first = start(args, env=faults.env("hang@measure:n_batch=8"))
     db = root / "results" / "optuna.db"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not running_trials(db):  # the first holds a trial

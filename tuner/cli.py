@@ -389,17 +389,15 @@ def verify_cmd(config: Path, url: str | None, port: int | None, tolerance: float
       tuner verify configs/production.llama-server.args
     """
     from tuner.deploy.llamaserver import is_llama_server_file
+    from tuner.deploy.llamaserververify import service as llama_server_service
+    from tuner.deploy.serververify import service as python_server_service
     from tuner.deploy.verify import failure, result_lines, run_verify
 
+    load = (llama_server_service if llama_server or is_llama_server_file(config)
+            else python_server_service)
     with terminable():  # SIGTERM: the server stopped, its folder removed, one line, exit 143
-        if llama_server or is_llama_server_file(config):
-            from tuner.deploy.llamaserververify import run_verify as verify_llama_server
-
-            result = verify_llama_server(config, url=url, port=port, tolerance=tolerance / 100,
-                                         requests=requests, timeout_s=timeout)
-        else:
-            result = run_verify(config, url=url, port=port, tolerance=tolerance / 100,
-                                requests=requests, timeout_s=timeout)
+        result = run_verify(config, load, url=url, port=port, tolerance=tolerance / 100,
+                            requests=requests, timeout_s=timeout)
     for line in result_lines(result):
         out.print(line, markup=False, soft_wrap=True)
     problem = failure(result)

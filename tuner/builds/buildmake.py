@@ -253,22 +253,8 @@ def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path(
     if source is None:
         _fetch_sdist(commands.pop(0), Path(plan.source), log)
     sha256 = _sha256(Path(plan.source))
-    log(f"extracting {plan.source}")
-    with tarfile.open(plan.source, "r:*") as tar:
-        if hasattr(tarfile, "data_filter"):  # Python 3.12, and 3.10.12/3.11.4 backports
-            tar.extractall(staging / "src", filter="data")
-        else:
-            tar.extractall(staging / "src")
-    configure, help_cmd, build = commands
-    if server and ui_standin(Path(configure[2])):
-        log("this source has no web UI (tools/ui): llama-server is built without one")
-    _run(configure, log, "cmake configure", fail_hint, env)
-    targets = _run(help_cmd, lambda _l: None, "cmake target list", fail_hint, env)
-    missing = [t for t in targets_of(bench, server)
-               if not re.search(rf"^{re.escape(t)}: ", targets, re.M)]
-    if missing:
-        raise TunerError(f"this llama.cpp has no target {', '.join(missing)}", hint=fail_hint)
-    _run(build, log, "cmake build", fail_hint, env)
+    _extract(Path(plan.source), staging / "src", log)
+    _compile(commands, env, log, fail_hint, bench=bench, server=server)
     made_bench, made_server = _collect(staging / "cmake" / "bin", staging / "lib",
                                        staging / "bin")
     system_info = probe_library(staging / "lib")
@@ -285,6 +271,39 @@ def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path(
         server=f"bin/{SERVER_TARGET}" if made_server else None)
     write_file(staging / "build.json", (record.model_dump_json(indent=2) + "\n").encode(),
                "the build record")
+    _put_in_place(staging, final, variant)
+    log(f"built {variant} in {record.duration_s:.0f}s: {final}")
+    return _info(final, record)
+
+
+def _extract(sdist: Path, into: Path, log: Callable[[str], None]) -> None:
+    """Unpack the source archive (with tarfile's data filter where this Python has it)."""
+    log(f"extracting {sdist}")
+    with tarfile.open(sdist, "r:*") as tar:
+        if hasattr(tarfile, "data_filter"):  # Python 3.12, and 3.10.12/3.11.4 backports
+            tar.extractall(into, filter="data")
+        else:
+            tar.extractall(into)
+
+
+def _compile(commands: list[list[str]], env: dict[str, str], log: Callable[[str], None],
+             fail_hint: str, *, bench: bool, server: bool) -> None:
+    """cmake configure, check the source has every target asked for, cmake build."""
+    configure, help_cmd, build = commands
+    if server and ui_standin(Path(configure[2])):
+        log("this source has no web UI (tools/ui): llama-server is built without one")
+    _run(configure, log, "cmake configure", fail_hint, env)
+    targets = _run(help_cmd, lambda _l: None, "cmake target list", fail_hint, env)
+    missing = [t for t in targets_of(bench, server)
+               if not re.search(rf"^{re.escape(t)}: ", targets, re.M)]
+    if missing:
+        raise TunerError(f"this llama.cpp has no target {', '.join(missing)}", hint=fail_hint)
+    _run(build, log, "cmake build", fail_hint, env)
+
+
+def _put_in_place(staging: Path, final: Path, variant: str) -> None:
+    """Drop the source and cmake trees, then rename the staging folder over ``final`` (the
+    build it replaces moved aside first and removed after)."""
     shutil.rmtree(staging / "src")
     shutil.rmtree(staging / "cmake")
     old = staging.with_name(f".{variant}.old")
@@ -293,8 +312,6 @@ def build_variant(variant: str, *, source: Path | None, builds_dir: Path = Path(
         final.rename(old)
     staging.rename(final)
     shutil.rmtree(old, ignore_errors=True)
-    log(f"built {variant} in {record.duration_s:.0f}s: {final}")
-    return _info(final, record)
 
 
 def existing_build(variant: str, builds_dir: Path, *, bench: bool,

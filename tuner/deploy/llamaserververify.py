@@ -1,21 +1,18 @@
 """``tuner verify`` of a llama-server deployment (``production.llama-server.args`` and the two
-files beside it): the binary started as the deployment would (its arguments and environment
-files, from another working directory, a free loopback port), the library it mapped and the
-build flags and placement from its own load log checked against what was measured, the
-sweep's workload over HTTP compared with the figures stored. The same failure classes and
-exit codes as for llama_cpp.server (tuner/deploy/verify.py)."""
+files beside it): the files read and checked, the binary started as the deployment would (its
+arguments and environment files, from another working directory, a free loopback port), the
+workload sent with llama-server's sampling. The checks, the failure classes and the exit codes
+are tuner/deploy/verify.py's, as for llama_cpp.server."""
 
 from __future__ import annotations
 
-import tempfile
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
-from tuner.builds.buildinfo import find_system_info, variant_of
-from tuner.deploy.httpserve import free_port
+from tuner.deploy.deployed import HOST, MeasuredBuild, Stored, local_url
 from tuner.deploy.llamaserver import (
     LlamaServerDeployment,
     files_of,
@@ -28,18 +25,8 @@ from tuner.deploy.llamaserver import (
     with_port,
 )
 from tuner.deploy.service import read_env_file, service_env
-from tuner.deploy.sidecar import check_url
-from tuner.deploy.verify import (
-    VerifyResult,
-    _build_diff,
-    _describe,
-    _log_path,
-    compare,
-    gap_line,
-    loaded_library,
-)
-from tuner.errors import BadInput, EnvironmentUnfit
-from tuner.evidence.placement import expect, parse_load_log, verify
+from tuner.errors import BadInput
+from tuner.results.records import ServedFigures
 
 
 class LoadedDeployment(LlamaServerDeployment):
@@ -80,56 +67,40 @@ def load(path: Path) -> LoadedDeployment:
                             run_env=env)
 
 
-def run_verify(path: Path, *, url: str | None = None, port: int | None = None,
-               tolerance: float = 0.10, requests: int = 5,
-               timeout_s: float = 300) -> VerifyResult:
-    """Verify the llama-server deployment at ``path``; see the module docstring."""
-    url = check_url(url) if url is not None else None
-    dep = load(path)
-    prompt_env = service_env(dep.spec, dep.lib_dir)
-    side: dict[str, Any] = {"served": dep.served.model_dump(mode="json") if dep.served else None,
-                            "figures": dep.raw or {}}
-    with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-verify-")))
-        log_path: Path | None = None
-        facts: dict[str, Any] = {}
-        if url is None:
-            port = free_port(port)
-            log_path = _log_path(dep.args_path, None, tmp)
-            args = with_port(dep.run_args, "127.0.0.1", port)
-            proc = stack.enter_context(running(Path(dep.binary), args, process_env(dep.run_env),
-                                               tmp, log_path))
-            url = f"http://127.0.0.1:{port}"
-            wait_healthy(proc, url, log_path, timeout_s)
-            facts = _check(dep, proc.pid, log_path.read_text(errors="replace"))
-            if facts["placement_reasons"]:
-                return VerifyResult(config=str(dep.args_path), url=url, log_path=str(log_path),
-                                    tolerance=tolerance, **facts)
-        measured = measure(url.rstrip("/"), dep.model, dep.workload, prompt_env, requests,
-                           timeout_s)
-    kind, note, checks = compare(measured, side, tolerance)
-    note = note.replace("the sidecar's", "the deployment's llama-server")
-    return VerifyResult(config=str(dep.args_path), url=url,
-                        log_path=str(log_path) if log_path else None, measured=measured,
-                        reference_kind=kind, reference_note=note, checks=checks,
-                        gap=gap_line(measured, side), tolerance=tolerance, **facts)
+@dataclass(frozen=True)
+class LlamaServer:
+    """llama-server's deployment as a ``DeployedService`` (tuner/deploy/deployed.py)."""
+
+    dep: LoadedDeployment
+
+    @property
+    def stored(self) -> Stored:
+        dep = self.dep
+        return Stored(
+            path=dep.args_path, name="llama-server", spec=dep.spec, workload=dep.workload,
+            build=MeasuredBuild(
+                lib_dir=dep.lib_dir, system_info=dep.system_info or "",
+                lib_hint=(f"set LD_LIBRARY_PATH={dep.lib_dir} first in "
+                          f"{files_of(dep.args_path)['env']}"),
+                rebuild_hint=f"recreate the build: {dep.rebuild}"),
+            figures={"served": dep.served.model_dump(mode="json") if dep.served else None,
+                     "figures": dep.raw or {}},
+            figures_name="the deployment's llama-server")
+
+    def start(self, stack: ExitStack, port: int, cwd: Path, log_path: Path,
+              timeout_s: float) -> int:
+        args = with_port(self.dep.run_args, HOST, port)
+        proc = stack.enter_context(running(Path(self.dep.binary), args,
+                                           process_env(self.dep.run_env), cwd, log_path))
+        wait_healthy(proc, local_url(port), log_path, timeout_s)
+        return proc.pid
+
+    def measure(self, url: str, requests: int, timeout_s: float) -> ServedFigures:
+        """The workload with the prompts made in the measured library's environment."""
+        return measure(url, self.dep.model, self.dep.workload,
+                       service_env(self.dep.spec, self.dep.lib_dir), requests, timeout_s)
 
 
-def _check(dep: LoadedDeployment, pid: int, log: str) -> dict[str, Any]:
-    """Library (the process's memory map), build flags and placement (its load log)."""
-    library = loaded_library(pid)
-    env_path = files_of(dep.args_path)["env"]
-    if library and Path(library).resolve().parent != Path(dep.lib_dir).resolve():
-        raise EnvironmentUnfit(f"build mismatch: llama-server loaded {library}, the sweep "
-                               f"measured the build in {dep.lib_dir}",
-                               hint=f"set LD_LIBRARY_PATH={dep.lib_dir} first in {env_path}")
-    loaded = find_system_info(log)
-    measured = find_system_info(dep.system_info or "")
-    if loaded is not None and measured is not None and (diff := _build_diff(measured, loaded)):
-        raise EnvironmentUnfit(f"build mismatch: llama-server's library is {_describe(loaded)}, "
-                               f"the sweep measured {_describe(measured)} ({diff})",
-                               hint=f"recreate the build: {dep.rebuild}")
-    verdict = verify(parse_load_log(log), expect(
-        dep.spec, dep.workload, build=variant_of(measured) if measured else None))
-    return {"placement": verdict.summary, "placement_reasons": verdict.reasons,
-            "library": library}
+def service(path: Path) -> LlamaServer:
+    """The llama-server deployment at ``path`` (any of its files, or the YAML beside them)."""
+    return LlamaServer(load(path))

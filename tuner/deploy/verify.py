@@ -1,9 +1,9 @@
-"""``tuner verify``: start the real ``python -m llama_cpp.server --config_file CONFIG`` the way
-the deployment would (the sidecar's environment, from another working directory, a free
-loopback port), prove from the server's own log that it loaded the measured build and placed
-the model as measured, send the sweep's workload over HTTP, and compare time to first token and
-generation speed with the figures stored beside the config. ``--url`` checks a service already
-running (speed only: its log is not ours to read).
+"""``tuner verify``, one flow for every kind of deployment (tuner/deploy/deployed.py): start the
+real server the way the deployment would (its environment, from another working directory, a
+free loopback port), prove from the server's memory map and own log that it loaded the measured
+build and placed the model as measured, send the sweep's workload over HTTP, and compare time
+to first token and generation speed with the figures stored beside the deployment. ``--url``
+checks a service already running (speed only: its log is not ours to read).
 
 Every way the deployment can be wrong is one error line: a missing model, a server that exits
 (with its log's last lines), a port in use, another library than the measured build, a
@@ -13,33 +13,23 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError
 
 from tuner.builds.buildinfo import BuildFlags, find_system_info, variant_of
-from tuner.deploy.configcheck import ConfigInvalid, check_config
-from tuner.deploy.httpserve import free_port, measure_http, running_server, wait_ready
-from tuner.deploy.prodconfig import sidecar_path
-from tuner.deploy.service import env_file_path, raw_prediction
-from tuner.deploy.sidecar import (
-    check_model_path,
-    check_url,
-    config_entry,
-    read_sidecar,
-    service_environment,
-)
+from tuner.deploy.deployed import DeployedService, Stored, local_url
+from tuner.deploy.httpserve import free_port
+from tuner.deploy.service import raw_prediction
+from tuner.deploy.sidecar import check_url
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.evidence.placement import expect, parse_load_log, verify
-from tuner.machine.childenv import service_env
-from tuner.machine.yamlread import load_unique
 from tuner.results.records import ServedFigures
-from tuner.specs import Frozen, TrialSpec, Workload
+from tuner.specs import Frozen
 
-# The server lets these override the config file; a deployment check must read the file.
 # Build facts that must match between what was measured and what the server loaded (CPU
 # feature flags may differ between hosts without changing the kernels that run on the GPU).
 _BUILD_FACTS = ("cuda", "archs", "force_cublas", "force_mmq", "cuda_graphs", "fa_quants",
@@ -78,86 +68,41 @@ class VerifyResult(Frozen):
         return self.placement_ok and all(c.ok for c in self.checks)
 
 
-class Deployment(Frozen):
-    """The config, its sidecar and the service environment, read and checked."""
-
-    config_path: Path
-    config: dict[str, Any]
-    sidecar: dict[str, Any]
-    env: dict[str, str]
-    model_path: str
-    spec: TrialSpec
-    workload: Workload
-
-
-def load_deployment(config_path: Path) -> Deployment:
-    config_path = Path(config_path).absolute()
-    if not config_path.is_file():
-        raise BadInput(f"no config at {config_path}",
-                       hint="give the production config: tuner verify configs/production.yaml")
-    try:
-        config = load_unique(config_path.read_text())
-    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError) as e:
-        raise BadInput(f"cannot read {config_path} as YAML: {str(e).splitlines()[0]}") from None
-    entry = config_entry(config, config_path)
-    side = read_sidecar(sidecar_path(config_path))
-    model = entry.get("model")
-    check_model_path(model if isinstance(model, str) else "", config_path)
-    env = service_environment(env_file_path(config_path), side)
-    return Deployment(config_path=config_path, config=config,
-                      sidecar=side.model_dump(mode="json"), env=env, model_path=str(model),
-                      spec=side.spec, workload=side.workload)
-
-
-def check_server_config(dep: Deployment) -> None:
-    """The config read by the server's own settings classes (unknown keys, wrong types), in the
-    service's environment, before any server starts: bad input is exit 2, not a server that
-    prints its banner and exits."""
-    try:
-        check_config(dep.config, None, service_env(dep.env))
-    except ConfigInvalid as e:
-        raise BadInput(f"{dep.config_path}: {e.message}",
-                       hint="the server would refuse it; write the config with tuner sweep") from None
-
-
-def run_verify(config_path: Path, *, url: str | None = None, port: int | None = None,
-               tolerance: float = 0.10, requests: int = 5, timeout_s: float = 300,
-               log_dir: Path | None = None) -> VerifyResult:
-    """Verify the deployment of ``config_path``; see the module docstring."""
+def run_verify(path: Path, load: Callable[[Path], DeployedService], *, url: str | None = None,
+               port: int | None = None, tolerance: float = 0.10, requests: int = 5,
+               timeout_s: float = 300, log_dir: Path | None = None) -> VerifyResult:
+    """Verify the deployment at ``path``, read by ``load`` (its kind's reader); see the module
+    docstring."""
     url = check_url(url) if url is not None else None
-    dep = load_deployment(config_path)
-    check_server_config(dep)
-    server_env = service_env(dep.env)
+    svc = load(path)
+    st = svc.stored
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-verify-")))
         log_path: Path | None = None
         facts: dict[str, Any] = {}
         if url is None:
             port = free_port(port)
-            log_path = _log_path(dep.config_path, log_dir, tmp)
-            proc = stack.enter_context(running_server(dep.config, dep.config_path.name, server_env,
-                                               port, tmp, log_path))
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(proc, url, log_path, timeout_s)
-            facts = _check_server(dep, proc.pid, log_path.read_text(errors="replace"))
+            log_path = _log_path(st.path, log_dir, tmp)
+            pid = svc.start(stack, port, tmp, log_path, timeout_s)
+            url = local_url(port)
+            facts = _check_server(st, pid, log_path.read_text(errors="replace"))
             if facts["placement_reasons"]:
-                return VerifyResult(config=str(dep.config_path), url=url, log_path=str(log_path),
+                return VerifyResult(config=str(st.path), url=url, log_path=str(log_path),
                                     tolerance=tolerance, **facts)
-        measured = _measured(url.rstrip("/"), dep, server_env, requests, timeout_s)
-    kind, note, checks = compare(measured, dep.sidecar, tolerance)
-    return VerifyResult(config=str(dep.config_path), url=url,
+        measured = _measured(svc, url.rstrip("/"), requests, timeout_s)
+    kind, note, checks = compare(measured, st.figures, tolerance, st.figures_name)
+    return VerifyResult(config=str(st.path), url=url,
                         log_path=str(log_path) if log_path else None, measured=measured,
                         reference_kind=kind, reference_note=note, checks=checks,
-                        gap=gap_line(measured, dep.sidecar), tolerance=tolerance, **facts)
+                        gap=gap_line(measured, st.figures), tolerance=tolerance, **facts)
 
 
-def _measured(url: str, dep: Deployment, env: dict[str, str], requests: int,
-              timeout_s: float) -> ServedFigures:
+def _measured(svc: DeployedService, url: str, requests: int, timeout_s: float) -> ServedFigures:
     """The workload over HTTP. A served-path failure (prompts the vocabulary cannot make, a
     served-path process that dies, a reply the service garbles) says why in one line, exit 3:
     the deployment could not be shown to serve; never an unexpected error (exit 1)."""
     try:
-        return measure_http(url, dep.model_path, dep.workload, env, requests, timeout_s)
+        return svc.measure(url, requests, timeout_s)
     except (BadInput, EnvironmentUnfit):
         raise
     except TunerError as e:
@@ -177,27 +122,22 @@ def _log_path(config: Path, log_dir: Path | None, tmp: Path) -> Path:
     return tmp / f"{stem}.verify.log"
 
 
-def _check_server(dep: Deployment, pid: int, log: str) -> dict[str, Any]:
+def _check_server(st: Stored, pid: int, log: str) -> dict[str, Any]:
     """Library, build flags and placement of the running server, from the process's memory
     map and its own load log. A build mismatch raises; a placement mismatch is reported."""
-    build = dep.sidecar.get("build") or {}
     library = loaded_library(pid)
-    want_dir = build.get("lib_dir")
+    want_dir = st.build.lib_dir
     if library and want_dir and Path(library).resolve().parent != Path(want_dir).resolve():
-        raise EnvironmentUnfit(f"build mismatch: the server loaded {library}, the sweep "
-                               f"measured the build in {want_dir}",
-                               hint=f"set LLAMA_CPP_LIB_PATH={want_dir} in "
-                                    f"{env_file_path(dep.config_path)}")
+        raise EnvironmentUnfit(f"build mismatch: {st.name} loaded {library}, the sweep "
+                               f"measured the build in {want_dir}", hint=st.build.lib_hint)
     loaded = find_system_info(log)
-    env = dep.sidecar.get("environment") or {}
-    measured = find_system_info(env.get("system_info") or "")
+    measured = find_system_info(st.build.system_info)
     if loaded is not None and measured is not None and (diff := _build_diff(measured, loaded)):
-        raise EnvironmentUnfit(f"build mismatch: the server's library is {_describe(loaded)}, "
+        raise EnvironmentUnfit(f"build mismatch: {st.name}'s library is {_describe(loaded)}, "
                                f"the sweep measured {_describe(measured)} ({diff})",
-                               hint=f"recreate the build: {build.get('rebuild', 'tuner build')}; "
-                                    f"LLAMA_CPP_LIB_PATH in {env_file_path(dep.config_path)}")
+                               hint=st.build.rebuild_hint)
     verdict = verify(parse_load_log(log), expect(
-        dep.spec, dep.workload, build=variant_of(measured) if measured else None))
+        st.spec, st.workload, build=variant_of(measured) if measured else None))
     return {"placement": verdict.summary, "placement_reasons": verdict.reasons,
             "library": library}
 
@@ -246,11 +186,11 @@ def gap_line(measured: ServedFigures, side: dict[str, Any]) -> str | None:
     return "raw vs served: " + "; ".join(parts) if parts else None
 
 
-def compare(measured: ServedFigures, side: dict[str, Any],
-            tolerance: float) -> tuple[str, str, list[SpeedCheck]]:
-    """Time to first token and generation speed against the sidecar's served figures, or its
-    raw figures when it has none (the raw loop leaves out the per-token Python work, so a gap
-    there is expected and said)."""
+def compare(measured: ServedFigures, side: dict[str, Any], tolerance: float,
+            whose: str = "the sidecar's") -> tuple[str, str, list[SpeedCheck]]:
+    """Time to first token and generation speed against the sidecar's served figures (``whose``
+    names them in the note), or its raw figures when it has none (the raw loop leaves out the
+    per-token Python work, so a gap there is expected and said)."""
     served = side.get("served")
     served = served if isinstance(served, dict) else None
     ttft: float | None
@@ -261,7 +201,7 @@ def compare(measured: ServedFigures, side: dict[str, Any],
         except ValidationError:
             raise BadInput("the sidecar's served figures are not valid",
                            hint="write the config again with tuner sweep") from None
-        kind, note = "served", f"the sidecar's served figures ({ref.summary()})"
+        kind, note = "served", f"{whose} served figures ({ref.summary()})"
         ttft = ref.ttft_s.median
         gen = ref.gen_tps.median if ref.gen_tps else None
     else:

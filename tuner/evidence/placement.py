@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from contextlib import suppress
+from dataclasses import dataclass, field
 
 from pydantic import Field
 
@@ -58,84 +59,135 @@ def is_cpu_device(name: str) -> bool:
 
 def parse_load_log(text: str) -> PlacementEvidence:
     """Evidence from a llama.cpp log. Never raises: what the log lacks stays None or empty."""
-    devices: dict[int, str] = {}
-    model_devices: list[str] = []
-    devices_closed = False
-    layers: dict[int, str] = {}
-    kv_layers: dict[int, str] = {}
-    model_buf: dict[str, float] = {}
-    kv_buf: dict[str, float] = {}
-    compute_buf: dict[str, float] = {}
-    ctx: dict[str, int] = {}
+    reader = _LoadLogReader()
+    for line in text.splitlines():
+        reader.read(line)
+    return reader.evidence(text)
+
+
+@dataclass
+class _LoadLogReader:
+    """The evidence of a log read so far, line by line; a new load or context starts its part
+    of the evidence over."""
+
+    devices: dict[int, str] = field(default_factory=dict)
+    model_devices: list[str] = field(default_factory=list)
+    devices_closed: bool = False
+    layers: dict[int, str] = field(default_factory=dict)
+    kv_layers: dict[int, str] = field(default_factory=dict)
+    model_buf: dict[str, float] = field(default_factory=dict)
+    kv_buf: dict[str, float] = field(default_factory=dict)
+    compute_buf: dict[str, float] = field(default_factory=dict)
+    ctx: dict[str, int] = field(default_factory=dict)
     offloaded: tuple[int, int] | None = None
     flash: str | None = None
     kv_types: tuple[str, str] | None = None
-    errors: list[str] = []
-    is_load = False
+    errors: list[str] = field(default_factory=list)
+    is_load: bool = False
 
-    for line in text.splitlines():
+    def read(self, line: str) -> None:
+        """Take one line: at most one of the placement readers claims it; the flash attention
+        verdict and failures are looked for on every line."""
         head, colon, rest = line.partition(":")
-        if colon and head in _LOAD_HEADS:
-            is_load = True
-        if colon and "using device" in rest and (m := _USING_DEVICE.search(rest)):
-            if devices_closed:  # the device list of a new load
-                model_devices, devices_closed = [], False
-            model_devices.append(m.group(1))
-        if colon and head in _MODEL_HEADS:
-            if "loading model tensors" in rest:  # a new load: its placement replaces the last
-                layers, model_buf, offloaded = {}, {}, None
-                devices_closed = True
-            elif m := _LAYER.match(rest):
-                layers[int(m.group(1))] = m.group(2)
-            elif m := _OFFLOADED.search(rest):
-                offloaded = (int(m.group(1)), int(m.group(2)))
-            elif m := _BUFFER.match(rest):
-                _add(model_buf, m.group(1), m.group(3))
-        elif colon and head.startswith("llama_kv_cache"):
-            if m := _KV_LAYER.match(rest):
-                kv_layers[int(m.group(1))] = m.group(2)
-            elif m := _BUFFER.match(rest):
-                _add(kv_buf, m.group(1), m.group(3))  # summed: an SWA model has two caches
-            elif m := _KV_TYPES.search(rest):
-                kv_types = (m.group(1).lower(), m.group(2).lower())
-        elif colon and head in _CONTEXT_HEADS and "constructing llama_context" in rest:
-            kv_layers, kv_buf, compute_buf, ctx, flash, kv_types = {}, {}, {}, {}, None, None
-        elif colon and head in _CONTEXT_HEADS and (m := _CTX_INT.match(rest)):
-            ctx[m.group(1)] = int(m.group(2))
-        elif colon and head in _CONTEXT_HEADS and (m := _FLASH.match(rest)):
-            flash = m.group(1).lower()
-        elif line.startswith("  Device ") and (m := DEVICE_LINE.match(line)):
-            devices[int(m.group(1))] = m.group(2).strip()
-        elif colon and "compute buffer size" in rest and (m := _BUFFER.match(rest)):
-            _add(compute_buf, m.group(1), m.group(3), replace=True)
-        elif colon and "KV self size" in rest and (m := _KV_TYPES.search(rest)):
-            kv_types = (m.group(1).lower(), m.group(2).lower())
+        if colon:
+            self._load_line(head, rest)
+        claimed = bool(colon) and (self._tensors_line(head, rest) or self._kv_cache_line(head, rest)
+                                   or self._context_line(head, rest))
+        if not claimed:
+            self._device_or_buffer_line(line, bool(colon), rest)
         if "Flash Attention was" in line and (m := _FLASH_RESOLVED.search(line)):
-            flash = m.group(1).lower()
-        if (len(errors) < _MAX_ERRORS and _FAILURE.search(line)
-                and not line.startswith(_NOT_FAILURES) and line.strip() not in errors):
-            errors.append(line.strip())
+            self.flash = m.group(1).lower()
+        self._failure_line(line)
 
-    ev = PlacementEvidence(
-        cuda_devices=[devices[i] for i in sorted(devices)],
-        model_devices=model_devices,
-        layer_devices=layers,
-        offloaded_layers=offloaded[0] if offloaded else None,
-        total_layers=offloaded[1] if offloaded else None,
-        kv_layer_devices=kv_layers,
-        model_buffers_mib=model_buf,
-        kv_buffers_mib=kv_buf,
-        compute_buffers_mib=compute_buf,
-        flash_attn=flash,
-        n_ctx=ctx.get("n_ctx"),
-        n_batch=ctx.get("n_batch"),
-        n_ubatch=ctx.get("n_ubatch"),
-        kv_types=kv_types,
-        build=find_system_info(text),
-        errors=errors,
-        is_load_log=is_load,
-    )
-    return ev.model_copy(update={"per_gpu": per_device(ev)})
+    def _load_line(self, head: str, rest: str) -> None:
+        """Whether this is a load log at all, and the devices a load says it uses."""
+        if head in _LOAD_HEADS:
+            self.is_load = True
+        if "using device" in rest and (m := _USING_DEVICE.search(rest)):
+            if self.devices_closed:  # the device list of a new load
+                self.model_devices, self.devices_closed = [], False
+            self.model_devices.append(m.group(1))
+
+    def _tensors_line(self, head: str, rest: str) -> bool:
+        """The model's layers, offload count and buffers; a new load replaces the last."""
+        if head not in _MODEL_HEADS:
+            return False
+        if "loading model tensors" in rest:
+            self.layers, self.model_buf, self.offloaded = {}, {}, None
+            self.devices_closed = True
+        elif m := _LAYER.match(rest):
+            self.layers[int(m.group(1))] = m.group(2)
+        elif m := _OFFLOADED.search(rest):
+            self.offloaded = (int(m.group(1)), int(m.group(2)))
+        elif m := _BUFFER.match(rest):
+            _add(self.model_buf, m.group(1), m.group(3))
+        return True
+
+    def _kv_cache_line(self, head: str, rest: str) -> bool:
+        """The KV cache's per-layer devices, buffers and types."""
+        if not head.startswith("llama_kv_cache"):
+            return False
+        if m := _KV_LAYER.match(rest):
+            self.kv_layers[int(m.group(1))] = m.group(2)
+        elif m := _BUFFER.match(rest):
+            _add(self.kv_buf, m.group(1), m.group(3))  # summed: an SWA model has two caches
+        elif m := _KV_TYPES.search(rest):
+            self.kv_types = (m.group(1).lower(), m.group(2).lower())
+        return True
+
+    def _context_line(self, head: str, rest: str) -> bool:
+        """A new context (its evidence starts over), its sizes and flash attention setting."""
+        if head not in _CONTEXT_HEADS:
+            return False
+        if "constructing llama_context" in rest:
+            self.kv_layers, self.kv_buf, self.compute_buf = {}, {}, {}
+            self.ctx, self.flash, self.kv_types = {}, None, None
+        elif m := _CTX_INT.match(rest):
+            self.ctx[m.group(1)] = int(m.group(2))
+        elif m := _FLASH.match(rest):
+            self.flash = m.group(1).lower()
+        else:
+            return False
+        return True
+
+    def _device_or_buffer_line(self, line: str, colon: bool, rest: str) -> None:
+        """A CUDA device line, a compute buffer, or an older log's KV types."""
+        if line.startswith("  Device ") and (m := DEVICE_LINE.match(line)):
+            self.devices[int(m.group(1))] = m.group(2).strip()
+        elif colon and "compute buffer size" in rest and (m := _BUFFER.match(rest)):
+            _add(self.compute_buf, m.group(1), m.group(3), replace=True)
+        elif colon and "KV self size" in rest and (m := _KV_TYPES.search(rest)):
+            self.kv_types = (m.group(1).lower(), m.group(2).lower())
+
+    def _failure_line(self, line: str) -> None:
+        """Keep a line that reports a failure (once, up to _MAX_ERRORS)."""
+        if (len(self.errors) < _MAX_ERRORS and _FAILURE.search(line)
+                and not line.startswith(_NOT_FAILURES) and line.strip() not in self.errors):
+            self.errors.append(line.strip())
+
+    def evidence(self, text: str) -> PlacementEvidence:
+        """The evidence read, with the build's system-info line of ``text`` and per-GPU sums."""
+        offloaded = self.offloaded
+        ev = PlacementEvidence(
+            cuda_devices=[self.devices[i] for i in sorted(self.devices)],
+            model_devices=self.model_devices,
+            layer_devices=self.layers,
+            offloaded_layers=offloaded[0] if offloaded else None,
+            total_layers=offloaded[1] if offloaded else None,
+            kv_layer_devices=self.kv_layers,
+            model_buffers_mib=self.model_buf,
+            kv_buffers_mib=self.kv_buf,
+            compute_buffers_mib=self.compute_buf,
+            flash_attn=self.flash,
+            n_ctx=self.ctx.get("n_ctx"),
+            n_batch=self.ctx.get("n_batch"),
+            n_ubatch=self.ctx.get("n_ubatch"),
+            kv_types=self.kv_types,
+            build=find_system_info(text),
+            errors=self.errors,
+            is_load_log=self.is_load,
+        )
+        return ev.model_copy(update={"per_gpu": per_device(ev)})
 
 
 def _add(into: dict[str, float], name: str, mib: str, replace: bool = False) -> None:

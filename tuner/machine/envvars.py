@@ -8,7 +8,6 @@ reads it from ``current()``, never from ``os.environ``.
   than the heartbeat, or every live sweep would look gone to the others and settings would run
   twice.
 - ``TUNER_HOST`` (the hostname): the name this host's claims carry.
-- ``TUNER_FAULTS`` (empty): FAKE failures for the fault-injection tests (tuner/worker/faults.py).
 - ``TUNER_FAKE_GPU_FREE_MIB``, ``TUNER_FAKE_HOST_AVAILABLE_MIB`` (unset): FAKE free GPU and
   host memory in MiB for the memory plan's tests on machines without a GPU (CI); never set on
   a real run.
@@ -25,8 +24,6 @@ from dataclasses import dataclass
 from tuner.errors import BadInput
 
 MAX_SECONDS = 604800.0  # a week
-FAULT_KINDS = ("abort", "segfault", "hang", "exit", "sigkill", "oom", "amx", "raise")
-FAULT_STAGES = ("load", "measure")
 HOST_MAX = 255  # the claims table's host column
 
 
@@ -35,7 +32,6 @@ class TunerEnv:
     heartbeat_s: float
     stale_s: float
     host: str | None  # None: the hostname
-    faults: tuple[tuple[str, str, str], ...]  # (kind, stage, "FIELD=VALUE" or "")
     fake_gpu_free_mib: float | None = None  # FAKE (tests): the GPU's free memory
     fake_host_available_mib: float | None = None  # FAKE (tests): the host's available memory
 
@@ -58,19 +54,6 @@ def _host(name: str, text: str) -> str | None:
         raise BadInput(f"{name}={text[:40]!r} is not a host name (printable, no surrounding "
                        f"spaces, at most {HOST_MAX} characters)", hint=f"unset {name}")
     return text
-
-
-def _faults(name: str, text: str) -> tuple[tuple[str, str, str], ...]:
-    out = []
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        kind, _, rest = item.partition("@")
-        stage, _, cond = rest.partition(":")
-        if kind not in FAULT_KINDS or stage not in FAULT_STAGES or (cond and "=" not in cond):
-            raise BadInput(f"{name}: {item!r} is not KIND@STAGE[:FIELD=VALUE] (kinds: "
-                           f"{', '.join(FAULT_KINDS)}; stages: {', '.join(FAULT_STAGES)})",
-                           hint=f"unset {name}: it is for the fault-injection tests")
-        out.append((kind, stage, cond))
-    return tuple(out)
 
 
 def _mib(name: str, text: str) -> float | None:
@@ -97,7 +80,6 @@ VARS = {
     "heartbeat_s": Var("TUNER_HEARTBEAT_S", "5", _seconds),
     "stale_s": Var("TUNER_STALE_S", "60", _seconds),
     "host": Var("TUNER_HOST", "", _host),
-    "faults": Var("TUNER_FAULTS", "", _faults),
     "fake_gpu_free_mib": Var("TUNER_FAKE_GPU_FREE_MIB", "", _mib),
     "fake_host_available_mib": Var("TUNER_FAKE_HOST_AVAILABLE_MIB", "", _mib),
 }

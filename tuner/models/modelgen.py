@@ -18,11 +18,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
 from tuner.errors import BadInput, TunerError
+
+if TYPE_CHECKING:
+    import gguf
 
 
 class Shape(TypedDict):
@@ -158,6 +161,35 @@ def write_llama(path: str | Path, *, n_layer: int, n_embd: int, n_head: int, n_h
     np_type, file_type = DTYPES[dtype]
     path = Path(path)
     w = gguf.GGUFWriter(path, "llama")
+    _add_hyperparameters(w, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
+                         n_ff=n_ff, context_length=context_length)
+    w.add_vocab_size(n_vocab)
+    w.add_file_type(file_type)
+    _add_vocabulary(w, n_vocab, pieces)
+    layout = _tensors(n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab)
+    data_bytes = _add_tensor_infos(w, layout, np_type)
+    partial = path.with_name(path.name + ".partial")  # a killed run leaves no plausible model
+    try:
+        w.write_header_to_file(partial)
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        if sparse:
+            assert w.fout is not None
+            end = w.fout[0].tell()
+            w.fout[0].truncate(end + -end % w.data_alignment + data_bytes)
+        else:
+            _write_weights(w, layout, np_type, np.random.default_rng(seed))
+        w.close()
+        os.replace(partial, path)
+    finally:
+        w.close()
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def _add_hyperparameters(w: gguf.GGUFWriter, *, n_layer: int, n_embd: int, n_head: int,
+                         n_head_kv: int, n_ff: int, context_length: int) -> None:
+    """The model's name and the llama architecture's shape keys."""
     w.add_name(f"tuner synthetic llama {n_layer}L {n_embd}d")
     w.add_context_length(context_length)
     w.add_embedding_length(n_embd)
@@ -168,8 +200,10 @@ def write_llama(path: str | Path, *, n_layer: int, n_embd: int, n_head: int, n_h
     w.add_rope_dimension_count(n_embd // n_head)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(n_vocab)
-    w.add_file_type(file_type)
+
+
+def _add_vocabulary(w: gguf.GGUFWriter, n_vocab: int, pieces: Iterator[str] | None) -> None:
+    """A SentencePiece ("llama") tokenizer of ``n_vocab`` tokens and its special tokens."""
     tokens, scores, types = vocabulary(n_vocab, pieces)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
@@ -181,35 +215,28 @@ def write_llama(path: str | Path, *, n_layer: int, n_embd: int, n_head: int, n_h
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
 
-    layout = _tensors(n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab)
+
+def _add_tensor_infos(w: gguf.GGUFWriter, layout: list[tuple[str, tuple[int, ...]]],
+                      np_type: type) -> int:
+    """Declare each tensor (norms stay f32, as llama.cpp's converters write them); the data
+    section's size in bytes, alignment included."""
     data_bytes = 0
-    for name, shape in layout:  # norms stay f32, as llama.cpp's converters write them
+    for name, shape in layout:
         t = np.dtype(np.float32 if len(shape) == 1 else np_type)
         nbytes = int(np.prod(shape)) * t.itemsize
         w.add_tensor_info(name, shape, t, nbytes)
         data_bytes += nbytes + -nbytes % w.data_alignment
-    rng = np.random.default_rng(seed)
-    partial = path.with_name(path.name + ".partial")  # a killed run leaves no plausible model
-    try:
-        w.write_header_to_file(partial)
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        if sparse:
-            assert w.fout is not None
-            end = w.fout[0].tell()
-            w.fout[0].truncate(end + -end % w.data_alignment + data_bytes)
+    return data_bytes
+
+
+def _write_weights(w: gguf.GGUFWriter, layout: list[tuple[str, tuple[int, ...]]],
+                   np_type: type, rng: np.random.Generator) -> None:
+    """Stream each tensor's data: norms ones, the rest small random weights."""
+    for _name, shape in layout:
+        if len(shape) == 1:
+            w.write_tensor_data(np.ones(shape, dtype=np.float32))
         else:
-            for _name, shape in layout:
-                if len(shape) == 1:
-                    w.write_tensor_data(np.ones(shape, dtype=np.float32))
-                else:
-                    w.write_tensor_data(_random(rng, shape, np_type))
-        w.close()
-        os.replace(partial, path)
-    finally:
-        w.close()
-        partial.unlink(missing_ok=True)
-    return path
+            w.write_tensor_data(_random(rng, shape, np_type))
 
 
 def ftype_number(ftype: str) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 from tuner.builds.catalog import INSTALLED
 from tuner.deploy.servicecompare import lines, raw_of, rows
@@ -203,63 +204,93 @@ def _services(finalists: FinalistReport | None, by_number: dict[int, TrialRecord
     return lines(rows(win.served if win else None, finalists.llama_server, raw))
 
 
-def overview(study: str, records: list[TrialRecord], finalists: FinalistReport | None = None,
-             drifts: list[WorkerDrift] | None = None) -> Overview:
-    """The decision and its evidence for one study's records (see the module docstring)."""
-    by_number = {r.number: r for r in records}
+@dataclass(frozen=True)
+class _Decision:
+    """Which trial won, the runner-up and their gap, and how the choice was made."""
+
+    note: str
+    winner: Pick | None = None
+    win_rec: TrialRecord | None = None
+    runner: Pick | None = None
+    gap: Interval | None = None
+    tie: bool = False
+    tie_reason: str | None = None
+    undecided: bool = False
+
+
+def _finalist_decision(finalists: FinalistReport,
+                       by_number: dict[int, TrialRecord]) -> _Decision:
+    """The finalist re-measurement's winner, its closest rival and the gap between them."""
+    level = finalists.level
+    w = {f.trial: f for f in finalists.finalists}[finalists.winner_trial]
+    runner = gap = None
+    others = sorted((f for f in finalists.finalists if f.trial != w.trial),
+                    key=lambda f: f.request_seconds.value)
+    if others:
+        r2 = others[0]
+        runner = _from_finalist(r2, by_number.get(r2.trial), level)
+        gap = (r2.ratio_to_leader if w.trial == finalists.leader_trial
+               else _ratio(r2.request_seconds, w.request_seconds))
+    return _Decision(
+        note=(f"re-measured with {len(finalists.finalists)} finalists in fresh workers "
+              f"({finalists.measured_at})"),
+        winner=_from_finalist(w, by_number.get(w.trial), level), win_rec=by_number.get(w.trial),
+        runner=runner, gap=gap, tie=finalists.tie, tie_reason=finalists.reason,
+        undecided=bool(finalists.undecided))
+
+
+def _search_decision(records: list[TrialRecord]) -> _Decision:
+    """Without a finalist report: the search's best usable trial and its second."""
+    note = ("best search trial; not re-measured (no finalist report), so its figures carry "
+            "the search's noise and the winner's curse")
     ranked = [r for r in order(records) if r.usable]
-    env = next((r.environment for r in records if r.environment is not None), None)
-    winner = runner = None
-    gap = None
-    tie, tie_reason, undecided = False, None, False
-    finalist_ok = finalists is not None and any(
-        f.trial == finalists.winner_trial for f in finalists.finalists)
-    if finalist_ok:
-        assert finalists is not None
-        level = finalists.level
-        figs = {f.trial: f for f in finalists.finalists}
-        w = figs[finalists.winner_trial]
-        winner = _from_finalist(w, by_number.get(w.trial), level)
-        others = sorted((f for f in finalists.finalists if f.trial != w.trial),
-                        key=lambda f: f.request_seconds.value)
-        if others:
-            r2 = others[0]
-            runner = _from_finalist(r2, by_number.get(r2.trial), level)
-            gap = (r2.ratio_to_leader if w.trial == finalists.leader_trial
-                   else _ratio(r2.request_seconds, w.request_seconds))
-        tie, tie_reason = finalists.tie, finalists.reason
-        undecided = bool(finalists.undecided)
-        note = (f"re-measured with {len(finalists.finalists)} finalists in fresh workers "
-                f"({finalists.measured_at})")
-        win_rec = by_number.get(w.trial)
-    else:
-        win_rec = ranked[0] if ranked else None
-        if win_rec is not None:
-            winner = _from_record(win_rec)
-            if len(ranked) > 1:
-                runner = _from_record(ranked[1])
-                gap = _ratio(runner.request_s, winner.request_s)
-        note = ("best search trial; not re-measured (no finalist report), so its figures carry "
-                "the search's noise and the winner's curse")
-    base = stock_baseline(win_rec, records) if win_rec is not None else None
+    if not ranked:
+        return _Decision(note=note)
+    winner = _from_record(ranked[0])
+    runner = _from_record(ranked[1]) if len(ranked) > 1 else None
+    gap = _ratio(runner.request_s, winner.request_s) if runner is not None else None
+    return _Decision(note=note, winner=winner, win_rec=ranked[0], runner=runner, gap=gap)
+
+
+def _gains(base: TrialRecord | None, winner: Pick | None) -> tuple[float | None, float | None]:
+    """The winner's request-time and prompt-speed gains over the defaults' trial ``base``."""
     gain = pp_gain = None
     if base is not None and winner is not None and base.objective:
         gain = base.objective / winner.request_s.value
         bm = base.measurement
         if bm is not None and winner.pp_tps and bm.pp_tps.median:
             pp_gain = winner.pp_tps / bm.pp_tps.median
-    warnings = [f"#{r.number} {r.spec.label()}: {why}" for r in order(records)
-                for why in instability(r, drifts)]
+    return gain, pp_gain
+
+
+def _breakdown(finalists: FinalistReport | None,
+               winner: Pick | None) -> tuple[TokenBreakdown | None, str | None]:
+    """The winner's served-token breakdown (one of another trial is left out), or why none."""
+    if finalists is None:
+        return None, None
+    bd = finalists.breakdown
+    fits = bd is not None and bd.trial == (winner.trial if winner else None)
+    return (bd if fits else None), finalists.breakdown_error
+
+
+def overview(study: str, records: list[TrialRecord], finalists: FinalistReport | None = None,
+             drifts: list[WorkerDrift] | None = None) -> Overview:
+    """The decision and its evidence for one study's records (see the module docstring)."""
+    by_number = {r.number: r for r in records}
+    env = next((r.environment for r in records if r.environment is not None), None)
+    decided = finalists if finalists is not None and any(
+        f.trial == finalists.winner_trial for f in finalists.finalists) else None
+    d = (_finalist_decision(decided, by_number) if decided is not None
+         else _search_decision(records))
+    base = stock_baseline(d.win_rec, records) if d.win_rec is not None else None
+    gain, pp_gain = _gains(base, d.winner)
     states = Counter(r.state.value for r in records)
-    served = _served_line(finalists, by_number) if finalist_ok else None
-    services = _services(finalists, by_number) if finalist_ok else []
     front = pareto_front(records)
-    bd = finalists.breakdown if finalist_ok and finalists is not None else None
-    bd_note = finalists.breakdown_error if finalist_ok and finalists is not None else None
+    breakdown, breakdown_note = _breakdown(decided, d.winner)
     return Overview(
-        breakdown=bd if bd is not None and bd.trial == (winner.trial if winner else None)
-        else None, breakdown_note=bd_note, services=services,
-        served=served, confirmed=finalists.confirmed if finalists is not None else [],
+        breakdown=breakdown, breakdown_note=breakdown_note,
+        services=_services(decided, by_number), served=_served_line(decided, by_number),
+        confirmed=finalists.confirmed if finalists is not None else [],
         front=[_from_record(r) for r in front] if len(front) > 1 else [],
         study=study, device=records[0].spec.model.device if records else "unknown",
         gpu=(env.gpus[0].get("name") if env and env.gpus else None),
@@ -269,13 +300,15 @@ def overview(study: str, records: list[TrialRecord], finalists: FinalistReport |
         total=len(records), states={s.value: states.get(s.value, 0) for s in TrialState},
         verified=sum(1 for r in records if r.state is TrialState.COMPLETE
                      and r.verification.verified),
-        winner=winner, winner_note=note if winner else "", runner_up=runner, gap=gap,
-        gap_beyond_noise=None if gap is None else (gap.low > 1.0 or gap.high < 1.0),
-        gap_verdict=_gap_words(gap),
-        tie=tie, tie_reason=tie_reason, undecided=undecided,
+        winner=d.winner, winner_note=d.note if d.winner else "", runner_up=d.runner, gap=d.gap,
+        gap_beyond_noise=None if d.gap is None else (d.gap.low > 1.0 or d.gap.high < 1.0),
+        gap_verdict=_gap_words(d.gap),
+        tie=d.tie, tie_reason=d.tie_reason, undecided=d.undecided,
         baseline=_from_record(base) if base is not None else None,
         gain=gain, pp_gain=pp_gain,
-        no_winner_reason=None if winner else _no_winner_reason(records),
-        warnings=warnings, effects=effects(records), importance=importance(records),
-        offload=offload_lines(win_rec, records),
+        no_winner_reason=None if d.winner else _no_winner_reason(records),
+        warnings=[f"#{r.number} {r.spec.label()}: {why}" for r in order(records)
+                  for why in instability(r, drifts)],
+        effects=effects(records), importance=importance(records),
+        offload=offload_lines(d.win_rec, records),
     )

@@ -79,6 +79,35 @@ def _roofline_lines(r: Roofline) -> list[str]:
 
 def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
     """The default terminal view of one study."""
+    body = _grid()
+    _winner_rows(body, ov)
+    _rival_rows(body, ov)
+    if roof is not None:
+        _block(body, "roofline", _roofline_lines(roof))
+    _front_rows(body, ov)
+    parts: list[RenderableType] = [_head_grid(ov), Text(""), body]
+    if ov.confirmed:
+        parts += [Text(""), confirmed_table(ov)]
+    if ov.effects:
+        parts += [Text(""), effects_table(ov)]
+    if ov.importance:
+        parts += [Text(""), Text("importance: the share of the variance of log(request time) "
+                                 "each setting explains alone", style="italic"),
+                  importance_view(ov.importance)]
+    if ov.warnings:
+        parts += [Text(""), Text(f"warnings ({len(ov.warnings)})", style="bold yellow"),
+                  _warnings_grid(ov.warnings)]
+    return Group(*parts)
+
+
+def _block(body: Table, label: str, lines: list[str]) -> None:
+    """Rows of ``lines`` under one label, shown on the first."""
+    for i, line in enumerate(lines):
+        body.add_row(label if i == 0 else "", line)
+
+
+def _head_grid(ov: Overview) -> Table:
+    """What was tuned: the study, machine, model, workload and the trials' states."""
     head = _grid()
     head.add_row("study", ov.study)
     machine = [f"device {ov.device}", f"GPU {ov.gpu}" if ov.gpu else "no GPU recorded",
@@ -90,25 +119,30 @@ def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
     failed = ", ".join(f"{n} {s}" for s, n in ov.states.items() if n and s != "complete")
     head.add_row("trials", f"{ov.total} stored: {ov.states.get('complete', 0)} measured, "
                  f"{ov.verified} verified" + (f"; {failed}" if failed else ""))
-    body = _grid()
+    return head
+
+
+def _winner_rows(body: Table, ov: Overview) -> None:
+    """The winner, its proof, and what the served, services, breakdown and offload say of it."""
     w = ov.winner
     if w is None:
         body.add_row("winner", Text(f"none: {ov.no_winner_reason}", style="bold red"))
-    else:
-        body.add_row("winner", Text(f"#{w.trial} {w.label}", style="bold green"))
-        body.add_row("", _pick_line(w))
-        body.add_row("", ov.winner_note)
-        body.add_row("verified", ("yes: " if w.verified else "NO: ") + w.proof)
-        if ov.tie or ov.undecided:
-            body.add_row("tie" if ov.tie else "undecided", ov.tie_reason or "")
-        if ov.served:
-            body.add_row("served", Text(ov.served))  # "[worker, ...]" is no markup
-        for i, line in enumerate(ov.services):
-            body.add_row("services" if i == 0 else "", line)
-        for i, line in enumerate(breakdown_lines(ov)):
-            body.add_row("per token" if i == 0 else "", line)
-        for i, line in enumerate(ov.offload):
-            body.add_row("offload" if i == 0 else "", line)
+        return
+    body.add_row("winner", Text(f"#{w.trial} {w.label}", style="bold green"))
+    body.add_row("", _pick_line(w))
+    body.add_row("", ov.winner_note)
+    body.add_row("verified", ("yes: " if w.verified else "NO: ") + w.proof)
+    if ov.tie or ov.undecided:
+        body.add_row("tie" if ov.tie else "undecided", ov.tie_reason or "")
+    if ov.served:
+        body.add_row("served", Text(ov.served))  # "[worker, ...]" is no markup
+    _block(body, "services", ov.services)
+    _block(body, "per token", breakdown_lines(ov))
+    _block(body, "offload", ov.offload)
+
+
+def _rival_rows(body: Table, ov: Overview) -> None:
+    """The runner-up and its gap, and the gain over llama-cpp-python's defaults."""
     r = ov.runner_up
     if r is not None and ov.gap is not None:
         body.add_row("runner-up", f"#{r.trial} {r.label}: {secs(r.request_s.value)} s, "
@@ -119,39 +153,33 @@ def overview_view(ov: Overview, roof: Roofline | None = None) -> RenderableType:
         body.add_row("baseline", f"#{b.trial} {b.label} (llama-cpp-python's defaults): "
                      f"{secs(b.request_s.value)} s/request; the winner is {ov.gain:.2f}x as fast "
                      f"({(1 - 1 / ov.gain) * 100:.1f}% less time per request){more}")
-    elif w is not None:
+    elif ov.winner is not None:
         body.add_row("baseline", "not measured on the winner's build (no gain to show)")
-    if roof is not None:
-        for i, line in enumerate(_roofline_lines(roof)):
-            body.add_row("roofline" if i == 0 else "", line)
-    # The Pareto front, when it holds trade-offs: no trial beats these on every axis. The label
-    # stays within the column's 10 characters (the other rows' alignment depends on it).
-    for i, f in enumerate(ov.front):
+
+
+def _front_rows(body: Table, ov: Overview) -> None:
+    """The Pareto front, when it holds trade-offs: no trial beats these on every axis. The
+    label stays within the column's 10 characters (the other rows' alignment depends on it)."""
+    lines = []
+    for f in ov.front:
         figs = [f"prompt {tps(f.pp_tps)} t/s"] + (
             [f"generation {tps(f.tg_tps)} t/s"] if f.tg_tps is not None else []) + (
             [f"GPU {f.gpu_mib:,.0f} MiB"] if f.gpu_mib is not None else [])
-        body.add_row("pareto" if i == 0 else "", f"#{f.trial} {f.label}: {', '.join(figs)}")
-    parts: list[RenderableType] = [head, Text(""), body]
-    if ov.confirmed:
-        parts += [Text(""), confirmed_table(ov)]
-    if ov.effects:
-        parts += [Text(""), effects_table(ov)]
-    if ov.importance:
-        parts += [Text(""), Text("importance: the share of the variance of log(request time) "
-                                 "each setting explains alone", style="italic"),
-                  importance_view(ov.importance)]
-    if ov.warnings:
-        parts += [Text(""), Text(f"warnings ({len(ov.warnings)})", style="bold yellow")]
-        warn = Table.grid(padding=(0, 0))
-        warn.add_column(width=2)
-        warn.add_column(overflow="fold", ratio=1)
-        for x in ov.warnings[:WARNINGS_SHOWN]:
-            warn.add_row("", x)
-        hidden = len(ov.warnings) - WARNINGS_SHOWN
-        if hidden > 0:
-            warn.add_row("", f"... and {hidden} more (tuner report --format trials)")
-        parts.append(warn)
-    return Group(*parts)
+        lines.append(f"#{f.trial} {f.label}: {', '.join(figs)}")
+    _block(body, "pareto", lines)
+
+
+def _warnings_grid(warnings: list[str]) -> Table:
+    """The first WARNINGS_SHOWN warnings, and how many more the trials format has."""
+    warn = Table.grid(padding=(0, 0))
+    warn.add_column(width=2)
+    warn.add_column(overflow="fold", ratio=1)
+    for x in warnings[:WARNINGS_SHOWN]:
+        warn.add_row("", x)
+    hidden = len(warnings) - WARNINGS_SHOWN
+    if hidden > 0:
+        warn.add_row("", f"... and {hidden} more (tuner report --format trials)")
+    return warn
 
 
 def confirmed_table(ov: Overview) -> Table:

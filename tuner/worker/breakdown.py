@@ -100,71 +100,90 @@ def _stages(llama_cpp: Any, llm: Any, job: BreakdownJob, sampling: dict[str, flo
             eog: list[int]) -> dict[str, Run]:
     """Each in-process stage as a function of (prompt text, its tokens) -> ms per token."""
     from llama_cpp.llama import LogitsProcessorList
-    from llama_cpp.server.types import CreateCompletionRequest
 
-    from tuner.worker.bench import Bench
+    st = _Stages(llama_cpp, llm, job.gen_tokens, eog,
+                 {SAMPLING_FIELDS[k]: (int(v) if k == "top_k" else v)
+                  for k, v in sampling.items()})
+    return {"raw": st.raw, "eval": st.evaluate, "sample": st.generate(None),
+            "bias": st.generate(LogitsProcessorList([st.bias_processor])),
+            "completion": st.completion}
 
-    g = job.gen_tokens
-    ctx = llm._ctx.ctx
-    rng = random.Random(1234)
-    n_vocab = llm.n_vocab()
-    gen_kwargs = {SAMPLING_FIELDS[k]: (int(v) if k == "top_k" else v)
-                  for k, v in sampling.items()}
-    bias_map = {t: -1.0e9 for t in eog}
 
-    def bias_processor(input_ids: Any, scores: Any) -> Any:
-        # As Llama.create_completion builds it from a request's logit_bias (llama.py 0.3.36).
+class _Stages:
+    """The stages' timed runs on one loaded model, ``g`` tokens each; ``gen_kwargs`` is the
+    server's sampling as ``Llama.generate`` takes it."""
+
+    def __init__(self, llama_cpp: Any, llm: Any, g: int, eog: list[int],
+                 gen_kwargs: dict[str, Any]) -> None:
+        self.llama_cpp, self.llm, self.g, self.eog = llama_cpp, llm, g, eog
+        self.gen_kwargs = gen_kwargs
+        self.ctx = llm._ctx.ctx
+        self.rng = random.Random(1234)
+        self.bias_map = {t: -1.0e9 for t in eog}
+
+    def bias_processor(self, input_ids: Any, scores: Any) -> Any:
+        """The end-of-generation bias as Llama.create_completion builds it from a request's
+        logit_bias (llama.py 0.3.36)."""
         import numpy as np
 
         new_scores = np.copy(scores)
-        for token, score in bias_map.items():
+        for token, score in self.bias_map.items():
             new_scores[token] = score + scores[token]
         return new_scores
 
-    def raw(_: str, tokens: list[int]) -> float:
-        bench = Bench(llama_cpp, llm._model.model, ctx)
-        wl = Workload(prompt_tokens=len(tokens), gen_tokens=g, n_ctx=llm.n_ctx())
+    def raw(self, _: str, tokens: list[int]) -> float:
+        """The raw decode loop of tuner/worker/bench.py."""
+        from tuner.worker.bench import Bench
+
+        llm = self.llm
+        bench = Bench(self.llama_cpp, llm._model.model, self.ctx)
+        wl = Workload(prompt_tokens=len(tokens), gen_tokens=self.g, n_ctx=llm.n_ctx())
         seconds = bench.tg_run(wl, llm.n_batch)
         llm.reset()  # the binding's view of the cache no longer holds
-        return seconds * 1e3 / g
+        return seconds * 1e3 / self.g
 
-    def evaluate(_: str, tokens: list[int]) -> float:
+    def evaluate(self, _: str, tokens: list[int]) -> float:
+        """``Llama.eval`` of random next tokens, synchronised after each."""
+        llm, sync = self.llm, self.llama_cpp.llama_synchronize
         llm.reset()
         llm.eval(tokens)
-        llama_cpp.llama_synchronize(ctx)
-        nxt = [rng.randrange(n_vocab) for _ in range(g)]
+        sync(self.ctx)
+        n_vocab = llm.n_vocab()
+        nxt = [self.rng.randrange(n_vocab) for _ in range(self.g)]
         t0 = time.perf_counter_ns()
         for t in nxt:
             llm.eval([t])
-            llama_cpp.llama_synchronize(ctx)
-        return (time.perf_counter_ns() - t0) / 1e6 / g
+            sync(self.ctx)
+        return (time.perf_counter_ns() - t0) / 1e6 / self.g
 
-    def generate(processors: Any) -> Run:
+    def generate(self, processors: Any) -> Run:
+        """``Llama.generate`` at the server's sampling, with ``processors`` on the logits."""
         def run(_: str, tokens: list[int]) -> float:
-            llm.reset()
+            self.llm.reset()
             stamps = []
-            it = llm.generate(tokens, reset=True, logits_processor=processors, **gen_kwargs)
+            it = self.llm.generate(tokens, reset=True, logits_processor=processors,
+                                   **self.gen_kwargs)
             for _tok in it:
                 stamps.append(time.perf_counter_ns())
-                if len(stamps) == g:
+                if len(stamps) == self.g:
                     break
             it.close()
             return _per_token(stamps)
         return run
 
-    def completion(prompt: str, _: list[int]) -> float:
-        body = CreateCompletionRequest(**request_body(prompt, g, eog))
+    def completion(self, prompt: str, _: list[int]) -> float:
+        """Streamed ``create_completion`` of the server's request body."""
+        from llama_cpp.server.types import CreateCompletionRequest
+
+        body = CreateCompletionRequest(**request_body(prompt, self.g, self.eog))
         kwargs = body.model_dump(exclude=SERVER_EXCLUDE)
-        llm.reset()
+        self.llm.reset()
         stamps = []
-        for _chunk in llm(**kwargs):
+        for _chunk in self.llm(**kwargs):
             stamps.append(time.perf_counter_ns())
         if len(stamps) < 2:
             raise RuntimeError(f"the completion streamed {len(stamps)} chunks")
-        return (stamps[-1] - stamps[0]) / 1e6 / (g - 1)
-
-    return {"raw": raw, "eval": evaluate, "sample": generate(None),
-            "bias": generate(LogitsProcessorList([bias_processor])), "completion": completion}
+        return (stamps[-1] - stamps[0]) / 1e6 / (self.g - 1)
 
 
 def _per_token(stamps: list[int]) -> float:

@@ -19,7 +19,6 @@ from tuner.machine.interrupt import ignore_sigint_in_child
 from tuner.results.readings import GpuClocks, TrialState
 from tuner.settings import apply_model, environment
 from tuner.specs import ModelSettings
-from tuner.worker import faults
 from tuner.worker.logcapture import LogCapture
 from tuner.worker.opproof import OP_PROOF
 from tuner.worker.protocol import (
@@ -42,9 +41,6 @@ from tuner.worker.protocol import (
     receive,
     send,
 )
-
-# Set in the parent by tests; a forked child would inherit it, a spawned one starts without it.
-FORK_CANARY: str | None = None
 
 
 def prepare_environment(ms: ModelSettings, lib_dir: str | None) -> None:
@@ -119,7 +115,6 @@ def _serve(conn: Conn, ms: ModelSettings, job: WorkerJob) -> None:
         "gpus": gpu.devices() if gpu else [],
         "driver": gpu.driver() if gpu else None,
         "hostname": socket.gethostname(),
-        "fork_canary": FORK_CANARY,
     }
     if job.probe_only:
         # What the library said while loading its backends (ggml_cuda_init's device list
@@ -132,12 +127,7 @@ def _serve(conn: Conn, ms: ModelSettings, job: WorkerJob) -> None:
             gpu = GpuMonitor(adopted.main_gpu)
         ms = adopted
 
-    faults.maybe_inject("load", ms.model_dump(), log)
-    mp = llama_cpp.llama_model_default_params()
-    apply_model(llama_cpp, mp, ms)
-    t0 = time.perf_counter()
-    model = llama_cpp.llama_model_load_from_file(job.model_path.encode(), mp)
-    load_seconds = time.perf_counter() - t0
+    model, load_seconds = _load(llama_cpp, job.model_path, ms)
     if not model:
         send(conn, LoadFailed(**info, error=load_error(log.text()), log=log.text()))
         return
@@ -154,6 +144,16 @@ def _serve(conn: Conn, ms: ModelSettings, job: WorkerJob) -> None:
             break
         send(conn, _measure(llama_cpp, model, req, threads, gpu, log))
     llama_cpp.llama_model_free(model)
+
+
+def _load(llama_cpp: Any, model_path: str, ms: ModelSettings) -> tuple[Any, float]:
+    """The model loaded with the model-level settings (NULL where llama.cpp refused it), and
+    the seconds the load took."""
+    mp = llama_cpp.llama_model_default_params()
+    apply_model(llama_cpp, mp, ms)
+    t0 = time.perf_counter()
+    model = llama_cpp.llama_model_load_from_file(model_path.encode(), mp)
+    return model, time.perf_counter() - t0
 
 
 def _adopted(conn: Conn, ms: ModelSettings, log: LogCapture) -> ModelSettings | None:
@@ -189,25 +189,40 @@ def _read(path: str) -> str:
 
 def _measure(lc: Any, model: Any, req: Measure, threads: int, gpu: Any,
              log: LogCapture) -> Measured | TrialFailed:
-    """One trial on a new context. NVML is read only between the timed phases, and llama.cpp's
-    per-token debug logging bypasses Python while the clock runs (see LogCapture.quiet)."""
-    from tuner.worker.bench import Bench, Infeasible, context_params
+    """One trial on a new context; a trial that fails becomes a TrialFailed, and the worker
+    and its model stay usable."""
+    from tuner.worker.bench import Infeasible
 
     cs, wl = req.context, req.workload
     # Where every operation runs, from a separate context, before any clock or NVML sampling.
-    op_log, op_error = OP_PROOF.take(lc, model, cs, wl.n_ctx, threads, log)
+    op_proof = OP_PROOF.take(lc, model, cs, wl.n_ctx, threads, log)
     log.mark()
     if gpu:
         gpu.reset_peak()
-    ctx = None
     try:
-        faults.maybe_inject("measure", cs.model_dump(), log)
-        t0 = time.perf_counter()
-        ctx = lc.llama_init_from_model(model, context_params(lc, cs, wl.n_ctx, threads))
-        context_seconds = time.perf_counter() - t0
-        if not ctx:
-            raise Infeasible("llama.cpp could not create the context (out of memory, or settings "
-                             "it refuses)")
+        return _timed(lc, model, req, threads, gpu, log, op_proof)
+    except Infeasible as e:
+        return TrialFailed(state=TrialState.INFEASIBLE, error=str(e), log=log.since_mark())
+    except Exception as e:  # the trial failed, the worker and its model stay usable
+        return TrialFailed(state=TrialState.FAILED, error=f"{type(e).__name__}: {e}",
+                           traceback=traceback.format_exc(), log=log.since_mark())
+
+
+def _timed(lc: Any, model: Any, req: Measure, threads: int, gpu: Any, log: LogCapture,
+           op_proof: tuple[str | None, str | None]) -> Measured:
+    """The trial's context made, measured and freed. NVML is read only between the timed
+    phases, and llama.cpp's per-token debug logging bypasses Python while the clock runs (see
+    LogCapture.quiet)."""
+    from tuner.worker.bench import Bench, Infeasible, context_params
+
+    cs, wl = req.context, req.workload
+    t0 = time.perf_counter()
+    ctx = lc.llama_init_from_model(model, context_params(lc, cs, wl.n_ctx, threads))
+    context_seconds = time.perf_counter() - t0
+    if not ctx:
+        raise Infeasible("llama.cpp could not create the context (out of memory, or settings "
+                         "it refuses)")
+    try:
         bench = Bench(lc, model, ctx)
         if gpu:
             gpu.note_memory()
@@ -223,13 +238,7 @@ def _measure(lc: Any, model: Any, req: Measure, threads: int, gpu: Any,
                         warmups=warmups, threads=cs.n_threads or threads,
                         gpu_peak_mib=gpu.peak_mib() if gpu else None,
                         gpu_total_mib=gpu.total_mib if gpu else None, clocks=clocks,
-                        log=log.since_mark(), op_log=op_log, op_error=op_error,
+                        log=log.since_mark(), op_log=op_proof[0], op_error=op_proof[1],
                         pruned=pruned)
-    except Infeasible as e:
-        return TrialFailed(state=TrialState.INFEASIBLE, error=str(e), log=log.since_mark())
-    except Exception as e:  # the trial failed, the worker and its model stay usable
-        return TrialFailed(state=TrialState.FAILED, error=f"{type(e).__name__}: {e}",
-                           traceback=traceback.format_exc(), log=log.since_mark())
     finally:
-        if ctx:
-            lc.llama_free(ctx)
+        lc.llama_free(ctx)

@@ -124,7 +124,6 @@ class WorkerInfo(Frozen):
     gpus: list[GpuDevice]
     driver: str | None
     hostname: str
-    fork_canary: str | None  # tests/test_runner.py: None proves the worker was spawned
     log: str  # llama.cpp's log so far (a probe adds what its backends printed to stderr)
 
 
