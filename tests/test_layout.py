@@ -12,9 +12,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tuner"
 TOP_LEVEL = {"__init__", "__main__", "cli", "errors", "settings", "specs"}  # the entry and the vocabulary every package uses
 
 # The layers as ARCHITECTURE.md draws them, bottom first: a module may import its own layer and
-# those ranked lower, never one ranked higher. search/ chooses (space, planner, sampler,
-# Pareto); sweep/ is the application layer that runs it; reports/ reads what it chose (the
-# Pareto axes, the space) and sits above both.
+# those ranked lower, never one ranked higher. search/ only chooses (space, planner, sampler,
+# Pareto, finalists): it runs nothing and reaches no deploy target; sweep/ is the application
+# layer that runs it all; reports/ reads what search chose (the Pareto axes, the space).
 LAYERS = {
     "tuner": 0,            # the package itself (tuner/__init__.py)
     "tuner.errors": 1,     # the exceptions every layer raises
@@ -26,8 +26,8 @@ LAYERS = {
     "tuner.evidence": 7,   # what llama.cpp's logs say happened
     "tuner.results": 8,    # the records and the one store
     "tuner.worker": 9,     # the trial worker, both sides of its pipe (runner)
-    "tuner.deploy": 10,    # the production config and the services that load it
-    "tuner.search": 11,    # choosing: space, planner, sampler, pruning, Pareto, finalists
+    "tuner.search": 10,    # choosing: space, planner, sampler, pruning, Pareto, finalists
+    "tuner.deploy": 11,    # the production config and the services that load it
     "tuner.sweep": 12,     # the sweep (application layer): its phases, budget, builds, decision
     "tuner.reports": 13,   # read-only views of stored studies
     "tuner.cli": 14,       # the command line
