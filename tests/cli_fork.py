@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 # it first opens a storage, multiprocessing its spawning modules when a sweep starts a worker),
 # except pandas and matplotlib: the HTML report alone needs them, and a test checks that the
 # terminal report never imports pandas.
-PRELOAD = ("tuner.cli", "tuner.search.sweep", "tuner.search.multigpu", "tuner.reports.render",
+PRELOAD = ("tuner.cli", "tuner.sweep.run", "tuner.sweep.multigpu", "tuner.reports.render",
            "tuner.reports.reporting", "tuner.reports.views", "tuner.reports.overview",
            "tuner.reports.compare", "tuner.reports.exporters", "tuner.reports.roofline",
            "tuner.deploy.verify", "tuner.deploy.servedfinal", "tuner.worker.envdoctor",

@@ -1,6 +1,6 @@
 """A kernel build the sweep makes for itself compiles in the background, at idle CPU priority,
 while the search measures the builds there are (tuner/builds/autobuild.py,
-tuner/search/sweep.py): the trials measured beside the compile are marked, the search waits for
+tuner/sweep/run.py): the trials measured beside the compile are marked, the search waits for
 the build instead of ending, the new build's settings join the plan, and the figures that decide
 the winner are taken after the compile (the confirmation counts only fresh workers for a trial
 measured beside it).
@@ -23,10 +23,11 @@ from tuner.builds import catalog
 from tuner.builds.autobuild import BackgroundBuilds, idle_priority
 from tuner.builds.catalog import BuildRecord
 from tuner.builds.selection import MissingBuild
-from tuner.search import sweep
 from tuner.search.finalists import FinalistOptions
 from tuner.search.space import Space
 from tuner.specs import TrialSpec, Workload
+from tuner.sweep import run as sweep
+from tuner.sweep.options import SweepOptions
 
 CPU = MissingBuild("cpu", "")
 
@@ -155,16 +156,15 @@ def test_the_search_runs_beside_the_build_and_the_decision_after_it(
         return Space(builds=builds, n_gpu_layers=[0], n_batch=[64], n_ubatch=[64],
                      flash_attn=[False], kv_cache=["f16/f16"], n_threads=[2])
 
-    monkeypatch.setattr(sweep, "BUILDER", fake_builder)
     monkeypatch.setattr(sweep, "builds_to_make", to_make)
     monkeypatch.setattr(sweep, "default_space", one_setting_per_build)
     events = _Events(first_done)
-    result = sweep.run_sweep(sweep.SweepOptions(
+    result = sweep.run_sweep(SweepOptions(
         model=tiny_model, device="cpu", builds_dir=tmp_path / "builds",
         workload=Workload(prompt_tokens=16, gen_tokens=2, repetitions=2),
         results_dir=tmp_path / "results", out=tmp_path / "production.yaml",
         finalists=FinalistOptions(rounds=2, max_rounds=2, confirm_rounds=2),
-        served_requests=0), events)
+        served_requests=0), events, builder=fake_builder)
 
     assert priority == [os.SCHED_IDLE]
     by_build = {r.spec.model.build: r for r in result.ran}
@@ -195,15 +195,15 @@ def test_a_build_that_cannot_be_made_leaves_the_search_on_the_builds_there_are(
         return Space(builds=builds, n_gpu_layers=[0], n_batch=[64], n_ubatch=[64],
                      flash_attn=[False], kv_cache=["f16/f16"], n_threads=[2])
 
-    monkeypatch.setattr(sweep, "BUILDER", fake_builder)
     monkeypatch.setattr(sweep, "builds_to_make", lambda probes: [CPU])
     monkeypatch.setattr(sweep, "default_space", one_setting_per_build)
     events = _Events(threading.Event())
-    result = sweep.run_sweep(sweep.SweepOptions(
+    result = sweep.run_sweep(SweepOptions(
         model=tiny_model, device="cpu", builds_dir=tmp_path / "builds",
         workload=Workload(prompt_tokens=16, gen_tokens=2, repetitions=1),
         results_dir=tmp_path / "results", out=tmp_path / "production.yaml",
-        finalists=FinalistOptions(rounds=0), served_requests=0), events)
+        finalists=FinalistOptions(rounds=0), served_requests=0), events,
+        builder=fake_builder)
     assert [r.spec.model.build for r in result.ran] == ["installed"]
     assert events.plans == [(1, 1)]  # the plan did not grow
     (failed,) = [n for n in events.notes if n.startswith("build cpu not made (")]

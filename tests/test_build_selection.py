@@ -16,7 +16,7 @@ from tuner.builds.selection import (
     missing_builds,
     redundant_builds,
 )
-from tuner.search.sweep import BuildProbe, _without_redundant_builds
+from tuner.sweep.probing import BuildProbe, without_redundant_builds
 from tuner.worker.protocol import Hello
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -74,11 +74,11 @@ def test_the_sweep_leaves_the_redundant_build_out_of_a_discovered_set_only() -> 
     probes = {n: probe(n, f) for n, f in (("default", DEFAULT), ("force-cublas", CUBLAS),
                                            ("force-mmq", MMQ))}
     notes = Notes()
-    kept = _without_redundant_builds(probes, explicit=False, events=notes)  # type: ignore[arg-type]
+    kept = without_redundant_builds(probes, explicit=False, events=notes)  # type: ignore[arg-type]
     assert list(kept) == ["default", "force-cublas"]
     assert len(notes.lines) == 1 and "its trials are left out" in notes.lines[0]
     notes = Notes()
-    named = _without_redundant_builds(probes, explicit=True, events=notes)  # type: ignore[arg-type]
+    named = without_redundant_builds(probes, explicit=True, events=notes)  # type: ignore[arg-type]
     assert list(named) == ["default", "force-cublas", "force-mmq"]
     assert "kept because the space names it" in notes.lines[0]
 
@@ -93,7 +93,7 @@ def test_the_missing_build_is_named_with_the_command_that_makes_it() -> None:
     cpu = DEFAULT.model_copy(update={"cuda": False})
     assert missing_builds({"installed": (cpu, "")}) == []
     notes = Notes()
-    _without_redundant_builds({"installed": probe("installed", DEFAULT)}, explicit=False,
+    without_redundant_builds({"installed": probe("installed", DEFAULT)}, explicit=False,
                               events=notes)  # type: ignore[arg-type]
     assert notes.lines == ["a kernel build that can change this GPU's kernels is not built: "
                            "`tuner build --variant force-cublas --cuda-arch 90` makes it from the "

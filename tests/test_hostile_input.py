@@ -165,8 +165,8 @@ def test_callers_environment_does_not_reach_the_config_check(tiny_model: Path,
 def test_stale_build_library_stops_before_the_first_trial(tiny_model: Path,
                                                           tmp_path: Path) -> None:
     from tuner.errors import EnvironmentUnfit
-    from tuner.search.preflight import preflight_config
     from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
+    from tuner.sweep.preflight import preflight_config
 
     spec = TrialSpec(model=ModelSettings(device="cpu"), context=ContextSettings())
     with pytest.raises(EnvironmentUnfit, match="could not load its library"):

@@ -14,8 +14,8 @@ import pytest
 from tests.records_factory import make_record, sample_environment, store_records
 from tuner.errors import BadInput
 from tuner.reports.studydata import studies_to_show
-from tuner.search.environment import gpu_in_use
 from tuner.search.planner import Planner, gpu_study_name
+from tuner.sweep.environment import gpu_in_use
 
 BASE = {"model_sha256": "0" * 64, "device": "cuda", "workload": [2048, 128, 2176]}
 H100 = "NVIDIA H100 80GB HBM3, driver 580.159.04"

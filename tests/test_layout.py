@@ -12,8 +12,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tuner"
 TOP_LEVEL = {"__init__", "__main__", "cli", "errors", "settings", "specs"}  # the entry and the vocabulary every package uses
 
 # The layers as ARCHITECTURE.md draws them, bottom first: a module may import its own layer and
-# those ranked lower, never one ranked higher. search/ is the application layer for now (the
-# sweep); reports/ reads what it chose (the Pareto axes, the space) and sits above it.
+# those ranked lower, never one ranked higher. search/ only chooses (space, planner, sampler,
+# Pareto, finalists): it runs nothing and reaches no deploy target; sweep/ is the application
+# layer that runs it all; reports/ reads what search chose (the Pareto axes, the space).
 LAYERS = {
     "tuner": 0,            # the package itself (tuner/__init__.py)
     "tuner.errors": 1,     # the exceptions every layer raises
@@ -25,11 +26,12 @@ LAYERS = {
     "tuner.evidence": 7,   # what llama.cpp's logs say happened
     "tuner.results": 8,    # the records and the one store
     "tuner.worker": 9,     # the trial worker, both sides of its pipe (runner)
-    "tuner.deploy": 10,    # the production config and the services that load it
-    "tuner.search": 11,    # the sweep (application layer) and choosing: space, planner, sampler
-    "tuner.reports": 12,   # read-only views of stored studies
-    "tuner.cli": 13,       # the command line
-    "tuner.__main__": 14,  # the entry point
+    "tuner.search": 10,    # choosing: space, planner, sampler, pruning, Pareto, finalists
+    "tuner.deploy": 11,    # the production config and the services that load it
+    "tuner.sweep": 12,     # the sweep (application layer): its phases, budget, builds, decision
+    "tuner.reports": 13,   # read-only views of stored studies
+    "tuner.cli": 14,       # the command line
+    "tuner.__main__": 15,  # the entry point
 }
 
 

@@ -1,4 +1,4 @@
-"""`tuner sweep --gpus 0,1` (tuner/search/multigpu.py): one sweep process per GPU on one study, each
+"""`tuner sweep --gpus 0,1` (tuner/sweep/multigpu.py): one sweep process per GPU on one study, each
 given its GPU through CUDA_VISIBLE_DEVICES; and the NVML device a worker reads for that GPU.
 
 This machine has no GPU: the end-to-end case runs the real orchestration (``run_per_gpu``, what
@@ -20,7 +20,7 @@ from tests.cli_run import REPO, one_line_error, tuner
 from tests.spaces import write_space
 from tuner.errors import BadInput
 from tuner.results.studystore import default_storage, records_of
-from tuner.search.multigpu import parse_gpus, without_gpus
+from tuner.sweep.multigpu import parse_gpus, without_gpus
 from tuner.worker.gpumem import nvml_handle
 
 
@@ -81,7 +81,7 @@ def test_one_sweep_per_gpu_on_one_study(tiny_model: Path, tmp_path: Path) -> Non
             "--prompt-tokens", "32", "--gen-tokens", "2", "--repetitions", "1", "--warmup", "0",
             "--results", str(tmp_path / "results"), "--out", str(tmp_path / "p.yaml"),
             "--study", "fleet", "--finalist-rounds", "0", "--served-requests", "0"]
-    run = ("import sys; from tuner.search.multigpu import run_per_gpu; "
+    run = ("import sys; from tuner.sweep.multigpu import run_per_gpu; "
            f"sys.exit(run_per_gpu({args!r}, ['0', '1']))")
     proc = subprocess.run([sys.executable, "-c", run], cwd=REPO, capture_output=True,
                           text=True, timeout=600)

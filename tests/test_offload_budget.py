@@ -12,8 +12,8 @@ import pytest
 from tests.cli_run import tuner
 from tuner.search import offload
 from tuner.search.finalists import FinalistOptions
-from tuner.search.offloadbudget import TimeBudget, choose
 from tuner.search.sampler import StopRule
+from tuner.sweep.offloadbudget import TimeBudget, choose
 from tuner.worker.gpumem import FAKE_FREE_ENV
 
 
@@ -121,20 +121,20 @@ def test_sweep_runs_under_the_budget(tiny_model: Path, tmp_path: Path,
     trials, the first completed trial sizes the rest and the sweep says so, and an option
     given explicitly (--patience) is kept."""
     from tests.spaces import write_space
-    from tuner.search import offloadbudget, sweep
     from tuner.specs import Workload
+    from tuner.sweep import offloadbudget, options, run
 
     monkeypatch.setattr(offloadbudget, "choose",
                         lambda partial, total, explicit: TimeBudget(900.0, explicit))
     space = write_space(tmp_path / "space.yaml", flash_attn=[False, True])
-    opts = sweep.SweepOptions(
+    opts = options.SweepOptions(
         model=tiny_model, device="cpu", space=space, results_dir=tmp_path / "results",
         out=tmp_path / "production.yaml", sampler="grid", served_requests=0,
         workload=Workload(prompt_tokens=32, gen_tokens=4, n_ctx=64, repetitions=3, warmup=0),
         finalists=FinalistOptions(rounds=0), stop=StopRule(patience=9),
         explicit=frozenset({"patience"}))
     notes = _Notes()
-    result = sweep.run_sweep(opts, notes)
+    result = run.run_sweep(opts, notes)
     said = "\n".join(notes.lines)
     assert "time budget: 900 s for the whole sweep" in said
     assert "2 repetitions per trial" in said and "kept as given: --patience" in said
@@ -152,7 +152,7 @@ def test_deadline_keeps_the_breakdown_to_what_the_budget_has_left() -> None:
     left, and a refusal says how much was left and how much it needed."""
     import time
 
-    from tuner.search.offloadbudget import BREAKDOWN_TRIALS, Deadline
+    from tuner.sweep.offloadbudget import BREAKDOWN_TRIALS, Deadline
 
     budget = TimeBudget(600.0, frozenset())
     fresh = budget.deadline(time.monotonic())

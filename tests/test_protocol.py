@@ -282,7 +282,7 @@ def test_the_protocol_imports_neither_llama_cpp_nor_the_runner() -> None:
 
 
 def test_the_environment_is_made_from_the_hello_model(tmp_path: Path) -> None:
-    from tuner.search.environment import environment
+    from tuner.sweep.environment import environment
 
     model = tmp_path / "m.gguf"
     from tuner.results.claims import host

@@ -95,7 +95,8 @@ def test_the_parent_never_imports_llama_cpp(tiny_model: Path, tmp_path: Path) ->
 import sys
 from pathlib import Path
 from tuner.specs import Workload
-from tuner.search.sweep import SweepOptions, run_sweep
+from tuner.sweep.options import SweepOptions
+from tuner.sweep.run import run_sweep
 r = run_sweep(SweepOptions(model=Path({str(tiny_model)!r}), device="cpu",
               workload=Workload(prompt_tokens=16, gen_tokens=2, repetitions=1), trials=2,
               results_dir=Path({str(tmp_path / 'r')!r}), out=Path({str(tmp_path / 'p.yaml')!r})))
@@ -110,7 +111,7 @@ print("llama_cpp imported:", "llama_cpp" in sys.modules)
 
 def test_a_crash_ends_only_its_worker_and_the_next_config_gets_a_fresh_one(
         tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
-    # A finalists' round (tuner/search/sweep.py) measures up to 3 configs in one worker: when
+    # A finalists' round (tuner/sweep/final.py) measures up to 3 configs in one worker: when
     # llama.cpp dies on the second, the third still gets measured, in a new process.
     for name, value in faults.env("segfault@measure:n_batch=32").items():
         monkeypatch.setenv(name, value)

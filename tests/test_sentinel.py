@@ -11,8 +11,8 @@ from pathlib import Path
 from tests.cli_run import tuner
 from tuner.results.store import study_dir
 from tuner.results.studystore import default_storage, records_of, require_study
-from tuner.search.drift import worker_drift
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
+from tuner.sweep.drift import worker_drift
 from tuner.worker.protocol import Measured
 from tuner.worker.runner import Runner, SentinelResult
 

@@ -171,7 +171,7 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
                        hint="leave out --gpus (sweeps sharing the cores would measure each "
                             "other)")
     if gpus is not None:
-        from tuner.search.multigpu import gpu_env, parse_gpus, run_per_gpu, without_gpus
+        from tuner.sweep.multigpu import gpu_env, parse_gpus, run_per_gpu, without_gpus
 
         ids = parse_gpus(gpus)
         if len(ids) > 1:
@@ -183,10 +183,11 @@ def sweep(model: Path, device: Device, trials: int | None, space: Path | None, p
     check_model(model)  # a bad model is refused before the sweep's machinery (optuna...) loads
     from tuner.reports.render import SweepProgress, print_sweep_result
     from tuner.search.finalists import FinalistOptions
-    from tuner.search.offloadbudget import KNOBS
     from tuner.search.sampler import StopRule
-    from tuner.search.sweep import SweepOptions, run_sweep
     from tuner.specs import Workload
+    from tuner.sweep.offloadbudget import KNOBS
+    from tuner.sweep.options import SweepOptions
+    from tuner.sweep.run import run_sweep
 
     wl = _validated(Workload, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, n_ctx=n_ctx,
                     repetitions=repetitions, warmup=warmup)

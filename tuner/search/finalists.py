@@ -50,7 +50,6 @@ from tuner.results.records import (
     TrialState,
     WorkerDrift,
 )
-from tuner.search.drift import search_margin
 from tuner.search.studentt import t_quantile
 from tuner.specs import TrialSpec
 from tuner.worker.trialrecord import now
@@ -303,23 +302,54 @@ def from_confirmed(confirmed: list[ConfirmedFigures], pool: list[TrialRecord],
     return [by_key[c.spec_key] for c in chosen]
 
 
+@dataclass
+class Confirmation:
+    """The confirmation's answer: the finalists, the rounds they were measured in (their
+    first rounds; None without a confirmation) and every confirmed config's figures."""
+
+    finalists: list[TrialRecord]
+    rounds: dict[str, list[_Round]] | None
+    confirmed: list[ConfirmedFigures]
+
+
+def confirmation(pool: list[TrialRecord], measure: MeasureRound,
+                 opts: FinalistOptions) -> Confirmation:
+    """The confirmation of ``pool`` (``candidates``' answer) and the finalists chosen from it;
+    without one (``confirms``), the pool itself."""
+    if not confirms(opts):
+        return Confirmation(pool, None, [])
+    confirmed, got = confirm(pool, measure, opts)
+    finalists = from_confirmed(confirmed, pool, opts)
+    return Confirmation(finalists, {f.spec_key: got[f.spec_key] for f in finalists}, confirmed)
+
+
+def final_decision(study: str, confirmed: Confirmation, measure: MeasureRound,
+                   opts: FinalistOptions) -> FinalistReport | None:
+    """The finalists' decision (``settle``), carrying the confirmation's figures and what it
+    left out; None without a finalist."""
+    if not confirmed.finalists:
+        return None
+    report = settle(study, confirmed.finalists, measure, opts, confirmed.rounds)
+    if report is None or not confirmed.confirmed:
+        return report
+    note = left_out_note(confirmed.confirmed)
+    reason = f"{report.reason}; {note}" if note else report.reason
+    return report.model_copy(update={"confirmed": confirmed.confirmed, "reason": reason})
+
+
 def confirm_and_settle(study: str, pool: list[TrialRecord], measure: MeasureRound,
                        opts: FinalistOptions) -> FinalistReport | None:
     """The confirmation of ``pool`` (when ``opts`` asks for one), the finalists chosen from
     it, and their decision (``settle``); ``pool`` is ``candidates``' answer."""
-    if not confirms(opts):
-        return settle(study, pool, measure, opts)
-    confirmed, got = confirm(pool, measure, opts)
-    finalists = from_confirmed(confirmed, pool, opts)
-    if not finalists:
-        return None
-    report = settle(study, finalists, measure, opts,
-                    {f.spec_key: got[f.spec_key] for f in finalists})
-    if report is None:
-        return None
-    note = left_out_note(confirmed)
-    reason = f"{report.reason}; {note}" if note else report.reason
-    return report.model_copy(update={"confirmed": confirmed, "reason": reason})
+    return final_decision(study, confirmation(pool, measure, opts), measure, opts)
+
+
+def search_margin(drifts: list[WorkerDrift], floor: float) -> float:
+    """How close to the best a trial must be to become a finalist: ``floor``, widened to the
+    largest drift any worker showed (a drifted worker's figures are off by that much)."""
+    worst = max((abs(d.tg_drift or 0.0) for d in drifts), default=0.0)
+    worst = max([worst] + [abs(d.pp_drift or 0.0) for d in drifts])
+    return max(floor, worst)
 
 
 def left_out_note(confirmed: list[ConfirmedFigures]) -> str | None:
@@ -355,6 +385,23 @@ def _lightness(f: FinalistFigures, spec: TrialSpec) -> tuple[float, int, float]:
             0 if spec.model.build in PLAIN_BUILDS else 1, f.request_seconds.value)
 
 
+def _figures(f: TrialRecord, rs: list[_Round], lead_rounds: list[_Round], level: float,
+             verified: bool) -> FinalistFigures:
+    """A finalist's intervals over its rounds ``rs``, its ratio to the leader paired by round."""
+    paired = [a.request_s / b.request_s for a, b in zip(rs, lead_rounds)]
+    tg = [x.tg_tps for x in rs if x.tg_tps is not None]
+    mibs = [x.gpu_mib for x in rs if x.gpu_mib is not None]
+    return FinalistFigures(
+        trial=f.number, spec_key=f.spec_key, label=f.spec.label(), rounds=len(rs),
+        samples=len(rs) * f.workload.repetitions,
+        request_seconds=interval([x.request_s for x in rs], level),
+        pp_tps=interval([x.pp_tps for x in rs], level),
+        tg_tps=interval(tg, level) if tg else None,
+        ratio_to_leader=interval(paired or [1.0], level),
+        gpu_peak_mib=max(mibs) if mibs else None,
+        build=f.spec.model.build, verified=verified)
+
+
 def decide(study: str, finalists: list[TrialRecord], rounds: dict[str, list[_Round]],
            level: float = 0.95, equivalent: float = EQUIVALENT) -> FinalistReport | None:
     """Intervals, the leader, and the winner; None when no finalist measured in any round."""
@@ -366,22 +413,8 @@ def decide(study: str, finalists: list[TrialRecord], rounds: dict[str, list[_Rou
     verified = {f.spec_key: all(x.verified for x in rounds[f.spec_key]) for f in measured}
     # An unproven re-measurement never leads a proven one.
     leader = min(measured, key=lambda f: (not verified[f.spec_key], mean_req[f.spec_key]))
-    lead_rounds = rounds[leader.spec_key]
-    figures: list[FinalistFigures] = []
-    for f in measured:
-        rs = rounds[f.spec_key]
-        paired = [a.request_s / b.request_s for a, b in zip(rs, lead_rounds)]
-        tg = [x.tg_tps for x in rs if x.tg_tps is not None]
-        mibs = [x.gpu_mib for x in rs if x.gpu_mib is not None]
-        figures.append(FinalistFigures(
-            trial=f.number, spec_key=f.spec_key, label=f.spec.label(), rounds=len(rs),
-            samples=len(rs) * f.workload.repetitions,
-            request_seconds=interval([x.request_s for x in rs], level),
-            pp_tps=interval([x.pp_tps for x in rs], level),
-            tg_tps=interval(tg, level) if tg else None,
-            ratio_to_leader=interval(paired or [1.0], level),
-            gpu_peak_mib=max(mibs) if mibs else None,
-            build=f.spec.model.build, verified=verified[f.spec_key]))
+    figures = [_figures(f, rounds[f.spec_key], rounds[leader.spec_key], level,
+                        verified[f.spec_key]) for f in measured]
     figures.sort(key=lambda x: (not x.verified, x.request_seconds.value))
     specs = {f.spec_key: f.spec for f in measured}
     lead = figures[0]

@@ -58,11 +58,3 @@ def worker_drift(study: str, result: SentinelResult, wl: Workload) -> WorkerDrif
 def drifted_trials(drifts: list[WorkerDrift]) -> dict[int, WorkerDrift]:
     """Trial number -> the significant drift of the worker that measured it."""
     return {n: d for d in drifts if d.significant for n in d.trials}
-
-
-def search_margin(drifts: list[WorkerDrift], floor: float) -> float:
-    """How close to the best a trial must be to become a finalist: ``floor``, widened to the
-    largest drift any worker showed (a drifted worker's figures are off by that much)."""
-    worst = max((abs(d.tg_drift or 0.0) for d in drifts), default=0.0)
-    worst = max([worst] + [abs(d.pp_drift or 0.0) for d in drifts])
-    return max(floor, worst)
