@@ -103,7 +103,7 @@ def test_plan_and_default_space_when_the_model_does_not_fit(
     assert "does NOT fit at full offload" in text and "n_ctx 2176" in text
     assert "searching n_gpu_layers" in text and "the host holds" in text
     space = default_space("cuda", ["installed"], op.layers)
-    assert space.n_gpu_layers == list(op.layers)
+    assert space.n_gpu_layers == sorted(op.layers, reverse=True)  # the most layers first
     assert set(space.kv_cache) == {"f16/f16", "q8_0/q8_0"} and len(space.n_threads) >= 1
     # The grid keeps only what the plan says fits: the search's patience is not spent on
     # settings that cannot load.
@@ -135,6 +135,41 @@ def test_plan_and_default_space_when_the_model_does_not_fit(
     assert offload.finalist_outcome(sparse_7b, full, wl, None) is None  # OOM at load says it
     monkeypatch.setenv(FAKE_FREE_ENV, "8192")
     assert offload.finalist_outcome(sparse_7b, spec, wl, None) is None
+
+
+def test_a_trials_gpu_peak_calibrates_the_plan(sparse_7b: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first trial's NVML peak less the buffers the plan gave it is the process overhead
+    measured: below the planned one, the plan is made again with it, more layers fit, the
+    search's layers grow and the before-trial check uses it; a reading above the planned
+    overhead (a device-wide figure) leaves the plan as it is. The peaks are FAKE (no GPU)."""
+    monkeypatch.setenv(FAKE_FREE_ENV, "8192")
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, "65536")
+    wl = Workload(prompt_tokens=2048, gen_tokens=128)
+    op, _ = offload.prepare(sparse_7b, wl, None)
+    assert op is not None and op.partial and op.measured_overhead_mib is None
+    top = max(op.layers)
+    spec = TrialSpec(model=ModelSettings(build="installed", device="cuda", n_gpu_layers=top),
+                     context=ContextSettings(n_ubatch=256, type_k="q8_0", type_v="q8_0",
+                                             flash_attn=True))
+    buffers = memplan.place(op.plan.layout, top, offload.spec_context(spec, wl)).gpu.total
+    lean, line = offload.calibrate(op, spec, wl, buffers / memplan.MIB + 300)
+    assert lean.measured_overhead_mib == pytest.approx(300)
+    assert lean.overhead_mib == pytest.approx(300) and lean.plan.budget.free_mib == 8192
+    assert max(lean.layers) > top and set(op.layers) <= set(lean.layers)
+    assert lean.plan.best_layers() > op.plan.best_layers()
+    assert "the process overhead is 300 MiB, not the 900 MiB planned" in line
+    assert "added to the search" in line
+    # A setting beyond the first plan's boundary but within the calibrated one: the check
+    # before its trial lets it run with the measured overhead, refuses it with the planned.
+    beyond = spec.model_copy(update={"model": spec.model.model_copy(
+        update={"n_gpu_layers": max(lean.layers)})})
+    assert offload.no_longer_fits(op.plan.layout, None, beyond, wl, lean.overhead_mib) is None
+    assert offload.no_longer_fits(op.plan.layout, None, beyond, wl) is not None
+    # A device-wide reading (another process's memory in it): the plan stays, said so.
+    same, line = offload.calibrate(op, spec, wl, buffers / memplan.MIB + 5000)
+    assert same.plan == op.plan and same.layers == op.layers
+    assert same.measured_overhead_mib is not None and "the plan stays" in line
 
 
 def test_host_too_small_for_its_share_is_refused(sparse_7b: Path,

@@ -8,6 +8,7 @@ teaches the search like an out-of-memory at load, at no cost."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,50 @@ class OffloadPlan:
 
     plan: MemoryPlan
     layers: tuple[int, ...]
+    # The process overhead measured by a trial (calibrate), once there is one; the plan's
+    # budget then holds it.
+    measured_overhead_mib: float | None = None
 
     @property
     def partial(self) -> bool:
         return bool(self.layers)
+
+    @property
+    def overhead_mib(self) -> float:
+        return self.plan.budget.overhead_mib
+
+
+def calibrate(op: OffloadPlan, spec: TrialSpec, wl: Workload,
+              peak_mib: float) -> tuple[OffloadPlan, str]:
+    """The plan re-made with the process overhead a real trial showed: its NVML peak less the
+    buffers the plan gave its setting (the estimate's error included). Run 30 (H200, 4 GiB
+    free): the plan's 900 MiB kept 17 layers where llama-bench loaded 22. Only ever lowered: a
+    reading above the plan's (a driver that cannot see the worker's pid reports the whole
+    device) leaves the plan as it is. The layers searched are the new boundary's and the old."""
+    need = memplan.place(op.plan.layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
+    measured = peak_mib - need.total / MIB
+    head = (f"memory plan: trial at n_gpu_layers {spec.model.n_gpu_layers} peaked at "
+            f"{peak_mib:,.0f} MiB, the plan's buffers {need.total / MIB:,.0f} MiB")
+    if measured >= op.overhead_mib:
+        return (dataclasses.replace(op, measured_overhead_mib=measured),
+                f"{head}: {measured:,.0f} MiB beyond them, not below the planned "
+                f"{op.overhead_mib:,.0f} MiB overhead; the plan stays")
+    budget = dataclasses.replace(op.plan.budget, overhead_mib=max(measured, 0.0))
+    plan = memplan.make_plan(op.plan.layout, op.plan.n_ctx, budget)
+    layers = tuple(sorted(set(op.layers) | set(search_layers(plan))))
+    grown = [n for n in layers if n not in op.layers]
+    return (OffloadPlan(plan=plan, layers=layers, measured_overhead_mib=measured),
+            f"{head}: the process overhead is {max(measured, 0.0):,.0f} MiB, not the "
+            f"{op.overhead_mib:,.0f} MiB planned; most layers that fit now "
+            + ", ".join(f"{kv} {n}" for kv, n in _tops(plan).items())
+            + (f"; n_gpu_layers {grown} added to the search" if grown else ""))
+
+
+def _tops(plan: MemoryPlan) -> dict[str, int]:
+    tops: dict[str, int] = {}
+    for r in plan.rows:
+        tops[r.kv] = max(tops.get(r.kv, 0), r.most_layers)
+    return tops
 
 
 def plan_model(model: Path, wl: Workload, max_vram_mib: float | None,
@@ -60,10 +101,7 @@ def search_layers(plan: MemoryPlan) -> tuple[int, ...]:
     below; nothing when the model fits whole."""
     if plan.fits_full:
         return ()
-    tops: dict[str, int] = {}
-    for r in plan.rows:
-        tops[r.kv] = max(tops.get(r.kv, 0), r.most_layers)
-    values = {t - d for t in tops.values() for d in BELOW_BOUNDARY if t - d >= 0}
+    values = {t - d for t in _tops(plan).values() for d in BELOW_BOUNDARY if t - d >= 0}
     return tuple(sorted(values)) or (0,)
 
 
@@ -138,9 +176,10 @@ def keep_fitting(op: OffloadPlan | None, specs: list[TrialSpec], wl: Workload) -
 
 
 def no_longer_fits(layout: memplan.ModelLayout, max_vram_mib: float | None, spec: TrialSpec,
-                   wl: Workload) -> str | None:
+                   wl: Workload, overhead_mib: float = memplan.PROCESS_OVERHEAD_MIB) -> str | None:
     """Why ``spec`` is infeasible by the plan against the memory free now (plus what this
-    sweep's own workers hold, which the trial takes over), or None."""
+    sweep's own workers hold, which the trial takes over), or None. ``overhead_mib``: the
+    process overhead, as planned or as a trial measured it (calibrate)."""
     if spec.model.device != "cuda":
         return None
     free = gpumem.free_mib(spec.model.main_gpu)
@@ -148,7 +187,7 @@ def no_longer_fits(layout: memplan.ModelLayout, max_vram_mib: float | None, spec
     if free is None or own is None:  # this sweep's own workers' share unknown: no verdict
         return None
     free += own
-    budget = Budget(free_mib=free, max_vram_mib=max_vram_mib)
+    budget = Budget(free_mib=free, max_vram_mib=max_vram_mib, overhead_mib=overhead_mib)
     need = memplan.place(layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
     if need.total <= budget.usable_bytes:
         return None
@@ -162,7 +201,7 @@ def planned_outcome(op: OffloadPlan | None, spec: TrialSpec, wl: Workload) -> Ou
     the plan says no longer fits; None otherwise (run it)."""
     if op is None or not op.partial:
         return None
-    why = no_longer_fits(op.plan.layout, op.plan.budget.max_vram_mib, spec, wl)
+    why = no_longer_fits(op.plan.layout, op.plan.budget.max_vram_mib, spec, wl, op.overhead_mib)
     return None if why is None else Outcome(state=TrialState.INFEASIBLE, error=why)
 
 
@@ -174,13 +213,13 @@ def _layout(path: str) -> memplan.ModelLayout | None:
         return None
 
 
-def finalist_outcome(model: Path, spec: TrialSpec, wl: Workload,
-                     max_vram_mib: float | None) -> Outcome | None:
+def finalist_outcome(model: Path, spec: TrialSpec, wl: Workload, max_vram_mib: float | None,
+                     overhead_mib: float = memplan.PROCESS_OVERHEAD_MIB) -> Outcome | None:
     """A partial-offload finalist (n_gpu_layers >= 0) that no longer fits the memory free now
     (another process took some since its search trial): infeasible, without a worker."""
     if (spec.model.device != "cuda" or spec.model.n_gpu_layers < 0
             or (layout := _layout(str(model))) is None):
         return None
-    why = no_longer_fits(layout, max_vram_mib, spec, wl)
+    why = no_longer_fits(layout, max_vram_mib, spec, wl, overhead_mib)
     return None if why is None else Outcome(state=TrialState.INFEASIBLE,
                                             error=f"finalist {why}")

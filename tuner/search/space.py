@@ -131,7 +131,11 @@ def default_space(device: Device, builds: list[str], gpu_layers: tuple[int, ...]
     cores = os.cpu_count() or 1
     threads = sorted({cores, max(1, cores // 2)}, reverse=True)
     if device == "cuda" and gpu_layers:
-        return Space(builds=builds, n_gpu_layers=list(gpu_layers), n_batch=[512, 2048],
+        # The most layers first: the first trials (the baseline's group) then run where the host
+        # computes least, the fastest of them as a rule (run 30: 15 layers first left 9.3 s
+        # per request where 22 took 6.9 s).
+        return Space(builds=builds, n_gpu_layers=sorted(gpu_layers, reverse=True),
+                     n_batch=[512, 2048],
                      n_ubatch=[256, 512, 1024], flash_attn=[False, True],
                      kv_cache=["f16/f16", "q8_0/q8_0"], n_threads=threads)
     if device == "cpu":

@@ -14,6 +14,7 @@ from tuner.deploy.llamaserverfinal import serve_winner
 from tuner.deploy.prodconfig import WrittenConfig, write_production
 from tuner.deploy.servedfinal import ServedChoice, choose
 from tuner.deploy.servedmeasure import measure_served
+from tuner.models import memplan
 from tuner.models.modelcheck import ModelInfo
 from tuner.results.records import (
     Environment,
@@ -33,6 +34,7 @@ from tuner.search.finalists import (
     final_decision,
     workers,
 )
+from tuner.search.offload import OffloadPlan
 from tuner.search.planner import Planner
 from tuner.specs import TrialSpec, Workload
 from tuner.sweep import offloadbudget
@@ -73,6 +75,7 @@ class Finish:
     searched: bool  # the search ended (every setting tried, or a stop rule): not paused
     best: TrialRecord | None
     seconds: dict[str, float]
+    fit: OffloadPlan | None  # the memory plan of a model that may not fit whole
     # Set here: the study's records, the pool the confirmation re-measures, the decision
     # and the winner's served figures and server thread count.
     records: list[TrialRecord]
@@ -249,9 +252,10 @@ class Finish:
 
     def fresh_trial(self, fresh: Runner, spec: TrialSpec, number: int) -> TrialRecord:
         started = now()
+        overhead = self.fit.overhead_mib if self.fit else memplan.PROCESS_OVERHEAD_MIB
         outcome = offload.finalist_outcome(Path(self.info.path), spec, self.wl,
-                                           self.opts.max_vram_mib) or fresh.run(spec, self.wl,
-                                                                                number)
+                                           self.opts.max_vram_mib, overhead) or fresh.run(
+                                               spec, self.wl, number)
         record = self.record_of(number, spec, outcome, started)
         if record.state.value == "infeasible":
             self.events.note(f"finalist #{number} {spec.label()}: infeasible now "

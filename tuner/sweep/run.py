@@ -35,7 +35,6 @@ from tuner.results.storeerrors import check_url
 from tuner.results.studystore import StudyStore, default_storage
 from tuner.search import offload
 from tuner.search.constraints import apply_vram_cap
-from tuner.search.offload import OffloadPlan
 from tuner.search.pareto import front as pareto_front
 from tuner.search.planner import Planner
 from tuner.search.pruning import check as check_prune, resolve as resolve_prune
@@ -82,7 +81,6 @@ class Sweep(Finish):
     """One sweep's state and its phases, in the order ``run`` calls them."""
 
     space_file: Space | None
-    fit: OffloadPlan | None
     runner: Runner
     to_make: list[MissingBuild]  # the kernel builds this GPU could use, not made yet
     space: Space
@@ -381,6 +379,7 @@ class Sweep(Finish):
         with critical():  # a signal waits until the record is stored and told
             self.planner.tell(number, record)
         self.ran.append(record)
+        self.calibrate(record)
         if self.budget is not None and self.sized is None and record.state.value == "complete":
             self.size_budget(time.monotonic() - t_trial)
         if record.usable and (self.best is None or objective(record) < objective(self.best)):
@@ -402,6 +401,30 @@ class Sweep(Finish):
             self.runner.trial_timeout_s = opts.trial_timeout_s = sized.trial_timeout_s
         self.events.note(sized.line)
 
+    def calibrate(self, record: TrialRecord) -> None:
+        """The memory plan's process overhead from the first trial that read its GPU memory
+        (tuner/search/offload.py calibrate); the grid grows when more layers fit."""
+        fit, m = self.fit, record.measurement
+        if (fit is None or not fit.partial or fit.measured_overhead_mib is not None
+                or m is None or m.gpu_peak_mib is None):
+            return
+        self.fit, line = offload.calibrate(fit, record.spec, self.wl, m.gpu_peak_mib)
+        self.events.note(line)
+        if self.fit.layers != fit.layers and not self.space_file:
+            self.regrid()
+
+    def regrid(self) -> None:
+        """The plan made again from the builds and the memory plan there are now, its new
+        settings enqueued (the sampler's history stays: it is the study's finished trials)."""
+        opts = self.opts
+        self.extended_at = len(self.planner.history())
+        new_space, self.specs = self.plan_of(self.probes)
+        self.space_id = new_space.space_id()
+        pending = self.planner.enqueue(self.specs, self.done | {r.spec_key for r in self.ran},
+                                       self.space_id, sampler=self.kind, seed=opts.seed,
+                                       objective=opts.objective)
+        self.events.planned(len(self.specs), pending, 0)
+
     def join_builds(self) -> None:
         """The background builds once they have ended (waiting for them), and the plan
         extended with their settings (the sampler's history stays: it is the study's
@@ -415,16 +438,10 @@ class Sweep(Finish):
         if set(merged) == set(self.probes):  # nothing made (no network, a failed compile)
             return
         self.probes = merged
-        self.extended_at = len(self.planner.history())
-        new_space, self.specs = self.plan_of(merged)
-        self.space_id = new_space.space_id()
         for name, p in merged.items():
             if name not in self.envs:
                 self.envs[name] = self.environment_of(name, p)
-        pending = self.planner.enqueue(self.specs, self.done | {r.spec_key for r in self.ran},
-                                       self.space_id, sampler=self.kind, seed=opts.seed,
-                                       objective=opts.objective)
-        self.events.planned(len(self.specs), pending, 0)
+        self.regrid()
 
     def summary(self, result: SweepResult, seen: int, search_s: float) -> SweepResult:
         """The decision's result with the search's sampler, stop reason and times."""
