@@ -69,20 +69,22 @@ def test_no_budget_when_the_model_fits_or_when_turned_off(
 
 def test_first_trial_sizes_the_rest() -> None:
     """A first trial of 60 s (most layers on the host), 120 settings, the default budget:
-    the finalists (2 x 2 rounds) and the served stage (2 finalists + llama-server) keep 7
-    trials' time; the search may run to 900 - 420 s."""
+    the finalists (2 x 2 rounds), the served stage (2 finalists + llama-server) and the trial
+    in flight when the search's timeout comes keep 8 trials' time; the search may run to
+    900 - 480 s."""
     b = TimeBudget(total_s=900.0, explicit=frozenset())
     fin, reps, served = b.apply(FinalistOptions(), 3, 5)
     assert (fin.most, fin.rounds, fin.max_rounds, fin.confirm_rounds, reps, served) == \
         (2, 2, 2, 0, 2, 2)
     s = b.size(60.0, 60.0, 120, fin, served)
-    assert (s.trial_timeout_s, s.search_s, s.patience) == (240.0, 480.0, 3)
-    assert "search timeout 480 s (about 7 more trials of 120 settings" in s.line
+    assert (s.trial_timeout_s, s.search_s, s.patience) == (240.0, 420.0, 3)
+    assert "search timeout 420 s (about 6 more trials of 120 settings" in s.line
+    assert "480 s kept for the finalists, the served stage and the trial in flight" in s.line
     stop = b.stop_rule(StopRule(), s)
-    assert (stop.timeout_s, stop.patience) == (480.0, 3)
+    assert (stop.timeout_s, stop.patience) == (420.0, 3)
     # A fast first trial: more room, patience up to its cap and never above the settings.
     fast = b.size(5.0, 5.0, 8, fin, served)
-    assert (fast.trial_timeout_s, fast.search_s, fast.patience) == (120.0, 865.0, 8)
+    assert (fast.trial_timeout_s, fast.search_s, fast.patience) == (120.0, 860.0, 8)
     # A slow one: the search still gets two more trials' time.
     slow = b.size(200.0, 200.0, 120, fin, served)
     assert slow.search_s == 600.0 and slow.patience == 3
