@@ -170,3 +170,68 @@ def test_deadline_keeps_the_breakdown_to_what_the_budget_has_left() -> None:
     # The breakdown is not among the steps the search leaves room for.
     fo = FinalistOptions(most=2, top=2, rounds=2, max_rounds=2)
     assert budget.reserve_trials(fo, 2) == 2 * 2 + 3
+
+
+def test_the_first_trials_gpu_peak_calibrates_the_sweeps_plan(
+        tiny_model: Path, sparse_7b: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's wiring of the calibration, on real trials of the tiny model on the CPU: the
+    partial-offload plan (of a 7B shape, 8 GiB free) and the trials' NVML peaks are FAKE (no
+    GPU here), and kept with the small space file that a real sweep would take as written.
+    The first trial with a peak calibrates the plan once, the sweep says so, the finalists are
+    checked against the measured overhead, and the config is written."""
+    from tests.spaces import write_space
+    from tuner.models import memplan
+    from tuner.specs import Workload
+    from tuner.sweep import options, run
+    from tuner.worker.runner import Runner
+
+    monkeypatch.setenv(FAKE_FREE_ENV, "8192")
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, "65536")
+    wl = Workload(prompt_tokens=32, gen_tokens=4, n_ctx=64, repetitions=2, warmup=0)
+    fake_fit, _ = offload.prepare(sparse_7b, Workload(prompt_tokens=2048, gen_tokens=128), None)
+    assert fake_fit is not None and fake_fit.partial
+
+    def plan_memory(self: run.Sweep) -> None:  # FAKE: the 7B's plan for the tiny model's sweep
+        self.fit = fake_fit
+
+    def apply_budget(self: run.Sweep) -> None:  # no budget; the plan kept with the space file
+        pass
+
+    real_run = Runner.run
+    peaks: list[float] = []
+
+    def with_peak(self: Runner, spec, wl, number, **kw):  # type: ignore[no-untyped-def]
+        out = real_run(self, spec, wl, number, **kw)
+        if out.reply is None or out.reply.event != "measured":
+            return out
+        need = memplan.place(fake_fit.plan.layout, spec.model.n_gpu_layers,
+                             offload.spec_context(spec, wl)).gpu.total / memplan.MIB
+        peaks.append(need + 300.0)  # FAKE: 300 MiB beyond the plan's buffers
+        return out.model_copy(update={"reply": out.reply.model_copy(
+            update={"gpu_peak_mib": peaks[-1]})})
+
+    monkeypatch.setattr(run.Sweep, "plan_memory", plan_memory)
+    monkeypatch.setattr(run.Sweep, "apply_budget", apply_budget)
+    monkeypatch.setattr(Runner, "run", with_peak)
+    seen: list[float] = []
+    real_finalist = offload.finalist_outcome
+
+    def finalist_outcome(model, spec, wl, max_vram, overhead=memplan.PROCESS_OVERHEAD_MIB):  # type: ignore[no-untyped-def]
+        seen.append(overhead)
+        return real_finalist(model, spec, wl, max_vram, overhead)
+
+    monkeypatch.setattr(offload, "finalist_outcome", finalist_outcome)
+    space = write_space(tmp_path / "space.yaml", flash_attn=[False, True])
+    opts = options.SweepOptions(
+        model=tiny_model, device="cpu", space=space, results_dir=tmp_path / "results",
+        out=tmp_path / "production.yaml", sampler="grid", served_requests=0, workload=wl,
+        finalists=FinalistOptions(rounds=1, max_rounds=1, confirm=0, confirm_rounds=0))
+    notes = _Notes()
+    result = run.run_sweep(opts, notes)
+    calibrated = [ln for ln in notes.lines if "the process overhead is" in ln]
+    assert len(calibrated) == 1, notes.lines
+    assert "the process overhead is 300 MiB, not the 900 MiB planned" in calibrated[0]
+    assert len(peaks) >= 2  # later trials' peaks do not calibrate again
+    assert seen and all(o == pytest.approx(300.0) for o in seen)
+    assert result.written is not None
