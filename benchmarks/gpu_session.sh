@@ -36,7 +36,10 @@ phase() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$BENCH/phase"; }
 path_of() { echo "$BENCH/${1%%:*}-${1##*:}.gguf"; }
 name_of() { echo "${1%%:*}"; }
 
-models() { echo "$SERVED_MODELS $KNOB_MODEL $FIT_MODEL" | tr ' ' '\n' | sort -u | grep .; }
+models() {  # every model a phase that runs needs, once
+  local fit=$FIT_MODEL; [ "${FIT:-1}" = 0 ] && fit=
+  echo "$SERVED_MODELS $KNOB_MODEL $fit" | tr ' ' '\n' | sort -u | grep .
+}
 
 knobs() {  # issue 30: llama-server's per-token cost, one setting changed at a time
   local m=$KNOB_MODEL
