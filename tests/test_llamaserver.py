@@ -301,7 +301,9 @@ def test_the_server_settings_tried_are_recorded(deployed: Deployed, server_binar
     from tuner.deploy.llamaserverknobs import KNOBS, Tried, supported
 
     out, _, _, notes = deployed
-    assert [k.name for k in supported(server_binary)] == [k.name for k in KNOBS]
+    env = process_env({"LD_LIBRARY_PATH": str(_installed_lib_dir())})
+    assert [k.name for k in supported(server_binary, env)] == [k.name for k in KNOBS]
+    assert supported(REPO / "no-such-llama-server", env) == []
     data = json.loads(files_of(out)["json"].read_text())
     tried = [Tried.model_validate(t) for t in data["knobs"]]
     assert [t.name for t in tried] == ["backend sampling"]

@@ -12,6 +12,7 @@ from tuner.builds.catalog import _installed_lib_dir
 from tuner.deploy.llamaserver import (
     LlamaServerDeployment,
     find_server,
+    process_env,
     serve_and_measure,
     server_args,
     server_env,
@@ -44,7 +45,7 @@ def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigu
     note(f"serving the winner through llama-server ({binary}, {requests} requests, "
          f"threads {threads})")
     try:
-        tries = supported(binary) if knobs else []
+        tries = supported(binary, process_env(server_env(winner.spec, lib))) if knobs else []
         fig, _log, greedy = serve_and_measure(binary, winner.spec, winner.workload, model_path,
                                               lib, threads, requests, timeout_s,
                                               greedy_tokens=GREEDY_TOKENS if tries else 0)

@@ -45,11 +45,12 @@ class Tried(Frozen):
     why: str = ""
 
 
-def supported(binary: Path) -> list[Knob]:
-    """The knobs this llama-server has a flag for (a server that cannot say: none)."""
+def supported(binary: Path, env: dict[str, str]) -> list[Knob]:
+    """The knobs this llama-server has a flag for, asked with the environment it will run in
+    (its libraries); a server that cannot say: none."""
     try:
         proc = subprocess.run([str(binary), "--help"], capture_output=True, text=True,
-                              timeout=60, env={"PATH": "/usr/bin:/bin"})
+                              timeout=60, env=env)
     except (OSError, subprocess.TimeoutExpired):
         return []
     text = proc.stdout + proc.stderr
