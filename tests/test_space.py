@@ -61,3 +61,23 @@ def test_bad_space_files(tmp_path: Path, text: str, phrase: str) -> None:
     path.write_text(text)
     with pytest.raises(BadInput, match=phrase.replace("[", r"\[")):
         load_space(path)
+
+
+@pytest.mark.parametrize(("cpus", "physical", "expected"), [
+    (16, 8, [8, 16]),  # hyper-threads: llama.cpp's one per core first, then every CPU
+    (16, 16, [16, 8]),  # no hyper-threads: every core first, then half
+    (2, 2, [2, 1]),
+    (1, 1, [1]),
+])
+def test_thread_counts_start_at_llama_cpps_default(cpus: int, physical: int,
+                                                   expected: list[int],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first trials of a space with a host share run at the thread count a trial without
+    one runs (one per physical core), the others searched after."""
+    from tuner.search import space as space_mod
+
+    monkeypatch.setattr(space_mod.os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(space_mod, "default_threads", lambda: physical)
+    assert space_mod.thread_counts() == expected
+    built = space_mod.default_space("cuda", ["installed"], (20, 18))
+    assert built.n_threads == expected and built.n_gpu_layers == [20, 18]

@@ -25,6 +25,7 @@ from pydantic import (
 
 from tuner import settings
 from tuner.errors import BadInput
+from tuner.machine.cpus import default_threads
 from tuner.machine.yamlread import DuplicateKey, load_unique
 from tuner.settings import SPACE_SETTINGS, UNQUANTIZED_KV, Setting
 from tuner.specs import (
@@ -124,12 +125,20 @@ else:
     Space = _SpaceModel
 
 
+def thread_counts() -> list[int]:
+    """The CPU thread counts a space with a host share searches: llama.cpp's own default (one
+    per physical core, what a trial without a count runs) first, so that the first trials run
+    at it, then every CPU and half of them."""
+    cores = os.cpu_count() or 1
+    first = default_threads()
+    return [first, *sorted({cores, max(1, cores // 2)} - {first}, reverse=True)]
+
+
 def default_space(device: Device, builds: list[str], gpu_layers: tuple[int, ...] = ()) -> Space:
     """The built-in space. ``gpu_layers``: the layer counts of a model that does not fit at
     full offload (tuner/search/offload.py): the space searches them, with the cache types
     (q8_0 frees room), n_ubatch, flash attention and the CPU threads that compute the rest."""
-    cores = os.cpu_count() or 1
-    threads = sorted({cores, max(1, cores // 2)}, reverse=True)
+    threads = thread_counts()
     if device == "cuda" and gpu_layers:
         # The most layers first: the first trials (the baseline's group) then run where the host
         # computes least, the fastest of them as a rule (run 30: 15 layers first left 9.3 s
