@@ -312,6 +312,13 @@ def test_the_server_settings_tried_are_recorded(deployed: Deployed, server_binar
     assert "llama-server backend sampling (--backend-sampling, sampling on the GPU): " in notes
     assert t.why in notes
     assert ("--backend-sampling" in read_args(files_of(out)["args"])) == t.kept
+    # The report says what llama-server runs with, exactly when a setting was kept.
+    report = require_study(default_storage(out.parent.parent / "results")).finalists()
+    assert report is not None and report.llama_server_flags == (["--backend-sampling"]
+                                                               if t.kept else [])
+    shown = tuner("report", "--results", out.parent.parent / "results")
+    assert shown.returncode == 0, shown.stderr
+    assert ("llama-server runs with --backend-sampling" in shown.stdout) == t.kept
 
 
 def _served(request_s: list[float]) -> ServedFigures:
@@ -332,3 +339,15 @@ def test_a_knob_is_kept_only_when_faster_and_the_same_answer() -> None:
     assert not slower.kept and "not faster beyond the spreads" in slower.why
     changed = judge(knob, fast, "abd", plain, "abc")
     assert not changed.kept and changed.same_greedy is False and "differs" in changed.why
+
+
+def test_the_kept_settings_are_said_beside_the_services() -> None:
+    from tuner.deploy.servicecompare import flags_line
+
+    a = _served([1.0, 1.01, 1.02])
+    plain = lines(rows(a, a, None))
+    kept = lines(rows(a, a, None), ["--backend-sampling"])
+    assert flags_line([]) is None and not any("runs with" in ln for ln in plain)
+    assert kept[2] == ("llama-server runs with --backend-sampling: kept by the served phase, "
+                       "faster with the same greedy answer (tuner/deploy/llamaserverknobs.py)")
+    assert kept[:2] == plain[:2] and kept[3:] == plain[2:]

@@ -71,9 +71,11 @@ def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigu
         note(f"llama-server: not served: {e.message}")
         return report.model_copy(update={"llama_server": {"error": e.message}})
     note(f"llama-server deployment: {written['args']} (+ .env, .json)")
-    for line in lines(rows(served, fig, raw_of(report, winner.number, winner.measurement))):
+    for line in lines(rows(served, fig, raw_of(report, winner.number, winner.measurement)),
+                      flags):
         note(line)
-    return report.model_copy(update={"llama_server": fig.model_dump(mode="json")})
+    return report.model_copy(update={"llama_server": fig.model_dump(mode="json"),
+                                     "llama_server_flags": flags})
 
 
 Serve = Callable[[list[str]], tuple[ServedFigures, str, str | None]]

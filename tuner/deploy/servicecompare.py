@@ -104,8 +104,17 @@ def recommendation(table: list[ServiceRow]) -> str | None:
             f"{slow.service} costs {COSTS[slow.service]}")
 
 
-def lines(table: list[ServiceRow]) -> list[str]:
-    """Plain-text lines for the sweep's output and the terminal report."""
+def flags_line(flags: list[str]) -> str | None:
+    """What llama-server runs with beyond the trial's settings, or None."""
+    if not flags:
+        return None
+    return (f"{CPP} runs with {' '.join(flags)}: kept by the served phase, faster with the "
+            "same greedy answer (tuner/deploy/llamaserverknobs.py)")
+
+
+def lines(table: list[ServiceRow], flags: list[str] | None = None) -> list[str]:
+    """Plain-text lines for the sweep's output and the terminal report; ``flags``: the
+    llama-server settings the served phase kept."""
     out = []
     for r in table:
         c = r.cells()
@@ -115,4 +124,5 @@ def lines(table: list[ServiceRow]) -> list[str]:
             out.append(f"{c[0]}: ttft {c[1]} s, gen {c[2]} t/s, request {c[3]} s"
                        + (f" ({c[4]} of raw)" if c[4] else ""))
     rec = recommendation(table)
-    return out + ([rec] if rec else [])
+    said = flags_line(flags or [])
+    return out + ([said] if said else []) + ([rec] if rec else [])

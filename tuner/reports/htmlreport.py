@@ -8,7 +8,7 @@ from collections import Counter
 from html import escape
 from typing import Any
 
-from tuner.deploy.servicecompare import HEADERS, raw_of, recommendation, rows
+from tuner.deploy.servicecompare import HEADERS, flags_line, raw_of, recommendation, rows
 from tuner.reports.analysis import frame, pareto, ranked_frame
 from tuner.reports.compare import Comparison
 from tuner.reports.overview import Overview
@@ -241,10 +241,12 @@ def _services(f: FinalistReport) -> str:
     win = next((x for x in f.finalists if x.trial == f.winner_trial), None)
     table_rows = rows(win.served if win else None, f.llama_server, raw_of(f, f.winner_trial))
     rec = recommendation(table_rows)
+    said = flags_line(f.llama_server_flags)
     return ("<p>The winner served over HTTP by each deploy target (the same workload and "
             "sampling; share of raw: the raw prompt time over the time to first token, served "
             "generation over raw, raw from the finalists' medians).</p>"
             + html_table(HEADERS, [r.cells() for r in table_rows], set())
+            + (f"<p>{_e(said)}</p>" if said else "")
             + (f"<p>{_e(rec)}</p>" if rec else ""))
 
 

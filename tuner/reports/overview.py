@@ -201,7 +201,8 @@ def _services(finalists: FinalistReport | None, by_number: dict[int, TrialRecord
     win = next((f for f in finalists.finalists if f.trial == finalists.winner_trial), None)
     rec = by_number.get(finalists.winner_trial)
     raw = raw_of(finalists, finalists.winner_trial, rec.measurement if rec else None)
-    return lines(rows(win.served if win else None, finalists.llama_server, raw))
+    return lines(rows(win.served if win else None, finalists.llama_server, raw),
+                 finalists.llama_server_flags)
 
 
 @dataclass(frozen=True)

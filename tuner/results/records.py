@@ -256,6 +256,9 @@ class FinalistReport(Frozen):
     # The winner served by llama.cpp's llama-server (ServedFigures as JSON, or {"error": why}):
     # tuner/deploy/llamaserverfinal.py; None where the sweep did not try.
     llama_server: dict[str, Any] | None = None
+    # The llama-server settings the served phase kept (tuner/deploy/llamaserverknobs.py): its
+    # figures above were measured with them, and its deployment runs them.
+    llama_server_flags: list[str] = Field(default_factory=list)
 
 
 __all__ = ["Stat", "widest_spread"]  # re-exported: declared in tuner/results/stat.py
