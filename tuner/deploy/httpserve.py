@@ -9,7 +9,6 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, suppress
@@ -23,6 +22,7 @@ from tuner.deploy.served import figures, prompts_for
 from tuner.errors import BadInput, EnvironmentUnfit
 from tuner.machine.childenv import service_env
 from tuner.machine.children import popen_kwargs, stop
+from tuner.machine.tempdirs import temp_dir
 from tuner.results.records import ServedFigures
 from tuner.specs import Workload
 from tuner.worker.served import request_body
@@ -65,7 +65,7 @@ def measure_service(make: Callable[[int, Path, Path], Service], model_path: str,
     """Start the service ``make(port, workdir, log_path)`` builds on a free loopback port,
     time the workload over HTTP once it answers, stop it; (figures, the service's log)."""
     with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-served-")))
+        tmp = Path(stack.enter_context(temp_dir("tuner-served-")))
         port, log_path = free_port(None), tmp / "server.log"
         proc = stack.enter_context(make(port, tmp, log_path))
         url = f"http://127.0.0.1:{port}"

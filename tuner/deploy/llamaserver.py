@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import datetime, timezone
@@ -39,6 +38,7 @@ from tuner.evidence.effective import trial_settings
 from tuner.machine import childenv
 from tuner.machine.children import popen_kwargs, stop
 from tuner.machine.output import replace_files
+from tuner.machine.tempdirs import temp_dir
 from tuner.results.records import ServedFigures
 from tuner.settings import split_mode_name
 from tuner.specs import Frozen, TrialSpec, Workload
@@ -264,7 +264,7 @@ def serve_and_measure(binary: Path, spec: TrialSpec, workload: Workload, model_p
     from its log, time the workload, take its greedy answer of ``greedy_tokens`` (0: none), stop
     it; (figures, the server's log, the greedy answer)."""
     with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-llsrv-")))
+        tmp = Path(stack.enter_context(temp_dir("tuner-llsrv-")))
         port, log_path = free_port(None), tmp / "llama-server.log"
         args = server_args(spec, workload, model_path, threads, port=port, extra=extra)
         proc = stack.enter_context(running(binary, args, process_env(server_env(spec, lib_dir)),

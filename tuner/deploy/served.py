@@ -9,7 +9,6 @@ This process never imports llama_cpp."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Literal
 from tuner.errors import TunerError
 from tuner.evidence.placement import expect, parse_load_log, verify
 from tuner.machine.children import orphan_safe_args, run_orphan_safe
+from tuner.machine.tempdirs import temp_dir
 from tuner.results.records import ServedFigures, Stat, widest_spread
 from tuner.specs import TrialSpec
 from tuner.worker.logcapture import read_tail
@@ -46,7 +46,7 @@ def run_child(job: PromptsJob | ServedMeasureJob | BreakdownJob, timeout_s: floa
     tuner.worker.served's by default); (its answer, its stderr/stdout log). Raises TunerError
     when the process dies, overruns, or reports an error, and ProtocolError when its answer is
     not a served-path reply."""
-    with tempfile.TemporaryDirectory(prefix="tuner-served-") as tmp:
+    with temp_dir("tuner-served-") as tmp:
         log_path = str(Path(tmp) / "served.log")
         conn, child = SPAWN.Pipe()
         proc = SPAWN.Process(target=run_orphan_safe,  # ends with the command, even a SIGKILLed one

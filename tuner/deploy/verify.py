@@ -12,7 +12,6 @@ placement that is not the measured one (exit 3), served speed outside the tolera
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,6 +26,7 @@ from tuner.deploy.service import raw_prediction
 from tuner.deploy.sidecar import check_url
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.evidence.placement import expect, parse_load_log, verify
+from tuner.machine.tempdirs import temp_dir
 from tuner.results.records import ServedFigures
 from tuner.specs import Frozen
 
@@ -77,7 +77,7 @@ def run_verify(path: Path, load: Callable[[Path], DeployedService], *, url: str 
     svc = load(path)
     st = svc.stored
     with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuner-verify-")))
+        tmp = Path(stack.enter_context(temp_dir("tuner-verify-")))
         log_path: Path | None = None
         facts: dict[str, Any] = {}
         if url is None:

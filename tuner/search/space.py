@@ -134,6 +134,10 @@ def thread_counts() -> list[int]:
     return [first, *sorted({cores, max(1, cores // 2)} - {first}, reverse=True)]
 
 
+# The cache types the built-in space searches (q8_0 frees room).
+DEFAULT_KV_CACHES = ("f16/f16", "q8_0/q8_0")
+
+
 def default_space(device: Device, builds: list[str], gpu_layers: tuple[int, ...] = ()) -> Space:
     """The built-in space. ``gpu_layers``: the layer counts of a model that does not fit at
     full offload (tuner/search/offload.py): the space searches them, with the cache types
@@ -146,14 +150,14 @@ def default_space(device: Device, builds: list[str], gpu_layers: tuple[int, ...]
         return Space(builds=builds, n_gpu_layers=sorted(gpu_layers, reverse=True),
                      n_batch=[512, 2048],
                      n_ubatch=[256, 512, 1024], flash_attn=[False, True],
-                     kv_cache=["f16/f16", "q8_0/q8_0"], n_threads=threads)
+                     kv_cache=list(DEFAULT_KV_CACHES), n_threads=threads)
     if device == "cpu":
         return Space(builds=builds, n_gpu_layers=[0], n_batch=[256, 512], n_ubatch=[128, 512],
-                     flash_attn=[False, True], kv_cache=["f16/f16", "q8_0/q8_0"],
+                     flash_attn=[False, True], kv_cache=list(DEFAULT_KV_CACHES),
                      n_threads=threads)
     return Space(builds=builds, n_gpu_layers=[-1], n_batch=[512, 1024, 2048, 4096],
                  n_ubatch=[256, 512, 1024, 2048, 4096], flash_attn=[False, True],
-                 kv_cache=["f16/f16", "q8_0/q8_0"])
+                 kv_cache=list(DEFAULT_KV_CACHES))
 
 
 def load_space(path: Path) -> Space:

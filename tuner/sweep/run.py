@@ -35,11 +35,13 @@ from tuner.results.storeerrors import check_url
 from tuner.results.studystore import StudyStore, default_storage
 from tuner.search import offload
 from tuner.search.constraints import apply_vram_cap
+from tuner.search.ctxmemory import check_context_memory
 from tuner.search.pareto import front as pareto_front
 from tuner.search.planner import Planner
 from tuner.search.pruning import check as check_prune, resolve as resolve_prune
 from tuner.search.sampler import resolve, stale
 from tuner.search.space import (
+    DEFAULT_KV_CACHES,
     Space,
     check_batch_memory,
     default_space,
@@ -140,6 +142,9 @@ class Sweep(Finish):
         self.space_file = load_space(opts.space) if opts.space else None
         if self.space_file is not None:
             check_batch_memory(self.space_file, self.info.n_vocab, physical_memory())
+        check_context_memory(Path(self.info.path), self.wl.n_ctx,
+                             self.space_file.kv_cache if self.space_file else DEFAULT_KV_CACHES,
+                             opts.device, opts.max_vram_mib)
         self.study = check_study_name(opts.study or default_study(self.info, opts.device, self.wl))
         check_out(opts.out)  # a config path that cannot be written is refused before any trial
         check_writable_folder(opts.out, "production config")

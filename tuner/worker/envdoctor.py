@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from tuner.builds.cpuflags import CUDA_INSTALL_HINT, has_amx
 from tuner.errors import EnvironmentUnfit
 from tuner.evidence.deaths import AMX_FIX
 from tuner.evidence.placement import parse_load_log
+from tuner.machine.tempdirs import temp_dir
 from tuner.specs import Frozen, ModelSettings
 
 
@@ -93,7 +93,7 @@ def _probe(build: BuildInfo, installed: str) -> BuildCheck:
     lib_dir = None if build.name == "installed" else str(Path(build.lib_dir).absolute())
     base: dict[str, Any] = {"name": build.name, "lib_dir": build.lib_dir,
                             "version_ok": build.version == installed}
-    with tempfile.TemporaryDirectory(prefix="tuner-doctor-") as tmp:
+    with temp_dir("tuner-doctor-") as tmp:
         runner = Runner(Path(tmp) / "none.gguf", Path(tmp), {build.name: lib_dir},
                         load_timeout_s=180)
         try:

@@ -28,6 +28,7 @@ from pydantic import TypeAdapter
 
 from tuner.machine.children import orphan_safe_args, run_orphan_safe
 from tuner.machine.interrupt import sigint_deferred
+from tuner.machine.tempdirs import temp_dir
 from tuner.results.readings import TrialState
 from tuner.specs import ModelSettings, TrialSpec, Workload
 from tuner.worker.logcapture import read_tail
@@ -184,7 +185,7 @@ class Runner:
         is the probe itself where its settings ask the probe's environment (``Adopt``: its
         log moves to the trial worker's file), which saves a process start and a library load
         per sweep. Every other spare is stopped then, so none idles through a measurement."""
-        tmp = tempfile.TemporaryDirectory(prefix="tuner-probe-")
+        tmp = temp_dir("tuner-probe-")
         job = self._job(ms, Path(tmp.name) / "probe.log", probe_only=True)
         w = _Worker(job)
         try:
