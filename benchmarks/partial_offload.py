@@ -180,6 +180,10 @@ def compare(a: argparse.Namespace) -> int:
                 continue
             if (r := _bench(a.bench, a.model, n, tk, fa)) is not None:
                 rows.append(r)
+            # Kept as it goes: a lease that ends mid-compare still brings these back.
+            (a.out / "partial-offload.partial.json").write_text(json.dumps(
+                {"boundaries": bounds, "llama_bench": rows, "searched_layers": searched},
+                indent=1) + "\n")
     fastest = min((r for r in rows if "request_s" in r), key=lambda r: r["request_s"],
                   default=None)
     # llama.cpp's own fit at the sweep's context (the layers it moves), its llama-bench figures,
