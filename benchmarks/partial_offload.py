@@ -91,17 +91,22 @@ def _bench(bench: Path, model: Path, ngl: int, tk: str, fa: int | str,
     return out
 
 
+# How far the boundary probe walks from the plan's prediction: run 30's plan was 5 layers short
+# and its probe, capped at 5, stopped exactly there (so "at least").
+PROBE_STEPS = 12
+
+
 def _boundary(bench: Path, model: Path, start: int, tk: str, fa: int, top: int) -> int | None:
     """The most layers llama-bench loads and runs (a 2048-token prompt), searched from the
-    plan's prediction up (or down) one layer at a time, at most 5 probes each way."""
+    plan's prediction up (or down) one layer at a time, at most PROBE_STEPS probes each way."""
     def ok(n: int) -> bool:
         return _run(bench, model, n, tk, fa, PROBE, 1) is not None
     n = start
     if ok(n):
-        while n < top and ok(n + 1) and n + 1 - start <= 5:
+        while n < top and n + 1 - start <= PROBE_STEPS and ok(n + 1):
             n += 1
         return n
-    while n > 0 and start - n <= 5:
+    while n > 0 and start - n <= PROBE_STEPS:
         n -= 1
         if ok(n):
             return n
@@ -111,6 +116,7 @@ def _boundary(bench: Path, model: Path, start: int, tk: str, fa: int, top: int) 
 # llama-fit-params' answer on stdout: "-c N -ngl M", then -ts (several devices) and -ot (tensor
 # overrides: a MoE model's expert tensors on the host) where it set them; the -ot list quoted
 # (tools/fit-params/fit-params.cpp) or not (the example in its README).
+OVERHEAD_LINE = re.compile(r"the process overhead is ([\d,]+) MiB")
 FIT_LINE = re.compile(r'-c (\d+) -ngl (-?\d+)(?: -ts (\S+))?(?: -ot "?([^"\s]*)"?)?')
 
 
@@ -162,12 +168,18 @@ def compare(a: argparse.Namespace) -> int:
     searched = sorted({r.spec.model.n_gpu_layers for r in records})
     usable = [r for r in records if r.usable and r.objective is not None]
     best = min(usable, key=lambda r: r.objective or 0.0) if usable else None
+    # The overhead the sweep's first trial measured (tuner/search/offload.py calibrate), if said.
+    said = a.sweep_log.read_text() if a.sweep_log and a.sweep_log.is_file() else ""
+    found = OVERHEAD_LINE.search(said)
+    calibrated = memplan.Budget(free_mib=free, overhead_mib=float(found[1].replace(",", ""))) \
+        if found else None
     rows, bounds = [], {}
     for tk, _tv, fa in CACHES:
         ctx = memplan.Context(n_ctx=N_CTX, type_k=tk, type_v=tk, n_ubatch=512, flash_attn=bool(fa))
         predicted = memplan.most_layers(layout, budget, ctx)
-        measured = _boundary(a.bench, a.model, predicted, tk, fa, layout.n_offloadable)
-        bounds[tk] = {"predicted": predicted, "measured": measured,
+        after = memplan.most_layers(layout, calibrated, ctx) if calibrated else None
+        measured = _boundary(a.bench, a.model, after or predicted, tk, fa, layout.n_offloadable)
+        bounds[tk] = {"predicted": predicted, "calibrated": after, "measured": measured,
                       "gpu_mib_predicted": memplan.place(layout, predicted, ctx).gpu.total / 2**20}
         # Lean (device time is scarce): the measured boundary, 2 and 4 below it where the
         # sweep searched them, and the sweep's winner's count.
@@ -191,13 +203,12 @@ def compare(a: argparse.Namespace) -> int:
     fit = fit_choice(a.bench, a.model, N_CTX)
     fit_row = None if a.no_fit_bench else _fit_row(a.bench, a.model, fit)
     fit_default = fit_choice(a.bench, a.model, None)
-    sweep_s, budget = None, []
-    if a.sweep_log and a.sweep_log.is_file():
-        for line in a.sweep_log.read_text().splitlines():
-            if line.startswith("sweep exit"):
-                sweep_s = line
-            if line.startswith("time budget:"):  # the budget chosen, then what it sized
-                budget.append(line)
+    sweep_s, budget_lines = None, []
+    for line in said.splitlines():
+        if line.startswith("sweep exit"):
+            sweep_s = line
+        if line.startswith(("time budget:", "memory plan: trial")):  # the budget, calibration
+            budget_lines.append(line)
     tb: dict[str, Any] | None = None if best is None else {
         "ngl": best.spec.model.n_gpu_layers, "kv": best.spec.context.type_k,
         "fa": best.spec.context.flash_attn, "n_ubatch": best.spec.context.n_ubatch,
@@ -207,13 +218,15 @@ def compare(a: argparse.Namespace) -> int:
               for s in {r.state.value for r in records}}
     result = {"free_mib_at_compare": free, "boundaries": bounds, "llama_bench": rows,
               "searched_layers": searched, "sweep": sweep_s,
-              "tuner_best": tb, "states": states, "time_budget": budget, "llama_fit": fit, "llama_fit_bench": fit_row,
+              "tuner_best": tb, "states": states, "time_budget": budget_lines, "llama_fit": fit, "llama_fit_bench": fit_row,
               "llama_fit_default_ctx": fit_default}
     (a.out / "partial-offload.json").write_text(json.dumps(result, indent=1) + "\n")
-    print("| cache | plan's most layers | llama-bench's most layers | plan GPU MiB |")
-    print("|---|---|---|---|")
+    print("| cache | plan's most layers | after calibration | llama-bench's most layers | "
+          "plan GPU MiB |")
+    print("|---|---|---|---|---|")
     for tk, b in bounds.items():
-        print(f"| {tk} | {b['predicted']} | {b['measured']} | {b['gpu_mib_predicted']:,.0f} |")
+        print(f"| {tk} | {b['predicted']} | {b['calibrated']} | {b['measured']} | "
+              f"{b['gpu_mib_predicted']:,.0f} |")
     print()
     print("| ngl | kv | fa | pp t/s | tg t/s | request s (2048/pp + 128/tg) |")
     print("|---|---|---|---|---|---|")
@@ -233,7 +246,7 @@ def compare(a: argparse.Namespace) -> int:
     print(f"llama.cpp fit, llama-server's default context: "
           f"{fit_default.get('args') or fit_default.get('error')}")
     print(f"sweep: {sweep_s}")
-    for line in budget:
+    for line in budget_lines:
         print(line)
     return 0
 

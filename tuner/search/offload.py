@@ -52,7 +52,7 @@ def calibrate(op: OffloadPlan, spec: TrialSpec, wl: Workload,
               peak_mib: float) -> tuple[OffloadPlan, str]:
     """The plan re-made with the process overhead a real trial showed: its NVML peak less the
     buffers the plan gave its setting (the estimate's error included). Run 30 (H200, 4 GiB
-    free): the plan's 900 MiB kept 17 layers where llama-bench loaded 22. Only ever lowered: a
+    free): the plan's 900 MiB kept 17 layers where llama-bench loaded at least 22. Only ever lowered: a
     reading above the plan's (a driver that cannot see the worker's pid reports the whole
     device) leaves the plan as it is. The layers searched are the new boundary's and the old."""
     need = memplan.place(op.plan.layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
