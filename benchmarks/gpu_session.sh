@@ -7,7 +7,8 @@
 # 1. Setup: the wheels; the CUDA llama-cpp-python from the source archive (the `installed`
 #    build, default kernels); beside it a CPU-built llama-server of the same source (`tuner
 #    build --variant cpu --server-only`: it drives the CUDA library through LD_LIBRARY_PATH),
-#    the models ($SERVED_MODELS, shapes no earlier run used; quantized by the installed library),
+#    the models (shapes no earlier run used; quantized by the CPU build's library while the CUDA
+#    one compiles),
 #    then a llama-bench loading the installed libraries (benchmarks/installed_bench.py).
 # 2. Issue 30: with $KNOB_MODEL set, benchmarks/llamaserver_knobs.py first (llama-server's
 #    per-token cost, one server setting changed at a time); then per model in $SERVED_MODELS: `tuner sweep --model M --prompt-tokens 2048 --gen-tokens 128
@@ -50,6 +51,17 @@ knobs() {  # issue 30: llama-server's per-token cost, one setting changed at a t
   echo "knobs exit $?" >> "$BENCH/out/knobs.log"
 }
 
+quantize_all() {  # every model's f16 file to its quantization, with the CPU build's library
+  local m
+  for m in $(models); do
+    [ -f "$(path_of "$m")" ] && continue
+    # Its own copy of the Python half: the CUDA install replaces /tmp/site/llama_cpp meanwhile.
+    LLAMA_CPP_LIB_PATH=$PWD/builds/cpu/lib PYTHONPATH=/tmp/site-py:$PYTHONPATH python3 -c "from tuner.models.modelgen import quantize; quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}')" \
+      >> "$BENCH/modelgen.log" 2>&1 || return 1
+    rm -f "$(path_of "$m").f16"
+  done
+}
+
 setup() {
   mkdir -p /tmp/site "$BENCH/out"
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
@@ -57,6 +69,7 @@ setup() {
   # The Python half first (tuner build reads the installed version), then the CUDA library.
   CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" python3 -m pip install -q --no-deps \
     --no-build-isolation --no-index --target /tmp/site "$SDIST" || return 1
+  mkdir -p /tmp/site-py && cp -r /tmp/site/llama_cpp /tmp/site-py/
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
     > "$BENCH/out/gpu.txt"; nproc >> "$BENCH/out/gpu.txt"
   local s=$SECONDS pids=()
@@ -67,22 +80,22 @@ setup() {
    echo "exit $? after $((SECONDS - s)) s" >> "$BENCH/install.log") &
   local install_pid=$!
   python3 -m tuner build --variant cpu --server-only --source "$SDIST" --builds builds -j 4 \
-    > "$BENCH/server-build.log" 2>&1 & pids+=($!)
+    > "$BENCH/server-build.log" 2>&1 &
+  local server_pid=$!
   for m in $(models); do
     [ -f "$(path_of "$m").f16" ] || python3 -m tuner.models.modelgen --shape "${m%%:*}" --quant f16 \
       --out "$(path_of "$m").f16" >> "$BENCH/modelgen.log" 2>&1
   done
+  wait "$server_pid" || return 1
+  # Quantized by the CPU build's library while the CUDA one compiles (quantizing is CPU code,
+  # the same in both): run 30 spent 3 minutes quantizing after the install.
+  quantize_all & local quant_pid=$!
   wait "$install_pid"; grep -q "^exit 0" "$BENCH/install.log" || return 1
   python3 -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" || return 1
   # It checks that its llama-bench resolves the installed CUDA libraries: after the install.
   python3 benchmarks/installed_bench.py --source "$SDIST" --out "$BENCH/bench" -j 6 \
     > "$BENCH/installed-bench.log" 2>&1 & pids+=($!)
-  for m in $(models); do
-    [ -f "$(path_of "$m")" ] && continue
-    python3 -c "from tuner.models.modelgen import quantize; quantize('$(path_of "$m").f16', '$(path_of "$m")', '${m##*:}')" \
-      >> "$BENCH/modelgen.log" 2>&1 || return 1
-    rm -f "$(path_of "$m").f16"
-  done
+  wait "$quant_pid" || return 1
   wait "${pids[@]}"
   phase "setup done in $((SECONDS - s)) s"
   python3 -m tuner build --list --builds builds > "$BENCH/out/builds.txt" 2>&1
