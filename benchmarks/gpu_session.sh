@@ -16,9 +16,13 @@
 #    and measures the per-token breakdown), then `tuner verify` of both services from another
 #    directory.
 # 3. Issue 31 (FIT=0 skips): a process holds all but $LEAVE_GIB GiB of the GPU; `tuner doctor
-#    --model`; a default sweep of $FIT_MODEL under a 420 s partial-offload budget ($FIT_ARGS);
-#    benchmarks/partial_offload.py
-#    compare (the plan's boundary against llama-bench's, llama-bench over the searched layers).
+#    --model`; a default sweep of $FIT_MODEL ($FIT_ARGS: more sweep options, e.g.
+#    --offload-budget 480; empty: the default 900 s budget); benchmarks/partial_offload.py
+#    compare (the plan's boundary against llama-bench's, llama-bench over the searched layers,
+#    llama.cpp's fit). With 8 GiB left a 7-8B Q4_K_M fits whole: the 8 GiB case is
+#    FIT_MODEL=qwen2.5-14b:q4_k_m LEAVE_GIB=8 (its f16 is 27.5 GiB of disk while it is
+#    quantized: the setup checks the disk every model needs first).
+#    Issue 31 alone: SERVED_MODELS= KNOB_MODEL= bash benchmarks/gpu_session.sh start
 set -uo pipefail
 BENCH=${BENCH:-/tmp/gs}
 FILES=${FILES:-.carry}
@@ -62,6 +66,18 @@ quantize_all() {  # every model's f16 file to its quantization, with the CPU bui
   done
 }
 
+check_disk() {  # every model's f16 file and quantized copy exist at once while they are made
+  local need=0 n have m
+  for m in $(models); do
+    n=$(python3 benchmarks/partial_offload.py disk --shape "${m%%:*}") || return 1
+    need=$((need + n))
+  done
+  have=$(df --output=avail -BG "$BENCH" | tail -1 | tr -dc 0-9)
+  echo "disk: the models need $need GiB while they are made, $have GiB free in $BENCH" \
+    | tee -a "$BENCH/out/gpu.txt"
+  [ "$have" -ge "$need" ]
+}
+
 setup() {
   mkdir -p /tmp/site "$BENCH/out"
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
@@ -72,6 +88,7 @@ setup() {
   mkdir -p /tmp/site-py && cp -r /tmp/site/llama_cpp /tmp/site-py/
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
     > "$BENCH/out/gpu.txt"; nproc >> "$BENCH/out/gpu.txt"
+  check_disk || return 1
   local s=$SECONDS pids=()
   (CMAKE_BUILD_PARALLEL_LEVEL=12 CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH" \
     CFLAGS="$(python3 tuner/builds/cpuflags.py)" CXXFLAGS="$(python3 tuner/builds/cpuflags.py)" \

@@ -1,4 +1,4 @@
-"""Issue 31 on a GPU (benchmark tooling, run by benchmarks/partial_offload.sh): a GPU made small
+"""Issue 31 on a GPU (benchmark tooling, run by benchmarks/gpu_session.sh's fit phase): a GPU made small
 by a process holding its memory, the memory plan's predicted boundary against the one
 llama-bench finds, llama-bench over the layer counts and cache types the sweep searched, and
 tuner's winner beside the best of them.
@@ -257,7 +257,7 @@ QUANT_BYTES = 34 / 32
 
 
 def disk_need_gib(shape: str) -> float:
-    """Disk the model of ``shape`` needs at once while benchmarks/partial_offload.sh makes it:
+    """Disk the model of ``shape`` needs at once while benchmarks/gpu_session.sh makes it:
     the f16 file and the quantized one beside it (the f16 is removed after), plus 4 GiB."""
     from tuner.models.modelgen import SHAPES, _tensors
 

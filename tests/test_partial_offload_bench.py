@@ -78,7 +78,7 @@ def test_no_fit_binary_is_said(tmp_path: Path) -> None:
 
 def test_disk_need_is_the_f16_file_and_its_quantized_copy(tmp_path: Path) -> None:
     """The sparse f16 file modelgen writes (full size, no disk) against the need said before
-    benchmarks/partial_offload.sh makes a model: f16 + at most q8_0's 34/32 bytes a weight."""
+    benchmarks/gpu_session.sh makes a model: f16 + at most q8_0's 34/32 bytes a weight."""
     from tuner.models.modelgen import SHAPES, write_llama
 
     po = _module()

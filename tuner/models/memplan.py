@@ -35,7 +35,7 @@ CTX_PAD = 256  # llama_context rounds n_ctx up to a multiple of this
 # CUDA split, copied into the GPU's compute buffer when the split starts and freed after it
 # (ggml-backend.cpp's split inputs; one copy with sched copies = 1): the plan reserves the
 # largest host layer's weights, a whole layer running as one split. Not yet measured on a GPU
-# (benchmarks/partial_offload.sh records the CUDA compute buffers of partial loads).
+# (benchmarks/gpu_session.sh's fit phase records the CUDA compute buffers of partial loads).
 OP_OFFLOAD_MIN_BATCH = 32
 # What a worker process holds on the GPU beyond llama.cpp's model/KV/compute buffers (the CUDA
 # context, cuBLAS workspace, the backend's pool): NVML's per-process peak minus the buffers of
