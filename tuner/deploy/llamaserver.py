@@ -29,7 +29,7 @@ import httpx
 
 from tuner.builds.catalog import discover_builds, installed_version
 from tuner.deploy.httpserve import free_port, measure_http, wait_ready
-from tuner.deploy.llamaserverknobs import Tried
+from tuner.deploy.llamaserverknobs import GREEDY_TOKENS, Tried
 from tuner.deploy.prodconfig import YAML_SUFFIXES, _render_json
 from tuner.deploy.served import check_placement, prompts_for
 from tuner.deploy.service import render_env_file, service_env
@@ -241,11 +241,16 @@ def measure(url: str, model_path: str, workload: Workload, prompt_env: dict[str,
                         sampling=SAMPLING, source="llama-server")
 
 
-def greedy_answer(url: str, model_path: str, env: dict[str, str], tokens: int) -> str:
-    """The server's answer to a fixed prompt at temperature 0 (``tokens`` tokens, end of text
+def greedy_prompt(model_path: str, env: dict[str, str]) -> str:
+    """The fixed prompt of the greedy check (64 tokens of the model's vocabulary), made once
+    for every server it asks."""
+    return prompts_for(model_path, 64, 1, env).prompts[0]
+
+
+def greedy_answer(url: str, prompt: str) -> str:
+    """The server's answer to ``prompt`` at temperature 0 (GREEDY_TOKENS tokens, end of text
     ignored): what a setting that must not change outputs is checked against."""
-    made = prompts_for(model_path, 64, 1, env)
-    body = {"prompt": made.prompts[0], "n_predict": tokens, "ignore_eos": True,
+    body = {"prompt": prompt, "n_predict": GREEDY_TOKENS, "ignore_eos": True,
             "cache_prompt": False, "seed": 0, **SAMPLING, "temperature": 0.0}
     try:
         reply = httpx.post(f"{url}/completion", json=body, timeout=600)
@@ -259,10 +264,10 @@ def greedy_answer(url: str, model_path: str, env: dict[str, str], tokens: int) -
 def serve_and_measure(binary: Path, spec: TrialSpec, workload: Workload, model_path: str,
                       lib_dir: str, threads: int | None, requests: int,
                       timeout_s: float, extra: Sequence[str] = (),
-                      greedy_tokens: int = 0) -> tuple[ServedFigures, str, str | None]:
+                      greedy: str | None = None) -> tuple[ServedFigures, str, str | None]:
     """Start llama-server on ``spec`` (a free port, ``extra`` flags added), prove its placement
-    from its log, time the workload, take its greedy answer of ``greedy_tokens`` (0: none), stop
-    it; (figures, the server's log, the greedy answer)."""
+    from its log, time the workload, take its greedy answer to the prompt ``greedy`` (None:
+    none), stop it; (figures, the server's log, the greedy answer)."""
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(temp_dir("tuner-llsrv-")))
         port, log_path = free_port(None), tmp / "llama-server.log"
@@ -273,10 +278,9 @@ def serve_and_measure(binary: Path, spec: TrialSpec, workload: Workload, model_p
         wait_healthy(proc, url, log_path, timeout_s)
         check_placement(log_path.read_text(errors="replace"), spec)
         fig = measure(url, model_path, workload, service_env(spec, lib_dir), requests, timeout_s)
-        greedy = greedy_answer(url, model_path, service_env(spec, lib_dir), greedy_tokens) \
-            if greedy_tokens else None
+        answer = greedy_answer(url, greedy) if greedy is not None else None
         return (fig.model_copy(update={"n_threads": threads, "n_threads_batch": threads}),
-                log_path.read_text(errors="replace"), greedy)
+                log_path.read_text(errors="replace"), answer)
 
 
 def write_deployment(out: Path, dep: LlamaServerDeployment) -> dict[str, Path]:

@@ -12,15 +12,16 @@ from tuner.builds.catalog import _installed_lib_dir
 from tuner.deploy.llamaserver import (
     LlamaServerDeployment,
     find_server,
+    greedy_prompt,
     process_env,
     serve_and_measure,
     server_args,
     server_env,
     write_deployment,
 )
-from tuner.deploy.llamaserverknobs import GREEDY_TOKENS, Knob, Tried, failed, judge, supported
+from tuner.deploy.llamaserverknobs import Knob, Tried, failed, judge, supported
 from tuner.deploy.prodconfig import record_threads
-from tuner.deploy.service import rebuild_command
+from tuner.deploy.service import rebuild_command, service_env
 from tuner.deploy.servicecompare import lines, raw_of, rows
 from tuner.errors import TunerError
 from tuner.results.records import FinalistReport, ServedFigures, TrialRecord
@@ -46,13 +47,12 @@ def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigu
          f"threads {threads})")
     try:
         tries = supported(binary, process_env(server_env(winner.spec, lib))) if knobs else []
+        prompt = greedy_prompt(model_path, service_env(winner.spec, lib)) if tries else None
         fig, _log, greedy = serve_and_measure(binary, winner.spec, winner.workload, model_path,
-                                              lib, threads, requests, timeout_s,
-                                              greedy_tokens=GREEDY_TOKENS if tries else 0)
-        flags, tried = _tune(tries, fig, greedy or "", note, lambda extra: serve_and_measure(
+                                              lib, threads, requests, timeout_s, greedy=prompt)
+        flags, fig, tried = _tune(tries, fig, greedy or "", note, lambda extra: serve_and_measure(
             binary, winner.spec, winner.workload, model_path, lib, threads, requests, timeout_s,
-            extra=extra, greedy_tokens=GREEDY_TOKENS))
-        fig = next((t.served for t in reversed(tried) if t.kept and t.served), fig)
+            extra=extra, greedy=prompt))
         m = winner.measurement
         raw = ({"pp_tps": m.pp_tps.model_dump(mode="json"),
                 "tg_tps": m.tg_tps.model_dump(mode="json") if m.tg_tps else None}
@@ -82,9 +82,10 @@ Serve = Callable[[list[str]], tuple[ServedFigures, str, str | None]]
 
 
 def _tune(knobs: list[Knob], plain: ServedFigures, plain_greedy: str,
-          note: Callable[[str], None], serve: Serve) -> tuple[list[str], list[Tried]]:
-    """Each knob tried on top of those kept so far, against the best so far; the flags kept and
-    every try."""
+          note: Callable[[str], None],
+          serve: Serve) -> tuple[list[str], ServedFigures, list[Tried]]:
+    """Each knob tried on top of those kept so far, against the best so far; the flags kept,
+    the figures measured with them, and every try."""
     flags: list[str] = []
     best, tried = plain, []
     for knob in knobs:
@@ -98,7 +99,7 @@ def _tune(knobs: list[Knob], plain: ServedFigures, plain_greedy: str,
         tried.append(t)
         if t.kept and t.served:
             flags, best = [*flags, *knob.flags], t.served
-    return flags, tried
+    return flags, best, tried
 
 
 def _rebuild(lib_dir: str | None, binary: Path, winner: TrialRecord) -> str:
