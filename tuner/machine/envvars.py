@@ -36,11 +36,16 @@ class TunerEnv:
     fake_host_available_mib: float | None = None  # FAKE (tests): the host's available memory
 
 
-def _seconds(name: str, text: str) -> float:
+def _number(text: str) -> float:
+    """``text`` as a float; NaN (refused by every caller's range check) when it is none."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = math.nan
+        return math.nan
+
+
+def _seconds(name: str, text: str) -> float:
+    value = _number(text)
     if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
         raise BadInput(f"{name}={text!r} is not a number of seconds above 0 and at most "
                        f"{MAX_SECONDS:.0f}", hint=f"unset {name} or give e.g. {name}=5")
@@ -59,10 +64,7 @@ def _host(name: str, text: str) -> str | None:
 def _mib(name: str, text: str) -> float | None:
     if text == "":
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not (math.isfinite(value) and value >= 0):
         raise BadInput(f"{name}={text!r} is not a number of MiB, 0 or above",
                        hint=f"unset {name}: it is a FAKE for tests")
