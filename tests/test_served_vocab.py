@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
 
 import pytest
 
@@ -94,16 +96,25 @@ def test_served_figures_in_the_worker_for_the_unusual_vocabulary(numbered_model:
     assert figures.forced_prefix == 4 and figures.max_prefix_reuse == 4
 
 
-def test_a_sweep_of_the_unusual_vocabulary_writes_served_figures_and_the_breakdown(
-        tmp_path: Path, numbered_model: Path) -> None:
+def _sweep(tmp_path: Path, model: Path, *, prompt_tokens: int,
+           rounds: int) -> tuple[CompletedProcess[str], Path, dict[str, Any]]:
+    """A one-setting CPU sweep of ``model`` with its finalist and served phases (``rounds``
+    finalist rounds and as many repetitions), which must exit 0: its output, the config
+    written and the sidecar beside it."""
     space = write_space(tmp_path / "space.yaml", n_batch=[32], n_ubatch=[32], n_threads=[1])
     out = tmp_path / "configs" / "production.yaml"
-    proc = tuner("sweep", "--model", numbered_model, "--device", "cpu", "--space", space,
-                 "--prompt-tokens", 40, "--gen-tokens", 6, "--n-ctx", 64, "--repetitions", 2,
-                 "--results", tmp_path / "results", "--out", out, "--finalist-rounds", 2,
-                 "--confirm-top", 0, "--served-requests", 2, cwd=tmp_path)
+    proc = tuner("sweep", "--model", model, "--device", "cpu", "--space", space,
+                 "--prompt-tokens", prompt_tokens, "--gen-tokens", 6, "--n-ctx", 64,
+                 "--repetitions", rounds, "--results", tmp_path / "results", "--out", out,
+                 "--finalist-rounds", rounds, "--confirm-top", 0, "--served-requests", 2,
+                 cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    side = json.loads(out.with_name("production.tuner.json").read_text())
+    return proc, out, json.loads(out.with_name("production.tuner.json").read_text())
+
+
+def test_a_sweep_of_the_unusual_vocabulary_writes_served_figures_and_the_breakdown(
+        tmp_path: Path, numbered_model: Path) -> None:
+    proc, out, side = _sweep(tmp_path, numbered_model, prompt_tokens=40, rounds=2)
     served = side["served"]
     assert served is not None and "error" not in served, served
     assert served["source"] == "server" and served["forced_prefix"] == 4
@@ -150,14 +161,7 @@ def test_a_served_phase_that_fails_says_why(tmp_path: Path, numbered_model: Path
     # One prompt token: no text of this vocabulary is that short (BOS alone is one), so no
     # request can be built; the sweep still writes its config and says why it has no served
     # figures, and verify ends with one line, exit 3.
-    space = write_space(tmp_path / "space.yaml", n_batch=[32], n_ubatch=[32], n_threads=[1])
-    out = tmp_path / "configs" / "production.yaml"
-    proc = tuner("sweep", "--model", numbered_model, "--device", "cpu", "--space", space,
-                 "--prompt-tokens", 1, "--gen-tokens", 6, "--n-ctx", 64, "--repetitions", 1,
-                 "--results", tmp_path / "results", "--out", out, "--finalist-rounds", 1,
-                 "--confirm-top", 0, "--served-requests", 2, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    side = json.loads(out.with_name("production.tuner.json").read_text())
+    proc, out, side = _sweep(tmp_path, numbered_model, prompt_tokens=1, rounds=1)
     assert "cannot build a prompt of 1 tokens" in side["served"]["error"]
     assert "served figures of #" in proc.stdout + proc.stderr
     verify = tuner("verify", out, "--requests", 1, cwd=tmp_path)
