@@ -309,7 +309,8 @@ def test_the_server_settings_tried_are_recorded(deployed: Deployed, server_binar
     assert [t.name for t in tried] == ["backend sampling"]
     t = tried[0]
     assert (t.served is not None and t.same_greedy is not None) or t.error, t
-    assert "llama-server backend sampling (--backend-sampling, sampling on the GPU): " in notes
+    assert ("llama-server backend sampling (--backend-sampling, the sampler chain in the "
+            "model's compute graph, on its device): ") in notes
     assert t.why in notes
     assert ("--backend-sampling" in read_args(files_of(out)["args"])) == t.kept
     # The report says what llama-server runs with, exactly when a setting was kept.

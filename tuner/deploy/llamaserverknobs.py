@@ -28,7 +28,8 @@ KNOBS: tuple[Knob, ...] = (
     # logit to the host and sampling over the whole vocabulary there: issue 30 measured the
     # sampling as the largest per-token cost beyond the decode (1.1 ms at a 152k vocabulary).
     # llama.cpp marks it experimental: the greedy check and the speed both decide.
-    Knob("backend sampling", ("--backend-sampling",), "sampling on the GPU"),
+    Knob("backend sampling", ("--backend-sampling",),
+         "the sampler chain in the model's compute graph, on its device"),
 )
 GREEDY_TOKENS = 32
 
