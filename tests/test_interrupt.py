@@ -1,10 +1,14 @@
 """Signals during a sweep (tuner/machine/interrupt.py): SIGINT and SIGTERM that arrive during a storage
-operation are raised when it ends, never inside it; outside one they are raised at once."""
+operation are raised when it ends, never inside it; outside one they are raised at once; a caught
+Ctrl-C ends ``python -m tuner`` with status 130 wherever it landed."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +39,28 @@ def test_outside_a_storage_operation_the_signal_is_raised_at_once() -> None:
     assert steps == [] and e.value.exit_code == 143
     # terminable restores the handlers it replaced
     assert signal.getsignal(signal.SIGINT) is before
+
+
+MODULE = """
+import click
+import tuner.cli
+
+@click.command()
+def interrupted_in_a_string() -> None:
+    exec("raise KeyboardInterrupt")  # as a Ctrl-C landing in code a dataclass made from a string
+
+tuner.cli.cli = interrupted_in_a_string
+tuner.cli.main([])
+"""
+
+
+def test_a_ctrl_c_caught_in_code_run_from_a_string_exits_130(tmp_path: Path) -> None:
+    """CPython remembers a KeyboardInterrupt that left ``exec(str)`` and, under ``python -m``,
+    ends the process by SIGINT (-2) after the exit code was chosen; the CLI clears that."""
+    name = "ctrl_c_in_exec"
+    (tmp_path / f"{name}.py").write_text(MODULE)
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", name], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert (done.returncode, done.stderr.strip()) == (
+        130, "interrupted: run the same command to resume")

@@ -17,7 +17,12 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from tuner.errors import BadInput, TunerError
-from tuner.machine.interrupt import MESSAGE as INTERRUPTED, Interrupted, terminable
+from tuner.machine.interrupt import (
+    MESSAGE as INTERRUPTED,
+    Interrupted,
+    forget_caught_interrupt,
+    terminable,
+)
 
 if TYPE_CHECKING:  # click.Choice checks these values; the modules load lazily
     from tuner.search.pareto import Objective
@@ -448,6 +453,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(e.ctx.get_help())
         sys.exit(0)
     except (click.exceptions.Abort, KeyboardInterrupt):
+        forget_caught_interrupt()
         err.print(INTERRUPTED, markup=False)
         sys.exit(130)
     except Interrupted as e:

@@ -39,6 +39,17 @@ def critical() -> Iterator[None]:
             raise _raise_for(_pending.pop())
 
 
+def forget_caught_interrupt() -> None:
+    """Call before exiting on a KeyboardInterrupt that was caught and handled. CPython notes a
+    KeyboardInterrupt that leaves code run from a string (``exec(str)``: dataclasses, namedtuple
+    and other imports make such code) in a process-wide flag, and ``python -m`` then ends the
+    process by SIGINT (status -2) whatever the exit code asked, even though the interrupt was
+    caught further up. Running code from a string again clears the flag (CPython's pythonrun.c
+    resets it before each such run); a Ctrl-C landing in one of those strings made
+    ``python -m tuner verify`` exit -2 instead of 130 now and then."""
+    exec("")
+
+
 def _raise_for(signum: int) -> BaseException:
     return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
 
