@@ -171,8 +171,8 @@ def compare(a: argparse.Namespace) -> int:
     # The overhead the sweep's first trial measured (tuner/search/offload.py calibrate), if said.
     said = a.sweep_log.read_text() if a.sweep_log and a.sweep_log.is_file() else ""
     found = OVERHEAD_LINE.search(said)
-    calibrated = memplan.Budget(free_mib=free, overhead_mib=float(found[1].replace(",", ""))) \
-        if found else None
+    calibrated = memplan.Budget(free_mib=free, overhead_mib=float(found[1].replace(",", "")),
+                                margin_mib=0.0) if found else None  # as calibrate makes it
     rows, bounds = [], {}
     for tk, _tv, fa in CACHES:
         ctx = memplan.Context(n_ctx=N_CTX, type_k=tk, type_v=tk, n_ubatch=512, flash_attn=bool(fa))

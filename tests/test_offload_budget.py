@@ -214,12 +214,12 @@ def test_the_first_trials_gpu_peak_calibrates_the_sweeps_plan(
     monkeypatch.setattr(run.Sweep, "plan_memory", plan_memory)
     monkeypatch.setattr(run.Sweep, "apply_budget", apply_budget)
     monkeypatch.setattr(Runner, "run", with_peak)
-    seen: list[float] = []
+    seen: list[memplan.Budget] = []
     real_finalist = offload.finalist_outcome
 
-    def finalist_outcome(model, spec, wl, max_vram, overhead=memplan.PROCESS_OVERHEAD_MIB):  # type: ignore[no-untyped-def]
-        seen.append(overhead)
-        return real_finalist(model, spec, wl, max_vram, overhead)
+    def finalist_outcome(model, spec, wl, budget):  # type: ignore[no-untyped-def]
+        seen.append(budget)
+        return real_finalist(model, spec, wl, budget)
 
     monkeypatch.setattr(offload, "finalist_outcome", finalist_outcome)
     space = write_space(tmp_path / "space.yaml", flash_attn=[False, True])
@@ -233,5 +233,7 @@ def test_the_first_trials_gpu_peak_calibrates_the_sweeps_plan(
     assert len(calibrated) == 1, notes.lines
     assert "the process overhead is 300 MiB, not the 900 MiB planned" in calibrated[0]
     assert len(peaks) >= 2  # later trials' peaks do not calibrate again
-    assert seen and all(o == pytest.approx(300.0) for o in seen)
+    # The finalists are checked with the calibrated plan: the measured overhead, no margin.
+    assert seen and all((b.overhead_mib, b.margin_mib) == (pytest.approx(300.0), 0.0)
+                        for b in seen)
     assert result.written is not None

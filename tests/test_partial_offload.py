@@ -128,13 +128,13 @@ def test_plan_and_default_space_when_the_model_does_not_fit(
     assert out is not None and out.state.value == "infeasible"
     assert out.error is not None and "does not fit by the memory plan" in out.error
     # A finalist measured again in a fresh worker: the same check, said as a finalist's.
-    fin = offload.finalist_outcome(sparse_7b, spec, wl, None)
+    fin = offload.finalist_outcome(sparse_7b, spec, wl, op.plan.budget)
     assert fin is not None and fin.state.value == "infeasible"
     assert (fin.error or "").startswith("finalist does not fit by the memory plan")
     full = spec.model_copy(update={"model": spec.model.model_copy(update={"n_gpu_layers": -1})})
-    assert offload.finalist_outcome(sparse_7b, full, wl, None) is None  # OOM at load says it
+    assert offload.finalist_outcome(sparse_7b, full, wl, op.plan.budget) is None  # load says
     monkeypatch.setenv(FAKE_FREE_ENV, "8192")
-    assert offload.finalist_outcome(sparse_7b, spec, wl, None) is None
+    assert offload.finalist_outcome(sparse_7b, spec, wl, op.plan.budget) is None
 
 
 def test_a_trials_gpu_peak_calibrates_the_plan(sparse_7b: Path,
@@ -156,16 +156,20 @@ def test_a_trials_gpu_peak_calibrates_the_plan(sparse_7b: Path,
     lean, line = offload.calibrate(op, spec, wl, buffers / memplan.MIB + 300)
     assert lean.measured_overhead_mib == pytest.approx(300)
     assert lean.overhead_mib == pytest.approx(300) and lean.plan.budget.free_mib == 8192
+    assert lean.plan.budget.margin_mib == 0  # the error it stood for is measured now
+    assert "the 256 MiB margin for the plan's error is dropped" in line
     assert max(lean.layers) > top and set(op.layers) <= set(lean.layers)
     assert lean.plan.best_layers() > op.plan.best_layers()
     assert "the process overhead is 300 MiB, not the 900 MiB planned" in line
     assert "added to the search" in line
     # A setting beyond the first plan's boundary but within the calibrated one: the check
     # before its trial lets it run with the measured overhead, refuses it with the planned.
+    most = next(r.most_layers for r in lean.plan.rows if (r.kv, r.n_ubatch) == ("q8_0/q8_0", 256))
+    assert most > top
     beyond = spec.model_copy(update={"model": spec.model.model_copy(
-        update={"n_gpu_layers": max(lean.layers)})})
-    assert offload.no_longer_fits(op.plan.layout, None, beyond, wl, lean.overhead_mib) is None
-    assert offload.no_longer_fits(op.plan.layout, None, beyond, wl) is not None
+        update={"n_gpu_layers": most})})
+    assert offload.no_longer_fits(op.plan.layout, beyond, wl, lean.plan.budget) is None
+    assert offload.no_longer_fits(op.plan.layout, beyond, wl, op.plan.budget) is not None
     # A device-wide reading (another process's memory in it): the plan stays, said so.
     same, line = offload.calibrate(op, spec, wl, buffers / memplan.MIB + 5000)
     assert same.plan == op.plan and same.layers == op.layers

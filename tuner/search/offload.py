@@ -51,10 +51,14 @@ class OffloadPlan:
 def calibrate(op: OffloadPlan, spec: TrialSpec, wl: Workload,
               peak_mib: float) -> tuple[OffloadPlan, str]:
     """The plan re-made with the process overhead a real trial showed: its NVML peak less the
-    buffers the plan gave its setting (the estimate's error included). Run 30 (H200, 4 GiB
-    free): the plan's 900 MiB kept 17 layers where llama-bench loaded at least 22. Only ever lowered: a
-    reading above the plan's (a driver that cannot see the worker's pid reports the whole
-    device) leaves the plan as it is. The layers searched are the new boundary's and the old."""
+    buffers the plan gave its setting (the estimate's error at that setting included), and
+    without the margin, which stood for that unmeasured error: a setting the calibrated plan
+    still gets wrong fails at load, an infeasible trial that costs seconds, and every finalist
+    loads again before it is chosen. Run 30 (H200, 4 GiB free): the plan's 900 MiB overhead and
+    256 MiB margin kept 17 layers where llama-bench loaded 22, and each layer more was about 5%
+    of the request time. Only ever lowered: a reading above the plan's overhead (a driver that
+    cannot see the worker's pid reports the whole device) leaves the plan as it is. The layers
+    searched are the new boundary's and the old."""
     need = memplan.place(op.plan.layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
     measured = peak_mib - need.total / MIB
     head = (f"memory plan: trial at n_gpu_layers {spec.model.n_gpu_layers} peaked at "
@@ -63,13 +67,16 @@ def calibrate(op: OffloadPlan, spec: TrialSpec, wl: Workload,
         return (dataclasses.replace(op, measured_overhead_mib=measured),
                 f"{head}: {measured:,.0f} MiB beyond them, not below the planned "
                 f"{op.overhead_mib:,.0f} MiB overhead; the plan stays")
-    budget = dataclasses.replace(op.plan.budget, overhead_mib=max(measured, 0.0))
+    old = op.plan.budget
+    budget = dataclasses.replace(old, overhead_mib=max(measured, 0.0), margin_mib=0.0)
     plan = memplan.make_plan(op.plan.layout, op.plan.n_ctx, budget)
     layers = tuple(sorted(set(op.layers) | set(search_layers(plan))))
     grown = [n for n in layers if n not in op.layers]
     return (OffloadPlan(plan=plan, layers=layers, measured_overhead_mib=measured),
             f"{head}: the process overhead is {max(measured, 0.0):,.0f} MiB, not the "
-            f"{op.overhead_mib:,.0f} MiB planned; most layers that fit now "
+            f"{old.overhead_mib:,.0f} MiB planned, and the {old.margin_mib:,.0f} MiB margin "
+            "for the plan's error is dropped (a setting that still does not fit fails at load, "
+            "infeasible); most layers that fit now "
             + ", ".join(f"{kv} {n}" for kv, n in _tops(plan).items())
             + (f"; n_gpu_layers {grown} added to the search" if grown else ""))
 
@@ -175,11 +182,12 @@ def keep_fitting(op: OffloadPlan | None, specs: list[TrialSpec], wl: Workload) -
             <= usable]
 
 
-def no_longer_fits(layout: memplan.ModelLayout, max_vram_mib: float | None, spec: TrialSpec,
-                   wl: Workload, overhead_mib: float = memplan.PROCESS_OVERHEAD_MIB) -> str | None:
+def no_longer_fits(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload,
+                   budget: Budget) -> str | None:
     """Why ``spec`` is infeasible by the plan against the memory free now (plus what this
-    sweep's own workers hold, which the trial takes over), or None. ``overhead_mib``: the
-    process overhead, as planned or as a trial measured it (calibrate)."""
+    sweep's own workers hold, which the trial takes over), or None. ``budget``: the plan's
+    (its overhead and margin as planned, or as a trial calibrated them; --max-vram); its free
+    memory is read again here."""
     if spec.model.device != "cuda":
         return None
     free = gpumem.free_mib(spec.model.main_gpu)
@@ -187,12 +195,12 @@ def no_longer_fits(layout: memplan.ModelLayout, max_vram_mib: float | None, spec
     if free is None or own is None:  # this sweep's own workers' share unknown: no verdict
         return None
     free += own
-    budget = Budget(free_mib=free, max_vram_mib=max_vram_mib, overhead_mib=overhead_mib)
+    now = dataclasses.replace(budget, free_mib=free)
     need = memplan.place(layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
-    if need.total <= budget.usable_bytes:
+    if need.total <= now.usable_bytes:
         return None
     return (f"does not fit by the memory plan: {need.total / MIB:,.0f} MiB on the GPU for "
-            f"n_gpu_layers {spec.model.n_gpu_layers}, {budget.usable_bytes / MIB:,.0f} MiB "
+            f"n_gpu_layers {spec.model.n_gpu_layers}, {now.usable_bytes / MIB:,.0f} MiB "
             f"usable of {free:,.0f} MiB free now")
 
 
@@ -201,7 +209,7 @@ def planned_outcome(op: OffloadPlan | None, spec: TrialSpec, wl: Workload) -> Ou
     the plan says no longer fits; None otherwise (run it)."""
     if op is None or not op.partial:
         return None
-    why = no_longer_fits(op.plan.layout, op.plan.budget.max_vram_mib, spec, wl, op.overhead_mib)
+    why = no_longer_fits(op.plan.layout, spec, wl, op.plan.budget)
     return None if why is None else Outcome(state=TrialState.INFEASIBLE, error=why)
 
 
@@ -213,13 +221,14 @@ def _layout(path: str) -> memplan.ModelLayout | None:
         return None
 
 
-def finalist_outcome(model: Path, spec: TrialSpec, wl: Workload, max_vram_mib: float | None,
-                     overhead_mib: float = memplan.PROCESS_OVERHEAD_MIB) -> Outcome | None:
+def finalist_outcome(model: Path, spec: TrialSpec, wl: Workload,
+                     budget: Budget) -> Outcome | None:
     """A partial-offload finalist (n_gpu_layers >= 0) that no longer fits the memory free now
-    (another process took some since its search trial): infeasible, without a worker."""
+    (another process took some since its search trial): infeasible, without a worker.
+    ``budget``: the sweep's plan's (no_longer_fits)."""
     if (spec.model.device != "cuda" or spec.model.n_gpu_layers < 0
             or (layout := _layout(str(model))) is None):
         return None
-    why = no_longer_fits(layout, max_vram_mib, spec, wl, overhead_mib)
+    why = no_longer_fits(layout, spec, wl, budget)
     return None if why is None else Outcome(state=TrialState.INFEASIBLE,
                                             error=f"finalist {why}")

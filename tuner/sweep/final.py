@@ -252,10 +252,12 @@ class Finish:
 
     def fresh_trial(self, fresh: Runner, spec: TrialSpec, number: int) -> TrialRecord:
         started = now()
-        overhead = self.fit.overhead_mib if self.fit else memplan.PROCESS_OVERHEAD_MIB
+        # The plan's overhead and margin (calibrated by a trial, if one did); free memory is
+        # read when checked.
+        budget = (self.fit.plan.budget if self.fit
+                  else memplan.Budget(free_mib=0.0, max_vram_mib=self.opts.max_vram_mib))
         outcome = offload.finalist_outcome(Path(self.info.path), spec, self.wl,
-                                           self.opts.max_vram_mib, overhead) or fresh.run(
-                                               spec, self.wl, number)
+                                           budget) or fresh.run(spec, self.wl, number)
         record = self.record_of(number, spec, outcome, started)
         if record.state.value == "infeasible":
             self.events.note(f"finalist #{number} {spec.label()}: infeasible now "
