@@ -64,3 +64,31 @@ def test_a_ctrl_c_caught_in_code_run_from_a_string_exits_130(tmp_path: Path) -> 
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(repo)})
     assert (done.returncode, done.stderr.strip()) == (
         130, "interrupted: run the same command to resume")
+
+
+EARLY = """
+import importlib.abc, os, signal, sys
+import tuner.__main__
+
+SIG = getattr(signal, sys.argv[1])
+
+class SignalOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "tuner.cli":  # as the signal landing while the command line is imported
+            os.kill(os.getpid(), SIG)
+        return None
+
+sys.meta_path.insert(0, SignalOnImport())
+sys.argv[1:] = ["--help"]
+tuner.__main__.main()
+"""
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_while_the_command_line_is_imported_ends_it_with_one_line(
+        sig: str, code: int) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", EARLY, sig], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert (done.returncode, done.stderr.strip(), done.stdout) == (
+        code, "interrupted: run the same command to resume", "")

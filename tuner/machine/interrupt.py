@@ -54,6 +54,17 @@ def _raise_for(signum: int) -> BaseException:
     return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
 
 
+def _raise_term(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def raise_on_sigterm() -> None:
+    """The command's first step: SIGTERM raises Interrupted from here on (Python's default
+    would end the process at once, with no line), also while the command line is imported
+    and in commands that run outside ``terminable``."""
+    signal.signal(signal.SIGTERM, _raise_term)
+
+
 @contextmanager
 def terminable() -> Iterator[None]:
     """SIGINT and SIGTERM raise KeyboardInterrupt / Interrupted inside the block (Python's
