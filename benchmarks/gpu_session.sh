@@ -14,7 +14,8 @@
 #    per-token cost, one server setting changed at a time); then per model in $SERVED_MODELS: `tuner sweep --model M --prompt-tokens 2048 --gen-tokens 128
 #    --no-build $SERVED_ARGS` (the served phase serves the winner through llama_cpp.server and llama-server
 #    and measures the per-token breakdown), then `tuner verify` of both services from another
-#    directory.
+#    directory; with EVENT_LOOP=1, benchmarks/event_loop.py on the written config (uvloop,
+#    carried as a Python 3.12 wheel in wheels/, against asyncio's loop).
 # 3. Issue 31 (FIT=0 skips): a process holds all but $LEAVE_GIB GiB of the GPU; `tuner doctor
 #    --model`; a default sweep of $FIT_MODEL ($FIT_ARGS: more sweep options, e.g.
 #    --offload-budget 480; empty: the default 900 s budget); benchmarks/partial_offload.py
@@ -131,6 +132,11 @@ served() {  # issue 30: one default sweep per model, both services verified from
     python3 -m tuner report --results "$BENCH/results-$n" > "$BENCH/out/report-$n.txt" 2>&1
     python3 -m tuner report --results "$BENCH/results-$n" --format json \
       -o "$BENCH/out/report-$n.json" > /dev/null 2>&1
+    if [ "${EVENT_LOOP:-0}" = 1 ] && [ -f "$BENCH/out/$n/production.yaml" ]; then
+      phase "event loop $n"  # uvloop (carried in wheels/) against asyncio's loop
+      python3 benchmarks/event_loop.py --config "$BENCH/out/$n/production.yaml" --rounds 2 \
+        --requests 5 --out "$BENCH/out/event-loop-$n.json" > "$BENCH/out/event-loop-$n.log" 2>&1
+    fi
     for target in production.yaml production.llama-server.args; do
       [ -f "$BENCH/out/$n/$target" ] || continue
       phase "verify $n $target"
@@ -188,6 +194,7 @@ summary() {
     echo "== $m"
     grep -E "sweep exit|winner #|recommend|llama-server|per token|breakdown" "$BENCH/out/sweep-$n.log" 2>/dev/null \
       | cut -c1-260 | tail -10
+    [ -f "$BENCH/out/event-loop-$n.log" ] && tail -6 "$BENCH/out/event-loop-$n.log"
     for f in "$BENCH/out/verify-$n"-*.log; do
       [ -f "$f" ] && echo "$(basename "$f"): $(grep -E '^(verified|error):|verify exit' "$f" | tr '\n' ' ')"
     done

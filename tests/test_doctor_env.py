@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.cli_run import REPO, tuner
 from tests.test_builds import write_record
 from tuner.builds.catalog import _installed_lib_dir
-from tuner.worker.envdoctor import BuildCheck, _problems, _report
+from tuner.worker.envdoctor import BuildCheck, _problems, _report, server_loop_line
 
 
 def test_cpu_only_machine_exits_3_with_the_fix(tmp_path: Path) -> None:
@@ -22,6 +22,8 @@ def test_cpu_only_machine_exits_3_with_the_fix(tmp_path: Path) -> None:
     out = proc.stdout
     assert "llama-cpp-python: 0.3.36 installed" in out
     assert "spawn start method: available" in out
+    # uvloop is one of tuner's dependencies: the server's loop here
+    assert "llama_cpp.server event loop: uvloop " in out and "(uvicorn's auto choice)" in out
     assert f"build installed ({_installed_lib_dir()}): cpu; GPU offload NOT supported" in out
     assert "CUDA devices seen by llama.cpp: none" in out
     assert "Problem: no build can offload to a GPU" in out
@@ -76,3 +78,9 @@ def test_verdict_for_a_cuda_machine() -> None:
     assert _report([], problems, [unseen]).exit_code == 3
     assert problems[0][0].startswith("NVML sees a GPU but llama.cpp's CUDA backend found none")
     assert "update the NVIDIA driver" in problems[0][1]
+
+
+def test_the_server_loop_line_without_uvloop_says_how_to_get_it() -> None:
+    line = server_loop_line(find=lambda name: None)  # TEST DATA: an environment without it
+    assert line.startswith("llama_cpp.server event loop: asyncio (uvloop is not installed; "
+                           "pip install uvloop")

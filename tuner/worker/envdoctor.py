@@ -9,8 +9,11 @@ parent never imports llama_cpp: a library that crashes on load takes only its pr
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import multiprocessing as mp
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,7 @@ def check_environment(builds_dir: Path = Path("builds")) -> EnvReport:
     try:
         version = installed_version()
         lines.append(f"llama-cpp-python: {version} installed")
+        lines.append(server_loop_line())
     except EnvironmentUnfit as e:
         problems.append((e.message, CUDA_INSTALL_HINT))
         return _report(lines, problems, [])
@@ -84,6 +88,20 @@ def check_environment(builds_dir: Path = Path("builds")) -> EnvReport:
         lines.append(_line(c))
     problems += _problems(checks)
     return _report(lines, problems, checks)
+
+
+def server_loop_line(find: Callable[[str], object] = importlib.util.find_spec) -> str:
+    """Which event loop llama_cpp.server runs on here: its ``__main__`` starts uvicorn with the
+    ``auto`` loop, uvloop where it can be imported (fewer milliseconds per streamed token:
+    benchmarks/event_loop.py, docs/served-breakdown.md), else asyncio's."""
+    if find("uvloop") is None:
+        return ("llama_cpp.server event loop: asyncio (uvloop is not installed; pip install "
+                "uvloop gives the server a faster loop for each streamed token)")
+    try:
+        version = importlib.metadata.version("uvloop")
+    except importlib.metadata.PackageNotFoundError:
+        version = "(version unknown)"
+    return f"llama_cpp.server event loop: uvloop {version} (uvicorn's auto choice)"
 
 
 def _probe(build: BuildInfo, installed: str) -> BuildCheck:
