@@ -158,10 +158,11 @@ def test_a_trials_gpu_peak_calibrates_the_plan(sparse_7b: Path,
     assert lean.overhead_mib == pytest.approx(300) and lean.plan.budget.free_mib == 8192
     assert lean.plan.budget.margin_mib == 0  # the error it stood for is measured now
     assert "the 256 MiB margin for the plan's error is dropped" in line
-    assert max(lean.layers) > top and set(op.layers) <= set(lean.layers)
+    assert max(lean.layers) > top and lean.layers == offload.search_layers(lean.plan)
+    assert min(lean.layers) >= min(op.layers)  # the old boundary's lower counts are not kept
     assert lean.plan.best_layers() > op.plan.best_layers()
     assert "the process overhead is 300 MiB, not the 900 MiB planned" in line
-    assert "added to the search" in line
+    assert f"searching n_gpu_layers {list(lean.layers)} (was {list(op.layers)})" in line
     # A setting beyond the first plan's boundary but within the calibrated one: the check
     # before its trial lets it run with the measured overhead, refuses it with the planned.
     most = next(r.most_layers for r in lean.plan.rows if (r.kv, r.n_ubatch) == ("q8_0/q8_0", 256))

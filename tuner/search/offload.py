@@ -58,7 +58,10 @@ def calibrate(op: OffloadPlan, spec: TrialSpec, wl: Workload,
     256 MiB margin kept 17 layers where llama-bench loaded 22, and each layer more was about 5%
     of the request time. Only ever lowered: a reading above the plan's overhead (a driver that
     cannot see the worker's pid reports the whole device) leaves the plan as it is. The layers
-    searched are the new boundary's and the old."""
+    searched become the new boundary's alone: the old boundary's counts, below them, leave the
+    host more of the work, and the search's coverage (every value of every dimension tried
+    once) would spend a trial on each; the trial that calibrated stays a record and a finalist
+    candidate."""
     need = memplan.place(op.plan.layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
     measured = peak_mib - need.total / MIB
     head = (f"memory plan: trial at n_gpu_layers {spec.model.n_gpu_layers} peaked at "
@@ -70,15 +73,15 @@ def calibrate(op: OffloadPlan, spec: TrialSpec, wl: Workload,
     old = op.plan.budget
     budget = dataclasses.replace(old, overhead_mib=max(measured, 0.0), margin_mib=0.0)
     plan = memplan.make_plan(op.plan.layout, op.plan.n_ctx, budget)
-    layers = tuple(sorted(set(op.layers) | set(search_layers(plan))))
-    grown = [n for n in layers if n not in op.layers]
+    layers = search_layers(plan)
     return (OffloadPlan(plan=plan, layers=layers, measured_overhead_mib=measured),
             f"{head}: the process overhead is {max(measured, 0.0):,.0f} MiB, not the "
             f"{old.overhead_mib:,.0f} MiB planned, and the {old.margin_mib:,.0f} MiB margin "
             "for the plan's error is dropped (a setting that still does not fit fails at load, "
             "infeasible); most layers that fit now "
             + ", ".join(f"{kv} {n}" for kv, n in _tops(plan).items())
-            + (f"; n_gpu_layers {grown} added to the search" if grown else ""))
+            + (f"; searching n_gpu_layers {list(layers)} (was {list(op.layers)})"
+               if layers != op.layers else ""))
 
 
 def _tops(plan: MemoryPlan) -> dict[str, int]:
