@@ -16,26 +16,33 @@
 #    and measures the per-token breakdown), then `tuner verify` of both services from another
 #    directory; with EVENT_LOOP=1, benchmarks/event_loop.py on the written config (uvloop,
 #    carried as a Python 3.12 wheel in wheels/, against asyncio's loop).
-# 3. Issue 31 (FIT=0 skips): a process holds all but $LEAVE_GIB GiB of the GPU; `tuner doctor
-#    --model`; a default sweep of $FIT_MODEL ($FIT_ARGS: more sweep options, e.g.
-#    --offload-budget 480; empty: the default 900 s budget); benchmarks/partial_offload.py
+# 3. Issue 31 (by default only when SERVED_MODELS is empty; FIT=1 / FIT=0 say otherwise): a
+#    process holds all but $LEAVE_GIB GiB of the GPU; `tuner doctor --model`; a default sweep
+#    of $FIT_MODEL ($FIT_ARGS: more sweep options, default --offload-budget 720 to leave the
+#    compare room in the lease; empty: the product's 900 s budget); benchmarks/partial_offload.py
 #    compare (the plan's boundary against llama-bench's, llama-bench over the searched layers,
 #    llama.cpp's fit). With 8 GiB left a 7-8B Q4_K_M fits whole: the 8 GiB case is
 #    FIT_MODEL=qwen2.5-14b:q4_k_m LEAVE_GIB=8 (its f16 is 27.5 GiB of disk while it is
 #    quantized: the setup checks the disk every model needs first).
-#    Issue 31 alone: SERVED_MODELS= KNOB_MODEL= bash benchmarks/gpu_session.sh start
+#    Issue 30 alone: bash benchmarks/gpu_session.sh start (EVENT_LOOP=1 KNOB_MODEL=... add more)
+#    Issue 31 alone: SERVED_MODELS= bash benchmarks/gpu_session.sh start
 set -uo pipefail
 BENCH=${BENCH:-/tmp/gs}
 FILES=${FILES:-.carry}
 SDIST=${SDIST:-$FILES/llama-cpp-python-0.3.36-src.tar.gz}
 ARCH=${CUDA_ARCH:-90}
-SERVED_MODELS=${SERVED_MODELS-qwen3-8b:q4_k_m internlm2-1.8b:q6_k}
+# Shapes no earlier run used (issue 30 asks for new ones): Granite 3.1 8B's and Qwen3 1.7B's.
+SERVED_MODELS=${SERVED_MODELS-granite3-8b:q4_k_m qwen3-1.7b:q6_k}
 SERVED_ARGS=${SERVED_ARGS-}  # e.g. --space benchmarks/spaces/served-one.yaml
 KNOB_MODEL=${KNOB_MODEL-}  # e.g. qwen3-8b:q4_k_m: benchmarks/llamaserver_knobs.py first
 KNOB_ARGS=${KNOB_ARGS---n-batch 2048 --n-ubatch 1024 --flash-attn --threads 4}
 FIT_MODEL=${FIT_MODEL:-qwen3-8b:q4_k_m}
 LEAVE_GIB=${LEAVE_GIB:-4}
-FIT_ARGS=${FIT_ARGS---offload-budget 420}
+# A lease is 30 minutes: setup about 7, this sweep, the compare about 4, the machine's start 2.
+FIT_ARGS=${FIT_ARGS---offload-budget 720}
+# The fit phase runs by default only in a lease of its own (no served models): both need more
+# than one lease's 30 minutes, and more disk than the machine's 64 GiB at once.
+if [ -z "${FIT:-}" ]; then if [ -z "$SERVED_MODELS" ]; then FIT=1; else FIT=0; fi; fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 
 phase() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$BENCH/phase"; }
@@ -43,7 +50,7 @@ path_of() { echo "$BENCH/${1%%:*}-${1##*:}.gguf"; }
 name_of() { echo "${1%%:*}"; }
 
 models() {  # every model a phase that runs needs, once
-  local fit=$FIT_MODEL; [ "${FIT:-1}" = 0 ] && fit=
+  local fit=$FIT_MODEL; [ "$FIT" = 0 ] && fit=
   echo "$SERVED_MODELS $KNOB_MODEL $fit" | tr ' ' '\n' | sort -u | grep .
 }
 
@@ -177,7 +184,7 @@ run() {
   setup || { phase "FAILED setup"; tail -5 "$BENCH"/*.log; return 1; }
   [ -z "$KNOB_MODEL" ] || knobs
   served
-  [ "${FIT:-1}" = 0 ] || fit
+  [ "$FIT" = 0 ] || fit
   phase done
 }
 

@@ -73,6 +73,13 @@ SHAPES: dict[str, Shape] = {
     # Qwen3-8B: 36 layers, 4096 wide, 32:8 attention, a 12,288 FFN, a 152k vocabulary.
     "qwen3-8b": Shape(n_layer=36, n_embd=4096, n_head=32, n_head_kv=8, n_ff=12288,
                       n_vocab=151936, context_length=32768),
+    # Qwen3-1.7B: 28 layers, 2048 wide, 16:8 attention, a 6,144 FFN, a 152k vocabulary.
+    "qwen3-1.7b": Shape(n_layer=28, n_embd=2048, n_head=16, n_head_kv=8, n_ff=6144,
+                        n_vocab=151936, context_length=32768),
+    # Granite 3.1 8B: 40 layers, 4096 wide, 32:8 attention, a 12,800 FFN, a 49k vocabulary
+    # (a 7-8B whose per-token sampling is a third of a 152k vocabulary's).
+    "granite3-8b": Shape(n_layer=40, n_embd=4096, n_head=32, n_head_kv=8, n_ff=12800,
+                         n_vocab=49155, context_length=131072),
     # Qwen2.5-14B: 48 layers, 5120 wide, 40:8 attention (a 13-14B shape for partial offload).
     "qwen2.5-14b": Shape(n_layer=48, n_embd=5120, n_head=40, n_head_kv=8, n_ff=13824,
                          n_vocab=152064, context_length=32768),
