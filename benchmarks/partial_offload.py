@@ -7,6 +7,8 @@ tuner's winner beside the best of them.
     python3 benchmarks/partial_offload.py compare --model M --results DIR --bench DIR --out DIR \
         --sweep-log FILE
     python3 benchmarks/partial_offload.py disk --shape qwen2.5-14b   # GiB of disk to make it
+    python3 benchmarks/partial_offload.py replay --model M --free-mib 4095 --ngl 17 \
+        --kv f16 --n-ubatch 512 --peak-mib 3488   # a recorded trial's peak through calibrate
 """
 
 from __future__ import annotations
@@ -267,6 +269,31 @@ def disk_need_gib(shape: str) -> float:
     return n * (2 + QUANT_BYTES) / 2**30 + 4
 
 
+def replay(a: argparse.Namespace) -> int:
+    """The product's calibration (tuner/search/offload.py calibrate) applied to a trial a run
+    recorded: its setting and NVML peak, the free memory it ran beside. Prints the plan's most
+    layers per cache type and n_ubatch as planned and as calibrated (no GPU needed)."""
+    from tuner.models import memplan
+    from tuner.search import offload
+    from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
+
+    wl = Workload(prompt_tokens=PROMPT, gen_tokens=GEN)
+    layout = memplan.read_layout(a.model)
+    plan = memplan.make_plan(layout, wl.n_ctx, memplan.Budget(free_mib=a.free_mib))
+    op = offload.OffloadPlan(plan=plan, layers=offload.search_layers(plan))
+    spec = TrialSpec(model=ModelSettings(build="installed", device="cuda", n_gpu_layers=a.ngl),
+                     context=ContextSettings(n_batch=max(a.n_ubatch, 512), n_ubatch=a.n_ubatch,
+                                             flash_attn=a.kv != "f16", type_k=a.kv,
+                                             type_v=a.kv))
+    after, line = offload.calibrate(op, spec, wl, a.peak_mib)
+    print(line)
+    print("| kv | n_ubatch | planned | calibrated |")
+    print("|---|---|---|---|")
+    for r0, r1 in zip(plan.rows, after.plan.rows):
+        print(f"| {r0.kv} | {r0.n_ubatch} | {r0.most_layers} | {r1.most_layers} |")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -283,7 +310,16 @@ def main() -> int:
                    help="ask llama.cpp's fit what it chooses, without llama-bench at it")
     d = sub.add_parser("disk", help="GiB of disk making the model of --shape needs")
     d.add_argument("--shape", required=True)
+    r = sub.add_parser("replay", help="a recorded trial's peak through the calibration")
+    r.add_argument("--model", type=Path, required=True)
+    r.add_argument("--free-mib", type=float, required=True)
+    r.add_argument("--ngl", type=int, required=True)
+    r.add_argument("--kv", default="f16")
+    r.add_argument("--n-ubatch", type=int, default=512)
+    r.add_argument("--peak-mib", type=float, required=True)
     a = p.parse_args()
+    if a.cmd == "replay":
+        return replay(a)
     if a.cmd == "disk":
         print(f"{disk_need_gib(a.shape):.0f}")
         return 0

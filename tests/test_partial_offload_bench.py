@@ -87,3 +87,33 @@ def test_disk_need_is_the_f16_file_and_its_quantized_copy(tmp_path: Path) -> Non
     want = weights * (2 + 34 / 32) / 2**30 + 4
     assert po.disk_need_gib("qwen2.5-7b") == pytest.approx(want, rel=0.01)
     assert 40 < po.disk_need_gib("qwen2.5-14b") < 64  # the GPU machine's 64 GiB disk
+
+
+def test_replay_puts_a_recorded_peak_through_the_products_calibration(tmp_path: Path) -> None:
+    """`partial_offload.py replay`: a trial's setting and NVML peak (here the plan's buffers
+    and 300 MiB: TEST DATA, no GPU) through tuner/search/offload.py calibrate, the plan's
+    most layers per row before and after."""
+    import subprocess
+
+    from tuner.models import memplan
+    from tuner.models.modelgen import SHAPES, write_llama
+
+    model = write_llama(tmp_path / "q7b.gguf", **SHAPES["qwen2.5-7b"], sparse=True)
+    layout = memplan.read_layout(model)
+    ctx = memplan.Context(n_ctx=2176, n_ubatch=512)
+    top = memplan.most_layers(layout, memplan.Budget(free_mib=8192), ctx)
+    peak = memplan.place(layout, top, ctx).gpu.total / memplan.MIB + 300
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "partial_offload.py"),
+                           "replay", "--model", str(model), "--free-mib", "8192", "--ngl",
+                           str(top), "--kv", "f16", "--n-ubatch", "512", "--peak-mib",
+                           f"{peak:.1f}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "the process overhead is 300 MiB, not the 900 MiB planned" in done.stdout
+    rows = [ln.split("|")[1:-1] for ln in done.stdout.splitlines()
+            if ln.startswith("| f16") or ln.startswith("| q")]
+    assert len(rows) == 9  # three cache types x three n_ubatch
+    pairs = [(int(r[2]), int(r[3])) for r in rows]
+    assert all(after >= before for before, after in pairs)
+    assert any(after > before for before, after in pairs)
+    assert [r[2].strip() for r in rows if r[0].strip() == "f16/f16" and r[1].strip() == "512"] \
+        == [str(top)]
