@@ -98,22 +98,30 @@ def test_plan_and_default_space_when_the_model_does_not_fit(
     at512 = {r.kv: r.most_layers for r in op.plan.rows if r.n_ubatch == 512}
     assert 0 < at512["f16/f16"] <= at512["q8_0/q8_0"] < 29
     tops = {kv: max(r.most_layers for r in op.plan.rows if r.kv == kv) for kv in at512}
-    assert set(op.layers) == {t - d for t in tops.values() for d in (0, 2, 4)}
+    # the most that fit per cache type, 2 and 4 below, and one above (the plan's probe)
+    assert set(op.layers) == ({t - d for t in tops.values() for d in (0, 2, 4)}
+                              | {t + 1 for t in tops.values()})
     text = "\n".join(lines)
     assert "does NOT fit at full offload" in text and "n_ctx 2176" in text
     assert "searching n_gpu_layers" in text and "the host holds" in text
     space = default_space("cuda", ["installed"], op.layers)
     assert space.n_gpu_layers == sorted(op.layers, reverse=True)  # the most layers first
     assert set(space.kv_cache) == {"f16/f16", "q8_0/q8_0"} and len(space.n_threads) >= 1
-    # The grid keeps only what the plan says fits: the search's patience is not spent on
-    # settings that cannot load.
+    # The grid keeps only what the plan says fits, and one layer more (the probe): the
+    # search's patience is not spent on settings that cannot load.
     specs = grid(space, "cuda", wl, lambda b, k, v: True)
     kept = offload.keep_fitting(op, specs, wl)
     assert 0 < len(kept) < len(specs)
     usable = op.plan.budget.usable_bytes
+    probes = 0
     for s in specs:
-        need = memplan.place(op.plan.layout, s.model.n_gpu_layers, offload.spec_context(s, wl))
-        assert (s in kept) == (need.gpu.total <= usable)
+        ctx = offload.spec_context(s, wl)
+        fits = memplan.place(op.plan.layout, s.model.n_gpu_layers, ctx).gpu.total <= usable
+        one_more = memplan.place(op.plan.layout, s.model.n_gpu_layers - 1, ctx).gpu.total \
+            <= usable
+        assert (s in kept) == (fits or one_more)
+        probes += (s in kept) and not fits
+    assert probes > 0
     assert {s.model.n_gpu_layers for s in kept} == set(op.layers)
     # The plan read again before a trial: what fits runs; memory taken by another process
     # since the start -> infeasible without a worker. (A setting of the grid beyond what fits
@@ -123,6 +131,14 @@ def test_plan_and_default_space_when_the_model_does_not_fit(
                      context=ContextSettings(n_ubatch=512, type_k="q8_0", type_v="q8_0",
                                              flash_attn=True))
     assert offload.planned_outcome(op, spec, wl) is None
+
+    def at(n: int) -> TrialSpec:
+        return spec.model_copy(update={"model": spec.model.model_copy(update={"n_gpu_layers": n})})
+
+    assert offload.planned_outcome(op, at(at512["q8_0/q8_0"] + 1), wl) is None  # the probe
+    past = offload.planned_outcome(op, at(at512["q8_0/q8_0"] + 2), wl)
+    assert past is not None and past.state.value == "infeasible"
+    assert f"(the most that fit: {at512['q8_0/q8_0']}, and one more is tried)" in (past.error or "")
     monkeypatch.setenv(FAKE_FREE_ENV, "6000")
     out = offload.planned_outcome(op, spec, wl)
     assert out is not None and out.state.value == "infeasible"
@@ -148,7 +164,7 @@ def test_a_trials_gpu_peak_calibrates_the_plan(sparse_7b: Path,
     wl = Workload(prompt_tokens=2048, gen_tokens=128)
     op, _ = offload.prepare(sparse_7b, wl, None)
     assert op is not None and op.partial and op.measured_overhead_mib is None
-    top = max(op.layers)
+    top = op.plan.best_layers()  # the plan's most that fit (op.layers has the probe above it)
     spec = TrialSpec(model=ModelSettings(build="installed", device="cuda", n_gpu_layers=top),
                      context=ContextSettings(n_ubatch=256, type_k="q8_0", type_v="q8_0",
                                              flash_attn=True))
@@ -163,12 +179,13 @@ def test_a_trials_gpu_peak_calibrates_the_plan(sparse_7b: Path,
     assert lean.plan.best_layers() > op.plan.best_layers()
     assert "the process overhead is 300 MiB, not the 900 MiB planned" in line
     assert f"searching n_gpu_layers {list(lean.layers)} (was {list(op.layers)})" in line
-    # A setting beyond the first plan's boundary but within the calibrated one: the check
-    # before its trial lets it run with the measured overhead, refuses it with the planned.
+    # A setting beyond the first plan's boundary and its probe, but within the calibrated one
+    # and its probe: the check before its trial lets it run with the measured overhead,
+    # refuses it with the planned.
     most = next(r.most_layers for r in lean.plan.rows if (r.kv, r.n_ubatch) == ("q8_0/q8_0", 256))
     assert most > top
     beyond = spec.model_copy(update={"model": spec.model.model_copy(
-        update={"n_gpu_layers": most})})
+        update={"n_gpu_layers": most + 1})})
     assert offload.no_longer_fits(op.plan.layout, beyond, wl, lean.plan.budget) is None
     assert offload.no_longer_fits(op.plan.layout, beyond, wl, op.plan.budget) is not None
     # A device-wide reading (another process's memory in it): the plan stays, said so.

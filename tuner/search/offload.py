@@ -26,6 +26,12 @@ FAKE_HOST_ENV = envvars.VARS["fake_host_available_mib"].name  # FAKE (tests): ne
 # The layer counts searched: the most that fit (per cache type) and these many below it (the
 # host's share of the work changes what is fastest).
 BELOW_BOUNDARY = (0, 2, 4)
+# And one layer past the most the plan says fit, per setting: the probe of the plan's boundary
+# (it loads, or fails at load as an infeasible trial that costs seconds). Calibrated on run
+# 29's recorded peak, the plan gave qwen3-8b Q4_K_M at 4 GiB 22 layers with a q8_0 cache where
+# llama-bench loaded 23 in run 30, the fastest it measured (benchmarks/partial_offload.py
+# replay); each layer was about 5% of the request there.
+PROBE_ABOVE = 1
 
 
 @dataclass(frozen=True)
@@ -107,12 +113,21 @@ def plan_model(model: Path, wl: Workload, max_vram_mib: float | None,
 
 
 def search_layers(plan: MemoryPlan) -> tuple[int, ...]:
-    """The n_gpu_layers near the boundary: for each cache type its most that fit, and a few
-    below; nothing when the model fits whole."""
+    """The n_gpu_layers near the boundary: for each cache type its most that fit, a few below
+    and the probe above; nothing when the model fits whole."""
     if plan.fits_full:
         return ()
-    values = {t - d for t in _tops(plan).values() for d in BELOW_BOUNDARY if t - d >= 0}
+    tops = _tops(plan).values()
+    values = {t - d for t in tops for d in BELOW_BOUNDARY if t - d >= 0}
+    values |= {min(t + PROBE_ABOVE, plan.layout.n_offloadable) for t in tops}
     return tuple(sorted(values)) or (0,)
+
+
+def within_plan(layout: memplan.ModelLayout, n_gpu_layers: int, ctx: Context,
+                budget: Budget) -> bool:
+    """Whether ``n_gpu_layers`` is at most the plan's most that fit with ``ctx`` in
+    ``budget``, or the probe above it."""
+    return n_gpu_layers <= memplan.most_layers(layout, budget, ctx) + PROBE_ABOVE
 
 
 def host_available_mib() -> float | None:
@@ -162,7 +177,7 @@ def prepare(model: Path, wl: Workload, max_vram_mib: float | None,
     lines = plan.lines()
     if op.partial:
         lines.append(f"memory plan: searching n_gpu_layers {list(op.layers)} (the most that "
-                     "fit per cache type and a few below)")
+                     "fit per cache type, a few below, and one more to probe the plan)")
         lines.append(check_host(op, wl))
     return op, lines
 
@@ -175,14 +190,18 @@ def spec_context(spec: TrialSpec, wl: Workload) -> Context:
 
 def keep_fitting(op: OffloadPlan | None, specs: list[TrialSpec], wl: Workload) -> list[TrialSpec]:
     """The default partial-offload grid without the settings the plan says do not fit (more
-    layers than fit at their cache type and n_ubatch): they would only spend the search's
-    patience. Unchanged when the model fits whole or there is no plan."""
+    layers than fit at their cache type and n_ubatch, the probe above excepted): they would
+    only spend the search's patience. Unchanged when the model fits whole or there is no
+    plan."""
     if op is None or not op.partial:
         return specs
-    usable = op.plan.budget.usable_bytes
+    tops: dict[Context, int] = {}  # the grid's few contexts, each planned once
+    for s in specs:
+        ctx = spec_context(s, wl)
+        if ctx not in tops:
+            tops[ctx] = memplan.most_layers(op.plan.layout, op.plan.budget, ctx)
     return [s for s in specs
-            if memplan.place(op.plan.layout, s.model.n_gpu_layers, spec_context(s, wl)).gpu.total
-            <= usable]
+            if s.model.n_gpu_layers <= tops[spec_context(s, wl)] + PROBE_ABOVE]
 
 
 def no_longer_fits(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload,
@@ -199,12 +218,14 @@ def no_longer_fits(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload,
         return None
     free += own
     now = dataclasses.replace(budget, free_mib=free)
-    need = memplan.place(layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
-    if need.total <= now.usable_bytes:
+    ctx = spec_context(spec, wl)
+    if within_plan(layout, spec.model.n_gpu_layers, ctx, now):
         return None
+    need = memplan.place(layout, spec.model.n_gpu_layers, ctx).gpu
     return (f"does not fit by the memory plan: {need.total / MIB:,.0f} MiB on the GPU for "
             f"n_gpu_layers {spec.model.n_gpu_layers}, {now.usable_bytes / MIB:,.0f} MiB "
-            f"usable of {free:,.0f} MiB free now")
+            f"usable of {free:,.0f} MiB free now (the most that fit: "
+            f"{memplan.most_layers(layout, now, ctx)}, and one more is tried)")
 
 
 def planned_outcome(op: OffloadPlan | None, spec: TrialSpec, wl: Workload) -> Outcome | None:
