@@ -209,7 +209,7 @@ def compare(a: argparse.Namespace) -> int:
     for line in said.splitlines():
         if line.startswith("sweep exit"):
             sweep_s = line
-        if line.startswith(("time budget:", "memory plan: trial")):  # the budget, calibration
+        if line.startswith(("time budget:", "memory plan: trial", "memory plan against loads")):  # noqa: E501 - budget, calibration, boundary
             budget_lines.append(line)
     tb: dict[str, Any] | None = None if best is None else {
         "ngl": best.spec.model.n_gpu_layers, "kv": best.spec.context.type_k,

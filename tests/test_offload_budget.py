@@ -222,6 +222,14 @@ def test_the_first_trials_gpu_peak_calibrates_the_sweeps_plan(
         return real_finalist(model, spec, wl, budget)
 
     monkeypatch.setattr(offload, "finalist_outcome", finalist_outcome)
+    told: list[offload.OffloadPlan] = []
+    real_lines = offload.boundary_lines
+
+    def boundary_lines(op, records, wl):  # type: ignore[no-untyped-def]
+        told.append(op)
+        return [*real_lines(op, records, wl), "memory plan against loads: (the sweep says it)"]
+
+    monkeypatch.setattr(offload, "boundary_lines", boundary_lines)
     space = write_space(tmp_path / "space.yaml", flash_attn=[False, True])
     opts = options.SweepOptions(
         model=tiny_model, device="cpu", space=space, results_dir=tmp_path / "results",
@@ -233,6 +241,9 @@ def test_the_first_trials_gpu_peak_calibrates_the_sweeps_plan(
     assert len(calibrated) == 1, notes.lines
     assert "the process overhead is 300 MiB, not the 900 MiB planned" in calibrated[0]
     assert len(peaks) >= 2  # later trials' peaks do not calibrate again
+    # After the search, the plan's boundary against the loads, from the calibrated plan.
+    assert len(told) == 1 and told[0].measured_overhead_mib == pytest.approx(300.0)
+    assert "memory plan against loads: (the sweep says it)" in notes.lines
     # The finalists are checked with the calibrated plan: the measured overhead, no margin.
     assert seen and all((b.overhead_mib, b.margin_mib) == (pytest.approx(300.0), 0.0)
                         for b in seen)

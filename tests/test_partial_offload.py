@@ -340,3 +340,43 @@ def test_plan_says_at_what_context_the_whole_model_would_fit(
     monkeypatch.setenv(FAKE_FREE_ENV, "8192")
     _, lines = offload.prepare(sparse_7b, wl, None)
     assert any("the whole model does not fit at any context" in ln for ln in lines)
+
+
+def test_the_plans_boundary_against_the_loads_the_search_made(
+        sparse_7b: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the search, per cache type, n_ubatch and flash attention it tried: the most layers
+    the plan says fit, the most that loaded (complete or pruned), the fewest that failed at
+    load; the plan's own refusals (no load tried) and other devices are left out. The records
+    are TEST DATA (made up, no trial ran)."""
+    from tests.records_factory import make_record
+    from tuner.results.records import TrialState
+
+    monkeypatch.setenv(FAKE_FREE_ENV, "8192")
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, "65536")
+    wl = Workload(prompt_tokens=2048, gen_tokens=128)
+    op, _ = offload.prepare(sparse_7b, wl, None)
+    assert op is not None and op.partial
+    q8 = {"n_ubatch": 512, "flash_attn": True, "type_k": "q8_0", "type_v": "q8_0",
+          "workload": wl}
+    top = memplan.most_layers(op.plan.layout, op.plan.budget, offload.spec_context(
+        make_record(0, n_gpu_layers=1, **q8).spec, wl))
+    records = [
+        make_record(1, n_gpu_layers=top, request_s=9.0, **q8),
+        make_record(2, n_gpu_layers=top + 1, request_s=8.5, **q8),  # the probe loaded
+        make_record(3, n_gpu_layers=top + 3, state=TrialState.INFEASIBLE,
+                    error="worker died at load (out of memory)", **q8),
+        make_record(4, n_gpu_layers=top + 2, state=TrialState.INFEASIBLE,
+                    error="does not fit by the memory plan: ...", **q8),  # no load tried
+        make_record(5, n_gpu_layers=top - 2, state=TrialState.PRUNED, n_ubatch=256,
+                    error="pruned: clearly slower than the best", workload=wl),
+        make_record(6, n_gpu_layers=0, device="cpu", workload=wl),
+    ]
+    lines = offload.boundary_lines(op, records, wl)
+    f16 = memplan.most_layers(op.plan.layout, op.plan.budget, memplan.Context(
+        n_ctx=wl.n_ctx, n_ubatch=256))
+    assert lines == [
+        f"memory plan against loads: kv f16/f16 n_ubatch 256 flash_attn off: planned {f16}, "
+        f"loaded up to {top - 2}",
+        f"memory plan against loads: kv q8_0/q8_0 n_ubatch 512 flash_attn on: planned {top}, "
+        f"loaded up to {top + 1}, failed to load at {top + 3}",
+    ]

@@ -18,6 +18,7 @@ from tuner.machine import envvars
 from tuner.models import memplan
 from tuner.models.memplan import MIB, Budget, Context, MemoryPlan
 from tuner.results.readings import TrialState
+from tuner.results.records import TrialRecord
 from tuner.specs import TrialSpec, Workload
 from tuner.worker import gpumem
 from tuner.worker.outcome import Outcome
@@ -222,7 +223,7 @@ def no_longer_fits(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload,
     if within_plan(layout, spec.model.n_gpu_layers, ctx, now):
         return None
     need = memplan.place(layout, spec.model.n_gpu_layers, ctx).gpu
-    return (f"does not fit by the memory plan: {need.total / MIB:,.0f} MiB on the GPU for "
+    return (f"{PLANNED_REFUSAL}: {need.total / MIB:,.0f} MiB on the GPU for "
             f"n_gpu_layers {spec.model.n_gpu_layers}, {now.usable_bytes / MIB:,.0f} MiB "
             f"usable of {free:,.0f} MiB free now (the most that fit: "
             f"{memplan.most_layers(layout, now, ctx)}, and one more is tried)")
@@ -235,6 +236,40 @@ def planned_outcome(op: OffloadPlan | None, spec: TrialSpec, wl: Workload) -> Ou
         return None
     why = no_longer_fits(op.plan.layout, spec, wl, op.plan.budget)
     return None if why is None else Outcome(state=TrialState.INFEASIBLE, error=why)
+
+
+PLANNED_REFUSAL = "does not fit by the memory plan"  # no_longer_fits's verdict: no load tried
+
+
+def boundary_lines(op: OffloadPlan, records: list[TrialRecord], wl: Workload) -> list[str]:
+    """The plan's boundary against the loads the search made, per cache type, n_ubatch and
+    flash attention it tried: the most layers the plan says fit, the most that loaded, the
+    fewest that failed at load (the plan's error, as the search measured it)."""
+    loaded: dict[Context, int] = {}
+    failed: dict[Context, int] = {}
+    for r in records:
+        n = r.spec.model.n_gpu_layers
+        if r.spec.model.device != "cuda" or n < 0:
+            continue
+        ctx = spec_context(r.spec, wl)
+        if r.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            loaded[ctx] = max(loaded.get(ctx, n), n)
+        elif (r.state is TrialState.INFEASIBLE
+              and not (r.error or "").startswith(PLANNED_REFUSAL)):
+            failed[ctx] = min(failed.get(ctx, n), n)
+    out = []
+    for ctx in sorted(set(loaded) | set(failed), key=lambda c: (c.type_k, c.type_v,
+                                                                 c.n_ubatch, c.flash_attn)):
+        planned = memplan.most_layers(op.plan.layout, op.plan.budget, ctx)
+        parts = [f"planned {planned}"]
+        if ctx in loaded:
+            parts.append(f"loaded up to {loaded[ctx]}")
+        if ctx in failed:
+            parts.append(f"failed to load at {failed[ctx]}")
+        out.append(f"memory plan against loads: kv {ctx.type_k}/{ctx.type_v} n_ubatch "
+                   f"{ctx.n_ubatch} flash_attn {'on' if ctx.flash_attn else 'off'}: "
+                   + ", ".join(parts))
+    return out
 
 
 @functools.lru_cache(maxsize=4)

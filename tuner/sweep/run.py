@@ -291,6 +291,9 @@ class Sweep(Finish):
             self.start_search()
             while self.step():
                 pass
+            if self.fit is not None and self.fit.partial:  # the plan's error, as measured
+                for line in offload.boundary_lines(self.fit, self.planner.records(), self.wl):
+                    self.events.note(line)
             if self.background is not None:  # paused or timed out with a build compiling
                 self.events.note(f"waiting for {', '.join(self.background.variants)} to finish "
                                  "compiling before any deciding figure is taken")
