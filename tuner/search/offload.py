@@ -33,6 +33,7 @@ BELOW_BOUNDARY = (0, 2, 4)
 # llama-bench loaded 23 in run 30, the fastest it measured (benchmarks/partial_offload.py
 # replay); each layer was about 5% of the request there.
 PROBE_ABOVE = 1
+PLANNED_REFUSAL = "does not fit by the memory plan"  # no_longer_fits's verdict: no load tried
 
 
 @dataclass(frozen=True)
@@ -236,9 +237,6 @@ def planned_outcome(op: OffloadPlan | None, spec: TrialSpec, wl: Workload) -> Ou
         return None
     why = no_longer_fits(op.plan.layout, spec, wl, op.plan.budget)
     return None if why is None else Outcome(state=TrialState.INFEASIBLE, error=why)
-
-
-PLANNED_REFUSAL = "does not fit by the memory plan"  # no_longer_fits's verdict: no load tried
 
 
 def boundary_lines(op: OffloadPlan, records: list[TrialRecord], wl: Workload) -> list[str]:
