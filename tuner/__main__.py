@@ -12,14 +12,7 @@ later would: one line, exit 130 or 143."""
 
 from __future__ import annotations
 
-import sys
-
-from tuner.machine.interrupt import (
-    MESSAGE,
-    Interrupted,
-    forget_caught_interrupt,
-    raise_on_sigterm,
-)
+from tuner.machine.interrupt import Interrupted, end_interrupted, raise_on_sigterm
 
 
 def main() -> None:
@@ -27,9 +20,7 @@ def main() -> None:
     try:
         from tuner.cli import main as cli_main
     except (KeyboardInterrupt, Interrupted) as e:
-        forget_caught_interrupt()
-        sys.stderr.write(MESSAGE + "\n")
-        sys.exit(e.exit_code if isinstance(e, Interrupted) else 130)
+        end_interrupted(e)
     cli_main()
 
 

@@ -17,12 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from tuner.errors import BadInput, TunerError
-from tuner.machine.interrupt import (
-    MESSAGE as INTERRUPTED,
-    Interrupted,
-    forget_caught_interrupt,
-    terminable,
-)
+from tuner.machine.interrupt import Interrupted, end_interrupted, terminable
 
 if TYPE_CHECKING:  # click.Choice checks these values; the modules load lazily
     from tuner.search.pareto import Objective
@@ -452,13 +447,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.NoArgsIsHelpError as e:  # bare `tuner`: the help, as --help shows it
         click.echo(e.ctx.get_help())
         sys.exit(0)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        forget_caught_interrupt()
-        err.print(INTERRUPTED, markup=False)
-        sys.exit(130)
-    except Interrupted as e:
-        err.print(INTERRUPTED, markup=False)
-        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt, Interrupted) as e:
+        end_interrupted(e)
     except click.UsageError as e:
         _fail(2, e.format_message().replace("\n", " "))
     except click.ClickException as e:

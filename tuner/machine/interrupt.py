@@ -6,8 +6,10 @@ reaches the whole process group): the parent kills them, so no worker prints a t
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 MESSAGE = "interrupted: run the same command to resume"
 
@@ -39,15 +41,20 @@ def critical() -> Iterator[None]:
             raise _raise_for(_pending.pop())
 
 
-def forget_caught_interrupt() -> None:
-    """Call before exiting on a KeyboardInterrupt that was caught and handled. CPython notes a
-    KeyboardInterrupt that leaves code run from a string (``exec(str)``: dataclasses, namedtuple
-    and other imports make such code) in a process-wide flag, and ``python -m`` then ends the
-    process by SIGINT (status -2) whatever the exit code asked, even though the interrupt was
-    caught further up. Running code from a string again clears the flag (CPython's pythonrun.c
-    resets it before each such run); a Ctrl-C landing in one of those strings made
-    ``python -m tuner verify`` exit -2 instead of 130 now and then."""
+def end_interrupted(e: BaseException) -> NoReturn:
+    """How a command ends on a signal it caught (Ctrl-C's KeyboardInterrupt or click's Abort:
+    130; Interrupted: 128 + its signal): one line on stderr, that status.
+
+    CPython notes a KeyboardInterrupt that leaves code run from a string (``exec(str)``:
+    dataclasses, namedtuple and other imports make such code) in a process-wide flag, and
+    ``python -m`` then ends the process by SIGINT (status -2) whatever the exit code asked,
+    even though the interrupt was caught further up. Running code from a string again clears
+    the flag (CPython's pythonrun.c resets it before each such run); a Ctrl-C landing in one of
+    those strings made ``python -m tuner verify`` exit -2 instead of 130 now and then."""
     exec("")
+    sys.stderr.write(MESSAGE + "\n")
+    sys.stderr.flush()
+    sys.exit(e.exit_code if isinstance(e, Interrupted) else 130)
 
 
 def _raise_for(signum: int) -> BaseException:
