@@ -125,11 +125,10 @@ def search_layers(plan: MemoryPlan) -> tuple[int, ...]:
     return tuple(sorted(values)) or (0,)
 
 
-def within_plan(layout: memplan.ModelLayout, n_gpu_layers: int, ctx: Context,
-                budget: Budget) -> bool:
-    """Whether ``n_gpu_layers`` is at most the plan's most that fit with ``ctx`` in
-    ``budget``, or the probe above it."""
-    return n_gpu_layers <= memplan.most_layers(layout, budget, ctx) + PROBE_ABOVE
+def most_tried(layout: memplan.ModelLayout, budget: Budget, ctx: Context) -> int:
+    """The most n_gpu_layers a trial is given with ``ctx`` in ``budget``: the plan's most that
+    fit, and the probe above it."""
+    return memplan.most_layers(layout, budget, ctx) + PROBE_ABOVE
 
 
 def host_available_mib() -> float | None:
@@ -197,13 +196,12 @@ def keep_fitting(op: OffloadPlan | None, specs: list[TrialSpec], wl: Workload) -
     plan."""
     if op is None or not op.partial:
         return specs
-    tops: dict[Context, int] = {}  # the grid's few contexts, each planned once
+    tried: dict[Context, int] = {}  # the grid's few contexts, each planned once
     for s in specs:
         ctx = spec_context(s, wl)
-        if ctx not in tops:
-            tops[ctx] = memplan.most_layers(op.plan.layout, op.plan.budget, ctx)
-    return [s for s in specs
-            if s.model.n_gpu_layers <= tops[spec_context(s, wl)] + PROBE_ABOVE]
+        if ctx not in tried:
+            tried[ctx] = most_tried(op.plan.layout, op.plan.budget, ctx)
+    return [s for s in specs if s.model.n_gpu_layers <= tried[spec_context(s, wl)]]
 
 
 def no_longer_fits(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload,
@@ -221,13 +219,14 @@ def no_longer_fits(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload,
     free += own
     now = dataclasses.replace(budget, free_mib=free)
     ctx = spec_context(spec, wl)
-    if within_plan(layout, spec.model.n_gpu_layers, ctx, now):
+    tried = most_tried(layout, now, ctx)
+    if spec.model.n_gpu_layers <= tried:
         return None
     need = memplan.place(layout, spec.model.n_gpu_layers, ctx).gpu
     return (f"{PLANNED_REFUSAL}: {need.total / MIB:,.0f} MiB on the GPU for "
             f"n_gpu_layers {spec.model.n_gpu_layers}, {now.usable_bytes / MIB:,.0f} MiB "
             f"usable of {free:,.0f} MiB free now (the most that fit: "
-            f"{memplan.most_layers(layout, now, ctx)}, and one more is tried)")
+            f"{tried - PROBE_ABOVE}, and one more is tried)")
 
 
 def planned_outcome(op: OffloadPlan | None, spec: TrialSpec, wl: Workload) -> Outcome | None:
