@@ -67,15 +67,16 @@ def judge(knob: Knob, served: ServedFigures, greedy: str, plain: ServedFigures,
     # first token (llama.cpp re-reserves its graph for each request's sampler) and 1.3 ms
     # sooner per token after it.
     ttft = served.ttft_s.median / plain.ttft_s.median
+    faster = served.beats(plain)
     head = f"request time {ratio:.3f}x, time to first token {ttft:.3f}x the plain server's"
     if not same:
         why = "its greedy answer differs from the plain server's: not kept"
-    elif served.beats(plain):
+    elif faster:
         why = f"{head}, faster beyond both spreads: kept"
     else:
         why = f"{head}, not faster beyond the spreads: not kept"
     return Tried(name=knob.name, flags=list(knob.flags), served=served, same_greedy=same,
-                 kept=same and served.beats(plain), why=why)
+                 kept=same and faster, why=why)
 
 
 def failed(knob: Knob, error: str) -> Tried:
