@@ -135,6 +135,10 @@ def test_the_deployment_is_written_beside_the_yaml(deployed: Deployed,
     fig = ServedFigures.model_validate(data["served"])
     assert fig.source == "llama-server" and fig.requests == 3 and fig.gen_tps is not None
     assert report.llama_server == data["served"]
+    # Its raw figures are the YAML sidecar's: the finalists' re-measurement, its source named.
+    sidecar = json.loads((out.parent / "production.tuner.json").read_text())
+    assert data["raw"] == sidecar["figures"]
+    assert data["raw"]["source"].startswith("finalists: mean of 1 fresh processes")
 
 
 def test_both_services_side_by_side(deployed: Deployed) -> None:

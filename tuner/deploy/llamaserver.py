@@ -77,7 +77,9 @@ class LlamaServerDeployment(Frozen):
     spec: TrialSpec
     workload: Workload
     system_info: str | None = None  # the measured library's system-info line
-    raw: dict[str, Any] | None = None  # the raw figures (pp_tps, tg_tps) of the trial
+    # the winner's raw figures, as the YAML sidecar has them (prodconfig.raw_figures: the
+    # finalists' re-measurement when there is one, named in "source")
+    raw: dict[str, Any] | None = None
     served: ServedFigures | None = None  # llama-server's own figures over HTTP
     knobs: list[Tried] = []  # the server settings tried on the served path, kept or not
     written_at: str = ""

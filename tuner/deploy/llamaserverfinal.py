@@ -20,7 +20,7 @@ from tuner.deploy.llamaserver import (
     write_deployment,
 )
 from tuner.deploy.llamaserverknobs import Knob, Tried, failed, judge, supported
-from tuner.deploy.prodconfig import record_threads
+from tuner.deploy.prodconfig import raw_figures, record_threads
 from tuner.deploy.service import rebuild_command, service_env
 from tuner.deploy.servicecompare import lines, raw_of, rows
 from tuner.errors import TunerError
@@ -53,10 +53,6 @@ def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigu
         flags, fig, tried = _tune(tries, fig, greedy or "", note, lambda extra: serve_and_measure(
             binary, winner.spec, winner.workload, model_path, lib, threads, requests, timeout_s,
             extra=extra, greedy=prompt))
-        m = winner.measurement
-        raw = ({"pp_tps": m.pp_tps.model_dump(mode="json"),
-                "tg_tps": m.tg_tps.model_dump(mode="json") if m.tg_tps else None}
-               if m else None)
         env = winner.environment
         written = write_deployment(out, LlamaServerDeployment(
             binary=str(binary), args=server_args(winner.spec, winner.workload, model_path,
@@ -66,7 +62,9 @@ def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigu
             rebuild=_rebuild(lib_dir, binary, winner),
             model=str(Path(model_path).absolute()), model_bytes=Path(model_path).stat().st_size,
             spec=winner.spec, workload=winner.workload,
-            system_info=env.system_info if env else None, raw=raw, served=fig, knobs=tried))
+            system_info=env.system_info if env else None,
+            raw=raw_figures(winner, report) if winner.measurement else None, served=fig,
+            knobs=tried))
     except TunerError as e:
         note(f"llama-server: not served: {e.message}")
         return report.model_copy(update={"llama_server": {"error": e.message}})
