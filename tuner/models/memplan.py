@@ -11,8 +11,10 @@ It follows where llama.cpp (the vendored release) puts things:
   copy of ``token_embd`` on the output layer's device.
 - The KV cache of a layer lives on its layer's device (``offload_kqv``, on by default):
   ``ggml_row_size(type, n_embd_k_gqa(il)) * kv_size`` for K, the same for V, with
-  ``n_embd_k_gqa = head_dim * n_head_kv(il)`` (per-layer head counts where the GGUF has arrays)
-  and ``kv_size`` the context rounded up to 256 (``llama_context``: ``GGML_PAD(n_ctx, 256)``).
+  ``kv_size`` the context rounded up to 256 (``llama_context``: ``GGML_PAD(n_ctx, 256)``);
+  which layers keep one, how wide, and the recurrent layers' states: tuner/models/kvshape.py
+  (grouped-query heads, MLA, hybrids, shared caches, prediction layers). Without flash
+  attention llama.cpp stores V transposed and pads every V row to the widest.
 - Compute buffers are an estimate of the graph's largest live set per ubatch token
   (``compute_bytes``), calibrated against real loads (docs/partial-offload.md).
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.models.gguftensors import GgufTable, ggml_row_bytes, read_table
+from tuner.models.kvshape import CacheShape, cache_shape
 
 MIB = 1 << 20
 CTX_PAD = 256  # llama_context rounds n_ctx up to a multiple of this
@@ -60,10 +63,9 @@ class ModelLayout:
     n_vocab: int
     n_ff: int
     n_head: tuple[int, ...]  # per layer
-    n_head_kv: tuple[int, ...]  # per layer
-    head_dim_k: int
-    head_dim_v: int
-    layer_bytes: tuple[int, ...]  # weights of each repeating layer
+    cache: CacheShape  # which layers keep a KV cache or a state, and how wide
+    layer_bytes: tuple[int, ...]  # weights of each repeating layer llama.cpp loads
+    skipped_bytes: int  # prediction layers' weights, in the file but not loaded
     input_bytes: int  # token_embd and other input tensors: on the host
     output_bytes: int  # output_norm + output (or the tied copy of token_embd)
     tied_copy_bytes: int  # the copy of token_embd a tied output layer makes on a GPU, else 0
@@ -76,7 +78,8 @@ class ModelLayout:
 
     @property
     def file_weights_bytes(self) -> int:
-        """Every tensor of the file once (a tied output's copy not counted)."""
+        """Every tensor llama.cpp loads once (a tied output's copy not counted; a prediction
+        layer's not loaded)."""
         return self.input_bytes + sum(self.layer_bytes) + self.output_bytes - self.tied_copy_bytes
 
 
@@ -109,16 +112,20 @@ def layout_of(table: GgufTable) -> ModelLayout:
     first = max(n_head) or 1
     head_k = _int(v.get(f"{arch}.attention.key_length"), n_embd // first)
     head_v = _int(v.get(f"{arch}.attention.value_length"), head_k)
+    cache = cache_shape(v, arch, n_layer, n_embd, n_head_kv, head_k, head_v)
     ff = v.get(f"{arch}.feed_forward_length", 0)
     n_ff = max(ff) if isinstance(ff, list) else int(ff) if isinstance(ff, int) else 0
     layer_bytes = [0] * n_layer
-    input_bytes = output_bytes = 0
+    input_bytes = output_bytes = skipped = 0
     names = {t.name: t for t in table.tensors}
     for t in table.tensors:
         if m := _LAYER_TENSOR.match(t.name):
             il = int(m.group(1))
             if il < n_layer:
-                layer_bytes[il] += t.nbytes
+                if cache.loaded[il]:
+                    layer_bytes[il] += t.nbytes
+                else:
+                    skipped += t.nbytes
                 continue
         if t.name.startswith(("output.", "output_norm.")):
             output_bytes += t.nbytes
@@ -133,8 +140,8 @@ def layout_of(table: GgufTable) -> ModelLayout:
     ctx = v.get(f"{arch}.context_length")
     return ModelLayout(
         path=table.path, architecture=arch, n_layer=n_layer, n_embd=n_embd, n_vocab=vocab,
-        n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv, head_dim_k=head_k,
-        head_dim_v=head_v, layer_bytes=tuple(layer_bytes),
+        n_ff=n_ff, n_head=n_head, cache=cache, layer_bytes=tuple(layer_bytes),
+        skipped_bytes=skipped,
         input_bytes=input_bytes, output_bytes=output_bytes + copy,
         tied_copy_bytes=copy, context_length=ctx if isinstance(ctx, int) else None)
 
@@ -149,10 +156,14 @@ def kv_size(n_ctx: int) -> int:
     return -(-max(n_ctx, 1) // CTX_PAD) * CTX_PAD
 
 
-def kv_bytes_per_token(m: ModelLayout, type_k: str, type_v: str) -> tuple[int, ...]:
-    """Bytes one cell of the KV cache takes in each layer (K row + V row)."""
-    return tuple(ggml_row_bytes(type_k, m.head_dim_k * kv) + ggml_row_bytes(type_v, m.head_dim_v * kv)
-                 for kv in m.n_head_kv)
+def kv_bytes_per_token(m: ModelLayout, type_k: str, type_v: str,
+                       flash_attn: bool = True) -> tuple[int, ...]:
+    """Bytes one cell of the KV cache takes in each layer (K row + V row; without flash
+    attention every V row as wide as the widest, as llama.cpp stores V transposed)."""
+    c = m.cache
+    return tuple(ggml_row_bytes(type_k, k) + ggml_row_bytes(
+                     type_v, v if flash_attn or not v else c.v_width_max)
+                 for k, v in zip(c.k_width, c.v_width, strict=True))
 
 
 def compute_bytes(m: ModelLayout, n_ubatch: int, n_ctx: int, flash_attn: bool) -> int:
@@ -167,14 +178,15 @@ def compute_bytes(m: ModelLayout, n_ubatch: int, n_ctx: int, flash_attn: bool) -
       matrix (n_head x n_kv, the softmax in place) beside them (7 x n_embd);
 
     the last two with the KQ mask (n_kv per token: f16 with flash attention, f32 without),
-    an input every layer's attention reads.
+    an input every layer's attention reads (two with sliding-window layers: one per cache).
 
     Measured (tests/test_memplan.py, docs/partial-offload.md): CPU loads of four shapes at
     n_ubatch 64-512 and 1k-4k contexts within -6% / +6%; the recorded CUDA loads of the
     qwen2.5-7b and llama3-8b shapes (n_ubatch 256-2048; the output stage, n_vocab + n_embd
     there) 2.3-3.1% above; the CUDA fixture (a llama2-7b shape, FA, n_ubatch 512) 8.6% above."""
     n_kv = kv_size(n_ctx)
-    mask = n_kv * (2 if flash_attn else 4)  # bytes per token, alive until the last attention
+    # bytes per token, alive until the last attention
+    mask = n_kv * (2 if flash_attn else 4) * (2 if m.cache.sliding else 1)
     out = 4 * (m.n_vocab + 2 * m.n_embd)
     ffn = 4 * (3 * m.n_ff + 4 * m.n_embd) + mask
     attn = 4 * (4 * m.n_embd if flash_attn else 7 * m.n_embd + max(m.n_head) * n_kv) + mask
@@ -231,9 +243,10 @@ def place(m: ModelLayout, n_gpu_layers: int, ctx: Context) -> Placement:
     on_gpu, output = gpu_layers(m, n_gpu_layers)
     gpu_set = set(on_gpu)
     cells = kv_size(ctx.n_ctx)
-    per_token = kv_bytes_per_token(m, ctx.type_k, ctx.type_v)
-    kv_gpu = sum(per_token[il] for il in on_gpu) * cells
-    kv_host = sum(per_token) * cells - kv_gpu
+    per_layer = [t * cells + s for t, s in zip(kv_bytes_per_token(
+        m, ctx.type_k, ctx.type_v, ctx.flash_attn), m.cache.state_bytes, strict=True)]
+    kv_gpu = sum(per_layer[il] for il in on_gpu)
+    kv_host = sum(per_layer) - kv_gpu
     w_gpu = sum(m.layer_bytes[il] for il in on_gpu) + (m.output_bytes if output else 0)
     # The host keeps token_embd (mapped from the file: a tied output on the host shares it).
     w_host = m.input_bytes + sum(m.layer_bytes[il] for il in range(m.n_layer) if il not in gpu_set)

@@ -16,7 +16,7 @@ import os
 import string
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
@@ -87,6 +87,7 @@ SHAPES: dict[str, Shape] = {
 DTYPES = {"f32": (np.float32, 0), "f16": (np.float16, 1)}  # numpy type, general.file_type
 BLOCK = (1 << 20) + 17  # random values per tile; odd so that rows of a matrix differ
 SPECIAL = ["<unk>", "<s>", "</s>"]
+F32_MATRICES = ("ssm_conv1d.weight",)
 
 
 def _pieces() -> Iterator[str]:
@@ -159,21 +160,36 @@ def write_llama(path: str | Path, *, n_layer: int, n_embd: int, n_head: int, n_h
     that costs no disk and no time, for tests of code that reads only headers and sizes.
     ``pieces``: the vocabulary's pieces after the byte tokens (``numbered_pieces`` for an
     unusual one)."""
+    if n_embd % n_head or n_head % n_head_kv:
+        raise BadInput(f"n_embd {n_embd}, n_head {n_head}, n_head_kv {n_head_kv} do not divide")
+
+    def keys(w: gguf.GGUFWriter) -> None:
+        _add_hyperparameters(w, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                             n_head_kv=n_head_kv, n_ff=n_ff, context_length=context_length)
+
+    return write_model(path, "llama", keys, _tensors(n_layer, n_embd, n_head, n_head_kv, n_ff,
+                                                     n_vocab),
+                       n_vocab=n_vocab, dtype=dtype, seed=seed, sparse=sparse, pieces=pieces)
+
+
+def write_model(path: str | Path, arch: str, keys: Callable[[gguf.GGUFWriter], None],
+                layout: list[tuple[str, tuple[int, ...]]], *, n_vocab: int,
+                dtype: str = "f16", seed: int = 0, sparse: bool = False,
+                pieces: Iterator[str] | None = None) -> Path:
+    """Write a GGUF of architecture ``arch``: the shape keys ``keys`` adds, a SentencePiece
+    vocabulary of ``n_vocab`` tokens, and the tensors of ``layout`` (name, numpy shape) with
+    random weights (norms and other vectors ones, in f32)."""
     import gguf
 
     if dtype not in DTYPES:
         raise BadInput(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
-    if n_embd % n_head or n_head % n_head_kv:
-        raise BadInput(f"n_embd {n_embd}, n_head {n_head}, n_head_kv {n_head_kv} do not divide")
     np_type, file_type = DTYPES[dtype]
     path = Path(path)
-    w = gguf.GGUFWriter(path, "llama")
-    _add_hyperparameters(w, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
-                         n_ff=n_ff, context_length=context_length)
+    w = gguf.GGUFWriter(path, arch)
+    keys(w)
     w.add_vocab_size(n_vocab)
     w.add_file_type(file_type)
     _add_vocabulary(w, n_vocab, pieces)
-    layout = _tensors(n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab)
     data_bytes = _add_tensor_infos(w, layout, np_type)
     partial = path.with_name(path.name + ".partial")  # a killed run leaves no plausible model
     try:
@@ -223,13 +239,19 @@ def _add_vocabulary(w: gguf.GGUFWriter, n_vocab: int, pieces: Iterator[str] | No
     w.add_add_eos_token(False)
 
 
+def _kept_f32(name: str, shape: tuple[int, ...]) -> bool:
+    """Vectors, and the matrices llama.cpp's converters and quantizer keep in f32 (its CPU
+    kernels read them only so: the state-space convolution's weights)."""
+    return len(shape) == 1 or name.endswith(F32_MATRICES)
+
+
 def _add_tensor_infos(w: gguf.GGUFWriter, layout: list[tuple[str, tuple[int, ...]]],
                       np_type: type) -> int:
     """Declare each tensor (norms stay f32, as llama.cpp's converters write them); the data
     section's size in bytes, alignment included."""
     data_bytes = 0
     for name, shape in layout:
-        t = np.dtype(np.float32 if len(shape) == 1 else np_type)
+        t = np.dtype(np.float32 if _kept_f32(name, shape) else np_type)
         nbytes = int(np.prod(shape)) * t.itemsize
         w.add_tensor_info(name, shape, t, nbytes)
         data_bytes += nbytes + -nbytes % w.data_alignment
@@ -239,9 +261,11 @@ def _add_tensor_infos(w: gguf.GGUFWriter, layout: list[tuple[str, tuple[int, ...
 def _write_weights(w: gguf.GGUFWriter, layout: list[tuple[str, tuple[int, ...]]],
                    np_type: type, rng: np.random.Generator) -> None:
     """Stream each tensor's data: norms ones, the rest small random weights."""
-    for _name, shape in layout:
+    for name, shape in layout:
         if len(shape) == 1:
             w.write_tensor_data(np.ones(shape, dtype=np.float32))
+        elif _kept_f32(name, shape):
+            w.write_tensor_data(_random(rng, shape, np.float32))
         else:
             w.write_tensor_data(_random(rng, shape, np_type))
 

@@ -1,0 +1,170 @@
+"""Small real GGUF files of architectures whose caches are not a llama's, written with the
+``gguf`` package (tuner.models.modelgen.write_model) for the memory plan's tests against
+llama.cpp's own loads:
+
+- gemma3: sliding-window layers (5 of each 6), a head width unlike n_embd / n_head, tied
+  embeddings; llama-cpp-python keeps llama.cpp's ``swa_full`` (on): every layer's cache holds
+  the whole context;
+- deepseek2 with multi-head latent attention (MLA): one K row of kv_lora_rank + the rope
+  width per token and layer, no V cache;
+- qwen35: a hybrid whose layers are gated delta nets (recurrent state, no KV cache) but every
+  ``full_attention_interval``-th one; one multi-token-prediction layer (nextn) at the end,
+  which llama.cpp neither loads nor caches by default.
+
+The tensor names and shapes follow the vendored llama.cpp's loaders (src/models/*.cpp)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+
+from tuner.models.modelgen import write_model
+
+Layout = list[tuple[str, tuple[int, ...]]]
+N_VOCAB = 600
+
+
+def _ffn(b: str, n_embd: int, n_ff: int) -> Layout:
+    return [(f"{b}.ffn_norm.weight", (n_embd,)), (f"{b}.ffn_gate.weight", (n_ff, n_embd)),
+            (f"{b}.ffn_up.weight", (n_ff, n_embd)), (f"{b}.ffn_down.weight", (n_embd, n_ff))]
+
+
+def write_gemma3(path: Path, *, n_layer: int = 7, n_embd: int = 256, n_head: int = 4,
+                 n_head_kv: int = 2, head_dim: int = 128, n_ff: int = 512,
+                 window: int = 256) -> Path:
+    """Gemma 3: layers 0-4 slide over ``window`` tokens, layer 5 attends globally (pattern 6)."""
+    def keys(w: gguf.GGUFWriter) -> None:
+        w.add_name("tuner synthetic gemma3")
+        w.add_context_length(8192)
+        w.add_embedding_length(n_embd)
+        w.add_block_count(n_layer)
+        w.add_feed_forward_length(n_ff)
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_head_kv)
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_sliding_window(window)
+        w.add_rope_freq_base(1e6)
+        w.add_layer_norm_rms_eps(1e-6)
+
+    q, kv = n_head * head_dim, n_head_kv * head_dim
+    layout: Layout = [("token_embd.weight", (N_VOCAB, n_embd))]
+    for i in range(n_layer):
+        b = f"blk.{i}"
+        layout += [(f"{b}.attn_norm.weight", (n_embd,)), (f"{b}.attn_q.weight", (q, n_embd)),
+                   (f"{b}.attn_k.weight", (kv, n_embd)), (f"{b}.attn_v.weight", (kv, n_embd)),
+                   (f"{b}.attn_output.weight", (n_embd, q)),
+                   (f"{b}.post_attention_norm.weight", (n_embd,)),
+                   (f"{b}.attn_k_norm.weight", (head_dim,)),
+                   (f"{b}.attn_q_norm.weight", (head_dim,)),
+                   *_ffn(b, n_embd, n_ff), (f"{b}.post_ffw_norm.weight", (n_embd,))]
+    layout.append(("output_norm.weight", (n_embd,)))  # no output.weight: tied embeddings
+    return write_model(path, "gemma3", keys, layout, n_vocab=N_VOCAB)
+
+
+def write_deepseek2_mla(path: Path, *, n_layer: int = 2, n_embd: int = 256, n_head: int = 4,
+                        kv_lora_rank: int = 128, rope: int = 32, nope: int = 64,
+                        v_head: int = 64, n_ff: int = 512) -> Path:
+    """DeepSeek-V2-style attention with MLA, as the current converter writes it (key_length
+    kv_lora_rank + rope, value_length kv_lora_rank, one KV head, split k_b / v_b); every
+    layer dense (leading_dense_block_count = n_layer), no q LoRA."""
+    def keys(w: gguf.GGUFWriter) -> None:
+        w.add_name("tuner synthetic deepseek2 mla")
+        w.add_context_length(8192)
+        w.add_embedding_length(n_embd)
+        w.add_block_count(n_layer)
+        w.add_feed_forward_length(n_ff)
+        w.add_head_count(n_head)
+        w.add_head_count_kv(1)
+        w.add_key_length(kv_lora_rank + rope)
+        w.add_value_length(kv_lora_rank)
+        w.add_key_length_mla(nope + rope)
+        w.add_value_length_mla(v_head)
+        w.add_rope_dimension_count(rope)
+        w.add_rope_freq_base(10000.0)
+        w.add_layer_norm_rms_eps(1e-6)
+        w.add_leading_dense_block_count(n_layer)
+        w.add_q_lora_rank(0)
+        w.add_kv_lora_rank(kv_lora_rank)
+        w.add_expert_feed_forward_length(n_ff)
+        w.add_expert_shared_count(0)
+
+    layout: Layout = [("token_embd.weight", (N_VOCAB, n_embd))]
+    for i in range(n_layer):
+        b = f"blk.{i}"
+        layout += [(f"{b}.attn_norm.weight", (n_embd,)),
+                   (f"{b}.attn_kv_a_norm.weight", (kv_lora_rank,)),
+                   (f"{b}.attn_q.weight", (n_head * (nope + rope), n_embd)),
+                   (f"{b}.attn_kv_a_mqa.weight", (kv_lora_rank + rope, n_embd)),
+                   (f"{b}.attn_k_b.weight", (n_head, kv_lora_rank, nope)),
+                   (f"{b}.attn_v_b.weight", (n_head, v_head, kv_lora_rank)),
+                   (f"{b}.attn_output.weight", (n_embd, n_head * v_head)),
+                   *_ffn(b, n_embd, n_ff)]
+    layout += [("output_norm.weight", (n_embd,)), ("output.weight", (N_VOCAB, n_embd))]
+    return write_model(path, "deepseek2", keys, layout, n_vocab=N_VOCAB)
+
+
+def write_qwen35(path: Path, *, n_trunk: int = 4, n_embd: int = 256, n_head: int = 4,
+                 n_head_kv: int = 2, head_dim: int = 64, n_ff: int = 512, interval: int = 4,
+                 d_conv: int = 4, d_state: int = 64, n_group: int = 2,
+                 n_v_heads: int = 4) -> Path:
+    """Qwen3.5: ``n_trunk`` layers, every ``interval``-th one full attention (with a gated
+    query: Q twice as wide), the others gated delta nets; and one MTP layer after them."""
+    key_dim, value_dim = d_state * n_group, d_state * n_v_heads
+    n_all = n_trunk + 1
+
+    def keys(w: gguf.GGUFWriter) -> None:
+        w.add_name("tuner synthetic qwen35")
+        w.add_context_length(8192)
+        w.add_embedding_length(n_embd)
+        w.add_block_count(n_all)
+        w.add_feed_forward_length(n_ff)
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_head_kv)
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_rope_dimension_count(head_dim // 4)
+        w.add_rope_dimension_sections([head_dim // 8, head_dim // 16, head_dim // 16, 0])
+        w.add_rope_freq_base(1e7)
+        w.add_layer_norm_rms_eps(1e-6)
+        w.add_full_attention_interval(interval)
+        w.add_ssm_conv_kernel(d_conv)
+        w.add_ssm_inner_size(value_dim)
+        w.add_ssm_state_size(d_state)
+        w.add_ssm_time_step_rank(n_v_heads)
+        w.add_ssm_group_count(n_group)
+        w.add_nextn_predict_layers(1)
+
+    def attention(b: str) -> Layout:
+        return [(f"{b}.attn_q.weight", (2 * n_head * head_dim, n_embd)),
+                (f"{b}.attn_k.weight", (n_head_kv * head_dim, n_embd)),
+                (f"{b}.attn_v.weight", (n_head_kv * head_dim, n_embd)),
+                (f"{b}.attn_output.weight", (n_embd, n_head * head_dim)),
+                (f"{b}.attn_q_norm.weight", (head_dim,)), (f"{b}.attn_k_norm.weight", (head_dim,))]
+
+    layout: Layout = [("token_embd.weight", (N_VOCAB, n_embd))]
+    for i in range(n_all):
+        b = f"blk.{i}"
+        layout += [(f"{b}.attn_norm.weight", (n_embd,)),
+                   (f"{b}.post_attention_norm.weight", (n_embd,))]
+        if i >= n_trunk or (i + 1) % interval == 0:
+            layout += attention(b)
+        else:
+            layout += [(f"{b}.attn_qkv.weight", (key_dim * 2 + value_dim, n_embd)),
+                       (f"{b}.attn_gate.weight", (value_dim, n_embd)),
+                       (f"{b}.ssm_conv1d.weight", (key_dim * 2 + value_dim, d_conv)),
+                       (f"{b}.ssm_dt.bias", (n_v_heads,)), (f"{b}.ssm_a", (n_v_heads,)),
+                       (f"{b}.ssm_beta.weight", (n_v_heads, n_embd)),
+                       (f"{b}.ssm_alpha.weight", (n_v_heads, n_embd)),
+                       (f"{b}.ssm_norm.weight", (d_state,)),
+                       (f"{b}.ssm_out.weight", (n_embd, value_dim))]
+        layout += [(f"{b}.ffn_gate.weight", (n_ff, n_embd)), (f"{b}.ffn_up.weight", (n_ff, n_embd)),
+                   (f"{b}.ffn_down.weight", (n_embd, n_ff))]
+        if i >= n_trunk:
+            layout += [(f"{b}.nextn.eh_proj.weight", (n_embd, 2 * n_embd)),
+                       (f"{b}.nextn.enorm.weight", (n_embd,)),
+                       (f"{b}.nextn.hnorm.weight", (n_embd,))]
+    layout += [("output_norm.weight", (n_embd,)), ("output.weight", (N_VOCAB, n_embd))]
+    return write_model(path, "qwen35", keys, layout, n_vocab=N_VOCAB)
+
