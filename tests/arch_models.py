@@ -7,6 +7,8 @@ llama.cpp's own loads:
   the whole context;
 - deepseek2 with multi-head latent attention (MLA): one K row of kv_lora_rank + the rope
   width per token and layer, no V cache;
+- qwen3moe: mixture-of-experts layers (a router and 3-D expert tensors, a few experts used
+  per token), whose feed-forward activations are the used experts', not ``feed_forward_length``;
 - qwen35: a hybrid whose layers are gated delta nets (recurrent state, no KV cache) but every
   ``full_attention_interval``-th one; one multi-token-prediction layer (nextn) at the end,
   which llama.cpp neither loads nor caches by default.
@@ -168,3 +170,43 @@ def write_qwen35(path: Path, *, n_trunk: int = 4, n_embd: int = 256, n_head: int
     layout += [("output_norm.weight", (n_embd,)), ("output.weight", (N_VOCAB, n_embd))]
     return write_model(path, "qwen35", keys, layout, n_vocab=N_VOCAB)
 
+
+
+def write_qwen3moe(path: Path, *, n_layer: int = 2, n_embd: int = 256, n_head: int = 4,
+                   n_head_kv: int = 2, head_dim: int = 64, n_ff: int = 256, n_expert: int = 8,
+                   n_expert_used: int = 4, n_ff_exp: int = 512) -> Path:
+    """Qwen3-MoE: every layer's feed-forward ``n_expert`` experts of width ``n_ff_exp``,
+    ``n_expert_used`` per token; ``feed_forward_length`` as small as the converter may write."""
+    def keys(w: gguf.GGUFWriter) -> None:
+        w.add_name("tuner synthetic qwen3moe")
+        w.add_context_length(8192)
+        w.add_embedding_length(n_embd)
+        w.add_block_count(n_layer)
+        w.add_feed_forward_length(n_ff)
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_head_kv)
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_rope_dimension_count(head_dim)
+        w.add_rope_freq_base(1e6)
+        w.add_layer_norm_rms_eps(1e-6)
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(n_expert_used)
+        w.add_expert_feed_forward_length(n_ff_exp)
+
+    q, kv = n_head * head_dim, n_head_kv * head_dim
+    layout: Layout = [("token_embd.weight", (N_VOCAB, n_embd))]
+    for i in range(n_layer):
+        b = f"blk.{i}"
+        layout += [(f"{b}.attn_norm.weight", (n_embd,)), (f"{b}.attn_q.weight", (q, n_embd)),
+                   (f"{b}.attn_k.weight", (kv, n_embd)), (f"{b}.attn_v.weight", (kv, n_embd)),
+                   (f"{b}.attn_output.weight", (n_embd, q)),
+                   (f"{b}.attn_k_norm.weight", (head_dim,)),
+                   (f"{b}.attn_q_norm.weight", (head_dim,)),
+                   (f"{b}.ffn_norm.weight", (n_embd,)),
+                   (f"{b}.ffn_gate_inp.weight", (n_expert, n_embd)),
+                   (f"{b}.ffn_gate_exps.weight", (n_expert, n_ff_exp, n_embd)),
+                   (f"{b}.ffn_down_exps.weight", (n_expert, n_embd, n_ff_exp)),
+                   (f"{b}.ffn_up_exps.weight", (n_expert, n_ff_exp, n_embd))]
+    layout += [("output_norm.weight", (n_embd,)), ("output.weight", (N_VOCAB, n_embd))]
+    return write_model(path, "qwen3moe", keys, layout, n_vocab=N_VOCAB)

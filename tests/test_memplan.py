@@ -22,6 +22,7 @@ from tuner.models.modelgen import SHAPES, Shape, _tensors, quantize, write_llama
 from .arch_models import (
     write_deepseek2_mla,
     write_gemma3,
+    write_qwen3moe,
     write_qwen35,
 )
 
@@ -62,6 +63,8 @@ def models(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> dict
     out["deepseek2-mla"] = write_deepseek2_mla(d / "deepseek2-mla.gguf")
     out["qwen35"] = write_qwen35(d / "qwen35.gguf")
     out["qwen35-q4_k_m"] = quantize(out["qwen35"], d / "qwen35-q4_k_m.gguf", "q4_k_m")
+    out["qwen3moe"] = write_qwen3moe(d / "qwen3moe.gguf")
+    out["qwen3moe-q4_k_m"] = quantize(out["qwen3moe"], d / "qwen3moe-q4_k_m.gguf", "q4_k_m")
     return out
 
 
@@ -96,6 +99,8 @@ CASES = [
     ("deepseek2-mla", 5000, "q8_0/q8_0", 512, True),
     ("qwen35", 4000, "f16/f16", 256, True),
     ("qwen35-q4_k_m", 1000, "q8_0/q8_0", 512, True),
+    ("qwen3moe", 1000, "f16/f16", 512, False),
+    ("qwen3moe-q4_k_m", 2000, "q8_0/q8_0", 256, True),
 ]
 
 

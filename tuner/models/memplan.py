@@ -62,6 +62,9 @@ class ModelLayout:
     n_embd: int
     n_vocab: int
     n_ff: int
+    # Mixture of experts: the experts a token uses and each one's width (0, 0: a dense model)
+    n_expert_used: int
+    n_ff_exp: int
     n_head: tuple[int, ...]  # per layer
     cache: CacheShape  # which layers keep a KV cache or a state, and how wide
     layer_bytes: tuple[int, ...]  # weights of each repeating layer llama.cpp loads
@@ -115,6 +118,10 @@ def layout_of(table: GgufTable) -> ModelLayout:
     cache = cache_shape(v, arch, n_layer, n_embd, n_head_kv, head_k, head_v)
     ff = v.get(f"{arch}.feed_forward_length", 0)
     n_ff = max(ff) if isinstance(ff, list) else int(ff) if isinstance(ff, int) else 0
+    used = _int(v.get(f"{arch}.expert_used_count"), 0)
+    ff_exp = v.get(f"{arch}.expert_feed_forward_length")
+    n_ff_exp = (max(ff_exp) if isinstance(ff_exp, list) and ff_exp else _int(ff_exp, 0)) or (
+        n_ff // used if used else 0)  # qwen3moe.cpp's fallback
     layer_bytes = [0] * n_layer
     input_bytes = output_bytes = skipped = 0
     names = {t.name: t for t in table.tensors}
@@ -140,7 +147,8 @@ def layout_of(table: GgufTable) -> ModelLayout:
     ctx = v.get(f"{arch}.context_length")
     return ModelLayout(
         path=table.path, architecture=arch, n_layer=n_layer, n_embd=n_embd, n_vocab=vocab,
-        n_ff=n_ff, n_head=n_head, cache=cache, layer_bytes=tuple(layer_bytes),
+        n_ff=n_ff, n_expert_used=used, n_ff_exp=n_ff_exp, n_head=n_head, cache=cache,
+        layer_bytes=tuple(layer_bytes),
         skipped_bytes=skipped,
         input_bytes=input_bytes, output_bytes=output_bytes + copy,
         tied_copy_bytes=copy, context_length=ctx if isinstance(ctx, int) else None)
@@ -173,7 +181,8 @@ def compute_bytes(m: ModelLayout, n_ubatch: int, n_ctx: int, flash_attn: bool) -
 
     - output: the logits (n_vocab) and the final hidden state and its norm (2 x n_embd);
     - feed-forward: gate, up and their product (3 x n_ff) beside the residual stream and its
-      norm (4 x n_embd);
+      norm (4 x n_embd); with experts, the used ones' gate, up, product and outputs
+      (n_expert_used x (3 x n_ff_exp + n_embd)) when larger;
     - attention: with flash attention Q/K/V and the residual (4 x n_embd); without it the KQ
       matrix (n_head x n_kv, the softmax in place) beside them (7 x n_embd);
 
@@ -188,7 +197,8 @@ def compute_bytes(m: ModelLayout, n_ubatch: int, n_ctx: int, flash_attn: bool) -
     # bytes per token, alive until the last attention
     mask = n_kv * (2 if flash_attn else 4) * (2 if m.cache.sliding else 1)
     out = 4 * (m.n_vocab + 2 * m.n_embd)
-    ffn = 4 * (3 * m.n_ff + 4 * m.n_embd) + mask
+    ffn = 4 * max(3 * m.n_ff + 4 * m.n_embd,
+                  m.n_expert_used * (3 * m.n_ff_exp + m.n_embd)) + mask
     attn = 4 * (4 * m.n_embd if flash_attn else 7 * m.n_embd + max(m.n_head) * n_kv) + mask
     return n_ubatch * max(out, ffn, attn)
 
