@@ -6,7 +6,10 @@ checked against real CPU loads in tests/test_memplan.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tuner.models.kvshape import cache_shape
+from tuner.models.memplan import read_layout
 
 
 def test_shared_kv_layers_and_sliding_widths_gemma4() -> None:
@@ -67,3 +70,22 @@ def test_plain_llama_header_every_layer_cached() -> None:
     c = cache_shape({}, "llama", 3, 256, (2, 2, 2), 64, 64)
     assert c.k_width == c.v_width == (128,) * 3
     assert c.state_bytes == (0,) * 3 and all(c.loaded) and not c.sliding
+
+
+def test_bool_arrays_are_read_from_a_real_header(tmp_path: Path) -> None:
+    """The header reader keeps the per-layer bool arrays the rules read."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(tmp_path / "arr.gguf", "llama")
+    w.add_block_count(3)
+    w.add_embedding_length(256)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_array("llama.attention.recurrent_layers", [True, False, True])
+    w.add_tensor("token_embd.weight", np.zeros((100, 256), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert read_layout(tmp_path / "arr.gguf").cache.k_width == (0, 128, 0)
