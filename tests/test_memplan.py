@@ -15,7 +15,7 @@ import pytest
 from tuner.evidence.loadfacts import PlacementEvidence
 from tuner.evidence.placement import parse_load_log
 from tuner.models import memplan
-from tuner.models.gguftensors import GgufTable, Tensor, ggml_row_bytes
+from tuner.models.gguftensors import GgufTable, Tensor, ggml_row_bytes, read_table
 from tuner.models.memplan import MIB, Budget, Context, layout_of, place, read_layout
 from tuner.models.modelgen import SHAPES, Shape, _tensors, quantize, write_llama
 
@@ -242,3 +242,28 @@ def test_per_layer_head_counts_are_read(tmp_path: Path) -> None:
     # Without flash attention V is stored transposed, every row as wide as the widest
     assert memplan.kv_bytes_per_token(m, "f16", "f16", flash_attn=False) == (
         128 * 2 + 256 * 2, 0, 2 * 256 * 2)
+
+
+def test_experts_on_the_host_for_a_mixture_of_experts(models: dict[str, Path]) -> None:
+    """A FAKE budget between the qwen3moe file's full offload and its full offload with two
+    layers' experts on the host: the plan names the fewest first layers whose experts (the *_exps tensors
+    llama-server's --n-cpu-moe moves) on the host make every layer fit."""
+    m = read_layout(models["qwen3moe"])
+    exps = [t.nbytes for t in read_table(models["qwen3moe"]).tensors if "_exps." in t.name]
+    assert sum(m.expert_bytes) == sum(exps) and len(exps) == 3 * m.n_layer
+    ctx = Context(n_ctx=2048, n_ubatch=256)
+    whole, one, two = (place(m, -1, ctx, experts_on_host=k) for k in (0, 1, 2))
+    assert one.gpu.weights == whole.gpu.weights - m.expert_bytes[0]
+    assert one.host.weights == whole.host.weights + m.expert_bytes[0]
+    # op offload copies a host layer's experts into the GPU's compute buffer for a batch: one
+    # layer's experts on the host save nothing, two save one layer's
+    assert one.gpu.compute == whole.gpu.compute + m.expert_bytes[0]
+    assert two.gpu.total == whole.gpu.total - m.expert_bytes[1]
+    budget = Budget(free_mib=(two.gpu.total + 1024) / MIB, overhead_mib=0, margin_mib=0)
+    assert whole.gpu.total > budget.usable_bytes >= two.gpu.total
+    assert memplan.fewest_experts_on_host(m, budget, ctx) == 2
+    plan = memplan.make_plan(m, 2048, budget, kv_caches=("f16/f16",), n_ubatches=(256,))
+    assert not plan.fits_full and plan.experts_host == (("f16/f16", 2),)
+    assert "kv f16/f16: K 2), as llama-server's --n-cpu-moe K" in "\n".join(plan.lines())
+    # A dense model has no experts to move
+    assert memplan.fewest_experts_on_host(read_layout(models["a"]), budget, ctx) is None

@@ -49,6 +49,9 @@ PROCESS_OVERHEAD_MIB = 900
 MARGIN_MIB = 256
 PLAN_KV_TYPES = ("f16", "q8_0", "q4_0")
 _LAYER_TENSOR = re.compile(r"^blk\.(\d+)\.")
+# The tensors llama-server's --n-cpu-moe N keeps on the host in blocks 0..N-1 (common.h's
+# LLM_FFN_EXPS_REGEX)
+_EXPERTS = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch)?exps")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class ModelLayout:
     n_head: tuple[int, ...]  # per layer
     cache: CacheShape  # which layers keep a KV cache or a state, and how wide
     layer_bytes: tuple[int, ...]  # weights of each repeating layer llama.cpp loads
+    expert_bytes: tuple[int, ...]  # of which a mixture of experts' expert weights (*_exps)
     skipped_bytes: int  # prediction layers' weights, in the file but not loaded
     input_bytes: int  # token_embd and other input tensors: on the host
     output_bytes: int  # output_norm + output (or the tied copy of token_embd)
@@ -122,7 +126,7 @@ def layout_of(table: GgufTable) -> ModelLayout:
     ff_exp = v.get(f"{arch}.expert_feed_forward_length")
     n_ff_exp = (max(ff_exp) if isinstance(ff_exp, list) and ff_exp else _int(ff_exp, 0)) or (
         n_ff // used if used else 0)  # qwen3moe.cpp's fallback
-    layer_bytes = [0] * n_layer
+    layer_bytes, expert_bytes = [0] * n_layer, [0] * n_layer
     input_bytes = output_bytes = skipped = 0
     names = {t.name: t for t in table.tensors}
     for t in table.tensors:
@@ -131,6 +135,7 @@ def layout_of(table: GgufTable) -> ModelLayout:
             if il < n_layer:
                 if cache.loaded[il]:
                     layer_bytes[il] += t.nbytes
+                    expert_bytes[il] += t.nbytes if _EXPERTS.search(t.name) else 0
                 else:
                     skipped += t.nbytes
                 continue
@@ -148,7 +153,7 @@ def layout_of(table: GgufTable) -> ModelLayout:
     return ModelLayout(
         path=table.path, architecture=arch, n_layer=n_layer, n_embd=n_embd, n_vocab=vocab,
         n_ff=n_ff, n_expert_used=used, n_ff_exp=n_ff_exp, n_head=n_head, cache=cache,
-        layer_bytes=tuple(layer_bytes),
+        layer_bytes=tuple(layer_bytes), expert_bytes=tuple(expert_bytes),
         skipped_bytes=skipped,
         input_bytes=input_bytes, output_bytes=output_bytes + copy,
         tied_copy_bytes=copy, context_length=ctx if isinstance(ctx, int) else None)
@@ -248,8 +253,11 @@ def gpu_layers(m: ModelLayout, n_gpu_layers: int) -> tuple[tuple[int, ...], bool
     return tuple(range(start, m.n_layer)), n >= 1
 
 
-def place(m: ModelLayout, n_gpu_layers: int, ctx: Context) -> Placement:
-    """Bytes per device at ``n_gpu_layers`` with the context ``ctx`` (a CUDA build)."""
+def place(m: ModelLayout, n_gpu_layers: int, ctx: Context,
+          experts_on_host: int = 0) -> Placement:
+    """Bytes per device at ``n_gpu_layers`` with the context ``ctx`` (a CUDA build), and the
+    experts of the first ``experts_on_host`` layers kept on the host (llama-server's
+    ``--n-cpu-moe``: tensor overrides of their ``*_exps`` weights to the CPU)."""
     on_gpu, output = gpu_layers(m, n_gpu_layers)
     gpu_set = set(on_gpu)
     cells = kv_size(ctx.n_ctx)
@@ -257,24 +265,39 @@ def place(m: ModelLayout, n_gpu_layers: int, ctx: Context) -> Placement:
         m, ctx.type_k, ctx.type_v, ctx.flash_attn), m.cache.state_bytes, strict=True)]
     kv_gpu = sum(per_layer[il] for il in on_gpu)
     kv_host = sum(per_layer) - kv_gpu
-    w_gpu = sum(m.layer_bytes[il] for il in on_gpu) + (m.output_bytes if output else 0)
+    moved = [m.expert_bytes[il] for il in on_gpu if il < experts_on_host]
+    w_gpu = sum(m.layer_bytes[il] for il in on_gpu) + (m.output_bytes if output else 0) - sum(moved)
     # The host keeps token_embd (mapped from the file: a tied output on the host shares it).
     w_host = m.input_bytes + sum(m.layer_bytes[il] for il in range(m.n_layer) if il not in gpu_set)
-    w_host += 0 if output else m.output_bytes - m.tied_copy_bytes
+    w_host += (0 if output else m.output_bytes - m.tied_copy_bytes) + sum(moved)
     act = compute_bytes(m, ctx.n_ubatch, ctx.n_ctx, ctx.flash_attn)
     host_layers = [il for il in range(m.n_layer) if il not in gpu_set]
     copy = 0
-    if ctx.op_offload and ctx.n_ubatch >= OP_OFFLOAD_MIN_BATCH and (host_layers or not output):
-        # op offload: a host layer's weights are copied to the GPU for a batch's matmuls
-        copy = max([m.layer_bytes[il] for il in host_layers]
+    if ctx.op_offload and ctx.n_ubatch >= OP_OFFLOAD_MIN_BATCH and (
+            host_layers or moved or not output):
+        # op offload: a host layer's weights (or experts) are copied to the GPU for a batch's
+        # matmuls
+        copy = max([m.layer_bytes[il] for il in host_layers] + moved
                    + ([m.output_bytes] if not output else []))
     # The host's own compute buffer: the token embeddings' rows (get_rows runs on the host)
-    # and, when host layers compute there, their activations.
-    host_act = ctx.n_ubatch * 4 * m.n_embd + (act if host_layers or not output else 0)
+    # and, when host layers or experts compute there, their activations.
+    host_act = ctx.n_ubatch * 4 * m.n_embd + (act if host_layers or moved or not output else 0)
     return Placement(n_gpu_layers=len(on_gpu) + int(output), gpu_layers=on_gpu,
                      output_on_gpu=output,
                      gpu=DeviceUse(w_gpu, kv_gpu, act + copy),
                      host=DeviceUse(w_host, kv_host, host_act))
+
+
+def fewest_experts_on_host(m: ModelLayout, budget: Budget, ctx: Context) -> int | None:
+    """For a mixture of experts: the fewest first layers whose experts, kept on the host, let
+    every layer fit on the GPU (llama-server's ``--n-cpu-moe``); None for a dense model or
+    when even every layer's experts on the host do not make it fit."""
+    if not any(m.expert_bytes):
+        return None
+    for k in range(m.n_layer + 1):
+        if place(m, -1, ctx, experts_on_host=k).gpu.total <= budget.usable_bytes:
+            return k
+    return None
 
 
 @dataclass(frozen=True)
@@ -347,6 +370,9 @@ class MemoryPlan:
     # When it does not fit whole: per cache type (smallest n_ubatch), the largest shorter n_ctx at
     # which it would (0: none), as llama.cpp's --fit would shorten an unset context.
     full_ctx: tuple[tuple[str, int], ...] = field(default=())
+    # A mixture of experts that does not fit whole: per cache type (smallest n_ubatch), the
+    # fewest first layers whose experts on the host let every layer fit (none: no such count).
+    experts_host: tuple[tuple[str, int], ...] = field(default=())
 
     @property
     def fits_full(self) -> bool:
@@ -386,6 +412,13 @@ class MemoryPlan:
             gpu_weights = place(m, -1, Context(n_ctx=CTX_PAD)).gpu.weights / MIB
             out.append("memory plan: the whole model does not fit at any context (its GPU "
                        f"weights alone {gpu_weights:,.0f} MiB, {usable:,.0f} MiB usable)")
+        if self.experts_host:
+            out.append(
+                f"memory plan: a mixture of experts: every layer would fit at n_ctx {self.n_ctx} "
+                "with the experts of its first K layers on the host ("
+                + ", ".join(f"kv {kv}: K {k}" for kv, k in self.experts_host)
+                + "), as llama-server's --n-cpu-moe K places them; tuner moves whole layers "
+                "(llama_cpp.server cannot place single tensors)")
         return out
 
 
@@ -413,10 +446,12 @@ def make_plan(m: ModelLayout, n_ctx: int, budget: Budget,
     plan = MemoryPlan(layout=m, n_ctx=n_ctx, budget=budget, full_gpu_mib=full, rows=tuple(rows))
     if plan.fits_full:
         return plan
-    shorter = []
+    shorter, experts = [], []
     for kv in kv_caches:  # at the smallest n_ubatch planned: the least compute buffer
         tk, tv = kv_pair(kv)
         ctx = Context(n_ctx=n_ctx, type_k=tk, type_v=tv, n_ubatch=min(n_ubatches),
                       flash_attn=tv not in ("f16", "f32", "bf16"))
         shorter.append((kv, most_context(m, budget, ctx, n_ctx)))
-    return dataclasses.replace(plan, full_ctx=tuple(shorter))
+        if (k := fewest_experts_on_host(m, budget, ctx)) is not None:
+            experts.append((kv, k))
+    return dataclasses.replace(plan, full_ctx=tuple(shorter), experts_host=tuple(experts))
