@@ -91,3 +91,34 @@ def test_h200_winner_roofline(tmp_path: Path) -> None:
     assert r.kv_bytes_per_depth_token == pytest.approx(288.0 * 2**20 / 2304)  # 128 KiB
     assert 0.2 < r.bandwidth_share < 0.35
     assert r.parameters is None and r.tflops_share is None  # the model file is not here
+
+
+def test_mixture_of_experts_counts_the_experts_a_token_uses(tmp_path: Path) -> None:
+    """A real CPU sweep of a mixture of experts (tests/arch_models.py's qwen3moe: 8 experts, 4
+    used per token): decoding reads half the expert weights, and a prompt token goes through
+    half the expert parameters, not the whole file."""
+    from gguf import GGUFReader
+
+    from tests.arch_models import write_qwen3moe
+    from tests.cli_run import tuner
+    from tests.spaces import write_space
+    from tuner.models.memplan import read_layout
+
+    model = write_qwen3moe(tmp_path / "moe.gguf")
+    proc = tuner("sweep", "--model", model, "--device", "cpu",
+                 "--space", write_space(tmp_path / "space.yaml"), "--prompt-tokens", 32,
+                 "--gen-tokens", 4, "--repetitions", 1, "--results", tmp_path / "results",
+                 "--out", tmp_path / "configs" / "production.yaml", "--study", "moe",
+                 "--finalist-rounds", 0)
+    assert proc.returncode == 0, proc.stderr
+    rec = next(r for r in records_of(default_storage(tmp_path / "results"), "moe") if r.usable)
+    r = roofline(rec, peak_bandwidth_gbs=50, peak_tflops=2)
+    layout = read_layout(model)
+    assert layout.experts_unused_share == 0.5
+    assert r.weight_bytes == pytest.approx(model.stat().st_size - sum(layout.expert_bytes) / 2)
+    assert "it uses 4 of 8 per layer" in r.weight_source
+    exps = sum(int(t.n_elements) for t in GGUFReader(model).tensors if "_exps." in t.name)
+    shape = read_shape(model)
+    assert shape.expert_parameters == exps
+    assert r.parameters == shape.matmul_parameters - exps // 2
+    assert "through the experts a token uses" in r.parameters_source

@@ -5,6 +5,7 @@ reader then keeps the scalars and the short numeric arrays (per-layer head count
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,10 @@ from tuner.models.modelcheck import (
 )
 
 MAX_KEPT_ARRAY = 4096  # numeric arrays up to this length are kept (per-layer values)
+# A mixture of experts' expert weights (all experts of a layer in one 3-D tensor): the
+# tensors llama-server's --n-cpu-moe keeps on the host (common.h's LLM_FFN_EXPS_REGEX), of
+# which a token reads only the experts it uses.
+EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch)?exps")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuner.models.gguftensors import GgufTable, ggml_row_bytes, read_table
+from tuner.models.gguftensors import EXPERT_TENSOR, GgufTable, ggml_row_bytes, read_table
 from tuner.models.kvshape import CacheShape, cache_shape
 
 MIB = 1 << 20
@@ -49,9 +49,7 @@ PROCESS_OVERHEAD_MIB = 900
 MARGIN_MIB = 256
 PLAN_KV_TYPES = ("f16", "q8_0", "q4_0")
 _LAYER_TENSOR = re.compile(r"^blk\.(\d+)\.")
-# The tensors llama-server's --n-cpu-moe N keeps on the host in blocks 0..N-1 (common.h's
-# LLM_FFN_EXPS_REGEX)
-_EXPERTS = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch)?exps")
+
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,9 @@ class ModelLayout:
     n_embd: int
     n_vocab: int
     n_ff: int
-    # Mixture of experts: the experts a token uses and each one's width (0, 0: a dense model)
+    # Mixture of experts: the experts of a layer, those a token uses and each one's width
+    # (0, 0, 0: a dense model)
+    n_expert: int
     n_expert_used: int
     n_ff_exp: int
     n_head: tuple[int, ...]  # per layer
@@ -82,6 +82,13 @@ class ModelLayout:
     def n_offloadable(self) -> int:
         """llama.cpp's count of layers n_gpu_layers refers to: repeating + output."""
         return self.n_layer + 1
+
+    @property
+    def experts_unused_share(self) -> float:
+        """The share of the expert weights a token does not read (0 for a dense model)."""
+        if not self.n_expert or not self.n_expert_used or not any(self.expert_bytes):
+            return 0.0
+        return 1.0 - min(self.n_expert_used, self.n_expert) / self.n_expert
 
     @property
     def file_weights_bytes(self) -> int:
@@ -135,7 +142,7 @@ def layout_of(table: GgufTable) -> ModelLayout:
             if il < n_layer:
                 if cache.loaded[il]:
                     layer_bytes[il] += t.nbytes
-                    expert_bytes[il] += t.nbytes if _EXPERTS.search(t.name) else 0
+                    expert_bytes[il] += t.nbytes if EXPERT_TENSOR.search(t.name) else 0
                 else:
                     skipped += t.nbytes
                 continue
@@ -152,7 +159,7 @@ def layout_of(table: GgufTable) -> ModelLayout:
     ctx = v.get(f"{arch}.context_length")
     return ModelLayout(
         path=table.path, architecture=arch, n_layer=n_layer, n_embd=n_embd, n_vocab=vocab,
-        n_ff=n_ff, n_expert_used=used, n_ff_exp=n_ff_exp, n_head=n_head, cache=cache,
+        n_ff=n_ff, n_expert=_int(v.get(f"{arch}.expert_count"), 0), n_expert_used=used, n_ff_exp=n_ff_exp, n_head=n_head, cache=cache,
         layer_bytes=tuple(layer_bytes), expert_bytes=tuple(expert_bytes),
         skipped_bytes=skipped,
         input_bytes=input_bytes, output_bytes=output_bytes + copy,

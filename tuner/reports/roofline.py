@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from tuner.errors import TunerError
+from tuner.models import memplan
 from tuner.models.ggufshape import ModelShape, read_shape
 from tuner.results.records import TrialRecord
 from tuner.specs import Frozen
@@ -107,16 +108,29 @@ class Roofline(Frozen):
     assumptions: list[str]
 
 
-def _weights(record: TrialRecord) -> tuple[float, str]:
+def _weights(record: TrialRecord, layout: memplan.ModelLayout | None) -> tuple[float, str]:
     """Bytes of weights one decode step reads: the model buffers llama.cpp put on the GPU (from
-    its load log) when the trial ran on CUDA, else the model file's size."""
+    its load log) when the trial ran on CUDA, else the model file's size; of a mixture of
+    experts only the experts a token uses (``layout``: the model's, when its file is here)."""
+    unused = layout.experts_unused_share if layout else 0.0
     model_bufs = record.buffers_mib.get("model") or {}
     on_gpu = sum(v for k, v in model_bufs.items() if k.upper().startswith("CUDA"))
     if record.spec.model.device == "cuda" and on_gpu > 0:
-        return on_gpu * 2**20, (f"the model's buffers on the GPU from llama.cpp's load log "
-                                f"({on_gpu:,.0f} MiB; the token embeddings stay on the CPU)")
+        layers = memplan.gpu_layers(layout, record.spec.model.n_gpu_layers)[0] if layout else ()
+        skip = unused * sum(layout.expert_bytes[il] for il in layers) if layout else 0.0
+        return on_gpu * 2**20 - skip, (
+            f"the model's buffers on the GPU from llama.cpp's load log ({on_gpu:,.0f} MiB; the "
+            f"token embeddings stay on the CPU){_unused(layout, skip)}")
     size = record.environment.model_bytes if record.environment else 0
-    return float(size), f"the model file's size ({size / 2**20:,.0f} MiB)"
+    skip = unused * sum(layout.expert_bytes) if layout else 0.0
+    return float(size) - skip, f"the model file's size ({size / 2**20:,.0f} MiB){_unused(layout, skip)}"
+
+
+def _unused(layout: memplan.ModelLayout | None, skip: float) -> str:
+    if layout is None or not skip:
+        return ""
+    return (f", less the experts a token does not read ({skip / 2**20:,.0f} MiB: it uses "
+            f"{layout.n_expert_used} of {layout.n_expert} per layer)")
 
 
 def _kv_per_token(record: TrialRecord) -> float | None:
@@ -127,7 +141,8 @@ def _kv_per_token(record: TrialRecord) -> float | None:
     return kv * 2**20 / n_ctx if kv and isinstance(n_ctx, int) and n_ctx > 0 else None
 
 
-def _parameters(record: TrialRecord, model_file: Path | None) -> tuple[ModelShape | None, str]:
+def _model_file(record: TrialRecord, model_file: Path | None) -> tuple[Path | None, str]:
+    """The model file to count from, or why there is none."""
     env = record.environment
     path = Path(model_file) if model_file else (Path(env.model_path) if env else None)
     if path is None:
@@ -137,13 +152,31 @@ def _parameters(record: TrialRecord, model_file: Path | None) -> tuple[ModelShap
                       "copy to count them)")
     if model_file is None and env is not None and path.stat().st_size != env.model_bytes:
         return None, f"unavailable: {path} changed since the sweep (its size differs)"
+    return path, ""
+
+
+def _parameters(path: Path | None, why: str,
+                model_file: Path | None) -> tuple[ModelShape | None, str]:
+    if path is None:
+        return None, why
     try:
         shape = read_shape(path)
     except TunerError as e:
         return None, f"unavailable: {e.message}"
     given = " (given with --model-file)" if model_file else ""
+    active = (f", {shape.active_matmul_parameters:,} of them through the experts a token uses"
+              if shape.active_matmul_parameters != shape.matmul_parameters else "")
     return shape, (f"counted from the GGUF header of {path}{given}: {shape.matmul_parameters:,} "
-                   f"in matrix multiplies, {shape.parameters:,} in all")
+                   f"in matrix multiplies{active}, {shape.parameters:,} in all")
+
+
+def _layout(path: Path | None) -> memplan.ModelLayout | None:
+    if path is None:
+        return None
+    try:
+        return memplan.read_layout(path)
+    except (ValueError, TunerError):  # a shape the plan cannot read: no experts known
+        return None
 
 
 def roofline(record: TrialRecord, *, peak_bandwidth_gbs: float | None = None,
@@ -160,15 +193,16 @@ def roofline(record: TrialRecord, *, peak_bandwidth_gbs: float | None = None,
     source = "; ".join(x for x in [*given, peak.source if peak else ""] if x) or (
         f"no peak known for {gpu or 'this device (no GPU recorded)'}: give --peak-bandwidth-gbs "
         "and --peak-tflops")
-    weights, weight_source = _weights(record)
+    path, why = _model_file(record, model_file)
+    weights, weight_source = _weights(record, _layout(path))
     kv = _kv_per_token(record)
     wl = record.workload
     depth = wl.prompt_tokens + max(wl.gen_tokens - 1, 0) / 2
     per_token = weights + (kv or 0.0) * depth
     tg = m.tg_tps.median if m and m.tg_tps else None
     gbs = per_token * tg / 1e9 if tg else None
-    shape, params_source = _parameters(record, model_file)
-    params = shape.matmul_parameters if shape else None
+    shape, params_source = _parameters(path, why, model_file)
+    params = shape.active_matmul_parameters if shape else None
     flops = 2.0 * params if params else None
     pp = m.pp_tps.median if m and m.prompt_tokens else None
     tflops = flops * pp / 1e12 if flops and pp else None
