@@ -24,6 +24,8 @@
 #    llama.cpp's fit). With 8 GiB left a 7-8B Q4_K_M fits whole: the 8 GiB case is
 #    FIT_MODEL=qwen2.5-14b:q4_k_m LEAVE_GIB=8 (its f16 is 27.5 GiB of disk while it is
 #    quantized: the setup checks the disk every model needs first).
+# 4. Unless ARCHS=0, right after the setup: benchmarks/arch_placement.py (the memory plan per
+#    device against real CUDA loads of gemma3, deepseek2-MLA, qwen35 and qwen3moe files).
 #    Issue 30 alone: bash benchmarks/gpu_session.sh start (EVENT_LOOP=1 KNOB_MODEL=... add more)
 #    Issue 31 alone: SERVED_MODELS= bash benchmarks/gpu_session.sh start
 set -uo pipefail
@@ -178,10 +180,17 @@ fit() {  # issue 31: the GPU made small by a process holding its memory
   kill "$hold_pid" 2>/dev/null
 }
 
+archs() {  # the memory plan per device on small files of other architectures (about a minute)
+  phase "arch placement"
+  python3 benchmarks/arch_placement.py --out "$BENCH/archs" > "$BENCH/out/archs.md" \
+    2> "$BENCH/archs.log" || echo "arch placement exit $?" >> "$BENCH/out/archs.md"
+}
+
 run() {
   mkdir -p "$BENCH/out"
   phase setup
   setup || { phase "FAILED setup"; tail -5 "$BENCH"/*.log; return 1; }
+  [ "${ARCHS:-1}" = 0 ] || archs
   [ -z "$KNOB_MODEL" ] || knobs
   served
   [ "$FIT" = 0 ] || fit
@@ -195,6 +204,7 @@ snapshot() {
 }
 
 summary() {
+  [ -f "$BENCH/out/archs.md" ] && { echo "== arch placement (plan per device)"; cat "$BENCH/out/archs.md"; }
   [ -f "$BENCH/out/knobs.log" ] && { echo "== knobs $KNOB_MODEL"; tail -14 "$BENCH/out/knobs.log"; }
   for m in $SERVED_MODELS; do
     local n; n=$(name_of "$m")

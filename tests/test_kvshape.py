@@ -1,4 +1,4 @@
-"""tuner/models/kvshape.py's rules for headers no small file of tests/arch_models.py loads
+"""tuner/models/kvshape.py's rules for headers no small file of tuner/models/archgen.py loads
 (gemma4's shared caches and per-layer sliding widths, hybrids that mark their recurrent
 layers by a 0 KV head count or by a list, LFM2's short convolutions): each against the vendored
 llama.cpp's rule it cites. The loaded architectures (gemma3, deepseek2 with MLA, qwen35) are

@@ -15,16 +15,15 @@ import pytest
 from tuner.evidence.loadfacts import PlacementEvidence
 from tuner.evidence.placement import parse_load_log
 from tuner.models import memplan
-from tuner.models.gguftensors import GgufTable, Tensor, ggml_row_bytes, read_table
-from tuner.models.memplan import MIB, Budget, Context, layout_of, place, read_layout
-from tuner.models.modelgen import SHAPES, Shape, _tensors, quantize, write_llama
-
-from .arch_models import (
+from tuner.models.archgen import (
     write_deepseek2_mla,
     write_gemma3,
     write_qwen3moe,
     write_qwen35,
 )
+from tuner.models.gguftensors import GgufTable, Tensor, ggml_row_bytes, read_table
+from tuner.models.memplan import MIB, Budget, Context, layout_of, place, read_layout
+from tuner.models.modelgen import SHAPES, Shape, _tensors, quantize, write_llama
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Compute buffers: the estimate's measured error (docs/partial-offload.md) is -6% / +6% on CPU
@@ -92,7 +91,7 @@ CASES = [
     ("c", 1000, "q8_0/q8_0", 512, True),
     ("smollm2", 2000, "q8_0/q8_0", 512, True),
     ("smollm2", 700, "f16/f16", 128, False),
-    # Architectures whose caches are not a llama's (tests/arch_models.py)
+    # Architectures whose caches are not a llama's (tuner/models/archgen.py)
     ("gemma3", 3000, "f16/f16", 256, False),
     ("gemma3", 1000, "q8_0/q8_0", 512, True),
     ("deepseek2-mla", 2000, "f16/f16", 256, False),

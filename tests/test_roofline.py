@@ -94,14 +94,14 @@ def test_h200_winner_roofline(tmp_path: Path) -> None:
 
 
 def test_mixture_of_experts_counts_the_experts_a_token_uses(tmp_path: Path) -> None:
-    """A real CPU sweep of a mixture of experts (tests/arch_models.py's qwen3moe: 8 experts, 4
-    used per token): decoding reads half the expert weights, and a prompt token goes through
-    half the expert parameters, not the whole file."""
+    """A real CPU sweep of a mixture of experts (tuner/models/archgen.py's qwen3moe: 8
+    experts, 4 used per token): decoding reads half the expert weights, and a prompt token
+    goes through half the expert parameters, not the whole file."""
     from gguf import GGUFReader
 
-    from tests.arch_models import write_qwen3moe
     from tests.cli_run import tuner
     from tests.spaces import write_space
+    from tuner.models.archgen import write_qwen3moe
     from tuner.models.memplan import read_layout
 
     model = write_qwen3moe(tmp_path / "moe.gguf")

@@ -1,6 +1,7 @@
 """Small real GGUF files of architectures whose caches are not a llama's, written with the
-``gguf`` package (tuner.models.modelgen.write_model) for the memory plan's tests against
-llama.cpp's own loads:
+``gguf`` package (tuner.models.modelgen.write_model), random weights that llama.cpp loads and
+runs: for the memory plan's checks against llama.cpp's own loads (tests/test_memplan.py on the
+CPU, benchmarks/arch_placement.py per device on a GPU):
 
 - gemma3: sliding-window layers (5 of each 6), a head width unlike n_embd / n_head, tied
   embeddings; llama-cpp-python keeps llama.cpp's ``swa_full`` (on): every layer's cache holds
@@ -18,10 +19,12 @@ The tensor names and shapes follow the vendored llama.cpp's loaders (src/models/
 from __future__ import annotations
 
 from pathlib import Path
-
-import gguf
+from typing import TYPE_CHECKING
 
 from tuner.models.modelgen import write_model
+
+if TYPE_CHECKING:
+    import gguf
 
 Layout = list[tuple[str, tuple[int, ...]]]
 N_VOCAB = 600
