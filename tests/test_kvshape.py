@@ -7,9 +7,14 @@ checked against real CPU loads in tests/test_memplan.py."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuner.models.kvshape import cache_shape
 from tuner.models.memplan import read_layout
+from tuner.models.modelgen import write_model
+
+if TYPE_CHECKING:
+    import gguf
 
 
 def test_shared_kv_layers_and_sliding_widths_gemma4() -> None:
@@ -74,18 +79,13 @@ def test_plain_llama_header_every_layer_cached() -> None:
 
 def test_bool_arrays_are_read_from_a_real_header(tmp_path: Path) -> None:
     """The header reader keeps the per-layer bool arrays the rules read."""
-    import gguf
-    import numpy as np
+    def keys(w: gguf.GGUFWriter) -> None:
+        w.add_block_count(3)
+        w.add_embedding_length(256)
+        w.add_head_count(4)
+        w.add_head_count_kv(2)
+        w.add_array("llama.attention.recurrent_layers", [True, False, True])
 
-    w = gguf.GGUFWriter(tmp_path / "arr.gguf", "llama")
-    w.add_block_count(3)
-    w.add_embedding_length(256)
-    w.add_head_count(4)
-    w.add_head_count_kv(2)
-    w.add_array("llama.attention.recurrent_layers", [True, False, True])
-    w.add_tensor("token_embd.weight", np.zeros((100, 256), dtype=np.float16))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    assert read_layout(tmp_path / "arr.gguf").cache.k_width == (0, 128, 0)
+    path = write_model(tmp_path / "arr.gguf", "llama", keys, [("token_embd.weight", (600, 256))],
+                       n_vocab=600, sparse=True)
+    assert read_layout(path).cache.k_width == (0, 128, 0)

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -23,7 +24,10 @@ from tuner.models.archgen import (
 )
 from tuner.models.gguftensors import GgufTable, Tensor, ggml_row_bytes, read_table
 from tuner.models.memplan import MIB, Budget, Context, layout_of, place, read_layout
-from tuner.models.modelgen import SHAPES, Shape, _tensors, quantize, write_llama
+from tuner.models.modelgen import SHAPES, Shape, _tensors, quantize, write_llama, write_model
+
+if TYPE_CHECKING:
+    import gguf
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Compute buffers: the estimate's measured error (docs/partial-offload.md) is -6% / +6% on CPU
@@ -219,20 +223,15 @@ def test_most_layers_per_cache_type_against_a_fake_budget() -> None:
 
 
 def test_per_layer_head_counts_are_read(tmp_path: Path) -> None:
-    import gguf
-    import numpy as np
+    def keys(w: gguf.GGUFWriter) -> None:
+        w.add_block_count(3)
+        w.add_embedding_length(256)
+        w.add_feed_forward_length(512)
+        w.add_head_count(4)
+        w.add_head_count_kv([2, 0, 4])
 
-    w = gguf.GGUFWriter(tmp_path / "arr.gguf", "llama")
-    w.add_block_count(3)
-    w.add_embedding_length(256)
-    w.add_feed_forward_length(512)
-    w.add_head_count(4)
-    w.add_head_count_kv([2, 0, 4])
-    w.add_tensor("token_embd.weight", np.zeros((100, 256), dtype=np.float16))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_model(tmp_path / "arr.gguf", "llama", keys, [("token_embd.weight", (600, 256))],
+                n_vocab=600, sparse=True)
     m = read_layout(tmp_path / "arr.gguf")
     assert m.cache.k_width == m.cache.v_width == (128, 0, 256)
     assert memplan.kv_bytes_per_token(m, "f16", "f16") == (2 * 128 * 2, 0, 2 * 256 * 2)

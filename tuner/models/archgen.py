@@ -30,9 +30,36 @@ Layout = list[tuple[str, tuple[int, ...]]]
 N_VOCAB = 600
 
 
-def _ffn(b: str, n_embd: int, n_ff: int) -> Layout:
-    return [(f"{b}.ffn_norm.weight", (n_embd,)), (f"{b}.ffn_gate.weight", (n_ff, n_embd)),
-            (f"{b}.ffn_up.weight", (n_ff, n_embd)), (f"{b}.ffn_down.weight", (n_embd, n_ff))]
+def _shape_keys(w: gguf.GGUFWriter, name: str, *, n_layer: int, n_embd: int, n_ff: int,
+                n_head: int, n_head_kv: int, head_k: int, head_v: int) -> None:
+    """The keys every writer here sets: its name, the context, widths and head counts."""
+    w.add_name(f"tuner synthetic {name}")
+    w.add_context_length(8192)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_k)
+    w.add_value_length(head_v)
+    w.add_layer_norm_rms_eps(1e-6)
+
+
+def _normed_attention(b: str, n_embd: int, n_head: int, n_head_kv: int, head_dim: int,
+                      q_rows: int | None = None) -> Layout:
+    """Q, K, V and output projections with per-head Q and K norms (gemma3, qwen3 and their
+    kin); ``q_rows``: a wider Q (qwen35's gated query)."""
+    q, kv = n_head * head_dim, n_head_kv * head_dim
+    return [(f"{b}.attn_q.weight", (q_rows or q, n_embd)), (f"{b}.attn_k.weight", (kv, n_embd)),
+            (f"{b}.attn_v.weight", (kv, n_embd)), (f"{b}.attn_output.weight", (n_embd, q)),
+            (f"{b}.attn_q_norm.weight", (head_dim,)), (f"{b}.attn_k_norm.weight", (head_dim,))]
+
+
+def _ffn(b: str, n_embd: int, n_ff: int, norm: bool = True) -> Layout:
+    """A dense gated feed-forward, with its own input norm unless ``norm`` is off."""
+    return [*([(f"{b}.ffn_norm.weight", (n_embd,))] if norm else []),
+            (f"{b}.ffn_gate.weight", (n_ff, n_embd)), (f"{b}.ffn_up.weight", (n_ff, n_embd)),
+            (f"{b}.ffn_down.weight", (n_embd, n_ff))]
 
 
 def write_gemma3(path: Path, *, n_layer: int = 7, n_embd: int = 256, n_head: int = 4,
@@ -40,29 +67,17 @@ def write_gemma3(path: Path, *, n_layer: int = 7, n_embd: int = 256, n_head: int
                  window: int = 256) -> Path:
     """Gemma 3: layers 0-4 slide over ``window`` tokens, layer 5 attends globally (pattern 6)."""
     def keys(w: gguf.GGUFWriter) -> None:
-        w.add_name("tuner synthetic gemma3")
-        w.add_context_length(8192)
-        w.add_embedding_length(n_embd)
-        w.add_block_count(n_layer)
-        w.add_feed_forward_length(n_ff)
-        w.add_head_count(n_head)
-        w.add_head_count_kv(n_head_kv)
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
+        _shape_keys(w, "gemma3", n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head,
+                    n_head_kv=n_head_kv, head_k=head_dim, head_v=head_dim)
         w.add_sliding_window(window)
         w.add_rope_freq_base(1e6)
-        w.add_layer_norm_rms_eps(1e-6)
 
-    q, kv = n_head * head_dim, n_head_kv * head_dim
     layout: Layout = [("token_embd.weight", (N_VOCAB, n_embd))]
     for i in range(n_layer):
         b = f"blk.{i}"
-        layout += [(f"{b}.attn_norm.weight", (n_embd,)), (f"{b}.attn_q.weight", (q, n_embd)),
-                   (f"{b}.attn_k.weight", (kv, n_embd)), (f"{b}.attn_v.weight", (kv, n_embd)),
-                   (f"{b}.attn_output.weight", (n_embd, q)),
+        layout += [(f"{b}.attn_norm.weight", (n_embd,)),
+                   *_normed_attention(b, n_embd, n_head, n_head_kv, head_dim),
                    (f"{b}.post_attention_norm.weight", (n_embd,)),
-                   (f"{b}.attn_k_norm.weight", (head_dim,)),
-                   (f"{b}.attn_q_norm.weight", (head_dim,)),
                    *_ffn(b, n_embd, n_ff), (f"{b}.post_ffw_norm.weight", (n_embd,))]
     layout.append(("output_norm.weight", (n_embd,)))  # no output.weight: tied embeddings
     return write_model(path, "gemma3", keys, layout, n_vocab=N_VOCAB)
@@ -75,20 +90,12 @@ def write_deepseek2_mla(path: Path, *, n_layer: int = 2, n_embd: int = 256, n_he
     kv_lora_rank + rope, value_length kv_lora_rank, one KV head, split k_b / v_b); every
     layer dense (leading_dense_block_count = n_layer), no q LoRA."""
     def keys(w: gguf.GGUFWriter) -> None:
-        w.add_name("tuner synthetic deepseek2 mla")
-        w.add_context_length(8192)
-        w.add_embedding_length(n_embd)
-        w.add_block_count(n_layer)
-        w.add_feed_forward_length(n_ff)
-        w.add_head_count(n_head)
-        w.add_head_count_kv(1)
-        w.add_key_length(kv_lora_rank + rope)
-        w.add_value_length(kv_lora_rank)
+        _shape_keys(w, "deepseek2 mla", n_layer=n_layer, n_embd=n_embd, n_ff=n_ff,
+                    n_head=n_head, n_head_kv=1, head_k=kv_lora_rank + rope, head_v=kv_lora_rank)
         w.add_key_length_mla(nope + rope)
         w.add_value_length_mla(v_head)
         w.add_rope_dimension_count(rope)
         w.add_rope_freq_base(10000.0)
-        w.add_layer_norm_rms_eps(1e-6)
         w.add_leading_dense_block_count(n_layer)
         w.add_q_lora_rank(0)
         w.add_kv_lora_rank(kv_lora_rank)
@@ -120,19 +127,11 @@ def write_qwen35(path: Path, *, n_trunk: int = 4, n_embd: int = 256, n_head: int
     n_all = n_trunk + 1
 
     def keys(w: gguf.GGUFWriter) -> None:
-        w.add_name("tuner synthetic qwen35")
-        w.add_context_length(8192)
-        w.add_embedding_length(n_embd)
-        w.add_block_count(n_all)
-        w.add_feed_forward_length(n_ff)
-        w.add_head_count(n_head)
-        w.add_head_count_kv(n_head_kv)
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
+        _shape_keys(w, "qwen35", n_layer=n_all, n_embd=n_embd, n_ff=n_ff, n_head=n_head,
+                    n_head_kv=n_head_kv, head_k=head_dim, head_v=head_dim)
         w.add_rope_dimension_count(head_dim // 4)
         w.add_rope_dimension_sections([head_dim // 8, head_dim // 16, head_dim // 16, 0])
         w.add_rope_freq_base(1e7)
-        w.add_layer_norm_rms_eps(1e-6)
         w.add_full_attention_interval(interval)
         w.add_ssm_conv_kernel(d_conv)
         w.add_ssm_inner_size(value_dim)
@@ -141,20 +140,14 @@ def write_qwen35(path: Path, *, n_trunk: int = 4, n_embd: int = 256, n_head: int
         w.add_ssm_group_count(n_group)
         w.add_nextn_predict_layers(1)
 
-    def attention(b: str) -> Layout:
-        return [(f"{b}.attn_q.weight", (2 * n_head * head_dim, n_embd)),
-                (f"{b}.attn_k.weight", (n_head_kv * head_dim, n_embd)),
-                (f"{b}.attn_v.weight", (n_head_kv * head_dim, n_embd)),
-                (f"{b}.attn_output.weight", (n_embd, n_head * head_dim)),
-                (f"{b}.attn_q_norm.weight", (head_dim,)), (f"{b}.attn_k_norm.weight", (head_dim,))]
-
     layout: Layout = [("token_embd.weight", (N_VOCAB, n_embd))]
     for i in range(n_all):
         b = f"blk.{i}"
         layout += [(f"{b}.attn_norm.weight", (n_embd,)),
                    (f"{b}.post_attention_norm.weight", (n_embd,))]
         if i >= n_trunk or (i + 1) % interval == 0:
-            layout += attention(b)
+            layout += _normed_attention(b, n_embd, n_head, n_head_kv, head_dim,
+                                        q_rows=2 * n_head * head_dim)
         else:
             layout += [(f"{b}.attn_qkv.weight", (key_dim * 2 + value_dim, n_embd)),
                        (f"{b}.attn_gate.weight", (value_dim, n_embd)),
@@ -164,8 +157,7 @@ def write_qwen35(path: Path, *, n_trunk: int = 4, n_embd: int = 256, n_head: int
                        (f"{b}.ssm_alpha.weight", (n_v_heads, n_embd)),
                        (f"{b}.ssm_norm.weight", (d_state,)),
                        (f"{b}.ssm_out.weight", (n_embd, value_dim))]
-        layout += [(f"{b}.ffn_gate.weight", (n_ff, n_embd)), (f"{b}.ffn_up.weight", (n_ff, n_embd)),
-                   (f"{b}.ffn_down.weight", (n_embd, n_ff))]
+        layout += _ffn(b, n_embd, n_ff, norm=False)  # post_attention_norm is its input norm
         if i >= n_trunk:
             layout += [(f"{b}.nextn.eh_proj.weight", (n_embd, 2 * n_embd)),
                        (f"{b}.nextn.enorm.weight", (n_embd,)),
@@ -181,31 +173,19 @@ def write_qwen3moe(path: Path, *, n_layer: int = 2, n_embd: int = 256, n_head: i
     """Qwen3-MoE: every layer's feed-forward ``n_expert`` experts of width ``n_ff_exp``,
     ``n_expert_used`` per token; ``feed_forward_length`` as small as the converter may write."""
     def keys(w: gguf.GGUFWriter) -> None:
-        w.add_name("tuner synthetic qwen3moe")
-        w.add_context_length(8192)
-        w.add_embedding_length(n_embd)
-        w.add_block_count(n_layer)
-        w.add_feed_forward_length(n_ff)
-        w.add_head_count(n_head)
-        w.add_head_count_kv(n_head_kv)
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
+        _shape_keys(w, "qwen3moe", n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head,
+                    n_head_kv=n_head_kv, head_k=head_dim, head_v=head_dim)
         w.add_rope_dimension_count(head_dim)
         w.add_rope_freq_base(1e6)
-        w.add_layer_norm_rms_eps(1e-6)
         w.add_expert_count(n_expert)
         w.add_expert_used_count(n_expert_used)
         w.add_expert_feed_forward_length(n_ff_exp)
 
-    q, kv = n_head * head_dim, n_head_kv * head_dim
     layout: Layout = [("token_embd.weight", (N_VOCAB, n_embd))]
     for i in range(n_layer):
         b = f"blk.{i}"
-        layout += [(f"{b}.attn_norm.weight", (n_embd,)), (f"{b}.attn_q.weight", (q, n_embd)),
-                   (f"{b}.attn_k.weight", (kv, n_embd)), (f"{b}.attn_v.weight", (kv, n_embd)),
-                   (f"{b}.attn_output.weight", (n_embd, q)),
-                   (f"{b}.attn_k_norm.weight", (head_dim,)),
-                   (f"{b}.attn_q_norm.weight", (head_dim,)),
+        layout += [(f"{b}.attn_norm.weight", (n_embd,)),
+                   *_normed_attention(b, n_embd, n_head, n_head_kv, head_dim),
                    (f"{b}.ffn_norm.weight", (n_embd,)),
                    (f"{b}.ffn_gate_inp.weight", (n_expert, n_embd)),
                    (f"{b}.ffn_gate_exps.weight", (n_expert, n_ff_exp, n_embd)),
