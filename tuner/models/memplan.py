@@ -51,7 +51,6 @@ PLAN_KV_TYPES = ("f16", "q8_0", "q4_0")
 _LAYER_TENSOR = re.compile(r"^blk\.(\d+)\.")
 
 
-
 @dataclass(frozen=True)
 class ModelLayout:
     """What the plan needs of a model: per-layer weights and attention shape, the weights
@@ -159,9 +158,9 @@ def layout_of(table: GgufTable) -> ModelLayout:
     ctx = v.get(f"{arch}.context_length")
     return ModelLayout(
         path=table.path, architecture=arch, n_layer=n_layer, n_embd=n_embd, n_vocab=vocab,
-        n_ff=n_ff, n_expert=_int(v.get(f"{arch}.expert_count"), 0), n_expert_used=used, n_ff_exp=n_ff_exp, n_head=n_head, cache=cache,
-        layer_bytes=tuple(layer_bytes), expert_bytes=tuple(expert_bytes),
-        skipped_bytes=skipped,
+        n_ff=n_ff, n_expert=_int(v.get(f"{arch}.expert_count"), 0), n_expert_used=used,
+        n_ff_exp=n_ff_exp, n_head=n_head, cache=cache, layer_bytes=tuple(layer_bytes),
+        expert_bytes=tuple(expert_bytes), skipped_bytes=skipped,
         input_bytes=input_bytes, output_bytes=output_bytes + copy,
         tied_copy_bytes=copy, context_length=ctx if isinstance(ctx, int) else None)
 
