@@ -1,6 +1,7 @@
 """How close a trial came to the hardware's limits: generation speed as a share of the GPU's
-peak memory bandwidth (decoding one token reads every weight and the KV cache so far) and
-prompt speed as a share of its peak tensor throughput (about 2 FLOPs per parameter per token).
+peak memory bandwidth (decoding one token reads every weight and the KV cache so far; of a
+mixture of experts, the experts it uses) and prompt speed as a share of its peak tensor
+throughput (about 2 FLOPs per parameter per token, the used experts' for a mixture).
 
 Peaks come from a table keyed by the GPU name NVML reports, with the public spec sheet named for
 each; ``--peak-bandwidth-gbs`` / ``--peak-tflops`` override them (or supply them for a CPU).
@@ -207,7 +208,7 @@ def roofline(record: TrialRecord, *, peak_bandwidth_gbs: float | None = None,
     pp = m.pp_tps.median if m and m.prompt_tokens else None
     tflops = flops * pp / 1e12 if flops and pp else None
     assumptions = [
-        f"generation reads every weight once per token: {weight_source}",
+        f"generation reads every weight it uses once per token: {weight_source}",
         (f"plus the KV cache up to the mean generation depth ({depth:,.0f} tokens) at "
          f"{kv:,.0f} bytes per token of depth (KV buffers over n_ctx from the load log)"
          if kv else "KV cache reads not counted (no KV buffer sizes in the record)"),
