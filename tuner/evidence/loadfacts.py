@@ -40,6 +40,8 @@ class PlacementEvidence(Frozen):
     model_buffers_mib: dict[str, float] = Field(default_factory=dict)
     kv_buffers_mib: dict[str, float] = Field(default_factory=dict)
     compute_buffers_mib: dict[str, float] = Field(default_factory=dict)
+    # A recurrent model's (or a hybrid's recurrent layers') state ("RS buffer size"), per device
+    state_buffers_mib: dict[str, float] = Field(default_factory=dict)
     flash_attn: str | None = None
     n_ctx: int | None = None
     n_batch: int | None = None

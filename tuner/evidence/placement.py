@@ -36,7 +36,7 @@ from tuner.specs import Frozen, TrialSpec, Workload
 # The CUDA backend's device lines: index, name and, where printed, the compute capability.
 _LAYER = re.compile(r"^\s*layer\s+(\d+) assigned to device ([^\s,]+)")
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
-_BUFFER = re.compile(r"^\s*(\S+)\s+(model |KV |compute )?buffer size\s*=\s*([\d.]+) MiB")
+_BUFFER = re.compile(r"^\s*(\S+)\s+(model |KV |compute |RS )?buffer size\s*=\s*([\d.]+) MiB")
 _KV_LAYER = re.compile(r"^\s*layer\s+(\d+): dev = (\S+)")
 _KV_TYPES = re.compile(r"K \((\w+)\):.*V \((\w+)\):")
 _CTX_INT = re.compile(r"^\s*(n_ctx|n_batch|n_ubatch)\s*=\s*(\d+)\s*$")
@@ -78,6 +78,7 @@ class _LoadLogReader:
     model_buf: dict[str, float] = field(default_factory=dict)
     kv_buf: dict[str, float] = field(default_factory=dict)
     compute_buf: dict[str, float] = field(default_factory=dict)
+    state_buf: dict[str, float] = field(default_factory=dict)
     ctx: dict[str, int] = field(default_factory=dict)
     offloaded: tuple[int, int] | None = None
     flash: str | None = None
@@ -92,6 +93,7 @@ class _LoadLogReader:
         if colon:
             self._load_line(head, rest)
         claimed = bool(colon) and (self._tensors_line(head, rest) or self._kv_cache_line(head, rest)
+                                   or self._state_line(head, rest)
                                    or self._context_line(head, rest))
         if not claimed:
             self._device_or_buffer_line(line, bool(colon), rest)
@@ -135,12 +137,20 @@ class _LoadLogReader:
             self.kv_types = (m.group(1).lower(), m.group(2).lower())
         return True
 
+    def _state_line(self, head: str, rest: str) -> bool:
+        """A recurrent state's buffer (llama_memory_recurrent: "CUDA0 RS buffer size")."""
+        if not head.startswith("llama_memory_recurrent"):
+            return False
+        if (m := _BUFFER.match(rest)) and m.group(2) == "RS ":
+            _add(self.state_buf, m.group(1), m.group(3))
+        return True
+
     def _context_line(self, head: str, rest: str) -> bool:
         """A new context (its evidence starts over), its sizes and flash attention setting."""
         if head not in _CONTEXT_HEADS:
             return False
         if "constructing llama_context" in rest:
-            self.kv_layers, self.kv_buf, self.compute_buf = {}, {}, {}
+            self.kv_layers, self.kv_buf, self.compute_buf, self.state_buf = {}, {}, {}, {}
             self.ctx, self.flash, self.kv_types = {}, None, None
         elif m := _CTX_INT.match(rest):
             self.ctx[m.group(1)] = int(m.group(2))
@@ -178,6 +188,7 @@ class _LoadLogReader:
             model_buffers_mib=self.model_buf,
             kv_buffers_mib=self.kv_buf,
             compute_buffers_mib=self.compute_buf,
+            state_buffers_mib=self.state_buf,
             flash_attn=self.flash,
             n_ctx=self.ctx.get("n_ctx"),
             n_batch=self.ctx.get("n_batch"),
@@ -276,7 +287,10 @@ def _cuda_reasons(ev: PlacementEvidence, ex: Expectation, flags: BuildFlags | No
     for name, mib in sorted(ev.kv_buffers_mib.items()):
         if full and not off_kv and mib > 0 and not is_cuda_device(name):
             out.append(f"a {mib:.2f} MiB KV buffer on {name}, not on the GPU")
-    if not kv and not ev.kv_buffers_mib:
+    for name, mib in sorted(ev.state_buffers_mib.items()):
+        if full and mib > 0 and not is_cuda_device(name):
+            out.append(f"a {mib:.2f} MiB recurrent-state buffer on {name}, not on the GPU")
+    if not kv and not ev.kv_buffers_mib and not ev.state_buffers_mib:
         out.append("no KV cache placement in the log")
     return out
 
@@ -307,7 +321,8 @@ def _cpu_reasons(ev: PlacementEvidence) -> list[str]:
     if off_kv := {i: d for i, d in ev.kv_layer_devices.items() if not is_cpu_device(d)}:
         out.append(f"KV cache of {len(off_kv)} of {len(ev.kv_layer_devices)} layers on "
                    f"{_where(off_kv)}, expected CPU")
-    for kind, buffers in (("KV", ev.kv_buffers_mib), ("compute", ev.compute_buffers_mib)):
+    for kind, buffers in (("KV", ev.kv_buffers_mib), ("compute", ev.compute_buffers_mib),
+                          ("recurrent-state", ev.state_buffers_mib)):
         for name, mib in sorted(buffers.items()):
             if mib > 0 and is_cuda_device(name):
                 out.append(f"a {mib:.2f} MiB {kind} buffer on {name}: the GPU still takes part "
@@ -345,8 +360,10 @@ def _size_reasons(ev: PlacementEvidence, ex: Expectation) -> list[str]:
 
 def _context_reasons(ev: PlacementEvidence, ex: Expectation) -> list[str]:
     out: list[str] = _size_reasons(ev, ex)
+    # A recurrent model keeps no KV cache (only a state): no cache type to show
+    stateful = bool(ev.state_buffers_mib) and not ev.kv_buffers_mib and ev.kv_types is None
     for half, want, index in (("K", ex.type_k, 0), ("V", ex.type_v, 1)):
-        if want is None:
+        if want is None or stateful:
             continue
         if ev.kv_types is None:
             out.append(f"the log does not show the {half} cache type (expected {want})")
@@ -401,6 +418,8 @@ def summarize(evidence: PlacementEvidence, build: BuildFlags | None = None) -> s
         kv = "KV cache on " + ", ".join(f"{d} ({n} layers)" for d, n in _gpu_first(kv_counts))
     elif evidence.kv_buffers_mib:
         kv = "KV cache on " + ", ".join(sorted(evidence.kv_buffers_mib))
+    elif evidence.state_buffers_mib:
+        kv = "no KV cache, recurrent state on " + ", ".join(sorted(evidence.state_buffers_mib))
     else:
         kv = "KV cache not in the log"
     return f"{layers}, {kv}, build {variant_of(flags) if flags else 'unknown'}"

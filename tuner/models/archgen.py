@@ -193,3 +193,32 @@ def write_qwen3moe(path: Path, *, n_layer: int = 2, n_embd: int = 256, n_head: i
                    (f"{b}.ffn_up_exps.weight", (n_expert, n_ff_exp, n_embd))]
     layout += [("output_norm.weight", (n_embd,)), ("output.weight", (N_VOCAB, n_embd))]
     return write_model(path, "qwen3moe", keys, layout, n_vocab=N_VOCAB)
+
+
+def write_mamba(path: Path, *, n_layer: int = 2, n_embd: int = 256, d_conv: int = 4,
+                d_state: int = 16, dt_rank: int = 16) -> Path:
+    """Mamba: every layer a selective state space, no attention and no KV cache at all (its
+    converter writes 0 heads); d_inner 2 x n_embd, the only expansion llama.cpp takes."""
+    d_inner = 2 * n_embd
+
+    def keys(w: gguf.GGUFWriter) -> None:
+        _shape_keys(w, "mamba", n_layer=n_layer, n_embd=n_embd, n_ff=0, n_head=0,
+                    n_head_kv=0, head_k=0, head_v=0)
+        w.add_ssm_conv_kernel(d_conv)
+        w.add_ssm_inner_size(d_inner)
+        w.add_ssm_state_size(d_state)
+        w.add_ssm_time_step_rank(dt_rank)
+
+    layout: Layout = [("token_embd.weight", (N_VOCAB, n_embd))]
+    for i in range(n_layer):
+        b = f"blk.{i}"
+        layout += [(f"{b}.attn_norm.weight", (n_embd,)),
+                   (f"{b}.ssm_in.weight", (2 * d_inner, n_embd)),
+                   (f"{b}.ssm_conv1d.weight", (d_inner, d_conv)),
+                   (f"{b}.ssm_conv1d.bias", (d_inner,)),
+                   (f"{b}.ssm_x.weight", (dt_rank + 2 * d_state, d_inner)),
+                   (f"{b}.ssm_dt.weight", (d_inner, dt_rank)), (f"{b}.ssm_dt.bias", (d_inner,)),
+                   (f"{b}.ssm_a", (d_inner, d_state)), (f"{b}.ssm_d", (d_inner,)),
+                   (f"{b}.ssm_out.weight", (n_embd, d_inner))]
+    layout += [("output_norm.weight", (n_embd,)), ("output.weight", (N_VOCAB, n_embd))]
+    return write_model(path, "mamba", keys, layout, n_vocab=N_VOCAB)

@@ -165,6 +165,15 @@ def layout_of(table: GgufTable) -> ModelLayout:
         tied_copy_bytes=copy, context_length=ctx if isinstance(ctx, int) else None)
 
 
+def keeps_kv_cache(path: str | Path) -> bool:
+    """Whether any layer of the model at ``path`` keeps a KV cache (not so for a recurrent
+    model such as Mamba); a header the plan cannot read is taken to."""
+    try:
+        return any(read_layout(path).cache.k_width)
+    except ValueError:
+        return True
+
+
 def read_layout(path: str | Path) -> ModelLayout:
     """``layout_of`` the GGUF at ``path`` (a bad file: BadModel; an unreadable shape: ValueError)."""
     return layout_of(read_table(path))

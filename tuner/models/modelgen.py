@@ -87,7 +87,7 @@ SHAPES: dict[str, Shape] = {
 DTYPES = {"f32": (np.float32, 0), "f16": (np.float16, 1)}  # numpy type, general.file_type
 BLOCK = (1 << 20) + 17  # random values per tile; odd so that rows of a matrix differ
 SPECIAL = ["<unk>", "<s>", "</s>"]
-F32_MATRICES = ("ssm_conv1d.weight",)
+F32_MATRICES = ("ssm_conv1d.weight", ".ssm_a")
 
 
 def _pieces() -> Iterator[str]:

@@ -138,10 +138,20 @@ def thread_counts() -> list[int]:
 DEFAULT_KV_CACHES = ("f16/f16", "q8_0/q8_0")
 
 
-def default_space(device: Device, builds: list[str], gpu_layers: tuple[int, ...] = ()) -> Space:
+def default_space(device: Device, builds: list[str], gpu_layers: tuple[int, ...] = (),
+                  attention: bool = True) -> Space:
     """The built-in space. ``gpu_layers``: the layer counts of a model that does not fit at
     full offload (tuner/search/offload.py): the space searches them, with the cache types
-    (q8_0 frees room), n_ubatch, flash attention and the CPU threads that compute the rest."""
+    (q8_0 frees room), n_ubatch, flash attention and the CPU threads that compute the rest.
+    ``attention`` False: no layer keeps a KV cache (a recurrent model such as Mamba): the cache
+    type and flash attention change nothing there, so each keeps its default alone."""
+    space = _default_space(device, builds, gpu_layers)
+    if attention:
+        return space
+    return space.model_copy(update={"kv_cache": [DEFAULT_KV_CACHES[0]], "flash_attn": [False]})
+
+
+def _default_space(device: Device, builds: list[str], gpu_layers: tuple[int, ...]) -> Space:
     threads = thread_counts()
     if device == "cuda" and gpu_layers:
         # The most layers first: the first trials (the baseline's group) then run where the host

@@ -20,6 +20,7 @@ from tuner.deploy.prodconfig import check_out
 from tuner.errors import BadInput
 from tuner.machine.interrupt import critical
 from tuner.machine.writable import check_writable_folder
+from tuner.models import memplan
 from tuner.models.modelcheck import check_model
 from tuner.results.deathcauses import causes_of, dying_alike
 from tuner.results.records import Environment, TrialRecord
@@ -139,6 +140,10 @@ class Sweep(Finish):
         if self.info.context_length and self.wl.n_ctx > self.info.context_length:
             raise BadInput(f"n_ctx {self.wl.n_ctx} is above the model's trained context "
                            f"{self.info.context_length}")
+        self.attention = memplan.keeps_kv_cache(self.info.path)
+        if not self.attention and not opts.space:
+            self.later.append("the model keeps no KV cache (a recurrent model): the default "
+                              "space leaves the cache type and flash attention at their defaults")
         self.space_file = load_space(opts.space) if opts.space else None
         if self.space_file is not None:
             check_batch_memory(self.space_file, self.info.n_vocab, physical_memory())
@@ -163,7 +168,7 @@ class Sweep(Finish):
         self.fit, lines = offload.prepare(Path(self.info.path), self.wl, self.opts.max_vram_mib) \
             if self.opts.device == "cuda" else (None, [])
         if self.fit is None:
-            self.later = lines
+            self.later.extend(lines)
         for line in lines if self.fit is not None else []:
             self.events.note(line)
 
@@ -221,7 +226,8 @@ class Sweep(Finish):
 
     def plan_of(self, probes: dict[str, BuildProbe]) -> tuple[Space, list[TrialSpec]]:
         fit, device = self.fit, self.opts.device
-        space = self.space_file or default_space(device, list(probes), fit.layers if fit else ())
+        space = self.space_file or default_space(device, list(probes), fit.layers if fit else (),
+                                                 attention=self.attention)
         return space, offload.keep_fitting(fit, grid(
             space, device, self.wl, lambda b, k, v: fa_supports(probes[b].flags, k, v)), self.wl)
 

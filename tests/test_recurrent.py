@@ -1,0 +1,83 @@
+"""A recurrent model (Mamba: a state per layer, no attention, no KV cache at all) tuned end to
+end: its load log's recurrent-state buffer is the placement evidence where a KV cache would be,
+the cache type is not asked of a log that has no cache, and the default space does not search
+the cache type or flash attention, which change nothing there. Before, every trial of such a
+model was unverified ("the log does not show the K cache type") and no config was written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli_run import tuner
+from tuner.evidence.placement import Expectation, parse_load_log, verify
+from tuner.models import memplan
+from tuner.models.archgen import write_mamba
+from tuner.search.space import default_space
+
+CUDA_LOG = (Path(__file__).parent / "fixtures" / "cuda-h100-full-offload.log").read_text()
+LOAD = """
+import sys
+from llama_cpp import Llama
+Llama(model_path=sys.argv[1], n_ctx=1024, n_ubatch=256, n_gpu_layers=0, verbose=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def mamba(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_mamba(tmp_path_factory.mktemp("mamba") / "mamba.gguf")
+
+
+def test_a_real_cpu_load_shows_the_state_and_is_verified(mamba: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", LOAD, str(mamba)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ev = parse_load_log(proc.stderr)
+    assert ev.kv_buffers_mib == {} and ev.kv_types is None
+    state = sum(memplan.read_layout(mamba).cache.state_bytes) / memplan.MIB
+    assert ev.state_buffers_mib["CPU"] == pytest.approx(state, abs=0.01)
+    verdict = verify(ev, Expectation(device="cpu", type_k="f16", type_v="f16"))
+    assert verdict.verified, verdict.reasons
+    assert "no KV cache, recurrent state on CPU" in verdict.summary
+
+
+def _state_instead_of_kv(device: str) -> str:
+    """The real CUDA full-offload log with its KV cache lines replaced by the one line a
+    recurrent model's memory prints instead (llama-memory-recurrent.cpp), on ``device``."""
+    text = re.sub(r"llama_kv_cache: .*\n", "", CUDA_LOG)
+    return text.replace("llama_context: n_ctx_seq", f"llama_memory_recurrent: {device:>10} RS "
+                        "buffer size =     2.50 MiB\nllama_context: n_ctx_seq", 1)
+
+
+def test_cuda_state_on_the_gpu_or_not() -> None:
+    """EDITED FIXTURE: the real H100 log, its KV lines swapped for a recurrent state's."""
+    assert "llama_memory_recurrent" in _state_instead_of_kv("CUDA0")
+    cuda = Expectation(device="cuda", type_k="f16", type_v="f16")
+    on_gpu = verify(parse_load_log(_state_instead_of_kv("CUDA0")), cuda)
+    assert on_gpu.verified, on_gpu.reasons
+    on_host = verify(parse_load_log(_state_instead_of_kv("CPU")), cuda)
+    assert on_host.reasons == ["a 2.50 MiB recurrent-state buffer on CPU, not on the GPU"]
+
+
+def test_no_cache_type_or_flash_attention_searched_without_a_kv_cache() -> None:
+    for device in ("cpu", "cuda"):
+        plain, recurrent = (default_space(device, ["installed"], attention=a)
+                            for a in (True, False))
+        assert len(plain.kv_cache) > 1 and plain.flash_attn == [False, True]
+        assert recurrent.kv_cache == ["f16/f16"] and recurrent.flash_attn == [False]
+        assert recurrent.n_batch == plain.n_batch and recurrent.n_ubatch == plain.n_ubatch
+
+
+def test_a_recurrent_model_is_tuned_and_its_config_written(mamba: Path, tmp_path: Path) -> None:
+    out = tmp_path / "configs" / "production.yaml"
+    proc = tuner("sweep", "--model", mamba, "--device", "cpu", "--prompt-tokens", 64,
+                 "--gen-tokens", 8, "--repetitions", 1, "--trials", 2, "--finalist-rounds", 0,
+                 "--results", tmp_path / "results", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout + proc.stderr
+    assert "the model keeps no KV cache (a recurrent model)" in text
+    assert "no KV cache, recurrent state on CPU" in text and out.is_file()
