@@ -1,6 +1,6 @@
 """The memory plan per device against llama.cpp's own loads, for the architectures whose caches
 are not a llama's (tuner/models/archgen.py: sliding windows, MLA, a hybrid with recurrent
-layers and a prediction layer, a mixture of experts). tests/test_memplan.py checks the totals
+layers and a prediction layer, a mixture of experts, a recurrent model). tests/test_memplan.py checks the totals
 on the CPU; on a GPU this checks what each device holds at several n_gpu_layers: the weights
 (the output layer first, the rest from the last layer down), the KV cache and recurrent state
 on their layer's device, and the compute buffers.
@@ -28,6 +28,7 @@ from tuner.models import memplan  # noqa: E402
 from tuner.models.archgen import (  # noqa: E402
     write_deepseek2_mla,
     write_gemma3,
+    write_mamba,
     write_qwen3moe,
     write_qwen35,
 )
@@ -42,7 +43,7 @@ Llama(model_path=path, n_gpu_layers=ngl, n_ctx=n_ctx, n_batch=ub, n_ubatch=ub,
 """
 _RS = re.compile(r"(\S+) RS buffer size =\s*([\d.]+) MiB")
 WRITERS = {"gemma3": write_gemma3, "deepseek2-mla": write_deepseek2_mla,
-           "qwen35": write_qwen35, "qwen3moe": write_qwen3moe}
+           "qwen35": write_qwen35, "qwen3moe": write_qwen3moe, "mamba": write_mamba}
 
 
 def load(path: Path, ngl: int, n_ctx: int, n_ubatch: int) -> dict[str, dict[str, float]]:

@@ -25,7 +25,8 @@
 #    FIT_MODEL=qwen2.5-14b:q4_k_m LEAVE_GIB=8 (its f16 is 27.5 GiB of disk while it is
 #    quantized: the setup checks the disk every model needs first).
 # 4. Unless ARCHS=0, right after the setup: benchmarks/arch_placement.py (the memory plan per
-#    device against real CUDA loads of gemma3, deepseek2-MLA, qwen35 and qwen3moe files).
+#    device against real CUDA loads of gemma3, deepseek2-MLA, qwen35, qwen3moe and mamba
+#    files), then a one-setting sweep of each (benchmarks/spaces/arch-one.yaml).
 #    Issue 30 alone: bash benchmarks/gpu_session.sh start (EVENT_LOOP=1 KNOB_MODEL=... add more)
 #    Issue 31 alone: SERVED_MODELS= bash benchmarks/gpu_session.sh start
 set -uo pipefail
@@ -180,10 +181,20 @@ fit() {  # issue 31: the GPU made small by a process holding its memory
   kill "$hold_pid" 2>/dev/null
 }
 
-archs() {  # the memory plan per device on small files of other architectures (about a minute)
+archs() {  # small files of other architectures (a few minutes): the memory plan per device,
+  # then one-setting sweeps of each (proofs, op report, served phase, config) on CUDA
   phase "arch placement"
   python3 benchmarks/arch_placement.py --out "$BENCH/archs" > "$BENCH/out/archs.md" \
     2> "$BENCH/archs.log" || echo "arch placement exit $?" >> "$BENCH/out/archs.md"
+  local f n
+  for f in "$BENCH"/archs/*.gguf; do
+    n=$(basename "$f" .gguf)
+    python3 -m tuner sweep --model "$f" --space benchmarks/spaces/arch-one.yaml \
+      --prompt-tokens 512 --gen-tokens 64 --no-build --results "$BENCH/results-arch-$n" \
+      --out "$BENCH/out/arch-$n/production.yaml" --builds builds > "$BENCH/out/arch-sweep-$n.log" 2>&1
+    echo "| $n | sweep exit $? | $(grep -E '^(verified|no production config)' "$BENCH/out/arch-sweep-$n.log" \
+      | head -1 | cut -c1-150) |" >> "$BENCH/out/archs.md"
+  done
 }
 
 run() {
