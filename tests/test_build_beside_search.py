@@ -152,7 +152,8 @@ def test_the_search_runs_beside_the_build_and_the_decision_after_it(
         calls.append(len(probes))
         return [CPU] if "cpu" not in probes else []
 
-    def one_setting_per_build(device: str, builds: list[str], gpu_layers: tuple[int, ...] = ()) -> Space:
+    def one_setting_per_build(device: str, builds: list[str], gpu_layers: tuple[int, ...] = (),
+                              attention: bool = True) -> Space:
         return Space(builds=builds, n_gpu_layers=[0], n_batch=[64], n_ubatch=[64],
                      flash_attn=[False], kv_cache=["f16/f16"], n_threads=[2])
 
@@ -191,7 +192,8 @@ def test_a_build_that_cannot_be_made_leaves_the_search_on_the_builds_there_are(
         """A FAKE build_variant on a machine without network: the source cannot be fetched."""
         raise EnvironmentUnfit("could not download the llama-cpp-python sdist (no network)")
 
-    def one_setting_per_build(device: str, builds: list[str], gpu_layers: tuple[int, ...] = ()) -> Space:
+    def one_setting_per_build(device: str, builds: list[str], gpu_layers: tuple[int, ...] = (),
+                              attention: bool = True) -> Space:
         return Space(builds=builds, n_gpu_layers=[0], n_batch=[64], n_ubatch=[64],
                      flash_attn=[False], kv_cache=["f16/f16"], n_threads=[2])
 
