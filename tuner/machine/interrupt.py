@@ -5,13 +5,19 @@ reaches the whole process group): the parent kills them, so no worker prints a t
 
 from __future__ import annotations
 
+import _thread
+import logging  # noqa: F401  (its fork hooks first: ours must enclose them, see below)
+import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
 MESSAGE = "interrupted: run the same command to resume"
+RESEND_AFTER_S = 0.01  # a signal held during a fork's hooks is sent again this much later
 
 
 class Interrupted(BaseException):
@@ -23,7 +29,8 @@ class Interrupted(BaseException):
 
 
 _critical = 0  # nesting depth of storage operations in progress (main thread)
-_pending: list[int] = []  # a signal that came during one, raised when it ends
+_forking = 0  # forks in progress (any thread) whose Python fork hooks are running
+_pending: list[int] = []  # a signal that came during one of those, raised when it ends
 
 
 @contextmanager
@@ -61,30 +68,64 @@ def _raise_for(signum: int) -> BaseException:
     return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
 
 
-def _raise_term(signum: int, _frame: object) -> None:
-    raise Interrupted(signum)
+def _on_signal(signum: int, _frame: object) -> None:
+    """Raise the signal's exception, unless a storage operation or a fork is in progress: then
+    it waits for that to end."""
+    if _critical or _forking:
+        _pending[:] = [signum]
+        return
+    raise _raise_for(signum)
+
+
+# A fork with Python fork hooks (subprocess with preexec_fn, which tuner's children use to die
+# with it) runs logging's hooks in the parent; an exception raised there is printed ("Exception
+# ignored in: <function _releaseLock>") and dropped: a SIGTERM that landed in that window was
+# lost and `tuner verify` ran on to its end (exit 3, not 143). Ours are registered after
+# logging's, so they enclose them (before-hooks run last-registered first, after-hooks in
+# order): a signal that comes between them waits, and is sent again once the fork is done.
+def _before_fork() -> None:
+    global _forking
+    _forking += 1
+
+
+def _after_fork_in_parent() -> None:
+    global _forking
+    _forking -= 1
+    if not _forking and not _critical and _pending:
+        # Sent from another thread a moment later: sent from here, its handler would run in
+        # this hook at once (pthread_kill checks for signals on return) and be dropped again.
+        _thread.start_new_thread(_send_later, (threading.main_thread().ident, _pending.pop()))
+
+
+def _send_later(thread_id: int | None, signum: int) -> None:
+    time.sleep(RESEND_AFTER_S)
+    signal.pthread_kill(thread_id or 0, signum)
+
+
+def _after_fork_in_child() -> None:
+    global _forking
+    _forking = 0
+    _pending.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 
 def raise_on_sigterm() -> None:
     """The command's first step: SIGTERM raises Interrupted from here on (Python's default
     would end the process at once, with no line), also while the command line is imported
     and in commands that run outside ``terminable``."""
-    signal.signal(signal.SIGTERM, _raise_term)
+    signal.signal(signal.SIGTERM, _on_signal)
 
 
 @contextmanager
 def terminable() -> Iterator[None]:
     """SIGINT and SIGTERM raise KeyboardInterrupt / Interrupted inside the block (Python's
     default for SIGTERM would end the process at once, skipping the hand-back), deferred to the
-    end of a ``critical`` storage operation when one is in progress."""
-    def on_signal(signum: int, _frame: object) -> None:
-        if _critical:
-            _pending[:] = [signum]
-            return
-        raise _raise_for(signum)
-
-    old_term = signal.signal(signal.SIGTERM, on_signal)
-    old_int = signal.signal(signal.SIGINT, on_signal)
+    end of a ``critical`` storage operation or of a fork's hooks when one is in progress."""
+    old_term = signal.signal(signal.SIGTERM, _on_signal)
+    old_int = signal.signal(signal.SIGINT, _on_signal)
     try:
         yield
     finally:
