@@ -24,7 +24,7 @@
 #    llama.cpp's fit). With 8 GiB left a 7-8B Q4_K_M fits whole: the 8 GiB case is
 #    FIT_MODEL=qwen2.5-14b:q4_k_m LEAVE_GIB=8 (its f16 is 27.5 GiB of disk while it is
 #    quantized: the setup checks the disk every model needs first).
-# 4. Unless ARCHS=0, right after the setup: benchmarks/arch_placement.py (the memory plan per
+# 4. Unless ARCHS=0, last: benchmarks/arch_placement.py (the memory plan per
 #    device against real CUDA loads of gemma3, deepseek2-MLA, qwen35, qwen3moe and mamba
 #    files), then a one-setting sweep of each (benchmarks/spaces/arch-one.yaml).
 #    Issue 30 alone: bash benchmarks/gpu_session.sh start (EVENT_LOOP=1 KNOB_MODEL=... add more)
@@ -201,10 +201,11 @@ run() {
   mkdir -p "$BENCH/out"
   phase setup
   setup || { phase "FAILED setup"; tail -5 "$BENCH"/*.log; return 1; }
-  [ "${ARCHS:-1}" = 0 ] || archs
   [ -z "$KNOB_MODEL" ] || knobs
   served
   [ "$FIT" = 0 ] || fit
+  # last: the issues' phases keep their figures if the lease ends during this one
+  [ "${ARCHS:-1}" = 0 ] || archs
   phase done
 }
 
