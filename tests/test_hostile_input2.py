@@ -242,6 +242,54 @@ def test_url_of_a_plain_http_server_is_one_short_line(deployment: Path, tmp_path
     assert len(line) < 200
 
 
+# FAKE streams: llama-server ends a stream it cannot finish with an error event (run 31: a
+# random-weight gemma3 file on CUDA; the JSON of a sampled piece failed, type_error.316), which
+# cannot be produced on demand from a real server. Each reply starts like a real one: 200, SSE.
+GOOD = {"choices": [{"text": "a", "index": 0, "finish_reason": None}]}
+STREAMS = {
+    "error": ([GOOD, {"error": {"code": 500, "message": "[json.exception.type_error.316] "
+                                "invalid UTF-8 byte at index 98: 0xC0", "type": "server_error"}}],
+              "the service streamed an error: [json.exception.type_error.316] invalid UTF-8"),
+    "not json": ([GOOD, "{truncated"], "streamed what is not a JSON object: '{truncated'"),
+    "usage alone": ([{"choices": [], "usage": {"completion_tokens": 0}}],
+                    "streamed no completion chunk"),
+}
+
+
+def _streaming(events: list[Any]) -> type[http.server.BaseHTTPRequestHandler]:
+    class Stream(_PlainHTTP):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            for e in events:
+                data = e if isinstance(e, str) else json.dumps(e)
+                self.wfile.write(f"data: {data}\n\n".encode())
+            if not any(isinstance(e, dict) and "error" in e for e in events):
+                self.wfile.write(b"data: [DONE]\n\n")
+    return Stream
+
+
+@pytest.mark.parametrize("kind", sorted(STREAMS))
+def test_a_stream_that_breaks_off_is_one_short_line(deployment: Path, tmp_path: Path,
+                                                    kind: str) -> None:
+    events, expected = STREAMS[kind]
+    server = http.server.HTTPServer(("127.0.0.1", 0), _streaming(events))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = damaged(deployment, tmp_path / "d")
+        proc = tuner("verify", config, "--url", f"http://127.0.0.1:{server.server_address[1]}",
+                     "--requests", 1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    line = one_line_error(proc)
+    assert expected in line, line
+    assert "KeyError" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 # -- every float option: finite numbers only (item 11) --------------------------------------
 
 @pytest.mark.parametrize("args", [

@@ -173,9 +173,14 @@ def _timed_request(client: httpx.Client, base: str, body: dict[str, Any]) -> dic
                                        f"{_reply_line(reply)}")
             for data in _events(reply.iter_lines()):
                 now = time.perf_counter()
+                if "error" in data:
+                    raise EnvironmentUnfit(f"the service streamed an error: {_error_line(data)}")
+                choices = data.get("choices")
+                if not choices:
+                    continue  # a chunk of usage or timings alone, after the last token
                 first = first if first is not None else now
                 last = now
-                finish = data["choices"][0].get("finish_reason") or finish
+                finish = choices[0].get("finish_reason") or finish
     except httpx.HTTPError as e:
         raise EnvironmentUnfit(f"cannot reach the service at {base}: {e}") from None
     if first is None or last is None:
@@ -196,6 +201,13 @@ def _reply_line(reply: httpx.Response) -> str:
     return first[:200]
 
 
+def _error_line(data: dict[str, Any]) -> str:
+    """An error event (``{"error": {"message": ...}}`` or ``{"error": "..."}``) as one line."""
+    err = data["error"]
+    text = err.get("message", err) if isinstance(err, dict) else err
+    return " ".join(str(text).split())[:200]
+
+
 def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
     for line in lines:
         if not line.startswith("data:"):
@@ -203,4 +215,11 @@ def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         payload = line[5:].strip()
         if payload == "[DONE]":
             return
-        yield json.loads(payload)
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise EnvironmentUnfit(f"the service streamed what is not a JSON object: "
+                                   f"{payload[:120]!r}")
+        yield data
