@@ -96,6 +96,6 @@ def test_no_reading_no_verdict(long_model: Path, monkeypatch: pytest.MonkeyPatch
     if gpumem.free_mib(0) is not None:
         pytest.skip("this machine reads a GPU's free memory")
     monkeypatch.setenv(offload.FAKE_HOST_ENV, "1")
-    ctxmemory.check_context_memory(long_model, 1 << 23, ["f16/f16"], "cuda", None)
+    ctxmemory.check_context_memory(memplan.read_layout(long_model), 1 << 23, ["f16/f16"], "cuda", None)
     with pytest.raises(ctxmemory.BadInput, match="needs a KV cache"):
-        ctxmemory.check_context_memory(long_model, 1 << 23, ["f16/f16"], "cpu", None)
+        ctxmemory.check_context_memory(memplan.read_layout(long_model), 1 << 23, ["f16/f16"], "cpu", None)

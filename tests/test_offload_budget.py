@@ -189,7 +189,8 @@ def test_the_first_trials_gpu_peak_calibrates_the_sweeps_plan(
     monkeypatch.setenv(FAKE_FREE_ENV, "8192")
     monkeypatch.setenv(offload.FAKE_HOST_ENV, "65536")
     wl = Workload(prompt_tokens=32, gen_tokens=4, n_ctx=64, repetitions=2, warmup=0)
-    fake_fit, _ = offload.prepare(sparse_7b, Workload(prompt_tokens=2048, gen_tokens=128), None)
+    fake_fit, _ = offload.prepare(memplan.read_layout(sparse_7b),
+                                  Workload(prompt_tokens=2048, gen_tokens=128), None)
     assert fake_fit is not None and fake_fit.partial
 
     def plan_memory(self: run.Sweep) -> None:  # FAKE: the 7B's plan for the tiny model's sweep

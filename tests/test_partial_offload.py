@@ -23,6 +23,7 @@ from tuner.worker.gpumem import FAKE_FREE_ENV
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PARTIAL = (FIXTURES / "cuda-partial-offload-ngl20.log").read_text()
+DEFAULT_WL = Workload(prompt_tokens=2048, gen_tokens=128)  # the product's default workload
 NGL20 = Expectation(device="cuda", n_gpu_layers=20, type_k="f16", type_v="f16",
                     flash_attn=True, n_ctx=4096, n_ubatch=512)
 
@@ -93,7 +94,7 @@ def test_plan_and_default_space_when_the_model_does_not_fit(
     monkeypatch.setenv(FAKE_FREE_ENV, "8192")
     monkeypatch.setenv(offload.FAKE_HOST_ENV, "65536")
     wl = Workload(prompt_tokens=2048, gen_tokens=128)
-    op, lines = offload.prepare(sparse_7b, wl, None)
+    op, lines = offload.prepare(memplan.read_layout(sparse_7b), wl, None)
     assert op is not None and op.partial
     at512 = {r.kv: r.most_layers for r in op.plan.rows if r.n_ubatch == 512}
     assert 0 < at512["f16/f16"] <= at512["q8_0/q8_0"] < 29
@@ -162,7 +163,7 @@ def test_a_trials_gpu_peak_calibrates_the_plan(sparse_7b: Path,
     monkeypatch.setenv(FAKE_FREE_ENV, "8192")
     monkeypatch.setenv(offload.FAKE_HOST_ENV, "65536")
     wl = Workload(prompt_tokens=2048, gen_tokens=128)
-    op, _ = offload.prepare(sparse_7b, wl, None)
+    op, _ = offload.prepare(memplan.read_layout(sparse_7b), wl, None)
     assert op is not None and op.partial and op.measured_overhead_mib is None
     top = op.plan.best_layers()  # the plan's most that fit (op.layers has the probe above it)
     spec = TrialSpec(model=ModelSettings(build="installed", device="cuda", n_gpu_layers=top),
@@ -201,13 +202,13 @@ def test_host_too_small_for_its_share_is_refused(sparse_7b: Path,
     monkeypatch.setenv(FAKE_FREE_ENV, "8192")
     monkeypatch.setenv(offload.FAKE_HOST_ENV, "2048")
     with pytest.raises(EnvironmentUnfit, match="the host has 2,048 MiB available"):
-        offload.prepare(sparse_7b, Workload(prompt_tokens=2048, gen_tokens=128), None)
+        offload.prepare(memplan.read_layout(sparse_7b), DEFAULT_WL, None)
 
 
 def test_a_model_that_fits_keeps_the_full_offload_space(
         sparse_7b: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(FAKE_FREE_ENV, "140000")
-    op, lines = offload.prepare(sparse_7b, Workload(prompt_tokens=2048, gen_tokens=128), None)
+    op, lines = offload.prepare(memplan.read_layout(sparse_7b), DEFAULT_WL, None)
     assert op is not None and not op.partial and "fits at full offload (29/29" in lines[-1]
     assert default_space("cuda", ["installed"], op.layers).n_gpu_layers == [-1]
 
@@ -328,7 +329,7 @@ def test_plan_says_at_what_context_the_whole_model_would_fit(
     full = memplan.place(layout, -1, q4(2176)).gpu.total / memplan.MIB
     base = memplan.Budget(free_mib=0)
     monkeypatch.setenv(FAKE_FREE_ENV, f"{full + base.overhead_mib + base.margin_mib - 10:.0f}")
-    op, lines = offload.prepare(sparse_7b, wl, None)
+    op, lines = offload.prepare(memplan.read_layout(sparse_7b), wl, None)
     assert op is not None and op.partial
     ctx = dict(op.plan.full_ctx)["q4_0/q4_0"]
     assert 0 < ctx < 2176 and ctx % 256 == 0
@@ -338,7 +339,7 @@ def test_plan_says_at_what_context_the_whole_model_would_fit(
     assert ("whole model would fit at a shorter context (n_ubatch 256): " in "\n".join(lines)
             and f"n_ctx up to {ctx:,} with kv q4_0/q4_0" in "\n".join(lines))
     monkeypatch.setenv(FAKE_FREE_ENV, "8192")
-    _, lines = offload.prepare(sparse_7b, wl, None)
+    _, lines = offload.prepare(memplan.read_layout(sparse_7b), wl, None)
     assert any("the whole model does not fit at any context" in ln for ln in lines)
 
 
@@ -354,7 +355,7 @@ def test_the_plans_boundary_against_the_loads_the_search_made(
     monkeypatch.setenv(FAKE_FREE_ENV, "8192")
     monkeypatch.setenv(offload.FAKE_HOST_ENV, "65536")
     wl = Workload(prompt_tokens=2048, gen_tokens=128)
-    op, _ = offload.prepare(sparse_7b, wl, None)
+    op, _ = offload.prepare(memplan.read_layout(sparse_7b), wl, None)
     assert op is not None and op.partial
     q8 = {"n_ubatch": 512, "flash_attn": True, "type_k": "q8_0", "type_v": "q8_0",
           "workload": wl}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuner.models.ggufheader import _fail, _Header, _open, _q
-from tuner.models.gguftensors import EXPERT_TENSOR
+from tuner.models.gguftensors import EXPERT_TENSOR, experts_used_share
 from tuner.models.modelcheck import MAX_DIMS, MAX_NAME_BYTES, _counts, _key_values, _magic_and_version
 from tuner.specs import Frozen
 
@@ -60,9 +60,8 @@ def read_shape(path: str | Path) -> ModelShape:
     arch = values.get("general.architecture")
     arch = arch if isinstance(arch, str) else None
     layers = values.get(f"{arch}.block_count")
-    count, used = (values.get(f"{arch}.{k}") for k in ("expert_count", "expert_used_count"))
-    share = (min(used, count) / count if isinstance(count, int) and isinstance(used, int)
-             and count > 0 and used > 0 else 1.0)
+    share = experts_used_share(values.get(f"{arch}.expert_count"),
+                               values.get(f"{arch}.expert_used_count"))
     return ModelShape(
         path=str(path), size_bytes=size, architecture=arch, parameters=total,
         matmul_parameters=total - embd if has_output else total,

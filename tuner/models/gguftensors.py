@@ -31,6 +31,15 @@ MAX_KEPT_ARRAY = 4096  # numeric arrays up to this length are kept (per-layer va
 EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch)?exps")
 
 
+def experts_used_share(n_expert: object, n_expert_used: object) -> float:
+    """The share of a layer's experts one token goes through (``expert_used_count`` over
+    ``expert_count``); 1.0 for a dense model or keys that are not positive integers."""
+    def positive(n: object) -> int:
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
+    count, used = positive(n_expert), positive(n_expert_used)
+    return min(used, count) / count if count and used else 1.0
+
+
 @dataclass(frozen=True)
 class Tensor:
     """One tensor of the file: its name, ggml type name (``Q4_K``), shape, and bytes."""

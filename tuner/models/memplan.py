@@ -28,7 +28,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuner.models.gguftensors import EXPERT_TENSOR, GgufTable, ggml_row_bytes, read_table
+from tuner.models.gguftensors import (
+    EXPERT_TENSOR,
+    GgufTable,
+    experts_used_share,
+    ggml_row_bytes,
+    read_table,
+)
 from tuner.models.kvshape import CacheShape, cache_shape
 
 MIB = 1 << 20
@@ -85,9 +91,9 @@ class ModelLayout:
     @property
     def experts_unused_share(self) -> float:
         """The share of the expert weights a token does not read (0 for a dense model)."""
-        if not self.n_expert or not self.n_expert_used or not any(self.expert_bytes):
+        if not any(self.expert_bytes):
             return 0.0
-        return 1.0 - min(self.n_expert_used, self.n_expert) / self.n_expert
+        return 1.0 - experts_used_share(self.n_expert, self.n_expert_used)
 
     @property
     def file_weights_bytes(self) -> int:
@@ -165,18 +171,23 @@ def layout_of(table: GgufTable) -> ModelLayout:
         tied_copy_bytes=copy, context_length=ctx if isinstance(ctx, int) else None)
 
 
-def keeps_kv_cache(path: str | Path) -> bool:
-    """Whether any layer of the model at ``path`` keeps a KV cache (not so for a recurrent
-    model such as Mamba); a header the plan cannot read is taken to."""
-    try:
-        return any(read_layout(path).cache.k_width)
-    except ValueError:
-        return True
+def keeps_kv_cache(layout: ModelLayout | None) -> bool:
+    """Whether any layer keeps a KV cache (not so for a recurrent model such as Mamba); a
+    model whose shape the plan cannot read (None) is taken to."""
+    return layout is None or any(layout.cache.k_width)
 
 
 def read_layout(path: str | Path) -> ModelLayout:
     """``layout_of`` the GGUF at ``path`` (a bad file: BadModel; an unreadable shape: ValueError)."""
     return layout_of(read_table(path))
+
+
+def layout_or_none(path: str | Path) -> ModelLayout | None:
+    """``read_layout``, or None for a shape the plan cannot read (a bad file: BadModel)."""
+    try:
+        return read_layout(path)
+    except ValueError:
+        return None
 
 
 def kv_size(n_ctx: int) -> int:

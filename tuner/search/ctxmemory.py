@@ -10,7 +10,6 @@ against the host's available memory plus, for a CUDA sweep, the GPU's free memor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from tuner.errors import BadInput
 from tuner.models import memplan
@@ -41,14 +40,14 @@ def room_mib(device: str, max_vram_mib: float | None) -> tuple[float, str] | Non
                         "memory free")
 
 
-def check_context_memory(model: Path, n_ctx: int, kv_caches: Sequence[str], device: str,
+def check_context_memory(layout: memplan.ModelLayout | None, n_ctx: int,
+                         kv_caches: Sequence[str], device: str,
                          max_vram_mib: float | None) -> None:
     """Refuse (BadInput) an ``n_ctx`` whose KV cache, at the least memory of ``kv_caches``,
-    is above the memory that could hold it."""
-    try:
-        layout = memplan.read_layout(model)
-    except ValueError:
-        return  # a shape the plan cannot read: no verdict
+    is above the memory that could hold it (no ``layout``, a shape the plan cannot read: no
+    verdict)."""
+    if layout is None:
+        return
     kv = min(kv_caches, key=lambda k: kv_bytes(layout, n_ctx, k))
     need = kv_bytes(layout, n_ctx, kv) / MIB
     room = room_mib(device, max_vram_mib)

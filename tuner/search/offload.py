@@ -99,17 +99,14 @@ def _tops(plan: MemoryPlan) -> dict[str, int]:
     return tops
 
 
-def plan_model(model: Path, wl: Workload, max_vram_mib: float | None,
+def plan_model(layout: memplan.ModelLayout | None, wl: Workload, max_vram_mib: float | None,
                main_gpu: int = 0) -> MemoryPlan | None:
-    """The memory plan of ``model`` at the workload's context on this GPU, or None without a
-    free-memory reading (no NVIDIA driver) or for a model shape the plan cannot read. Read
-    before the sweep starts any worker: the free memory is then the sweep's to use."""
+    """The memory plan of the model at the workload's context on this GPU, or None without a
+    free-memory reading (no NVIDIA driver) or for a model shape the plan cannot read (no
+    ``layout``). Read before the sweep starts any worker: the free memory is then the
+    sweep's to use."""
     free = gpumem.free_mib(main_gpu)
-    if free is None:
-        return None
-    try:
-        layout = memplan.read_layout(model)
-    except ValueError:
+    if free is None or layout is None:
         return None
     return memplan.make_plan(layout, wl.n_ctx, Budget(free_mib=free, max_vram_mib=max_vram_mib))
 
@@ -166,11 +163,12 @@ def check_host(op: OffloadPlan, wl: Workload) -> str:
     return line
 
 
-def prepare(model: Path, wl: Workload, max_vram_mib: float | None,
+def prepare(layout: memplan.ModelLayout | None, wl: Workload, max_vram_mib: float | None,
             main_gpu: int = 0) -> tuple[OffloadPlan | None, list[str]]:
-    """The plan and the lines the sweep prints first; the host checked when layers stay on
-    it. None (and a line saying why) without a free-memory reading."""
-    plan = plan_model(model, wl, max_vram_mib, main_gpu)
+    """The plan of the model laid out as ``layout`` (``memplan.layout_or_none``) and the
+    lines the sweep prints first; the host checked when layers stay on it. None (and a line
+    saying why) without a free-memory reading or a layout."""
+    plan = plan_model(layout, wl, max_vram_mib, main_gpu)
     if plan is None:
         return None, ["memory plan: none (no GPU free-memory reading, or a model shape the "
                       "plan cannot read)"]

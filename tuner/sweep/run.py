@@ -140,14 +140,15 @@ class Sweep(Finish):
         if self.info.context_length and self.wl.n_ctx > self.info.context_length:
             raise BadInput(f"n_ctx {self.wl.n_ctx} is above the model's trained context "
                            f"{self.info.context_length}")
-        self.attention = memplan.keeps_kv_cache(self.info.path)
+        self.layout = memplan.layout_or_none(self.info.path)  # read once: the checks and the plan
+        self.attention = memplan.keeps_kv_cache(self.layout)
         if not self.attention and not opts.space:
             self.later.append("the model keeps no KV cache (a recurrent model): the default "
                               "space leaves the cache type and flash attention at their defaults")
         self.space_file = load_space(opts.space) if opts.space else None
         if self.space_file is not None:
             check_batch_memory(self.space_file, self.info.n_vocab, physical_memory())
-        check_context_memory(Path(self.info.path), self.wl.n_ctx,
+        check_context_memory(self.layout, self.wl.n_ctx,
                              self.space_file.kv_cache if self.space_file else DEFAULT_KV_CACHES,
                              opts.device, opts.max_vram_mib)
         self.study = check_study_name(opts.study or default_study(self.info, opts.device, self.wl))
@@ -165,7 +166,7 @@ class Sweep(Finish):
         make the default space of a model that does not fit whole (tuner/search/offload.py).
         Its absence (no GPU reading) is said once the builds are probed, so that a machine
         that cannot run a CUDA sweep at all hears only why (one error line)."""
-        self.fit, lines = offload.prepare(Path(self.info.path), self.wl, self.opts.max_vram_mib) \
+        self.fit, lines = offload.prepare(self.layout, self.wl, self.opts.max_vram_mib) \
             if self.opts.device == "cuda" else (None, [])
         if self.fit is None:
             self.later.extend(lines)
