@@ -18,10 +18,11 @@
 #    carried as a Python 3.12 wheel in wheels/, against asyncio's loop).
 # 3. Issue 31 (by default only when SERVED_MODELS is empty; FIT=1 / FIT=0 say otherwise): a
 #    process holds all but $LEAVE_GIB GiB of the GPU; `tuner doctor --model`; a default sweep
-#    of $FIT_MODEL ($FIT_ARGS: more sweep options, default --offload-budget 720 to leave the
+#    of $FIT_MODEL ($FIT_ARGS: more sweep options, default --offload-budget 600 to leave the
 #    compare room in the lease; empty: the product's 900 s budget); benchmarks/partial_offload.py
-#    compare (the plan's boundary against llama-bench's, llama-bench over the searched layers,
-#    llama.cpp's fit). With 8 GiB left a 7-8B Q4_K_M fits whole: the 8 GiB case is
+#    compare (the plan's boundary against llama-bench's; llama-bench at that boundary, at the
+#    winner's layers and at the winner's own setting; llama.cpp's fit), then `tuner verify` of
+#    both written services from another directory, still under the hold. With 8 GiB left a 7-8B Q4_K_M fits whole: the 8 GiB case is
 #    FIT_MODEL=qwen2.5-14b:q4_k_m LEAVE_GIB=8 (its f16 is 27.5 GiB of disk while it is
 #    quantized: the setup checks the disk every model needs first).
 # 4. Unless ARCHS=0, last: benchmarks/arch_placement.py (the memory plan per
@@ -41,8 +42,9 @@ KNOB_MODEL=${KNOB_MODEL-}  # e.g. qwen3-8b:q4_k_m: benchmarks/llamaserver_knobs.
 KNOB_ARGS=${KNOB_ARGS---n-batch 2048 --n-ubatch 1024 --flash-attn --threads 4}
 FIT_MODEL=${FIT_MODEL:-qwen3-8b:q4_k_m}
 LEAVE_GIB=${LEAVE_GIB:-4}
-# A lease is 30 minutes: setup about 7, this sweep, the compare about 4, the machine's start 2.
-FIT_ARGS=${FIT_ARGS---offload-budget 720}
+# A lease is 30 minutes: the machine's start 2-5, setup about 8, this sweep, the compare about 5,
+# the two verifies 2.
+FIT_ARGS=${FIT_ARGS---offload-budget 600}
 # The fit phase runs by default only in a lease of its own (no served models): both need more
 # than one lease's 30 minutes, and more disk than the machine's 64 GiB at once.
 if [ -z "${FIT:-}" ]; then if [ -z "$SERVED_MODELS" ]; then FIT=1; else FIT=0; fi; fi
@@ -178,6 +180,15 @@ fit() {  # issue 31: the GPU made small by a process holding its memory
   python3 benchmarks/partial_offload.py compare --model "$(path_of "$m")" \
     --results "$BENCH/results-fit" --bench "$BENCH/bench" --out "$BENCH/out" \
     --sweep-log "$BENCH/out/fit-sweep.log" > "$BENCH/out/fit-compare.md" 2> "$BENCH/compare.log"
+  # last, still under the hold: the written services, started from another directory
+  mkdir -p "$BENCH/elsewhere"
+  for target in production.yaml production.llama-server.args; do
+    [ -f "$BENCH/out/fit/$target" ] || continue
+    phase "fit verify $target"
+    (cd "$BENCH/elsewhere" && python3 -m tuner verify "$BENCH/out/fit/$target" --requests 3 \
+      > "$BENCH/out/fit-verify-$target.log" 2>&1
+     echo "verify exit $?" >> "$BENCH/out/fit-verify-$target.log")
+  done
   kill "$hold_pid" 2>/dev/null
 }
 
@@ -229,7 +240,10 @@ summary() {
     done
   done
   [ -f "$BENCH/out/fit-sweep.log" ] && { echo "== fit $FIT_MODEL"; tail -6 "$BENCH/out/fit-sweep.log";
-    cat "$BENCH/out/fit-compare.md" 2>/dev/null | tail -15; }
+    cat "$BENCH/out/fit-compare.md" 2>/dev/null | tail -20
+    for f in "$BENCH/out"/fit-verify-*.log; do
+      [ -f "$f" ] && echo "$(basename "$f"): $(grep -E '^(verified|error):|verify exit' "$f" | tr '\n' ' ')"
+    done; }
 }
 
 case "${1:-}" in

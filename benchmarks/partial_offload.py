@@ -54,11 +54,11 @@ def _env(bench: Path) -> dict[str, str]:
 
 
 def _run(bench: Path, model: Path, ngl: int, tk: str, fa: int | str, test: list[str],
-         reps: int, extra: list[str] | None = None) -> list[dict] | None:
+         reps: int, extra: list[str] | None = None, ub: int = 512) -> list[dict] | None:
     """One llama-bench invocation; its JSON rows, or None when it could not load or run."""
     env = _env(bench)
     cmd = [str(bench / "bin" / "llama-bench"), "-m", str(model), *test, "-ngl", str(ngl),
-           "-ctk", tk, "-ctv", tk, "-fa", str(fa), "-b", "2048", "-ub", "512", "-r", str(reps),
+           "-ctk", tk, "-ctv", tk, "-fa", str(fa), "-b", "2048", "-ub", str(ub), "-r", str(reps),
            *(extra or []), "-o", "json"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
@@ -81,12 +81,12 @@ PROBE = ["-p", "0", "-n", "1", "-d", str(PROMPT)]
 
 
 def _bench(bench: Path, model: Path, ngl: int, tk: str, fa: int | str,
-           extra: list[str] | None = None) -> dict | None:
-    pp = _run(bench, model, ngl, tk, fa, PP, 2, extra)
-    tg = _run(bench, model, ngl, tk, fa, TG, 2, extra) if pp else None
+           extra: list[str] | None = None, ub: int = 512) -> dict | None:
+    pp = _run(bench, model, ngl, tk, fa, PP, 2, extra, ub)
+    tg = _run(bench, model, ngl, tk, fa, TG, 2, extra, ub) if pp else None
     if not pp or not tg:
         return None
-    out: dict = {"ngl": ngl, "kv": tk, "fa": fa, "pp_tps": pp[0].get("avg_ts"),
+    out: dict = {"ngl": ngl, "kv": tk, "fa": fa, "ub": ub, "pp_tps": pp[0].get("avg_ts"),
                  "tg_tps": tg[0].get("avg_ts")}
     if out["pp_tps"] and out["tg_tps"]:
         out["request_s"] = PROMPT / out["pp_tps"] + GEN / out["tg_tps"]
@@ -183,10 +183,9 @@ def compare(a: argparse.Namespace) -> int:
         measured = _boundary(a.bench, a.model, after or predicted, tk, fa, layout.n_offloadable)
         bounds[tk] = {"predicted": predicted, "calibrated": after, "measured": measured,
                       "gpu_mib_predicted": memplan.place(layout, predicted, ctx).gpu.total / 2**20}
-        # Lean (device time is scarce): the measured boundary, 2 and 4 below it where the
-        # sweep searched them, and the sweep's winner's count.
-        near = {measured, measured - 2, measured - 4} & set(searched) | {measured} \
-            if measured is not None else set()
+        # Lean (device time is scarce): the measured boundary (more layers on the GPU were
+        # faster at every step run 29 measured) and the sweep's winner's count.
+        near = {measured} if measured is not None else set()
         if best is not None:
             near.add(best.spec.model.n_gpu_layers)
         for n in sorted(near):
@@ -198,6 +197,16 @@ def compare(a: argparse.Namespace) -> int:
             (a.out / "partial-offload.partial.json").write_text(json.dumps(
                 {"boundaries": bounds, "llama_bench": rows, "searched_layers": searched},
                 indent=1) + "\n")
+    # llama-bench at the tuner's winner itself (its layers, cache, flash attention and
+    # n_ubatch; llama-bench's threads): the comparison in one tool's measure.
+    winner_row = None
+    if best is not None:
+        c = best.spec.context
+        winner_row = _bench(a.bench, a.model, best.spec.model.n_gpu_layers, c.type_k,
+                            int(bool(c.flash_attn)), ub=c.n_ubatch)
+        if winner_row is not None:
+            winner_row["tuner_winner"] = True
+            rows.append(winner_row)
     fastest = min((r for r in rows if "request_s" in r), key=lambda r: r["request_s"],
                   default=None)
     # llama.cpp's own fit at the sweep's context (the layers it moves), its llama-bench figures,
@@ -219,7 +228,7 @@ def compare(a: argparse.Namespace) -> int:
     states = {s: sum(1 for r in records if r.state.value == s)
               for s in {r.state.value for r in records}}
     result = {"free_mib_at_compare": free, "boundaries": bounds, "llama_bench": rows,
-              "searched_layers": searched, "sweep": sweep_s,
+              "searched_layers": searched, "sweep": sweep_s, "llama_bench_at_winner": winner_row,
               "tuner_best": tb, "states": states, "time_budget": budget_lines, "llama_fit": fit, "llama_fit_bench": fit_row,
               "llama_fit_default_ctx": fit_default}
     (a.out / "partial-offload.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -230,21 +239,30 @@ def compare(a: argparse.Namespace) -> int:
         print(f"| {tk} | {b['predicted']} | {b['calibrated']} | {b['measured']} | "
               f"{b['gpu_mib_predicted']:,.0f} |")
     print()
-    print("| ngl | kv | fa | pp t/s | tg t/s | request s (2048/pp + 128/tg) |")
-    print("|---|---|---|---|---|---|")
+    print("| ngl | kv | fa | n_ubatch | pp t/s | tg t/s | request s (2048/pp + 128/tg) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['ngl']} | {r['kv']} | {r['fa']} | {r.get('pp_tps', 0):,.0f} | "
-              f"{r.get('tg_tps', 0):.1f} | {r.get('request_s', 0):.3f} |")
+        mark = " (tuner's winner)" if r.get("tuner_winner") else ""
+        print(f"| {r['ngl']}{mark} | {r['kv']} | {r['fa']} | {r['ub']} | "
+              f"{r.get('pp_tps', 0):,.0f} | {r.get('tg_tps', 0):.1f} | "
+              f"{r.get('request_s', 0):.3f} |")
     print()
     print(f"tuner: {tb}")
     print(f"llama-bench fastest: {fastest}")
     if tb and fastest:
-        print(f"tuner / llama-bench best request time: {tb['request_s'] / fastest['request_s']:.3f}")
+        print(f"tuner (its own measure) / llama-bench best request time: "
+              f"{tb['request_s'] / fastest['request_s']:.3f}")
+    if winner_row and fastest and winner_row.get("request_s"):
+        print(f"llama-bench at tuner's winner / llama-bench best request time: "
+              f"{winner_row['request_s'] / fastest['request_s']:.3f}")
     print(f"llama.cpp fit at n_ctx {N_CTX} (llama-fit-params): "
           f"{fit.get('args') or fit.get('error')}")
     print(f"llama-bench at llama.cpp's fit: {fit_row}")
     if tb and fit_row and fit_row.get("request_s"):
         print(f"tuner / llama.cpp fit request time: {tb['request_s'] / fit_row['request_s']:.3f}")
+    if winner_row and fit_row and winner_row.get("request_s") and fit_row.get("request_s"):
+        print(f"llama-bench at tuner's winner / at llama.cpp's fit request time: "
+              f"{winner_row['request_s'] / fit_row['request_s']:.3f}")
     print(f"llama.cpp fit, llama-server's default context: "
           f"{fit_default.get('args') or fit_default.get('error')}")
     print(f"sweep: {sweep_s}")
