@@ -123,10 +123,13 @@ setup() {
   wait "$install_pid"; grep -q "^exit 0" "$BENCH/install.log" || return 1
   python3 -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" || return 1
   # It checks that its llama-bench resolves the installed CUDA libraries: after the install.
-  python3 benchmarks/installed_bench.py --source "$SDIST" --out "$BENCH/bench" -j 6 \
-    > "$BENCH/installed-bench.log" 2>&1 & pids+=($!)
+  # Only the fit phase's compare uses it.
+  if [ "$FIT" != 0 ]; then
+    python3 benchmarks/installed_bench.py --source "$SDIST" --out "$BENCH/bench" -j 6 \
+      > "$BENCH/installed-bench.log" 2>&1 & pids+=($!)
+  fi
   wait "$quant_pid" || return 1
-  wait "${pids[@]}"
+  [ ${#pids[@]} = 0 ] || wait "${pids[@]}"
   phase "setup done in $((SECONDS - s)) s"
   python3 -m tuner build --list --builds builds > "$BENCH/out/builds.txt" 2>&1
 }
@@ -259,5 +262,19 @@ case "${1:-}" in
     while [ $SECONDS -lt $end ] && ! grep -qE "^[0-9:]+ (done|FAILED)" "$BENCH/phase" 2>/dev/null; do sleep 5; done
     cat "$BENCH/phase"; tail -3 "$BENCH/log" 2>/dev/null; snapshot ;;
   collect) snapshot; summary | tee "${OUT:-$BENCH}/summary.txt" ;;
-  *) echo "usage: $0 start|wait [N]|collect" >&2; exit 2 ;;
+  fit-only) fit; phase done ;;
+  until-setup)  # a lease shorter than planned: wait up to N s for the setup, then stop the
+    # session's run and start the fit phase alone with this call's FIT_ARGS (e.g. a smaller
+    # --offload-budget), from the same tree and builds
+    end=$((SECONDS + ${2:-560}))
+    while [ $SECONDS -lt $end ] && ! grep -qE "setup done|FAILED" "$BENCH/phase" 2>/dev/null; do sleep 2; done
+    if grep -q "setup done" "$BENCH/phase"; then
+      pid=$(pgrep -f "gpu_session.sh run" | head -1)
+      [ -n "$pid" ] && kill -- -"$pid" 2>/dev/null; sleep 3; pkill -f "partial_offload.py hold"
+      rm -f "$BENCH/out/held.json"; cp "$0" "$BENCH/src/benchmarks/gpu_session.sh"
+      phase "restarting the fit phase alone ($FIT_ARGS)"
+      (cd "$BENCH/src" && setsid nohup bash benchmarks/gpu_session.sh fit-only > "$BENCH/log" 2>&1 < /dev/null &)
+    fi
+    cat "$BENCH/phase"; snapshot ;;
+  *) echo "usage: $0 start|wait [N]|collect|until-setup [N]" >&2; exit 2 ;;
 esac
