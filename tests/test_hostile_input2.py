@@ -271,11 +271,26 @@ def _streaming(events: list[Any]) -> type[http.server.BaseHTTPRequestHandler]:
     return Stream
 
 
-@pytest.mark.parametrize("kind", sorted(STREAMS))
+class _JsonError(_PlainHTTP):
+    """A FAKE server's error as llama-server answers one: 500 with a JSON error object."""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = json.dumps({"error": {"code": 500, "message": "the sampler\nfailed",
+                                     "type": "server_error"}}).encode()
+        self.send_response(500)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("kind", [*sorted(STREAMS), "json error"])
 def test_a_stream_that_breaks_off_is_one_short_line(deployment: Path, tmp_path: Path,
                                                     kind: str) -> None:
-    events, expected = STREAMS[kind]
-    server = http.server.HTTPServer(("127.0.0.1", 0), _streaming(events))
+    events, expected = STREAMS.get(kind) or ([], "the service answered 500: the sampler failed")
+    handler = _streaming(events) if kind in STREAMS else _JsonError
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         config = damaged(deployment, tmp_path / "d")

@@ -170,7 +170,7 @@ def _timed_request(client: httpx.Client, base: str, body: dict[str, Any]) -> dic
             if reply.status_code != 200:
                 reply.read()
                 raise EnvironmentUnfit(f"the service answered {reply.status_code}: "
-                                       f"{_reply_line(reply)}")
+                                       f"{reply_line(reply)}")
             for data in _events(reply.iter_lines()):
                 now = time.perf_counter()
                 if "error" in data:
@@ -189,10 +189,16 @@ def _timed_request(client: httpx.Client, base: str, body: dict[str, Any]) -> dic
             "finish_reason": finish}
 
 
-def _reply_line(reply: httpx.Response) -> str:
+def reply_line(reply: httpx.Response) -> str:
     """An error reply as one short line: an HTML page (not an OpenAI-compatible API) by its
-    title, anything else by its first line."""
+    title, a JSON error (``{"error": ...}``) by its message, anything else by its first line."""
     text = reply.text
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and "error" in data:
+        return _error_line(data)
     if "html" in reply.headers.get("content-type", "") or text.lstrip().startswith("<"):
         title = re.search(r"<title>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
         what = f" titled {' '.join(title.group(1).split())[:80]!r}" if title else ""

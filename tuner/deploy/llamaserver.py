@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from tuner.builds.catalog import discover_builds, installed_version
-from tuner.deploy.httpserve import free_port, measure_http, wait_ready
+from tuner.deploy.httpserve import free_port, measure_http, reply_line, wait_ready
 from tuner.deploy.llamaserverknobs import GREEDY_TOKENS, Tried
 from tuner.deploy.prodconfig import YAML_SUFFIXES, _render_json
 from tuner.deploy.served import check_placement, prompts_for
@@ -259,8 +259,16 @@ def greedy_answer(url: str, prompt: str) -> str:
     except httpx.HTTPError as e:
         raise EnvironmentUnfit(f"llama-server's greedy answer failed: {e}") from None
     if reply.status_code != 200:
-        raise EnvironmentUnfit(f"llama-server's greedy answer: status {reply.status_code}")
-    return str(reply.json().get("content", ""))
+        raise EnvironmentUnfit(f"llama-server's greedy answer: status {reply.status_code}: "
+                               f"{reply_line(reply)}")
+    try:
+        data = reply.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise EnvironmentUnfit(f"llama-server's greedy answer is not a JSON object: "
+                               f"{reply_line(reply)}")
+    return str(data.get("content", ""))
 
 
 def serve_and_measure(binary: Path, spec: TrialSpec, workload: Workload, model_path: str,
