@@ -197,13 +197,14 @@ def compare(a: argparse.Namespace) -> int:
             (a.out / "partial-offload.partial.json").write_text(json.dumps(
                 {"boundaries": bounds, "llama_bench": rows, "searched_layers": searched},
                 indent=1) + "\n")
-    # llama-bench at the tuner's winner itself (its layers, cache, flash attention and
-    # n_ubatch; llama-bench's threads): the comparison in one tool's measure.
+    # llama-bench at the tuner's winner itself (its layers, cache, flash attention, n_ubatch
+    # and CPU threads where it chose them): the comparison in one tool's measure.
     winner_row = None
     if best is not None:
         c = best.spec.context
+        threads = ["-t", str(c.n_threads)] if c.n_threads else []
         winner_row = _bench(a.bench, a.model, best.spec.model.n_gpu_layers, c.type_k,
-                            int(bool(c.flash_attn)), ub=c.n_ubatch)
+                            int(bool(c.flash_attn)), threads, ub=c.n_ubatch)
         if winner_row is not None:
             winner_row["tuner_winner"] = True
             rows.append(winner_row)
