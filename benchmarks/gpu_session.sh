@@ -26,7 +26,7 @@
 #    FIT_MODEL=qwen2.5-14b:q4_k_m LEAVE_GIB=8 (its f16 is 27.5 GiB of disk while it is
 #    quantized: the setup checks the disk every model needs first).
 # 4. Unless ARCHS=0, last: benchmarks/arch_placement.py (the memory plan per
-#    device against real CUDA loads of gemma3, deepseek2-MLA, qwen35, qwen3moe and mamba
+#    device against real CUDA loads of gemma3, deepseek2-MLA, qwen35, qwen3moe, mamba and rwkv6
 #    files), then a one-setting sweep of each (benchmarks/spaces/arch-one.yaml).
 #    Issue 30 alone: bash benchmarks/gpu_session.sh start (EVENT_LOOP=1 KNOB_MODEL=... add more)
 #    Issue 31 alone: SERVED_MODELS= bash benchmarks/gpu_session.sh start

@@ -21,9 +21,10 @@ def test_arch_placement_runs_to_its_table_on_the_cpu(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "arch-placement.json").read_text())
-    assert [r["model"] for r in rows] == ["gemma3", "deepseek2-mla", "qwen35", "qwen3moe", "mamba"]
+    assert [r["model"] for r in rows] == ["gemma3", "deepseek2-mla", "qwen35", "qwen3moe", "mamba",
+                                          "rwkv6"]
     assert {(r["ngl"], r["device"]) for r in rows} == {(0, "host")}  # no CUDA here
     for r in rows:
         log, plan = r["kv+state"]
         assert log == pytest.approx(plan, abs=0.01), r
-    assert proc.stdout.strip().splitlines()[-1].startswith("| mamba | 0 | host |")
+    assert proc.stdout.strip().splitlines()[-1].startswith("| rwkv6 | 0 | host |")

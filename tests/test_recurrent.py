@@ -16,7 +16,7 @@ import pytest
 from tests.cli_run import tuner
 from tuner.evidence.placement import Expectation, parse_load_log, verify
 from tuner.models import memplan
-from tuner.models.archgen import write_mamba
+from tuner.models.archgen import write_mamba, write_rwkv6
 from tuner.search.space import default_space
 
 CUDA_LOG = (Path(__file__).parent / "fixtures" / "cuda-h100-full-offload.log").read_text()
@@ -32,14 +32,27 @@ def mamba(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_mamba(tmp_path_factory.mktemp("mamba") / "mamba.gguf")
 
 
-def test_a_real_cpu_load_shows_the_state_and_is_verified(mamba: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", LOAD, str(mamba)], capture_output=True,
+@pytest.fixture(scope="module")
+def rwkv6(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_rwkv6(tmp_path_factory.mktemp("rwkv6") / "rwkv6.gguf")
+
+
+@pytest.mark.parametrize("arch", ["mamba", "rwkv6"])
+def test_a_real_cpu_load_shows_the_state_and_is_verified(arch: str,
+                                                         request: pytest.FixtureRequest) -> None:
+    """The plan's weights and recurrent state (Mamba's convolution and state; RWKV's shifted
+    tokens and wkv state, unpriced before: 0) against a real load's buffers."""
+    model: Path = request.getfixturevalue(arch)
+    proc = subprocess.run([sys.executable, "-c", LOAD, str(model)], capture_output=True,
                           text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ev = parse_load_log(proc.stderr)
     assert ev.kv_buffers_mib == {} and ev.kv_types is None
-    state = sum(memplan.read_layout(mamba).cache.state_bytes) / memplan.MIB
-    assert ev.state_buffers_mib["CPU"] == pytest.approx(state, abs=0.01)
+    layout = memplan.read_layout(model)
+    state = sum(layout.cache.state_bytes) / memplan.MIB
+    assert state > 0.05 and ev.state_buffers_mib["CPU"] == pytest.approx(state, abs=0.01)
+    assert ev.model_buffers_mib["CPU_Mapped"] == pytest.approx(
+        layout.file_weights_bytes / memplan.MIB, abs=0.01)
     verdict = verify(ev, Expectation(device="cpu", type_k="f16", type_v="f16"))
     assert verdict.verified, verdict.reasons
     assert "no KV cache, recurrent state on CPU" in verdict.summary

@@ -195,6 +195,46 @@ def write_qwen3moe(path: Path, *, n_layer: int = 2, n_embd: int = 256, n_head: i
     return write_model(path, "qwen3moe", keys, layout, n_vocab=N_VOCAB)
 
 
+def write_rwkv6(path: Path, *, n_layer: int = 2, n_embd: int = 256, head_size: int = 64,
+                n_ff: int = 512, mix_extra: int = 32, decay_extra: int = 64) -> Path:
+    """RWKV6: every layer a linear-attention recurrence with token shifts, no KV cache (its
+    converter writes 0 heads); the tensors of the vendored rwkv6.cpp, the five time-mix
+    interpolations fused."""
+    def keys(w: gguf.GGUFWriter) -> None:
+        _shape_keys(w, "rwkv6", n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=0,
+                    n_head_kv=0, head_k=0, head_v=0)
+        w.add_layer_norm_eps(1e-5)
+        w.add_wkv_head_size(head_size)
+        w.add_time_mix_extra_dim(mix_extra)
+        w.add_time_decay_extra_dim(decay_extra)
+        w.add_rescale_every_n_layers(6)
+
+    layout: Layout = [("token_embd.weight", (N_VOCAB, n_embd)),
+                      ("token_embd_norm.weight", (n_embd,)), ("token_embd_norm.bias", (n_embd,))]
+    for i in range(n_layer):
+        b = f"blk.{i}"
+        layout += [(f"{b}.{n}.{p}", (n_embd,)) for n in ("attn_norm", "attn_norm_2",
+                                                         "time_mix_ln") for p in ("weight", "bias")]
+        layout += [(f"{b}.time_mix_w1.weight", (mix_extra * 5, n_embd)),
+                   (f"{b}.time_mix_w2.weight", (5, n_embd, mix_extra)),
+                   (f"{b}.time_mix_lerp_x.weight", (1, 1, n_embd)),
+                   (f"{b}.time_mix_lerp_fused.weight", (5, 1, 1, n_embd)),
+                   (f"{b}.time_mix_first.weight", (n_embd // head_size, head_size)),
+                   (f"{b}.time_mix_decay.weight", (n_embd,)),
+                   (f"{b}.time_mix_decay_w1.weight", (decay_extra, n_embd)),
+                   (f"{b}.time_mix_decay_w2.weight", (n_embd, decay_extra))]
+        layout += [(f"{b}.time_mix_{n}.weight", (n_embd, n_embd))
+                   for n in ("key", "value", "receptance", "gate", "output")]
+        layout += [(f"{b}.channel_mix_lerp_k.weight", (1, 1, n_embd)),
+                   (f"{b}.channel_mix_lerp_r.weight", (1, 1, n_embd)),
+                   (f"{b}.channel_mix_key.weight", (n_ff, n_embd)),
+                   (f"{b}.channel_mix_value.weight", (n_embd, n_ff)),
+                   (f"{b}.channel_mix_receptance.weight", (n_embd, n_embd))]
+    layout += [("output_norm.weight", (n_embd,)), ("output_norm.bias", (n_embd,)),
+               ("output.weight", (N_VOCAB, n_embd))]
+    return write_model(path, "rwkv6", keys, layout, n_vocab=N_VOCAB)
+
+
 def write_mamba(path: Path, *, n_layer: int = 2, n_embd: int = 256, d_conv: int = 4,
                 d_state: int = 16, dt_rank: int = 16) -> Path:
     """Mamba: every layer a selective state space, no attention and no KV cache at all (its

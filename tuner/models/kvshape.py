@@ -14,8 +14,9 @@ src/llama-memory-recurrent.cpp, src/llama-hparams.cpp and each architecture's lo
   (``attention.shared_kv_layers``, gemma3n's fixed 20) and a multi-token-prediction layer
   (``nextn_predict_layers``: llama.cpp neither loads its weights nor caches it by default);
 - a recurrent layer's state, f32, one sequence's whatever the context: Mamba-style
-  (``ssm.*`` keys: the convolution's last ``conv_kernel - 1`` columns and the state) and LFM2's
-  short convolutions; other kinds (RWKV, Kimi's and MiniMax's linear attention) are not priced;
+  (``ssm.*`` keys: the convolution's last ``conv_kernel - 1`` columns and the state), LFM2's
+  short convolutions and RWKV's (``wkv.head_size``: the shifted tokens and the wkv state);
+  Kimi's and MiniMax's linear attention are not priced;
 - sliding-window layers: llama-cpp-python keeps llama.cpp's ``swa_full`` (on), so their cache
   holds the whole context like the others' (llama-server's default, off, holds less)."""
 
@@ -97,6 +98,9 @@ def cache_shape(values: dict[str, object], arch: str, n_layer: int, n_embd: int,
 
 def _state_bytes(key: Callable[[str], object], n_embd: int) -> int:
     """One recurrent layer's state for one sequence (llama_hparams::n_embd_r + n_embd_s)."""
+    wkv = _int(key("wkv.head_size"), 0)
+    if wkv:  # RWKV: the shifted tokens (token_shift_count, 2 by default) and the wkv state
+        return F32 * (_int(key("token_shift_count"), 2) * n_embd + n_embd * wkv)
     conv = _int(key("ssm.conv_kernel"), 0)
     inner = _int(key("ssm.inner_size"), 0)
     d_state = _int(key("ssm.state_size"), 0)
