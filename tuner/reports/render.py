@@ -97,6 +97,9 @@ def print_sweep_result(out: Path, result: Any) -> None:
         c.print(f"{beside} trial(s) measured while a kernel build compiled at idle priority: "
                 "their figures only nominated; the confirmation and finalists ran after it",
                 markup=False)
+    others = getattr(result, "others", None)
+    if others is not None and others.noted:
+        c.print(others.line(), markup=False)
     if result.written is None:
         what = "production config" if getattr(result, "deferred", False) else \
             "no production config written"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from tuner.deploy.prodconfig import WrittenConfig
 from tuner.evidence.deaths import Cause
+from tuner.machine.cpuload import OtherLoad
 from tuner.results.records import FinalistReport, TrialRecord, WorkerDrift
 
 
@@ -31,3 +32,4 @@ class SweepResult:
     objective: str = "request"
     front: list[TrialRecord] = field(default_factory=list)  # --objective pareto: the front
     causes: list[Cause] = field(default_factory=list)  # why every trial of a build died alike
+    others: OtherLoad | None = None  # other processes' share of the CPUs while it measured

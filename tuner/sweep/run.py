@@ -18,6 +18,7 @@ from tuner.builds.selection import MissingBuild
 from tuner.deploy.configcheck import close_children
 from tuner.deploy.prodconfig import check_out
 from tuner.errors import BadInput
+from tuner.machine import cpuload
 from tuner.machine.interrupt import critical
 from tuner.machine.writable import check_writable_folder
 from tuner.models import memplan
@@ -95,6 +96,8 @@ class Sweep(Finish):
     patience: int | None
     prune: bool
     t0: float  # the search's start
+    load0: cpuload.CpuSnapshot | None  # the machine's CPU time then (cpuload.others_since)
+    layout: memplan.ModelLayout | None  # the model's, read once (None: a shape not planned)
 
     def __init__(self, opts: SweepOptions, events: Events | None = None,
                  builder: Builder | None = None) -> None:
@@ -291,6 +294,7 @@ class Sweep(Finish):
         compiling meanwhile; what the sweep holds is handed back when it fails."""
         self.choose_sampler()
         self.t0 = time.monotonic()
+        self.load0 = cpuload.snapshot()  # other processes' CPU time from here to the end
         try:
             # Started once nothing is left that can refuse the request.
             self.background = start_builds(self.to_make, self.opts.builds_dir,
@@ -463,6 +467,7 @@ class Sweep(Finish):
         result.sampler, result.stop_reason, result.seen, result.planned = (
             self.kind, self.stop_reason, seen, len(self.specs))
         result.objective = self.opts.objective
+        result.others = cpuload.others_since(self.load0)
         if result.best is None:
             result.causes = causes_of(result.records)
         if self.opts.objective == "pareto":

@@ -1,0 +1,68 @@
+"""Other processes' CPU time while tuner measures (tuner/machine/cpuload.py), read from the real
+/proc of this machine: a process outside tuner's tree counts as another's load, tuner's own
+children as tuner's; and a sweep's result says so in one line when others kept the CPUs busy."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from tuner.machine import cpuload
+from tuner.reports.render import print_sweep_result
+from tuner.sweep.result import SweepResult
+
+BURN = "import time, sys\nt = time.time()\nwhile time.time() - t < float(sys.argv[1]): pass\n"
+
+
+def _burn_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_childs_cpu_time_is_tuners_own() -> None:
+    start = cpuload.snapshot()
+    assert start is not None
+    child = subprocess.Popen([sys.executable, "-c", BURN, "1.5"])
+    time.sleep(1.0)
+    burnt = _burn_s(child.pid)  # while it runs: a running descendant's time
+    middle = cpuload.snapshot()
+    child.wait()
+    end = cpuload.snapshot()
+    assert middle is not None and end is not None and burnt > 0.3
+    assert middle.ours_s - start.ours_s >= burnt - 0.05
+    assert end.ours_s - start.ours_s >= 1.0  # reaped: in the children's times
+
+
+def test_processes_outside_tuners_tree_are_others(tmp_path: Path) -> None:
+    """Hogs started in a session of their own (their parent exits at once: not descendants)
+    on every CPU for 2 s: at least 40% of all CPUs are others' (hogs sharing the CPUs with
+    this test run's other processes, which are others too)."""
+    n = min(os.cpu_count() or 1, 8)
+    start = cpuload.snapshot()
+    subprocess.run(["bash", "-c", f'for i in $(seq {n}); do setsid "{sys.executable}" -c '
+                    f'"$0" 2 < /dev/null > /dev/null 2>&1 & done', BURN], check=True)
+    time.sleep(2.0)
+    load = cpuload.others_since(start)
+    assert load is not None and load.n_cpu == (os.cpu_count() or 1)
+    assert load.share >= 0.4 * n / load.n_cpu, load
+    if load.n_cpu <= 8:
+        assert load.noted and "other processes kept" in load.line()
+
+
+@pytest.mark.parametrize("share", [0.63, 0.05])
+def test_a_sweep_says_when_others_kept_the_cpus_busy(share: float) -> None:
+    result = SweepResult(study="s", ran=[], records=[], best=None, written=None,
+                         no_config_reason="no completed trial", storage="sqlite://",
+                         others=cpuload.OtherLoad(share=share, n_cpu=2, seconds=120.0))
+    out = io.StringIO()
+    with redirect_stdout(out):
+        print_sweep_result(Path("."), result)
+    said = "machine: other processes kept 63% of the 2 CPUs busy over the 120 s measured"
+    assert (said in out.getvalue()) == (share >= cpuload.NOTED_SHARE), out.getvalue()
