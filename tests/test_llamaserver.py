@@ -35,6 +35,7 @@ from tuner.deploy.llamaserver import (
 )
 from tuner.deploy.service import read_env_file, render_env_file
 from tuner.deploy.servicecompare import lines, raw_of, recommendation, rows
+from tuner.machine.cpuload import OtherLoad
 from tuner.results.records import FinalistReport, ServedFigures, Stat, TrialRecord
 from tuner.results.studystore import default_storage, require_study
 from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
@@ -118,6 +119,15 @@ def test_every_setting_becomes_a_flag() -> None:
                  "-ub 1024", "-fa on", "-ctk q8_0", "-ctv q8_0", "-t 4", "-tb 4", "-c 2176",
                  "--cache-ram 0", "--host 127.0.0.1 --port 8080"):
         assert part in line, part
+
+
+def test_the_sidecar_keeps_what_else_kept_the_cpus_busy(deployed: Deployed) -> None:
+    """The sweep's sidecar holds other processes' share of the CPUs from the search's start
+    to the write (tuner/machine/cpuload.py), read back as verify reads it."""
+    sidecar = json.loads((deployed[0].parent / "production.tuner.json").read_text())
+    load = OtherLoad.stored(sidecar)
+    assert load is not None, sidecar.get("machine_load")
+    assert load.n_cpu == os.cpu_count() and load.seconds > 0 and 0.0 <= load.share <= 1.0
 
 
 def test_the_deployment_is_written_beside_the_yaml(deployed: Deployed,

@@ -223,3 +223,14 @@ def test_compare_thresholds_and_the_raw_fallback() -> None:
     assert kind == "raw" and "RAW figures" in note
     # Prompt time predicted by the raw prompt speed: 100 tokens at 1000 tok/s.
     assert checks[0].reference == pytest.approx(0.100) and checks[1].reference == 200.0
+
+
+@pytest.mark.parametrize(("share", "said"), [(0.5, True), (0.05, False), ("x", False)])
+def test_figures_measured_beside_other_processes_are_named(share: object, said: bool) -> None:
+    """The sidecar's machine_load (what else kept the CPUs busy while the sweep measured):
+    the reference note says a pass against such figures proves less; one unreadable: nothing."""
+    ref = {"served": {"kind": "served: ...", **_served(0.100, 200.0).model_dump()},
+           "machine_load": {"share": share, "n_cpu": 2, "seconds": 90.0}}
+    _, note, checks = compare(_served(0.100, 200.0), ref, 0.10)
+    assert all(c.ok for c in checks)
+    assert ("other processes kept 50% of the 2 CPUs busy" in note) == said, note

@@ -26,6 +26,7 @@ from tuner.deploy.service import raw_prediction
 from tuner.deploy.sidecar import check_url
 from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.evidence.placement import expect, parse_load_log, verify
+from tuner.machine import cpuload
 from tuner.machine.tempdirs import temp_dir
 from tuner.results.records import ServedFigures
 from tuner.specs import Frozen
@@ -210,6 +211,11 @@ def compare(measured: ServedFigures, side: dict[str, Any], tolerance: float,
         note = (f"the sidecar has no served figures{why}: compared with its RAW figures (decode "
                 "loop, no per-token sampling or streaming), which a service does not reach")
         ttft, gen = raw_reference(measured.prompt_tokens, side)
+    load = cpuload.OtherLoad.stored(side)
+    if load is not None and load.noted:
+        note += (f"; measured while other processes kept {load.share:.0%} of the "
+                 f"{load.n_cpu} CPUs busy: slower than this machine gives alone, so a pass "
+                 "against them proves less")
     checks = []
     if ttft:
         m = measured.ttft_s.median

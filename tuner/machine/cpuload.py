@@ -26,6 +26,7 @@ _PPID, _TIMES = 1, slice(11, 15)
 
 # Other processes' share of all CPUs from which a sweep says so (an idle machine: under 1%).
 NOTED_SHARE = 0.15
+SIDECAR_KEY = "machine_load"  # the sidecar's section: OtherLoad's fields, up to the write
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,21 @@ class OtherLoad:
     @property
     def noted(self) -> bool:
         return self.share >= NOTED_SHARE
+
+    @classmethod
+    def stored(cls, side: dict[str, object]) -> OtherLoad | None:
+        """The load a sidecar kept (SIDECAR_KEY), or None (none kept, or not readable)."""
+        data = side.get(SIDECAR_KEY)
+        if not isinstance(data, dict):
+            return None
+        try:
+            share, n_cpu, seconds = (float(data["share"]), int(data["n_cpu"]),
+                                     float(data["seconds"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not (0.0 <= share <= 1.0 and n_cpu > 0 and seconds >= 0.0):
+            return None
+        return cls(share=share, n_cpu=n_cpu, seconds=seconds)
 
     def line(self) -> str:
         return (f"machine: other processes kept {self.share:.0%} of the {self.n_cpu} CPUs busy "

@@ -6,14 +6,17 @@ config. ``Finish`` holds them; ``Sweep`` (run.py) is a ``Finish`` that first sea
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 from tuner.deploy.breakdown import with_breakdown
 from tuner.deploy.llamaserverfinal import serve_winner
 from tuner.deploy.prodconfig import WrittenConfig, write_production
 from tuner.deploy.servedfinal import ServedChoice, choose
 from tuner.deploy.servedmeasure import measure_served
+from tuner.machine import cpuload
 from tuner.models import memplan
 from tuner.models.modelcheck import ModelInfo
 from tuner.results.records import (
@@ -76,6 +79,7 @@ class Finish:
     best: TrialRecord | None
     seconds: dict[str, float]
     fit: OffloadPlan | None  # the memory plan of a model that may not fit whole
+    load0: cpuload.CpuSnapshot | None  # the machine's CPU time at the search's start
     # Set here: the study's records, the pool the confirmation re-measures, the decision
     # and the winner's served figures and server thread count.
     records: list[TrialRecord]
@@ -224,7 +228,10 @@ class Finish:
         assert self.best is not None
         winner, final, opts = self.best, self.report, self.opts
         p = self.probes.get(winner.spec.model.build)
-        extra = {"finalists": final.model_dump(mode="json")} if final is not None else {}
+        extra: dict[str, Any] = {"finalists": final.model_dump(mode="json")} if final else {}
+        load = cpuload.others_since(self.load0)
+        if load is not None:  # beside its figures: what else kept the CPUs busy meanwhile
+            extra[cpuload.SIDECAR_KEY] = dataclasses.asdict(load)
         try:
             written = write_production(
                 winner, opts.out, model_path=str(self.info.path), results_dir=opts.results_dir,
