@@ -37,6 +37,7 @@ from tuner.errors import BadInput, EnvironmentUnfit, TunerError
 from tuner.evidence.effective import trial_settings
 from tuner.machine import childenv
 from tuner.machine.children import popen_kwargs, stop
+from tuner.machine.cpuload import OtherLoad
 from tuner.machine.output import replace_files
 from tuner.machine.tempdirs import temp_dir
 from tuner.results.records import ServedFigures
@@ -82,6 +83,8 @@ class LlamaServerDeployment(Frozen):
     raw: dict[str, Any] | None = None
     served: ServedFigures | None = None  # llama-server's own figures over HTTP
     knobs: list[Tried] = []  # the server settings tried on the served path, kept or not
+    # other processes' share of the CPUs while the sweep measured, up to this write
+    machine_load: OtherLoad | None = None
     written_at: str = ""
 
 

@@ -24,6 +24,7 @@ from tuner.deploy.prodconfig import raw_figures, record_threads
 from tuner.deploy.service import rebuild_command, service_env
 from tuner.deploy.servicecompare import lines, raw_of, rows
 from tuner.errors import TunerError
+from tuner.machine.cpuload import OtherLoad
 from tuner.results.records import FinalistReport, ServedFigures, TrialRecord
 
 HOW_TO_BUILD = "tuner build --variant cpu --server-only"
@@ -32,10 +33,12 @@ HOW_TO_BUILD = "tuner build --variant cpu --server-only"
 def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigures | None,
                  threads: int | None, *, model_path: str, lib_dir: str | None,
                  builds_dir: Path, out: Path, requests: int, timeout_s: float,
-                 note: Callable[[str], None], knobs: bool = True) -> FinalistReport:
+                 note: Callable[[str], None], knobs: bool = True,
+                 machine_load: Callable[[], OtherLoad | None] = lambda: None) -> FinalistReport:
     """The report with the winner's llama-server figures (or why there are none) in
     ``llama_server``; the deployment files written beside ``out`` when it was served.
-    ``knobs``: also try the server's own settings (tuner/deploy/llamaserverknobs.py)."""
+    ``knobs``: also try the server's own settings (tuner/deploy/llamaserverknobs.py);
+    ``machine_load``: other processes' share of the CPUs so far, kept in the deployment."""
     lib = lib_dir or str(_installed_lib_dir() or "")
     binary = find_server(lib, builds_dir) if lib else None
     if binary is None:
@@ -64,7 +67,7 @@ def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigu
             spec=winner.spec, workload=winner.workload,
             system_info=env.system_info if env else None,
             raw=raw_figures(winner, report) if winner.measurement else None, served=fig,
-            knobs=tried))
+            knobs=tried, machine_load=machine_load()))
     except TunerError as e:
         note(f"llama-server: not served: {e.message}")
         return report.model_copy(update={"llama_server": {"error": e.message}})

@@ -7,7 +7,7 @@ are tuner/deploy/verify.py's, as for llama_cpp.server."""
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -26,6 +26,7 @@ from tuner.deploy.llamaserver import (
 )
 from tuner.deploy.service import read_env_file, service_env
 from tuner.errors import BadInput
+from tuner.machine.cpuload import SIDECAR_KEY
 from tuner.results.records import ServedFigures
 
 
@@ -84,7 +85,8 @@ class LlamaServer:
                           f"{files_of(dep.args_path)['env']}"),
                 rebuild_hint=f"recreate the build: {dep.rebuild}"),
             figures={"served": dep.served.model_dump(mode="json") if dep.served else None,
-                     "figures": dep.raw or {}},
+                     "figures": dep.raw or {},
+                     SIDECAR_KEY: asdict(dep.machine_load) if dep.machine_load else None},
             figures_name="the deployment's llama-server")
 
     def start(self, stack: ExitStack, port: int, cwd: Path, log_path: Path,

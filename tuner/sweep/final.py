@@ -201,7 +201,7 @@ class Finish:
             lib_dir=self.lib_dirs().get(choice.winner.spec.model.build),
             builds_dir=self.opts.builds_dir, out=self.opts.out,
             requests=self.opts.served_requests, timeout_s=self.opts.load_timeout_s,
-            note=self.events.note,
+            note=self.events.note, machine_load=lambda: cpuload.others_since(self.load0),
             # under a partial-offload budget the host's layers dominate a token: no
             # server-setting tries
             knobs=self.opts.deadline is None)
