@@ -218,9 +218,9 @@ def test_the_first_trials_gpu_peak_calibrates_the_sweeps_plan(
     seen: list[memplan.Budget] = []
     real_finalist = offload.finalist_outcome
 
-    def finalist_outcome(model, spec, wl, budget):  # type: ignore[no-untyped-def]
+    def finalist_outcome(layout, spec, wl, budget):  # type: ignore[no-untyped-def]
         seen.append(budget)
-        return real_finalist(model, spec, wl, budget)
+        return real_finalist(layout, spec, wl, budget)
 
     monkeypatch.setattr(offload, "finalist_outcome", finalist_outcome)
     told: list[offload.OffloadPlan] = []

@@ -145,13 +145,13 @@ def test_plan_and_default_space_when_the_model_does_not_fit(
     assert out is not None and out.state.value == "infeasible"
     assert out.error is not None and "does not fit by the memory plan" in out.error
     # A finalist measured again in a fresh worker: the same check, said as a finalist's.
-    fin = offload.finalist_outcome(sparse_7b, spec, wl, op.plan.budget)
+    fin = offload.finalist_outcome(memplan.read_layout(sparse_7b), spec, wl, op.plan.budget)
     assert fin is not None and fin.state.value == "infeasible"
     assert (fin.error or "").startswith("finalist does not fit by the memory plan")
     full = spec.model_copy(update={"model": spec.model.model_copy(update={"n_gpu_layers": -1})})
-    assert offload.finalist_outcome(sparse_7b, full, wl, op.plan.budget) is None  # load says
+    assert offload.finalist_outcome(memplan.read_layout(sparse_7b), full, wl, op.plan.budget) is None  # load says
     monkeypatch.setenv(FAKE_FREE_ENV, "8192")
-    assert offload.finalist_outcome(sparse_7b, spec, wl, op.plan.budget) is None
+    assert offload.finalist_outcome(memplan.read_layout(sparse_7b), spec, wl, op.plan.budget) is None
 
 
 def test_a_trials_gpu_peak_calibrates_the_plan(sparse_7b: Path,

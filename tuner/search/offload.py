@@ -9,11 +9,9 @@ teaches the search like an out-of-memory at load, at no cost."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
-from pathlib import Path
 
-from tuner.errors import EnvironmentUnfit, TunerError
+from tuner.errors import EnvironmentUnfit
 from tuner.machine import envvars
 from tuner.models import memplan
 from tuner.models.memplan import MIB, Budget, Context, MemoryPlan
@@ -267,21 +265,13 @@ def boundary_lines(op: OffloadPlan, records: list[TrialRecord], wl: Workload) ->
     return out
 
 
-@functools.lru_cache(maxsize=4)
-def _layout(path: str) -> memplan.ModelLayout | None:
-    try:
-        return memplan.read_layout(path)
-    except (ValueError, TunerError):
-        return None
-
-
-def finalist_outcome(model: Path, spec: TrialSpec, wl: Workload,
+def finalist_outcome(layout: memplan.ModelLayout | None, spec: TrialSpec, wl: Workload,
                      budget: Budget) -> Outcome | None:
     """A partial-offload finalist (n_gpu_layers >= 0) that no longer fits the memory free now
     (another process took some since its search trial): infeasible, without a worker.
+    ``layout``: the model's as the sweep read it (None: a shape the plan cannot read);
     ``budget``: the sweep's plan's (no_longer_fits)."""
-    if (spec.model.device != "cuda" or spec.model.n_gpu_layers < 0
-            or (layout := _layout(str(model))) is None):
+    if spec.model.device != "cuda" or spec.model.n_gpu_layers < 0 or layout is None:
         return None
     why = no_longer_fits(layout, spec, wl, budget)
     return None if why is None else Outcome(state=TrialState.INFEASIBLE,

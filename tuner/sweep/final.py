@@ -79,6 +79,7 @@ class Finish:
     best: TrialRecord | None
     seconds: dict[str, float]
     fit: OffloadPlan | None  # the memory plan of a model that may not fit whole
+    layout: memplan.ModelLayout | None  # the model's, read once (None: a shape not planned)
     load0: cpuload.CpuSnapshot | None  # the machine's CPU time at the search's start
     # Set here: the study's records, the pool the confirmation re-measures, the decision
     # and the winner's served figures and server thread count.
@@ -228,7 +229,8 @@ class Finish:
         assert self.best is not None
         winner, final, opts = self.best, self.report, self.opts
         p = self.probes.get(winner.spec.model.build)
-        extra: dict[str, Any] = {"finalists": final.model_dump(mode="json")} if final else {}
+        extra: dict[str, Any] = ({"finalists": final.model_dump(mode="json")}
+                                 if final is not None else {})
         load = cpuload.others_since(self.load0)
         if load is not None:  # beside its figures: what else kept the CPUs busy meanwhile
             extra[cpuload.SIDECAR_KEY] = dataclasses.asdict(load)
@@ -263,7 +265,7 @@ class Finish:
         # read when checked.
         budget = (self.fit.plan.budget if self.fit
                   else memplan.Budget(free_mib=0.0, max_vram_mib=self.opts.max_vram_mib))
-        outcome = offload.finalist_outcome(Path(self.info.path), spec, self.wl,
+        outcome = offload.finalist_outcome(self.layout, spec, self.wl,
                                            budget) or fresh.run(spec, self.wl, number)
         record = self.record_of(number, spec, outcome, started)
         if record.state.value == "infeasible":

@@ -96,7 +96,6 @@ class Sweep(Finish):
     patience: int | None
     prune: bool
     t0: float  # the search's start
-    layout: memplan.ModelLayout | None  # the model's, read once (None: a shape not planned)
 
     def __init__(self, opts: SweepOptions, events: Events | None = None,
                  builder: Builder | None = None) -> None:
