@@ -57,6 +57,7 @@ def make_record(
     build: str = "installed",
     device: str = "cuda",
     n_gpu_layers: int = -1,
+    n_cpu_moe: int = 0,
     cuda_graphs: bool = True,
     n_batch: int = 512,
     n_ubatch: int = 512,
@@ -73,7 +74,7 @@ def make_record(
     gets none, and the ``error`` (a default one per state when not given)."""
     spec = TrialSpec(
         model=ModelSettings(build=build, device=device, n_gpu_layers=n_gpu_layers,
-                            cuda_graphs=cuda_graphs),
+                            n_cpu_moe=n_cpu_moe, cuda_graphs=cuda_graphs),
         context=ContextSettings(n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn,
                                 type_k=type_k, type_v=type_v, n_threads=n_threads),
     )

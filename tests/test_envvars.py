@@ -26,6 +26,9 @@ BAD = [
     ({"TUNER_HOST": "a\nb"}, "TUNER_HOST"),
     ({"TUNER_HOST": "h" * 300}, "TUNER_HOST"),
     ({"TUNER_FAKE_GPU_FREE_MIB": "-1"}, "TUNER_FAKE_GPU_FREE_MIB"),
+    ({"TUNER_N_CPU_MOE": "-1"}, "TUNER_N_CPU_MOE"),
+    ({"TUNER_N_CPU_MOE": "2.5"}, "TUNER_N_CPU_MOE"),
+    ({"TUNER_N_CPU_MOE": "99999999"}, "TUNER_N_CPU_MOE"),
 ]
 
 
@@ -35,10 +38,11 @@ def test_defaults_and_good_values_are_typed() -> None:
     env = read({"TUNER_STALE_S": "0.5", "TUNER_HEARTBEAT_S": "0.1", "TUNER_HOST": "h1"})
     assert (env.heartbeat_s, env.stale_s, env.host) == (0.1, 0.5, "h1")
     assert {v.name for v in VARS.values()} == {"TUNER_HEARTBEAT_S", "TUNER_STALE_S",
-                                                "TUNER_HOST",
+                                                "TUNER_HOST", "TUNER_N_CPU_MOE",
                                                 "TUNER_FAKE_GPU_FREE_MIB",
                                                 "TUNER_FAKE_HOST_AVAILABLE_MIB"}
-    assert (env.fake_gpu_free_mib, env.fake_host_available_mib) == (None, None)
+    assert (env.fake_gpu_free_mib, env.fake_host_available_mib, env.n_cpu_moe) == (None, None, 0)
+    assert read({"TUNER_N_CPU_MOE": "12"}).n_cpu_moe == 12
     fake = read({"TUNER_FAKE_GPU_FREE_MIB": "8192", "TUNER_FAKE_HOST_AVAILABLE_MIB": "0"})
     assert (fake.fake_gpu_free_mib, fake.fake_host_available_mib) == (8192.0, 0.0)
     with pytest.raises(BadInput, match="TUNER_FAKE_GPU_FREE_MIB='-1' is not a number of MiB"):

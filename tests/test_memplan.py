@@ -5,6 +5,7 @@ recorded on H100/H200 (docs/benchmarks)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -250,7 +251,8 @@ def test_experts_on_the_host_for_a_mixture_of_experts(models: dict[str, Path]) -
     exps = [t.nbytes for t in read_table(models["qwen3moe"]).tensors if "_exps." in t.name]
     assert sum(m.expert_bytes) == sum(exps) and len(exps) == 3 * m.n_layer
     ctx = Context(n_ctx=2048, n_ubatch=256)
-    whole, one, two = (place(m, -1, ctx, experts_on_host=k) for k in (0, 1, 2))
+    whole, one, two = (place(m, -1, dataclasses.replace(ctx, experts_on_host=k))
+                       for k in (0, 1, 2))
     assert one.gpu.weights == whole.gpu.weights - m.expert_bytes[0]
     assert one.host.weights == whole.host.weights + m.expert_bytes[0]
     # op offload copies a host layer's experts into the GPU's compute buffer for a batch: one

@@ -267,8 +267,8 @@ def test_report_shows_the_plan_beside_the_measure_and_why_fewer_layers_won(
     assert ov.offload[0].startswith("20/29 layers on the GPU (partial offload); measured MiB: "
                                     "CUDA0 model 3,000 + kv 40 + compute 310")
     assert "memory plan MiB: GPU model " in text
-    assert "more layers measured slower: #1 ngl 24 8.600 s/request against 8.000 s" in text
-    assert "more layers did not fit: ngl 28 infeasible (cudaMalloc failed" in text
+    assert "more on the GPU measured slower: #1 ngl 24 8.600 s/request against 8.000 s" in text
+    assert "more on the GPU did not fit: ngl 28 infeasible (cudaMalloc failed" in text
     full = overview("s", [make_record(0)])
     assert full.offload == []
 

@@ -30,7 +30,7 @@ SAMPLES: dict[str, object] = {
     "build": "b2", "n_gpu_layers": 7, "cuda_graphs": False, "split_mode": "none", "main_gpu": 1,
     "tensor_split": [3.0, 1.0],
     "n_batch": 1024, "n_ubatch": 256, "flash_attn": True, "kv_cache": "q8_0/q8_0",
-    "n_threads": 3, "op_offload": False,
+    "n_threads": 3, "op_offload": False, "n_cpu_moe": 2,
 }
 
 
@@ -114,6 +114,9 @@ def test_worker_params_carry_every_declared_setting() -> None:
                    and getattr(got, f) != getattr(base, f)}
         if s.level == "model" and bool(got.tensor_split) != bool(base.tensor_split):  # pointer
             changed.add("tensor_split")
+        if s.level == "model" and bool(got.tensor_buft_overrides) != bool(
+                base.tensor_buft_overrides):  # a pointer, read back below
+            changed.add("tensor_buft_overrides")
         assert changed, f"{s.name}: the worker's params do not change"
 
 

@@ -280,6 +280,59 @@ def _apply_tensor_split(lc: Any, params: Any, ms: Any) -> None:
     params.tensor_split = array
 
 
+# A mixture of experts' expert weights (all experts of a layer in one 3-D tensor; common.h's
+# LLM_FFN_EXPS_REGEX): the tensors llama-server's --n-cpu-moe keeps on the host. llama.cpp
+# matches override patterns with std::regex (ECMAScript), where this syntax means what it
+# means to Python's re (tuner.models.gguftensors.EXPERT_TENSOR).
+EXPERT_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch)?exps"
+
+
+def layer_experts_pattern(il: int) -> str:
+    """The override pattern of layer ``il``'s expert tensors (``blk.<il>.ffn_*_exps``; common.h's
+    llm_ffn_block_regex): ``blk.1.`` never matches ``blk.10.``."""
+    return rf"blk\.{il}" + EXPERT_PATTERN
+
+
+class _BuftOverride(ctypes.Structure):
+    """llama_model_tensor_buft_override (llama.h): the tensors a pattern matches go to a buffer
+    type; llama.cpp reads the array up to the entry whose pattern is NULL."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+# The override arrays handed to llama.cpp, which keeps the pointer in its model params: kept
+# for the life of the process, one per count.
+_OVERRIDES: dict[int, Any] = {}
+GGML_BACKEND_DEVICE_TYPE_CPU = 0  # enum ggml_backend_dev_type (ggml-backend.h)
+
+
+def apply_cpu_moe(lc: Any, params: Any, n_layers: int) -> None:
+    """Keep the expert weights (``*_exps``) of the first ``n_layers`` layers in host memory, as
+    llama-server's ``--n-cpu-moe`` does: one override per layer to the CPU device's buffer type
+    (the very pointer llama.cpp compares with ``ggml_backend_cpu_buffer_type()`` to also
+    consider its repacked CPU types). ``lc``: the llama_cpp package or its ``llama_cpp``
+    module (whose ``_lib``, libllama, resolves the ggml symbols it links)."""
+    if n_layers <= 0:
+        return
+    array = _OVERRIDES.get(n_layers)
+    if array is None:
+        lib = getattr(lc, "llama_cpp", lc)._lib
+        by_type = lib.ggml_backend_dev_by_type
+        by_type.restype, by_type.argtypes = ctypes.c_void_p, [ctypes.c_int]
+        buft_of = lib.ggml_backend_dev_buffer_type
+        buft_of.restype, buft_of.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+        cpu = by_type(GGML_BACKEND_DEVICE_TYPE_CPU)
+        if not cpu:
+            raise RuntimeError("the llama.cpp library has no CPU backend device")
+        buft = buft_of(cpu)
+        array = (_BuftOverride * (n_layers + 1))()  # zeroed: the last is the NULL end
+        for il in range(n_layers):
+            array[il].pattern = layer_experts_pattern(il).encode()
+            array[il].buft = buft
+        _OVERRIDES[n_layers] = array
+    params.tensor_buft_overrides = ctypes.addressof(array)
+
+
 def _apply_kv(lc: Any, params: Any, cs: Any) -> None:
     params.type_k = KV_TYPES[cs.type_k]
     params.type_v = KV_TYPES[cs.type_v]
@@ -308,6 +361,19 @@ SETTINGS: tuple[Setting, ...] = (
                           else s.model.n_gpu_layers},
         expect=lambda s: {"n_gpu_layers": s.model.n_gpu_layers},
         doc="layers offloaded to the GPU (-1: all)"),
+    Setting(
+        name="n_cpu_moe", level="model", value_type=int, default=0, column="cpu_moe",
+        cell=lambda s: s.model.n_cpu_moe, numeric=True, shown=False, bounds={"ge": 0},
+        label=lambda s: f"cpu-moe {s.model.n_cpu_moe}" if s.model.n_cpu_moe else None,
+        label_rank=51, apply=lambda lc, p, ms: apply_cpu_moe(lc, p, ms.n_cpu_moe),
+        # llama_cpp.server's settings have no field for it: the deployment's environment
+        # names the count (tuner.deploy.service.service_env), and tuner's launcher runs the
+        # server with it (tuner/deploy/serverlaunch.py); llama-server takes --n-cpu-moe.
+        deployed_by="the service's environment (TUNER_N_CPU_MOE), read by python -m "
+                    "tuner.deploy.serverlaunch",
+        expect=lambda s: {"n_cpu_moe": s.model.n_cpu_moe},
+        doc="the first N layers keep their mixture-of-experts weights (*_exps) in host memory "
+            "while the rest of every layer is on the GPU (llama-server's --n-cpu-moe)"),
     Setting(
         name="cuda_graphs", level="model", value_type=bool, default=True, column="graphs",
         cell=lambda s: _on(s.model.cuda_graphs), label=_graphs_label, label_rank=60,

@@ -19,6 +19,7 @@ import httpx
 import yaml
 
 from tuner.deploy.served import figures, prompts_for
+from tuner.deploy.serverlaunch import server_module
 from tuner.errors import BadInput, EnvironmentUnfit
 from tuner.machine.childenv import service_env
 from tuner.machine.children import popen_kwargs, stop
@@ -110,7 +111,7 @@ class running_server:
         copy.write_text(yaml.safe_dump(config, sort_keys=False))
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "llama_cpp.server", "--config_file", str(copy)],
+                [sys.executable, "-m", server_module(env), "--config_file", str(copy)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp,
                 **popen_kwargs())  # ends with this command, even a SIGKILLed one
         return self.proc

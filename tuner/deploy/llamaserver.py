@@ -38,6 +38,7 @@ from tuner.evidence.effective import trial_settings
 from tuner.machine import childenv
 from tuner.machine.children import popen_kwargs, stop
 from tuner.machine.cpuload import OtherLoad
+from tuner.machine.envvars import VARS
 from tuner.machine.output import replace_files
 from tuner.machine.tempdirs import temp_dir
 from tuner.results.records import ServedFigures
@@ -136,6 +137,8 @@ def server_args(spec: TrialSpec, workload: Workload, model_path: str, threads: i
         args += _flag(key, value, spec)
     if not spec.context.op_offload:
         args.append("--no-op-offload")
+    if spec.model.n_cpu_moe:
+        args += ["--n-cpu-moe", str(spec.model.n_cpu_moe)]
     return args + list(extra) + ["--host", host, "--port", str(port)]
 
 
@@ -175,6 +178,7 @@ def server_env(spec: TrialSpec, lib_dir: str) -> dict[str, str]:
     what the model-level settings ask (CUDA graphs off, no GPU for a CPU run)."""
     env = service_env(spec, lib_dir)
     env.pop("LLAMA_CPP_LIB_PATH", None)
+    env.pop(VARS["n_cpu_moe"].name, None)  # tuner's launcher's; llama-server takes --n-cpu-moe
     return {"LD_LIBRARY_PATH": os.path.abspath(lib_dir), **env}
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 import tuner
 from tuner.deploy.configcheck import check_config
+from tuner.deploy.serverlaunch import server_module
 from tuner.deploy.service import (
     RAW_KIND,
     SERVED_KIND,
@@ -99,7 +100,7 @@ def sidecar_path(out: Path) -> Path:
 def launch_command(out: Path, env: dict[str, str]) -> str:
     """The shell line that starts the server on this config with the build's environment."""
     assigns = [f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())]
-    cmd = ["python", "-m", "llama_cpp.server", "--config_file", shlex.quote(str(out))]
+    cmd = ["python", "-m", server_module(env), "--config_file", shlex.quote(str(out))]
     return " ".join(assigns + cmd)
 
 

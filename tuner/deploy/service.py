@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.builds.cpuflags import pip_install_command
+from tuner.machine.envvars import VARS
 from tuner.results.records import ServedFigures, TrialRecord
 from tuner.settings import environment
 from tuner.specs import TrialSpec
@@ -120,11 +121,14 @@ def served_vs_raw(figures: dict[str, Any], prompt_tokens: int,
 
 def service_env(spec: TrialSpec, lib_dir: str | None) -> dict[str, str]:
     """The environment a service of ``spec`` needs: the build's library (absolute), CUDA graphs
-    off when the trial ran without them, no GPU for a deliberate CPU run."""
+    off when the trial ran without them, the first layers whose experts stay on the host, no
+    GPU for a deliberate CPU run."""
     env: dict[str, str] = {}
     if lib_dir:
         env["LLAMA_CPP_LIB_PATH"] = os.path.abspath(lib_dir)
     env.update(environment(spec.model))  # what the model-level settings ask
+    if spec.model.n_cpu_moe:  # what tuner's server launcher applies (deploy/serverlaunch.py)
+        env[VARS["n_cpu_moe"].name] = str(spec.model.n_cpu_moe)
     if spec.model.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env

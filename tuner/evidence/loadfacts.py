@@ -42,6 +42,9 @@ class PlacementEvidence(Frozen):
     compute_buffers_mib: dict[str, float] = Field(default_factory=dict)
     # A recurrent model's (or a hybrid's recurrent layers') state ("RS buffer size"), per device
     state_buffers_mib: dict[str, float] = Field(default_factory=dict)
+    # Tensors a buffer-type override placed ("tensor blk.0.ffn_up_exps.weight (...) buffer
+    # type overridden to CPU"): name -> buffer type
+    overridden: dict[str, str] = Field(default_factory=dict)
     flash_attn: str | None = None
     n_ctx: int | None = None
     n_batch: int | None = None
@@ -63,6 +66,8 @@ class Expectation(Frozen):
     # and the split's proportions (None: by free memory).
     split_mode: int = 1
     main_gpu: int = 0
+    # The first layers whose expert weights stay in host memory (0: no tensor is overridden)
+    n_cpu_moe: int = 0
     tensor_split: tuple[float, ...] | None = None
     build: str | None = None
     type_k: str | None = None

@@ -31,6 +31,7 @@ from tuner.evidence.gpusplit import (
     split_summary,
 )
 from tuner.evidence.loadfacts import Expectation, PlacementEvidence
+from tuner.models.gguftensors import EXPERT_TENSOR
 from tuner.specs import Frozen, TrialSpec, Workload
 
 # The CUDA backend's device lines: index, name and, where printed, the compute capability.
@@ -44,6 +45,8 @@ _FLASH = re.compile(r"^\s*flash_attn\s*=\s*(\w+)")
 _FLASH_RESOLVED = re.compile(r"Flash Attention was \w+, set to (\w+)")
 _FAILURE = re.compile(r"\b(?:error|failed|failure|out of memory|GGML_ASSERT)", re.IGNORECASE)
 _USING_DEVICE = re.compile(r"using device (\S+) \(")
+_OVERRIDDEN = re.compile(r"^tensor (\S+) \(.*\) buffer type overridden to (\S+)")
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 _MODEL_HEADS = ("load_tensors", "llm_load_tensors")
 _CONTEXT_HEADS = ("llama_context", "llama_new_context_with_model", "llama_init_from_model")
@@ -74,6 +77,7 @@ class _LoadLogReader:
     model_devices: list[str] = field(default_factory=list)
     devices_closed: bool = False
     layers: dict[int, str] = field(default_factory=dict)
+    overridden: dict[str, str] = field(default_factory=dict)
     kv_layers: dict[int, str] = field(default_factory=dict)
     model_buf: dict[str, float] = field(default_factory=dict)
     kv_buf: dict[str, float] = field(default_factory=dict)
@@ -116,6 +120,7 @@ class _LoadLogReader:
             return False
         if "loading model tensors" in rest:
             self.layers, self.model_buf, self.offloaded = {}, {}, None
+            self.overridden = {}
             self.devices_closed = True
         elif m := _LAYER.match(rest):
             self.layers[int(m.group(1))] = m.group(2)
@@ -162,7 +167,9 @@ class _LoadLogReader:
 
     def _device_or_buffer_line(self, line: str, colon: bool, rest: str) -> None:
         """A CUDA device line, a compute buffer, or an older log's KV types."""
-        if line.startswith("  Device ") and (m := DEVICE_LINE.match(line)):
+        if line.startswith("tensor ") and (m := _OVERRIDDEN.match(line)):
+            self.overridden[m.group(1)] = m.group(2)
+        elif line.startswith("  Device ") and (m := DEVICE_LINE.match(line)):
             self.devices[int(m.group(1))] = m.group(2).strip()
         elif colon and "compute buffer size" in rest and (m := _BUFFER.match(rest)):
             _add(self.compute_buf, m.group(1), m.group(3), replace=True)
@@ -182,6 +189,7 @@ class _LoadLogReader:
             cuda_devices=[self.devices[i] for i in sorted(self.devices)],
             model_devices=self.model_devices,
             layer_devices=self.layers,
+            overridden=self.overridden,
             offloaded_layers=offloaded[0] if offloaded else None,
             total_layers=offloaded[1] if offloaded else None,
             kv_layer_devices=self.kv_layers,
@@ -241,7 +249,49 @@ def verify(evidence: PlacementEvidence, expectation: Expectation,
             and (got := variant_of(flags)) != expectation.build):
         reasons.append(f"expected build {expectation.build}, library reports {got}")
     reasons += _context_reasons(evidence, expectation)
+    reasons += experts_reasons(evidence, expectation.n_cpu_moe)
     return Verdict(verified=not reasons, reasons=reasons, summary=summarize(evidence, flags))
+
+
+def experts_reasons(ev: PlacementEvidence, n_cpu_moe: int) -> list[str]:
+    """Whether the tensors overridden are the expert weights of the first ``n_cpu_moe`` layers,
+    in host memory, and nothing else: the layers overridden run up to ``n_cpu_moe`` - 1 without
+    a gap (a model's leading dense layers have no experts to move)."""
+    out: list[str] = []
+    layers: set[int] = set()
+    for name, buft in sorted(ev.overridden.items()):
+        m = _BLOCK.match(name)
+        if not (m and EXPERT_TENSOR.search(name)):
+            out.append(f"tensor {name} overridden to {buft}: not an expert weight")
+        elif is_cuda_device(buft):
+            out.append(f"expert tensor {name} overridden to {buft}, not to host memory")
+        else:
+            layers.add(int(m.group(1)))
+    if n_cpu_moe <= 0:
+        if layers:
+            out.append(f"the expert weights of {len(layers)} layers in host memory; the trial "
+                       "asked for none")
+        return out
+    if not layers:
+        out.append(f"no expert weights overridden to host memory; the trial asked for those "
+                   f"of the first {n_cpu_moe} layers (no 'buffer type overridden' line)")
+    elif max(layers) != n_cpu_moe - 1 or layers != set(range(min(layers), n_cpu_moe)):
+        out.append(f"the expert weights of layers {_ranges(layers)} in host memory; the trial "
+                   f"asked for those of layers 0-{n_cpu_moe - 1}")
+    return out
+
+
+def _ranges(layers: set[int]) -> str:
+    """{0, 1, 2, 5} -> "0-2, 5"."""
+    out: list[list[int]] = []
+    run: list[int] = []
+    for il in sorted(layers):
+        if run and il != run[-1] + 1:
+            out.append(run)
+            run = []
+        run.append(il)
+    out.append(run)
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in out if r)
 
 
 def is_full_offload(ev: PlacementEvidence, n_gpu_layers: int) -> bool:
@@ -422,7 +472,19 @@ def summarize(evidence: PlacementEvidence, build: BuildFlags | None = None) -> s
         kv = "no KV cache, recurrent state on " + ", ".join(sorted(evidence.state_buffers_mib))
     else:
         kv = "KV cache not in the log"
-    return f"{layers}, {kv}, build {variant_of(flags) if flags else 'unknown'}"
+    moved = _moved_experts(evidence)
+    experts = (f", experts of layers {_ranges(set(moved))} on {', '.join(sorted(set(moved.values())))}"
+               if moved else "")
+    return f"{layers}{experts}, {kv}, build {variant_of(flags) if flags else 'unknown'}"
+
+
+def _moved_experts(ev: PlacementEvidence) -> dict[int, str]:
+    """Layer -> buffer type of the expert tensors an override placed."""
+    out = {}
+    for name, buft in ev.overridden.items():
+        if (m := _BLOCK.match(name)) and EXPERT_TENSOR.search(name):
+            out[int(m.group(1))] = buft
+    return out
 
 
 def _gpu_first(counts: Counter[str]) -> list[tuple[str, int]]:

@@ -8,6 +8,9 @@ reads it from ``current()``, never from ``os.environ``.
   than the heartbeat, or every live sweep would look gone to the others and settings would run
   twice.
 - ``TUNER_HOST`` (the hostname): the name this host's claims carry.
+- ``TUNER_N_CPU_MOE`` (0): the first layers whose mixture-of-experts weights a service keeps in
+  host memory (the setting ``n_cpu_moe``; its deployment's environment file sets it, and
+  ``python -m tuner.deploy.serverlaunch`` runs llama_cpp.server with it).
 - ``TUNER_FAKE_GPU_FREE_MIB``, ``TUNER_FAKE_HOST_AVAILABLE_MIB`` (unset): FAKE free GPU and
   host memory in MiB for the memory plan's tests on machines without a GPU (CI); never set on
   a real run.
@@ -32,6 +35,7 @@ class TunerEnv:
     heartbeat_s: float
     stale_s: float
     host: str | None  # None: the hostname
+    n_cpu_moe: int = 0  # a service's layers with their experts on the host
     fake_gpu_free_mib: float | None = None  # FAKE (tests): the GPU's free memory
     fake_host_available_mib: float | None = None  # FAKE (tests): the host's available memory
 
@@ -71,6 +75,19 @@ def _mib(name: str, text: str) -> float | None:
     return value
 
 
+MAX_LAYERS = 65536  # more layers than any model has
+
+
+def _count(name: str, text: str) -> int:
+    t = text.strip()
+    if t == "":
+        return 0
+    if t.isascii() and t.isdigit() and int(t) <= MAX_LAYERS:
+        return int(t)
+    raise BadInput(f"{name}={text[:40]!r} is not a count of layers from 0 to {MAX_LAYERS}",
+                   hint=f"unset {name} or give e.g. {name}=4")
+
+
 @dataclass(frozen=True)
 class Var:
     name: str
@@ -82,6 +99,7 @@ VARS = {
     "heartbeat_s": Var("TUNER_HEARTBEAT_S", "5", _seconds),
     "stale_s": Var("TUNER_STALE_S", "60", _seconds),
     "host": Var("TUNER_HOST", "", _host),
+    "n_cpu_moe": Var("TUNER_N_CPU_MOE", "0", _count),
     "fake_gpu_free_mib": Var("TUNER_FAKE_GPU_FREE_MIB", "", _mib),
     "fake_host_available_mib": Var("TUNER_FAKE_HOST_AVAILABLE_MIB", "", _mib),
 }

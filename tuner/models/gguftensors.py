@@ -23,12 +23,14 @@ from tuner.models.modelcheck import (
     _value,
     check_model,
 )
+from tuner.settings import EXPERT_PATTERN
 
 MAX_KEPT_ARRAY = 4096  # numeric arrays up to this length are kept (per-layer values)
 # A mixture of experts' expert weights (all experts of a layer in one 3-D tensor): the
 # tensors llama-server's --n-cpu-moe keeps on the host (common.h's LLM_FFN_EXPS_REGEX), of
-# which a token reads only the experts it uses.
-EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch)?exps")
+# which a token reads only the experts it uses (settings.EXPERT_PATTERN, the tensor-override
+# pattern of the setting n_cpu_moe).
+EXPERT_TENSOR = re.compile(EXPERT_PATTERN)
 
 
 def experts_used_share(n_expert: object, n_expert_used: object) -> float:

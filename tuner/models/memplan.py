@@ -268,6 +268,8 @@ class Context:
     n_ubatch: int = 512
     flash_attn: bool = False
     op_offload: bool = True  # llama.cpp's default: large batches of host layers run on the GPU
+    # The first layers whose expert weights stay on the host (the setting n_cpu_moe)
+    experts_on_host: int = 0
 
 
 def gpu_layers(m: ModelLayout, n_gpu_layers: int) -> tuple[tuple[int, ...], bool]:
@@ -279,11 +281,11 @@ def gpu_layers(m: ModelLayout, n_gpu_layers: int) -> tuple[tuple[int, ...], bool
     return tuple(range(start, m.n_layer)), n >= 1
 
 
-def place(m: ModelLayout, n_gpu_layers: int, ctx: Context,
-          experts_on_host: int = 0) -> Placement:
+def place(m: ModelLayout, n_gpu_layers: int, ctx: Context) -> Placement:
     """Bytes per device at ``n_gpu_layers`` with the context ``ctx`` (a CUDA build), and the
-    experts of the first ``experts_on_host`` layers kept on the host (llama-server's
+    experts of its first ``experts_on_host`` layers kept on the host (llama-server's
     ``--n-cpu-moe``: tensor overrides of their ``*_exps`` weights to the CPU)."""
+    experts_on_host = ctx.experts_on_host
     on_gpu, output = gpu_layers(m, n_gpu_layers)
     gpu_set = set(on_gpu)
     cells = kv_size(ctx.n_ctx)
@@ -321,7 +323,8 @@ def fewest_experts_on_host(m: ModelLayout, budget: Budget, ctx: Context) -> int 
     if not any(m.expert_bytes):
         return None
     for k in range(m.n_layer + 1):
-        if place(m, -1, ctx, experts_on_host=k).gpu.total <= budget.usable_bytes:
+        if place(m, -1, dataclasses.replace(ctx, experts_on_host=k)).gpu.total \
+                <= budget.usable_bytes:
             return k
     return None
 
@@ -443,8 +446,7 @@ class MemoryPlan:
                 f"memory plan: a mixture of experts: every layer would fit at n_ctx {self.n_ctx} "
                 "with the experts of its first K layers on the host ("
                 + ", ".join(f"kv {kv}: K {k}" for kv, k in self.experts_host)
-                + "), as llama-server's --n-cpu-moe K places them; tuner moves whole layers "
-                "(llama_cpp.server cannot place single tensors)")
+                + "), as llama-server's --n-cpu-moe K places them (the setting n_cpu_moe)")
         return out
 
 

@@ -31,6 +31,12 @@ BELOW_BOUNDARY = (0, 2, 4)
 # llama-bench loaded 23 in run 30, the fastest it measured (benchmarks/partial_offload.py
 # replay); each layer was about 5% of the request there.
 PROBE_ABOVE = 1
+# A mixture of experts that does not fit whole also runs every layer on the GPU with the expert
+# weights of its first K layers on the host (n_cpu_moe; llama.cpp's own fit places a model so
+# when its dense weights fit): K from the fewest the plan fits (per cache type, smallest
+# n_ubatch) to these many more (a larger n_ubatch's compute buffer needs room), and one fewer to
+# probe the plan.
+EXPERTS_ABOVE_FEWEST = (0, 1, 2)
 PLANNED_REFUSAL = "does not fit by the memory plan"  # no_longer_fits's verdict: no load tried
 
 
@@ -41,6 +47,9 @@ class OffloadPlan:
 
     plan: MemoryPlan
     layers: tuple[int, ...]
+    # The n_cpu_moe counts searched with every layer on the GPU (empty: a dense model, or
+    # experts on the host do not make it fit)
+    experts: tuple[int, ...] = ()
     # The process overhead measured by a trial (calibrate), once there is one; the plan's
     # budget then holds it.
     measured_overhead_mib: float | None = None
@@ -70,7 +79,7 @@ def calibrate(op: OffloadPlan, spec: TrialSpec, wl: Workload,
     candidate."""
     need = memplan.place(op.plan.layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
     measured = peak_mib - need.total / MIB
-    head = (f"memory plan: trial at n_gpu_layers {spec.model.n_gpu_layers} peaked at "
+    head = (f"memory plan: trial at {placement_text(spec)} peaked at "
             f"{peak_mib:,.0f} MiB, the plan's buffers {need.total / MIB:,.0f} MiB")
     if measured >= op.overhead_mib:
         return (dataclasses.replace(op, measured_overhead_mib=measured),
@@ -79,15 +88,18 @@ def calibrate(op: OffloadPlan, spec: TrialSpec, wl: Workload,
     old = op.plan.budget
     budget = dataclasses.replace(old, overhead_mib=max(measured, 0.0), margin_mib=0.0)
     plan = memplan.make_plan(op.plan.layout, op.plan.n_ctx, budget)
-    layers = search_layers(plan)
-    return (OffloadPlan(plan=plan, layers=layers, measured_overhead_mib=measured),
+    layers, experts = search_layers(plan), search_experts(plan)
+    return (OffloadPlan(plan=plan, layers=layers, experts=experts,
+                        measured_overhead_mib=measured),
             f"{head}: the process overhead is {max(measured, 0.0):,.0f} MiB, not the "
             f"{old.overhead_mib:,.0f} MiB planned, and the {old.margin_mib:,.0f} MiB margin "
             "for the plan's error is dropped (a setting that still does not fit fails at load, "
             "infeasible); most layers that fit now "
             + ", ".join(f"{kv} {n}" for kv, n in _tops(plan).items())
             + (f"; searching n_gpu_layers {list(layers)} (was {list(op.layers)})"
-               if layers != op.layers else ""))
+               if layers != op.layers else "")
+            + (f"; searching n_cpu_moe {list(experts)} (was {list(op.experts)})"
+               if experts != op.experts else ""))
 
 
 def _tops(plan: MemoryPlan) -> dict[str, int]:
@@ -120,10 +132,42 @@ def search_layers(plan: MemoryPlan) -> tuple[int, ...]:
     return tuple(sorted(values)) or (0,)
 
 
-def most_tried(layout: memplan.ModelLayout, budget: Budget, ctx: Context) -> int:
-    """The most n_gpu_layers a trial is given with ``ctx`` in ``budget``: the plan's most that
-    fit, and the probe above it."""
-    return memplan.most_layers(layout, budget, ctx) + PROBE_ABOVE
+def search_experts(plan: MemoryPlan) -> tuple[int, ...]:
+    """The n_cpu_moe counts (every layer on the GPU) near the fewest that fit, for each cache
+    type the plan found one for, and the probe one below; nothing for a dense model or one
+    that fits whole."""
+    if plan.fits_full:
+        return ()
+    n = plan.layout.n_layer
+    values = {k + d for _, k in plan.experts_host for d in EXPERTS_ABOVE_FEWEST if k + d <= n}
+    values |= {k - PROBE_ABOVE for _, k in plan.experts_host if k - PROBE_ABOVE >= 1}
+    return tuple(sorted(values))
+
+
+def placement_text(spec: TrialSpec) -> str:
+    """"n_gpu_layers 20", or "n_cpu_moe 12" (every layer on the GPU)."""
+    m = spec.model
+    return f"n_cpu_moe {m.n_cpu_moe}" if m.n_cpu_moe else f"n_gpu_layers {m.n_gpu_layers}"
+
+
+def tried_by_plan(layout: memplan.ModelLayout, budget: Budget, spec: TrialSpec,
+                  wl: Workload) -> tuple[bool, str]:
+    """Whether a trial of ``spec`` is given a load in ``budget`` (the plan's fit and the probe
+    past it), and the bound that decided: with experts on the host (n_cpu_moe, every layer on
+    the GPU), down to one layer's experts fewer than the fewest that fit; else up to one layer
+    more than the most that fit."""
+    ctx = spec_context(spec, wl)
+    if ctx.experts_on_host:
+        fewest = memplan.fewest_experts_on_host(layout, budget, ctx)
+        if fewest is None:
+            return False, "not even every layer's experts on the host fit"
+        return (ctx.experts_on_host >= fewest - PROBE_ABOVE,
+                f"the fewest layers' experts on the host that fit: {fewest}, and one fewer "
+                "is tried")
+    most = memplan.most_layers(layout, budget, ctx)
+    n = spec.model.n_gpu_layers
+    asked = layout.n_offloadable if n < 0 else n
+    return asked <= most + PROBE_ABOVE, f"the most that fit: {most}, and one more is tried"
 
 
 def host_available_mib() -> float | None:
@@ -148,6 +192,10 @@ def check_host(op: OffloadPlan, wl: Workload) -> str:
     cache. Returns the line saying what the host holds."""
     fewest = min(op.layers)
     p = memplan.place(op.plan.layout, fewest, Context(n_ctx=wl.n_ctx))
+    if op.experts:  # the most experts on the host may hold more than the fewest layers
+        q = memplan.place(op.plan.layout, -1, Context(n_ctx=wl.n_ctx,
+                                                       experts_on_host=max(op.experts)))
+        p = max(p, q, key=lambda x: x.host.total)
     need = p.host.total / MIB
     have = host_available_mib()
     line = (f"memory plan: at {fewest} GPU layers the host holds {need:,.0f} MiB "
@@ -170,11 +218,16 @@ def prepare(layout: memplan.ModelLayout | None, wl: Workload, max_vram_mib: floa
     if plan is None:
         return None, ["memory plan: none (no GPU free-memory reading, or a model shape the "
                       "plan cannot read)"]
-    op = OffloadPlan(plan=plan, layers=search_layers(plan))
+    op = OffloadPlan(plan=plan, layers=search_layers(plan), experts=search_experts(plan))
     lines = plan.lines()
     if op.partial:
         lines.append(f"memory plan: searching n_gpu_layers {list(op.layers)} (the most that "
                      "fit per cache type, a few below, and one more to probe the plan)")
+        if op.experts:
+            lines.append(f"memory plan: and every layer on the GPU with n_cpu_moe "
+                         f"{list(op.experts)} (the first layers whose experts stay on the "
+                         "host: the fewest that fit per cache type, a few more, and one "
+                         "fewer to probe the plan)")
         lines.append(check_host(op, wl))
     return op, lines
 
@@ -182,7 +235,8 @@ def prepare(layout: memplan.ModelLayout | None, wl: Workload, max_vram_mib: floa
 def spec_context(spec: TrialSpec, wl: Workload) -> Context:
     c = spec.context
     return Context(n_ctx=wl.n_ctx, type_k=c.type_k, type_v=c.type_v, n_ubatch=c.n_ubatch,
-                   flash_attn=c.flash_attn, op_offload=c.op_offload)
+                   flash_attn=c.flash_attn, op_offload=c.op_offload,
+                   experts_on_host=spec.model.n_cpu_moe)
 
 
 def keep_fitting(op: OffloadPlan | None, specs: list[TrialSpec], wl: Workload) -> list[TrialSpec]:
@@ -192,12 +246,18 @@ def keep_fitting(op: OffloadPlan | None, specs: list[TrialSpec], wl: Workload) -
     plan."""
     if op is None or not op.partial:
         return specs
-    tried: dict[Context, int] = {}  # the grid's few contexts, each planned once
+    tried: dict[tuple[Context, int], bool] = {}  # the grid's few settings, each planned once
+    kept = []
     for s in specs:
-        ctx = spec_context(s, wl)
-        if ctx not in tried:
-            tried[ctx] = most_tried(op.plan.layout, op.plan.budget, ctx)
-    return [s for s in specs if s.model.n_gpu_layers <= tried[spec_context(s, wl)]]
+        n, k = s.model.n_gpu_layers, s.model.n_cpu_moe
+        if op.experts and (k > 0) != (n < 0):  # experts on the host with every layer alone
+            continue
+        key = (spec_context(s, wl), n)
+        if key not in tried:
+            tried[key] = tried_by_plan(op.plan.layout, op.plan.budget, s, wl)[0]
+        if tried[key]:
+            kept.append(s)
+    return kept
 
 
 def no_longer_fits(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload,
@@ -214,15 +274,13 @@ def no_longer_fits(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload,
         return None
     free += own
     now = dataclasses.replace(budget, free_mib=free)
-    ctx = spec_context(spec, wl)
-    tried = most_tried(layout, now, ctx)
-    if spec.model.n_gpu_layers <= tried:
+    ok, bound = tried_by_plan(layout, now, spec, wl)
+    if ok:
         return None
-    need = memplan.place(layout, spec.model.n_gpu_layers, ctx).gpu
+    need = memplan.place(layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
     return (f"{PLANNED_REFUSAL}: {need.total / MIB:,.0f} MiB on the GPU for "
-            f"n_gpu_layers {spec.model.n_gpu_layers}, {now.usable_bytes / MIB:,.0f} MiB "
-            f"usable of {free:,.0f} MiB free now (the most that fit: "
-            f"{tried - PROBE_ABOVE}, and one more is tried)")
+            f"{placement_text(spec)}, {now.usable_bytes / MIB:,.0f} MiB "
+            f"usable of {free:,.0f} MiB free now ({bound})")
 
 
 def planned_outcome(op: OffloadPlan | None, spec: TrialSpec, wl: Workload) -> Outcome | None:
@@ -237,41 +295,58 @@ def planned_outcome(op: OffloadPlan | None, spec: TrialSpec, wl: Workload) -> Ou
 def boundary_lines(op: OffloadPlan, records: list[TrialRecord], wl: Workload) -> list[str]:
     """The plan's boundary against the loads the search made, per cache type, n_ubatch and
     flash attention it tried: the most layers the plan says fit, the most that loaded, the
-    fewest that failed at load (the plan's error, as the search measured it)."""
-    loaded: dict[Context, int] = {}
-    failed: dict[Context, int] = {}
+    fewest that failed at load (the plan's error, as the search measured it); with experts on
+    the host, the fewest layers' experts the plan fits, the fewest that loaded and the most
+    that failed."""
+    layers: dict[Context, tuple[int | None, int | None]] = {}  # most loaded, fewest failed
+    experts: dict[Context, tuple[int | None, int | None]] = {}  # fewest loaded, most failed
     for r in records:
-        n = r.spec.model.n_gpu_layers
-        if r.spec.model.device != "cuda" or n < 0:
+        n, k = r.spec.model.n_gpu_layers, r.spec.model.n_cpu_moe
+        if r.spec.model.device != "cuda" or (n < 0 and not k):
             continue
-        ctx = spec_context(r.spec, wl)
-        if r.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            loaded[ctx] = max(loaded.get(ctx, n), n)
-        elif (r.state is TrialState.INFEASIBLE
-              and not (r.error or "").startswith(PLANNED_REFUSAL)):
-            failed[ctx] = min(failed.get(ctx, n), n)
+        ctx = dataclasses.replace(spec_context(r.spec, wl), experts_on_host=0)
+        loaded = r.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        failed = (r.state is TrialState.INFEASIBLE
+                  and not (r.error or "").startswith(PLANNED_REFUSAL))
+        if not (loaded or failed):
+            continue
+        into, value, better = (experts, k, min) if k else (layers, n, max)
+        ok, bad = into.get(ctx, (None, None))
+        worse = max if better is min else min
+        if loaded:
+            ok = value if ok is None else better(ok, value)
+        else:
+            bad = value if bad is None else worse(bad, value)
+        into[ctx] = (ok, bad)
     out = []
-    for ctx in sorted(set(loaded) | set(failed), key=lambda c: (c.type_k, c.type_v,
-                                                                 c.n_ubatch, c.flash_attn)):
-        planned = memplan.most_layers(op.plan.layout, op.plan.budget, ctx)
-        parts = [f"planned {planned}"]
-        if ctx in loaded:
-            parts.append(f"loaded up to {loaded[ctx]}")
-        if ctx in failed:
-            parts.append(f"failed to load at {failed[ctx]}")
-        out.append(f"memory plan against loads: kv {ctx.type_k}/{ctx.type_v} n_ubatch "
-                   f"{ctx.n_ubatch} flash_attn {'on' if ctx.flash_attn else 'off'}: "
-                   + ", ".join(parts))
+    key = lambda c: (c.type_k, c.type_v, c.n_ubatch, c.flash_attn)  # noqa: E731
+    for ctx in sorted(set(layers) | set(experts), key=key):
+        head = (f"memory plan against loads: kv {ctx.type_k}/{ctx.type_v} n_ubatch "
+                f"{ctx.n_ubatch} flash_attn {'on' if ctx.flash_attn else 'off'}: ")
+        if ctx in layers:
+            ok, bad = layers[ctx]
+            parts = [f"planned {memplan.most_layers(op.plan.layout, op.plan.budget, ctx)}"]
+            parts += [f"loaded up to {ok}"] if ok is not None else []
+            parts += [f"failed to load at {bad}"] if bad is not None else []
+            out.append(head + ", ".join(parts))
+        if ctx in experts:
+            ok, bad = experts[ctx]
+            fewest = memplan.fewest_experts_on_host(op.plan.layout, op.plan.budget, ctx)
+            parts = [f"planned {'none' if fewest is None else fewest}"]
+            parts += [f"loaded down to {ok}"] if ok is not None else []
+            parts += [f"failed to load at {bad}"] if bad is not None else []
+            out.append(head + "n_cpu_moe (every layer on the GPU) " + ", ".join(parts))
     return out
 
 
 def finalist_outcome(layout: memplan.ModelLayout | None, spec: TrialSpec, wl: Workload,
                      budget: Budget) -> Outcome | None:
-    """A partial-offload finalist (n_gpu_layers >= 0) that no longer fits the memory free now
+    """A partial-offload finalist (n_gpu_layers >= 0, or experts on the host) that no longer fits the memory free now
     (another process took some since its search trial): infeasible, without a worker.
     ``layout``: the model's as the sweep read it (None: a shape the plan cannot read);
     ``budget``: the sweep's plan's (no_longer_fits)."""
-    if spec.model.device != "cuda" or spec.model.n_gpu_layers < 0 or layout is None:
+    m = spec.model
+    if m.device != "cuda" or (m.n_gpu_layers < 0 and not m.n_cpu_moe) or layout is None:
         return None
     why = no_longer_fits(layout, spec, wl, budget)
     return None if why is None else Outcome(state=TrialState.INFEASIBLE,

@@ -139,13 +139,18 @@ DEFAULT_KV_CACHES = ("f16/f16", "q8_0/q8_0")
 
 
 def default_space(device: Device, builds: list[str], gpu_layers: tuple[int, ...] = (),
-                  attention: bool = True) -> Space:
+                  attention: bool = True, experts: tuple[int, ...] = ()) -> Space:
     """The built-in space. ``gpu_layers``: the layer counts of a model that does not fit at
     full offload (tuner/search/offload.py): the space searches them, with the cache types
     (q8_0 frees room), n_ubatch, flash attention and the CPU threads that compute the rest.
     ``attention`` False: no layer keeps a KV cache (a recurrent model such as Mamba): the cache
-    type and flash attention change nothing there, so each keeps its default alone."""
+    type and flash attention change nothing there, so each keeps its default alone.
+    ``experts``: a mixture of experts' n_cpu_moe counts, each with every layer on the GPU
+    (offload.keep_fitting pairs them so)."""
     space = _default_space(device, builds, gpu_layers)
+    if experts and device == "cuda" and gpu_layers:
+        space = space.model_copy(update={"n_gpu_layers": [-1, *space.n_gpu_layers],
+                                         "n_cpu_moe": [0, *experts]})
     if attention:
         return space
     return space.model_copy(update={"kv_cache": [DEFAULT_KV_CACHES[0]], "flash_attn": [False]})

@@ -229,7 +229,8 @@ class Sweep(Finish):
     def plan_of(self, probes: dict[str, BuildProbe]) -> tuple[Space, list[TrialSpec]]:
         fit, device = self.fit, self.opts.device
         space = self.space_file or default_space(device, list(probes), fit.layers if fit else (),
-                                                 attention=self.attention)
+                                                 attention=self.attention,
+                                                 experts=fit.experts if fit else ())
         return space, offload.keep_fitting(fit, grid(
             space, device, self.wl, lambda b, k, v: fa_supports(probes[b].flags, k, v)), self.wl)
 
@@ -427,7 +428,8 @@ class Sweep(Finish):
             return
         self.fit, line = offload.calibrate(fit, record.spec, self.wl, m.gpu_peak_mib)
         self.events.note(line)
-        if self.fit.layers != fit.layers and not self.space_file:
+        if ((self.fit.layers, self.fit.experts) != (fit.layers, fit.experts)
+                and not self.space_file):
             self.regrid()
 
     def regrid(self) -> None:

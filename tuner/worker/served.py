@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from tuner.machine import envvars
+from tuner.worker.llamaparams import hold_experts_on_host
 from tuner.worker.protocol import (
     SERVED_JOB,
     Conn,
@@ -246,12 +248,15 @@ def run_job(conn: Conn, raw_job: dict[str, Any], log_path: str,
     else:
         # The job's environment is the whole of what the service would get: a library folder
         # the caller's environment names (a stale build) must not reach the import.
-        if "LLAMA_CPP_LIB_PATH" not in job.env:
-            os.environ.pop("LLAMA_CPP_LIB_PATH", None)
+        for name in ("LLAMA_CPP_LIB_PATH", envvars.VARS["n_cpu_moe"].name):
+            if name not in job.env:
+                os.environ.pop(name, None)
         os.environ.pop("GGML_SCHED_DEBUG", None)
         os.environ.update(job.env)
         redirect_stdio(log_path)
         try:
+            # What the service's launcher applies from the same environment
+            hold_experts_on_host(envvars.current().n_cpu_moe)
             answer = handle(job)
         except Exception as e:  # noqa: BLE001 - reported to the parent, which raises
             answer = ServedFailed(error=f"{type(e).__name__}: {e}",

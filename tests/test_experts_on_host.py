@@ -1,0 +1,215 @@
+"""A mixture of experts that does not fit the GPU whole: every layer on the GPU with the expert
+weights of the first K layers in host memory (the setting ``n_cpu_moe``, llama-server's
+``--n-cpu-moe``, what llama.cpp's own fit does for such a model). Shown here on the CPU with a
+real qwen3moe GGUF file: the worker's tensor overrides in the real load log, proven against
+what was asked (and an edited log refused); a sweep's config served through the real
+llama_cpp.server by tuner's launcher and through the real llama-server, each load proven; and
+the partial-offload search pairing K with full offload under a FAKE GPU budget (no GPU here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.cli_run import tuner
+from tests.spaces import write_space
+from tests.test_llamaserver import BUILDS, LOOSE
+from tuner.deploy.llamaserver import server_args, server_env
+from tuner.deploy.prodconfig import launch_command
+from tuner.deploy.serverlaunch import MODULE, server_module
+from tuner.deploy.service import read_env_file
+from tuner.evidence.placement import Expectation, experts_reasons, parse_load_log, verify
+from tuner.models import memplan
+from tuner.models.archgen import write_qwen3moe
+from tuner.models.memplan import MIB, Budget, Context
+from tuner.search import offload
+from tuner.search.space import default_space, grid
+from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
+
+N_LAYER = 4
+OVERRIDE = re.compile(r"^tensor (blk\.(\d+)\.ffn_\w+_exps\.weight) .*overridden to (\S+)$", re.M)
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_qwen3moe(tmp_path_factory.mktemp("moe") / "qwen3moe.gguf", n_layer=N_LAYER)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory, moe: Path) -> tuple[Path, str]:
+    """A real one-setting CPU sweep at n_cpu_moe 2, served through llama_cpp.server (by the
+    launcher) and llama-server, both deployments written."""
+    root = tmp_path_factory.mktemp("moesweep")
+    space = write_space(root / "space.yaml", n_cpu_moe=[2], n_batch=[32], n_ubatch=[32],
+                        n_threads=[1])
+    out = root / "configs" / "production.yaml"
+    proc = tuner("sweep", "--model", moe, "--device", "cpu", "--space", space,
+                 "--prompt-tokens", 32, "--gen-tokens", 8, "--n-ctx", 64, "--repetitions", 1,
+                 "--results", root / "results", "--out", out, "--finalist-rounds", 1,
+                 "--served-requests", 2, "--builds", BUILDS, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout + proc.stderr
+
+
+def test_the_sweep_proves_serves_and_deploys_experts_on_the_host(swept: tuple[Path, str]) -> None:
+    out, text = swept
+    assert "cpu-moe 2" in text
+    assert "not verified" not in text, text[-3000:]
+    # The config is llama_cpp.server's own; the count lives in the service's environment, and
+    # the launch line starts tuner's launcher, which applies it
+    assert "n_cpu_moe" not in out.read_text()
+    env = read_env_file(out.with_name("production.env"))
+    assert env["TUNER_N_CPU_MOE"] == "2"
+    side = json.loads(out.with_name("production.tuner.json").read_text())
+    assert f"-m {MODULE} --config_file" in side["launch"]
+    # The served phase's llama_cpp.server and llama-server both placed (and proved) it
+    args = out.with_name("production.llama-server.args").read_text().splitlines()
+    assert args[args.index("--n-cpu-moe") + 1] == "2"
+    assert "llama-server deployment: " in text, text[-3000:]
+
+
+def test_verify_starts_the_launcher_and_proves_the_placement(swept: tuple[Path, str]) -> None:
+    """``tuner verify`` of the written deployment: the real server, started as the deployment
+    says, loads with the first two layers' experts on the host, and its log proves it."""
+    out, _ = swept
+    proc = tuner("verify", out, "--tolerance", LOOSE, "--requests", 2, cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "placement: proven: 5/5 layers on CPU, experts of layers 0-1 on CPU" in proc.stdout, \
+        proc.stdout
+
+
+def _load_log(model: Path, n_cpu_moe: int, tmp: Path) -> str:
+    """The real load log of a Llama() made after the launcher's hook (as the served phase's
+    worker and the deployed server make it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tuner.worker.llamaparams import hold_experts_on_host\n"
+            f"hold_experts_on_host({n_cpu_moe})\n"
+            "from llama_cpp import Llama\n"
+            "Llama(model_path=sys.argv[1], n_ctx=64, n_gpu_layers=0, verbose=True)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True,
+                          text=True, timeout=120, check=False, cwd=tmp,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stderr
+
+
+def test_a_real_load_moves_exactly_the_first_layers_experts(moe: Path, tmp_path: Path) -> None:
+    text = _load_log(moe, 3, tmp_path)
+    moved = OVERRIDE.findall(text)
+    # gate, up and down of layers 0-2, nothing of layer 3
+    assert sorted({int(il) for _, il, _ in moved}) == [0, 1, 2] and len(moved) == 9
+    assert all(buft.startswith("CPU") for _, _, buft in moved)
+    ev = parse_load_log(text)
+    assert len(ev.overridden) == 9
+    verdict = verify(ev, Expectation(device="cpu", n_cpu_moe=3))
+    assert verdict.verified, verdict.reasons
+    # The same log does not prove another count, nor none
+    assert experts_reasons(ev, 2) == ["the expert weights of layers 0-2 in host memory; the "
+                                      "trial asked for those of layers 0-1"]
+    assert experts_reasons(ev, 0) == ["the expert weights of 3 layers in host memory; the "
+                                      "trial asked for none"]
+    plain = parse_load_log(_load_log(moe, 0, tmp_path))
+    assert plain.overridden == {} and experts_reasons(plain, 0) == []
+    assert experts_reasons(plain, 2)[0].startswith("no expert weights overridden")
+
+
+def test_edited_logs_are_refused(moe: Path, tmp_path: Path) -> None:
+    """EDITED LOGS: the real load's override lines with a layer removed, a tensor sent to a
+    GPU, a tensor that is no expert weight."""
+    text = _load_log(moe, 3, tmp_path)
+    gap = re.sub(r"^tensor blk\.1\..*\n", "", text, flags=re.M)
+    assert experts_reasons(parse_load_log(gap), 3) == [
+        "the expert weights of layers 0, 2 in host memory; the trial asked for those of "
+        "layers 0-2"]
+    cuda = text.replace("overridden to CPU", "overridden to CUDA0", 1)
+    assert "not to host memory" in experts_reasons(parse_load_log(cuda), 3)[0]
+    other = text + "tensor blk.3.attn_q.weight (0 MiB f32) buffer type overridden to CPU\n"
+    assert experts_reasons(parse_load_log(other), 3) == [
+        "tensor blk.3.attn_q.weight overridden to CPU: not an expert weight"]
+
+
+def test_the_service_is_started_by_the_launcher_only_when_it_needs_it() -> None:
+    assert server_module({}) == "llama_cpp.server"
+    assert server_module({"TUNER_N_CPU_MOE": "0"}) == "llama_cpp.server"
+    assert server_module({"TUNER_N_CPU_MOE": "4"}) == MODULE
+    assert "-m llama_cpp.server --config_file" in launch_command(Path("p.yaml"), {})
+    spec = TrialSpec(model=ModelSettings(n_cpu_moe=4), context=ContextSettings())
+    args = server_args(spec, Workload(), "m.gguf", 2)
+    assert args[args.index("--n-cpu-moe") + 1] == "4" and "-ngl" in args
+    # llama-server takes the flag; the launcher's variable is not in its environment
+    assert "TUNER_N_CPU_MOE" not in server_env(spec, "/lib")
+
+
+def test_the_launcher_refuses_a_bad_count_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", MODULE, "--config_file", "x.yaml"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "TUNER_N_CPU_MOE": "many",
+                               "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: TUNER_N_CPU_MOE='many' is not a count of layers from 0 to 65536"]
+
+
+def test_the_search_pairs_experts_on_the_host_with_full_offload(moe: Path) -> None:
+    """FAKE budget (no GPU here): between the file's full offload and its full offload with
+    two layers' experts on the host. The search holds every layer on the GPU with K near the
+    fewest that fit (and one fewer, the probe), and the layer counts near the boundary without
+    experts moved; the plan refuses K below the probe."""
+    layout = memplan.read_layout(moe)
+    wl = Workload(prompt_tokens=32, gen_tokens=8, n_ctx=256)
+    ctx = Context(n_ctx=256, n_ubatch=256)
+    three = memplan.place(layout, -1, dataclasses.replace(ctx, experts_on_host=3)).gpu.total
+    budget = Budget(free_mib=(three + 64 * 1024) / MIB, overhead_mib=0, margin_mib=0)
+    plan = memplan.make_plan(layout, 256, budget)
+    assert not plan.fits_full and ("f16/f16", 3) in plan.experts_host
+    op = offload.OffloadPlan(plan=plan, layers=offload.search_layers(plan),
+                             experts=offload.search_experts(plan))
+    assert op.layers and 2 in op.experts and 3 in op.experts and 1 not in op.experts
+    space = default_space("cuda", ["default"], op.layers, experts=op.experts)
+    specs = offload.keep_fitting(op, grid(space, "cuda", wl, lambda *_: True), wl)
+    moved = [s for s in specs if s.model.n_cpu_moe]
+    assert moved and all(s.model.n_gpu_layers == -1 for s in moved)
+    kept = [s for s in specs if not s.model.n_cpu_moe]
+    assert kept and all(s.model.n_gpu_layers >= 0 for s in kept)
+    # Each kept K is at most one below the fewest that fits its own context
+    for s in moved:
+        need = memplan.fewest_experts_on_host(layout, budget, offload.spec_context(s, wl))
+        assert need is not None and s.model.n_cpu_moe >= need - 1
+    below = TrialSpec(model=ModelSettings(n_cpu_moe=1),
+                      context=ContextSettings(n_batch=2048, n_ubatch=256))
+    ok, why = offload.tried_by_plan(layout, budget, below, wl)
+    assert not ok and why.startswith("the fewest layers' experts on the host that fit: 3")
+
+
+def test_the_report_says_why_the_experts_stayed_on_the_host(moe: Path) -> None:
+    """TEST DATA records (tests/records_factory.py) of the qwen3moe file: n_cpu_moe 3 won,
+    n_cpu_moe 2 ran out of memory, 2 layers on the GPU measured slower."""
+    from tests.records_factory import make_record
+    from tuner.reports.overview import overview
+    from tuner.results.records import TrialState
+
+    def rec(n: int, ngl: int, k: int, **kw: object) -> object:
+        r = make_record(n, n_gpu_layers=ngl, n_cpu_moe=k, model_path=str(moe),
+                        **kw)  # type: ignore[arg-type]
+        return r.model_copy(update={"placement": {"total_layers": N_LAYER + 1}})
+    records = [rec(0, -1, 3, request_s=1.0), rec(1, 2, 0, request_s=1.7),
+               rec(2, -1, 2, state=TrialState.INFEASIBLE)]
+    text = "\n".join(overview("s", records).offload)  # type: ignore[arg-type]
+    assert text.startswith("every layer on the GPU, the expert weights of its first 3 in host "
+                           "memory (n_cpu_moe 3); measured MiB: ")
+    assert "memory plan MiB: GPU model " in text
+    assert "fewer experts on the host did not fit: n_cpu_moe 2 infeasible" in text
+    # The layer-offload winner, against the experts-on-host trial that ran
+    lines = overview("s", [rec(0, 2, 0, request_s=1.0), rec(1, -1, 3, request_s=1.4)]).offload  # type: ignore[list-item]
+    assert "more on the GPU measured slower: #1 n_cpu_moe 3 1.400 s/request against 1.000 s" \
+        in "\n".join(lines)
