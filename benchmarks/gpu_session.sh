@@ -24,7 +24,9 @@
 #    winner's layers and at the winner's own setting; llama.cpp's fit), then `tuner verify` of
 #    both written services from another directory, still under the hold. With 8 GiB left a 7-8B Q4_K_M fits whole: the 8 GiB case is
 #    FIT_MODEL=qwen2.5-14b:q4_k_m LEAVE_GIB=8 (its f16 is 27.5 GiB of disk while it is
-#    quantized: the setup checks the disk every model needs first).
+#    quantized: the setup checks the disk every model needs first). A mixture of experts:
+#    FIT_MODEL=olmoe-7b:q4_k_m LEAVE_GIB=3 (tuner/models/archgen.py MOE_SHAPES; the sweep
+#    searches experts on the host, n_cpu_moe, beside whole layers).
 # 4. Unless ARCHS=0, last: benchmarks/arch_placement.py (the memory plan per
 #    device against real CUDA loads of gemma3, deepseek2-MLA, qwen35, qwen3moe, mamba and rwkv6
 #    files), then a one-setting sweep of each (benchmarks/spaces/arch-one.yaml).
@@ -113,8 +115,14 @@ setup() {
     > "$BENCH/server-build.log" 2>&1 &
   local server_pid=$!
   for m in $(models); do
-    [ -f "$(path_of "$m").f16" ] || python3 -m tuner.models.modelgen --shape "${m%%:*}" --quant f16 \
-      --out "$(path_of "$m").f16" >> "$BENCH/modelgen.log" 2>&1
+    # a mixture of experts' shape (tuner/models/archgen.py MOE_SHAPES) or a llama's
+    if python3 -c "import sys; from tuner.models.archgen import MOE_SHAPES; sys.exit('${m%%:*}' not in MOE_SHAPES)"; then
+      [ -f "$(path_of "$m").f16" ] || python3 -m tuner.models.archgen --shape "${m%%:*}" \
+        --out "$(path_of "$m").f16" >> "$BENCH/modelgen.log" 2>&1
+    else
+      [ -f "$(path_of "$m").f16" ] || python3 -m tuner.models.modelgen --shape "${m%%:*}" \
+        --quant f16 --out "$(path_of "$m").f16" >> "$BENCH/modelgen.log" 2>&1
+    fi
   done
   wait "$server_pid" || return 1
   # Quantized by the CPU build's library while the CUDA one compiles (quantizing is CPU code,

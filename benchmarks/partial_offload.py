@@ -115,6 +115,25 @@ def _boundary(bench: Path, model: Path, start: int, tk: str, fa: int, top: int) 
     return None
 
 
+def _experts_boundary(bench: Path, model: Path, start: int, tk: str, fa: int,
+                      n_layer: int, ngl: int) -> int | None:
+    """The fewest first layers whose experts on the host (llama-bench -ncmoe, every layer on
+    the GPU) let llama-bench load and run, from the plan's fewest down (or up), at most
+    PROBE_STEPS probes each way."""
+    def ok(k: int) -> bool:
+        return _run(bench, model, ngl, tk, fa, PROBE, 1, ["-ncmoe", str(k)]) is not None
+    k = start
+    if ok(k):
+        while k > 0 and start - (k - 1) <= PROBE_STEPS and ok(k - 1):
+            k -= 1
+        return k
+    while k < n_layer and k - start <= PROBE_STEPS:
+        k += 1
+        if ok(k):
+            return k
+    return None
+
+
 # llama-fit-params' answer on stdout: "-c N -ngl M", then -ts (several devices) and -ot (tensor
 # overrides: a MoE model's expert tensors on the host) where it set them; the -ot list quoted
 # (tools/fit-params/fit-params.cpp) or not (the example in its README).
@@ -183,6 +202,12 @@ def compare(a: argparse.Namespace) -> int:
         measured = _boundary(a.bench, a.model, after or predicted, tk, fa, layout.n_offloadable)
         bounds[tk] = {"predicted": predicted, "calibrated": after, "measured": measured,
                       "gpu_mib_predicted": memplan.place(layout, predicted, ctx).gpu.total / 2**20}
+        # A mixture of experts: the fewest layers' experts on the host, planned and measured
+        fewest = memplan.fewest_experts_on_host(layout, budget, ctx)
+        if fewest is not None:
+            bounds[tk]["experts_predicted"] = fewest
+            bounds[tk]["experts_measured"] = _experts_boundary(
+                a.bench, a.model, fewest, tk, fa, layout.n_layer, layout.n_offloadable)
         # Lean (device time is scarce): the measured boundary (more layers on the GPU were
         # faster at every step run 29 measured) and the sweep's winner's count.
         near = {measured} if measured is not None else set()
@@ -199,15 +224,28 @@ def compare(a: argparse.Namespace) -> int:
                 indent=1) + "\n")
     # llama-bench at the tuner's winner itself (its layers, cache, flash attention, n_ubatch
     # and CPU threads where it chose them): the comparison in one tool's measure.
+    # A winner with experts on the host (n_cpu_moe K, every layer on the GPU): llama-bench's
+    # -ncmoe at K and one fewer (the faster, if it loads) and one more, the same cache.
     winner_row = None
     if best is not None:
         c = best.spec.context
         threads = ["-t", str(c.n_threads)] if c.n_threads else []
-        winner_row = _bench(a.bench, a.model, best.spec.model.n_gpu_layers, c.type_k,
-                            int(bool(c.flash_attn)), threads, ub=c.n_ubatch)
-        if winner_row is not None:
-            winner_row["tuner_winner"] = True
-            rows.append(winner_row)
+        k = best.spec.model.n_cpu_moe
+        ngl = layout.n_offloadable if best.spec.model.n_gpu_layers < 0 else \
+            best.spec.model.n_gpu_layers
+        for each in ([k - 1, k, k + 1] if k else [0]):
+            if k and not 1 <= each <= layout.n_layer:
+                continue
+            moe = ["-ncmoe", str(each)] if each else []
+            row = _bench(a.bench, a.model, ngl, c.type_k, int(bool(c.flash_attn)),
+                         threads + moe, ub=c.n_ubatch)
+            if row is None:
+                continue
+            row["n_cpu_moe"] = each
+            if each == k:
+                row["tuner_winner"] = True
+                winner_row = row
+            rows.append(row)
     fastest = min((r for r in rows if "request_s" in r), key=lambda r: r["request_s"],
                   default=None)
     # llama.cpp's own fit at the sweep's context (the layers it moves), its llama-bench figures,
@@ -222,7 +260,8 @@ def compare(a: argparse.Namespace) -> int:
         if line.startswith(("time budget:", "memory plan: trial", "memory plan against loads")):  # noqa: E501 - budget, calibration, boundary
             budget_lines.append(line)
     tb: dict[str, Any] | None = None if best is None else {
-        "ngl": best.spec.model.n_gpu_layers, "kv": best.spec.context.type_k,
+        "ngl": best.spec.model.n_gpu_layers, "n_cpu_moe": best.spec.model.n_cpu_moe,
+        "kv": best.spec.context.type_k,
         "fa": best.spec.context.flash_attn, "n_ubatch": best.spec.context.n_ubatch,
         "threads": best.spec.context.n_threads, "request_s": best.objective,
         "verified": best.verification.verified}
@@ -239,12 +278,17 @@ def compare(a: argparse.Namespace) -> int:
     for tk, b in bounds.items():
         print(f"| {tk} | {b['predicted']} | {b['calibrated']} | {b['measured']} | "
               f"{b['gpu_mib_predicted']:,.0f} |")
+    for tk, b in bounds.items():
+        if "experts_predicted" in b:
+            print(f"experts on the host, kv {tk}: the plan's fewest n_cpu_moe "
+                  f"{b['experts_predicted']}, llama-bench's fewest {b['experts_measured']}")
     print()
-    print("| ngl | kv | fa | n_ubatch | pp t/s | tg t/s | request s (2048/pp + 128/tg) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| ngl | n_cpu_moe | kv | fa | n_ubatch | pp t/s | tg t/s | request s (2048/pp + "
+          "128/tg) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         mark = " (tuner's winner)" if r.get("tuner_winner") else ""
-        print(f"| {r['ngl']}{mark} | {r['kv']} | {r['fa']} | {r['ub']} | "
+        print(f"| {r['ngl']}{mark} | {r.get('n_cpu_moe', 0)} | {r['kv']} | {r['fa']} | {r['ub']} | "
               f"{r.get('pp_tps', 0):,.0f} | {r.get('tg_tps', 0):.1f} | "
               f"{r.get('request_s', 0):.3f} |")
     print()
@@ -280,8 +324,12 @@ QUANT_BYTES = 34 / 32
 def disk_need_gib(shape: str) -> float:
     """Disk the model of ``shape`` needs at once while benchmarks/gpu_session.sh makes it:
     the f16 file and the quantized one beside it (the f16 is removed after), plus 4 GiB."""
+    from tuner.models.archgen import MOE_SHAPES, qwen3moe_layout
     from tuner.models.modelgen import SHAPES, _tensors
 
+    if shape in MOE_SHAPES:
+        n = sum(math.prod(s) for _, s in qwen3moe_layout(**MOE_SHAPES[shape]))
+        return n * (2 + QUANT_BYTES) / 2**30 + 4
     d = SHAPES[shape]
     n = sum(math.prod(s) for _, s in _tensors(d["n_layer"], d["n_embd"], d["n_head"],
                                                 d["n_head_kv"], d["n_ff"], d["n_vocab"]))

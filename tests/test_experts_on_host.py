@@ -213,3 +213,67 @@ def test_the_report_says_why_the_experts_stayed_on_the_host(moe: Path) -> None:
     lines = overview("s", [rec(0, 2, 0, request_s=1.0), rec(1, -1, 3, request_s=1.4)]).offload  # type: ignore[list-item]
     assert "more on the GPU measured slower: #1 n_cpu_moe 3 1.400 s/request against 1.000 s" \
         in "\n".join(lines)
+
+
+def test_the_op_proof_allows_the_nodes_beside_the_experts_on_the_host() -> None:
+    """EDITED FIXTURE: the real H100 scheduler report (a dense model, every node on CUDA0) with
+    layer 0's feed-forward products moved to a CPU split, as the scheduler runs an expert
+    product whose weights are in host memory. With the first layer's experts asked on the host
+    they are expected; without, or in a layer past K, they are not."""
+    import gzip
+
+    from tests.opreport_edits import move_to_cpu_split
+    from tuner.evidence.opplacement import check_ops
+
+    fixture = Path(__file__).parent / "fixtures" / "cuda-h100-sched-debug.log.gz"
+    text = gzip.decompress(fixture.read_bytes()).decode()
+    moved = move_to_cpu_split(move_to_cpu_split(text, "ffn_up-0"), "ffn_gate-0")
+    asked = check_ops(moved, "cuda", experts_on_host=1)
+    assert asked.verified is True, asked.reasons
+    assert "2 nodes of layer 0 on the host beside their experts, as asked" in asked.summary
+    assert check_ops(moved, "cuda").verified is False
+    later = move_to_cpu_split(moved, "ffn_up-1")
+    refused = check_ops(later, "cuda", experts_on_host=1)
+    assert refused.verified is False and refused.off_device_count == 1
+    assert check_ops(later, "cuda", experts_on_host=2).verified is True
+
+
+def _with_overrides(layers: list[int]) -> str:
+    """EDITED FIXTURE: the real H100 full-offload load log with the override lines llama.cpp
+    prints for ``--n-cpu-moe`` (expert tensors of ``layers`` to the CPU) after its "loading
+    model tensors" line."""
+    log = (Path(__file__).parent / "fixtures" / "cuda-h100-full-offload.log").read_text()
+    lines = "".join(f"tensor blk.{il}.ffn_{part}_exps.weight (96 MiB q4_K) buffer type "
+                    "overridden to CPU_REPACK\n" for il in layers for part in ("gate", "up", "down"))
+    head, sep, tail = log.partition("loading model tensors")
+    line_end = tail.index("\n") + 1
+    return head + sep + tail[:line_end] + lines + tail[line_end:]
+
+
+def test_doctor_takes_a_users_experts_on_the_host_as_asked() -> None:
+    from tuner.evidence.doctor import diagnose
+
+    ok = diagnose(_with_overrides([0, 1]))
+    assert ok.exit_code == 0, ok.lines
+    assert any("experts of layers 0-1 on CPU_REPACK" in line for line in ok.lines)
+    gap = diagnose(_with_overrides([0, 2]))
+    assert gap.exit_code == 3
+    assert any("the expert weights of layers 0, 2 in host memory" in line for line in gap.lines)
+
+
+@pytest.mark.parametrize(("which", "count", "said"), [
+    ("dense", 2, "has no expert tensors (*_exps): it is not a mixture of experts"),
+    ("moe", N_LAYER + 1, f"qwen3moe.gguf has {N_LAYER} layers"),
+])
+def test_experts_the_model_cannot_have_are_refused_in_one_line(
+        which: str, count: int, said: str, moe: Path, smollm2_path: Path,
+        tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", n_cpu_moe=[count], n_batch=[32],
+                        n_ubatch=[32])
+    results = tmp_path / "results"
+    proc = tuner("sweep", "--model", smollm2_path if which == "dense" else moe, "--device",
+                 "cpu", "--space", space, "--prompt-tokens", 32, "--gen-tokens", 8, "--n-ctx",
+                 64, "--results", results, "--out", tmp_path / "p.yaml", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert said in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "p.yaml").exists()

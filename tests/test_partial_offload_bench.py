@@ -117,3 +117,24 @@ def test_replay_puts_a_recorded_peak_through_the_products_calibration(tmp_path: 
     assert any(after > before for before, after in pairs)
     assert [r[2].strip() for r in rows if r[0].strip() == "f16/f16" and r[1].strip() == "512"] \
         == [str(top)]
+
+
+def test_a_mixture_of_experts_shape_is_made_and_sized(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU session's MoE model (tuner/models/archgen.py MOE_SHAPES): the disk it needs is
+    counted from the same layout it is written with, and the command line writes a file the
+    memory plan reads as a mixture of experts (a small shape put beside the real ones)."""
+    from tuner.models import archgen, memplan
+
+    po = _module()
+    olmoe = archgen.MOE_SHAPES["olmoe-7b"]
+    experts = 3 * olmoe["n_expert"] * olmoe["n_ff_exp"] * olmoe["n_embd"] * olmoe["n_layer"]
+    assert po.disk_need_gib("olmoe-7b") > experts * 2 / 2**30 + 4
+    monkeypatch.setitem(archgen.MOE_SHAPES, "tiny-moe", {
+        "n_layer": 3, "n_embd": 128, "n_head": 2, "n_head_kv": 2, "head_dim": 64, "n_ff": 64,
+        "n_expert": 4, "n_expert_used": 2, "n_ff_exp": 64})
+    out = tmp_path / "m.gguf"
+    assert archgen.main(["--shape", "tiny-moe", "--out", str(out)]) == 0
+    layout = memplan.read_layout(out)
+    assert layout.n_layer == 3 and layout.n_expert == 4
+    assert all(b == 3 * 4 * 64 * 128 * 2 for b in layout.expert_bytes)  # f16

@@ -24,6 +24,7 @@ from tuner.evidence.opplacement import REPORT_HINT, OpSummary, check_ops
 from tuner.evidence.placement import (
     Expectation,
     PlacementEvidence,
+    experts_in_log,
     is_cpu_device,
     is_cuda_device,
     is_full_offload,
@@ -57,10 +58,14 @@ def diagnose(text: str, n_gpu_layers: int = -1) -> Diagnosis:
     if not ev.is_load_log:
         raise BadInput("the log shows no model load (no llama_model_loader or load_tensors "
                        "lines)", hint=_CAPTURE_HINT)
-    verdict = verify(ev, Expectation(device="cuda", n_gpu_layers=n_gpu_layers))
+    # Expert weights kept on the host (--n-cpu-moe K) are asked by the user's own overrides:
+    # the log's K is taken as asked, and checked for what it must look like.
+    experts = experts_in_log(ev)
+    verdict = verify(ev, Expectation(device="cuda", n_gpu_layers=n_gpu_layers,
+                                     n_cpu_moe=experts))
     # A saved log rarely holds the scheduler's report; when it does, operations count too.
     ops = check_ops(text, "cuda", full_offload=is_full_offload(ev, n_gpu_layers),
-                    required=False)
+                    required=False, experts_on_host=experts)
     verified = verdict.verified and ops.verified is not False
     lines = [*_facts(ev), _ops_fact(ops)]
     if verified:

@@ -191,18 +191,23 @@ class OpSummary(Frozen):
 
 
 def check_ops(text: str | None, device: Literal["cuda", "cpu"], full_offload: bool = True,
-              required: bool = True, error: str | None = None) -> OpSummary:
+              required: bool = True, error: str | None = None,
+              experts_on_host: int = 0) -> OpSummary:
     """Parse the scheduler reports in ``text`` and judge them. On CUDA with full offload every
-    node must run on a CUDA backend except the input embedding lookup; on the CPU every node
-    must run on the host. ``required``: a missing report fails a CUDA check (a trial's proof)
-    instead of leaving it unchecked (a user's saved log). ``error``: why the worker could not
-    take the report, if it said."""
+    node must run on a CUDA backend except the input embedding lookup, and, with the experts
+    of the first ``experts_on_host`` layers in host memory (n_cpu_moe), the nodes of those
+    layers the scheduler runs beside them (the expert products and what it computes from
+    them on the host before the next GPU node); on the CPU every node must run on the host.
+    ``required``: a missing report fails a CUDA check (a trial's proof) instead of leaving it
+    unchecked (a user's saved log). ``error``: why the worker could not take the report, if it
+    said."""
     reports = parse_op_reports(text or "")
     if not reports:
         return _no_report(device, full_offload, required, error)
     last = reports[-1]
     counts = Counter(n.backend for n in last.nodes)
     expected: dict[tuple[str, str], OpNode] = {}
+    beside_experts: set[tuple[int, str, str]] = set()  # one entry per node, not per report
     off: dict[tuple[int, str, str, str], OpNode] = {}  # one entry per node, not per report
     for node in (n for r in reports for n in r.nodes):
         if device == "cuda":
@@ -210,6 +215,8 @@ def check_ops(text: str | None, device: Literal["cuda", "cpu"], full_offload: bo
                 continue
             if node.is_input_lookup:
                 expected.setdefault((node.op, node.sources[0]), node)
+            elif node.layer is not None and node.layer < experts_on_host:
+                beside_experts.add((node.index, node.op, node.name))
             elif full_offload:
                 off.setdefault((node.index, node.op, node.name, node.backend), node)
         elif not node.backend.upper().startswith(_HOST_BACKENDS):
@@ -222,6 +229,10 @@ def check_ops(text: str | None, device: Literal["cuda", "cpu"], full_offload: bo
                f"({where})")
     if expected:
         summary += "; input embedding lookup on the host, as designed"
+    if beside_experts:
+        span = f"layers 0-{experts_on_host - 1}" if experts_on_host > 1 else "layer 0"
+        summary += (f"; {len(beside_experts)} nodes of {span} on the host beside their "
+                    "experts, as asked")
     if off:
         where = "CUDA" if device == "cuda" else "the CPU"
         summary += f"; {len(off)} node{'s' if len(off) != 1 else ''} not on {where}"

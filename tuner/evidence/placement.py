@@ -478,6 +478,13 @@ def summarize(evidence: PlacementEvidence, build: BuildFlags | None = None) -> s
     return f"{layers}{experts}, {kv}, build {variant_of(flags) if flags else 'unknown'}"
 
 
+def experts_in_log(ev: PlacementEvidence) -> int:
+    """The n_cpu_moe a log's overrides stand for (its highest layer with experts overridden,
+    plus one; 0 for none): what a user's own load asked, for ``tuner doctor``."""
+    moved = _moved_experts(ev)
+    return max(moved) + 1 if moved else 0
+
+
 def _moved_experts(ev: PlacementEvidence) -> dict[int, str]:
     """Layer -> buffer type of the expert tensors an override placed."""
     out = {}

@@ -181,6 +181,15 @@ def write_qwen3moe(path: Path, *, n_layer: int = 2, n_embd: int = 256, n_head: i
         w.add_expert_used_count(n_expert_used)
         w.add_expert_feed_forward_length(n_ff_exp)
 
+    layout = qwen3moe_layout(n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                             n_head_kv=n_head_kv, head_dim=head_dim, n_expert=n_expert,
+                             n_ff_exp=n_ff_exp)
+    return write_model(path, "qwen3moe", keys, layout, n_vocab=N_VOCAB)
+
+
+def qwen3moe_layout(*, n_layer: int, n_embd: int, n_head: int, n_head_kv: int, head_dim: int,
+                    n_expert: int, n_ff_exp: int, **_: int) -> Layout:
+    """write_qwen3moe's tensors (name, numpy shape)."""
     layout: Layout = [("token_embd.weight", (N_VOCAB, n_embd))]
     for i in range(n_layer):
         b = f"blk.{i}"
@@ -191,8 +200,35 @@ def write_qwen3moe(path: Path, *, n_layer: int = 2, n_embd: int = 256, n_head: i
                    (f"{b}.ffn_gate_exps.weight", (n_expert, n_ff_exp, n_embd)),
                    (f"{b}.ffn_down_exps.weight", (n_expert, n_embd, n_ff_exp)),
                    (f"{b}.ffn_up_exps.weight", (n_expert, n_ff_exp, n_embd))]
-    layout += [("output_norm.weight", (n_embd,)), ("output.weight", (N_VOCAB, n_embd))]
-    return write_model(path, "qwen3moe", keys, layout, n_vocab=N_VOCAB)
+    return layout + [("output_norm.weight", (n_embd,)), ("output.weight", (N_VOCAB, n_embd))]
+
+
+# Mixture-of-experts shapes of real models for GPU benchmarks (random weights, this module's
+# 600-token vocabulary): OLMoE-1B-7B's sizes as a qwen3moe, 16 layers of 64 experts of which
+# 8 per token: 6.7 B weights, 12.5 GiB at f16, about 3.8 GiB at q4_k_m.
+MOE_SHAPES: dict[str, dict[str, int]] = {
+    "olmoe-7b": {"n_layer": 16, "n_embd": 2048, "n_head": 16, "n_head_kv": 16,
+                 "head_dim": 128, "n_ff": 1024, "n_expert": 64, "n_expert_used": 8,
+                 "n_ff_exp": 1024},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write a mixture of experts of a known shape at f16 (benchmarks/gpu_session.sh quantizes
+    it): python -m tuner.models.archgen --shape olmoe-7b --out FILE."""
+    import argparse  # noqa: PLC0415 - the command line only
+    import time  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(prog="python -m tuner.models.archgen", description=main.__doc__)
+    p.add_argument("--shape", choices=sorted(MOE_SHAPES), required=True)
+    p.add_argument("--out", required=True, type=Path)
+    args = p.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    write_qwen3moe(args.out, **MOE_SHAPES[args.shape])
+    print(f"wrote {args.out} ({args.out.stat().st_size / 2**30:.2f} GiB, {args.shape}) in "
+          f"{time.perf_counter() - start:.1f} s", flush=True)
+    return 0
 
 
 def write_rwkv6(path: Path, *, n_layer: int = 2, n_embd: int = 256, head_size: int = 64,
@@ -262,3 +298,7 @@ def write_mamba(path: Path, *, n_layer: int = 2, n_embd: int = 256, d_conv: int 
                    (f"{b}.ssm_out.weight", (n_embd, d_inner))]
     layout += [("output_norm.weight", (n_embd,)), ("output.weight", (N_VOCAB, n_embd))]
     return write_model(path, "mamba", keys, layout, n_vocab=N_VOCAB)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from tuner.errors import EnvironmentUnfit
+from tuner.errors import BadInput, EnvironmentUnfit
 from tuner.machine import envvars
 from tuner.models import memplan
 from tuner.models.memplan import MIB, Budget, Context, MemoryPlan
@@ -142,6 +142,22 @@ def search_experts(plan: MemoryPlan) -> tuple[int, ...]:
     values = {k + d for _, k in plan.experts_host for d in EXPERTS_ABOVE_FEWEST if k + d <= n}
     values |= {k - PROBE_ABOVE for _, k in plan.experts_host if k - PROBE_ABOVE >= 1}
     return tuple(sorted(values))
+
+
+def check_experts(layout: memplan.ModelLayout | None, counts: list[int]) -> None:
+    """Refuse (BadInput) experts on the host the model cannot have: any for a model without
+    expert tensors (a dense one), or more layers than it has (the placement proof would find
+    fewer moved than asked). Unchecked for a shape the plan cannot read."""
+    asked = max(counts, default=0)
+    if layout is None or asked <= 0:
+        return
+    if not any(layout.expert_bytes):
+        raise BadInput(f"n_cpu_moe {asked}: {layout.path.name} has no expert tensors (*_exps): "
+                       "it is not a mixture of experts",
+                       hint="leave n_cpu_moe out of the space, or use n_gpu_layers")
+    if asked > layout.n_layer:
+        raise BadInput(f"n_cpu_moe {asked}: {layout.path.name} has {layout.n_layer} layers",
+                       hint=f"list counts up to {layout.n_layer}")
 
 
 def placement_text(spec: TrialSpec) -> str:

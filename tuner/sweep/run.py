@@ -220,6 +220,7 @@ class Sweep(Finish):
     def plan(self) -> None:
         """The grid of the builds there are, and the preflight of its server config."""
         self.space, self.specs = self.plan_of(self.probes)
+        offload.check_experts(self.layout, self.space.n_cpu_moe)
         if not self.specs:
             raise BadInput("the search space has no valid combination (n_ubatch must be <= "
                            "n_batch; a quantized V cache needs flash attention with kernels "

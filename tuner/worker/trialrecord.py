@@ -73,7 +73,7 @@ def make_record(study: str, number: int, spec: TrialSpec, wl: Workload, outcome:
         # Layers are proven by the load log, operations by the scheduler's report: both count.
         ops = check_ops(data.op_log, spec.model.device,
                         full_offload=is_full_offload(evidence, spec.model.n_gpu_layers),
-                        error=data.op_error)
+                        error=data.op_error, experts_on_host=spec.model.n_cpu_moe)
         verdict = Verification(verified=v.verified and ops.verified is not False,
                                summary=f"{v.summary}; {ops.summary}",
                                reasons=[*v.reasons, *ops.reasons])
