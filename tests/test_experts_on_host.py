@@ -74,13 +74,16 @@ def test_the_sweep_proves_serves_and_deploys_experts_on_the_host(swept: tuple[Pa
 
 
 def test_verify_starts_the_launcher_and_proves_the_placement(swept: tuple[Path, str]) -> None:
-    """``tuner verify`` of the written deployment: the real server, started as the deployment
-    says, loads with the first two layers' experts on the host, and its log proves it."""
+    """``tuner verify`` of both written deployments: each real server, started as its
+    deployment says, loads with the first two layers' experts on the host, and its log proves
+    it."""
     out, _ = swept
-    proc = tuner("verify", out, "--tolerance", LOOSE, "--requests", 2, cwd=out.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "placement: proven: 5/5 layers on CPU, experts of layers 0-1 on CPU" in proc.stdout, \
-        proc.stdout
+    for target in ("production.yaml", "production.llama-server.args"):
+        proc = tuner("verify", out.with_name(target), "--tolerance", LOOSE, "--requests", 2,
+                     cwd=out.parent)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "placement: proven: 5/5 layers on CPU, experts of layers 0-1 on CPU" in \
+            proc.stdout, proc.stdout
 
 
 def _load_log(model: Path, n_cpu_moe: int, tmp: Path) -> str:
@@ -277,3 +280,25 @@ def test_experts_the_model_cannot_have_are_refused_in_one_line(
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert said in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_the_host_must_hold_the_most_experts_searched(moe: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAKE host memory: the share checked before any trial is the larger of the fewest layers
+    searched and the most experts on the host searched."""
+    from tuner.errors import EnvironmentUnfit
+
+    layout = memplan.read_layout(moe)
+    plan = memplan.make_plan(layout, 256, Budget(free_mib=1.0))
+    wl = Workload(prompt_tokens=32, gen_tokens=8, n_ctx=256)
+    op = offload.OffloadPlan(plan=plan, layers=(N_LAYER,), experts=(1, N_LAYER))
+    experts = memplan.place(layout, -1, Context(n_ctx=256, experts_on_host=N_LAYER)).host.total
+    layers = memplan.place(layout, N_LAYER, Context(n_ctx=256)).host.total
+    assert experts > layers
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, str(experts / MIB - 0.01))
+    with pytest.raises(EnvironmentUnfit, match=f"with the experts of {N_LAYER} layers in host "
+                                               "memory, it needs"):
+        offload.check_host(op, wl)
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, str(experts / MIB + 1))
+    assert offload.check_host(op, wl).startswith(
+        f"memory plan: with the experts of {N_LAYER} layers in host memory, the host holds")

@@ -204,23 +204,26 @@ def host_available_mib() -> float | None:
 
 def check_host(op: OffloadPlan, wl: Workload) -> str:
     """Refuse (EnvironmentUnfit, exit 3) when the host cannot hold its share at the fewest
-    layers searched: the weights left on the host are read into its memory, with their KV
-    cache. Returns the line saying what the host holds."""
+    layers searched, or with the most experts on the host searched, whichever holds more: the
+    weights left on the host are read into its memory, with their KV cache. Returns the line
+    saying what the host holds."""
     fewest = min(op.layers)
-    p = memplan.place(op.plan.layout, fewest, Context(n_ctx=wl.n_ctx))
-    if op.experts:  # the most experts on the host may hold more than the fewest layers
-        q = memplan.place(op.plan.layout, -1, Context(n_ctx=wl.n_ctx,
-                                                       experts_on_host=max(op.experts)))
-        p = max(p, q, key=lambda x: x.host.total)
+    shares = [(f"at {fewest} GPU layers", memplan.place(op.plan.layout, fewest,
+                                                        Context(n_ctx=wl.n_ctx)))]
+    if op.experts:
+        k = max(op.experts)
+        shares.append((f"with the experts of {k} layers in host memory", memplan.place(
+            op.plan.layout, -1, Context(n_ctx=wl.n_ctx, experts_on_host=k))))
+    where, p = max(shares, key=lambda share: share[1].host.total)
     need = p.host.total / MIB
     have = host_available_mib()
-    line = (f"memory plan: at {fewest} GPU layers the host holds {need:,.0f} MiB "
+    line = (f"memory plan: {where}, the host holds {need:,.0f} MiB "
             f"(weights {p.host.weights / MIB:,.0f}, KV {p.host.kv / MIB:,.0f}); "
             f"{'unknown' if have is None else f'{have:,.0f} MiB'} available")
     if have is not None and need > have:
         raise EnvironmentUnfit(
-            f"the host has {have:,.0f} MiB available, the {fewest}-layer offload needs "
-            f"{need:,.0f} MiB of it for the layers the GPU cannot hold",
+            f"the host has {have:,.0f} MiB available; {where}, it needs {need:,.0f} MiB of it "
+            "for what the GPU cannot hold",
             "free host memory, or use a smaller quantization of the model")
     return line
 
