@@ -72,3 +72,21 @@ def test_a_sweep_says_when_others_kept_the_cpus_busy(share: float) -> None:
         print_sweep_result(Path("."), result)
     said = "machine: other processes kept 63% of the 2 CPUs busy over the 120 s measured"
     assert (said in out.getvalue()) == (share >= cpuload.NOTED_SHARE), out.getvalue()
+
+
+@pytest.mark.parametrize("share", [0.63, 0.05])
+def test_the_report_says_it_from_the_stored_decision(share: float) -> None:
+    """TEST DATA records (tests/records_factory.py): the study's decision, stored as JSON and
+    read back, keeps the share, and `tuner report`'s overview warns from 15%."""
+    from tests.records_factory import make_record
+    from tuner.reports.overview import overview
+    from tuner.results.records import FinalistReport
+
+    report = FinalistReport(study="s", finalists=[], winner_trial=0, leader_trial=0, tie=False,
+                            reason="only one", measured_at="2026-12-05T00:00:00+00:00",
+                            machine_load=cpuload.OtherLoad(share=share, n_cpu=2, seconds=90.0))
+    back = FinalistReport.model_validate_json(report.model_dump_json())
+    assert back.machine_load == report.machine_load
+    ov = overview("s", [make_record(0)], finalists=back)
+    said = "machine: other processes kept 63% of the 2 CPUs busy over the 90 s measured"
+    assert any(said in w for w in ov.warnings) == (share >= cpuload.NOTED_SHARE), ov.warnings

@@ -122,15 +122,18 @@ def test_every_setting_becomes_a_flag() -> None:
 
 
 def test_the_sidecar_keeps_what_else_kept_the_cpus_busy(deployed: Deployed) -> None:
-    """The sweep's sidecar and its llama-server deployment hold other processes' share of the
-    CPUs from the search's start to their write (tuner/machine/cpuload.py), read back as
-    verify reads them."""
+    """The sweep's sidecar, its llama-server deployment and the study's stored decision hold
+    other processes' share of the CPUs from the search's start to their write
+    (tuner/machine/cpuload.py), read back as verify and report read them."""
     sidecar = json.loads((deployed[0].parent / "production.tuner.json").read_text())
     ours = json.loads(files_of(deployed[0])["json"].read_text())
     for side in (sidecar, ours):
         load = OtherLoad.stored(side)
         assert load is not None, side.get("machine_load")
         assert load.n_cpu == os.cpu_count() and load.seconds > 0 and 0.0 <= load.share <= 1.0
+    # and the study's stored decision, which `tuner report` reads
+    stored = deployed[1].machine_load
+    assert stored is not None and stored.n_cpu == os.cpu_count() and stored.seconds > 0
 
 
 def test_the_deployment_is_written_beside_the_yaml(deployed: Deployed,

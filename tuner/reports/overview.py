@@ -195,6 +195,12 @@ def _served_line(finalists: FinalistReport | None,
     return line
 
 
+def _machine_load(finalists: FinalistReport | None) -> list[str]:
+    """The sweep's line on other processes' CPU time, where it kept one that says so."""
+    load = finalists.machine_load if finalists is not None else None
+    return [load.line()] if load is not None and load.noted else []
+
+
 def _services(finalists: FinalistReport | None, by_number: dict[int, TrialRecord]) -> list[str]:
     if finalists is None or finalists.llama_server is None:
         return []
@@ -308,8 +314,10 @@ def overview(study: str, records: list[TrialRecord], finalists: FinalistReport |
         baseline=_from_record(base) if base is not None else None,
         gain=gain, pp_gain=pp_gain,
         no_winner_reason=None if d.winner else _no_winner_reason(records),
-        warnings=[f"#{r.number} {r.spec.label()}: {why}" for r in order(records)
-                  for why in instability(r, drifts)],
+        # the machine's load first: it bears on every figure below, and the list is cut
+        warnings=_machine_load(finalists) + [f"#{r.number} {r.spec.label()}: {why}"
+                                             for r in order(records)
+                                             for why in instability(r, drifts)],
         effects=effects(records), importance=importance(records),
         offload=offload_lines(d.win_rec, records),
     )

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tuner.evidence.opplacement import OpSummary
+from tuner.machine.cpuload import OtherLoad
 from tuner.results.breakdown import TokenBreakdown
 from tuner.results.readings import GpuClocks, TrialState
 from tuner.results.stat import Stat, widest_spread
@@ -259,6 +260,9 @@ class FinalistReport(Frozen):
     # The llama-server settings the served phase kept (tuner/deploy/llamaserverknobs.py): its
     # figures above were measured with them, and its deployment runs them.
     llama_server_flags: list[str] = Field(default_factory=list)
+    # Other processes' share of the CPUs from the search's start to this decision's store
+    # (tuner/machine/cpuload.py; None: not read, or an older report)
+    machine_load: OtherLoad | None = None
 
 
 __all__ = ["Stat", "widest_spread"]  # re-exported: declared in tuner/results/stat.py

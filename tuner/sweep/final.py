@@ -168,6 +168,8 @@ class Finish:
     def save(self) -> None:
         """The decision stored in the study (a re-run reuses it) and said."""
         assert self.report is not None
+        self.report = self.report.model_copy(
+            update={"machine_load": cpuload.others_since(self.load0)})
         self.planner.store.save_finalists(self.report)
         self.events.note(f"winner #{self.report.winner_trial}: {self.report.reason}")
 
