@@ -178,6 +178,10 @@ def test_the_search_pairs_experts_on_the_host_with_full_offload(moe: Path) -> No
     op = offload.OffloadPlan(plan=plan, layers=offload.search_layers(plan),
                              experts=offload.search_experts(plan))
     assert op.layers and 2 in op.experts and 3 in op.experts and 1 not in op.experts
+    # Whole layers only at the most that fit and the probe past it: none below (each moves
+    # attention and cache to the host besides the experts)
+    tops = {r.most_layers for r in plan.rows}
+    assert set(op.layers) <= tops | {min(t + 1, layout.n_offloadable) for t in tops}
     space = default_space("cuda", ["default"], op.layers, experts=op.experts)
     specs = offload.keep_fitting(op, grid(space, "cuda", wl, lambda *_: True), wl)
     moved = [s for s in specs if s.model.n_cpu_moe]

@@ -123,11 +123,14 @@ def plan_model(layout: memplan.ModelLayout | None, wl: Workload, max_vram_mib: f
 
 def search_layers(plan: MemoryPlan) -> tuple[int, ...]:
     """The n_gpu_layers near the boundary: for each cache type its most that fit, a few below
-    and the probe above; nothing when the model fits whole."""
+    (none below for a mixture of experts searched with experts on the host: each layer moved
+    whole leaves the host its attention and cache besides its experts, so fewer layers only
+    spend the search's trials) and the probe above; nothing when the model fits whole."""
     if plan.fits_full:
         return ()
     tops = _tops(plan).values()
-    values = {t - d for t in tops for d in BELOW_BOUNDARY if t - d >= 0}
+    below = (0,) if plan.experts_host else BELOW_BOUNDARY
+    values = {t - d for t in tops for d in below if t - d >= 0}
     values |= {min(t + PROBE_ABOVE, plan.layout.n_offloadable) for t in tops}
     return tuple(sorted(values)) or (0,)
 
