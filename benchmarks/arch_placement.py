@@ -28,7 +28,9 @@ from tuner.models import memplan  # noqa: E402
 from tuner.models.archgen import (  # noqa: E402
     write_deepseek2_mla,
     write_gemma3,
+    write_kimi_linear,
     write_mamba,
+    write_minimax01,
     write_qwen3moe,
     write_qwen35,
     write_rwkv6,
@@ -45,7 +47,8 @@ Llama(model_path=path, n_gpu_layers=ngl, n_ctx=n_ctx, n_batch=ub, n_ubatch=ub,
 _RS = re.compile(r"(\S+) RS buffer size =\s*([\d.]+) MiB")
 WRITERS = {"gemma3": write_gemma3, "deepseek2-mla": write_deepseek2_mla,
            "qwen35": write_qwen35, "qwen3moe": write_qwen3moe, "mamba": write_mamba,
-           "rwkv6": write_rwkv6}
+           "rwkv6": write_rwkv6, "kimi-linear": write_kimi_linear,
+           "minimax-01": write_minimax01}
 
 
 def load(path: Path, ngl: int, n_ctx: int, n_ubatch: int) -> dict[str, dict[str, float]]:

@@ -22,9 +22,9 @@ def test_arch_placement_runs_to_its_table_on_the_cpu(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "arch-placement.json").read_text())
     assert [r["model"] for r in rows] == ["gemma3", "deepseek2-mla", "qwen35", "qwen3moe", "mamba",
-                                          "rwkv6"]
+                                          "rwkv6", "kimi-linear", "minimax-01"]
     assert {(r["ngl"], r["device"]) for r in rows} == {(0, "host")}  # no CUDA here
     for r in rows:
         log, plan = r["kv+state"]
         assert log == pytest.approx(plan, abs=0.01), r
-    assert proc.stdout.strip().splitlines()[-1].startswith("| rwkv6 | 0 | host |")
+    assert proc.stdout.strip().splitlines()[-1].startswith("| minimax-01 | 0 | host |")

@@ -25,7 +25,7 @@ def test_shared_kv_layers_and_sliding_widths_gemma4() -> None:
         "gemma4.attention.sliding_window_pattern": [True, True, False, True, True, False],
         "gemma4.attention.shared_kv_layers": 2,
         "gemma4.attention.key_length_swa": 256, "gemma4.attention.value_length_swa": 256}
-    c = cache_shape(values, "gemma4", 6, 1024, (2,) * 6, 512, 512)
+    c = cache_shape(values, "gemma4", 6, 1024, (2,) * 6, 512, 512, n_head=8)
     assert c.k_width == c.v_width == (512, 512, 1024, 512, 0, 0)
     assert c.v_width_max == 1024 and c.sliding and all(c.loaded)
     assert c.state_bytes == (0,) * 6
@@ -37,7 +37,7 @@ def test_zero_head_hybrid_keeps_a_state_per_recurrent_layer() -> None:
     values: dict[str, object] = {
         "granitehybrid.ssm.conv_kernel": 4, "granitehybrid.ssm.inner_size": 512,
         "granitehybrid.ssm.state_size": 16, "granitehybrid.ssm.group_count": 1}
-    c = cache_shape(values, "granitehybrid", 4, 256, (0, 0, 0, 4), 64, 64)
+    c = cache_shape(values, "granitehybrid", 4, 256, (0, 0, 0, 4), 64, 64, n_head=8)
     state = 4 * (3 * (512 + 2 * 16) + 16 * 512)
     assert c.state_bytes == (state, state, state, 0)
     assert c.k_width == c.v_width == (0, 0, 0, 256)
@@ -51,7 +51,7 @@ def test_a_listed_recurrent_layer_has_no_cache_and_prediction_layers_are_skipped
         "qwen35.nextn_predict_layers": 1,
         "qwen35.ssm.conv_kernel": 4, "qwen35.ssm.inner_size": 128,
         "qwen35.ssm.state_size": 32, "qwen35.ssm.group_count": 2}
-    c = cache_shape(values, "qwen35", 5, 256, (2,) * 5, 64, 64)
+    c = cache_shape(values, "qwen35", 5, 256, (2,) * 5, 64, 64, n_head=8)
     assert c.k_width == (0, 128, 0, 128, 0)
     assert c.loaded == (True, True, True, True, False)
     assert [bool(s) for s in c.state_bytes] == [True, False, True, False, False]
@@ -59,20 +59,21 @@ def test_a_listed_recurrent_layer_has_no_cache_and_prediction_layers_are_skipped
 
 def test_interval_default_without_the_key() -> None:
     """qwen3next.cpp: full_attention_interval defaults to 4."""
-    c = cache_shape({}, "qwen3next", 8, 256, (2,) * 8, 64, 64)
+    c = cache_shape({}, "qwen3next", 8, 256, (2,) * 8, 64, 64, n_head=8)
     assert [bool(k) for k in c.k_width] == [False, False, False, True] * 2
 
 
 def test_lfm2_short_convolution_state() -> None:
     """lfm2.cpp: 0 KV heads mark a convolution layer; llama_hparams::n_embd_r is
     n_embd x (l_cache - 1), n_embd_s 0."""
-    c = cache_shape({"lfm2.shortconv.l_cache": 3}, "lfm2", 3, 1024, (0, 8, 0), 64, 64)
+    c = cache_shape({"lfm2.shortconv.l_cache": 3}, "lfm2", 3, 1024, (0, 8, 0), 64, 64,
+                    n_head=8)
     assert c.state_bytes == (4 * 1024 * 2, 0, 4 * 1024 * 2)
     assert c.k_width == (0, 512, 0)
 
 
 def test_plain_llama_header_every_layer_cached() -> None:
-    c = cache_shape({}, "llama", 3, 256, (2, 2, 2), 64, 64)
+    c = cache_shape({}, "llama", 3, 256, (2, 2, 2), 64, 64, n_head=8)
     assert c.k_width == c.v_width == (128,) * 3
     assert c.state_bytes == (0,) * 3 and all(c.loaded) and not c.sliding
 

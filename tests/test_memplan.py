@@ -20,6 +20,8 @@ from tuner.models import memplan
 from tuner.models.archgen import (
     write_deepseek2_mla,
     write_gemma3,
+    write_kimi_linear,
+    write_minimax01,
     write_qwen3moe,
     write_qwen35,
 )
@@ -69,6 +71,8 @@ def models(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> dict
     out["qwen35-q4_k_m"] = quantize(out["qwen35"], d / "qwen35-q4_k_m.gguf", "q4_k_m")
     out["qwen3moe"] = write_qwen3moe(d / "qwen3moe.gguf")
     out["qwen3moe-q4_k_m"] = quantize(out["qwen3moe"], d / "qwen3moe-q4_k_m.gguf", "q4_k_m")
+    out["kimi-linear"] = write_kimi_linear(d / "kimi-linear.gguf")
+    out["minimax-01"] = write_minimax01(d / "minimax-01.gguf")
     return out
 
 
@@ -105,6 +109,10 @@ CASES = [
     ("qwen35-q4_k_m", 1000, "q8_0/q8_0", 512, True),
     ("qwen3moe", 1000, "f16/f16", 512, False),
     ("qwen3moe-q4_k_m", 2000, "q8_0/q8_0", 256, True),
+    ("kimi-linear", 1000, "f16/f16", 256, False),
+    ("kimi-linear", 3000, "q8_0/q8_0", 512, True),
+    ("minimax-01", 1000, "f16/f16", 256, False),
+    ("minimax-01", 2000, "q8_0/q8_0", 512, True),
 ]
 
 

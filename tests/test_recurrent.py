@@ -16,7 +16,7 @@ import pytest
 from tests.cli_run import tuner
 from tuner.evidence.placement import Expectation, parse_load_log, verify
 from tuner.models import memplan
-from tuner.models.archgen import write_mamba, write_rwkv6
+from tuner.models.archgen import write_kimi_linear, write_mamba, write_rwkv6
 from tuner.search.space import default_space
 
 CUDA_LOG = (Path(__file__).parent / "fixtures" / "cuda-h100-full-offload.log").read_text()
@@ -35,6 +35,11 @@ def mamba(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def rwkv6(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_rwkv6(tmp_path_factory.mktemp("rwkv6") / "rwkv6.gguf")
+
+
+@pytest.fixture(scope="module")
+def kimi(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_kimi_linear(tmp_path_factory.mktemp("kimi") / "kimi-linear.gguf")
 
 
 @pytest.mark.parametrize("arch", ["mamba", "rwkv6"])
@@ -94,3 +99,25 @@ def test_a_recurrent_model_is_tuned_and_its_config_written(mamba: Path, tmp_path
     text = proc.stdout + proc.stderr
     assert "the model keeps no KV cache (a recurrent model)" in text
     assert "no KV cache, recurrent state on CPU" in text and out.is_file()
+
+
+def test_a_gated_delta_hybrid_is_priced_and_tuned(kimi: Path, tmp_path: Path) -> None:
+    """Kimi-Linear (gated delta "KDA" layers, recurrent, with every 4th layer MLA attention):
+    its KDA layers' state, unpriced before (0), is the real load's RS buffer; a CPU sweep
+    proves and writes it."""
+    proc = subprocess.run([sys.executable, "-c", LOAD, str(kimi)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ev = parse_load_log(proc.stderr)
+    layout = memplan.read_layout(kimi)
+    state = sum(layout.cache.state_bytes) / memplan.MIB
+    assert [b > 0 for b in layout.cache.state_bytes] == [True, True, True, False]
+    assert ev.state_buffers_mib["CPU"] == pytest.approx(state, abs=0.01) and state > 0.2
+    kv = sum(memplan.kv_bytes_per_token(layout, "f16", "f16")) * memplan.kv_size(1024)
+    assert ev.kv_buffers_mib["CPU"] == pytest.approx(kv / memplan.MIB, abs=0.01)
+    out = tmp_path / "configs" / "production.yaml"
+    sweep = tuner("sweep", "--model", kimi, "--device", "cpu", "--prompt-tokens", 64,
+                  "--gen-tokens", 8, "--repetitions", 1, "--trials", 2, "--finalist-rounds", 0,
+                  "--results", tmp_path / "results", "--out", out)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert "KV cache on CPU" in sweep.stdout + sweep.stderr and out.is_file()

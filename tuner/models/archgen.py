@@ -12,7 +12,13 @@ CPU, benchmarks/arch_placement.py per device on a GPU):
   per token), whose feed-forward activations are the used experts', not ``feed_forward_length``;
 - qwen35: a hybrid whose layers are gated delta nets (recurrent state, no KV cache) but every
   ``full_attention_interval``-th one; one multi-token-prediction layer (nextn) at the end,
-  which llama.cpp neither loads nor caches by default.
+  which llama.cpp neither loads nor caches by default;
+- mamba and rwkv6: recurrent throughout, no KV cache at all;
+- kimi-linear: gated delta ("KDA") layers with Q, K and V convolutions, and MLA every 4th;
+- minimax-01: lightning (linear) attention layers, softmax attention every 8th.
+
+MOE_SHAPES and ``python -m tuner.models.archgen`` write a mixture of experts of a real model's
+size for the GPU benchmarks.
 
 The tensor names and shapes follow the vendored llama.cpp's loaders (src/models/*.cpp)."""
 
@@ -31,7 +37,7 @@ N_VOCAB = 600
 
 
 def _shape_keys(w: gguf.GGUFWriter, name: str, *, n_layer: int, n_embd: int, n_ff: int,
-                n_head: int, n_head_kv: int, head_k: int, head_v: int) -> None:
+                n_head: int, n_head_kv: int | list[int], head_k: int, head_v: int) -> None:
     """The keys every writer here sets: its name, the context, widths and head counts."""
     w.add_name(f"tuner synthetic {name}")
     w.add_context_length(8192)
@@ -229,6 +235,115 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out} ({args.out.stat().st_size / 2**30:.2f} GiB, {args.shape}) in "
           f"{time.perf_counter() - start:.1f} s", flush=True)
     return 0
+
+
+def write_kimi_linear(path: Path, *, n_layer: int = 4, n_embd: int = 256, n_head: int = 4,
+                      kda_head: int = 64, d_conv: int = 4, kv_lora_rank: int = 64,
+                      rope: int = 32, nope: int = 32, v_head: int = 64, n_ff: int = 256,
+                      n_expert: int = 4, n_expert_used: int = 2, n_ff_exp: int = 128) -> Path:
+    """Kimi-Linear: gated delta ("KDA") layers, recurrent, with a short convolution of Q, K and
+    V, and every 4th layer multi-head latent attention (head_count_kv 0 marks a KDA layer, 1
+    an MLA one, as the converter writes them: conversion/kimi_linear.py); layer 0's
+    feed-forward dense, the others' a mixture of experts with one shared expert."""
+    kv_heads = [1 if (il + 1) % 4 == 0 else 0 for il in range(n_layer)]
+
+    def keys(w: gguf.GGUFWriter) -> None:
+        _shape_keys(w, "kimi-linear", n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head,
+                    n_head_kv=kv_heads, head_k=kv_lora_rank + rope, head_v=kv_lora_rank)
+        w.add_ssm_conv_kernel(d_conv)
+        w.add_kda_head_dim(kda_head)
+        w.add_kv_lora_rank(kv_lora_rank)
+        w.add_rope_dimension_count(rope)
+        w.add_rope_freq_base(10000.0)
+        w.add_key_length_mla(nope + rope)
+        w.add_value_length_mla(v_head)
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(n_expert_used)
+        w.add_expert_feed_forward_length(n_ff_exp)
+        w.add_expert_shared_count(1)
+        w.add_leading_dense_block_count(1)
+        w.add_expert_weights_scale(1.0)
+        from gguf import ExpertGatingFuncType  # noqa: PLC0415 - as write_model imports gguf
+
+        w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
+
+    inner = n_head * kda_head
+    layout: Layout = [("token_embd.weight", (N_VOCAB, n_embd))]
+    for i in range(n_layer):
+        b = f"blk.{i}"
+        layout.append((f"{b}.attn_norm.weight", (n_embd,)))
+        if kv_heads[i] == 0:  # KDA
+            layout += [(f"{b}.ssm_conv1d_{x}.weight", (inner, 1, d_conv)) for x in "qkv"]
+            layout += [(f"{b}.attn_{x}.weight", (inner, n_embd)) for x in "qkv"]
+            layout += [(f"{b}.ssm_f_a.weight", (kda_head, n_embd)),
+                       (f"{b}.ssm_f_b.weight", (inner, kda_head)),
+                       (f"{b}.ssm_beta.weight", (n_head, n_embd)),
+                       (f"{b}.ssm_a", (n_head, 1)),
+                       (f"{b}.ssm_dt.bias", (inner,)),
+                       (f"{b}.ssm_g_a.weight", (kda_head, n_embd)),
+                       (f"{b}.ssm_g_b.weight", (inner, kda_head)),
+                       (f"{b}.ssm_norm.weight", (kda_head,)),
+                       (f"{b}.attn_output.weight", (n_embd, inner))]
+        else:  # MLA, no q LoRA, split k_b / v_b (the MLA KV cache)
+            layout += [(f"{b}.attn_kv_a_norm.weight", (kv_lora_rank,)),
+                       (f"{b}.attn_q.weight", (n_head * (nope + rope), n_embd)),
+                       (f"{b}.attn_kv_a_mqa.weight", (kv_lora_rank + rope, n_embd)),
+                       (f"{b}.attn_k_b.weight", (n_head, kv_lora_rank, nope)),
+                       (f"{b}.attn_v_b.weight", (n_head, v_head, kv_lora_rank)),
+                       (f"{b}.attn_output.weight", (n_embd, n_head * v_head))]
+        if i == 0:
+            layout += _ffn(b, n_embd, n_ff)
+        else:
+            layout += [(f"{b}.ffn_norm.weight", (n_embd,)),
+                       (f"{b}.ffn_gate_inp.weight", (n_expert, n_embd)),
+                       (f"{b}.ffn_gate_exps.weight", (n_expert, n_ff_exp, n_embd)),
+                       (f"{b}.ffn_down_exps.weight", (n_expert, n_embd, n_ff_exp)),
+                       (f"{b}.ffn_up_exps.weight", (n_expert, n_ff_exp, n_embd)),
+                       (f"{b}.ffn_gate_shexp.weight", (n_ff_exp, n_embd)),
+                       (f"{b}.ffn_down_shexp.weight", (n_embd, n_ff_exp)),
+                       (f"{b}.ffn_up_shexp.weight", (n_ff_exp, n_embd)),
+                       (f"{b}.exp_probs_b.bias", (n_expert,))]
+    layout += [("output_norm.weight", (n_embd,)), ("output.weight", (N_VOCAB, n_embd))]
+    return write_model(path, "kimi-linear", keys, layout, n_vocab=N_VOCAB)
+
+
+def write_minimax01(path: Path, *, n_layer: int = 8, n_embd: int = 256, n_head: int = 4,
+                    n_head_kv: int = 2, head_dim: int = 64, n_expert: int = 4,
+                    n_expert_used: int = 2, n_ff: int = 128) -> Path:
+    """MiniMax-01: lightning (linear) attention in 7 of each 8 layers, recurrent, with a fused
+    QKV, a gate and a norm; every 8th layer softmax attention; every feed-forward a mixture of
+    experts of width ``feed_forward_length``."""
+    def keys(w: gguf.GGUFWriter) -> None:
+        _shape_keys(w, "minimax-01", n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head,
+                    n_head_kv=n_head_kv, head_k=head_dim, head_v=head_dim)
+        w.add_rope_dimension_count(head_dim)
+        w.add_rope_freq_base(10000.0)
+        w.add_residual_scale(1.0)
+        w.add_full_attention_interval(8)
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(n_expert_used)
+
+    width = n_head * head_dim
+    layout: Layout = [("token_embd.weight", (N_VOCAB, n_embd))]
+    for i in range(n_layer):
+        b = f"blk.{i}"
+        layout.append((f"{b}.attn_norm.weight", (n_embd,)))
+        if (i + 1) % 8 != 0:  # lightning attention
+            layout += [(f"{b}.attn_norm_2.weight", (width,)),
+                       (f"{b}.attn_qkv.weight", (3 * width, n_embd)),
+                       (f"{b}.attn_gate.weight", (width, n_embd))]
+        else:
+            kv = n_head_kv * head_dim
+            layout += [(f"{b}.attn_q.weight", (width, n_embd)),
+                       (f"{b}.attn_k.weight", (kv, n_embd)), (f"{b}.attn_v.weight", (kv, n_embd))]
+        layout += [(f"{b}.attn_output.weight", (n_embd, width)),
+                   (f"{b}.ffn_norm.weight", (n_embd,)),
+                   (f"{b}.ffn_gate_inp.weight", (n_expert, n_embd)),
+                   (f"{b}.ffn_gate_exps.weight", (n_expert, n_ff, n_embd)),
+                   (f"{b}.ffn_down_exps.weight", (n_expert, n_embd, n_ff)),
+                   (f"{b}.ffn_up_exps.weight", (n_expert, n_ff, n_embd))]
+    layout += [("output_norm.weight", (n_embd,)), ("output.weight", (N_VOCAB, n_embd))]
+    return write_model(path, "minimax-01", keys, layout, n_vocab=N_VOCAB)
 
 
 def write_rwkv6(path: Path, *, n_layer: int = 2, n_embd: int = 256, head_size: int = 64,

@@ -15,8 +15,10 @@ src/llama-memory-recurrent.cpp, src/llama-hparams.cpp and each architecture's lo
   (``nextn_predict_layers``: llama.cpp neither loads its weights nor caches it by default);
 - a recurrent layer's state, f32, one sequence's whatever the context: Mamba-style
   (``ssm.*`` keys: the convolution's last ``conv_kernel - 1`` columns and the state), LFM2's
-  short convolutions and RWKV's (``wkv.head_size``: the shifted tokens and the wkv state);
-  Kimi's and MiniMax's linear attention are not priced;
+  short convolutions, RWKV's (``wkv.head_size``: the shifted tokens and the wkv state), the
+  gated delta ("KDA") layers of Kimi-Linear and its kin (``kda.head_dim``: the Q, K and V
+  convolutions and a head_dim x head_dim state per head) and MiniMax-01's lightning attention
+  (a key_length x key_length state per head);
 - sliding-window layers: llama-cpp-python keeps llama.cpp's ``swa_full`` (on), so their cache
   holds the whole context like the others' (llama-server's default, off, holds less)."""
 
@@ -30,6 +32,9 @@ from dataclasses import dataclass
 INTERVAL_DEFAULT = {"qwen3next": 4, "qwen35": 4, "qwen35moe": 4, "qwen4exp": 4,
                     "minimax-01": 8}
 KV_FROM_START = {"gemma3n": 20}  # gemma3n.cpp: n_layer_kv_from_start; later layers share
+# The architectures whose recurrent layers keep a key_length x key_length state per head
+# (llama_hparams::n_embd_head_la; minimax-01.cpp sets it to the key width).
+LINEAR_ATTENTION = ("minimax-01",)
 F32 = 4
 
 
@@ -59,9 +64,11 @@ def _bools(value: object, n: int) -> tuple[bool, ...] | None:
 
 
 def cache_shape(values: dict[str, object], arch: str, n_layer: int, n_embd: int,
-                n_head_kv: tuple[int, ...], head_k: int, head_v: int) -> CacheShape:
+                n_head_kv: tuple[int, ...], head_k: int, head_v: int, *,
+                n_head: int) -> CacheShape:
     """The cache of each of the ``n_layer`` blocks (``block_count``, prediction layers
-    included) from the header's ``values``."""
+    included) from the header's ``values``; ``n_head``: the first layer's query heads
+    (llama_hparams::n_head())."""
     def key(name: str) -> object:
         return values.get(f"{arch}.{name}")
 
@@ -73,7 +80,7 @@ def cache_shape(values: dict[str, object], arch: str, n_layer: int, n_embd: int,
     hk = [head_k_swa if s else head_k for s in swa]
     hv = [head_v_swa if s else head_v for s in swa]
     mla = _int(key("attention.key_length_mla"), 0) > 0 and _int(key("attention.value_length_mla"), 0) > 0
-    state = _state_bytes(key, n_embd)
+    state = _state_bytes(key, arch, n_embd, n_head, head_k)
     recurrent = _bools(key("attention.recurrent_layers"), n_layer)
     if recurrent is None:
         interval = _int(key("full_attention_interval"), INTERVAL_DEFAULT.get(arch, 0))
@@ -96,12 +103,18 @@ def cache_shape(values: dict[str, object], arch: str, n_layer: int, n_embd: int,
         sliding=_int(key("attention.sliding_window"), 0) > 0)
 
 
-def _state_bytes(key: Callable[[str], object], n_embd: int) -> int:
+def _state_bytes(key: Callable[[str], object], arch: str, n_embd: int, n_head: int,
+                 head_k: int) -> int:
     """One recurrent layer's state for one sequence (llama_hparams::n_embd_r + n_embd_s)."""
     wkv = _int(key("wkv.head_size"), 0)
     if wkv:  # RWKV: the shifted tokens (token_shift_count, 2 by default) and the wkv state
         return F32 * (_int(key("token_shift_count"), 2) * n_embd + n_embd * wkv)
     conv = _int(key("ssm.conv_kernel"), 0)
+    kda = _int(key("kda.head_dim"), 0)
+    if kda:  # gated delta: Q, K and V convolutions (3 columns without a kernel), the state
+        return F32 * (3 * (conv - 1 if conv > 0 else 3) * n_head * kda + kda * kda * n_head)
+    if arch in LINEAR_ATTENTION:  # lightning attention: the key width squared per head
+        return F32 * head_k * head_k * n_head
     inner = _int(key("ssm.inner_size"), 0)
     d_state = _int(key("ssm.state_size"), 0)
     groups = _int(key("ssm.group_count"), 0)

@@ -35,7 +35,7 @@ from tuner.models.gguftensors import (
     ggml_row_bytes,
     read_table,
 )
-from tuner.models.kvshape import CacheShape, cache_shape
+from tuner.models.kvshape import LINEAR_ATTENTION, CacheShape, cache_shape
 
 MIB = 1 << 20
 CTX_PAD = 256  # llama_context rounds n_ctx up to a multiple of this
@@ -82,6 +82,11 @@ class ModelLayout:
     output_bytes: int  # output_norm + output (or the tied copy of token_embd)
     tied_copy_bytes: int  # the copy of token_embd a tied output layer makes on a GPU, else 0
     context_length: int | None
+    # Gated delta ("KDA") layers' width: n_head x kda.head_dim (0: none), which their compute
+    # graph holds several times per token
+    kda_width: int = 0
+    # Lightning (linear) attention layers' width: n_head x key_length (0: none; MiniMax-01)
+    la_width: int = 0
 
     @property
     def n_offloadable(self) -> int:
@@ -131,7 +136,8 @@ def layout_of(table: GgufTable) -> ModelLayout:
     first = max(n_head) or 1
     head_k = _int(v.get(f"{arch}.attention.key_length"), n_embd // first)
     head_v = _int(v.get(f"{arch}.attention.value_length"), head_k)
-    cache = cache_shape(v, arch, n_layer, n_embd, n_head_kv, head_k, head_v)
+    cache = cache_shape(v, arch, n_layer, n_embd, n_head_kv, head_k, head_v,
+                        n_head=n_head[0])
     ff = v.get(f"{arch}.feed_forward_length", 0)
     n_ff = max(ff) if isinstance(ff, list) else int(ff) if isinstance(ff, int) else 0
     used = _int(v.get(f"{arch}.expert_used_count"), 0)
@@ -168,7 +174,9 @@ def layout_of(table: GgufTable) -> ModelLayout:
         n_ff_exp=n_ff_exp, n_head=n_head, cache=cache, layer_bytes=tuple(layer_bytes),
         expert_bytes=tuple(expert_bytes), skipped_bytes=skipped,
         input_bytes=input_bytes, output_bytes=output_bytes + copy,
-        tied_copy_bytes=copy, context_length=ctx if isinstance(ctx, int) else None)
+        tied_copy_bytes=copy, context_length=ctx if isinstance(ctx, int) else None,
+        kda_width=n_head[0] * _int(v.get(f"{arch}.kda.head_dim"), 0),
+        la_width=n_head[0] * head_k if arch in LINEAR_ATTENTION else 0)
 
 
 def keeps_kv_cache(layout: ModelLayout | None) -> bool:
@@ -217,13 +225,22 @@ def compute_bytes(m: ModelLayout, n_ubatch: int, n_ctx: int, flash_attn: bool) -
     - attention: with flash attention Q/K/V and the residual (4 x n_embd); without it the KQ
       matrix (n_head x n_kv, the softmax in place) beside them (7 x n_embd);
 
-    the last two with the KQ mask (n_kv per token: f16 with flash attention, f32 without),
+    - gated delta ("KDA") layers: Q, K, V, their convolutions and gates (7 x n_head x
+      kda.head_dim) beside the residual stream and its norm (4 x n_embd), and one layer's
+      recurrent state for the whole ubatch;
+    - lightning attention layers: Q, K, V, gate and norm (7 x n_head x key_length) beside
+      the residual stream (2 x n_embd), and per head three n_ubatch x n_ubatch matrices (its
+      attention within the ubatch): quadratic in n_ubatch, what dominates at real sizes;
+
+    the last four with the KQ mask (n_kv per token: f16 with flash attention, f32 without),
     an input every layer's attention reads (two with sliding-window layers: one per cache).
 
     Measured (tests/test_memplan.py, docs/partial-offload.md): CPU loads of four shapes at
     n_ubatch 64-512 and 1k-4k contexts within -6% / +6%; the recorded CUDA loads of the
     qwen2.5-7b and llama3-8b shapes (n_ubatch 256-2048; the output stage, n_vocab + n_embd
-    there) 2.3-3.1% above; the CUDA fixture (a llama2-7b shape, FA, n_ubatch 512) 8.6% above."""
+    there) 2.3-3.1% above; the CUDA fixture (a llama2-7b shape, FA, n_ubatch 512) 8.6% above;
+    CPU loads of four Kimi-Linear shapes (n_ubatch 128-1024) -1% / +9% (the KDA stage) and
+    of four MiniMax-01 shapes (n_ubatch 64-1024) -12% (head width 128 at n_ubatch 64) / +6%."""
     n_kv = kv_size(n_ctx)
     # bytes per token, alive until the last attention
     mask = n_kv * (2 if flash_attn else 4) * (2 if m.cache.sliding else 1)
@@ -231,7 +248,14 @@ def compute_bytes(m: ModelLayout, n_ubatch: int, n_ctx: int, flash_attn: bool) -
     ffn = 4 * max(3 * m.n_ff + 4 * m.n_embd,
                   m.n_expert_used * (3 * m.n_ff_exp + m.n_embd)) + mask
     attn = 4 * (4 * m.n_embd if flash_attn else 7 * m.n_embd + max(m.n_head) * n_kv) + mask
-    return n_ubatch * max(out, ffn, attn)
+    kda = 0
+    if m.kda_width:
+        kda = n_ubatch * (4 * (7 * m.kda_width + 4 * m.n_embd) + mask) + max(m.cache.state_bytes)
+    la = 0
+    if m.la_width:
+        la = n_ubatch * (4 * (7 * m.la_width + 2 * m.n_embd) + mask) \
+            + 12 * m.n_head[0] * n_ubatch * n_ubatch
+    return max(n_ubatch * max(out, ffn, attn), kda, la)
 
 
 @dataclass(frozen=True)

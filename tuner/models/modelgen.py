@@ -88,8 +88,10 @@ DTYPES = {"f32": (np.float32, 0), "f16": (np.float16, 1)}  # numpy type, general
 BLOCK = (1 << 20) + 17  # random values per tile; odd so that rows of a matrix differ
 SPECIAL = ["<unk>", "<s>", "</s>"]
 # Tensors of more than one dimension that llama.cpp's converters keep in f32 (elementwise
-# operands, not matrix multiplies): Mamba's convolution and A, RWKV's interpolations and bonus.
-F32_MATRICES = ("ssm_conv1d.weight", ".ssm_a", "_lerp_x.weight", "_lerp_fused.weight",
+# operands, not matrix multiplies): Mamba's convolution and A (Kimi's Q, K and V convolutions
+# too), RWKV's interpolations and bonus.
+F32_MATRICES = ("ssm_conv1d.weight", "ssm_conv1d_q.weight", "ssm_conv1d_k.weight",
+                "ssm_conv1d_v.weight", ".ssm_a", "_lerp_x.weight", "_lerp_fused.weight",
                 "_lerp_k.weight", "_lerp_r.weight", "time_mix_first.weight")
 
 
