@@ -306,3 +306,24 @@ def test_the_host_must_hold_the_most_experts_searched(moe: Path,
     monkeypatch.setenv(offload.FAKE_HOST_ENV, str(experts / MIB + 1))
     assert offload.check_host(op, wl).startswith(
         f"memory plan: with the experts of {N_LAYER} layers in host memory, the host holds")
+
+
+def test_the_sweeps_first_lines_name_both_searches(moe: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAKE GPU and host memory: what the sweep prints before any trial for a mixture of
+    experts that does not fit."""
+    from tuner.worker.gpumem import FAKE_FREE_ENV
+
+    layout = memplan.read_layout(moe)
+    ctx = Context(n_ctx=256, n_ubatch=256)
+    three = memplan.place(layout, -1, dataclasses.replace(ctx, experts_on_host=3)).gpu.total
+    monkeypatch.setenv(FAKE_FREE_ENV, str((three + 64 * 1024) / MIB + 900 + 256))
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, "100000")
+    op, lines = offload.prepare(layout, Workload(prompt_tokens=32, gen_tokens=8, n_ctx=256),
+                                None)
+    assert op is not None and op.partial and op.experts
+    text = "\n".join(lines)
+    assert (f"memory plan: searching n_gpu_layers {list(op.layers)} (the most that fit per "
+            "cache type and one more to probe the plan)") in text
+    assert f"and every layer on the GPU with n_cpu_moe {list(op.experts)}" in text
+    assert "as llama-server's --n-cpu-moe K places them (the setting n_cpu_moe)" in text

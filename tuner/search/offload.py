@@ -243,8 +243,9 @@ def prepare(layout: memplan.ModelLayout | None, wl: Workload, max_vram_mib: floa
     op = OffloadPlan(plan=plan, layers=search_layers(plan), experts=search_experts(plan))
     lines = plan.lines()
     if op.partial:
+        below = "" if op.experts else ", a few below,"
         lines.append(f"memory plan: searching n_gpu_layers {list(op.layers)} (the most that "
-                     "fit per cache type, a few below, and one more to probe the plan)")
+                     f"fit per cache type{below} and one more to probe the plan)")
         if op.experts:
             lines.append(f"memory plan: and every layer on the GPU with n_cpu_moe "
                          f"{list(op.experts)} (the first layers whose experts stay on the "
