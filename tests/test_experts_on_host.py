@@ -327,3 +327,61 @@ def test_the_sweeps_first_lines_name_both_searches(moe: Path,
             "cache type and one more to probe the plan)") in text
     assert f"and every layer on the GPU with n_cpu_moe {list(op.experts)}" in text
     assert "as llama-server's --n-cpu-moe K places them (the setting n_cpu_moe)" in text
+
+
+FAKE_BENCH = '''#!{python}
+"""FAKE llama-bench (no GPU here): loads with -ncmoe {fewest} or more (every layer on the GPU)
+or up to {most} layers without; logs its arguments; prints llama-bench's JSON rows."""
+import json, sys
+a = sys.argv[1:]
+open({log!r}, "a").write(" ".join(a) + "\\n")
+ngl = int(a[a.index("-ngl") + 1])
+k = int(a[a.index("-ncmoe") + 1]) if "-ncmoe" in a else None
+ok = k >= {fewest} if k is not None else ngl <= {most}
+if not ok:
+    sys.exit(1)
+print(json.dumps([{{"avg_ts": 100.0 + (k or 0)}}]))
+'''
+
+
+def test_the_benchmarks_compare_measures_experts_on_the_host(
+        swept: tuple[Path, str], moe: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/partial_offload.py compare, as the next GPU lease runs it, on the real
+    sweep's study (winner n_cpu_moe 2) with a FAKE llama-bench and llama-fit-params and a FAKE
+    free GPU memory: llama-bench's fewest -ncmoe against the plan's, and llama-bench at the
+    winner's K - 1, K and K + 1, in its table (a crash here would cost a lease)."""
+    import stat
+    import subprocess
+    import sys
+
+    from tests.test_partial_offload_bench import README_ANSWER, _fake_fit
+
+    out, _ = swept
+    bench = tmp_path / "bench"
+    log = tmp_path / "bench.log"
+    exe = bench / "bin" / "llama-bench"
+    exe.parent.mkdir(parents=True)
+    exe.write_text(FAKE_BENCH.format(python=sys.executable, log=str(log), fewest=2, most=3))
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    _fake_fit(bench, README_ANSWER + "\n")
+    layout = memplan.read_layout(moe)
+    ctx = Context(n_ctx=2176, n_ubatch=512)
+    three = memplan.place(layout, -1, dataclasses.replace(ctx, experts_on_host=3)).gpu.total
+    env = {**os.environ, "TUNER_FAKE_GPU_FREE_MIB": str(three / MIB + 900 + 256 + 0.05),
+           "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "benchmarks" /
+                                               "partial_offload.py"), "compare", "--model",
+                           str(moe), "--results", str(out.parent.parent / "results"),
+                           "--bench", str(bench), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "experts on the host, kv f16: the plan's fewest n_cpu_moe 3, llama-bench's " \
+           "fewest 2" in proc.stdout, proc.stdout
+    ks = [line.split("-ncmoe ")[1].split()[0] for line in log.read_text().splitlines()
+          if "-ncmoe" in line and "-n 1 " not in line + " "]
+    assert {"1", "2", "3"} <= set(ks), ks
+    # the CPU sweep's winner has n_gpu_layers 0 (a CUDA one's -1 is benched at all 5)
+    assert "| 0 (tuner's winner) | 2 |" in proc.stdout, proc.stdout
+    data = json.loads((tmp_path / "out" / "partial-offload.json").read_text())
+    assert data["tuner_best"]["n_cpu_moe"] == 2
