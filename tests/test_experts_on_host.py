@@ -235,9 +235,11 @@ def test_the_op_proof_allows_the_nodes_beside_the_experts_on_the_host() -> None:
     fixture = Path(__file__).parent / "fixtures" / "cuda-h100-sched-debug.log.gz"
     text = gzip.decompress(fixture.read_bytes()).decode()
     moved = move_to_cpu_split(move_to_cpu_split(text, "ffn_up-0"), "ffn_gate-0")
+    # and an unnamed node of layer 0, known by its source ("Vcur-0 (reshaped)")
+    moved = move_to_cpu_split(moved, "node_9")
     asked = check_ops(moved, "cuda", experts_on_host=1)
     assert asked.verified is True, asked.reasons
-    assert "2 nodes of layer 0 on the host beside their experts, as asked" in asked.summary
+    assert "3 nodes of layer 0 on the host beside their experts, as asked" in asked.summary
     assert check_ops(moved, "cuda").verified is False
     later = move_to_cpu_split(moved, "ffn_up-1")
     refused = check_ops(later, "cuda", experts_on_host=1)

@@ -72,7 +72,7 @@ def test_every_attention_op_on_cpu_is_one_reason(h100_log: str) -> None:
 def test_only_the_input_embedding_lookup_may_stay_on_the_host(h100_log: str) -> None:
     # The output-row selection is a GET_ROWS too, but of activations: it must run on CUDA.
     ops = check_ops(move_node_line(h100_log, "node_585"), "cuda")
-    assert ops.reasons == ["GET_ROWS (node_585) runs on CPU"]
+    assert ops.reasons == ["GET_ROWS (node_585, layer 15) runs on CPU"]  # of the last layer
     # A position-embedding lookup (GPT-2-like models) is input layer by design, like tokens.
     positions = h100_log.replace("   token_embd.weight (", "position_embd.weight (")
     assert check_ops(positions, "cuda").verified is True

@@ -64,12 +64,18 @@ class OpNode(Frozen):
     @property
     def layer(self) -> int | None:
         """The model layer the node belongs to, from llama.cpp's naming ("Kcur-3", "blk.3.",
-        "cache_k_l3"); None for nodes outside the repeating layers."""
+        "cache_k_l3"), else from a source's ("node_9" computed from "Vcur-0 (reshaped)", but
+        not from a layer's output, "l_out-3", which the next layer or the output stage reads);
+        None for nodes outside the repeating layers."""
         if m := _LAYER_OF_NODE.search(self.name):
             return int(m.group(1))
         for name in self.sources:
             if m := _LAYER_OF_SOURCE.search(name):
                 return int(m.group(1) or m.group(2))
+        for name in self.sources:  # a layer's output ("l_out-3") feeds the next, or the head
+            base = name.split(" (")[0].strip()  # "Vcur-0 (reshaped)": ggml's view suffixes
+            if not base.startswith("l_out") and (m := _LAYER_OF_NODE.search(base)):
+                return int(m.group(1))
         return None
 
     @property
