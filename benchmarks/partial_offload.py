@@ -246,6 +246,15 @@ def compare(a: argparse.Namespace) -> int:
                 row["tuner_winner"] = True
                 winner_row = row
             rows.append(row)
+    # The same with the host's weights loaded without mmap (-lm none: a pinned CUDA host
+    # buffer, which op offload uploads a prompt's host weights from faster); the services load
+    # with mmap (llama_cpp.server's use_mmap, kept on): is the load mode worth a setting? Not
+    # among the rows: no trial could choose it.
+    unmapped = None
+    if winner_row is not None and best is not None:
+        moe = ["-ncmoe", str(k)] if k else []
+        unmapped = _bench(a.bench, a.model, ngl, c.type_k, int(bool(c.flash_attn)),
+                          threads + moe + ["-lm", "none"], ub=c.n_ubatch)
     fastest = min((r for r in rows if "request_s" in r), key=lambda r: r["request_s"],
                   default=None)
     # llama.cpp's own fit at the sweep's context (the layers it moves), its llama-bench figures,
@@ -269,6 +278,7 @@ def compare(a: argparse.Namespace) -> int:
               for s in {r.state.value for r in records}}
     result = {"free_mib_at_compare": free, "boundaries": bounds, "llama_bench": rows,
               "searched_layers": searched, "sweep": sweep_s, "llama_bench_at_winner": winner_row,
+              "llama_bench_at_winner_load_none": unmapped,
               "tuner_best": tb, "states": states, "time_budget": budget_lines, "llama_fit": fit, "llama_fit_bench": fit_row,
               "llama_fit_default_ctx": fit_default}
     (a.out / "partial-offload.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -305,6 +315,10 @@ def compare(a: argparse.Namespace) -> int:
     print(f"llama-bench at llama.cpp's fit: {fit_row}")
     if tb and fit_row and fit_row.get("request_s"):
         print(f"tuner / llama.cpp fit request time: {tb['request_s'] / fit_row['request_s']:.3f}")
+    if winner_row and unmapped and winner_row.get("request_s") and unmapped.get("request_s"):
+        print(f"llama-bench at tuner's winner, load mode none / mmap request time: "
+              f"{unmapped['request_s'] / winner_row['request_s']:.3f} (pp "
+              f"{unmapped['pp_tps']:,.0f} vs {winner_row['pp_tps']:,.0f} t/s)")
     if winner_row and fit_row and winner_row.get("request_s") and fit_row.get("request_s"):
         print(f"llama-bench at tuner's winner / at llama.cpp's fit request time: "
               f"{winner_row['request_s'] / fit_row['request_s']:.3f}")

@@ -387,3 +387,7 @@ def test_the_benchmarks_compare_measures_experts_on_the_host(
     assert "| 0 (tuner's winner) | 2 |" in proc.stdout, proc.stdout
     data = json.loads((tmp_path / "out" / "partial-offload.json").read_text())
     assert data["tuner_best"]["n_cpu_moe"] == 2
+    # and the winner again with the host's weights not mapped (is the load mode worth a setting?)
+    assert any("-ncmoe 2" in line and "-lm none" in line for line in log.read_text().splitlines())
+    assert data["llama_bench_at_winner_load_none"] is not None
+    assert "llama-bench at tuner's winner, load mode none / mmap request time: " in proc.stdout
