@@ -28,3 +28,17 @@ def test_arch_placement_runs_to_its_table_on_the_cpu(tmp_path: Path) -> None:
         log, plan = r["kv+state"]
         assert log == pytest.approx(plan, abs=0.01), r
     assert proc.stdout.strip().splitlines()[-1].startswith("| minimax-01 | 0 | host |")
+
+
+def test_the_recurrent_compute_table_runs_on_the_cpu() -> None:
+    """benchmarks/recurrent_compute.py, the source of the KDA and lightning-attention compute
+    figures, on its first shape at one n_ubatch: a real load's figure beside the plan's, within
+    the tests' compute tolerance."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "recurrent_compute.py"),
+                           "--shapes", "1", "--ubatches", "256"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = proc.stdout.strip().splitlines()[-1]
+    assert row.startswith("| kimi-linear | 4 | 64 | 256 | 256 | "), row
+    error = float(row.split("|")[-2].strip().rstrip("%"))
+    assert -7.0 <= error <= 10.0, row

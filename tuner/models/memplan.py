@@ -239,8 +239,9 @@ def compute_bytes(m: ModelLayout, n_ubatch: int, n_ctx: int, flash_attn: bool) -
     n_ubatch 64-512 and 1k-4k contexts within -6% / +6%; the recorded CUDA loads of the
     qwen2.5-7b and llama3-8b shapes (n_ubatch 256-2048; the output stage, n_vocab + n_embd
     there) 2.3-3.1% above; the CUDA fixture (a llama2-7b shape, FA, n_ubatch 512) 8.6% above;
-    CPU loads of four Kimi-Linear shapes (n_ubatch 128-1024) -1% / +9% (the KDA stage) and
-    of four MiniMax-01 shapes (n_ubatch 64-1024) -12% (head width 128 at n_ubatch 64) / +6%."""
+    CPU loads of four Kimi-Linear shapes (the KDA stage) -7% / +10% and of four MiniMax-01
+    shapes -12% / +6%, n_ubatch 64-1024, the extremes at n_ubatch 64
+    (benchmarks/recurrent_compute.py)."""
     n_kv = kv_size(n_ctx)
     # bytes per token, alive until the last attention
     mask = n_kv * (2 if flash_attn else 4) * (2 if m.cache.sliding else 1)
