@@ -391,3 +391,38 @@ def test_the_benchmarks_compare_measures_experts_on_the_host(
     assert any("-ncmoe 2" in line and "-lm none" in line for line in log.read_text().splitlines())
     assert data["llama_bench_at_winner_load_none"] is not None
     assert "llama-bench at tuner's winner, load mode none / mmap request time: " in proc.stdout
+
+
+def test_the_boundary_lines_set_experts_loaded_against_the_plan(moe: Path) -> None:
+    """TEST DATA records (tests/records_factory.py) under a FAKE budget: with experts on the
+    host the plan's fewest K against the fewest that loaded and the most that failed, beside
+    the layer counts' line of the same context."""
+    from tests.records_factory import make_record
+    from tuner.results.records import TrialState
+
+    layout = memplan.read_layout(moe)
+    wl = Workload(prompt_tokens=32, gen_tokens=8, n_ctx=256)
+    ctx = Context(n_ctx=256, n_ubatch=256)
+    three = memplan.place(layout, -1, dataclasses.replace(ctx, experts_on_host=3)).gpu.total
+    plan = memplan.make_plan(layout, 256, Budget(free_mib=(three + 64 * 1024) / MIB,
+                                                 overhead_mib=0, margin_mib=0))
+    op = offload.OffloadPlan(plan=plan, layers=offload.search_layers(plan),
+                             experts=offload.search_experts(plan))
+    f16 = {"n_ubatch": 256, "n_batch": 256, "workload": wl}
+    oom = "worker died at load (out of memory)"
+    records = [make_record(1, n_gpu_layers=-1, n_cpu_moe=3, **f16),
+               make_record(2, n_gpu_layers=-1, n_cpu_moe=4, request_s=1.2, **f16),
+               make_record(3, n_gpu_layers=-1, n_cpu_moe=2, state=TrialState.INFEASIBLE,
+                           error=oom, **f16),
+               make_record(4, n_gpu_layers=-1, n_cpu_moe=1, state=TrialState.INFEASIBLE,
+                           error="does not fit by the memory plan: ...", **f16),
+               make_record(5, n_gpu_layers=2, **f16),
+               make_record(6, n_gpu_layers=-1, **f16)]  # full offload: no boundary
+    fewest = memplan.fewest_experts_on_host(layout, plan.budget, ctx)
+    most = memplan.most_layers(layout, plan.budget, ctx)
+    head = "memory plan against loads: kv f16/f16 n_ubatch 256 flash_attn off: "
+    assert offload.boundary_lines(op, records, wl) == [
+        f"{head}planned {most}, loaded up to 2",
+        f"{head}n_cpu_moe (every layer on the GPU) planned {fewest}, loaded down to 3, "
+        "failed to load at 2",
+    ]

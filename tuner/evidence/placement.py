@@ -260,13 +260,13 @@ def experts_reasons(ev: PlacementEvidence, n_cpu_moe: int) -> list[str]:
     out: list[str] = []
     layers: set[int] = set()
     for name, buft in sorted(ev.overridden.items()):
-        m = _BLOCK.match(name)
-        if not (m and EXPERT_TENSOR.search(name)):
+        il = _expert_layer(name)
+        if il is None:
             out.append(f"tensor {name} overridden to {buft}: not an expert weight")
         elif is_cuda_device(buft):
             out.append(f"expert tensor {name} overridden to {buft}, not to host memory")
         else:
-            layers.add(int(m.group(1)))
+            layers.add(il)
     if n_cpu_moe <= 0:
         if layers:
             out.append(f"the expert weights of {len(layers)} layers in host memory; the trial "
@@ -487,11 +487,15 @@ def experts_in_log(ev: PlacementEvidence) -> int:
 
 def _moved_experts(ev: PlacementEvidence) -> dict[int, str]:
     """Layer -> buffer type of the expert tensors an override placed."""
-    out = {}
-    for name, buft in ev.overridden.items():
-        if (m := _BLOCK.match(name)) and EXPERT_TENSOR.search(name):
-            out[int(m.group(1))] = buft
-    return out
+    return {il: buft for name, buft in ev.overridden.items()
+            if (il := _expert_layer(name)) is not None}
+
+
+def _expert_layer(name: str) -> int | None:
+    """The layer of an expert weight's tensor ("blk.3.ffn_up_exps.weight" -> 3); None for any
+    other tensor."""
+    m = _BLOCK.match(name)
+    return int(m.group(1)) if m and EXPERT_TENSOR.search(name) else None
 
 
 def _gpu_first(counts: Counter[str]) -> list[tuple[str, int]]:

@@ -321,44 +321,40 @@ def boundary_lines(op: OffloadPlan, records: list[TrialRecord], wl: Workload) ->
     fewest that failed at load (the plan's error, as the search measured it); with experts on
     the host, the fewest layers' experts the plan fits, the fewest that loaded and the most
     that failed."""
-    layers: dict[Context, tuple[int | None, int | None]] = {}  # most loaded, fewest failed
-    experts: dict[Context, tuple[int | None, int | None]] = {}  # fewest loaded, most failed
+    # per context, whether experts were on the host: the counts that loaded and that failed
+    seen: dict[tuple[Context, bool], tuple[list[int], list[int]]] = {}
     for r in records:
         n, k = r.spec.model.n_gpu_layers, r.spec.model.n_cpu_moe
         if r.spec.model.device != "cuda" or (n < 0 and not k):
             continue
         ctx = dataclasses.replace(spec_context(r.spec, wl), experts_on_host=0)
-        loaded = r.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        failed = (r.state is TrialState.INFEASIBLE
-                  and not (r.error or "").startswith(PLANNED_REFUSAL))
+        loaded, failed = seen.setdefault((ctx, k > 0), ([], []))
+        if r.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            loaded.append(k or n)
+        elif (r.state is TrialState.INFEASIBLE
+              and not (r.error or "").startswith(PLANNED_REFUSAL)):
+            failed.append(k or n)
+    out = []
+    def order(key: tuple[Context, bool]) -> tuple[str, str, int, bool, bool]:
+        c, experts = key
+        return c.type_k, c.type_v, c.n_ubatch, c.flash_attn, experts
+
+    for (ctx, experts), (loaded, failed) in sorted(seen.items(), key=lambda i: order(i[0])):
         if not (loaded or failed):
             continue
-        into, value, better = (experts, k, min) if k else (layers, n, max)
-        ok, bad = into.get(ctx, (None, None))
-        worse = max if better is min else min
-        if loaded:
-            ok = value if ok is None else better(ok, value)
-        else:
-            bad = value if bad is None else worse(bad, value)
-        into[ctx] = (ok, bad)
-    out = []
-    key = lambda c: (c.type_k, c.type_v, c.n_ubatch, c.flash_attn)  # noqa: E731
-    for ctx in sorted(set(layers) | set(experts), key=key):
         head = (f"memory plan against loads: kv {ctx.type_k}/{ctx.type_v} n_ubatch "
                 f"{ctx.n_ubatch} flash_attn {'on' if ctx.flash_attn else 'off'}: ")
-        if ctx in layers:
-            ok, bad = layers[ctx]
-            parts = [f"planned {memplan.most_layers(op.plan.layout, op.plan.budget, ctx)}"]
-            parts += [f"loaded up to {ok}"] if ok is not None else []
-            parts += [f"failed to load at {bad}"] if bad is not None else []
-            out.append(head + ", ".join(parts))
-        if ctx in experts:
-            ok, bad = experts[ctx]
+        if experts:  # fewer experts on the host is more on the GPU
             fewest = memplan.fewest_experts_on_host(op.plan.layout, op.plan.budget, ctx)
             parts = [f"planned {'none' if fewest is None else fewest}"]
-            parts += [f"loaded down to {ok}"] if ok is not None else []
-            parts += [f"failed to load at {bad}"] if bad is not None else []
+            parts += [f"loaded down to {min(loaded)}"] if loaded else []
+            parts += [f"failed to load at {max(failed)}"] if failed else []
             out.append(head + "n_cpu_moe (every layer on the GPU) " + ", ".join(parts))
+        else:
+            parts = [f"planned {memplan.most_layers(op.plan.layout, op.plan.budget, ctx)}"]
+            parts += [f"loaded up to {max(loaded)}"] if loaded else []
+            parts += [f"failed to load at {min(failed)}"] if failed else []
+            out.append(head + ", ".join(parts))
     return out
 
 
