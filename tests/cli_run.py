@@ -61,6 +61,20 @@ def wrote_config(stdout: str) -> bool:
     return any(line.startswith("wrote ") for line in stdout.splitlines())
 
 
+def served_cpu_sweep(model: Path, root: Path, space: Path, builds: Path,
+                     served_requests: int) -> tuple[Path, subprocess.CompletedProcess]:
+    """A real CPU sweep of the settings in ``space`` with its finalist and served stages at a
+    small workload (32 + 8 tokens, n_ctx 64, one repetition): the winner served through
+    llama_cpp.server and, where ``builds`` holds a llama-server, through it too; the config
+    and both deployments written under ``root/configs``. The config's path and the process."""
+    out = root / "configs" / "production.yaml"
+    proc = tuner("sweep", "--model", model, "--device", "cpu", "--space", space,
+                 "--prompt-tokens", 32, "--gen-tokens", 8, "--n-ctx", 64, "--repetitions", 1,
+                 "--results", root / "results", "--out", out, "--finalist-rounds", 1,
+                 "--served-requests", served_requests, "--builds", builds, cwd=root)
+    return out, proc
+
+
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
     """The error a failed command printed; asserts it is one 'error:' line (plus an optional
     'hint:' line) and no traceback."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_run import tuner
+from tests.cli_run import served_cpu_sweep, tuner
 from tests.spaces import write_space
 from tests.test_llamaserver import BUILDS, LOOSE
 from tuner.deploy.llamaserver import server_args, server_env
@@ -47,11 +47,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, moe: Path) -> tuple[Path, st
     root = tmp_path_factory.mktemp("moesweep")
     space = write_space(root / "space.yaml", n_cpu_moe=[2], n_batch=[32], n_ubatch=[32],
                         n_threads=[1])
-    out = root / "configs" / "production.yaml"
-    proc = tuner("sweep", "--model", moe, "--device", "cpu", "--space", space,
-                 "--prompt-tokens", 32, "--gen-tokens", 8, "--n-ctx", 64, "--repetitions", 1,
-                 "--results", root / "results", "--out", out, "--finalist-rounds", 1,
-                 "--served-requests", 2, "--builds", BUILDS, cwd=root)
+    out, proc = served_cpu_sweep(moe, root, space, BUILDS, served_requests=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stdout + proc.stderr
 

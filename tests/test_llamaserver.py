@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli_run import REPO, one_line_error, tuner
+from tests.cli_run import REPO, one_line_error, served_cpu_sweep, tuner
 from tests.spaces import write_space
 from tuner.builds.catalog import _installed_lib_dir
 from tuner.deploy.httpserve import free_port
@@ -64,11 +64,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path,
     deployments written (1 thread, so the servers and the client do not fight over 2 cores)."""
     root = tmp_path_factory.mktemp("llsrv")
     space = write_space(root / "space.yaml", n_batch=[32], n_ubatch=[32], n_threads=[1])
-    out = root / "configs" / "production.yaml"
-    proc = tuner("sweep", "--model", smollm2_path, "--device", "cpu", "--space", space,
-                 "--prompt-tokens", 32, "--gen-tokens", 8, "--n-ctx", 64, "--repetitions", 1,
-                 "--results", root / "results", "--out", out, "--finalist-rounds", 1,
-                 "--served-requests", 3, "--builds", BUILDS, cwd=root)
+    out, proc = served_cpu_sweep(smollm2_path, root, space, BUILDS, served_requests=3)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "llama-server deployment: " in proc.stderr, proc.stderr[-3000:]
     store = require_study(default_storage(root / "results"))
