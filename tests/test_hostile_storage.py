@@ -137,7 +137,8 @@ def test_junk_lines_of_an_export_are_counted_and_said(cpu_sweep: dict, tmp_path:
 
 
 def test_report_on_a_database_a_killed_sweep_left_half_made(tmp_path: Path) -> None:
-    """A sweep SIGKILLed while optuna created its schema (tables, no alembic stamp; found by a
+    """A database left with tables and no alembic stamp (a sweep SIGKILLed while optuna created
+    its schema in place, as sweeps did before they made it beside and linked it; found by a
     hostile run): the report says so and writes nothing (it used to fail writing the stamp)."""
     import sqlalchemy as sa
     from optuna.storages._rdb import models
@@ -152,3 +153,34 @@ def test_report_on_a_database_a_killed_sweep_left_half_made(tmp_path: Path) -> N
     assert proc.returncode == 2 and "a sweep was stopped while it created" in one_line_error(proc)
     assert f"storage {db} " in one_line_error(proc)
     assert db.read_bytes() == before
+
+
+def test_a_report_while_a_sweep_creates_the_database_never_sees_it_half_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report that runs while a live sweep is between optuna's schema transactions (found by
+    CI: test_report_while_a_sweep_writes, once) sees no database yet, never a half-made one. The
+    report is a real process started at that moment: after the tables and the version row,
+    before the alembic stamp."""
+    from optuna.storages._rdb import storage as rdb
+
+    from tuner.results.storeerrors import open_storage
+
+    results = tmp_path / "results"
+    results.mkdir()
+    seen: list = []
+    made_alembic = rdb._VersionManager._init_alembic
+
+    def report_then_stamp(self) -> None:
+        if not seen:
+            seen.append(tuner("report", "--results", results))
+        made_alembic(self)
+
+    monkeypatch.setattr(rdb._VersionManager, "_init_alembic", report_then_stamp)
+    open_storage(f"sqlite:///{results / 'optuna.db'}")
+    during = seen[0]
+    assert during.returncode != 0 and "no sweep results" in one_line_error(during), \
+        during.stderr
+    after = tuner("report", "--results", results)
+    assert "no sweep results" in one_line_error(after) or "no study" in one_line_error(after)
+    assert "stopped while" not in after.stderr
+    assert sorted(p.name for p in results.iterdir()) == ["optuna.db"]

@@ -10,6 +10,7 @@ optuna journal file (several processes on one host; tuner/results/journal.py).""
 from __future__ import annotations
 
 import errno
+import os
 import time
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def open_storage(url: str, *, read_only: bool = False) -> Storage:
         try:
             if url.startswith(JOURNAL):
                 return open_journal(url)
+            _create_whole(url)
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
             if (key := _file_key(url)) is not None:
                 _OPENED[key] = storage
@@ -89,6 +91,31 @@ def open_storage(url: str, *, read_only: bool = False) -> Storage:
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _create_whole(url: str) -> None:
+    """A new SQLite storage appears whole: optuna writes its tables, version row and alembic
+    stamp in several transactions, and a report that opened the file between them would have
+    to write the rest (refused: "cannot be read without writing to it"). So a file not there
+    yet is made beside it under a name of this process and hard-linked into place, which fails
+    where another sweep's whole file got there first. A file system without hard links gets
+    the file made in place, as before."""
+    path = sqlite_path(url)
+    if path is None or path.name in ("", ":memory:") or path.exists():
+        return
+    making = path.with_name(f".{path.name}.making-{os.getpid()}")
+    try:
+        optuna.storages.RDBStorage(f"sqlite:///{making}",
+                                   engine_kwargs=engine_kwargs(url)).engine.dispose()
+        try:
+            os.link(making, path)
+        except FileExistsError:
+            pass  # another sweep's file, made whole the same way
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV):
+                raise
+    finally:
+        making.unlink(missing_ok=True)
 
 
 def _open_read_only(url: str) -> Storage:
