@@ -194,6 +194,28 @@ def test_the_search_pairs_experts_on_the_host_with_full_offload(moe: Path) -> No
     assert not ok and why.startswith("the fewest layers' experts on the host that fit: 3")
 
 
+def test_a_load_with_fewer_experts_on_the_host_walks_the_fewest_down(moe: Path) -> None:
+    """FAKE budget (no GPU here): the probe, one layer's experts fewer on the host than the
+    plan fits, loaded and ran; the plan's fewest moves to it and the next fewer is searched as
+    the probe."""
+    layout = memplan.read_layout(moe)
+    wl = Workload(prompt_tokens=32, gen_tokens=8, n_ctx=256)
+    ctx = Context(n_ctx=256, n_ubatch=256)
+    three = memplan.place(layout, -1, dataclasses.replace(ctx, experts_on_host=3)).gpu.total
+    budget = Budget(free_mib=(three + 64 * 1024) / MIB, overhead_mib=0, margin_mib=0)
+    plan = memplan.make_plan(layout, 256, budget)
+    op = offload.OffloadPlan(plan=plan, layers=offload.search_layers(plan),
+                             experts=offload.search_experts(plan))
+    assert 2 in op.experts and 1 not in op.experts
+    probe = TrialSpec(model=ModelSettings(device="cuda", n_gpu_layers=-1, n_cpu_moe=2),
+                      context=ContextSettings(n_batch=2048, n_ubatch=256))
+    walked, line = offload.walk_up(op, probe, wl) or (None, "")
+    assert walked is not None and 1 in walked.experts
+    assert memplan.fewest_experts_on_host(layout, walked.plan.budget, ctx) == 2
+    assert line.startswith("memory plan: n_cpu_moe 2 loaded and ran where the plan gave")
+    assert f"searching n_cpu_moe {list(walked.experts)} (was {list(op.experts)})" in line
+
+
 def test_the_report_says_why_the_experts_stayed_on_the_host(moe: Path) -> None:
     """TEST DATA records (tests/records_factory.py) of the qwen3moe file: n_cpu_moe 3 won,
     n_cpu_moe 2 ran out of memory, 2 layers on the GPU measured slower."""

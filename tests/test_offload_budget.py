@@ -249,3 +249,54 @@ def test_the_first_trials_gpu_peak_calibrates_the_sweeps_plan(
     assert seen and all((b.overhead_mib, b.margin_mib) == (pytest.approx(300.0), 0.0)
                         for b in seen)
     assert result.written is not None
+
+
+def test_the_sweep_walks_its_plan_up_on_each_load_past_it(
+        sparse_7b: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sweep.calibrate's wiring for a CUDA sweep, which cannot run here: the sweep object is a
+    FAKE stand-in holding what the method reads, and the records are TEST DATA with FAKE
+    peaks. The first trial calibrates; the probe past the calibrated boundary that loaded
+    walks it up and the grid is made again; a probe that failed at load moves nothing; a
+    user's space file is never regridded."""
+    from types import SimpleNamespace
+
+    from tests.records_factory import make_record
+    from tuner.models import memplan
+    from tuner.results.records import TrialState
+    from tuner.specs import Workload
+    from tuner.sweep import run
+
+    monkeypatch.setenv(FAKE_FREE_ENV, "8192")
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, "65536")
+    wl = Workload(prompt_tokens=2048, gen_tokens=128)
+    fit, _ = offload.prepare(memplan.read_layout(sparse_7b), wl, None)
+    assert fit is not None and fit.partial
+    q8 = {"n_ubatch": 512, "flash_attn": True, "type_k": "q8_0", "type_v": "q8_0",
+          "workload": wl}
+    ctx = offload.spec_context(make_record(0, n_gpu_layers=1, **q8).spec, wl)
+    top = memplan.most_layers(fit.plan.layout, fit.plan.budget, ctx)
+
+    def loaded(n: int, peak: float | None = None):  # type: ignore[no-untyped-def]
+        r = make_record(n, n_gpu_layers=n, **q8)
+        assert r.measurement is not None
+        return r.model_copy(update={"measurement": r.measurement.model_copy(
+            update={"gpu_peak_mib": peak})})
+
+    regrids: list[tuple[int, ...]] = []
+    notes = _Notes()
+    sweep = SimpleNamespace(fit=fit, wl=wl, events=notes, space_file=None)
+    sweep.regrid = lambda: regrids.append(sweep.fit.layers)
+    buffers = memplan.place(fit.plan.layout, top, ctx).gpu.total / memplan.MIB
+    run.Sweep.calibrate(sweep, loaded(top, buffers + 300))  # type: ignore[arg-type]
+    m = memplan.most_layers(fit.plan.layout, sweep.fit.plan.budget, ctx)
+    assert sweep.fit.measured_overhead_mib == pytest.approx(300) and len(regrids) == 1
+    failed = make_record(m + 1, n_gpu_layers=m + 1, state=TrialState.INFEASIBLE, **q8)
+    run.Sweep.calibrate(sweep, failed)  # type: ignore[arg-type]
+    assert len(regrids) == 1 and len(notes.lines) == 1
+    run.Sweep.calibrate(sweep, loaded(m + 1))  # type: ignore[arg-type]
+    assert memplan.most_layers(fit.plan.layout, sweep.fit.plan.budget, ctx) == m + 1
+    assert len(regrids) == 2 and m + 2 in regrids[-1]
+    assert notes.lines[-1].startswith(f"memory plan: n_gpu_layers {m + 1} loaded and ran")
+    sweep.space_file = Path("space.yaml")  # the user's grid stays as written
+    run.Sweep.calibrate(sweep, loaded(m + 2))  # type: ignore[arg-type]
+    assert len(regrids) == 2 and len(notes.lines) == 3

@@ -381,3 +381,87 @@ def test_the_plans_boundary_against_the_loads_the_search_made(
         f"memory plan against loads: kv q8_0/q8_0 n_ubatch 512 flash_attn on: planned {top}, "
         f"loaded up to {top + 1}, failed to load at {top + 3}",
     ]
+
+
+def test_a_load_past_the_plan_walks_the_boundary_up(sparse_7b: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe past the calibrated boundary loaded and ran: the overhead becomes what that
+    load left, the boundary moves to it, the next layer is searched as the probe and the check
+    before a trial lets it run; a load the plan already fits moves nothing; walked again, the
+    boundary moves once more, and the sweep still reports the calibrated plan's boundary as
+    planned. The free memory, peak and loads are FAKE (no GPU here)."""
+    from tests.records_factory import make_record
+    from tuner.results.records import TrialState
+
+    monkeypatch.setenv(FAKE_FREE_ENV, "8192")
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, "65536")
+    wl = Workload(prompt_tokens=2048, gen_tokens=128)
+    op, _ = offload.prepare(memplan.read_layout(sparse_7b), wl, None)
+    assert op is not None and op.partial
+    layout = op.plan.layout
+
+    def at(n: int) -> TrialSpec:
+        return TrialSpec(model=ModelSettings(build="installed", device="cuda", n_gpu_layers=n),
+                         context=ContextSettings(n_ubatch=512, type_k="q8_0", type_v="q8_0",
+                                                 flash_attn=True))
+
+    ctx = offload.spec_context(at(1), wl)
+    top = memplan.most_layers(layout, op.plan.budget, ctx)
+    buffers = memplan.place(layout, top, ctx).gpu.total / memplan.MIB
+    lean, _ = offload.calibrate(op, at(top), wl, buffers + 300)
+    m = memplan.most_layers(layout, lean.plan.budget, ctx)
+    assert m + 1 in lean.layers  # the probe; one further is refused before its trial
+    assert offload.no_longer_fits(layout, at(m + 2), wl, lean.plan.budget) is not None
+    assert offload.walk_up(lean, at(m), wl) is None  # the plan fits it: nothing learnt
+
+    walked, line = offload.walk_up(lean, at(m + 1), wl) or (None, "")
+    assert walked is not None
+    assert memplan.most_layers(layout, walked.plan.budget, ctx) == m + 1
+    assert m + 2 in walked.layers and walked.layers == offload.search_layers(walked.plan)
+    need = memplan.place(layout, m + 1, ctx).gpu.total / memplan.MIB
+    assert walked.overhead_mib == pytest.approx(8192 - need) and walked.overhead_mib < 300
+    assert walked.plan.budget.margin_mib == 0 and walked.measured_overhead_mib == 300
+    assert walked.predicted == lean.plan.budget
+    assert line.startswith(f"memory plan: n_gpu_layers {m + 1} loaded and ran where the plan "
+                           f"gave {need:,.0f} MiB on the GPU more than its ")
+    assert f"searching n_gpu_layers {list(walked.layers)} (was {list(lean.layers)})" in line
+    assert offload.no_longer_fits(layout, at(m + 2), wl, walked.plan.budget) is None
+
+    again, _ = offload.walk_up(walked, at(m + 2), wl) or (None, "")
+    assert again is not None and m + 3 in again.layers
+    assert again.predicted == lean.plan.budget  # the plan as calibrated, not the walk
+    q8 = {"n_ubatch": 512, "flash_attn": True, "type_k": "q8_0", "type_v": "q8_0",
+          "workload": wl}
+    records = [make_record(i, n_gpu_layers=n, **q8) for i, n in enumerate((m, m + 1, m + 2))]
+    records.append(make_record(3, n_gpu_layers=m + 3, state=TrialState.INFEASIBLE,
+                               error="worker died at load (out of memory)", **q8))
+    assert offload.boundary_lines(again, records, wl) == [
+        f"memory plan against loads: kv q8_0/q8_0 n_ubatch 512 flash_attn on: planned {m}, "
+        f"loaded up to {m + 2}, failed to load at {m + 3}"]
+
+    # Every layer on the GPU loaded: the plan now fits the model whole, the layers stay.
+    every = layout.n_offloadable
+    whole, _ = offload.walk_up(again, at(every), wl) or (None, "")
+    assert whole is not None and whole.plan.fits_full and whole.layers == again.layers
+
+
+def test_a_load_under_a_vram_cap_walks_within_the_cap(sparse_7b: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --max-vram below the free memory, what a load past the plan proves is measured
+    against the cap (a record over it is infeasible before it gets here): the boundary moves
+    to the load, never past the cap. FAKE free memory (no GPU here)."""
+    monkeypatch.setenv(FAKE_FREE_ENV, "16384")
+    monkeypatch.setenv(offload.FAKE_HOST_ENV, "65536")
+    wl = Workload(prompt_tokens=2048, gen_tokens=128)
+    op, _ = offload.prepare(memplan.read_layout(sparse_7b), wl, 8192)
+    assert op is not None and op.partial
+    spec = TrialSpec(model=ModelSettings(build="installed", device="cuda", n_gpu_layers=1),
+                     context=ContextSettings(n_ubatch=512))
+    ctx = offload.spec_context(spec, wl)
+    n = memplan.most_layers(op.plan.layout, op.plan.budget, ctx) + 1
+    probe = spec.model_copy(update={"model": spec.model.model_copy(update={"n_gpu_layers": n})})
+    walked, _ = offload.walk_up(op, probe, wl) or (None, "")
+    assert walked is not None
+    need = memplan.place(op.plan.layout, n, ctx).gpu.total / memplan.MIB
+    assert walked.overhead_mib == pytest.approx(8192 - need)
+    assert memplan.most_layers(op.plan.layout, walked.plan.budget, ctx) == n

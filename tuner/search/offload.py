@@ -53,6 +53,9 @@ class OffloadPlan:
     # The process overhead measured by a trial (calibrate), once there is one; the plan's
     # budget then holds it.
     measured_overhead_mib: float | None = None
+    # The budget whose boundary the sweep reports as planned (boundary_lines): the plan's as
+    # made and calibrated, before loads above it moved it (walk_up).
+    predicted: Budget | None = None
 
     @property
     def partial(self) -> bool:
@@ -90,7 +93,7 @@ def calibrate(op: OffloadPlan, spec: TrialSpec, wl: Workload,
     plan = memplan.make_plan(op.plan.layout, op.plan.n_ctx, budget)
     layers, experts = search_layers(plan), search_experts(plan)
     return (OffloadPlan(plan=plan, layers=layers, experts=experts,
-                        measured_overhead_mib=measured),
+                        measured_overhead_mib=measured, predicted=op.predicted),
             f"{head}: the process overhead is {max(measured, 0.0):,.0f} MiB, not the "
             f"{old.overhead_mib:,.0f} MiB planned, and the {old.margin_mib:,.0f} MiB margin "
             "for the plan's error is dropped (a setting that still does not fit fails at load, "
@@ -100,6 +103,44 @@ def calibrate(op: OffloadPlan, spec: TrialSpec, wl: Workload,
                if layers != op.layers else "")
             + (f"; searching n_cpu_moe {list(experts)} (was {list(op.experts)})"
                if experts != op.experts else ""))
+
+
+def walk_up(op: OffloadPlan, spec: TrialSpec, wl: Workload) -> tuple[OffloadPlan, str] | None:
+    """A trial that loaded and ran where the plan says it does not fit (the probe past the
+    boundary, or past a boundary an earlier probe moved) proves the plan's overhead too high:
+    at most what that load left of the free memory (and of --max-vram), the margin none. The
+    plan is made again with it, so the search's layers move to the new boundary with a probe
+    one further: the search walks up until a load fails (an infeasible trial, seconds) or every
+    layer is on the GPU, as llama-bench's boundary is found, and is never left a layer short
+    of what loads (each was about 5% of the request at run 30's boundary). None when the plan
+    already fits ``spec``. A plan that now fits the whole model keeps its layers: the most,
+    every layer on the GPU, are among them."""
+    if not op.partial or spec.model.device != "cuda":
+        return None
+    layout, old = op.plan.layout, op.plan.budget
+    need = memplan.place(layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu.total / MIB
+    if need <= old.usable_bytes / MIB:
+        return None
+    room = old.free_mib if old.max_vram_mib is None else min(old.free_mib, old.max_vram_mib)
+    # Below 0 where the plan's own estimate of the load is more than the memory there was:
+    # the overhead then stands for the plan's error too, as the calibration's does.
+    budget = dataclasses.replace(old, overhead_mib=room - need, margin_mib=0.0)
+    plan = memplan.make_plan(layout, op.plan.n_ctx, budget)
+    layers = op.layers if plan.fits_full else search_layers(plan)
+    experts = search_experts(plan) if op.experts else ()
+    walked = OffloadPlan(plan=plan, layers=layers, experts=experts,
+                         measured_overhead_mib=op.measured_overhead_mib,
+                         predicted=op.predicted or old)
+    return walked, (
+        f"memory plan: {placement_text(spec)} loaded and ran where the plan gave "
+        f"{need:,.0f} MiB on the GPU more than its {old.usable_bytes / MIB:,.0f} MiB usable: "
+        f"the overhead (the plan's error in it) is at most {budget.overhead_mib:,.0f} MiB; "
+        "most layers that fit now "
+        + ", ".join(f"{kv} {n}" for kv, n in _tops(plan).items())
+        + (f"; searching n_gpu_layers {list(layers)} (was {list(op.layers)})"
+           if layers != op.layers else "")
+        + (f"; searching n_cpu_moe {list(experts)} (was {list(op.experts)})"
+           if experts != op.experts else ""))
 
 
 def _tops(plan: MemoryPlan) -> dict[str, int]:
@@ -334,7 +375,7 @@ def boundary_lines(op: OffloadPlan, records: list[TrialRecord], wl: Workload) ->
         elif (r.state is TrialState.INFEASIBLE
               and not (r.error or "").startswith(PLANNED_REFUSAL)):
             failed.append(k or n)
-    out = []
+    out, budget = [], op.predicted or op.plan.budget
     def order(key: tuple[Context, bool]) -> tuple[str, str, int, bool, bool]:
         c, experts = key
         return c.type_k, c.type_v, c.n_ubatch, c.flash_attn, experts
@@ -345,13 +386,13 @@ def boundary_lines(op: OffloadPlan, records: list[TrialRecord], wl: Workload) ->
         head = (f"memory plan against loads: kv {ctx.type_k}/{ctx.type_v} n_ubatch "
                 f"{ctx.n_ubatch} flash_attn {'on' if ctx.flash_attn else 'off'}: ")
         if experts:  # fewer experts on the host is more on the GPU
-            fewest = memplan.fewest_experts_on_host(op.plan.layout, op.plan.budget, ctx)
+            fewest = memplan.fewest_experts_on_host(op.plan.layout, budget, ctx)
             parts = [f"planned {'none' if fewest is None else fewest}"]
             parts += [f"loaded down to {min(loaded)}"] if loaded else []
             parts += [f"failed to load at {max(failed)}"] if failed else []
             out.append(head + "n_cpu_moe (every layer on the GPU) " + ", ".join(parts))
         else:
-            parts = [f"planned {memplan.most_layers(op.plan.layout, op.plan.budget, ctx)}"]
+            parts = [f"planned {memplan.most_layers(op.plan.layout, budget, ctx)}"]
             parts += [f"loaded up to {max(loaded)}"] if loaded else []
             parts += [f"failed to load at {min(failed)}"] if failed else []
             out.append(head + ", ".join(parts))

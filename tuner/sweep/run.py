@@ -24,6 +24,7 @@ from tuner.machine.writable import check_writable_folder
 from tuner.models import memplan
 from tuner.models.modelcheck import check_model
 from tuner.results.deathcauses import causes_of, dying_alike
+from tuner.results.readings import TrialState
 from tuner.results.records import Environment, TrialRecord
 from tuner.results.store import (
     check_disk,
@@ -422,15 +423,21 @@ class Sweep(Finish):
 
     def calibrate(self, record: TrialRecord) -> None:
         """The memory plan's process overhead from the first trial that read its GPU memory
-        (tuner/search/offload.py calibrate); the grid grows when more layers fit."""
+        (tuner/search/offload.py calibrate), and lowered by any trial that loaded where the
+        plan said it would not (walk_up); the grid moves when more layers fit."""
         fit, m = self.fit, record.measurement
-        if (fit is None or not fit.partial or fit.measured_overhead_mib is not None
-                or m is None or m.gpu_peak_mib is None):
+        if fit is None or not fit.partial:
             return
-        self.fit, line = offload.calibrate(fit, record.spec, self.wl, m.gpu_peak_mib)
-        self.events.note(line)
-        if ((self.fit.layers, self.fit.experts) != (fit.layers, fit.experts)
-                and not self.space_file):
+        now = fit
+        if fit.measured_overhead_mib is None and m is not None and m.gpu_peak_mib is not None:
+            now, line = offload.calibrate(fit, record.spec, self.wl, m.gpu_peak_mib)
+            self.events.note(line)
+        if record.state in (TrialState.COMPLETE, TrialState.PRUNED) and (
+                walked := offload.walk_up(now, record.spec, self.wl)) is not None:
+            now, line = walked
+            self.events.note(line)
+        self.fit = now
+        if (now.layers, now.experts) != (fit.layers, fit.experts) and not self.space_file:
             self.regrid()
 
     def regrid(self) -> None:
