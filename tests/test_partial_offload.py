@@ -439,6 +439,15 @@ def test_a_load_past_the_plan_walks_the_boundary_up(sparse_7b: Path,
         f"memory plan against loads: kv q8_0/q8_0 n_ubatch 512 flash_attn on: planned {m}, "
         f"loaded up to {m + 2}, failed to load at {m + 3}"]
 
+    # Another process let 1 GiB go since the plan was made: the same load proves the plan
+    # wrong by less, and the boundary moves to the load, no further.
+    monkeypatch.setenv(FAKE_FREE_ENV, "9216")
+    freed, _ = offload.walk_up(lean, at(m + 1), wl) or (None, "")
+    assert freed is not None and freed.plan.budget.free_mib == 9216
+    assert freed.overhead_mib == pytest.approx(9216 - need)
+    assert memplan.most_layers(layout, freed.plan.budget, ctx) == m + 1
+    monkeypatch.setenv(FAKE_FREE_ENV, "8192")
+
     # Every layer on the GPU loaded: the plan now fits the model whole, the layers stay.
     every = layout.n_offloadable
     whole, _ = offload.walk_up(again, at(every), wl) or (None, "")

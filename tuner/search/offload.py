@@ -121,10 +121,14 @@ def walk_up(op: OffloadPlan, spec: TrialSpec, wl: Workload) -> tuple[OffloadPlan
     need = memplan.place(layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu.total / MIB
     if need <= old.usable_bytes / MIB:
         return None
-    room = old.free_mib if old.max_vram_mib is None else min(old.free_mib, old.max_vram_mib)
+    # Against the memory free after the load (another process may have let some go since the
+    # plan was made: then the load proves less about the plan), the plan's where unreadable.
+    free = free_for_trials(spec.model.main_gpu)
+    free = old.free_mib if free is None else free
+    room = free if old.max_vram_mib is None else min(free, old.max_vram_mib)
     # Below 0 where the plan's own estimate of the load is more than the memory there was:
     # the overhead then stands for the plan's error too, as the calibration's does.
-    budget = dataclasses.replace(old, overhead_mib=room - need, margin_mib=0.0)
+    budget = dataclasses.replace(old, free_mib=free, overhead_mib=room - need, margin_mib=0.0)
     plan = memplan.make_plan(layout, op.plan.n_ctx, budget)
     layers = op.layers if plan.fits_full else search_layers(plan)
     experts = search_experts(plan) if op.experts else ()
@@ -324,6 +328,13 @@ def keep_fitting(op: OffloadPlan | None, specs: list[TrialSpec], wl: Workload) -
     return kept
 
 
+def free_for_trials(main_gpu: int) -> float | None:
+    """The GPU memory a trial may take now: NVML's free figure plus what this sweep's own
+    workers hold (the trial takes their place); None when either cannot be told."""
+    free, own = gpumem.free_mib(main_gpu), gpumem.children_mib(main_gpu)
+    return None if free is None or own is None else free + own
+
+
 def no_longer_fits(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload,
                    budget: Budget) -> str | None:
     """Why ``spec`` is infeasible by the plan against the memory free now (plus what this
@@ -332,11 +343,9 @@ def no_longer_fits(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload,
     memory is read again here."""
     if spec.model.device != "cuda":
         return None
-    free = gpumem.free_mib(spec.model.main_gpu)
-    own = gpumem.children_mib(spec.model.main_gpu)
-    if free is None or own is None:  # this sweep's own workers' share unknown: no verdict
+    free = free_for_trials(spec.model.main_gpu)
+    if free is None:
         return None
-    free += own
     now = dataclasses.replace(budget, free_mib=free)
     ok, bound = tried_by_plan(layout, now, spec, wl)
     if ok:
