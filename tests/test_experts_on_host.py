@@ -344,7 +344,8 @@ def test_the_sweeps_first_lines_name_both_searches(moe: Path,
     assert op is not None and op.partial and op.experts
     text = "\n".join(lines)
     assert (f"memory plan: searching n_gpu_layers {list(op.layers)} (the most that fit per "
-            "cache type and one more to probe the plan)") in text
+            "cache type and one more to probe the plan, a layer further each time such a probe "
+            "loads)") in text
     assert f"and every layer on the GPU with n_cpu_moe {list(op.experts)}" in text
     assert "as llama-server's --n-cpu-moe K places them (the setting n_cpu_moe)" in text
 

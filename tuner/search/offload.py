@@ -290,12 +290,14 @@ def prepare(layout: memplan.ModelLayout | None, wl: Workload, max_vram_mib: floa
     if op.partial:
         below = "" if op.experts else ", a few below,"
         lines.append(f"memory plan: searching n_gpu_layers {list(op.layers)} (the most that "
-                     f"fit per cache type{below} and one more to probe the plan)")
+                     f"fit per cache type{below} and one more to probe the plan, a layer "
+                     "further each time such a probe loads)")
         if op.experts:
             lines.append(f"memory plan: and every layer on the GPU with n_cpu_moe "
                          f"{list(op.experts)} (the first layers whose experts stay on the "
                          "host: the fewest that fit per cache type, a few more, and one "
-                         "fewer to probe the plan)")
+                         "fewer to probe the plan, a layer fewer each time such a probe "
+                         "loads)")
         lines.append(check_host(op, wl))
     return op, lines
 
