@@ -27,6 +27,8 @@
 #    quantized: the setup checks the disk every model needs first). A mixture of experts:
 #    FIT_MODEL=olmoe-7b:q4_k_m LEAVE_GIB=3 (tuner/models/archgen.py MOE_SHAPES; the sweep
 #    searches experts on the host, n_cpu_moe, beside whole layers).
+#    COMPARE=0: no compare and no llama-bench build (a lease too short for them: the sweep's
+#    own proofs, calibration and boundary lines, and the verifies, alone).
 # 4. Unless ARCHS=0, last: benchmarks/arch_placement.py (the memory plan per
 #    device against real CUDA loads of gemma3, deepseek2-MLA, qwen35, qwen3moe, mamba and rwkv6
 #    files), then a one-setting sweep of each (benchmarks/spaces/arch-one.yaml).
@@ -132,7 +134,7 @@ setup() {
   python3 -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" || return 1
   # It checks that its llama-bench resolves the installed CUDA libraries: after the install.
   # Only the fit phase's compare uses it.
-  if [ "$FIT" != 0 ]; then
+  if [ "$FIT" != 0 ] && [ "${COMPARE:-1}" != 0 ]; then
     python3 benchmarks/installed_bench.py --source "$SDIST" --out "$BENCH/bench" -j 6 \
       > "$BENCH/installed-bench.log" 2>&1 & pids+=($!)
   fi
@@ -187,10 +189,12 @@ fit() {  # issue 31: the GPU made small by a process holding its memory
     --builds builds $FIT_ARGS > "$BENCH/out/fit-sweep.log" 2>&1
   echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/out/fit-sweep.log"
   python3 -m tuner report --results "$BENCH/results-fit" > "$BENCH/out/fit-report.txt" 2>&1
-  phase "fit compare"
-  python3 benchmarks/partial_offload.py compare --model "$(path_of "$m")" \
-    --results "$BENCH/results-fit" --bench "$BENCH/bench" --out "$BENCH/out" \
-    --sweep-log "$BENCH/out/fit-sweep.log" > "$BENCH/out/fit-compare.md" 2> "$BENCH/compare.log"
+  if [ "${COMPARE:-1}" != 0 ]; then
+    phase "fit compare"
+    python3 benchmarks/partial_offload.py compare --model "$(path_of "$m")" \
+      --results "$BENCH/results-fit" --bench "$BENCH/bench" --out "$BENCH/out" \
+      --sweep-log "$BENCH/out/fit-sweep.log" > "$BENCH/out/fit-compare.md" 2> "$BENCH/compare.log"
+  fi
   # last, still under the hold: the written services, started from another directory
   mkdir -p "$BENCH/elsewhere"
   for target in production.yaml production.llama-server.args; do
