@@ -159,17 +159,24 @@ def test_the_launcher_refuses_a_bad_count_in_one_line(tmp_path: Path) -> None:
         "error: TUNER_N_CPU_MOE='many' is not a count of layers from 0 to 65536"]
 
 
+def _three_layers_experts_fit(moe: Path) -> tuple[memplan.ModelLayout, Budget,
+                                                  memplan.MemoryPlan]:
+    """A FAKE budget (no GPU here) between the file's full offload and its full offload with
+    three layers' experts on the host (n_ctx 256, n_ubatch 256), and the plan in it."""
+    layout = memplan.read_layout(moe)
+    ctx = Context(n_ctx=256, n_ubatch=256)
+    three = memplan.place(layout, -1, dataclasses.replace(ctx, experts_on_host=3)).gpu.total
+    budget = Budget(free_mib=(three + 64 * 1024) / MIB, overhead_mib=0, margin_mib=0)
+    return layout, budget, memplan.make_plan(layout, 256, budget)
+
+
 def test_the_search_pairs_experts_on_the_host_with_full_offload(moe: Path) -> None:
     """FAKE budget (no GPU here): between the file's full offload and its full offload with
     two layers' experts on the host. The search holds every layer on the GPU with K near the
     fewest that fit (and one fewer, the probe), and the layer counts near the boundary without
     experts moved; the plan refuses K below the probe."""
-    layout = memplan.read_layout(moe)
+    layout, budget, plan = _three_layers_experts_fit(moe)
     wl = Workload(prompt_tokens=32, gen_tokens=8, n_ctx=256)
-    ctx = Context(n_ctx=256, n_ubatch=256)
-    three = memplan.place(layout, -1, dataclasses.replace(ctx, experts_on_host=3)).gpu.total
-    budget = Budget(free_mib=(three + 64 * 1024) / MIB, overhead_mib=0, margin_mib=0)
-    plan = memplan.make_plan(layout, 256, budget)
     assert not plan.fits_full and ("f16/f16", 3) in plan.experts_host
     op = offload.OffloadPlan(plan=plan, layers=offload.search_layers(plan),
                              experts=offload.search_experts(plan))
@@ -198,12 +205,9 @@ def test_a_load_with_fewer_experts_on_the_host_walks_the_fewest_down(moe: Path) 
     """FAKE budget (no GPU here): the probe, one layer's experts fewer on the host than the
     plan fits, loaded and ran; the plan's fewest moves to it and the next fewer is searched as
     the probe."""
-    layout = memplan.read_layout(moe)
+    layout, budget, plan = _three_layers_experts_fit(moe)
     wl = Workload(prompt_tokens=32, gen_tokens=8, n_ctx=256)
     ctx = Context(n_ctx=256, n_ubatch=256)
-    three = memplan.place(layout, -1, dataclasses.replace(ctx, experts_on_host=3)).gpu.total
-    budget = Budget(free_mib=(three + 64 * 1024) / MIB, overhead_mib=0, margin_mib=0)
-    plan = memplan.make_plan(layout, 256, budget)
     op = offload.OffloadPlan(plan=plan, layers=offload.search_layers(plan),
                              experts=offload.search_experts(plan))
     assert 2 in op.experts and 1 not in op.experts

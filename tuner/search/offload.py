@@ -97,12 +97,7 @@ def calibrate(op: OffloadPlan, spec: TrialSpec, wl: Workload,
             f"{head}: the process overhead is {max(measured, 0.0):,.0f} MiB, not the "
             f"{old.overhead_mib:,.0f} MiB planned, and the {old.margin_mib:,.0f} MiB margin "
             "for the plan's error is dropped (a setting that still does not fit fails at load, "
-            "infeasible); most layers that fit now "
-            + ", ".join(f"{kv} {n}" for kv, n in _tops(plan).items())
-            + (f"; searching n_gpu_layers {list(layers)} (was {list(op.layers)})"
-               if layers != op.layers else "")
-            + (f"; searching n_cpu_moe {list(experts)} (was {list(op.experts)})"
-               if experts != op.experts else ""))
+            "infeasible); " + _moved(op, plan, layers, experts))
 
 
 def walk_up(op: OffloadPlan, spec: TrialSpec, wl: Workload) -> tuple[OffloadPlan, str] | None:
@@ -139,12 +134,18 @@ def walk_up(op: OffloadPlan, spec: TrialSpec, wl: Workload) -> tuple[OffloadPlan
         f"memory plan: {placement_text(spec)} loaded and ran where the plan gave "
         f"{need:,.0f} MiB on the GPU more than its {old.usable_bytes / MIB:,.0f} MiB usable: "
         f"the overhead (the plan's error in it) is at most {budget.overhead_mib:,.0f} MiB; "
-        "most layers that fit now "
-        + ", ".join(f"{kv} {n}" for kv, n in _tops(plan).items())
-        + (f"; searching n_gpu_layers {list(layers)} (was {list(op.layers)})"
-           if layers != op.layers else "")
-        + (f"; searching n_cpu_moe {list(experts)} (was {list(op.experts)})"
-           if experts != op.experts else ""))
+        + _moved(op, plan, layers, experts))
+
+
+def _moved(op: OffloadPlan, plan: MemoryPlan, layers: tuple[int, ...],
+           experts: tuple[int, ...]) -> str:
+    """What a plan made again says: the most layers that fit now, and the counts the search
+    moves to where they changed."""
+    return ("most layers that fit now " + ", ".join(f"{kv} {n}" for kv, n in _tops(plan).items())
+            + (f"; searching n_gpu_layers {list(layers)} (was {list(op.layers)})"
+               if layers != op.layers else "")
+            + (f"; searching n_cpu_moe {list(experts)} (was {list(op.experts)})"
+               if experts != op.experts else ""))
 
 
 def _tops(plan: MemoryPlan) -> dict[str, int]:
