@@ -27,6 +27,9 @@
 #    quantized: the setup checks the disk every model needs first). A mixture of experts:
 #    FIT_MODEL=olmoe-7b:q4_k_m LEAVE_GIB=3 (tuner/models/archgen.py MOE_SHAPES; the sweep
 #    searches experts on the host, n_cpu_moe, beside whole layers).
+#    MOE_CHECK=1 (first, after the setup): a small qwen3moe file swept at n_cpu_moe 2
+#    (benchmarks/spaces/moe-host-one.yaml) and both services verified: the experts-on-host path
+#    on CUDA in a minute or two (MOE_CHECK=1 FIT=0 SERVED_MODELS= ARCHS=0: that alone).
 #    COMPARE=0: no compare and no llama-bench build (a lease too short for them: the sweep's
 #    own proofs, calibration and boundary lines, and the verifies, alone).
 # 4. Unless ARCHS=0, last: benchmarks/arch_placement.py (the memory plan per
@@ -207,6 +210,27 @@ fit() {  # issue 31: the GPU made small by a process holding its memory
   kill "$hold_pid" 2>/dev/null
 }
 
+moecheck() {  # the experts-on-host path on CUDA in a minute or two: a small qwen3moe file
+  # (4 layers), one setting with the first 2 layers' experts on the host
+  # (benchmarks/spaces/moe-host-one.yaml), then both written services verified from elsewhere
+  local f="$BENCH/moe4.gguf" n=moe
+  phase "moe check"
+  python3 -c "from pathlib import Path; from tuner.models.archgen import write_qwen3moe; write_qwen3moe(Path('$f'), n_layer=4)" \
+    > "$BENCH/out/moe-sweep.log" 2>&1
+  python3 -m tuner sweep --model "$f" --space benchmarks/spaces/moe-host-one.yaml \
+    --prompt-tokens 512 --gen-tokens 64 --no-build --results "$BENCH/results-$n" \
+    --out "$BENCH/out/$n/production.yaml" --builds builds >> "$BENCH/out/moe-sweep.log" 2>&1
+  echo "sweep exit $?" >> "$BENCH/out/moe-sweep.log"
+  mkdir -p "$BENCH/elsewhere"
+  for target in production.yaml production.llama-server.args; do
+    [ -f "$BENCH/out/$n/$target" ] || continue
+    phase "moe verify $target"
+    (cd "$BENCH/elsewhere" && python3 -m tuner verify "$BENCH/out/$n/$target" --requests 3 \
+      > "$BENCH/out/moe-verify-$target.log" 2>&1
+     echo "verify exit $?" >> "$BENCH/out/moe-verify-$target.log")
+  done
+}
+
 archs() {  # small files of other architectures (a few minutes): the memory plan per device,
   # then one-setting sweeps of each (proofs, op report, served phase, config) on CUDA
   phase "arch placement"
@@ -227,6 +251,7 @@ run() {
   mkdir -p "$BENCH/out"
   phase setup
   setup || { phase "FAILED setup"; tail -5 "$BENCH"/*.log; return 1; }
+  [ "${MOE_CHECK:-0}" = 0 ] || moecheck
   [ -z "$KNOB_MODEL" ] || knobs
   served
   [ "$FIT" = 0 ] || fit
@@ -242,6 +267,8 @@ snapshot() {
 }
 
 summary() {
+  [ -f "$BENCH/out/moe-sweep.log" ] && { echo "== moe check"; grep -E "sweep exit|verified|not verified|experts|error" \
+    "$BENCH/out/moe-sweep.log" | cut -c1-260 | tail -12; cat "$BENCH/out"/moe-verify-*.log 2>/dev/null | grep -E "^(verified|error)|verify exit|experts"; }
   [ -f "$BENCH/out/archs.md" ] && { echo "== arch placement (plan per device)"; cat "$BENCH/out/archs.md"; }
   [ -f "$BENCH/out/knobs.log" ] && { echo "== knobs $KNOB_MODEL"; tail -14 "$BENCH/out/knobs.log"; }
   for m in $SERVED_MODELS; do
