@@ -266,7 +266,9 @@ def compare(a: argparse.Namespace) -> int:
     for line in said.splitlines():
         if line.startswith("sweep exit"):
             sweep_s = line
-        if line.startswith(("time budget:", "memory plan: trial", "memory plan against loads")):  # noqa: E501 - budget, calibration, boundary
+        # the budget, the calibration, the walk past the plan (offload.walk_up), the boundary
+        if line.startswith(("time budget:", "memory plan: trial", "memory plan against loads")) \
+                or " loaded and ran where the plan gave " in line:
             budget_lines.append(line)
     tb: dict[str, Any] | None = None if best is None else {
         "ngl": best.spec.model.n_gpu_layers, "n_cpu_moe": best.spec.model.n_cpu_moe,

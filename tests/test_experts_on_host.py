@@ -393,12 +393,17 @@ def test_the_benchmarks_compare_measures_experts_on_the_host(
     layout = memplan.read_layout(moe)
     ctx = Context(n_ctx=2176, n_ubatch=512)
     three = memplan.place(layout, -1, dataclasses.replace(ctx, experts_on_host=3)).gpu.total
+    walked = ("memory plan: n_cpu_moe 2 loaded and ran where the plan gave 9 MiB on the GPU "
+              "more than its 8 MiB usable: ...")  # TEST DATA: the sweep's walk line
+    sweep_log = tmp_path / "sweep.log"
+    sweep_log.write_text(f"trial 1 ...\n{walked}\nsweep exit 0 after 9 s\n")
     env = {**os.environ, "TUNER_FAKE_GPU_FREE_MIB": str(three / MIB + 900 + 256 + 0.05),
            "PYTHONPATH": str(Path(__file__).parent.parent)}
     proc = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "benchmarks" /
                                                "partial_offload.py"), "compare", "--model",
                            str(moe), "--results", str(out.parent.parent / "results"),
-                           "--bench", str(bench), "--out", str(tmp_path / "out")],
+                           "--bench", str(bench), "--out", str(tmp_path / "out"),
+                           "--sweep-log", str(sweep_log)],
                           capture_output=True, text=True, timeout=300, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "experts on the host, kv f16: the plan's fewest n_cpu_moe 3, llama-bench's " \
@@ -414,6 +419,8 @@ def test_the_benchmarks_compare_measures_experts_on_the_host(
     assert any("-ncmoe 2" in line and "-lm none" in line for line in log.read_text().splitlines())
     assert data["llama_bench_at_winner_load_none"] is not None
     assert "llama-bench at tuner's winner, load mode none / mmap request time: " in proc.stdout
+    assert walked in proc.stdout.splitlines() and "trial 1 ..." not in proc.stdout
+    assert data["time_budget"] == [walked]
 
 
 def test_the_boundary_lines_set_experts_loaded_against_the_plan(moe: Path) -> None:
