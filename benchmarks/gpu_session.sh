@@ -147,8 +147,20 @@ setup() {
   python3 -m tuner build --list --builds builds > "$BENCH/out/builds.txt" 2>&1
 }
 
-served() {  # issue 30: one default sweep per model, both services verified from elsewhere
+verify_written() {  # both services written into folder $1, started from another directory:
+  # `tuner verify` of each (the rest of the arguments passed on), logged as $BENCH/out/$2-<file>.log
+  local dir=$1 tag=$2 target; shift 2
   mkdir -p "$BENCH/elsewhere"
+  for target in production.yaml production.llama-server.args; do
+    [ -f "$dir/$target" ] || continue
+    phase "$tag $target"
+    (cd "$BENCH/elsewhere" && python3 -m tuner verify "$dir/$target" "$@" \
+      > "$BENCH/out/$tag-$target.log" 2>&1
+     echo "verify exit $?" >> "$BENCH/out/$tag-$target.log")
+  done
+}
+
+served() {  # issue 30: one default sweep per model, both services verified from elsewhere
   for m in $SERVED_MODELS; do
     local n s=$SECONDS; n=$(name_of "$m")
     phase "sweep $m"
@@ -165,13 +177,7 @@ served() {  # issue 30: one default sweep per model, both services verified from
       python3 benchmarks/event_loop.py --config "$BENCH/out/$n/production.yaml" --rounds 2 \
         --requests 5 --out "$BENCH/out/event-loop-$n.json" > "$BENCH/out/event-loop-$n.log" 2>&1
     fi
-    for target in production.yaml production.llama-server.args; do
-      [ -f "$BENCH/out/$n/$target" ] || continue
-      phase "verify $n $target"
-      (cd "$BENCH/elsewhere" && python3 -m tuner verify "$BENCH/out/$n/$target" \
-        > "$BENCH/out/verify-$n-$target.log" 2>&1
-       echo "verify exit $?" >> "$BENCH/out/verify-$n-$target.log")
-    done
+    verify_written "$BENCH/out/$n" "verify-$n"
   done
 }
 
@@ -199,14 +205,7 @@ fit() {  # issue 31: the GPU made small by a process holding its memory
       --sweep-log "$BENCH/out/fit-sweep.log" > "$BENCH/out/fit-compare.md" 2> "$BENCH/compare.log"
   fi
   # last, still under the hold: the written services, started from another directory
-  mkdir -p "$BENCH/elsewhere"
-  for target in production.yaml production.llama-server.args; do
-    [ -f "$BENCH/out/fit/$target" ] || continue
-    phase "fit verify $target"
-    (cd "$BENCH/elsewhere" && python3 -m tuner verify "$BENCH/out/fit/$target" --requests 3 \
-      > "$BENCH/out/fit-verify-$target.log" 2>&1
-     echo "verify exit $?" >> "$BENCH/out/fit-verify-$target.log")
-  done
+  verify_written "$BENCH/out/fit" fit-verify --requests 3
   kill "$hold_pid" 2>/dev/null
 }
 
@@ -221,14 +220,7 @@ moecheck() {  # the experts-on-host path on CUDA in a minute or two: a small qwe
     --prompt-tokens 512 --gen-tokens 64 --no-build --results "$BENCH/results-$n" \
     --out "$BENCH/out/$n/production.yaml" --builds builds >> "$BENCH/out/moe-sweep.log" 2>&1
   echo "sweep exit $?" >> "$BENCH/out/moe-sweep.log"
-  mkdir -p "$BENCH/elsewhere"
-  for target in production.yaml production.llama-server.args; do
-    [ -f "$BENCH/out/$n/$target" ] || continue
-    phase "moe verify $target"
-    (cd "$BENCH/elsewhere" && python3 -m tuner verify "$BENCH/out/$n/$target" --requests 3 \
-      > "$BENCH/out/moe-verify-$target.log" 2>&1
-     echo "verify exit $?" >> "$BENCH/out/moe-verify-$target.log")
-  done
+  verify_written "$BENCH/out/$n" moe-verify --requests 3
 }
 
 archs() {  # small files of other architectures (a few minutes): the memory plan per device,

@@ -80,10 +80,10 @@ def calibrate(op: OffloadPlan, spec: TrialSpec, wl: Workload,
     host more of the work, and the search's coverage (every value of every dimension tried
     once) would spend a trial on each; the trial that calibrated stays a record and a finalist
     candidate."""
-    need = memplan.place(op.plan.layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
-    measured = peak_mib - need.total / MIB
+    need = planned_gpu_mib(op.plan.layout, spec, wl)
+    measured = peak_mib - need
     head = (f"memory plan: trial at {placement_text(spec)} peaked at "
-            f"{peak_mib:,.0f} MiB, the plan's buffers {need.total / MIB:,.0f} MiB")
+            f"{peak_mib:,.0f} MiB, the plan's buffers {need:,.0f} MiB")
     if measured >= op.overhead_mib:
         return (dataclasses.replace(op, measured_overhead_mib=measured),
                 f"{head}: {measured:,.0f} MiB beyond them, not below the planned "
@@ -113,7 +113,7 @@ def walk_up(op: OffloadPlan, spec: TrialSpec, wl: Workload) -> tuple[OffloadPlan
     if not op.partial or spec.model.device != "cuda":
         return None
     layout, old = op.plan.layout, op.plan.budget
-    need = memplan.place(layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu.total / MIB
+    need = planned_gpu_mib(layout, spec, wl)
     if need <= old.usable_bytes / MIB:
         return None
     # Against the memory free after the load (another process may have let some go since the
@@ -310,6 +310,12 @@ def spec_context(spec: TrialSpec, wl: Workload) -> Context:
                    experts_on_host=spec.model.n_cpu_moe)
 
 
+def planned_gpu_mib(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload) -> float:
+    """What the plan gives a trial of ``spec`` on the GPU, in MiB (its layers, experts kept on
+    the host, cache and compute buffers at the workload's context)."""
+    return memplan.place(layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu.total / MIB
+
+
 def keep_fitting(op: OffloadPlan | None, specs: list[TrialSpec], wl: Workload) -> list[TrialSpec]:
     """The default partial-offload grid without the settings the plan says do not fit (more
     layers than fit at their cache type and n_ubatch, the probe above excepted): they would
@@ -353,8 +359,7 @@ def no_longer_fits(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload,
     ok, bound = tried_by_plan(layout, now, spec, wl)
     if ok:
         return None
-    need = memplan.place(layout, spec.model.n_gpu_layers, spec_context(spec, wl)).gpu
-    return (f"{PLANNED_REFUSAL}: {need.total / MIB:,.0f} MiB on the GPU for "
+    return (f"{PLANNED_REFUSAL}: {planned_gpu_mib(layout, spec, wl):,.0f} MiB on the GPU for "
             f"{placement_text(spec)}, {now.usable_bytes / MIB:,.0f} MiB "
             f"usable of {free:,.0f} MiB free now ({bound})")
 
