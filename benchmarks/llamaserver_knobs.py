@@ -100,11 +100,11 @@ def run_variant(binary: Path, spec: TrialSpec, wl: Workload, model: str, lib: st
         port, log = free_port(None), Path(tmp) / "llama-server.log"
         args = _edit(server_args(spec, wl, model, threads, port=port), remove, add, cores)
         url = f"http://127.0.0.1:{port}"
-        with running(binary, args, process_env(server_env(spec, lib)), Path(tmp), log) as proc:
+        with running(binary, args, process_env(server_env(spec, lib, model)), Path(tmp), log) as proc:
             wait_healthy(proc, url, log, 600)
-            fig = measure_http(url, model, wl, service_env(spec, lib), requests, 600,
+            fig = measure_http(url, model, wl, service_env(spec, lib, model), requests, 600,
                                sampling=sampling, source="llama-server")
-            made = prompts_for(model, wl.prompt_tokens, 3, service_env(spec, lib))
+            made = prompts_for(model, wl.prompt_tokens, 3, service_env(spec, lib, model))
             per_token = [float(_native(url, p, wl.gen_tokens, sampling)["timings"]
                                ["predicted_per_token_ms"]) for p in made.prompts]
             greedy = _native(url, made.prompts[0], 32, {**sampling, "temperature": 0.0})

@@ -225,11 +225,18 @@ def compare(a: argparse.Namespace) -> int:
     # llama-bench at the tuner's winner itself (its layers, cache, flash attention, n_ubatch
     # and CPU threads where it chose them): the comparison in one tool's measure.
     # A winner with experts on the host (n_cpu_moe K, every layer on the GPU): llama-bench's
-    # -ncmoe at K and one fewer (the faster, if it loads) and one more, the same cache.
+    # -ncmoe at K and one fewer (the faster, if it loads) and one more, the same cache. A winner
+    # with part of its first GPU layer's FFN on the host (ffn_on_host): the same -ot override.
     winner_row = None
     if best is not None:
+        from tuner.settings import ffn_host_pattern
+        from tuner.worker.llamaparams import ffn_on_host_of
+
         c = best.spec.context
         threads = ["-t", str(c.n_threads)] if c.n_threads else []
+        part = ffn_on_host_of(a.model, best.spec.model)
+        if part is not None:
+            threads += ["-ot", f"{ffn_host_pattern(part.layer, part.part)}=CPU"]
         k = best.spec.model.n_cpu_moe
         ngl = layout.n_offloadable if best.spec.model.n_gpu_layers < 0 else \
             best.spec.model.n_gpu_layers
@@ -242,6 +249,7 @@ def compare(a: argparse.Namespace) -> int:
             if row is None:
                 continue
             row["n_cpu_moe"] = each
+            row["ffn_on_host"] = best.spec.model.ffn_on_host
             if each == k:
                 row["tuner_winner"] = True
                 winner_row = row
@@ -272,6 +280,7 @@ def compare(a: argparse.Namespace) -> int:
             budget_lines.append(line)
     tb: dict[str, Any] | None = None if best is None else {
         "ngl": best.spec.model.n_gpu_layers, "n_cpu_moe": best.spec.model.n_cpu_moe,
+        "ffn_on_host": best.spec.model.ffn_on_host,
         "kv": best.spec.context.type_k,
         "fa": best.spec.context.flash_attn, "n_ubatch": best.spec.context.n_ubatch,
         "threads": best.spec.context.n_threads, "request_s": best.objective,
@@ -300,6 +309,7 @@ def compare(a: argparse.Namespace) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         mark = " (tuner's winner)" if r.get("tuner_winner") else ""
+        mark += f" ffn_on_host {r['ffn_on_host']}" if r.get("ffn_on_host") else ""
         print(f"| {r['ngl']}{mark} | {r.get('n_cpu_moe', 0)} | {r['kv']} | {r['fa']} | {r['ub']} | "
               f"{r.get('pp_tps', 0):,.0f} | {r.get('tg_tps', 0):.1f} | "
               f"{r.get('request_s', 0):.3f} |")

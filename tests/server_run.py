@@ -24,11 +24,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(config: Path, log_path: Path, port: int,
-                   timeout: float = 120) -> Iterator[tuple[str, dict]]:
+def running_server(config: Path, log_path: Path, port: int, timeout: float = 120,
+                   module: str = "llama_cpp.server") -> Iterator[tuple[str, dict]]:
     """Yields (base url, /v1/models answer). The environment the sidecar names is applied, as
     a deployment would; HOST/PORT/CONFIG_FILE from the caller's environment are removed
-    because the server lets them override the file."""
+    because the server lets them override the file. ``module``: what is started (tuner's
+    launcher, tuner.deploy.serverlaunch, for a deployment that needs it)."""
     env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT", "CONFIG_FILE")}
     sidecar = config.with_name(config.name.rsplit(".", 1)[0] + ".tuner.json")
     if sidecar.exists():
@@ -36,7 +37,7 @@ def running_server(config: Path, log_path: Path, port: int,
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--config_file", str(config)],
+            [sys.executable, "-m", module, "--config_file", str(config)],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=config.parent)
     try:
         yield base, _wait_ready(proc, f"{base}/v1/models", log_path, timeout)

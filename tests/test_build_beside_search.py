@@ -153,7 +153,8 @@ def test_the_search_runs_beside_the_build_and_the_decision_after_it(
         return [CPU] if "cpu" not in probes else []
 
     def one_setting_per_build(device: str, builds: list[str], gpu_layers: tuple[int, ...] = (),
-                              attention: bool = True, experts: tuple[int, ...] = ()) -> Space:
+                              attention: bool = True, experts: tuple[int, ...] = (),
+                              parts: tuple[str, ...] = ()) -> Space:
         return Space(builds=builds, n_gpu_layers=[0], n_batch=[64], n_ubatch=[64],
                      flash_attn=[False], kv_cache=["f16/f16"], n_threads=[2])
 
@@ -193,7 +194,8 @@ def test_a_build_that_cannot_be_made_leaves_the_search_on_the_builds_there_are(
         raise EnvironmentUnfit("could not download the llama-cpp-python sdist (no network)")
 
     def one_setting_per_build(device: str, builds: list[str], gpu_layers: tuple[int, ...] = (),
-                              attention: bool = True, experts: tuple[int, ...] = ()) -> Space:
+                              attention: bool = True, experts: tuple[int, ...] = (),
+                              parts: tuple[str, ...] = ()) -> Space:
         return Space(builds=builds, n_gpu_layers=[0], n_batch=[64], n_ubatch=[64],
                      flash_attn=[False], kv_cache=["f16/f16"], n_threads=[2])
 

@@ -11,7 +11,7 @@ import pytest
 from tests.cli_run import one_line_error, tuner
 from tests.spaces import write_space
 from tuner.errors import BadInput
-from tuner.machine.envvars import VARS, read
+from tuner.machine.envvars import VARS, FfnOnHost, read
 
 BAD = [
     ({"TUNER_STALE_S": "-1"}, "TUNER_STALE_S"),
@@ -29,6 +29,9 @@ BAD = [
     ({"TUNER_N_CPU_MOE": "-1"}, "TUNER_N_CPU_MOE"),
     ({"TUNER_N_CPU_MOE": "2.5"}, "TUNER_N_CPU_MOE"),
     ({"TUNER_N_CPU_MOE": "99999999"}, "TUNER_N_CPU_MOE"),
+    ({"TUNER_FFN_ON_HOST": "14"}, "TUNER_FFN_ON_HOST"),
+    ({"TUNER_FFN_ON_HOST": "x:down"}, "TUNER_FFN_ON_HOST"),
+    ({"TUNER_FFN_ON_HOST": "14:up"}, "TUNER_FFN_ON_HOST"),
 ]
 
 
@@ -39,10 +42,12 @@ def test_defaults_and_good_values_are_typed() -> None:
     assert (env.heartbeat_s, env.stale_s, env.host) == (0.1, 0.5, "h1")
     assert {v.name for v in VARS.values()} == {"TUNER_HEARTBEAT_S", "TUNER_STALE_S",
                                                 "TUNER_HOST", "TUNER_N_CPU_MOE",
-                                                "TUNER_FAKE_GPU_FREE_MIB",
+                                                "TUNER_FFN_ON_HOST", "TUNER_FAKE_GPU_FREE_MIB",
                                                 "TUNER_FAKE_HOST_AVAILABLE_MIB"}
     assert (env.fake_gpu_free_mib, env.fake_host_available_mib, env.n_cpu_moe) == (None, None, 0)
     assert read({"TUNER_N_CPU_MOE": "12"}).n_cpu_moe == 12
+    assert read({"TUNER_FFN_ON_HOST": "14:gate+down"}).ffn_on_host == FfnOnHost(14, "gate+down")
+    assert read({}).ffn_on_host is None
     fake = read({"TUNER_FAKE_GPU_FREE_MIB": "8192", "TUNER_FAKE_HOST_AVAILABLE_MIB": "0"})
     assert (fake.fake_gpu_free_mib, fake.fake_host_available_mib) == (8192.0, 0.0)
     with pytest.raises(BadInput, match="TUNER_FAKE_GPU_FREE_MIB='-1' is not a number of MiB"):

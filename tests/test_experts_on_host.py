@@ -88,8 +88,8 @@ def _load_log(model: Path, n_cpu_moe: int, tmp: Path) -> str:
     import subprocess
     import sys
 
-    code = ("import sys; from tuner.worker.llamaparams import hold_experts_on_host\n"
-            f"hold_experts_on_host({n_cpu_moe})\n"
+    code = ("import sys; from tuner.worker.llamaparams import hold_on_host\n"
+            f"hold_on_host({n_cpu_moe}, None)\n"
             "from llama_cpp import Llama\n"
             "Llama(model_path=sys.argv[1], n_ctx=64, n_gpu_layers=0, verbose=True)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True,
@@ -130,8 +130,9 @@ def test_edited_logs_are_refused(moe: Path, tmp_path: Path) -> None:
     cuda = text.replace("overridden to CPU", "overridden to CUDA0", 1)
     assert "not to host memory" in experts_reasons(parse_load_log(cuda), 3)[0]
     other = text + "tensor blk.3.attn_q.weight (0 MiB f32) buffer type overridden to CPU\n"
-    assert experts_reasons(parse_load_log(other), 3) == [
-        "tensor blk.3.attn_q.weight overridden to CPU: not an expert weight"]
+    verdict = verify(parse_load_log(other), Expectation(device="cpu", n_cpu_moe=3))
+    assert verdict.reasons == [
+        "tensor blk.3.attn_q.weight overridden to CPU: the trial asked no override of it"]
 
 
 def test_the_service_is_started_by_the_launcher_only_when_it_needs_it() -> None:
@@ -143,7 +144,7 @@ def test_the_service_is_started_by_the_launcher_only_when_it_needs_it() -> None:
     args = server_args(spec, Workload(), "m.gguf", 2)
     assert args[args.index("--n-cpu-moe") + 1] == "4" and "-ngl" in args
     # llama-server takes the flag; the launcher's variable is not in its environment
-    assert "TUNER_N_CPU_MOE" not in server_env(spec, "/lib")
+    assert "TUNER_N_CPU_MOE" not in server_env(spec, "/lib", "m.gguf")
 
 
 def test_the_launcher_refuses_a_bad_count_in_one_line(tmp_path: Path) -> None:

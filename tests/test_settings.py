@@ -30,7 +30,7 @@ SAMPLES: dict[str, object] = {
     "build": "b2", "n_gpu_layers": 7, "cuda_graphs": False, "split_mode": "none", "main_gpu": 1,
     "tensor_split": [3.0, 1.0],
     "n_batch": 1024, "n_ubatch": 256, "flash_attn": True, "kv_cache": "q8_0/q8_0",
-    "n_threads": 3, "op_offload": False, "n_cpu_moe": 2,
+    "n_threads": 3, "op_offload": False, "n_cpu_moe": 2, "ffn_on_host": "down",
 }
 
 

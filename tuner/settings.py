@@ -300,21 +300,76 @@ class _BuftOverride(ctypes.Structure):
     _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
 
 
+# The FFN matrices of one layer the setting ``ffn_on_host`` keeps in host memory, each value
+# the regex group its tensors match, as llama.cpp's own fit places its partial layer
+# (common/fit.cpp LAYER_FRACTION_ATTN, _UP, _GATE: attention alone on the GPU, then with up,
+# then with up and gate), least on the GPU first. Its patterns, so of a mixture of experts'
+# layer the experts, shared experts and router of those matrices too (``ffn_down_exps``,
+# ``ffn_down_shexp``, ``ffn_gate_inp``); the fused gate_up moves with gate.
+FFN_ON_HOST: dict[str, str] = {
+    "gate+up+down": "ffn_(gate|up|gate_up|down)",
+    "gate+down": "ffn_(gate|gate_up|down)",
+    "down": "ffn_down",
+}
+
+
+def ffn_host_layer(n_layer: int, n_gpu_layers: int, n_cpu_moe: int) -> int | None:
+    """The layer whose FFN matrices ``ffn_on_host`` keeps on the host, where the host's share
+    ends, as llama.cpp's fit places its partial layer: the first repeating layer on the GPU
+    (``i_gpu_start = n_layer + 1 - N``); with the experts of the first ``n_cpu_moe`` layers on
+    the host, the next layer (layer ``n_cpu_moe``). None where there is none: no repeating
+    layer on the GPU (N 0 or 1: the output layer alone), or every layer's experts on the
+    host."""
+    total = n_layer + 1
+    n = total if n_gpu_layers < 0 else min(n_gpu_layers, total)
+    start = total - n
+    if n_cpu_moe > 0:
+        return n_cpu_moe if start <= n_cpu_moe < n_layer else None
+    return start if n >= 2 else None
+
+
+def ffn_host_pattern(il: int, part: str) -> str:
+    """The override pattern of layer ``il``'s FFN matrices ``part`` (a key of FFN_ON_HOST):
+    llama.cpp's fit's (``get_overflow_pattern``), its trailing ``.*`` left out."""
+    return rf"blk\.{il}\.{FFN_ON_HOST[part]}"
+
+
+# The spec field's type: none, or one of FFN_ON_HOST
+FFN_PART_TYPE: Any = Literal.__getitem__(("", *FFN_ON_HOST))
+
+
+def _ffn_parts(v: list[str]) -> None:
+    for part in v:
+        if part and part not in FFN_ON_HOST:
+            raise ValueError(f"unknown ffn_on_host {part!r} (known: \"\" for none, "
+                             f"{', '.join(FFN_ON_HOST)})")
+
+
 # The override arrays handed to llama.cpp, which keeps the pointer in its model params: kept
-# for the life of the process, one per count.
-_OVERRIDES: dict[int, Any] = {}
+# for the life of the process, one per list of patterns.
+_OVERRIDES: dict[tuple[str, ...], Any] = {}
 GGML_BACKEND_DEVICE_TYPE_CPU = 0  # enum ggml_backend_dev_type (ggml-backend.h)
 
 
-def apply_cpu_moe(lc: Any, params: Any, n_layers: int) -> None:
-    """Keep the expert weights (``*_exps``) of the first ``n_layers`` layers in host memory, as
-    llama-server's ``--n-cpu-moe`` does: one override per layer to the CPU device's buffer type
+def host_patterns(n_cpu_moe: int, ffn_layer: int | None, ffn_part: str) -> tuple[str, ...]:
+    """The tensor patterns a load keeps in host memory: the expert weights of the first
+    ``n_cpu_moe`` layers, and the FFN matrices ``ffn_part`` of layer ``ffn_layer`` (past
+    them: no tensor matches two)."""
+    out = tuple(layer_experts_pattern(il) for il in range(max(n_cpu_moe, 0)))
+    if ffn_part and ffn_layer is not None:
+        out += (ffn_host_pattern(ffn_layer, ffn_part),)
+    return out
+
+
+def apply_host_patterns(lc: Any, params: Any, patterns: tuple[str, ...]) -> None:
+    """Keep the tensors ``patterns`` match in host memory, as llama-server's ``--n-cpu-moe``
+    and ``-ot <pattern>=CPU`` do: one override per pattern to the CPU device's buffer type
     (the very pointer llama.cpp compares with ``ggml_backend_cpu_buffer_type()`` to also
     consider its repacked CPU types). ``lc``: the llama_cpp package or its ``llama_cpp``
-    module (whose ``_lib``, libllama, resolves the ggml symbols it links)."""
-    if n_layers <= 0:
+    module (whose ``_lib``, libllama, resolves the ggml symbols it links). Nothing for none."""
+    if not patterns:
         return
-    array = _OVERRIDES.get(n_layers)
+    array = _OVERRIDES.get(patterns)
     if array is None:
         lib = getattr(lc, "llama_cpp", lc)._lib
         by_type = lib.ggml_backend_dev_by_type
@@ -325,11 +380,11 @@ def apply_cpu_moe(lc: Any, params: Any, n_layers: int) -> None:
         if not cpu:
             raise RuntimeError("the llama.cpp library has no CPU backend device")
         buft = buft_of(cpu)
-        array = (_BuftOverride * (n_layers + 1))()  # zeroed: the last is the NULL end
-        for il in range(n_layers):
-            array[il].pattern = layer_experts_pattern(il).encode()
-            array[il].buft = buft
-        _OVERRIDES[n_layers] = array
+        array = (_BuftOverride * (len(patterns) + 1))()  # zeroed: the last is the NULL end
+        for i, pattern in enumerate(patterns):
+            array[i].pattern = pattern.encode()
+            array[i].buft = buft
+        _OVERRIDES[patterns] = array
     params.tensor_buft_overrides = ctypes.addressof(array)
 
 
@@ -365,7 +420,8 @@ SETTINGS: tuple[Setting, ...] = (
         name="n_cpu_moe", level="model", value_type=int, default=0, column="cpu_moe",
         cell=lambda s: s.model.n_cpu_moe, numeric=True, shown=False, bounds={"ge": 0},
         label=lambda s: f"cpu-moe {s.model.n_cpu_moe}" if s.model.n_cpu_moe else None,
-        label_rank=51, apply=lambda lc, p, ms: apply_cpu_moe(lc, p, ms.n_cpu_moe),
+        label_rank=51,
+        # Applied with ffn_on_host, whose layer needs the model's (tuner/worker/main.py _load).
         # llama_cpp.server's settings have no field for it: the deployment's environment
         # names the count (tuner.deploy.service.service_env), and tuner's launcher runs the
         # server with it (tuner/deploy/serverlaunch.py); llama-server takes --n-cpu-moe.
@@ -374,6 +430,21 @@ SETTINGS: tuple[Setting, ...] = (
         expect=lambda s: {"n_cpu_moe": s.model.n_cpu_moe},
         doc="the first N layers keep their mixture-of-experts weights (*_exps) in host memory "
             "while the rest of every layer is on the GPU (llama-server's --n-cpu-moe)"),
+    Setting(
+        name="ffn_on_host", level="model", value_type=str, default="", column="ffn_host",
+        field_type=FFN_PART_TYPE,
+        cell=lambda s: s.model.ffn_on_host or "-", shown=False, check=_ffn_parts,
+        label=lambda s: f"ffn-host {s.model.ffn_on_host}" if s.model.ffn_on_host else None,
+        label_rank=52,
+        # Applied by the worker with the model's layer count (tuner/worker/main.py _load); the
+        # deployment's environment names the layer and the matrices (TUNER_FFN_ON_HOST, read by
+        # tuner's launcher), llama-server takes -ot <pattern>=CPU.
+        deployed_by="the service's environment (TUNER_FFN_ON_HOST), read by python -m "
+                    "tuner.deploy.serverlaunch",
+        expect=lambda s: {"ffn_on_host": s.model.ffn_on_host},
+        doc="FFN matrices of the first GPU layer kept in host memory: gate+up+down (its "
+            "attention alone on the GPU), gate+down, down (empty: none); llama.cpp's fit "
+            "places the layer past the most that fit whole so"),
     Setting(
         name="cuda_graphs", level="model", value_type=bool, default=True, column="graphs",
         cell=lambda s: _on(s.model.cuda_graphs), label=_graphs_label, label_rank=60,

@@ -46,8 +46,18 @@ class _ModelBase(Frozen):
     @classmethod
     def _cpu_has_no_layers(cls, data: object) -> object:
         if isinstance(data, dict) and data.get("device") == "cpu":
-            return {**data, "n_gpu_layers": 0, "cuda_graphs": True}
+            return {**data, "n_gpu_layers": 0, "cuda_graphs": True, "ffn_on_host": ""}
         return data
+
+    @model_validator(mode="after")
+    def _ffn_on_host_has_its_layer(self) -> Any:
+        m: Any = self
+        if not m.ffn_on_host:
+            return self
+        if 0 <= m.n_gpu_layers <= 1:
+            raise ValueError(f"ffn_on_host {m.ffn_on_host!r} needs a repeating layer on the GPU "
+                             f"(n_gpu_layers -1 or 2 and up, not {m.n_gpu_layers})")
+        return self
 
     def worker_key(self) -> str:
         return _digest(self.model_dump())

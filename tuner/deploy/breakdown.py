@@ -38,7 +38,7 @@ def measure_breakdown(model_path: str | os.PathLike[str], spec: TrialSpec, trial
         raise BadInput("a per-token breakdown needs at least one repetition")
     threads = threads or spec.context.n_threads or default_threads()
     entry = model_entry(spec, workload, str(model_path), threads)
-    job = BreakdownJob(entry=entry, env=service_env(spec, lib_dir), warmup=warmup,
+    job = BreakdownJob(entry=entry, env=service_env(spec, lib_dir, model_path), warmup=warmup,
                        repetitions=repetitions, prompt_tokens=workload.prompt_tokens,
                        gen_tokens=workload.gen_tokens)
     answer, log = run_child(job, timeout_s, target=breakdown_main)

@@ -42,8 +42,9 @@ from tuner.machine.envvars import VARS
 from tuner.machine.output import replace_files
 from tuner.machine.tempdirs import temp_dir
 from tuner.results.records import ServedFigures
-from tuner.settings import split_mode_name
+from tuner.settings import ffn_host_pattern, split_mode_name
 from tuner.specs import Frozen, TrialSpec, Workload
+from tuner.worker.llamaparams import ffn_on_host_of
 
 SERVER_BINARY = "llama-server"
 SUFFIX = ".llama-server"
@@ -139,6 +140,8 @@ def server_args(spec: TrialSpec, workload: Workload, model_path: str, threads: i
         args.append("--no-op-offload")
     if spec.model.n_cpu_moe:
         args += ["--n-cpu-moe", str(spec.model.n_cpu_moe)]
+    if ffn := ffn_on_host_of(model, spec.model):
+        args += ["-ot", f"{ffn_host_pattern(ffn.layer, ffn.part)}=CPU"]
     return args + list(extra) + ["--host", host, "--port", str(port)]
 
 
@@ -173,12 +176,14 @@ def _flag(key: str, value: Any, spec: TrialSpec) -> list[str]:
     raise TunerError(f"no llama-server flag for the server setting {key}={value!r}")
 
 
-def server_env(spec: TrialSpec, lib_dir: str) -> dict[str, str]:
+def server_env(spec: TrialSpec, lib_dir: str, model_path: str) -> dict[str, str]:
     """The deployment's environment: the build's library first on ``LD_LIBRARY_PATH``, and
     what the model-level settings ask (CUDA graphs off, no GPU for a CPU run)."""
-    env = service_env(spec, lib_dir)
+    env = service_env(spec, lib_dir, model_path)
     env.pop("LLAMA_CPP_LIB_PATH", None)
-    env.pop(VARS["n_cpu_moe"].name, None)  # tuner's launcher's; llama-server takes --n-cpu-moe
+    # tuner's launcher's; llama-server takes --n-cpu-moe and -ot
+    env.pop(VARS["n_cpu_moe"].name, None)
+    env.pop(VARS["ffn_on_host"].name, None)
     return {"LD_LIBRARY_PATH": os.path.abspath(lib_dir), **env}
 
 
@@ -289,12 +294,12 @@ def serve_and_measure(binary: Path, spec: TrialSpec, workload: Workload, model_p
         tmp = Path(stack.enter_context(temp_dir("tuner-llsrv-")))
         port, log_path = free_port(None), tmp / "llama-server.log"
         args = server_args(spec, workload, model_path, threads, port=port, extra=extra)
-        proc = stack.enter_context(running(binary, args, process_env(server_env(spec, lib_dir)),
+        proc = stack.enter_context(running(binary, args, process_env(server_env(spec, lib_dir, model_path)),
                                            tmp, log_path))
         url = f"http://127.0.0.1:{port}"
         wait_healthy(proc, url, log_path, timeout_s)
         check_placement(log_path.read_text(errors="replace"), spec)
-        fig = measure(url, model_path, workload, service_env(spec, lib_dir), requests, timeout_s)
+        fig = measure(url, model_path, workload, service_env(spec, lib_dir, model_path), requests, timeout_s)
         answer = greedy_answer(url, greedy) if greedy is not None else None
         return (fig.model_copy(update={"n_threads": threads, "n_threads_batch": threads}),
                 log_path.read_text(errors="replace"), answer)

@@ -49,8 +49,8 @@ def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigu
     note(f"serving the winner through llama-server ({binary}, {requests} requests, "
          f"threads {threads})")
     try:
-        tries = supported(binary, process_env(server_env(winner.spec, lib))) if knobs else []
-        prompt = greedy_prompt(model_path, service_env(winner.spec, lib)) if tries else None
+        tries = supported(binary, process_env(server_env(winner.spec, lib, model_path))) if knobs else []
+        prompt = greedy_prompt(model_path, service_env(winner.spec, lib, model_path)) if tries else None
         fig, _log, greedy = serve_and_measure(binary, winner.spec, winner.workload, model_path,
                                               lib, threads, requests, timeout_s, greedy=prompt)
         flags, fig, tried = _tune(tries, fig, greedy or "", note, lambda extra: serve_and_measure(
@@ -60,7 +60,7 @@ def serve_winner(report: FinalistReport, winner: TrialRecord, served: ServedFigu
         written = write_deployment(out, LlamaServerDeployment(
             binary=str(binary), args=server_args(winner.spec, winner.workload, model_path,
                                                  threads, extra=flags),
-            env=server_env(winner.spec, lib), lib_dir=str(Path(lib).absolute()),
+            env=server_env(winner.spec, lib, model_path), lib_dir=str(Path(lib).absolute()),
             build=winner.spec.model.build,
             rebuild=_rebuild(lib_dir, binary, winner),
             model=str(Path(model_path).absolute()), model_bytes=Path(model_path).stat().st_size,

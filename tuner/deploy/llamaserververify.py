@@ -100,7 +100,7 @@ class LlamaServer:
     def measure(self, url: str, requests: int, timeout_s: float) -> ServedFigures:
         """The workload with the prompts made in the measured library's environment."""
         return measure(url, self.dep.model, self.dep.workload,
-                       service_env(self.dep.spec, self.dep.lib_dir), requests, timeout_s)
+                       service_env(self.dep.spec, self.dep.lib_dir, self.dep.model), requests, timeout_s)
 
 
 def service(path: Path) -> LlamaServer:

@@ -234,7 +234,7 @@ def write_production(record: TrialRecord, out: Path, *, model_path: str, results
     if not Path(model_path).is_file():
         raise BadInput(f"model {model_path} not found; the server could not load it")
     build_lib_dir = os.path.abspath(build_lib_dir) if build_lib_dir else None
-    env = {**service_env(record.spec, build_lib_dir), **env}
+    env = {**service_env(record.spec, build_lib_dir, model_path), **env}
     if env.get("LLAMA_CPP_LIB_PATH"):
         env["LLAMA_CPP_LIB_PATH"] = os.path.abspath(env["LLAMA_CPP_LIB_PATH"])
 

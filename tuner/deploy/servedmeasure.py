@@ -34,7 +34,7 @@ def measure_served(model_path: str | os.PathLike[str], spec: TrialSpec, workload
         raise TunerError("measure_served needs at least one request")
     threads = threads or spec.context.n_threads or default_threads()
     entry = model_entry(spec, workload, str(model_path), threads)
-    env = service_env(spec, lib_dir)
+    env = service_env(spec, lib_dir, model_path)
     if via == "server":
         served, log = serve_and_measure(entry, env, workload, requests, timeout_s)
         check_placement(log, spec)

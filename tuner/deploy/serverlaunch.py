@@ -5,9 +5,10 @@ same process. A config whose trial needs none of them is launched as llama_cpp.s
 (``server_module``), so the usual command stays the usual one.
 
 Held so far: ``TUNER_N_CPU_MOE`` (the setting ``n_cpu_moe``, written into the deployment's
-environment file): the first layers' expert weights stay in host memory. Started as plain
-llama_cpp.server, such a config would load every expert onto the GPU it was tuned not to fit
-on; ``tuner verify`` proves the placement from the server's log either way."""
+environment file): the first layers' expert weights stay in host memory; ``TUNER_FFN_ON_HOST``
+(the setting ``ffn_on_host``, as ``<layer>:<matrices>``): that layer's FFN matrices do.
+Started as plain llama_cpp.server, such a config would load onto the GPU what it was tuned
+not to fit there; ``tuner verify`` proves the placement from the server's log either way."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 
 from tuner.errors import TunerError
 from tuner.machine import envvars
-from tuner.worker.llamaparams import hold_experts_on_host
+from tuner.worker.llamaparams import hold_on_host
 
 MODULE = "tuner.deploy.serverlaunch"
 SERVER = "llama_cpp.server"
@@ -26,17 +27,17 @@ SERVER = "llama_cpp.server"
 def server_module(env: Mapping[str, str]) -> str:
     """The module a service with the environment ``env`` is started as: this launcher when the
     environment asks what only it applies, else llama_cpp.server."""
-    var = envvars.VARS["n_cpu_moe"]
-    return MODULE if var.parse(var.name, env.get(var.name, var.default)) else SERVER
+    asks = (envvars.VARS[name] for name in ("n_cpu_moe", "ffn_on_host"))
+    return MODULE if any(v.parse(v.name, env.get(v.name, v.default)) for v in asks) else SERVER
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        n_cpu_moe = envvars.current().n_cpu_moe
+        env = envvars.current()
     except TunerError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    hold_experts_on_host(n_cpu_moe)
+    hold_on_host(env.n_cpu_moe, env.ffn_on_host)
     sys.argv = [SERVER, *(sys.argv[1:] if argv is None else argv)]
     runpy.run_module(SERVER, run_name="__main__", alter_sys=True)
     return 0

@@ -16,6 +16,7 @@ from tuner.machine.envvars import VARS
 from tuner.results.records import ServedFigures, TrialRecord
 from tuner.settings import environment
 from tuner.specs import TrialSpec
+from tuner.worker.llamaparams import ffn_on_host_of
 
 ENV_SUFFIX = ".env"
 RAW_KIND = ("raw: llama.cpp decode loop in a worker (prompt in n_batch chunks, one decode per "
@@ -119,16 +120,20 @@ def served_vs_raw(figures: dict[str, Any], prompt_tokens: int,
     }
 
 
-def service_env(spec: TrialSpec, lib_dir: str | None) -> dict[str, str]:
+def service_env(spec: TrialSpec, lib_dir: str | None,
+                model_path: str | os.PathLike[str]) -> dict[str, str]:
     """The environment a service of ``spec`` needs: the build's library (absolute), CUDA graphs
-    off when the trial ran without them, the first layers whose experts stay on the host, no
-    GPU for a deliberate CPU run."""
+    off when the trial ran without them, the first layers whose experts stay on the host, the
+    layer whose FFN matrices do (resolved against the layers of the model at ``model_path``),
+    no GPU for a deliberate CPU run."""
     env: dict[str, str] = {}
     if lib_dir:
         env["LLAMA_CPP_LIB_PATH"] = os.path.abspath(lib_dir)
     env.update(environment(spec.model))  # what the model-level settings ask
     if spec.model.n_cpu_moe:  # what tuner's server launcher applies (deploy/serverlaunch.py)
         env[VARS["n_cpu_moe"].name] = str(spec.model.n_cpu_moe)
+    if ffn := ffn_on_host_of(model_path, spec.model):
+        env[VARS["ffn_on_host"].name] = ffn.text()
     if spec.model.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env

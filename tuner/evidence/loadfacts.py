@@ -68,6 +68,9 @@ class Expectation(Frozen):
     main_gpu: int = 0
     # The first layers whose expert weights stay in host memory (0: no tensor is overridden)
     n_cpu_moe: int = 0
+    # The FFN matrices of the first GPU layer kept in host memory (tuner.settings.FFN_ON_HOST;
+    # empty: none)
+    ffn_on_host: str = ""
     tensor_split: tuple[float, ...] | None = None
     build: str | None = None
     type_k: str | None = None

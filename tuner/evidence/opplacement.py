@@ -198,12 +198,14 @@ class OpSummary(Frozen):
 
 def check_ops(text: str | None, device: Literal["cuda", "cpu"], full_offload: bool = True,
               required: bool = True, error: str | None = None,
-              experts_on_host: int = 0) -> OpSummary:
+              experts_on_host: int = 0, weights_on_host: str = "experts") -> OpSummary:
     """Parse the scheduler reports in ``text`` and judge them. On CUDA with full offload every
     node must run on a CUDA backend except the input embedding lookup, and, with the experts
     of the first ``experts_on_host`` layers in host memory (n_cpu_moe), the nodes of those
     layers the scheduler runs beside them (the expert products and what it computes from
-    them on the host before the next GPU node); on the CPU every node must run on the host.
+    them on the host before the next GPU node); ``weights_on_host`` names those weights in the
+    summary (a layer's FFN matrices kept on the host, ffn_on_host, at full offload: layer 0's);
+    on the CPU every node must run on the host.
     ``required``: a missing report fails a CUDA check (a trial's proof) instead of leaving it
     unchecked (a user's saved log). ``error``: why the worker could not take the report, if it
     said."""
@@ -238,7 +240,7 @@ def check_ops(text: str | None, device: Literal["cuda", "cpu"], full_offload: bo
     if beside_experts:
         span = f"layers 0-{experts_on_host - 1}" if experts_on_host > 1 else "layer 0"
         summary += (f"; {len(beside_experts)} nodes of {span} on the host beside their "
-                    "experts, as asked")
+                    f"{weights_on_host}, as asked")
     if off:
         where = "CUDA" if device == "cuda" else "the CPU"
         summary += f"; {len(off)} node{'s' if len(off) != 1 else ''} not on {where}"

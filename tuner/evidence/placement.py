@@ -249,21 +249,26 @@ def verify(evidence: PlacementEvidence, expectation: Expectation,
             and (got := variant_of(flags)) != expectation.build):
         reasons.append(f"expected build {expectation.build}, library reports {got}")
     reasons += _context_reasons(evidence, expectation)
-    reasons += experts_reasons(evidence, expectation.n_cpu_moe)
+    ex = expectation
+    reasons += experts_reasons(evidence, ex.n_cpu_moe,
+                               part_layer(evidence, ex.ffn_on_host, ex.n_gpu_layers, ex.n_cpu_moe))
+    reasons += ffn_reasons(evidence, ex.ffn_on_host, ex.n_gpu_layers, ex.n_cpu_moe)
     return Verdict(verified=not reasons, reasons=reasons, summary=summarize(evidence, flags))
 
 
-def experts_reasons(ev: PlacementEvidence, n_cpu_moe: int) -> list[str]:
+def experts_reasons(ev: PlacementEvidence, n_cpu_moe: int,
+                    part_layer: int | None = None) -> list[str]:
     """Whether the tensors overridden are the expert weights of the first ``n_cpu_moe`` layers,
     in host memory, and nothing else: the layers overridden run up to ``n_cpu_moe`` - 1 without
-    a gap (a model's leading dense layers have no experts to move)."""
+    a gap (a model's leading dense layers have no experts to move). ``part_layer``: the layer
+    whose FFN part ffn_on_host keeps on the host, experts among it (ffn_reasons judges it)."""
     out: list[str] = []
     layers: set[int] = set()
     for name, buft in sorted(ev.overridden.items()):
         il = _expert_layer(name)
-        if il is None:
-            out.append(f"tensor {name} overridden to {buft}: not an expert weight")
-        elif is_cuda_device(buft):
+        if il is None or il == part_layer:
+            continue  # ffn_reasons' to judge
+        if is_cuda_device(buft):
             out.append(f"expert tensor {name} overridden to {buft}, not to host memory")
         else:
             layers.add(il)
@@ -276,9 +281,88 @@ def experts_reasons(ev: PlacementEvidence, n_cpu_moe: int) -> list[str]:
         out.append(f"no expert weights overridden to host memory; the trial asked for those "
                    f"of the first {n_cpu_moe} layers (no 'buffer type overridden' line)")
     elif max(layers) != n_cpu_moe - 1 or layers != set(range(min(layers), n_cpu_moe)):
-        out.append(f"the expert weights of layers {_ranges(layers)} in host memory; the trial "
-                   f"asked for those of layers 0-{n_cpu_moe - 1}")
+        out.append(f"the expert weights of {_layers(layers)} in host memory; the trial "
+                   f"asked for those of {_layers(set(range(n_cpu_moe)))}")
     return out
+
+
+def part_layer(ev: PlacementEvidence, part: str, n_gpu_layers: int,
+               n_cpu_moe: int) -> int | None:
+    """The layer whose FFN matrices ``part`` were asked on the host, by the log's layer count:
+    where llama.cpp starts the GPU's layers for ``n_gpu_layers``, or the layer after the
+    first ``n_cpu_moe`` layers' experts (tuner.settings.ffn_host_layer); None for no part or
+    where the log cannot tell."""
+    total = ev.total_layers if ev.total_layers is not None else (len(ev.layer_devices) or None)
+    if not part or not total:
+        return None
+    return settings.ffn_host_layer(total - 1, n_gpu_layers, n_cpu_moe)
+
+
+def ffn_reasons(ev: PlacementEvidence, part: str, n_gpu_layers: int,
+                n_cpu_moe: int = 0) -> list[str]:
+    """Whether the tensors overridden that experts_reasons does not judge (no expert weight, or
+    of the part's layer) are the FFN matrices ``part`` (tuner.settings.FFN_ON_HOST) of that
+    layer (part_layer), in host memory, and nothing else (for no ``part``: none at all): every
+    one matches the part's pattern, and each matrix it names is there (gate and up may be one
+    fused gate_up; a mixture of experts' layer moves its experts of them, ``_exps``)."""
+    layer = part_layer(ev, part, n_gpu_layers, n_cpu_moe)
+    out: list[str] = []
+    if part and layer is None:
+        out.append(f"ffn_on_host {part}: the log shows no layer for it (n_gpu_layers "
+                   f"{n_gpu_layers}, n_cpu_moe {n_cpu_moe}, {len(ev.layer_devices)} layers)")
+    pattern = re.compile(settings.ffn_host_pattern(layer, part)) if layer is not None else None
+    found: set[str] = set()
+    for name, buft in sorted(ev.overridden.items()):
+        il = _expert_layer(name)
+        if il is not None and il != layer:
+            continue  # experts_reasons' to judge
+        if pattern is None or not pattern.search(name):
+            asked = f"for the FFN matrices {part} of layer {layer}" if part else "no override of it"
+            out.append(f"tensor {name} overridden to {buft}: the trial asked {asked}")
+        elif is_cuda_device(buft):
+            out.append(f"FFN tensor {name} overridden to {buft}, not to host memory")
+        elif m := _FFN_MATRIX.match(name):
+            found.add(m.group(2))
+    if pattern is not None and not _has_part(found, part):
+        out.append(f"the FFN matrices {_matrices(found) or 'none'} of layer {layer} in "
+                   f"host memory; the trial asked for {part}")
+    return out
+
+
+_FFN_MATRIX = re.compile(r"^blk\.(\d+)\.ffn_(\w+?)\.")  # layer, matrix
+_EXPERT_SUFFIXES = ("_exps", "_chexps", "_shexp")
+
+
+def _kind(matrix: str) -> str:
+    """"down_exps" -> "down": the FFN matrix an expert or shared-expert tensor holds."""
+    for suffix in _EXPERT_SUFFIXES:
+        if matrix.endswith(suffix):
+            return matrix[: -len(suffix)]
+    return matrix
+
+
+def _has_part(found: set[str], part: str) -> bool:
+    """Whether the matrices ``found`` hold every one ``part`` names ("gate+down": gate, or a
+    fused gate_up, and down)."""
+    kinds = {_kind(m) for m in found}
+    return all(k in kinds or (k in ("gate", "up") and "gate_up" in kinds)
+               for k in part.split("+"))
+
+
+def _matrices(found: set[str]) -> str:
+    """{"down", "gate"} -> "gate+down", as FFN_ON_HOST names them."""
+    order = ("gate", "gate_up", "up", "down")
+
+    def rank(matrix: str) -> tuple[int, str]:
+        kind = _kind(matrix)
+        return (order.index(kind) if kind in order else len(order), matrix)
+
+    return "+".join(sorted(found, key=rank))
+
+
+def _layers(layers: set[int]) -> str:
+    """"layer 3", "layers 0-2, 5"."""
+    return f"layer{'s' if len(layers) > 1 else ''} {_ranges(layers)}"
 
 
 def _ranges(layers: set[int]) -> str:
@@ -472,10 +556,29 @@ def summarize(evidence: PlacementEvidence, build: BuildFlags | None = None) -> s
         kv = "no KV cache, recurrent state on " + ", ".join(sorted(evidence.state_buffers_mib))
     else:
         kv = "KV cache not in the log"
-    moved = _moved_experts(evidence)
-    experts = (f", experts of layers {_ranges(set(moved))} on {', '.join(sorted(set(moved.values())))}"
-               if moved else "")
-    return f"{layers}{experts}, {kv}, build {variant_of(flags) if flags else 'unknown'}"
+    return (f"{layers}{_moved_text(evidence)}, {kv}, "
+            f"build {variant_of(flags) if flags else 'unknown'}")
+
+
+def _moved_text(ev: PlacementEvidence) -> str:
+    """", experts of layers 0-2 on CPU" for the layers whose expert weights an override placed
+    whole (n_cpu_moe), ", FFN gate+down of layer 14 on CPU" for a layer with part of its FFN
+    placed (ffn_on_host)."""
+    by_layer: dict[int, tuple[set[str], set[str]]] = {}
+    for name, buft in ev.overridden.items():
+        if m := _FFN_MATRIX.match(name):
+            mats, bufts = by_layer.setdefault(int(m.group(1)), (set(), set()))
+            mats.add(m.group(2))
+            bufts.add(buft)
+    whole = {il: bufts for il, (mats, bufts) in by_layer.items()
+             if all(_expert_layer(f"blk.{il}.ffn_{x}.") is not None for x in mats)
+             and _has_part(mats, "gate+up+down")}
+    out = ""
+    if whole:
+        out = (f", experts of {_layers(set(whole))} on "
+               f"{', '.join(sorted(set().union(*whole.values())))}")
+    return out + "".join(f", FFN {_matrices(mats)} of layer {il} on {', '.join(sorted(bufts))}"
+                         for il, (mats, bufts) in sorted(by_layer.items()) if il not in whole)
 
 
 def experts_in_log(ev: PlacementEvidence) -> int:

@@ -11,6 +11,9 @@ reads it from ``current()``, never from ``os.environ``.
 - ``TUNER_N_CPU_MOE`` (0): the first layers whose mixture-of-experts weights a service keeps in
   host memory (the setting ``n_cpu_moe``; its deployment's environment file sets it, and
   ``python -m tuner.deploy.serverlaunch`` runs llama_cpp.server with it).
+- ``TUNER_FFN_ON_HOST`` (unset): ``<layer>:<matrices>``, e.g. ``14:gate+down``: one layer's FFN
+  matrices a service keeps in host memory (the setting ``ffn_on_host`` resolved against the
+  model's layers when the deployment was written; read by the same launcher).
 - ``TUNER_FAKE_GPU_FREE_MIB``, ``TUNER_FAKE_HOST_AVAILABLE_MIB`` (unset): FAKE free GPU and
   host memory in MiB for the memory plan's tests on machines without a GPU (CI); never set on
   a real run.
@@ -25,9 +28,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tuner.errors import BadInput
+from tuner.settings import FFN_ON_HOST
 
 MAX_SECONDS = 604800.0  # a week
 HOST_MAX = 255  # the claims table's host column
+
+
+@dataclass(frozen=True)
+class FfnOnHost:
+    """One layer's FFN matrices kept in host memory: ``part`` a key of FFN_ON_HOST."""
+
+    layer: int
+    part: str
+
+    def text(self) -> str:
+        return f"{self.layer}:{self.part}"
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,7 @@ class TunerEnv:
     stale_s: float
     host: str | None  # None: the hostname
     n_cpu_moe: int = 0  # a service's layers with their experts on the host
+    ffn_on_host: FfnOnHost | None = None  # a service's layer with FFN matrices on the host
     fake_gpu_free_mib: float | None = None  # FAKE (tests): the GPU's free memory
     fake_host_available_mib: float | None = None  # FAKE (tests): the host's available memory
 
@@ -88,6 +104,17 @@ def _count(name: str, text: str) -> int:
                    hint=f"unset {name} or give e.g. {name}=4")
 
 
+def _ffn_part(name: str, text: str) -> FfnOnHost | None:
+    t = text.strip()
+    if t == "":
+        return None
+    layer, _, part = t.partition(":")
+    if layer.isascii() and layer.isdigit() and int(layer) <= MAX_LAYERS and part in FFN_ON_HOST:
+        return FfnOnHost(layer=int(layer), part=part)
+    raise BadInput(f"{name}={text[:40]!r} is not <layer>:<matrices> (matrices one of "
+                   f"{', '.join(FFN_ON_HOST)})", hint=f"unset {name} or give e.g. {name}=14:down")
+
+
 @dataclass(frozen=True)
 class Var:
     name: str
@@ -100,6 +127,7 @@ VARS = {
     "stale_s": Var("TUNER_STALE_S", "60", _seconds),
     "host": Var("TUNER_HOST", "", _host),
     "n_cpu_moe": Var("TUNER_N_CPU_MOE", "0", _count),
+    "ffn_on_host": Var("TUNER_FFN_ON_HOST", "", _ffn_part),
     "fake_gpu_free_mib": Var("TUNER_FAKE_GPU_FREE_MIB", "", _mib),
     "fake_host_available_mib": Var("TUNER_FAKE_HOST_AVAILABLE_MIB", "", _mib),
 }

@@ -5,6 +5,7 @@ reader then keeps the scalars and the short numeric arrays (per-layer head count
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -115,3 +116,13 @@ def read_table(path: str | Path) -> GgufTable:
             tensors.append(Tensor(name, consts.GGMLQuantizationType(ggml_type).name, dims,
                                   n // block * type_size))
     return GgufTable(path=path, size_bytes=size, values=values, tensors=tuple(tensors))
+
+
+def block_count(path: str | os.PathLike[str]) -> int:
+    """The repeating layers of the GGUF at ``path`` (``<arch>.block_count``; a bad file raises
+    BadModel, a header without the count ValueError)."""
+    values = read_table(Path(path)).values
+    n = values.get(f"{values.get('general.architecture')}.block_count")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"{Path(path).name} has no block_count in its header")
+    return n

@@ -36,6 +36,7 @@ from tuner.models.gguftensors import (
     read_table,
 )
 from tuner.models.kvshape import LINEAR_ATTENTION, CacheShape, cache_shape
+from tuner.settings import FFN_ON_HOST, ffn_host_layer
 
 MIB = 1 << 20
 CTX_PAD = 256  # llama_context rounds n_ctx up to a multiple of this
@@ -87,6 +88,15 @@ class ModelLayout:
     kda_width: int = 0
     # Lightning (linear) attention layers' width: n_head x key_length (0: none; MiniMax-01)
     la_width: int = 0
+    # Per layer, the bytes of the FFN matrices each value of the setting ffn_on_host keeps on
+    # the host (tuner.settings.FFN_ON_HOST, in its order; empty: not read)
+    ffn_part_bytes: tuple[tuple[int, ...], ...] = ()
+
+    def ffn_host_bytes(self, il: int, part: str) -> int:
+        """The bytes of layer ``il``'s FFN matrices ``part`` (0 for none)."""
+        if not part or not self.ffn_part_bytes:
+            return 0
+        return self.ffn_part_bytes[il][list(FFN_ON_HOST).index(part)]
 
     @property
     def n_offloadable(self) -> int:
@@ -145,6 +155,8 @@ def layout_of(table: GgufTable) -> ModelLayout:
     n_ff_exp = (max(ff_exp) if isinstance(ff_exp, list) and ff_exp else _int(ff_exp, 0)) or (
         n_ff // used if used else 0)  # qwen3moe.cpp's fallback
     layer_bytes, expert_bytes = [0] * n_layer, [0] * n_layer
+    ffn_parts = [[0] * len(FFN_ON_HOST) for _ in range(n_layer)]
+    part_tensor = [re.compile(rf"^blk\.\d+\.{group}") for group in FFN_ON_HOST.values()]
     input_bytes = output_bytes = skipped = 0
     names = {t.name: t for t in table.tensors}
     for t in table.tensors:
@@ -154,6 +166,8 @@ def layout_of(table: GgufTable) -> ModelLayout:
                 if cache.loaded[il]:
                     layer_bytes[il] += t.nbytes
                     expert_bytes[il] += t.nbytes if EXPERT_TENSOR.search(t.name) else 0
+                    for i, part in enumerate(part_tensor):
+                        ffn_parts[il][i] += t.nbytes if part.match(t.name) else 0
                 else:
                     skipped += t.nbytes
                 continue
@@ -176,7 +190,8 @@ def layout_of(table: GgufTable) -> ModelLayout:
         input_bytes=input_bytes, output_bytes=output_bytes + copy,
         tied_copy_bytes=copy, context_length=ctx if isinstance(ctx, int) else None,
         kda_width=n_head[0] * _int(v.get(f"{arch}.kda.head_dim"), 0),
-        la_width=n_head[0] * head_k if arch in LINEAR_ATTENTION else 0)
+        la_width=n_head[0] * head_k if arch in LINEAR_ATTENTION else 0,
+        ffn_part_bytes=tuple(tuple(p) for p in ffn_parts))
 
 
 def keeps_kv_cache(layout: ModelLayout | None) -> bool:
@@ -295,6 +310,8 @@ class Context:
     op_offload: bool = True  # llama.cpp's default: large batches of host layers run on the GPU
     # The first layers whose expert weights stay on the host (the setting n_cpu_moe)
     experts_on_host: int = 0
+    # The FFN matrices of the first GPU layer kept on the host (the setting ffn_on_host)
+    ffn_on_host: str = ""
 
 
 def gpu_layers(m: ModelLayout, n_gpu_layers: int) -> tuple[tuple[int, ...], bool]:
@@ -309,7 +326,9 @@ def gpu_layers(m: ModelLayout, n_gpu_layers: int) -> tuple[tuple[int, ...], bool
 def place(m: ModelLayout, n_gpu_layers: int, ctx: Context) -> Placement:
     """Bytes per device at ``n_gpu_layers`` with the context ``ctx`` (a CUDA build), and the
     experts of its first ``experts_on_host`` layers kept on the host (llama-server's
-    ``--n-cpu-moe``: tensor overrides of their ``*_exps`` weights to the CPU)."""
+    ``--n-cpu-moe``: tensor overrides of their ``*_exps`` weights to the CPU), and the FFN
+    matrices ``ffn_on_host`` of the first GPU layer kept there (llama.cpp fit's partial
+    layer)."""
     experts_on_host = ctx.experts_on_host
     on_gpu, output = gpu_layers(m, n_gpu_layers)
     gpu_set = set(on_gpu)
@@ -319,6 +338,10 @@ def place(m: ModelLayout, n_gpu_layers: int, ctx: Context) -> Placement:
     kv_gpu = sum(per_layer[il] for il in on_gpu)
     kv_host = sum(per_layer) - kv_gpu
     moved = [m.expert_bytes[il] for il in on_gpu if il < experts_on_host]
+    ffn_layer = (ffn_host_layer(m.n_layer, n_gpu_layers, experts_on_host) if ctx.ffn_on_host
+                 else None)
+    if ffn_layer is not None:  # a layer's FFN matrices kept on the host move like experts
+        moved.append(m.ffn_host_bytes(ffn_layer, ctx.ffn_on_host))
     w_gpu = sum(m.layer_bytes[il] for il in on_gpu) + (m.output_bytes if output else 0) - sum(moved)
     # The host keeps token_embd (mapped from the file: a tied output on the host shares it).
     w_host = m.input_bytes + sum(m.layer_bytes[il] for il in range(m.n_layer) if il not in gpu_set)

@@ -1,7 +1,8 @@
 """The report's lines for a winner that keeps layers on the host (partial offload): the memory
 plan's prediction beside what llama.cpp's load log measured, per device, and why fewer layers
 won (more on the GPU measured slower, or out of memory / not fitting the plan); with experts
-on the host (n_cpu_moe), why more of them stayed there."""
+on the host (n_cpu_moe), why more of them stayed there; with part of a layer's FFN on the host
+(ffn_on_host), the whole layer and the parts that keep more on the GPU count as more."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tuner.errors import TunerError
 from tuner.evidence.placement import is_cuda_device
 from tuner.models import memplan
 from tuner.results.records import TrialRecord, TrialState
-from tuner.search.offload import spec_context
+from tuner.search.offload import FFN_PARTS, placement_text, spec_context
 
 
 def _measured(r: TrialRecord) -> str:
@@ -39,8 +40,17 @@ def _predicted(r: TrialRecord, model: str | None) -> str | None:
 
 
 def _where(r: TrialRecord) -> str:
+    return placement_text(r.spec).replace("n_gpu_layers", "ngl")
+
+
+def _on_gpu(r: TrialRecord, total: int | None) -> tuple[float, int, int]:
+    """How much of the model a trial kept on the GPU, to compare: its layers (every one: past
+    any count), then the fewer layers' experts on the host, then how much of the FFN of the
+    layer ffn_on_host splits (none split: the most)."""
     m = r.spec.model
-    return f"n_cpu_moe {m.n_cpu_moe}" if m.n_cpu_moe else f"ngl {m.n_gpu_layers}"
+    n = float("inf") if m.n_gpu_layers < 0 or (total and m.n_gpu_layers >= total) \
+        else float(m.n_gpu_layers)
+    return n, -m.n_cpu_moe, FFN_PARTS.index(m.ffn_on_host) if m.ffn_on_host else len(FFN_PARTS)
 
 
 def offload_lines(winner: TrialRecord | None, records: list[TrialRecord]) -> list[str]:
@@ -51,23 +61,29 @@ def offload_lines(winner: TrialRecord | None, records: list[TrialRecord]) -> lis
     if winner is None or winner.spec.model.device != "cuda":
         return []
     ngl, k = winner.spec.model.n_gpu_layers, winner.spec.model.n_cpu_moe
+    part = winner.spec.model.ffn_on_host
     place = winner.placement or {}
     total = place.get("total_layers")
     full = ngl < 0 or (isinstance(total, int) and ngl >= total)
-    if full and not k:
+    if full and not k and not part:
         return []
     of = f"/{total}" if isinstance(total, int) else ""
     model = winner.environment.model_path if winner.environment else None
+    counts = total if isinstance(total, int) else None
+    mine = _on_gpu(winner, counts)
     if k:
         head = (f"every layer on the GPU, the expert weights of its first {k} in host memory "
-                f"(n_cpu_moe {k})")
+                f"(n_cpu_moe {k}" + (f"), and the FFN {part} of layer {k} (ffn_on_host {part})"
+                                     if part else ")"))
         rivals = [r for r in records if r.spec.model.n_gpu_layers < 0
-                  and r.spec.model.n_cpu_moe < k]
+                  and _on_gpu(r, counts) > mine]
         what = "fewer experts on the host"
     else:
-        head = f"{ngl}{of} layers on the GPU (partial offload)"
-        rivals = [r for r in records if r.spec.model.n_gpu_layers > ngl
-                  or r.spec.model.n_gpu_layers < 0]
+        n = "every layer" if full else f"{ngl}{of} layers"
+        head = f"{n} on the GPU (partial offload)" if not part else (
+            f"{n} on the GPU, the FFN {part} of the first of them in host memory "
+            f"(partial offload, ffn_on_host {part})")
+        rivals = [r for r in records if _on_gpu(r, counts) > mine]
         what = "more on the GPU"
     out = [f"{head}; measured MiB: {_measured(winner)}"]
     if (pred := _predicted(winner, model)) is not None:

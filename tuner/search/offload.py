@@ -17,6 +17,7 @@ from tuner.models import memplan
 from tuner.models.memplan import MIB, Budget, Context, MemoryPlan
 from tuner.results.readings import TrialState
 from tuner.results.records import TrialRecord
+from tuner.settings import FFN_ON_HOST
 from tuner.specs import TrialSpec, Workload
 from tuner.worker import gpumem
 from tuner.worker.outcome import Outcome
@@ -37,6 +38,10 @@ PROBE_ABOVE = 1
 # n_ubatch) to these many more (a larger n_ubatch's compute buffer needs room), and one fewer to
 # probe the plan.
 EXPERTS_ABOVE_FEWEST = (0, 1, 2)
+# A dense model: past the most layers that fit whole, the next layer with part of its FFN on the
+# host (the setting ffn_on_host; llama.cpp's own fit places such a partial layer): per setting,
+# the part that keeps the most on the GPU the plan fits, and the next one up to probe the plan.
+FFN_PARTS = tuple(FFN_ON_HOST)  # least on the GPU first
 PLANNED_REFUSAL = "does not fit by the memory plan"  # no_longer_fits's verdict: no load tried
 
 
@@ -50,6 +55,9 @@ class OffloadPlan:
     # The n_cpu_moe counts searched with every layer on the GPU (empty: a dense model, or
     # experts on the host do not make it fit)
     experts: tuple[int, ...] = ()
+    # The ffn_on_host values searched at the layer past the most that fit whole (empty: a
+    # mixture of experts, or no such layer)
+    parts: tuple[str, ...] = ()
     # The process overhead measured by a trial (calibrate), once there is one; the plan's
     # budget then holds it.
     measured_overhead_mib: float | None = None
@@ -92,7 +100,7 @@ def calibrate(op: OffloadPlan, spec: TrialSpec, wl: Workload,
     budget = dataclasses.replace(old, overhead_mib=max(measured, 0.0), margin_mib=0.0)
     plan = memplan.make_plan(op.plan.layout, op.plan.n_ctx, budget)
     layers, experts = search_layers(plan), search_experts(plan)
-    return (OffloadPlan(plan=plan, layers=layers, experts=experts,
+    return (OffloadPlan(plan=plan, layers=layers, experts=experts, parts=search_parts(plan),
                         measured_overhead_mib=measured, predicted=op.predicted),
             f"{head}: the process overhead is {max(measured, 0.0):,.0f} MiB, not the "
             f"{old.overhead_mib:,.0f} MiB planned, and the {old.margin_mib:,.0f} MiB margin "
@@ -128,6 +136,7 @@ def walk_up(op: OffloadPlan, spec: TrialSpec, wl: Workload) -> tuple[OffloadPlan
     layers = op.layers if plan.fits_full else search_layers(plan)
     experts = search_experts(plan) if op.experts else ()
     walked = OffloadPlan(plan=plan, layers=layers, experts=experts,
+                         parts=op.parts if plan.fits_full else search_parts(plan),
                          measured_overhead_mib=op.measured_overhead_mib,
                          predicted=op.predicted or old)
     return walked, (
@@ -181,6 +190,17 @@ def search_layers(plan: MemoryPlan) -> tuple[int, ...]:
     return tuple(sorted(values)) or (0,)
 
 
+def search_parts(plan: MemoryPlan) -> tuple[str, ...]:
+    """The ffn_on_host values the search may pair with the layer where the whole layer stops
+    fitting (keep_fitting keeps, per setting, the part the plan fits with the most on the GPU
+    and the next one up; parts_for): for a model that does not fit whole, a dense one's past
+    its most layers, a mixture of experts' past one fewer layers' experts on the host than the
+    fewest that fit (none where experts on the host do not make it fit)."""
+    if plan.fits_full or (any(plan.layout.expert_bytes) and not plan.experts_host):
+        return ()
+    return parts_for(plan.layout)
+
+
 def search_experts(plan: MemoryPlan) -> tuple[int, ...]:
     """The n_cpu_moe counts (every layer on the GPU) near the fewest that fit, for each cache
     type the plan found one for, and the probe one below; nothing for a dense model or one
@@ -209,10 +229,27 @@ def check_experts(layout: memplan.ModelLayout | None, counts: list[int]) -> None
                        hint=f"list counts up to {layout.n_layer}")
 
 
+def check_parts(layout: memplan.ModelLayout | None, parts: list[str]) -> None:
+    """Refuse (BadInput) ffn_on_host for a model without FFN matrices (blk.N.ffn_gate, _up,
+    _down or their experts) to keep on the host. Unchecked for a shape the plan cannot
+    read."""
+    asked = [p for p in parts if p]
+    if layout is None or not asked:
+        return
+    if not any(b for per_layer in layout.ffn_part_bytes for b in per_layer):
+        raise BadInput(f"ffn_on_host {asked[0]}: {layout.path.name} has no FFN matrices "
+                       "(blk.N.ffn_gate/up/down) to keep on the host",
+                       hint="leave ffn_on_host out of the space")
+
+
 def placement_text(spec: TrialSpec) -> str:
-    """"n_gpu_layers 20", or "n_cpu_moe 12" (every layer on the GPU)."""
+    """"n_gpu_layers 20", "n_gpu_layers 21 ffn_on_host down", or "n_cpu_moe 12" (every layer
+    on the GPU)."""
     m = spec.model
-    return f"n_cpu_moe {m.n_cpu_moe}" if m.n_cpu_moe else f"n_gpu_layers {m.n_gpu_layers}"
+    if m.n_cpu_moe:
+        return f"n_cpu_moe {m.n_cpu_moe}"
+    return f"n_gpu_layers {m.n_gpu_layers}" + (f" ffn_on_host {m.ffn_on_host}"
+                                                if m.ffn_on_host else "")
 
 
 def tried_by_plan(layout: memplan.ModelLayout, budget: Budget, spec: TrialSpec,
@@ -220,8 +257,11 @@ def tried_by_plan(layout: memplan.ModelLayout, budget: Budget, spec: TrialSpec,
     """Whether a trial of ``spec`` is given a load in ``budget`` (the plan's fit and the probe
     past it), and the bound that decided: with experts on the host (n_cpu_moe, every layer on
     the GPU), down to one layer's experts fewer than the fewest that fit; else up to one layer
-    more than the most that fit."""
+    more than the most that fit; part of a layer's FFN on the host (ffn_on_host), at the
+    boundary alone (_part_tried)."""
     ctx = spec_context(spec, wl)
+    if ctx.ffn_on_host:
+        return _part_tried(layout, budget, ctx, _asked(layout, spec))
     if ctx.experts_on_host:
         fewest = memplan.fewest_experts_on_host(layout, budget, ctx)
         if fewest is None:
@@ -230,9 +270,52 @@ def tried_by_plan(layout: memplan.ModelLayout, budget: Budget, spec: TrialSpec,
                 f"the fewest layers' experts on the host that fit: {fewest}, and one fewer "
                 "is tried")
     most = memplan.most_layers(layout, budget, ctx)
+    return _asked(layout, spec) <= most + PROBE_ABOVE, \
+        f"the most that fit: {most}, and one more is tried"
+
+
+def _asked(layout: memplan.ModelLayout, spec: TrialSpec) -> int:
     n = spec.model.n_gpu_layers
-    asked = layout.n_offloadable if n < 0 else n
-    return asked <= most + PROBE_ABOVE, f"the most that fit: {most}, and one more is tried"
+    return layout.n_offloadable if n < 0 else min(n, layout.n_offloadable)
+
+
+def parts_for(layout: memplan.ModelLayout) -> tuple[str, ...]:
+    """The ffn_on_host values worth a trial at the boundary: every one for a dense model; for
+    a mixture of experts those that keep some of the layer's experts on the GPU (gate+up+down
+    keeps less there than the layer's experts alone on the host, the next count whole)."""
+    return FFN_PARTS[1:] if any(layout.expert_bytes) else FFN_PARTS
+
+
+def _part_tried(layout: memplan.ModelLayout, budget: Budget, ctx: Context,
+                asked: int) -> tuple[bool, str]:
+    """tried_by_plan for part of a layer's FFN on the host (``asked`` n_gpu_layers), only where
+    the whole layer does not fit (elsewhere it does: more on the GPU): the layer past the most
+    that fit whole, or, with experts on the host, the layer past one fewer layers' experts
+    than the fewest that fit; there the part that keeps the most on the GPU the plan fits, and
+    the next one up (the probe). A part outside that ladder (a user's space) where it fits."""
+    whole = dataclasses.replace(ctx, ffn_on_host="")
+    if ctx.experts_on_host:
+        fewest = memplan.fewest_experts_on_host(layout, budget, whole)
+        if fewest is None:
+            return False, "not even every layer's experts on the host fit"
+        bound = (f"the fewest layers' experts on the host that fit whole: {fewest}; part of "
+                 f"the next layer's FFN on the host")
+        here, there = ctx.experts_on_host == fewest - 1, f" only with n_cpu_moe {fewest - 1}"
+    else:
+        most = memplan.most_layers(layout, budget, whole)
+        bound = f"the most that fit whole: {most}; a part of the next layer's FFN on the host"
+        here, there = asked == most + 1, f" only at {most + 1} layers"
+    if not here:
+        return False, bound + there
+    ladder = parts_for(layout)
+    fits = [memplan.place(layout, asked, dataclasses.replace(ctx, ffn_on_host=p)).gpu.total
+            <= budget.usable_bytes for p in ladder]
+    best = max((i for i, ok in enumerate(fits) if ok), default=-1)  # -1: not even the least
+    said = bound + (f": the most on the GPU that fits {ladder[best]}, and the next is tried"
+                    if best >= 0 else ": none fits, and the least on the GPU is tried")
+    if ctx.ffn_on_host not in ladder:
+        return memplan.place(layout, asked, ctx).gpu.total <= budget.usable_bytes, said
+    return ladder.index(ctx.ffn_on_host) in (best, best + 1), said
 
 
 def host_available_mib() -> float | None:
@@ -286,7 +369,8 @@ def prepare(layout: memplan.ModelLayout | None, wl: Workload, max_vram_mib: floa
     if plan is None:
         return None, ["memory plan: none (no GPU free-memory reading, or a model shape the "
                       "plan cannot read)"]
-    op = OffloadPlan(plan=plan, layers=search_layers(plan), experts=search_experts(plan))
+    op = OffloadPlan(plan=plan, layers=search_layers(plan), experts=search_experts(plan),
+                     parts=search_parts(plan))
     lines = plan.lines()
     if op.partial:
         below = "" if op.experts else ", a few below,"
@@ -299,6 +383,12 @@ def prepare(layout: memplan.ModelLayout | None, wl: Workload, max_vram_mib: floa
                          "host: the fewest that fit per cache type, a few more, and one "
                          "fewer to probe the plan, a layer fewer each time such a probe "
                          "loads)")
+        if op.parts:
+            lines.append("memory plan: and, at the layer past the most that fit whole, that "
+                         "layer with part of its FFN on the host (ffn_on_host "
+                         f"{', '.join(op.parts)}: the part that keeps the most on the GPU the "
+                         "plan fits, and the next one to probe it), as llama.cpp's own fit "
+                         "places a partial layer")
         lines.append(check_host(op, wl))
     return op, lines
 
@@ -307,7 +397,7 @@ def spec_context(spec: TrialSpec, wl: Workload) -> Context:
     c = spec.context
     return Context(n_ctx=wl.n_ctx, type_k=c.type_k, type_v=c.type_v, n_ubatch=c.n_ubatch,
                    flash_attn=c.flash_attn, op_offload=c.op_offload,
-                   experts_on_host=spec.model.n_cpu_moe)
+                   experts_on_host=spec.model.n_cpu_moe, ffn_on_host=spec.model.ffn_on_host)
 
 
 def planned_gpu_mib(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload) -> float:
@@ -318,9 +408,11 @@ def planned_gpu_mib(layout: memplan.ModelLayout, spec: TrialSpec, wl: Workload) 
 
 def keep_fitting(op: OffloadPlan | None, specs: list[TrialSpec], wl: Workload) -> list[TrialSpec]:
     """The default partial-offload grid without the settings the plan says do not fit (more
-    layers than fit at their cache type and n_ubatch, the probe above excepted): they would
-    only spend the search's patience. Unchanged when the model fits whole or there is no
-    plan."""
+    layers than fit at their cache type and n_ubatch, the probe above excepted) and without
+    parts of a layer's FFN on the host away from where the whole layer stops fitting
+    (tried_by_plan): they would only spend the search's patience. A mixture of experts'
+    experts on the host go with every layer on the GPU, its parts with its experts.
+    Unchanged when the model fits whole or there is no plan."""
     if op is None or not op.partial:
         return specs
     tried: dict[tuple[Context, int], bool] = {}  # the grid's few settings, each planned once
@@ -328,6 +420,8 @@ def keep_fitting(op: OffloadPlan | None, specs: list[TrialSpec], wl: Workload) -
     for s in specs:
         n, k = s.model.n_gpu_layers, s.model.n_cpu_moe
         if op.experts and (k > 0) != (n < 0):  # experts on the host with every layer alone
+            continue
+        if op.experts and s.model.ffn_on_host and not k:  # a MoE's part: beside its experts
             continue
         key = (spec_context(s, wl), n)
         if key not in tried:
@@ -383,7 +477,7 @@ def boundary_lines(op: OffloadPlan, records: list[TrialRecord], wl: Workload) ->
     seen: dict[tuple[Context, bool], tuple[list[int], list[int]]] = {}
     for r in records:
         n, k = r.spec.model.n_gpu_layers, r.spec.model.n_cpu_moe
-        if r.spec.model.device != "cuda" or (n < 0 and not k):
+        if r.spec.model.device != "cuda" or (n < 0 and not k and not r.spec.model.ffn_on_host):
             continue
         ctx = dataclasses.replace(spec_context(r.spec, wl), experts_on_host=0)
         loaded, failed = seen.setdefault((ctx, k > 0), ([], []))
@@ -393,15 +487,16 @@ def boundary_lines(op: OffloadPlan, records: list[TrialRecord], wl: Workload) ->
               and not (r.error or "").startswith(PLANNED_REFUSAL)):
             failed.append(k or n)
     out, budget = [], op.predicted or op.plan.budget
-    def order(key: tuple[Context, bool]) -> tuple[str, str, int, bool, bool]:
+    def order(key: tuple[Context, bool]) -> tuple[str, str, int, bool, bool, str]:
         c, experts = key
-        return c.type_k, c.type_v, c.n_ubatch, c.flash_attn, experts
+        return c.type_k, c.type_v, c.n_ubatch, c.flash_attn, experts, c.ffn_on_host
 
     for (ctx, experts), (loaded, failed) in sorted(seen.items(), key=lambda i: order(i[0])):
         if not (loaded or failed):
             continue
         head = (f"memory plan against loads: kv {ctx.type_k}/{ctx.type_v} n_ubatch "
-                f"{ctx.n_ubatch} flash_attn {'on' if ctx.flash_attn else 'off'}: ")
+                f"{ctx.n_ubatch} flash_attn {'on' if ctx.flash_attn else 'off'}"
+                + (f" ffn_on_host {ctx.ffn_on_host}" if ctx.ffn_on_host else "") + ": ")
         if experts:  # fewer experts on the host is more on the GPU
             fewest = memplan.fewest_experts_on_host(op.plan.layout, budget, ctx)
             parts = [f"planned {'none' if fewest is None else fewest}"]
@@ -418,12 +513,14 @@ def boundary_lines(op: OffloadPlan, records: list[TrialRecord], wl: Workload) ->
 
 def finalist_outcome(layout: memplan.ModelLayout | None, spec: TrialSpec, wl: Workload,
                      budget: Budget) -> Outcome | None:
-    """A partial-offload finalist (n_gpu_layers >= 0, or experts on the host) that no longer fits the memory free now
+    """A partial-offload finalist (n_gpu_layers >= 0, experts or FFN matrices on the host) that
+    no longer fits the memory free now
     (another process took some since its search trial): infeasible, without a worker.
     ``layout``: the model's as the sweep read it (None: a shape the plan cannot read);
     ``budget``: the sweep's plan's (no_longer_fits)."""
     m = spec.model
-    if m.device != "cuda" or (m.n_gpu_layers < 0 and not m.n_cpu_moe) or layout is None:
+    if m.device != "cuda" or layout is None or (
+            m.n_gpu_layers < 0 and not m.n_cpu_moe and not m.ffn_on_host):
         return None
     why = no_longer_fits(layout, spec, wl, budget)
     return None if why is None else Outcome(state=TrialState.INFEASIBLE,

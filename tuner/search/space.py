@@ -139,18 +139,22 @@ DEFAULT_KV_CACHES = ("f16/f16", "q8_0/q8_0")
 
 
 def default_space(device: Device, builds: list[str], gpu_layers: tuple[int, ...] = (),
-                  attention: bool = True, experts: tuple[int, ...] = ()) -> Space:
+                  attention: bool = True, experts: tuple[int, ...] = (),
+                  parts: tuple[str, ...] = ()) -> Space:
     """The built-in space. ``gpu_layers``: the layer counts of a model that does not fit at
     full offload (tuner/search/offload.py): the space searches them, with the cache types
     (q8_0 frees room), n_ubatch, flash attention and the CPU threads that compute the rest.
     ``attention`` False: no layer keeps a KV cache (a recurrent model such as Mamba): the cache
     type and flash attention change nothing there, so each keeps its default alone.
     ``experts``: a mixture of experts' n_cpu_moe counts, each with every layer on the GPU
-    (offload.keep_fitting pairs them so)."""
+    (offload.keep_fitting pairs them so). ``parts``: a dense model's ffn_on_host values, each
+    at the layer past the most that fit whole (offload.keep_fitting keeps them there)."""
     space = _default_space(device, builds, gpu_layers)
     if experts and device == "cuda" and gpu_layers:
         space = space.model_copy(update={"n_gpu_layers": [-1, *space.n_gpu_layers],
                                          "n_cpu_moe": [0, *experts]})
+    if parts and device == "cuda" and gpu_layers:
+        space = space.model_copy(update={"ffn_on_host": ["", *parts]})
     if attention:
         return space
     return space.model_copy(update={"kv_cache": [DEFAULT_KV_CACHES[0]], "flash_attn": [False]})
@@ -260,6 +264,8 @@ def grid(space: Space, device: Device, workload: Workload,
             continue
         eff_b = min(cs["n_batch"], p)
         model = dict(fields["model"])
+        if model["ffn_on_host"] and (device == "cpu" or 0 <= model["n_gpu_layers"] <= 1):
+            continue  # no GPU layer to split
         if model["split_mode"] == settings.SPLIT_MODES["none"]:
             model["tensor_split"] = None  # one GPU: llama.cpp has nothing to split
         # Every combination fills its fields in one order (the table's): values tell them apart.

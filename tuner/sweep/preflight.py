@@ -24,7 +24,7 @@ def preflight_config(spec: TrialSpec, workload: Workload, model_path: str,
             study="preflight", trial_id="preflight", number=0, spec_key=spec.key(),
             spec=spec.model_copy(update={"model": spec.model.model_copy(update={"build": build})}),
             workload=workload, state=TrialState.COMPLETE, started_at="", finished_at="")
-        check_config(server_config(probe, model_path), lib_dir, service_env(probe.spec, lib_dir))
+        check_config(server_config(probe, model_path), lib_dir, service_env(probe.spec, lib_dir, model_path))
 
 
 def check_records_identity(records: list[TrialRecord], study: str, sha256: str, device: Device,

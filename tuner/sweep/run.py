@@ -222,6 +222,7 @@ class Sweep(Finish):
         """The grid of the builds there are, and the preflight of its server config."""
         self.space, self.specs = self.plan_of(self.probes)
         offload.check_experts(self.layout, self.space.n_cpu_moe)
+        offload.check_parts(self.layout, self.space.ffn_on_host)
         if not self.specs:
             raise BadInput("the search space has no valid combination (n_ubatch must be <= "
                            "n_batch; a quantized V cache needs flash attention with kernels "
@@ -232,7 +233,8 @@ class Sweep(Finish):
         fit, device = self.fit, self.opts.device
         space = self.space_file or default_space(device, list(probes), fit.layers if fit else (),
                                                  attention=self.attention,
-                                                 experts=fit.experts if fit else ())
+                                                 experts=fit.experts if fit else (),
+                                                 parts=fit.parts if fit else ())
         return space, offload.keep_fitting(fit, grid(
             space, device, self.wl, lambda b, k, v: fa_supports(probes[b].flags, k, v)), self.wl)
 
@@ -437,7 +439,8 @@ class Sweep(Finish):
             now, line = walked
             self.events.note(line)
         self.fit = now
-        if (now.layers, now.experts) != (fit.layers, fit.experts) and not self.space_file:
+        if (now.layers, now.experts, now.parts) != (fit.layers, fit.experts, fit.parts) \
+                and not self.space_file:
             self.regrid()
 
     def regrid(self) -> None:

@@ -14,11 +14,13 @@ import traceback
 from contextlib import suppress
 from typing import Any
 
+from tuner.errors import TunerError
 from tuner.machine.cpus import default_threads
 from tuner.machine.interrupt import ignore_sigint_in_child
 from tuner.results.readings import GpuClocks, TrialState
-from tuner.settings import apply_model, environment
+from tuner.settings import apply_host_patterns, apply_model, environment
 from tuner.specs import ModelSettings
+from tuner.worker.llamaparams import ffn_on_host_of, patterns_of
 from tuner.worker.logcapture import LogCapture
 from tuner.worker.opproof import OP_PROOF
 from tuner.worker.protocol import (
@@ -127,7 +129,11 @@ def _serve(conn: Conn, ms: ModelSettings, job: WorkerJob) -> None:
             gpu = GpuMonitor(adopted.main_gpu)
         ms = adopted
 
-    model, load_seconds = _load(llama_cpp, job.model_path, ms)
+    try:
+        model, load_seconds = _load(llama_cpp, job.model_path, ms)
+    except (TunerError, ValueError) as e:  # the layer ffn_on_host needs: an unreadable header
+        send(conn, LoadFailed(**info, error=f"ffn_on_host: {e}", log=log.text()))
+        return
     if not model:
         send(conn, LoadFailed(**info, error=load_error(log.text()), log=log.text()))
         return
@@ -148,9 +154,12 @@ def _serve(conn: Conn, ms: ModelSettings, job: WorkerJob) -> None:
 
 def _load(llama_cpp: Any, model_path: str, ms: ModelSettings) -> tuple[Any, float]:
     """The model loaded with the model-level settings (NULL where llama.cpp refused it), and
-    the seconds the load took."""
+    the seconds the load took. The tensors kept on the host (experts, a layer's FFN matrices)
+    are one override list: the layer ffn_on_host names is read from the model's header."""
     mp = llama_cpp.llama_model_default_params()
     apply_model(llama_cpp, mp, ms)
+    ffn = ffn_on_host_of(model_path, ms)
+    apply_host_patterns(llama_cpp, mp, patterns_of(ms.n_cpu_moe, ffn))
     t0 = time.perf_counter()
     model = llama_cpp.llama_model_load_from_file(model_path.encode(), mp)
     return model, time.perf_counter() - t0

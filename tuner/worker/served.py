@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.machine import envvars
-from tuner.worker.llamaparams import hold_experts_on_host
+from tuner.worker.llamaparams import hold_on_host
 from tuner.worker.protocol import (
     SERVED_JOB,
     Conn,
@@ -248,7 +248,8 @@ def run_job(conn: Conn, raw_job: dict[str, Any], log_path: str,
     else:
         # The job's environment is the whole of what the service would get: a library folder
         # the caller's environment names (a stale build) must not reach the import.
-        for name in ("LLAMA_CPP_LIB_PATH", envvars.VARS["n_cpu_moe"].name):
+        for name in ("LLAMA_CPP_LIB_PATH", envvars.VARS["n_cpu_moe"].name,
+                     envvars.VARS["ffn_on_host"].name):
             if name not in job.env:
                 os.environ.pop(name, None)
         os.environ.pop("GGML_SCHED_DEBUG", None)
@@ -256,7 +257,8 @@ def run_job(conn: Conn, raw_job: dict[str, Any], log_path: str,
         redirect_stdio(log_path)
         try:
             # What the service's launcher applies from the same environment
-            hold_experts_on_host(envvars.current().n_cpu_moe)
+            env = envvars.current()
+            hold_on_host(env.n_cpu_moe, env.ffn_on_host)
             answer = handle(job)
         except Exception as e:  # noqa: BLE001 - reported to the parent, which raises
             answer = ServedFailed(error=f"{type(e).__name__}: {e}",

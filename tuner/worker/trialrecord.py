@@ -8,7 +8,13 @@ from datetime import datetime, timezone
 
 from tuner.builds.buildinfo import BuildFlags, find_system_info
 from tuner.evidence.opplacement import OpSummary, check_ops
-from tuner.evidence.placement import expect, is_full_offload, parse_load_log, verify
+from tuner.evidence.placement import (
+    expect,
+    is_full_offload,
+    parse_load_log,
+    part_layer,
+    verify,
+)
 from tuner.results.records import Environment, Measurement, Stat, TrialRecord, Verification, widest_spread
 from tuner.specs import TrialSpec, Workload
 from tuner.worker.outcome import Outcome
@@ -71,9 +77,15 @@ def make_record(study: str, number: int, spec: TrialSpec, wl: Workload, outcome:
     if data is not None and evidence is not None:
         v = verify(evidence, expect(spec, wl, expected_variant), flags)
         # Layers are proven by the load log, operations by the scheduler's report: both count.
-        ops = check_ops(data.op_log, spec.model.device,
-                        full_offload=is_full_offload(evidence, spec.model.n_gpu_layers),
-                        error=data.op_error, experts_on_host=spec.model.n_cpu_moe)
+        m = spec.model
+        full = is_full_offload(evidence, m.n_gpu_layers)
+        # At full offload, the nodes of the layers whose weights stay on the host run there:
+        # the first n_cpu_moe, and the layer ffn_on_host keeps part of the FFN of
+        part = part_layer(evidence, m.ffn_on_host, m.n_gpu_layers, m.n_cpu_moe) if full else None
+        ops = check_ops(data.op_log, m.device, full_offload=full, error=data.op_error,
+                        experts_on_host=max(m.n_cpu_moe, -1 if part is None else part + 1),
+                        weights_on_host="experts or FFN matrices" if part is not None
+                        else "experts")
         verdict = Verification(verified=v.verified and ops.verified is not False,
                                summary=f"{v.summary}; {ops.summary}",
                                reasons=[*v.reasons, *ops.reasons])
