@@ -216,8 +216,10 @@ def compare(a: argparse.Namespace) -> int:
         for n in sorted(near):
             if n < 0 or (measured is not None and n > measured):
                 continue
-            if (r := _bench(a.bench, a.model, n, tk, fa)) is not None:
-                rows.append(r)
+            # in both load modes: llama-bench's best counts the mode the search can choose
+            for lm in ("mmap", "none"):
+                if (r := _bench(a.bench, a.model, n, tk, fa, ["-lm", lm])) is not None:
+                    rows.append({**r, "lm": lm})
             # Kept as it goes: a lease that ends mid-compare still brings these back.
             (a.out / "partial-offload.partial.json").write_text(json.dumps(
                 {"boundaries": bounds, "llama_bench": rows, "searched_layers": searched},
@@ -237,6 +239,9 @@ def compare(a: argparse.Namespace) -> int:
         part = ffn_on_host_of(a.model, best.spec.model)
         if part is not None:
             threads += ["-ot", f"{ffn_host_pattern(part.layer, part.part)}=CPU"]
+        # the winner's load mode (use_mmap off: -lm none); the other one measured below
+        mode, other = (["-lm", "mmap"], ["-lm", "none"]) if best.spec.model.use_mmap \
+            else (["-lm", "none"], ["-lm", "mmap"])
         k = best.spec.model.n_cpu_moe
         ngl = layout.n_offloadable if best.spec.model.n_gpu_layers < 0 else \
             best.spec.model.n_gpu_layers
@@ -245,24 +250,24 @@ def compare(a: argparse.Namespace) -> int:
                 continue
             moe = ["-ncmoe", str(each)] if each else []
             row = _bench(a.bench, a.model, ngl, c.type_k, int(bool(c.flash_attn)),
-                         threads + moe, ub=c.n_ubatch)
+                         threads + moe + mode, ub=c.n_ubatch)
             if row is None:
                 continue
             row["n_cpu_moe"] = each
+            row["lm"] = mode[1]
             row["ffn_on_host"] = best.spec.model.ffn_on_host
             if each == k:
                 row["tuner_winner"] = True
                 winner_row = row
             rows.append(row)
-    # The same with the host's weights loaded without mmap (-lm none: a pinned CUDA host
-    # buffer, which op offload uploads a prompt's host weights from faster); the services load
-    # with mmap (llama_cpp.server's use_mmap, kept on): is the load mode worth a setting? Not
-    # among the rows: no trial could choose it.
+    # The same in the other load mode (-lm none: the host's weights in a pinned CUDA host
+    # buffer, which op offload uploads a prompt's weights from faster; -lm mmap: mapped from
+    # the file): how much the search's choice of use_mmap was worth. Not among the rows.
     unmapped = None
     if winner_row is not None and best is not None:
         moe = ["-ncmoe", str(k)] if k else []
         unmapped = _bench(a.bench, a.model, ngl, c.type_k, int(bool(c.flash_attn)),
-                          threads + moe + ["-lm", "none"], ub=c.n_ubatch)
+                          threads + moe + other, ub=c.n_ubatch)
     fastest = min((r for r in rows if "request_s" in r), key=lambda r: r["request_s"],
                   default=None)
     # llama.cpp's own fit at the sweep's context (the layers it moves), its llama-bench figures,
@@ -280,7 +285,7 @@ def compare(a: argparse.Namespace) -> int:
             budget_lines.append(line)
     tb: dict[str, Any] | None = None if best is None else {
         "ngl": best.spec.model.n_gpu_layers, "n_cpu_moe": best.spec.model.n_cpu_moe,
-        "ffn_on_host": best.spec.model.ffn_on_host,
+        "ffn_on_host": best.spec.model.ffn_on_host, "use_mmap": best.spec.model.use_mmap,
         "kv": best.spec.context.type_k,
         "fa": best.spec.context.flash_attn, "n_ubatch": best.spec.context.n_ubatch,
         "threads": best.spec.context.n_threads, "request_s": best.objective,
@@ -304,13 +309,14 @@ def compare(a: argparse.Namespace) -> int:
             print(f"experts on the host, kv {tk}: the plan's fewest n_cpu_moe "
                   f"{b['experts_predicted']}, llama-bench's fewest {b['experts_measured']}")
     print()
-    print("| ngl | n_cpu_moe | kv | fa | n_ubatch | pp t/s | tg t/s | request s (2048/pp + "
-          "128/tg) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| ngl | n_cpu_moe | kv | fa | n_ubatch | load mode | pp t/s | tg t/s | request s "
+          "(2048/pp + 128/tg) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mark = " (tuner's winner)" if r.get("tuner_winner") else ""
         mark += f" ffn_on_host {r['ffn_on_host']}" if r.get("ffn_on_host") else ""
         print(f"| {r['ngl']}{mark} | {r.get('n_cpu_moe', 0)} | {r['kv']} | {r['fa']} | {r['ub']} | "
+              f"{r.get('lm', 'mmap')} | "
               f"{r.get('pp_tps', 0):,.0f} | {r.get('tg_tps', 0):.1f} | "
               f"{r.get('request_s', 0):.3f} |")
     print()
@@ -328,8 +334,8 @@ def compare(a: argparse.Namespace) -> int:
     if tb and fit_row and fit_row.get("request_s"):
         print(f"tuner / llama.cpp fit request time: {tb['request_s'] / fit_row['request_s']:.3f}")
     if winner_row and unmapped and winner_row.get("request_s") and unmapped.get("request_s"):
-        print(f"llama-bench at tuner's winner, load mode none / mmap request time: "
-              f"{unmapped['request_s'] / winner_row['request_s']:.3f} (pp "
+        print(f"llama-bench at tuner's winner, the other load mode ({other[1]}) / its own "
+              f"request time: {unmapped['request_s'] / winner_row['request_s']:.3f} (pp "
               f"{unmapped['pp_tps']:,.0f} vs {winner_row['pp_tps']:,.0f} t/s)")
     if winner_row and fit_row and winner_row.get("request_s") and fit_row.get("request_s"):
         print(f"llama-bench at tuner's winner / at llama.cpp's fit request time: "

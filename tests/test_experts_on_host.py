@@ -413,13 +413,16 @@ def test_the_benchmarks_compare_measures_experts_on_the_host(
           if "-ncmoe" in line and "-n 1 " not in line + " "]
     assert {"1", "2", "3"} <= set(ks), ks
     # the CPU sweep's winner has n_gpu_layers 0 (a CUDA one's -1 is benched at all 5)
-    assert "| 0 (tuner's winner) | 2 |" in proc.stdout, proc.stdout
+    assert "| 0 (tuner's winner) | 2 | f16 | 0 | 32 | mmap |" in proc.stdout, proc.stdout
     data = json.loads((tmp_path / "out" / "partial-offload.json").read_text())
-    assert data["tuner_best"]["n_cpu_moe"] == 2
-    # and the winner again with the host's weights not mapped (is the load mode worth a setting?)
-    assert any("-ncmoe 2" in line and "-lm none" in line for line in log.read_text().splitlines())
+    assert data["tuner_best"]["n_cpu_moe"] == 2 and data["tuner_best"]["use_mmap"] is True
+    # the winner in its own load mode, then in the other (what the search's choice was worth)
+    lines = log.read_text().splitlines()
+    assert any("-ncmoe 2" in line and "-lm mmap" in line for line in lines)
+    assert any("-ncmoe 2" in line and "-lm none" in line for line in lines)
     assert data["llama_bench_at_winner_load_none"] is not None
-    assert "llama-bench at tuner's winner, load mode none / mmap request time: " in proc.stdout
+    assert "llama-bench at tuner's winner, the other load mode (none) / its own request " \
+           "time: " in proc.stdout
     assert walked in proc.stdout.splitlines() and "trial 1 ..." not in proc.stdout
     assert data["time_budget"] == [walked]
 

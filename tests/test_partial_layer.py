@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,7 @@ import pytest
 from tests.partial_fixture import partial_log
 from tests.server_run import complete, free_port, running_server
 from tests.test_llamaserver import BUILDS
+from tests.worker_load import worker_load_log
 from tuner.deploy.llamaserver import (
     find_server,
     process_env,
@@ -60,20 +58,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _worker_load_log(model: Path, ngl: int, part: str, tmp: Path, n_cpu_moe: int = 0) -> str:
-    """The real load log of the trial worker's own load (tuner/worker/main.py ``_load``: the
-    setting's layer read from the model's header) on this machine's CPU build."""
-    code = ("import sys, llama_cpp\n"
-            "from tuner.worker.main import _load\n"
-            "from tuner.specs import ModelSettings\n"
-            "llama_cpp.llama_backend_init()\n"
-            f"model, _ = _load(llama_cpp, sys.argv[1], ModelSettings(n_gpu_layers={ngl}, "
-            f"ffn_on_host={part!r}, n_cpu_moe={n_cpu_moe}))\n"
-            "assert model\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True,
-                          text=True, timeout=120, check=False, cwd=tmp,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stderr
+    return worker_load_log(model, tmp, n_gpu_layers=ngl, ffn_on_host=part, n_cpu_moe=n_cpu_moe)
 
 
 @pytest.mark.parametrize(("ngl", "part", "layer", "moved"), [

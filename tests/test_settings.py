@@ -31,6 +31,7 @@ SAMPLES: dict[str, object] = {
     "tensor_split": [3.0, 1.0],
     "n_batch": 1024, "n_ubatch": 256, "flash_attn": True, "kv_cache": "q8_0/q8_0",
     "n_threads": 3, "op_offload": False, "n_cpu_moe": 2, "ffn_on_host": "down",
+    "use_mmap": False,
 }
 
 

@@ -388,6 +388,13 @@ def apply_host_patterns(lc: Any, params: Any, patterns: tuple[str, ...]) -> None
     params.tensor_buft_overrides = ctypes.addressof(array)
 
 
+def _apply_load_mode(lc: Any, params: Any, ms: Any) -> None:
+    """llama_model_params.load_mode as llama-cpp-python's ``Llama(use_mmap=...)`` sets it
+    (use_mlock off): mapped from the file, or read into the backend's host buffers (for a CUDA
+    build pinned memory, which op offload uploads a prompt's host weights from faster)."""
+    params.load_mode = lc.LLAMA_LOAD_MODE_MMAP if ms.use_mmap else lc.LLAMA_LOAD_MODE_NONE
+
+
 def _apply_kv(lc: Any, params: Any, cs: Any) -> None:
     params.type_k = KV_TYPES[cs.type_k]
     params.type_v = KV_TYPES[cs.type_v]
@@ -445,6 +452,15 @@ SETTINGS: tuple[Setting, ...] = (
         doc="FFN matrices of the first GPU layer kept in host memory: gate+up+down (its "
             "attention alone on the GPU), gate+down, down (empty: none); llama.cpp's fit "
             "places the layer past the most that fit whole so"),
+    Setting(
+        name="use_mmap", level="model", value_type=bool, default=True, column="mmap",
+        cell=lambda s: _on(s.model.use_mmap), shown=False, label_rank=53,
+        label=lambda s: None if s.model.use_mmap else "no-mmap", apply=_apply_load_mode,
+        server=lambda s: {"use_mmap": bool(s.model.use_mmap)},
+        expect=lambda s: {"load_mode": "mmap" if s.model.use_mmap else "none"},
+        doc="map the model file (llama.cpp's load mode mmap) or read it into host buffers "
+            "(none: pinned memory on a CUDA build, where the host's layers upload faster "
+            "for a prompt); llama_cpp.server's use_mmap, llama-server's -lm"),
     Setting(
         name="cuda_graphs", level="model", value_type=bool, default=True, column="graphs",
         cell=lambda s: _on(s.model.cuda_graphs), label=_graphs_label, label_rank=60,

@@ -160,13 +160,15 @@ def _flag(key: str, value: Any, spec: TrialSpec) -> list[str]:
         return ["-ctv", spec.context.type_v]
     if key == "flash_attn":
         return ["-fa", _ON_OFF[bool(value)]]
+    if key == "use_mmap":  # llama-server's default load mode maps the file where it can
+        return [] if value else ["-lm", "none"]
     simple = {"main_gpu": "-mg", "n_batch": "-b", "n_ubatch": "-ub", "n_ctx": "-c",
               "n_threads": "-t", "n_threads_batch": "-tb"}
     if key in simple:
         return [simple[key], str(value)]
     # llama_cpp.server's fixed fields: llama-server's defaults already match, or its flag.
     fixed: dict[tuple[str, Any], list[str]] = {
-        ("offload_kqv", True): [], ("use_mmap", True): [], ("use_mlock", False): [],
+        ("offload_kqv", True): [], ("use_mlock", False): [],
         ("logits_all", False): [], ("embedding", False): [], ("verbose", True): [],
         # llama_cpp.server's prompt cache off; llama-server's RAM prompt cache likewise.
         ("cache", False): ["--cache-ram", "0"],

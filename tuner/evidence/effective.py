@@ -12,7 +12,7 @@ n_threads_batch   cores                        cores            same as n_thread
 n_ctx             2048                         512              workload's n_ctx
 n_gpu_layers      0                            0                trial's (-1: all)
 use_mlock         llama_supports_mlock() (on)  False            False
-use_mmap          llama_supports_mmap()        True             True
+use_mmap          llama_supports_mmap()        True             trial's (mmap unless asked)
 flash_attn        False                        False            trial's
 type_k / type_v   None (f16)                   None (f16)       trial's
 offload_kqv       True                         True             True
@@ -39,7 +39,6 @@ FIXED: dict[str, Any] = {
     "offload_kqv": True,
     "logits_all": False,
     "embedding": False,
-    "use_mmap": True,
     "use_mlock": False,
     "cache": False,
     # The server passes verbose to Llama: the load log on stderr is how `tuner verify`

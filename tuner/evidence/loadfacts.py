@@ -46,6 +46,9 @@ class PlacementEvidence(Frozen):
     # type overridden to CPU"): name -> buffer type
     overridden: dict[str, str] = Field(default_factory=dict)
     flash_attn: str | None = None
+    # "loading model tensors, ... (load_mode = mmap)": how the weights were read (None: the log
+    # does not say, as releases before the load modes)
+    load_mode: str | None = None
     n_ctx: int | None = None
     n_batch: int | None = None
     n_ubatch: int | None = None
@@ -71,6 +74,8 @@ class Expectation(Frozen):
     # The FFN matrices of the first GPU layer kept in host memory (tuner.settings.FFN_ON_HOST;
     # empty: none)
     ffn_on_host: str = ""
+    # llama.cpp's load mode the log must name ("mmap", "none"; None: not checked)
+    load_mode: str | None = None
     tensor_split: tuple[float, ...] | None = None
     build: str | None = None
     type_k: str | None = None

@@ -47,6 +47,7 @@ _FAILURE = re.compile(r"\b(?:error|failed|failure|out of memory|GGML_ASSERT)", r
 _USING_DEVICE = re.compile(r"using device (\S+) \(")
 _OVERRIDDEN = re.compile(r"^tensor (\S+) \(.*\) buffer type overridden to (\S+)")
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
+_LOAD_MODE = re.compile(r"\(load_mode = ([\w+]+)\)")
 
 _MODEL_HEADS = ("load_tensors", "llm_load_tensors")
 _CONTEXT_HEADS = ("llama_context", "llama_new_context_with_model", "llama_init_from_model")
@@ -85,6 +86,7 @@ class _LoadLogReader:
     state_buf: dict[str, float] = field(default_factory=dict)
     ctx: dict[str, int] = field(default_factory=dict)
     offloaded: tuple[int, int] | None = None
+    load_mode: str | None = None
     flash: str | None = None
     kv_types: tuple[str, str] | None = None
     errors: list[str] = field(default_factory=list)
@@ -122,6 +124,8 @@ class _LoadLogReader:
             self.layers, self.model_buf, self.offloaded = {}, {}, None
             self.overridden = {}
             self.devices_closed = True
+            m = _LOAD_MODE.search(rest)
+            self.load_mode = m.group(1) if m else None
         elif m := _LAYER.match(rest):
             self.layers[int(m.group(1))] = m.group(2)
         elif m := _OFFLOADED.search(rest):
@@ -198,6 +202,7 @@ class _LoadLogReader:
             compute_buffers_mib=self.compute_buf,
             state_buffers_mib=self.state_buf,
             flash_attn=self.flash,
+            load_mode=self.load_mode,
             n_ctx=self.ctx.get("n_ctx"),
             n_batch=self.ctx.get("n_batch"),
             n_ubatch=self.ctx.get("n_ubatch"),
@@ -249,11 +254,23 @@ def verify(evidence: PlacementEvidence, expectation: Expectation,
             and (got := variant_of(flags)) != expectation.build):
         reasons.append(f"expected build {expectation.build}, library reports {got}")
     reasons += _context_reasons(evidence, expectation)
+    reasons += load_mode_reasons(evidence, expectation.load_mode)
     ex = expectation
     reasons += experts_reasons(evidence, ex.n_cpu_moe,
                                part_layer(evidence, ex.ffn_on_host, ex.n_gpu_layers, ex.n_cpu_moe))
     reasons += ffn_reasons(evidence, ex.ffn_on_host, ex.n_gpu_layers, ex.n_cpu_moe)
     return Verdict(verified=not reasons, reasons=reasons, summary=summarize(evidence, flags))
+
+
+def load_mode_reasons(ev: PlacementEvidence, want: str | None) -> list[str]:
+    """Whether the load read the weights as asked: the log's load mode is the one asked, and a
+    log that names none (a release before the load modes, which always mapped the file) proves
+    only the default, mmap."""
+    if want is None or ev.load_mode == want or (ev.load_mode is None and want == "mmap"):
+        return []
+    if ev.load_mode is None:
+        return [f"the log does not show the load mode (expected {want})"]
+    return [f"load mode {ev.load_mode} in the log, expected {want}"]
 
 
 def experts_reasons(ev: PlacementEvidence, n_cpu_moe: int,
@@ -556,7 +573,8 @@ def summarize(evidence: PlacementEvidence, build: BuildFlags | None = None) -> s
         kv = "no KV cache, recurrent state on " + ", ".join(sorted(evidence.state_buffers_mib))
     else:
         kv = "KV cache not in the log"
-    return (f"{layers}{_moved_text(evidence)}, {kv}, "
+    mode = f", load mode {evidence.load_mode}" if evidence.load_mode not in (None, "mmap") else ""
+    return (f"{layers}{_moved_text(evidence)}, {kv}{mode}, "
             f"build {variant_of(flags) if flags else 'unknown'}")
 
 
