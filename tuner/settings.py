@@ -449,9 +449,10 @@ SETTINGS: tuple[Setting, ...] = (
         deployed_by="the service's environment (TUNER_FFN_ON_HOST), read by python -m "
                     "tuner.deploy.serverlaunch",
         expect=lambda s: {"ffn_on_host": s.model.ffn_on_host},
-        doc="FFN matrices of the first GPU layer kept in host memory: gate+up+down (its "
-            "attention alone on the GPU), gate+down, down (empty: none); llama.cpp's fit "
-            "places the layer past the most that fit whole so"),
+        doc="FFN matrices kept in host memory of the layer where the host's share ends (the "
+            "first GPU layer; with n_cpu_moe K, layer K): gate+up+down (its attention alone "
+            "on the GPU), gate+down, down (empty: none), as llama.cpp's fit places a partial "
+            "layer"),
     Setting(
         name="use_mmap", level="model", value_type=bool, default=True, column="mmap",
         cell=lambda s: _on(s.model.use_mmap), shown=False, label_rank=53,

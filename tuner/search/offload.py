@@ -38,9 +38,11 @@ PROBE_ABOVE = 1
 # n_ubatch) to these many more (a larger n_ubatch's compute buffer needs room), and one fewer to
 # probe the plan.
 EXPERTS_ABOVE_FEWEST = (0, 1, 2)
-# A dense model: past the most layers that fit whole, the next layer with part of its FFN on the
-# host (the setting ffn_on_host; llama.cpp's own fit places such a partial layer): per setting,
-# the part that keeps the most on the GPU the plan fits, and the next one up to probe the plan.
+# Where the whole layer stops fitting (a dense model's layer past the most that fit whole; a
+# mixture's layer past one fewer layers' experts on the host than the fewest that fit), that
+# layer with part of its FFN on the host (the setting ffn_on_host; llama.cpp's own fit places
+# such a partial layer): per setting, the part that keeps the most on the GPU the plan fits,
+# and the next one up to probe the plan.
 FFN_PARTS = tuple(FFN_ON_HOST)  # least on the GPU first
 PLANNED_REFUSAL = "does not fit by the memory plan"  # no_longer_fits's verdict: no load tried
 
@@ -55,8 +57,8 @@ class OffloadPlan:
     # The n_cpu_moe counts searched with every layer on the GPU (empty: a dense model, or
     # experts on the host do not make it fit)
     experts: tuple[int, ...] = ()
-    # The ffn_on_host values searched at the layer past the most that fit whole (empty: a
-    # mixture of experts, or no such layer)
+    # The ffn_on_host values searched where the whole layer stops fitting (empty: the model
+    # fits whole, or a mixture of experts that experts on the host do not make fit)
     parts: tuple[str, ...] = ()
     # The process overhead measured by a trial (calibrate), once there is one; the plan's
     # budget then holds it.
@@ -384,8 +386,8 @@ def prepare(layout: memplan.ModelLayout | None, wl: Workload, max_vram_mib: floa
                          "fewer to probe the plan, a layer fewer each time such a probe "
                          "loads)")
         if op.parts:
-            lines.append("memory plan: and, at the layer past the most that fit whole, that "
-                         "layer with part of its FFN on the host (ffn_on_host "
+            lines.append("memory plan: and, where the whole layer stops fitting, that layer "
+                         "with part of its FFN on the host (ffn_on_host "
                          f"{', '.join(op.parts)}: the part that keeps the most on the GPU the "
                          "plan fits, and the next one to probe it), as llama.cpp's own fit "
                          "places a partial layer")
@@ -481,11 +483,12 @@ def boundary_lines(op: OffloadPlan, records: list[TrialRecord], wl: Workload) ->
             continue
         ctx = dataclasses.replace(spec_context(r.spec, wl), experts_on_host=0)
         loaded, failed = seen.setdefault((ctx, k > 0), ([], []))
+        count = k or _asked(op.plan.layout, r.spec)
         if r.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            loaded.append(k or n)
+            loaded.append(count)
         elif (r.state is TrialState.INFEASIBLE
               and not (r.error or "").startswith(PLANNED_REFUSAL)):
-            failed.append(k or n)
+            failed.append(count)
     out, budget = [], op.predicted or op.plan.budget
     def order(key: tuple[Context, bool]) -> tuple[str, str, int, bool, bool, str]:
         c, experts = key
