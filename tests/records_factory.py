@@ -58,6 +58,7 @@ def make_record(
     device: str = "cuda",
     n_gpu_layers: int = -1,
     n_cpu_moe: int = 0,
+    ffn_on_host: str = "",
     cuda_graphs: bool = True,
     n_batch: int = 512,
     n_ubatch: int = 512,
@@ -74,7 +75,8 @@ def make_record(
     gets none, and the ``error`` (a default one per state when not given)."""
     spec = TrialSpec(
         model=ModelSettings(build=build, device=device, n_gpu_layers=n_gpu_layers,
-                            n_cpu_moe=n_cpu_moe, cuda_graphs=cuda_graphs),
+                            n_cpu_moe=n_cpu_moe, ffn_on_host=ffn_on_host,
+                            cuda_graphs=cuda_graphs),
         context=ContextSettings(n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn,
                                 type_k=type_k, type_v=type_v, n_threads=n_threads),
     )

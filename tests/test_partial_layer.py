@@ -380,3 +380,34 @@ def test_a_mixture_of_experts_searches_parts_beside_one_fewer_layers_experts(
         fewest = memplan.fewest_experts_on_host(layout, budget, dataclasses.replace(
             offload.spec_context(s, wl), ffn_on_host=""))
         assert s.model.n_gpu_layers == -1 and s.model.n_cpu_moe == (fewest or 0) - 1
+
+
+def test_the_boundary_lines_and_the_report_name_the_part(sparse_7b: Path) -> None:
+    """TEST DATA records (tests/records_factory.py) of the sparse 7B file under the FAKE budget:
+    the part's own boundary line beside the whole layers'; a winner with a part is reported
+    with the layer's FFN on the host, and the whole layer past it as more on the GPU."""
+    from tests.records_factory import make_record
+    from tuner.reports.offloadview import offload_lines
+    from tuner.results.records import TrialState
+
+    layout = memplan.read_layout(sparse_7b)
+    budget, most = _gate_down_fits(layout)
+    plan = memplan.make_plan(layout, WL.n_ctx, budget)
+    op = offload.OffloadPlan(plan=plan, layers=offload.search_layers(plan),
+                             parts=offload.search_parts(plan))
+    same = {"n_batch": 2048, "n_ubatch": 512, "flash_attn": True, "workload": WL,
+            "model_path": str(sparse_7b)}
+    records = [make_record(1, n_gpu_layers=most, request_s=1.1, **same),
+               make_record(2, n_gpu_layers=most + 1, ffn_on_host="gate+down", **same),
+               make_record(3, n_gpu_layers=most + 1, state=TrialState.INFEASIBLE,
+                           error="worker died at load (out of memory)", **same)]
+    head = "memory plan against loads: kv f16/f16 n_ubatch 512 flash_attn on"
+    lines = offload.boundary_lines(op, records, WL)
+    assert f"{head}: planned {most}, loaded up to {most}, failed to load at {most + 1}" in lines
+    assert f"{head} ffn_on_host gate+down: planned {most + 1}, loaded up to {most + 1}" in lines
+    winner = records[1].model_copy(update={"placement": {"total_layers": 29}})
+    text = "\n".join(offload_lines(winner, records))
+    assert text.startswith(f"{most + 1}/29 layers on the GPU, the FFN gate+down of the first of "
+                           "them in host memory (partial offload, ffn_on_host gate+down)")
+    assert f"more on the GPU did not fit: ngl {most + 1} infeasible" in text
+    assert "memory plan MiB: GPU model " in text
