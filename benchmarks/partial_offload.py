@@ -164,6 +164,17 @@ def fit_choice(bench: Path, model: Path, n_ctx: int | None) -> dict[str, Any]:
             "args": m[0]}
 
 
+def part_args(model: Path, ms: Any, n_cpu_moe: int) -> list[str]:
+    """llama-bench's ``-ot`` for the ModelSettings ``ms``'s part of a layer's FFN on the host
+    (ffn_on_host) at ``n_cpu_moe`` layers' experts on the host (the part's layer follows
+    theirs); none without a part."""
+    from tuner.settings import ffn_host_pattern
+    from tuner.worker.llamaparams import ffn_on_host_of
+
+    part = ffn_on_host_of(model, ms.model_copy(update={"n_cpu_moe": n_cpu_moe}))
+    return [] if part is None else ["-ot", f"{ffn_host_pattern(part.layer, part.part)}=CPU"]
+
+
 def _fit_row(bench: Path, model: Path, fit: dict[str, Any]) -> dict | None:
     """llama-bench at llama.cpp's fit: its layers and tensor overrides, llama.cpp's defaults
     otherwise (f16 cache, flash attention auto, n_ubatch 512, n_batch 2048)."""
@@ -228,17 +239,15 @@ def compare(a: argparse.Namespace) -> int:
     # and CPU threads where it chose them): the comparison in one tool's measure.
     # A winner with experts on the host (n_cpu_moe K, every layer on the GPU): llama-bench's
     # -ncmoe at K and one fewer (the faster, if it loads) and one more, the same cache. A winner
-    # with part of its first GPU layer's FFN on the host (ffn_on_host): the same -ot override.
+    # with part of a layer's FFN on the host (ffn_on_host): the same -ot override, of the layer
+    # after each count's experts.
     winner_row = None
     if best is not None:
-        from tuner.settings import ffn_host_pattern
-        from tuner.worker.llamaparams import ffn_on_host_of
-
         c = best.spec.context
         threads = ["-t", str(c.n_threads)] if c.n_threads else []
-        part = ffn_on_host_of(a.model, best.spec.model)
-        if part is not None:
-            threads += ["-ot", f"{ffn_host_pattern(part.layer, part.part)}=CPU"]
+
+        def part_at(each: int) -> list[str]:
+            return part_args(a.model, best.spec.model, each)
         # the winner's load mode (use_mmap off: -lm none); the other one measured below
         mode, other = (["-lm", "mmap"], ["-lm", "none"]) if best.spec.model.use_mmap \
             else (["-lm", "none"], ["-lm", "mmap"])
@@ -250,7 +259,7 @@ def compare(a: argparse.Namespace) -> int:
                 continue
             moe = ["-ncmoe", str(each)] if each else []
             row = _bench(a.bench, a.model, ngl, c.type_k, int(bool(c.flash_attn)),
-                         threads + moe + mode, ub=c.n_ubatch)
+                         threads + moe + part_at(each) + mode, ub=c.n_ubatch)
             if row is None:
                 continue
             row["n_cpu_moe"] = each
@@ -267,7 +276,7 @@ def compare(a: argparse.Namespace) -> int:
     if winner_row is not None and best is not None:
         moe = ["-ncmoe", str(k)] if k else []
         unmapped = _bench(a.bench, a.model, ngl, c.type_k, int(bool(c.flash_attn)),
-                          threads + moe + other, ub=c.n_ubatch)
+                          threads + moe + part_at(k) + other, ub=c.n_ubatch)
     fastest = min((r for r in rows if "request_s" in r), key=lambda r: r["request_s"],
                   default=None)
     # llama.cpp's own fit at the sweep's context (the layers it moves), its llama-bench figures,

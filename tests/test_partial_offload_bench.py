@@ -138,3 +138,22 @@ def test_a_mixture_of_experts_shape_is_made_and_sized(tmp_path: Path,
     layout = memplan.read_layout(out)
     assert layout.n_layer == 3 and layout.n_expert == 4
     assert all(b == 3 * 4 * 64 * 128 * 2 for b in layout.expert_bytes)  # f16
+
+
+def test_the_compare_benches_a_winners_part_of_a_layer_after_each_count(tmp_path: Path) -> None:
+    """llama-bench at a winner with experts on the host and part of the next layer's FFN there
+    (n_cpu_moe 2, ffn_on_host down) runs at K - 1, K and K + 1 with the part's -ot of the layer
+    after each count's experts; a dense winner's part is its first GPU layer's; none without."""
+    from tuner.models.archgen import write_qwen3moe
+    from tuner.models.modelgen import SHAPES, write_llama
+    from tuner.specs import ModelSettings
+
+    part_args = _module().part_args
+    moe = write_qwen3moe(tmp_path / "moe.gguf", n_layer=4)
+    ms = ModelSettings(n_gpu_layers=-1, n_cpu_moe=2, ffn_on_host="down")
+    assert [part_args(moe, ms, k) for k in (1, 2, 3)] == [
+        ["-ot", rf"blk\.{il}\.ffn_down=CPU"] for il in (1, 2, 3)]
+    dense = write_llama(tmp_path / "d.gguf", **{**SHAPES["tiny"], "n_layer": 4})
+    assert part_args(dense, ModelSettings(n_gpu_layers=3, ffn_on_host="gate+down"), 0) == [
+        "-ot", r"blk\.2\.ffn_(gate|gate_up|down)=CPU"]
+    assert part_args(dense, ModelSettings(n_gpu_layers=3), 0) == []
