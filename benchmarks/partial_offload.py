@@ -168,11 +168,9 @@ def part_args(model: Path, ms: Any, n_cpu_moe: int) -> list[str]:
     """llama-bench's ``-ot`` for the ModelSettings ``ms``'s part of a layer's FFN on the host
     (ffn_on_host) at ``n_cpu_moe`` layers' experts on the host (the part's layer follows
     theirs); none without a part."""
-    from tuner.settings import ffn_host_pattern
-    from tuner.worker.llamaparams import ffn_on_host_of
+    from tuner.deploy.llamaserver import ffn_override_args
 
-    part = ffn_on_host_of(model, ms.model_copy(update={"n_cpu_moe": n_cpu_moe}))
-    return [] if part is None else ["-ot", f"{ffn_host_pattern(part.layer, part.part)}=CPU"]
+    return ffn_override_args(model, ms.model_copy(update={"n_cpu_moe": n_cpu_moe}))
 
 
 def _fit_row(bench: Path, model: Path, fit: dict[str, Any]) -> dict | None:

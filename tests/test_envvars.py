@@ -11,7 +11,8 @@ import pytest
 from tests.cli_run import one_line_error, tuner
 from tests.spaces import write_space
 from tuner.errors import BadInput
-from tuner.machine.envvars import VARS, FfnOnHost, read
+from tuner.machine.envvars import VARS, read
+from tuner.settings import FfnOnHost
 
 BAD = [
     ({"TUNER_STALE_S": "-1"}, "TUNER_STALE_S"),

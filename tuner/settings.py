@@ -334,6 +334,22 @@ def ffn_host_pattern(il: int, part: str) -> str:
     return rf"blk\.{il}\.{FFN_ON_HOST[part]}"
 
 
+@dataclass(frozen=True)
+class FfnOnHost:
+    """The setting ffn_on_host resolved against a model: one layer's FFN matrices kept in host
+    memory, ``part`` a key of FFN_ON_HOST."""
+
+    layer: int
+    part: str
+
+    def text(self) -> str:
+        """"14:gate+down", as the deployment's environment names it (TUNER_FFN_ON_HOST)."""
+        return f"{self.layer}:{self.part}"
+
+    def pattern(self) -> str:
+        return ffn_host_pattern(self.layer, self.part)
+
+
 # The spec field's type: none, or one of FFN_ON_HOST
 FFN_PART_TYPE: Any = Literal.__getitem__(("", *FFN_ON_HOST))
 
@@ -351,14 +367,12 @@ _OVERRIDES: dict[tuple[str, ...], Any] = {}
 GGML_BACKEND_DEVICE_TYPE_CPU = 0  # enum ggml_backend_dev_type (ggml-backend.h)
 
 
-def host_patterns(n_cpu_moe: int, ffn_layer: int | None, ffn_part: str) -> tuple[str, ...]:
+def host_patterns(n_cpu_moe: int, ffn: FfnOnHost | None) -> tuple[str, ...]:
     """The tensor patterns a load keeps in host memory: the expert weights of the first
-    ``n_cpu_moe`` layers, and the FFN matrices ``ffn_part`` of layer ``ffn_layer`` (past
-    them: no tensor matches two)."""
+    ``n_cpu_moe`` layers, and the FFN matrices ``ffn`` (of a layer past them: no tensor
+    matches two)."""
     out = tuple(layer_experts_pattern(il) for il in range(max(n_cpu_moe, 0)))
-    if ffn_part and ffn_layer is not None:
-        out += (ffn_host_pattern(ffn_layer, ffn_part),)
-    return out
+    return out + ((ffn.pattern(),) if ffn else ())
 
 
 def apply_host_patterns(lc: Any, params: Any, patterns: tuple[str, ...]) -> None:

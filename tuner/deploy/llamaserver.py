@@ -42,7 +42,7 @@ from tuner.machine.envvars import VARS
 from tuner.machine.output import replace_files
 from tuner.machine.tempdirs import temp_dir
 from tuner.results.records import ServedFigures
-from tuner.settings import ffn_host_pattern, split_mode_name
+from tuner.settings import split_mode_name
 from tuner.specs import Frozen, TrialSpec, Workload
 from tuner.worker.llamaparams import ffn_on_host_of
 
@@ -140,9 +140,16 @@ def server_args(spec: TrialSpec, workload: Workload, model_path: str, threads: i
         args.append("--no-op-offload")
     if spec.model.n_cpu_moe:
         args += ["--n-cpu-moe", str(spec.model.n_cpu_moe)]
-    if ffn := ffn_on_host_of(model, spec.model):
-        args += ["-ot", f"{ffn_host_pattern(ffn.layer, ffn.part)}=CPU"]
+    args += ffn_override_args(model, spec.model)
     return args + list(extra) + ["--host", host, "--port", str(port)]
+
+
+def ffn_override_args(model_path: str | os.PathLike[str], ms: Any) -> list[str]:
+    """llama-server's (and llama-bench's) ``-ot <pattern>=CPU`` for the ModelSettings ``ms``'s
+    part of a layer's FFN on the host (ffn_on_host), resolved against the model; none
+    without one."""
+    ffn = ffn_on_host_of(model_path, ms)
+    return [] if ffn is None else ["-ot", f"{ffn.pattern()}=CPU"]
 
 
 def _flag(key: str, value: Any, spec: TrialSpec) -> list[str]:

@@ -309,7 +309,7 @@ def part_layer(ev: PlacementEvidence, part: str, n_gpu_layers: int,
     where llama.cpp starts the GPU's layers for ``n_gpu_layers``, or the layer after the
     first ``n_cpu_moe`` layers' experts (tuner.settings.ffn_host_layer); None for no part or
     where the log cannot tell."""
-    total = ev.total_layers if ev.total_layers is not None else (len(ev.layer_devices) or None)
+    total = layer_count(ev)
     if not part or not total:
         return None
     return settings.ffn_host_layer(total - 1, n_gpu_layers, n_cpu_moe)
@@ -395,9 +395,15 @@ def _ranges(layers: set[int]) -> str:
     return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in out if r)
 
 
+def layer_count(ev: PlacementEvidence) -> int | None:
+    """The layers the log shows, the output layer among them: the "offloaded N/M" line's M,
+    else the layers assigned; None when it shows none."""
+    return ev.total_layers if ev.total_layers is not None else (len(ev.layer_devices) or None)
+
+
 def is_full_offload(ev: PlacementEvidence, n_gpu_layers: int) -> bool:
     """Whether ``n_gpu_layers`` asks for every layer of the model the log shows."""
-    total = ev.total_layers if ev.total_layers is not None else (len(ev.layer_devices) or None)
+    total = layer_count(ev)
     return n_gpu_layers < 0 or (total is not None and n_gpu_layers >= total)
 
 
@@ -406,7 +412,7 @@ def _cuda_reasons(ev: PlacementEvidence, ex: Expectation, flags: BuildFlags | No
     if flags is not None and not flags.cuda:
         out.append("the library has no CUDA backend (a CPU-only build)")
     layers = ev.layer_devices
-    total = ev.total_layers if ev.total_layers is not None else (len(layers) or None)
+    total = layer_count(ev)
     full = is_full_offload(ev, ex.n_gpu_layers)
     if full:
         want = total

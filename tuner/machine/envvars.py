@@ -28,21 +28,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tuner.errors import BadInput
-from tuner.settings import FFN_ON_HOST
+from tuner.settings import FFN_ON_HOST, FfnOnHost
 
 MAX_SECONDS = 604800.0  # a week
 HOST_MAX = 255  # the claims table's host column
-
-
-@dataclass(frozen=True)
-class FfnOnHost:
-    """One layer's FFN matrices kept in host memory: ``part`` a key of FFN_ON_HOST."""
-
-    layer: int
-    part: str
-
-    def text(self) -> str:
-        return f"{self.layer}:{self.part}"
 
 
 @dataclass(frozen=True)

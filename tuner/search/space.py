@@ -147,8 +147,8 @@ def default_space(device: Device, builds: list[str], gpu_layers: tuple[int, ...]
     ``attention`` False: no layer keeps a KV cache (a recurrent model such as Mamba): the cache
     type and flash attention change nothing there, so each keeps its default alone.
     ``experts``: a mixture of experts' n_cpu_moe counts, each with every layer on the GPU
-    (offload.keep_fitting pairs them so). ``parts``: a dense model's ffn_on_host values, each
-    at the layer past the most that fit whole (offload.keep_fitting keeps them there)."""
+    (offload.keep_fitting pairs them so). ``parts``: the ffn_on_host values, each where the
+    whole layer stops fitting (offload.keep_fitting keeps them there)."""
     space = _default_space(device, builds, gpu_layers)
     if experts and device == "cuda" and gpu_layers:
         space = space.model_copy(update={"n_gpu_layers": [-1, *space.n_gpu_layers],

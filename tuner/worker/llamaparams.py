@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tuner.machine.envvars import FfnOnHost
 from tuner.models.gguftensors import block_count
-from tuner.settings import apply_host_patterns, ffn_host_layer, host_patterns
+from tuner.settings import FfnOnHost, apply_host_patterns, ffn_host_layer, host_patterns
 
 
 def ffn_on_host_of(model_path: str | os.PathLike[str], ms: Any) -> FfnOnHost | None:
@@ -25,18 +24,13 @@ def ffn_on_host_of(model_path: str | os.PathLike[str], ms: Any) -> FfnOnHost | N
     return None if layer is None else FfnOnHost(layer=layer, part=ms.ffn_on_host)
 
 
-def patterns_of(n_cpu_moe: int, ffn: FfnOnHost | None) -> tuple[str, ...]:
-    """The tensor patterns kept on the host for experts on the host and an FFN part."""
-    return host_patterns(n_cpu_moe, ffn.layer if ffn else None, ffn.part if ffn else "")
-
-
 def hold_on_host(n_cpu_moe: int, ffn: FfnOnHost | None) -> None:
     """Make every later ``Llama()`` of this process keep in host memory the expert weights of
     the first ``n_cpu_moe`` layers (the setting ``n_cpu_moe``) and the FFN matrices ``ffn``
     (the setting ``ffn_on_host``): ``Llama()`` takes its model params from
     ``llama_model_default_params()`` and never sets their tensor overrides, so the overrides
     are set on what that function returns. Nothing changes for neither."""
-    patterns = patterns_of(n_cpu_moe, ffn)
+    patterns = host_patterns(n_cpu_moe, ffn)
     if not patterns:
         return
     import llama_cpp.llama_cpp as lc  # noqa: PLC0415 - after the build's environment is set

@@ -18,9 +18,9 @@ from tuner.errors import TunerError
 from tuner.machine.cpus import default_threads
 from tuner.machine.interrupt import ignore_sigint_in_child
 from tuner.results.readings import GpuClocks, TrialState
-from tuner.settings import apply_host_patterns, apply_model, environment
+from tuner.settings import apply_host_patterns, apply_model, environment, host_patterns
 from tuner.specs import ModelSettings
-from tuner.worker.llamaparams import ffn_on_host_of, patterns_of
+from tuner.worker.llamaparams import ffn_on_host_of
 from tuner.worker.logcapture import LogCapture
 from tuner.worker.opproof import OP_PROOF
 from tuner.worker.protocol import (
@@ -158,8 +158,8 @@ def _load(llama_cpp: Any, model_path: str, ms: ModelSettings) -> tuple[Any, floa
     are one override list: the layer ffn_on_host names is read from the model's header."""
     mp = llama_cpp.llama_model_default_params()
     apply_model(llama_cpp, mp, ms)
-    ffn = ffn_on_host_of(model_path, ms)
-    apply_host_patterns(llama_cpp, mp, patterns_of(ms.n_cpu_moe, ffn))
+    apply_host_patterns(llama_cpp, mp,
+                        host_patterns(ms.n_cpu_moe, ffn_on_host_of(model_path, ms)))
     t0 = time.perf_counter()
     model = llama_cpp.llama_model_load_from_file(model_path.encode(), mp)
     return model, time.perf_counter() - t0
