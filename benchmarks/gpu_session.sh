@@ -154,6 +154,10 @@ verify_written() {  # both services written into folder $1, started from another
   for target in production.yaml production.llama-server.args; do
     [ -f "$dir/$target" ] || continue
     phase "$tag $target"
+    # what else runs on the CPU first (run 34: every generation measured after the sweep, both
+    # verifies among them, ran 20-25% slower than the sweep's own)
+    { date -u +%T; uptime; ps -eo pid,pcpu,rss,etimes,args --sort=-pcpu | head -12 | cut -c1-160; } \
+      > "$BENCH/out/$tag-$target.cpu.txt" 2>&1
     (cd "$BENCH/elsewhere" && python3 -m tuner verify "$dir/$target" "$@" \
       > "$BENCH/out/$tag-$target.log" 2>&1
      echo "verify exit $?" >> "$BENCH/out/$tag-$target.log")
@@ -198,8 +202,12 @@ fit() {  # issue 31: the GPU made small by a process holding its memory
     --builds builds $FIT_ARGS > "$BENCH/out/fit-sweep.log" 2>&1
   echo "sweep exit $? after $((SECONDS - s)) s" >> "$BENCH/out/fit-sweep.log"
   python3 -m tuner report --results "$BENCH/results-fit" > "$BENCH/out/fit-report.txt" 2>&1
+  # the study itself: each trial's record, a crashed worker's last lines among them
+  cp "$BENCH/results-fit/optuna.db" "$BENCH/out/fit-study.db" 2>/dev/null
   if [ "${COMPARE:-1}" != 0 ]; then
     phase "fit compare"
+    { date -u +%T; uptime; ps -eo pid,pcpu,rss,etimes,args --sort=-pcpu | head -12 | cut -c1-160; } \
+      > "$BENCH/out/fit-compare.cpu.txt" 2>&1
     python3 benchmarks/partial_offload.py compare --model "$(path_of "$m")" \
       --results "$BENCH/results-fit" --bench "$BENCH/bench" --out "$BENCH/out" \
       --sweep-log "$BENCH/out/fit-sweep.log" > "$BENCH/out/fit-compare.md" 2> "$BENCH/compare.log"

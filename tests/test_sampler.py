@@ -24,7 +24,8 @@ from tuner.search.sampler import (
     resolve,
     stagnation,
 )
-from tuner.specs import ContextSettings, ModelSettings, TrialSpec
+from tuner.search.space import default_space, grid
+from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 
 
 def spec(nb: int, nu: int, fa: bool, tk: str = "f16", build: str = "installed") -> TrialSpec:
@@ -268,6 +269,97 @@ def test_every_neighbour_of_the_best_comes_before_the_model() -> None:
     faster = next(k for k in open_keys if apart[k] == 2)
     after = order._neighbour(open_keys, history + [Finished(faster, 0.1)])
     assert after is not None and order.settings_apart(after, order.points[faster]) == 1
+
+
+def partial_plan() -> dict[str, TrialSpec]:
+    """The built-in space of a model that does not fit whole (layers 38-42 searched), as the
+    sweep plans it: the most layers first."""
+    space = default_space("cuda", ["installed"], gpu_layers=(38, 39, 40, 41, 42))
+    specs = grid(space, "cuda", Workload(prompt_tokens=2048, gen_tokens=128),
+                 lambda build, k, v: True)
+    return {s.key(): s for s in specs}
+
+
+def placed(s: TrialSpec) -> tuple:
+    c = s.context
+    return (s.model.n_gpu_layers, s.model.use_mmap, c.n_ubatch, c.flash_attn, c.type_k)
+
+
+def test_a_partial_offload_is_seeded_at_llama_cpp_defaults_per_cache_type_walking_down() -> None:
+    # Run 34 (H100, 8 GiB left, a 14B): both seeds were loads past the boundary, failed, and
+    # the search never measured n_ubatch 512 at the most layers that loaded.
+    plan = partial_plan()
+    order = TpeOrder(plan)
+    keys = list(plan)
+    history: list[Finished] = []
+    first = order.pick(keys, history)
+    assert first is not None
+    # llama.cpp's defaults with the host's weights in pinned memory, at the most layers.
+    assert placed(plan[first]) == (42, False, 512, True, "f16")
+    picks = []
+    for result in (None, None, 6.0):  # 42 and 41 do not load; 40 runs
+        k = order.pick([o for o in keys if o not in {h.spec_key for h in history}], history)
+        assert k is not None
+        picks.append(placed(plan[k]))
+        history.append(Finished(k, result))
+    assert picks == [(42, False, 512, True, "f16"), (41, False, 512, True, "f16"),
+                     (40, False, 512, True, "f16")]
+    # Then the same defaults with the q8_0 cache (it frees room for more layers), again from
+    # the most layers.
+    k = order.pick([o for o in keys if o not in {h.spec_key for h in history}], history)
+    assert k is not None and placed(plan[k]) == (42, False, 512, True, "q8_0")
+    history.append(Finished(k, 5.5))
+    # The seeds are done: the coverage tries the other values, but not each layer count.
+    assert "model.n_gpu_layers" not in order.cover_dims
+    seen = set()
+    while (k := order._cover([o for o in keys if o not in {h.spec_key for h in history}],
+                             history)) is not None:
+        seen.add(plan[k].model.n_gpu_layers)
+        history.append(Finished(k, 9.0))
+    assert len(history) < 12 and seen <= {40, 41, 42}
+
+
+def test_a_seed_measured_below_a_boundary_that_moved_up_is_measured_again_there() -> None:
+    # A calibration moves the plan's boundary up after the first trial: llama.cpp's defaults,
+    # measured at 40 layers before it, run again from the new boundary down.
+    plan = partial_plan()
+    order = TpeOrder(plan)
+    keys = list(plan)
+    at = {placed(plan[k]): k for k in keys if plan[k].context.n_threads
+          == plan[keys[0]].context.n_threads}
+    history = [Finished(at[(40, False, 512, True, "f16")], 6.0)]
+    picks = []
+    for result in (None, 5.8):
+        k = order.pick([o for o in keys if o not in {h.spec_key for h in history}], history)
+        assert k is not None
+        picks.append(placed(plan[k]))
+        history.append(Finished(k, result))
+    assert picks == [(42, False, 512, True, "f16"), (41, False, 512, True, "f16")]
+    k = order.pick([o for o in keys if o not in {h.spec_key for h in history}], history)
+    assert k is not None and placed(plan[k])[4] == "q8_0"
+
+
+def test_a_full_offload_seed_that_fails_is_not_walked() -> None:
+    order = TpeOrder(PLAN)
+    keys = list(PLAN)
+    history = [Finished(keys[0], None)]
+    second = order.pick(keys[1:], history)
+    assert second == order.seeds[1]
+
+
+def test_a_layer_count_neighbour_is_one_step_from_the_best() -> None:
+    plan = partial_plan()
+    order = TpeOrder(plan)
+    keys = list(plan)
+    best = next(k for k in keys if placed(plan[k]) == (40, False, 512, True, "q8_0")
+                and plan[k].context.n_threads == plan[keys[0]].context.n_threads)
+    history = [Finished(best, 5.0)]
+    layers = [plan[k].model.n_gpu_layers for k in keys
+              if order.settings_apart(k, order.points[best]) == 1
+              and plan[k].model.n_gpu_layers != 40 and order._one_step(k, order.points[best])]
+    assert sorted(set(layers)) == [39, 41]
+    nb = order._neighbour([k for k in keys if k != best], history)
+    assert nb is not None and plan[nb].model.n_gpu_layers in (39, 40, 41)
 
 
 # Exhaustive grids measured on GPUs (docs/benchmarks.md): a two-build space (run 3) and three

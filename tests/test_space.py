@@ -49,6 +49,19 @@ def test_baseline_first_and_batches_beyond_the_prompt_kept_once() -> None:
     assert not any(s.context.n_batch == 1024 for s in specs)
 
 
+def test_batches_beyond_the_prompt_keep_the_smallest_even_listed_last() -> None:
+    # The partial-offload space lists n_ubatch 512 first; a prompt of 32 tokens computes the
+    # same at every n_ubatch, and the one kept is the smallest (the least compute buffer,
+    # which the memory plan counts), in the place of the first listed.
+    space = Space(n_gpu_layers=[-1], n_batch=[2048], n_ubatch=[512, 1024, 256],
+                  flash_attn=[True])
+    specs = grid(space, "cuda", Workload(prompt_tokens=32, gen_tokens=8), ALL_FA)
+    assert [(s.context.n_batch, s.context.n_ubatch) for s in specs] == [(2048, 256)]
+    # 400 tokens: 512 and 1024 compute them in one piece (512 kept), 256 in two.
+    wide = grid(space, "cuda", Workload(prompt_tokens=400, gen_tokens=8), ALL_FA)
+    assert [s.context.n_ubatch for s in wide] == [512, 256]
+
+
 @pytest.mark.parametrize("text, phrase", [
     ("kv_cache: [f16]", "must be 'K/V'"),
     ("kv_cache: [q3_x/q3_x]", "unknown KV cache type"),

@@ -5,10 +5,17 @@ sampler over the plan's dimensions (every field of a setting whose value differs
 plan), fitted on the finished trials of the plan as the study's storage holds them: the storage
 is the sampler's state, so a re-run, or another sweep of the same study, continues from the same
 history. It starts with the baseline and llama.cpp's own defaults (n_batch 2048, n_ubatch 512,
-flash attention, f16 cache), then tries every value of every dimension at least once in each
-kernel build (the coverage), then (``--objective request``) every neighbour of the best setting
+flash attention, f16 cache; with layers or experts placed on the host, those defaults at each
+cache type of the plan too: q8_0 frees room for more layers), each seed at the most on the GPU
+that runs (a seed that does not load, or crashes, is tried again at the plan's next count with
+less on the GPU: run 34 on an H100 lost both seeds to loads past the boundary and never measured
+n_ubatch 512 at the boundary, 1.47x faster in llama-bench than the n_ubatch 256 it chose),
+then tries every value of every dimension at least once in each kernel build (the coverage;
+the counts of layers and of experts on the host are not covered one by one, their seeds walk
+them), then (``--objective request``) every neighbour of the best setting
 so far (one declared setting changed: the build counts as one, the K and V cache types together
-as one), then follows the model. The coverage is per build because a build changes how the
+as one; a count of layers or experts on the host only to the next count either side), then
+follows the model. The coverage is per build because a build changes how the
 other settings behave: on an H100 the cuBLAS build's prompt speed grows with
 n_ubatch where the MMQ build's stays flat, and a model fitted on the MMQ build's trials never
 proposed the large n_ubatch the cuBLAS build needed (run 28 of docs/benchmarks.md: the search
@@ -59,6 +66,18 @@ STARTUP = 5  # TPE's random start after the seeds; small plans leave little room
 # where the backend has kernels): one of the first settings a model-based search measures.
 LLAMA_DEFAULTS = {"n_batch": 2048, "n_ubatch": 512, "flash_attn": True, "type_k": "f16",
                   "type_v": "f16"}
+# Where the layers run: how many on the GPU, and how many layers' experts on the host. A seed
+# that does not run walks these down to the next count the plan holds; the coverage leaves them
+# to the seeds, and a neighbour changes one by a single step (each count below the most that
+# runs leaves the host more of the work: a trial each would spend the search's time on
+# settings that are slower as a rule).
+COUNTS = ("model.n_gpu_layers", "model.n_cpu_moe")
+KV = ("context.type_k", "context.type_v")
+
+
+def _more_on_gpu(count: int) -> float:
+    """A count of layers ordered by how many it puts on the GPU: -1, every layer, above all."""
+    return float("inf") if count < 0 else float(count)
 
 
 def resolve(name: SamplerName, plan_size: int) -> Literal["grid", "tpe"]:
@@ -110,10 +129,15 @@ class TpeOrder:
         flats = {k: flat(s) for k, s in plan.items()}  # once per setting: plans can be 100k
         self.dims = _varying(flats.values())
         self.points = {k: {d: f[d] for d in self.dims} for k, f in flats.items()}
+        self.counts = [d for d in COUNTS if d in self.dims]
+        self.order = {k: i for i, k in enumerate(plan)}
+        # Per setting, its values but the counts: the seed walks along settings alike in these.
+        self.rest = {k: tuple(_hashable(v) for d, v in p.items() if d not in self.counts)
+                     for k, p in self.points.items()}
         self.seeds = self._seeds()
         # The coverage: per setting, its build and its values (a list as a tuple, to be
         # hashable); per build, every value its settings have.
-        self.cover_dims = [d for d in self.dims if d != "model.build"]
+        self.cover_dims = [d for d in self.dims if d != "model.build" and d not in self.counts]
         self.values = {k: (s.model.build, tuple(_hashable(self.points[k][d])
                                                 for d in self.cover_dims))
                        for k, s in plan.items()}
@@ -122,32 +146,61 @@ class TpeOrder:
 
     def _seeds(self) -> list[str]:
         """Per kernel build, in plan order: its first setting (the plan's first is the
-        baseline) and llama.cpp's defaults. Every build is measured at its own defaults before
-        the model compares builds on what it guesses."""
+        baseline) and llama.cpp's defaults; where the plan places layers or experts on the host,
+        those defaults at each other cache type too. Every build is measured at its own defaults
+        before the model compares builds on what it guesses."""
         out: list[str] = []
         by_build: dict[str, list[str]] = {}
         for k, spec in self.plan.items():
             by_build.setdefault(spec.model.build, []).append(k)
         for keys in by_build.values():
-            defaults = (k for k in keys if all(getattr(self.plan[k].context, f) == v
-                                               for f, v in LLAMA_DEFAULTS.items()))
-            for k in [keys[0], next(defaults, keys[0])]:
-                if k not in out:
+            defaults = [k for k in keys if all(getattr(self.plan[k].context, f) == v
+                                               for f, v in LLAMA_DEFAULTS.items()
+                                               if not self.counts or f not in ("type_k", "type_v"))]
+            picks = [keys[0], *self._first_per_cache(defaults)] if self.counts else \
+                [keys[0], *defaults[:1]]
+            for k in picks:
+                if self.rest[k] not in {self.rest[o] for o in out}:
                     out.append(k)
         return out
+
+    def _first_per_cache(self, keys: list[str]) -> list[str]:
+        """The first of ``keys`` at each K/V cache type, llama.cpp's f16 first."""
+        first: dict[tuple[Any, ...], str] = {}
+        for k in keys:
+            first.setdefault(tuple(self.points[k].get(d) for d in KV), k)
+        return sorted(first.values(), key=lambda k: self.plan[k].context.type_k != "f16")
+
+    def _seed_pick(self, open_keys: list[str], history: list[Finished]) -> str | None:
+        """The next seed to run: the first seed not yet measured at the most on the GPU the
+        plan holds for it. From the seed on, in plan order (the most layers first), the first
+        open setting alike but for its counts of layers and experts on the host, above every
+        one of them that ran: a seed that did not run (did not load, crashed) is tried again
+        a count lower, and one measured before the plan moved its boundary up (a calibration,
+        a load past it) is measured again at the new one."""
+        top: dict[tuple[Any, ...], int] = {}  # per group, the plan position of the highest run
+        for h in history:
+            if h.objective is not None:
+                r = self.rest[h.spec_key]
+                top[r] = min(top.get(r, len(self.order)), self.order[h.spec_key])
+        for s in self.seeds:
+            r, below = self.rest[s], top.get(self.rest[s], len(self.order))
+            k = next((k for k in open_keys if self.rest[k] == r
+                      and self.order[s] <= self.order[k] < below), None)
+            if k is not None:
+                return k
+        return None
 
     def pick(self, open_keys: list[str], history: list[Finished]) -> str | None:
         """The next setting among ``open_keys`` (plan order), given the finished trials."""
         if not open_keys:
             return None
-        done = {h.spec_key for h in history}
-        open_set = set(open_keys)
-        for k in self.seeds:
-            if k in open_set and k not in done:
-                return k
+        history = [h for h in history if h.spec_key in self.points]
+        seed = self._seed_pick(open_keys, history)
+        if seed is not None:
+            return seed
         if not self.dims:
             return open_keys[0]
-        history = [h for h in history if h.spec_key in self.points]
         cover = self._cover(open_keys, history)
         if cover is not None:
             return cover
@@ -239,7 +292,18 @@ class TpeOrder:
         if not finished:
             return None
         best = self.points[min(finished, key=lambda h: h.objective or 0.0).spec_key]
-        return next((k for k in open_keys if self.settings_apart(k, best) == 1), None)
+        return next((k for k in open_keys if self.settings_apart(k, best) == 1
+                     and self._one_step(k, best)), None)
+
+    def _one_step(self, key: str, point: dict[str, Any]) -> bool:
+        """Whether ``key``'s counts of layers and experts on the host are each ``point``'s or
+        the next value either side of it among the plan's."""
+        for d in self.counts:
+            values = sorted(self.dims[d], key=_more_on_gpu)
+            a, b = self.points[key][d], point[d]
+            if a != b and abs(values.index(a) - values.index(b)) > 1:
+                return False
+        return True
 
     def settings_apart(self, key: str, point: dict[str, Any]) -> int:
         """How many declared settings of ``key`` differ from ``point``'s."""
