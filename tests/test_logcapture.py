@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuner.worker.logcapture import LogCapture, read_tail
+from tuner.worker.logcapture import LogCapture, last_words, read_tail
 
 
 def test_lines_reach_memory_and_the_file_at_once(tmp_path: Path) -> None:
@@ -43,3 +43,26 @@ def test_the_parent_reads_the_tail_of_a_dead_workers_file(tmp_path: Path) -> Non
     # (42 bytes start inside "line 97": that piece is dropped, not shown as a line.)
     assert read_tail(str(path), 5, max_bytes=42) == ["line 98", "line 99", "GGML_ASSERT failed"]
     assert read_tail(str(tmp_path / "missing.log")) == []
+
+
+def test_a_dead_workers_last_words_stop_at_ggmls_abort_message(tmp_path: Path) -> None:
+    """ggml_abort prints its message, then a backtrace (gdb's form here, as ggml prints it where
+    gdb is installed): the cause above the message is kept, the backtrace left out. Without a
+    message (a segfault) the plain tail is kept."""
+    path = tmp_path / "w.log.stdio"
+    frames = [f"#{i}  0x00007f3c2e5a{i:04x} in ggml_graph_compute () from "
+              "/tmp/site/llama_cpp/lib/libggml-base.so" for i in range(60)]
+    path.write_text("\n".join([
+        "llama_context: graph splits = 2",
+        "ggml_gallocr_reserve_n: reallocating CUDA0 buffer from size 120.00 MiB to 640.00 MiB",
+        "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 640.00 MiB on device 0: "
+        "cudaMalloc failed: out of memory",
+        "/tmp/llama.cpp/ggml/src/ggml-alloc.c:819: GGML_ASSERT(buffer) failed",
+        "[New LWP 4121]", "[Thread debugging using libthread_db enabled]", *frames,
+        "[Inferior 1 (process 4120) detached]"]) + "\n")
+    words = last_words(str(path), 3)
+    assert words[-1].endswith("GGML_ASSERT(buffer) failed")
+    assert "out of memory" in words[-2]
+    plain = tmp_path / "segv.stdio"
+    plain.write_text("llama_context: graph splits = 2\nsome last line\n")
+    assert last_words(str(plain), 5) == ["llama_context: graph splits = 2", "some last line"]

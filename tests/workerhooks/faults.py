@@ -1,6 +1,6 @@
 """FAKE failures for the fault-injection tests (no GPU in CI to make the real ones): a real
 worker made to abort, segfault, hang, exit, kill itself, die the way llama.cpp dies on a CUDA
-out-of-memory or in the AMX backend, or raise. Installed in a worker by tests/workerhooks.
+out-of-memory (at load, or in a decode with its backtrace) or in the AMX backend, or raise. Installed in a worker by tests/workerhooks.
 
 ``TUNER_TEST_FAULTS`` holds ``KIND@STAGE[:FIELD=VALUE]`` items separated by commas, for
 example ``segfault@measure:n_batch=64`` or ``oom@load``. Stages: ``load`` (before the model
@@ -21,7 +21,7 @@ from typing import Any
 from tests import workerhooks
 
 VAR = "TUNER_TEST_FAULTS"
-KINDS = ("abort", "segfault", "hang", "exit", "sigkill", "oom", "amx", "raise")
+KINDS = ("abort", "segfault", "hang", "exit", "sigkill", "oom", "oom-decode", "amx", "raise")
 STAGES = ("load", "measure")
 
 
@@ -107,6 +107,20 @@ def _fail(kind: str, log: Any) -> None:
             log.write("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 81920.00 MiB on "
                       "device 0: cudaMalloc failed: out of memory\n")
             log.write("CUDA error: out of memory\n")
+        os.abort()
+    if kind == "oom-decode":
+        # What a CUDA build writes to stderr when a decode's allocation fails inside the timed
+        # region (where llama.cpp's own C logger writes, not the worker's callback):
+        # ggml_cuda_error's lines, ggml_abort's message, then the backtrace ggml prints (here
+        # glibc's backtrace_symbols_fd form, 40 frames) before abort().
+        lines = ["CUDA error: out of memory",
+                 "  current device: 0, in function ggml_cuda_pool_vmm::alloc at "
+                 "ggml/src/ggml-cuda/ggml-cuda.cu:423",
+                 "  cuMemCreate(&handle, reserve_size, &prop, 0)",
+                 "/tmp/llama.cpp/ggml/src/ggml-cuda/ggml-cuda.cu:88: CUDA error"]
+        lines += [f"/tmp/site/llama_cpp/lib/libggml-base.so(+0x{0x1a2b0 + 16 * i:x}) "
+                  f"[0x7f3c2e5{0xa4a4b + 16 * i:x}]" for i in range(40)]
+        os.write(2, ("\n".join(lines) + "\n").encode())
         os.abort()
     if kind == "amx":
         # What a native CPU build prints on an Intel Xeon with AMX before its first batched decode

@@ -20,7 +20,7 @@ from tuner.machine.children import orphan_safe_args, run_orphan_safe
 from tuner.machine.tempdirs import temp_dir
 from tuner.results.records import ServedFigures, Stat, widest_spread
 from tuner.specs import TrialSpec
-from tuner.worker.logcapture import read_tail
+from tuner.worker.logcapture import last_words
 from tuner.worker.protocol import (
     SERVED_REPLY,
     BreakdownJob,
@@ -61,7 +61,7 @@ def run_child(job: PromptsJob | ServedMeasureJob | BreakdownJob, timeout_s: floa
             answer = receive(conn, SERVED_REPLY)
         except (EOFError, OSError):
             proc.join(5)
-            tail = " | ".join(read_tail(log_path, 3))
+            tail = " | ".join(last_words(log_path, 4))  # the abort's cause, not its backtrace
             raise TunerError(f"served-path process exited with {proc.exitcode} during "
                              f"{job.op}: {tail}") from None
         finally:

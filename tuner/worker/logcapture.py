@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -89,3 +90,20 @@ def read_tail(path: str, n: int = 30, max_bytes: int = 256 * 1024) -> list[str]:
     if start > 0:  # the read began inside a line: that piece is no line of the log
         data = data.partition("\n")[2]
     return [line for line in data.splitlines() if line.strip()][-n:]
+
+
+# ggml_abort's message, "<source file>:<line>: <message>" (a failed GGML_ASSERT, a CUDA error),
+# printed to stderr right before the backtrace (gdb's, or backtrace_symbols') that ends a dead
+# worker's stderr: a backtrace of up to 100 frames, longer in gdb's words, would push the lines
+# that say why (llama.cpp's "CUDA error: out of memory" just above the message) out of a tail.
+_ABORT_MESSAGE = re.compile(r"^\S+\.(?:c|cc|cpp|cu|cuh|h|hpp):\d+: ")
+STDIO_SCAN = 400  # lines of a dead worker's stderr searched for the abort's message
+
+
+def last_words(path: str, n: int = 10) -> list[str]:
+    """The last ``n`` lines a dead worker wrote to stderr (``path``) up to ggml's abort message,
+    the backtrace after it left out; the last ``n`` lines where there is no such message (a
+    segfault, a signal from outside)."""
+    lines = read_tail(path, STDIO_SCAN)
+    at = next((i for i in range(len(lines) - 1, -1, -1) if _ABORT_MESSAGE.match(lines[i])), None)
+    return (lines if at is None else lines[:at + 1])[-n:]

@@ -31,7 +31,7 @@ from tuner.machine.interrupt import sigint_deferred
 from tuner.machine.tempdirs import temp_dir
 from tuner.results.readings import TrialState
 from tuner.specs import ModelSettings, TrialSpec, Workload
-from tuner.worker.logcapture import read_tail
+from tuner.worker.logcapture import last_words, read_tail
 from tuner.worker.main import worker_main
 from tuner.worker.outcome import Outcome
 from tuner.worker.protocol import (
@@ -273,7 +273,7 @@ class Runner:
     def _crash(self, w: _Worker, when: str) -> Outcome:
         why, sig = w.death()
         w.kill()
-        tail = read_tail(w.job.log_path) + read_tail(w.job.log_path + ".stdio", 10)
+        tail = read_tail(w.job.log_path) + last_words(w.job.log_path + ".stdio")
         text = "\n".join(tail)
         oom = any(m in text for m in OOM_MARKERS)
         error = f"worker {why} {when}" + (" (out of memory)" if oom else "")
