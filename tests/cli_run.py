@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from tests import cli_fork
+from tests.spaces import write_space
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,6 +74,18 @@ def served_cpu_sweep(model: Path, root: Path, space: Path, builds: Path,
                  "--results", root / "results", "--out", out, "--finalist-rounds", 1,
                  "--served-requests", served_requests, "--builds", builds, cwd=root)
     return out, proc
+
+
+def one_setting_served_sweep(model: Path, root: Path, builds: Path,
+                             **setting: list) -> tuple[Path, str]:
+    """served_cpu_sweep, 2 requests served, of the one setting ``setting`` (space lists of one
+    value each) at n_batch and n_ubatch 32 and one thread, asserted to succeed: the config's
+    path and the sweep's output."""
+    space = write_space(root / "space.yaml", n_batch=[32], n_ubatch=[32], n_threads=[1],
+                        **setting)
+    out, proc = served_cpu_sweep(model, root, space, builds, served_requests=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout + proc.stderr
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_run import served_cpu_sweep, tuner
+from tests.cli_run import one_setting_served_sweep, tuner
 from tests.spaces import write_space
 from tests.test_llamaserver import BUILDS, LOOSE
 from tuner.deploy.llamaserver import server_args, server_env
@@ -44,12 +44,8 @@ def moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def swept(tmp_path_factory: pytest.TempPathFactory, moe: Path) -> tuple[Path, str]:
     """A real one-setting CPU sweep at n_cpu_moe 2, served through llama_cpp.server (by the
     launcher) and llama-server, both deployments written."""
-    root = tmp_path_factory.mktemp("moesweep")
-    space = write_space(root / "space.yaml", n_cpu_moe=[2], n_batch=[32], n_ubatch=[32],
-                        n_threads=[1])
-    out, proc = served_cpu_sweep(moe, root, space, BUILDS, served_requests=2)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc.stdout + proc.stderr
+    return one_setting_served_sweep(moe, tmp_path_factory.mktemp("moesweep"), BUILDS,
+                                    n_cpu_moe=[2])
 
 
 def test_the_sweep_proves_serves_and_deploys_experts_on_the_host(swept: tuple[Path, str]) -> None:

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cli_run import served_cpu_sweep, tuner
-from tests.spaces import write_space
+from tests.cli_run import one_setting_served_sweep, tuner
 from tests.test_llamaserver import BUILDS, LOOSE
 from tests.worker_load import worker_load_log
 from tuner.deploy.llamaserver import server_args
@@ -27,12 +26,8 @@ from tuner.specs import ContextSettings, ModelSettings, TrialSpec, Workload
 def swept(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[Path, str]:
     """A real one-setting CPU sweep with the model read into host buffers, served through
     llama_cpp.server and llama-server, both deployments written."""
-    root = tmp_path_factory.mktemp("nommap")
-    space = write_space(root / "space.yaml", use_mmap=[False], n_batch=[32], n_ubatch=[32],
-                        n_threads=[1])
-    out, proc = served_cpu_sweep(tiny_model, root, space, BUILDS, served_requests=2)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc.stdout + proc.stderr
+    return one_setting_served_sweep(tiny_model, tmp_path_factory.mktemp("nommap"), BUILDS,
+                                    use_mmap=[False])
 
 
 def test_the_sweep_measures_proves_and_deploys_the_load_mode(swept: tuple[Path, str]) -> None:
