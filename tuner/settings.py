@@ -313,19 +313,25 @@ FFN_ON_HOST: dict[str, str] = {
 }
 
 
+def first_gpu_layer(n_layer: int, n_gpu_layers: int) -> int:
+    """The first of ``n_layer`` repeating layers llama.cpp puts on the GPU for ``n_gpu_layers``
+    (N of the n_layer + 1 with the output layer, the last N; -1 or more: all):
+    ``i_gpu_start = n_layer + 1 - N``. ``n_layer`` means no repeating layer there (N 0 or 1:
+    the output layer alone at most)."""
+    total = n_layer + 1
+    return total - (total if n_gpu_layers < 0 else min(n_gpu_layers, total))
+
+
 def ffn_host_layer(n_layer: int, n_gpu_layers: int, n_cpu_moe: int) -> int | None:
     """The layer whose FFN matrices ``ffn_on_host`` keeps on the host, where the host's share
     ends, as llama.cpp's fit places its partial layer: the first repeating layer on the GPU
-    (``i_gpu_start = n_layer + 1 - N``); with the experts of the first ``n_cpu_moe`` layers on
-    the host, the next layer (layer ``n_cpu_moe``). None where there is none: no repeating
-    layer on the GPU (N 0 or 1: the output layer alone), or every layer's experts on the
-    host."""
-    total = n_layer + 1
-    n = total if n_gpu_layers < 0 else min(n_gpu_layers, total)
-    start = total - n
+    (first_gpu_layer); with the experts of the first ``n_cpu_moe`` layers on the host, the
+    next layer (layer ``n_cpu_moe``). None where there is none: no repeating layer on the GPU,
+    or every layer's experts on the host."""
+    start = first_gpu_layer(n_layer, n_gpu_layers)
     if n_cpu_moe > 0:
         return n_cpu_moe if start <= n_cpu_moe < n_layer else None
-    return start if n >= 2 else None
+    return start if start < n_layer else None
 
 
 def ffn_host_pattern(il: int, part: str) -> str:

@@ -24,6 +24,7 @@ from tuner.evidence.opplacement import REPORT_HINT, OpSummary, check_ops
 from tuner.evidence.placement import (
     Expectation,
     PlacementEvidence,
+    asks_every_layer,
     experts_in_log,
     is_cpu_device,
     is_cuda_device,
@@ -256,7 +257,7 @@ def _advice(ev: PlacementEvidence, n_gpu_layers: int) -> list[tuple[str, str]]:
             out.append(("the library has CUDA but found no GPU",
                         "check nvidia-smi, the NVIDIA driver, and CUDA_VISIBLE_DEVICES"))
         return out
-    full = n_gpu_layers < 0 or n_gpu_layers >= total
+    full = asks_every_layer(n_gpu_layers, total)
     placed = min(on_gpu, ev.offloaded_layers if ev.offloaded_layers is not None else on_gpu)
     if layers and not placed:
         out.append(("the library has CUDA but kept every layer on the CPU: n_gpu_layers was 0 "

@@ -401,10 +401,15 @@ def layer_count(ev: PlacementEvidence) -> int | None:
     return ev.total_layers if ev.total_layers is not None else (len(ev.layer_devices) or None)
 
 
+def asks_every_layer(n_gpu_layers: int, total: int | None) -> bool:
+    """Whether ``n_gpu_layers`` asks for every one of ``total`` layers (the output layer among
+    them; None: unknown, so only -1 does)."""
+    return n_gpu_layers < 0 or (total is not None and n_gpu_layers >= total)
+
+
 def is_full_offload(ev: PlacementEvidence, n_gpu_layers: int) -> bool:
     """Whether ``n_gpu_layers`` asks for every layer of the model the log shows."""
-    total = layer_count(ev)
-    return n_gpu_layers < 0 or (total is not None and n_gpu_layers >= total)
+    return asks_every_layer(n_gpu_layers, layer_count(ev))
 
 
 def _cuda_reasons(ev: PlacementEvidence, ex: Expectation, flags: BuildFlags | None) -> list[str]:

@@ -5,6 +5,7 @@ reader then keeps the scalars and the short numeric arrays (per-layer head count
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import struct
@@ -120,9 +121,22 @@ def read_table(path: str | Path) -> GgufTable:
 
 def block_count(path: str | os.PathLike[str]) -> int:
     """The repeating layers of the GGUF at ``path`` (``<arch>.block_count``; a bad file raises
-    BadModel, a header without the count ValueError)."""
-    values = read_table(Path(path)).values
+    BadModel, a header without the count ValueError). The header is read once per version of
+    the file (its size and modification time): a served phase resolves ffn_on_host's layer for
+    the server's arguments, its environment and the client's several times a start."""
+    p = Path(path).absolute()
+    try:
+        st = p.stat()
+        version: tuple[int, int] | None = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        version = None  # read_table says what is wrong with it
+    return _block_count(p, version)
+
+
+@functools.lru_cache(maxsize=16)
+def _block_count(path: Path, version: tuple[int, int] | None) -> int:
+    values = read_table(path).values
     n = values.get(f"{values.get('general.architecture')}.block_count")
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"{Path(path).name} has no block_count in its header")
+        raise ValueError(f"{path.name} has no block_count in its header")
     return n

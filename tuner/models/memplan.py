@@ -36,7 +36,7 @@ from tuner.models.gguftensors import (
     read_table,
 )
 from tuner.models.kvshape import LINEAR_ATTENTION, CacheShape, cache_shape
-from tuner.settings import FFN_ON_HOST, ffn_host_layer
+from tuner.settings import FFN_ON_HOST, ffn_host_layer, first_gpu_layer
 
 MIB = 1 << 20
 CTX_PAD = 256  # llama_context rounds n_ctx up to a multiple of this
@@ -317,10 +317,8 @@ class Context:
 def gpu_layers(m: ModelLayout, n_gpu_layers: int) -> tuple[tuple[int, ...], bool]:
     """The repeating layers on the GPU and whether the output layer is, as llama.cpp assigns
     them: the last N of the n_layer + 1 (-1 or more than n_layer + 1: all)."""
-    total = m.n_offloadable
-    n = total if n_gpu_layers < 0 else min(n_gpu_layers, total)
-    start = total - n
-    return tuple(range(start, m.n_layer)), n >= 1
+    start = first_gpu_layer(m.n_layer, n_gpu_layers)
+    return tuple(range(start, m.n_layer)), start <= m.n_layer
 
 
 def place(m: ModelLayout, n_gpu_layers: int, ctx: Context) -> Placement:

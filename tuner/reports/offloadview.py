@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuner.errors import TunerError
-from tuner.evidence.placement import is_cuda_device
+from tuner.evidence.placement import asks_every_layer, is_cuda_device
 from tuner.models import memplan
 from tuner.results.records import TrialRecord, TrialState
 from tuner.search.offload import FFN_PARTS, placement_text, spec_context
@@ -48,8 +48,7 @@ def _on_gpu(r: TrialRecord, total: int | None) -> tuple[float, int, int]:
     any count), then the fewer layers' experts on the host, then how much of the FFN of the
     layer ffn_on_host splits (none split: the most)."""
     m = r.spec.model
-    n = float("inf") if m.n_gpu_layers < 0 or (total and m.n_gpu_layers >= total) \
-        else float(m.n_gpu_layers)
+    n = float("inf") if asks_every_layer(m.n_gpu_layers, total or None) else float(m.n_gpu_layers)
     return n, -m.n_cpu_moe, FFN_PARTS.index(m.ffn_on_host) if m.ffn_on_host else len(FFN_PARTS)
 
 
@@ -64,12 +63,12 @@ def offload_lines(winner: TrialRecord | None, records: list[TrialRecord]) -> lis
     part = winner.spec.model.ffn_on_host
     place = winner.placement or {}
     total = place.get("total_layers")
-    full = ngl < 0 or (isinstance(total, int) and ngl >= total)
+    counts = total if isinstance(total, int) else None
+    full = asks_every_layer(ngl, counts)
     if full and not k and not part:
         return []
     of = f"/{total}" if isinstance(total, int) else ""
     model = winner.environment.model_path if winner.environment else None
-    counts = total if isinstance(total, int) else None
     mine = _on_gpu(winner, counts)
     if k:
         head = (f"every layer on the GPU, the expert weights of its first {k} in host memory "

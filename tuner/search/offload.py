@@ -244,6 +244,14 @@ def check_parts(layout: memplan.ModelLayout | None, parts: list[str]) -> None:
                        hint="leave ffn_on_host out of the space")
 
 
+def places_on_host(spec: TrialSpec) -> bool:
+    """Whether a CUDA setting keeps part of the model's layers in host memory: layers
+    (n_gpu_layers >= 0), the experts of some (n_cpu_moe) or part of one's FFN (ffn_on_host)."""
+    m = spec.model
+    return m.device == "cuda" and (m.n_gpu_layers >= 0 or bool(m.n_cpu_moe) or
+                                   bool(m.ffn_on_host))
+
+
 def placement_text(spec: TrialSpec) -> str:
     """"n_gpu_layers 20", "n_gpu_layers 21 ffn_on_host down", or "n_cpu_moe 12" (every layer
     on the GPU)."""
@@ -478,8 +486,8 @@ def boundary_lines(op: OffloadPlan, records: list[TrialRecord], wl: Workload) ->
     # per context, whether experts were on the host: the counts that loaded and that failed
     seen: dict[tuple[Context, bool], tuple[list[int], list[int]]] = {}
     for r in records:
-        n, k = r.spec.model.n_gpu_layers, r.spec.model.n_cpu_moe
-        if r.spec.model.device != "cuda" or (n < 0 and not k and not r.spec.model.ffn_on_host):
+        k = r.spec.model.n_cpu_moe
+        if not places_on_host(r.spec):
             continue
         ctx = dataclasses.replace(spec_context(r.spec, wl), experts_on_host=0)
         loaded, failed = seen.setdefault((ctx, k > 0), ([], []))
@@ -521,9 +529,7 @@ def finalist_outcome(layout: memplan.ModelLayout | None, spec: TrialSpec, wl: Wo
     (another process took some since its search trial): infeasible, without a worker.
     ``layout``: the model's as the sweep read it (None: a shape the plan cannot read);
     ``budget``: the sweep's plan's (no_longer_fits)."""
-    m = spec.model
-    if m.device != "cuda" or layout is None or (
-            m.n_gpu_layers < 0 and not m.n_cpu_moe and not m.ffn_on_host):
+    if layout is None or not places_on_host(spec):
         return None
     why = no_longer_fits(layout, spec, wl, budget)
     return None if why is None else Outcome(state=TrialState.INFEASIBLE,
