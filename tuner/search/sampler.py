@@ -130,6 +130,9 @@ class TpeOrder:
         self.dims = _varying(flats.values())
         self.points = {k: {d: f[d] for d in self.dims} for k, f in flats.items()}
         self.counts = [d for d in COUNTS if d in self.dims]
+        # Per count, its values by how much they put on the GPU: a step is one place apart.
+        self.steps = {d: {v: i for i, v in enumerate(sorted(self.dims[d], key=_more_on_gpu))}
+                      for d in self.counts}
         self.order = {k: i for i, k in enumerate(plan)}
         # Per setting, its values but the counts: the seed walks along settings alike in these.
         self.rest = {k: tuple(_hashable(v) for d, v in p.items() if d not in self.counts)
@@ -298,12 +301,8 @@ class TpeOrder:
     def _one_step(self, key: str, point: dict[str, Any]) -> bool:
         """Whether ``key``'s counts of layers and experts on the host are each ``point``'s or
         the next value either side of it among the plan's."""
-        for d in self.counts:
-            values = sorted(self.dims[d], key=_more_on_gpu)
-            a, b = self.points[key][d], point[d]
-            if a != b and abs(values.index(a) - values.index(b)) > 1:
-                return False
-        return True
+        return all(abs(self.steps[d][self.points[key][d]] - self.steps[d][point[d]]) <= 1
+                   for d in self.counts)
 
     def settings_apart(self, key: str, point: dict[str, Any]) -> int:
         """How many declared settings of ``key`` differ from ``point``'s."""
