@@ -108,6 +108,9 @@ setup() {
   mkdir -p /tmp/site-py && cp -r /tmp/site/llama_cpp /tmp/site-py/
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
     > "$BENCH/out/gpu.txt"; nproc >> "$BENCH/out/gpu.txt"
+  # cores, threads per core, model: what the thread counts searched mean on this machine
+  lscpu | grep -E "^(Model name|Thread|Core|Socket|CPU\(s\)|NUMA node\(s\)|Flags)" | cut -c1-200 \
+    > "$BENCH/out/lscpu.txt" 2>&1
   check_disk || return 1
   local s=$SECONDS pids=()
   (CMAKE_BUILD_PARALLEL_LEVEL=12 CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH" \
@@ -191,8 +194,16 @@ fit() {  # issue 31: the GPU made small by a process holding its memory
   python3 benchmarks/partial_offload.py hold --leave-gib "$LEAVE_GIB" --ready "$BENCH/out/held.json" \
     > "$BENCH/hold.log" 2>&1 &
   local hold_pid=$!
+  # what runs on the CPU and the GPU's clocks through the whole phase, every 15 s (run 34:
+  # every generation measured after about 14:15 UTC ran 20-25% slower, cause unknown)
+  (while sleep 15; do date -u +%T; uptime; ps -eo pid,pcpu,rss,etimes,args --sort=-pcpu | head -8 \
+     | cut -c1-160; done) > "$BENCH/out/fit-cpu-timeline.txt" 2>&1 &
+  local cpu_pid=$!
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu,memory.used,clocks_event_reasons.active \
+    --format=csv -l 15 > "$BENCH/out/fit-gpu-timeline.csv" 2>&1 &
+  local smi_pid=$!
   for _ in $(seq 120); do [ -s "$BENCH/out/held.json" ] && break; sleep 1; done
-  [ -s "$BENCH/out/held.json" ] || { phase "FAILED hold"; kill "$hold_pid"; return 1; }
+  [ -s "$BENCH/out/held.json" ] || { phase "FAILED hold"; kill "$hold_pid" "$cpu_pid" "$smi_pid"; return 1; }
   nvidia-smi --query-gpu=memory.total,memory.used,memory.free --format=csv >> "$BENCH/out/gpu.txt"
   python3 -m tuner doctor --model "$(path_of "$m")" --n-ctx 2176 > "$BENCH/out/fit-doctor.txt" 2>&1
   phase "fit sweep $m ($FIT_ARGS)"; s=$SECONDS
@@ -214,7 +225,7 @@ fit() {  # issue 31: the GPU made small by a process holding its memory
   fi
   # last, still under the hold: the written services, started from another directory
   verify_written "$BENCH/out/fit" fit-verify --requests 3
-  kill "$hold_pid" 2>/dev/null
+  kill "$hold_pid" "$cpu_pid" "$smi_pid" 2>/dev/null
 }
 
 moecheck() {  # the experts-on-host path on CUDA in a minute or two: a small qwen3moe file
