@@ -63,13 +63,30 @@ def main() -> None:
                     "(default: the installed llama-cpp-python's)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--compile-only", action="store_true",
+                    help="compile into --out and stop: the installed libraries need not be there "
+                         "yet (a CUDA install still compiling); --check-only later checks them")
+    ap.add_argument("--check-only", action="store_true",
+                    help="check the llama-bench a --compile-only run left in --out")
     a = ap.parse_args()
+    if a.compile_only:
+        if a.source is None:
+            raise SystemExit("--compile-only needs --source")
+        compile_bench(a.source, a.out, None, a.jobs)
+        print(f"compiled {a.out / 'bin' / 'llama-bench'} (not checked yet)")
+        return
     version = installed_version()
     lib = a.lib or _installed_lib_dir()
     if lib is None or not (lib / "libllama.so").exists():
         raise SystemExit(f"no libllama.so in {lib or 'the installed llama_cpp package'}")
     installed = lib.absolute()
-    if a.reuse is not None:
+    if a.check_only:
+        if not (a.out / "bin" / "llama-bench").is_file():
+            raise SystemExit(f"no llama-bench in {a.out / 'bin'}: run --compile-only first")
+        if a.source is not None and (src_version := _version_of(a.source)) != version:
+            raise SystemExit(f"{a.source.name} is llama-cpp-python {src_version}, the "
+                             f"installed version is {version}")
+    elif a.reuse is not None:
         shutil.copytree(a.reuse / "bin", a.out / "bin", dirs_exist_ok=True)
         shutil.copytree(a.reuse / "lib", a.out / "lib", dirs_exist_ok=True)
     elif a.source is None:
@@ -89,7 +106,9 @@ def _version_of(source: Path) -> str:
         raise SystemExit(exc.message) from None
 
 
-def compile_bench(source: Path, out: Path, installed: Path, jobs: int) -> None:
+def compile_bench(source: Path, out: Path, installed: Path | None, jobs: int) -> None:
+    """``installed`` None: its libraries are not known yet, and llama-bench's own helper
+    libraries that share a name with the package's are pruned from ``out/lib`` by the check."""
     with tempfile.TemporaryDirectory(prefix="installed-bench-") as tmp:
         with tarfile.open(source) as tar:
             tar.extractall(tmp, filter="data")
@@ -109,12 +128,15 @@ def compile_bench(source: Path, out: Path, installed: Path, jobs: int) -> None:
         if fit.returncode == 0 and (build / "bin" / FIT_TARGET).is_file():
             shutil.copy2(build / "bin" / FIT_TARGET, out / "bin" / FIT_TARGET)
         for helper in (build / "bin").glob("lib*.so*"):  # llama-bench's own, not the package's
-            if not (installed / helper.name).exists():
+            if installed is None or not (installed / helper.name).exists():
                 shutil.copy2(helper, out / "lib" / helper.name, follow_symlinks=True)
 
 
 def check(out: Path, installed: Path, version: str) -> None:
     """Every llama and ggml library llama-bench loads comes from ``installed``."""
+    for helper in (out / "lib").glob("lib*.so*"):  # a --compile-only run kept them all
+        if (installed / helper.name).exists():
+            helper.unlink()
     env = {**os.environ, "LD_LIBRARY_PATH": search_path(out, installed)}
     ldd = subprocess.run(["ldd", str(out / "bin" / "llama-bench")], capture_output=True,
                          text=True, env=env, check=True).stdout

@@ -226,7 +226,7 @@ def compare(a: argparse.Namespace) -> int:
             if n < 0 or (measured is not None and n > measured):
                 continue
             # in both load modes: llama-bench's best counts the mode the search can choose
-            for lm in ("mmap", "none"):
+            for lm in a.load_modes:
                 if (r := _bench(a.bench, a.model, n, tk, fa, ["-lm", lm])) is not None:
                     rows.append({**r, "lm": lm})
             # Kept as it goes: a lease that ends mid-compare still brings these back.
@@ -271,7 +271,7 @@ def compare(a: argparse.Namespace) -> int:
     # buffer, which op offload uploads a prompt's weights from faster; -lm mmap: mapped from
     # the file): how much the search's choice of use_mmap was worth. Not among the rows.
     unmapped = None
-    if winner_row is not None and best is not None:
+    if winner_row is not None and best is not None and other[1] in a.load_modes:
         moe = ["-ncmoe", str(k)] if k else []
         unmapped = _bench(a.bench, a.model, ngl, c.type_k, int(bool(c.flash_attn)),
                           threads + moe + part_at(k) + other, ub=c.n_ubatch)
@@ -412,6 +412,10 @@ def main() -> int:
     c.add_argument("--bench", type=Path, required=True)
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--sweep-log", type=Path, default=None)
+    c.add_argument("--load-modes", type=lambda v: tuple(v.split(",")), default=("mmap", "none"),
+                   help="llama-bench's -lm values each row is measured in (default mmap,none; "
+                        "none alone: a lease too short for both, and the winner's other mode "
+                        "is then not measured either)")
     c.add_argument("--no-fit-bench", action="store_true",
                    help="ask llama.cpp's fit what it chooses, without llama-bench at it")
     d = sub.add_parser("disk", help="GiB of disk making the model of --shape needs")
