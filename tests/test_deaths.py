@@ -80,6 +80,12 @@ def test_each_cause_from_its_evidence() -> None:
         "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 81920.00 MiB on device 0: "
         "cudaMalloc failed: out of memory"]))
     assert oom.what.startswith("out of memory")
+    # cuBLAS's handle not allocated in a decode (run 35's trial #7, H200): memory, not a
+    # CUDA fault to report
+    cublas = cause_of(Death("b", "infeasible", "SIGABRT", log_lines=[
+        "CUDA error: the resource allocation failed",
+        "  cublasCreate_v2(&cublas_handles[device][curr_stream_no])"]))
+    assert cublas.what.startswith("out of memory")
     killed = cause_of(Death("b", "crashed", "SIGKILL"))
     assert "OOM killer" in killed.what
     other = cause_of(Death("b", "crashed", "SIGBUS", log_lines=["last words"]))

@@ -21,7 +21,8 @@ from typing import Any
 from tests import workerhooks
 
 VAR = "TUNER_TEST_FAULTS"
-KINDS = ("abort", "segfault", "hang", "exit", "sigkill", "oom", "oom-decode", "amx", "raise")
+KINDS = ("abort", "segfault", "hang", "exit", "sigkill", "oom", "oom-decode", "cublas-alloc", "amx",
+         "raise")
 STAGES = ("load", "measure")
 
 
@@ -120,6 +121,17 @@ def _fail(kind: str, log: Any) -> None:
                  "/tmp/llama.cpp/ggml/src/ggml-cuda/ggml-cuda.cu:88: CUDA error"]
         lines += [f"/tmp/site/llama_cpp/lib/libggml-base.so(+0x{0x1a2b0 + 16 * i:x}) "
                   f"[0x7f3c2e5{0xa4a4b + 16 * i:x}]" for i in range(40)]
+        os.write(2, ("\n".join(lines) + "\n").encode())
+        os.abort()
+    if kind == "cublas-alloc":
+        # What run 35's trial #7 wrote (H200, a 14B at 40 layers, no flash attention, 8 GiB left):
+        # cuBLAS could not allocate its handle in the first decode, then ggml_abort.
+        lines = ["CUDA error: the resource allocation failed",
+                 "  current device: 0, in function cublas_handle at /tmp/pip-req-build-laxsy2ob/"
+                 "vendor/llama.cpp/ggml/src/ggml-cuda/../ggml-cuda/common.cuh:1534",
+                 "  cublasCreate_v2(&cublas_handles[device][curr_stream_no])",
+                 "/tmp/pip-req-build-laxsy2ob/vendor/llama.cpp/ggml/src/ggml-cuda/ggml-cuda.cu:109: "
+                 "CUDA error"]
         os.write(2, ("\n".join(lines) + "\n").encode())
         os.abort()
     if kind == "amx":

@@ -14,7 +14,18 @@ from tuner.builds.cpuflags import pip_install_command
 # The load log line of a model whose CPU weights went into llama.cpp's AMX buffer type.
 AMX_BUFFER = re.compile(r"\bAMX model buffer size\b")
 _CUDA_ERROR = re.compile(r"CUDA error: ?(.*)")
-_OOM = ("out of memory", "cudaMalloc failed", "failed to allocate", "unable to allocate")
+# What llama.cpp's logs say when memory ran out: CUDA's own error text, ggml's allocators', and
+# cuBLAS's (cublasCreate's CUBLAS_STATUS_ALLOC_FAILED, "CUDA error: the resource allocation
+# failed": a context without flash attention creates its cuBLAS handle in the first decode, and
+# at a full GPU that fails; run 35, docs/benchmarks.md).
+OOM_MARKERS = ("out of memory", "cudaMalloc failed", "failed to allocate", "unable to allocate",
+               "resource allocation failed")
+
+
+def says_out_of_memory(text: str) -> bool:
+    """Whether a log's lines (joined) say that memory ran out (in any case)."""
+    low = text.lower()
+    return any(m.lower() in low for m in OOM_MARKERS)
 _NOISE = re.compile(r"0x[0-9a-f]+|\d+(\.\d+)?")
 
 
@@ -94,7 +105,7 @@ def cause_of(death: Death, count: int = 1) -> Cause:
                      "the worker died of an illegal instruction: the library uses CPU "
                      "instructions this CPU lacks (built on or for another machine, or a cached "
                      "wheel)", f"rebuild it here: {pip_install_command()}")
-    if any(m in text for m in _OOM):
+    if says_out_of_memory(text):
         return Cause(death.build, count,
                      "out of memory: the model and context do not fit the memory asked for "
                      "at these settings",

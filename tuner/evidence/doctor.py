@@ -19,7 +19,7 @@ from typing import BinaryIO
 from tuner.builds.buildinfo import BuildFlags, variant_of
 from tuner.builds.cpuflags import CUDA_INSTALL_HINT
 from tuner.errors import BadInput
-from tuner.evidence.deaths import amx_lines
+from tuner.evidence.deaths import amx_lines, says_out_of_memory
 from tuner.evidence.opplacement import REPORT_HINT, OpSummary, check_ops
 from tuner.evidence.placement import (
     Expectation,
@@ -272,7 +272,7 @@ def _advice(ev: PlacementEvidence, n_gpu_layers: int) -> list[tuple[str, str]]:
     if layers and not ev.kv_layer_devices and not ev.kv_buffers_mib:
         out.append(("the log stops before llama.cpp created a context, so where the KV cache "
                     "lives is unknown", "capture the log through context creation too"))
-    if any("out of memory" in e.lower() for e in ev.errors):
+    if any(says_out_of_memory(e) for e in ev.errors):
         out.append(("CUDA ran out of memory", _SHRINK))
     kv_home = any(is_cuda_device(layers.get(i, "")) and not is_cuda_device(d)
                   for i, d in ev.kv_layer_devices.items())

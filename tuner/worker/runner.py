@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from pydantic import TypeAdapter
 
+from tuner.evidence.deaths import says_out_of_memory
 from tuner.machine.children import orphan_safe_args, run_orphan_safe
 from tuner.machine.interrupt import sigint_deferred
 from tuner.machine.tempdirs import temp_dir
@@ -58,9 +59,8 @@ SPAWN = mp.get_context("spawn")
 # Numbers the worker logs of this process: unique across its runners (the finalists start one
 # per round), so that no worker's log overwrites another's.
 _JOB_NUMBERS = itertools.count(1)
-OOM_MARKERS = ("out of memory", "cudaMalloc failed", "failed to allocate", "unable to allocate")
 
-__all__ = ["OOM_MARKERS", "SPAWN", "Outcome", "Runner", "SentinelResult"]
+__all__ = ["SPAWN", "Outcome", "Runner", "SentinelResult"]
 
 
 @dataclass
@@ -275,7 +275,7 @@ class Runner:
         w.kill()
         tail = read_tail(w.job.log_path) + last_words(w.job.log_path + ".stdio")
         text = "\n".join(tail)
-        oom = any(m in text for m in OOM_MARKERS)
+        oom = says_out_of_memory(text)
         error = f"worker {why} {when}" + (" (out of memory)" if oom else "")
         return Outcome(state=TrialState.INFEASIBLE if oom else TrialState.CRASHED, error=error,
                        signal=sig, log_tail=tail,
