@@ -57,6 +57,10 @@ COMPARE_ARGS=${COMPARE_ARGS-}
 # The fit phase runs by default only in a lease of its own (no served models): both need more
 # than one lease's 30 minutes, and more disk than the machine's 64 GiB at once.
 if [ -z "${FIT:-}" ]; then if [ -z "$SERVED_MODELS" ]; then FIT=1; else FIT=0; fi; fi
+# collect (a later call, without the start's environment) reads what the session was started with
+SESSION_VARS="SERVED_MODELS KNOB_MODEL FIT_MODEL LEAVE_GIB FIT_ARGS COMPARE_ARGS FIT"
+# shellcheck disable=SC1091
+[ "${1:-}" = collect ] && [ -f "$BENCH/session.env" ] && . "$BENCH/session.env"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 
 phase() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$BENCH/phase"; }
@@ -312,6 +316,7 @@ summary() {
 case "${1:-}" in
   start)
     mkdir -p "$BENCH"; : > "$BENCH/phase"
+    for v in $SESSION_VARS; do printf '%s=%q\n' "$v" "${!v}"; done > "$BENCH/session.env"
     # Its own copy of the tree: a later call's tree must not reach a running sweep.
     mkdir -p "$BENCH/src" && tar cf - --exclude=./.git --exclude=./.venv . | tar xf - -C "$BENCH/src"
     (cd "$BENCH/src" && setsid nohup bash benchmarks/gpu_session.sh run > "$BENCH/log" 2>&1 < /dev/null &)
