@@ -14,7 +14,7 @@ import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -183,6 +183,20 @@ def test_both_services_side_by_side(deployed: Deployed) -> None:
         "llama_cpp.server: not served: no figures")
 
 
+def test_a_recommendation_within_the_spread_says_so() -> None:
+    # run 35's served phase (H200, a 14B at 43 of 49 layers): apart, the faster one is named
+    apart = recommendation(rows(_served([5.100, 5.712], "server"), _served([5.865, 5.841]),
+                                None))
+    assert apart is not None and apart.startswith("recommended: llama_cpp.server (5.406 s ")
+    assert "spread" not in apart
+    # the faster median's slowest request above the other's fastest: the costs decide
+    within = recommendation(rows(_served([5.100, 5.900], "server"), _served([5.865, 5.841]),
+                                 None))
+    assert within is not None and within.startswith("recommended: llama_cpp.server (5.500 s ")
+    assert ("within their spread (requests 5.100-5.900 s against 5.841-5.865 s overlap): "
+            "either serves as fast, so what each costs decides") in within
+
+
 def test_verify_passes_from_another_directory(deployed: Deployed,
                                               tmp_path: Path) -> None:
     out = deployed[0]
@@ -338,8 +352,9 @@ def test_the_server_settings_tried_are_recorded(deployed: Deployed, server_binar
     assert ("llama-server runs with --backend-sampling" in shown.stdout) == t.kept
 
 
-def _served(request_s: list[float]) -> ServedFigures:
-    return ServedFigures(source="llama-server", requests=len(request_s), prompt_tokens=32,
+def _served(request_s: list[float],
+            source: Literal["server", "llama-server"] = "llama-server") -> ServedFigures:
+    return ServedFigures(source=source, requests=len(request_s), prompt_tokens=32,
                          gen_tokens=8, ttft_s=Stat.of([0.1] * len(request_s)),
                          gen_tps=Stat.of([100.0] * len(request_s)), request_s=Stat.of(request_s))
 

@@ -92,15 +92,23 @@ def rows(py: dict[str, Any] | ServedFigures | None, cpp: dict[str, Any] | Served
 
 def recommendation(table: list[ServiceRow]) -> str | None:
     """Which service answers the workload's requests faster (median request time), and what
-    each costs; None unless both were served."""
+    each costs; None unless both were served. Where the two services' request times overlap
+    (the faster one's slowest request at or above the other's fastest), the medians' order is
+    within their spread and the line says so: the costs decide then."""
     served = [r for r in table if r.figures is not None]
     if len(served) < 2:
         return None
     fast, slow = sorted(served, key=lambda r: r.figures.request_s.median)  # type: ignore[union-attr]
     assert fast.figures is not None and slow.figures is not None
-    a, b = fast.figures.request_s.median, slow.figures.request_s.median
+    fr, sr = fast.figures.request_s, slow.figures.request_s
+    a, b = fr.median, sr.median
+    spread = ""
+    if fr.max >= sr.min:
+        spread = (f"; within their spread (requests {fr.min:.3f}-{fr.max:.3f} s against "
+                  f"{sr.min:.3f}-{sr.max:.3f} s overlap): either serves as fast, so what each "
+                  "costs decides")
     return (f"recommended: {fast.service} ({a:.3f} s per request against {b:.3f} s, "
-            f"{(1 - a / b):.0%} less); {fast.service} costs {COSTS[fast.service]}; "
+            f"{(1 - a / b):.0%} less{spread}); {fast.service} costs {COSTS[fast.service]}; "
             f"{slow.service} costs {COSTS[slow.service]}")
 
 
