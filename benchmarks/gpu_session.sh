@@ -64,6 +64,9 @@ SESSION_VARS="SERVED_MODELS KNOB_MODEL FIT_MODEL LEAVE_GIB FIT_ARGS COMPARE_ARGS
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 
 phase() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$BENCH/phase"; }
+# what runs on the CPU now: the time, the load, the top $1 processes (run 34: every generation
+# measured after the sweep, both verifies among them, ran 20-25% slower than the sweep's own)
+cpu_now() { date -u +%T; uptime; ps -eo pid,pcpu,rss,etimes,args --sort=-pcpu | head -"$1" | cut -c1-160; }
 path_of() { echo "$BENCH/${1%%:*}-${1##*:}.gguf"; }
 name_of() { echo "${1%%:*}"; }
 
@@ -169,10 +172,7 @@ verify_written() {  # both services written into folder $1, started from another
   for target in production.yaml production.llama-server.args; do
     [ -f "$dir/$target" ] || continue
     phase "$tag $target"
-    # what else runs on the CPU first (run 34: every generation measured after the sweep, both
-    # verifies among them, ran 20-25% slower than the sweep's own)
-    { date -u +%T; uptime; ps -eo pid,pcpu,rss,etimes,args --sort=-pcpu | head -12 | cut -c1-160; } \
-      > "$BENCH/out/$tag-$target.cpu.txt" 2>&1
+    cpu_now 12 > "$BENCH/out/$tag-$target.cpu.txt" 2>&1  # what else runs on the CPU first
     (cd "$BENCH/elsewhere" && python3 -m tuner verify "$dir/$target" "$@" \
       > "$BENCH/out/$tag-$target.log" 2>&1
      echo "verify exit $?" >> "$BENCH/out/$tag-$target.log")
@@ -206,10 +206,8 @@ fit() {  # issue 31: the GPU made small by a process holding its memory
   python3 benchmarks/partial_offload.py hold --leave-gib "$LEAVE_GIB" --ready "$BENCH/out/held.json" \
     > "$BENCH/hold.log" 2>&1 &
   local hold_pid=$!
-  # what runs on the CPU and the GPU's clocks through the whole phase, every 15 s (run 34:
-  # every generation measured after about 14:15 UTC ran 20-25% slower, cause unknown)
-  (while sleep 15; do date -u +%T; uptime; ps -eo pid,pcpu,rss,etimes,args --sort=-pcpu | head -8 \
-     | cut -c1-160; done) > "$BENCH/out/fit-cpu-timeline.txt" 2>&1 &
+  # what runs on the CPU and the GPU's clocks through the whole phase, every 15 s
+  (while sleep 15; do cpu_now 8; done) > "$BENCH/out/fit-cpu-timeline.txt" 2>&1 &
   local cpu_pid=$!
   nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu,memory.used,clocks_event_reasons.active \
     --format=csv -l 15 > "$BENCH/out/fit-gpu-timeline.csv" 2>&1 &
@@ -229,8 +227,7 @@ fit() {  # issue 31: the GPU made small by a process holding its memory
   cp "$BENCH/results-fit/optuna.db" "$BENCH/out/fit-study.db" 2>/dev/null
   if [ "${COMPARE:-1}" != 0 ]; then
     phase "fit compare"
-    { date -u +%T; uptime; ps -eo pid,pcpu,rss,etimes,args --sort=-pcpu | head -12 | cut -c1-160; } \
-      > "$BENCH/out/fit-compare.cpu.txt" 2>&1
+    cpu_now 12 > "$BENCH/out/fit-compare.cpu.txt" 2>&1
     # shellcheck disable=SC2086
     python3 benchmarks/partial_offload.py compare --model "$(path_of "$m")" \
       --results "$BENCH/results-fit" --bench "$BENCH/bench" --out "$BENCH/out" \

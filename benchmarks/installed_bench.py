@@ -83,27 +83,28 @@ def main() -> None:
     if a.check_only:
         if not (a.out / "bin" / "llama-bench").is_file():
             raise SystemExit(f"no llama-bench in {a.out / 'bin'}: run --compile-only first")
-        if a.source is not None and (src_version := _version_of(a.source)) != version:
-            raise SystemExit(f"{a.source.name} is llama-cpp-python {src_version}, the "
-                             f"installed version is {version}")
+        if a.source is not None:
+            _require_version(a.source, version)
     elif a.reuse is not None:
         shutil.copytree(a.reuse / "bin", a.out / "bin", dirs_exist_ok=True)
         shutil.copytree(a.reuse / "lib", a.out / "lib", dirs_exist_ok=True)
     elif a.source is None:
         raise SystemExit("--source or --from is needed")
-    elif (src_version := _version_of(a.source)) != version:
-        raise SystemExit(f"{a.source.name} is llama-cpp-python {src_version}, the installed "
-                         f"version is {version}")
     else:
+        _require_version(a.source, version)
         compile_bench(a.source, a.out, installed, a.jobs)
     check(a.out, installed, version)
 
 
-def _version_of(source: Path) -> str:
+def _require_version(source: Path, version: str) -> None:
+    """The source archive is llama-cpp-python ``version`` (the installed one), or one line."""
     try:
-        return sdist_version(source)
+        src_version = sdist_version(source)
     except TunerError as exc:  # not there, or not a llama-cpp-python sdist: one line
         raise SystemExit(exc.message) from None
+    if src_version != version:
+        raise SystemExit(f"{source.name} is llama-cpp-python {src_version}, the installed "
+                         f"version is {version}")
 
 
 def compile_bench(source: Path, out: Path, installed: Path | None, jobs: int) -> None:

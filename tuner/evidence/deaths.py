@@ -14,6 +14,7 @@ from tuner.builds.cpuflags import pip_install_command
 # The load log line of a model whose CPU weights went into llama.cpp's AMX buffer type.
 AMX_BUFFER = re.compile(r"\bAMX model buffer size\b")
 _CUDA_ERROR = re.compile(r"CUDA error: ?(.*)")
+_NOISE = re.compile(r"0x[0-9a-f]+|\d+(\.\d+)?")
 # What llama.cpp's logs say when memory ran out: CUDA's own error text, ggml's allocators', and
 # cuBLAS's (cublasCreate's CUBLAS_STATUS_ALLOC_FAILED, "CUDA error: the resource allocation
 # failed": a context without flash attention creates its cuBLAS handle in the first decode, and
@@ -26,7 +27,6 @@ def says_out_of_memory(text: str) -> bool:
     """Whether a log's lines (joined) say that memory ran out (in any case)."""
     low = text.lower()
     return any(m.lower() in low for m in OOM_MARKERS)
-_NOISE = re.compile(r"0x[0-9a-f]+|\d+(\.\d+)?")
 
 
 @dataclass(frozen=True)
